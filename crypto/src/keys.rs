@@ -1,0 +1,236 @@
+//! ed25519 keys and signatures, and the key file format.
+
+use crate::{CryptoError, Digest};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::path::Path;
+
+/// First line of a Bulwark secret key file. Anything else in that place is refused, so a
+/// public key, a threshold share or an unrelated file is never mistaken for a secret key.
+pub const KEY_FILE_HEADER: &str = "bulwark ed25519 secret key v1";
+
+/// An ed25519 key pair. The secret half is zeroed when dropped (ed25519-dalek `zeroize`).
+pub struct KeyPair {
+    signing: SigningKey,
+}
+
+impl KeyPair {
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        KeyPair { signing: SigningKey::generate(rng) }
+    }
+
+    /// A key pair from a 32-byte seed: deterministic, for simulations and tests.
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        KeyPair { signing: SigningKey::from_bytes(&seed) }
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.signing.verifying_key())
+    }
+
+    /// Signs a digest. Protocol code signs payloads through [`crate::Signed::sign`].
+    pub fn sign_digest(&self, digest: &Digest) -> Signature {
+        Signature(self.signing.sign(digest.as_bytes()))
+    }
+
+    /// Writes the secret key to `path` (hex, with a header line), readable by the owner only
+    /// on Unix.
+    pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
+        let text = format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(self.signing.to_bytes()));
+        let error = |e: std::io::Error| CryptoError::KeyFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        std::fs::write(path, text).map_err(error)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a key written by [`KeyPair::save`]. A missing, truncated or wrong-type file is
+    /// refused with an error naming the file and the problem.
+    pub fn load(path: &Path) -> Result<Self, CryptoError> {
+        let error = |reason: String| CryptoError::KeyFile { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let mut lines = text.lines();
+        match lines.next() {
+            Some(line) if line.trim() == KEY_FILE_HEADER => {}
+            Some(line) => {
+                return Err(error(format!(
+                    "not a Bulwark ed25519 secret key: first line is {:?}, expected {KEY_FILE_HEADER:?}",
+                    truncate(line)
+                )))
+            }
+            None => return Err(error("file is empty".into())),
+        }
+        let body = lines.next().ok_or_else(|| error("key line is missing (truncated file?)".into()))?;
+        let bytes = hex::decode(body.trim()).map_err(|e| error(format!("key line is not hex: {e}")))?;
+        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            error(format!("key is {} bytes, expected 32 (truncated file?)", bytes.len()))
+        })?;
+        Ok(KeyPair::from_seed(seed))
+    }
+}
+
+fn truncate(line: &str) -> String {
+    line.chars().take(40).collect()
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        write!(f, "KeyPair({:?})", self.public())
+    }
+}
+
+/// An ed25519 public key. Serialized as 32 raw bytes; parsed and checked on decode.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(pub(crate) VerifyingKey);
+
+impl PublicKey {
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, CryptoError> {
+        VerifyingKey::from_bytes(bytes).map(PublicKey).map_err(|_| CryptoError::BadPublicKey)
+    }
+
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.to_bytes())
+    }
+
+    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
+        let bytes = hex::decode(text.trim()).map_err(|_| CryptoError::BadPublicKey)?;
+        let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::BadPublicKey)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// `verify_strict`: the validity rule for every signature in Bulwark.
+    pub fn verify_digest(&self, digest: &Digest, signature: &Signature) -> Result<(), CryptoError> {
+        self.0
+            .verify_strict(digest.as_bytes(), &signature.0)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_bytes().cmp(other.0.as_bytes())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pk:{}", hex::encode(&self.0.as_bytes()[..4]))
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0.as_bytes())
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes: serde_bytes::ByteArray<32> = Deserialize::deserialize(deserializer)?;
+        PublicKey::from_bytes(&bytes.into_array()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An ed25519 signature. Serialized as 64 raw bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(pub(crate) ed25519_dalek::Signature);
+
+impl Signature {
+    pub fn to_bytes(&self) -> [u8; 64] {
+        self.0.to_bytes()
+    }
+
+    pub fn from_bytes(bytes: &[u8; 64]) -> Self {
+        Signature(ed25519_dalek::Signature::from_bytes(bytes))
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sig:{}", hex::encode(&self.0.to_bytes()[..4]))
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0.to_bytes())
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes: serde_bytes::ByteArray<64> = Deserialize::deserialize(deserializer)?;
+        Ok(Signature::from_bytes(&bytes.into_array()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica-0.key");
+        let key = KeyPair::from_seed([7; 32]);
+        key.save(&path).unwrap();
+        let loaded = KeyPair::load(&path).unwrap();
+        assert_eq!(loaded.public(), key.public());
+    }
+
+    #[test]
+    fn missing_key_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.key");
+        let err = KeyPair::load(&path).unwrap_err().to_string();
+        assert!(err.contains("absent.key"), "{err}");
+    }
+
+    #[test]
+    fn truncated_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short.key");
+        std::fs::write(&path, format!("{KEY_FILE_HEADER}\nabcdef\n")).unwrap();
+        let err = KeyPair::load(&path).unwrap_err().to_string();
+        assert!(err.contains("3 bytes, expected 32"), "{err}");
+        std::fs::write(&path, format!("{KEY_FILE_HEADER}\n")).unwrap();
+        let err = KeyPair::load(&path).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("public.key");
+        std::fs::write(&path, "bulwark ed25519 public key v1\n00\n").unwrap();
+        let err = KeyPair::load(&path).unwrap_err().to_string();
+        assert!(err.contains("not a Bulwark ed25519 secret key"), "{err}");
+    }
+
+    #[test]
+    fn public_key_hex_round_trips_and_rejects_garbage() {
+        let key = KeyPair::from_seed([3; 32]).public();
+        assert_eq!(PublicKey::from_hex(&key.to_hex()).unwrap(), key);
+        assert!(PublicKey::from_hex("zz").is_err());
+        assert!(PublicKey::from_hex("00").is_err());
+    }
+}
