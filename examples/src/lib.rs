@@ -1,0 +1,14 @@
+//! Services users would write on top of Bulwark.
+//!
+//! Each module here is an ordinary implementation of
+//! [`bulwark_framework::service::Service`]: a deterministic state machine that the
+//! framework replicates with PBFT. Nothing in them knows about replicas, views or
+//! quorums; they are what an application developer writes, and they double as the
+//! services the framework's own tests and benchmarks replicate.
+//!
+//! - [`kv`]: a key-value store with put, get, delete and append.
+//! - [`bank`]: Lamport's toy bank, whose invariant (money is neither created nor lost
+//!   by transfers) makes a replication bug easy to see.
+
+pub mod bank;
+pub mod kv;

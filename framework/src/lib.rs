@@ -1,1 +1,33 @@
-//! see lib
+//! Bulwark's protocol core: PBFT as pure state machines.
+//!
+//! * [`messages`], [`wire`] and [`verify`]: what travels, how it is encoded, and the one
+//!   road from untrusted bytes to [`messages::VerifiedMessage`].
+//! * [`config`]: a cluster's members, quorum math and protocol parameters.
+//! * [`quorum`]: vote collection with one vote per member.
+//! * [`roles`]: primary, backup, executor, checkpoint collector and client, each a pure
+//!   state machine (input and `now` in, actions out), and [`roles::replica::Replica`]
+//!   which wires the replica roles together.
+//! * [`service`]: the trait a user implements.
+//! * [`sim`]: the seeded deterministic simulator and its safety checker.
+//!
+//! This crate never imports a runtime (no actix, no tokio), never reads a clock and never
+//! draws global randomness: that is what lets the simulator replay any run from its seed.
+//! Rule IDs in comments and test names (N1.c, C5, …) refer to `shared/PBFT.md`.
+
+pub mod config;
+pub mod ids;
+pub mod messages;
+pub mod quorum;
+pub mod roles;
+pub mod service;
+pub mod sim;
+pub mod verify;
+pub mod wire;
+
+pub use config::{ClusterConfig, ConfigError, ProtocolParams};
+pub use ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
+pub use messages::{Message, VerifiedMessage};
+pub use roles::client::{Client, ClientAction, ClientError};
+pub use roles::replica::{Input, Replica};
+pub use roles::{Action, ReplicaEvent, TimerKind};
+pub use service::{Outcome, Service, ServiceError};

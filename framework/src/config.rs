@@ -1,0 +1,230 @@
+//! Cluster configuration: members, quorum math and protocol parameters.
+//!
+//! Configuration is per cluster, never global: a Steward site is a cluster too, and a
+//! replica's peers are exactly the members of its own cluster.
+
+use crate::ids::{ReplicaId, View};
+use bulwark_crypto::PublicKey;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Protocol parameters. The defaults suit a LAN cluster; every bound here is also a bound
+/// on what a Byzantine peer can make a replica hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolParams {
+    /// Most requests in one batch (PBFT.md P3).
+    pub batch_size_max: usize,
+    /// Most encoded request bytes in one batch.
+    pub batch_bytes_max: usize,
+    /// How long the primary waits to fill a batch before cutting it.
+    pub batch_delay_us: u64,
+    /// Most batches the primary has proposed and not yet seen executed.
+    pub in_flight_batches_max: u64,
+    /// Checkpoint interval `K` (PBFT.md C1).
+    pub checkpoint_interval: u64,
+    /// Watermark window `L`, a multiple of `K` (PBFT.md §0).
+    pub watermark_window: u64,
+    /// Largest encoded operation a request may carry.
+    pub request_bytes_max: usize,
+    /// Largest frame accepted from the network, checked before it is read.
+    pub frame_bytes_max: usize,
+    /// Requests the primary keeps queued before it sheds new ones.
+    pub request_queue_max: usize,
+    /// Outstanding requests per client, `W` of PBFT.md CX1.
+    pub client_window: u64,
+    /// Clients remembered in the client table before the least recently active is evicted.
+    pub client_table_max: usize,
+    /// How long a client waits for `f + 1` replies before it broadcasts (CL3).
+    pub client_retransmit_us: u64,
+    /// A replica that made no progress for this long while it knows of work asks its
+    /// peers for what it is missing (status-driven retransmission).
+    pub status_interval_us: u64,
+    /// Messages buffered per sender for the window after the current one (PBFT.md C5).
+    pub future_messages_per_sender_max: usize,
+}
+
+impl Default for ProtocolParams {
+    fn default() -> Self {
+        ProtocolParams {
+            batch_size_max: 256,
+            batch_bytes_max: 1 << 20,
+            batch_delay_us: 1_000,
+            in_flight_batches_max: 64,
+            checkpoint_interval: 128,
+            watermark_window: 256,
+            request_bytes_max: 64 * 1024,
+            frame_bytes_max: 4 << 20,
+            request_queue_max: 100_000,
+            client_window: 256,
+            client_table_max: 10_000,
+            client_retransmit_us: 500_000,
+            status_interval_us: 100_000,
+            future_messages_per_sender_max: 1024,
+        }
+    }
+}
+
+impl ProtocolParams {
+    pub fn batch_delay(&self) -> Duration {
+        Duration::from_micros(self.batch_delay_us)
+    }
+
+    pub fn client_retransmit(&self) -> Duration {
+        Duration::from_micros(self.client_retransmit_us)
+    }
+
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_micros(self.status_interval_us)
+    }
+
+    /// Checks the relations between parameters that the protocol relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field: &'static str, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.checkpoint_interval == 0 {
+            return fail("checkpoint_interval", "must be at least 1".into());
+        }
+        if self.watermark_window < 2 * self.checkpoint_interval
+            || self.watermark_window % self.checkpoint_interval != 0
+        {
+            return fail(
+                "watermark_window",
+                format!(
+                    "must be a multiple of checkpoint_interval ({}) and at least twice it, is {}",
+                    self.checkpoint_interval, self.watermark_window
+                ),
+            );
+        }
+        if self.batch_size_max == 0 {
+            return fail("batch_size_max", "must be at least 1".into());
+        }
+        if self.in_flight_batches_max == 0 {
+            return fail("in_flight_batches_max", "must be at least 1".into());
+        }
+        if self.client_window == 0 {
+            return fail("client_window", "must be at least 1".into());
+        }
+        if self.request_bytes_max + 1024 > self.batch_bytes_max {
+            return fail("batch_bytes_max", "must hold at least one request of request_bytes_max".into());
+        }
+        if self.batch_bytes_max + 64 * 1024 > self.frame_bytes_max {
+            return fail("frame_bytes_max", "must hold a full batch with its pre-prepare".into());
+        }
+        Ok(())
+    }
+}
+
+/// Errors in a configuration. The runtime adds the file name when it loads one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// One cluster: its members' public keys (index = replica id) and its protocol parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    members: Vec<PublicKey>,
+    pub params: ProtocolParams,
+}
+
+impl ClusterConfig {
+    /// A cluster of `members.len() = 3f + 1` replicas (more is allowed: `f = (n - 1) / 3`).
+    pub fn new(members: Vec<PublicKey>, params: ProtocolParams) -> Result<Self, ConfigError> {
+        if members.len() < 4 {
+            return Err(ConfigError::Invalid {
+                field: "members",
+                reason: format!("a BFT cluster needs at least 4 replicas (3f + 1, f >= 1), got {}", members.len()),
+            });
+        }
+        let mut sorted = members.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != members.len() {
+            return Err(ConfigError::Invalid {
+                field: "members",
+                reason: "two replicas share a public key".into(),
+            });
+        }
+        params.validate()?;
+        Ok(ClusterConfig { members, params })
+    }
+
+    pub fn n(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The number of Byzantine replicas tolerated.
+    pub fn f(&self) -> usize {
+        (self.n() - 1) / 3
+    }
+
+    /// `2f + 1`: any two quorums intersect in a correct replica.
+    pub fn quorum(&self) -> usize {
+        2 * self.f() + 1
+    }
+
+    /// `f + 1`: always includes at least one correct replica.
+    pub fn weak_quorum(&self) -> usize {
+        self.f() + 1
+    }
+
+    pub fn primary(&self, view: View) -> ReplicaId {
+        ReplicaId((view.0 % self.n() as u64) as u32)
+    }
+
+    pub fn public_key(&self, replica: ReplicaId) -> Option<&PublicKey> {
+        self.members.get(replica.index())
+    }
+
+    pub fn is_member(&self, replica: ReplicaId) -> bool {
+        replica.index() < self.n()
+    }
+
+    pub fn replicas(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        (0..self.n() as u32).map(ReplicaId)
+    }
+
+    pub fn members(&self) -> &[PublicKey] {
+        &self.members
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_crypto::KeyPair;
+
+    fn keys(n: u8) -> Vec<PublicKey> {
+        (0..n).map(|i| KeyPair::from_seed([i + 1; 32]).public()).collect()
+    }
+
+    #[test]
+    fn quorum_math_for_n_4_and_7() {
+        let four = ClusterConfig::new(keys(4), ProtocolParams::default()).unwrap();
+        assert_eq!((four.f(), four.quorum(), four.weak_quorum()), (1, 3, 2));
+        let seven = ClusterConfig::new(keys(7), ProtocolParams::default()).unwrap();
+        assert_eq!((seven.f(), seven.quorum(), seven.weak_quorum()), (2, 5, 3));
+        assert_eq!(seven.primary(View(9)), ReplicaId(2));
+    }
+
+    #[test]
+    fn too_few_replicas_is_refused() {
+        let err = ClusterConfig::new(keys(3), ProtocolParams::default()).unwrap_err();
+        assert!(err.to_string().contains("at least 4"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_member_key_is_refused() {
+        let mut members = keys(4);
+        members[3] = members[0];
+        assert!(ClusterConfig::new(members, ProtocolParams::default()).is_err());
+    }
+
+    #[test]
+    fn window_must_be_a_multiple_of_the_checkpoint_interval() {
+        let params = ProtocolParams { checkpoint_interval: 100, watermark_window: 250, ..Default::default() };
+        let err = params.validate().unwrap_err();
+        assert!(err.to_string().starts_with("watermark_window"), "{err}");
+    }
+}

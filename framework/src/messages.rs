@@ -1,0 +1,336 @@
+//! Protocol messages (PBFT.md §1).
+//!
+//! Each signed payload is a struct implementing [`Signable`] with its own domain tag. The
+//! wire form is [`Message`] (built of [`Signed`] payloads); what protocol roles accept is
+//! [`VerifiedMessage`] (built of [`Verified`] payloads), produced only by
+//! [`crate::verify::verify_message`] or by a replica signing its own message.
+
+use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
+use bulwark_crypto::{Digest, DigestBuilder, PublicKey, Signable, Signed, Verified};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// `REQUEST(o, t, c)`: signed by the client. The client is named by its public key, so a
+/// replica needs no client registry to check the signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub client_key: PublicKey,
+    pub timestamp: Timestamp,
+    /// A read-only request is answered from current state without ordering (the PBFT
+    /// read-only optimisation); the client needs `2f + 1` matching replies for it.
+    pub read_only: bool,
+    #[serde(with = "serde_bytes")]
+    pub operation: Vec<u8>,
+}
+
+impl Request {
+    pub fn client(&self) -> ClientId {
+        client_id(&self.client_key)
+    }
+}
+
+/// A client's id: the first eight bytes of the blake3 digest of its public key.
+pub fn client_id(key: &PublicKey) -> ClientId {
+    let digest = Digest::of(&key.to_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest.0[..8]);
+    ClientId(u64::from_le_bytes(bytes))
+}
+
+/// `PRE-PREPARE(v, s, d)`, signed by `primary(v)`; the batch travels beside it (M5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrePrepare {
+    pub view: View,
+    pub seq: SeqNum,
+    pub digest: Digest,
+}
+
+/// `PREPARE(v, s, d, i)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    pub view: View,
+    pub seq: SeqNum,
+    pub digest: Digest,
+    pub replica: ReplicaId,
+}
+
+/// `COMMIT(v, s, d, i)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub view: View,
+    pub seq: SeqNum,
+    pub digest: Digest,
+    pub replica: ReplicaId,
+}
+
+/// `REPLY(v, t, c, i, r)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub view: View,
+    pub timestamp: Timestamp,
+    pub client: ClientId,
+    pub replica: ReplicaId,
+    /// Answered from tentative state by the read-only path, not from an ordered execution.
+    pub read_only: bool,
+    #[serde(with = "serde_bytes")]
+    pub result: Vec<u8>,
+}
+
+/// `CHECKPOINT(s, D, i)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: SeqNum,
+    pub state_digest: Digest,
+    pub replica: ReplicaId,
+}
+
+/// What a replica has of one sequence number, reported in [`Status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotProgress {
+    pub has_pre_prepare: bool,
+    pub prepared: bool,
+    pub committed: bool,
+}
+
+/// `STATUS`: a replica that is stuck says where it is, and its peers send it what it
+/// lacks (the retransmission scheme of Castro's BFT library). Sent only while stuck.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub replica: ReplicaId,
+    pub view: View,
+    pub stable: SeqNum,
+    pub last_executed: SeqNum,
+    /// Progress of `last_executed + 1 ..`, one entry per sequence number, bounded by the
+    /// watermark window.
+    pub slots: Vec<SlotProgress>,
+}
+
+/// `STATE-REQ`: asks a peer for its checkpoint image at `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRequest {
+    pub replica: ReplicaId,
+    pub seq: SeqNum,
+}
+
+/// `STATE`: a checkpoint image (service snapshot and client table). The requester checks
+/// it against the digest of a stable checkpoint proof, never against the sender's word.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateReply {
+    pub replica: ReplicaId,
+    pub seq: SeqNum,
+    #[serde(with = "serde_bytes")]
+    pub image: Vec<u8>,
+}
+
+impl Signable for Request {
+    const DOMAIN: &'static [u8] = b"bulwark/request/v1";
+}
+impl Signable for PrePrepare {
+    const DOMAIN: &'static [u8] = b"bulwark/pre-prepare/v1";
+}
+impl Signable for Prepare {
+    const DOMAIN: &'static [u8] = b"bulwark/prepare/v1";
+}
+impl Signable for Commit {
+    const DOMAIN: &'static [u8] = b"bulwark/commit/v1";
+}
+impl Signable for Reply {
+    const DOMAIN: &'static [u8] = b"bulwark/reply/v1";
+}
+impl Signable for Checkpoint {
+    const DOMAIN: &'static [u8] = b"bulwark/checkpoint/v1";
+}
+impl Signable for Status {
+    const DOMAIN: &'static [u8] = b"bulwark/status/v1";
+}
+impl Signable for StateRequest {
+    const DOMAIN: &'static [u8] = b"bulwark/state-request/v1";
+}
+impl Signable for StateReply {
+    const DOMAIN: &'static [u8] = b"bulwark/state-reply/v1";
+}
+
+/// Domain tag of batch digests (M3).
+const BATCH_DOMAIN: &[u8] = b"bulwark/batch/v1";
+
+/// The batch digest of M3: `H(tag ‖ k ‖ D(m_1) ‖ … ‖ D(m_k))`. It binds neither view nor
+/// sequence number, so a batch keeps its digest when re-proposed in a later view.
+pub fn batch_digest<'a>(request_digests: impl ExactSizeIterator<Item = &'a Digest>) -> Digest {
+    let mut builder = DigestBuilder::new(BATCH_DOMAIN);
+    builder.update_u64(request_digests.len() as u64);
+    for digest in request_digests {
+        builder.update(&digest.0);
+    }
+    builder.finish()
+}
+
+/// An ordered batch of verified requests with its digest. The empty batch is the null
+/// request (M4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    requests: Vec<Verified<Request>>,
+    digest: Digest,
+    encoded_bytes: usize,
+}
+
+impl Batch {
+    pub fn new(requests: Vec<Verified<Request>>) -> Self {
+        let digest = batch_digest(requests.iter().map(|r| r.digest()).collect::<Vec<_>>().iter());
+        let encoded_bytes = requests.iter().map(|r| request_size(r.payload())).sum();
+        Batch { requests, digest, encoded_bytes }
+    }
+
+    pub fn null() -> Self {
+        Batch::new(Vec::new())
+    }
+
+    pub fn requests(&self) -> &[Verified<Request>] {
+        &self.requests
+    }
+
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// Approximate encoded size, for the `batch_bytes_max` bound.
+    pub fn encoded_bytes(&self) -> usize {
+        self.encoded_bytes
+    }
+
+    pub fn to_wire(&self) -> Vec<Signed<Request>> {
+        self.requests.iter().map(|r| r.signed().clone()).collect()
+    }
+}
+
+/// Approximate encoded size of a request: operation plus key, signature and framing.
+pub fn request_size(request: &Request) -> usize {
+    request.operation.len() + 128
+}
+
+/// A message as it travels between replicas and clients. Not yet trusted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Request(Signed<Request>),
+    PrePrepare(Signed<PrePrepare>, Vec<Signed<Request>>),
+    Prepare(Signed<Prepare>),
+    Commit(Signed<Commit>),
+    Reply(Signed<Reply>),
+    Checkpoint(Signed<Checkpoint>),
+    Status(Signed<Status>),
+    StateRequest(Signed<StateRequest>),
+    StateReply(Signed<StateReply>),
+}
+
+/// The kind of a message, for counters and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MessageKind {
+    Request,
+    PrePrepare,
+    Prepare,
+    Commit,
+    Reply,
+    Checkpoint,
+    Status,
+    StateRequest,
+    StateReply,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Request => "request",
+            MessageKind::PrePrepare => "pre_prepare",
+            MessageKind::Prepare => "prepare",
+            MessageKind::Commit => "commit",
+            MessageKind::Reply => "reply",
+            MessageKind::Checkpoint => "checkpoint",
+            MessageKind::Status => "status",
+            MessageKind::StateRequest => "state_request",
+            MessageKind::StateReply => "state_reply",
+        }
+    }
+}
+
+impl Message {
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::Request(_) => MessageKind::Request,
+            Message::PrePrepare(..) => MessageKind::PrePrepare,
+            Message::Prepare(_) => MessageKind::Prepare,
+            Message::Commit(_) => MessageKind::Commit,
+            Message::Reply(_) => MessageKind::Reply,
+            Message::Checkpoint(_) => MessageKind::Checkpoint,
+            Message::Status(_) => MessageKind::Status,
+            Message::StateRequest(_) => MessageKind::StateRequest,
+            Message::StateReply(_) => MessageKind::StateReply,
+        }
+    }
+}
+
+/// A message whose signatures (and, for a pre-prepare, batch) have been checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifiedMessage {
+    Request(Verified<Request>),
+    PrePrepare(Verified<PrePrepare>, Arc<Batch>),
+    Prepare(Verified<Prepare>),
+    Commit(Verified<Commit>),
+    Reply(Verified<Reply>),
+    Checkpoint(Verified<Checkpoint>),
+    Status(Verified<Status>),
+    StateRequest(Verified<StateRequest>),
+    StateReply(Verified<StateReply>),
+}
+
+impl VerifiedMessage {
+    /// The wire form, to encode and send.
+    pub fn to_wire(&self) -> Message {
+        match self {
+            VerifiedMessage::Request(m) => Message::Request(m.signed().clone()),
+            VerifiedMessage::PrePrepare(m, batch) => Message::PrePrepare(m.signed().clone(), batch.to_wire()),
+            VerifiedMessage::Prepare(m) => Message::Prepare(m.signed().clone()),
+            VerifiedMessage::Commit(m) => Message::Commit(m.signed().clone()),
+            VerifiedMessage::Reply(m) => Message::Reply(m.signed().clone()),
+            VerifiedMessage::Checkpoint(m) => Message::Checkpoint(m.signed().clone()),
+            VerifiedMessage::Status(m) => Message::Status(m.signed().clone()),
+            VerifiedMessage::StateRequest(m) => Message::StateRequest(m.signed().clone()),
+            VerifiedMessage::StateReply(m) => Message::StateReply(m.signed().clone()),
+        }
+    }
+
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            VerifiedMessage::Request(_) => MessageKind::Request,
+            VerifiedMessage::PrePrepare(..) => MessageKind::PrePrepare,
+            VerifiedMessage::Prepare(_) => MessageKind::Prepare,
+            VerifiedMessage::Commit(_) => MessageKind::Commit,
+            VerifiedMessage::Reply(_) => MessageKind::Reply,
+            VerifiedMessage::Checkpoint(_) => MessageKind::Checkpoint,
+            VerifiedMessage::Status(_) => MessageKind::Status,
+            VerifiedMessage::StateRequest(_) => MessageKind::StateRequest,
+            VerifiedMessage::StateReply(_) => MessageKind::StateReply,
+        }
+    }
+
+    /// The replica that signed this message, if a replica did.
+    pub fn replica_sender(&self, primary_of: impl Fn(View) -> ReplicaId) -> Option<ReplicaId> {
+        match self {
+            VerifiedMessage::Request(_) => None,
+            VerifiedMessage::PrePrepare(m, _) => Some(primary_of(m.view)),
+            VerifiedMessage::Prepare(m) => Some(m.replica),
+            VerifiedMessage::Commit(m) => Some(m.replica),
+            VerifiedMessage::Reply(m) => Some(m.replica),
+            VerifiedMessage::Checkpoint(m) => Some(m.replica),
+            VerifiedMessage::Status(m) => Some(m.replica),
+            VerifiedMessage::StateRequest(m) => Some(m.replica),
+            VerifiedMessage::StateReply(m) => Some(m.replica),
+        }
+    }
+}

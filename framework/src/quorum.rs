@@ -1,0 +1,156 @@
+//! Vote collection: certificates are `2f + 1` (or `2f`) matching signed messages from
+//! distinct members (PBFT.md M6).
+//!
+//! A [`VoteSet`] keeps at most one vote per member, so its size is bounded by `n` however
+//! many messages a Byzantine member sends; a second vote from the same signer is refused
+//! (PF7: Fabric #370 counted duplicates).
+
+use crate::ids::ReplicaId;
+use bulwark_crypto::{Digest, Verified};
+
+/// Outcome of adding a vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoteOutcome {
+    /// The vote was new and stored.
+    Added,
+    /// The signer had already voted for this digest: nothing changed.
+    Duplicate,
+    /// The signer had already voted for a different digest: refused, the first counts.
+    Conflicting,
+}
+
+/// One vote per member for one slot.
+#[derive(Debug, Clone)]
+pub struct VoteSet<T> {
+    votes: Vec<Option<(Digest, Verified<T>)>>,
+}
+
+impl<T> VoteSet<T> {
+    pub fn new(n: usize) -> Self {
+        VoteSet { votes: (0..n).map(|_| None).collect() }
+    }
+
+    /// Adds `vote` for `digest` signed by `signer`. The caller has checked that `signer`
+    /// is a member (the edge refuses non-members).
+    pub fn add(&mut self, signer: ReplicaId, digest: Digest, vote: Verified<T>) -> VoteOutcome {
+        let Some(place) = self.votes.get_mut(signer.index()) else {
+            return VoteOutcome::Conflicting;
+        };
+        match place {
+            Some((existing, _)) if *existing == digest => VoteOutcome::Duplicate,
+            Some(_) => VoteOutcome::Conflicting,
+            None => {
+                *place = Some((digest, vote));
+                VoteOutcome::Added
+            }
+        }
+    }
+
+    /// How many distinct members voted for `digest`, not counting `excluded` (the primary's
+    /// prepare never counts, N4).
+    pub fn count(&self, digest: Digest, excluded: Option<ReplicaId>) -> usize {
+        self.votes
+            .iter()
+            .enumerate()
+            .filter(|(index, vote)| {
+                Some(*index) != excluded.map(ReplicaId::index) && matches!(vote, Some((d, _)) if *d == digest)
+            })
+            .count()
+    }
+
+    /// Forgets `signer`'s vote (used to displace a member's oldest open checkpoint).
+    pub fn remove(&mut self, signer: ReplicaId) {
+        if let Some(place) = self.votes.get_mut(signer.index()) {
+            *place = None;
+        }
+    }
+
+    pub fn has_voted(&self, signer: ReplicaId) -> bool {
+        matches!(self.votes.get(signer.index()), Some(Some(_)))
+    }
+
+    pub fn vote_of(&self, signer: ReplicaId) -> Option<&Verified<T>> {
+        self.votes.get(signer.index()).and_then(|v| v.as_ref()).map(|(_, vote)| vote)
+    }
+
+    /// The votes for `digest`, one per signer: a certificate once there are enough.
+    pub fn certificate(&self, digest: Digest) -> Vec<&Verified<T>> {
+        self.votes
+            .iter()
+            .filter_map(|v| v.as_ref())
+            .filter(|(d, _)| *d == digest)
+            .map(|(_, vote)| vote)
+            .collect()
+    }
+
+    /// A digest that has at least `threshold` votes, if any.
+    pub fn digest_with(&self, threshold: usize) -> Option<Digest> {
+        self.votes
+            .iter()
+            .filter_map(|v| v.as_ref().map(|(d, _)| *d))
+            .find(|d| self.count(*d, None) >= threshold)
+    }
+
+    pub fn len(&self) -> usize {
+        self.votes.iter().filter(|v| v.is_some()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{SeqNum, View};
+    use crate::messages::Prepare;
+    use bulwark_crypto::KeyPair;
+
+    fn prepare(replica: u32, digest: Digest) -> Verified<Prepare> {
+        let key = KeyPair::from_seed([replica as u8 + 1; 32]);
+        let payload = Prepare { view: View(0), seq: SeqNum(1), digest, replica: ReplicaId(replica) };
+        Verified::sign(payload, &key).unwrap()
+    }
+
+    #[test]
+    fn pf7_a_second_vote_from_one_signer_never_counts_twice() {
+        let d = Digest::of(b"batch");
+        let mut votes = VoteSet::new(4);
+        assert_eq!(votes.add(ReplicaId(1), d, prepare(1, d)), VoteOutcome::Added);
+        assert_eq!(votes.add(ReplicaId(1), d, prepare(1, d)), VoteOutcome::Duplicate);
+        assert_eq!(votes.count(d, None), 1);
+    }
+
+    #[test]
+    fn m6_a_conflicting_vote_is_refused_and_the_first_counts() {
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let mut votes = VoteSet::new(4);
+        votes.add(ReplicaId(2), a, prepare(2, a));
+        assert_eq!(votes.add(ReplicaId(2), b, prepare(2, b)), VoteOutcome::Conflicting);
+        assert_eq!((votes.count(a, None), votes.count(b, None)), (1, 0));
+    }
+
+    #[test]
+    fn n4_the_excluded_signer_does_not_count() {
+        let d = Digest::of(b"batch");
+        let mut votes = VoteSet::new(4);
+        for r in 0..3 {
+            votes.add(ReplicaId(r), d, prepare(r, d));
+        }
+        assert_eq!(votes.count(d, Some(ReplicaId(0))), 2);
+        assert_eq!(votes.count(d, None), 3);
+        assert_eq!(votes.digest_with(3), Some(d));
+        assert_eq!(votes.certificate(d).len(), 3);
+    }
+
+    #[test]
+    fn a_vote_set_never_holds_more_than_n_votes() {
+        let mut votes = VoteSet::new(4);
+        for round in 0..100u32 {
+            let d = Digest::of(&round.to_le_bytes());
+            votes.add(ReplicaId(round % 4), d, prepare(round % 4, d));
+        }
+        assert_eq!(votes.len(), 4);
+    }
+}

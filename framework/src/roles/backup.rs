@@ -1,0 +1,397 @@
+//! The agreement role: pre-prepare acceptance, prepare and commit (PBFT.md §2, N1–N6).
+//!
+//! Every replica runs it for every sequence number inside its watermark window
+//! `(h, h + L]`; in the primary it holds the primary's own pre-prepares (P4: the primary
+//! sends no PREPARE, its pre-prepare is its vote). The log is a map from sequence number
+//! to [`Slot`], bounded by the window; messages for the next window are buffered per
+//! sender with a bound (C5); anything further is refused.
+
+use crate::config::ClusterConfig;
+use crate::ids::{ReplicaId, SeqNum, View};
+use crate::messages::{Batch, Commit, PrePrepare, Prepare, SlotProgress, Status, VerifiedMessage};
+use crate::quorum::{VoteOutcome, VoteSet};
+use bulwark_crypto::{Digest, KeyPair, Signable, Verified};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// Signs one of the replica's own messages. Encoding a fixed-shape payload cannot fail.
+pub(crate) fn sign<T: Signable>(payload: T, key: &KeyPair) -> Verified<T> {
+    Verified::sign(payload, key).expect("encoding a protocol payload cannot fail")
+}
+
+/// Where a sequence number falls relative to the watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowPosition {
+    /// `s ≤ h`: already garbage-collected.
+    Below,
+    /// `h < s ≤ h + L`.
+    Inside,
+    /// `h + L < s ≤ h + 2L`: buffered until `h` advances (C5).
+    Ahead,
+    /// Further still: refused.
+    Beyond,
+}
+
+/// Quorum thresholds. Only the correct rule exists outside negative-control tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QuorumRule {
+    Correct,
+    /// Negative control: prepared with `f` prepares, committed with `f + 1` commits.
+    /// Switched on only by tests that prove the safety checker can fail.
+    #[cfg_attr(not(feature = "negative-controls"), allow(dead_code))]
+    Weakened,
+}
+
+/// The agreement state of one sequence number in the current view.
+#[derive(Debug)]
+pub struct Slot {
+    pre_prepare: Option<(Verified<PrePrepare>, Arc<Batch>)>,
+    prepares: VoteSet<Prepare>,
+    commits: VoteSet<Commit>,
+    prepared: bool,
+    committed: bool,
+    own_commit: Option<Verified<Commit>>,
+}
+
+impl Slot {
+    fn new(n: usize) -> Self {
+        Slot {
+            pre_prepare: None,
+            prepares: VoteSet::new(n),
+            commits: VoteSet::new(n),
+            prepared: false,
+            committed: false,
+            own_commit: None,
+        }
+    }
+
+    pub fn digest(&self) -> Option<Digest> {
+        self.pre_prepare.as_ref().map(|(pp, _)| pp.digest)
+    }
+
+    pub fn is_committed(&self) -> bool {
+        self.committed
+    }
+}
+
+/// The agreement role.
+#[derive(Debug)]
+pub struct Backup {
+    me: ReplicaId,
+    config: Arc<ClusterConfig>,
+    view: View,
+    low: SeqNum,
+    slots: BTreeMap<SeqNum, Slot>,
+    future: Vec<VecDeque<VerifiedMessage>>,
+    rule: QuorumRule,
+}
+
+/// What the agreement role asks for.
+#[derive(Debug)]
+pub enum BackupOutput {
+    Broadcast(VerifiedMessage),
+    Refused(&'static str),
+}
+
+impl Backup {
+    pub fn new(me: ReplicaId, config: Arc<ClusterConfig>) -> Self {
+        let n = config.n();
+        Backup {
+            me,
+            config,
+            view: View(0),
+            low: SeqNum(0),
+            slots: BTreeMap::new(),
+            future: (0..n).map(|_| VecDeque::new()).collect(),
+            rule: QuorumRule::Correct,
+        }
+    }
+
+    #[cfg_attr(not(feature = "negative-controls"), allow(dead_code))]
+    pub(crate) fn set_rule(&mut self, rule: QuorumRule) {
+        self.rule = rule;
+    }
+
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    /// The low watermark `h`.
+    pub fn low(&self) -> SeqNum {
+        self.low
+    }
+
+    /// The high watermark `h + L`.
+    pub fn high(&self) -> SeqNum {
+        SeqNum(self.low.0 + self.config.params.watermark_window)
+    }
+
+    pub fn position(&self, seq: SeqNum) -> WindowPosition {
+        let window = self.config.params.watermark_window;
+        if seq <= self.low {
+            WindowPosition::Below
+        } else if seq.0 <= self.low.0 + window {
+            WindowPosition::Inside
+        } else if seq.0 <= self.low.0 + 2 * window {
+            WindowPosition::Ahead
+        } else {
+            WindowPosition::Beyond
+        }
+    }
+
+    fn prepare_threshold(&self) -> usize {
+        match self.rule {
+            QuorumRule::Correct => 2 * self.config.f(),
+            QuorumRule::Weakened => self.config.f(),
+        }
+    }
+
+    fn commit_threshold(&self) -> usize {
+        match self.rule {
+            QuorumRule::Correct => self.config.quorum(),
+            QuorumRule::Weakened => self.config.f() + 1,
+        }
+    }
+
+    /// Sorts a normal-case message by its sequence number: `true` to process it now,
+    /// `false` if it was buffered or refused (the reason is pushed to `out`).
+    fn admit(
+        &mut self,
+        seq: SeqNum,
+        sender: ReplicaId,
+        message: impl FnOnce() -> VerifiedMessage,
+        out: &mut Vec<BackupOutput>,
+    ) -> bool {
+        match self.position(seq) {
+            WindowPosition::Inside => true,
+            WindowPosition::Below => {
+                out.push(BackupOutput::Refused("below low watermark"));
+                false
+            }
+            WindowPosition::Ahead => {
+                let limit = self.config.params.future_messages_per_sender_max;
+                let queue = &mut self.future[sender.index()];
+                if queue.len() < limit {
+                    queue.push_back(message());
+                } else {
+                    out.push(BackupOutput::Refused("future buffer full"));
+                }
+                false
+            }
+            WindowPosition::Beyond => {
+                out.push(BackupOutput::Refused("beyond high watermark"));
+                false
+            }
+        }
+    }
+
+    fn slot_mut(&mut self, seq: SeqNum) -> &mut Slot {
+        let n = self.config.n();
+        self.slots.entry(seq).or_insert_with(|| Slot::new(n))
+    }
+
+    /// N1: accept a pre-prepare from the primary of the current view.
+    ///
+    /// N1.a (signature by `primary(v)`) and N1.e (batch well formed and matching `d`) are
+    /// established by [`crate::verify::verify_message`]; this checks N1.b (view), N1.c
+    /// (watermarks) and N1.d (no other digest for `(v, s)`), then multicasts PREPARE.
+    pub fn on_pre_prepare(
+        &mut self,
+        pre_prepare: Verified<PrePrepare>,
+        batch: Arc<Batch>,
+        key: &KeyPair,
+        out: &mut Vec<BackupOutput>,
+    ) {
+        let primary = self.config.primary(pre_prepare.view);
+        if pre_prepare.view != self.view {
+            out.push(BackupOutput::Refused("pre-prepare for another view"));
+            return;
+        }
+        let message = || VerifiedMessage::PrePrepare(pre_prepare.clone(), batch.clone());
+        if !self.admit(pre_prepare.seq, primary, message, out) {
+            return;
+        }
+        let seq = pre_prepare.seq;
+        let digest = pre_prepare.digest;
+        let view = self.view;
+        let me = self.me;
+        let i_am_primary = primary == me;
+        let slot = self.slot_mut(seq);
+        match slot.digest() {
+            Some(existing) if existing == digest => return,
+            Some(_) => {
+                // N3: two signed pre-prepares for one (v, s) prove the primary faulty. The
+                // view change (its own issue) acts on this; here the second is refused.
+                out.push(BackupOutput::Refused("conflicting pre-prepare (N1.d)"));
+                return;
+            }
+            None => {}
+        }
+        slot.pre_prepare = Some((pre_prepare, batch));
+        if !i_am_primary {
+            let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
+            slot.prepares.add(me, digest, prepare.clone());
+            out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));
+        }
+        self.check_progress(seq, key, out);
+    }
+
+    /// N4: log a PREPARE of the current view inside the window. A prepare from the
+    /// primary is ignored. Votes may arrive before the pre-prepare (PF8).
+    pub fn on_prepare(&mut self, prepare: Verified<Prepare>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
+        if prepare.view != self.view {
+            out.push(BackupOutput::Refused("prepare for another view"));
+            return;
+        }
+        if prepare.replica == self.config.primary(prepare.view) {
+            out.push(BackupOutput::Refused("prepare from the primary (N4)"));
+            return;
+        }
+        let message = || VerifiedMessage::Prepare(prepare.clone());
+        if !self.admit(prepare.seq, prepare.replica, message, out) {
+            return;
+        }
+        let (seq, replica, digest) = (prepare.seq, prepare.replica, prepare.digest);
+        if self.slot_mut(seq).prepares.add(replica, digest, prepare) == VoteOutcome::Conflicting {
+            out.push(BackupOutput::Refused("conflicting prepare from one replica (PF7)"));
+        }
+        self.check_progress(seq, key, out);
+    }
+
+    /// N4: log a COMMIT of the current view inside the window.
+    pub fn on_commit(&mut self, commit: Verified<Commit>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
+        if commit.view != self.view {
+            out.push(BackupOutput::Refused("commit for another view"));
+            return;
+        }
+        let message = || VerifiedMessage::Commit(commit.clone());
+        if !self.admit(commit.seq, commit.replica, message, out) {
+            return;
+        }
+        let (seq, replica, digest) = (commit.seq, commit.replica, commit.digest);
+        if self.slot_mut(seq).commits.add(replica, digest, commit) == VoteOutcome::Conflicting {
+            out.push(BackupOutput::Refused("conflicting commit from one replica (PF7)"));
+        }
+        self.check_progress(seq, key, out);
+    }
+
+    /// N5 and N6: become prepared (and multicast COMMIT once), then committed-local.
+    fn check_progress(&mut self, seq: SeqNum, key: &KeyPair, out: &mut Vec<BackupOutput>) {
+        let prepare_threshold = self.prepare_threshold();
+        let commit_threshold = self.commit_threshold();
+        let primary = self.config.primary(self.view);
+        let (view, me) = (self.view, self.me);
+        let Some(slot) = self.slots.get_mut(&seq) else { return };
+        let Some(digest) = slot.digest() else { return };
+        if !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
+            slot.prepared = true;
+            let commit = sign(Commit { view, seq, digest, replica: me }, key);
+            slot.commits.add(me, digest, commit.clone());
+            slot.own_commit = Some(commit.clone());
+            out.push(BackupOutput::Broadcast(VerifiedMessage::Commit(commit)));
+        }
+        if slot.prepared && !slot.committed && slot.commits.count(digest, None) >= commit_threshold {
+            slot.committed = true;
+        }
+    }
+
+    /// The batch at `seq` if it is committed-local (E1 asks for it in order).
+    pub fn committed_batch(&self, seq: SeqNum) -> Option<(Arc<Batch>, View)> {
+        let slot = self.slots.get(&seq)?;
+        if !slot.committed {
+            return None;
+        }
+        slot.pre_prepare.as_ref().map(|(pp, batch)| (batch.clone(), pp.view))
+    }
+
+    pub fn is_committed(&self, seq: SeqNum) -> bool {
+        self.slots.get(&seq).is_some_and(|s| s.committed)
+    }
+
+    /// C4 (with C6): a checkpoint at `stable` became stable. Discard the log at and below
+    /// it, except committed batches the replica has not executed yet (it may still
+    /// execute them, C6). Returns the buffered messages to re-examine (C5).
+    pub fn advance_low(&mut self, stable: SeqNum, last_executed: SeqNum) -> Vec<VerifiedMessage> {
+        if stable <= self.low {
+            return Vec::new();
+        }
+        self.low = stable;
+        self.slots.retain(|seq, slot| *seq > stable || (*seq > last_executed && slot.committed));
+        let mut replay = Vec::new();
+        for queue in &mut self.future {
+            replay.extend(queue.drain(..));
+        }
+        replay
+    }
+
+    /// Drops executed slots that a later stable checkpoint will not need: called after
+    /// executing, for slots kept by `advance_low` below the window.
+    pub fn forget_executed_below_low(&mut self, last_executed: SeqNum) {
+        let low = self.low;
+        self.slots.retain(|seq, _| *seq > low || *seq > last_executed);
+    }
+
+    /// Progress of `seq`, for STATUS.
+    pub fn progress(&self, seq: SeqNum) -> SlotProgress {
+        match self.slots.get(&seq) {
+            None => SlotProgress { has_pre_prepare: false, prepared: false, committed: false },
+            Some(slot) => SlotProgress {
+                has_pre_prepare: slot.pre_prepare.is_some(),
+                prepared: slot.prepared,
+                committed: slot.committed,
+            },
+        }
+    }
+
+    /// What a peer that sent `status` lacks and this replica can give: the pre-prepare
+    /// (forwarded, it is signed by the primary), this replica's own PREPARE and COMMIT.
+    /// Bounded by the window.
+    pub fn retransmissions_for(&self, status: &Status) -> Vec<VerifiedMessage> {
+        let mut messages = Vec::new();
+        if status.view != self.view {
+            return messages;
+        }
+        let first = SeqNum(status.last_executed.0 + 1);
+        let last = SeqNum(status.last_executed.0 + self.config.params.watermark_window).min(self.high());
+        for (seq, slot) in self.slots.range(first..=last) {
+            let offset = (seq.0 - first.0) as usize;
+            let theirs = status.slots.get(offset).copied().unwrap_or(SlotProgress {
+                has_pre_prepare: false,
+                prepared: false,
+                committed: false,
+            });
+            if theirs.committed {
+                continue;
+            }
+            if let Some((pp, batch)) = &slot.pre_prepare {
+                if !theirs.has_pre_prepare {
+                    messages.push(VerifiedMessage::PrePrepare(pp.clone(), batch.clone()));
+                }
+            }
+            if !theirs.prepared {
+                if let Some(prepare) = slot.prepares.vote_of(self.me) {
+                    messages.push(VerifiedMessage::Prepare(prepare.clone()));
+                }
+            }
+            if let Some(commit) = &slot.own_commit {
+                messages.push(VerifiedMessage::Commit(commit.clone()));
+            }
+        }
+        messages
+    }
+
+    /// Highest sequence number with any state in the log.
+    pub fn highest_logged(&self) -> SeqNum {
+        self.slots.keys().next_back().copied().unwrap_or(self.low)
+    }
+
+    /// Entries in the log (bounded by the window plus committed-unexecuted slots).
+    pub fn log_len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Messages buffered for the next window, all senders.
+    pub fn future_len(&self) -> usize {
+        self.future.iter().map(VecDeque::len).sum()
+    }
+}

@@ -1,0 +1,140 @@
+//! The checkpoint collector (PBFT.md C3–C4, C7).
+//!
+//! CHECKPOINT messages are logged per sequence number, one vote per member; `2f + 1`
+//! matching `(s, D)` make `s` stable and those messages its proof. Only multiples of `K`
+//! above the stable checkpoint are collected, and each member may have at most
+//! `L / K + 2` sequence numbers open at once (a newer one displaces its oldest), so a
+//! Byzantine member cannot grow the collector. Checkpoints beyond the window are kept too
+//! (within that bound): they are how a replica that fell behind learns a stable
+//! checkpoint to catch up to (C7).
+
+use crate::config::ClusterConfig;
+use crate::ids::SeqNum;
+use crate::messages::Checkpoint;
+use crate::quorum::{VoteOutcome, VoteSet};
+use bulwark_crypto::{Digest, Verified};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A stable checkpoint and its proof: `2f + 1` matching signed CHECKPOINTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StableCheckpoint {
+    pub seq: SeqNum,
+    pub state_digest: Digest,
+    pub proof: Vec<Verified<Checkpoint>>,
+}
+
+/// The checkpoint collector role.
+#[derive(Debug)]
+pub struct CheckpointCollector {
+    config: Arc<ClusterConfig>,
+    stable: StableCheckpoint,
+    pending: BTreeMap<SeqNum, VoteSet<Checkpoint>>,
+    open_per_member: Vec<usize>,
+}
+
+impl CheckpointCollector {
+    pub fn new(config: Arc<ClusterConfig>) -> Self {
+        let n = config.n();
+        CheckpointCollector {
+            config,
+            stable: StableCheckpoint { seq: SeqNum(0), state_digest: Digest::default(), proof: Vec::new() },
+            pending: BTreeMap::new(),
+            open_per_member: vec![0; n],
+        }
+    }
+
+    pub fn stable(&self) -> &StableCheckpoint {
+        &self.stable
+    }
+
+    fn open_max(&self) -> usize {
+        let params = &self.config.params;
+        (params.watermark_window / params.checkpoint_interval) as usize + 2
+    }
+
+    /// C3: log a checkpoint. Returns the new stable checkpoint if this message completed
+    /// a proof above the current one, or the reason it was refused.
+    pub fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>) -> Result<Option<StableCheckpoint>, &'static str> {
+        let seq = checkpoint.seq;
+        if seq <= self.stable.seq {
+            return Err("checkpoint at or below the stable one");
+        }
+        if seq.0 % self.config.params.checkpoint_interval != 0 {
+            return Err("checkpoint at a sequence number that is not a multiple of K");
+        }
+        let member = checkpoint.replica.index();
+        if !self.pending.get(&seq).is_some_and(|votes| votes.has_voted(checkpoint.replica))
+            && self.open_per_member[member] >= self.open_max()
+        {
+            // Displace this member's oldest open checkpoint, or refuse if this one is older.
+            let oldest = self
+                .pending
+                .iter()
+                .find(|(_, votes)| votes.has_voted(checkpoint.replica))
+                .map(|(s, _)| *s);
+            match oldest {
+                Some(oldest) if oldest < seq => self.remove_vote(oldest, checkpoint.replica.index()),
+                _ => return Err("too many open checkpoints from one member"),
+            }
+        }
+        let n = self.config.n();
+        let votes = self.pending.entry(seq).or_insert_with(|| VoteSet::new(n));
+        let digest = checkpoint.state_digest;
+        match votes.add(checkpoint.replica, digest, checkpoint) {
+            VoteOutcome::Added => self.open_per_member[member] += 1,
+            VoteOutcome::Duplicate => return Ok(None),
+            VoteOutcome::Conflicting => return Err("conflicting checkpoint from one member"),
+        }
+        if votes.count(digest, None) < self.config.quorum() {
+            return Ok(None);
+        }
+        let proof: Vec<Verified<Checkpoint>> = votes.certificate(digest).into_iter().cloned().collect();
+        self.stable = StableCheckpoint { seq, state_digest: digest, proof };
+        self.collect_garbage();
+        Ok(Some(self.stable.clone()))
+    }
+
+    /// Installs a stable checkpoint learned elsewhere (a proof checked by the caller).
+    pub fn adopt(&mut self, stable: StableCheckpoint) {
+        if stable.seq > self.stable.seq {
+            self.stable = stable;
+            self.collect_garbage();
+        }
+    }
+
+    fn remove_vote(&mut self, seq: SeqNum, member: usize) {
+        if let Some(votes) = self.pending.get_mut(&seq) {
+            votes.remove(crate::ids::ReplicaId(member as u32));
+            self.open_per_member[member] -= 1;
+            if votes.is_empty() {
+                self.pending.remove(&seq);
+            }
+        }
+    }
+
+    /// C4: drop checkpoint messages at and below the stable checkpoint.
+    fn collect_garbage(&mut self) {
+        let stable = self.stable.seq;
+        let dropped: Vec<SeqNum> = self.pending.range(..=stable).map(|(s, _)| *s).collect();
+        for seq in dropped {
+            if let Some(votes) = self.pending.remove(&seq) {
+                for member in 0..self.config.n() {
+                    if votes.has_voted(crate::ids::ReplicaId(member as u32)) {
+                        self.open_per_member[member] -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checkpoint messages this replica holds above the stable one (bounded).
+    pub fn pending_len(&self) -> usize {
+        self.pending.values().map(VoteSet::len).sum()
+    }
+
+    /// The own checkpoint messages held above the stable one, to retransmit.
+    pub fn votes_of(&self, member: crate::ids::ReplicaId) -> Vec<Verified<Checkpoint>> {
+        self.pending.values().filter_map(|votes| votes.vote_of(member).cloned()).collect()
+    }
+}

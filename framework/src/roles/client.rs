@@ -1,0 +1,202 @@
+//! The client role (PBFT.md CL1–CL3, CX1).
+//!
+//! A client signs each request with a fresh, increasing timestamp and sends it to the
+//! primary of the latest view it knows. It accepts a result once `f + 1` replicas sent
+//! matching replies (at least one of them is correct). If that takes longer than the
+//! retransmission timeout it broadcasts the request to every replica, and keeps doing so
+//! with backoff. Many requests may be outstanding, up to the client window `W`.
+//!
+//! A read-only request is broadcast and answered from each replica's current state; it
+//! needs `2f + 1` matching replies, and falls back to an ordered request when they do not
+//! come (replies differ, or the timer fires).
+
+use crate::config::ClusterConfig;
+use crate::ids::{ClientId, Instant, ReplicaId, Timestamp, View};
+use crate::messages::{client_id, Reply, Request};
+use crate::roles::backup::sign;
+use bulwark_crypto::{KeyPair, Verified};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What the client asks its runtime to do, or reports.
+#[derive(Debug, Clone)]
+pub enum ClientAction {
+    Send { to: ReplicaId, request: Verified<Request> },
+    Broadcast { request: Verified<Request> },
+    /// Call [`Client::on_timer`] at `at` (replaces the pending client timer).
+    SetTimer { at: Instant },
+    /// The request with `timestamp` completed with `result` (an encoded
+    /// [`crate::service::Outcome`]).
+    Completed { timestamp: Timestamp, result: Vec<u8> },
+}
+
+/// Why the client could not issue a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("{outstanding} requests are outstanding, the client window is {limit}")]
+    WindowFull { outstanding: usize, limit: usize },
+    #[error("operation of {bytes} bytes exceeds the limit of {limit}")]
+    OperationTooLarge { bytes: usize, limit: usize },
+}
+
+#[derive(Debug)]
+struct Outstanding {
+    request: Verified<Request>,
+    /// The first reply from each replica: its result and view.
+    replies: Vec<Option<(Vec<u8>, View)>>,
+    deadline: Instant,
+    retransmissions: u32,
+}
+
+/// The client role.
+#[derive(Debug)]
+pub struct Client {
+    key: KeyPair,
+    id: ClientId,
+    config: Arc<ClusterConfig>,
+    next_timestamp: Timestamp,
+    view: View,
+    outstanding: BTreeMap<Timestamp, Outstanding>,
+    timer: Option<Instant>,
+}
+
+impl Client {
+    /// A client with `key`, whose first timestamp is `first_timestamp`. A client that
+    /// restarts must start above every timestamp it used before (the runtime uses the
+    /// wall clock in microseconds).
+    pub fn new(key: KeyPair, config: Arc<ClusterConfig>, first_timestamp: Timestamp) -> Self {
+        let id = client_id(&key.public());
+        Client { key, id, config, next_timestamp: first_timestamp, view: View(0), outstanding: BTreeMap::new(), timer: None }
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The view the client believes current.
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    /// Issues a request. Returns its timestamp and the actions to carry out.
+    pub fn invoke(&mut self, operation: Vec<u8>, read_only: bool, now: Instant) -> Result<(Timestamp, Vec<ClientAction>), ClientError> {
+        let limit = self.config.params.client_window as usize;
+        if self.outstanding.len() >= limit {
+            return Err(ClientError::WindowFull { outstanding: self.outstanding.len(), limit });
+        }
+        let bytes_limit = self.config.params.request_bytes_max;
+        if operation.len() > bytes_limit {
+            return Err(ClientError::OperationTooLarge { bytes: operation.len(), limit: bytes_limit });
+        }
+        let timestamp = self.next_timestamp;
+        self.next_timestamp = Timestamp(timestamp.0 + 1);
+        let request = sign(Request { client_key: self.key.public(), timestamp, read_only, operation }, &self.key);
+        let mut actions = vec![if read_only {
+            ClientAction::Broadcast { request: request.clone() }
+        } else {
+            ClientAction::Send { to: self.config.primary(self.view), request: request.clone() }
+        }];
+        let deadline = now + self.config.params.client_retransmit();
+        self.outstanding.insert(
+            timestamp,
+            Outstanding { request, replies: vec![None; self.config.n()], deadline, retransmissions: 0 },
+        );
+        self.rearm(&mut actions);
+        Ok((timestamp, actions))
+    }
+
+    /// CL2: take a verified reply.
+    pub fn on_reply(&mut self, reply: Verified<Reply>, now: Instant) -> Vec<ClientAction> {
+        let mut actions = Vec::new();
+        if reply.client != self.id {
+            return actions;
+        }
+        let timestamp = reply.timestamp;
+        let n = self.config.n();
+        let Some(pending) = self.outstanding.get_mut(&timestamp) else { return actions };
+        if reply.read_only != pending.request.read_only {
+            return actions;
+        }
+        let Some(slot) = pending.replies.get_mut(reply.replica.index()) else { return actions };
+        if slot.is_some() {
+            return actions;
+        }
+        *slot = Some((reply.result.clone(), reply.view));
+        let needed = if pending.request.read_only { self.config.quorum() } else { self.config.weak_quorum() };
+        let matching: Vec<View> = pending
+            .replies
+            .iter()
+            .flatten()
+            .filter(|(result, _)| *result == reply.result)
+            .map(|(_, view)| *view)
+            .collect();
+        if matching.len() >= needed {
+            let mut views = matching;
+            views.sort_unstable_by(|a, b| b.cmp(a));
+            // The (f+1)-th highest view among matching replies is vouched for by at least
+            // one correct replica.
+            let vouched = views[self.config.weak_quorum() - 1];
+            self.view = self.view.max(vouched);
+            self.outstanding.remove(&timestamp);
+            actions.push(ClientAction::Completed { timestamp, result: reply.result.clone() });
+        } else if pending.request.read_only {
+            let replied = pending.replies.iter().flatten().count();
+            let best = best_match(&pending.replies);
+            if best + (n - replied) < needed {
+                self.fall_back_to_ordered(timestamp, now, &mut actions);
+            }
+        }
+        self.rearm(&mut actions);
+        actions
+    }
+
+    /// CL3: retransmit every request whose deadline passed, to all replicas, with backoff.
+    pub fn on_timer(&mut self, now: Instant) -> Vec<ClientAction> {
+        let mut actions = Vec::new();
+        let due: Vec<Timestamp> = self.outstanding.iter().filter(|(_, p)| p.deadline <= now).map(|(t, _)| *t).collect();
+        for timestamp in due {
+            let read_only = self.outstanding[&timestamp].request.read_only;
+            if read_only {
+                self.fall_back_to_ordered(timestamp, now, &mut actions);
+                continue;
+            }
+            let base = self.config.params.client_retransmit();
+            let pending = self.outstanding.get_mut(&timestamp).expect("due entry exists");
+            pending.retransmissions += 1;
+            pending.deadline = now + base * (1u32 << pending.retransmissions.min(3));
+            actions.push(ClientAction::Broadcast { request: pending.request.clone() });
+        }
+        self.timer = None;
+        self.rearm(&mut actions);
+        actions
+    }
+
+    fn fall_back_to_ordered(&mut self, timestamp: Timestamp, now: Instant, actions: &mut Vec<ClientAction>) {
+        let Some(pending) = self.outstanding.get_mut(&timestamp) else { return };
+        let mut request = pending.request.payload().clone();
+        request.read_only = false;
+        pending.request = sign(request, &self.key);
+        pending.replies = vec![None; self.config.n()];
+        pending.deadline = now + self.config.params.client_retransmit();
+        actions.push(ClientAction::Broadcast { request: pending.request.clone() });
+    }
+
+    fn rearm(&mut self, actions: &mut Vec<ClientAction>) {
+        let earliest = self.outstanding.values().map(|p| p.deadline).min();
+        if earliest != self.timer {
+            self.timer = earliest;
+            if let Some(at) = earliest {
+                actions.push(ClientAction::SetTimer { at });
+            }
+        }
+    }
+}
+
+fn best_match(replies: &[Option<(Vec<u8>, View)>]) -> usize {
+    let results: Vec<&Vec<u8>> = replies.iter().flatten().map(|(r, _)| r).collect();
+    results.iter().map(|r| results.iter().filter(|other| *other == r).count()).max().unwrap_or(0)
+}

@@ -1,0 +1,273 @@
+//! The executor: runs committed batches strictly in sequence order through the user's
+//! service, keeps the client table for exactly-once replies, and takes checkpoint images.
+//! (PBFT.md E1–E4, CX2–CX4, C1–C2.)
+
+use crate::config::ClusterConfig;
+use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
+use crate::messages::{Batch, Reply, Request};
+use crate::roles::backup::sign;
+use crate::service::{Outcome, Service};
+use bulwark_crypto::{Digest, KeyPair, Verified};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What the replica knows of one client (CX2): the executed window `(top - W, top]`, with
+/// the result of every executed timestamp in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ClientRecord {
+    top: Timestamp,
+    #[serde(with = "results_as_pairs")]
+    results: BTreeMap<Timestamp, Vec<u8>>,
+    last_active: SeqNum,
+}
+
+mod results_as_pairs {
+    use super::Timestamp;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry(Timestamp, #[serde(with = "serde_bytes")] Vec<u8>);
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<Timestamp, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        let entries: Vec<Entry> = map.iter().map(|(t, r)| Entry(*t, r.clone())).collect();
+        entries.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Timestamp, Vec<u8>>, D::Error> {
+        let entries: Vec<Entry> = Vec::deserialize(d)?;
+        Ok(entries.into_iter().map(|Entry(t, r)| (t, r)).collect())
+    }
+}
+
+/// How a replica treats a request, given the client table (CX3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestStatus {
+    /// Below the client's executed window: its reply is gone; drop it.
+    TooOld,
+    /// Executed already: resend this result (R2).
+    Executed(Vec<u8>),
+    /// Not executed yet.
+    New,
+}
+
+/// The client table (C2): part of every checkpoint image, so exactly-once execution
+/// survives state transfer. Bounded by `client_table_max` clients of `client_window`
+/// results each; the least recently active client is evicted first (deterministically,
+/// since every replica executes the same sequence).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTable {
+    clients: BTreeMap<ClientId, ClientRecord>,
+    by_activity: BTreeSet<(SeqNum, ClientId)>,
+}
+
+impl ClientTable {
+    pub fn status(&self, client: ClientId, timestamp: Timestamp, window: u64) -> RequestStatus {
+        let Some(record) = self.clients.get(&client) else { return RequestStatus::New };
+        if let Some(result) = record.results.get(&timestamp) {
+            return RequestStatus::Executed(result.clone());
+        }
+        if timestamp.0 + window <= record.top.0 {
+            return RequestStatus::TooOld;
+        }
+        RequestStatus::New
+    }
+
+    fn record(&mut self, client: ClientId, timestamp: Timestamp, result: Vec<u8>, seq: SeqNum, window: u64, max: usize) {
+        let record = self.clients.entry(client).or_default();
+        self.by_activity.remove(&(record.last_active, client));
+        record.last_active = seq;
+        self.by_activity.insert((seq, client));
+        record.top = record.top.max(timestamp);
+        record.results.insert(timestamp, result);
+        let floor = record.top.0.saturating_sub(window);
+        while let Some((&oldest, _)) = record.results.first_key_value() {
+            if oldest.0 > floor {
+                break;
+            }
+            record.results.remove(&oldest);
+        }
+        while self.clients.len() > max {
+            let Some((_, evicted)) = self.by_activity.pop_first() else { break };
+            self.clients.remove(&evicted);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+/// A checkpoint image: the service snapshot and the client table, encoded canonically.
+#[derive(Serialize, Deserialize)]
+struct Image {
+    #[serde(with = "serde_bytes")]
+    service: Vec<u8>,
+    clients: Vec<(ClientId, ClientRecord)>,
+}
+
+/// The executor role.
+pub struct Executor<S: Service> {
+    me: ReplicaId,
+    config: Arc<ClusterConfig>,
+    service: S,
+    clients: ClientTable,
+    last_executed: SeqNum,
+    /// Checkpoint images by sequence number: the pending ones and the latest stable one,
+    /// bounded by `L / K + 1`.
+    images: BTreeMap<SeqNum, (Digest, Arc<Vec<u8>>)>,
+}
+
+impl<S: Service> std::fmt::Debug for Executor<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("service", &std::any::type_name::<S>())
+            .field("last_executed", &self.last_executed)
+            .field("clients", &self.clients.len())
+            .field("images", &self.images.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What executing one batch produced.
+#[derive(Debug)]
+pub struct Execution {
+    pub replies: Vec<(ClientId, Verified<Reply>)>,
+    /// `Some((seq, state digest))` if `seq` is a checkpoint (C1).
+    pub checkpoint: Option<(SeqNum, Digest)>,
+    pub executed_requests: usize,
+}
+
+impl<S: Service> Executor<S> {
+    pub fn new(me: ReplicaId, config: Arc<ClusterConfig>, service: S) -> Self {
+        Executor { me, config, service, clients: ClientTable::default(), last_executed: SeqNum(0), images: BTreeMap::new() }
+    }
+}
+
+impl<S: Service> Executor<S> {
+    pub fn last_executed(&self) -> SeqNum {
+        self.last_executed
+    }
+
+    pub fn request_status(&self, request: &Request) -> RequestStatus {
+        self.clients.status(request.client(), request.timestamp, self.config.params.client_window)
+    }
+
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    pub fn client_table(&self) -> &ClientTable {
+        &self.clients
+    }
+
+    /// Signs a reply for `request` with `result`.
+    pub fn reply(&self, view: View, request: &Request, result: Vec<u8>, read_only: bool, key: &KeyPair) -> Verified<Reply> {
+        sign(
+            Reply { view, timestamp: request.timestamp, client: request.client(), replica: self.me, read_only, result },
+            key,
+        )
+    }
+
+    /// The read-only path: answer from current state without ordering.
+    pub fn query(&self, operation: &[u8]) -> Vec<u8> {
+        let outcome = match rmp_serde::from_slice::<S::Op>(operation) {
+            Err(_) => Outcome::MalformedOperation,
+            Ok(op) => match self.service.query(&op) {
+                Some(reply) => Outcome::Ok(reply),
+                None => Outcome::NotReadOnly,
+            },
+        };
+        encode_outcome::<S>(&outcome)
+    }
+
+    /// E1–E2: execute batch `seq`, which must be `last_executed + 1`. Requests already
+    /// executed (or below their client's window) are skipped, deterministically (N2, CX4).
+    pub fn execute(&mut self, seq: SeqNum, view: View, batch: &Batch, key: &KeyPair) -> Execution {
+        assert_eq!(seq, self.last_executed.next(), "E1: execution is strictly in order");
+        let window = self.config.params.client_window;
+        let max_clients = self.config.params.client_table_max;
+        let mut replies = Vec::new();
+        let mut executed_requests = 0;
+        for request in batch.requests() {
+            if self.request_status(request) != RequestStatus::New {
+                continue;
+            }
+            let outcome = match rmp_serde::from_slice::<S::Op>(&request.operation) {
+                Ok(op) => Outcome::Ok(self.service.execute(&op)),
+                Err(_) => Outcome::MalformedOperation,
+            };
+            let result = encode_outcome::<S>(&outcome);
+            self.clients.record(request.client(), request.timestamp, result.clone(), seq, window, max_clients);
+            replies.push((request.client(), self.reply(view, request, result, false, key)));
+            executed_requests += 1;
+        }
+        self.last_executed = seq;
+        let checkpoint = if seq.0 % self.config.params.checkpoint_interval == 0 {
+            let image = self.image();
+            let digest = Digest::of(&image);
+            self.images.insert(seq, (digest, Arc::new(image)));
+            Some((seq, digest))
+        } else {
+            None
+        };
+        Execution { replies, checkpoint, executed_requests }
+    }
+
+    fn image(&self) -> Vec<u8> {
+        let image = Image {
+            service: self.service.snapshot(),
+            clients: self.clients.clients.iter().map(|(c, r)| (*c, r.clone())).collect(),
+        };
+        rmp_serde::to_vec(&image).expect("encoding a checkpoint image cannot fail")
+    }
+
+    /// The current state digest (service and client table), whether or not `last_executed`
+    /// is a checkpoint.
+    pub fn state_digest(&self) -> Digest {
+        Digest::of(&self.image())
+    }
+
+    /// The image taken at checkpoint `seq`, if still held.
+    pub fn image_at(&self, seq: SeqNum) -> Option<(Digest, Arc<Vec<u8>>)> {
+        self.images.get(&seq).cloned()
+    }
+
+    /// A checkpoint became stable: older images are no longer needed (C4).
+    pub fn on_stable(&mut self, stable: SeqNum) {
+        self.images.retain(|seq, _| *seq >= stable);
+    }
+
+    /// ST5: install a checkpoint image whose digest the caller checked against a stable
+    /// checkpoint proof. Refused if it does not decode or would move backwards (E4).
+    pub fn install(&mut self, seq: SeqNum, image: Arc<Vec<u8>>) -> Result<Digest, String> {
+        if seq <= self.last_executed {
+            return Err(format!("image at {seq} is not ahead of last executed {}", self.last_executed));
+        }
+        let decoded: Image = rmp_serde::from_slice(&image).map_err(|e| format!("image does not decode: {e}"))?;
+        self.service.restore(&decoded.service).map_err(|e| e.to_string())?;
+        let mut clients = ClientTable::default();
+        for (client, record) in decoded.clients {
+            clients.by_activity.insert((record.last_active, client));
+            clients.clients.insert(client, record);
+        }
+        self.clients = clients;
+        self.last_executed = seq;
+        let digest = Digest::of(&image);
+        self.images.insert(seq, (digest, image));
+        Ok(digest)
+    }
+
+    pub fn images_len(&self) -> usize {
+        self.images.len()
+    }
+}
+
+fn encode_outcome<S: Service>(outcome: &Outcome<S::Reply>) -> Vec<u8> {
+    rmp_serde::to_vec(outcome).expect("encoding a reply cannot fail")
+}

@@ -1,0 +1,64 @@
+//! The protocol roles, each a pure state machine: inputs in, actions out, no I/O, no
+//! clock (the caller passes `now`), no randomness.
+//!
+//! A replica is composed of four roles, wired together by [`replica::Replica`]:
+//! * [`primary::Primary`] batches requests and assigns sequence numbers (active only in the
+//!   replica that is primary of the current view);
+//! * [`backup::Backup`] runs the three-phase agreement for every sequence number in the
+//!   watermark window (every replica runs it; in the primary it accepts its own
+//!   pre-prepares);
+//! * [`executor::Executor`] executes committed batches strictly in order through the
+//!   user's [`crate::service::Service`] and keeps the client table (exactly-once replies);
+//! * [`checkpoint::CheckpointCollector`] turns `2f + 1` matching CHECKPOINTs into a stable
+//!   checkpoint, which moves the watermarks and lets the log be discarded.
+//!
+//! [`client::Client`] is the client side.
+
+pub mod backup;
+pub mod checkpoint;
+pub mod client;
+pub mod executor;
+pub mod primary;
+pub mod replica;
+
+use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, View};
+use crate::messages::{Reply, VerifiedMessage};
+use bulwark_crypto::{Digest, Verified};
+
+/// Timers a replica sets. Setting a timer replaces the pending one of the same kind; a
+/// role ignores a firing that is no longer due (it keeps its own deadline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerKind {
+    /// The primary's batch delay (P3).
+    Batch,
+    /// Periodic progress check: a stuck replica sends STATUS and retries state transfer.
+    Status,
+}
+
+/// What a replica asks its runtime to do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Send to one replica.
+    Send { to: ReplicaId, message: VerifiedMessage },
+    /// Send to every other member of the cluster.
+    Broadcast { message: VerifiedMessage },
+    /// Deliver a reply to a client.
+    Reply { client: ClientId, reply: Verified<Reply> },
+    /// Fire `TimerKind` at `at` (replacing the pending one of that kind).
+    SetTimer { timer: TimerKind, at: Instant },
+    /// Something worth observing happened (metrics, logs, the simulator's checker).
+    Event(ReplicaEvent),
+}
+
+/// Observable replica events. They carry no decisions: dropping them changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaEvent {
+    /// Batch `seq` with digest `digest` was executed in view `view` (E1).
+    Executed { seq: SeqNum, digest: Digest, view: View, requests: usize },
+    /// A checkpoint became stable (C3).
+    Stable { seq: SeqNum, state_digest: Digest },
+    /// A checkpoint image was installed by state transfer (ST5).
+    StateInstalled { seq: SeqNum, state_digest: Digest },
+    /// A message was refused by a role's acceptance rules.
+    Refused { reason: &'static str },
+}

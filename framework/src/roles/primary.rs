@@ -1,0 +1,134 @@
+//! The primary's proposer role: batching and sequence assignment (PBFT.md P1–P5).
+//!
+//! Requests are queued (bounded; beyond the bound they are shed and the client
+//! retransmits). A batch is cut when it is full, when nothing is in flight (low load:
+//! no reason to wait), or when the batch delay expires. Sequence numbers are assigned
+//! consecutively, only inside the watermark window and while fewer than
+//! `in_flight_batches_max` batches await execution, so many batches are in flight at once
+//! (pipelining) but never more than the window allows.
+
+use crate::config::ClusterConfig;
+use crate::ids::{ClientId, Instant, SeqNum, Timestamp};
+use crate::messages::{request_size, Batch, Request};
+use bulwark_crypto::Verified;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Outcome of offering a request to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Queued,
+    /// Already queued or in flight (R4).
+    Duplicate,
+    /// The queue is full: shed, the client will retransmit.
+    Shed,
+}
+
+/// The proposer role.
+#[derive(Debug)]
+pub struct Primary {
+    config: Arc<ClusterConfig>,
+    queue: VecDeque<Verified<Request>>,
+    /// `(client, timestamp)` of every request queued or proposed and not yet executed.
+    pending: BTreeSet<(ClientId, Timestamp)>,
+    /// Proposed batches not yet executed: sequence number → the requests in them.
+    in_flight: BTreeMap<SeqNum, Vec<(ClientId, Timestamp)>>,
+    next_seq: SeqNum,
+    batch_deadline: Option<Instant>,
+}
+
+impl Primary {
+    /// A proposer that will assign sequence numbers from `next_seq`.
+    pub fn new(config: Arc<ClusterConfig>, next_seq: SeqNum) -> Self {
+        Primary {
+            config,
+            queue: VecDeque::new(),
+            pending: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
+            next_seq,
+            batch_deadline: None,
+        }
+    }
+
+    /// R4: queue a request unless it is already queued or in flight. The caller has
+    /// checked that it was not executed (P5).
+    pub fn offer(&mut self, request: Verified<Request>, now: Instant) -> Admission {
+        let key = (request.client(), request.timestamp);
+        if self.pending.contains(&key) {
+            return Admission::Duplicate;
+        }
+        if self.queue.len() >= self.config.params.request_queue_max {
+            return Admission::Shed;
+        }
+        if self.queue.is_empty() {
+            self.batch_deadline = Some(now + self.config.params.batch_delay());
+        }
+        self.pending.insert(key);
+        self.queue.push_back(request);
+        Admission::Queued
+    }
+
+    /// Cuts every batch that P2/P3 allow now, given the low watermark `low`.
+    /// Returns `(seq, batch)` pairs to pre-prepare, in order.
+    pub fn cut_batches(&mut self, low: SeqNum, now: Instant) -> Vec<(SeqNum, Batch)> {
+        let params = &self.config.params;
+        let high = low.0 + params.watermark_window;
+        let mut proposals = Vec::new();
+        while !self.queue.is_empty()
+            && self.next_seq.0 <= high
+            && (self.in_flight.len() as u64) < params.in_flight_batches_max
+        {
+            let full = self.queue.len() >= params.batch_size_max;
+            let idle = self.in_flight.is_empty();
+            let due = self.batch_deadline.is_some_and(|deadline| now >= deadline);
+            if !(full || idle || due) {
+                break;
+            }
+            let mut requests = Vec::new();
+            let mut bytes = 0;
+            while let Some(request) = self.queue.front() {
+                let size = request_size(request.payload());
+                if requests.len() == params.batch_size_max || (bytes + size > params.batch_bytes_max && !requests.is_empty()) {
+                    break;
+                }
+                bytes += size;
+                requests.push(self.queue.pop_front().expect("front exists"));
+            }
+            let seq = self.next_seq;
+            self.next_seq = seq.next();
+            self.in_flight
+                .insert(seq, requests.iter().map(|r| (r.client(), r.timestamp)).collect());
+            proposals.push((seq, Batch::new(requests)));
+            self.batch_deadline = if self.queue.is_empty() { None } else { Some(now + params.batch_delay()) };
+        }
+        proposals
+    }
+
+    /// When the batch timer should fire, if a partial batch is waiting.
+    pub fn batch_deadline(&self) -> Option<Instant> {
+        self.batch_deadline
+    }
+
+    /// Batch `seq` was executed (by any path): its requests leave the pending set.
+    pub fn on_executed(&mut self, seq: SeqNum) {
+        let done: Vec<SeqNum> = self.in_flight.range(..=seq).map(|(s, _)| *s).collect();
+        for s in done {
+            for key in self.in_flight.remove(&s).unwrap_or_default() {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
+    /// The sequence number the next batch will get.
+    pub fn next_seq(&self) -> SeqNum {
+        self.next_seq
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
+    }
+}

@@ -1,0 +1,496 @@
+//! A replica: the four replica roles wired together (see [`crate::roles`]).
+//!
+//! [`Replica::handle`] takes one input (a verified message or a timer firing) and the
+//! current time, and returns the actions for the runtime. The wiring is deterministic:
+//! the same inputs in the same order give the same actions.
+//!
+//! Besides the paper's normal case this adds two mechanisms a real deployment needs on a
+//! lossy network:
+//! * **status-driven retransmission** (as in Castro's BFT library): a replica that knows
+//!   of sequence numbers it has not executed and made no progress for a status interval
+//!   multicasts STATUS with what it has of each; peers answer with the pre-prepares,
+//!   prepares, commits and checkpoint proofs it lacks (rate-limited per peer);
+//! * **whole-image state transfer** to a stable checkpoint (ST1, ST4–ST5 without chunks):
+//!   a replica whose next batch was garbage-collected by a stable checkpoint fetches the
+//!   checkpoint image from a signer of the proof, checks it against the proof's digest,
+//!   and tries the next signer if it does not match.
+
+use crate::config::ClusterConfig;
+use crate::ids::{Instant, ReplicaId, SeqNum, View};
+use crate::messages::{Checkpoint, PrePrepare, Request, StateReply, StateRequest, Status, VerifiedMessage};
+use crate::roles::backup::{sign, Backup, BackupOutput, WindowPosition};
+use crate::roles::checkpoint::{CheckpointCollector, StableCheckpoint};
+use crate::roles::executor::{Executor, RequestStatus};
+use crate::roles::primary::{Admission, Primary};
+use crate::roles::{Action, ReplicaEvent, TimerKind};
+use crate::service::Service;
+use bulwark_crypto::{Digest, KeyPair, Verified};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// An input to a replica.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Message(VerifiedMessage),
+    Timer(TimerKind),
+}
+
+/// Counters a replica keeps about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaMetrics {
+    pub requests_executed: u64,
+    pub batches_executed: u64,
+    pub batches_proposed: u64,
+    pub requests_shed: u64,
+    pub status_sent: u64,
+    pub retransmitted: u64,
+    pub state_transfers: u64,
+    /// Messages refused by the roles' acceptance rules, by reason.
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
+impl ReplicaMetrics {
+    pub fn refused_total(&self) -> u64 {
+        self.refused.values().sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Transfer {
+    seq: SeqNum,
+    digest: Digest,
+    sources: Vec<ReplicaId>,
+    next_source: usize,
+    requested_at: Instant,
+}
+
+/// A replica of service `S`.
+#[derive(Debug)]
+pub struct Replica<S: Service> {
+    id: ReplicaId,
+    config: Arc<ClusterConfig>,
+    key: KeyPair,
+    view: View,
+    primary: Primary,
+    backup: Backup,
+    executor: Executor<S>,
+    checkpoints: CheckpointCollector,
+    metrics: ReplicaMetrics,
+    highest_seen: SeqNum,
+    executed_at_last_tick: SeqNum,
+    answered_at: Vec<Option<Instant>>,
+    transfer: Option<Transfer>,
+    batch_timer: Option<Instant>,
+}
+
+impl<S: Service> Replica<S> {
+    pub fn new(id: ReplicaId, key: KeyPair, config: Arc<ClusterConfig>, service: S) -> Self {
+        let n = config.n();
+        Replica {
+            id,
+            view: View(0),
+            primary: Primary::new(config.clone(), SeqNum(1)),
+            backup: Backup::new(id, config.clone()),
+            executor: Executor::new(id, config.clone(), service),
+            checkpoints: CheckpointCollector::new(config.clone()),
+            metrics: ReplicaMetrics::default(),
+            highest_seen: SeqNum(0),
+            executed_at_last_tick: SeqNum(0),
+            answered_at: vec![None; n],
+            transfer: None,
+            batch_timer: None,
+            key,
+            config,
+        }
+    }
+
+    /// Negative control for tests only: prepared with `f` prepares, committed with `f + 1`
+    /// commits. A replica built this way is not safe; tests use it to show that the
+    /// simulator's checker catches what this breaks.
+    #[cfg(feature = "negative-controls")]
+    pub fn weaken_quorums_for_negative_control(&mut self) {
+        self.backup.set_rule(crate::roles::backup::QuorumRule::Weakened);
+    }
+
+    /// The first actions of a replica: arm the periodic status timer.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        vec![Action::SetTimer { timer: TimerKind::Status, at: now + self.config.params.status_interval() }]
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.config.primary(self.view) == self.id
+    }
+
+    pub fn last_executed(&self) -> SeqNum {
+        self.executor.last_executed()
+    }
+
+    /// The low watermark `h` (last stable checkpoint).
+    pub fn stable(&self) -> SeqNum {
+        self.checkpoints.stable().seq
+    }
+
+    pub fn stable_checkpoint(&self) -> &StableCheckpoint {
+        self.checkpoints.stable()
+    }
+
+    pub fn state_digest(&self) -> Digest {
+        self.executor.state_digest()
+    }
+
+    pub fn service(&self) -> &S {
+        self.executor.service()
+    }
+
+    pub fn metrics(&self) -> &ReplicaMetrics {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> &Arc<ClusterConfig> {
+        &self.config
+    }
+
+    /// Sizes of every bounded structure: log slots, next-window buffer, checkpoint votes,
+    /// checkpoint images, primary queue and in-flight batches, client table.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            log_slots: self.backup.log_len(),
+            future_messages: self.backup.future_len(),
+            checkpoint_votes: self.checkpoints.pending_len(),
+            checkpoint_images: self.executor.images_len(),
+            queued_requests: self.primary.queue_len(),
+            in_flight_batches: self.primary.in_flight_len(),
+            clients: self.executor.client_table().len(),
+        }
+    }
+
+    fn refuse(&mut self, reason: &'static str) {
+        tracing::debug!(replica = %self.id, reason, "refused");
+        *self.metrics.refused.entry(reason).or_default() += 1;
+    }
+
+    /// Handles one input at time `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match input {
+            Input::Message(message) => self.on_message(message, now, &mut actions),
+            Input::Timer(TimerKind::Batch) => {
+                self.batch_timer = None;
+            }
+            Input::Timer(TimerKind::Status) => self.on_status_tick(now, &mut actions),
+        }
+        self.drive(now, &mut actions);
+        actions
+    }
+
+    fn note_seen(&mut self, seq: SeqNum) {
+        if seq > self.highest_seen && matches!(self.backup.position(seq), WindowPosition::Inside | WindowPosition::Ahead) {
+            self.highest_seen = seq;
+        }
+    }
+
+    fn on_message(&mut self, message: VerifiedMessage, now: Instant, actions: &mut Vec<Action>) {
+        match message {
+            VerifiedMessage::Request(request) => self.on_request(request, now, actions),
+            VerifiedMessage::PrePrepare(pre_prepare, batch) => {
+                self.note_seen(pre_prepare.seq);
+                let mut out = Vec::new();
+                self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
+                self.apply(out, actions);
+            }
+            VerifiedMessage::Prepare(prepare) => {
+                self.note_seen(prepare.seq);
+                let mut out = Vec::new();
+                self.backup.on_prepare(prepare, &self.key, &mut out);
+                self.apply(out, actions);
+            }
+            VerifiedMessage::Commit(commit) => {
+                self.note_seen(commit.seq);
+                let mut out = Vec::new();
+                self.backup.on_commit(commit, &self.key, &mut out);
+                self.apply(out, actions);
+            }
+            VerifiedMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint, now, actions),
+            VerifiedMessage::Status(status) => self.on_status(status, now, actions),
+            VerifiedMessage::StateRequest(request) => self.on_state_request(request, now, actions),
+            VerifiedMessage::StateReply(reply) => self.on_state_reply(reply, actions),
+            VerifiedMessage::Reply(_) => self.refuse("reply sent to a replica"),
+        }
+    }
+
+    fn apply(&mut self, outputs: Vec<BackupOutput>, actions: &mut Vec<Action>) {
+        for output in outputs {
+            match output {
+                BackupOutput::Broadcast(message) => actions.push(Action::Broadcast { message }),
+                BackupOutput::Refused(reason) => self.refuse(reason),
+            }
+        }
+    }
+
+    /// R1–R4 with CX3: answer from the client table, queue at the primary, or relay.
+    fn on_request(&mut self, request: Verified<Request>, now: Instant, actions: &mut Vec<Action>) {
+        if request.read_only {
+            let result = self.executor.query(&request.operation);
+            let reply = self.executor.reply(self.view, &request, result, true, &self.key);
+            actions.push(Action::Reply { client: request.client(), reply });
+            return;
+        }
+        match self.executor.request_status(&request) {
+            RequestStatus::TooOld => self.refuse("request below the client's window (CX3)"),
+            RequestStatus::Executed(result) => {
+                // R2: resend the cached reply, do nothing else.
+                let reply = self.executor.reply(self.view, &request, result, false, &self.key);
+                actions.push(Action::Reply { client: request.client(), reply });
+            }
+            RequestStatus::New if self.is_primary() => match self.primary.offer(request, now) {
+                Admission::Queued | Admission::Duplicate => {}
+                Admission::Shed => self.metrics.requests_shed += 1,
+            },
+            RequestStatus::New => {
+                // R3: relay to the primary (the request timer arrives with view change).
+                let primary = self.config.primary(self.view);
+                actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request) });
+            }
+        }
+    }
+
+    /// Executes what is committed, proposes what the primary may, until neither moves.
+    fn drive(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        loop {
+            let mut moved = false;
+            let next = self.executor.last_executed().next();
+            if let Some((batch, view)) = self.backup.committed_batch(next) {
+                self.execute(next, view, &batch, now, actions);
+                moved = true;
+            }
+            if self.is_primary() {
+                for (seq, batch) in self.primary.cut_batches(self.backup.low(), now) {
+                    let pre_prepare = sign(PrePrepare { view: self.view, seq, digest: batch.digest() }, &self.key);
+                    let batch = Arc::new(batch);
+                    self.metrics.batches_proposed += 1;
+                    actions.push(Action::Broadcast { message: VerifiedMessage::PrePrepare(pre_prepare.clone(), batch.clone()) });
+                    let mut out = Vec::new();
+                    self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
+                    self.apply(out, actions);
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        if self.last_executed() < self.stable() && self.backup.committed_batch(self.last_executed().next()).is_none() {
+            self.ensure_transfer(now, actions);
+        }
+        let deadline = if self.is_primary() { self.primary.batch_deadline() } else { None };
+        if deadline != self.batch_timer {
+            self.batch_timer = deadline;
+            if let Some(at) = deadline {
+                actions.push(Action::SetTimer { timer: TimerKind::Batch, at });
+            }
+        }
+    }
+
+    /// E1–E2 and C1.
+    fn execute(&mut self, seq: SeqNum, view: View, batch: &crate::messages::Batch, now: Instant, actions: &mut Vec<Action>) {
+        let execution = self.executor.execute(seq, view, batch, &self.key);
+        self.metrics.batches_executed += 1;
+        self.metrics.requests_executed += execution.executed_requests as u64;
+        actions.push(Action::Event(ReplicaEvent::Executed {
+            seq,
+            digest: batch.digest(),
+            view,
+            requests: execution.executed_requests,
+        }));
+        for (client, reply) in execution.replies {
+            actions.push(Action::Reply { client, reply });
+        }
+        self.primary.on_executed(seq);
+        self.backup.forget_executed_below_low(seq);
+        if let Some((seq, state_digest)) = execution.checkpoint {
+            let checkpoint = sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
+            actions.push(Action::Broadcast { message: VerifiedMessage::Checkpoint(checkpoint.clone()) });
+            let stable = self.stable_checkpoint().clone();
+            if stable.seq == seq && stable.state_digest != state_digest {
+                // C6: a stable checkpoint this replica executed through with another digest
+                // means its own state is wrong; it can only be repaired from a later one.
+                self.refuse("own state digest differs from the stable checkpoint (C6)");
+            }
+            self.on_checkpoint(checkpoint, now, actions);
+        }
+    }
+
+    /// C3: log a checkpoint; on a new stable checkpoint, C4.
+    fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>, now: Instant, actions: &mut Vec<Action>) {
+        self.note_seen(checkpoint.seq);
+        match self.checkpoints.on_checkpoint(checkpoint) {
+            Err(reason) => self.refuse(reason),
+            Ok(None) => {}
+            Ok(Some(stable)) => self.on_stable(stable, now, actions),
+        }
+    }
+
+    /// C4 and C5: discard the log below the new stable checkpoint, move the watermarks,
+    /// re-examine the messages buffered for the next window.
+    fn on_stable(&mut self, stable: StableCheckpoint, now: Instant, actions: &mut Vec<Action>) {
+        actions.push(Action::Event(ReplicaEvent::Stable { seq: stable.seq, state_digest: stable.state_digest }));
+        self.executor.on_stable(stable.seq);
+        let replay = self.backup.advance_low(stable.seq, self.last_executed());
+        for message in replay {
+            self.on_message(message, now, actions);
+        }
+    }
+
+    /// ST1: fetch the image of the stable checkpoint from a signer of its proof.
+    fn ensure_transfer(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let stable = self.checkpoints.stable().clone();
+        if self.transfer.as_ref().is_some_and(|t| t.seq >= stable.seq) {
+            return;
+        }
+        let sources: Vec<ReplicaId> = stable.proof.iter().map(|c| c.replica).filter(|r| *r != self.id).collect();
+        if sources.is_empty() {
+            return;
+        }
+        self.metrics.state_transfers += 1;
+        let offset = (self.id.0 as usize) % sources.len();
+        self.transfer = Some(Transfer {
+            seq: stable.seq,
+            digest: stable.state_digest,
+            sources,
+            next_source: offset,
+            requested_at: now,
+        });
+        self.request_state(now, actions);
+    }
+
+    fn request_state(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(transfer) = self.transfer.as_mut() else { return };
+        let source = transfer.sources[transfer.next_source % transfer.sources.len()];
+        transfer.next_source += 1;
+        transfer.requested_at = now;
+        let request = sign(StateRequest { replica: self.id, seq: transfer.seq }, &self.key);
+        actions.push(Action::Send { to: source, message: VerifiedMessage::StateRequest(request) });
+    }
+
+    /// Serve a checkpoint image: the one asked for, or a newer stable one (ST3).
+    fn on_state_request(&mut self, request: Verified<StateRequest>, now: Instant, actions: &mut Vec<Action>) {
+        if !self.may_answer(request.replica, now) {
+            self.refuse("state request rate limit");
+            return;
+        }
+        let stable = self.stable();
+        let image = self.executor.image_at(request.seq).map(|i| (request.seq, i)).or_else(|| {
+            (stable > request.seq).then(|| self.executor.image_at(stable).map(|i| (stable, i))).flatten()
+        });
+        let Some((seq, (_, image))) = image else {
+            self.refuse("state request for an image not held");
+            return;
+        };
+        let reply = sign(StateReply { replica: self.id, seq, image: image.as_ref().clone() }, &self.key);
+        actions.push(Action::Send { to: request.replica, message: VerifiedMessage::StateReply(reply) });
+    }
+
+    /// ST4–ST5: install an image only if it matches the stable checkpoint's digest.
+    fn on_state_reply(&mut self, reply: Verified<StateReply>, actions: &mut Vec<Action>) {
+        let Some(transfer) = self.transfer.clone() else {
+            self.refuse("state reply without a transfer under way");
+            return;
+        };
+        if reply.seq != transfer.seq || Digest::of(&reply.image) != transfer.digest {
+            self.refuse("state reply does not match the stable checkpoint (ST4)");
+            return;
+        }
+        let image = Arc::new(reply.into_signed().payload.image);
+        match self.executor.install(transfer.seq, image) {
+            Ok(state_digest) => {
+                self.transfer = None;
+                self.primary.on_executed(transfer.seq);
+                self.backup.forget_executed_below_low(transfer.seq);
+                actions.push(Action::Event(ReplicaEvent::StateInstalled { seq: transfer.seq, state_digest }));
+            }
+            Err(_) => self.refuse("state image could not be installed"),
+        }
+    }
+
+    fn may_answer(&mut self, peer: ReplicaId, now: Instant) -> bool {
+        let spacing = self.config.params.status_interval() / 2;
+        let Some(last) = self.answered_at.get_mut(peer.index()) else { return false };
+        if last.is_some_and(|at| now < at + spacing) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Periodic: retry state transfer; if stuck, tell peers what this replica has.
+    fn on_status_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let interval = self.config.params.status_interval();
+        actions.push(Action::SetTimer { timer: TimerKind::Status, at: now + interval });
+        if self.transfer.as_ref().is_some_and(|t| now >= t.requested_at + interval) {
+            self.request_state(now, actions);
+        }
+        let last_executed = self.last_executed();
+        let stuck = self.highest_seen > last_executed && last_executed == self.executed_at_last_tick;
+        self.executed_at_last_tick = last_executed;
+        if !stuck {
+            return;
+        }
+        let window = self.config.params.watermark_window;
+        let last = self.highest_seen.0.min(last_executed.0 + window);
+        let slots = (last_executed.0 + 1..=last).map(|s| self.backup.progress(SeqNum(s))).collect();
+        let status = sign(
+            Status { replica: self.id, view: self.view, stable: self.stable(), last_executed, slots },
+            &self.key,
+        );
+        self.metrics.status_sent += 1;
+        actions.push(Action::Broadcast { message: VerifiedMessage::Status(status) });
+    }
+
+    /// Answer a stuck peer with what it lacks (rate-limited per peer).
+    fn on_status(&mut self, status: Verified<Status>, now: Instant, actions: &mut Vec<Action>) {
+        if let Some(offset) = status.slots.iter().rposition(|p| p.has_pre_prepare) {
+            self.note_seen(SeqNum(status.last_executed.0 + offset as u64 + 1));
+        }
+        if !self.may_answer(status.replica, now) {
+            return;
+        }
+        let peer = status.replica;
+        let mut messages = Vec::new();
+        let stable = self.checkpoints.stable();
+        if status.stable < stable.seq {
+            messages.extend(stable.proof.iter().cloned().map(VerifiedMessage::Checkpoint));
+        }
+        messages.extend(
+            self.checkpoints
+                .votes_of(self.id)
+                .into_iter()
+                .filter(|c| c.seq > status.stable)
+                .map(VerifiedMessage::Checkpoint),
+        );
+        messages.extend(self.backup.retransmissions_for(&status));
+        self.metrics.retransmitted += messages.len() as u64;
+        for message in messages {
+            actions.push(Action::Send { to: peer, message });
+        }
+    }
+}
+
+/// Sizes of a replica's bounded structures (see [`Replica::footprint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Footprint {
+    pub log_slots: usize,
+    pub future_messages: usize,
+    pub checkpoint_votes: usize,
+    pub checkpoint_images: usize,
+    pub queued_requests: usize,
+    pub in_flight_batches: usize,
+    pub clients: usize,
+}

@@ -1,0 +1,675 @@
+//! The deterministic simulator.
+//!
+//! One seed drives every random choice: network delay and jitter, drops, duplicates
+//! (and so reordering), which replica crashes and when, and the workload. Time is
+//! simulated. The same seed gives the same run, event for event; [`SimReport::trace`] is a
+//! digest of every delivered event, so tests can assert it.
+//!
+//! Correct replicas are real [`Replica`]s; up to `f` may be replaced by
+//! [`byzantine::ByzantineReplica`] strategies. Clients are real [`Client`]s running a
+//! closed-loop workload. After every step the [`checker::Checker`] asserts the safety
+//! invariants; the run ends when every request completed and the live correct replicas
+//! executed the same history, or at the time limit.
+
+pub mod byzantine;
+pub mod checker;
+
+use crate::config::{ClusterConfig, ProtocolParams};
+use crate::ids::{Instant, ReplicaId, SeqNum};
+use crate::messages::{Message, MessageKind, VerifiedMessage};
+use crate::roles::client::{Client, ClientAction};
+use crate::roles::replica::{Footprint, Input, Replica};
+use crate::roles::{Action, TimerKind};
+use crate::service::Service;
+use crate::verify::{verify_message, RefusalCounts};
+use crate::wire;
+use byzantine::{ByzantineAction, ByzantineReplica, Strategy};
+use bulwark_crypto::{Digest, DigestBuilder, KeyPair};
+use checker::{Checker, Violation};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, BTreeMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The simulated network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkModel {
+    pub delay_min_us: u64,
+    pub delay_max_us: u64,
+    /// Probability that a message is lost.
+    pub drop_rate: f64,
+    /// Probability that a message is delivered twice (at two independent delays).
+    pub duplicate_rate: f64,
+}
+
+impl Default for NetworkModel {
+    fn default() -> Self {
+        NetworkModel { delay_min_us: 200, delay_max_us: 2_000, drop_rate: 0.0, duplicate_rate: 0.0 }
+    }
+}
+
+/// A replica cut off from every other node during `[from, until)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isolation {
+    pub replica: ReplicaId,
+    pub from: Instant,
+    pub until: Instant,
+}
+
+/// Everything that defines a run besides the service.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub replicas: usize,
+    pub clients: usize,
+    pub requests_per_client: u64,
+    /// Requests each client keeps outstanding (closed loop).
+    pub client_concurrency: usize,
+    pub params: ProtocolParams,
+    pub network: NetworkModel,
+    /// Replicas that crash (stop for good) at the given time.
+    pub crashes: Vec<(ReplicaId, Instant)>,
+    pub isolations: Vec<Isolation>,
+    pub byzantine: Vec<(ReplicaId, Strategy)>,
+    /// Encode, decode and verify every message at the receiver, as a real network would.
+    /// Slower; the default passes verified messages through.
+    pub wire_roundtrip: bool,
+    /// Simulated time after which the run stops, finished or not.
+    pub time_limit: Duration,
+    /// Negative control (tests only): correct replicas use weakened quorums.
+    pub weaken_quorums: bool,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64, replicas: usize) -> Self {
+        SimConfig {
+            seed,
+            replicas,
+            clients: 4,
+            requests_per_client: 50,
+            client_concurrency: 4,
+            params: ProtocolParams {
+                checkpoint_interval: 16,
+                watermark_window: 64,
+                batch_size_max: 16,
+                client_retransmit_us: 200_000,
+                status_interval_us: 50_000,
+                ..ProtocolParams::default()
+            },
+            network: NetworkModel::default(),
+            crashes: Vec::new(),
+            isolations: Vec::new(),
+            byzantine: Vec::new(),
+            wire_roundtrip: false,
+            time_limit: Duration::from_secs(600),
+            weaken_quorums: false,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    pub seed: u64,
+    pub violations: Vec<Violation>,
+    pub checks: u64,
+    pub requests_expected: u64,
+    pub requests_completed: u64,
+    /// Digest of every delivered event in order: equal seeds give equal traces.
+    pub trace: Digest,
+    /// For each live correct replica: last executed sequence number and state digest.
+    pub final_states: BTreeMap<ReplicaId, (SeqNum, Digest)>,
+    pub stable_checkpoints: BTreeMap<ReplicaId, SeqNum>,
+    pub simulated_time: Duration,
+    pub events: u64,
+    pub refused_at_edge: RefusalCounts,
+    /// Largest footprint of any correct replica seen during the run, field by field.
+    pub peak_footprint: Footprint,
+    pub peak_checker_entries: usize,
+    pub finished: bool,
+}
+
+impl SimReport {
+    /// All requests completed and every live correct replica holds the same state.
+    pub fn converged(&self) -> bool {
+        let mut states = self.final_states.values();
+        let first = states.next();
+        self.requests_completed == self.requests_expected && states.all(|s| Some(s) == first)
+    }
+
+    /// How to replay this run.
+    pub fn replay_hint(&self) -> String {
+        format!("replay with BULWARK_SEED={} (same test, same configuration)", self.seed)
+    }
+}
+
+impl fmt::Display for SimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {}: {} violations, {} checks, {}/{} requests, {} events, {:?} simulated, finished={}",
+            self.seed,
+            self.violations.len(),
+            self.checks,
+            self.requests_completed,
+            self.requests_expected,
+            self.events,
+            self.simulated_time,
+            self.finished
+        )?;
+        for violation in self.violations.iter().take(5) {
+            write!(f, "\n  {violation}")?;
+        }
+        if !self.violations.is_empty() || !self.converged() {
+            write!(f, "\n  {}", self.replay_hint())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Endpoint {
+    Replica(ReplicaId),
+    Client(usize),
+}
+
+#[derive(Debug, Clone)]
+enum Payload {
+    Verified(VerifiedMessage),
+    Frame(Arc<Vec<u8>>),
+    Raw(Message),
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver { to: Endpoint, payload: Payload },
+    ReplicaTimer { replica: ReplicaId, timer: TimerKind, generation: u64 },
+    ClientTimer { client: usize, generation: u64 },
+    Crash { replica: ReplicaId },
+}
+
+enum Node<S: Service> {
+    Correct(Box<Replica<S>>),
+    Byzantine(ByzantineReplica),
+    Crashed,
+}
+
+struct ClientNode {
+    client: Client,
+    issued: u64,
+    completed: u64,
+    timer_generation: u64,
+}
+
+/// A simulation of one cluster running service `S`.
+pub struct Simulation<S: Service> {
+    config: SimConfig,
+    cluster: Arc<ClusterConfig>,
+    rng: ChaCha8Rng,
+    now: Instant,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    events: BTreeMap<u64, Event>,
+    next_event: u64,
+    nodes: Vec<Node<S>>,
+    clients: Vec<ClientNode>,
+    timer_generations: BTreeMap<(ReplicaId, TimerKind), u64>,
+    make_operation: Box<dyn FnMut(&mut ChaCha8Rng, usize, u64) -> S::Op>,
+    checker: Checker,
+    trace: DigestBuilder,
+    delivered: u64,
+    refused_at_edge: RefusalCounts,
+    peak: Footprint,
+    peak_checker: usize,
+}
+
+impl<S: Service> fmt::Debug for Simulation<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Simulation(seed {}, now {:?})", self.config.seed, self.now)
+    }
+}
+
+/// The deterministic key of replica `i` in simulation `seed`.
+pub fn replica_key(seed: u64, replica: usize) -> KeyPair {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(replica as u64).to_le_bytes());
+    bytes[16] = 1;
+    KeyPair::from_seed(*Digest::of(&bytes).as_bytes())
+}
+
+fn client_key(seed: u64, client: usize) -> KeyPair {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(client as u64).to_le_bytes());
+    bytes[16] = 2;
+    KeyPair::from_seed(*Digest::of(&bytes).as_bytes())
+}
+
+impl<S: Service> Simulation<S> {
+    /// Builds a simulation. `make_service` builds each replica's initial service;
+    /// `make_operation(rng, client, index)` gives a client's `index`-th operation.
+    pub fn new(
+        config: SimConfig,
+        make_service: impl Fn() -> S,
+        make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> S::Op + 'static,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let members = (0..config.replicas).map(|i| replica_key(config.seed, i).public()).collect();
+        let cluster = Arc::new(ClusterConfig::new(members, config.params.clone())?);
+        let mut checker = Checker::new(config.replicas, config.params.watermark_window);
+        let nodes = (0..config.replicas)
+            .map(|i| {
+                let id = ReplicaId(i as u32);
+                let key = replica_key(config.seed, i);
+                match config.byzantine.iter().find(|(r, _)| *r == id) {
+                    Some((_, strategy)) => Node::Byzantine(ByzantineReplica::new(id, key, cluster.clone(), *strategy)),
+                    None => {
+                        checker.register(id);
+                        #[allow(unused_mut)]
+                        let mut replica = Replica::new(id, key, cluster.clone(), make_service());
+                        if config.weaken_quorums {
+                            #[cfg(feature = "negative-controls")]
+                            replica.weaken_quorums_for_negative_control();
+                            #[cfg(not(feature = "negative-controls"))]
+                            panic!("weaken_quorums needs the negative-controls feature");
+                        }
+                        Node::Correct(Box::new(replica))
+                    }
+                }
+            })
+            .collect();
+        let clients = (0..config.clients)
+            .map(|c| ClientNode {
+                client: Client::new(client_key(config.seed, c), cluster.clone(), crate::ids::Timestamp(1)),
+                issued: 0,
+                completed: 0,
+                timer_generation: 0,
+            })
+            .collect();
+        Ok(Simulation {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            cluster,
+            now: Instant::ZERO,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            nodes,
+            clients,
+            timer_generations: BTreeMap::new(),
+            make_operation: Box::new(make_operation),
+            checker,
+            trace: DigestBuilder::new(b"bulwark/sim-trace/v1"),
+            delivered: 0,
+            refused_at_edge: RefusalCounts::default(),
+            peak: Footprint::default(),
+            peak_checker: 0,
+            config,
+        })
+    }
+
+    pub fn cluster(&self) -> &Arc<ClusterConfig> {
+        &self.cluster
+    }
+
+    /// A correct replica, if replica `id` is one and has not crashed.
+    pub fn replica(&self, id: ReplicaId) -> Option<&Replica<S>> {
+        match self.nodes.get(id.index()) {
+            Some(Node::Correct(replica)) => Some(replica),
+            _ => None,
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, event: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.events.insert(id, event);
+        self.queue.push(Reverse((at, id)));
+    }
+
+    fn isolated(&self, replica: ReplicaId, at: Instant) -> bool {
+        self.config.isolations.iter().any(|i| i.replica == replica && i.from <= at && at < i.until)
+    }
+
+    fn cut_off(&self, endpoint: Endpoint, at: Instant) -> bool {
+        match endpoint {
+            Endpoint::Replica(r) => self.isolated(r, at),
+            Endpoint::Client(_) => false,
+        }
+    }
+
+    /// Sends over the simulated network: drop, delay with jitter, maybe duplicate.
+    fn send(&mut self, from: Endpoint, to: Endpoint, payload: Payload) {
+        if self.cut_off(from, self.now) {
+            return;
+        }
+        let network = self.config.network.clone();
+        if self.rng.gen_bool(network.drop_rate) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(network.duplicate_rate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = self.rng.gen_range(network.delay_min_us..=network.delay_max_us);
+            let at = Instant(self.now.0 + delay);
+            self.schedule(at, Event::Deliver { to, payload: payload.clone() });
+        }
+    }
+
+    fn encode(&self, message: &VerifiedMessage) -> Payload {
+        if self.config.wire_roundtrip {
+            match wire::encode_frame(&message.to_wire()) {
+                Ok(frame) => Payload::Frame(Arc::new(frame)),
+                Err(_) => Payload::Verified(message.clone()),
+            }
+        } else {
+            Payload::Verified(message.clone())
+        }
+    }
+
+    /// Runs to completion (or the time limit) and reports.
+    pub fn run(mut self) -> SimReport {
+        self.start();
+        let limit = Instant(self.config.time_limit.as_micros() as u64);
+        let mut finished = false;
+        while let Some(Reverse((at, id))) = self.queue.pop() {
+            if at > limit {
+                break;
+            }
+            self.now = at;
+            let event = self.events.remove(&id).expect("scheduled event exists");
+            self.step(event);
+            if self.done() {
+                finished = true;
+                break;
+            }
+        }
+        self.report(finished)
+    }
+
+    fn start(&mut self) {
+        for (replica, at) in self.config.crashes.clone() {
+            self.schedule(at, Event::Crash { replica });
+        }
+        for index in 0..self.nodes.len() {
+            let id = ReplicaId(index as u32);
+            if let Node::Correct(replica) = &mut self.nodes[index] {
+                let actions = replica.start(self.now);
+                self.carry_out(id, actions);
+            }
+        }
+        for client in 0..self.clients.len() {
+            self.issue(client);
+        }
+    }
+
+    fn done(&self) -> bool {
+        let expected = self.config.requests_per_client;
+        if self.clients.iter().any(|c| c.completed < expected) {
+            return false;
+        }
+        let mut executed = self.nodes.iter().filter_map(|n| match n {
+            Node::Correct(r) => Some(r.last_executed()),
+            _ => None,
+        });
+        let first = executed.next();
+        executed.all(|e| Some(e) == first)
+    }
+
+    fn step(&mut self, event: Event) {
+        match event {
+            Event::Crash { replica } => {
+                self.trace.update(b"crash").update_u64(replica.0 as u64);
+                self.nodes[replica.index()] = Node::Crashed;
+            }
+            Event::ReplicaTimer { replica, timer, generation } => {
+                if self.timer_generations.get(&(replica, timer)) != Some(&generation) {
+                    return;
+                }
+                self.trace.update(b"timer").update_u64(self.now.0).update_u64(replica.0 as u64);
+                self.deliver_to_replica(replica, Input::Timer(timer));
+            }
+            Event::ClientTimer { client, generation } => {
+                if self.clients[client].timer_generation != generation {
+                    return;
+                }
+                let actions = self.clients[client].client.on_timer(self.now);
+                self.client_actions(client, actions);
+            }
+            Event::Deliver { to, payload } => {
+                if self.cut_off(to, self.now) {
+                    return;
+                }
+                self.delivered += 1;
+                let message = match payload {
+                    Payload::Verified(message) => message,
+                    Payload::Frame(frame) => {
+                        match wire::decode_frame(&frame, self.cluster.params.frame_bytes_max) {
+                            Ok(Some((message, _))) => match self.verify(message) {
+                                Some(message) => message,
+                                None => return,
+                            },
+                            Ok(None) => return,
+                            Err(error) => {
+                                self.refused_at_edge.record(&error.into());
+                                return;
+                            }
+                        }
+                    }
+                    Payload::Raw(message) => match self.verify(message) {
+                        Some(message) => message,
+                        None => return,
+                    },
+                };
+                self.trace.update(&fingerprint(&message).0).update_u64(self.now.0);
+                match to {
+                    Endpoint::Replica(replica) => self.deliver_to_replica(replica, Input::Message(message)),
+                    Endpoint::Client(client) => {
+                        if let VerifiedMessage::Reply(reply) = message {
+                            let actions = self.clients[client].client.on_reply(reply, self.now);
+                            self.client_actions(client, actions);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn verify(&mut self, message: Message) -> Option<VerifiedMessage> {
+        match verify_message(message, &self.cluster) {
+            Ok(message) => Some(message),
+            Err(refusal) => {
+                self.refused_at_edge.record(&refusal);
+                None
+            }
+        }
+    }
+
+    fn deliver_to_replica(&mut self, id: ReplicaId, input: Input) {
+        let now = self.now;
+        match &mut self.nodes[id.index()] {
+            Node::Crashed => {}
+            Node::Correct(replica) => {
+                let actions = replica.handle(input, now);
+                let (view, stable, executed) = (replica.view(), replica.stable(), replica.last_executed());
+                let footprint = replica.footprint();
+                self.checker.observe_replica(id, &actions, view, stable, executed);
+                self.note_footprint(footprint);
+                self.carry_out(id, actions);
+            }
+            Node::Byzantine(byzantine) => {
+                let actions = byzantine.handle(input, now);
+                for action in actions {
+                    match action {
+                        ByzantineAction::Send { to, message } => {
+                            self.send(Endpoint::Replica(id), Endpoint::Replica(to), Payload::Raw(message))
+                        }
+                        ByzantineAction::SetTimer { timer, at } => self.set_timer(id, timer, at),
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_footprint(&mut self, footprint: Footprint) {
+        let peak = &mut self.peak;
+        peak.log_slots = peak.log_slots.max(footprint.log_slots);
+        peak.future_messages = peak.future_messages.max(footprint.future_messages);
+        peak.checkpoint_votes = peak.checkpoint_votes.max(footprint.checkpoint_votes);
+        peak.checkpoint_images = peak.checkpoint_images.max(footprint.checkpoint_images);
+        peak.queued_requests = peak.queued_requests.max(footprint.queued_requests);
+        peak.in_flight_batches = peak.in_flight_batches.max(footprint.in_flight_batches);
+        peak.clients = peak.clients.max(footprint.clients);
+        if self.delivered % 4096 == 0 {
+            let floor = self
+                .nodes
+                .iter()
+                .filter_map(|n| match n {
+                    Node::Correct(r) => Some(r.stable()),
+                    _ => None,
+                })
+                .min()
+                .unwrap_or_default();
+            self.checker.collect_garbage(floor);
+        }
+        self.peak_checker = self.peak_checker.max(self.checker.footprint());
+    }
+
+    fn set_timer(&mut self, replica: ReplicaId, timer: TimerKind, at: Instant) {
+        let generation = self.timer_generations.entry((replica, timer)).or_default();
+        *generation += 1;
+        let generation = *generation;
+        self.schedule(at.max(self.now), Event::ReplicaTimer { replica, timer, generation });
+    }
+
+    fn carry_out(&mut self, from: ReplicaId, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { to, message } => {
+                    let payload = self.encode(&message);
+                    self.send(Endpoint::Replica(from), Endpoint::Replica(to), payload);
+                }
+                Action::Broadcast { message } => {
+                    let payload = self.encode(&message);
+                    for to in 0..self.nodes.len() as u32 {
+                        if to != from.0 {
+                            self.send(Endpoint::Replica(from), Endpoint::Replica(ReplicaId(to)), payload.clone());
+                        }
+                    }
+                }
+                Action::Reply { client, reply } => {
+                    let index = self.clients.iter().position(|c| c.client.id() == client);
+                    if let Some(index) = index {
+                        let payload = self.encode(&VerifiedMessage::Reply(reply));
+                        self.send(Endpoint::Replica(from), Endpoint::Client(index), payload);
+                    }
+                }
+                Action::SetTimer { timer, at } => self.set_timer(from, timer, at),
+                Action::Event(_) => {}
+            }
+        }
+    }
+
+    fn issue(&mut self, client: usize) {
+        let node = &self.clients[client];
+        let expected = self.config.requests_per_client;
+        let mut to_issue = Vec::new();
+        let mut issued = node.issued;
+        let mut outstanding = node.client.outstanding();
+        while issued < expected && outstanding < self.config.client_concurrency {
+            let operation = (self.make_operation)(&mut self.rng, client, issued);
+            to_issue.push(operation);
+            issued += 1;
+            outstanding += 1;
+        }
+        for operation in to_issue {
+            let bytes = rmp_serde::to_vec(&operation).expect("operations encode");
+            let result = self.clients[client].client.invoke(bytes, false, self.now);
+            match result {
+                Ok((_, actions)) => {
+                    self.clients[client].issued += 1;
+                    self.client_actions(client, actions);
+                }
+                Err(error) => panic!("simulated client misconfigured: {error}"),
+            }
+        }
+    }
+
+    fn client_actions(&mut self, client: usize, actions: Vec<ClientAction>) {
+        let mut completed_any = false;
+        for action in actions {
+            match action {
+                ClientAction::Send { to, request } => {
+                    let payload = self.encode(&VerifiedMessage::Request(request));
+                    self.send(Endpoint::Client(client), Endpoint::Replica(to), payload);
+                }
+                ClientAction::Broadcast { request } => {
+                    let payload = self.encode(&VerifiedMessage::Request(request));
+                    for to in 0..self.nodes.len() as u32 {
+                        self.send(Endpoint::Client(client), Endpoint::Replica(ReplicaId(to)), payload.clone());
+                    }
+                }
+                ClientAction::SetTimer { at } => {
+                    let node = &mut self.clients[client];
+                    node.timer_generation += 1;
+                    let generation = node.timer_generation;
+                    self.schedule(at.max(self.now), Event::ClientTimer { client, generation });
+                }
+                ClientAction::Completed { timestamp, result } => {
+                    let id = self.clients[client].client.id();
+                    self.checker.observe_accepted(id, timestamp, &result);
+                    self.clients[client].completed += 1;
+                    completed_any = true;
+                }
+            }
+        }
+        if completed_any {
+            self.issue(client);
+        }
+    }
+
+    fn report(self, finished: bool) -> SimReport {
+        let mut final_states = BTreeMap::new();
+        let mut stable_checkpoints = BTreeMap::new();
+        for node in &self.nodes {
+            if let Node::Correct(replica) = node {
+                final_states.insert(replica.id(), (replica.last_executed(), replica.state_digest()));
+                stable_checkpoints.insert(replica.id(), replica.stable());
+            }
+        }
+        SimReport {
+            seed: self.config.seed,
+            violations: self.checker.violations().to_vec(),
+            checks: self.checker.checks(),
+            requests_expected: self.config.requests_per_client * self.config.clients as u64,
+            requests_completed: self.clients.iter().map(|c| c.completed).sum(),
+            trace: self.trace.finish(),
+            final_states,
+            stable_checkpoints,
+            simulated_time: Duration::from_micros(self.now.0),
+            events: self.delivered,
+            refused_at_edge: self.refused_at_edge,
+            peak_footprint: self.peak,
+            peak_checker_entries: self.peak_checker,
+            finished,
+        }
+    }
+}
+
+/// A digest naming a message for the trace: the signed digest of its payload.
+fn fingerprint(message: &VerifiedMessage) -> Digest {
+    let kind = message.kind() as u64;
+    let inner = match message {
+        VerifiedMessage::Request(m) => m.digest(),
+        VerifiedMessage::PrePrepare(m, _) => m.digest(),
+        VerifiedMessage::Prepare(m) => m.digest(),
+        VerifiedMessage::Commit(m) => m.digest(),
+        VerifiedMessage::Reply(m) => m.digest(),
+        VerifiedMessage::Checkpoint(m) => m.digest(),
+        VerifiedMessage::Status(m) => m.digest(),
+        VerifiedMessage::StateRequest(m) => m.digest(),
+        VerifiedMessage::StateReply(m) => m.digest(),
+    };
+    let _ = MessageKind::Request;
+    DigestBuilder::new(b"fingerprint").update_u64(kind).update(&inner.0).finish()
+}
