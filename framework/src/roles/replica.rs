@@ -276,6 +276,9 @@ impl<S: Service> Replica<S> {
                     let pre_prepare = sign(PrePrepare { view: self.view, seq, digest: batch.digest() }, &self.key);
                     let batch = Arc::new(batch);
                     self.metrics.batches_proposed += 1;
+                    // A proposal lost on the way to every backup must still make this
+                    // replica report itself stuck, or nobody would ever ask for it.
+                    self.note_seen(seq);
                     actions.push(Action::Broadcast { message: VerifiedMessage::PrePrepare(pre_prepare.clone(), batch.clone()) });
                     let mut out = Vec::new();
                     self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
