@@ -18,12 +18,16 @@ pub struct KeyPair {
 
 impl KeyPair {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        KeyPair { signing: SigningKey::generate(rng) }
+        KeyPair {
+            signing: SigningKey::generate(rng),
+        }
     }
 
     /// A key pair from a 32-byte seed: deterministic, for simulations and tests.
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        KeyPair { signing: SigningKey::from_bytes(&seed) }
+        KeyPair {
+            signing: SigningKey::from_bytes(&seed),
+        }
     }
 
     pub fn public(&self) -> PublicKey {
@@ -38,7 +42,10 @@ impl KeyPair {
     /// Writes the secret key to `path` (hex, with a header line), readable by the owner only
     /// on Unix.
     pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
-        let text = format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(self.signing.to_bytes()));
+        let text = format!(
+            "{KEY_FILE_HEADER}\n{}\n",
+            hex::encode(self.signing.to_bytes())
+        );
         let error = |e: std::io::Error| CryptoError::KeyFile {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -47,7 +54,8 @@ impl KeyPair {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(error)?;
         }
         Ok(())
     }
@@ -55,7 +63,10 @@ impl KeyPair {
     /// Reads a key written by [`KeyPair::save`]. A missing, truncated or wrong-type file is
     /// refused with an error naming the file and the problem.
     pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        let error = |reason: String| CryptoError::KeyFile { path: path.to_path_buf(), reason };
+        let error = |reason: String| CryptoError::KeyFile {
+            path: path.to_path_buf(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
         let mut lines = text.lines();
         match lines.next() {
@@ -68,10 +79,16 @@ impl KeyPair {
             }
             None => return Err(error("file is empty".into())),
         }
-        let body = lines.next().ok_or_else(|| error("key line is missing (truncated file?)".into()))?;
-        let bytes = hex::decode(body.trim()).map_err(|e| error(format!("key line is not hex: {e}")))?;
+        let body = lines
+            .next()
+            .ok_or_else(|| error("key line is missing (truncated file?)".into()))?;
+        let bytes =
+            hex::decode(body.trim()).map_err(|e| error(format!("key line is not hex: {e}")))?;
         let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            error(format!("key is {} bytes, expected 32 (truncated file?)", bytes.len()))
+            error(format!(
+                "key is {} bytes, expected 32 (truncated file?)",
+                bytes.len()
+            ))
         })?;
         Ok(KeyPair::from_seed(seed))
     }
@@ -94,7 +111,9 @@ pub struct PublicKey(pub(crate) VerifyingKey);
 
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, CryptoError> {
-        VerifyingKey::from_bytes(bytes).map(PublicKey).map_err(|_| CryptoError::BadPublicKey)
+        VerifyingKey::from_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|_| CryptoError::BadPublicKey)
     }
 
     pub fn to_bytes(&self) -> [u8; 32] {
@@ -107,7 +126,10 @@ impl PublicKey {
 
     pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
         let bytes = hex::decode(text.trim()).map_err(|_| CryptoError::BadPublicKey)?;
-        let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::BadPublicKey)?;
+        let bytes: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::BadPublicKey)?;
         Self::from_bytes(&bytes)
     }
 

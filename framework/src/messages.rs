@@ -10,11 +10,39 @@ use bulwark_crypto::{Digest, DigestBuilder, PublicKey, Signable, Signed, Verifie
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// A client's public key as it travels in a request: 32 bytes, parsed into a curve point
+/// only when the request's signature is checked (decoding stays cheap, and a batch of
+/// verified requests holds 32 bytes per key rather than a decompressed point).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClientKey(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+impl ClientKey {
+    pub fn to_public_key(&self) -> Result<PublicKey, bulwark_crypto::CryptoError> {
+        PublicKey::from_bytes(&self.0)
+    }
+}
+
+impl From<PublicKey> for ClientKey {
+    fn from(key: PublicKey) -> Self {
+        ClientKey(key.to_bytes())
+    }
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "client-key:{:02x}{:02x}{:02x}{:02x}",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
 /// `REQUEST(o, t, c)`: signed by the client. The client is named by its public key, so a
 /// replica needs no client registry to check the signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    pub client_key: PublicKey,
+    pub client_key: ClientKey,
     pub timestamp: Timestamp,
     /// A read-only request is answered from current state without ordering (the PBFT
     /// read-only optimisation); the client needs `2f + 1` matching replies for it.
@@ -30,8 +58,8 @@ impl Request {
 }
 
 /// A client's id: the first eight bytes of the blake3 digest of its public key.
-pub fn client_id(key: &PublicKey) -> ClientId {
-    let digest = Digest::of(&key.to_bytes());
+pub fn client_id(key: &ClientKey) -> ClientId {
+    let digest = Digest::of(&key.0);
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest.0[..8]);
     ClientId(u64::from_le_bytes(bytes))
@@ -175,9 +203,19 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(requests: Vec<Verified<Request>>) -> Self {
-        let digest = batch_digest(requests.iter().map(|r| r.digest()).collect::<Vec<_>>().iter());
+        let digest = batch_digest(
+            requests
+                .iter()
+                .map(|r| r.digest())
+                .collect::<Vec<_>>()
+                .iter(),
+        );
         let encoded_bytes = requests.iter().map(|r| request_size(r.payload())).sum();
-        Batch { requests, digest, encoded_bytes }
+        Batch {
+            requests,
+            digest,
+            encoded_bytes,
+        }
     }
 
     pub fn null() -> Self {
@@ -294,7 +332,9 @@ impl VerifiedMessage {
     pub fn to_wire(&self) -> Message {
         match self {
             VerifiedMessage::Request(m) => Message::Request(m.signed().clone()),
-            VerifiedMessage::PrePrepare(m, batch) => Message::PrePrepare(m.signed().clone(), batch.to_wire()),
+            VerifiedMessage::PrePrepare(m, batch) => {
+                Message::PrePrepare(m.signed().clone(), batch.to_wire())
+            }
             VerifiedMessage::Prepare(m) => Message::Prepare(m.signed().clone()),
             VerifiedMessage::Commit(m) => Message::Commit(m.signed().clone()),
             VerifiedMessage::Reply(m) => Message::Reply(m.signed().clone()),

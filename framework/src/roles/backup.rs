@@ -229,7 +229,15 @@ impl Backup {
         }
         slot.pre_prepare = Some((pre_prepare, batch));
         if !i_am_primary {
-            let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
+            let prepare = sign(
+                Prepare {
+                    view,
+                    seq,
+                    digest,
+                    replica: me,
+                },
+                key,
+            );
             slot.prepares.add(me, digest, prepare.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));
         }
@@ -238,7 +246,12 @@ impl Backup {
 
     /// N4: log a PREPARE of the current view inside the window. A prepare from the
     /// primary is ignored. Votes may arrive before the pre-prepare (PF8).
-    pub fn on_prepare(&mut self, prepare: Verified<Prepare>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
+    pub fn on_prepare(
+        &mut self,
+        prepare: Verified<Prepare>,
+        key: &KeyPair,
+        out: &mut Vec<BackupOutput>,
+    ) {
         if prepare.view != self.view {
             out.push(BackupOutput::Refused("prepare for another view"));
             return;
@@ -253,13 +266,20 @@ impl Backup {
         }
         let (seq, replica, digest) = (prepare.seq, prepare.replica, prepare.digest);
         if self.slot_mut(seq).prepares.add(replica, digest, prepare) == VoteOutcome::Conflicting {
-            out.push(BackupOutput::Refused("conflicting prepare from one replica (PF7)"));
+            out.push(BackupOutput::Refused(
+                "conflicting prepare from one replica (PF7)",
+            ));
         }
         self.check_progress(seq, key, out);
     }
 
     /// N4: log a COMMIT of the current view inside the window.
-    pub fn on_commit(&mut self, commit: Verified<Commit>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
+    pub fn on_commit(
+        &mut self,
+        commit: Verified<Commit>,
+        key: &KeyPair,
+        out: &mut Vec<BackupOutput>,
+    ) {
         if commit.view != self.view {
             out.push(BackupOutput::Refused("commit for another view"));
             return;
@@ -270,7 +290,9 @@ impl Backup {
         }
         let (seq, replica, digest) = (commit.seq, commit.replica, commit.digest);
         if self.slot_mut(seq).commits.add(replica, digest, commit) == VoteOutcome::Conflicting {
-            out.push(BackupOutput::Refused("conflicting commit from one replica (PF7)"));
+            out.push(BackupOutput::Refused(
+                "conflicting commit from one replica (PF7)",
+            ));
         }
         self.check_progress(seq, key, out);
     }
@@ -281,16 +303,27 @@ impl Backup {
         let commit_threshold = self.commit_threshold();
         let primary = self.config.primary(self.view);
         let (view, me) = (self.view, self.me);
-        let Some(slot) = self.slots.get_mut(&seq) else { return };
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return;
+        };
         let Some(digest) = slot.digest() else { return };
         if !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
             slot.prepared = true;
-            let commit = sign(Commit { view, seq, digest, replica: me }, key);
+            let commit = sign(
+                Commit {
+                    view,
+                    seq,
+                    digest,
+                    replica: me,
+                },
+                key,
+            );
             slot.commits.add(me, digest, commit.clone());
             slot.own_commit = Some(commit.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Commit(commit)));
         }
-        if slot.prepared && !slot.committed && slot.commits.count(digest, None) >= commit_threshold {
+        if slot.prepared && !slot.committed && slot.commits.count(digest, None) >= commit_threshold
+        {
             slot.committed = true;
         }
     }
@@ -301,7 +334,9 @@ impl Backup {
         if !slot.committed {
             return None;
         }
-        slot.pre_prepare.as_ref().map(|(pp, batch)| (batch.clone(), pp.view))
+        slot.pre_prepare
+            .as_ref()
+            .map(|(pp, batch)| (batch.clone(), pp.view))
     }
 
     pub fn is_committed(&self, seq: SeqNum) -> bool {
@@ -309,14 +344,28 @@ impl Backup {
     }
 
     /// C4 (with C6): a checkpoint at `stable` became stable. Discard the log at and below
-    /// it, except committed batches the replica has not executed yet (it may still
-    /// execute them, C6). Returns the buffered messages to re-examine (C5).
+    /// it, except committed batches the replica can execute next (C6). Returns the
+    /// buffered messages to re-examine (C5).
     pub fn advance_low(&mut self, stable: SeqNum, last_executed: SeqNum) -> Vec<VerifiedMessage> {
         if stable <= self.low {
             return Vec::new();
         }
         self.low = stable;
-        self.slots.retain(|seq, slot| *seq > stable || (*seq > last_executed && slot.committed));
+        // Keep only the committed run that starts right after the last executed batch: the
+        // replica executes it at once. Anything after a gap could only run once the gap is
+        // filled, and below the stable checkpoint nobody will fill it; state transfer
+        // replaces the whole range, so keeping it would only let the log grow while a
+        // replica is behind.
+        let mut executable_until = last_executed;
+        while self
+            .slots
+            .get(&executable_until.next())
+            .is_some_and(|s| s.committed)
+        {
+            executable_until = executable_until.next();
+        }
+        self.slots
+            .retain(|seq, _| *seq > stable || (*seq > last_executed && *seq <= executable_until));
         let mut replay = Vec::new();
         for queue in &mut self.future {
             replay.extend(queue.drain(..));
@@ -328,13 +377,18 @@ impl Backup {
     /// executing, for slots kept by `advance_low` below the window.
     pub fn forget_executed_below_low(&mut self, last_executed: SeqNum) {
         let low = self.low;
-        self.slots.retain(|seq, _| *seq > low || *seq > last_executed);
+        self.slots
+            .retain(|seq, _| *seq > low || *seq > last_executed);
     }
 
     /// Progress of `seq`, for STATUS.
     pub fn progress(&self, seq: SeqNum) -> SlotProgress {
         match self.slots.get(&seq) {
-            None => SlotProgress { has_pre_prepare: false, prepared: false, committed: false },
+            None => SlotProgress {
+                has_pre_prepare: false,
+                prepared: false,
+                committed: false,
+            },
             Some(slot) => SlotProgress {
                 has_pre_prepare: slot.pre_prepare.is_some(),
                 prepared: slot.prepared,
@@ -352,7 +406,8 @@ impl Backup {
             return messages;
         }
         let first = SeqNum(status.last_executed.0 + 1);
-        let last = SeqNum(status.last_executed.0 + self.config.params.watermark_window).min(self.high());
+        let last =
+            SeqNum(status.last_executed.0 + self.config.params.watermark_window).min(self.high());
         for (seq, slot) in self.slots.range(first..=last) {
             let offset = (seq.0 - first.0) as usize;
             let theirs = status.slots.get(offset).copied().unwrap_or(SlotProgress {

@@ -38,7 +38,11 @@ impl CheckpointCollector {
         let n = config.n();
         CheckpointCollector {
             config,
-            stable: StableCheckpoint { seq: SeqNum(0), state_digest: Digest::default(), proof: Vec::new() },
+            stable: StableCheckpoint {
+                seq: SeqNum(0),
+                state_digest: Digest::default(),
+                proof: Vec::new(),
+            },
             pending: BTreeMap::new(),
             open_per_member: vec![0; n],
         }
@@ -55,16 +59,22 @@ impl CheckpointCollector {
 
     /// C3: log a checkpoint. Returns the new stable checkpoint if this message completed
     /// a proof above the current one, or the reason it was refused.
-    pub fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>) -> Result<Option<StableCheckpoint>, &'static str> {
+    pub fn on_checkpoint(
+        &mut self,
+        checkpoint: Verified<Checkpoint>,
+    ) -> Result<Option<StableCheckpoint>, &'static str> {
         let seq = checkpoint.seq;
         if seq <= self.stable.seq {
             return Err("checkpoint at or below the stable one");
         }
-        if seq.0 % self.config.params.checkpoint_interval != 0 {
+        if !seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
             return Err("checkpoint at a sequence number that is not a multiple of K");
         }
         let member = checkpoint.replica.index();
-        if !self.pending.get(&seq).is_some_and(|votes| votes.has_voted(checkpoint.replica))
+        if !self
+            .pending
+            .get(&seq)
+            .is_some_and(|votes| votes.has_voted(checkpoint.replica))
             && self.open_per_member[member] >= self.open_max()
         {
             // Displace this member's oldest open checkpoint, or refuse if this one is older.
@@ -74,7 +84,9 @@ impl CheckpointCollector {
                 .find(|(_, votes)| votes.has_voted(checkpoint.replica))
                 .map(|(s, _)| *s);
             match oldest {
-                Some(oldest) if oldest < seq => self.remove_vote(oldest, checkpoint.replica.index()),
+                Some(oldest) if oldest < seq => {
+                    self.remove_vote(oldest, checkpoint.replica.index())
+                }
                 _ => return Err("too many open checkpoints from one member"),
             }
         }
@@ -89,8 +101,13 @@ impl CheckpointCollector {
         if votes.count(digest, None) < self.config.quorum() {
             return Ok(None);
         }
-        let proof: Vec<Verified<Checkpoint>> = votes.certificate(digest).into_iter().cloned().collect();
-        self.stable = StableCheckpoint { seq, state_digest: digest, proof };
+        let proof: Vec<Verified<Checkpoint>> =
+            votes.certificate(digest).into_iter().cloned().collect();
+        self.stable = StableCheckpoint {
+            seq,
+            state_digest: digest,
+            proof,
+        };
         self.collect_garbage();
         Ok(Some(self.stable.clone()))
     }
@@ -135,6 +152,9 @@ impl CheckpointCollector {
 
     /// The own checkpoint messages held above the stable one, to retransmit.
     pub fn votes_of(&self, member: crate::ids::ReplicaId) -> Vec<Verified<Checkpoint>> {
-        self.pending.values().filter_map(|votes| votes.vote_of(member).cloned()).collect()
+        self.pending
+            .values()
+            .filter_map(|votes| votes.vote_of(member).cloned())
+            .collect()
     }
 }

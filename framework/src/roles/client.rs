@@ -21,19 +21,29 @@ use std::sync::Arc;
 /// What the client asks its runtime to do, or reports.
 #[derive(Debug, Clone)]
 pub enum ClientAction {
-    Send { to: ReplicaId, request: Verified<Request> },
-    Broadcast { request: Verified<Request> },
+    Send {
+        to: ReplicaId,
+        request: Verified<Request>,
+    },
+    Broadcast {
+        request: Verified<Request>,
+    },
     /// Call [`Client::on_timer`] at `at` (replaces the pending client timer).
-    SetTimer { at: Instant },
+    SetTimer {
+        at: Instant,
+    },
     /// The request with `timestamp` completed with `result` (an encoded
     /// [`crate::service::Outcome`]).
-    Completed { timestamp: Timestamp, result: Vec<u8> },
+    Completed {
+        timestamp: Timestamp,
+        result: Vec<u8>,
+    },
 }
 
 /// Why the client could not issue a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    #[error("{outstanding} requests are outstanding, the client window is {limit}")]
+    #[error("{outstanding} requests are outstanding and the oldest is {limit} timestamps back (the client window)")]
     WindowFull { outstanding: usize, limit: usize },
     #[error("operation of {bytes} bytes exceeds the limit of {limit}")]
     OperationTooLarge { bytes: usize, limit: usize },
@@ -65,8 +75,16 @@ impl Client {
     /// restarts must start above every timestamp it used before (the runtime uses the
     /// wall clock in microseconds).
     pub fn new(key: KeyPair, config: Arc<ClusterConfig>, first_timestamp: Timestamp) -> Self {
-        let id = client_id(&key.public());
-        Client { key, id, config, next_timestamp: first_timestamp, view: View(0), outstanding: BTreeMap::new(), timer: None }
+        let id = client_id(&key.public().into());
+        Client {
+            key,
+            id,
+            config,
+            next_timestamp: first_timestamp,
+            view: View(0),
+            outstanding: BTreeMap::new(),
+            timer: None,
+        }
     }
 
     pub fn id(&self) -> ClientId {
@@ -77,33 +95,76 @@ impl Client {
         self.outstanding.len()
     }
 
+    /// Timestamps of the requests still outstanding.
+    pub fn outstanding_timestamps(&self) -> Vec<Timestamp> {
+        self.outstanding.keys().copied().collect()
+    }
+
     /// The view the client believes current.
     pub fn view(&self) -> View {
         self.view
     }
 
     /// Issues a request. Returns its timestamp and the actions to carry out.
-    pub fn invoke(&mut self, operation: Vec<u8>, read_only: bool, now: Instant) -> Result<(Timestamp, Vec<ClientAction>), ClientError> {
+    pub fn invoke(
+        &mut self,
+        operation: Vec<u8>,
+        read_only: bool,
+        now: Instant,
+    ) -> Result<(Timestamp, Vec<ClientAction>), ClientError> {
+        // CX1/CX3: replicas keep a client's executed window (t_max - W, t_max], so a new
+        // timestamp must stay within W of the oldest outstanding one, or that one would
+        // fall below the window and be dropped as too old.
         let limit = self.config.params.client_window as usize;
-        if self.outstanding.len() >= limit {
-            return Err(ClientError::WindowFull { outstanding: self.outstanding.len(), limit });
+        let oldest = self
+            .outstanding
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_timestamp);
+        if self.next_timestamp.0 >= oldest.0 + limit as u64 {
+            return Err(ClientError::WindowFull {
+                outstanding: self.outstanding.len(),
+                limit,
+            });
         }
         let bytes_limit = self.config.params.request_bytes_max;
         if operation.len() > bytes_limit {
-            return Err(ClientError::OperationTooLarge { bytes: operation.len(), limit: bytes_limit });
+            return Err(ClientError::OperationTooLarge {
+                bytes: operation.len(),
+                limit: bytes_limit,
+            });
         }
         let timestamp = self.next_timestamp;
         self.next_timestamp = Timestamp(timestamp.0 + 1);
-        let request = sign(Request { client_key: self.key.public(), timestamp, read_only, operation }, &self.key);
+        let request = sign(
+            Request {
+                client_key: self.key.public().into(),
+                timestamp,
+                read_only,
+                operation,
+            },
+            &self.key,
+        );
         let mut actions = vec![if read_only {
-            ClientAction::Broadcast { request: request.clone() }
+            ClientAction::Broadcast {
+                request: request.clone(),
+            }
         } else {
-            ClientAction::Send { to: self.config.primary(self.view), request: request.clone() }
+            ClientAction::Send {
+                to: self.config.primary(self.view),
+                request: request.clone(),
+            }
         }];
         let deadline = now + self.config.params.client_retransmit();
         self.outstanding.insert(
             timestamp,
-            Outstanding { request, replies: vec![None; self.config.n()], deadline, retransmissions: 0 },
+            Outstanding {
+                request,
+                replies: vec![None; self.config.n()],
+                deadline,
+                retransmissions: 0,
+            },
         );
         self.rearm(&mut actions);
         Ok((timestamp, actions))
@@ -117,16 +178,24 @@ impl Client {
         }
         let timestamp = reply.timestamp;
         let n = self.config.n();
-        let Some(pending) = self.outstanding.get_mut(&timestamp) else { return actions };
+        let Some(pending) = self.outstanding.get_mut(&timestamp) else {
+            return actions;
+        };
         if reply.read_only != pending.request.read_only {
             return actions;
         }
-        let Some(slot) = pending.replies.get_mut(reply.replica.index()) else { return actions };
+        let Some(slot) = pending.replies.get_mut(reply.replica.index()) else {
+            return actions;
+        };
         if slot.is_some() {
             return actions;
         }
         *slot = Some((reply.result.clone(), reply.view));
-        let needed = if pending.request.read_only { self.config.quorum() } else { self.config.weak_quorum() };
+        let needed = if pending.request.read_only {
+            self.config.quorum()
+        } else {
+            self.config.weak_quorum()
+        };
         let matching: Vec<View> = pending
             .replies
             .iter()
@@ -142,7 +211,10 @@ impl Client {
             let vouched = views[self.config.weak_quorum() - 1];
             self.view = self.view.max(vouched);
             self.outstanding.remove(&timestamp);
-            actions.push(ClientAction::Completed { timestamp, result: reply.result.clone() });
+            actions.push(ClientAction::Completed {
+                timestamp,
+                result: reply.result.clone(),
+            });
         } else if pending.request.read_only {
             let replied = pending.replies.iter().flatten().count();
             let best = best_match(&pending.replies);
@@ -157,7 +229,12 @@ impl Client {
     /// CL3: retransmit every request whose deadline passed, to all replicas, with backoff.
     pub fn on_timer(&mut self, now: Instant) -> Vec<ClientAction> {
         let mut actions = Vec::new();
-        let due: Vec<Timestamp> = self.outstanding.iter().filter(|(_, p)| p.deadline <= now).map(|(t, _)| *t).collect();
+        let due: Vec<Timestamp> = self
+            .outstanding
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
         for timestamp in due {
             let read_only = self.outstanding[&timestamp].request.read_only;
             if read_only {
@@ -165,24 +242,38 @@ impl Client {
                 continue;
             }
             let base = self.config.params.client_retransmit();
-            let pending = self.outstanding.get_mut(&timestamp).expect("due entry exists");
+            let pending = self
+                .outstanding
+                .get_mut(&timestamp)
+                .expect("due entry exists");
             pending.retransmissions += 1;
             pending.deadline = now + base * (1u32 << pending.retransmissions.min(3));
-            actions.push(ClientAction::Broadcast { request: pending.request.clone() });
+            actions.push(ClientAction::Broadcast {
+                request: pending.request.clone(),
+            });
         }
         self.timer = None;
         self.rearm(&mut actions);
         actions
     }
 
-    fn fall_back_to_ordered(&mut self, timestamp: Timestamp, now: Instant, actions: &mut Vec<ClientAction>) {
-        let Some(pending) = self.outstanding.get_mut(&timestamp) else { return };
+    fn fall_back_to_ordered(
+        &mut self,
+        timestamp: Timestamp,
+        now: Instant,
+        actions: &mut Vec<ClientAction>,
+    ) {
+        let Some(pending) = self.outstanding.get_mut(&timestamp) else {
+            return;
+        };
         let mut request = pending.request.payload().clone();
         request.read_only = false;
         pending.request = sign(request, &self.key);
         pending.replies = vec![None; self.config.n()];
         pending.deadline = now + self.config.params.client_retransmit();
-        actions.push(ClientAction::Broadcast { request: pending.request.clone() });
+        actions.push(ClientAction::Broadcast {
+            request: pending.request.clone(),
+        });
     }
 
     fn rearm(&mut self, actions: &mut Vec<ClientAction>) {
@@ -198,5 +289,9 @@ impl Client {
 
 fn best_match(replies: &[Option<(Vec<u8>, View)>]) -> usize {
     let results: Vec<&Vec<u8>> = replies.iter().flatten().map(|(r, _)| r).collect();
-    results.iter().map(|r| results.iter().filter(|other| *other == r).count()).max().unwrap_or(0)
+    results
+        .iter()
+        .map(|r| results.iter().filter(|other| *other == r).count())
+        .max()
+        .unwrap_or(0)
 }

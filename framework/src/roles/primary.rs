@@ -88,7 +88,9 @@ impl Primary {
             let mut bytes = 0;
             while let Some(request) = self.queue.front() {
                 let size = request_size(request.payload());
-                if requests.len() == params.batch_size_max || (bytes + size > params.batch_bytes_max && !requests.is_empty()) {
+                if requests.len() == params.batch_size_max
+                    || (bytes + size > params.batch_bytes_max && !requests.is_empty())
+                {
                     break;
                 }
                 bytes += size;
@@ -96,10 +98,16 @@ impl Primary {
             }
             let seq = self.next_seq;
             self.next_seq = seq.next();
-            self.in_flight
-                .insert(seq, requests.iter().map(|r| (r.client(), r.timestamp)).collect());
+            self.in_flight.insert(
+                seq,
+                requests.iter().map(|r| (r.client(), r.timestamp)).collect(),
+            );
             proposals.push((seq, Batch::new(requests)));
-            self.batch_deadline = if self.queue.is_empty() { None } else { Some(now + params.batch_delay()) };
+            self.batch_deadline = if self.queue.is_empty() {
+                None
+            } else {
+                Some(now + params.batch_delay())
+            };
         }
         proposals
     }

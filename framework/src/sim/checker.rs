@@ -137,7 +137,9 @@ impl Checker {
                     self.expect(known == Some(*state_digest), "I5", || {
                         format!("{replica} installed state {state_digest} at {seq}; correct replicas checkpointed {known:?}")
                     });
-                    self.expect(*seq > exec_cursor, "I6", || format!("{replica} installed {seq} at or below {exec_cursor}"));
+                    self.expect(*seq > exec_cursor, "I6", || {
+                        format!("{replica} installed {seq} at or below {exec_cursor}")
+                    });
                     exec_cursor = *seq;
                 }
                 _ => {}
@@ -151,14 +153,30 @@ impl Checker {
             "I6",
             || format!("{replica} moved backwards: {before:?} -> view {view} stable {stable} executed {last_executed}"),
         );
-        self.progress.insert(replica, Progress { view, stable, last_executed });
+        self.progress.insert(
+            replica,
+            Progress {
+                view,
+                stable,
+                last_executed,
+            },
+        );
     }
 
-    fn observe_signed(&mut self, replica: ReplicaId, message: &VerifiedMessage, stable_before: SeqNum) {
+    fn observe_signed(
+        &mut self,
+        replica: ReplicaId,
+        message: &VerifiedMessage,
+        stable_before: SeqNum,
+    ) {
         let (kind, view, seq, digest) = match message {
             VerifiedMessage::PrePrepare(m, _) => (MessageKind::PrePrepare, m.view, m.seq, m.digest),
-            VerifiedMessage::Prepare(m) if m.replica == replica => (MessageKind::Prepare, m.view, m.seq, m.digest),
-            VerifiedMessage::Commit(m) if m.replica == replica => (MessageKind::Commit, m.view, m.seq, m.digest),
+            VerifiedMessage::Prepare(m) if m.replica == replica => {
+                (MessageKind::Prepare, m.view, m.seq, m.digest)
+            }
+            VerifiedMessage::Commit(m) if m.replica == replica => {
+                (MessageKind::Commit, m.view, m.seq, m.digest)
+            }
             VerifiedMessage::Checkpoint(m) if m.replica == replica => {
                 let (seq, digest) = (m.seq, m.state_digest);
                 match self.checkpoints.get(&seq) {

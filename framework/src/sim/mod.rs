@@ -17,19 +17,19 @@ pub mod checker;
 use crate::config::{ClusterConfig, ProtocolParams};
 use crate::ids::{Instant, ReplicaId, SeqNum};
 use crate::messages::{Message, MessageKind, VerifiedMessage};
-use crate::roles::client::{Client, ClientAction};
-use crate::roles::replica::{Footprint, Input, Replica};
+use crate::roles::client::{Client, ClientAction, ClientError};
+use crate::roles::replica::{Footprint, Input, Replica, ReplicaMetrics};
 use crate::roles::{Action, TimerKind};
 use crate::service::Service;
 use crate::verify::{verify_message, RefusalCounts};
 use crate::wire;
-use byzantine::{ByzantineAction, ByzantineReplica, Strategy};
 use bulwark_crypto::{Digest, DigestBuilder, KeyPair};
+use byzantine::{ByzantineAction, ByzantineReplica, Strategy};
 use checker::{Checker, Violation};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, BTreeMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +47,12 @@ pub struct NetworkModel {
 
 impl Default for NetworkModel {
     fn default() -> Self {
-        NetworkModel { delay_min_us: 200, delay_max_us: 2_000, drop_rate: 0.0, duplicate_rate: 0.0 }
+        NetworkModel {
+            delay_min_us: 200,
+            delay_max_us: 2_000,
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+        }
     }
 }
 
@@ -56,6 +61,15 @@ impl Default for NetworkModel {
 pub struct Isolation {
     pub replica: ReplicaId,
     pub from: Instant,
+    pub until: Instant,
+}
+
+/// Every message of `kind` sent by `sender` before `until` is lost: a targeted fault,
+/// for scenarios such as "the primary's pre-prepares never arrive".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blackout {
+    pub sender: ReplicaId,
+    pub kind: MessageKind,
     pub until: Instant,
 }
 
@@ -73,6 +87,7 @@ pub struct SimConfig {
     /// Replicas that crash (stop for good) at the given time.
     pub crashes: Vec<(ReplicaId, Instant)>,
     pub isolations: Vec<Isolation>,
+    pub blackouts: Vec<Blackout>,
     pub byzantine: Vec<(ReplicaId, Strategy)>,
     /// Encode, decode and verify every message at the receiver, as a real network would.
     /// Slower; the default passes verified messages through.
@@ -102,6 +117,7 @@ impl SimConfig {
             network: NetworkModel::default(),
             crashes: Vec::new(),
             isolations: Vec::new(),
+            blackouts: Vec::new(),
             byzantine: Vec::new(),
             wire_roundtrip: false,
             time_limit: Duration::from_secs(600),
@@ -123,6 +139,8 @@ pub struct SimReport {
     /// For each live correct replica: last executed sequence number and state digest.
     pub final_states: BTreeMap<ReplicaId, (SeqNum, Digest)>,
     pub stable_checkpoints: BTreeMap<ReplicaId, SeqNum>,
+    /// Each live correct replica's counters at the end.
+    pub metrics: BTreeMap<ReplicaId, ReplicaMetrics>,
     pub simulated_time: Duration,
     pub events: u64,
     pub refused_at_edge: RefusalCounts,
@@ -130,6 +148,8 @@ pub struct SimReport {
     pub peak_footprint: Footprint,
     pub peak_checker_entries: usize,
     pub finished: bool,
+    /// Requests still outstanding at the end: `(client index, timestamp)`.
+    pub outstanding: Vec<(usize, crate::ids::Timestamp)>,
 }
 
 impl SimReport {
@@ -142,7 +162,10 @@ impl SimReport {
 
     /// How to replay this run.
     pub fn replay_hint(&self) -> String {
-        format!("replay with BULWARK_SEED={} (same test, same configuration)", self.seed)
+        format!(
+            "replay with BULWARK_SEED={} (same test, same configuration)",
+            self.seed
+        )
     }
 }
 
@@ -160,6 +183,10 @@ impl fmt::Display for SimReport {
             self.simulated_time,
             self.finished
         )?;
+        if !self.outstanding.is_empty() {
+            let shown: Vec<_> = self.outstanding.iter().take(8).collect();
+            write!(f, "\n  outstanding (client, timestamp): {shown:?}")?;
+        }
         for violation in self.violations.iter().take(5) {
             write!(f, "\n  {violation}")?;
         }
@@ -185,15 +212,27 @@ enum Payload {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: Endpoint, payload: Payload },
-    ReplicaTimer { replica: ReplicaId, timer: TimerKind, generation: u64 },
-    ClientTimer { client: usize, generation: u64 },
-    Crash { replica: ReplicaId },
+    Deliver {
+        to: Endpoint,
+        payload: Payload,
+    },
+    ReplicaTimer {
+        replica: ReplicaId,
+        timer: TimerKind,
+        generation: u64,
+    },
+    ClientTimer {
+        client: usize,
+        generation: u64,
+    },
+    Crash {
+        replica: ReplicaId,
+    },
 }
 
 enum Node<S: Service> {
     Correct(Box<Replica<S>>),
-    Byzantine(ByzantineReplica),
+    Byzantine(Box<ByzantineReplica>),
     Crashed,
 }
 
@@ -203,6 +242,9 @@ struct ClientNode {
     completed: u64,
     timer_generation: u64,
 }
+
+/// Draws a client's next operation: `(rng, client index, request index)`.
+type OperationSource<S> = Box<dyn FnMut(&mut ChaCha8Rng, usize, u64) -> <S as Service>::Op>;
 
 /// A simulation of one cluster running service `S`.
 pub struct Simulation<S: Service> {
@@ -216,7 +258,7 @@ pub struct Simulation<S: Service> {
     nodes: Vec<Node<S>>,
     clients: Vec<ClientNode>,
     timer_generations: BTreeMap<(ReplicaId, TimerKind), u64>,
-    make_operation: Box<dyn FnMut(&mut ChaCha8Rng, usize, u64) -> S::Op>,
+    make_operation: OperationSource<S>,
     checker: Checker,
     trace: DigestBuilder,
     delivered: u64,
@@ -227,7 +269,11 @@ pub struct Simulation<S: Service> {
 
 impl<S: Service> fmt::Debug for Simulation<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Simulation(seed {}, now {:?})", self.config.seed, self.now)
+        write!(
+            f,
+            "Simulation(seed {}, now {:?})",
+            self.config.seed, self.now
+        )
     }
 }
 
@@ -256,7 +302,9 @@ impl<S: Service> Simulation<S> {
         make_service: impl Fn() -> S,
         make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> S::Op + 'static,
     ) -> Result<Self, crate::config::ConfigError> {
-        let members = (0..config.replicas).map(|i| replica_key(config.seed, i).public()).collect();
+        let members = (0..config.replicas)
+            .map(|i| replica_key(config.seed, i).public())
+            .collect();
         let cluster = Arc::new(ClusterConfig::new(members, config.params.clone())?);
         let mut checker = Checker::new(config.replicas, config.params.watermark_window);
         let nodes = (0..config.replicas)
@@ -264,7 +312,12 @@ impl<S: Service> Simulation<S> {
                 let id = ReplicaId(i as u32);
                 let key = replica_key(config.seed, i);
                 match config.byzantine.iter().find(|(r, _)| *r == id) {
-                    Some((_, strategy)) => Node::Byzantine(ByzantineReplica::new(id, key, cluster.clone(), *strategy)),
+                    Some((_, strategy)) => Node::Byzantine(Box::new(ByzantineReplica::new(
+                        id,
+                        key,
+                        cluster.clone(),
+                        *strategy,
+                    ))),
                     None => {
                         checker.register(id);
                         #[allow(unused_mut)]
@@ -282,7 +335,11 @@ impl<S: Service> Simulation<S> {
             .collect();
         let clients = (0..config.clients)
             .map(|c| ClientNode {
-                client: Client::new(client_key(config.seed, c), cluster.clone(), crate::ids::Timestamp(1)),
+                client: Client::new(
+                    client_key(config.seed, c),
+                    cluster.clone(),
+                    crate::ids::Timestamp(1),
+                ),
                 issued: 0,
                 completed: 0,
                 timer_generation: 0,
@@ -329,7 +386,10 @@ impl<S: Service> Simulation<S> {
     }
 
     fn isolated(&self, replica: ReplicaId, at: Instant) -> bool {
-        self.config.isolations.iter().any(|i| i.replica == replica && i.from <= at && at < i.until)
+        self.config
+            .isolations
+            .iter()
+            .any(|i| i.replica == replica && i.from <= at && at < i.until)
     }
 
     fn cut_off(&self, endpoint: Endpoint, at: Instant) -> bool {
@@ -348,11 +408,23 @@ impl<S: Service> Simulation<S> {
         if self.rng.gen_bool(network.drop_rate) {
             return;
         }
-        let copies = if self.rng.gen_bool(network.duplicate_rate) { 2 } else { 1 };
+        let copies = if self.rng.gen_bool(network.duplicate_rate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
-            let delay = self.rng.gen_range(network.delay_min_us..=network.delay_max_us);
+            let delay = self
+                .rng
+                .gen_range(network.delay_min_us..=network.delay_max_us);
             let at = Instant(self.now.0 + delay);
-            self.schedule(at, Event::Deliver { to, payload: payload.clone() });
+            self.schedule(
+                at,
+                Event::Deliver {
+                    to,
+                    payload: payload.clone(),
+                },
+            );
         }
     }
 
@@ -422,11 +494,18 @@ impl<S: Service> Simulation<S> {
                 self.trace.update(b"crash").update_u64(replica.0 as u64);
                 self.nodes[replica.index()] = Node::Crashed;
             }
-            Event::ReplicaTimer { replica, timer, generation } => {
+            Event::ReplicaTimer {
+                replica,
+                timer,
+                generation,
+            } => {
                 if self.timer_generations.get(&(replica, timer)) != Some(&generation) {
                     return;
                 }
-                self.trace.update(b"timer").update_u64(self.now.0).update_u64(replica.0 as u64);
+                self.trace
+                    .update(b"timer")
+                    .update_u64(self.now.0)
+                    .update_u64(replica.0 as u64);
                 self.deliver_to_replica(replica, Input::Timer(timer));
             }
             Event::ClientTimer { client, generation } => {
@@ -461,9 +540,13 @@ impl<S: Service> Simulation<S> {
                         None => return,
                     },
                 };
-                self.trace.update(&fingerprint(&message).0).update_u64(self.now.0);
+                self.trace
+                    .update(&fingerprint(&message).0)
+                    .update_u64(self.now.0);
                 match to {
-                    Endpoint::Replica(replica) => self.deliver_to_replica(replica, Input::Message(message)),
+                    Endpoint::Replica(replica) => {
+                        self.deliver_to_replica(replica, Input::Message(message))
+                    }
                     Endpoint::Client(client) => {
                         if let VerifiedMessage::Reply(reply) = message {
                             let actions = self.clients[client].client.on_reply(reply, self.now);
@@ -491,9 +574,11 @@ impl<S: Service> Simulation<S> {
             Node::Crashed => {}
             Node::Correct(replica) => {
                 let actions = replica.handle(input, now);
-                let (view, stable, executed) = (replica.view(), replica.stable(), replica.last_executed());
+                let (view, stable, executed) =
+                    (replica.view(), replica.stable(), replica.last_executed());
                 let footprint = replica.footprint();
-                self.checker.observe_replica(id, &actions, view, stable, executed);
+                self.checker
+                    .observe_replica(id, &actions, view, stable, executed);
                 self.note_footprint(footprint);
                 self.carry_out(id, actions);
             }
@@ -501,9 +586,11 @@ impl<S: Service> Simulation<S> {
                 let actions = byzantine.handle(input, now);
                 for action in actions {
                     match action {
-                        ByzantineAction::Send { to, message } => {
-                            self.send(Endpoint::Replica(id), Endpoint::Replica(to), Payload::Raw(message))
-                        }
+                        ByzantineAction::Send { to, message } => self.send(
+                            Endpoint::Replica(id),
+                            Endpoint::Replica(to),
+                            Payload::Raw(message),
+                        ),
                         ByzantineAction::SetTimer { timer, at } => self.set_timer(id, timer, at),
                     }
                 }
@@ -520,7 +607,7 @@ impl<S: Service> Simulation<S> {
         peak.queued_requests = peak.queued_requests.max(footprint.queued_requests);
         peak.in_flight_batches = peak.in_flight_batches.max(footprint.in_flight_batches);
         peak.clients = peak.clients.max(footprint.clients);
-        if self.delivered % 4096 == 0 {
+        if self.delivered.is_multiple_of(4096) {
             let floor = self
                 .nodes
                 .iter()
@@ -539,21 +626,38 @@ impl<S: Service> Simulation<S> {
         let generation = self.timer_generations.entry((replica, timer)).or_default();
         *generation += 1;
         let generation = *generation;
-        self.schedule(at.max(self.now), Event::ReplicaTimer { replica, timer, generation });
+        self.schedule(
+            at.max(self.now),
+            Event::ReplicaTimer {
+                replica,
+                timer,
+                generation,
+            },
+        );
     }
 
     fn carry_out(&mut self, from: ReplicaId, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Send { to, message } => {
+                    if self.blacked_out(from, &message) {
+                        continue;
+                    }
                     let payload = self.encode(&message);
                     self.send(Endpoint::Replica(from), Endpoint::Replica(to), payload);
                 }
                 Action::Broadcast { message } => {
+                    if self.blacked_out(from, &message) {
+                        continue;
+                    }
                     let payload = self.encode(&message);
                     for to in 0..self.nodes.len() as u32 {
                         if to != from.0 {
-                            self.send(Endpoint::Replica(from), Endpoint::Replica(ReplicaId(to)), payload.clone());
+                            self.send(
+                                Endpoint::Replica(from),
+                                Endpoint::Replica(ReplicaId(to)),
+                                payload.clone(),
+                            );
                         }
                     }
                 }
@@ -570,6 +674,14 @@ impl<S: Service> Simulation<S> {
         }
     }
 
+    fn blacked_out(&self, from: ReplicaId, message: &VerifiedMessage) -> bool {
+        let kind = message.kind();
+        self.config
+            .blackouts
+            .iter()
+            .any(|b| b.sender == from && b.kind == kind && self.now < b.until)
+    }
+
     fn issue(&mut self, client: usize) {
         let node = &self.clients[client];
         let expected = self.config.requests_per_client;
@@ -584,12 +696,14 @@ impl<S: Service> Simulation<S> {
         }
         for operation in to_issue {
             let bytes = rmp_serde::to_vec(&operation).expect("operations encode");
-            let result = self.clients[client].client.invoke(bytes, false, self.now);
-            match result {
+            match self.clients[client].client.invoke(bytes, false, self.now) {
                 Ok((_, actions)) => {
                     self.clients[client].issued += 1;
                     self.client_actions(client, actions);
                 }
+                // The oldest outstanding request holds the window: wait for it. The drawn
+                // operation is discarded, deterministically.
+                Err(ClientError::WindowFull { .. }) => break,
                 Err(error) => panic!("simulated client misconfigured: {error}"),
             }
         }
@@ -606,7 +720,11 @@ impl<S: Service> Simulation<S> {
                 ClientAction::Broadcast { request } => {
                     let payload = self.encode(&VerifiedMessage::Request(request));
                     for to in 0..self.nodes.len() as u32 {
-                        self.send(Endpoint::Client(client), Endpoint::Replica(ReplicaId(to)), payload.clone());
+                        self.send(
+                            Endpoint::Client(client),
+                            Endpoint::Replica(ReplicaId(to)),
+                            payload.clone(),
+                        );
                     }
                 }
                 ClientAction::SetTimer { at } => {
@@ -631,9 +749,14 @@ impl<S: Service> Simulation<S> {
     fn report(self, finished: bool) -> SimReport {
         let mut final_states = BTreeMap::new();
         let mut stable_checkpoints = BTreeMap::new();
+        let mut metrics = BTreeMap::new();
         for node in &self.nodes {
             if let Node::Correct(replica) = node {
-                final_states.insert(replica.id(), (replica.last_executed(), replica.state_digest()));
+                metrics.insert(replica.id(), replica.metrics().clone());
+                final_states.insert(
+                    replica.id(),
+                    (replica.last_executed(), replica.state_digest()),
+                );
                 stable_checkpoints.insert(replica.id(), replica.stable());
             }
         }
@@ -646,12 +769,24 @@ impl<S: Service> Simulation<S> {
             trace: self.trace.finish(),
             final_states,
             stable_checkpoints,
+            metrics,
             simulated_time: Duration::from_micros(self.now.0),
             events: self.delivered,
             refused_at_edge: self.refused_at_edge,
             peak_footprint: self.peak,
             peak_checker_entries: self.peak_checker,
             finished,
+            outstanding: self
+                .clients
+                .iter()
+                .enumerate()
+                .flat_map(|(index, c)| {
+                    c.client
+                        .outstanding_timestamps()
+                        .into_iter()
+                        .map(move |t| (index, t))
+                })
+                .collect(),
         }
     }
 }
@@ -670,6 +805,8 @@ fn fingerprint(message: &VerifiedMessage) -> Digest {
         VerifiedMessage::StateRequest(m) => m.digest(),
         VerifiedMessage::StateReply(m) => m.digest(),
     };
-    let _ = MessageKind::Request;
-    DigestBuilder::new(b"fingerprint").update_u64(kind).update(&inner.0).finish()
+    DigestBuilder::new(b"fingerprint")
+        .update_u64(kind)
+        .update(&inner.0)
+        .finish()
 }
