@@ -11,4 +11,6 @@
 //!   by transfers) makes a replication bug easy to see.
 
 pub mod bank;
+pub mod cluster;
+pub mod echo;
 pub mod kv;

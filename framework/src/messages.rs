@@ -150,6 +150,32 @@ pub struct StateReply {
     pub image: Vec<u8>,
 }
 
+/// `INQUIRY`: a client or operator asks a replica where it is (not ordered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inquiry {
+    pub client_key: ClientKey,
+    pub nonce: u64,
+}
+
+/// `REPORT`: a replica's answer to an INQUIRY: its view, stable checkpoint, last executed
+/// sequence number and the state digest at that point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub replica: ReplicaId,
+    pub client: ClientId,
+    pub nonce: u64,
+    pub view: View,
+    pub stable: SeqNum,
+    pub last_executed: SeqNum,
+    pub state_digest: Digest,
+}
+
+impl Signable for Inquiry {
+    const DOMAIN: &'static [u8] = b"bulwark/inquiry/v1";
+}
+impl Signable for Report {
+    const DOMAIN: &'static [u8] = b"bulwark/report/v1";
+}
 impl Signable for Request {
     const DOMAIN: &'static [u8] = b"bulwark/request/v1";
 }
@@ -265,6 +291,8 @@ pub enum Message {
     Status(Signed<Status>),
     StateRequest(Signed<StateRequest>),
     StateReply(Signed<StateReply>),
+    Inquiry(Signed<Inquiry>),
+    Report(Signed<Report>),
 }
 
 /// The kind of a message, for counters and logs.
@@ -279,6 +307,8 @@ pub enum MessageKind {
     Status,
     StateRequest,
     StateReply,
+    Inquiry,
+    Report,
 }
 
 impl MessageKind {
@@ -293,6 +323,8 @@ impl MessageKind {
             MessageKind::Status => "status",
             MessageKind::StateRequest => "state_request",
             MessageKind::StateReply => "state_reply",
+            MessageKind::Inquiry => "inquiry",
+            MessageKind::Report => "report",
         }
     }
 }
@@ -309,6 +341,8 @@ impl Message {
             Message::Status(_) => MessageKind::Status,
             Message::StateRequest(_) => MessageKind::StateRequest,
             Message::StateReply(_) => MessageKind::StateReply,
+            Message::Inquiry(_) => MessageKind::Inquiry,
+            Message::Report(_) => MessageKind::Report,
         }
     }
 }
@@ -325,6 +359,8 @@ pub enum VerifiedMessage {
     Status(Verified<Status>),
     StateRequest(Verified<StateRequest>),
     StateReply(Verified<StateReply>),
+    Inquiry(Verified<Inquiry>),
+    Report(Verified<Report>),
 }
 
 impl VerifiedMessage {
@@ -342,6 +378,8 @@ impl VerifiedMessage {
             VerifiedMessage::Status(m) => Message::Status(m.signed().clone()),
             VerifiedMessage::StateRequest(m) => Message::StateRequest(m.signed().clone()),
             VerifiedMessage::StateReply(m) => Message::StateReply(m.signed().clone()),
+            VerifiedMessage::Inquiry(m) => Message::Inquiry(m.signed().clone()),
+            VerifiedMessage::Report(m) => Message::Report(m.signed().clone()),
         }
     }
 
@@ -356,6 +394,8 @@ impl VerifiedMessage {
             VerifiedMessage::Status(_) => MessageKind::Status,
             VerifiedMessage::StateRequest(_) => MessageKind::StateRequest,
             VerifiedMessage::StateReply(_) => MessageKind::StateReply,
+            VerifiedMessage::Inquiry(_) => MessageKind::Inquiry,
+            VerifiedMessage::Report(_) => MessageKind::Report,
         }
     }
 
@@ -371,6 +411,8 @@ impl VerifiedMessage {
             VerifiedMessage::Status(m) => Some(m.replica),
             VerifiedMessage::StateRequest(m) => Some(m.replica),
             VerifiedMessage::StateReply(m) => Some(m.replica),
+            VerifiedMessage::Inquiry(_) => None,
+            VerifiedMessage::Report(m) => Some(m.replica),
         }
     }
 }

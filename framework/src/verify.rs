@@ -79,7 +79,22 @@ pub struct RefusalCounts(BTreeMap<RefusalKind, u64>);
 
 impl RefusalCounts {
     pub fn record(&mut self, refusal: &Refusal) {
-        *self.0.entry(refusal.kind()).or_default() += 1;
+        self.record_kind(refusal.kind());
+    }
+
+    pub fn record_kind(&mut self, kind: RefusalKind) {
+        self.add(kind, 1);
+    }
+
+    pub fn add(&mut self, kind: RefusalKind, count: u64) {
+        *self.0.entry(kind).or_default() += count;
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &RefusalCounts) {
+        for (kind, count) in other.iter() {
+            self.add(kind, count);
+        }
     }
 
     pub fn get(&self, kind: RefusalKind) -> u64 {
@@ -199,6 +214,21 @@ pub fn verify_message(
         Message::StateReply(signed) => {
             let key = member_key(config, MessageKind::StateReply, signed.payload.replica)?;
             VerifiedMessage::StateReply(check(signed, key, MessageKind::StateReply)?)
+        }
+        Message::Inquiry(signed) => {
+            let key =
+                signed
+                    .payload
+                    .client_key
+                    .to_public_key()
+                    .map_err(|_| Refusal::BadSignature {
+                        kind: MessageKind::Inquiry,
+                    })?;
+            VerifiedMessage::Inquiry(check(signed, &key, MessageKind::Inquiry)?)
+        }
+        Message::Report(signed) => {
+            let key = member_key(config, MessageKind::Report, signed.payload.replica)?;
+            VerifiedMessage::Report(check(signed, key, MessageKind::Report)?)
         }
     })
 }

@@ -12,7 +12,7 @@
 
 use crate::config::ClusterConfig;
 use crate::ids::{ClientId, Instant, ReplicaId, Timestamp, View};
-use crate::messages::{client_id, Reply, Request};
+use crate::messages::{client_id, Inquiry, Reply, Request};
 use crate::roles::backup::sign;
 use bulwark_crypto::{KeyPair, Verified};
 use std::collections::BTreeMap;
@@ -93,6 +93,17 @@ impl Client {
 
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// A signed INQUIRY (where is each replica?) with `nonce`.
+    pub fn inquiry(&self, nonce: u64) -> Verified<Inquiry> {
+        sign(
+            Inquiry {
+                client_key: self.key.public().into(),
+                nonce,
+            },
+            &self.key,
+        )
     }
 
     /// Timestamps of the requests still outstanding.

@@ -22,7 +22,7 @@ pub mod primary;
 pub mod replica;
 
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, View};
-use crate::messages::{Reply, VerifiedMessage};
+use crate::messages::{Reply, Report, VerifiedMessage};
 use bulwark_crypto::{Digest, Verified};
 
 /// Timers a replica sets. Setting a timer replaces the pending one of the same kind; a
@@ -49,6 +49,11 @@ pub enum Action {
     Reply {
         client: ClientId,
         reply: Verified<Reply>,
+    },
+    /// Answer an INQUIRY.
+    Report {
+        client: ClientId,
+        report: Verified<Report>,
     },
     /// Fire `TimerKind` at `at` (replacing the pending one of that kind).
     SetTimer { timer: TimerKind, at: Instant },

@@ -18,7 +18,8 @@
 use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{
-    Checkpoint, PrePrepare, Request, StateReply, StateRequest, Status, VerifiedMessage,
+    Checkpoint, Inquiry, PrePrepare, Report, Request, StateReply, StateRequest, Status,
+    VerifiedMessage,
 };
 use crate::roles::backup::{sign, Backup, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CheckpointCollector, StableCheckpoint};
@@ -87,6 +88,8 @@ pub struct Replica<S: Service> {
     answered_at: Vec<Option<Instant>>,
     transfer: Option<Transfer>,
     batch_timer: Option<Instant>,
+    /// The state digest last computed for a REPORT: (last executed, digest, when).
+    report_digest: Option<(SeqNum, Digest, Instant)>,
 }
 
 impl<S: Service> Replica<S> {
@@ -106,6 +109,7 @@ impl<S: Service> Replica<S> {
             answered_at: vec![None; n],
             transfer: None,
             batch_timer: None,
+            report_digest: None,
             key,
             config,
         }
@@ -239,7 +243,10 @@ impl<S: Service> Replica<S> {
             VerifiedMessage::Status(status) => self.on_status(status, now, actions),
             VerifiedMessage::StateRequest(request) => self.on_state_request(request, now, actions),
             VerifiedMessage::StateReply(reply) => self.on_state_reply(reply, actions),
-            VerifiedMessage::Reply(_) => self.refuse("reply sent to a replica"),
+            VerifiedMessage::Inquiry(inquiry) => self.on_inquiry(inquiry, now, actions),
+            VerifiedMessage::Reply(_) | VerifiedMessage::Report(_) => {
+                self.refuse("reply or report sent to a replica")
+            }
         }
     }
 
@@ -596,6 +603,41 @@ impl<S: Service> Replica<S> {
         actions.push(Action::Broadcast {
             message: VerifiedMessage::Status(status),
         });
+    }
+
+    /// Answer an INQUIRY with where this replica is. The state digest is recomputed at
+    /// most once per status interval (it costs a snapshot); in between the cached one for
+    /// the same last executed sequence number is reused, so inquiries cannot make a replica
+    /// snapshot its state at line rate.
+    fn on_inquiry(&mut self, inquiry: Verified<Inquiry>, now: Instant, actions: &mut Vec<Action>) {
+        let last_executed = self.last_executed();
+        let fresh = match self.report_digest {
+            Some((seq, _, at)) if seq == last_executed => Some(at),
+            _ => None,
+        };
+        let due = self
+            .report_digest
+            .is_none_or(|(_, _, at)| now >= at + self.config.params.status_interval());
+        if fresh.is_none() && due {
+            self.report_digest = Some((last_executed, self.executor.state_digest(), now));
+        }
+        let Some((seq, state_digest, _)) = self.report_digest else {
+            return;
+        };
+        let client = crate::messages::client_id(&inquiry.client_key);
+        let report = sign(
+            Report {
+                replica: self.id,
+                client,
+                nonce: inquiry.nonce,
+                view: self.view,
+                stable: self.stable(),
+                last_executed: seq,
+                state_digest,
+            },
+            &self.key,
+        );
+        actions.push(Action::Report { client, report });
     }
 
     /// Answer a stuck peer with what it lacks (rate-limited per peer).

@@ -669,7 +669,7 @@ impl<S: Service> Simulation<S> {
                     }
                 }
                 Action::SetTimer { timer, at } => self.set_timer(from, timer, at),
-                Action::Event(_) => {}
+                Action::Report { .. } | Action::Event(_) => {}
             }
         }
     }
@@ -804,6 +804,8 @@ fn fingerprint(message: &VerifiedMessage) -> Digest {
         VerifiedMessage::Status(m) => m.digest(),
         VerifiedMessage::StateRequest(m) => m.digest(),
         VerifiedMessage::StateReply(m) => m.digest(),
+        VerifiedMessage::Inquiry(m) => m.digest(),
+        VerifiedMessage::Report(m) => m.digest(),
     };
     DigestBuilder::new(b"fingerprint")
         .update_u64(kind)

@@ -1,0 +1,367 @@
+//! The client library: [`Client::connect`], then [`Client::invoke`] and [`Client::query`]
+//! with the service's own operation and reply types.
+//!
+//! A [`ClientActor`] shells the framework's client role: it signs requests, sends them
+//! (to the primary, or to everyone on retransmission), collects verified replies until
+//! `f + 1` match, and resolves the caller's future. Many requests may be in flight at
+//! once, up to the client window.
+
+use crate::clock::{now, wall_clock_micros};
+use crate::replica::{forward, Deliver};
+use crate::transport::{self, TransportConfig, TransportHandle};
+use crate::verifier::VerifierPool;
+use actix::prelude::*;
+use bulwark_crypto::KeyPair;
+use bulwark_framework::messages::{Report, VerifiedMessage};
+use bulwark_framework::roles::client::{
+    Client as ClientRole, ClientAction, ClientError as RoleError,
+};
+use bulwark_framework::wire::encode_frame;
+use bulwark_framework::{ClusterConfig, Outcome, ReplicaId, Service, Timestamp};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why an invocation failed. Every variant is final for that request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    #[error("no f + 1 matching replies within {0:?}")]
+    Timeout(Duration),
+    #[error("too many requests outstanding: {0}")]
+    WindowFull(String),
+    #[error("operation too large: {0}")]
+    TooLarge(String),
+    #[error(
+        "the replicas refused the operation: it did not decode as the service's operation type"
+    )]
+    MalformedOperation,
+    #[error("the operation is not read-only; use invoke")]
+    NotReadOnly,
+    #[error("the reply did not decode as the service's reply type: {0}")]
+    BadReply(String),
+    #[error("the operation could not be encoded: {0}")]
+    Encode(String),
+    #[error("the client actor stopped")]
+    Stopped,
+}
+
+/// Why a client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("transport: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Client options.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long [`Client::invoke`] waits for `f + 1` matching replies.
+    pub timeout: Duration,
+    /// Frames queued per replica link before they are dropped (and counted).
+    pub send_queue_frames_max: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            send_queue_frames_max: 4096,
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Vec<u8>, InvokeError>>;
+
+/// Issue a request; resolves to a receiver for its result.
+struct Invoke {
+    operation: Vec<u8>,
+    read_only: bool,
+}
+
+impl actix::Message for Invoke {
+    type Result = Result<oneshot::Receiver<Result<Vec<u8>, InvokeError>>, InvokeError>;
+}
+
+/// Ask every replica for a REPORT; resolves with those that answer within `wait`.
+struct Inquire {
+    wait: Duration,
+}
+
+impl actix::Message for Inquire {
+    type Result = Result<oneshot::Receiver<Vec<Report>>, InvokeError>;
+}
+
+/// The client actor.
+pub struct ClientActor {
+    role: ClientRole,
+    transport: TransportHandle,
+    replicas: Vec<ReplicaId>,
+    waiters: BTreeMap<Timestamp, Waiter>,
+    timer: Option<SpawnHandle>,
+    inquiries: BTreeMap<u64, (Vec<Report>, oneshot::Sender<Vec<Report>>)>,
+    next_nonce: u64,
+}
+
+impl std::fmt::Debug for ClientActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientActor({})", self.role.id())
+    }
+}
+
+impl Actor for ClientActor {
+    type Context = Context<Self>;
+}
+
+impl ClientActor {
+    fn send_frame(&self, to: ReplicaId, frame: Bytes) {
+        self.transport.send_to_replica(to, frame);
+    }
+
+    fn carry_out(&mut self, actions: Vec<ClientAction>, ctx: &mut Context<Self>) {
+        for action in actions {
+            match action {
+                ClientAction::Send { to, request } => {
+                    if let Ok(frame) = encode_frame(&VerifiedMessage::Request(request).to_wire()) {
+                        self.send_frame(to, Bytes::from(frame));
+                    }
+                }
+                ClientAction::Broadcast { request } => {
+                    if let Ok(frame) = encode_frame(&VerifiedMessage::Request(request).to_wire()) {
+                        let frame = Bytes::from(frame);
+                        for replica in self.replicas.clone() {
+                            self.send_frame(replica, frame.clone());
+                        }
+                    }
+                }
+                ClientAction::SetTimer { at } => {
+                    if let Some(handle) = self.timer.take() {
+                        ctx.cancel_future(handle);
+                    }
+                    self.timer = Some(ctx.run_later(at.saturating_since(now()), |actor, ctx| {
+                        actor.timer = None;
+                        let actions = actor.role.on_timer(now());
+                        actor.carry_out(actions, ctx);
+                    }));
+                }
+                ClientAction::Completed { timestamp, result } => {
+                    if let Some(waiter) = self.waiters.remove(&timestamp) {
+                        let _ = waiter.send(Ok(result));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Invoke> for ClientActor {
+    type Result = Result<oneshot::Receiver<Result<Vec<u8>, InvokeError>>, InvokeError>;
+
+    fn handle(&mut self, invoke: Invoke, ctx: &mut Context<Self>) -> Self::Result {
+        let (timestamp, actions) = self
+            .role
+            .invoke(invoke.operation, invoke.read_only, now())
+            .map_err(|e| match e {
+                RoleError::WindowFull { .. } => InvokeError::WindowFull(e.to_string()),
+                RoleError::OperationTooLarge { .. } => InvokeError::TooLarge(e.to_string()),
+            })?;
+        let (waiter, receiver) = oneshot::channel();
+        self.waiters.insert(timestamp, waiter);
+        self.carry_out(actions, ctx);
+        Ok(receiver)
+    }
+}
+
+impl Handler<Inquire> for ClientActor {
+    type Result = Result<oneshot::Receiver<Vec<Report>>, InvokeError>;
+
+    fn handle(&mut self, inquire: Inquire, ctx: &mut Context<Self>) -> Self::Result {
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        let inquiry = VerifiedMessage::Inquiry(self.role.inquiry(nonce));
+        let frame =
+            encode_frame(&inquiry.to_wire()).map_err(|e| InvokeError::Encode(e.to_string()))?;
+        let frame = Bytes::from(frame);
+        for replica in self.replicas.clone() {
+            self.send_frame(replica, frame.clone());
+        }
+        let (sender, receiver) = oneshot::channel();
+        self.inquiries.insert(nonce, (Vec::new(), sender));
+        ctx.run_later(inquire.wait, move |actor, _| {
+            if let Some((reports, sender)) = actor.inquiries.remove(&nonce) {
+                let _ = sender.send(reports);
+            }
+        });
+        Ok(receiver)
+    }
+}
+
+impl Handler<Deliver> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, deliver: Deliver, ctx: &mut Context<Self>) {
+        match deliver.message {
+            VerifiedMessage::Reply(reply) => {
+                let actions = self.role.on_reply(reply, now());
+                self.carry_out(actions, ctx);
+            }
+            VerifiedMessage::Report(report) => {
+                let n = self.replicas.len();
+                let done = match self.inquiries.get_mut(&report.nonce) {
+                    Some((reports, _)) if report.client == self.role.id() => {
+                        if !reports.iter().any(|r| r.replica == report.replica) {
+                            reports.push(*report.payload());
+                        }
+                        reports.len() == n
+                    }
+                    _ => false,
+                };
+                if done {
+                    if let Some((reports, sender)) = self.inquiries.remove(&report.nonce) {
+                        let _ = sender.send(reports);
+                    }
+                }
+            }
+            other => tracing::debug!(
+                kind = other.kind().as_str(),
+                "client ignores a non-reply message"
+            ),
+        }
+    }
+}
+
+/// A client of a service `S`.
+#[derive(Debug)]
+pub struct Client<S: Service> {
+    addr: Addr<ClientActor>,
+    transport: TransportHandle,
+    options: ClientOptions,
+    _service: PhantomData<fn() -> S>,
+}
+
+impl<S: Service> Clone for Client<S> {
+    fn clone(&self) -> Self {
+        Client {
+            addr: self.addr.clone(),
+            transport: self.transport.clone(),
+            options: self.options.clone(),
+            _service: PhantomData,
+        }
+    }
+}
+
+impl<S: Service> Client<S> {
+    /// Connects to the cluster: dials every replica and starts the client actor on the
+    /// current arbiter. Must be called inside a running actix System. Replies are verified
+    /// on `verifier`'s threads.
+    pub async fn connect(
+        cluster: Arc<ClusterConfig>,
+        addresses: BTreeMap<ReplicaId, SocketAddr>,
+        key: KeyPair,
+        verifier: VerifierPool,
+        options: ClientOptions,
+    ) -> Result<Self, ConnectError> {
+        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        let transport = transport::start(
+            TransportConfig {
+                listen: None,
+                peers: addresses,
+                frame_bytes_max: cluster.params.frame_bytes_max,
+                send_queue_frames_max: options.send_queue_frames_max,
+                reconnect_min_ms: 20,
+                reconnect_max_ms: 1_000,
+            },
+            inbound_tx,
+        )
+        .await?;
+        let replicas = cluster.replicas().collect();
+        let role = ClientRole::new(key, cluster, Timestamp(wall_clock_micros()));
+        let actor = ClientActor {
+            role,
+            transport: transport.clone(),
+            replicas,
+            waiters: BTreeMap::new(),
+            timer: None,
+            inquiries: BTreeMap::new(),
+            next_nonce: 1,
+        };
+        let addr = actor.start();
+        forward(inbound_rx, verifier, addr.clone().recipient());
+        Ok(Client {
+            addr,
+            transport,
+            options,
+            _service: PhantomData,
+        })
+    }
+
+    /// Executes `op` through the ordering protocol and returns the service's reply once
+    /// `f + 1` replicas agree on it.
+    pub async fn invoke(&self, op: &S::Op) -> Result<S::Reply, InvokeError> {
+        self.call(op, false).await
+    }
+
+    /// Answers a read-only `op` from the replicas' current state (`2f + 1` matching
+    /// replies), falling back to ordering when they disagree.
+    pub async fn query(&self, op: &S::Op) -> Result<S::Reply, InvokeError> {
+        self.call(op, true).await
+    }
+
+    async fn call(&self, op: &S::Op, read_only: bool) -> Result<S::Reply, InvokeError> {
+        let operation = rmp_serde::to_vec(op).map_err(|e| InvokeError::Encode(e.to_string()))?;
+        let receiver = self
+            .addr
+            .send(Invoke {
+                operation,
+                read_only,
+            })
+            .await
+            .map_err(|_| InvokeError::Stopped)??;
+        let result = match tokio::time::timeout(self.options.timeout, receiver).await {
+            Err(_) => return Err(InvokeError::Timeout(self.options.timeout)),
+            Ok(Err(_)) => return Err(InvokeError::Stopped),
+            Ok(Ok(result)) => result?,
+        };
+        match rmp_serde::from_slice::<Outcome<S::Reply>>(&result) {
+            Ok(Outcome::Ok(reply)) => Ok(reply),
+            Ok(Outcome::MalformedOperation) => Err(InvokeError::MalformedOperation),
+            Ok(Outcome::NotReadOnly) => Err(InvokeError::NotReadOnly),
+            Err(e) => Err(InvokeError::BadReply(e.to_string())),
+        }
+    }
+
+    /// Asks every replica where it is; returns the reports that arrive within `wait`.
+    pub async fn inquire(&self, wait: Duration) -> Result<Vec<Report>, InvokeError> {
+        let receiver = self
+            .addr
+            .send(Inquire { wait })
+            .await
+            .map_err(|_| InvokeError::Stopped)??;
+        let mut reports = receiver.await.map_err(|_| InvokeError::Stopped)?;
+        reports.sort_by_key(|r| r.replica);
+        Ok(reports)
+    }
+
+    /// Closes the client's connections.
+    pub fn close(&self) {
+        self.transport.shutdown();
+        self.addr.do_send(StopClient);
+    }
+}
+
+struct StopClient;
+
+impl actix::Message for StopClient {
+    type Result = ();
+}
+
+impl Handler<StopClient> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopClient, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,377 @@
+//! The replica actor: a thin shell around [`bulwark_framework::Replica`].
+//!
+//! It hands every verified message and timer firing to the framework replica and carries
+//! out the actions that come back: encode and send over the transport, arm timers with
+//! `ctx.run_later`, route replies to the connection their client used. It makes no
+//! protocol decision of its own; those live in `framework`, where the simulator tests them.
+//!
+//! Inbound path: transport (decode, frame limits) → bounded forwarder → verifier pool
+//! (signatures, on other threads) → this actor. Each replica actor runs on its own
+//! [`Arbiter`], together with its transport tasks.
+
+use crate::clock::now;
+use crate::transport::{
+    self, ConnectionId, Inbound, TransportConfig, TransportHandle, TransportStats,
+};
+use crate::verifier::{VerifierPool, Verify};
+use actix::prelude::*;
+use bulwark_crypto::Digest;
+use bulwark_crypto::KeyPair;
+use bulwark_framework::messages::VerifiedMessage;
+use bulwark_framework::roles::replica::{Footprint, ReplicaMetrics};
+use bulwark_framework::verify::RefusalCounts;
+use bulwark_framework::wire::encode_frame;
+use bulwark_framework::{
+    Action, ClientId, ClusterConfig, Input, Replica, ReplicaId, SeqNum, Service, TimerKind, View,
+};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Inbound messages a replica may be verifying or handling at once. Beyond this the
+/// forwarder stops reading, and TCP pushes back on senders.
+const INBOUND_IN_FLIGHT_MAX: usize = 512;
+
+/// Client connections remembered for routing replies.
+const CLIENT_ROUTES_MAX: usize = 65_536;
+
+/// A verified message and the connection it came on.
+#[derive(Debug)]
+pub struct Deliver {
+    pub message: VerifiedMessage,
+    pub connection: ConnectionId,
+}
+
+impl actix::Message for Deliver {
+    type Result = ();
+}
+
+/// Ask a replica where it is.
+#[derive(Debug)]
+pub struct GetStatus;
+
+impl actix::Message for GetStatus {
+    type Result = ReplicaStatus;
+}
+
+/// Stop the replica and its transport.
+#[derive(Debug)]
+pub struct Stop;
+
+impl actix::Message for Stop {
+    type Result = ();
+}
+
+/// A replica's state, for status output, metrics and tests.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    pub id: ReplicaId,
+    pub view: View,
+    pub stable: SeqNum,
+    pub last_executed: SeqNum,
+    pub state_digest: Digest,
+    pub metrics: ReplicaMetrics,
+    pub footprint: Footprint,
+    pub transport: TransportStats,
+}
+
+/// The replica actor.
+pub struct ReplicaActor<S: Service> {
+    replica: Replica<S>,
+    transport: TransportHandle,
+    timers: BTreeMap<TimerKind, SpawnHandle>,
+    client_routes: BTreeMap<ClientId, ConnectionId>,
+    peer_connections: BTreeSet<ConnectionId>,
+}
+
+impl<S: Service> std::fmt::Debug for ReplicaActor<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplicaActor({})", self.replica.id())
+    }
+}
+
+impl<S: Service + Send + Unpin> Actor for ReplicaActor<S> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The mailbox only ever holds what the bounded forwarder lets through.
+        ctx.set_mailbox_capacity(INBOUND_IN_FLIGHT_MAX + 16);
+        let actions = self.replica.start(now());
+        self.carry_out(actions, ctx);
+    }
+}
+
+impl<S: Service + Send + Unpin> ReplicaActor<S> {
+    fn encode(message: &VerifiedMessage) -> Option<Bytes> {
+        match encode_frame(&message.to_wire()) {
+            Ok(frame) => Some(Bytes::from(frame)),
+            Err(error) => {
+                tracing::error!(%error, "could not encode an outgoing message");
+                None
+            }
+        }
+    }
+
+    fn carry_out(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
+        for action in actions {
+            match action {
+                Action::Send { to, message } => {
+                    if let Some(frame) = Self::encode(&message) {
+                        self.transport.send_to_replica(to, frame);
+                    }
+                }
+                Action::Broadcast { message } => {
+                    if let Some(frame) = Self::encode(&message) {
+                        let me = self.replica.id();
+                        for peer in self.replica.config().replicas().filter(|r| *r != me) {
+                            self.transport.send_to_replica(peer, frame.clone());
+                        }
+                    }
+                }
+                Action::Reply { client, reply } => {
+                    self.answer_client(client, &VerifiedMessage::Reply(reply));
+                }
+                Action::Report { client, report } => {
+                    self.answer_client(client, &VerifiedMessage::Report(report));
+                }
+                Action::SetTimer { timer, at } => {
+                    if let Some(handle) = self.timers.remove(&timer) {
+                        ctx.cancel_future(handle);
+                    }
+                    let delay = at.saturating_since(now());
+                    let handle = ctx.run_later(delay, move |actor, ctx| {
+                        actor.timers.remove(&timer);
+                        let actions = actor.replica.handle(Input::Timer(timer), now());
+                        actor.carry_out(actions, ctx);
+                    });
+                    self.timers.insert(timer, handle);
+                }
+                Action::Event(event) => tracing::trace!(replica = %self.replica.id(), ?event),
+            }
+        }
+    }
+
+    fn answer_client(&mut self, client: ClientId, message: &VerifiedMessage) {
+        match self.client_routes.get(&client) {
+            Some(connection) => {
+                if let Some(frame) = Self::encode(message) {
+                    self.transport.send_to_connection(*connection, frame);
+                }
+            }
+            None => tracing::debug!(%client, "no connection to answer this client on"),
+        }
+    }
+
+    /// Remembers which connection a client's requests come on, never a peer replica's
+    /// connection (a relayed request must not divert the client's replies).
+    fn route(&mut self, client: ClientId, connection: ConnectionId) {
+        if self.peer_connections.contains(&connection) {
+            return;
+        }
+        if self.client_routes.len() >= CLIENT_ROUTES_MAX
+            && !self.client_routes.contains_key(&client)
+        {
+            self.client_routes.pop_first();
+        }
+        self.client_routes.insert(client, connection);
+    }
+}
+
+impl<S: Service + Send + Unpin> Handler<Deliver> for ReplicaActor<S> {
+    type Result = ();
+
+    fn handle(
+        &mut self,
+        Deliver {
+            message,
+            connection,
+        }: Deliver,
+        ctx: &mut Context<Self>,
+    ) {
+        match &message {
+            VerifiedMessage::Request(request) => self.route(request.client(), connection),
+            VerifiedMessage::Inquiry(inquiry) => self.route(
+                bulwark_framework::messages::client_id(&inquiry.client_key),
+                connection,
+            ),
+            _ => {
+                self.peer_connections.insert(connection);
+            }
+        }
+        let actions = self.replica.handle(Input::Message(message), now());
+        self.carry_out(actions, ctx);
+    }
+}
+
+impl<S: Service + Send + Unpin> Handler<GetStatus> for ReplicaActor<S> {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(ReplicaStatus {
+            id: self.replica.id(),
+            view: self.replica.view(),
+            stable: self.replica.stable(),
+            last_executed: self.replica.last_executed(),
+            state_digest: self.replica.state_digest(),
+            metrics: self.replica.metrics().clone(),
+            footprint: self.replica.footprint(),
+            transport: self.transport.stats(),
+        })
+    }
+}
+
+impl<S: Service + Send + Unpin> Handler<Stop> for ReplicaActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        self.transport.shutdown();
+        ctx.stop();
+    }
+}
+
+/// A running replica: its actor, transport and the verifier pool it uses.
+#[derive(Debug, Clone)]
+pub struct ReplicaHandle<S: Service + Send + Unpin> {
+    pub id: ReplicaId,
+    pub addr: Addr<ReplicaActor<S>>,
+    pub transport: TransportHandle,
+    pub verifier: VerifierPool,
+}
+
+impl<S: Service + Send + Unpin> ReplicaHandle<S> {
+    pub async fn status(&self) -> Option<ReplicaStatus> {
+        self.addr.send(GetStatus).await.ok()
+    }
+
+    /// Messages refused at the edge (decode and signature checks), by reason.
+    pub fn refused(&self) -> RefusalCounts {
+        let mut counts = self.verifier.refused();
+        counts.merge(&self.transport.stats().refused);
+        counts
+    }
+
+    pub fn stop(&self) {
+        self.addr.do_send(Stop);
+    }
+}
+
+/// Everything needed to start one replica.
+#[derive(Debug)]
+pub struct ReplicaSetup<S> {
+    pub id: ReplicaId,
+    pub key: KeyPair,
+    pub cluster: Arc<ClusterConfig>,
+    pub addresses: BTreeMap<ReplicaId, SocketAddr>,
+    pub service: S,
+    pub verifier: VerifierPool,
+    /// Frames queued per outbound link before they are dropped (and counted).
+    pub send_queue_frames_max: usize,
+}
+
+/// Starts a replica on `arbiter`: binds its listener, dials its peers, starts the
+/// verification forwarder and the actor. Must be called inside a running actix System.
+pub async fn spawn_replica<S: Service + Send + Unpin>(
+    setup: ReplicaSetup<S>,
+    arbiter: &ArbiterHandle,
+) -> std::io::Result<ReplicaHandle<S>> {
+    let (reply_to, handle) = oneshot::channel();
+    let started = arbiter.spawn(async move {
+        let result = start_on_this_arbiter(setup).await;
+        let _ = reply_to.send(result);
+    });
+    if !started {
+        return Err(std::io::Error::other(
+            "the replica's arbiter is not running",
+        ));
+    }
+    handle
+        .await
+        .map_err(|_| std::io::Error::other("the replica's arbiter stopped while starting"))?
+}
+
+async fn start_on_this_arbiter<S: Service + Send + Unpin>(
+    setup: ReplicaSetup<S>,
+) -> std::io::Result<ReplicaHandle<S>> {
+    let ReplicaSetup {
+        id,
+        key,
+        cluster,
+        addresses,
+        service,
+        verifier,
+        send_queue_frames_max,
+    } = setup;
+    let listen = *addresses
+        .get(&id)
+        .ok_or_else(|| std::io::Error::other(format!("no address for replica {id}")))?;
+    let peers = addresses
+        .iter()
+        .filter(|(r, _)| **r != id)
+        .map(|(r, a)| (*r, *a))
+        .collect();
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_IN_FLIGHT_MAX);
+    let transport = transport::start(
+        TransportConfig {
+            listen: Some(listen),
+            peers,
+            frame_bytes_max: cluster.params.frame_bytes_max,
+            send_queue_frames_max,
+            reconnect_min_ms: 20,
+            reconnect_max_ms: 1_000,
+        },
+        inbound_tx,
+    )
+    .await?;
+    let replica = Replica::new(id, key, cluster, service);
+    let actor = ReplicaActor {
+        replica,
+        transport: transport.clone(),
+        timers: BTreeMap::new(),
+        client_routes: BTreeMap::new(),
+        peer_connections: BTreeSet::new(),
+    };
+    let addr = actor.start();
+    forward(inbound_rx, verifier.clone(), addr.clone().recipient());
+    Ok(ReplicaHandle {
+        id,
+        addr,
+        transport,
+        verifier,
+    })
+}
+
+/// Moves inbound messages through the verifier pool to `target`, at most
+/// `INBOUND_IN_FLIGHT_MAX` at a time.
+pub(crate) fn forward(
+    mut inbound: mpsc::Receiver<Inbound>,
+    verifier: VerifierPool,
+    target: Recipient<Deliver>,
+) {
+    let permits = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT_MAX));
+    actix::spawn(async move {
+        while let Some(Inbound {
+            connection,
+            message,
+        }) = inbound.recv().await
+        {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let verifier = verifier.addr.clone();
+            let target = target.clone();
+            actix::spawn(async move {
+                if let Ok(Ok(message)) = verifier.send(Verify(message)).await {
+                    let _ = target
+                        .send(Deliver {
+                            message,
+                            connection,
+                        })
+                        .await;
+                }
+                drop(permit);
+            });
+        }
+    });
+}

@@ -1,0 +1,526 @@
+//! `bulwark`: run a local demo cluster, generate keys, run replicas and clients, benchmark.
+
+use anyhow::{bail, Context as _};
+use bulwark_actors::client::{Client, ClientOptions};
+use bulwark_actors::config::{key_path, keygen, load_replica_key, ClusterFile, Keygen};
+use bulwark_actors::replica::{spawn_replica, ReplicaSetup};
+use bulwark_actors::verifier::{default_threads, VerifierPool};
+use bulwark_crypto::KeyPair;
+use bulwark_examples::bank::{Bank, BankOp};
+use bulwark_examples::cluster::{run_load, LoadReport, LoadSpec, LocalCluster, Sizes, Workload};
+use bulwark_examples::echo::Echo;
+use bulwark_examples::kv::{KvOp, KvStore};
+use bulwark_framework::{ProtocolParams, ReplicaId, Service};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bulwark: Byzantine-fault-tolerant state machine replication (PBFT).
+#[derive(Debug, Parser)]
+#[command(name = "bulwark", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ServiceKind {
+    /// Key-value store (put, get, delete, append).
+    Kv,
+    /// Lamport's toy bank (deposit, withdraw, transfer, balance).
+    Bank,
+    /// The PBFT paper's null service: payload in, payload out (benchmarks).
+    Echo,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a local cluster over loopback TCP in this process, run a workload with a live
+    /// progress line, check that all replicas reach the same state digest, print a summary.
+    Demo {
+        /// Number of replicas (n = 3f + 1).
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Number of clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Requests each client keeps in flight.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// How long to run the workload, e.g. 10s, 1m.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// The replicated service.
+        #[arg(long, value_enum, default_value_t = ServiceKind::Kv)]
+        service: ServiceKind,
+        /// Request payload bytes (kv: value size; echo: payload size).
+        #[arg(long, default_value_t = 64)]
+        request_size: usize,
+        /// Reply payload bytes (echo only).
+        #[arg(long, default_value_t = 0)]
+        reply_size: usize,
+    },
+    /// Generate a cluster: DIR/cluster.toml and one secret key file per replica.
+    Keygen {
+        /// Number of replicas.
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Output directory (created; existing files are never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Port of replica 0; replica i listens on base-port + i.
+        #[arg(long, default_value_t = 7000)]
+        base_port: u16,
+        /// Host of each replica (one for all, or one per replica).
+        #[arg(long, num_args = 1.., default_value = "127.0.0.1")]
+        hosts: Vec<String>,
+    },
+    /// Run one replica process until interrupted.
+    Replica {
+        /// The cluster file written by keygen.
+        #[arg(long)]
+        config: PathBuf,
+        /// This replica's id.
+        #[arg(long)]
+        id: u32,
+        /// Secret key file (default: replica-<id>.key beside the cluster file).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The replicated service.
+        #[arg(long, value_enum, default_value_t = ServiceKind::Kv)]
+        service: ServiceKind,
+        /// Where durable state goes (accepted now; durability arrives with its issue).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run one operation against a cluster, or `status` to see every replica.
+    ///
+    /// Operations: put K V | get K | delete K | append K V (kv);
+    /// deposit A N | withdraw A N | transfer A B N | balance A (bank); status.
+    Client {
+        /// The cluster file written by keygen.
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds to wait for f + 1 matching replies.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// The operation and its arguments.
+        #[arg(required = true, num_args = 1..)]
+        operation: Vec<String>,
+    },
+    /// Load generator: closed loop (N clients) or open loop (fixed rate), against a running
+    /// cluster (--config) or an in-process one; prints throughput and latency percentiles.
+    Bench {
+        /// Cluster file of a running cluster; without it an in-process cluster is started.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Replicas of the in-process cluster.
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Number of clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Requests each client keeps in flight (closed loop), or may have in flight (open loop).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Open loop: offered requests per second over all clients. Closed loop if absent.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Measured duration.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Load before measuring.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// Request payload bytes.
+        #[arg(long, default_value_t = 0)]
+        request_size: usize,
+        /// Reply payload bytes.
+        #[arg(long, default_value_t = 0)]
+        reply_size: usize,
+        /// Requests per batch at the primary.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        /// Print the result as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let system = actix_rt::System::new();
+    system.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo {
+            replicas,
+            clients,
+            concurrency,
+            duration,
+            service,
+            request_size,
+            reply_size,
+        } => {
+            let sizes = Sizes {
+                request_bytes: request_size,
+                reply_bytes: reply_size,
+            };
+            let spec = LoadSpec {
+                concurrency,
+                rate: None,
+                duration,
+                warmup: Duration::ZERO,
+                sizes,
+                progress: true,
+            };
+            match service {
+                ServiceKind::Kv => demo::<KvStore>(replicas, clients, spec).await,
+                ServiceKind::Bank => demo::<Bank>(replicas, clients, spec).await,
+                ServiceKind::Echo => demo::<Echo>(replicas, clients, spec).await,
+            }
+        }
+        Command::Keygen {
+            replicas,
+            out,
+            base_port,
+            hosts,
+        } => {
+            let spec = Keygen {
+                replicas,
+                hosts,
+                base_port,
+                params: ProtocolParams::default(),
+            };
+            let file = keygen(&spec, &out, &mut rand::rngs::OsRng)?;
+            println!(
+                "wrote {} and {} key files",
+                out.join("cluster.toml").display(),
+                file.replicas.len()
+            );
+            for entry in &file.replicas {
+                println!(
+                    "  replica {} at {}  key {}",
+                    entry.id.0,
+                    entry.address,
+                    key_path(&out, entry.id).display()
+                );
+            }
+            Ok(())
+        }
+        Command::Replica {
+            config,
+            id,
+            key,
+            service,
+            data_dir,
+        } => {
+            if data_dir.is_some() {
+                tracing::warn!("--data-dir is accepted but state is not persisted yet");
+            }
+            match service {
+                ServiceKind::Kv => replica::<KvStore>(config, id, key).await,
+                ServiceKind::Bank => replica::<Bank>(config, id, key).await,
+                ServiceKind::Echo => replica::<Echo>(config, id, key).await,
+            }
+        }
+        Command::Client {
+            config,
+            timeout,
+            operation,
+        } => client(config, timeout, operation).await,
+        Command::Bench {
+            config,
+            replicas,
+            clients,
+            concurrency,
+            rate,
+            duration,
+            warmup,
+            request_size,
+            reply_size,
+            batch_size,
+            json,
+        } => {
+            let sizes = Sizes {
+                request_bytes: request_size,
+                reply_bytes: reply_size,
+            };
+            let spec = LoadSpec {
+                concurrency,
+                rate,
+                duration,
+                warmup,
+                sizes,
+                progress: !json,
+            };
+            let params = ProtocolParams {
+                batch_size_max: batch_size,
+                ..ProtocolParams::default()
+            };
+            bench(config, replicas, clients, spec, params, json).await
+        }
+    }
+}
+
+async fn demo<S: Workload>(replicas: usize, clients: usize, spec: LoadSpec) -> anyhow::Result<()> {
+    let cluster = LocalCluster::<S>::start(replicas, ProtocolParams::default(), S::default).await?;
+    let f = cluster.cluster.f();
+    eprintln!(
+        "started {replicas} replicas (f = {f}) on {}; {clients} clients x {} in flight for {:?}",
+        cluster
+            .addresses
+            .values()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        spec.concurrency,
+        spec.duration
+    );
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        handles.push(cluster.client(ClientOptions::default()).await?);
+    }
+    let report = run_load(&handles, &spec).await;
+    for client in &handles {
+        client.close();
+    }
+    let (agree, statuses) = cluster.settle(Duration::from_secs(10)).await;
+    for status in &statuses {
+        eprintln!(
+            "replica {}: view {} stable {} executed {} digest {}",
+            status.id.0,
+            status.view.0,
+            status.stable.0,
+            status.last_executed.0,
+            status.state_digest
+        );
+    }
+    if let Some(error) = &report.first_error {
+        eprintln!("first error: {error}");
+    }
+    println!(
+        "summary: replicas={replicas} f={f} ops={} ops_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} errors={} digest_agree={agree}",
+        report.completed,
+        report.ops_per_sec(),
+        report.percentile_ms(0.5),
+        report.percentile_ms(0.99),
+        report.errors
+    );
+    cluster.shutdown();
+    if !agree {
+        bail!("replicas did not reach the same state digest");
+    }
+    Ok(())
+}
+
+async fn replica<S: Workload>(
+    config: PathBuf,
+    id: u32,
+    key: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let file = ClusterFile::load(&config)?;
+    let id = ReplicaId(id);
+    let key_file =
+        key.unwrap_or_else(|| key_path(config.parent().unwrap_or(std::path::Path::new(".")), id));
+    let key = load_replica_key(&file, id, &key_file)?;
+    let cluster = Arc::new(file.cluster()?);
+    let verifier = VerifierPool::start(default_threads(), cluster.clone());
+    let setup = ReplicaSetup {
+        id,
+        key,
+        cluster,
+        addresses: file.addresses(),
+        service: S::default(),
+        verifier,
+        send_queue_frames_max: 65_536,
+    };
+    let arbiter = actix::Arbiter::new();
+    let handle = spawn_replica(setup, &arbiter.handle())
+        .await
+        .with_context(|| format!("starting replica {} at {}", id.0, file.addresses()[&id]))?;
+    eprintln!("replica {} listening on {}", id.0, file.addresses()[&id]);
+    tokio::signal::ctrl_c().await.ok();
+    handle.stop();
+    Ok(())
+}
+
+async fn connect<S: Service>(file: &ClusterFile, timeout: Duration) -> anyhow::Result<Client<S>> {
+    let cluster = Arc::new(file.cluster()?);
+    let verifier = VerifierPool::start(1, cluster.clone());
+    let key = KeyPair::generate(&mut rand::rngs::OsRng);
+    let options = ClientOptions {
+        timeout,
+        ..ClientOptions::default()
+    };
+    Ok(Client::connect(cluster, file.addresses(), key, verifier, options).await?)
+}
+
+fn parse_amount(text: &str) -> anyhow::Result<u64> {
+    text.parse()
+        .with_context(|| format!("{text:?} is not an amount (a whole number)"))
+}
+
+async fn client(config: PathBuf, timeout: Duration, words: Vec<String>) -> anyhow::Result<()> {
+    let file = ClusterFile::load(&config)?;
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["status"] => {
+            let client = connect::<KvStore>(&file, timeout).await?;
+            let reports = client.inquire(Duration::from_secs(2)).await?;
+            println!("{:<8} {:>6} {:>8} {:>10}  state digest", "replica", "view", "stable", "executed");
+            for report in &reports {
+                println!(
+                    "{:<8} {:>6} {:>8} {:>10}  {}",
+                    report.replica.0,
+                    report.view.0,
+                    report.stable.0,
+                    report.last_executed.0,
+                    report.state_digest.to_hex()
+                );
+            }
+            let silent: Vec<u32> =
+                file.replicas.iter().map(|r| r.id.0).filter(|id| !reports.iter().any(|r| r.replica.0 == *id)).collect();
+            if !silent.is_empty() {
+                println!("no answer from: {silent:?}");
+            }
+            Ok(())
+        }
+        ["put", key, value] => kv(&file, timeout, KvOp::Put { key: key.to_string(), value: value.as_bytes().to_vec() }).await,
+        ["append", key, value] => {
+            kv(&file, timeout, KvOp::Append { key: key.to_string(), value: value.as_bytes().to_vec() }).await
+        }
+        ["get", key] => kv(&file, timeout, KvOp::Get { key: key.to_string() }).await,
+        ["delete", key] => kv(&file, timeout, KvOp::Delete { key: key.to_string() }).await,
+        ["deposit", account, amount] => {
+            bank(&file, timeout, BankOp::Deposit { account: account.to_string(), amount: parse_amount(amount)? }).await
+        }
+        ["withdraw", account, amount] => {
+            bank(&file, timeout, BankOp::Withdraw { account: account.to_string(), amount: parse_amount(amount)? }).await
+        }
+        ["transfer", from, to, amount] => {
+            let op = BankOp::Transfer { from: from.to_string(), to: to.to_string(), amount: parse_amount(amount)? };
+            bank(&file, timeout, op).await
+        }
+        ["balance", account] => bank(&file, timeout, BankOp::Balance { account: account.to_string() }).await,
+        other => bail!(
+            "unknown operation {other:?}; expected one of: put K V | get K | delete K | append K V | \
+             deposit A N | withdraw A N | transfer A B N | balance A | status"
+        ),
+    }
+}
+
+async fn kv(file: &ClusterFile, timeout: Duration, op: KvOp) -> anyhow::Result<()> {
+    let client = connect::<KvStore>(file, timeout).await?;
+    let reply = client.invoke(&op).await?;
+    match reply {
+        bulwark_examples::kv::KvReply::Value(Some(value)) => {
+            println!("{}", String::from_utf8_lossy(&value))
+        }
+        bulwark_examples::kv::KvReply::Value(None) => println!("(not found)"),
+        other => println!("{other:?}"),
+    }
+    client.close();
+    Ok(())
+}
+
+async fn bank(file: &ClusterFile, timeout: Duration, op: BankOp) -> anyhow::Result<()> {
+    let client = connect::<Bank>(file, timeout).await?;
+    println!("{:?}", client.invoke(&op).await?);
+    client.close();
+    Ok(())
+}
+
+async fn bench(
+    config: Option<PathBuf>,
+    replicas: usize,
+    clients: usize,
+    spec: LoadSpec,
+    params: ProtocolParams,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (report, n) = match config {
+        Some(path) => {
+            let file = ClusterFile::load(&path)?;
+            let mut handles = Vec::new();
+            for _ in 0..clients {
+                handles.push(connect::<Echo>(&file, Duration::from_secs(10)).await?);
+            }
+            (run_load(&handles, &spec).await, file.replicas.len())
+        }
+        None => {
+            let cluster = LocalCluster::<Echo>::start(replicas, params, Echo::default).await?;
+            let mut handles = Vec::new();
+            for _ in 0..clients {
+                handles.push(cluster.client(ClientOptions::default()).await?);
+            }
+            let report = run_load(&handles, &spec).await;
+            cluster.shutdown();
+            (report, replicas)
+        }
+    };
+    print_bench(&report, &spec, clients, n, json);
+    Ok(())
+}
+
+fn print_bench(report: &LoadReport, spec: &LoadSpec, clients: usize, replicas: usize, json: bool) {
+    let mode = match spec.rate {
+        Some(rate) => format!("open loop, {rate:.0} req/s offered"),
+        None => format!(
+            "closed loop, {clients} clients x {} in flight",
+            spec.concurrency
+        ),
+    };
+    let quantiles = [0.5, 0.9, 0.99, 0.999];
+    if json {
+        let value = serde_json::json!({
+            "replicas": replicas,
+            "clients": clients,
+            "mode": mode,
+            "request_bytes": spec.sizes.request_bytes,
+            "reply_bytes": spec.sizes.reply_bytes,
+            "duration_s": report.elapsed.as_secs_f64(),
+            "completed": report.completed,
+            "errors": report.errors,
+            "shed": report.shed,
+            "ops_per_sec": report.ops_per_sec(),
+            "p50_ms": report.percentile_ms(0.5),
+            "p90_ms": report.percentile_ms(0.9),
+            "p99_ms": report.percentile_ms(0.99),
+            "p999_ms": report.percentile_ms(0.999),
+            "max_ms": report.latency_us.max() as f64 / 1000.0,
+        });
+        println!("{value}");
+        return;
+    }
+    println!(
+        "replicas {replicas}, {mode}, request {} B, reply {} B",
+        spec.sizes.request_bytes, spec.sizes.reply_bytes
+    );
+    println!(
+        "| ops/s | completed | errors | shed | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let percentiles: Vec<String> = quantiles
+        .iter()
+        .map(|q| format!("{:.2}", report.percentile_ms(*q)))
+        .collect();
+    println!(
+        "| {:.0} | {} | {} | {} | {} | {:.2} |",
+        report.ops_per_sec(),
+        report.completed,
+        report.errors,
+        report.shed,
+        percentiles.join(" | "),
+        report.latency_us.max() as f64 / 1000.0
+    );
+}

@@ -1,0 +1,405 @@
+//! A local cluster in one process and a load generator: what `bulwark demo` and
+//! `bulwark bench` are made of, and what the integration tests drive.
+
+use crate::bank::{Bank, BankOp};
+use crate::echo::{Echo, EchoOp};
+use crate::kv::{KvOp, KvStore};
+use actix::prelude::*;
+use bulwark_actors::client::{Client, ClientOptions};
+use bulwark_actors::replica::{spawn_replica, ReplicaHandle, ReplicaSetup, ReplicaStatus};
+use bulwark_actors::verifier::{default_threads, VerifierPool};
+use bulwark_crypto::KeyPair;
+use bulwark_framework::{ClusterConfig, ProtocolParams, ReplicaId, Service};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Request and reply payload sizes of a workload (the PBFT paper uses 0/0, 4/0 and 0/4 KiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub request_bytes: usize,
+    pub reply_bytes: usize,
+}
+
+/// A service that can generate its own benchmark workload.
+pub trait Workload: Service + Send + Unpin + Default {
+    /// Operation number `index` of client `client`.
+    fn operation(rng: &mut rand::rngs::StdRng, client: usize, index: u64, sizes: Sizes)
+        -> Self::Op;
+}
+
+impl Workload for KvStore {
+    fn operation(rng: &mut rand::rngs::StdRng, _: usize, index: u64, sizes: Sizes) -> KvOp {
+        let key = format!("key-{}", rng.gen_range(0..1_000));
+        if index % 4 == 3 {
+            KvOp::Get { key }
+        } else {
+            KvOp::Put {
+                key,
+                value: vec![b'v'; sizes.request_bytes],
+            }
+        }
+    }
+}
+
+impl Workload for Bank {
+    fn operation(rng: &mut rand::rngs::StdRng, client: usize, index: u64, _: Sizes) -> BankOp {
+        let account = |n: u32| format!("account-{n}");
+        match index % 3 {
+            0 => BankOp::Deposit {
+                account: account(client as u32 % 100),
+                amount: rng.gen_range(1..100),
+            },
+            1 => BankOp::Transfer {
+                from: account(rng.gen_range(0..100)),
+                to: account(rng.gen_range(0..100)),
+                amount: rng.gen_range(1..50),
+            },
+            _ => BankOp::Withdraw {
+                account: account(rng.gen_range(0..100)),
+                amount: rng.gen_range(1..50),
+            },
+        }
+    }
+}
+
+impl Workload for Echo {
+    fn operation(_: &mut rand::rngs::StdRng, _: usize, _: u64, sizes: Sizes) -> EchoOp {
+        EchoOp {
+            payload: vec![0; sizes.request_bytes],
+            reply_bytes: sizes.reply_bytes as u32,
+            read_only: false,
+        }
+    }
+}
+
+/// Free TCP ports on 127.0.0.1, one per replica (bound and released: the usual race, fine
+/// for a local demo).
+pub fn free_local_addresses(count: usize) -> std::io::Result<BTreeMap<ReplicaId, SocketAddr>> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Ok((ReplicaId(i as u32), l.local_addr()?)))
+        .collect()
+}
+
+/// `n` replicas of `S` in this process, each on its own arbiter, over loopback TCP.
+pub struct LocalCluster<S: Service + Send + Unpin> {
+    pub cluster: Arc<ClusterConfig>,
+    pub addresses: BTreeMap<ReplicaId, SocketAddr>,
+    pub replicas: Vec<ReplicaHandle<S>>,
+    pub verifier: VerifierPool,
+    arbiters: Vec<Arbiter>,
+}
+
+impl<S: Service + Send + Unpin> std::fmt::Debug for LocalCluster<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalCluster(n={})", self.replicas.len())
+    }
+}
+
+impl<S: Service + Send + Unpin> LocalCluster<S> {
+    /// Starts the cluster. Must be called inside a running actix System.
+    pub async fn start(
+        n: usize,
+        params: ProtocolParams,
+        make_service: impl Fn() -> S,
+    ) -> anyhow::Result<Self> {
+        let keys: Vec<KeyPair> = (0..n)
+            .map(|_| KeyPair::generate(&mut rand::rngs::OsRng))
+            .collect();
+        let cluster = Arc::new(ClusterConfig::new(
+            keys.iter().map(KeyPair::public).collect(),
+            params,
+        )?);
+        let addresses = free_local_addresses(n)?;
+        let verifier = VerifierPool::start(default_threads(), cluster.clone());
+        let mut replicas = Vec::new();
+        let mut arbiters = Vec::new();
+        for (index, key) in keys.into_iter().enumerate() {
+            let arbiter = Arbiter::new();
+            let setup = ReplicaSetup {
+                id: ReplicaId(index as u32),
+                key,
+                cluster: cluster.clone(),
+                addresses: addresses.clone(),
+                service: make_service(),
+                verifier: verifier.clone(),
+                send_queue_frames_max: 65_536,
+            };
+            replicas.push(spawn_replica(setup, &arbiter.handle()).await?);
+            arbiters.push(arbiter);
+        }
+        Ok(LocalCluster {
+            cluster,
+            addresses,
+            replicas,
+            verifier,
+            arbiters,
+        })
+    }
+
+    /// A client with a fresh key.
+    pub async fn client(&self, options: ClientOptions) -> anyhow::Result<Client<S>> {
+        let key = KeyPair::generate(&mut rand::rngs::OsRng);
+        Ok(Client::connect(
+            self.cluster.clone(),
+            self.addresses.clone(),
+            key,
+            self.verifier.clone(),
+            options,
+        )
+        .await?)
+    }
+
+    /// Every replica's status (`None` for a stopped one).
+    pub async fn statuses(&self) -> Vec<Option<ReplicaStatus>> {
+        let mut statuses = Vec::new();
+        for replica in &self.replicas {
+            statuses.push(replica.status().await);
+        }
+        statuses
+    }
+
+    /// Waits until the running replicas have executed the same sequence number (or
+    /// `timeout`), then reports whether their state digests agree.
+    pub async fn settle(&self, timeout: Duration) -> (bool, Vec<ReplicaStatus>) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses: Vec<ReplicaStatus> =
+                self.statuses().await.into_iter().flatten().collect();
+            let same_point = statuses
+                .windows(2)
+                .all(|w| w[0].last_executed == w[1].last_executed);
+            if same_point || Instant::now() >= deadline {
+                let agree = same_point
+                    && statuses
+                        .windows(2)
+                        .all(|w| w[0].state_digest == w[1].state_digest);
+                return (agree, statuses);
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops replica `id` (its actor and connections), as a crash would.
+    pub fn stop_replica(&self, id: ReplicaId) {
+        if let Some(replica) = self.replicas.get(id.index()) {
+            replica.stop();
+        }
+    }
+
+    /// Stops every replica and its arbiter.
+    pub fn shutdown(&self) {
+        for replica in &self.replicas {
+            replica.stop();
+        }
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+/// How to load a cluster.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Requests each client keeps outstanding (closed loop).
+    pub concurrency: usize,
+    /// Offered load in requests per second over all clients (open loop); `None` for closed
+    /// loop.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    /// Load applied before measuring starts.
+    pub warmup: Duration,
+    pub sizes: Sizes,
+    /// Print a live progress line to stderr every second.
+    pub progress: bool,
+}
+
+/// What a load run achieved.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub completed: u64,
+    pub errors: u64,
+    /// Open loop: requests not issued because every client window was full.
+    pub shed: u64,
+    pub elapsed: Duration,
+    /// Latency in microseconds.
+    pub latency_us: Histogram<u64>,
+    pub first_error: Option<String>,
+}
+
+impl LoadReport {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn percentile_ms(&self, quantile: f64) -> f64 {
+        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+#[derive(Debug)]
+struct Tally {
+    measuring: bool,
+    completed: u64,
+    errors: u64,
+    shed: u64,
+    latency_us: Histogram<u64>,
+    interval_completed: u64,
+    interval_latency_us: Histogram<u64>,
+    first_error: Option<String>,
+    outstanding: usize,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs `spec` against `clients`. Must be called inside a running actix System.
+pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> LoadReport {
+    let tally = Rc::new(RefCell::new(Tally {
+        measuring: spec.warmup.is_zero(),
+        completed: 0,
+        errors: 0,
+        shed: 0,
+        latency_us: histogram(),
+        interval_completed: 0,
+        interval_latency_us: histogram(),
+        first_error: None,
+        outstanding: 0,
+    }));
+    let start = Instant::now();
+    let measure_from = start + spec.warmup;
+    let stop_at = measure_from + spec.duration;
+    let one = |client: Client<S>, tally: Rc<RefCell<Tally>>, op: S::Op| async move {
+        tally.borrow_mut().outstanding += 1;
+        let sent = Instant::now();
+        let result = client.invoke(&op).await;
+        let mut t = tally.borrow_mut();
+        t.outstanding -= 1;
+        if !t.measuring {
+            return;
+        }
+        match result {
+            Ok(_) => {
+                let micros = sent.elapsed().as_micros().max(1) as u64;
+                t.completed += 1;
+                t.interval_completed += 1;
+                let _ = t.latency_us.record(micros);
+                let _ = t.interval_latency_us.record(micros);
+            }
+            Err(error) => {
+                t.errors += 1;
+                if t.first_error.is_none() {
+                    t.first_error = Some(error.to_string());
+                }
+            }
+        }
+    };
+    let mut tasks = Vec::new();
+    match spec.rate {
+        None => {
+            for (index, client) in clients.iter().enumerate() {
+                for lane in 0..spec.concurrency {
+                    let client = client.clone();
+                    let tally = tally.clone();
+                    let sizes = spec.sizes;
+                    tasks.push(actix::spawn(async move {
+                        let mut rng =
+                            rand::rngs::StdRng::seed_from_u64((index * 10_000 + lane) as u64);
+                        let mut n = 0;
+                        while Instant::now() < stop_at {
+                            let op = S::operation(&mut rng, index, n, sizes);
+                            n += 1;
+                            one(client.clone(), tally.clone(), op).await;
+                        }
+                    }));
+                }
+            }
+        }
+        Some(rate) => {
+            let clients = clients.to_vec();
+            let tally = tally.clone();
+            let sizes = spec.sizes;
+            let cap = clients.len() * spec.concurrency;
+            tasks.push(actix::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+                let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
+                let mut next = Instant::now();
+                let mut n: u64 = 0;
+                while Instant::now() < stop_at {
+                    // Issue every request that is due; sleep in 1 ms steps to keep timer
+                    // overhead low at high rates.
+                    while next <= Instant::now() {
+                        next += period;
+                        let index = (n % clients.len() as u64) as usize;
+                        n += 1;
+                        if tally.borrow().outstanding >= cap {
+                            let mut t = tally.borrow_mut();
+                            if t.measuring {
+                                t.shed += 1;
+                            }
+                            continue;
+                        }
+                        let op = S::operation(&mut rng, index, n, sizes);
+                        actix::spawn(one(clients[index].clone(), tally.clone(), op));
+                    }
+                    actix_rt::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+    }
+    // Warm-up, then measure, printing progress every second.
+    if !spec.warmup.is_zero() {
+        actix_rt::time::sleep_until(measure_from.into()).await;
+        tally.borrow_mut().measuring = true;
+    }
+    let measuring_started = Instant::now();
+    let mut last_tick = Instant::now();
+    while Instant::now() < stop_at {
+        let step = Duration::from_secs(1).min(stop_at.saturating_duration_since(Instant::now()));
+        actix_rt::time::sleep(step).await;
+        if spec.progress {
+            let mut t = tally.borrow_mut();
+            let secs = last_tick.elapsed().as_secs_f64().max(1e-9);
+            eprint!(
+                "\r[{:>4.0}s] {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  completed {:>9}  errors {}   ",
+                measuring_started.elapsed().as_secs_f64(),
+                t.interval_completed as f64 / secs,
+                t.interval_latency_us.value_at_quantile(0.5) as f64 / 1000.0,
+                t.interval_latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+                t.completed,
+                t.errors
+            );
+            t.interval_completed = 0;
+            t.interval_latency_us.reset();
+        }
+        last_tick = Instant::now();
+    }
+    let elapsed = measuring_started.elapsed();
+    tally.borrow_mut().measuring = false;
+    if spec.progress {
+        eprintln!();
+    }
+    for task in tasks {
+        task.abort();
+    }
+    let t = tally.borrow();
+    LoadReport {
+        completed: t.completed,
+        errors: t.errors,
+        shed: t.shed,
+        elapsed,
+        latency_us: t.latency_us.clone(),
+        first_error: t.first_error.clone(),
+    }
+}

@@ -1,0 +1,92 @@
+//! Replicas as actix actors over loopback TCP, driven by the client library.
+
+use bulwark_actors::client::{Client, ClientOptions};
+use bulwark_examples::cluster::LocalCluster;
+use bulwark_examples::kv::{KvOp, KvReply, KvStore};
+use bulwark_framework::{ProtocolParams, ReplicaId};
+use std::time::Duration;
+
+const CLIENTS: usize = 5;
+const OPERATIONS: usize = 2_000;
+
+/// Each client writes its own keys and reads every one back, 20 requests in flight per
+/// client; every reply must be the right one.
+async fn workload(clients: &[Client<KvStore>]) {
+    let per_client = OPERATIONS / clients.len();
+    let mut tasks = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        for lane in 0..20 {
+            let client = client.clone();
+            tasks.push(actix_rt::spawn(async move {
+                for i in (lane..per_client / 2).step_by(20) {
+                    let key = format!("client-{c}-key-{i}");
+                    let value = format!("value-{c}-{i}").into_bytes();
+                    let put = client
+                        .invoke(&KvOp::Put {
+                            key: key.clone(),
+                            value: value.clone(),
+                        })
+                        .await;
+                    assert_eq!(put, Ok(KvReply::Done { previous: None }), "put {key}");
+                    let get = client.invoke(&KvOp::Get { key: key.clone() }).await;
+                    assert_eq!(get, Ok(KvReply::Value(Some(value))), "get {key}");
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("workload task panicked");
+    }
+}
+
+async fn clients(cluster: &LocalCluster<KvStore>) -> Vec<Client<KvStore>> {
+    let options = ClientOptions {
+        timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(
+            cluster
+                .client(options.clone())
+                .await
+                .expect("client connects"),
+        );
+    }
+    clients
+}
+
+#[actix_rt::test]
+async fn four_replicas_five_clients_two_thousand_operations_and_digests_agree() {
+    let cluster = LocalCluster::<KvStore>::start(4, ProtocolParams::default(), KvStore::new)
+        .await
+        .unwrap();
+    let clients = clients(&cluster).await;
+    workload(&clients).await;
+    let (agree, statuses) = cluster.settle(Duration::from_secs(10)).await;
+    assert_eq!(statuses.len(), 4);
+    assert!(agree, "state digests differ: {statuses:?}");
+    let executed: u64 = statuses[0].metrics.requests_executed;
+    assert_eq!(
+        executed, OPERATIONS as u64,
+        "every operation executed exactly once"
+    );
+    cluster.shutdown();
+}
+
+#[actix_rt::test]
+async fn with_one_backup_stopped_the_other_three_keep_serving() {
+    let cluster = LocalCluster::<KvStore>::start(4, ProtocolParams::default(), KvStore::new)
+        .await
+        .unwrap();
+    cluster.stop_replica(ReplicaId(3));
+    let clients = clients(&cluster).await;
+    workload(&clients).await;
+    let (agree, statuses) = cluster.settle(Duration::from_secs(10)).await;
+    assert_eq!(statuses.len(), 3, "the stopped backup answers no status");
+    assert!(agree, "state digests differ: {statuses:?}");
+    assert!(statuses
+        .iter()
+        .all(|s| s.metrics.requests_executed == OPERATIONS as u64));
+    cluster.shutdown();
+}
