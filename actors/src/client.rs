@@ -7,22 +7,20 @@
 //! once, up to the client window.
 
 use crate::clock::{now, wall_clock_micros};
-use crate::replica::{forward, Deliver};
+use crate::replica::{forward, Deliver, MessageFilter};
 use crate::transport::{self, TransportConfig, TransportHandle};
 use crate::verifier::VerifierPool;
 use actix::prelude::*;
 use bulwark_crypto::KeyPair;
 use bulwark_framework::messages::{Report, VerifiedMessage};
-use bulwark_framework::roles::client::{
-    Client as ClientRole, ClientAction, ClientError as RoleError,
-};
+use bulwark_framework::roles::client::{Client as ClientRole, ClientAction, ClientError as RoleError};
 use bulwark_framework::wire::encode_frame;
-use bulwark_framework::{ClusterConfig, Outcome, ReplicaId, Service, Timestamp};
+use bulwark_framework::{ClusterConfig, Message, Outcome, ReplicaId, Service, Timestamp};
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,9 +33,7 @@ pub enum InvokeError {
     WindowFull(String),
     #[error("operation too large: {0}")]
     TooLarge(String),
-    #[error(
-        "the replicas refused the operation: it did not decode as the service's operation type"
-    )]
+    #[error("the replicas refused the operation: it did not decode as the service's operation type")]
     MalformedOperation,
     #[error("the operation is not read-only; use invoke")]
     NotReadOnly,
@@ -67,10 +63,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions {
-            timeout: Duration::from_secs(10),
-            send_queue_frames_max: 4096,
-        }
+        ClientOptions { timeout: Duration::from_secs(10), send_queue_frames_max: 4096 }
     }
 }
 
@@ -101,6 +94,8 @@ pub struct ClientActor {
     transport: TransportHandle,
     replicas: Vec<ReplicaId>,
     waiters: BTreeMap<Timestamp, Waiter>,
+    /// Timestamps still outstanding, shared with the inbound filter.
+    outstanding: Arc<Mutex<BTreeSet<Timestamp>>>,
     timer: Option<SpawnHandle>,
     inquiries: BTreeMap<u64, (Vec<Report>, oneshot::Sender<Vec<Report>>)>,
     next_nonce: u64,
@@ -148,6 +143,9 @@ impl ClientActor {
                     }));
                 }
                 ClientAction::Completed { timestamp, result } => {
+                    if let Ok(mut outstanding) = self.outstanding.lock() {
+                        outstanding.remove(&timestamp);
+                    }
                     if let Some(waiter) = self.waiters.remove(&timestamp) {
                         let _ = waiter.send(Ok(result));
                     }
@@ -161,15 +159,16 @@ impl Handler<Invoke> for ClientActor {
     type Result = Result<oneshot::Receiver<Result<Vec<u8>, InvokeError>>, InvokeError>;
 
     fn handle(&mut self, invoke: Invoke, ctx: &mut Context<Self>) -> Self::Result {
-        let (timestamp, actions) = self
-            .role
-            .invoke(invoke.operation, invoke.read_only, now())
-            .map_err(|e| match e {
+        let (timestamp, actions) =
+            self.role.invoke(invoke.operation, invoke.read_only, now()).map_err(|e| match e {
                 RoleError::WindowFull { .. } => InvokeError::WindowFull(e.to_string()),
                 RoleError::OperationTooLarge { .. } => InvokeError::TooLarge(e.to_string()),
             })?;
         let (waiter, receiver) = oneshot::channel();
         self.waiters.insert(timestamp, waiter);
+        if let Ok(mut outstanding) = self.outstanding.lock() {
+            outstanding.insert(timestamp);
+        }
         self.carry_out(actions, ctx);
         Ok(receiver)
     }
@@ -182,8 +181,7 @@ impl Handler<Inquire> for ClientActor {
         let nonce = self.next_nonce;
         self.next_nonce += 1;
         let inquiry = VerifiedMessage::Inquiry(self.role.inquiry(nonce));
-        let frame =
-            encode_frame(&inquiry.to_wire()).map_err(|e| InvokeError::Encode(e.to_string()))?;
+        let frame = encode_frame(&inquiry.to_wire()).map_err(|e| InvokeError::Encode(e.to_string()))?;
         let frame = Bytes::from(frame);
         for replica in self.replicas.clone() {
             self.send_frame(replica, frame.clone());
@@ -225,10 +223,7 @@ impl Handler<Deliver> for ClientActor {
                     }
                 }
             }
-            other => tracing::debug!(
-                kind = other.kind().as_str(),
-                "client ignores a non-reply message"
-            ),
+            other => tracing::debug!(kind = other.kind().as_str(), "client ignores a non-reply message"),
         }
     }
 }
@@ -278,24 +273,48 @@ impl<S: Service> Client<S> {
         )
         .await?;
         let replicas = cluster.replicas().collect();
+        let outstanding = Arc::new(Mutex::new(BTreeSet::new()));
+        let filter_view = outstanding.clone();
+        // Replies to completed requests (the ones after the f + 1-th) are dropped before
+        // their signatures are checked.
+        let wanted: MessageFilter = Arc::new(move |message: &Message| match message {
+            Message::Reply(reply) => filter_view.lock().map(|o| o.contains(&reply.payload.timestamp)).unwrap_or(true),
+            _ => true,
+        });
         let role = ClientRole::new(key, cluster, Timestamp(wall_clock_micros()));
         let actor = ClientActor {
             role,
             transport: transport.clone(),
             replicas,
             waiters: BTreeMap::new(),
+            outstanding,
             timer: None,
             inquiries: BTreeMap::new(),
             next_nonce: 1,
         };
         let addr = actor.start();
-        forward(inbound_rx, verifier, addr.clone().recipient());
-        Ok(Client {
-            addr,
-            transport,
-            options,
-            _service: PhantomData,
-        })
+        forward(inbound_rx, verifier, addr.clone().recipient(), Some(wanted));
+        Ok(Client { addr, transport, options, _service: PhantomData })
+    }
+
+    /// Like [`Client::connect`], but runs the client actor and its connections on
+    /// `arbiter`'s thread (so many clients in one process use several cores).
+    pub async fn connect_on(
+        arbiter: &ArbiterHandle,
+        cluster: Arc<ClusterConfig>,
+        addresses: BTreeMap<ReplicaId, SocketAddr>,
+        key: KeyPair,
+        verifier: VerifierPool,
+        options: ClientOptions,
+    ) -> Result<Self, ConnectError> {
+        let (reply_to, result) = oneshot::channel();
+        let started = arbiter.spawn(async move {
+            let _ = reply_to.send(Self::connect(cluster, addresses, key, verifier, options).await);
+        });
+        if !started {
+            return Err(ConnectError::Io(std::io::Error::other("the client's arbiter is not running")));
+        }
+        result.await.map_err(|_| ConnectError::Io(std::io::Error::other("the client's arbiter stopped")))?
     }
 
     /// Executes `op` through the ordering protocol and returns the service's reply once
@@ -312,14 +331,7 @@ impl<S: Service> Client<S> {
 
     async fn call(&self, op: &S::Op, read_only: bool) -> Result<S::Reply, InvokeError> {
         let operation = rmp_serde::to_vec(op).map_err(|e| InvokeError::Encode(e.to_string()))?;
-        let receiver = self
-            .addr
-            .send(Invoke {
-                operation,
-                read_only,
-            })
-            .await
-            .map_err(|_| InvokeError::Stopped)??;
+        let receiver = self.addr.send(Invoke { operation, read_only }).await.map_err(|_| InvokeError::Stopped)??;
         let result = match tokio::time::timeout(self.options.timeout, receiver).await {
             Err(_) => return Err(InvokeError::Timeout(self.options.timeout)),
             Ok(Err(_)) => return Err(InvokeError::Stopped),
@@ -335,11 +347,7 @@ impl<S: Service> Client<S> {
 
     /// Asks every replica where it is; returns the reports that arrive within `wait`.
     pub async fn inquire(&self, wait: Duration) -> Result<Vec<Report>, InvokeError> {
-        let receiver = self
-            .addr
-            .send(Inquire { wait })
-            .await
-            .map_err(|_| InvokeError::Stopped)??;
+        let receiver = self.addr.send(Inquire { wait }).await.map_err(|_| InvokeError::Stopped)??;
         let mut reports = receiver.await.map_err(|_| InvokeError::Stopped)?;
         reports.sort_by_key(|r| r.replica);
         Ok(reports)

@@ -14,8 +14,5 @@ pub fn now() -> Instant {
 /// Microseconds since the Unix epoch: a client's first timestamp, so a restarted client
 /// starts above every timestamp it used before (PBFT.md CX1).
 pub fn wall_clock_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
 }

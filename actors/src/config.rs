@@ -100,10 +100,7 @@ impl Location {
         }
         let before = &text[..offset];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        Location {
-            line: before.matches('\n').count() + 1,
-            column: before[line_start..].chars().count() + 1,
-        }
+        Location { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1 }
     }
 }
 
@@ -127,11 +124,7 @@ pub enum ConfigFileError {
     },
     /// The cluster file is not valid TOML.
     #[error("{}: TOML syntax error at {at}: {message}", path.display())]
-    Syntax {
-        path: PathBuf,
-        at: Location,
-        message: String,
-    },
+    Syntax { path: PathBuf, at: Location, message: String },
     /// The cluster file is valid TOML but breaks a rule of the format. `field` is a path
     /// such as `replica[2].public_key` or `params.watermark_window`; it is `None` only when
     /// the reason itself names what is wrong.
@@ -141,12 +134,7 @@ pub enum ConfigFileError {
         field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default(),
         at.map(|at| format!(" ({at})")).unwrap_or_default()
     )]
-    Invalid {
-        path: PathBuf,
-        field: Option<String>,
-        reason: String,
-        at: Option<Location>,
-    },
+    Invalid { path: PathBuf, field: Option<String>, reason: String, at: Option<Location> },
     /// `keygen` would overwrite an existing cluster file or key file.
     #[error("{}: already exists; keygen never overwrites a cluster file or a key", path.display())]
     Exists { path: PathBuf },
@@ -171,26 +159,12 @@ pub enum ConfigFileError {
     },
     /// A replica id that the cluster file does not list.
     #[error("cluster file {} has no replica {} (it lists 0..{})", cluster_path.display(), id.0, n)]
-    NoSuchReplica {
-        cluster_path: PathBuf,
-        id: ReplicaId,
-        n: usize,
-    },
+    NoSuchReplica { cluster_path: PathBuf, id: ReplicaId, n: usize },
 }
 
 /// Shorthand for [`ConfigFileError::Invalid`].
-fn invalid(
-    path: &Path,
-    field: Option<String>,
-    reason: impl Into<String>,
-    at: Option<Location>,
-) -> ConfigFileError {
-    ConfigFileError::Invalid {
-        path: path.to_path_buf(),
-        field,
-        reason: reason.into(),
-        at,
-    }
+fn invalid(path: &Path, field: Option<String>, reason: impl Into<String>, at: Option<Location>) -> ConfigFileError {
+    ConfigFileError::Invalid { path: path.to_path_buf(), field, reason: reason.into(), at }
 }
 
 /// A table of the file as parsed, before checking: every value keeps its span so that an
@@ -234,13 +208,11 @@ impl ClusterFile {
     /// recorded in [`ClusterFile::path`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigFileError> {
         // Syntax first, so that a structural error below is never a syntax error.
-        let table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigFileError::Syntax {
-                    path: path.to_path_buf(),
-                    at: Location::of(text, e.span().map_or(0, |s| s.start)),
-                    message: one_line(e.message()),
-                })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigFileError::Syntax {
+            path: path.to_path_buf(),
+            at: Location::of(text, e.span().map_or(0, |s| s.start)),
+            message: one_line(e.message()),
+        })?;
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let message = one_line(e.message());
             let field = unknown_field(&message).or_else(|| misplaced_field(&table));
@@ -260,11 +232,7 @@ impl ClusterFile {
 
         let mut replicas: Vec<ReplicaEntry> = located.into_iter().map(|l| l.entry).collect();
         replicas.sort_by_key(|entry| entry.id);
-        Ok(ClusterFile {
-            replicas,
-            params,
-            path: Some(path.to_path_buf()),
-        })
+        Ok(ClusterFile { replicas, params, path: Some(path.to_path_buf()) })
     }
 
     /// Writes the cluster file to `path`: a header comment, the replicas in id order, and
@@ -282,11 +250,7 @@ impl ClusterFile {
     fn to_toml(&self, path: &Path) -> Result<String, ConfigFileError> {
         let n = self.replicas.len();
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# Bulwark cluster: {n} replicas, tolerates f = {} Byzantine",
-            n.saturating_sub(1) / 3
-        );
+        let _ = writeln!(out, "# Bulwark cluster: {n} replicas, tolerates f = {} Byzantine", n.saturating_sub(1) / 3);
         out.push_str(
             "# Read by every replica and client. Each replica also needs its own secret key\n\
              # file (replica-<id>.key), which no other host should have.\n",
@@ -302,14 +266,8 @@ impl ClusterFile {
                 toml::Value::String(entry.public_key.to_hex()),
             );
         }
-        let params = toml::to_string(&self.params).map_err(|e| {
-            invalid(
-                path,
-                Some("params".into()),
-                format!("cannot encode: {e}"),
-                None,
-            )
-        })?;
+        let params = toml::to_string(&self.params)
+            .map_err(|e| invalid(path, Some("params".into()), format!("cannot encode: {e}"), None))?;
         out.push_str("\n# Protocol parameters; a field left out takes its default.\n[params]\n");
         out.push_str(&params);
         Ok(out)
@@ -324,36 +282,22 @@ impl ClusterFile {
             .replicas
             .iter()
             .enumerate()
-            .map(|(index, entry)| Located {
-                entry: entry.clone(),
-                index,
-                id_at: None,
-                address_at: None,
-                key_at: None,
-            })
+            .map(|(index, entry)| Located { entry: entry.clone(), index, id_at: None, address_at: None, key_at: None })
             .collect();
-        self.params
-            .validate()
-            .map_err(|e| params_error(path, e, None))?;
+        self.params.validate().map_err(|e| params_error(path, e, None))?;
         check_cluster(path, &located)?;
         let mut replicas: Vec<&ReplicaEntry> = self.replicas.iter().collect();
         replicas.sort_by_key(|entry| entry.id);
         let keys = replicas.iter().map(|entry| entry.public_key).collect();
         ClusterConfig::new(keys, self.params.clone()).map_err(|e| match e {
-            ConfigError::Invalid {
-                field: "members",
-                reason,
-            } => invalid(path, Some("replica".into()), reason, None),
+            ConfigError::Invalid { field: "members", reason } => invalid(path, Some("replica".into()), reason, None),
             other => params_error(path, other, None),
         })
     }
 
     /// Each replica's address.
     pub fn addresses(&self) -> BTreeMap<ReplicaId, SocketAddr> {
-        self.replicas
-            .iter()
-            .map(|entry| (entry.id, entry.address))
-            .collect()
+        self.replicas.iter().map(|entry| (entry.id, entry.address)).collect()
     }
 
     /// The entry of replica `id`, if the cluster has one.
@@ -363,9 +307,7 @@ impl ClusterFile {
 
     /// The path to name in error messages.
     fn display_path(&self) -> &Path {
-        self.path
-            .as_deref()
-            .unwrap_or_else(|| Path::new("<cluster file>"))
+        self.path.as_deref().unwrap_or_else(|| Path::new("<cluster file>"))
     }
 }
 
@@ -398,51 +340,25 @@ fn misplaced_field(table: &toml::Table) -> Option<String> {
 }
 
 /// Checks one `[[replica]]` table's fields, each on its own.
-fn parse_replica(
-    text: &str,
-    path: &Path,
-    index: usize,
-    table: &RawTable,
-) -> Result<Located, ConfigFileError> {
+fn parse_replica(text: &str, path: &Path, index: usize, table: &RawTable) -> Result<Located, ConfigFileError> {
     let at = |span: std::ops::Range<usize>| Some(Location::of(text, span.start));
     let field = |name: &str| Some(format!("replica[{index}].{name}"));
     let entry_at = at(table.span());
     let fields = table.get_ref();
-    if let Some((key, value)) = fields
-        .iter()
-        .find(|(key, _)| !matches!(key.as_str(), "id" | "address" | "public_key"))
+    if let Some((key, value)) = fields.iter().find(|(key, _)| !matches!(key.as_str(), "id" | "address" | "public_key"))
     {
-        return Err(invalid(
-            path,
-            field(key),
-            format!("unknown field `{key}`, {REPLICA_FIELDS}"),
-            at(value.span()),
-        ));
+        return Err(invalid(path, field(key), format!("unknown field `{key}`, {REPLICA_FIELDS}"), at(value.span())));
     }
-    let get = |name: &str| {
-        fields
-            .get(name)
-            .ok_or_else(|| invalid(path, field(name), "required field is missing", entry_at))
-    };
+    let get =
+        |name: &str| fields.get(name).ok_or_else(|| invalid(path, field(name), "required field is missing", entry_at));
 
     let id = get("id")?;
     let id_at = at(id.span());
     let id = match id.get_ref() {
-        toml::Value::Integer(value) => u32::try_from(*value).map_err(|_| {
-            invalid(
-                path,
-                field("id"),
-                format!("{value} is out of range (0 to {})", u32::MAX),
-                id_at,
-            )
-        })?,
+        toml::Value::Integer(value) => u32::try_from(*value)
+            .map_err(|_| invalid(path, field("id"), format!("{value} is out of range (0 to {})", u32::MAX), id_at))?,
         other => {
-            return Err(invalid(
-                path,
-                field("id"),
-                format!("expected an integer, found {}", describe(other)),
-                id_at,
-            ))
+            return Err(invalid(path, field("id"), format!("expected an integer, found {}", describe(other)), id_at))
         }
     };
 
@@ -464,10 +380,7 @@ fn parse_replica(
             return Err(invalid(
                 path,
                 field("address"),
-                format!(
-                    "expected a string such as \"127.0.0.1:7000\", found {}",
-                    describe(other)
-                ),
+                format!("expected a string such as \"127.0.0.1:7000\", found {}", describe(other)),
                 address_at,
             ))
         }
@@ -476,32 +389,20 @@ fn parse_replica(
     let key = get("public_key")?;
     let key_at = at(key.span());
     let public_key = match key.get_ref() {
-        toml::Value::String(hex) => parse_public_key(hex)
-            .map_err(|reason| invalid(path, field("public_key"), reason, key_at))?,
+        toml::Value::String(hex) => {
+            parse_public_key(hex).map_err(|reason| invalid(path, field("public_key"), reason, key_at))?
+        }
         other => {
             return Err(invalid(
                 path,
                 field("public_key"),
-                format!(
-                    "expected a string of 64 hex digits, found {}",
-                    describe(other)
-                ),
+                format!("expected a string of 64 hex digits, found {}", describe(other)),
                 key_at,
             ))
         }
     };
 
-    Ok(Located {
-        entry: ReplicaEntry {
-            id: ReplicaId(id),
-            address,
-            public_key,
-        },
-        index,
-        id_at,
-        address_at,
-        key_at,
-    })
+    Ok(Located { entry: ReplicaEntry { id: ReplicaId(id), address, public_key }, index, id_at, address_at, key_at })
 }
 
 fn parse_public_key(hex: &str) -> Result<PublicKey, String> {
@@ -509,9 +410,8 @@ fn parse_public_key(hex: &str) -> Result<PublicKey, String> {
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("not a valid ed25519 public key (expected 64 hex digits)".into());
     }
-    PublicKey::from_hex(hex).map_err(|_| {
-        "not a valid ed25519 public key (the 64 hex digits do not encode a curve point)".into()
-    })
+    PublicKey::from_hex(hex)
+        .map_err(|_| "not a valid ed25519 public key (the 64 hex digits do not encode a curve point)".into())
 }
 
 /// A TOML value's type, and the value itself when it is short.
@@ -526,24 +426,14 @@ fn describe(value: &toml::Value) -> String {
 
 /// Checks the `[params]` table: each key on its own (so an error names it), then the
 /// whole, then [`ProtocolParams::validate`].
-fn parse_params(
-    text: &str,
-    path: &Path,
-    table: &RawTable,
-) -> Result<ProtocolParams, ConfigFileError> {
+fn parse_params(text: &str, path: &Path, table: &RawTable) -> Result<ProtocolParams, ConfigFileError> {
     let mut all = toml::Table::new();
     for (key, value) in table.get_ref() {
         let at = Some(Location::of(text, value.span().start));
         let mut one = toml::Table::new();
         one.insert(key.clone(), value.get_ref().clone());
-        ProtocolParams::deserialize(toml::Value::Table(one)).map_err(|e| {
-            invalid(
-                path,
-                Some(format!("params.{key}")),
-                one_line(e.message()),
-                at,
-            )
-        })?;
+        ProtocolParams::deserialize(toml::Value::Table(one))
+            .map_err(|e| invalid(path, Some(format!("params.{key}")), one_line(e.message()), at))?;
         all.insert(key.clone(), value.get_ref().clone());
     }
     let at = Some(Location::of(text, table.span().start));
@@ -551,11 +441,9 @@ fn parse_params(
         .map_err(|e| invalid(path, Some("params".into()), one_line(e.message()), at))?;
     params.validate().map_err(|e| {
         let at = match &e {
-            ConfigError::Invalid { field, .. } => table
-                .get_ref()
-                .get(*field)
-                .map(|value| Location::of(text, value.span().start))
-                .or(at),
+            ConfigError::Invalid { field, .. } => {
+                table.get_ref().get(*field).map(|value| Location::of(text, value.span().start)).or(at)
+            }
         };
         params_error(path, e, at)
     })?;
@@ -565,9 +453,7 @@ fn parse_params(
 /// A framework parameter error as `params.<field>`.
 fn params_error(path: &Path, error: ConfigError, at: Option<Location>) -> ConfigFileError {
     match error {
-        ConfigError::Invalid { field, reason } => {
-            invalid(path, Some(format!("params.{field}")), reason, at)
-        }
+        ConfigError::Invalid { field, reason } => invalid(path, Some(format!("params.{field}")), reason, at),
     }
 }
 
@@ -601,10 +487,7 @@ fn check_cluster(path: &Path, replicas: &[Located]) -> Result<(), ConfigFileErro
         // n distinct ids with one of 0..n missing: some id is n or more.
         let beyond = replicas.iter().find(|l| l.entry.id.index() >= n);
         let (detail, at) = match beyond {
-            Some(l) => (
-                format!(" (replica[{}] has id {})", l.index, l.entry.id.0),
-                l.id_at,
-            ),
+            Some(l) => (format!(" (replica[{}] has id {})", l.index, l.entry.id.0), l.id_at),
             None => (String::new(), None),
         };
         return Err(invalid(
@@ -620,10 +503,7 @@ fn check_cluster(path: &Path, replicas: &[Located]) -> Result<(), ConfigFileErro
             return Err(invalid(
                 path,
                 Some(format!("replica[{}].address", located.index)),
-                format!(
-                    "duplicate address {} (also the address of replica[{first}])",
-                    located.entry.address
-                ),
+                format!("duplicate address {} (also the address of replica[{first}])", located.entry.address),
                 located.address_at,
             ));
         }
@@ -659,12 +539,7 @@ pub struct Keygen {
 impl Default for Keygen {
     /// Four replicas on `127.0.0.1:7000..7003` with the default parameters.
     fn default() -> Self {
-        Keygen {
-            replicas: 4,
-            hosts: Vec::new(),
-            base_port: 7000,
-            params: ProtocolParams::default(),
-        }
+        Keygen { replicas: 4, hosts: Vec::new(), base_port: 7000, params: ProtocolParams::default() }
     }
 }
 
@@ -672,16 +547,11 @@ impl Keygen {
     /// The address of each replica, in id order, or the reason the spec is invalid.
     fn addresses(&self) -> Result<Vec<SocketAddr>, ConfigFileError> {
         let n = self.replicas;
-        let fail = |field: &str, reason: String| ConfigFileError::Keygen {
-            field: field.to_string(),
-            reason,
-        };
+        let fail = |field: &str, reason: String| ConfigFileError::Keygen { field: field.to_string(), reason };
         if n < 4 {
             return Err(fail(
                 "replicas",
-                format!(
-                    "a BFT cluster needs at least 4 replicas (n = 3f + 1 with f >= 1), got {n}"
-                ),
+                format!("a BFT cluster needs at least 4 replicas (n = 3f + 1 with f >= 1), got {n}"),
             ));
         }
         let hosts: Vec<&str> = match self.hosts.len() {
@@ -691,9 +561,7 @@ impl Keygen {
             len => {
                 return Err(fail(
                     "hosts",
-                    format!(
-                        "expected one host for all replicas or one per replica ({n}), got {len}"
-                    ),
+                    format!("expected one host for all replicas or one per replica ({n}), got {len}"),
                 ))
             }
         };
@@ -701,14 +569,7 @@ impl Keygen {
             return Err(fail("base_port", "must be at least 1".into()));
         }
         if usize::from(self.base_port) + n - 1 > usize::from(u16::MAX) {
-            return Err(fail(
-                "base_port",
-                format!(
-                    "{} + {n} replicas runs past port {}",
-                    self.base_port,
-                    u16::MAX
-                ),
-            ));
+            return Err(fail("base_port", format!("{} + {n} replicas runs past port {}", self.base_port, u16::MAX)));
         }
         hosts
             .iter()
@@ -716,15 +577,8 @@ impl Keygen {
             .map(|(i, host)| {
                 let bare = host.trim().trim_start_matches('[').trim_end_matches(']');
                 let ip: IpAddr = bare.parse().map_err(|_| {
-                    let field = if self.hosts.len() == n {
-                        format!("hosts[{i}]")
-                    } else {
-                        "hosts".into()
-                    };
-                    fail(
-                        &field,
-                        format!("{host:?} is not an IP address (host names are not resolved)"),
-                    )
+                    let field = if self.hosts.len() == n { format!("hosts[{i}]") } else { "hosts".into() };
+                    fail(&field, format!("{host:?} is not an IP address (host names are not resolved)"))
                 })?;
                 Ok(SocketAddr::new(ip, self.base_port + i as u16))
             })
@@ -743,23 +597,17 @@ pub fn keygen(
     rng: &mut impl rand_core::CryptoRngCore,
 ) -> Result<ClusterFile, ConfigFileError> {
     let addresses = spec.addresses()?;
-    spec.params
-        .validate()
-        .map_err(
-            |ConfigError::Invalid { field, reason }| ConfigFileError::Keygen {
-                field: format!("params.{field}"),
-                reason,
-            },
-        )?;
+    spec.params.validate().map_err(|ConfigError::Invalid { field, reason }| ConfigFileError::Keygen {
+        field: format!("params.{field}"),
+        reason,
+    })?;
     std::fs::create_dir_all(out_dir).map_err(|source| ConfigFileError::Io {
         path: out_dir.to_path_buf(),
         action: "cannot create directory",
         source,
     })?;
     let cluster_path = out_dir.join(CLUSTER_FILE_NAME);
-    let key_paths: Vec<PathBuf> = (0..spec.replicas as u32)
-        .map(|i| key_path(out_dir, ReplicaId(i)))
-        .collect();
+    let key_paths: Vec<PathBuf> = (0..spec.replicas as u32).map(|i| key_path(out_dir, ReplicaId(i))).collect();
     for path in std::iter::once(&cluster_path).chain(&key_paths) {
         if path.symlink_metadata().is_ok() {
             return Err(ConfigFileError::Exists { path: path.clone() });
@@ -772,11 +620,7 @@ pub fn keygen(
             .iter()
             .zip(addresses)
             .enumerate()
-            .map(|(i, (key, address))| ReplicaEntry {
-                id: ReplicaId(i as u32),
-                address,
-                public_key: key.public(),
-            })
+            .map(|(i, (key, address))| ReplicaEntry { id: ReplicaId(i as u32), address, public_key: key.public() })
             .collect(),
         params: spec.params.clone(),
         path: Some(cluster_path.clone()),
@@ -791,19 +635,13 @@ pub fn keygen(
 
 /// Loads replica `id`'s secret key from `key_path` and checks that its public half is the
 /// key `cluster` lists for `id`, so that a replica never starts with another's key.
-pub fn load_replica_key(
-    cluster: &ClusterFile,
-    id: ReplicaId,
-    key_path: &Path,
-) -> Result<KeyPair, ConfigFileError> {
+pub fn load_replica_key(cluster: &ClusterFile, id: ReplicaId, key_path: &Path) -> Result<KeyPair, ConfigFileError> {
     let cluster_path = cluster.display_path().to_path_buf();
-    let entry = cluster
-        .replica(id)
-        .ok_or_else(|| ConfigFileError::NoSuchReplica {
-            cluster_path: cluster_path.clone(),
-            id,
-            n: cluster.replicas.len(),
-        })?;
+    let entry = cluster.replica(id).ok_or_else(|| ConfigFileError::NoSuchReplica {
+        cluster_path: cluster_path.clone(),
+        id,
+        n: cluster.replicas.len(),
+    })?;
     let key = KeyPair::load(key_path)?;
     let public = key.public();
     if public != entry.public_key {
@@ -811,11 +649,7 @@ pub fn load_replica_key(
             key_path: key_path.to_path_buf(),
             id,
             cluster_path,
-            belongs_to: cluster
-                .replicas
-                .iter()
-                .find(|other| other.public_key == public)
-                .map(|other| other.id),
+            belongs_to: cluster.replicas.iter().find(|other| other.public_key == public).map(|other| other.id),
         });
     }
     Ok(key)
@@ -837,10 +671,7 @@ mod tests {
 
     #[test]
     fn unknown_field_names_the_key() {
-        assert_eq!(
-            unknown_field("unknown field `replicas`, expected `replica` or `params`"),
-            Some("replicas".into())
-        );
+        assert_eq!(unknown_field("unknown field `replicas`, expected `replica` or `params`"), Some("replicas".into()));
         assert_eq!(unknown_field("invalid type"), None);
     }
 }

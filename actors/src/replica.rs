@@ -10,9 +10,7 @@
 //! [`Arbiter`], together with its transport tasks.
 
 use crate::clock::now;
-use crate::transport::{
-    self, ConnectionId, Inbound, TransportConfig, TransportHandle, TransportStats,
-};
+use crate::transport::{self, ConnectionId, Inbound, TransportConfig, TransportHandle, TransportStats};
 use crate::verifier::{VerifierPool, Verify};
 use actix::prelude::*;
 use bulwark_crypto::Digest;
@@ -21,9 +19,7 @@ use bulwark_framework::messages::VerifiedMessage;
 use bulwark_framework::roles::replica::{Footprint, ReplicaMetrics};
 use bulwark_framework::verify::RefusalCounts;
 use bulwark_framework::wire::encode_frame;
-use bulwark_framework::{
-    Action, ClientId, ClusterConfig, Input, Replica, ReplicaId, SeqNum, Service, TimerKind, View,
-};
+use bulwark_framework::{Action, ClientId, ClusterConfig, Input, Replica, ReplicaId, SeqNum, Service, TimerKind, View};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -170,9 +166,7 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         if self.peer_connections.contains(&connection) {
             return;
         }
-        if self.client_routes.len() >= CLIENT_ROUTES_MAX
-            && !self.client_routes.contains_key(&client)
-        {
+        if self.client_routes.len() >= CLIENT_ROUTES_MAX && !self.client_routes.contains_key(&client) {
             self.client_routes.pop_first();
         }
         self.client_routes.insert(client, connection);
@@ -182,20 +176,12 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
 impl<S: Service + Send + Unpin> Handler<Deliver> for ReplicaActor<S> {
     type Result = ();
 
-    fn handle(
-        &mut self,
-        Deliver {
-            message,
-            connection,
-        }: Deliver,
-        ctx: &mut Context<Self>,
-    ) {
+    fn handle(&mut self, Deliver { message, connection }: Deliver, ctx: &mut Context<Self>) {
         match &message {
             VerifiedMessage::Request(request) => self.route(request.client(), connection),
-            VerifiedMessage::Inquiry(inquiry) => self.route(
-                bulwark_framework::messages::client_id(&inquiry.client_key),
-                connection,
-            ),
+            VerifiedMessage::Inquiry(inquiry) => {
+                self.route(bulwark_framework::messages::client_id(&inquiry.client_key), connection)
+            }
             _ => {
                 self.peer_connections.insert(connection);
             }
@@ -282,35 +268,15 @@ pub async fn spawn_replica<S: Service + Send + Unpin>(
         let _ = reply_to.send(result);
     });
     if !started {
-        return Err(std::io::Error::other(
-            "the replica's arbiter is not running",
-        ));
+        return Err(std::io::Error::other("the replica's arbiter is not running"));
     }
-    handle
-        .await
-        .map_err(|_| std::io::Error::other("the replica's arbiter stopped while starting"))?
+    handle.await.map_err(|_| std::io::Error::other("the replica's arbiter stopped while starting"))?
 }
 
-async fn start_on_this_arbiter<S: Service + Send + Unpin>(
-    setup: ReplicaSetup<S>,
-) -> std::io::Result<ReplicaHandle<S>> {
-    let ReplicaSetup {
-        id,
-        key,
-        cluster,
-        addresses,
-        service,
-        verifier,
-        send_queue_frames_max,
-    } = setup;
-    let listen = *addresses
-        .get(&id)
-        .ok_or_else(|| std::io::Error::other(format!("no address for replica {id}")))?;
-    let peers = addresses
-        .iter()
-        .filter(|(r, _)| **r != id)
-        .map(|(r, a)| (*r, *a))
-        .collect();
+async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>) -> std::io::Result<ReplicaHandle<S>> {
+    let ReplicaSetup { id, key, cluster, addresses, service, verifier, send_queue_frames_max } = setup;
+    let listen = *addresses.get(&id).ok_or_else(|| std::io::Error::other(format!("no address for replica {id}")))?;
+    let peers = addresses.iter().filter(|(r, _)| **r != id).map(|(r, a)| (*r, *a)).collect();
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_IN_FLIGHT_MAX);
     let transport = transport::start(
         TransportConfig {
@@ -333,14 +299,14 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(
         peer_connections: BTreeSet::new(),
     };
     let addr = actor.start();
-    forward(inbound_rx, verifier.clone(), addr.clone().recipient());
-    Ok(ReplicaHandle {
-        id,
-        addr,
-        transport,
-        verifier,
-    })
+    forward(inbound_rx, verifier.clone(), addr.clone().recipient(), None);
+    Ok(ReplicaHandle { id, addr, transport, verifier })
 }
+
+/// Decides, before verification, whether an inbound message is still of any use (a
+/// client drops replies to requests that already completed without paying for their
+/// signatures).
+pub(crate) type MessageFilter = Arc<dyn Fn(&bulwark_framework::Message) -> bool + Send + Sync>;
 
 /// Moves inbound messages through the verifier pool to `target`, at most
 /// `INBOUND_IN_FLIGHT_MAX` at a time.
@@ -348,14 +314,14 @@ pub(crate) fn forward(
     mut inbound: mpsc::Receiver<Inbound>,
     verifier: VerifierPool,
     target: Recipient<Deliver>,
+    wanted: Option<MessageFilter>,
 ) {
     let permits = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT_MAX));
     actix::spawn(async move {
-        while let Some(Inbound {
-            connection,
-            message,
-        }) = inbound.recv().await
-        {
+        while let Some(Inbound { connection, message }) = inbound.recv().await {
+            if wanted.as_ref().is_some_and(|wanted| !wanted(&message)) {
+                continue;
+            }
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
@@ -363,12 +329,7 @@ pub(crate) fn forward(
             let target = target.clone();
             actix::spawn(async move {
                 if let Ok(Ok(message)) = verifier.send(Verify(message)).await {
-                    let _ = target
-                        .send(Deliver {
-                            message,
-                            connection,
-                        })
-                        .await;
+                    let _ = target.send(Deliver { message, connection }).await;
                 }
                 drop(permit);
             });

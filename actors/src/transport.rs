@@ -142,9 +142,7 @@ impl TransportConfig {
             return invalid("send_queue_frames_max must be at least 1");
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
-            return invalid(
-                "reconnect delays must satisfy 1 <= reconnect_min_ms <= reconnect_max_ms",
-            );
+            return invalid("reconnect delays must satisfy 1 <= reconnect_min_ms <= reconnect_max_ms");
         }
         Ok(())
     }
@@ -213,9 +211,7 @@ fn bump(counter: &AtomicU64, by: u64) {
 /// Locks a mutex, ignoring poisoning: the data guarded here (counters, a routing table)
 /// stays consistent even if a holder panicked, and the transport must not panic in turn.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Counters {
@@ -306,10 +302,7 @@ impl fmt::Debug for TransportHandle {
 /// Must be called within a tokio runtime (multi-thread, or current-thread as in an actix
 /// `Arbiter`); all tasks are spawned with `tokio::spawn`. Fails if the configuration is
 /// invalid or the listen address cannot be bound.
-pub async fn start(
-    config: TransportConfig,
-    inbound: mpsc::Sender<Inbound>,
-) -> io::Result<TransportHandle> {
+pub async fn start(config: TransportConfig, inbound: mpsc::Sender<Inbound>) -> io::Result<TransportHandle> {
     config.validate()?;
     let listener = match config.listen {
         Some(address) => Some(TcpListener::bind(address).await?),
@@ -337,26 +330,12 @@ pub async fn start(
     for (&replica, &address) in &config.peers {
         let (sender, queue) = mpsc::channel(config.send_queue_frames_max);
         links.insert(replica, sender.clone());
-        tokio::spawn(run_link(
-            replica,
-            address,
-            sender,
-            queue,
-            backoff,
-            context.clone(),
-        ));
+        tokio::spawn(run_link(replica, address, sender, queue, backoff, context.clone()));
     }
     if let Some(listener) = listener {
         tokio::spawn(run_listener(listener, context.clone()));
     }
-    Ok(TransportHandle {
-        shared: Arc::new(Shared {
-            local_addr,
-            links,
-            context,
-            shutdown,
-        }),
-    })
+    Ok(TransportHandle { shared: Arc::new(Shared { local_addr, links, context, shutdown }) })
 }
 
 impl TransportHandle {
@@ -418,11 +397,7 @@ impl TransportHandle {
         let limit = self.shared.context.frame_bytes_max;
         if frame.len() <= FRAME_HEADER_BYTES || frame.len() - FRAME_HEADER_BYTES > limit {
             bump(&self.shared.context.counters.dropped_oversized, 1);
-            tracing::warn!(
-                bytes = frame.len(),
-                limit,
-                "dropping a frame that is empty or exceeds frame_bytes_max"
-            );
+            tracing::warn!(bytes = frame.len(), limit, "dropping a frame that is empty or exceeds frame_bytes_max");
             return false;
         }
         true
@@ -486,8 +461,7 @@ async fn run_link(
             Ok(Ok(stream)) => {
                 tracing::debug!(%replica, %address, "link connected");
                 delay = backoff.min;
-                let end =
-                    run_connection(stream, address, &mut queue, sender.clone(), &context).await;
+                let end = run_connection(stream, address, &mut queue, sender.clone(), &context).await;
                 match end {
                     ConnectionEnd::Shutdown | ConnectionEnd::QueueClosed => return,
                     ConnectionEnd::ReaderStopped => {
@@ -617,9 +591,7 @@ async fn write_frames(
                 batch.extend_from_slice(&first);
                 batch.extend_from_slice(&second);
                 frames += 1;
-                while (frames as usize) < context.send_queue_frames_max
-                    && batch.len() < WRITE_BATCH_BYTES
-                {
+                while (frames as usize) < context.send_queue_frames_max && batch.len() < WRITE_BATCH_BYTES {
                     match queue.try_recv() {
                         Ok(frame) => {
                             batch.extend_from_slice(&frame);
@@ -663,12 +635,7 @@ enum ReadEnd {
 
 /// Reads frames from one connection and delivers them to `inbound` until the connection
 /// ends; on bad input, counts and logs the refusal (the caller then closes the connection).
-async fn read_connection(
-    read_half: OwnedReadHalf,
-    id: ConnectionId,
-    peer: SocketAddr,
-    context: &Context,
-) {
+async fn read_connection(read_half: OwnedReadHalf, id: ConnectionId, peer: SocketAddr, context: &Context) {
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     match read_frames(&mut reader, id, context).await {
         ReadEnd::Closed => tracing::debug!(%peer, connection = %id, "connection closed by peer"),
@@ -686,11 +653,7 @@ async fn read_connection(
 }
 
 /// The read loop proper: header, length check, body, decode, deliver.
-async fn read_frames<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    id: ConnectionId,
-    context: &Context,
-) -> ReadEnd {
+async fn read_frames<R: AsyncRead + Unpin>(reader: &mut R, id: ConnectionId, context: &Context) -> ReadEnd {
     let mut body: Vec<u8> = Vec::new();
     loop {
         let mut header = [0u8; FRAME_HEADER_BYTES];
@@ -710,12 +673,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
         body.resize(length, 0);
         match read_full(reader, &mut body).await {
             Ok(read) if read == length => {}
-            Ok(read) => {
-                return ReadEnd::BadInput(truncated(
-                    FRAME_HEADER_BYTES + read,
-                    FRAME_HEADER_BYTES + length,
-                ))
-            }
+            Ok(read) => return ReadEnd::BadInput(truncated(FRAME_HEADER_BYTES + read, FRAME_HEADER_BYTES + length)),
             Err(error) => return ReadEnd::Failed(error),
         }
         let message = match wire::decode(&body, context.frame_bytes_max) {
@@ -723,19 +681,10 @@ async fn read_frames<R: AsyncRead + Unpin>(
             Err(error) => return ReadEnd::BadInput(error),
         };
         bump(&context.counters.frames_in, 1);
-        bump(
-            &context.counters.bytes_in,
-            (FRAME_HEADER_BYTES + length) as u64,
-        );
+        bump(&context.counters.bytes_in, (FRAME_HEADER_BYTES + length) as u64);
         // Awaiting here is the backpressure: no more is read from this connection until
         // the consumer has room.
-        let delivered = context
-            .inbound
-            .send(Inbound {
-                connection: id,
-                message,
-            })
-            .await;
+        let delivered = context.inbound.send(Inbound { connection: id, message }).await;
         if delivered.is_err() {
             return ReadEnd::InboundClosed;
         }
@@ -749,9 +698,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
 /// A frame cut short by the end of the stream. A crashed peer can do this too, but the
 /// bytes still are not a frame, so it is counted with the malformed ones.
 fn truncated(read: usize, expected: usize) -> WireError {
-    WireError::Malformed(format!(
-        "stream ended after {read} of {expected} bytes of a frame"
-    ))
+    WireError::Malformed(format!("stream ended after {read} of {expected} bytes of a frame"))
 }
 
 /// Reads until `buffer` is full or the stream ends; returns the number of bytes read
@@ -791,12 +738,8 @@ mod tests {
     }
 
     fn prepare(seq: u64) -> Message {
-        let payload = Prepare {
-            view: View(0),
-            seq: SeqNum(seq),
-            digest: Digest::of(&seq.to_le_bytes()),
-            replica: ReplicaId(0),
-        };
+        let payload =
+            Prepare { view: View(0), seq: SeqNum(seq), digest: Digest::of(&seq.to_le_bytes()), replica: ReplicaId(0) };
         Message::Prepare(Signed::sign(payload, key()).expect("signing a prepare"))
     }
 
@@ -886,10 +829,7 @@ mod tests {
             eventually(|| a.stats().frames_out == 1000).await;
             let a_stats = a.stats();
             assert_eq!(a_stats.dropped_queue_full, 0);
-            assert_eq!(
-                a_stats.bytes_out,
-                sent.iter().map(|m| frame(m).len() as u64).sum()
-            );
+            assert_eq!(a_stats.bytes_out, sent.iter().map(|m| frame(m).len() as u64).sum());
             let b_stats = b.stats();
             assert_eq!(b_stats.frames_in, 1000);
             assert_eq!(b_stats.bytes_in, a_stats.bytes_out);
@@ -973,9 +913,7 @@ mod tests {
                 let (sender, receiver) = mpsc::channel(64);
                 match start(again, sender).await {
                     Ok(handle) => break (handle, receiver),
-                    Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
-                        sleep(Duration::from_millis(10)).await
-                    }
+                    Err(error) if error.kind() == io::ErrorKind::AddrInUse => sleep(Duration::from_millis(10)).await,
                     Err(error) => panic!("restarting b: {error}"),
                 }
             };
@@ -994,10 +932,7 @@ mod tests {
                 }
             }
             assert!(kept.len() <= bound, "kept {kept:?}");
-            assert!(
-                kept.windows(2).all(|pair| pair[0] < pair[1]),
-                "kept {kept:?}"
-            );
+            assert!(kept.windows(2).all(|pair| pair[0] < pair[1]), "kept {kept:?}");
             assert!(a.stats().reconnects >= 1);
             a.shutdown();
             b2.shutdown();
@@ -1065,13 +1000,9 @@ mod tests {
             .expect("the transport closes a connection that sent bad input");
         match read {
             Ok(0) => {}
-            Err(error) => assert!(
-                matches!(
-                    error.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                ),
-                "{error}"
-            ),
+            Err(error) => {
+                assert!(matches!(error.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe), "{error}")
+            }
             Ok(read) => panic!("unexpected {read} bytes from the transport"),
         }
     }
@@ -1114,9 +1045,7 @@ mod tests {
             // Half a frame, then end of stream.
             let whole = frame(&prepare(2));
             let mut half = TcpStream::connect(b_addr).await.expect("connecting");
-            half.write_all(&whole[..whole.len() / 2])
-                .await
-                .expect("writing");
+            half.write_all(&whole[..whole.len() / 2]).await.expect("writing");
             half.shutdown().await.expect("half-closing");
             assert_closed_by_peer(&mut half).await;
             assert_eq!(b.stats().refused.get(RefusalKind::Malformed), 2);
@@ -1131,10 +1060,7 @@ mod tests {
             // A valid frame (delivered), then garbage (closes the connection).
             let mut mixed = TcpStream::connect(b_addr).await.expect("connecting");
             mixed.write_all(&frame(&prepare(3))).await.expect("writing");
-            mixed
-                .write_all(&[0, 0, 0, 3, 1, 2, 3])
-                .await
-                .expect("writing");
+            mixed.write_all(&[0, 0, 0, 3, 1, 2, 3]).await.expect("writing");
             let delivered = recv(&mut b_in).await;
             assert_eq!(delivered.message, prepare(3));
             assert_closed_by_peer(&mut mixed).await;
@@ -1146,10 +1072,7 @@ mod tests {
             // Random bytes: oversized, malformed or truncated, but refused either way.
             for seed in 1..=8u64 {
                 let mut random = TcpStream::connect(b_addr).await.expect("connecting");
-                random
-                    .write_all(&noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), 512))
-                    .await
-                    .expect("writing");
+                random.write_all(&noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), 512)).await.expect("writing");
                 // The transport may already have closed; a failed half-close is fine.
                 let _ = random.shutdown().await;
                 assert_closed_by_peer(&mut random).await;
@@ -1256,31 +1179,19 @@ mod tests {
         let (sender, _receiver) = mpsc::channel(1);
         let mut zero_queue = config(true, &[], 0);
         assert_eq!(
-            start(zero_queue.clone(), sender.clone())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.kind()),
+            start(zero_queue.clone(), sender.clone()).await.map(|_| ()).map_err(|e| e.kind()),
             Err(io::ErrorKind::InvalidInput)
         );
         zero_queue.send_queue_frames_max = 1;
         zero_queue.reconnect_min_ms = 500;
         zero_queue.reconnect_max_ms = 100;
-        assert_eq!(
-            start(zero_queue, sender)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.kind()),
-            Err(io::ErrorKind::InvalidInput)
-        );
+        assert_eq!(start(zero_queue, sender).await.map(|_| ()).map_err(|e| e.kind()), Err(io::ErrorKind::InvalidInput));
     }
 
     /// The actix runtime: a current-thread tokio runtime driving a `LocalSet`.
     #[test]
     fn works_on_a_current_thread_runtime_with_a_local_set() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("building a runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building a runtime");
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async {
             with_timeout(async {

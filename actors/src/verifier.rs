@@ -60,10 +60,8 @@ impl VerifierPool {
     pub fn start(threads: usize, config: Arc<ClusterConfig>) -> Self {
         let refused = Arc::new(Mutex::new(RefusalCounts::default()));
         let shared = refused.clone();
-        let addr = SyncArbiter::start(threads.max(1), move || Verifier {
-            config: config.clone(),
-            refused: shared.clone(),
-        });
+        let addr =
+            SyncArbiter::start(threads.max(1), move || Verifier { config: config.clone(), refused: shared.clone() });
         VerifierPool { addr, refused }
     }
 
@@ -75,7 +73,5 @@ impl VerifierPool {
 
 /// Threads to verify with: one per core, as reported by the OS.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }

@@ -2,8 +2,7 @@
 //! and the field for each way a file can be broken.
 
 use bulwark_actors::config::{
-    key_path, keygen, load_replica_key, ClusterFile, ConfigFileError, Keygen, ReplicaEntry,
-    CLUSTER_FILE_NAME,
+    key_path, keygen, load_replica_key, ClusterFile, ConfigFileError, Keygen, ReplicaEntry, CLUSTER_FILE_NAME,
 };
 use bulwark_crypto::KeyPair;
 use bulwark_framework::{ProtocolParams, ReplicaId};
@@ -43,10 +42,7 @@ fn expect_error(text: &str, parts: &[&str]) -> String {
     let err = parse(text).expect_err("the broken file was accepted");
     let message = err.to_string();
     for part in parts {
-        assert!(
-            message.contains(part),
-            "error {message:?} does not contain {part:?}"
-        );
+        assert!(message.contains(part), "error {message:?} does not contain {part:?}");
     }
     assert!(!message.contains('\n'), "multi-line error: {message:?}");
     message
@@ -56,23 +52,14 @@ fn expect_error(text: &str, parts: &[&str]) -> String {
 fn keygen_then_load_round_trips_for_4_and_7_replicas() {
     for (n, f, quorum) in [(4usize, 1usize, 3usize), (7, 2, 5)] {
         let dir = tempfile::tempdir().unwrap();
-        let spec = Keygen {
-            replicas: n,
-            base_port: 9100,
-            ..Keygen::default()
-        };
+        let spec = Keygen { replicas: n, base_port: 9100, ..Keygen::default() };
         let generated = keygen(&spec, dir.path(), &mut rng()).unwrap();
         let path = dir.path().join(CLUSTER_FILE_NAME);
         let loaded = ClusterFile::load(&path).unwrap();
         assert_eq!(loaded, generated);
 
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            text.starts_with(&format!(
-                "# Bulwark cluster: {n} replicas, tolerates f = {f} Byzantine\n"
-            )),
-            "{text}"
-        );
+        assert!(text.starts_with(&format!("# Bulwark cluster: {n} replicas, tolerates f = {f} Byzantine\n")), "{text}");
 
         let cluster = loaded.cluster().unwrap();
         assert_eq!((cluster.n(), cluster.f(), cluster.quorum()), (n, f, quorum));
@@ -86,61 +73,31 @@ fn keygen_then_load_round_trips_for_4_and_7_replicas() {
         let addresses = loaded.addresses();
         assert_eq!(addresses.len(), n);
         for (id, address) in addresses {
-            assert_eq!(
-                address,
-                format!("127.0.0.1:{}", 9100 + id.0).parse().unwrap()
-            );
+            assert_eq!(address, format!("127.0.0.1:{}", 9100 + id.0).parse().unwrap());
         }
     }
 }
 
 #[test]
 fn key_path_is_replica_id_dot_key() {
-    assert_eq!(
-        key_path(Path::new("/etc/bulwark"), ReplicaId(3)),
-        Path::new("/etc/bulwark/replica-3.key")
-    );
+    assert_eq!(key_path(Path::new("/etc/bulwark"), ReplicaId(3)), Path::new("/etc/bulwark/replica-3.key"));
 }
 
 #[test]
 fn keygen_hosts_one_for_all_or_one_per_replica() {
     let dir = tempfile::tempdir().unwrap();
-    let one = Keygen {
-        hosts: vec!["10.0.0.9".into()],
-        ..Keygen::default()
-    };
+    let one = Keygen { hosts: vec!["10.0.0.9".into()], ..Keygen::default() };
     let file = keygen(&one, &dir.path().join("one"), &mut rng()).unwrap();
     let shown: Vec<String> = file.addresses().values().map(|a| a.to_string()).collect();
-    assert_eq!(
-        shown,
-        [
-            "10.0.0.9:7000",
-            "10.0.0.9:7001",
-            "10.0.0.9:7002",
-            "10.0.0.9:7003"
-        ]
-    );
+    assert_eq!(shown, ["10.0.0.9:7000", "10.0.0.9:7001", "10.0.0.9:7002", "10.0.0.9:7003"]);
 
     let each = Keygen {
-        hosts: vec![
-            "10.0.0.1".into(),
-            "10.0.0.2".into(),
-            "::1".into(),
-            "10.0.0.4".into(),
-        ],
+        hosts: vec!["10.0.0.1".into(), "10.0.0.2".into(), "::1".into(), "10.0.0.4".into()],
         ..Keygen::default()
     };
     let file = keygen(&each, &dir.path().join("each"), &mut rng()).unwrap();
     let shown: Vec<String> = file.addresses().values().map(|a| a.to_string()).collect();
-    assert_eq!(
-        shown,
-        [
-            "10.0.0.1:7000",
-            "10.0.0.2:7001",
-            "[::1]:7002",
-            "10.0.0.4:7003"
-        ]
-    );
+    assert_eq!(shown, ["10.0.0.1:7000", "10.0.0.2:7001", "[::1]:7002", "10.0.0.4:7003"]);
     // The IPv6 address survives the file.
     let loaded = ClusterFile::load(&dir.path().join("each").join(CLUSTER_FILE_NAME)).unwrap();
     assert_eq!(loaded, file);
@@ -151,40 +108,18 @@ fn keygen_refuses_a_wrong_spec() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(Keygen, &str)> = vec![
         (
-            Keygen {
-                hosts: vec!["10.0.0.1".into(), "10.0.0.2".into()],
-                ..Keygen::default()
-            },
+            Keygen { hosts: vec!["10.0.0.1".into(), "10.0.0.2".into()], ..Keygen::default() },
             "keygen: hosts: expected one host for all replicas or one per replica (4), got 2",
         ),
         (
-            Keygen {
-                hosts: vec!["example.com".into()],
-                ..Keygen::default()
-            },
+            Keygen { hosts: vec!["example.com".into()], ..Keygen::default() },
             "keygen: hosts: \"example.com\" is not an IP address",
         ),
+        (Keygen { replicas: 3, ..Keygen::default() }, "keygen: replicas: a BFT cluster needs at least 4 replicas"),
+        (Keygen { base_port: 65534, ..Keygen::default() }, "keygen: base_port:"),
         (
             Keygen {
-                replicas: 3,
-                ..Keygen::default()
-            },
-            "keygen: replicas: a BFT cluster needs at least 4 replicas",
-        ),
-        (
-            Keygen {
-                base_port: 65534,
-                ..Keygen::default()
-            },
-            "keygen: base_port:",
-        ),
-        (
-            Keygen {
-                params: ProtocolParams {
-                    checkpoint_interval: 100,
-                    watermark_window: 250,
-                    ..ProtocolParams::default()
-                },
+                params: ProtocolParams { checkpoint_interval: 100, watermark_window: 250, ..ProtocolParams::default() },
                 ..Keygen::default()
             },
             "keygen: params.watermark_window: must be a multiple of checkpoint_interval",
@@ -204,12 +139,7 @@ fn keygen_never_overwrites() {
     let first = keygen(&Keygen::default(), dir.path(), &mut rng()).unwrap();
 
     // A second run over the same directory is refused and changes nothing.
-    let err = keygen(
-        &Keygen::default(),
-        dir.path(),
-        &mut ChaCha20Rng::seed_from_u64(8),
-    )
-    .unwrap_err();
+    let err = keygen(&Keygen::default(), dir.path(), &mut ChaCha20Rng::seed_from_u64(8)).unwrap_err();
     assert!(matches!(err, ConfigFileError::Exists { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("cluster.toml"), "{message}");
@@ -221,17 +151,12 @@ fn keygen_never_overwrites() {
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(key_path(&other, ReplicaId(2)), "precious").unwrap();
-    let message = keygen(&Keygen::default(), &other, &mut rng())
-        .unwrap_err()
-        .to_string();
+    let message = keygen(&Keygen::default(), &other, &mut rng()).unwrap_err().to_string();
     assert!(message.contains("replica-2.key"), "{message}");
     assert!(message.contains("already exists"), "{message}");
     assert!(!other.join(CLUSTER_FILE_NAME).exists());
     assert!(!key_path(&other, ReplicaId(0)).exists());
-    assert_eq!(
-        std::fs::read_to_string(key_path(&other, ReplicaId(2))).unwrap(),
-        "precious"
-    );
+    assert_eq!(std::fs::read_to_string(key_path(&other, ReplicaId(2))).unwrap(), "precious");
 }
 
 #[test]
@@ -249,8 +174,7 @@ fn replica_key_loads_for_its_own_id_only() {
     keygen(&Keygen::default(), dir.path(), &mut rng()).unwrap();
     let cluster = ClusterFile::load(&dir.path().join(CLUSTER_FILE_NAME)).unwrap();
 
-    let key =
-        load_replica_key(&cluster, ReplicaId(2), &key_path(dir.path(), ReplicaId(2))).unwrap();
+    let key = load_replica_key(&cluster, ReplicaId(2), &key_path(dir.path(), ReplicaId(2))).unwrap();
     assert_eq!(key.public(), cluster.replicas[2].public_key);
 
     let wrong = key_path(dir.path(), ReplicaId(1));
@@ -264,15 +188,11 @@ fn replica_key_loads_for_its_own_id_only() {
     assert!(message.starts_with(&expected), "{message}");
     assert!(message.contains("it is the key of replica 1"), "{message}");
 
-    let message = load_replica_key(&cluster, ReplicaId(9), &wrong)
-        .unwrap_err()
-        .to_string();
+    let message = load_replica_key(&cluster, ReplicaId(9), &wrong).unwrap_err().to_string();
     assert!(message.contains("has no replica 9"), "{message}");
 
     let absent = dir.path().join("absent.key");
-    let message = load_replica_key(&cluster, ReplicaId(0), &absent)
-        .unwrap_err()
-        .to_string();
+    let message = load_replica_key(&cluster, ReplicaId(0), &absent).unwrap_err().to_string();
     assert!(message.contains("absent.key"), "{message}");
 }
 
@@ -282,13 +202,7 @@ fn params_are_optional_and_partial() {
     assert_eq!(file.params, ProtocolParams::default());
 
     let file = parse(&file_text(4, "\n[params]\nbatch_size_max = 17\n")).unwrap();
-    assert_eq!(
-        file.params,
-        ProtocolParams {
-            batch_size_max: 17,
-            ..ProtocolParams::default()
-        }
-    );
+    assert_eq!(file.params, ProtocolParams { batch_size_max: 17, ..ProtocolParams::default() });
     assert_eq!(file.cluster().unwrap().params.batch_size_max, 17);
 }
 
@@ -306,10 +220,7 @@ fn replicas_may_be_listed_in_any_order() {
     let ids: Vec<u32> = file.replicas.iter().map(|e| e.id.0).collect();
     assert_eq!(ids, [0, 1, 2, 3]);
     let cluster = file.cluster().unwrap();
-    assert_eq!(
-        cluster.public_key(ReplicaId(2)),
-        Some(&KeyPair::from_seed([3; 32]).public())
-    );
+    assert_eq!(cluster.public_key(ReplicaId(2)), Some(&KeyPair::from_seed([3; 32]).public()));
 }
 
 #[test]
@@ -329,15 +240,9 @@ fn save_then_load_keeps_everything() {
 fn in_memory_changes_are_checked_by_cluster() {
     let mut file = parse(&file_text(4, "")).unwrap();
     let copy = file.replicas[0].clone();
-    file.replicas.push(ReplicaEntry {
-        id: ReplicaId(4),
-        ..copy
-    });
+    file.replicas.push(ReplicaEntry { id: ReplicaId(4), ..copy });
     let message = file.cluster().unwrap_err().to_string();
-    assert!(
-        message.contains("cluster.toml: replica[4].address: duplicate address"),
-        "{message}"
-    );
+    assert!(message.contains("cluster.toml: replica[4].address: duplicate address"), "{message}");
 }
 
 #[test]
@@ -355,13 +260,7 @@ fn missing_file_names_the_path() {
 fn syntax_error_gives_line_and_column() {
     let text = format!("{}\n[[replica]]\nid = \n", file_text(4, ""));
     let line = text.lines().count();
-    expect_error(
-        &text,
-        &[
-            "cluster.toml: TOML syntax error at line",
-            &format!("line {line}, column 6"),
-        ],
-    );
+    expect_error(&text, &["cluster.toml: TOML syntax error at line", &format!("line {line}, column 6")]);
 }
 
 #[test]
@@ -379,37 +278,21 @@ fn bad_public_key_is_named() {
     let not_a_point = format!("02{}", "0".repeat(62));
     assert!(bulwark_crypto::PublicKey::from_hex(&not_a_point).is_err());
     let text = file_text(4, "").replace(&public_hex(1), &not_a_point);
-    expect_error(
-        &text,
-        &["cluster.toml: replica[1].public_key: not a valid ed25519 public key"],
-    );
+    expect_error(&text, &["cluster.toml: replica[1].public_key: not a valid ed25519 public key"]);
     let text = file_text(4, "").replace(&format!("\"{}\"", public_hex(0)), "7");
-    expect_error(
-        &text,
-        &["cluster.toml: replica[0].public_key: expected a string of 64 hex digits, found integer 7"],
-    );
+    expect_error(&text, &["cluster.toml: replica[0].public_key: expected a string of 64 hex digits, found integer 7"]);
 }
 
 #[test]
 fn id_gap_is_named() {
     let text = file_text(4, "").replace("id = 3", "id = 4");
-    expect_error(
-        &text,
-        &[
-            "cluster.toml: replica ids must be 0..n without gaps",
-            "missing 3",
-            "replica[3] has id 4",
-        ],
-    );
+    expect_error(&text, &["cluster.toml: replica ids must be 0..n without gaps", "missing 3", "replica[3] has id 4"]);
 }
 
 #[test]
 fn duplicate_id_is_named() {
     let text = file_text(4, "").replace("id = 3", "id = 1");
-    expect_error(
-        &text,
-        &["cluster.toml: replica[3].id: duplicate id 1 (also the id of replica[1])"],
-    );
+    expect_error(&text, &["cluster.toml: replica[3].id: duplicate id 1 (also the id of replica[1])"]);
 }
 
 #[test]
@@ -417,22 +300,13 @@ fn bad_id_values_are_named() {
     let text = file_text(4, "").replace("id = 2", "id = -2");
     expect_error(&text, &["cluster.toml: replica[2].id: -2 is out of range"]);
     let text = file_text(4, "").replace("id = 2", "id = \"2\"");
-    expect_error(
-        &text,
-        &["cluster.toml: replica[2].id: expected an integer, found string \"2\""],
-    );
+    expect_error(&text, &["cluster.toml: replica[2].id: expected an integer, found string \"2\""]);
 }
 
 #[test]
 fn bad_address_is_named() {
     let text = file_text(4, "").replace("127.0.0.1:7001", "foo");
-    expect_error(
-        &text,
-        &[
-            "cluster.toml: replica[1].address: invalid socket address \"foo\"",
-            "(line ",
-        ],
-    );
+    expect_error(&text, &["cluster.toml: replica[1].address: invalid socket address \"foo\"", "(line "]);
 }
 
 #[test]
@@ -440,50 +314,27 @@ fn duplicate_address_is_named() {
     let text = file_text(4, "").replace("127.0.0.1:7002", "127.0.0.1:7000");
     expect_error(
         &text,
-        &[
-            "cluster.toml: replica[2].address: duplicate address 127.0.0.1:7000 \
-             (also the address of replica[0])",
-        ],
+        &["cluster.toml: replica[2].address: duplicate address 127.0.0.1:7000 \
+             (also the address of replica[0])"],
     );
 }
 
 #[test]
 fn duplicate_public_key_is_named() {
     let text = file_text(4, "").replace(&public_hex(3), &public_hex(0));
-    expect_error(
-        &text,
-        &["cluster.toml: replica[3].public_key: duplicate public key (also the key of replica[0])"],
-    );
+    expect_error(&text, &["cluster.toml: replica[3].public_key: duplicate public key (also the key of replica[0])"]);
 }
 
 #[test]
 fn too_few_replicas_is_named() {
-    expect_error(
-        &file_text(3, ""),
-        &[
-            "cluster.toml: replica: a BFT cluster needs at least 4 replicas",
-            "lists 3",
-        ],
-    );
-    expect_error(
-        "",
-        &[
-            "cluster.toml: replica: a BFT cluster needs at least 4 replicas",
-            "lists 0",
-        ],
-    );
+    expect_error(&file_text(3, ""), &["cluster.toml: replica: a BFT cluster needs at least 4 replicas", "lists 3"]);
+    expect_error("", &["cluster.toml: replica: a BFT cluster needs at least 4 replicas", "lists 0"]);
 }
 
 #[test]
 fn missing_field_is_named() {
     let text = file_text(4, "").replace(&format!("public_key = \"{}\"\n", public_hex(0)), "");
-    expect_error(
-        &text,
-        &[
-            "cluster.toml: replica[0].public_key: required field is missing",
-            "(line 3, column 1)",
-        ],
-    );
+    expect_error(&text, &["cluster.toml: replica[0].public_key: required field is missing", "(line 3, column 1)"]);
 }
 
 #[test]
@@ -491,54 +342,30 @@ fn unknown_fields_are_named_with_their_line() {
     // In a replica table.
     let text = file_text(4, "").replace("id = 1\n", "id = 1\nport = 7001\n");
     let line = text.lines().position(|l| l == "port = 7001").unwrap() + 1;
-    expect_error(
-        &text,
-        &[
-            "cluster.toml: replica[1].port: unknown field `port`",
-            &format!("(line {line}, column 8)"),
-        ],
-    );
+    expect_error(&text, &["cluster.toml: replica[1].port: unknown field `port`", &format!("(line {line}, column 8)")]);
     // At the top level (`replicas` for `replica`).
     let text = file_text(4, "").replace("[[replica]]", "[[replicas]]");
-    expect_error(
-        &text,
-        &[
-            "cluster.toml: replicas: unknown field `replicas`",
-            "line 3, column",
-        ],
-    );
+    expect_error(&text, &["cluster.toml: replicas: unknown field `replicas`", "line 3, column"]);
     // In [params].
     let text = file_text(4, "\n[params]\nbatch_size = 3\n");
     let line = text.lines().count();
     expect_error(
         &text,
-        &[
-            "cluster.toml: params.batch_size: unknown field `batch_size`",
-            &format!("(line {line}, column 14)"),
-        ],
+        &["cluster.toml: params.batch_size: unknown field `batch_size`", &format!("(line {line}, column 14)")],
     );
 }
 
 #[test]
 fn mistyped_params_are_named() {
     let text = file_text(4, "\n[params]\nbatch_size_max = \"many\"\n");
-    expect_error(
-        &text,
-        &["cluster.toml: params.batch_size_max: invalid type: string \"many\""],
-    );
+    expect_error(&text, &["cluster.toml: params.batch_size_max: invalid type: string \"many\""]);
     let text = file_text(4, "\n[params]\nclient_window = -1\n");
-    expect_error(
-        &text,
-        &["cluster.toml: params.client_window: invalid value"],
-    );
+    expect_error(&text, &["cluster.toml: params.client_window: invalid value"]);
 }
 
 #[test]
 fn invalid_params_are_named() {
-    let text = file_text(
-        4,
-        "\n[params]\ncheckpoint_interval = 100\nwatermark_window = 250\n",
-    );
+    let text = file_text(4, "\n[params]\ncheckpoint_interval = 100\nwatermark_window = 250\n");
     let line = text.lines().count();
     expect_error(
         &text,
@@ -548,29 +375,17 @@ fn invalid_params_are_named() {
         ],
     );
     let text = file_text(4, "\n[params]\nbatch_size_max = 0\n");
-    expect_error(
-        &text,
-        &["cluster.toml: params.batch_size_max: must be at least 1"],
-    );
+    expect_error(&text, &["cluster.toml: params.batch_size_max: must be at least 1"]);
 }
 
 #[test]
 fn misshapen_tables_are_named() {
-    expect_error(
-        "replica = 5\n",
-        &["cluster.toml: replica: invalid type", "line 1, column 11"],
-    );
-    expect_error(
-        "replica = [1]\n",
-        &["cluster.toml: replica[0]: invalid type", "line 1"],
-    );
+    expect_error("replica = 5\n", &["cluster.toml: replica: invalid type", "line 1, column 11"]);
+    expect_error("replica = [1]\n", &["cluster.toml: replica[0]: invalid type", "line 1"]);
     expect_error(
         &format!("params = 3\n{}", file_text(4, "")),
         &["cluster.toml: params: invalid type", "line 1, column 10"],
     );
     // After a [[replica]] header, the same line belongs to that replica's table.
-    expect_error(
-        &file_text(4, "params = 3\n"),
-        &["cluster.toml: replica[3].params: unknown field `params`"],
-    );
+    expect_error(&file_text(4, "params = 3\n"), &["cluster.toml: replica[3].params: unknown field `params`"]);
 }

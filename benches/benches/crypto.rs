@@ -29,9 +29,7 @@ fn sign_and_verify(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("ed25519");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("sign/prepare", |b| {
-        b.iter(|| Signed::sign(black_box(payload), key).unwrap())
-    });
+    group.bench_function("sign/prepare", |b| b.iter(|| Signed::sign(black_box(payload), key).unwrap()));
     group.bench_function("verify/prepare", |b| {
         // Cloning a signed prepare is a copy of about 150 bytes, noise next to a verify.
         b.iter(|| black_box(&signed).clone().verify(&public).unwrap())
@@ -52,12 +50,7 @@ fn batch_verification(c: &mut Criterion) {
             group.bench_function(format!("one_by_one/{count}"), |b| {
                 b.iter_batched(
                     || items.clone(),
-                    |items| {
-                        items
-                            .into_iter()
-                            .map(|(signed, key)| signed.verify(&key).unwrap())
-                            .collect::<Vec<_>>()
-                    },
+                    |items| items.into_iter().map(|(signed, key)| signed.verify(&key).unwrap()).collect::<Vec<_>>(),
                     BatchSize::LargeInput,
                 )
             });

@@ -23,24 +23,14 @@ const SEED: u64 = 1;
 fn rounds(c: &mut Criterion) {
     let mut group = c.benchmark_group("round");
     // (name, clients, requests per client)
-    for (name, clients, per_client) in [
-        ("1_request", 1usize, 1u64),
-        ("64_requests_4_clients", 4, 16),
-    ] {
+    for (name, clients, per_client) in [("1_request", 1usize, 1u64), ("64_requests_4_clients", 4, 16)] {
         let requests = clients as u64 * per_client;
         group.throughput(Throughput::Elements(requests));
         for wire_roundtrip in [false, true] {
             let report = kv_simulation(SEED, clients, per_client, wire_roundtrip).run();
-            assert!(
-                report.violations.is_empty() && report.converged(),
-                "{report}"
-            );
+            assert!(report.violations.is_empty() && report.converged(), "{report}");
             assert_eq!(report.requests_completed, requests);
-            let id = if wire_roundtrip {
-                format!("{name}/wire")
-            } else {
-                name.to_owned()
-            };
+            let id = if wire_roundtrip { format!("{name}/wire") } else { name.to_owned() };
             group.bench_function(id, |b| {
                 b.iter_batched(
                     || kv_simulation(SEED, clients, per_client, wire_roundtrip),

@@ -18,26 +18,11 @@ fn config() -> Criterion {
 fn messages(fixture: &Fixture) -> Vec<(&'static str, Message)> {
     let client = client_key(0);
     vec![
-        (
-            "request/0B",
-            Message::Request(signed_request(&client, 1, 0)),
-        ),
-        (
-            "request/512B",
-            Message::Request(signed_request(&client, 1, 512)),
-        ),
-        (
-            "request/4KiB",
-            Message::Request(signed_request(&client, 1, 4096)),
-        ),
-        (
-            "pre_prepare/16x512B",
-            fixture.pre_prepare(signed_requests(16, 512)),
-        ),
-        (
-            "pre_prepare/128x512B",
-            fixture.pre_prepare(signed_requests(128, 512)),
-        ),
+        ("request/0B", Message::Request(signed_request(&client, 1, 0))),
+        ("request/512B", Message::Request(signed_request(&client, 1, 512))),
+        ("request/4KiB", Message::Request(signed_request(&client, 1, 4096))),
+        ("pre_prepare/16x512B", fixture.pre_prepare(signed_requests(16, 512))),
+        ("pre_prepare/128x512B", fixture.pre_prepare(signed_requests(128, 512))),
         ("prepare", Message::Prepare(fixture.prepare())),
         ("commit", fixture.commit()),
         ("reply/0B", fixture.reply(0)),
@@ -55,23 +40,17 @@ fn wire(c: &mut Criterion) {
     for (name, message) in &messages {
         let bytes = encode_frame(message).expect("fixture encodes").len();
         encode.throughput(Throughput::Bytes(bytes as u64));
-        encode.bench_function(*name, |b| {
-            b.iter(|| encode_frame(black_box(message)).unwrap())
-        });
+        encode.bench_function(*name, |b| b.iter(|| encode_frame(black_box(message)).unwrap()));
     }
     encode.finish();
 
     let mut decode = c.benchmark_group("decode");
     for (name, message) in &messages {
         let frame = encode_frame(message).expect("fixture encodes");
-        let (decoded, _) = decode_frame(&frame, limit)
-            .expect("fixture decodes")
-            .expect("frame is complete");
+        let (decoded, _) = decode_frame(&frame, limit).expect("fixture decodes").expect("frame is complete");
         assert_eq!(&decoded, message, "{name} does not round-trip");
         decode.throughput(Throughput::Bytes(frame.len() as u64));
-        decode.bench_function(*name, |b| {
-            b.iter(|| decode_frame(black_box(&frame), limit).unwrap())
-        });
+        decode.bench_function(*name, |b| b.iter(|| decode_frame(black_box(&frame), limit).unwrap()));
     }
     decode.finish();
 }

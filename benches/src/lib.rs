@@ -13,13 +13,9 @@
 
 use bulwark_crypto::{signing_digest, KeyPair, PublicKey, Signed};
 use bulwark_examples::kv::{KvOp, KvStore};
-use bulwark_framework::messages::{
-    batch_digest, Checkpoint, Commit, Message, PrePrepare, Prepare, Reply, Request,
-};
+use bulwark_framework::messages::{batch_digest, Checkpoint, Commit, Message, PrePrepare, Prepare, Reply, Request};
 use bulwark_framework::sim::{SimConfig, Simulation};
-use bulwark_framework::{
-    ClientId, ClusterConfig, ProtocolParams, ReplicaId, SeqNum, Timestamp, View,
-};
+use bulwark_framework::{ClientId, ClusterConfig, ProtocolParams, ReplicaId, SeqNum, Timestamp, View};
 
 /// Replicas in the benchmark cluster (`n = 3f + 1` with `f = 1`).
 pub const REPLICAS: usize = 4;
@@ -61,9 +57,7 @@ pub fn signed_request(client: &KeyPair, timestamp: u64, operation_bytes: usize) 
 /// `count` requests of `operation_bytes` bytes each, from `count` distinct clients, as a
 /// primary would batch them.
 pub fn signed_requests(count: usize, operation_bytes: usize) -> Vec<Signed<Request>> {
-    (0..count)
-        .map(|i| signed_request(&client_key(i), 1, operation_bytes))
-        .collect()
+    (0..count).map(|i| signed_request(&client_key(i), 1, operation_bytes)).collect()
 }
 
 /// Pairs each request with the key that should have signed it, the input of
@@ -72,11 +66,7 @@ pub fn with_client_keys(requests: Vec<Signed<Request>>) -> Vec<(Signed<Request>,
     requests
         .into_iter()
         .map(|request| {
-            let key = request
-                .payload
-                .client_key
-                .to_public_key()
-                .expect("fixture keys are valid points");
+            let key = request.payload.client_key.to_public_key().expect("fixture keys are valid points");
             (request, key)
         })
         .collect()
@@ -100,12 +90,8 @@ impl Fixture {
     pub fn new() -> Self {
         let replica_keys: Vec<KeyPair> = (0..REPLICAS).map(replica_key).collect();
         let members = replica_keys.iter().map(KeyPair::public).collect();
-        let config = ClusterConfig::new(members, ProtocolParams::default())
-            .expect("valid benchmark cluster");
-        Fixture {
-            replica_keys,
-            config,
-        }
+        let config = ClusterConfig::new(members, ProtocolParams::default()).expect("valid benchmark cluster");
+        Fixture { replica_keys, config }
     }
 
     /// The largest frame a replica accepts, the `limit` of `decode_frame`.
@@ -120,15 +106,8 @@ impl Fixture {
     /// A pre-prepare for `requests` at ([`VIEW`], [`SEQ`]), signed by the primary, with
     /// the batch digest that verification expects.
     pub fn pre_prepare(&self, requests: Vec<Signed<Request>>) -> Message {
-        let digests: Vec<_> = requests
-            .iter()
-            .map(|r| signing_digest(&r.payload).expect("a request encodes"))
-            .collect();
-        let payload = PrePrepare {
-            view: VIEW,
-            seq: SEQ,
-            digest: batch_digest(digests.iter()),
-        };
+        let digests: Vec<_> = requests.iter().map(|r| signing_digest(&r.payload).expect("a request encodes")).collect();
+        let payload = PrePrepare { view: VIEW, seq: SEQ, digest: batch_digest(digests.iter()) };
         let primary = self.config.primary(VIEW);
         let signed = Signed::sign(payload, self.key(primary)).expect("a pre-prepare encodes");
         Message::PrePrepare(signed, requests)
@@ -136,12 +115,7 @@ impl Fixture {
 
     /// The unsigned prepare replica 1 sends for the fixture slot.
     pub fn prepare_payload(&self) -> Prepare {
-        Prepare {
-            view: VIEW,
-            seq: SEQ,
-            digest: bulwark_crypto::Digest::of(b"batch"),
-            replica: ReplicaId(1),
-        }
+        Prepare { view: VIEW, seq: SEQ, digest: bulwark_crypto::Digest::of(b"batch"), replica: ReplicaId(1) }
     }
 
     /// Replica 1's prepare, signed.
@@ -152,12 +126,8 @@ impl Fixture {
 
     /// Replica 2's commit, signed.
     pub fn commit(&self) -> Message {
-        let payload = Commit {
-            view: VIEW,
-            seq: SEQ,
-            digest: bulwark_crypto::Digest::of(b"batch"),
-            replica: ReplicaId(2),
-        };
+        let payload =
+            Commit { view: VIEW, seq: SEQ, digest: bulwark_crypto::Digest::of(b"batch"), replica: ReplicaId(2) };
         Message::Commit(Signed::sign(payload, self.key(payload.replica)).expect("a commit encodes"))
     }
 
@@ -176,26 +146,16 @@ impl Fixture {
 
     /// Replica 1's checkpoint, signed.
     pub fn checkpoint(&self) -> Message {
-        let payload = Checkpoint {
-            seq: SeqNum(128),
-            state_digest: bulwark_crypto::Digest::of(b"state"),
-            replica: ReplicaId(1),
-        };
-        Message::Checkpoint(
-            Signed::sign(payload, self.key(payload.replica)).expect("a checkpoint encodes"),
-        )
+        let payload =
+            Checkpoint { seq: SeqNum(128), state_digest: bulwark_crypto::Digest::of(b"state"), replica: ReplicaId(1) };
+        Message::Checkpoint(Signed::sign(payload, self.key(payload.replica)).expect("a checkpoint encodes"))
     }
 }
 
 /// A simulated 4-replica cluster running [`KvStore`]: `clients` clients each issue
 /// `requests_per_client` appends (to one of eight keys). With `wire_roundtrip` every
 /// message is also encoded, decoded and verified at its receiver, as on a real network.
-pub fn kv_simulation(
-    seed: u64,
-    clients: usize,
-    requests_per_client: u64,
-    wire_roundtrip: bool,
-) -> Simulation<KvStore> {
+pub fn kv_simulation(seed: u64, clients: usize, requests_per_client: u64, wire_roundtrip: bool) -> Simulation<KvStore> {
     let mut config = SimConfig::new(seed, REPLICAS);
     config.clients = clients;
     config.requests_per_client = requests_per_client;
@@ -226,9 +186,7 @@ mod tests {
         ];
         for message in messages {
             let frame = encode_frame(&message).unwrap();
-            let (decoded, used) = decode_frame(&frame, fixture.frame_limit())
-                .unwrap()
-                .unwrap();
+            let (decoded, used) = decode_frame(&frame, fixture.frame_limit()).unwrap().unwrap();
             assert_eq!(used, frame.len());
             assert_eq!(decoded, message);
             verify_message(decoded, &fixture.config).unwrap();
@@ -238,9 +196,6 @@ mod tests {
     #[test]
     fn one_request_simulation_converges() {
         let report = kv_simulation(1, 1, 1, true).run();
-        assert!(
-            report.violations.is_empty() && report.converged(),
-            "{report}"
-        );
+        assert!(report.violations.is_empty() && report.converged(), "{report}");
     }
 }

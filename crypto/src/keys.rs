@@ -18,16 +18,12 @@ pub struct KeyPair {
 
 impl KeyPair {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        KeyPair {
-            signing: SigningKey::generate(rng),
-        }
+        KeyPair { signing: SigningKey::generate(rng) }
     }
 
     /// A key pair from a 32-byte seed: deterministic, for simulations and tests.
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        KeyPair {
-            signing: SigningKey::from_bytes(&seed),
-        }
+        KeyPair { signing: SigningKey::from_bytes(&seed) }
     }
 
     pub fn public(&self) -> PublicKey {
@@ -42,20 +38,13 @@ impl KeyPair {
     /// Writes the secret key to `path` (hex, with a header line), readable by the owner only
     /// on Unix.
     pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
-        let text = format!(
-            "{KEY_FILE_HEADER}\n{}\n",
-            hex::encode(self.signing.to_bytes())
-        );
-        let error = |e: std::io::Error| CryptoError::KeyFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
+        let text = format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(self.signing.to_bytes()));
+        let error = |e: std::io::Error| CryptoError::KeyFile { path: path.to_path_buf(), reason: e.to_string() };
         std::fs::write(path, text).map_err(error)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(error)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
         }
         Ok(())
     }
@@ -63,10 +52,7 @@ impl KeyPair {
     /// Reads a key written by [`KeyPair::save`]. A missing, truncated or wrong-type file is
     /// refused with an error naming the file and the problem.
     pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        let error = |reason: String| CryptoError::KeyFile {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let error = |reason: String| CryptoError::KeyFile { path: path.to_path_buf(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
         let mut lines = text.lines();
         match lines.next() {
@@ -79,17 +65,12 @@ impl KeyPair {
             }
             None => return Err(error("file is empty".into())),
         }
-        let body = lines
-            .next()
-            .ok_or_else(|| error("key line is missing (truncated file?)".into()))?;
-        let bytes =
-            hex::decode(body.trim()).map_err(|e| error(format!("key line is not hex: {e}")))?;
-        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            error(format!(
-                "key is {} bytes, expected 32 (truncated file?)",
-                bytes.len()
-            ))
-        })?;
+        let body = lines.next().ok_or_else(|| error("key line is missing (truncated file?)".into()))?;
+        let bytes = hex::decode(body.trim()).map_err(|e| error(format!("key line is not hex: {e}")))?;
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| error(format!("key is {} bytes, expected 32 (truncated file?)", bytes.len())))?;
         Ok(KeyPair::from_seed(seed))
     }
 }
@@ -111,9 +92,7 @@ pub struct PublicKey(pub(crate) VerifyingKey);
 
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, CryptoError> {
-        VerifyingKey::from_bytes(bytes)
-            .map(PublicKey)
-            .map_err(|_| CryptoError::BadPublicKey)
+        VerifyingKey::from_bytes(bytes).map(PublicKey).map_err(|_| CryptoError::BadPublicKey)
     }
 
     pub fn to_bytes(&self) -> [u8; 32] {
@@ -126,18 +105,13 @@ impl PublicKey {
 
     pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
         let bytes = hex::decode(text.trim()).map_err(|_| CryptoError::BadPublicKey)?;
-        let bytes: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| CryptoError::BadPublicKey)?;
+        let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::BadPublicKey)?;
         Self::from_bytes(&bytes)
     }
 
     /// `verify_strict`: the validity rule for every signature in Bulwark.
     pub fn verify_digest(&self, digest: &Digest, signature: &Signature) -> Result<(), CryptoError> {
-        self.0
-            .verify_strict(digest.as_bytes(), &signature.0)
-            .map_err(|_| CryptoError::BadSignature)
+        self.0.verify_strict(digest.as_bytes(), &signature.0).map_err(|_| CryptoError::BadSignature)
     }
 }
 

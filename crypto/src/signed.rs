@@ -29,20 +29,14 @@ impl<T: Signable> Signed<T> {
     /// Signs `payload` with `key`.
     pub fn sign(payload: T, key: &KeyPair) -> Result<Self, CryptoError> {
         let digest = signing_digest(&payload)?;
-        Ok(Signed {
-            signature: key.sign_digest(&digest),
-            payload,
-        })
+        Ok(Signed { signature: key.sign_digest(&digest), payload })
     }
 
     /// Checks the signature against `signer` with `verify_strict`.
     pub fn verify(self, signer: &PublicKey) -> Result<Verified<T>, CryptoError> {
         let digest = signing_digest(&self.payload)?;
         signer.verify_digest(&digest, &self.signature)?;
-        Ok(Verified {
-            signed: self,
-            digest,
-        })
+        Ok(Verified { signed: self, digest })
     }
 }
 
@@ -68,10 +62,7 @@ impl<T: Signable> Verified<T> {
     pub fn sign(payload: T, key: &KeyPair) -> Result<Self, CryptoError> {
         let digest = signing_digest(&payload)?;
         let signature = key.sign_digest(&digest);
-        Ok(Verified {
-            signed: Signed { payload, signature },
-            digest,
-        })
+        Ok(Verified { signed: Signed { payload, signature }, digest })
     }
 }
 
@@ -127,24 +118,17 @@ impl<T: Serialize> Serialize for Verified<T> {
 /// batch and fail alone. Only the signer can produce such a signature (it cannot forge one
 /// for an honest key); the effect is that such a signer's message may be accepted by some
 /// replicas and not others, which the protocol already tolerates from a Byzantine sender.
-pub fn verify_batch<T: Signable>(
-    items: Vec<(Signed<T>, PublicKey)>,
-) -> Vec<Result<Verified<T>, CryptoError>> {
+pub fn verify_batch<T: Signable>(items: Vec<(Signed<T>, PublicKey)>) -> Vec<Result<Verified<T>, CryptoError>> {
     let mut digests = Vec::with_capacity(items.len());
     for (signed, _) in &items {
         digests.push(signing_digest(&signed.payload));
     }
-    let batchable = items.len() > 1
-        && digests.iter().all(|d| d.is_ok())
-        && items.iter().all(|(_, key)| !key.0.is_weak());
+    let batchable =
+        items.len() > 1 && digests.iter().all(|d| d.is_ok()) && items.iter().all(|(_, key)| !key.0.is_weak());
     if batchable {
-        let digests: Vec<Digest> = digests
-            .iter()
-            .map(|d| *d.as_ref().expect("checked above"))
-            .collect();
+        let digests: Vec<Digest> = digests.iter().map(|d| *d.as_ref().expect("checked above")).collect();
         let messages: Vec<&[u8]> = digests.iter().map(|d| &d.0[..]).collect();
-        let signatures: Vec<ed25519_dalek::Signature> =
-            items.iter().map(|(s, _)| s.signature.0).collect();
+        let signatures: Vec<ed25519_dalek::Signature> = items.iter().map(|(s, _)| s.signature.0).collect();
         let keys: Vec<ed25519_dalek::VerifyingKey> = items.iter().map(|(_, k)| k.0).collect();
         if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
             return items
@@ -199,10 +183,7 @@ mod tests {
     #[test]
     fn wrong_signer_is_refused() {
         let signed = Signed::sign(Vote { round: 3 }, &key(1)).unwrap();
-        assert!(matches!(
-            signed.verify(&key(2).public()),
-            Err(CryptoError::BadSignature)
-        ));
+        assert!(matches!(signed.verify(&key(2).public()), Err(CryptoError::BadSignature)));
     }
 
     #[test]
@@ -216,23 +197,14 @@ mod tests {
     fn a_signature_of_one_kind_does_not_verify_as_another() {
         // M1: same encoded fields, different domain.
         let vote = Signed::sign(Vote { round: 9 }, &key(1)).unwrap();
-        let forged = Signed {
-            payload: Ballot { round: 9 },
-            signature: vote.signature,
-        };
+        let forged = Signed { payload: Ballot { round: 9 }, signature: vote.signature };
         assert!(forged.verify(&key(1).public()).is_err());
     }
 
     #[test]
     fn batch_accepts_all_good_signatures() {
-        let items: Vec<_> = (1..=8u8)
-            .map(|i| {
-                (
-                    Signed::sign(Vote { round: i as u64 }, &key(i)).unwrap(),
-                    key(i).public(),
-                )
-            })
-            .collect();
+        let items: Vec<_> =
+            (1..=8u8).map(|i| (Signed::sign(Vote { round: i as u64 }, &key(i)).unwrap(), key(i).public())).collect();
         let results = verify_batch(items);
         assert_eq!(results.len(), 8);
         assert!(results.iter().all(|r| r.is_ok()));
@@ -240,14 +212,8 @@ mod tests {
 
     #[test]
     fn batch_with_one_bad_signature_attributes_it_and_keeps_the_rest() {
-        let mut items: Vec<_> = (1..=8u8)
-            .map(|i| {
-                (
-                    Signed::sign(Vote { round: i as u64 }, &key(i)).unwrap(),
-                    key(i).public(),
-                )
-            })
-            .collect();
+        let mut items: Vec<_> =
+            (1..=8u8).map(|i| (Signed::sign(Vote { round: i as u64 }, &key(i)).unwrap(), key(i).public())).collect();
         items[5].0.payload.round = 99;
         let results = verify_batch(items);
         for (index, result) in results.iter().enumerate() {
@@ -258,9 +224,6 @@ mod tests {
     #[test]
     fn verified_digest_is_the_signing_digest() {
         let verified = Verified::sign(Vote { round: 1 }, &key(1)).unwrap();
-        assert_eq!(
-            verified.digest(),
-            signing_digest(&Vote { round: 1 }).unwrap()
-        );
+        assert_eq!(verified.digest(), signing_digest(&Vote { round: 1 }).unwrap());
     }
 }

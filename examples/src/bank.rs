@@ -28,11 +28,7 @@ pub enum BankOp {
     Withdraw { account: String, amount: u64 },
     /// Moves `amount` from `from` to `to`. Answers [`BankReply::Transferred`], or
     /// [`BankReply::InsufficientFunds`] (checked first) or [`BankReply::Overflow`].
-    Transfer {
-        from: String,
-        to: String,
-        amount: u64,
-    },
+    Transfer { from: String, to: String, amount: u64 },
     /// Reads `account`'s balance. Read-only: can be answered by [`Service::query`].
     /// Answers [`BankReply::Balance`].
     Balance { account: String },
@@ -87,9 +83,7 @@ impl Bank {
     /// The sum of all balances, or `None` if it does not fit in a `u64` (each account is
     /// bounded, the total is not). Transfers never change it.
     pub fn total(&self) -> Option<u64> {
-        self.balances
-            .values()
-            .try_fold(0u64, |sum, &balance| sum.checked_add(balance))
+        self.balances.values().try_fold(0u64, |sum, &balance| sum.checked_add(balance))
     }
 
     /// Sets `account`'s balance, keeping zero balances out of the map.
@@ -130,29 +124,19 @@ impl Bank {
         // Funds are checked even for a transfer to oneself: a payment the payer could
         // not make to anyone else should not succeed just because it goes nowhere.
         let Some(new_from) = from_balance.checked_sub(amount) else {
-            return BankReply::InsufficientFunds {
-                balance: from_balance,
-            };
+            return BankReply::InsufficientFunds { balance: from_balance };
         };
         if from == to {
-            return BankReply::Transferred {
-                from_balance,
-                to_balance: from_balance,
-            };
+            return BankReply::Transferred { from_balance, to_balance: from_balance };
         }
         let to_balance = self.balance(to);
         let Some(new_to) = to_balance.checked_add(amount) else {
-            return BankReply::Overflow {
-                balance: to_balance,
-            };
+            return BankReply::Overflow { balance: to_balance };
         };
         // Both checks passed: only now change anything, so a refusal changes nothing.
         self.set(from, new_from);
         self.set(to, new_to);
-        BankReply::Transferred {
-            from_balance: new_from,
-            to_balance: new_to,
-        }
+        BankReply::Transferred { from_balance: new_from, to_balance: new_to }
     }
 }
 
@@ -184,12 +168,9 @@ impl Service for Bank {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), ServiceError> {
-        let balances: BTreeMap<String, u64> = rmp_serde::from_slice(snapshot)
-            .map_err(|e| ServiceError(format!("bank snapshot does not decode: {e}")))?;
-        if let Some(account) = balances
-            .iter()
-            .find_map(|(account, &balance)| (balance == 0).then_some(account))
-        {
+        let balances: BTreeMap<String, u64> =
+            rmp_serde::from_slice(snapshot).map_err(|e| ServiceError(format!("bank snapshot does not decode: {e}")))?;
+        if let Some(account) = balances.iter().find_map(|(account, &balance)| (balance == 0).then_some(account)) {
             return Err(ServiceError(format!(
                 "bank snapshot stores a zero balance for {account:?}; zero balances are never stored"
             )));
@@ -199,9 +180,7 @@ impl Service for Bank {
         // encodings). Then the state digest after a restore is the digest of the bytes
         // that were restored, which is what a replica fetching state checked.
         if rmp_serde::to_vec(&balances).ok().as_deref() != Some(snapshot) {
-            return Err(ServiceError(
-                "bank snapshot is not in canonical form".to_owned(),
-            ));
+            return Err(ServiceError("bank snapshot is not in canonical form".to_owned()));
         }
         self.balances = balances;
         Ok(())
@@ -214,31 +193,19 @@ mod tests {
     use proptest::prelude::*;
 
     fn deposit(account: &str, amount: u64) -> BankOp {
-        BankOp::Deposit {
-            account: account.to_owned(),
-            amount,
-        }
+        BankOp::Deposit { account: account.to_owned(), amount }
     }
 
     fn withdraw(account: &str, amount: u64) -> BankOp {
-        BankOp::Withdraw {
-            account: account.to_owned(),
-            amount,
-        }
+        BankOp::Withdraw { account: account.to_owned(), amount }
     }
 
     fn transfer(from: &str, to: &str, amount: u64) -> BankOp {
-        BankOp::Transfer {
-            from: from.to_owned(),
-            to: to.to_owned(),
-            amount,
-        }
+        BankOp::Transfer { from: from.to_owned(), to: to.to_owned(), amount }
     }
 
     fn balance(account: &str) -> BankOp {
-        BankOp::Balance {
-            account: account.to_owned(),
-        }
+        BankOp::Balance { account: account.to_owned() }
     }
 
     /// Alice has 100, Bob has 50.
@@ -265,17 +232,11 @@ mod tests {
         let mut bank = funded();
         assert_eq!(
             bank.execute(&transfer("alice", "bob", 30)),
-            BankReply::Transferred {
-                from_balance: 70,
-                to_balance: 80
-            }
+            BankReply::Transferred { from_balance: 70, to_balance: 80 }
         );
         assert_eq!(
             bank.execute(&transfer("bob", "carol", 80)),
-            BankReply::Transferred {
-                from_balance: 0,
-                to_balance: 80
-            }
+            BankReply::Transferred { from_balance: 0, to_balance: 80 }
         );
         assert_eq!(bank.balance("alice"), 70);
         assert_eq!(bank.balance("bob"), 0);
@@ -292,10 +253,7 @@ mod tests {
         assert_eq!(bank.execute(&transfer("alice", "bob", 101)), refused);
         assert_eq!(bank.execute(&transfer("alice", "carol", u64::MAX)), refused);
         assert_eq!(bank.execute(&transfer("alice", "alice", 101)), refused);
-        assert_eq!(
-            bank.execute(&withdraw("nobody", 1)),
-            BankReply::InsufficientFunds { balance: 0 }
-        );
+        assert_eq!(bank.execute(&withdraw("nobody", 1)), BankReply::InsufficientFunds { balance: 0 });
         assert_eq!(bank.state_digest(), before);
         assert_eq!(bank, funded());
     }
@@ -311,10 +269,7 @@ mod tests {
         assert_eq!(bank.state_digest(), before);
         assert_eq!(bank.balance("alice"), 100);
         // Depositing nothing never overflows.
-        assert_eq!(
-            bank.execute(&deposit("whale", 0)),
-            BankReply::Balance(u64::MAX)
-        );
+        assert_eq!(bank.execute(&deposit("whale", 0)), BankReply::Balance(u64::MAX));
         assert_eq!(bank.total(), None, "the total no longer fits in a u64");
     }
 
@@ -324,10 +279,7 @@ mod tests {
         let before = bank.state_digest();
         assert_eq!(
             bank.execute(&transfer("alice", "alice", 100)),
-            BankReply::Transferred {
-                from_balance: 100,
-                to_balance: 100
-            }
+            BankReply::Transferred { from_balance: 100, to_balance: 100 }
         );
         assert_eq!(bank.state_digest(), before);
     }
@@ -383,9 +335,9 @@ mod tests {
             &b""[..],
             &b"\xc1"[..],
             &b"not a snapshot"[..],
-            &[0x81, 0xa1, b'a'][..], // a map whose only balance is cut off
+            &[0x81, 0xa1, b'a'][..],       // a map whose only balance is cut off
             &[0x81, 0xa1, b'a', 0xff][..], // a negative balance
-            &[0x93, 1, 2, 3][..],    // an array, not a map
+            &[0x93, 1, 2, 3][..],          // an array, not a map
         ] {
             let err = bank.restore(garbage).unwrap_err();
             assert!(err.0.contains("snapshot"), "unhelpful error: {err}");
@@ -449,15 +401,9 @@ mod tests {
         let account = "[a-d]";
         let amount = prop_oneof![4 => 0u64..100, 1 => any::<u64>()];
         prop_oneof![
-            (account, amount.clone())
-                .prop_map(|(account, amount)| BankOp::Deposit { account, amount }),
-            (account, amount.clone())
-                .prop_map(|(account, amount)| BankOp::Withdraw { account, amount }),
-            (account, account, amount).prop_map(|(from, to, amount)| BankOp::Transfer {
-                from,
-                to,
-                amount
-            }),
+            (account, amount.clone()).prop_map(|(account, amount)| BankOp::Deposit { account, amount }),
+            (account, amount.clone()).prop_map(|(account, amount)| BankOp::Withdraw { account, amount }),
+            (account, account, amount).prop_map(|(from, to, amount)| BankOp::Transfer { from, to, amount }),
             account.prop_map(|account| BankOp::Balance { account }),
         ]
     }

@@ -29,8 +29,7 @@ pub struct Sizes {
 /// A service that can generate its own benchmark workload.
 pub trait Workload: Service + Send + Unpin + Default {
     /// Operation number `index` of client `client`.
-    fn operation(rng: &mut rand::rngs::StdRng, client: usize, index: u64, sizes: Sizes)
-        -> Self::Op;
+    fn operation(rng: &mut rand::rngs::StdRng, client: usize, index: u64, sizes: Sizes) -> Self::Op;
 }
 
 impl Workload for KvStore {
@@ -39,10 +38,7 @@ impl Workload for KvStore {
         if index % 4 == 3 {
             KvOp::Get { key }
         } else {
-            KvOp::Put {
-                key,
-                value: vec![b'v'; sizes.request_bytes],
-            }
+            KvOp::Put { key, value: vec![b'v'; sizes.request_bytes] }
         }
     }
 }
@@ -51,44 +47,28 @@ impl Workload for Bank {
     fn operation(rng: &mut rand::rngs::StdRng, client: usize, index: u64, _: Sizes) -> BankOp {
         let account = |n: u32| format!("account-{n}");
         match index % 3 {
-            0 => BankOp::Deposit {
-                account: account(client as u32 % 100),
-                amount: rng.gen_range(1..100),
-            },
+            0 => BankOp::Deposit { account: account(client as u32 % 100), amount: rng.gen_range(1..100) },
             1 => BankOp::Transfer {
                 from: account(rng.gen_range(0..100)),
                 to: account(rng.gen_range(0..100)),
                 amount: rng.gen_range(1..50),
             },
-            _ => BankOp::Withdraw {
-                account: account(rng.gen_range(0..100)),
-                amount: rng.gen_range(1..50),
-            },
+            _ => BankOp::Withdraw { account: account(rng.gen_range(0..100)), amount: rng.gen_range(1..50) },
         }
     }
 }
 
 impl Workload for Echo {
     fn operation(_: &mut rand::rngs::StdRng, _: usize, _: u64, sizes: Sizes) -> EchoOp {
-        EchoOp {
-            payload: vec![0; sizes.request_bytes],
-            reply_bytes: sizes.reply_bytes as u32,
-            read_only: false,
-        }
+        EchoOp { payload: vec![0; sizes.request_bytes], reply_bytes: sizes.reply_bytes as u32, read_only: false }
     }
 }
 
 /// Free TCP ports on 127.0.0.1, one per replica (bound and released: the usual race, fine
 /// for a local demo).
 pub fn free_local_addresses(count: usize) -> std::io::Result<BTreeMap<ReplicaId, SocketAddr>> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| Ok((ReplicaId(i as u32), l.local_addr()?)))
-        .collect()
+    let listeners: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    listeners.iter().enumerate().map(|(i, l)| Ok((ReplicaId(i as u32), l.local_addr()?))).collect()
 }
 
 /// `n` replicas of `S` in this process, each on its own arbiter, over loopback TCP.
@@ -108,18 +88,9 @@ impl<S: Service + Send + Unpin> std::fmt::Debug for LocalCluster<S> {
 
 impl<S: Service + Send + Unpin> LocalCluster<S> {
     /// Starts the cluster. Must be called inside a running actix System.
-    pub async fn start(
-        n: usize,
-        params: ProtocolParams,
-        make_service: impl Fn() -> S,
-    ) -> anyhow::Result<Self> {
-        let keys: Vec<KeyPair> = (0..n)
-            .map(|_| KeyPair::generate(&mut rand::rngs::OsRng))
-            .collect();
-        let cluster = Arc::new(ClusterConfig::new(
-            keys.iter().map(KeyPair::public).collect(),
-            params,
-        )?);
+    pub async fn start(n: usize, params: ProtocolParams, make_service: impl Fn() -> S) -> anyhow::Result<Self> {
+        let keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::generate(&mut rand::rngs::OsRng)).collect();
+        let cluster = Arc::new(ClusterConfig::new(keys.iter().map(KeyPair::public).collect(), params)?);
         let addresses = free_local_addresses(n)?;
         let verifier = VerifierPool::start(default_threads(), cluster.clone());
         let mut replicas = Vec::new();
@@ -138,26 +109,24 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
             replicas.push(spawn_replica(setup, &arbiter.handle()).await?);
             arbiters.push(arbiter);
         }
-        Ok(LocalCluster {
-            cluster,
-            addresses,
-            replicas,
-            verifier,
-            arbiters,
-        })
+        Ok(LocalCluster { cluster, addresses, replicas, verifier, arbiters })
     }
 
-    /// A client with a fresh key.
-    pub async fn client(&self, options: ClientOptions) -> anyhow::Result<Client<S>> {
+    /// A client with a fresh key, on its own arbiter (thread).
+    pub async fn client(&mut self, options: ClientOptions) -> anyhow::Result<Client<S>> {
         let key = KeyPair::generate(&mut rand::rngs::OsRng);
-        Ok(Client::connect(
+        let arbiter = Arbiter::new();
+        let client = Client::connect_on(
+            &arbiter.handle(),
             self.cluster.clone(),
             self.addresses.clone(),
             key,
             self.verifier.clone(),
             options,
         )
-        .await?)
+        .await?;
+        self.arbiters.push(arbiter);
+        Ok(client)
     }
 
     /// Every replica's status (`None` for a stopped one).
@@ -174,16 +143,10 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
     pub async fn settle(&self, timeout: Duration) -> (bool, Vec<ReplicaStatus>) {
         let deadline = Instant::now() + timeout;
         loop {
-            let statuses: Vec<ReplicaStatus> =
-                self.statuses().await.into_iter().flatten().collect();
-            let same_point = statuses
-                .windows(2)
-                .all(|w| w[0].last_executed == w[1].last_executed);
+            let statuses: Vec<ReplicaStatus> = self.statuses().await.into_iter().flatten().collect();
+            let same_point = statuses.windows(2).all(|w| w[0].last_executed == w[1].last_executed);
             if same_point || Instant::now() >= deadline {
-                let agree = same_point
-                    && statuses
-                        .windows(2)
-                        .all(|w| w[0].state_digest == w[1].state_digest);
+                let agree = same_point && statuses.windows(2).all(|w| w[0].state_digest == w[1].state_digest);
                 return (agree, statuses);
             }
             actix_rt::time::sleep(Duration::from_millis(50)).await;
@@ -314,8 +277,7 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
                     let tally = tally.clone();
                     let sizes = spec.sizes;
                     tasks.push(actix::spawn(async move {
-                        let mut rng =
-                            rand::rngs::StdRng::seed_from_u64((index * 10_000 + lane) as u64);
+                        let mut rng = rand::rngs::StdRng::seed_from_u64((index * 10_000 + lane) as u64);
                         let mut n = 0;
                         while Instant::now() < stop_at {
                             let op = S::operation(&mut rng, index, n, sizes);

@@ -60,12 +60,9 @@ impl Service for Echo {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), ServiceError> {
-        let bytes: [u8; 8] = snapshot.try_into().map_err(|_| {
-            ServiceError(format!(
-                "echo snapshot is {} bytes, expected 8",
-                snapshot.len()
-            ))
-        })?;
+        let bytes: [u8; 8] = snapshot
+            .try_into()
+            .map_err(|_| ServiceError(format!("echo snapshot is {} bytes, expected 8", snapshot.len())))?;
         self.executed = u64::from_le_bytes(bytes);
         Ok(())
     }
@@ -78,29 +75,17 @@ mod tests {
     #[test]
     fn execute_counts_and_answers_the_requested_size() {
         let mut echo = Echo::new();
-        let op = EchoOp {
-            payload: vec![1; 10],
-            reply_bytes: 4096,
-            read_only: false,
-        };
+        let op = EchoOp { payload: vec![1; 10], reply_bytes: 4096, read_only: false };
         assert_eq!(echo.execute(&op).0.len(), 4096);
         assert_eq!(echo.executed(), 1);
-        let huge = EchoOp {
-            payload: vec![],
-            reply_bytes: u32::MAX,
-            read_only: false,
-        };
+        let huge = EchoOp { payload: vec![], reply_bytes: u32::MAX, read_only: false };
         assert_eq!(echo.execute(&huge).0.len(), REPLY_BYTES_MAX as usize);
     }
 
     #[test]
     fn snapshot_round_trips_and_garbage_is_refused() {
         let mut echo = Echo::new();
-        echo.execute(&EchoOp {
-            payload: vec![],
-            reply_bytes: 0,
-            read_only: false,
-        });
+        echo.execute(&EchoOp { payload: vec![], reply_bytes: 0, read_only: false });
         let mut other = Echo::new();
         other.restore(&echo.snapshot()).unwrap();
         assert_eq!(other, echo);
@@ -110,19 +95,7 @@ mod tests {
     #[test]
     fn only_read_only_operations_are_answered_by_query() {
         let echo = Echo::new();
-        assert!(echo
-            .query(&EchoOp {
-                payload: vec![],
-                reply_bytes: 1,
-                read_only: false
-            })
-            .is_none());
-        assert!(echo
-            .query(&EchoOp {
-                payload: vec![],
-                reply_bytes: 1,
-                read_only: true
-            })
-            .is_some());
+        assert!(echo.query(&EchoOp { payload: vec![], reply_bytes: 1, read_only: false }).is_none());
+        assert!(echo.query(&EchoOp { payload: vec![], reply_bytes: 1, read_only: true }).is_some());
     }
 }

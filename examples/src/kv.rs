@@ -39,10 +39,7 @@ impl KvOp {
     /// The key the operation is about.
     pub fn key(&self) -> &str {
         match self {
-            KvOp::Put { key, .. }
-            | KvOp::Get { key }
-            | KvOp::Delete { key }
-            | KvOp::Append { key, .. } => key,
+            KvOp::Put { key, .. } | KvOp::Get { key } | KvOp::Delete { key } | KvOp::Append { key, .. } => key,
         }
     }
 
@@ -102,18 +99,14 @@ impl KvStore {
     /// Checks a mutating operation's key against [`MAX_KEY_LEN`].
     fn check_key(key: &str) -> Result<(), KvReply> {
         if key.len() > MAX_KEY_LEN {
-            Err(KvReply::KeyTooLong {
-                max: MAX_KEY_LEN as u64,
-            })
+            Err(KvReply::KeyTooLong { max: MAX_KEY_LEN as u64 })
         } else {
             Ok(())
         }
     }
 
     fn value_too_long() -> KvReply {
-        KvReply::ValueTooLong {
-            max: MAX_VALUE_LEN as u64,
-        }
+        KvReply::ValueTooLong { max: MAX_VALUE_LEN as u64 }
     }
 
     fn read(&self, key: &str) -> KvReply {
@@ -137,9 +130,7 @@ impl KvStore {
                 // Deleting a key that cannot exist is harmless, but check anyway so that
                 // every mutating operation treats long keys the same way.
                 Self::check_key(key)?;
-                Ok(KvReply::Done {
-                    previous: self.entries.remove(key),
-                })
+                Ok(KvReply::Done { previous: self.entries.remove(key) })
             }
             KvOp::Append { key, value } => {
                 Self::check_key(key)?;
@@ -151,9 +142,7 @@ impl KvStore {
                 }
                 let stored = self.entries.entry(key.clone()).or_default();
                 stored.extend_from_slice(value);
-                Ok(KvReply::Appended {
-                    len: stored.len() as u64,
-                })
+                Ok(KvReply::Appended { len: stored.len() as u64 })
             }
         }
     }
@@ -184,9 +173,8 @@ impl Service for KvStore {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), ServiceError> {
         let entries: BTreeMap<String, Vec<u8>> = rmp_serde::from_slice(snapshot)
             .map_err(|e| ServiceError(format!("key-value snapshot does not decode: {e}")))?;
-        if let Some((key, value)) = entries
-            .iter()
-            .find(|(key, value)| key.len() > MAX_KEY_LEN || value.len() > MAX_VALUE_LEN)
+        if let Some((key, value)) =
+            entries.iter().find(|(key, value)| key.len() > MAX_KEY_LEN || value.len() > MAX_VALUE_LEN)
         {
             return Err(ServiceError(format!(
                 "key-value snapshot holds an entry over the limits ({} byte key, {} byte value)",
@@ -199,9 +187,7 @@ impl Service for KvStore {
         // encodings). Then the state digest after a restore is the digest of the bytes
         // that were restored, which is what a replica fetching state checked.
         if rmp_serde::to_vec(&entries).ok().as_deref() != Some(snapshot) {
-            return Err(ServiceError(
-                "key-value snapshot is not in canonical form".to_owned(),
-            ));
+            return Err(ServiceError("key-value snapshot is not in canonical form".to_owned()));
         }
         self.entries = entries;
         Ok(())
@@ -214,29 +200,19 @@ mod tests {
     use proptest::prelude::*;
 
     fn put(key: &str, value: &[u8]) -> KvOp {
-        KvOp::Put {
-            key: key.to_owned(),
-            value: value.to_vec(),
-        }
+        KvOp::Put { key: key.to_owned(), value: value.to_vec() }
     }
 
     fn get(key: &str) -> KvOp {
-        KvOp::Get {
-            key: key.to_owned(),
-        }
+        KvOp::Get { key: key.to_owned() }
     }
 
     fn delete(key: &str) -> KvOp {
-        KvOp::Delete {
-            key: key.to_owned(),
-        }
+        KvOp::Delete { key: key.to_owned() }
     }
 
     fn append(key: &str, value: &[u8]) -> KvOp {
-        KvOp::Append {
-            key: key.to_owned(),
-            value: value.to_vec(),
-        }
+        KvOp::Append { key: key.to_owned(), value: value.to_vec() }
     }
 
     fn populated() -> KvStore {
@@ -251,31 +227,12 @@ mod tests {
     fn put_get_delete() {
         let mut store = KvStore::new();
         assert_eq!(store.execute(&get("k")), KvReply::Value(None));
-        assert_eq!(
-            store.execute(&put("k", b"v1")),
-            KvReply::Done { previous: None }
-        );
-        assert_eq!(
-            store.execute(&get("k")),
-            KvReply::Value(Some(b"v1".to_vec()))
-        );
-        assert_eq!(
-            store.execute(&put("k", b"v2")),
-            KvReply::Done {
-                previous: Some(b"v1".to_vec())
-            }
-        );
-        assert_eq!(
-            store.execute(&delete("k")),
-            KvReply::Done {
-                previous: Some(b"v2".to_vec())
-            }
-        );
+        assert_eq!(store.execute(&put("k", b"v1")), KvReply::Done { previous: None });
+        assert_eq!(store.execute(&get("k")), KvReply::Value(Some(b"v1".to_vec())));
+        assert_eq!(store.execute(&put("k", b"v2")), KvReply::Done { previous: Some(b"v1".to_vec()) });
+        assert_eq!(store.execute(&delete("k")), KvReply::Done { previous: Some(b"v2".to_vec()) });
         assert_eq!(store.execute(&get("k")), KvReply::Value(None));
-        assert_eq!(
-            store.execute(&delete("k")),
-            KvReply::Done { previous: None }
-        );
+        assert_eq!(store.execute(&delete("k")), KvReply::Done { previous: None });
         assert!(store.is_empty());
     }
 
@@ -290,14 +247,8 @@ mod tests {
     #[test]
     fn append_creates_and_extends() {
         let mut store = KvStore::new();
-        assert_eq!(
-            store.execute(&append("k", b"ab")),
-            KvReply::Appended { len: 2 }
-        );
-        assert_eq!(
-            store.execute(&append("k", b"cde")),
-            KvReply::Appended { len: 5 }
-        );
+        assert_eq!(store.execute(&append("k", b"ab")), KvReply::Appended { len: 2 });
+        assert_eq!(store.execute(&append("k", b"cde")), KvReply::Appended { len: 5 });
         assert_eq!(store.get("k"), Some(&b"abcde"[..]));
     }
 
@@ -306,9 +257,7 @@ mod tests {
         let mut store = populated();
         let before = store.state_digest();
         let long = "x".repeat(MAX_KEY_LEN + 1);
-        let refused = KvReply::KeyTooLong {
-            max: MAX_KEY_LEN as u64,
-        };
+        let refused = KvReply::KeyTooLong { max: MAX_KEY_LEN as u64 };
         assert_eq!(store.execute(&put(&long, b"v")), refused);
         assert_eq!(store.execute(&append(&long, b"v")), refused);
         assert_eq!(store.execute(&delete(&long)), refused);
@@ -316,19 +265,14 @@ mod tests {
         assert_eq!(store.state_digest(), before);
 
         let longest = "x".repeat(MAX_KEY_LEN);
-        assert_eq!(
-            store.execute(&put(&longest, b"v")),
-            KvReply::Done { previous: None }
-        );
+        assert_eq!(store.execute(&put(&longest, b"v")), KvReply::Done { previous: None });
     }
 
     #[test]
     fn long_values_are_refused_without_change() {
         let mut store = populated();
         let before = store.state_digest();
-        let refused = KvReply::ValueTooLong {
-            max: MAX_VALUE_LEN as u64,
-        };
+        let refused = KvReply::ValueTooLong { max: MAX_VALUE_LEN as u64 };
         let big = vec![0; MAX_VALUE_LEN + 1];
         assert_eq!(store.execute(&put("a", &big)), refused);
         assert_eq!(store.execute(&append("new", &big)), refused);
@@ -340,21 +284,13 @@ mod tests {
         let before = store.state_digest();
         assert_eq!(store.execute(&append("a", b"!")), refused);
         assert_eq!(store.state_digest(), before);
-        assert_eq!(
-            store.execute(&append("a", b"")),
-            KvReply::Appended {
-                len: MAX_VALUE_LEN as u64
-            }
-        );
+        assert_eq!(store.execute(&append("a", b"")), KvReply::Appended { len: MAX_VALUE_LEN as u64 });
     }
 
     #[test]
     fn query_answers_reads_only() {
         let store = populated();
-        assert_eq!(
-            store.query(&get("b")),
-            Some(KvReply::Value(Some(b"22".to_vec())))
-        );
+        assert_eq!(store.query(&get("b")), Some(KvReply::Value(Some(b"22".to_vec()))));
         assert_eq!(store.query(&get("missing")), Some(KvReply::Value(None)));
         assert_eq!(store.query(&put("a", b"x")), None);
         assert_eq!(store.query(&delete("a")), None);
@@ -411,13 +347,7 @@ mod tests {
 
     #[test]
     fn same_ops_same_digest() {
-        let ops = [
-            put("x", b"1"),
-            append("y", b"2"),
-            delete("x"),
-            append("y", b"3"),
-            put("z", b""),
-        ];
+        let ops = [put("x", b"1"), append("y", b"2"), delete("x"), append("y", b"3"), put("z", b"")];
         let (mut one, mut two) = (KvStore::new(), KvStore::new());
         for op in &ops {
             assert_eq!(one.execute(op), two.execute(op));

@@ -21,12 +21,7 @@ async fn workload(clients: &[Client<KvStore>]) {
                 for i in (lane..per_client / 2).step_by(20) {
                     let key = format!("client-{c}-key-{i}");
                     let value = format!("value-{c}-{i}").into_bytes();
-                    let put = client
-                        .invoke(&KvOp::Put {
-                            key: key.clone(),
-                            value: value.clone(),
-                        })
-                        .await;
+                    let put = client.invoke(&KvOp::Put { key: key.clone(), value: value.clone() }).await;
                     assert_eq!(put, Ok(KvReply::Done { previous: None }), "put {key}");
                     let get = client.invoke(&KvOp::Get { key: key.clone() }).await;
                     assert_eq!(get, Ok(KvReply::Value(Some(value))), "get {key}");
@@ -39,54 +34,37 @@ async fn workload(clients: &[Client<KvStore>]) {
     }
 }
 
-async fn clients(cluster: &LocalCluster<KvStore>) -> Vec<Client<KvStore>> {
-    let options = ClientOptions {
-        timeout: Duration::from_secs(20),
-        ..ClientOptions::default()
-    };
+async fn clients(cluster: &mut LocalCluster<KvStore>) -> Vec<Client<KvStore>> {
+    let options = ClientOptions { timeout: Duration::from_secs(20), ..ClientOptions::default() };
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        clients.push(
-            cluster
-                .client(options.clone())
-                .await
-                .expect("client connects"),
-        );
+        clients.push(cluster.client(options.clone()).await.expect("client connects"));
     }
     clients
 }
 
 #[actix_rt::test]
 async fn four_replicas_five_clients_two_thousand_operations_and_digests_agree() {
-    let cluster = LocalCluster::<KvStore>::start(4, ProtocolParams::default(), KvStore::new)
-        .await
-        .unwrap();
-    let clients = clients(&cluster).await;
+    let mut cluster = LocalCluster::<KvStore>::start(4, ProtocolParams::default(), KvStore::new).await.unwrap();
+    let clients = clients(&mut cluster).await;
     workload(&clients).await;
     let (agree, statuses) = cluster.settle(Duration::from_secs(10)).await;
     assert_eq!(statuses.len(), 4);
     assert!(agree, "state digests differ: {statuses:?}");
     let executed: u64 = statuses[0].metrics.requests_executed;
-    assert_eq!(
-        executed, OPERATIONS as u64,
-        "every operation executed exactly once"
-    );
+    assert_eq!(executed, OPERATIONS as u64, "every operation executed exactly once");
     cluster.shutdown();
 }
 
 #[actix_rt::test]
 async fn with_one_backup_stopped_the_other_three_keep_serving() {
-    let cluster = LocalCluster::<KvStore>::start(4, ProtocolParams::default(), KvStore::new)
-        .await
-        .unwrap();
+    let mut cluster = LocalCluster::<KvStore>::start(4, ProtocolParams::default(), KvStore::new).await.unwrap();
     cluster.stop_replica(ReplicaId(3));
-    let clients = clients(&cluster).await;
+    let clients = clients(&mut cluster).await;
     workload(&clients).await;
     let (agree, statuses) = cluster.settle(Duration::from_secs(10)).await;
     assert_eq!(statuses.len(), 3, "the stopped backup answers no status");
     assert!(agree, "state digests differ: {statuses:?}");
-    assert!(statuses
-        .iter()
-        .all(|s| s.metrics.requests_executed == OPERATIONS as u64));
+    assert!(statuses.iter().all(|s| s.metrics.requests_executed == OPERATIONS as u64));
     cluster.shutdown();
 }

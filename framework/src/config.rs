@@ -80,15 +80,12 @@ impl ProtocolParams {
 
     /// Checks the relations between parameters that the protocol relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail =
-            |field: &'static str, reason: String| Err(ConfigError::Invalid { field, reason });
+        let fail = |field: &'static str, reason: String| Err(ConfigError::Invalid { field, reason });
         if self.checkpoint_interval == 0 {
             return fail("checkpoint_interval", "must be at least 1".into());
         }
         if self.watermark_window < 2 * self.checkpoint_interval
-            || !self
-                .watermark_window
-                .is_multiple_of(self.checkpoint_interval)
+            || !self.watermark_window.is_multiple_of(self.checkpoint_interval)
         {
             return fail(
                 "watermark_window",
@@ -108,16 +105,10 @@ impl ProtocolParams {
             return fail("client_window", "must be at least 1".into());
         }
         if self.request_bytes_max + 1024 > self.batch_bytes_max {
-            return fail(
-                "batch_bytes_max",
-                "must hold at least one request of request_bytes_max".into(),
-            );
+            return fail("batch_bytes_max", "must hold at least one request of request_bytes_max".into());
         }
         if self.batch_bytes_max + 64 * 1024 > self.frame_bytes_max {
-            return fail(
-                "frame_bytes_max",
-                "must hold a full batch with its pre-prepare".into(),
-            );
+            return fail("frame_bytes_max", "must hold a full batch with its pre-prepare".into());
         }
         Ok(())
     }
@@ -143,20 +134,14 @@ impl ClusterConfig {
         if members.len() < 4 {
             return Err(ConfigError::Invalid {
                 field: "members",
-                reason: format!(
-                    "a BFT cluster needs at least 4 replicas (3f + 1, f >= 1), got {}",
-                    members.len()
-                ),
+                reason: format!("a BFT cluster needs at least 4 replicas (3f + 1, f >= 1), got {}", members.len()),
             });
         }
         let mut sorted = members.clone();
         sorted.sort();
         sorted.dedup();
         if sorted.len() != members.len() {
-            return Err(ConfigError::Invalid {
-                field: "members",
-                reason: "two replicas share a public key".into(),
-            });
+            return Err(ConfigError::Invalid { field: "members", reason: "two replicas share a public key".into() });
         }
         params.validate()?;
         Ok(ClusterConfig { members, params })
@@ -208,9 +193,7 @@ mod tests {
     use bulwark_crypto::KeyPair;
 
     fn keys(n: u8) -> Vec<PublicKey> {
-        (0..n)
-            .map(|i| KeyPair::from_seed([i + 1; 32]).public())
-            .collect()
+        (0..n).map(|i| KeyPair::from_seed([i + 1; 32]).public()).collect()
     }
 
     #[test]
@@ -237,11 +220,7 @@ mod tests {
 
     #[test]
     fn window_must_be_a_multiple_of_the_checkpoint_interval() {
-        let params = ProtocolParams {
-            checkpoint_interval: 100,
-            watermark_window: 250,
-            ..Default::default()
-        };
+        let params = ProtocolParams { checkpoint_interval: 100, watermark_window: 250, ..Default::default() };
         let err = params.validate().unwrap_err();
         assert!(err.to_string().starts_with("watermark_window"), "{err}");
     }

@@ -30,11 +30,7 @@ impl From<PublicKey> for ClientKey {
 
 impl std::fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "client-key:{:02x}{:02x}{:02x}{:02x}",
-            self.0[0], self.0[1], self.0[2], self.0[3]
-        )
+        write!(f, "client-key:{:02x}{:02x}{:02x}{:02x}", self.0[0], self.0[1], self.0[2], self.0[3])
     }
 }
 
@@ -229,19 +225,9 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(requests: Vec<Verified<Request>>) -> Self {
-        let digest = batch_digest(
-            requests
-                .iter()
-                .map(|r| r.digest())
-                .collect::<Vec<_>>()
-                .iter(),
-        );
+        let digest = batch_digest(requests.iter().map(|r| r.digest()).collect::<Vec<_>>().iter());
         let encoded_bytes = requests.iter().map(|r| request_size(r.payload())).sum();
-        Batch {
-            requests,
-            digest,
-            encoded_bytes,
-        }
+        Batch { requests, digest, encoded_bytes }
     }
 
     pub fn null() -> Self {
@@ -368,9 +354,7 @@ impl VerifiedMessage {
     pub fn to_wire(&self) -> Message {
         match self {
             VerifiedMessage::Request(m) => Message::Request(m.signed().clone()),
-            VerifiedMessage::PrePrepare(m, batch) => {
-                Message::PrePrepare(m.signed().clone(), batch.to_wire())
-            }
+            VerifiedMessage::PrePrepare(m, batch) => Message::PrePrepare(m.signed().clone(), batch.to_wire()),
             VerifiedMessage::Prepare(m) => Message::Prepare(m.signed().clone()),
             VerifiedMessage::Commit(m) => Message::Commit(m.signed().clone()),
             VerifiedMessage::Reply(m) => Message::Reply(m.signed().clone()),

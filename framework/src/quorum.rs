@@ -27,9 +27,7 @@ pub struct VoteSet<T> {
 
 impl<T> VoteSet<T> {
     pub fn new(n: usize) -> Self {
-        VoteSet {
-            votes: (0..n).map(|_| None).collect(),
-        }
+        VoteSet { votes: (0..n).map(|_| None).collect() }
     }
 
     /// Adds `vote` for `digest` signed by `signer`. The caller has checked that `signer`
@@ -55,8 +53,7 @@ impl<T> VoteSet<T> {
             .iter()
             .enumerate()
             .filter(|(index, vote)| {
-                Some(*index) != excluded.map(ReplicaId::index)
-                    && matches!(vote, Some((d, _)) if *d == digest)
+                Some(*index) != excluded.map(ReplicaId::index) && matches!(vote, Some((d, _)) if *d == digest)
             })
             .count()
     }
@@ -73,28 +70,17 @@ impl<T> VoteSet<T> {
     }
 
     pub fn vote_of(&self, signer: ReplicaId) -> Option<&Verified<T>> {
-        self.votes
-            .get(signer.index())
-            .and_then(|v| v.as_ref())
-            .map(|(_, vote)| vote)
+        self.votes.get(signer.index()).and_then(|v| v.as_ref()).map(|(_, vote)| vote)
     }
 
     /// The votes for `digest`, one per signer: a certificate once there are enough.
     pub fn certificate(&self, digest: Digest) -> Vec<&Verified<T>> {
-        self.votes
-            .iter()
-            .filter_map(|v| v.as_ref())
-            .filter(|(d, _)| *d == digest)
-            .map(|(_, vote)| vote)
-            .collect()
+        self.votes.iter().filter_map(|v| v.as_ref()).filter(|(d, _)| *d == digest).map(|(_, vote)| vote).collect()
     }
 
     /// A digest that has at least `threshold` votes, if any.
     pub fn digest_with(&self, threshold: usize) -> Option<Digest> {
-        self.votes
-            .iter()
-            .filter_map(|v| v.as_ref().map(|(d, _)| *d))
-            .find(|d| self.count(*d, None) >= threshold)
+        self.votes.iter().filter_map(|v| v.as_ref().map(|(d, _)| *d)).find(|d| self.count(*d, None) >= threshold)
     }
 
     pub fn len(&self) -> usize {
@@ -115,12 +101,7 @@ mod tests {
 
     fn prepare(replica: u32, digest: Digest) -> Verified<Prepare> {
         let key = KeyPair::from_seed([replica as u8 + 1; 32]);
-        let payload = Prepare {
-            view: View(0),
-            seq: SeqNum(1),
-            digest,
-            replica: ReplicaId(replica),
-        };
+        let payload = Prepare { view: View(0), seq: SeqNum(1), digest, replica: ReplicaId(replica) };
         Verified::sign(payload, &key).unwrap()
     }
 
@@ -128,14 +109,8 @@ mod tests {
     fn pf7_a_second_vote_from_one_signer_never_counts_twice() {
         let d = Digest::of(b"batch");
         let mut votes = VoteSet::new(4);
-        assert_eq!(
-            votes.add(ReplicaId(1), d, prepare(1, d)),
-            VoteOutcome::Added
-        );
-        assert_eq!(
-            votes.add(ReplicaId(1), d, prepare(1, d)),
-            VoteOutcome::Duplicate
-        );
+        assert_eq!(votes.add(ReplicaId(1), d, prepare(1, d)), VoteOutcome::Added);
+        assert_eq!(votes.add(ReplicaId(1), d, prepare(1, d)), VoteOutcome::Duplicate);
         assert_eq!(votes.count(d, None), 1);
     }
 
@@ -144,10 +119,7 @@ mod tests {
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         let mut votes = VoteSet::new(4);
         votes.add(ReplicaId(2), a, prepare(2, a));
-        assert_eq!(
-            votes.add(ReplicaId(2), b, prepare(2, b)),
-            VoteOutcome::Conflicting
-        );
+        assert_eq!(votes.add(ReplicaId(2), b, prepare(2, b)), VoteOutcome::Conflicting);
         assert_eq!((votes.count(a, None), votes.count(b, None)), (1, 0));
     }
 

@@ -22,10 +22,7 @@ pub enum Refusal {
     #[error("undecodable frame: {0}")]
     Wire(#[from] WireError),
     #[error("{kind:?} claims sender {replica}, which is not a member of the cluster")]
-    UnknownSender {
-        kind: MessageKind,
-        replica: ReplicaId,
-    },
+    UnknownSender { kind: MessageKind, replica: ReplicaId },
     #[error("{kind:?} has a signature that does not verify")]
     BadSignature { kind: MessageKind },
     #[error("request of {bytes} bytes exceeds the limit of {limit}")]
@@ -35,10 +32,7 @@ pub enum Refusal {
     #[error("batch of {requests} requests / {bytes} bytes exceeds the limits")]
     BatchTooLarge { requests: usize, bytes: usize },
     #[error("batch holds request ({client}, {timestamp}) twice")]
-    DuplicateRequestInBatch {
-        client: ClientId,
-        timestamp: Timestamp,
-    },
+    DuplicateRequestInBatch { client: ClientId, timestamp: Timestamp },
     #[error("batch holds a read-only request")]
     ReadOnlyRequestInBatch,
 }
@@ -122,53 +116,30 @@ impl fmt::Display for RefusalCounts {
     }
 }
 
-fn member_key(
-    config: &ClusterConfig,
-    kind: MessageKind,
-    replica: ReplicaId,
-) -> Result<&PublicKey, Refusal> {
-    config
-        .public_key(replica)
-        .ok_or(Refusal::UnknownSender { kind, replica })
+fn member_key(config: &ClusterConfig, kind: MessageKind, replica: ReplicaId) -> Result<&PublicKey, Refusal> {
+    config.public_key(replica).ok_or(Refusal::UnknownSender { kind, replica })
 }
 
-fn check<T: Signable>(
-    signed: Signed<T>,
-    key: &PublicKey,
-    kind: MessageKind,
-) -> Result<Verified<T>, Refusal> {
-    signed
-        .verify(key)
-        .map_err(|_| Refusal::BadSignature { kind })
+fn check<T: Signable>(signed: Signed<T>, key: &PublicKey, kind: MessageKind) -> Result<Verified<T>, Refusal> {
+    signed.verify(key).map_err(|_| Refusal::BadSignature { kind })
 }
 
 fn check_request_size(request: &Request, config: &ClusterConfig) -> Result<(), Refusal> {
     let limit = config.params.request_bytes_max;
     if request.operation.len() > limit {
-        return Err(Refusal::RequestTooLarge {
-            bytes: request.operation.len(),
-            limit,
-        });
+        return Err(Refusal::RequestTooLarge { bytes: request.operation.len(), limit });
     }
     Ok(())
 }
 
 /// A request's client key as a curve point; a key that is not one cannot have signed it.
 fn client_public_key(request: &Request) -> Result<PublicKey, Refusal> {
-    request
-        .client_key
-        .to_public_key()
-        .map_err(|_| Refusal::BadSignature {
-            kind: MessageKind::Request,
-        })
+    request.client_key.to_public_key().map_err(|_| Refusal::BadSignature { kind: MessageKind::Request })
 }
 
 /// Verifies every signature in `message` and, for a pre-prepare, that its batch is well
 /// formed and matches its digest (PBFT.md N1.a and N1.e).
-pub fn verify_message(
-    message: Message,
-    config: &ClusterConfig,
-) -> Result<VerifiedMessage, Refusal> {
+pub fn verify_message(message: Message, config: &ClusterConfig) -> Result<VerifiedMessage, Refusal> {
     Ok(match message {
         Message::Request(signed) => {
             check_request_size(&signed.payload, config)?;
@@ -216,14 +187,11 @@ pub fn verify_message(
             VerifiedMessage::StateReply(check(signed, key, MessageKind::StateReply)?)
         }
         Message::Inquiry(signed) => {
-            let key =
-                signed
-                    .payload
-                    .client_key
-                    .to_public_key()
-                    .map_err(|_| Refusal::BadSignature {
-                        kind: MessageKind::Inquiry,
-                    })?;
+            let key = signed
+                .payload
+                .client_key
+                .to_public_key()
+                .map_err(|_| Refusal::BadSignature { kind: MessageKind::Inquiry })?;
             VerifiedMessage::Inquiry(check(signed, &key, MessageKind::Inquiry)?)
         }
         Message::Report(signed) => {
@@ -236,17 +204,11 @@ pub fn verify_message(
 /// N1.e: every request signed by its client and within size limits, the batch within
 /// `batch_size_max`/`batch_bytes_max`, no `(client, timestamp)` twice, no read-only
 /// request (those are never ordered). Signatures are batch-verified.
-fn verify_batch_requests(
-    requests: Vec<Signed<Request>>,
-    config: &ClusterConfig,
-) -> Result<Batch, Refusal> {
+fn verify_batch_requests(requests: Vec<Signed<Request>>, config: &ClusterConfig) -> Result<Batch, Refusal> {
     let params = &config.params;
     let bytes: usize = requests.iter().map(|r| request_size(&r.payload)).sum();
     if requests.len() > params.batch_size_max || bytes > params.batch_bytes_max {
-        return Err(Refusal::BatchTooLarge {
-            requests: requests.len(),
-            bytes,
-        });
+        return Err(Refusal::BatchTooLarge { requests: requests.len(), bytes });
     }
     let mut seen = BTreeSet::new();
     for request in &requests {
@@ -256,10 +218,7 @@ fn verify_batch_requests(
         }
         let key = (request.payload.client(), request.payload.timestamp);
         if !seen.insert(key) {
-            return Err(Refusal::DuplicateRequestInBatch {
-                client: key.0,
-                timestamp: key.1,
-            });
+            return Err(Refusal::DuplicateRequestInBatch { client: key.0, timestamp: key.1 });
         }
     }
     let mut items = Vec::with_capacity(requests.len());
@@ -269,11 +228,7 @@ fn verify_batch_requests(
     }
     let verified: Result<Vec<_>, _> = verify_batch(items)
         .into_iter()
-        .map(|r| {
-            r.map_err(|_| Refusal::BadSignature {
-                kind: MessageKind::Request,
-            })
-        })
+        .map(|r| r.map_err(|_| Refusal::BadSignature { kind: MessageKind::Request }))
         .collect();
     Ok(Batch::new(verified?))
 }

@@ -43,38 +43,26 @@ pub enum WireError {
 
 /// Encodes a message into an envelope (no length prefix).
 pub fn encode(message: &Message) -> Result<Vec<u8>, WireError> {
-    rmp_serde::to_vec(&EnvelopeRef {
-        version: WIRE_VERSION,
-        message,
-    })
-    .map_err(|e| WireError::Encode(e.to_string()))
+    rmp_serde::to_vec(&EnvelopeRef { version: WIRE_VERSION, message }).map_err(|e| WireError::Encode(e.to_string()))
 }
 
 /// Decodes an envelope (no length prefix) of at most `limit` bytes.
 pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, WireError> {
     if bytes.len() > limit {
-        return Err(WireError::Oversized {
-            length: bytes.len(),
-            limit,
-        });
+        return Err(WireError::Oversized { length: bytes.len(), limit });
     }
     if bytes.is_empty() {
         return Err(WireError::Empty);
     }
     let mut cursor = std::io::Cursor::new(bytes);
-    let envelope: Envelope =
-        serde::Deserialize::deserialize(&mut rmp_serde::Deserializer::new(&mut cursor))
-            .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let envelope: Envelope = serde::Deserialize::deserialize(&mut rmp_serde::Deserializer::new(&mut cursor))
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
     let trailing = bytes.len() - cursor.position() as usize;
     if trailing > 0 {
-        return Err(WireError::Malformed(format!(
-            "{trailing} bytes after the envelope"
-        )));
+        return Err(WireError::Malformed(format!("{trailing} bytes after the envelope")));
     }
     if envelope.version != WIRE_VERSION {
-        return Err(WireError::UnsupportedVersion {
-            found: envelope.version,
-        });
+        return Err(WireError::UnsupportedVersion { found: envelope.version });
     }
     Ok(envelope.message)
 }

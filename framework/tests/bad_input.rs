@@ -9,8 +9,8 @@ use bulwark_crypto::{signing_digest, Digest, DigestBuilder, KeyPair, Signable, S
 use bulwark_framework::config::{ClusterConfig, ProtocolParams};
 use bulwark_framework::ids::{ReplicaId, SeqNum, Timestamp, View};
 use bulwark_framework::messages::{
-    batch_digest, client_id, Batch, Checkpoint, Commit, Message, MessageKind, PrePrepare, Prepare,
-    Reply, Request, SlotProgress, StateReply, StateRequest, Status, VerifiedMessage,
+    batch_digest, client_id, Batch, Checkpoint, Commit, Message, MessageKind, PrePrepare, Prepare, Reply, Request,
+    SlotProgress, StateReply, StateRequest, Status, VerifiedMessage,
 };
 use bulwark_framework::verify::{verify_message, Refusal, RefusalCounts, RefusalKind};
 use bulwark_framework::wire::{self, WireError, FRAME_HEADER_BYTES, WIRE_VERSION};
@@ -57,19 +57,9 @@ fn sign<T: Signable>(payload: T, key: &KeyPair) -> Signed<T> {
     Signed::sign(payload, key).expect("payload encodes")
 }
 
-fn request_with(
-    client: u8,
-    timestamp: u64,
-    read_only: bool,
-    operation: Vec<u8>,
-) -> Signed<Request> {
+fn request_with(client: u8, timestamp: u64, read_only: bool, operation: Vec<u8>) -> Signed<Request> {
     let key = client_key(client);
-    let payload = Request {
-        client_key: key.public().into(),
-        timestamp: Timestamp(timestamp),
-        read_only,
-        operation,
-    };
+    let payload = Request { client_key: key.public().into(), timestamp: Timestamp(timestamp), read_only, operation };
     sign(payload, &key)
 }
 
@@ -79,21 +69,14 @@ fn request(client: u8, timestamp: u64, operation: &[u8]) -> Signed<Request> {
 
 /// Three requests from three clients: the batch of the positive controls.
 fn three_requests() -> Vec<Signed<Request>> {
-    vec![
-        request(1, 1, b"put a 1"),
-        request(2, 7, b"put b 2"),
-        request(3, 3, b"get a"),
-    ]
+    vec![request(1, 1, b"put a 1"), request(2, 7, b"put b 2"), request(3, 3, b"get a")]
 }
 
 /// The M3 digest of `requests` computed from their payloads, independently of
 /// verification (so a batch with a bad client signature still gets the digest its
 /// pre-prepare would carry).
 fn digest_of(requests: &[Signed<Request>]) -> Digest {
-    let digests: Vec<Digest> = requests
-        .iter()
-        .map(|r| signing_digest(&r.payload).expect("request encodes"))
-        .collect();
+    let digests: Vec<Digest> = requests.iter().map(|r| signing_digest(&r.payload).expect("request encodes")).collect();
     batch_digest(digests.iter())
 }
 
@@ -110,11 +93,7 @@ fn pre_prepare_with_digest(
     requests: Vec<Signed<Request>>,
     signer: &KeyPair,
 ) -> Message {
-    let payload = PrePrepare {
-        view: View(view),
-        seq: SeqNum(seq),
-        digest,
-    };
+    let payload = PrePrepare { view: View(view), seq: SeqNum(seq), digest };
     Message::PrePrepare(sign(payload, signer), requests)
 }
 
@@ -123,21 +102,11 @@ fn some_digest() -> Digest {
 }
 
 fn prepare_payload(replica: u32) -> Prepare {
-    Prepare {
-        view: View(0),
-        seq: SeqNum(1),
-        digest: some_digest(),
-        replica: ReplicaId(replica),
-    }
+    Prepare { view: View(0), seq: SeqNum(1), digest: some_digest(), replica: ReplicaId(replica) }
 }
 
 fn commit_payload(replica: u32) -> Commit {
-    Commit {
-        view: View(0),
-        seq: SeqNum(1),
-        digest: some_digest(),
-        replica: ReplicaId(replica),
-    }
+    Commit { view: View(0), seq: SeqNum(1), digest: some_digest(), replica: ReplicaId(replica) }
 }
 
 fn reply_payload(replica: u32) -> Reply {
@@ -152,19 +121,11 @@ fn reply_payload(replica: u32) -> Reply {
 }
 
 fn checkpoint_payload(replica: u32) -> Checkpoint {
-    Checkpoint {
-        seq: SeqNum(128),
-        state_digest: Digest::of(b"state"),
-        replica: ReplicaId(replica),
-    }
+    Checkpoint { seq: SeqNum(128), state_digest: Digest::of(b"state"), replica: ReplicaId(replica) }
 }
 
 fn status_payload(replica: u32) -> Status {
-    let slot = SlotProgress {
-        has_pre_prepare: true,
-        prepared: true,
-        committed: false,
-    };
+    let slot = SlotProgress { has_pre_prepare: true, prepared: true, committed: false };
     Status {
         replica: ReplicaId(replica),
         view: View(0),
@@ -175,18 +136,11 @@ fn status_payload(replica: u32) -> Status {
 }
 
 fn state_request_payload(replica: u32) -> StateRequest {
-    StateRequest {
-        replica: ReplicaId(replica),
-        seq: SeqNum(128),
-    }
+    StateRequest { replica: ReplicaId(replica), seq: SeqNum(128) }
 }
 
 fn state_reply_payload(replica: u32) -> StateReply {
-    StateReply {
-        replica: ReplicaId(replica),
-        seq: SeqNum(128),
-        image: vec![0x5a; 300],
-    }
+    StateReply { replica: ReplicaId(replica), seq: SeqNum(128), image: vec![0x5a; 300] }
 }
 
 /// Every replica-signed message kind that names its sender, claiming `replica` and
@@ -205,10 +159,8 @@ fn replica_messages(replica: u32, key: &KeyPair) -> Vec<Message> {
 
 /// One valid message of every kind; the pre-prepare carries a 3-request batch.
 fn all_kinds() -> Vec<Message> {
-    let mut messages = vec![
-        Message::Request(request(1, 1, b"put a 1")),
-        pre_prepare(0, 1, three_requests(), &replica_key(0)),
-    ];
+    let mut messages =
+        vec![Message::Request(request(1, 1, b"put a 1")), pre_prepare(0, 1, three_requests(), &replica_key(0))];
     messages.extend(replica_messages(2, &replica_key(2)));
     messages
 }
@@ -313,8 +265,7 @@ fn wire_random_garbage_is_refused_as_malformed_and_counted() {
     for input in &inputs {
         let error = wire::decode(input, limit()).expect_err("garbage decoded as a message");
         assert!(is_malformed(&error), "{input:02x?}: {error}");
-        let framed =
-            wire::decode_frame(&frame_of(input), limit()).expect_err("garbage frame decoded");
+        let framed = wire::decode_frame(&frame_of(input), limit()).expect_err("garbage frame decoded");
         assert_eq!(framed, error, "frame and body disagree");
         counts.record(&refuse_wire(error, RefusalKind::Malformed));
     }
@@ -326,14 +277,8 @@ fn wire_random_garbage_is_refused_as_malformed_and_counted() {
 #[test]
 fn wire_empty_body_and_zero_length_frame_are_refused_as_empty() {
     assert_eq!(wire::decode(&[], limit()), Err(WireError::Empty));
-    assert_eq!(
-        wire::frame_length([0; FRAME_HEADER_BYTES], limit()),
-        Err(WireError::Empty)
-    );
-    assert_eq!(
-        wire::decode_frame(&[0, 0, 0, 0, 0x92], limit()),
-        Err(WireError::Empty)
-    );
+    assert_eq!(wire::frame_length([0; FRAME_HEADER_BYTES], limit()), Err(WireError::Empty));
+    assert_eq!(wire::decode_frame(&[0, 0, 0, 0, 0x92], limit()), Err(WireError::Empty));
     refuse_wire(WireError::Empty, RefusalKind::Malformed);
 }
 
@@ -342,22 +287,13 @@ fn wire_empty_body_and_zero_length_frame_are_refused_as_empty() {
 fn wire_truncated_valid_envelopes_are_refused_as_malformed() {
     for message in all_kinds() {
         let body = wire::encode(&message).expect("encodes");
-        assert_eq!(
-            wire::decode(&body, limit()).as_ref(),
-            Ok(&message),
-            "control: full body decodes"
-        );
+        assert_eq!(wire::decode(&body, limit()).as_ref(), Ok(&message), "control: full body decodes");
         for cut in 0..body.len() {
-            let error =
-                wire::decode(&body[..cut], limit()).expect_err("truncated envelope decoded");
+            let error = wire::decode(&body[..cut], limit()).expect_err("truncated envelope decoded");
             if cut == 0 {
                 assert_eq!(error, WireError::Empty);
             } else {
-                assert!(
-                    is_malformed(&error),
-                    "{:?} cut at {cut}: {error}",
-                    message.kind()
-                );
+                assert!(is_malformed(&error), "{:?} cut at {cut}: {error}", message.kind());
             }
             refuse_wire(error, RefusalKind::Malformed);
             // Framed with its (short) length, the truncated body is a complete frame of garbage.
@@ -383,10 +319,7 @@ fn wire_valid_envelope_with_a_wrong_version_is_refused_as_unsupported_version() 
             let error = wire::decode(&body, limit()).expect_err("wrong version accepted");
             assert_eq!(error, WireError::UnsupportedVersion { found: version });
             let framed = wire::decode_frame(&frame_of(&body), limit());
-            assert_eq!(
-                framed,
-                Err(WireError::UnsupportedVersion { found: version })
-            );
+            assert_eq!(framed, Err(WireError::UnsupportedVersion { found: version }));
             refuse_wire(error, RefusalKind::Malformed);
         }
     }
@@ -410,29 +343,13 @@ fn wire_version_wider_than_u16_is_refused_as_malformed() {
 fn wire_frame_length_above_frame_bytes_max_is_refused_as_oversized() {
     let limit = limit();
     let at = (limit as u32).to_be_bytes();
-    assert_eq!(
-        wire::frame_length(at, limit),
-        Ok(limit),
-        "control: exactly the limit is allowed"
-    );
+    assert_eq!(wire::frame_length(at, limit), Ok(limit), "control: exactly the limit is allowed");
     let over = (limit as u32 + 1).to_be_bytes();
     let error = wire::frame_length(over, limit).expect_err("oversized header accepted");
-    assert_eq!(
-        error,
-        WireError::Oversized {
-            length: limit + 1,
-            limit
-        }
-    );
+    assert_eq!(error, WireError::Oversized { length: limit + 1, limit });
     refuse_wire(error, RefusalKind::Oversized);
     let error = wire::frame_length([0xff; 4], limit).expect_err("4 GiB header accepted");
-    assert_eq!(
-        error,
-        WireError::Oversized {
-            length: u32::MAX as usize,
-            limit
-        }
-    );
+    assert_eq!(error, WireError::Oversized { length: u32::MAX as usize, limit });
     refuse_wire(error, RefusalKind::Oversized);
 }
 
@@ -441,28 +358,16 @@ fn wire_frame_length_above_frame_bytes_max_is_refused_as_oversized() {
 fn wire_decode_frame_whose_header_claims_4_gib_is_oversized_not_an_allocation() {
     // Only the header and a byte of body: a reader that trusted the header would return
     // Ok(None) and wait for (or allocate) 4 GiB.
-    for buffer in [
-        vec![0xff, 0xff, 0xff, 0xff],
-        vec![0xff, 0xff, 0xff, 0xff, 0x92],
-    ] {
+    for buffer in [vec![0xff, 0xff, 0xff, 0xff], vec![0xff, 0xff, 0xff, 0xff, 0x92]] {
         let error = wire::decode_frame(&buffer, limit()).expect_err("4 GiB frame accepted");
-        assert_eq!(
-            error,
-            WireError::Oversized {
-                length: u32::MAX as usize,
-                limit: limit()
-            }
-        );
+        assert_eq!(error, WireError::Oversized { length: u32::MAX as usize, limit: limit() });
         refuse_wire(error, RefusalKind::Oversized);
     }
     // Just over the limit is refused the same way; the limit itself waits for the body.
     let just_over = ((limit() + 1) as u32).to_be_bytes();
     assert_eq!(
         wire::decode_frame(&just_over, limit()),
-        Err(WireError::Oversized {
-            length: limit() + 1,
-            limit: limit()
-        })
+        Err(WireError::Oversized { length: limit() + 1, limit: limit() })
     );
     let at_limit = (limit() as u32).to_be_bytes();
     assert_eq!(wire::decode_frame(&at_limit, limit()), Ok(None));
@@ -473,46 +378,23 @@ fn wire_decode_frame_whose_header_claims_4_gib_is_oversized_not_an_allocation() 
 fn wire_decode_of_a_body_longer_than_the_limit_is_oversized() {
     let limit = 1024;
     let error = wire::decode(&vec![0u8; limit + 1], limit).expect_err("oversized body accepted");
-    assert_eq!(
-        error,
-        WireError::Oversized {
-            length: limit + 1,
-            limit
-        }
-    );
+    assert_eq!(error, WireError::Oversized { length: limit + 1, limit });
     refuse_wire(error, RefusalKind::Oversized);
 
     // A perfectly valid message is refused too when it exceeds the limit it is read under.
     let message = Message::StateReply(sign(
-        StateReply {
-            replica: ReplicaId(1),
-            seq: SeqNum(1),
-            image: vec![7; 2000],
-        },
+        StateReply { replica: ReplicaId(1), seq: SeqNum(1), image: vec![7; 2000] },
         &replica_key(1),
     ));
     let body = wire::encode(&message).expect("encodes");
-    assert_eq!(
-        wire::decode(&body, body.len()).as_ref(),
-        Ok(&message),
-        "control: at the limit"
-    );
+    assert_eq!(wire::decode(&body, body.len()).as_ref(), Ok(&message), "control: at the limit");
     let error = wire::decode(&body, body.len() - 1).expect_err("valid but oversized body accepted");
-    assert_eq!(
-        error,
-        WireError::Oversized {
-            length: body.len(),
-            limit: body.len() - 1
-        }
-    );
+    assert_eq!(error, WireError::Oversized { length: body.len(), limit: body.len() - 1 });
     refuse_wire(error, RefusalKind::Oversized);
     let frame = wire::encode_frame(&message).expect("encodes");
     assert_eq!(
         wire::decode_frame(&frame, body.len() - 1),
-        Err(WireError::Oversized {
-            length: body.len(),
-            limit: body.len() - 1
-        })
+        Err(WireError::Oversized { length: body.len(), limit: body.len() - 1 })
     );
 }
 
@@ -522,19 +404,11 @@ fn wire_inner_length_claiming_4_gib_is_refused_as_malformed() {
     // A state image of 70 000 bytes is encoded as bin32: 0xc6 then a big-endian length.
     let image_len: u32 = 70_000;
     let reply = Message::StateReply(sign(
-        StateReply {
-            replica: ReplicaId(1),
-            seq: SeqNum(1),
-            image: vec![0xab; image_len as usize],
-        },
+        StateReply { replica: ReplicaId(1), seq: SeqNum(1), image: vec![0xab; image_len as usize] },
         &replica_key(1),
     ));
     // Status slots: 70 000 entries is an array32: 0xdd then a big-endian count.
-    let slot = SlotProgress {
-        has_pre_prepare: false,
-        prepared: false,
-        committed: false,
-    };
+    let slot = SlotProgress { has_pre_prepare: false, prepared: false, committed: false };
     let status = Message::Status(sign(
         Status {
             replica: ReplicaId(1),
@@ -547,17 +421,10 @@ fn wire_inner_length_claiming_4_gib_is_refused_as_malformed() {
     ));
     for (message, marker) in [(reply, 0xc6u8), (status, 0xddu8)] {
         let mut body = wire::encode(&message).expect("encodes");
-        assert_eq!(
-            wire::decode(&body, limit()).as_ref(),
-            Ok(&message),
-            "control"
-        );
+        assert_eq!(wire::decode(&body, limit()).as_ref(), Ok(&message), "control");
         let mut needle = vec![marker];
         needle.extend_from_slice(&image_len.to_be_bytes());
-        let at = body
-            .windows(5)
-            .position(|w| w == needle)
-            .expect("length header present");
+        let at = body.windows(5).position(|w| w == needle).expect("length header present");
         body[at + 1..at + 5].copy_from_slice(&u32::MAX.to_be_bytes());
         let error = wire::decode(&body, limit()).expect_err("lying inner length accepted");
         assert!(is_malformed(&error), "{error}");
@@ -575,16 +442,9 @@ fn wire_half_written_frame_needs_more_bytes_then_decodes() {
     for message in all_kinds() {
         let frame = wire::encode_frame(&message).expect("encodes");
         for cut in 0..frame.len() {
-            assert_eq!(
-                wire::decode_frame(&frame[..cut], limit()),
-                Ok(None),
-                "{:?} cut at {cut}",
-                message.kind()
-            );
+            assert_eq!(wire::decode_frame(&frame[..cut], limit()), Ok(None), "{:?} cut at {cut}", message.kind());
         }
-        let (decoded, consumed) = wire::decode_frame(&frame, limit())
-            .expect("valid frame")
-            .expect("complete frame");
+        let (decoded, consumed) = wire::decode_frame(&frame, limit()).expect("valid frame").expect("complete frame");
         assert_eq!(decoded, message);
         assert_eq!(consumed, frame.len());
     }
@@ -609,11 +469,7 @@ fn wire_frames_back_to_back_decode_one_after_another() {
         rest = &rest[consumed..];
     }
     assert_eq!(decoded, messages);
-    assert_eq!(
-        rest,
-        &partial[..partial.len() / 2],
-        "the partial frame is left for later"
-    );
+    assert_eq!(rest, &partial[..partial.len() / 2], "the partial frame is left for later");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -628,13 +484,7 @@ fn n1a_message_claiming_a_replica_outside_the_cluster_is_refused_as_unknown_send
         for message in replica_messages(replica, &outsider_key()) {
             let kind = message.kind();
             let refusal = refuse(message, &config, RefusalKind::UnknownSender);
-            assert_eq!(
-                refusal,
-                Refusal::UnknownSender {
-                    kind,
-                    replica: ReplicaId(replica)
-                }
-            );
+            assert_eq!(refusal, Refusal::UnknownSender { kind, replica: ReplicaId(replica) });
         }
     }
     // Control: the same messages from a member, signed by that member, are accepted.
@@ -654,18 +504,12 @@ fn n1a_message_signed_by_an_outsider_claiming_a_member_id_is_refused_as_bad_sign
     let config = cluster();
     for message in replica_messages(1, &outsider_key()) {
         let kind = message.kind();
-        assert_eq!(
-            refuse(message, &config, RefusalKind::BadSignature),
-            Refusal::BadSignature { kind }
-        );
+        assert_eq!(refuse(message, &config, RefusalKind::BadSignature), Refusal::BadSignature { kind });
     }
     // Another member's key is no better than an outsider's.
     for message in replica_messages(1, &replica_key(2)) {
         let kind = message.kind();
-        assert_eq!(
-            refuse(message, &config, RefusalKind::BadSignature),
-            Refusal::BadSignature { kind }
-        );
+        assert_eq!(refuse(message, &config, RefusalKind::BadSignature), Refusal::BadSignature { kind });
     }
     // Control: replica 1's own key.
     for message in replica_messages(1, &replica_key(1)) {
@@ -682,83 +526,38 @@ fn m1_payload_or_signature_tampered_after_signing_is_refused_as_bad_signature() 
     accept(Message::Commit(commit.clone()), &config);
     commit.payload.seq = SeqNum(2);
     let refusal = refuse(Message::Commit(commit), &config, RefusalKind::BadSignature);
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::Commit
-        }
-    );
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Commit });
 
     let mut checkpoint = sign(checkpoint_payload(3), &replica_key(3));
     checkpoint.payload.state_digest = Digest::of(b"another state");
-    let refusal = refuse(
-        Message::Checkpoint(checkpoint),
-        &config,
-        RefusalKind::BadSignature,
-    );
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::Checkpoint
-        }
-    );
+    let refusal = refuse(Message::Checkpoint(checkpoint), &config, RefusalKind::BadSignature);
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Checkpoint });
 
     let mut reply = sign(reply_payload(2), &replica_key(2));
     reply.payload.read_only = true;
     let refusal = refuse(Message::Reply(reply), &config, RefusalKind::BadSignature);
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::Reply
-        }
-    );
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Reply });
 
     let mut client_request = request(1, 5, b"transfer 10");
     accept(Message::Request(client_request.clone()), &config);
     client_request.payload.operation = b"transfer 99".to_vec();
-    let refusal = refuse(
-        Message::Request(client_request),
-        &config,
-        RefusalKind::BadSignature,
-    );
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::Request
-        }
-    );
+    let refusal = refuse(Message::Request(client_request), &config, RefusalKind::BadSignature);
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Request });
 
     // A client key swapped for another client's: the request no longer verifies.
     let mut client_request = request(1, 5, b"transfer 10");
     client_request.payload.client_key = client_key(2).public().into();
-    let refusal = refuse(
-        Message::Request(client_request),
-        &config,
-        RefusalKind::BadSignature,
-    );
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::Request
-        }
-    );
+    let refusal = refuse(Message::Request(client_request), &config, RefusalKind::BadSignature);
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Request });
 
     // One bit of the signature flipped.
     let prepare = sign(prepare_payload(1), &replica_key(1));
     for byte in [0, 31, 32, 63] {
         let mut bytes = prepare.signature.to_bytes();
         bytes[byte] ^= 0x01;
-        let forged = Signed {
-            payload: prepare.payload,
-            signature: bulwark_crypto::Signature::from_bytes(&bytes),
-        };
+        let forged = Signed { payload: prepare.payload, signature: bulwark_crypto::Signature::from_bytes(&bytes) };
         let refusal = refuse(Message::Prepare(forged), &config, RefusalKind::BadSignature);
-        assert_eq!(
-            refusal,
-            Refusal::BadSignature {
-                kind: MessageKind::Prepare
-            }
-        );
+        assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Prepare });
     }
 }
 
@@ -775,44 +574,20 @@ fn n1a_pre_prepare_signed_by_a_non_primary_member_is_refused_as_bad_signature() 
                 accept(message, &config);
             } else {
                 let refusal = refuse(message, &config, RefusalKind::BadSignature);
-                assert_eq!(
-                    refusal,
-                    Refusal::BadSignature {
-                        kind: MessageKind::PrePrepare
-                    }
-                );
+                assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::PrePrepare });
             }
         }
-        let refusal = refuse(
-            pre_prepare(view, 1, three_requests(), &outsider_key()),
-            &config,
-            RefusalKind::BadSignature,
-        );
-        assert_eq!(
-            refusal,
-            Refusal::BadSignature {
-                kind: MessageKind::PrePrepare
-            }
-        );
+        let refusal =
+            refuse(pre_prepare(view, 1, three_requests(), &outsider_key()), &config, RefusalKind::BadSignature);
+        assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::PrePrepare });
     }
     // A valid pre-prepare moved to another view (another primary) no longer verifies.
-    let Message::PrePrepare(mut signed, batch) =
-        pre_prepare(0, 1, three_requests(), &replica_key(0))
-    else {
+    let Message::PrePrepare(mut signed, batch) = pre_prepare(0, 1, three_requests(), &replica_key(0)) else {
         unreachable!()
     };
     signed.payload.view = View(1);
-    let refusal = refuse(
-        Message::PrePrepare(signed, batch),
-        &config,
-        RefusalKind::BadSignature,
-    );
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::PrePrepare
-        }
-    );
+    let refusal = refuse(Message::PrePrepare(signed, batch), &config, RefusalKind::BadSignature);
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::PrePrepare });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -829,31 +604,11 @@ fn n1e_pre_prepare_whose_digest_does_not_match_its_batch_is_refused() {
     reordered.swap(0, 2);
     let cases = vec![
         ("arbitrary digest", some_digest(), batch.clone()),
-        (
-            "digest of the batch in another order",
-            digest_of(&reordered),
-            batch.clone(),
-        ),
-        (
-            "digest of a sub-batch",
-            digest_of(&batch[..2]),
-            batch.clone(),
-        ),
-        (
-            "null digest with requests",
-            Batch::null().digest(),
-            batch.clone(),
-        ),
-        (
-            "digest of the batch, no requests carried",
-            digest_of(&batch),
-            Vec::new(),
-        ),
-        (
-            "digest of the batch, one request dropped",
-            digest_of(&batch),
-            batch[1..].to_vec(),
-        ),
+        ("digest of the batch in another order", digest_of(&reordered), batch.clone()),
+        ("digest of a sub-batch", digest_of(&batch[..2]), batch.clone()),
+        ("null digest with requests", Batch::null().digest(), batch.clone()),
+        ("digest of the batch, no requests carried", digest_of(&batch), Vec::new()),
+        ("digest of the batch, one request dropped", digest_of(&batch), batch[1..].to_vec()),
     ];
     for (case, digest, requests) in cases {
         let message = pre_prepare_with_digest(0, 1, digest, requests, &primary);
@@ -876,37 +631,16 @@ fn n1e_batch_holding_a_request_with_a_bad_client_signature_is_refused() {
         // The digest is the true digest of the batch as carried: only the signature is wrong.
         let message = pre_prepare(0, 1, requests, &replica_key(0));
         let refusal = refuse(message, &config, RefusalKind::BadSignature);
-        assert_eq!(
-            refusal,
-            Refusal::BadSignature {
-                kind: MessageKind::Request
-            },
-            "bad request at {bad}"
-        );
+        assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Request }, "bad request at {bad}");
     }
     // A single-request batch takes the one-by-one path rather than batch verification.
     let mut lone = request(1, 1, b"put a 1");
     lone.signature = request(1, 2, b"put a 1").signature;
-    let refusal = refuse(
-        pre_prepare(0, 1, vec![lone], &replica_key(0)),
-        &config,
-        RefusalKind::BadSignature,
-    );
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::Request
-        }
-    );
+    let refusal = refuse(pre_prepare(0, 1, vec![lone], &replica_key(0)), &config, RefusalKind::BadSignature);
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Request });
     // Control.
-    accept(
-        pre_prepare(0, 1, three_requests(), &replica_key(0)),
-        &config,
-    );
-    accept(
-        pre_prepare(0, 1, vec![request(1, 1, b"put a 1")], &replica_key(0)),
-        &config,
-    );
+    accept(pre_prepare(0, 1, three_requests(), &replica_key(0)), &config);
+    accept(pre_prepare(0, 1, vec![request(1, 1, b"put a 1")], &replica_key(0)), &config);
 }
 
 /// N1.e / P3: a batch over batch_size_max requests or batch_bytes_max bytes is BatchTooLarge.
@@ -918,45 +652,24 @@ fn n1e_batch_over_batch_size_max_is_refused_as_batch_too_large() {
     let at_max = requests[..max].to_vec();
     let message = pre_prepare(0, 1, requests, &replica_key(0));
     let refusal = refuse(message, &config, RefusalKind::BatchTooLarge);
-    assert!(
-        matches!(refusal, Refusal::BatchTooLarge { requests, .. } if requests == max + 1),
-        "{refusal}"
-    );
+    assert!(matches!(refusal, Refusal::BatchTooLarge { requests, .. } if requests == max + 1), "{refusal}");
     accept(pre_prepare(0, 1, at_max, &replica_key(0)), &config);
 
     // By bytes: requests of request_bytes_max each, one more than batch_bytes_max holds.
     let big = config.params.request_bytes_max;
     let fit = config.params.batch_bytes_max / (big + 128);
-    let requests: Vec<_> = (0..=fit)
-        .map(|t| request(1, t as u64 + 1, &vec![b'z'; big]))
-        .collect();
+    let requests: Vec<_> = (0..=fit).map(|t| request(1, t as u64 + 1, &vec![b'z'; big])).collect();
     let under = requests[..fit].to_vec();
     let message = pre_prepare(0, 1, requests, &replica_key(0));
     let refusal = refuse(message, &config, RefusalKind::BatchTooLarge);
-    assert!(
-        matches!(refusal, Refusal::BatchTooLarge { requests, .. } if requests == fit + 1),
-        "{refusal}"
-    );
+    assert!(matches!(refusal, Refusal::BatchTooLarge { requests, .. } if requests == fit + 1), "{refusal}");
     accept(pre_prepare(0, 1, under, &replica_key(0)), &config);
 
     // A smaller configured limit is honoured too.
-    let small = cluster_with(ProtocolParams {
-        batch_size_max: 2,
-        ..ProtocolParams::default()
-    });
-    let refusal = refuse(
-        pre_prepare(0, 1, three_requests(), &replica_key(0)),
-        &small,
-        RefusalKind::BatchTooLarge,
-    );
-    assert!(
-        matches!(refusal, Refusal::BatchTooLarge { requests: 3, .. }),
-        "{refusal}"
-    );
-    accept(
-        pre_prepare(0, 1, three_requests()[..2].to_vec(), &replica_key(0)),
-        &small,
-    );
+    let small = cluster_with(ProtocolParams { batch_size_max: 2, ..ProtocolParams::default() });
+    let refusal = refuse(pre_prepare(0, 1, three_requests(), &replica_key(0)), &small, RefusalKind::BatchTooLarge);
+    assert!(matches!(refusal, Refusal::BatchTooLarge { requests: 3, .. }), "{refusal}");
+    accept(pre_prepare(0, 1, three_requests()[..2].to_vec(), &replica_key(0)), &small);
 }
 
 /// N1.e / CX4: each `(c, t)` at most once in a batch; a repeat is DuplicateRequestInBatch.
@@ -966,39 +679,17 @@ fn n1e_batch_holding_the_same_client_and_timestamp_twice_is_refused() {
     let client = client_id(&client_key(2).public().into());
     let cases = vec![
         vec![request(2, 5, b"op"), request(2, 5, b"op")],
-        vec![
-            request(2, 5, b"op"),
-            request(1, 5, b"op"),
-            request(2, 5, b"another op"),
-        ],
+        vec![request(2, 5, b"op"), request(1, 5, b"op"), request(2, 5, b"another op")],
     ];
     for requests in cases {
-        let refusal = refuse(
-            pre_prepare(0, 1, requests, &replica_key(0)),
-            &config,
-            RefusalKind::DuplicateRequestInBatch,
-        );
-        assert_eq!(
-            refusal,
-            Refusal::DuplicateRequestInBatch {
-                client,
-                timestamp: Timestamp(5)
-            }
-        );
+        let refusal =
+            refuse(pre_prepare(0, 1, requests, &replica_key(0)), &config, RefusalKind::DuplicateRequestInBatch);
+        assert_eq!(refusal, Refusal::DuplicateRequestInBatch { client, timestamp: Timestamp(5) });
     }
     // Control (CX4): one client may appear several times with distinct timestamps, and
     // two clients may use the same timestamp.
     accept(
-        pre_prepare(
-            0,
-            1,
-            vec![
-                request(2, 5, b"op"),
-                request(2, 6, b"op"),
-                request(1, 5, b"op"),
-            ],
-            &replica_key(0),
-        ),
+        pre_prepare(0, 1, vec![request(2, 5, b"op"), request(2, 6, b"op"), request(1, 5, b"op")], &replica_key(0)),
         &config,
     );
 }
@@ -1011,11 +702,7 @@ fn n1e_batch_holding_a_read_only_request_is_refused() {
     accept(Message::Request(read_only.clone()), &config); // control: fine on its own
     let mut requests = three_requests();
     requests.insert(1, read_only);
-    let refusal = refuse(
-        pre_prepare(0, 1, requests, &replica_key(0)),
-        &config,
-        RefusalKind::ReadOnlyRequestInBatch,
-    );
+    let refusal = refuse(pre_prepare(0, 1, requests, &replica_key(0)), &config, RefusalKind::ReadOnlyRequestInBatch);
     assert_eq!(refusal, Refusal::ReadOnlyRequestInBatch);
 }
 
@@ -1025,23 +712,11 @@ fn n1e_request_above_request_bytes_max_is_refused_as_request_too_large() {
     let config = cluster();
     let max = config.params.request_bytes_max;
     let too_large = request(1, 1, &vec![b'o'; max + 1]);
-    let expected = Refusal::RequestTooLarge {
-        bytes: max + 1,
-        limit: max,
-    };
+    let expected = Refusal::RequestTooLarge { bytes: max + 1, limit: max };
 
-    let refusal = refuse(
-        Message::Request(too_large.clone()),
-        &config,
-        RefusalKind::RequestTooLarge,
-    );
+    let refusal = refuse(Message::Request(too_large.clone()), &config, RefusalKind::RequestTooLarge);
     assert_eq!(refusal, expected);
-    let message = pre_prepare(
-        0,
-        1,
-        vec![request(2, 1, b"small"), too_large],
-        &replica_key(0),
-    );
+    let message = pre_prepare(0, 1, vec![request(2, 1, b"small"), too_large], &replica_key(0));
     let refusal = refuse(message, &config, RefusalKind::RequestTooLarge);
     assert_eq!(refusal, expected);
 
@@ -1071,22 +746,10 @@ fn m1_prepare_signature_does_not_verify_as_a_commit_with_the_same_fields() {
         signature: prepare.signature,
     };
     // The two payloads encode identically; only the domain tag differs.
-    assert_eq!(
-        rmp_serde::to_vec(&prepare.payload).unwrap(),
-        rmp_serde::to_vec(&as_commit.payload).unwrap()
-    );
+    assert_eq!(rmp_serde::to_vec(&prepare.payload).unwrap(), rmp_serde::to_vec(&as_commit.payload).unwrap());
     assert!(as_commit.clone().verify(&replica_key(1).public()).is_err());
-    let refusal = refuse(
-        Message::Commit(as_commit),
-        &config,
-        RefusalKind::BadSignature,
-    );
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::Commit
-        }
-    );
+    let refusal = refuse(Message::Commit(as_commit), &config, RefusalKind::BadSignature);
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Commit });
 
     let commit = sign(commit_payload(2), &replica_key(2));
     accept(Message::Commit(commit.clone()), &config);
@@ -1099,39 +762,17 @@ fn m1_prepare_signature_does_not_verify_as_a_commit_with_the_same_fields() {
         },
         signature: commit.signature,
     };
-    let refusal = refuse(
-        Message::Prepare(as_prepare),
-        &config,
-        RefusalKind::BadSignature,
-    );
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::Prepare
-        }
-    );
+    let refusal = refuse(Message::Prepare(as_prepare), &config, RefusalKind::BadSignature);
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::Prepare });
 
     // A StateRequest's signature does not verify as a StateReply for the same replica and seq.
     let request = sign(state_request_payload(3), &replica_key(3));
     let as_reply = Signed {
-        payload: StateReply {
-            replica: request.payload.replica,
-            seq: request.payload.seq,
-            image: Vec::new(),
-        },
+        payload: StateReply { replica: request.payload.replica, seq: request.payload.seq, image: Vec::new() },
         signature: request.signature,
     };
-    let refusal = refuse(
-        Message::StateReply(as_reply),
-        &config,
-        RefusalKind::BadSignature,
-    );
-    assert_eq!(
-        refusal,
-        Refusal::BadSignature {
-            kind: MessageKind::StateReply
-        }
-    );
+    let refusal = refuse(Message::StateReply(as_reply), &config, RefusalKind::BadSignature);
+    assert_eq!(refusal, Refusal::BadSignature { kind: MessageKind::StateReply });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1148,18 +789,12 @@ fn m3_batch_digest_is_independent_of_view_and_seq_and_depends_on_order() {
     for (view, seq) in [(0u64, 1u64), (1, 1), (5, 9), (1_000, 77_777)] {
         let primary = config.primary(View(view));
         let message = pre_prepare(view, seq, requests.clone(), &replica_key(primary.0));
-        let VerifiedMessage::PrePrepare(header, batch) = accept(message, &config) else {
-            panic!("not a pre-prepare")
-        };
+        let VerifiedMessage::PrePrepare(header, batch) = accept(message, &config) else { panic!("not a pre-prepare") };
         assert_eq!(header.digest, batch.digest());
         digests.push(batch.digest());
     }
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
-    assert_eq!(
-        digests[0],
-        digest_of(&requests),
-        "Batch::digest is the M3 digest of the request digests"
-    );
+    assert_eq!(digests[0], digest_of(&requests), "Batch::digest is the M3 digest of the request digests");
 
     // M3 formula: H(tag_batch ‖ k ‖ D(m_1) ‖ … ‖ D(m_k)).
     let mut builder = DigestBuilder::new(b"bulwark/batch/v1");
@@ -1176,11 +811,7 @@ fn m3_batch_digest_is_independent_of_view_and_seq_and_depends_on_order() {
     let mut reversed = requests.clone();
     reversed.reverse();
     assert_ne!(digest_of(&reversed), digests[0]);
-    assert_ne!(
-        digest_of(&requests[..2]),
-        digests[0],
-        "a prefix has another digest (k is bound)"
-    );
+    assert_ne!(digest_of(&requests[..2]), digests[0], "a prefix has another digest (k is bound)");
 }
 
 /// M4: the null batch's digest is `Batch::null().digest() = H(tag_batch ‖ 0)`, stable, and verifies.
@@ -1199,16 +830,8 @@ fn m4_null_batch_digest_is_stable_and_is_what_an_empty_pre_prepare_carries() {
 
     let config = cluster();
     for view in [0u64, 3, 6] {
-        let message = pre_prepare_with_digest(
-            view,
-            2,
-            null,
-            Vec::new(),
-            &replica_key(config.primary(View(view)).0),
-        );
-        let VerifiedMessage::PrePrepare(_, batch) = accept(message, &config) else {
-            panic!("not a pre-prepare")
-        };
+        let message = pre_prepare_with_digest(view, 2, null, Vec::new(), &replica_key(config.primary(View(view)).0));
+        let VerifiedMessage::PrePrepare(_, batch) = accept(message, &config) else { panic!("not a pre-prepare") };
         assert_eq!(batch.digest(), null);
         assert!(batch.is_empty());
     }
@@ -1244,14 +867,9 @@ fn wire_every_message_kind_round_trips_through_encode_decode_and_verify() {
         assert_eq!(decoded, message);
 
         let frame = wire::encode_frame(&message).expect("encodes");
-        assert_eq!(
-            &frame[..FRAME_HEADER_BYTES],
-            &(body.len() as u32).to_be_bytes()
-        );
+        assert_eq!(&frame[..FRAME_HEADER_BYTES], &(body.len() as u32).to_be_bytes());
         assert_eq!(&frame[FRAME_HEADER_BYTES..], &body[..]);
-        let (framed, consumed) = wire::decode_frame(&frame, limit())
-            .expect("decodes")
-            .expect("complete");
+        let (framed, consumed) = wire::decode_frame(&frame, limit()).expect("decodes").expect("complete");
         assert_eq!(consumed, frame.len());
         assert_eq!(framed, message);
 
@@ -1276,36 +894,23 @@ fn refusal_counts_tally_a_mixed_stream_by_kind() {
     let config = cluster();
     let good = Message::Prepare(sign(prepare_payload(1), &replica_key(1)));
     let frames: Vec<Vec<u8>> = vec![
-        frame_of(&[0xc1]),                                     // Malformed
+        frame_of(&[0xc1]),                                                                          // Malformed
         frame_of(&rmp_serde::to_vec(&(9u16, &good)).unwrap()), // Malformed (version)
         vec![0xff, 0xff, 0xff, 0xff],                          // Oversized
         vec![0, 0, 0, 0],                                      // Malformed (empty)
-        wire::encode_frame(&Message::Prepare(sign(
-            prepare_payload(99),
-            &outsider_key(),
-        )))
-        .unwrap(), // UnknownSender
+        wire::encode_frame(&Message::Prepare(sign(prepare_payload(99), &outsider_key()))).unwrap(), // UnknownSender
         wire::encode_frame(&Message::Prepare(sign(prepare_payload(1), &outsider_key()))).unwrap(), // BadSignature
         wire::encode_frame(&pre_prepare(0, 1, three_requests(), &replica_key(1))).unwrap(), // BadSignature
-        wire::encode_frame(&pre_prepare_with_digest(
-            0,
-            1,
-            some_digest(),
-            three_requests(),
-            &replica_key(0),
-        ))
-        .unwrap(), // BatchDigestMismatch
+        wire::encode_frame(&pre_prepare_with_digest(0, 1, some_digest(), three_requests(), &replica_key(0))).unwrap(), // BatchDigestMismatch
         wire::encode_frame(&good).unwrap(), // accepted
     ];
     let mut counts = RefusalCounts::default();
     let mut accepted = Vec::new();
     for frame in frames {
-        let outcome = wire::decode_frame(&frame, limit())
-            .map_err(Refusal::from)
-            .and_then(|decoded| {
-                let (message, _) = decoded.expect("every test frame is complete");
-                verify_message(message, &config)
-            });
+        let outcome = wire::decode_frame(&frame, limit()).map_err(Refusal::from).and_then(|decoded| {
+            let (message, _) = decoded.expect("every test frame is complete");
+            verify_message(message, &config)
+        });
         match outcome {
             Ok(verified) => accepted.push(verified.to_wire()),
             Err(refusal) => counts.record(&refusal),
@@ -1319,10 +924,7 @@ fn refusal_counts_tally_a_mixed_stream_by_kind() {
     assert_eq!(counts.get(RefusalKind::BatchDigestMismatch), 1);
     assert_eq!(counts.get(RefusalKind::ReadOnlyRequestInBatch), 0);
     assert_eq!(counts.total(), 8);
-    assert_eq!(
-        counts.to_string(),
-        "Malformed=3 Oversized=1 UnknownSender=1 BadSignature=2 BatchDigestMismatch=1"
-    );
+    assert_eq!(counts.to_string(), "Malformed=3 Oversized=1 UnknownSender=1 BadSignature=2 BatchDigestMismatch=1");
     let kinds: Vec<RefusalKind> = counts.iter().map(|(kind, _)| kind).collect();
     assert_eq!(
         kinds,
@@ -1344,10 +946,7 @@ fn wire_frame_with_bytes_after_the_envelope_is_refused_as_malformed() {
     let mut body = wire::encode(&message).expect("encodes");
     body.extend_from_slice(b"trailing garbage");
     let decoded = wire::decode(&body, limit());
-    assert!(
-        matches!(decoded, Err(WireError::Malformed(_))),
-        "accepted with trailing bytes: {decoded:?}"
-    );
+    assert!(matches!(decoded, Err(WireError::Malformed(_))), "accepted with trailing bytes: {decoded:?}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,17 +5,14 @@
 
 use bulwark_crypto::{Digest, KeyPair, Verified};
 use bulwark_examples::kv::{KvOp, KvReply, KvStore};
-use bulwark_framework::messages::{
-    Batch, Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, VerifiedMessage,
-};
+use bulwark_framework::messages::{Batch, Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, VerifiedMessage};
 use bulwark_framework::roles::backup::{Backup, BackupOutput, WindowPosition};
 use bulwark_framework::roles::checkpoint::CheckpointCollector;
 use bulwark_framework::roles::client::{Client, ClientAction, ClientError};
 use bulwark_framework::roles::primary::{Admission, Primary};
 use bulwark_framework::roles::{Action, ReplicaEvent, TimerKind};
 use bulwark_framework::{
-    ClusterConfig, Input, Instant, Outcome, ProtocolParams, Replica, ReplicaId, SeqNum, Timestamp,
-    View,
+    ClusterConfig, Input, Instant, Outcome, ProtocolParams, Replica, ReplicaId, SeqNum, Timestamp, View,
 };
 use std::sync::Arc;
 
@@ -26,25 +23,13 @@ struct Fixture {
 }
 
 fn params() -> ProtocolParams {
-    ProtocolParams {
-        checkpoint_interval: 4,
-        watermark_window: 8,
-        batch_size_max: 4,
-        ..ProtocolParams::default()
-    }
+    ProtocolParams { checkpoint_interval: 4, watermark_window: 8, batch_size_max: 4, ..ProtocolParams::default() }
 }
 
 fn fixture_with(n: usize, params: ProtocolParams) -> Fixture {
-    let keys: Vec<KeyPair> = (0..n)
-        .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
-        .collect();
-    let config =
-        Arc::new(ClusterConfig::new(keys.iter().map(KeyPair::public).collect(), params).unwrap());
-    Fixture {
-        keys,
-        config,
-        client: KeyPair::from_seed([200; 32]),
-    }
+    let keys: Vec<KeyPair> = (0..n).map(|i| KeyPair::from_seed([i as u8 + 1; 32])).collect();
+    let config = Arc::new(ClusterConfig::new(keys.iter().map(KeyPair::public).collect(), params).unwrap());
+    Fixture { keys, config, client: KeyPair::from_seed([200; 32]) }
 }
 
 fn fixture() -> Fixture {
@@ -52,11 +37,7 @@ fn fixture() -> Fixture {
 }
 
 fn put(key: &str, value: &str) -> Vec<u8> {
-    rmp_serde::to_vec(&KvOp::Put {
-        key: key.into(),
-        value: value.as_bytes().to_vec(),
-    })
-    .unwrap()
+    rmp_serde::to_vec(&KvOp::Put { key: key.into(), value: value.as_bytes().to_vec() }).unwrap()
 }
 
 impl Fixture {
@@ -71,69 +52,34 @@ impl Fixture {
     }
 
     fn batch(&self, timestamps: &[u64]) -> Arc<Batch> {
-        Arc::new(Batch::new(
-            timestamps
-                .iter()
-                .map(|t| self.request(*t, put("k", &t.to_string())))
-                .collect(),
-        ))
+        Arc::new(Batch::new(timestamps.iter().map(|t| self.request(*t, put("k", &t.to_string()))).collect()))
     }
 
     fn pre_prepare(&self, view: u64, seq: u64, digest: Digest) -> Verified<PrePrepare> {
         let primary = self.config.primary(View(view));
-        let payload = PrePrepare {
-            view: View(view),
-            seq: SeqNum(seq),
-            digest,
-        };
+        let payload = PrePrepare { view: View(view), seq: SeqNum(seq), digest };
         Verified::sign(payload, &self.keys[primary.index()]).unwrap()
     }
 
     fn prepare(&self, from: u32, view: u64, seq: u64, digest: Digest) -> Verified<Prepare> {
-        let payload = Prepare {
-            view: View(view),
-            seq: SeqNum(seq),
-            digest,
-            replica: ReplicaId(from),
-        };
+        let payload = Prepare { view: View(view), seq: SeqNum(seq), digest, replica: ReplicaId(from) };
         Verified::sign(payload, &self.keys[from as usize]).unwrap()
     }
 
     fn commit(&self, from: u32, view: u64, seq: u64, digest: Digest) -> Verified<Commit> {
-        let payload = Commit {
-            view: View(view),
-            seq: SeqNum(seq),
-            digest,
-            replica: ReplicaId(from),
-        };
+        let payload = Commit { view: View(view), seq: SeqNum(seq), digest, replica: ReplicaId(from) };
         Verified::sign(payload, &self.keys[from as usize]).unwrap()
     }
 
     fn checkpoint(&self, from: u32, seq: u64, digest: Digest) -> Verified<Checkpoint> {
-        let payload = Checkpoint {
-            seq: SeqNum(seq),
-            state_digest: digest,
-            replica: ReplicaId(from),
-        };
+        let payload = Checkpoint { seq: SeqNum(seq), state_digest: digest, replica: ReplicaId(from) };
         Verified::sign(payload, &self.keys[from as usize]).unwrap()
     }
 
-    fn reply(
-        &self,
-        from: u32,
-        timestamp: Timestamp,
-        result: &[u8],
-        read_only: bool,
-    ) -> Verified<Reply> {
+    fn reply(&self, from: u32, timestamp: Timestamp, result: &[u8], read_only: bool) -> Verified<Reply> {
         let client = bulwark_framework::messages::client_id(&self.client.public().into());
-        let payload = Reply {
-            view: View(0),
-            timestamp,
-            client,
-            replica: ReplicaId(from),
-            read_only,
-            result: result.to_vec(),
-        };
+        let payload =
+            Reply { view: View(0), timestamp, client, replica: ReplicaId(from), read_only, result: result.to_vec() };
         Verified::sign(payload, &self.keys[from as usize]).unwrap()
     }
 
@@ -167,21 +113,10 @@ fn refusals(out: &[BackupOutput]) -> Vec<&'static str> {
 
 /// Brings backup `me` to prepared at `(0, seq)` for `batch`: pre-prepare plus prepares
 /// from the other backups.
-fn prepare_slot(
-    f: &Fixture,
-    backup: &mut Backup,
-    me: u32,
-    seq: u64,
-    batch: &Arc<Batch>,
-) -> Vec<BackupOutput> {
+fn prepare_slot(f: &Fixture, backup: &mut Backup, me: u32, seq: u64, batch: &Arc<Batch>) -> Vec<BackupOutput> {
     let key = &f.keys[me as usize];
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(0, seq, batch.digest()),
-        batch.clone(),
-        key,
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, seq, batch.digest()), batch.clone(), key, &mut out);
     for from in [1, 2, 3].into_iter().filter(|r| *r != me) {
         backup.on_prepare(f.prepare(from, 0, seq, batch.digest()), key, &mut out);
     }
@@ -197,20 +132,12 @@ fn n1_accepted_pre_prepare_is_answered_with_a_prepare() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(0, 1, batch.digest()),
-        batch.clone(),
-        &f.keys[1],
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
     let sent = broadcasts(&out);
     assert_eq!(sent.len(), 1);
     match sent[0] {
         VerifiedMessage::Prepare(p) => {
-            assert_eq!(
-                (p.view, p.seq, p.digest, p.replica),
-                (View(0), SeqNum(1), batch.digest(), ReplicaId(1))
-            );
+            assert_eq!((p.view, p.seq, p.digest, p.replica), (View(0), SeqNum(1), batch.digest(), ReplicaId(1)));
         }
         other => panic!("expected a prepare, got {other:?}"),
     }
@@ -223,12 +150,7 @@ fn n1b_backup_rejects_pre_prepare_for_another_view() {
     let mut backup = f.backup(2);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(1, 1, batch.digest()),
-        batch,
-        &f.keys[2],
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(1, 1, batch.digest()), batch, &f.keys[2], &mut out);
     assert!(broadcasts(&out).is_empty());
     assert_eq!(refusals(&out), vec!["pre-prepare for another view"]);
 }
@@ -242,12 +164,7 @@ fn n1c_backup_rejects_pre_prepare_outside_the_watermarks() {
     let batch = f.batch(&[1]);
     for (seq, reason) in [(0, "below low watermark"), (17, "beyond high watermark")] {
         let mut out = Vec::new();
-        backup.on_pre_prepare(
-            f.pre_prepare(0, seq, batch.digest()),
-            batch.clone(),
-            &f.keys[1],
-            &mut out,
-        );
+        backup.on_pre_prepare(f.pre_prepare(0, seq, batch.digest()), batch.clone(), &f.keys[1], &mut out);
         assert!(broadcasts(&out).is_empty(), "seq {seq}");
         assert_eq!(refusals(&out), vec![reason], "seq {seq}");
     }
@@ -263,18 +180,10 @@ fn n1d_conflicting_pre_prepare_is_refused_and_a_duplicate_ignored() {
     let mut backup = f.backup(1);
     let (a, b) = (f.batch(&[1]), f.batch(&[2]));
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(0, 1, a.digest()),
-        a.clone(),
-        &f.keys[1],
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, 1, a.digest()), a.clone(), &f.keys[1], &mut out);
     out.clear();
     backup.on_pre_prepare(f.pre_prepare(0, 1, a.digest()), a, &f.keys[1], &mut out);
-    assert!(
-        out.is_empty(),
-        "a duplicate pre-prepare must change nothing: {out:?}"
-    );
+    assert!(out.is_empty(), "a duplicate pre-prepare must change nothing: {out:?}");
     backup.on_pre_prepare(f.pre_prepare(0, 1, b.digest()), b, &f.keys[1], &mut out);
     assert!(broadcasts(&out).is_empty());
     assert_eq!(refusals(&out), vec!["conflicting pre-prepare (N1.d)"]);
@@ -287,12 +196,7 @@ fn p4_the_primary_sends_no_prepare_for_its_own_pre_prepare() {
     let mut primary = f.backup(0);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    primary.on_pre_prepare(
-        f.pre_prepare(0, 1, batch.digest()),
-        batch,
-        &f.keys[0],
-        &mut out,
-    );
+    primary.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch, &f.keys[0], &mut out);
     assert!(out.is_empty(), "{out:?}");
 }
 
@@ -305,12 +209,7 @@ fn n4_prepare_from_the_primary_is_ignored() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(0, 1, batch.digest()),
-        batch.clone(),
-        &f.keys[1],
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
     out.clear();
     backup.on_prepare(f.prepare(0, 0, 1, batch.digest()), &f.keys[1], &mut out);
     assert_eq!(refusals(&out), vec!["prepare from the primary (N4)"]);
@@ -328,12 +227,7 @@ fn n4_votes_arriving_before_the_pre_prepare_are_kept() {
     backup.on_commit(f.commit(2, 0, 1, batch.digest()), &f.keys[1], &mut out);
     backup.on_commit(f.commit(3, 0, 1, batch.digest()), &f.keys[1], &mut out);
     assert!(out.is_empty() && !backup.progress(SeqNum(1)).has_pre_prepare);
-    backup.on_pre_prepare(
-        f.pre_prepare(0, 1, batch.digest()),
-        batch,
-        &f.keys[1],
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch, &f.keys[1], &mut out);
     // Own prepare + r2's = 2f: prepared, commit sent; own + r2 + r3 commits = 2f+1.
     let progress = backup.progress(SeqNum(1));
     assert!(progress.prepared && progress.committed, "{progress:?}");
@@ -347,23 +241,12 @@ fn n5_prepared_after_2f_prepares_and_commit_is_sent_once() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(0, 1, batch.digest()),
-        batch.clone(),
-        &f.keys[1],
-        &mut out,
-    );
-    assert!(
-        !backup.progress(SeqNum(1)).prepared,
-        "own prepare alone is f, not 2f"
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
+    assert!(!backup.progress(SeqNum(1)).prepared, "own prepare alone is f, not 2f");
     out.clear();
     backup.on_prepare(f.prepare(2, 0, 1, batch.digest()), &f.keys[1], &mut out);
     assert!(backup.progress(SeqNum(1)).prepared);
-    let commits = broadcasts(&out)
-        .iter()
-        .filter(|m| matches!(m, VerifiedMessage::Commit(_)))
-        .count();
+    let commits = broadcasts(&out).iter().filter(|m| matches!(m, VerifiedMessage::Commit(_))).count();
     assert_eq!(commits, 1);
     out.clear();
     backup.on_prepare(f.prepare(3, 0, 1, batch.digest()), &f.keys[1], &mut out);
@@ -377,12 +260,7 @@ fn n5_prepares_for_another_digest_do_not_count() {
     let mut backup = f.backup(1);
     let (batch, other) = (f.batch(&[1]), f.batch(&[2]));
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(0, 1, batch.digest()),
-        batch,
-        &f.keys[1],
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch, &f.keys[1], &mut out);
     backup.on_prepare(f.prepare(2, 0, 1, other.digest()), &f.keys[1], &mut out);
     backup.on_prepare(f.prepare(3, 0, 1, other.digest()), &f.keys[1], &mut out);
     assert!(!backup.progress(SeqNum(1)).prepared);
@@ -400,10 +278,7 @@ fn n6_committed_needs_2f_plus_1_commits_not_2f() {
     assert!(!backup.is_committed(SeqNum(1)), "own + one = 2f commits");
     backup.on_commit(f.commit(3, 0, 1, batch.digest()), &f.keys[1], &mut out);
     assert!(backup.is_committed(SeqNum(1)));
-    assert_eq!(
-        backup.committed_batch(SeqNum(1)).unwrap().0.digest(),
-        batch.digest()
-    );
+    assert_eq!(backup.committed_batch(SeqNum(1)).unwrap().0.digest(), batch.digest());
 }
 
 /// N6: 2f+1 commits without being prepared do not make a replica committed-local.
@@ -413,12 +288,7 @@ fn n6_commits_without_prepared_do_not_commit() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(0, 1, batch.digest()),
-        batch.clone(),
-        &f.keys[1],
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
     for from in [0, 2, 3] {
         backup.on_commit(f.commit(from, 0, 1, batch.digest()), &f.keys[1], &mut out);
     }
@@ -437,11 +307,7 @@ fn pf7_one_replica_counts_once_however_often_it_votes() {
         backup.on_commit(f.commit(2, 0, 1, batch.digest()), &f.keys[1], &mut out);
     }
     assert!(!backup.is_committed(SeqNum(1)));
-    backup.on_commit(
-        f.commit(2, 0, 1, Digest::of(b"other")),
-        &f.keys[1],
-        &mut out,
-    );
+    backup.on_commit(f.commit(2, 0, 1, Digest::of(b"other")), &f.keys[1], &mut out);
     assert!(refusals(&out).contains(&"conflicting commit from one replica (PF7)"));
 }
 
@@ -455,20 +321,13 @@ fn c5_messages_for_the_next_window_are_buffered_and_replayed() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(
-        f.pre_prepare(0, 10, batch.digest()),
-        batch.clone(),
-        &f.keys[1],
-        &mut out,
-    );
+    backup.on_pre_prepare(f.pre_prepare(0, 10, batch.digest()), batch.clone(), &f.keys[1], &mut out);
     assert!(broadcasts(&out).is_empty());
     assert_eq!(backup.future_len(), 1);
     let replay = backup.advance_low(SeqNum(4), SeqNum(4));
     assert_eq!(replay.len(), 1);
     assert_eq!(backup.future_len(), 0);
-    let VerifiedMessage::PrePrepare(pp, b) = replay[0].clone() else {
-        panic!("{replay:?}")
-    };
+    let VerifiedMessage::PrePrepare(pp, b) = replay[0].clone() else { panic!("{replay:?}") };
     backup.on_pre_prepare(pp, b, &f.keys[1], &mut out);
     assert!(backup.progress(SeqNum(10)).has_pre_prepare);
 }
@@ -476,10 +335,7 @@ fn c5_messages_for_the_next_window_are_buffered_and_replayed() {
 /// C5: the next-window buffer is bounded per sender.
 #[test]
 fn c5_the_next_window_buffer_is_bounded_per_sender() {
-    let params = ProtocolParams {
-        future_messages_per_sender_max: 3,
-        ..params()
-    };
+    let params = ProtocolParams { future_messages_per_sender_max: 3, ..params() };
     let f = fixture_with(4, params);
     let mut backup = f.backup(1);
     let mut out = Vec::new();
@@ -487,13 +343,7 @@ fn c5_the_next_window_buffer_is_bounded_per_sender() {
         backup.on_prepare(f.prepare(2, 0, seq, Digest::of(b"d")), &f.keys[1], &mut out);
     }
     assert_eq!(backup.future_len(), 3);
-    assert_eq!(
-        refusals(&out)
-            .iter()
-            .filter(|r| **r == "future buffer full")
-            .count(),
-        5
-    );
+    assert_eq!(refusals(&out).iter().filter(|r| **r == "future buffer full").count(), 5);
 }
 
 /// C4: a stable checkpoint discards the log at and below it and moves the watermarks.
@@ -531,10 +381,7 @@ fn c6_the_executable_committed_run_survives_a_checkpoint_ahead_of_execution() {
     backup.advance_low(SeqNum(8), SeqNum(1));
     assert!(backup.committed_batch(SeqNum(2)).is_some());
     assert!(backup.committed_batch(SeqNum(3)).is_some());
-    assert!(
-        backup.committed_batch(SeqNum(5)).is_none(),
-        "after the gap at 4"
-    );
+    assert!(backup.committed_batch(SeqNum(5)).is_none(), "after the gap at 4");
     assert_eq!(backup.log_len(), 2);
 }
 
@@ -550,28 +397,11 @@ fn c3_checkpoint_is_stable_with_2f_plus_1_matching_messages() {
     assert_eq!(collector.on_checkpoint(f.checkpoint(0, 4, good)), Ok(None));
     assert_eq!(collector.on_checkpoint(f.checkpoint(1, 4, bad)), Ok(None));
     assert_eq!(collector.on_checkpoint(f.checkpoint(2, 4, good)), Ok(None));
-    assert_eq!(
-        collector.on_checkpoint(f.checkpoint(2, 4, good)),
-        Ok(None),
-        "duplicate"
-    );
-    let stable = collector
-        .on_checkpoint(f.checkpoint(3, 4, good))
-        .unwrap()
-        .expect("stable");
-    assert_eq!(
-        (stable.seq, stable.state_digest, stable.proof.len()),
-        (SeqNum(4), good, 3)
-    );
-    assert_eq!(
-        collector.pending_len(),
-        0,
-        "C4: messages at the stable checkpoint are dropped"
-    );
-    assert!(
-        collector.on_checkpoint(f.checkpoint(1, 4, good)).is_err(),
-        "at the stable one"
-    );
+    assert_eq!(collector.on_checkpoint(f.checkpoint(2, 4, good)), Ok(None), "duplicate");
+    let stable = collector.on_checkpoint(f.checkpoint(3, 4, good)).unwrap().expect("stable");
+    assert_eq!((stable.seq, stable.state_digest, stable.proof.len()), (SeqNum(4), good, 3));
+    assert_eq!(collector.pending_len(), 0, "C4: messages at the stable checkpoint are dropped");
+    assert!(collector.on_checkpoint(f.checkpoint(1, 4, good)).is_err(), "at the stable one");
 }
 
 /// C1: checkpoints only at multiples of K; a member cannot open unbounded checkpoints.
@@ -579,9 +409,7 @@ fn c3_checkpoint_is_stable_with_2f_plus_1_matching_messages() {
 fn c1_checkpoints_only_at_multiples_of_k_and_bounded_per_member() {
     let f = fixture();
     let mut collector = CheckpointCollector::new(f.config.clone());
-    assert!(collector
-        .on_checkpoint(f.checkpoint(1, 5, Digest::of(b"x")))
-        .is_err());
+    assert!(collector.on_checkpoint(f.checkpoint(1, 5, Digest::of(b"x"))).is_err());
     for seq in (4..=400).step_by(4) {
         let _ = collector.on_checkpoint(f.checkpoint(1, seq, Digest::of(b"x")));
     }
@@ -594,11 +422,7 @@ fn c1_checkpoints_only_at_multiples_of_k_and_bounded_per_member() {
 /// P2: no sequence number beyond h + L is assigned; proposing resumes when h advances.
 #[test]
 fn p2_no_sequence_number_beyond_the_window() {
-    let params = ProtocolParams {
-        batch_size_max: 1,
-        in_flight_batches_max: 100,
-        ..params()
-    };
+    let params = ProtocolParams { batch_size_max: 1, in_flight_batches_max: 100, ..params() };
     let f = fixture_with(4, params);
     let mut primary = Primary::new(f.config.clone(), SeqNum(1));
     for t in 1..=20 {
@@ -608,10 +432,7 @@ fn p2_no_sequence_number_beyond_the_window() {
     assert_eq!(first.len(), 8, "window (0, 8]");
     assert_eq!(first.last().unwrap().0, SeqNum(8));
     let second = primary.cut_batches(SeqNum(4), Instant(0));
-    assert_eq!(
-        second.iter().map(|(s, _)| s.0).collect::<Vec<_>>(),
-        vec![9, 10, 11, 12]
-    );
+    assert_eq!(second.iter().map(|(s, _)| s.0).collect::<Vec<_>>(), vec![9, 10, 11, 12]);
 }
 
 /// P3: a batch is cut when full; a partial batch waits for the batch delay while others
@@ -626,10 +447,7 @@ fn p3_batching_by_size_and_delay() {
     for t in 2..=4 {
         primary.offer(f.request(t, put("a", "1")), Instant(10));
     }
-    assert!(
-        primary.cut_batches(SeqNum(0), Instant(10)).is_empty(),
-        "3 < batch_size_max and not due"
-    );
+    assert!(primary.cut_batches(SeqNum(0), Instant(10)).is_empty(), "3 < batch_size_max and not due");
     let deadline = primary.batch_deadline().expect("timer armed");
     primary.offer(f.request(5, put("a", "1")), Instant(20));
     let full = primary.cut_batches(SeqNum(0), Instant(20));
@@ -645,32 +463,16 @@ fn p3_batching_by_size_and_delay() {
 /// R4: a request already queued or in flight is not queued again; a full queue sheds.
 #[test]
 fn r4_duplicate_requests_are_not_queued_twice_and_a_full_queue_sheds() {
-    let params = ProtocolParams {
-        request_queue_max: 2,
-        ..params()
-    };
+    let params = ProtocolParams { request_queue_max: 2, ..params() };
     let f = fixture_with(4, params);
     let mut primary = Primary::new(f.config.clone(), SeqNum(1));
-    assert_eq!(
-        primary.offer(f.request(1, put("a", "1")), Instant(0)),
-        Admission::Queued
-    );
-    assert_eq!(
-        primary.offer(f.request(1, put("a", "1")), Instant(0)),
-        Admission::Duplicate
-    );
+    assert_eq!(primary.offer(f.request(1, put("a", "1")), Instant(0)), Admission::Queued);
+    assert_eq!(primary.offer(f.request(1, put("a", "1")), Instant(0)), Admission::Duplicate);
     primary.cut_batches(SeqNum(0), Instant(0));
-    assert_eq!(
-        primary.offer(f.request(1, put("a", "1")), Instant(0)),
-        Admission::Duplicate,
-        "in flight"
-    );
+    assert_eq!(primary.offer(f.request(1, put("a", "1")), Instant(0)), Admission::Duplicate, "in flight");
     primary.offer(f.request(2, put("a", "1")), Instant(0));
     primary.offer(f.request(3, put("a", "1")), Instant(0));
-    assert_eq!(
-        primary.offer(f.request(4, put("a", "1")), Instant(0)),
-        Admission::Shed
-    );
+    assert_eq!(primary.offer(f.request(4, put("a", "1")), Instant(0)), Admission::Shed);
     primary.on_executed(SeqNum(1));
     assert_eq!(primary.in_flight_len(), 0);
 }
@@ -688,12 +490,7 @@ fn executed(actions: &[Action]) -> Vec<SeqNum> {
 }
 
 /// Feeds a replica everything needed to commit `batch` at `seq` (it is a backup, r1).
-fn commit_at(
-    f: &Fixture,
-    replica: &mut Replica<KvStore>,
-    seq: u64,
-    batch: &Arc<Batch>,
-) -> Vec<Action> {
+fn commit_at(f: &Fixture, replica: &mut Replica<KvStore>, seq: u64, batch: &Arc<Batch>) -> Vec<Action> {
     let mut actions = Vec::new();
     let d = batch.digest();
     let inputs = vec![
@@ -715,10 +512,7 @@ fn e1_execution_is_strictly_in_order() {
     let mut replica = f.replica(1);
     let (one, two) = (f.batch(&[1]), f.batch(&[2]));
     let early = commit_at(&f, &mut replica, 2, &two);
-    assert!(
-        executed(&early).is_empty(),
-        "2 committed before 1 must wait"
-    );
+    assert!(executed(&early).is_empty(), "2 committed before 1 must wait");
     let actions = commit_at(&f, &mut replica, 1, &one);
     assert_eq!(executed(&actions), vec![SeqNum(1), SeqNum(2)]);
     assert_eq!(replica.last_executed(), SeqNum(2));
@@ -732,10 +526,7 @@ fn e2_an_executed_request_in_a_later_batch_is_skipped() {
     let mut replica = f.replica(1);
     let first = f.batch(&[1]);
     commit_at(&f, &mut replica, 1, &first);
-    let again = Arc::new(Batch::new(vec![
-        f.request(1, put("k", "1")),
-        f.request(2, put("k", "2")),
-    ]));
+    let again = Arc::new(Batch::new(vec![f.request(1, put("k", "1")), f.request(2, put("k", "2"))]));
     let actions = commit_at(&f, &mut replica, 2, &again);
     assert_eq!(executed(&actions), vec![SeqNum(2)]);
     let replies: Vec<Timestamp> = actions
@@ -762,14 +553,9 @@ fn r2_retransmitted_executed_request_gets_the_cached_reply() {
             _ => None,
         })
         .collect();
-    let again = replica.handle(
-        Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))),
-        Instant(5),
-    );
+    let again = replica.handle(Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))), Instant(5));
     assert_eq!(again.len(), 1, "{again:?}");
-    let Action::Reply { reply, .. } = &again[0] else {
-        panic!("{again:?}")
-    };
+    let Action::Reply { reply, .. } = &again[0] else { panic!("{again:?}") };
     assert_eq!(vec![reply.result.clone()], first);
     let outcome: Outcome<KvReply> = rmp_serde::from_slice(&reply.result).unwrap();
     assert_eq!(outcome, Outcome::Ok(KvReply::Done { previous: None }));
@@ -780,18 +566,9 @@ fn r2_retransmitted_executed_request_gets_the_cached_reply() {
 fn r3_a_backup_relays_a_new_request_to_the_primary() {
     let f = fixture();
     let mut replica = f.replica(2);
-    let actions = replica.handle(
-        Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))),
-        Instant(0),
-    );
+    let actions = replica.handle(Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))), Instant(0));
     assert!(
-        matches!(
-            &actions[..],
-            [Action::Send {
-                to: ReplicaId(0),
-                message: VerifiedMessage::Request(_)
-            }]
-        ),
+        matches!(&actions[..], [Action::Send { to: ReplicaId(0), message: VerifiedMessage::Request(_) }]),
         "{actions:?}"
     );
 }
@@ -799,34 +576,14 @@ fn r3_a_backup_relays_a_new_request_to_the_primary() {
 /// CX3: a request below the client's executed window is dropped (its reply is gone).
 #[test]
 fn cx3_a_request_below_the_client_window_is_dropped() {
-    let params = ProtocolParams {
-        client_window: 2,
-        ..params()
-    };
+    let params = ProtocolParams { client_window: 2, ..params() };
     let f = fixture_with(4, params);
-    let mut replica = Replica::new(
-        ReplicaId(1),
-        KeyPair::from_seed([2; 32]),
-        f.config.clone(),
-        KvStore::new(),
-    );
-    let batch = Arc::new(Batch::new(vec![
-        f.request(1, put("a", "1")),
-        f.request(5, put("a", "5")),
-    ]));
+    let mut replica = Replica::new(ReplicaId(1), KeyPair::from_seed([2; 32]), f.config.clone(), KvStore::new());
+    let batch = Arc::new(Batch::new(vec![f.request(1, put("a", "1")), f.request(5, put("a", "5"))]));
     commit_at(&f, &mut replica, 1, &batch);
-    let actions = replica.handle(
-        Input::Message(VerifiedMessage::Request(f.request(2, put("a", "2")))),
-        Instant(0),
-    );
+    let actions = replica.handle(Input::Message(VerifiedMessage::Request(f.request(2, put("a", "2")))), Instant(0));
     assert!(actions.is_empty(), "{actions:?}");
-    assert_eq!(
-        replica
-            .metrics()
-            .refused
-            .get("request below the client's window (CX3)"),
-        Some(&1)
-    );
+    assert_eq!(replica.metrics().refused.get("request below the client's window (CX3)"), Some(&1));
 }
 
 /// The primary proposes: it signs a PRE-PREPARE for the batch and broadcasts it (P1).
@@ -834,16 +591,11 @@ fn cx3_a_request_below_the_client_window_is_dropped() {
 fn p1_the_primary_pre_prepares_a_request_it_receives() {
     let f = fixture();
     let mut replica = f.replica(0);
-    let actions = replica.handle(
-        Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))),
-        Instant(0),
-    );
+    let actions = replica.handle(Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))), Instant(0));
     let proposals: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Broadcast {
-                message: VerifiedMessage::PrePrepare(pp, batch),
-            } => Some((pp.seq, batch.len())),
+            Action::Broadcast { message: VerifiedMessage::PrePrepare(pp, batch) } => Some((pp.seq, batch.len())),
             _ => None,
         })
         .collect();
@@ -859,23 +611,12 @@ fn status_a_stuck_replica_asks_and_a_peer_retransmits() {
     let mut backup = f.replica(1);
     let interval = f.config.params.status_interval();
     // The primary proposes; the pre-prepare is "lost" (never delivered).
-    primary.handle(
-        Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))),
-        Instant(0),
-    );
+    primary.handle(Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))), Instant(0));
     let tick = Instant(0) + interval;
     primary.handle(Input::Timer(TimerKind::Status), tick);
     let status = primary.handle(Input::Timer(TimerKind::Status), tick + interval);
-    let Some(Action::Broadcast {
-        message: status @ VerifiedMessage::Status(_),
-    }) = status.iter().find(|a| {
-        matches!(
-            a,
-            Action::Broadcast {
-                message: VerifiedMessage::Status(_)
-            }
-        )
-    })
+    let Some(Action::Broadcast { message: status @ VerifiedMessage::Status(_) }) =
+        status.iter().find(|a| matches!(a, Action::Broadcast { message: VerifiedMessage::Status(_) }))
     else {
         panic!("stuck primary sent no status: {status:?}")
     };
@@ -884,28 +625,14 @@ fn status_a_stuck_replica_asks_and_a_peer_retransmits() {
     backup.handle(Input::Message(status.clone()), tick + interval);
     backup.handle(Input::Timer(TimerKind::Status), tick + interval * 2);
     let asked = backup.handle(Input::Timer(TimerKind::Status), tick + interval * 3);
-    let Some(Action::Broadcast {
-        message: backup_status,
-    }) = asked.iter().find(|a| {
-        matches!(
-            a,
-            Action::Broadcast {
-                message: VerifiedMessage::Status(_)
-            }
-        )
-    })
+    let Some(Action::Broadcast { message: backup_status }) =
+        asked.iter().find(|a| matches!(a, Action::Broadcast { message: VerifiedMessage::Status(_) }))
     else {
         panic!("stuck backup sent no status: {asked:?}")
     };
     let answer = primary.handle(Input::Message(backup_status.clone()), tick + interval * 3);
     assert!(
-        answer.iter().any(|a| matches!(
-            a,
-            Action::Send {
-                to: ReplicaId(1),
-                message: VerifiedMessage::PrePrepare(..)
-            }
-        )),
+        answer.iter().any(|a| matches!(a, Action::Send { to: ReplicaId(1), message: VerifiedMessage::PrePrepare(..) })),
         "{answer:?}"
     );
 }
@@ -913,11 +640,7 @@ fn status_a_stuck_replica_asks_and_a_peer_retransmits() {
 // ---------------------------------------------------------------- client: CL2, CL3, CX1
 
 fn client(f: &Fixture) -> Client {
-    Client::new(
-        KeyPair::from_seed([200; 32]),
-        f.config.clone(),
-        Timestamp(1),
-    )
+    Client::new(KeyPair::from_seed([200; 32]), f.config.clone(), Timestamp(1))
 }
 
 fn completed(actions: &[ClientAction]) -> Vec<(Timestamp, Vec<u8>)> {
@@ -936,16 +659,7 @@ fn cl1_a_request_goes_to_the_primary() {
     let f = fixture();
     let mut c = client(&f);
     let (_, actions) = c.invoke(put("a", "1"), false, Instant(0)).unwrap();
-    assert!(
-        matches!(
-            actions[0],
-            ClientAction::Send {
-                to: ReplicaId(0),
-                ..
-            }
-        ),
-        "{actions:?}"
-    );
+    assert!(matches!(actions[0], ClientAction::Send { to: ReplicaId(0), .. }), "{actions:?}");
 }
 
 /// CL2: the client accepts after f+1 matching replies from distinct replicas, not before;
@@ -956,14 +670,8 @@ fn cl2_accepts_after_f_plus_1_matching_replies() {
     let mut c = client(&f);
     let (t, _) = c.invoke(put("a", "1"), false, Instant(0)).unwrap();
     assert!(completed(&c.on_reply(f.reply(1, t, b"ok", false), Instant(1))).is_empty());
-    assert!(
-        completed(&c.on_reply(f.reply(1, t, b"ok", false), Instant(1))).is_empty(),
-        "same replica twice"
-    );
-    assert!(
-        completed(&c.on_reply(f.reply(2, t, b"forged", false), Instant(1))).is_empty(),
-        "different result"
-    );
+    assert!(completed(&c.on_reply(f.reply(1, t, b"ok", false), Instant(1))).is_empty(), "same replica twice");
+    assert!(completed(&c.on_reply(f.reply(2, t, b"forged", false), Instant(1))).is_empty(), "different result");
     let done = completed(&c.on_reply(f.reply(3, t, b"ok", false), Instant(1)));
     assert_eq!(done, vec![(t, b"ok".to_vec())]);
     assert_eq!(c.outstanding(), 0);
@@ -975,44 +683,26 @@ fn cl3_on_timeout_the_client_broadcasts() {
     let f = fixture();
     let mut c = client(&f);
     let (_, actions) = c.invoke(put("a", "1"), false, Instant(0)).unwrap();
-    let Some(ClientAction::SetTimer { at }) = actions
-        .iter()
-        .find(|a| matches!(a, ClientAction::SetTimer { .. }))
+    let Some(ClientAction::SetTimer { at }) = actions.iter().find(|a| matches!(a, ClientAction::SetTimer { .. }))
     else {
         panic!("{actions:?}")
     };
     let retry = c.on_timer(*at);
-    assert!(
-        retry
-            .iter()
-            .any(|a| matches!(a, ClientAction::Broadcast { .. })),
-        "{retry:?}"
-    );
-    assert!(
-        c.on_timer(*at)
-            .iter()
-            .all(|a| !matches!(a, ClientAction::Broadcast { .. })),
-        "backoff"
-    );
+    assert!(retry.iter().any(|a| matches!(a, ClientAction::Broadcast { .. })), "{retry:?}");
+    assert!(c.on_timer(*at).iter().all(|a| !matches!(a, ClientAction::Broadcast { .. })), "backoff");
 }
 
 /// CX1: at most W requests outstanding; the next is refused with a typed error.
 #[test]
 fn cx1_outstanding_requests_are_bounded_by_the_window() {
-    let params = ProtocolParams {
-        client_window: 2,
-        ..params()
-    };
+    let params = ProtocolParams { client_window: 2, ..params() };
     let f = fixture_with(4, params);
     let mut c = client(&f);
     c.invoke(put("a", "1"), false, Instant(0)).unwrap();
     c.invoke(put("a", "2"), false, Instant(0)).unwrap();
     assert_eq!(
         c.invoke(put("a", "3"), false, Instant(0)).unwrap_err(),
-        ClientError::WindowFull {
-            outstanding: 2,
-            limit: 2
-        }
+        ClientError::WindowFull { outstanding: 2, limit: 2 }
     );
 }
 
@@ -1024,23 +714,15 @@ fn read_only_needs_2f_plus_1_and_falls_back_to_ordered() {
     let mut c = client(&f);
     let (t, _) = c.invoke(put("a", "1"), true, Instant(0)).unwrap();
     c.on_reply(f.reply(0, t, b"x", true), Instant(1));
-    assert!(
-        completed(&c.on_reply(f.reply(1, t, b"x", true), Instant(1))).is_empty(),
-        "f+1 is not enough"
-    );
-    assert_eq!(
-        completed(&c.on_reply(f.reply(2, t, b"x", true), Instant(1))).len(),
-        1
-    );
+    assert!(completed(&c.on_reply(f.reply(1, t, b"x", true), Instant(1))).is_empty(), "f+1 is not enough");
+    assert_eq!(completed(&c.on_reply(f.reply(2, t, b"x", true), Instant(1))).len(), 1);
 
     let (t, _) = c.invoke(put("a", "1"), true, Instant(0)).unwrap();
     c.on_reply(f.reply(0, t, b"x", true), Instant(1));
     c.on_reply(f.reply(1, t, b"y", true), Instant(1));
     let fallback = c.on_reply(f.reply(2, t, b"z", true), Instant(1));
     assert!(
-        fallback
-            .iter()
-            .any(|a| matches!(a, ClientAction::Broadcast { request } if !request.read_only)),
+        fallback.iter().any(|a| matches!(a, ClientAction::Broadcast { request } if !request.read_only)),
         "{fallback:?}"
     );
 }

@@ -75,18 +75,11 @@ fn an_isolated_replica_catches_up_by_state_transfer() {
     for seed in common::seeds(1, 10) {
         let mut config = SimConfig::new(seed, 4);
         config.requests_per_client = 200;
-        config.isolations = vec![Isolation {
-            replica: ReplicaId(3),
-            from: Instant(20_000),
-            until: Instant(400_000),
-        }];
+        config.isolations = vec![Isolation { replica: ReplicaId(3), from: Instant(20_000), until: Instant(400_000) }];
         let report = common::run_kv(config);
         common::assert_safe_and_converged(&report);
         let lagger = &report.metrics[&ReplicaId(3)];
-        assert!(
-            lagger.state_transfers >= 1,
-            "seed {seed}: no state transfer: {lagger:?}"
-        );
+        assert!(lagger.state_transfers >= 1, "seed {seed}: no state transfer: {lagger:?}");
     }
 }
 
@@ -98,22 +91,14 @@ fn an_isolated_replica_catches_up_by_state_transfer() {
 #[test]
 fn a_proposal_lost_to_every_backup_is_recovered() {
     let mut config = SimConfig::new(23, 4);
-    config.blackouts = vec![Blackout {
-        sender: ReplicaId(0),
-        kind: MessageKind::PrePrepare,
-        until: Instant(200_000),
-    }];
+    config.blackouts = vec![Blackout { sender: ReplicaId(0), kind: MessageKind::PrePrepare, until: Instant(200_000) }];
     config.requests_per_client = 20;
     let report = common::run_kv(config);
     common::assert_safe_and_converged(&report);
     assert!(report.metrics[&ReplicaId(0)].status_sent > 0);
     // The stuck primary asks within a few status intervals of the blackout's end; without
     // noting its own proposals it waited for the 10-tick heartbeat (533 ms here).
-    assert!(
-        report.simulated_time < Duration::from_millis(400),
-        "recovered only at {:?}",
-        report.simulated_time
-    );
+    assert!(report.simulated_time < Duration::from_millis(400), "recovered only at {:?}", report.simulated_time);
 }
 
 /// 100,000 requests: the log, the next-window buffer, checkpoint votes and images, the
@@ -132,11 +117,7 @@ fn a_long_run_keeps_every_structure_bounded() {
         status_interval_us: 50_000,
         ..ProtocolParams::default()
     };
-    config.network = NetworkModel {
-        drop_rate: 0.01,
-        duplicate_rate: 0.01,
-        ..NetworkModel::default()
-    };
+    config.network = NetworkModel { drop_rate: 0.01, duplicate_rate: 0.01, ..NetworkModel::default() };
     config.time_limit = Duration::from_secs(3_600);
     let params = config.params.clone();
     let report = Simulation::new(config, KvStore::new, |rng, client, _| KvOp::Put {
@@ -145,10 +126,7 @@ fn a_long_run_keeps_every_structure_bounded() {
     })
     .unwrap()
     .run();
-    println!(
-        "{report}\npeak: {:?}, checker {}",
-        report.peak_footprint, report.peak_checker_entries
-    );
+    println!("{report}\npeak: {:?}, checker {}", report.peak_footprint, report.peak_checker_entries);
     common::assert_safe_and_converged(&report);
     assert_eq!(report.requests_completed, 100_000);
     let peak = report.peak_footprint;
@@ -163,17 +141,10 @@ fn a_long_run_keeps_every_structure_bounded() {
     // Three signed kinds per replica per sequence number, over at most the two windows
     // between garbage collections, plus checkpoints: independent of the run's length.
     let checker_bound = 3 * 4 * 2 * window + window;
-    assert!(
-        report.peak_checker_entries < checker_bound,
-        "checker grew: {}",
-        report.peak_checker_entries
-    );
+    assert!(report.peak_checker_entries < checker_bound, "checker grew: {}", report.peak_checker_entries);
     let executed = report.final_states.values().next().unwrap().0;
     for (replica, stable) in &report.stable_checkpoints {
-        assert!(
-            stable.0 + params.watermark_window >= executed.0,
-            "{replica} stable {stable} lags {executed}"
-        );
+        assert!(stable.0 + params.watermark_window >= executed.0, "{replica} stable {stable} lags {executed}");
         assert!(stable.0 > 0);
     }
 }
@@ -192,25 +163,12 @@ fn negative_control_weakened_quorums_with_an_equivocating_primary_are_caught() {
         config.time_limit = Duration::from_secs(5);
         common::run_kv(config)
     };
-    let broken: Vec<_> = (1..=20)
-        .map(|seed| run(seed, true))
-        .filter(|r| !r.violations.is_empty())
-        .collect();
-    assert!(
-        !broken.is_empty(),
-        "the checker never failed with weakened quorums"
-    );
-    println!(
-        "weakened quorums: {} of 20 seeds violated, e.g. {}",
-        broken.len(),
-        broken[0]
-    );
+    let broken: Vec<_> = (1..=20).map(|seed| run(seed, true)).filter(|r| !r.violations.is_empty()).collect();
+    assert!(!broken.is_empty(), "the checker never failed with weakened quorums");
+    println!("weakened quorums: {} of 20 seeds violated, e.g. {}", broken.len(), broken[0]);
     for seed in 1..=20 {
         let report = run(seed, false);
-        assert!(
-            report.violations.is_empty(),
-            "correct quorums violated safety: {report}"
-        );
+        assert!(report.violations.is_empty(), "correct quorums violated safety: {report}");
         assert!(report.checks > 0);
     }
 }

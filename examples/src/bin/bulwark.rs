@@ -150,9 +150,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -162,68 +160,25 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Demo {
-            replicas,
-            clients,
-            concurrency,
-            duration,
-            service,
-            request_size,
-            reply_size,
-        } => {
-            let sizes = Sizes {
-                request_bytes: request_size,
-                reply_bytes: reply_size,
-            };
-            let spec = LoadSpec {
-                concurrency,
-                rate: None,
-                duration,
-                warmup: Duration::ZERO,
-                sizes,
-                progress: true,
-            };
+        Command::Demo { replicas, clients, concurrency, duration, service, request_size, reply_size } => {
+            let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
+            let spec = LoadSpec { concurrency, rate: None, duration, warmup: Duration::ZERO, sizes, progress: true };
             match service {
                 ServiceKind::Kv => demo::<KvStore>(replicas, clients, spec).await,
                 ServiceKind::Bank => demo::<Bank>(replicas, clients, spec).await,
                 ServiceKind::Echo => demo::<Echo>(replicas, clients, spec).await,
             }
         }
-        Command::Keygen {
-            replicas,
-            out,
-            base_port,
-            hosts,
-        } => {
-            let spec = Keygen {
-                replicas,
-                hosts,
-                base_port,
-                params: ProtocolParams::default(),
-            };
+        Command::Keygen { replicas, out, base_port, hosts } => {
+            let spec = Keygen { replicas, hosts, base_port, params: ProtocolParams::default() };
             let file = keygen(&spec, &out, &mut rand::rngs::OsRng)?;
-            println!(
-                "wrote {} and {} key files",
-                out.join("cluster.toml").display(),
-                file.replicas.len()
-            );
+            println!("wrote {} and {} key files", out.join("cluster.toml").display(), file.replicas.len());
             for entry in &file.replicas {
-                println!(
-                    "  replica {} at {}  key {}",
-                    entry.id.0,
-                    entry.address,
-                    key_path(&out, entry.id).display()
-                );
+                println!("  replica {} at {}  key {}", entry.id.0, entry.address, key_path(&out, entry.id).display());
             }
             Ok(())
         }
-        Command::Replica {
-            config,
-            id,
-            key,
-            service,
-            data_dir,
-        } => {
+        Command::Replica { config, id, key, service, data_dir } => {
             if data_dir.is_some() {
                 tracing::warn!("--data-dir is accepted but state is not persisted yet");
             }
@@ -233,11 +188,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ServiceKind::Echo => replica::<Echo>(config, id, key).await,
             }
         }
-        Command::Client {
-            config,
-            timeout,
-            operation,
-        } => client(config, timeout, operation).await,
+        Command::Client { config, timeout, operation } => client(config, timeout, operation).await,
         Command::Bench {
             config,
             replicas,
@@ -251,38 +202,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             batch_size,
             json,
         } => {
-            let sizes = Sizes {
-                request_bytes: request_size,
-                reply_bytes: reply_size,
-            };
-            let spec = LoadSpec {
-                concurrency,
-                rate,
-                duration,
-                warmup,
-                sizes,
-                progress: !json,
-            };
-            let params = ProtocolParams {
-                batch_size_max: batch_size,
-                ..ProtocolParams::default()
-            };
+            let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
+            let spec = LoadSpec { concurrency, rate, duration, warmup, sizes, progress: !json };
+            let params = ProtocolParams { batch_size_max: batch_size, ..ProtocolParams::default() };
             bench(config, replicas, clients, spec, params, json).await
         }
     }
 }
 
 async fn demo<S: Workload>(replicas: usize, clients: usize, spec: LoadSpec) -> anyhow::Result<()> {
-    let cluster = LocalCluster::<S>::start(replicas, ProtocolParams::default(), S::default).await?;
+    let mut cluster = LocalCluster::<S>::start(replicas, ProtocolParams::default(), S::default).await?;
     let f = cluster.cluster.f();
     eprintln!(
         "started {replicas} replicas (f = {f}) on {}; {clients} clients x {} in flight for {:?}",
-        cluster
-            .addresses
-            .values()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        cluster.addresses.values().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         spec.concurrency,
         spec.duration
     );
@@ -298,11 +231,7 @@ async fn demo<S: Workload>(replicas: usize, clients: usize, spec: LoadSpec) -> a
     for status in &statuses {
         eprintln!(
             "replica {}: view {} stable {} executed {} digest {}",
-            status.id.0,
-            status.view.0,
-            status.stable.0,
-            status.last_executed.0,
-            status.state_digest
+            status.id.0, status.view.0, status.stable.0, status.last_executed.0, status.state_digest
         );
     }
     if let Some(error) = &report.first_error {
@@ -323,15 +252,10 @@ async fn demo<S: Workload>(replicas: usize, clients: usize, spec: LoadSpec) -> a
     Ok(())
 }
 
-async fn replica<S: Workload>(
-    config: PathBuf,
-    id: u32,
-    key: Option<PathBuf>,
-) -> anyhow::Result<()> {
+async fn replica<S: Workload>(config: PathBuf, id: u32, key: Option<PathBuf>) -> anyhow::Result<()> {
     let file = ClusterFile::load(&config)?;
     let id = ReplicaId(id);
-    let key_file =
-        key.unwrap_or_else(|| key_path(config.parent().unwrap_or(std::path::Path::new(".")), id));
+    let key_file = key.unwrap_or_else(|| key_path(config.parent().unwrap_or(std::path::Path::new(".")), id));
     let key = load_replica_key(&file, id, &key_file)?;
     let cluster = Arc::new(file.cluster()?);
     let verifier = VerifierPool::start(default_threads(), cluster.clone());
@@ -358,16 +282,12 @@ async fn connect<S: Service>(file: &ClusterFile, timeout: Duration) -> anyhow::R
     let cluster = Arc::new(file.cluster()?);
     let verifier = VerifierPool::start(1, cluster.clone());
     let key = KeyPair::generate(&mut rand::rngs::OsRng);
-    let options = ClientOptions {
-        timeout,
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions { timeout, ..ClientOptions::default() };
     Ok(Client::connect(cluster, file.addresses(), key, verifier, options).await?)
 }
 
 fn parse_amount(text: &str) -> anyhow::Result<u64> {
-    text.parse()
-        .with_context(|| format!("{text:?} is not an amount (a whole number)"))
+    text.parse().with_context(|| format!("{text:?} is not an amount (a whole number)"))
 }
 
 async fn client(config: PathBuf, timeout: Duration, words: Vec<String>) -> anyhow::Result<()> {
@@ -395,7 +315,9 @@ async fn client(config: PathBuf, timeout: Duration, words: Vec<String>) -> anyho
             }
             Ok(())
         }
-        ["put", key, value] => kv(&file, timeout, KvOp::Put { key: key.to_string(), value: value.as_bytes().to_vec() }).await,
+        ["put", key, value] => {
+            kv(&file, timeout, KvOp::Put { key: key.to_string(), value: value.as_bytes().to_vec() }).await
+        }
         ["append", key, value] => {
             kv(&file, timeout, KvOp::Append { key: key.to_string(), value: value.as_bytes().to_vec() }).await
         }
@@ -458,7 +380,7 @@ async fn bench(
             (run_load(&handles, &spec).await, file.replicas.len())
         }
         None => {
-            let cluster = LocalCluster::<Echo>::start(replicas, params, Echo::default).await?;
+            let mut cluster = LocalCluster::<Echo>::start(replicas, params, Echo::default).await?;
             let mut handles = Vec::new();
             for _ in 0..clients {
                 handles.push(cluster.client(ClientOptions::default()).await?);
@@ -475,10 +397,7 @@ async fn bench(
 fn print_bench(report: &LoadReport, spec: &LoadSpec, clients: usize, replicas: usize, json: bool) {
     let mode = match spec.rate {
         Some(rate) => format!("open loop, {rate:.0} req/s offered"),
-        None => format!(
-            "closed loop, {clients} clients x {} in flight",
-            spec.concurrency
-        ),
+        None => format!("closed loop, {clients} clients x {} in flight", spec.concurrency),
     };
     let quantiles = [0.5, 0.9, 0.99, 0.999];
     if json {
@@ -502,18 +421,10 @@ fn print_bench(report: &LoadReport, spec: &LoadSpec, clients: usize, replicas: u
         println!("{value}");
         return;
     }
-    println!(
-        "replicas {replicas}, {mode}, request {} B, reply {} B",
-        spec.sizes.request_bytes, spec.sizes.reply_bytes
-    );
-    println!(
-        "| ops/s | completed | errors | shed | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |"
-    );
+    println!("replicas {replicas}, {mode}, request {} B, reply {} B", spec.sizes.request_bytes, spec.sizes.reply_bytes);
+    println!("| ops/s | completed | errors | shed | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    let percentiles: Vec<String> = quantiles
-        .iter()
-        .map(|q| format!("{:.2}", report.percentile_ms(*q)))
-        .collect();
+    let percentiles: Vec<String> = quantiles.iter().map(|q| format!("{:.2}", report.percentile_ms(*q))).collect();
     println!(
         "| {:.0} | {} | {} | {} | {} | {:.2} |",
         report.ops_per_sec(),

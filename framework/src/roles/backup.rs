@@ -229,15 +229,7 @@ impl Backup {
         }
         slot.pre_prepare = Some((pre_prepare, batch));
         if !i_am_primary {
-            let prepare = sign(
-                Prepare {
-                    view,
-                    seq,
-                    digest,
-                    replica: me,
-                },
-                key,
-            );
+            let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
             slot.prepares.add(me, digest, prepare.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));
         }
@@ -246,12 +238,7 @@ impl Backup {
 
     /// N4: log a PREPARE of the current view inside the window. A prepare from the
     /// primary is ignored. Votes may arrive before the pre-prepare (PF8).
-    pub fn on_prepare(
-        &mut self,
-        prepare: Verified<Prepare>,
-        key: &KeyPair,
-        out: &mut Vec<BackupOutput>,
-    ) {
+    pub fn on_prepare(&mut self, prepare: Verified<Prepare>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
         if prepare.view != self.view {
             out.push(BackupOutput::Refused("prepare for another view"));
             return;
@@ -266,20 +253,13 @@ impl Backup {
         }
         let (seq, replica, digest) = (prepare.seq, prepare.replica, prepare.digest);
         if self.slot_mut(seq).prepares.add(replica, digest, prepare) == VoteOutcome::Conflicting {
-            out.push(BackupOutput::Refused(
-                "conflicting prepare from one replica (PF7)",
-            ));
+            out.push(BackupOutput::Refused("conflicting prepare from one replica (PF7)"));
         }
         self.check_progress(seq, key, out);
     }
 
     /// N4: log a COMMIT of the current view inside the window.
-    pub fn on_commit(
-        &mut self,
-        commit: Verified<Commit>,
-        key: &KeyPair,
-        out: &mut Vec<BackupOutput>,
-    ) {
+    pub fn on_commit(&mut self, commit: Verified<Commit>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
         if commit.view != self.view {
             out.push(BackupOutput::Refused("commit for another view"));
             return;
@@ -290,9 +270,7 @@ impl Backup {
         }
         let (seq, replica, digest) = (commit.seq, commit.replica, commit.digest);
         if self.slot_mut(seq).commits.add(replica, digest, commit) == VoteOutcome::Conflicting {
-            out.push(BackupOutput::Refused(
-                "conflicting commit from one replica (PF7)",
-            ));
+            out.push(BackupOutput::Refused("conflicting commit from one replica (PF7)"));
         }
         self.check_progress(seq, key, out);
     }
@@ -309,21 +287,12 @@ impl Backup {
         let Some(digest) = slot.digest() else { return };
         if !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
             slot.prepared = true;
-            let commit = sign(
-                Commit {
-                    view,
-                    seq,
-                    digest,
-                    replica: me,
-                },
-                key,
-            );
+            let commit = sign(Commit { view, seq, digest, replica: me }, key);
             slot.commits.add(me, digest, commit.clone());
             slot.own_commit = Some(commit.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Commit(commit)));
         }
-        if slot.prepared && !slot.committed && slot.commits.count(digest, None) >= commit_threshold
-        {
+        if slot.prepared && !slot.committed && slot.commits.count(digest, None) >= commit_threshold {
             slot.committed = true;
         }
     }
@@ -334,9 +303,7 @@ impl Backup {
         if !slot.committed {
             return None;
         }
-        slot.pre_prepare
-            .as_ref()
-            .map(|(pp, batch)| (batch.clone(), pp.view))
+        slot.pre_prepare.as_ref().map(|(pp, batch)| (batch.clone(), pp.view))
     }
 
     pub fn is_committed(&self, seq: SeqNum) -> bool {
@@ -357,15 +324,10 @@ impl Backup {
         // replaces the whole range, so keeping it would only let the log grow while a
         // replica is behind.
         let mut executable_until = last_executed;
-        while self
-            .slots
-            .get(&executable_until.next())
-            .is_some_and(|s| s.committed)
-        {
+        while self.slots.get(&executable_until.next()).is_some_and(|s| s.committed) {
             executable_until = executable_until.next();
         }
-        self.slots
-            .retain(|seq, _| *seq > stable || (*seq > last_executed && *seq <= executable_until));
+        self.slots.retain(|seq, _| *seq > stable || (*seq > last_executed && *seq <= executable_until));
         let mut replay = Vec::new();
         for queue in &mut self.future {
             replay.extend(queue.drain(..));
@@ -377,18 +339,13 @@ impl Backup {
     /// executing, for slots kept by `advance_low` below the window.
     pub fn forget_executed_below_low(&mut self, last_executed: SeqNum) {
         let low = self.low;
-        self.slots
-            .retain(|seq, _| *seq > low || *seq > last_executed);
+        self.slots.retain(|seq, _| *seq > low || *seq > last_executed);
     }
 
     /// Progress of `seq`, for STATUS.
     pub fn progress(&self, seq: SeqNum) -> SlotProgress {
         match self.slots.get(&seq) {
-            None => SlotProgress {
-                has_pre_prepare: false,
-                prepared: false,
-                committed: false,
-            },
+            None => SlotProgress { has_pre_prepare: false, prepared: false, committed: false },
             Some(slot) => SlotProgress {
                 has_pre_prepare: slot.pre_prepare.is_some(),
                 prepared: slot.prepared,
@@ -406,8 +363,7 @@ impl Backup {
             return messages;
         }
         let first = SeqNum(status.last_executed.0 + 1);
-        let last =
-            SeqNum(status.last_executed.0 + self.config.params.watermark_window).min(self.high());
+        let last = SeqNum(status.last_executed.0 + self.config.params.watermark_window).min(self.high());
         for (seq, slot) in self.slots.range(first..=last) {
             let offset = (seq.0 - first.0) as usize;
             let theirs = status.slots.get(offset).copied().unwrap_or(SlotProgress {

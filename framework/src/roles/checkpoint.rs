@@ -38,11 +38,7 @@ impl CheckpointCollector {
         let n = config.n();
         CheckpointCollector {
             config,
-            stable: StableCheckpoint {
-                seq: SeqNum(0),
-                state_digest: Digest::default(),
-                proof: Vec::new(),
-            },
+            stable: StableCheckpoint { seq: SeqNum(0), state_digest: Digest::default(), proof: Vec::new() },
             pending: BTreeMap::new(),
             open_per_member: vec![0; n],
         }
@@ -71,22 +67,13 @@ impl CheckpointCollector {
             return Err("checkpoint at a sequence number that is not a multiple of K");
         }
         let member = checkpoint.replica.index();
-        if !self
-            .pending
-            .get(&seq)
-            .is_some_and(|votes| votes.has_voted(checkpoint.replica))
+        if !self.pending.get(&seq).is_some_and(|votes| votes.has_voted(checkpoint.replica))
             && self.open_per_member[member] >= self.open_max()
         {
             // Displace this member's oldest open checkpoint, or refuse if this one is older.
-            let oldest = self
-                .pending
-                .iter()
-                .find(|(_, votes)| votes.has_voted(checkpoint.replica))
-                .map(|(s, _)| *s);
+            let oldest = self.pending.iter().find(|(_, votes)| votes.has_voted(checkpoint.replica)).map(|(s, _)| *s);
             match oldest {
-                Some(oldest) if oldest < seq => {
-                    self.remove_vote(oldest, checkpoint.replica.index())
-                }
+                Some(oldest) if oldest < seq => self.remove_vote(oldest, checkpoint.replica.index()),
                 _ => return Err("too many open checkpoints from one member"),
             }
         }
@@ -101,13 +88,8 @@ impl CheckpointCollector {
         if votes.count(digest, None) < self.config.quorum() {
             return Ok(None);
         }
-        let proof: Vec<Verified<Checkpoint>> =
-            votes.certificate(digest).into_iter().cloned().collect();
-        self.stable = StableCheckpoint {
-            seq,
-            state_digest: digest,
-            proof,
-        };
+        let proof: Vec<Verified<Checkpoint>> = votes.certificate(digest).into_iter().cloned().collect();
+        self.stable = StableCheckpoint { seq, state_digest: digest, proof };
         self.collect_garbage();
         Ok(Some(self.stable.clone()))
     }
@@ -152,9 +134,6 @@ impl CheckpointCollector {
 
     /// The own checkpoint messages held above the stable one, to retransmit.
     pub fn votes_of(&self, member: crate::ids::ReplicaId) -> Vec<Verified<Checkpoint>> {
-        self.pending
-            .values()
-            .filter_map(|votes| votes.vote_of(member).cloned())
-            .collect()
+        self.pending.values().filter_map(|votes| votes.vote_of(member).cloned()).collect()
     }
 }

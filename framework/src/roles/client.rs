@@ -97,13 +97,7 @@ impl Client {
 
     /// A signed INQUIRY (where is each replica?) with `nonce`.
     pub fn inquiry(&self, nonce: u64) -> Verified<Inquiry> {
-        sign(
-            Inquiry {
-                client_key: self.key.public().into(),
-                nonce,
-            },
-            &self.key,
-        )
+        sign(Inquiry { client_key: self.key.public().into(), nonce }, &self.key)
     }
 
     /// Timestamps of the requests still outstanding.
@@ -127,55 +121,27 @@ impl Client {
         // timestamp must stay within W of the oldest outstanding one, or that one would
         // fall below the window and be dropped as too old.
         let limit = self.config.params.client_window as usize;
-        let oldest = self
-            .outstanding
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next_timestamp);
+        let oldest = self.outstanding.keys().next().copied().unwrap_or(self.next_timestamp);
         if self.next_timestamp.0 >= oldest.0 + limit as u64 {
-            return Err(ClientError::WindowFull {
-                outstanding: self.outstanding.len(),
-                limit,
-            });
+            return Err(ClientError::WindowFull { outstanding: self.outstanding.len(), limit });
         }
         let bytes_limit = self.config.params.request_bytes_max;
         if operation.len() > bytes_limit {
-            return Err(ClientError::OperationTooLarge {
-                bytes: operation.len(),
-                limit: bytes_limit,
-            });
+            return Err(ClientError::OperationTooLarge { bytes: operation.len(), limit: bytes_limit });
         }
         let timestamp = self.next_timestamp;
         self.next_timestamp = Timestamp(timestamp.0 + 1);
-        let request = sign(
-            Request {
-                client_key: self.key.public().into(),
-                timestamp,
-                read_only,
-                operation,
-            },
-            &self.key,
-        );
+        let request =
+            sign(Request { client_key: self.key.public().into(), timestamp, read_only, operation }, &self.key);
         let mut actions = vec![if read_only {
-            ClientAction::Broadcast {
-                request: request.clone(),
-            }
+            ClientAction::Broadcast { request: request.clone() }
         } else {
-            ClientAction::Send {
-                to: self.config.primary(self.view),
-                request: request.clone(),
-            }
+            ClientAction::Send { to: self.config.primary(self.view), request: request.clone() }
         }];
         let deadline = now + self.config.params.client_retransmit();
         self.outstanding.insert(
             timestamp,
-            Outstanding {
-                request,
-                replies: vec![None; self.config.n()],
-                deadline,
-                retransmissions: 0,
-            },
+            Outstanding { request, replies: vec![None; self.config.n()], deadline, retransmissions: 0 },
         );
         self.rearm(&mut actions);
         Ok((timestamp, actions))
@@ -202,11 +168,7 @@ impl Client {
             return actions;
         }
         *slot = Some((reply.result.clone(), reply.view));
-        let needed = if pending.request.read_only {
-            self.config.quorum()
-        } else {
-            self.config.weak_quorum()
-        };
+        let needed = if pending.request.read_only { self.config.quorum() } else { self.config.weak_quorum() };
         let matching: Vec<View> = pending
             .replies
             .iter()
@@ -222,10 +184,7 @@ impl Client {
             let vouched = views[self.config.weak_quorum() - 1];
             self.view = self.view.max(vouched);
             self.outstanding.remove(&timestamp);
-            actions.push(ClientAction::Completed {
-                timestamp,
-                result: reply.result.clone(),
-            });
+            actions.push(ClientAction::Completed { timestamp, result: reply.result.clone() });
         } else if pending.request.read_only {
             let replied = pending.replies.iter().flatten().count();
             let best = best_match(&pending.replies);
@@ -240,12 +199,7 @@ impl Client {
     /// CL3: retransmit every request whose deadline passed, to all replicas, with backoff.
     pub fn on_timer(&mut self, now: Instant) -> Vec<ClientAction> {
         let mut actions = Vec::new();
-        let due: Vec<Timestamp> = self
-            .outstanding
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(t, _)| *t)
-            .collect();
+        let due: Vec<Timestamp> = self.outstanding.iter().filter(|(_, p)| p.deadline <= now).map(|(t, _)| *t).collect();
         for timestamp in due {
             let read_only = self.outstanding[&timestamp].request.read_only;
             if read_only {
@@ -253,27 +207,17 @@ impl Client {
                 continue;
             }
             let base = self.config.params.client_retransmit();
-            let pending = self
-                .outstanding
-                .get_mut(&timestamp)
-                .expect("due entry exists");
+            let pending = self.outstanding.get_mut(&timestamp).expect("due entry exists");
             pending.retransmissions += 1;
             pending.deadline = now + base * (1u32 << pending.retransmissions.min(3));
-            actions.push(ClientAction::Broadcast {
-                request: pending.request.clone(),
-            });
+            actions.push(ClientAction::Broadcast { request: pending.request.clone() });
         }
         self.timer = None;
         self.rearm(&mut actions);
         actions
     }
 
-    fn fall_back_to_ordered(
-        &mut self,
-        timestamp: Timestamp,
-        now: Instant,
-        actions: &mut Vec<ClientAction>,
-    ) {
+    fn fall_back_to_ordered(&mut self, timestamp: Timestamp, now: Instant, actions: &mut Vec<ClientAction>) {
         let Some(pending) = self.outstanding.get_mut(&timestamp) else {
             return;
         };
@@ -282,9 +226,7 @@ impl Client {
         pending.request = sign(request, &self.key);
         pending.replies = vec![None; self.config.n()];
         pending.deadline = now + self.config.params.client_retransmit();
-        actions.push(ClientAction::Broadcast {
-            request: pending.request.clone(),
-        });
+        actions.push(ClientAction::Broadcast { request: pending.request.clone() });
     }
 
     fn rearm(&mut self, actions: &mut Vec<ClientAction>) {
@@ -300,9 +242,5 @@ impl Client {
 
 fn best_match(replies: &[Option<(Vec<u8>, View)>]) -> usize {
     let results: Vec<&Vec<u8>> = replies.iter().flatten().map(|(r, _)| r).collect();
-    results
-        .iter()
-        .map(|r| results.iter().filter(|other| *other == r).count())
-        .max()
-        .unwrap_or(0)
+    results.iter().map(|r| results.iter().filter(|other| *other == r).count()).max().unwrap_or(0)
 }

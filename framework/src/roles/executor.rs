@@ -30,17 +30,12 @@ mod results_as_pairs {
     #[derive(Serialize, Deserialize)]
     struct Entry(Timestamp, #[serde(with = "serde_bytes")] Vec<u8>);
 
-    pub fn serialize<S: Serializer>(
-        map: &BTreeMap<Timestamp, Vec<u8>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(map: &BTreeMap<Timestamp, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         let entries: Vec<Entry> = map.iter().map(|(t, r)| Entry(*t, r.clone())).collect();
         entries.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<Timestamp, Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Timestamp, Vec<u8>>, D::Error> {
         let entries: Vec<Entry> = Vec::deserialize(d)?;
         Ok(entries.into_iter().map(|Entry(t, r)| (t, r)).collect())
     }
@@ -179,11 +174,7 @@ impl<S: Service> Executor<S> {
     }
 
     pub fn request_status(&self, request: &Request) -> RequestStatus {
-        self.clients.status(
-            request.client(),
-            request.timestamp,
-            self.config.params.client_window,
-        )
+        self.clients.status(request.client(), request.timestamp, self.config.params.client_window)
     }
 
     pub fn service(&self) -> &S {
@@ -204,14 +195,7 @@ impl<S: Service> Executor<S> {
         key: &KeyPair,
     ) -> Verified<Reply> {
         sign(
-            Reply {
-                view,
-                timestamp: request.timestamp,
-                client: request.client(),
-                replica: self.me,
-                read_only,
-                result,
-            },
+            Reply { view, timestamp: request.timestamp, client: request.client(), replica: self.me, read_only, result },
             key,
         )
     }
@@ -231,11 +215,7 @@ impl<S: Service> Executor<S> {
     /// E1–E2: execute batch `seq`, which must be `last_executed + 1`. Requests already
     /// executed (or below their client's window) are skipped, deterministically (N2, CX4).
     pub fn execute(&mut self, seq: SeqNum, view: View, batch: &Batch, key: &KeyPair) -> Execution {
-        assert_eq!(
-            seq,
-            self.last_executed.next(),
-            "E1: execution is strictly in order"
-        );
+        assert_eq!(seq, self.last_executed.next(), "E1: execution is strictly in order");
         let window = self.config.params.client_window;
         let max_clients = self.config.params.client_table_max;
         let mut replies = Vec::new();
@@ -249,18 +229,8 @@ impl<S: Service> Executor<S> {
                 Err(_) => Outcome::MalformedOperation,
             };
             let result = encode_outcome::<S>(&outcome);
-            self.clients.record(
-                request.client(),
-                request.timestamp,
-                result.clone(),
-                seq,
-                window,
-                max_clients,
-            );
-            replies.push((
-                request.client(),
-                self.reply(view, request, result, false, key),
-            ));
+            self.clients.record(request.client(), request.timestamp, result.clone(), seq, window, max_clients);
+            replies.push((request.client(), self.reply(view, request, result, false, key)));
             executed_requests += 1;
         }
         self.last_executed = seq;
@@ -272,22 +242,13 @@ impl<S: Service> Executor<S> {
         } else {
             None
         };
-        Execution {
-            replies,
-            checkpoint,
-            executed_requests,
-        }
+        Execution { replies, checkpoint, executed_requests }
     }
 
     fn image(&self) -> Vec<u8> {
         let image = Image {
             service: self.service.snapshot(),
-            clients: self
-                .clients
-                .clients
-                .iter()
-                .map(|(c, r)| (*c, r.clone()))
-                .collect(),
+            clients: self.clients.clients.iter().map(|(c, r)| (*c, r.clone())).collect(),
         };
         rmp_serde::to_vec(&image).expect("encoding a checkpoint image cannot fail")
     }
@@ -312,16 +273,10 @@ impl<S: Service> Executor<S> {
     /// checkpoint proof. Refused if it does not decode or would move backwards (E4).
     pub fn install(&mut self, seq: SeqNum, image: Arc<Vec<u8>>) -> Result<Digest, String> {
         if seq <= self.last_executed {
-            return Err(format!(
-                "image at {seq} is not ahead of last executed {}",
-                self.last_executed
-            ));
+            return Err(format!("image at {seq} is not ahead of last executed {}", self.last_executed));
         }
-        let decoded: Image =
-            rmp_serde::from_slice(&image).map_err(|e| format!("image does not decode: {e}"))?;
-        self.service
-            .restore(&decoded.service)
-            .map_err(|e| e.to_string())?;
+        let decoded: Image = rmp_serde::from_slice(&image).map_err(|e| format!("image does not decode: {e}"))?;
+        self.service.restore(&decoded.service).map_err(|e| e.to_string())?;
         let mut clients = ClientTable::default();
         for (client, record) in decoded.clients {
             clients.by_activity.insert((record.last_active, client));

@@ -39,22 +39,13 @@ pub enum TimerKind {
 #[derive(Clone, Debug)]
 pub enum Action {
     /// Send to one replica.
-    Send {
-        to: ReplicaId,
-        message: VerifiedMessage,
-    },
+    Send { to: ReplicaId, message: VerifiedMessage },
     /// Send to every other member of the cluster.
     Broadcast { message: VerifiedMessage },
     /// Deliver a reply to a client.
-    Reply {
-        client: ClientId,
-        reply: Verified<Reply>,
-    },
+    Reply { client: ClientId, reply: Verified<Reply> },
     /// Answer an INQUIRY.
-    Report {
-        client: ClientId,
-        report: Verified<Report>,
-    },
+    Report { client: ClientId, report: Verified<Report> },
     /// Fire `TimerKind` at `at` (replacing the pending one of that kind).
     SetTimer { timer: TimerKind, at: Instant },
     /// Something worth observing happened (metrics, logs, the simulator's checker).
@@ -65,12 +56,7 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplicaEvent {
     /// Batch `seq` with digest `digest` was executed in view `view` (E1).
-    Executed {
-        seq: SeqNum,
-        digest: Digest,
-        view: View,
-        requests: usize,
-    },
+    Executed { seq: SeqNum, digest: Digest, view: View, requests: usize },
     /// A checkpoint became stable (C3).
     Stable { seq: SeqNum, state_digest: Digest },
     /// A checkpoint image was installed by state transfer (ST5).

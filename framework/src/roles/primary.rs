@@ -98,16 +98,9 @@ impl Primary {
             }
             let seq = self.next_seq;
             self.next_seq = seq.next();
-            self.in_flight.insert(
-                seq,
-                requests.iter().map(|r| (r.client(), r.timestamp)).collect(),
-            );
+            self.in_flight.insert(seq, requests.iter().map(|r| (r.client(), r.timestamp)).collect());
             proposals.push((seq, Batch::new(requests)));
-            self.batch_deadline = if self.queue.is_empty() {
-                None
-            } else {
-                Some(now + params.batch_delay())
-            };
+            self.batch_deadline = if self.queue.is_empty() { None } else { Some(now + params.batch_delay()) };
         }
         proposals
     }

@@ -18,8 +18,7 @@
 use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{
-    Checkpoint, Inquiry, PrePrepare, Report, Request, StateReply, StateRequest, Status,
-    VerifiedMessage,
+    Checkpoint, Inquiry, PrePrepare, Report, Request, StateReply, StateRequest, Status, VerifiedMessage,
 };
 use crate::roles::backup::{sign, Backup, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CheckpointCollector, StableCheckpoint};
@@ -120,16 +119,12 @@ impl<S: Service> Replica<S> {
     /// simulator's checker catches what this breaks.
     #[cfg(feature = "negative-controls")]
     pub fn weaken_quorums_for_negative_control(&mut self) {
-        self.backup
-            .set_rule(crate::roles::backup::QuorumRule::Weakened);
+        self.backup.set_rule(crate::roles::backup::QuorumRule::Weakened);
     }
 
     /// The first actions of a replica: arm the periodic status timer.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
-        vec![Action::SetTimer {
-            timer: TimerKind::Status,
-            at: now + self.config.params.status_interval(),
-        }]
+        vec![Action::SetTimer { timer: TimerKind::Status, at: now + self.config.params.status_interval() }]
     }
 
     pub fn id(&self) -> ReplicaId {
@@ -208,10 +203,7 @@ impl<S: Service> Replica<S> {
 
     fn note_seen(&mut self, seq: SeqNum) {
         if seq > self.highest_seen
-            && matches!(
-                self.backup.position(seq),
-                WindowPosition::Inside | WindowPosition::Ahead
-            )
+            && matches!(self.backup.position(seq), WindowPosition::Inside | WindowPosition::Ahead)
         {
             self.highest_seen = seq;
         }
@@ -223,8 +215,7 @@ impl<S: Service> Replica<S> {
             VerifiedMessage::PrePrepare(pre_prepare, batch) => {
                 self.note_seen(pre_prepare.seq);
                 let mut out = Vec::new();
-                self.backup
-                    .on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
+                self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
                 self.apply(out, actions);
             }
             VerifiedMessage::Prepare(prepare) => {
@@ -244,9 +235,7 @@ impl<S: Service> Replica<S> {
             VerifiedMessage::StateRequest(request) => self.on_state_request(request, now, actions),
             VerifiedMessage::StateReply(reply) => self.on_state_reply(reply, actions),
             VerifiedMessage::Inquiry(inquiry) => self.on_inquiry(inquiry, now, actions),
-            VerifiedMessage::Reply(_) | VerifiedMessage::Report(_) => {
-                self.refuse("reply or report sent to a replica")
-            }
+            VerifiedMessage::Reply(_) | VerifiedMessage::Report(_) => self.refuse("reply or report sent to a replica"),
         }
     }
 
@@ -263,26 +252,16 @@ impl<S: Service> Replica<S> {
     fn on_request(&mut self, request: Verified<Request>, now: Instant, actions: &mut Vec<Action>) {
         if request.read_only {
             let result = self.executor.query(&request.operation);
-            let reply = self
-                .executor
-                .reply(self.view, &request, result, true, &self.key);
-            actions.push(Action::Reply {
-                client: request.client(),
-                reply,
-            });
+            let reply = self.executor.reply(self.view, &request, result, true, &self.key);
+            actions.push(Action::Reply { client: request.client(), reply });
             return;
         }
         match self.executor.request_status(&request) {
             RequestStatus::TooOld => self.refuse("request below the client's window (CX3)"),
             RequestStatus::Executed(result) => {
                 // R2: resend the cached reply, do nothing else.
-                let reply = self
-                    .executor
-                    .reply(self.view, &request, result, false, &self.key);
-                actions.push(Action::Reply {
-                    client: request.client(),
-                    reply,
-                });
+                let reply = self.executor.reply(self.view, &request, result, false, &self.key);
+                actions.push(Action::Reply { client: request.client(), reply });
             }
             RequestStatus::New if self.is_primary() => match self.primary.offer(request, now) {
                 Admission::Queued | Admission::Duplicate => {}
@@ -291,10 +270,7 @@ impl<S: Service> Replica<S> {
             RequestStatus::New => {
                 // R3: relay to the primary (the request timer arrives with view change).
                 let primary = self.config.primary(self.view);
-                actions.push(Action::Send {
-                    to: primary,
-                    message: VerifiedMessage::Request(request),
-                });
+                actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request) });
             }
         }
     }
@@ -310,14 +286,7 @@ impl<S: Service> Replica<S> {
             }
             if self.is_primary() {
                 for (seq, batch) in self.primary.cut_batches(self.backup.low(), now) {
-                    let pre_prepare = sign(
-                        PrePrepare {
-                            view: self.view,
-                            seq,
-                            digest: batch.digest(),
-                        },
-                        &self.key,
-                    );
+                    let pre_prepare = sign(PrePrepare { view: self.view, seq, digest: batch.digest() }, &self.key);
                     let batch = Arc::new(batch);
                     self.metrics.batches_proposed += 1;
                     // A proposal lost on the way to every backup must still make this
@@ -327,8 +296,7 @@ impl<S: Service> Replica<S> {
                         message: VerifiedMessage::PrePrepare(pre_prepare.clone(), batch.clone()),
                     });
                     let mut out = Vec::new();
-                    self.backup
-                        .on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
+                    self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
                     self.apply(out, actions);
                     moved = true;
                 }
@@ -337,26 +305,14 @@ impl<S: Service> Replica<S> {
                 break;
             }
         }
-        if self.last_executed() < self.stable()
-            && self
-                .backup
-                .committed_batch(self.last_executed().next())
-                .is_none()
-        {
+        if self.last_executed() < self.stable() && self.backup.committed_batch(self.last_executed().next()).is_none() {
             self.ensure_transfer(now, actions);
         }
-        let deadline = if self.is_primary() {
-            self.primary.batch_deadline()
-        } else {
-            None
-        };
+        let deadline = if self.is_primary() { self.primary.batch_deadline() } else { None };
         if deadline != self.batch_timer {
             self.batch_timer = deadline;
             if let Some(at) = deadline {
-                actions.push(Action::SetTimer {
-                    timer: TimerKind::Batch,
-                    at,
-                });
+                actions.push(Action::SetTimer { timer: TimerKind::Batch, at });
             }
         }
     }
@@ -385,17 +341,8 @@ impl<S: Service> Replica<S> {
         self.primary.on_executed(seq);
         self.backup.forget_executed_below_low(seq);
         if let Some((seq, state_digest)) = execution.checkpoint {
-            let checkpoint = sign(
-                Checkpoint {
-                    seq,
-                    state_digest,
-                    replica: self.id,
-                },
-                &self.key,
-            );
-            actions.push(Action::Broadcast {
-                message: VerifiedMessage::Checkpoint(checkpoint.clone()),
-            });
+            let checkpoint = sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
+            actions.push(Action::Broadcast { message: VerifiedMessage::Checkpoint(checkpoint.clone()) });
             let stable = self.stable_checkpoint().clone();
             if stable.seq == seq && stable.state_digest != state_digest {
                 // C6: a stable checkpoint this replica executed through with another digest
@@ -407,12 +354,7 @@ impl<S: Service> Replica<S> {
     }
 
     /// C3: log a checkpoint; on a new stable checkpoint, C4.
-    fn on_checkpoint(
-        &mut self,
-        checkpoint: Verified<Checkpoint>,
-        now: Instant,
-        actions: &mut Vec<Action>,
-    ) {
+    fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>, now: Instant, actions: &mut Vec<Action>) {
         self.note_seen(checkpoint.seq);
         match self.checkpoints.on_checkpoint(checkpoint) {
             Err(reason) => self.refuse(reason),
@@ -424,10 +366,7 @@ impl<S: Service> Replica<S> {
     /// C4 and C5: discard the log below the new stable checkpoint, move the watermarks,
     /// re-examine the messages buffered for the next window.
     fn on_stable(&mut self, stable: StableCheckpoint, now: Instant, actions: &mut Vec<Action>) {
-        actions.push(Action::Event(ReplicaEvent::Stable {
-            seq: stable.seq,
-            state_digest: stable.state_digest,
-        }));
+        actions.push(Action::Event(ReplicaEvent::Stable { seq: stable.seq, state_digest: stable.state_digest }));
         self.executor.on_stable(stable.seq);
         let replay = self.backup.advance_low(stable.seq, self.last_executed());
         for message in replay {
@@ -441,12 +380,7 @@ impl<S: Service> Replica<S> {
         if self.transfer.as_ref().is_some_and(|t| t.seq >= stable.seq) {
             return;
         }
-        let sources: Vec<ReplicaId> = stable
-            .proof
-            .iter()
-            .map(|c| c.replica)
-            .filter(|r| *r != self.id)
-            .collect();
+        let sources: Vec<ReplicaId> = stable.proof.iter().map(|c| c.replica).filter(|r| *r != self.id).collect();
         if sources.is_empty() {
             return;
         }
@@ -469,56 +403,27 @@ impl<S: Service> Replica<S> {
         let source = transfer.sources[transfer.next_source % transfer.sources.len()];
         transfer.next_source += 1;
         transfer.requested_at = now;
-        let request = sign(
-            StateRequest {
-                replica: self.id,
-                seq: transfer.seq,
-            },
-            &self.key,
-        );
-        actions.push(Action::Send {
-            to: source,
-            message: VerifiedMessage::StateRequest(request),
-        });
+        let request = sign(StateRequest { replica: self.id, seq: transfer.seq }, &self.key);
+        actions.push(Action::Send { to: source, message: VerifiedMessage::StateRequest(request) });
     }
 
     /// Serve a checkpoint image: the one asked for, or a newer stable one (ST3).
-    fn on_state_request(
-        &mut self,
-        request: Verified<StateRequest>,
-        now: Instant,
-        actions: &mut Vec<Action>,
-    ) {
+    fn on_state_request(&mut self, request: Verified<StateRequest>, now: Instant, actions: &mut Vec<Action>) {
         if !self.may_answer(request.replica, now) {
             self.refuse("state request rate limit");
             return;
         }
         let stable = self.stable();
-        let image = self
-            .executor
-            .image_at(request.seq)
-            .map(|i| (request.seq, i))
-            .or_else(|| {
-                (stable > request.seq)
-                    .then(|| self.executor.image_at(stable).map(|i| (stable, i)))
-                    .flatten()
+        let image =
+            self.executor.image_at(request.seq).map(|i| (request.seq, i)).or_else(|| {
+                (stable > request.seq).then(|| self.executor.image_at(stable).map(|i| (stable, i))).flatten()
             });
         let Some((seq, (_, image))) = image else {
             self.refuse("state request for an image not held");
             return;
         };
-        let reply = sign(
-            StateReply {
-                replica: self.id,
-                seq,
-                image: image.as_ref().clone(),
-            },
-            &self.key,
-        );
-        actions.push(Action::Send {
-            to: request.replica,
-            message: VerifiedMessage::StateReply(reply),
-        });
+        let reply = sign(StateReply { replica: self.id, seq, image: image.as_ref().clone() }, &self.key);
+        actions.push(Action::Send { to: request.replica, message: VerifiedMessage::StateReply(reply) });
     }
 
     /// ST4–ST5: install an image only if it matches the stable checkpoint's digest.
@@ -537,10 +442,7 @@ impl<S: Service> Replica<S> {
                 self.transfer = None;
                 self.primary.on_executed(transfer.seq);
                 self.backup.forget_executed_below_low(transfer.seq);
-                actions.push(Action::Event(ReplicaEvent::StateInstalled {
-                    seq: transfer.seq,
-                    state_digest,
-                }));
+                actions.push(Action::Event(ReplicaEvent::StateInstalled { seq: transfer.seq, state_digest }));
             }
             Err(_) => self.refuse("state image could not be installed"),
         }
@@ -561,20 +463,12 @@ impl<S: Service> Replica<S> {
     /// Periodic: retry state transfer; if stuck, tell peers what this replica has.
     fn on_status_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let interval = self.config.params.status_interval();
-        actions.push(Action::SetTimer {
-            timer: TimerKind::Status,
-            at: now + interval,
-        });
-        if self
-            .transfer
-            .as_ref()
-            .is_some_and(|t| now >= t.requested_at + interval)
-        {
+        actions.push(Action::SetTimer { timer: TimerKind::Status, at: now + interval });
+        if self.transfer.as_ref().is_some_and(|t| now >= t.requested_at + interval) {
             self.request_state(now, actions);
         }
         let last_executed = self.last_executed();
-        let stuck =
-            self.highest_seen > last_executed && last_executed == self.executed_at_last_tick;
+        let stuck = self.highest_seen > last_executed && last_executed == self.executed_at_last_tick;
         self.executed_at_last_tick = last_executed;
         self.ticks += 1;
         // Even a replica that knows of nothing newer says where it is now and then: a
@@ -586,23 +480,11 @@ impl<S: Service> Replica<S> {
         }
         let window = self.config.params.watermark_window;
         let last = self.highest_seen.0.min(last_executed.0 + window);
-        let slots = (last_executed.0 + 1..=last)
-            .map(|s| self.backup.progress(SeqNum(s)))
-            .collect();
-        let status = sign(
-            Status {
-                replica: self.id,
-                view: self.view,
-                stable: self.stable(),
-                last_executed,
-                slots,
-            },
-            &self.key,
-        );
+        let slots = (last_executed.0 + 1..=last).map(|s| self.backup.progress(SeqNum(s))).collect();
+        let status =
+            sign(Status { replica: self.id, view: self.view, stable: self.stable(), last_executed, slots }, &self.key);
         self.metrics.status_sent += 1;
-        actions.push(Action::Broadcast {
-            message: VerifiedMessage::Status(status),
-        });
+        actions.push(Action::Broadcast { message: VerifiedMessage::Status(status) });
     }
 
     /// Answer an INQUIRY with where this replica is. The state digest is recomputed at
@@ -615,9 +497,7 @@ impl<S: Service> Replica<S> {
             Some((seq, _, at)) if seq == last_executed => Some(at),
             _ => None,
         };
-        let due = self
-            .report_digest
-            .is_none_or(|(_, _, at)| now >= at + self.config.params.status_interval());
+        let due = self.report_digest.is_none_or(|(_, _, at)| now >= at + self.config.params.status_interval());
         if fresh.is_none() && due {
             self.report_digest = Some((last_executed, self.executor.state_digest(), now));
         }
@@ -653,13 +533,7 @@ impl<S: Service> Replica<S> {
         let mut messages = Vec::new();
         let stable = self.checkpoints.stable();
         if status.stable < stable.seq {
-            messages.extend(
-                stable
-                    .proof
-                    .iter()
-                    .cloned()
-                    .map(VerifiedMessage::Checkpoint),
-            );
+            messages.extend(stable.proof.iter().cloned().map(VerifiedMessage::Checkpoint));
         }
         messages.extend(
             self.checkpoints

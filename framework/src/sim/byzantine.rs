@@ -44,21 +44,9 @@ fn signed<T: bulwark_crypto::Signable>(payload: T, key: &KeyPair) -> Signed<T> {
 }
 
 impl ByzantineReplica {
-    pub fn new(
-        id: ReplicaId,
-        key: KeyPair,
-        config: Arc<ClusterConfig>,
-        strategy: Strategy,
-    ) -> Self {
+    pub fn new(id: ReplicaId, key: KeyPair, config: Arc<ClusterConfig>, strategy: Strategy) -> Self {
         let proposer = Primary::new(config.clone(), SeqNum(1));
-        ByzantineReplica {
-            id,
-            key,
-            config,
-            strategy,
-            proposer,
-            view: View(0),
-        }
+        ByzantineReplica { id, key, config, strategy, proposer, view: View(0) }
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -87,47 +75,22 @@ impl ByzantineReplica {
             self.proposer.on_executed(seq);
             let mut reversed = batch.requests().to_vec();
             reversed.reverse();
-            let other = if batch.len() >= 2 {
-                Batch::new(reversed)
-            } else {
-                Batch::null()
-            };
+            let other = if batch.len() >= 2 { Batch::new(reversed) } else { Batch::null() };
             for (group, variant) in [(left, &batch), (right, &other)] {
                 let digest = variant.digest();
-                let pre_prepare = signed(
-                    PrePrepare {
-                        view: self.view,
-                        seq,
-                        digest,
-                    },
-                    &self.key,
-                );
-                let commit = signed(
-                    Commit {
-                        view: self.view,
-                        seq,
-                        digest,
-                        replica: self.id,
-                    },
-                    &self.key,
-                );
+                let pre_prepare = signed(PrePrepare { view: self.view, seq, digest }, &self.key);
+                let commit = signed(Commit { view: self.view, seq, digest, replica: self.id }, &self.key);
                 for to in group {
                     actions.push(ByzantineAction::Send {
                         to: *to,
                         message: Message::PrePrepare(pre_prepare.clone(), variant.to_wire()),
                     });
-                    actions.push(ByzantineAction::Send {
-                        to: *to,
-                        message: Message::Commit(commit.clone()),
-                    });
+                    actions.push(ByzantineAction::Send { to: *to, message: Message::Commit(commit.clone()) });
                 }
             }
         }
         if let Some(at) = self.proposer.batch_deadline() {
-            actions.push(ByzantineAction::SetTimer {
-                timer: TimerKind::Batch,
-                at,
-            });
+            actions.push(ByzantineAction::SetTimer { timer: TimerKind::Batch, at });
         }
         actions
     }

@@ -153,30 +153,14 @@ impl Checker {
             "I6",
             || format!("{replica} moved backwards: {before:?} -> view {view} stable {stable} executed {last_executed}"),
         );
-        self.progress.insert(
-            replica,
-            Progress {
-                view,
-                stable,
-                last_executed,
-            },
-        );
+        self.progress.insert(replica, Progress { view, stable, last_executed });
     }
 
-    fn observe_signed(
-        &mut self,
-        replica: ReplicaId,
-        message: &VerifiedMessage,
-        stable_before: SeqNum,
-    ) {
+    fn observe_signed(&mut self, replica: ReplicaId, message: &VerifiedMessage, stable_before: SeqNum) {
         let (kind, view, seq, digest) = match message {
             VerifiedMessage::PrePrepare(m, _) => (MessageKind::PrePrepare, m.view, m.seq, m.digest),
-            VerifiedMessage::Prepare(m) if m.replica == replica => {
-                (MessageKind::Prepare, m.view, m.seq, m.digest)
-            }
-            VerifiedMessage::Commit(m) if m.replica == replica => {
-                (MessageKind::Commit, m.view, m.seq, m.digest)
-            }
+            VerifiedMessage::Prepare(m) if m.replica == replica => (MessageKind::Prepare, m.view, m.seq, m.digest),
+            VerifiedMessage::Commit(m) if m.replica == replica => (MessageKind::Commit, m.view, m.seq, m.digest),
             VerifiedMessage::Checkpoint(m) if m.replica == replica => {
                 let (seq, digest) = (m.seq, m.state_digest);
                 match self.checkpoints.get(&seq) {

@@ -47,12 +47,7 @@ pub struct NetworkModel {
 
 impl Default for NetworkModel {
     fn default() -> Self {
-        NetworkModel {
-            delay_min_us: 200,
-            delay_max_us: 2_000,
-            drop_rate: 0.0,
-            duplicate_rate: 0.0,
-        }
+        NetworkModel { delay_min_us: 200, delay_max_us: 2_000, drop_rate: 0.0, duplicate_rate: 0.0 }
     }
 }
 
@@ -162,10 +157,7 @@ impl SimReport {
 
     /// How to replay this run.
     pub fn replay_hint(&self) -> String {
-        format!(
-            "replay with BULWARK_SEED={} (same test, same configuration)",
-            self.seed
-        )
+        format!("replay with BULWARK_SEED={} (same test, same configuration)", self.seed)
     }
 }
 
@@ -212,22 +204,10 @@ enum Payload {
 
 #[derive(Debug)]
 enum Event {
-    Deliver {
-        to: Endpoint,
-        payload: Payload,
-    },
-    ReplicaTimer {
-        replica: ReplicaId,
-        timer: TimerKind,
-        generation: u64,
-    },
-    ClientTimer {
-        client: usize,
-        generation: u64,
-    },
-    Crash {
-        replica: ReplicaId,
-    },
+    Deliver { to: Endpoint, payload: Payload },
+    ReplicaTimer { replica: ReplicaId, timer: TimerKind, generation: u64 },
+    ClientTimer { client: usize, generation: u64 },
+    Crash { replica: ReplicaId },
 }
 
 enum Node<S: Service> {
@@ -269,11 +249,7 @@ pub struct Simulation<S: Service> {
 
 impl<S: Service> fmt::Debug for Simulation<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Simulation(seed {}, now {:?})",
-            self.config.seed, self.now
-        )
+        write!(f, "Simulation(seed {}, now {:?})", self.config.seed, self.now)
     }
 }
 
@@ -302,9 +278,7 @@ impl<S: Service> Simulation<S> {
         make_service: impl Fn() -> S,
         make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> S::Op + 'static,
     ) -> Result<Self, crate::config::ConfigError> {
-        let members = (0..config.replicas)
-            .map(|i| replica_key(config.seed, i).public())
-            .collect();
+        let members = (0..config.replicas).map(|i| replica_key(config.seed, i).public()).collect();
         let cluster = Arc::new(ClusterConfig::new(members, config.params.clone())?);
         let mut checker = Checker::new(config.replicas, config.params.watermark_window);
         let nodes = (0..config.replicas)
@@ -312,12 +286,9 @@ impl<S: Service> Simulation<S> {
                 let id = ReplicaId(i as u32);
                 let key = replica_key(config.seed, i);
                 match config.byzantine.iter().find(|(r, _)| *r == id) {
-                    Some((_, strategy)) => Node::Byzantine(Box::new(ByzantineReplica::new(
-                        id,
-                        key,
-                        cluster.clone(),
-                        *strategy,
-                    ))),
+                    Some((_, strategy)) => {
+                        Node::Byzantine(Box::new(ByzantineReplica::new(id, key, cluster.clone(), *strategy)))
+                    }
                     None => {
                         checker.register(id);
                         #[allow(unused_mut)]
@@ -335,11 +306,7 @@ impl<S: Service> Simulation<S> {
             .collect();
         let clients = (0..config.clients)
             .map(|c| ClientNode {
-                client: Client::new(
-                    client_key(config.seed, c),
-                    cluster.clone(),
-                    crate::ids::Timestamp(1),
-                ),
+                client: Client::new(client_key(config.seed, c), cluster.clone(), crate::ids::Timestamp(1)),
                 issued: 0,
                 completed: 0,
                 timer_generation: 0,
@@ -386,10 +353,7 @@ impl<S: Service> Simulation<S> {
     }
 
     fn isolated(&self, replica: ReplicaId, at: Instant) -> bool {
-        self.config
-            .isolations
-            .iter()
-            .any(|i| i.replica == replica && i.from <= at && at < i.until)
+        self.config.isolations.iter().any(|i| i.replica == replica && i.from <= at && at < i.until)
     }
 
     fn cut_off(&self, endpoint: Endpoint, at: Instant) -> bool {
@@ -408,23 +372,11 @@ impl<S: Service> Simulation<S> {
         if self.rng.gen_bool(network.drop_rate) {
             return;
         }
-        let copies = if self.rng.gen_bool(network.duplicate_rate) {
-            2
-        } else {
-            1
-        };
+        let copies = if self.rng.gen_bool(network.duplicate_rate) { 2 } else { 1 };
         for _ in 0..copies {
-            let delay = self
-                .rng
-                .gen_range(network.delay_min_us..=network.delay_max_us);
+            let delay = self.rng.gen_range(network.delay_min_us..=network.delay_max_us);
             let at = Instant(self.now.0 + delay);
-            self.schedule(
-                at,
-                Event::Deliver {
-                    to,
-                    payload: payload.clone(),
-                },
-            );
+            self.schedule(at, Event::Deliver { to, payload: payload.clone() });
         }
     }
 
@@ -494,18 +446,11 @@ impl<S: Service> Simulation<S> {
                 self.trace.update(b"crash").update_u64(replica.0 as u64);
                 self.nodes[replica.index()] = Node::Crashed;
             }
-            Event::ReplicaTimer {
-                replica,
-                timer,
-                generation,
-            } => {
+            Event::ReplicaTimer { replica, timer, generation } => {
                 if self.timer_generations.get(&(replica, timer)) != Some(&generation) {
                     return;
                 }
-                self.trace
-                    .update(b"timer")
-                    .update_u64(self.now.0)
-                    .update_u64(replica.0 as u64);
+                self.trace.update(b"timer").update_u64(self.now.0).update_u64(replica.0 as u64);
                 self.deliver_to_replica(replica, Input::Timer(timer));
             }
             Event::ClientTimer { client, generation } => {
@@ -522,31 +467,25 @@ impl<S: Service> Simulation<S> {
                 self.delivered += 1;
                 let message = match payload {
                     Payload::Verified(message) => message,
-                    Payload::Frame(frame) => {
-                        match wire::decode_frame(&frame, self.cluster.params.frame_bytes_max) {
-                            Ok(Some((message, _))) => match self.verify(message) {
-                                Some(message) => message,
-                                None => return,
-                            },
-                            Ok(None) => return,
-                            Err(error) => {
-                                self.refused_at_edge.record(&error.into());
-                                return;
-                            }
+                    Payload::Frame(frame) => match wire::decode_frame(&frame, self.cluster.params.frame_bytes_max) {
+                        Ok(Some((message, _))) => match self.verify(message) {
+                            Some(message) => message,
+                            None => return,
+                        },
+                        Ok(None) => return,
+                        Err(error) => {
+                            self.refused_at_edge.record(&error.into());
+                            return;
                         }
-                    }
+                    },
                     Payload::Raw(message) => match self.verify(message) {
                         Some(message) => message,
                         None => return,
                     },
                 };
-                self.trace
-                    .update(&fingerprint(&message).0)
-                    .update_u64(self.now.0);
+                self.trace.update(&fingerprint(&message).0).update_u64(self.now.0);
                 match to {
-                    Endpoint::Replica(replica) => {
-                        self.deliver_to_replica(replica, Input::Message(message))
-                    }
+                    Endpoint::Replica(replica) => self.deliver_to_replica(replica, Input::Message(message)),
                     Endpoint::Client(client) => {
                         if let VerifiedMessage::Reply(reply) = message {
                             let actions = self.clients[client].client.on_reply(reply, self.now);
@@ -574,11 +513,9 @@ impl<S: Service> Simulation<S> {
             Node::Crashed => {}
             Node::Correct(replica) => {
                 let actions = replica.handle(input, now);
-                let (view, stable, executed) =
-                    (replica.view(), replica.stable(), replica.last_executed());
+                let (view, stable, executed) = (replica.view(), replica.stable(), replica.last_executed());
                 let footprint = replica.footprint();
-                self.checker
-                    .observe_replica(id, &actions, view, stable, executed);
+                self.checker.observe_replica(id, &actions, view, stable, executed);
                 self.note_footprint(footprint);
                 self.carry_out(id, actions);
             }
@@ -586,11 +523,9 @@ impl<S: Service> Simulation<S> {
                 let actions = byzantine.handle(input, now);
                 for action in actions {
                     match action {
-                        ByzantineAction::Send { to, message } => self.send(
-                            Endpoint::Replica(id),
-                            Endpoint::Replica(to),
-                            Payload::Raw(message),
-                        ),
+                        ByzantineAction::Send { to, message } => {
+                            self.send(Endpoint::Replica(id), Endpoint::Replica(to), Payload::Raw(message))
+                        }
                         ByzantineAction::SetTimer { timer, at } => self.set_timer(id, timer, at),
                     }
                 }
@@ -626,14 +561,7 @@ impl<S: Service> Simulation<S> {
         let generation = self.timer_generations.entry((replica, timer)).or_default();
         *generation += 1;
         let generation = *generation;
-        self.schedule(
-            at.max(self.now),
-            Event::ReplicaTimer {
-                replica,
-                timer,
-                generation,
-            },
-        );
+        self.schedule(at.max(self.now), Event::ReplicaTimer { replica, timer, generation });
     }
 
     fn carry_out(&mut self, from: ReplicaId, actions: Vec<Action>) {
@@ -653,11 +581,7 @@ impl<S: Service> Simulation<S> {
                     let payload = self.encode(&message);
                     for to in 0..self.nodes.len() as u32 {
                         if to != from.0 {
-                            self.send(
-                                Endpoint::Replica(from),
-                                Endpoint::Replica(ReplicaId(to)),
-                                payload.clone(),
-                            );
+                            self.send(Endpoint::Replica(from), Endpoint::Replica(ReplicaId(to)), payload.clone());
                         }
                     }
                 }
@@ -676,10 +600,7 @@ impl<S: Service> Simulation<S> {
 
     fn blacked_out(&self, from: ReplicaId, message: &VerifiedMessage) -> bool {
         let kind = message.kind();
-        self.config
-            .blackouts
-            .iter()
-            .any(|b| b.sender == from && b.kind == kind && self.now < b.until)
+        self.config.blackouts.iter().any(|b| b.sender == from && b.kind == kind && self.now < b.until)
     }
 
     fn issue(&mut self, client: usize) {
@@ -720,11 +641,7 @@ impl<S: Service> Simulation<S> {
                 ClientAction::Broadcast { request } => {
                     let payload = self.encode(&VerifiedMessage::Request(request));
                     for to in 0..self.nodes.len() as u32 {
-                        self.send(
-                            Endpoint::Client(client),
-                            Endpoint::Replica(ReplicaId(to)),
-                            payload.clone(),
-                        );
+                        self.send(Endpoint::Client(client), Endpoint::Replica(ReplicaId(to)), payload.clone());
                     }
                 }
                 ClientAction::SetTimer { at } => {
@@ -753,10 +670,7 @@ impl<S: Service> Simulation<S> {
         for node in &self.nodes {
             if let Node::Correct(replica) = node {
                 metrics.insert(replica.id(), replica.metrics().clone());
-                final_states.insert(
-                    replica.id(),
-                    (replica.last_executed(), replica.state_digest()),
-                );
+                final_states.insert(replica.id(), (replica.last_executed(), replica.state_digest()));
                 stable_checkpoints.insert(replica.id(), replica.stable());
             }
         }
@@ -780,12 +694,7 @@ impl<S: Service> Simulation<S> {
                 .clients
                 .iter()
                 .enumerate()
-                .flat_map(|(index, c)| {
-                    c.client
-                        .outstanding_timestamps()
-                        .into_iter()
-                        .map(move |t| (index, t))
-                })
+                .flat_map(|(index, c)| c.client.outstanding_timestamps().into_iter().map(move |t| (index, t)))
                 .collect(),
         }
     }
@@ -807,8 +716,5 @@ fn fingerprint(message: &VerifiedMessage) -> Digest {
         VerifiedMessage::Inquiry(m) => m.digest(),
         VerifiedMessage::Report(m) => m.digest(),
     };
-    DigestBuilder::new(b"fingerprint")
-        .update_u64(kind)
-        .update(&inner.0)
-        .finish()
+    DigestBuilder::new(b"fingerprint").update_u64(kind).update(&inner.0).finish()
 }

@@ -10,10 +10,7 @@ use rand::Rng;
 pub fn run_kv(config: SimConfig) -> SimReport {
     Simulation::new(config, KvStore::new, |rng, client, index| {
         let key = format!("k{}", rng.gen_range(0..8));
-        KvOp::Append {
-            key,
-            value: vec![client as u8, (index % 251) as u8],
-        }
+        KvOp::Append { key, value: vec![client as u8, (index % 251) as u8] }
     })
     .expect("valid simulation config")
     .run()
@@ -31,9 +28,5 @@ pub fn seeds(first: u64, count: u64) -> Vec<u64> {
 pub fn assert_safe_and_converged(report: &SimReport) {
     assert!(report.violations.is_empty(), "safety violated: {report}");
     assert!(report.checks > 0, "the checker checked nothing: {report}");
-    assert!(
-        report.converged(),
-        "did not converge: {report}\nfinal states: {:?}",
-        report.final_states
-    );
+    assert!(report.converged(), "did not converge: {report}\nfinal states: {:?}", report.final_states);
 }

@@ -1,0 +1,145 @@
+//! Real processes: `bulwark keygen`, four `bulwark replica` processes, `bulwark client`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BULWARK: &str = env!("CARGO_BIN_EXE_bulwark");
+
+/// Kills every replica process when the test ends, however it ends.
+struct Replicas(Vec<Option<Child>>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Replicas {
+    fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.0[id].take() {
+            child.kill().expect("kill -9 the replica");
+            child.wait().expect("reap the replica");
+        }
+    }
+}
+
+/// A base port with `count` free consecutive ports after it.
+fn free_base_port(count: u16) -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..500u16 {
+        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(97))) % 40_000;
+        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+fn bulwark(args: &[&str]) -> Output {
+    Command::new(BULWARK).args(args).output().expect("run bulwark")
+}
+
+fn client(config: &Path, args: &[&str]) -> Output {
+    let config = config.to_str().unwrap();
+    let mut all = vec!["client", "--config", config, "--timeout", "10s"];
+    all.extend_from_slice(args);
+    bulwark(&all)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn start_replicas(config: &Path) -> Replicas {
+    let children = (0..4)
+        .map(|id| {
+            let child = Command::new(BULWARK)
+                .args(["replica", "--config", config.to_str().unwrap(), "--id", &id.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start replica");
+            Some(child)
+        })
+        .collect();
+    Replicas(children)
+}
+
+/// Retries `put` until the cluster answers (replicas take a moment to bind and dial).
+fn put_when_ready(config: &Path, key: &str, value: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = client(config, &["put", key, value]);
+        if output.status.success() || Instant::now() > deadline {
+            return output;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn keygen(dir: &Path) -> PathBuf {
+    let base = free_base_port(4).to_string();
+    let out = dir.to_str().unwrap();
+    let output = bulwark(&["keygen", "--replicas", "4", "--out", out, "--base-port", &base]);
+    assert!(output.status.success(), "keygen: {}", String::from_utf8_lossy(&output.stderr));
+    dir.join("cluster.toml")
+}
+
+#[test]
+fn four_replica_processes_serve_put_and_get_and_survive_a_killed_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path());
+    let mut replicas = start_replicas(&config);
+
+    let put = put_when_ready(&config, "colour", "blue");
+    assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
+    let get = client(&config, &["get", "colour"]);
+    assert_eq!(stdout(&get), "blue", "stderr: {}", String::from_utf8_lossy(&get.stderr));
+
+    // kill -9 a backup: 3 of 4 replicas still make a quorum of 2f + 1.
+    replicas.kill(3);
+    let put = client(&config, &["put", "colour", "green"]);
+    assert!(put.status.success(), "put after kill: {}", String::from_utf8_lossy(&put.stderr));
+    let get = client(&config, &["get", "colour"]);
+    assert_eq!(stdout(&get), "green");
+
+    let status = client(&config, &["status"]);
+    let text = stdout(&status);
+    assert!(text.contains("no answer from: [3]"), "{text}");
+    let digests: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().nth(4)).collect();
+    assert_eq!(digests.len(), 3, "{text}");
+    let executed: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().nth(3)).collect();
+    if executed.windows(2).all(|w| w[0] == w[1]) {
+        assert!(digests.windows(2).all(|w| w[0] == w[1]), "same point, different digests: {text}");
+    }
+}
+
+#[test]
+fn a_broken_cluster_file_is_an_error_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let broken = text.replacen("address = \"127.0.0.1:", "address = \"not-an-address:", 1);
+    std::fs::write(&config, broken).unwrap();
+    let output = bulwark(&["replica", "--config", config.to_str().unwrap(), "--id", "0"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cluster.toml") && stderr.contains("replica[0].address"), "{stderr}");
+}
+
+#[test]
+fn a_key_file_of_another_replica_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path());
+    let wrong = dir.path().join("replica-1.key");
+    let output =
+        bulwark(&["replica", "--config", config.to_str().unwrap(), "--id", "0", "--key", wrong.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not the key of replica 0"), "{stderr}");
+}
