@@ -293,7 +293,7 @@ impl<S: Service> Client<S> {
             next_nonce: 1,
         };
         let addr = actor.start();
-        forward(inbound_rx, verifier, addr.clone().recipient(), Some(wanted));
+        forward(inbound_rx, verifier, addr.clone().recipient(), Some(wanted), &transport);
         Ok(Client { addr, transport, options, _service: PhantomData })
     }
 

@@ -7,7 +7,9 @@
 //!
 //! Inbound path: transport (decode, frame limits) → bounded forwarder → verifier pool
 //! (signatures, on other threads) → this actor. Each replica actor runs on its own
-//! [`Arbiter`], together with its transport tasks.
+//! [`Arbiter`], together with its transport tasks. Bad input closes the connection it came
+//! on: undecodable frames in the transport, refused ones (bad signature, unknown sender,
+//! ...) in the forwarder.
 
 use crate::clock::now;
 use crate::transport::{self, ConnectionId, Inbound, TransportConfig, TransportHandle, TransportStats};
@@ -299,7 +301,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         peer_connections: BTreeSet::new(),
     };
     let addr = actor.start();
-    forward(inbound_rx, verifier.clone(), addr.clone().recipient(), None);
+    forward(inbound_rx, verifier.clone(), addr.clone().recipient(), None, &transport);
     Ok(ReplicaHandle { id, addr, transport, verifier })
 }
 
@@ -310,12 +312,21 @@ pub(crate) type MessageFilter = Arc<dyn Fn(&bulwark_framework::Message) -> bool 
 
 /// Moves inbound messages through the verifier pool to `target`, at most
 /// `INBOUND_IN_FLIGHT_MAX` at a time.
+///
+/// A message the verifier refuses (counted there) proves its sender misbehaves: every
+/// [`Refusal`](bulwark_framework::verify::Refusal) it returns is a bad signature, a sender outside the cluster or a malformed
+/// batch, never a matter of protocol state. The connection it came on is closed through
+/// `transport` (and counted there); messages already read from it are still verified and
+/// delivered on their own merit. `transport` is held weakly, so the forwarder never keeps
+/// an endpoint running that its owner has dropped.
 pub(crate) fn forward(
     mut inbound: mpsc::Receiver<Inbound>,
     verifier: VerifierPool,
     target: Recipient<Deliver>,
     wanted: Option<MessageFilter>,
+    transport: &TransportHandle,
 ) {
+    let transport = transport.downgrade();
     let permits = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT_MAX));
     actix::spawn(async move {
         while let Some(Inbound { connection, message }) = inbound.recv().await {
@@ -327,9 +338,20 @@ pub(crate) fn forward(
             };
             let verifier = verifier.addr.clone();
             let target = target.clone();
+            let transport = transport.clone();
             actix::spawn(async move {
-                if let Ok(Ok(message)) = verifier.send(Verify(message)).await {
-                    let _ = target.send(Deliver { message, connection }).await;
+                match verifier.send(Verify(message)).await {
+                    Ok(Ok(message)) => {
+                        let _ = target.send(Deliver { message, connection }).await;
+                    }
+                    Ok(Err(refusal)) => {
+                        tracing::warn!(%connection, %refusal, "closing connection after a refused message");
+                        if let Some(transport) = transport.upgrade() {
+                            let _ = (transport, connection);
+                        }
+                    }
+                    // The verifier pool is gone: the system is stopping.
+                    Err(_) => {}
                 }
                 drop(permit);
             });

@@ -6,7 +6,9 @@
 //! * **Outbound links.** For every peer in [`TransportConfig::peers`] one dialer task keeps
 //!   a TCP connection open: it connects, and when the connect fails or the connection
 //!   drops it retries with exponential backoff (`reconnect_min_ms` doubling up to
-//!   `reconnect_max_ms`, back to the minimum after a successful connect). Each link owns a
+//!   `reconnect_max_ms`, back to the minimum once a connection that worked is lost; a
+//!   connection closed by [`TransportHandle::close_connection`] counts as a failed attempt).
+//!   Each link owns a
 //!   bounded queue of `send_queue_frames_max` frames that outlives its connections: frames
 //!   sent while the peer is down wait there, up to the bound.
 //! * **Inbound connections.** The listener (if [`TransportConfig::listen`] is set) accepts
@@ -50,6 +52,12 @@
 //! [`TransportStats::refused`], `connections_closed_bad_input` is incremented and a warning
 //! is logged with the peer address. Nothing read from the network can panic the transport.
 //!
+//! A frame can also be well formed and still prove its sender is misbehaving (a signature
+//! that does not verify, a sender outside the cluster): that verdict is the consumer's, who
+//! then calls [`TransportHandle::close_connection`]. It closes the connection the same way
+//! and counts it in `connections_closed_refused`; a dialed link then reconnects, backing off
+//! further each time its connections are closed this way in a row.
+//!
 //! # Writes are coalesced
 //!
 //! A writer takes every frame already queued (up to the queue bound and 256 KiB) and writes
@@ -74,13 +82,13 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 /// How long one connect attempt may take before it counts as failed. Refused connections
 /// fail at once; this bounds attempts to addresses that silently drop packets.
@@ -181,6 +189,9 @@ pub struct TransportStats {
     pub connections_accepted: u64,
     /// Connections closed because a frame on them was oversized, malformed or truncated.
     pub connections_closed_bad_input: u64,
+    /// Connections closed by [`TransportHandle::close_connection`], because a message on
+    /// them was well formed but refused (bad signature, unknown sender, ...).
+    pub connections_closed_refused: u64,
     /// Connect attempts after the first, over all links (failed retries included).
     pub reconnects: u64,
     /// Refused frames by kind (`Oversized`, `Malformed`).
@@ -200,6 +211,7 @@ struct Counters {
     write_batches: AtomicU64,
     connections_accepted: AtomicU64,
     connections_closed_bad_input: AtomicU64,
+    connections_closed_refused: AtomicU64,
     reconnects: AtomicU64,
     refused: Mutex<RefusalCounts>,
 }
@@ -228,15 +240,27 @@ impl Counters {
             write_batches: get(&self.write_batches),
             connections_accepted: get(&self.connections_accepted),
             connections_closed_bad_input: get(&self.connections_closed_bad_input),
+            connections_closed_refused: get(&self.connections_closed_refused),
             reconnects: get(&self.reconnects),
             refused: lock(&self.refused).clone(),
         }
     }
 }
 
-/// Senders into the write queues of the live connections, by id. Accepted connections map
-/// to their own queue, dialed ones to their link's queue.
-type Routes = Arc<Mutex<HashMap<ConnectionId, mpsc::Sender<Bytes>>>>;
+/// A live connection as seen from outside its tasks: where to queue frames for it (its own
+/// queue if accepted, its link's queue if dialed) and how to ask it to close.
+#[derive(Clone, Debug)]
+struct Route {
+    queue: mpsc::Sender<Bytes>,
+    /// Notified (once) by [`TransportHandle::close_connection`]; the task running the
+    /// connection then closes it. A `Notify` keeps the request even if that task is not
+    /// waiting yet.
+    close: Arc<Notify>,
+}
+
+/// The live connections, by id. A connection is in here from when it is set up until it
+/// ends or is asked to close.
+type Routes = Arc<Mutex<HashMap<ConnectionId, Route>>>;
 
 /// What every task of an endpoint needs. Tasks hold this, never the handle's [`Shared`],
 /// so dropping the last handle drops [`Shared`] and shuts the endpoint down.
@@ -285,6 +309,26 @@ impl Drop for Shared {
 #[derive(Clone)]
 pub struct TransportHandle {
     shared: Arc<Shared>,
+}
+
+/// A reference to an endpoint that does not keep it running: for tasks that serve the
+/// endpoint (and so must not outlive it), such as the consumer of its inbound channel.
+#[derive(Clone)]
+pub struct WeakTransportHandle {
+    shared: Weak<Shared>,
+}
+
+impl WeakTransportHandle {
+    /// The endpoint, if some [`TransportHandle`] still keeps it running.
+    pub fn upgrade(&self) -> Option<TransportHandle> {
+        self.shared.upgrade().map(|shared| TransportHandle { shared })
+    }
+}
+
+impl fmt::Debug for WeakTransportHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakTransportHandle").field("alive", &(self.shared.strong_count() > 0)).finish()
+    }
 }
 
 impl fmt::Debug for TransportHandle {
@@ -345,6 +389,11 @@ impl TransportHandle {
         self.shared.local_addr
     }
 
+    /// A reference to this endpoint that does not keep it running.
+    pub fn downgrade(&self) -> WeakTransportHandle {
+        WeakTransportHandle { shared: Arc::downgrade(&self.shared) }
+    }
+
     /// Queues `frame` (from [`wire::encode_frame`]) on the link to `replica`. Never
     /// blocks: if the link's queue is full, or `replica` is not a configured peer, the frame
     /// is dropped and counted.
@@ -368,7 +417,7 @@ impl TransportHandle {
         if !self.frame_fits(&frame) {
             return;
         }
-        let queue = lock(&self.shared.context.routes).get(&connection).cloned();
+        let queue = lock(&self.shared.context.routes).get(&connection).map(|route| route.queue.clone());
         match queue {
             Some(queue) => self.enqueue(&queue, frame),
             None => {
@@ -376,6 +425,27 @@ impl TransportHandle {
                 tracing::debug!(%connection, "dropping frame for a closed connection");
             }
         }
+    }
+
+    /// Closes `connection` because a message on it was refused (it was well formed but
+    /// proves its sender misbehaves: a bad signature, a sender outside the cluster, ...),
+    /// and counts it in [`TransportStats::connections_closed_refused`].
+    ///
+    /// An accepted connection is closed for good: its reader and writer stop, its queued
+    /// frames are dropped and its socket is closed. For the current connection of an
+    /// outbound link only that TCP connection is dropped: the link keeps its queue and
+    /// reconnects with its backoff, which grows while its connections keep being closed
+    /// this way. Never blocks; the connection winds down shortly after this returns, and
+    /// from now on frames addressed to it are dropped as unroutable. An unknown or already
+    /// closed `connection` is left alone and not counted.
+    pub fn close_connection(&self, connection: ConnectionId) {
+        let context = &self.shared.context;
+        let Some(route) = lock(&context.routes).remove(&connection) else {
+            tracing::debug!(%connection, "not closing a connection that is unknown or already closed");
+            return;
+        };
+        bump(&context.counters.connections_closed_refused, 1);
+        route.close.notify_one();
     }
 
     /// A snapshot of the counters.
@@ -432,6 +502,8 @@ enum ConnectionEnd {
     ReaderStopped,
     /// A write failed.
     WriteFailed(io::Error),
+    /// [`TransportHandle::close_connection`] asked for it (already counted).
+    Closed,
 }
 
 /// The dialer of one outbound link: keeps a connection to `address` open for as long as
@@ -445,6 +517,9 @@ async fn run_link(
     context: Context,
 ) {
     let mut shutdown = context.shutdown.clone();
+    // The pause after the next failed attempt. It is reset once a connection that worked
+    // is lost, not on connecting: a peer whose connections keep being closed for refused
+    // messages is backed off like one that cannot be reached.
     let mut delay = backoff.min;
     let mut first_attempt = true;
     loop {
@@ -460,18 +535,26 @@ async fn run_link(
         let pause = match attempt {
             Ok(Ok(stream)) => {
                 tracing::debug!(%replica, %address, "link connected");
-                delay = backoff.min;
                 let end = run_connection(stream, address, &mut queue, sender.clone(), &context).await;
                 match end {
                     ConnectionEnd::Shutdown | ConnectionEnd::QueueClosed => return,
                     ConnectionEnd::ReaderStopped => {
-                        tracing::info!(%replica, %address, "link closed by peer; reconnecting")
+                        tracing::info!(%replica, %address, "link closed by peer; reconnecting");
+                        delay = backoff.min;
+                        backoff.min
                     }
                     ConnectionEnd::WriteFailed(error) => {
-                        tracing::info!(%replica, %address, %error, "link lost; reconnecting")
+                        tracing::info!(%replica, %address, %error, "link lost; reconnecting");
+                        delay = backoff.min;
+                        backoff.min
+                    }
+                    ConnectionEnd::Closed => {
+                        tracing::info!(%replica, %address, retry_in = ?delay, "link closed after a refused message; reconnecting");
+                        let pause = delay;
+                        delay = (delay * 2).min(backoff.max);
+                        pause
                     }
                 }
-                backoff.min
             }
             Ok(Err(error)) => {
                 tracing::debug!(%replica, %address, %error, retry_in = ?delay, "connect failed");
@@ -544,7 +627,8 @@ async fn run_connection(
         tracing::warn!(%peer, %error, "could not set TCP_NODELAY");
     }
     let id = ConnectionId(context.next_connection.fetch_add(1, Ordering::Relaxed));
-    lock(&context.routes).insert(id, sender);
+    let close = Arc::new(Notify::new());
+    lock(&context.routes).insert(id, Route { queue: sender, close: close.clone() });
     let (read_half, mut write_half) = stream.into_split();
     let (stopped, reader_stopped) = oneshot::channel::<()>();
     let reader = tokio::spawn({
@@ -558,11 +642,16 @@ async fn run_connection(
     let end = tokio::select! {
         biased;
         _ = shut_down(&mut shutdown) => ConnectionEnd::Shutdown,
+        _ = close.notified() => ConnectionEnd::Closed,
         _ = reader_stopped => ConnectionEnd::ReaderStopped,
         end = write_frames(queue, &mut write_half, context) => end,
     };
-    reader.abort();
     lock(&context.routes).remove(&id);
+    // Wait for the aborted reader to drop its half, so the socket is closed (not just
+    // shut down for writing) once this returns.
+    reader.abort();
+    let _ = reader.await;
+    drop(write_half);
     end
 }
 
@@ -1091,6 +1180,75 @@ mod tests {
             a.shutdown();
             b.shutdown();
             c.shutdown();
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_connection_closes_accepted_ones_and_redials_dialed_ones() {
+        with_timeout(async {
+            let (b, mut b_in) = endpoint(config(true, &[], 16)).await;
+            let b_addr = b.local_addr().expect("b listens");
+            let (a, mut a_in) = endpoint(config(false, &[(B, b_addr)], 16)).await;
+
+            // An accepted connection: closed for good, its socket closed, counted once.
+            let mut raw = TcpStream::connect(b_addr).await.expect("connecting");
+            raw.write_all(&frame(&prepare(1))).await.expect("writing");
+            let from_raw = recv(&mut b_in).await;
+            assert_eq!(from_raw.message, prepare(1));
+            b.close_connection(from_raw.connection);
+            assert_closed_by_peer(&mut raw).await;
+            assert_eq!(b.stats().connections_closed_refused, 1);
+            // Closed ids and unknown ids: no-ops, not counted.
+            b.close_connection(from_raw.connection);
+            b.close_connection(ConnectionId(999));
+            assert_eq!(b.stats().connections_closed_refused, 1);
+            b.send_to_connection(from_raw.connection, frame(&prepare(0)));
+            assert_eq!(b.stats().dropped_unroutable, 1);
+
+            // B closes the connection A dialed: A's link notices and dials again.
+            a.send_to_replica(B, frame(&prepare(2)));
+            let first = recv(&mut b_in).await;
+            assert_eq!(first.message, prepare(2));
+            b.close_connection(first.connection);
+            assert_eq!(b.stats().connections_closed_refused, 2);
+            eventually(|| a.stats().reconnects >= 1).await;
+            // Resent until it arrives: one sent while A has not noticed yet may be lost.
+            let second = loop {
+                a.send_to_replica(B, frame(&prepare(3)));
+                if let Ok(got) = timeout(Duration::from_millis(50), b_in.recv()).await {
+                    break got.expect("inbound channel open");
+                }
+            };
+            assert_eq!(second.message, prepare(3));
+            assert_ne!(second.connection, first.connection);
+
+            // A closes its own dialed connection (as for a refused reply): the link drops
+            // that TCP connection and reconnects, keeping its queue.
+            b.send_to_connection(second.connection, frame(&reply(10)));
+            let answer = recv(&mut a_in).await;
+            assert_eq!(answer.message, reply(10));
+            let accepted = b.stats().connections_accepted;
+            a.close_connection(answer.connection);
+            assert_eq!(a.stats().connections_closed_refused, 1);
+            eventually(|| b.stats().connections_accepted > accepted).await;
+            let third = loop {
+                a.send_to_replica(B, frame(&prepare(4)));
+                if let Ok(got) = timeout(Duration::from_millis(50), b_in.recv()).await {
+                    let got = got.expect("inbound channel open");
+                    if got.message == prepare(4) {
+                        break got;
+                    }
+                }
+            };
+            assert_ne!(third.connection, second.connection);
+            a.send_to_connection(answer.connection, frame(&prepare(5)));
+            assert_eq!(a.stats().dropped_unroutable, 1);
+            assert_eq!(a.stats().connections_closed_refused, 1);
+            // Neither side counted any of this as bad input.
+            assert_eq!(a.stats().connections_closed_bad_input + b.stats().connections_closed_bad_input, 0);
+            a.shutdown();
+            b.shutdown();
         })
         .await;
     }

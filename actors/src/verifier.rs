@@ -9,7 +9,7 @@
 
 use actix::prelude::*;
 use bulwark_framework::messages::{Message as WireMessage, VerifiedMessage};
-use bulwark_framework::verify::{verify_message, Refusal, RefusalCounts};
+use bulwark_framework::verify::{verify_message_with, ClientKeyCache, Refusal, RefusalCounts};
 use bulwark_framework::ClusterConfig;
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +27,7 @@ impl actix::Message for Verify {
 pub struct Verifier {
     config: Arc<ClusterConfig>,
     refused: Arc<Mutex<RefusalCounts>>,
+    client_keys: ClientKeyCache,
 }
 
 impl Actor for Verifier {
@@ -38,7 +39,7 @@ impl Handler<Verify> for Verifier {
 
     fn handle(&mut self, Verify(message): Verify, _: &mut SyncContext<Self>) -> Self::Result {
         let kind = message.kind();
-        verify_message(message, &self.config).inspect_err(|refusal| {
+        verify_message_with(message, &self.config, &mut self.client_keys).inspect_err(|refusal| {
             tracing::debug!(kind = kind.as_str(), %refusal, "refused at the edge");
             if let Ok(mut counts) = self.refused.lock() {
                 counts.record(refusal);
@@ -61,7 +62,11 @@ impl VerifierPool {
         let refused = Arc::new(Mutex::new(RefusalCounts::default()));
         let shared = refused.clone();
         let addr =
-            SyncArbiter::start(threads.max(1), move || Verifier { config: config.clone(), refused: shared.clone() });
+            SyncArbiter::start(threads.max(1), move || Verifier {
+                config: config.clone(),
+                refused: shared.clone(),
+                client_keys: ClientKeyCache::default(),
+            });
         VerifierPool { addr, refused }
     }
 

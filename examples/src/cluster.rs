@@ -126,6 +126,15 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
         )
         .await?;
         self.arbiters.push(arbiter);
+        // Wait until a quorum of replicas answers, so the first requests do not race the
+        // connections being set up (and wait out a retransmission timeout).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let answered = client.inquire(Duration::from_millis(200)).await.map(|r| r.len()).unwrap_or(0);
+            if answered >= self.cluster.quorum() {
+                break;
+            }
+        }
         Ok(client)
     }
 

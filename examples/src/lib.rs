@@ -14,3 +14,8 @@ pub mod bank;
 pub mod cluster;
 pub mod echo;
 pub mod kv;
+
+/// The README's code blocks, compiled and run as doc tests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

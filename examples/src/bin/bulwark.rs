@@ -18,7 +18,7 @@ use std::time::Duration;
 
 /// Bulwark: Byzantine-fault-tolerant state machine replication (PBFT).
 #[derive(Debug, Parser)]
-#[command(name = "bulwark", version, about, long_about = None)]
+#[command(name = "bulwark", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -102,7 +102,7 @@ enum Command {
         /// The cluster file written by keygen.
         #[arg(long)]
         config: PathBuf,
-        /// Seconds to wait for f + 1 matching replies.
+        /// How long to wait for f + 1 matching replies, e.g. 10s.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
         /// The operation and its arguments.
