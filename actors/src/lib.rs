@@ -4,6 +4,7 @@
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod metrics;
 pub mod replica;
 pub mod transport;
 pub mod verifier;

@@ -220,12 +220,23 @@ impl<S: Service + Send + Unpin> Handler<Stop> for ReplicaActor<S> {
 }
 
 /// A running replica: its actor, transport and the verifier pool it uses.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ReplicaHandle<S: Service + Send + Unpin> {
     pub id: ReplicaId,
     pub addr: Addr<ReplicaActor<S>>,
     pub transport: TransportHandle,
     pub verifier: VerifierPool,
+}
+
+impl<S: Service + Send + Unpin> Clone for ReplicaHandle<S> {
+    fn clone(&self) -> Self {
+        ReplicaHandle {
+            id: self.id,
+            addr: self.addr.clone(),
+            transport: self.transport.clone(),
+            verifier: self.verifier.clone(),
+        }
+    }
 }
 
 impl<S: Service + Send + Unpin> ReplicaHandle<S> {
@@ -347,7 +358,7 @@ pub(crate) fn forward(
                     Ok(Err(refusal)) => {
                         tracing::warn!(%connection, %refusal, "closing connection after a refused message");
                         if let Some(transport) = transport.upgrade() {
-                            let _ = (transport, connection);
+                            transport.close_connection(connection);
                         }
                     }
                     // The verifier pool is gone: the system is stopping.

@@ -61,12 +61,11 @@ impl VerifierPool {
     pub fn start(threads: usize, config: Arc<ClusterConfig>) -> Self {
         let refused = Arc::new(Mutex::new(RefusalCounts::default()));
         let shared = refused.clone();
-        let addr =
-            SyncArbiter::start(threads.max(1), move || Verifier {
-                config: config.clone(),
-                refused: shared.clone(),
-                client_keys: ClientKeyCache::default(),
-            });
+        let addr = SyncArbiter::start(threads.max(1), move || Verifier {
+            config: config.clone(),
+            refused: shared.clone(),
+            client_keys: ClientKeyCache::default(),
+        });
         VerifierPool { addr, refused }
     }
 

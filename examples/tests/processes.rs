@@ -55,11 +55,16 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-fn start_replicas(config: &Path) -> Replicas {
+fn start_replicas(config: &Path, metrics_port: u16) -> Replicas {
     let children = (0..4)
         .map(|id| {
+            let mut args = vec!["replica".to_string(), "--config".into(), config.to_str().unwrap().into()];
+            args.extend(["--id".to_string(), id.to_string()]);
+            if id == 0 {
+                args.extend(["--metrics-port".to_string(), metrics_port.to_string()]);
+            }
             let child = Command::new(BULWARK)
-                .args(["replica", "--config", config.to_str().unwrap(), "--id", &id.to_string()])
+                .args(&args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -82,6 +87,16 @@ fn put_when_ready(config: &Path, key: &str, value: &str) -> Output {
     }
 }
 
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listens");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
 fn keygen(dir: &Path) -> PathBuf {
     let base = free_base_port(4).to_string();
     let out = dir.to_str().unwrap();
@@ -94,12 +109,25 @@ fn keygen(dir: &Path) -> PathBuf {
 fn four_replica_processes_serve_put_and_get_and_survive_a_killed_backup() {
     let dir = tempfile::tempdir().unwrap();
     let config = keygen(dir.path());
-    let mut replicas = start_replicas(&config);
+    // An ephemeral port from the OS: never inside keygen's consecutive range.
+    let metrics_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut replicas = start_replicas(&config, metrics_port);
 
     let put = put_when_ready(&config, "colour", "blue");
     assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
     let get = client(&config, &["get", "colour"]);
     assert_eq!(stdout(&get), "blue", "stderr: {}", String::from_utf8_lossy(&get.stderr));
+
+    // Replica 0 exports Prometheus metrics on the optional port.
+    let metrics = scrape(metrics_port);
+    // At least the put and the (ordered) get; a retried first put would add one.
+    let executed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("bulwark_requests_executed_total{replica=\"0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no executed counter in {metrics}"));
+    assert!(executed >= 2, "{metrics}");
+    assert!(metrics.contains("bulwark_view{replica=\"0\"} 0"), "{metrics}");
 
     // kill -9 a backup: 3 of 4 replicas still make a quorum of 2f + 1.
     replicas.kill(3);

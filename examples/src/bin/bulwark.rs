@@ -93,6 +93,9 @@ enum Command {
         /// Where durable state goes (accepted now; durability arrives with its issue).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics on this port (all interfaces), e.g. 9100.
+        #[arg(long)]
+        metrics_port: Option<u16>,
     },
     /// Run one operation against a cluster, or `status` to see every replica.
     ///
@@ -178,14 +181,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replica { config, id, key, service, data_dir } => {
+        Command::Replica { config, id, key, service, data_dir, metrics_port } => {
             if data_dir.is_some() {
                 tracing::warn!("--data-dir is accepted but state is not persisted yet");
             }
             match service {
-                ServiceKind::Kv => replica::<KvStore>(config, id, key).await,
-                ServiceKind::Bank => replica::<Bank>(config, id, key).await,
-                ServiceKind::Echo => replica::<Echo>(config, id, key).await,
+                ServiceKind::Kv => replica::<KvStore>(config, id, key, metrics_port).await,
+                ServiceKind::Bank => replica::<Bank>(config, id, key, metrics_port).await,
+                ServiceKind::Echo => replica::<Echo>(config, id, key, metrics_port).await,
             }
         }
         Command::Client { config, timeout, operation } => client(config, timeout, operation).await,
@@ -252,7 +255,12 @@ async fn demo<S: Workload>(replicas: usize, clients: usize, spec: LoadSpec) -> a
     Ok(())
 }
 
-async fn replica<S: Workload>(config: PathBuf, id: u32, key: Option<PathBuf>) -> anyhow::Result<()> {
+async fn replica<S: Workload>(
+    config: PathBuf,
+    id: u32,
+    key: Option<PathBuf>,
+    metrics_port: Option<u16>,
+) -> anyhow::Result<()> {
     let file = ClusterFile::load(&config)?;
     let id = ReplicaId(id);
     let key_file = key.unwrap_or_else(|| key_path(config.parent().unwrap_or(std::path::Path::new(".")), id));
@@ -273,6 +281,16 @@ async fn replica<S: Workload>(config: PathBuf, id: u32, key: Option<PathBuf>) ->
         .await
         .with_context(|| format!("starting replica {} at {}", id.0, file.addresses()[&id]))?;
     eprintln!("replica {} listening on {}", id.0, file.addresses()[&id]);
+    if let Some(port) = metrics_port {
+        let address = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        let replica = handle.clone();
+        actix::spawn(async move {
+            if let Err(error) = bulwark_actors::metrics::serve(address, replica).await {
+                tracing::error!(%error, %address, "metrics endpoint failed");
+            }
+        });
+        eprintln!("metrics on http://{address}/metrics");
+    }
     tokio::signal::ctrl_c().await.ok();
     handle.stop();
     Ok(())
