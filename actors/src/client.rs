@@ -307,14 +307,7 @@ impl<S: Service> Client<S> {
         verifier: VerifierPool,
         options: ClientOptions,
     ) -> Result<Self, ConnectError> {
-        let (reply_to, result) = oneshot::channel();
-        let started = arbiter.spawn(async move {
-            let _ = reply_to.send(Self::connect(cluster, addresses, key, verifier, options).await);
-        });
-        if !started {
-            return Err(ConnectError::Io(std::io::Error::other("the client's arbiter is not running")));
-        }
-        result.await.map_err(|_| ConnectError::Io(std::io::Error::other("the client's arbiter stopped")))?
+        crate::on_arbiter(arbiter, "client", Self::connect(cluster, addresses, key, verifier, options)).await?
     }
 
     /// Executes `op` through the ordering protocol and returns the service's reply once

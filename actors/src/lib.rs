@@ -8,3 +8,20 @@ pub mod metrics;
 pub mod replica;
 pub mod transport;
 pub mod verifier;
+
+/// Runs `future` on `arbiter`'s thread and returns its output: how a replica or client is
+/// started so that its actor and its transport tasks live on that arbiter.
+pub(crate) async fn on_arbiter<T, F>(arbiter: &actix::ArbiterHandle, what: &str, future: F) -> std::io::Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let (reply_to, result) = tokio::sync::oneshot::channel();
+    let started = arbiter.spawn(async move {
+        let _ = reply_to.send(future.await);
+    });
+    if !started {
+        return Err(std::io::Error::other(format!("the {what}'s arbiter is not running")));
+    }
+    result.await.map_err(|_| std::io::Error::other(format!("the {what}'s arbiter stopped while starting")))
+}

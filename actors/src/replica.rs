@@ -26,7 +26,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 /// Inbound messages a replica may be verifying or handling at once. Beyond this the
 /// forwarder stops reading, and TCP pushes back on senders.
@@ -275,15 +275,7 @@ pub async fn spawn_replica<S: Service + Send + Unpin>(
     setup: ReplicaSetup<S>,
     arbiter: &ArbiterHandle,
 ) -> std::io::Result<ReplicaHandle<S>> {
-    let (reply_to, handle) = oneshot::channel();
-    let started = arbiter.spawn(async move {
-        let result = start_on_this_arbiter(setup).await;
-        let _ = reply_to.send(result);
-    });
-    if !started {
-        return Err(std::io::Error::other("the replica's arbiter is not running"));
-    }
-    handle.await.map_err(|_| std::io::Error::other("the replica's arbiter stopped while starting"))?
+    crate::on_arbiter(arbiter, "replica", start_on_this_arbiter(setup)).await?
 }
 
 async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>) -> std::io::Result<ReplicaHandle<S>> {
