@@ -19,7 +19,10 @@ pub struct ProtocolParams {
     pub batch_bytes_max: usize,
     /// How long the primary waits to fill a batch before cutting it.
     pub batch_delay_us: u64,
-    /// Most batches the primary has proposed and not yet seen executed.
+    /// Most batches the primary has proposed and not yet seen executed. A small number
+    /// makes batches fuller (fewer protocol messages per request): on one 2-core host, 2–4
+    /// gave 30% more throughput than 64. Raise it when the link delay is large compared to
+    /// the time to fill a batch.
     pub in_flight_batches_max: u64,
     /// Checkpoint interval `K` (PBFT.md C1).
     pub checkpoint_interval: u64,
@@ -50,7 +53,7 @@ impl Default for ProtocolParams {
             batch_size_max: 256,
             batch_bytes_max: 1 << 20,
             batch_delay_us: 1_000,
-            in_flight_batches_max: 64,
+            in_flight_batches_max: 4,
             checkpoint_interval: 128,
             watermark_window: 256,
             request_bytes_max: 64 * 1024,

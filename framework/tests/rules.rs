@@ -448,16 +448,35 @@ fn p3_batching_by_size_and_delay() {
         primary.offer(f.request(t, put("a", "1")), Instant(10));
     }
     assert!(primary.cut_batches(SeqNum(0), Instant(10)).is_empty(), "3 < batch_size_max and not due");
-    let deadline = primary.batch_deadline().expect("timer armed");
+    let deadline = primary.batch_deadline(SeqNum(0)).expect("timer armed");
     primary.offer(f.request(5, put("a", "1")), Instant(20));
     let full = primary.cut_batches(SeqNum(0), Instant(20));
     assert_eq!(full.len(), 1);
     assert_eq!(full[0].1.len(), 4, "cut at batch_size_max");
     primary.offer(f.request(6, put("a", "1")), Instant(30));
     assert!(primary.cut_batches(SeqNum(0), Instant(30)).is_empty());
-    let due = primary.cut_batches(SeqNum(0), primary.batch_deadline().unwrap());
+    let due = primary.cut_batches(SeqNum(0), primary.batch_deadline(SeqNum(0)).unwrap());
     assert_eq!(due.len(), 1, "cut when the delay expires");
     assert!(deadline > Instant(0));
+}
+
+/// P3: while the pipeline is full, the primary arms no batch timer: cutting waits for a
+/// batch to execute, not for time. (A due timer that could not cut re-armed itself at
+/// the same instant forever: the simulator spun at one simulated time and the actix
+/// runtime burned a core.)
+#[test]
+fn p3_a_full_pipeline_arms_no_batch_timer() {
+    let params = ProtocolParams { in_flight_batches_max: 1, ..params() };
+    let f = fixture_with(4, params);
+    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    primary.offer(f.request(1, put("a", "1")), Instant(0));
+    assert_eq!(primary.cut_batches(SeqNum(0), Instant(0)).len(), 1);
+    primary.offer(f.request(2, put("a", "2")), Instant(10));
+    let due = primary.batch_deadline(SeqNum(0)).map(|d| d.0 + 1).unwrap_or(1_000_000);
+    assert!(primary.cut_batches(SeqNum(0), Instant(due)).is_empty(), "the pipeline is full");
+    assert_eq!(primary.batch_deadline(SeqNum(0)), None, "no timer while nothing can be cut");
+    primary.on_executed(SeqNum(1));
+    assert_eq!(primary.cut_batches(SeqNum(0), Instant(due)).len(), 1, "cut once a slot frees");
 }
 
 /// R4: a request already queued or in flight is not queued again; a full queue sheds.

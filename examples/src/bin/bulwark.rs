@@ -145,6 +145,9 @@ enum Command {
         /// Requests per batch at the primary.
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
+        /// Batches the primary keeps proposed and not yet executed.
+        #[arg(long, default_value_t = ProtocolParams::default().in_flight_batches_max)]
+        in_flight_batches: u64,
         /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -203,11 +206,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             request_size,
             reply_size,
             batch_size,
+            in_flight_batches,
             json,
         } => {
             let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
             let spec = LoadSpec { concurrency, rate, duration, warmup, sizes, progress: !json };
-            let params = ProtocolParams { batch_size_max: batch_size, ..ProtocolParams::default() };
+            let params = ProtocolParams {
+                batch_size_max: batch_size,
+                in_flight_batches_max: in_flight_batches,
+                ..ProtocolParams::default()
+            };
             bench(config, replicas, clients, spec, params, json).await
         }
     }

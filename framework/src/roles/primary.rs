@@ -105,8 +105,17 @@ impl Primary {
         proposals
     }
 
-    /// When the batch timer should fire, if a partial batch is waiting.
-    pub fn batch_deadline(&self) -> Option<Instant> {
+    /// When the batch timer should fire: only if a partial batch is waiting and time alone
+    /// could let it be cut. While the pipeline or the window is full no timer is needed (the
+    /// next cut follows an execution or a stable checkpoint), and arming one would make a
+    /// due timer fire again and again without effect.
+    pub fn batch_deadline(&self, low: SeqNum) -> Option<Instant> {
+        let params = &self.config.params;
+        let window_full = self.next_seq.0 > low.0 + params.watermark_window;
+        let pipeline_full = self.in_flight.len() as u64 >= params.in_flight_batches_max;
+        if window_full || pipeline_full {
+            return None;
+        }
         self.batch_deadline
     }
 

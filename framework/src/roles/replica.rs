@@ -308,7 +308,7 @@ impl<S: Service> Replica<S> {
         if self.last_executed() < self.stable() && self.backup.committed_batch(self.last_executed().next()).is_none() {
             self.ensure_transfer(now, actions);
         }
-        let deadline = if self.is_primary() { self.primary.batch_deadline() } else { None };
+        let deadline = if self.is_primary() { self.primary.batch_deadline(self.backup.low()) } else { None };
         if deadline != self.batch_timer {
             self.batch_timer = deadline;
             if let Some(at) = deadline {

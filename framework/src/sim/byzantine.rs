@@ -89,7 +89,7 @@ impl ByzantineReplica {
                 }
             }
         }
-        if let Some(at) = self.proposer.batch_deadline() {
+        if let Some(at) = self.proposer.batch_deadline(SeqNum(0)) {
             actions.push(ByzantineAction::SetTimer { timer: TimerKind::Batch, at });
         }
         actions
