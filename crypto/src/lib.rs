@@ -17,11 +17,10 @@
 #![forbid(unsafe_code)]
 
 mod keys;
-pub mod merkle;
 mod signed;
 
 pub use keys::{KeyPair, PublicKey, Signature, KEY_FILE_HEADER};
-pub use signed::{signing_digest, verify_batch, Signable, Signed, Verified, VerifiedSignatures};
+pub use signed::{signing_digest, verify_batch, Signable, Signed, Verified};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -106,33 +106,6 @@ impl<T: Serialize> Serialize for Verified<T> {
     }
 }
 
-/// Signatures already verified, so the same signed bytes arriving again (one signed
-/// reply root vouching for many replies) are checked once. Bounded: cleared when full.
-#[derive(Debug, Default)]
-pub struct VerifiedSignatures {
-    seen: std::collections::HashSet<([u8; 32], Digest, [u8; 64])>,
-}
-
-impl VerifiedSignatures {
-    /// Entries held before the cache is cleared.
-    pub const CAPACITY: usize = 65_536;
-
-    /// [`Signed::verify`], skipping the curve arithmetic for a (key, digest, signature)
-    /// triple this cache saw verify before.
-    pub fn verify<T: Signable>(&mut self, signed: Signed<T>, signer: &PublicKey) -> Result<Verified<T>, CryptoError> {
-        let digest = signing_digest(&signed.payload)?;
-        let entry = (signer.to_bytes(), digest, signed.signature.to_bytes());
-        if !self.seen.contains(&entry) {
-            signer.verify_digest(&digest, &signed.signature)?;
-            if self.seen.len() >= Self::CAPACITY {
-                self.seen.clear();
-            }
-            self.seen.insert(entry);
-        }
-        Ok(Verified { signed, digest })
-    }
-}
-
 /// Verifies many signatures at once.
 ///
 /// The fast path is ed25519 batch verification. If the batch fails, every item is checked
@@ -246,18 +219,6 @@ mod tests {
         for (index, result) in results.iter().enumerate() {
             assert_eq!(result.is_err(), index == 5, "item {index}");
         }
-    }
-
-    #[test]
-    fn the_signature_cache_accepts_repeats_and_still_refuses_forgeries() {
-        let mut cache = VerifiedSignatures::default();
-        let signed = Signed::sign(Vote { round: 5 }, &key(1)).unwrap();
-        assert!(cache.verify(signed.clone(), &key(1).public()).is_ok());
-        assert!(cache.verify(signed.clone(), &key(1).public()).is_ok());
-        assert!(cache.verify(signed.clone(), &key(2).public()).is_err(), "other signer");
-        let mut tampered = signed;
-        tampered.payload.round = 6;
-        assert!(cache.verify(tampered, &key(1).public()).is_err(), "other payload");
     }
 
     #[test]
