@@ -268,6 +268,7 @@ impl<S: Service> Client<S> {
                 send_queue_frames_max: options.send_queue_frames_max,
                 reconnect_min_ms: 20,
                 reconnect_max_ms: 1_000,
+                accepted_connections_max: transport::ACCEPTED_CONNECTIONS_MAX,
             },
             inbound_tx,
         )

@@ -46,6 +46,12 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts) -> String
     gauge("bytes_out_total", "Bytes sent.", "counter", t.bytes_out);
     gauge("dropped_queue_full_total", "Frames dropped because a send queue was full.", "counter", t.dropped_queue_full);
     gauge(
+        "connections_refused_limit_total",
+        "Connections closed at once because too many were open.",
+        "counter",
+        t.connections_refused_limit,
+    );
+    gauge(
         "connections_closed_bad_input_total",
         "Connections closed for undecodable input.",
         "counter",

@@ -291,6 +291,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
             send_queue_frames_max,
             reconnect_min_ms: 20,
             reconnect_max_ms: 1_000,
+            accepted_connections_max: transport::ACCEPTED_CONNECTIONS_MAX,
         },
         inbound_tx,
     )

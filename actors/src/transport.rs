@@ -90,6 +90,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+/// Default for [`TransportConfig::accepted_connections_max`]. Each connection holds at most
+/// one frame of `frame_bytes_max`, a read buffer and a bounded send queue, so the number of
+/// connections bounds a listener's memory.
+pub const ACCEPTED_CONNECTIONS_MAX: usize = 4096;
+
 /// How long one connect attempt may take before it counts as failed. Refused connections
 /// fail at once; this bounds attempts to addresses that silently drop packets.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -138,6 +143,9 @@ pub struct TransportConfig {
     pub reconnect_min_ms: u64,
     /// Cap of the exponential reconnect backoff. At least `reconnect_min_ms`.
     pub reconnect_max_ms: u64,
+    /// Accepted connections open at once (see [`ACCEPTED_CONNECTIONS_MAX`]); beyond it a
+    /// new connection is closed at once and counted. At least 1.
+    pub accepted_connections_max: usize,
 }
 
 impl TransportConfig {
@@ -148,6 +156,9 @@ impl TransportConfig {
         }
         if self.send_queue_frames_max == 0 {
             return invalid("send_queue_frames_max must be at least 1");
+        }
+        if self.accepted_connections_max == 0 {
+            return invalid("accepted_connections_max must be at least 1");
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return invalid("reconnect delays must satisfy 1 <= reconnect_min_ms <= reconnect_max_ms");
@@ -187,6 +198,8 @@ pub struct TransportStats {
     pub write_batches: u64,
     /// Connections accepted by the listener.
     pub connections_accepted: u64,
+    /// Connections closed at once because `accepted_connections_max` were open.
+    pub connections_refused_limit: u64,
     /// Connections closed because a frame on them was oversized, malformed or truncated.
     pub connections_closed_bad_input: u64,
     /// Connections closed by [`TransportHandle::close_connection`], because a message on
@@ -210,6 +223,7 @@ struct Counters {
     dropped_oversized: AtomicU64,
     write_batches: AtomicU64,
     connections_accepted: AtomicU64,
+    connections_refused_limit: AtomicU64,
     connections_closed_bad_input: AtomicU64,
     connections_closed_refused: AtomicU64,
     reconnects: AtomicU64,
@@ -239,6 +253,7 @@ impl Counters {
             dropped_oversized: get(&self.dropped_oversized),
             write_batches: get(&self.write_batches),
             connections_accepted: get(&self.connections_accepted),
+            connections_refused_limit: get(&self.connections_refused_limit),
             connections_closed_bad_input: get(&self.connections_closed_bad_input),
             connections_closed_refused: get(&self.connections_closed_refused),
             reconnects: get(&self.reconnects),
@@ -273,6 +288,7 @@ struct Context {
     shutdown: watch::Receiver<bool>,
     frame_bytes_max: usize,
     send_queue_frames_max: usize,
+    accepted_connections_max: usize,
 }
 
 impl Context {
@@ -365,6 +381,7 @@ pub async fn start(config: TransportConfig, inbound: mpsc::Sender<Inbound>) -> i
         shutdown: shutdown_rx,
         frame_bytes_max: config.frame_bytes_max,
         send_queue_frames_max: config.send_queue_frames_max,
+        accepted_connections_max: config.accepted_connections_max,
     };
     let backoff = Backoff {
         min: Duration::from_millis(config.reconnect_min_ms),
@@ -581,6 +598,7 @@ async fn run_link(
 /// connection never holds up the others.
 async fn run_listener(listener: TcpListener, context: Context) {
     let mut shutdown = context.shutdown.clone();
+    let open = Arc::new(tokio::sync::Semaphore::new(context.accepted_connections_max));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -589,10 +607,19 @@ async fn run_listener(listener: TcpListener, context: Context) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    // Every connection holds bounded buffers, but their number must be
+                    // bounded too: beyond the limit a new connection is closed at once.
+                    bump(&context.counters.connections_refused_limit, 1);
+                    tracing::warn!(%peer, limit = context.accepted_connections_max, "too many connections; closing");
+                    drop(stream);
+                    continue;
+                };
                 bump(&context.counters.connections_accepted, 1);
                 tracing::debug!(%peer, "connection accepted");
                 let context = context.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let (sender, mut queue) = mpsc::channel(context.send_queue_frames_max);
                     let end = run_connection(stream, peer, &mut queue, sender, &context).await;
                     if let ConnectionEnd::WriteFailed(error) = end {
@@ -863,6 +890,7 @@ mod tests {
             send_queue_frames_max: queue,
             reconnect_min_ms: 10,
             reconnect_max_ms: 200,
+            accepted_connections_max: ACCEPTED_CONNECTIONS_MAX,
         }
     }
 
@@ -1333,6 +1361,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_and_counted() {
+        with_timeout(async {
+            let mut limited = config(true, &[], 16);
+            limited.accepted_connections_max = 2;
+            let (b, _b_in) = endpoint(limited).await;
+            let address = b.local_addr().expect("b listens");
+            let _first = TcpStream::connect(address).await.expect("first connects");
+            let _second = TcpStream::connect(address).await.expect("second connects");
+            eventually(|| b.stats().connections_accepted == 2).await;
+            let mut third = TcpStream::connect(address).await.expect("the TCP handshake completes");
+            let mut byte = [0u8; 1];
+            let closed = matches!(third.read(&mut byte).await, Ok(0) | Err(_));
+            assert!(closed, "the connection beyond the limit is closed");
+            assert_eq!(b.stats().connections_refused_limit, 1);
+            // Once a connection ends its place is free again (the server notices the close
+            // asynchronously, so retry until it has).
+            drop(_first);
+            let mut later = Vec::new();
+            while b.stats().connections_accepted < 3 {
+                later.push(TcpStream::connect(address).await.expect("connects"));
+                sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(b.stats().connections_accepted, 3);
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn invalid_configurations_are_refused() {
         let (sender, _receiver) = mpsc::channel(1);
         let mut zero_queue = config(true, &[], 0);
