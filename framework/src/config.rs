@@ -43,8 +43,19 @@ pub struct ProtocolParams {
     /// A replica that made no progress for this long while it knows of work asks its
     /// peers for what it is missing (status-driven retransmission).
     pub status_interval_us: u64,
-    /// Messages buffered per sender for the window after the current one (PBFT.md C5).
+    /// Messages buffered per sender for the window after the current one (PBFT.md C5),
+    /// and for a view this replica has not entered yet (VC6).
     pub future_messages_per_sender_max: usize,
+    /// Base view-change timeout `T` (PBFT.md VC1, VC3): how long a backup waits for a
+    /// request it knows of to execute before it suspects the primary, and how long it waits
+    /// for a NEW-VIEW once `2f + 1` replicas want the same view. Doubles with each
+    /// consecutive view change (up to 64 times), back to `T` once a new request executes.
+    pub view_change_timeout_us: u64,
+    /// Aardvark-style guard against a primary that is slow on purpose: while requests are
+    /// waiting, a backup expects at least this many requests ordered per second (measured
+    /// over one view-change timeout) and otherwise moves to the next view. 0 turns it off;
+    /// the request timer alone then catches only a primary that orders nothing.
+    pub ordering_rate_min_per_s: u64,
 }
 
 impl Default for ProtocolParams {
@@ -64,6 +75,8 @@ impl Default for ProtocolParams {
             client_retransmit_us: 500_000,
             status_interval_us: 100_000,
             future_messages_per_sender_max: 1024,
+            view_change_timeout_us: 1_000_000,
+            ordering_rate_min_per_s: 0,
         }
     }
 }
@@ -79,6 +92,10 @@ impl ProtocolParams {
 
     pub fn status_interval(&self) -> Duration {
         Duration::from_micros(self.status_interval_us)
+    }
+
+    pub fn view_change_timeout(&self) -> Duration {
+        Duration::from_micros(self.view_change_timeout_us)
     }
 
     /// Checks the relations between parameters that the protocol relies on.
@@ -103,6 +120,9 @@ impl ProtocolParams {
         }
         if self.in_flight_batches_max == 0 {
             return fail("in_flight_batches_max", "must be at least 1".into());
+        }
+        if self.view_change_timeout_us == 0 {
+            return fail("view_change_timeout_us", "must be at least 1".into());
         }
         if self.client_window == 0 {
             return fail("client_window", "must be at least 1".into());

@@ -6,8 +6,10 @@
 //! [`crate::verify::verify_message`] or by a replica signing its own message.
 
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
+use crate::roles::checkpoint::StableCheckpoint;
 use bulwark_crypto::{Digest, DigestBuilder, PublicKey, Signable, Signed, Verified};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A client's public key as it travels in a request: 32 bytes, parsed into a curve point
@@ -166,6 +168,138 @@ pub struct Report {
     pub state_digest: Digest,
 }
 
+/// A prepared certificate as it travels inside a VIEW-CHANGE (M6): the PRE-PREPARE signed by
+/// `primary(v)` and `2f` PREPAREs for the same `(v, s, d)` from distinct backups. No batch
+/// travels with it (M5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedCertificate {
+    pub pre_prepare: Signed<PrePrepare>,
+    pub prepares: Vec<Signed<Prepare>>,
+}
+
+/// `VIEW-CHANGE(w, s_c, C, P, i)` (VC9): replica `i` moves to view `w`; `s_c` is its last
+/// stable checkpoint, `C` that checkpoint's proof (empty iff `s_c = 0`), `P` a prepared
+/// certificate for each sequence number above `s_c` that prepared at `i`, from the highest
+/// view in which it prepared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChange {
+    pub view: View,
+    pub stable: SeqNum,
+    pub checkpoint_proof: Vec<Signed<Checkpoint>>,
+    pub prepared: Vec<PreparedCertificate>,
+    pub replica: ReplicaId,
+}
+
+/// `NEW-VIEW(w, V, O)` (VC11–VC12), signed by `primary(w)`: `V` holds at least `2f + 1`
+/// VIEW-CHANGEs for `w`, `O` the pre-prepares for view `w` that VC12 computes from `V`,
+/// each signed by `primary(w)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewView {
+    pub view: View,
+    pub view_changes: Vec<Signed<ViewChange>>,
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
+}
+
+/// `BATCH-REQ`: asks peers for the batch with digest `digest` (a batch named by a NEW-VIEW
+/// that this replica never received, VC16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    pub replica: ReplicaId,
+    pub digest: Digest,
+}
+
+/// `BATCH`: the answer to a BATCH-REQ. The requests travel beside it; the receiver checks
+/// them against the digest it asked for, never against the sender's word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchReply {
+    pub replica: ReplicaId,
+    pub digest: Digest,
+}
+
+impl Signable for ViewChange {
+    const DOMAIN: &'static [u8] = b"bulwark/view-change/v1";
+}
+impl Signable for NewView {
+    const DOMAIN: &'static [u8] = b"bulwark/new-view/v1";
+}
+impl Signable for BatchRequest {
+    const DOMAIN: &'static [u8] = b"bulwark/batch-request/v1";
+}
+impl Signable for BatchReply {
+    const DOMAIN: &'static [u8] = b"bulwark/batch-reply/v1";
+}
+
+/// A prepared certificate whose every signature was checked and whose votes match (VC10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedPrepared {
+    pub pre_prepare: Verified<PrePrepare>,
+    pub prepares: Vec<Verified<Prepare>>,
+}
+
+impl VerifiedPrepared {
+    pub fn to_wire(&self) -> PreparedCertificate {
+        PreparedCertificate {
+            pre_prepare: self.pre_prepare.signed().clone(),
+            prepares: self.prepares.iter().map(|p| p.signed().clone()).collect(),
+        }
+    }
+}
+
+/// A VIEW-CHANGE that is valid by VC10: its sender's signature, its checkpoint proof and
+/// every prepared certificate in it were checked. Built only by [`crate::verify`] or by a
+/// replica from its own verified state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedViewChange {
+    pub message: Verified<ViewChange>,
+    /// The sender's stable checkpoint with its proof (`seq` 0 and no proof at the start).
+    pub checkpoint: StableCheckpoint,
+    /// The prepared certificates by sequence number (at most one per number).
+    pub prepared: BTreeMap<SeqNum, VerifiedPrepared>,
+}
+
+impl VerifiedViewChange {
+    pub fn view(&self) -> View {
+        self.message.view
+    }
+
+    pub fn sender(&self) -> ReplicaId {
+        self.message.replica
+    }
+}
+
+/// What VC12 computes from a NEW-VIEW's `V`: the checkpoint `min-s` with its proof, `max-s`,
+/// and for each `min-s < s ≤ max-s` the digest to re-propose (the null batch for a gap).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewViewOrder {
+    pub checkpoint: StableCheckpoint,
+    pub max_seq: SeqNum,
+    pub entries: Vec<(SeqNum, Digest)>,
+}
+
+impl NewViewOrder {
+    pub fn min_seq(&self) -> SeqNum {
+        self.checkpoint.seq
+    }
+}
+
+/// A NEW-VIEW that is valid by VC15 as far as a message alone can say: signed by
+/// `primary(w)`, `V` holds valid VIEW-CHANGEs for `w` from at least `2f + 1` distinct
+/// replicas, and `O` is exactly VC12 of `V`, each pre-prepare signed by `primary(w)`.
+/// Whether a replica may accept it (its own view) is the view-changer's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedNewView {
+    pub message: Verified<NewView>,
+    pub view_changes: Vec<VerifiedViewChange>,
+    pub order: NewViewOrder,
+    pub pre_prepares: Vec<Verified<PrePrepare>>,
+}
+
+impl VerifiedNewView {
+    pub fn view(&self) -> View {
+        self.message.view
+    }
+}
+
 impl Signable for Inquiry {
     const DOMAIN: &'static [u8] = b"bulwark/inquiry/v1";
 }
@@ -279,6 +413,10 @@ pub enum Message {
     StateReply(Signed<StateReply>),
     Inquiry(Signed<Inquiry>),
     Report(Signed<Report>),
+    ViewChange(Signed<ViewChange>),
+    NewView(Signed<NewView>),
+    BatchRequest(Signed<BatchRequest>),
+    BatchReply(Signed<BatchReply>, Vec<Signed<Request>>),
 }
 
 /// The kind of a message, for counters and logs.
@@ -295,6 +433,10 @@ pub enum MessageKind {
     StateReply,
     Inquiry,
     Report,
+    ViewChange,
+    NewView,
+    BatchRequest,
+    BatchReply,
 }
 
 impl MessageKind {
@@ -311,6 +453,10 @@ impl MessageKind {
             MessageKind::StateReply => "state_reply",
             MessageKind::Inquiry => "inquiry",
             MessageKind::Report => "report",
+            MessageKind::ViewChange => "view_change",
+            MessageKind::NewView => "new_view",
+            MessageKind::BatchRequest => "batch_request",
+            MessageKind::BatchReply => "batch_reply",
         }
     }
 }
@@ -329,6 +475,10 @@ impl Message {
             Message::StateReply(_) => MessageKind::StateReply,
             Message::Inquiry(_) => MessageKind::Inquiry,
             Message::Report(_) => MessageKind::Report,
+            Message::ViewChange(_) => MessageKind::ViewChange,
+            Message::NewView(_) => MessageKind::NewView,
+            Message::BatchRequest(_) => MessageKind::BatchRequest,
+            Message::BatchReply(..) => MessageKind::BatchReply,
         }
     }
 }
@@ -347,6 +497,10 @@ pub enum VerifiedMessage {
     StateReply(Verified<StateReply>),
     Inquiry(Verified<Inquiry>),
     Report(Verified<Report>),
+    ViewChange(Arc<VerifiedViewChange>),
+    NewView(Arc<VerifiedNewView>),
+    BatchRequest(Verified<BatchRequest>),
+    BatchReply(Verified<BatchReply>, Arc<Batch>),
 }
 
 impl VerifiedMessage {
@@ -364,6 +518,10 @@ impl VerifiedMessage {
             VerifiedMessage::StateReply(m) => Message::StateReply(m.signed().clone()),
             VerifiedMessage::Inquiry(m) => Message::Inquiry(m.signed().clone()),
             VerifiedMessage::Report(m) => Message::Report(m.signed().clone()),
+            VerifiedMessage::ViewChange(m) => Message::ViewChange(m.message.signed().clone()),
+            VerifiedMessage::NewView(m) => Message::NewView(m.message.signed().clone()),
+            VerifiedMessage::BatchRequest(m) => Message::BatchRequest(m.signed().clone()),
+            VerifiedMessage::BatchReply(m, batch) => Message::BatchReply(m.signed().clone(), batch.to_wire()),
         }
     }
 
@@ -380,6 +538,10 @@ impl VerifiedMessage {
             VerifiedMessage::StateReply(_) => MessageKind::StateReply,
             VerifiedMessage::Inquiry(_) => MessageKind::Inquiry,
             VerifiedMessage::Report(_) => MessageKind::Report,
+            VerifiedMessage::ViewChange(_) => MessageKind::ViewChange,
+            VerifiedMessage::NewView(_) => MessageKind::NewView,
+            VerifiedMessage::BatchRequest(_) => MessageKind::BatchRequest,
+            VerifiedMessage::BatchReply(..) => MessageKind::BatchReply,
         }
     }
 
@@ -397,6 +559,10 @@ impl VerifiedMessage {
             VerifiedMessage::StateReply(m) => Some(m.replica),
             VerifiedMessage::Inquiry(_) => None,
             VerifiedMessage::Report(m) => Some(m.replica),
+            VerifiedMessage::ViewChange(m) => Some(m.sender()),
+            VerifiedMessage::NewView(m) => Some(primary_of(m.view())),
+            VerifiedMessage::BatchRequest(m) => Some(m.replica),
+            VerifiedMessage::BatchReply(m, _) => Some(m.replica),
         }
     }
 }

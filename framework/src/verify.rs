@@ -6,8 +6,13 @@
 //! watermarks, duplicates) belong to the roles.
 
 use crate::config::ClusterConfig;
-use crate::ids::{ClientId, ReplicaId, Timestamp};
-use crate::messages::{request_size, Batch, ClientKey, Message, MessageKind, Request, VerifiedMessage};
+use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
+use crate::messages::{
+    request_size, Batch, ClientKey, Message, MessageKind, NewView, PreparedCertificate, Request, VerifiedMessage,
+    VerifiedNewView, VerifiedPrepared, VerifiedViewChange, ViewChange,
+};
+use crate::roles::checkpoint::StableCheckpoint;
+use crate::roles::view_change::compute_order;
 use crate::wire::WireError;
 use bulwark_crypto::{verify_batch, PublicKey, Signable, Signed, Verified};
 use serde::Serialize;
@@ -35,6 +40,8 @@ pub enum Refusal {
     DuplicateRequestInBatch { client: ClientId, timestamp: Timestamp },
     #[error("batch holds a read-only request")]
     ReadOnlyRequestInBatch,
+    #[error("{kind:?} carries an invalid certificate: {reason}")]
+    BadCertificate { kind: MessageKind, reason: &'static str },
 }
 
 /// The kinds of [`Refusal`], for counters.
@@ -49,6 +56,7 @@ pub enum RefusalKind {
     BatchTooLarge,
     DuplicateRequestInBatch,
     ReadOnlyRequestInBatch,
+    BadCertificate,
 }
 
 impl Refusal {
@@ -63,6 +71,7 @@ impl Refusal {
             Refusal::BatchTooLarge { .. } => RefusalKind::BatchTooLarge,
             Refusal::DuplicateRequestInBatch { .. } => RefusalKind::DuplicateRequestInBatch,
             Refusal::ReadOnlyRequestInBatch => RefusalKind::ReadOnlyRequestInBatch,
+            Refusal::BadCertificate { .. } => RefusalKind::BadCertificate,
         }
     }
 }
@@ -227,7 +236,175 @@ pub fn verify_message_with(
             let key = member_key(config, MessageKind::Report, signed.payload.replica)?;
             VerifiedMessage::Report(check(signed, key, MessageKind::Report)?)
         }
+        Message::ViewChange(signed) => VerifiedMessage::ViewChange(Arc::new(verify_view_change(signed, config)?)),
+        Message::NewView(signed) => VerifiedMessage::NewView(Arc::new(verify_new_view(signed, config)?)),
+        Message::BatchRequest(signed) => {
+            let key = member_key(config, MessageKind::BatchRequest, signed.payload.replica)?;
+            VerifiedMessage::BatchRequest(check(signed, key, MessageKind::BatchRequest)?)
+        }
+        Message::BatchReply(signed, requests) => {
+            let key = member_key(config, MessageKind::BatchReply, signed.payload.replica)?;
+            let reply = check(signed, key, MessageKind::BatchReply)?;
+            let batch = verify_batch_requests(requests, config, keys)?;
+            if batch.digest() != reply.digest {
+                return Err(Refusal::BatchDigestMismatch);
+            }
+            VerifiedMessage::BatchReply(reply, Arc::new(batch))
+        }
     })
+}
+
+fn bad_view_change(reason: &'static str) -> Refusal {
+    Refusal::BadCertificate { kind: MessageKind::ViewChange, reason }
+}
+
+fn bad_new_view(reason: &'static str) -> Refusal {
+    Refusal::BadCertificate { kind: MessageKind::NewView, reason }
+}
+
+/// VC10: a VIEW-CHANGE is valid iff signed by a member, its checkpoint proof is `2f + 1`
+/// matching CHECKPOINTs from distinct members for `s_c` (or `s_c = 0` and no proof), and
+/// every element of `P` is a prepared certificate for a view below `w` and a sequence
+/// number in `(s_c, s_c + L]`, at most one per sequence number.
+pub fn verify_view_change(
+    signed: bulwark_crypto::Signed<ViewChange>,
+    config: &ClusterConfig,
+) -> Result<VerifiedViewChange, Refusal> {
+    let key = member_key(config, MessageKind::ViewChange, signed.payload.replica)?;
+    let message = check(signed, key, MessageKind::ViewChange)?;
+    let checkpoint = verify_checkpoint_proof(&message, config)?;
+    let window = config.params.watermark_window;
+    if message.prepared.len() as u64 > window {
+        return Err(bad_view_change("more prepared certificates than the window holds"));
+    }
+    let mut prepared = std::collections::BTreeMap::new();
+    for certificate in &message.prepared {
+        let verified = verify_prepared(certificate, message.view, config)?;
+        let seq = verified.pre_prepare.seq;
+        if seq <= message.stable || seq.0 > message.stable.0 + window {
+            return Err(bad_view_change("prepared certificate outside (s_c, s_c + L]"));
+        }
+        if prepared.insert(seq, verified).is_some() {
+            return Err(bad_view_change("two prepared certificates for one sequence number"));
+        }
+    }
+    Ok(VerifiedViewChange { message, checkpoint, prepared })
+}
+
+fn verify_checkpoint_proof(message: &ViewChange, config: &ClusterConfig) -> Result<StableCheckpoint, Refusal> {
+    let stable = message.stable;
+    let proof = &message.checkpoint_proof;
+    if stable == SeqNum(0) {
+        if !proof.is_empty() {
+            return Err(bad_view_change("checkpoint proof for sequence number 0"));
+        }
+        return Ok(StableCheckpoint { seq: stable, state_digest: Default::default(), proof: Vec::new() });
+    }
+    if !stable.0.is_multiple_of(config.params.checkpoint_interval) {
+        return Err(bad_view_change("stable checkpoint not at a multiple of K"));
+    }
+    if proof.len() < config.quorum() || proof.len() > config.n() {
+        return Err(bad_view_change("checkpoint proof without 2f + 1 messages"));
+    }
+    let state_digest = proof[0].payload.state_digest;
+    let mut signers = BTreeSet::new();
+    let mut verified = Vec::with_capacity(proof.len());
+    for checkpoint in proof {
+        if checkpoint.payload.seq != stable || checkpoint.payload.state_digest != state_digest {
+            return Err(bad_view_change("checkpoint proof messages do not match"));
+        }
+        if !signers.insert(checkpoint.payload.replica) {
+            return Err(bad_view_change("checkpoint proof with a duplicate signer"));
+        }
+        let key = member_key(config, MessageKind::Checkpoint, checkpoint.payload.replica)?;
+        verified.push(check(checkpoint.clone(), key, MessageKind::Checkpoint)?);
+    }
+    Ok(StableCheckpoint { seq: stable, state_digest, proof: verified })
+}
+
+/// M6 and VC10: the PRE-PREPARE signed by `primary(v')` with `v' < w`, and `2f` PREPAREs
+/// for the same `(v', s, d)` from distinct backups other than `primary(v')`.
+fn verify_prepared(
+    certificate: &PreparedCertificate,
+    target: View,
+    config: &ClusterConfig,
+) -> Result<VerifiedPrepared, Refusal> {
+    let header = certificate.pre_prepare.payload;
+    if header.view >= target {
+        return Err(bad_view_change("prepared certificate from a view not below the target"));
+    }
+    let needed = 2 * config.f();
+    if certificate.prepares.len() < needed || certificate.prepares.len() >= config.n() {
+        return Err(bad_view_change("prepared certificate without 2f prepares"));
+    }
+    let primary = config.primary(header.view);
+    let key = member_key(config, MessageKind::PrePrepare, primary)?;
+    let pre_prepare = check(certificate.pre_prepare.clone(), key, MessageKind::PrePrepare)?;
+    let mut signers = BTreeSet::new();
+    let mut prepares = Vec::with_capacity(certificate.prepares.len());
+    for prepare in &certificate.prepares {
+        let vote = &prepare.payload;
+        if vote.view != header.view || vote.seq != header.seq || vote.digest != header.digest {
+            return Err(bad_view_change("prepare does not match its pre-prepare"));
+        }
+        if vote.replica == primary {
+            return Err(bad_view_change("prepare from the primary in a certificate"));
+        }
+        if !signers.insert(vote.replica) {
+            return Err(bad_view_change("prepared certificate with a duplicate signer"));
+        }
+        let key = member_key(config, MessageKind::Prepare, vote.replica)?;
+        prepares.push(check(prepare.clone(), key, MessageKind::Prepare)?);
+    }
+    Ok(VerifiedPrepared { pre_prepare, prepares })
+}
+
+/// VC15 as far as the message alone can say: signed by `primary(w)`; `V` holds valid
+/// VIEW-CHANGEs for `w` from at least `2f + 1` distinct replicas; `O` equals VC12 of `V`,
+/// each entry a pre-prepare for view `w` signed by `primary(w)`.
+pub fn verify_new_view(
+    signed: bulwark_crypto::Signed<NewView>,
+    config: &ClusterConfig,
+) -> Result<VerifiedNewView, Refusal> {
+    let view = signed.payload.view;
+    let key = member_key(config, MessageKind::NewView, config.primary(view))?;
+    // The new primary's one signature first: nobody else can make a replica check the
+    // hundreds of signatures inside.
+    let message = check(signed, key, MessageKind::NewView)?;
+    if message.view_changes.len() < config.quorum() || message.view_changes.len() > config.n() {
+        return Err(bad_new_view("V does not hold 2f + 1 view-changes"));
+    }
+    let mut senders = BTreeSet::new();
+    let mut view_changes = Vec::with_capacity(message.view_changes.len());
+    for vc in &message.view_changes {
+        if vc.payload.view != view {
+            return Err(bad_new_view("view-change in V for another view"));
+        }
+        if !senders.insert(vc.payload.replica) {
+            return Err(bad_new_view("two view-changes in V from one replica"));
+        }
+        let verified = verify_view_change(vc.clone(), config).map_err(|refusal| {
+            if let Refusal::BadCertificate { reason, .. } = refusal {
+                bad_new_view(reason)
+            } else {
+                refusal
+            }
+        })?;
+        view_changes.push(verified);
+    }
+    let order = compute_order(&view_changes, config).map_err(|_| bad_new_view("O cannot be computed from V (VC12)"))?;
+    if message.pre_prepares.len() != order.entries.len() {
+        return Err(bad_new_view("O differs from VC12 applied to V"));
+    }
+    let mut pre_prepares = Vec::with_capacity(order.entries.len());
+    for (entry, (seq, digest)) in message.pre_prepares.iter().zip(&order.entries) {
+        let header = entry.payload;
+        if header.view != view || header.seq != *seq || header.digest != *digest {
+            return Err(bad_new_view("O differs from VC12 applied to V"));
+        }
+        pre_prepares.push(check(entry.clone(), key, MessageKind::PrePrepare)?);
+    }
+    Ok(VerifiedNewView { message, view_changes, order, pre_prepares })
 }
 
 /// N1.e: every request signed by its client and within size limits, the batch within

@@ -97,7 +97,7 @@ fn broadcasts(out: &[BackupOutput]) -> Vec<&VerifiedMessage> {
     out.iter()
         .filter_map(|o| match o {
             BackupOutput::Broadcast(m) => Some(m),
-            BackupOutput::Refused(_) => None,
+            BackupOutput::Refused(_) | BackupOutput::PrimaryEquivocated(..) => None,
         })
         .collect()
 }
@@ -106,7 +106,7 @@ fn refusals(out: &[BackupOutput]) -> Vec<&'static str> {
     out.iter()
         .filter_map(|o| match o {
             BackupOutput::Refused(r) => Some(*r),
-            BackupOutput::Broadcast(_) => None,
+            BackupOutput::Broadcast(_) | BackupOutput::PrimaryEquivocated(..) => None,
         })
         .collect()
 }
@@ -179,6 +179,7 @@ fn n1d_conflicting_pre_prepare_is_refused_and_a_duplicate_ignored() {
     let f = fixture();
     let mut backup = f.backup(1);
     let (a, b) = (f.batch(&[1]), f.batch(&[2]));
+    let a_digest = a.digest();
     let mut out = Vec::new();
     backup.on_pre_prepare(f.pre_prepare(0, 1, a.digest()), a.clone(), &f.keys[1], &mut out);
     out.clear();
@@ -187,6 +188,17 @@ fn n1d_conflicting_pre_prepare_is_refused_and_a_duplicate_ignored() {
     backup.on_pre_prepare(f.pre_prepare(0, 1, b.digest()), b, &f.keys[1], &mut out);
     assert!(broadcasts(&out).is_empty());
     assert_eq!(refusals(&out), vec!["conflicting pre-prepare (N1.d)"]);
+    // N3: the two signed pre-prepares come out as the proof of equivocation.
+    let proof: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            BackupOutput::PrimaryEquivocated(first, second) => Some((first.clone(), second.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(proof.len(), 1);
+    assert!(matches!(&proof[0].0, VerifiedMessage::PrePrepare(pp, _) if pp.digest == a_digest));
+    assert!(matches!(&proof[0].1, VerifiedMessage::PrePrepare(pp, _) if pp.digest != a_digest));
 }
 
 /// P4: the primary logs its own pre-prepare and sends no PREPARE.
@@ -580,16 +592,26 @@ fn r2_retransmitted_executed_request_gets_the_cached_reply() {
     assert_eq!(outcome, Outcome::Ok(KvReply::Done { previous: None }));
 }
 
-/// R3: a backup relays a new request to the primary.
+/// R3 and VC1: a backup relays a new request to the primary and starts its request timer
+/// (once: a second waiting request does not push the deadline back).
 #[test]
-fn r3_a_backup_relays_a_new_request_to_the_primary() {
+fn r3_a_backup_relays_a_new_request_to_the_primary_and_starts_its_request_timer() {
     let f = fixture();
     let mut replica = f.replica(2);
+    let timeout = f.config.params.view_change_timeout();
     let actions = replica.handle(Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))), Instant(0));
     assert!(
-        matches!(&actions[..], [Action::Send { to: ReplicaId(0), message: VerifiedMessage::Request(_) }]),
+        matches!(
+            &actions[..],
+            [
+                Action::Send { to: ReplicaId(0), message: VerifiedMessage::Request(_) },
+                Action::SetTimer { timer: TimerKind::Request, at }
+            ] if *at == Instant(0) + timeout
+        ),
         "{actions:?}"
     );
+    let later = replica.handle(Input::Message(VerifiedMessage::Request(f.request(2, put("k", "2")))), Instant(10));
+    assert!(!later.iter().any(|a| matches!(a, Action::SetTimer { timer: TimerKind::Request, .. })), "{later:?}");
 }
 
 /// CX3: a request below the client's executed window is dropped (its reply is gone).

@@ -8,8 +8,9 @@
 
 use crate::config::ClusterConfig;
 use crate::ids::{ReplicaId, SeqNum, View};
-use crate::messages::{Batch, Commit, PrePrepare, Prepare, SlotProgress, Status, VerifiedMessage};
+use crate::messages::{Batch, Commit, PrePrepare, Prepare, SlotProgress, Status, VerifiedMessage, VerifiedPrepared};
 use crate::quorum::{VoteOutcome, VoteSet};
+use crate::roles::view_change::null_digest;
 use bulwark_crypto::{Digest, KeyPair, Signable, Verified};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -45,7 +46,10 @@ pub(crate) enum QuorumRule {
 /// The agreement state of one sequence number in the current view.
 #[derive(Debug)]
 pub struct Slot {
-    pre_prepare: Option<(Verified<PrePrepare>, Arc<Batch>)>,
+    pre_prepare: Option<Verified<PrePrepare>>,
+    /// The batch of the pre-prepare. Missing only for a pre-prepare taken from a NEW-VIEW
+    /// whose batch this replica never received; it is fetched by digest (VC16).
+    batch: Option<Arc<Batch>>,
     prepares: VoteSet<Prepare>,
     commits: VoteSet<Commit>,
     prepared: bool,
@@ -57,6 +61,7 @@ impl Slot {
     fn new(n: usize) -> Self {
         Slot {
             pre_prepare: None,
+            batch: None,
             prepares: VoteSet::new(n),
             commits: VoteSet::new(n),
             prepared: false,
@@ -66,12 +71,20 @@ impl Slot {
     }
 
     pub fn digest(&self) -> Option<Digest> {
-        self.pre_prepare.as_ref().map(|(pp, _)| pp.digest)
+        self.pre_prepare.as_ref().map(|pp| pp.digest)
     }
 
     pub fn is_committed(&self) -> bool {
         self.committed
     }
+}
+
+/// A prepared certificate this replica holds, with its batch: the proof it reports in a
+/// VIEW-CHANGE (VC9), kept across views until a stable checkpoint covers it.
+#[derive(Debug, Clone)]
+pub struct PreparedProof {
+    pub certificate: VerifiedPrepared,
+    pub batch: Arc<Batch>,
 }
 
 /// The agreement role.
@@ -82,6 +95,9 @@ pub struct Backup {
     view: View,
     low: SeqNum,
     slots: BTreeMap<SeqNum, Slot>,
+    /// For each sequence number above `h` that prepared here: the certificate from the
+    /// highest view in which it prepared (VC9). Bounded by the window.
+    prepared: BTreeMap<SeqNum, PreparedProof>,
     future: Vec<VecDeque<VerifiedMessage>>,
     rule: QuorumRule,
 }
@@ -91,6 +107,10 @@ pub struct Backup {
 pub enum BackupOutput {
     Broadcast(VerifiedMessage),
     Refused(&'static str),
+    /// N3: the primary signed two pre-prepares for one `(v, s)` with different digests.
+    /// Both travel here: they are the proof, and forwarding them lets every correct
+    /// replica see it.
+    PrimaryEquivocated(VerifiedMessage, VerifiedMessage),
 }
 
 impl Backup {
@@ -102,6 +122,7 @@ impl Backup {
             view: View(0),
             low: SeqNum(0),
             slots: BTreeMap::new(),
+            prepared: BTreeMap::new(),
             future: (0..n).map(|_| VecDeque::new()).collect(),
             rule: QuorumRule::Correct,
         }
@@ -218,16 +239,29 @@ impl Backup {
         let i_am_primary = primary == me;
         let slot = self.slot_mut(seq);
         match slot.digest() {
-            Some(existing) if existing == digest => return,
+            Some(existing) if existing == digest => {
+                if slot.batch.is_none() {
+                    slot.batch = Some(batch);
+                    self.check_progress(seq, key, out);
+                }
+                return;
+            }
             Some(_) => {
                 // N3: two signed pre-prepares for one (v, s) prove the primary faulty. The
-                // view change (its own issue) acts on this; here the second is refused.
+                // second is refused (N1.d); the replica starts a view change.
                 out.push(BackupOutput::Refused("conflicting pre-prepare (N1.d)"));
+                if let (Some(first), Some(first_batch)) = (slot.pre_prepare.clone(), slot.batch.clone()) {
+                    out.push(BackupOutput::PrimaryEquivocated(
+                        VerifiedMessage::PrePrepare(first, first_batch),
+                        VerifiedMessage::PrePrepare(pre_prepare, batch),
+                    ));
+                }
                 return;
             }
             None => {}
         }
-        slot.pre_prepare = Some((pre_prepare, batch));
+        slot.pre_prepare = Some(pre_prepare);
+        slot.batch = Some(batch);
         if !i_am_primary {
             let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
             slot.prepares.add(me, digest, prepare.clone());
@@ -285,8 +319,22 @@ impl Backup {
             return;
         };
         let Some(digest) = slot.digest() else { return };
+        // N5: prepared needs the batch logged too.
+        let Some(batch) = slot.batch.clone() else { return };
         if !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
             slot.prepared = true;
+            let certificate = VerifiedPrepared {
+                pre_prepare: slot.pre_prepare.clone().expect("digest implies a pre-prepare"),
+                prepares: slot
+                    .prepares
+                    .certificate(digest)
+                    .into_iter()
+                    .filter(|p| p.replica != primary)
+                    .take(prepare_threshold)
+                    .cloned()
+                    .collect(),
+            };
+            self.prepared.insert(seq, PreparedProof { certificate, batch });
             let commit = sign(Commit { view, seq, digest, replica: me }, key);
             slot.commits.add(me, digest, commit.clone());
             slot.own_commit = Some(commit.clone());
@@ -303,7 +351,8 @@ impl Backup {
         if !slot.committed {
             return None;
         }
-        slot.pre_prepare.as_ref().map(|(pp, batch)| (batch.clone(), pp.view))
+        let batch = slot.batch.clone()?;
+        slot.pre_prepare.as_ref().map(|pp| (batch, pp.view))
     }
 
     pub fn is_committed(&self, seq: SeqNum) -> bool {
@@ -328,6 +377,7 @@ impl Backup {
             executable_until = executable_until.next();
         }
         self.slots.retain(|seq, _| *seq > stable || (*seq > last_executed && *seq <= executable_until));
+        self.prepared.retain(|seq, _| *seq > stable);
         let mut replay = Vec::new();
         for queue in &mut self.future {
             replay.extend(queue.drain(..));
@@ -374,7 +424,7 @@ impl Backup {
             if theirs.committed {
                 continue;
             }
-            if let Some((pp, batch)) = &slot.pre_prepare {
+            if let (Some(pp), Some(batch)) = (&slot.pre_prepare, &slot.batch) {
                 if !theirs.has_pre_prepare {
                     messages.push(VerifiedMessage::PrePrepare(pp.clone(), batch.clone()));
                 }
@@ -391,6 +441,101 @@ impl Backup {
         messages
     }
 
+    /// VC9: the prepared certificates above `stable` (at most `L` of them, one per sequence
+    /// number, each from the highest view in which it prepared here).
+    pub fn prepared_certificates(&self, stable: SeqNum) -> BTreeMap<SeqNum, VerifiedPrepared> {
+        let last = SeqNum(stable.0 + self.config.params.watermark_window);
+        self.prepared.range(stable.next()..=last).map(|(seq, proof)| (*seq, proof.certificate.clone())).collect()
+    }
+
+    /// A batch this replica holds with digest `digest`, to answer a BATCH-REQ.
+    pub fn batch_with(&self, digest: Digest) -> Option<Arc<Batch>> {
+        self.slots
+            .values()
+            .filter(|slot| slot.digest() == Some(digest))
+            .find_map(|slot| slot.batch.clone())
+            .or_else(|| self.prepared.values().find(|p| p.batch.digest() == digest).map(|p| p.batch.clone()))
+    }
+
+    /// Digests named by pre-prepares in the log whose batch is missing (VC16).
+    pub fn missing_batches(&self) -> Vec<Digest> {
+        let mut digests: Vec<Digest> =
+            self.slots.values().filter(|slot| slot.batch.is_none()).filter_map(Slot::digest).collect();
+        digests.sort();
+        digests.dedup();
+        digests
+    }
+
+    /// A fetched batch: log it for every pre-prepare that names its digest and lacks it.
+    /// Returns whether any pre-prepare needed it.
+    pub fn supply_batch(&mut self, batch: Arc<Batch>, key: &KeyPair, out: &mut Vec<BackupOutput>) -> bool {
+        let digest = batch.digest();
+        let needing: Vec<SeqNum> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.batch.is_none() && slot.digest() == Some(digest))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &needing {
+            self.slots.get_mut(seq).expect("listed above").batch = Some(batch.clone());
+            self.check_progress(*seq, key, out);
+        }
+        !needing.is_empty()
+    }
+
+    /// VC16(2), and VC13 for the new primary: enter view `view` with the pre-prepares `O`
+    /// of its NEW-VIEW. The log of the old view is dropped except committed slots at or
+    /// below `h` kept to execute (C6); every pre-prepare of `O` above `h` is logged with its
+    /// batch if this replica holds it (the null batch always), and a backup multicasts
+    /// PREPARE for each. Returns the digests of batches it must fetch.
+    pub fn enter_view(
+        &mut self,
+        view: View,
+        pre_prepares: &[Verified<PrePrepare>],
+        key: &KeyPair,
+        out: &mut Vec<BackupOutput>,
+    ) -> Vec<Digest> {
+        let low = self.low;
+        let mut known: BTreeMap<Digest, Arc<Batch>> = BTreeMap::new();
+        for slot in self.slots.values() {
+            if let (Some(digest), Some(batch)) = (slot.digest(), &slot.batch) {
+                known.insert(digest, batch.clone());
+            }
+        }
+        for proof in self.prepared.values() {
+            known.insert(proof.batch.digest(), proof.batch.clone());
+        }
+        let null = null_digest();
+        known.insert(null, Arc::new(Batch::null()));
+        self.view = view;
+        self.slots.retain(|seq, slot| *seq <= low && slot.committed);
+        for queue in &mut self.future {
+            queue.retain(|message| message_view(message).is_none_or(|v| v >= view));
+        }
+        let i_am_primary = self.config.primary(view) == self.me;
+        let mut missing = Vec::new();
+        for pre_prepare in pre_prepares.iter().filter(|pp| pp.seq > low && pp.view == view) {
+            let (seq, digest) = (pre_prepare.seq, pre_prepare.digest);
+            let batch = known.get(&digest).cloned();
+            if batch.is_none() {
+                missing.push(digest);
+            }
+            let me = self.me;
+            let slot = self.slot_mut(seq);
+            slot.pre_prepare = Some(pre_prepare.clone());
+            slot.batch = batch;
+            if !i_am_primary {
+                let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
+                slot.prepares.add(me, digest, prepare.clone());
+                out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));
+            }
+            self.check_progress(seq, key, out);
+        }
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+
     /// Highest sequence number with any state in the log.
     pub fn highest_logged(&self) -> SeqNum {
         self.slots.keys().next_back().copied().unwrap_or(self.low)
@@ -404,5 +549,15 @@ impl Backup {
     /// Messages buffered for the next window, all senders.
     pub fn future_len(&self) -> usize {
         self.future.iter().map(VecDeque::len).sum()
+    }
+}
+
+/// The view of a normal-case message, if it has one.
+pub fn message_view(message: &VerifiedMessage) -> Option<View> {
+    match message {
+        VerifiedMessage::PrePrepare(m, _) => Some(m.view),
+        VerifiedMessage::Prepare(m) => Some(m.view),
+        VerifiedMessage::Commit(m) => Some(m.view),
+        _ => None,
     }
 }

@@ -1,7 +1,7 @@
 //! The protocol roles, each a pure state machine: inputs in, actions out, no I/O, no
 //! clock (the caller passes `now`), no randomness.
 //!
-//! A replica is composed of four roles, wired together by [`replica::Replica`]:
+//! A replica is composed of five roles, wired together by [`replica::Replica`]:
 //! * [`primary::Primary`] batches requests and assigns sequence numbers (active only in the
 //!   replica that is primary of the current view);
 //! * [`backup::Backup`] runs the three-phase agreement for every sequence number in the
@@ -12,6 +12,9 @@
 //! * [`checkpoint::CheckpointCollector`] turns `2f + 1` matching CHECKPOINTs into a stable
 //!   checkpoint, which moves the watermarks and lets the log be discarded.
 //!
+//! * [`view_change::ViewChanger`] suspects a faulty primary, collects VIEW-CHANGEs and
+//!   decides when the replica joins a view change, builds a NEW-VIEW or may accept one.
+//!
 //! [`client::Client`] is the client side.
 
 pub mod backup;
@@ -20,10 +23,12 @@ pub mod client;
 pub mod executor;
 pub mod primary;
 pub mod replica;
+pub mod view_change;
 
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, View};
-use crate::messages::{Reply, Report, VerifiedMessage};
+use crate::messages::{Reply, Report, VerifiedMessage, VerifiedNewView};
 use bulwark_crypto::{Digest, Verified};
+use std::sync::Arc;
 
 /// Timers a replica sets. Setting a timer replaces the pending one of the same kind; a
 /// role ignores a firing that is no longer due (it keeps its own deadline).
@@ -33,6 +38,10 @@ pub enum TimerKind {
     Batch,
     /// Periodic progress check: a stuck replica sends STATUS and retries state transfer.
     Status,
+    /// The request timer (VC1): a request this replica knows of waits too long.
+    Request,
+    /// The view-change timer (VC3): no NEW-VIEW came after `2f + 1` VIEW-CHANGEs.
+    ViewChange,
 }
 
 /// What a replica asks its runtime to do.
@@ -63,4 +72,8 @@ pub enum ReplicaEvent {
     StateInstalled { seq: SeqNum, state_digest: Digest },
     /// A message was refused by a role's acceptance rules.
     Refused { reason: &'static str },
+    /// The replica signed and sent a VIEW-CHANGE for `view` (VC2).
+    ViewChangeStarted { view: View },
+    /// The replica entered `view` by this NEW-VIEW (VC16; for the new primary VC13).
+    EnteredView { view: View, new_view: Arc<VerifiedNewView> },
 }

@@ -1,4 +1,4 @@
-//! A replica: the four replica roles wired together (see [`crate::roles`]).
+//! A replica: the five replica roles wired together (see [`crate::roles`]).
 //!
 //! [`Replica::handle`] takes one input (a verified message or a timer firing) and the
 //! current time, and returns the actions for the runtime. The wiring is deterministic:
@@ -18,16 +18,18 @@
 use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{
-    Checkpoint, Inquiry, PrePrepare, Report, Request, StateReply, StateRequest, Status, VerifiedMessage,
+    Batch, BatchReply, BatchRequest, Checkpoint, Inquiry, NewView, PrePrepare, Report, Request, StateReply,
+    StateRequest, Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
 };
-use crate::roles::backup::{sign, Backup, BackupOutput, WindowPosition};
+use crate::roles::backup::{message_view, sign, Backup, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CheckpointCollector, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
 use crate::roles::primary::{Admission, Primary};
+use crate::roles::view_change::{compute_order, ViewChangeStep, ViewChanger};
 use crate::roles::{Action, ReplicaEvent, TimerKind};
 use crate::service::Service;
 use bulwark_crypto::{Digest, KeyPair, Verified};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Every this many status ticks a replica sends STATUS even when not stuck.
@@ -50,6 +52,12 @@ pub struct ReplicaMetrics {
     pub status_sent: u64,
     pub retransmitted: u64,
     pub state_transfers: u64,
+    /// VIEW-CHANGEs this replica signed (VC2, VC3, VC5).
+    pub view_changes_started: u64,
+    /// Views entered by a NEW-VIEW (VC16), or built as the new primary (VC13).
+    pub views_entered: u64,
+    /// Times the primary of a view was caught signing two pre-prepares for one `(v, s)` (N3).
+    pub primary_equivocations: u64,
     /// Messages refused by the roles' acceptance rules, by reason.
     pub refused: BTreeMap<&'static str, u64>,
 }
@@ -75,7 +83,7 @@ pub struct Replica<S: Service> {
     id: ReplicaId,
     config: Arc<ClusterConfig>,
     key: KeyPair,
-    view: View,
+    view_changer: ViewChanger,
     primary: Primary,
     backup: Backup,
     executor: Executor<S>,
@@ -85,6 +93,10 @@ pub struct Replica<S: Service> {
     executed_at_last_tick: SeqNum,
     ticks: u64,
     answered_at: Vec<Option<Instant>>,
+    batches_answered_at: Vec<Option<Instant>>,
+    states_answered_at: Vec<Option<Instant>>,
+    /// Normal-case messages for a view this replica has not entered, per sender (VC6).
+    later_views: Vec<VecDeque<VerifiedMessage>>,
     transfer: Option<Transfer>,
     batch_timer: Option<Instant>,
     /// The state digest last computed for a REPORT: (last executed, digest, when).
@@ -96,7 +108,7 @@ impl<S: Service> Replica<S> {
         let n = config.n();
         Replica {
             id,
-            view: View(0),
+            view_changer: ViewChanger::new(id, config.clone()),
             primary: Primary::new(config.clone(), SeqNum(1)),
             backup: Backup::new(id, config.clone()),
             executor: Executor::new(id, config.clone(), service),
@@ -106,6 +118,9 @@ impl<S: Service> Replica<S> {
             executed_at_last_tick: SeqNum(0),
             ticks: 0,
             answered_at: vec![None; n],
+            batches_answered_at: vec![None; n],
+            states_answered_at: vec![None; n],
+            later_views: (0..n).map(|_| VecDeque::new()).collect(),
             transfer: None,
             batch_timer: None,
             report_digest: None,
@@ -131,12 +146,19 @@ impl<S: Service> Replica<S> {
         self.id
     }
 
+    /// The last view this replica entered.
     pub fn view(&self) -> View {
-        self.view
+        self.view_changer.view()
     }
 
+    /// The view this replica is changing to, while it is view-changing.
+    pub fn view_change_target(&self) -> Option<View> {
+        self.view_changer.target()
+    }
+
+    /// Whether this replica is the primary of its view and in normal mode (P1).
     pub fn is_primary(&self) -> bool {
-        self.config.primary(self.view) == self.id
+        self.config.primary(self.view()) == self.id && !self.view_changer.is_changing()
     }
 
     pub fn last_executed(&self) -> SeqNum {
@@ -179,6 +201,9 @@ impl<S: Service> Replica<S> {
             queued_requests: self.primary.queue_len(),
             in_flight_batches: self.primary.in_flight_len(),
             clients: self.executor.client_table().len(),
+            later_view_messages: self.later_views.iter().map(VecDeque::len).sum(),
+            waiting_requests: self.view_changer.waiting_len(),
+            view_changes_held: self.view_changer.view_changes_held(),
         }
     }
 
@@ -196,6 +221,24 @@ impl<S: Service> Replica<S> {
                 self.batch_timer = None;
             }
             Input::Timer(TimerKind::Status) => self.on_status_tick(now, &mut actions),
+            Input::Timer(TimerKind::Request) => match self.view_changer.on_request_timer(now) {
+                // A replica catching up to a stable checkpoint waits because it is behind,
+                // not because the primary stalls: the checkpoint proves that f + 1 correct
+                // replicas executed past it. It re-arms instead of suspecting (PF4).
+                Ok(_) if self.catching_up() => {
+                    let at = now + self.view_changer.timeout();
+                    self.view_changer.rearm_request_timer(at);
+                    actions.push(Action::SetTimer { timer: TimerKind::Request, at });
+                }
+                Ok(view) => self.start_view_change(view, now, &mut actions),
+                Err(Some(at)) => actions.push(Action::SetTimer { timer: TimerKind::Request, at }),
+                Err(None) => {}
+            },
+            Input::Timer(TimerKind::ViewChange) => {
+                if let Some(view) = self.view_changer.on_view_change_timer(now) {
+                    self.start_view_change(view, now, &mut actions);
+                }
+            }
         }
         self.drive(now, &mut actions);
         actions
@@ -212,24 +255,37 @@ impl<S: Service> Replica<S> {
     fn on_message(&mut self, message: VerifiedMessage, now: Instant, actions: &mut Vec<Action>) {
         match message {
             VerifiedMessage::Request(request) => self.on_request(request, now, actions),
-            VerifiedMessage::PrePrepare(pre_prepare, batch) => {
-                self.note_seen(pre_prepare.seq);
-                let mut out = Vec::new();
-                self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
-                self.apply(out, actions);
+            VerifiedMessage::PrePrepare(ref pre_prepare, _) => {
+                let (view, seq, sender) = (pre_prepare.view, pre_prepare.seq, self.config.primary(pre_prepare.view));
+                if let Some(VerifiedMessage::PrePrepare(pre_prepare, batch)) = self.admit_view(message, view, sender) {
+                    self.note_seen(seq);
+                    let mut out = Vec::new();
+                    self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
+                    self.apply(out, now, actions);
+                }
             }
-            VerifiedMessage::Prepare(prepare) => {
-                self.note_seen(prepare.seq);
-                let mut out = Vec::new();
-                self.backup.on_prepare(prepare, &self.key, &mut out);
-                self.apply(out, actions);
+            VerifiedMessage::Prepare(ref prepare) => {
+                let (view, seq, sender) = (prepare.view, prepare.seq, prepare.replica);
+                if let Some(VerifiedMessage::Prepare(prepare)) = self.admit_view(message, view, sender) {
+                    self.note_seen(seq);
+                    let mut out = Vec::new();
+                    self.backup.on_prepare(prepare, &self.key, &mut out);
+                    self.apply(out, now, actions);
+                }
             }
-            VerifiedMessage::Commit(commit) => {
-                self.note_seen(commit.seq);
-                let mut out = Vec::new();
-                self.backup.on_commit(commit, &self.key, &mut out);
-                self.apply(out, actions);
+            VerifiedMessage::Commit(ref commit) => {
+                let (view, seq, sender) = (commit.view, commit.seq, commit.replica);
+                if let Some(VerifiedMessage::Commit(commit)) = self.admit_view(message, view, sender) {
+                    self.note_seen(seq);
+                    let mut out = Vec::new();
+                    self.backup.on_commit(commit, &self.key, &mut out);
+                    self.apply(out, now, actions);
+                }
             }
+            VerifiedMessage::ViewChange(view_change) => self.on_view_change(view_change, now, actions),
+            VerifiedMessage::NewView(new_view) => self.on_new_view(new_view, now, actions),
+            VerifiedMessage::BatchRequest(request) => self.on_batch_request(request, now, actions),
+            VerifiedMessage::BatchReply(reply, batch) => self.on_batch_reply(reply, batch, now, actions),
             VerifiedMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint, now, actions),
             VerifiedMessage::Status(status) => self.on_status(status, now, actions),
             VerifiedMessage::StateRequest(request) => self.on_state_request(request, now, actions),
@@ -239,11 +295,49 @@ impl<S: Service> Replica<S> {
         }
     }
 
-    fn apply(&mut self, outputs: Vec<BackupOutput>, actions: &mut Vec<Action>) {
+    /// VC6 and VC4a: a normal-case message of `view` is processed only in normal mode in
+    /// that view. Messages for a view not yet entered (and not below the view-change
+    /// target) are buffered per sender, bounded, until the replica enters it; anything
+    /// older is dropped.
+    fn admit_view(&mut self, message: VerifiedMessage, view: View, sender: ReplicaId) -> Option<VerifiedMessage> {
+        let current = self.view();
+        if view == current && !self.view_changer.is_changing() {
+            return Some(message);
+        }
+        if view <= current || view < self.view_changer.floor() {
+            self.refuse(if view == current {
+                "normal-case message while view-changing (VC6)"
+            } else {
+                "normal-case message for an older view"
+            });
+            return None;
+        }
+        let limit = self.config.params.future_messages_per_sender_max;
+        let queue = self.later_views.get_mut(sender.index())?;
+        if queue.len() >= limit {
+            self.refuse("buffer for later views full");
+        } else {
+            queue.push_back(message);
+        }
+        None
+    }
+
+    fn apply(&mut self, outputs: Vec<BackupOutput>, now: Instant, actions: &mut Vec<Action>) {
         for output in outputs {
             match output {
                 BackupOutput::Broadcast(message) => actions.push(Action::Broadcast { message }),
                 BackupOutput::Refused(reason) => self.refuse(reason),
+                BackupOutput::PrimaryEquivocated(first, second) => {
+                    // N3: the two signed pre-prepares are the proof; forwarding them lets
+                    // every correct replica see it and join (VC2).
+                    self.metrics.primary_equivocations += 1;
+                    let suspected = message_view(&first).unwrap_or(self.view());
+                    actions.push(Action::Broadcast { message: first });
+                    actions.push(Action::Broadcast { message: second });
+                    if suspected == self.view() && !self.view_changer.is_changing() {
+                        self.start_view_change(suspected.next(), now, actions);
+                    }
+                }
             }
         }
     }
@@ -252,7 +346,7 @@ impl<S: Service> Replica<S> {
     fn on_request(&mut self, request: Verified<Request>, now: Instant, actions: &mut Vec<Action>) {
         if request.read_only {
             let result = self.executor.query(&request.operation);
-            let reply = self.executor.reply(self.view, &request, result, true, &self.key);
+            let reply = self.executor.reply(self.view(), &request, result, true, &self.key);
             actions.push(Action::Reply { client: request.client(), reply });
             return;
         }
@@ -260,7 +354,7 @@ impl<S: Service> Replica<S> {
             RequestStatus::TooOld => self.refuse("request below the client's window (CX3)"),
             RequestStatus::Executed(result) => {
                 // R2: resend the cached reply, do nothing else.
-                let reply = self.executor.reply(self.view, &request, result, false, &self.key);
+                let reply = self.executor.reply(self.view(), &request, result, false, &self.key);
                 actions.push(Action::Reply { client: request.client(), reply });
             }
             RequestStatus::New if self.is_primary() => match self.primary.offer(request, now) {
@@ -268,9 +362,15 @@ impl<S: Service> Replica<S> {
                 Admission::Shed => self.metrics.requests_shed += 1,
             },
             RequestStatus::New => {
-                // R3: relay to the primary (the request timer arrives with view change).
-                let primary = self.config.primary(self.view);
-                actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request) });
+                // R3: relay to the primary and start the request timer (VC1). While
+                // view-changing the request only waits: it goes to the next primary.
+                if !self.view_changer.is_changing() {
+                    let primary = self.config.primary(self.view());
+                    actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request.clone()) });
+                }
+                if let Some(at) = self.view_changer.wait_for(request, now) {
+                    actions.push(Action::SetTimer { timer: TimerKind::Request, at });
+                }
             }
         }
     }
@@ -286,7 +386,7 @@ impl<S: Service> Replica<S> {
             }
             if self.is_primary() {
                 for (seq, batch) in self.primary.cut_batches(self.backup.low(), now) {
-                    let pre_prepare = sign(PrePrepare { view: self.view, seq, digest: batch.digest() }, &self.key);
+                    let pre_prepare = sign(PrePrepare { view: self.view(), seq, digest: batch.digest() }, &self.key);
                     let batch = Arc::new(batch);
                     self.metrics.batches_proposed += 1;
                     // A proposal lost on the way to every backup must still make this
@@ -297,7 +397,7 @@ impl<S: Service> Replica<S> {
                     });
                     let mut out = Vec::new();
                     self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
-                    self.apply(out, actions);
+                    self.apply(out, now, actions);
                     moved = true;
                 }
             }
@@ -335,8 +435,12 @@ impl<S: Service> Replica<S> {
             view,
             requests: execution.executed_requests,
         }));
+        let executed: Vec<_> = execution.replies.iter().map(|(client, reply)| (*client, reply.timestamp)).collect();
         for (client, reply) in execution.replies {
             actions.push(Action::Reply { client, reply });
+        }
+        if let Some(at) = self.view_changer.executed(executed, now) {
+            actions.push(Action::SetTimer { timer: TimerKind::Request, at });
         }
         self.primary.on_executed(seq);
         self.backup.forget_executed_below_low(seq);
@@ -377,7 +481,11 @@ impl<S: Service> Replica<S> {
     /// ST1: fetch the image of the stable checkpoint from a signer of its proof.
     fn ensure_transfer(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let stable = self.checkpoints.stable().clone();
-        if self.transfer.as_ref().is_some_and(|t| t.seq >= stable.seq) {
+        // A transfer under way is left to finish for one status interval even if a newer
+        // checkpoint became stable meanwhile: installing the older image is progress too,
+        // while retargeting at every new checkpoint could chase a moving target forever.
+        let interval = self.config.params.status_interval();
+        if self.transfer.as_ref().is_some_and(|t| t.seq >= stable.seq || now < t.requested_at + interval) {
             return;
         }
         let sources: Vec<ReplicaId> = stable.proof.iter().map(|c| c.replica).filter(|r| *r != self.id).collect();
@@ -409,7 +517,9 @@ impl<S: Service> Replica<S> {
 
     /// Serve a checkpoint image: the one asked for, or a newer stable one (ST3).
     fn on_state_request(&mut self, request: Verified<StateRequest>, now: Instant, actions: &mut Vec<Action>) {
-        if !self.may_answer(request.replica, now) {
+        // Its own limiter: a STATUS answered just before must not starve the transfer.
+        let spacing = self.config.params.status_interval() / 2;
+        if !Self::rate_limit(&mut self.states_answered_at, request.replica, spacing, now) {
             self.refuse("state request rate limit");
             return;
         }
@@ -432,25 +542,54 @@ impl<S: Service> Replica<S> {
             self.refuse("state reply without a transfer under way");
             return;
         };
-        if reply.seq != transfer.seq || Digest::of(&reply.image) != transfer.digest {
+        // The image asked for, or (ST3) the newer stable checkpoint a source moved on to.
+        let stable = self.checkpoints.stable();
+        let expected = if reply.seq == transfer.seq {
+            transfer.digest
+        } else if reply.seq == stable.seq && reply.seq > transfer.seq {
+            stable.state_digest
+        } else {
+            self.refuse("state reply for a checkpoint not asked for (ST4)");
+            return;
+        };
+        if Digest::of(&reply.image) != expected {
             self.refuse("state reply does not match the stable checkpoint (ST4)");
             return;
         }
+        let seq = reply.seq;
         let image = Arc::new(reply.into_signed().payload.image);
+        let transfer = Transfer { seq, ..transfer };
         match self.executor.install(transfer.seq, image) {
             Ok(state_digest) => {
                 self.transfer = None;
                 self.primary.on_executed(transfer.seq);
                 self.backup.forget_executed_below_low(transfer.seq);
+                let executor = &self.executor;
+                self.view_changer.retain_waiting(|request| executor.request_status(request) == RequestStatus::New);
                 actions.push(Action::Event(ReplicaEvent::StateInstalled { seq: transfer.seq, state_digest }));
             }
             Err(_) => self.refuse("state image could not be installed"),
         }
     }
 
+    /// Behind a stable checkpoint, or fetching its image.
+    fn catching_up(&self) -> bool {
+        self.transfer.is_some() || self.last_executed() < self.stable()
+    }
+
     fn may_answer(&mut self, peer: ReplicaId, now: Instant) -> bool {
         let spacing = self.config.params.status_interval() / 2;
-        let Some(last) = self.answered_at.get_mut(peer.index()) else {
+        Self::rate_limit(&mut self.answered_at, peer, spacing, now)
+    }
+
+    /// Per-peer rate limit: true (and noted) if `peer` was last answered `spacing` ago.
+    fn rate_limit(
+        answered_at: &mut [Option<Instant>],
+        peer: ReplicaId,
+        spacing: std::time::Duration,
+        now: Instant,
+    ) -> bool {
+        let Some(last) = answered_at.get_mut(peer.index()) else {
             return false;
         };
         if last.is_some_and(|at| now < at + spacing) {
@@ -464,9 +603,27 @@ impl<S: Service> Replica<S> {
     fn on_status_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let interval = self.config.params.status_interval();
         actions.push(Action::SetTimer { timer: TimerKind::Status, at: now + interval });
-        if self.transfer.as_ref().is_some_and(|t| now >= t.requested_at + interval) {
-            self.request_state(now, actions);
+        if let Some(transfer) = self.transfer.as_ref().filter(|t| now >= t.requested_at + interval) {
+            if self.last_executed() >= transfer.seq {
+                // Executed past it meanwhile (C6): nothing to fetch.
+                self.transfer = None;
+            } else if transfer.seq < self.stable() {
+                // Its source may have dropped that image: go for the newest stable one.
+                self.transfer = None;
+                self.ensure_transfer(now, actions);
+            } else {
+                self.request_state(now, actions);
+            }
         }
+        // VC7: a view-changing replica retransmits its latest VIEW-CHANGE.
+        if let Some(own) = self.view_changer.own_view_change().filter(|_| self.view_changer.is_changing()) {
+            actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own.clone()) });
+        }
+        if let Some(view) = self.view_changer.check_ordering_rate(now) {
+            tracing::info!(replica = %self.id, "primary orders below the minimum rate; suspecting it");
+            self.start_view_change(view, now, actions);
+        }
+        self.request_missing_batches(actions);
         let last_executed = self.last_executed();
         let stuck = self.highest_seen > last_executed && last_executed == self.executed_at_last_tick;
         self.executed_at_last_tick = last_executed;
@@ -481,8 +638,10 @@ impl<S: Service> Replica<S> {
         let window = self.config.params.watermark_window;
         let last = self.highest_seen.0.min(last_executed.0 + window);
         let slots = (last_executed.0 + 1..=last).map(|s| self.backup.progress(SeqNum(s))).collect();
-        let status =
-            sign(Status { replica: self.id, view: self.view, stable: self.stable(), last_executed, slots }, &self.key);
+        let status = sign(
+            Status { replica: self.id, view: self.view(), stable: self.stable(), last_executed, slots },
+            &self.key,
+        );
         self.metrics.status_sent += 1;
         actions.push(Action::Broadcast { message: VerifiedMessage::Status(status) });
     }
@@ -510,7 +669,7 @@ impl<S: Service> Replica<S> {
                 replica: self.id,
                 client,
                 nonce: inquiry.nonce,
-                view: self.view,
+                view: self.view(),
                 stable: self.stable(),
                 last_executed: seq,
                 state_digest,
@@ -531,6 +690,12 @@ impl<S: Service> Replica<S> {
         }
         let peer = status.replica;
         let mut messages = Vec::new();
+        // VC7 and PF4: a peer still in an older view gets the NEW-VIEW that ended it.
+        if status.view < self.view() {
+            if let Some(new_view) = self.view_changer.current_new_view() {
+                messages.push(VerifiedMessage::NewView(new_view.clone()));
+            }
+        }
         let stable = self.checkpoints.stable();
         if status.stable < stable.seq {
             messages.extend(stable.proof.iter().cloned().map(VerifiedMessage::Checkpoint));
@@ -550,6 +715,212 @@ impl<S: Service> Replica<S> {
     }
 }
 
+impl<S: Service> Replica<S> {
+    /// VC2 (and VC3, VC5, N3): sign and multicast `VIEW-CHANGE(view, s_c, C, P, i)` and
+    /// stop taking part in lower views (VC4a).
+    fn start_view_change(&mut self, view: View, now: Instant, actions: &mut Vec<Action>) {
+        if view <= self.view_changer.floor() {
+            return;
+        }
+        let checkpoint = self.checkpoints.stable().clone();
+        let prepared = self.backup.prepared_certificates(checkpoint.seq);
+        let message = sign(
+            ViewChange {
+                view,
+                stable: checkpoint.seq,
+                checkpoint_proof: checkpoint.proof.iter().map(|c| c.signed().clone()).collect(),
+                prepared: prepared.values().map(|p| p.to_wire()).collect(),
+                replica: self.id,
+            },
+            &self.key,
+        );
+        let own = Arc::new(VerifiedViewChange { message, checkpoint, prepared });
+        tracing::info!(replica = %self.id, %view, "view change");
+        self.metrics.view_changes_started += 1;
+        self.batch_timer = None;
+        actions.push(Action::Event(ReplicaEvent::ViewChangeStarted { view }));
+        actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own.clone()) });
+        let steps = self.view_changer.start(own, now);
+        self.run_steps(steps, now, actions);
+    }
+
+    fn run_steps(&mut self, steps: Vec<ViewChangeStep>, now: Instant, actions: &mut Vec<Action>) {
+        for step in steps {
+            match step {
+                ViewChangeStep::ArmViewChangeTimer(at) => {
+                    actions.push(Action::SetTimer { timer: TimerKind::ViewChange, at });
+                }
+                ViewChangeStep::StartViewChange(view) => self.start_view_change(view, now, actions),
+                ViewChangeStep::BuildNewView(view, view_changes) => {
+                    self.build_new_view(view, view_changes, now, actions)
+                }
+            }
+        }
+    }
+
+    /// VC8 and VC7: keep the sender's highest VIEW-CHANGE; as primary of the view it asks
+    /// for, answer a replica that did not see the NEW-VIEW.
+    fn on_view_change(&mut self, view_change: Arc<VerifiedViewChange>, now: Instant, actions: &mut Vec<Action>) {
+        let sender = view_change.sender();
+        if sender == self.id {
+            return;
+        }
+        if view_change.view() == self.view() && !self.view_changer.is_changing() {
+            if let Some(new_view) = self.view_changer.current_new_view().cloned() {
+                if self.config.primary(self.view()) == self.id && self.may_answer(sender, now) {
+                    actions.push(Action::Send { to: sender, message: VerifiedMessage::NewView(new_view.clone()) });
+                }
+            }
+        }
+        match self.view_changer.on_view_change(view_change, now) {
+            Ok(steps) => self.run_steps(steps, now, actions),
+            Err(reason) => self.refuse(reason),
+        }
+    }
+
+    /// VC11–VC13: as `primary(view)` with `2f + 1` VIEW-CHANGEs, compute `O` (VC12), sign
+    /// each pre-prepare of it and the NEW-VIEW, multicast it and enter the view.
+    fn build_new_view(
+        &mut self,
+        view: View,
+        view_changes: Vec<Arc<VerifiedViewChange>>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let view_changes: Vec<VerifiedViewChange> = view_changes.iter().map(|vc| vc.as_ref().clone()).collect();
+        let order = match compute_order(&view_changes, &self.config) {
+            Ok(order) => order,
+            Err(error) => {
+                // VC12(4): only more than f faults produce this; do not send.
+                tracing::error!(replica = %self.id, %view, %error, "cannot build a new view");
+                self.refuse("new view cannot be computed (VC12.4)");
+                return;
+            }
+        };
+        let pre_prepares: Vec<Verified<PrePrepare>> = order
+            .entries
+            .iter()
+            .map(|(seq, digest)| sign(PrePrepare { view, seq: *seq, digest: *digest }, &self.key))
+            .collect();
+        let message = sign(
+            NewView {
+                view,
+                view_changes: view_changes.iter().map(|vc| vc.message.signed().clone()).collect(),
+                pre_prepares: pre_prepares.iter().map(|pp| pp.signed().clone()).collect(),
+            },
+            &self.key,
+        );
+        let new_view = Arc::new(VerifiedNewView { message, view_changes, order, pre_prepares });
+        actions.push(Action::Broadcast { message: VerifiedMessage::NewView(new_view.clone()) });
+        self.enter_view(new_view, now, actions);
+    }
+
+    /// VC15: accept a NEW-VIEW that edge verification found valid, if this replica may.
+    fn on_new_view(&mut self, new_view: Arc<VerifiedNewView>, now: Instant, actions: &mut Vec<Action>) {
+        if let Err(reason) = self.view_changer.may_accept(new_view.view()) {
+            self.refuse(reason);
+            return;
+        }
+        self.enter_view(new_view, now, actions);
+    }
+
+    /// VC16 (VC13 for the new primary), in the paper's order.
+    fn enter_view(&mut self, new_view: Arc<VerifiedNewView>, now: Instant, actions: &mut Vec<Action>) {
+        let view = new_view.view();
+        let order = new_view.order.clone();
+        tracing::info!(replica = %self.id, %view, min = %order.min_seq(), max = %order.max_seq, "entering view");
+        // (1) A later stable checkpoint from V: install its proof and collect garbage;
+        // state transfer follows in `drive` if this replica is behind it (ST1, PF5).
+        if order.min_seq() > self.stable() {
+            self.checkpoints.adopt(order.checkpoint.clone());
+            self.on_stable(order.checkpoint.clone(), now, actions);
+        }
+        // (2) Log O, multicast PREPAREs, fetch missing batches.
+        let mut out = Vec::new();
+        let missing = self.backup.enter_view(view, &new_view.pre_prepares, &self.key, &mut out);
+        self.apply(out, now, actions);
+        for digest in missing {
+            let request = sign(BatchRequest { replica: self.id, digest }, &self.key);
+            actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
+        }
+        // (3) Enter the view; (4) restart the request timer if still waiting.
+        self.metrics.views_entered += 1;
+        if let Some(at) = self.view_changer.enter(view, Some(new_view.clone()), now) {
+            actions.push(Action::SetTimer { timer: TimerKind::Request, at });
+        }
+        actions.push(Action::Event(ReplicaEvent::EnteredView { view, new_view }));
+        self.note_seen(order.max_seq);
+        // VC14: fresh sequence numbers from max-s + 1.
+        self.primary = Primary::new(self.config.clone(), order.max_seq.next());
+        self.batch_timer = None;
+        let waiting: Vec<Verified<Request>> =
+            self.view_changer.waiting().take(self.config.params.batch_size_max * 4).cloned().collect();
+        if self.is_primary() {
+            for request in waiting {
+                if self.executor.request_status(&request) == RequestStatus::New {
+                    self.primary.offer(request, now);
+                }
+            }
+        } else {
+            let primary = self.config.primary(view);
+            for request in waiting {
+                actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request) });
+            }
+        }
+        // Messages that arrived for this view before the NEW-VIEW (VC6).
+        let mut replay = Vec::new();
+        for queue in &mut self.later_views {
+            let held = std::mem::take(queue);
+            for message in held {
+                match message_view(&message) {
+                    Some(v) if v == view => replay.push(message),
+                    Some(v) if v > view => queue.push_back(message),
+                    _ => {}
+                }
+            }
+        }
+        for message in replay {
+            self.on_message(message, now, actions);
+        }
+    }
+
+    /// Serve a batch by digest (VC16), rate-limited per peer.
+    fn on_batch_request(&mut self, request: Verified<BatchRequest>, now: Instant, actions: &mut Vec<Action>) {
+        let Some(batch) = self.backup.batch_with(request.digest) else {
+            return;
+        };
+        let spacing = self.config.params.status_interval() / 4;
+        if !Self::rate_limit(&mut self.batches_answered_at, request.replica, spacing, now) {
+            self.refuse("batch request rate limit");
+            return;
+        }
+        let reply = sign(BatchReply { replica: self.id, digest: request.digest }, &self.key);
+        actions.push(Action::Send { to: request.replica, message: VerifiedMessage::BatchReply(reply, batch) });
+    }
+
+    fn on_batch_reply(
+        &mut self,
+        _reply: Verified<BatchReply>,
+        batch: Arc<Batch>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut out = Vec::new();
+        if !self.backup.supply_batch(batch, &self.key, &mut out) {
+            self.refuse("batch nobody asked for");
+        }
+        self.apply(out, now, actions);
+    }
+
+    /// Re-ask for batches named by the NEW-VIEW that have not arrived (on the status tick).
+    fn request_missing_batches(&mut self, actions: &mut Vec<Action>) {
+        for digest in self.backup.missing_batches() {
+            let request = sign(BatchRequest { replica: self.id, digest }, &self.key);
+            actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
+        }
+    }
+}
+
 /// Sizes of a replica's bounded structures (see [`Replica::footprint`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Footprint {
@@ -560,4 +931,7 @@ pub struct Footprint {
     pub queued_requests: usize,
     pub in_flight_batches: usize,
     pub clients: usize,
+    pub later_view_messages: usize,
+    pub waiting_requests: usize,
+    pub view_changes_held: usize,
 }

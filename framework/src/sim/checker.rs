@@ -2,11 +2,14 @@
 //! simulator step. It sees only what replicas emit (messages they sign, replies, events)
 //! and their public accessors; it never trusts a replica's own claim of correctness.
 
+use crate::config::ClusterConfig;
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
-use crate::messages::{MessageKind, VerifiedMessage};
+use crate::messages::{MessageKind, VerifiedMessage, VerifiedNewView};
+use crate::roles::view_change::compute_order;
 use crate::roles::{Action, ReplicaEvent};
 use bulwark_crypto::Digest;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// One broken invariant, with the rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +34,12 @@ struct Progress {
 /// The checker's record of the run.
 #[derive(Debug)]
 pub struct Checker {
+    config: Arc<ClusterConfig>,
     n: u64,
     window: u64,
+    /// The highest view each correct replica asked for or entered: it may sign nothing
+    /// normal-case below it (I14).
+    floors: BTreeMap<ReplicaId, View>,
     /// Canonical executed history: sequence number → batch digest (I1, I2).
     executed: BTreeMap<SeqNum, Digest>,
     /// Canonical result per request (I11, I12).
@@ -47,10 +54,12 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(n: usize, window: u64) -> Self {
+    pub fn new(config: Arc<ClusterConfig>) -> Self {
         Checker {
-            n: n as u64,
-            window,
+            n: config.n() as u64,
+            window: config.params.watermark_window,
+            config,
+            floors: BTreeMap::new(),
             executed: BTreeMap::new(),
             results: BTreeMap::new(),
             signed: BTreeMap::new(),
@@ -132,6 +141,15 @@ impl Checker {
                         }
                     }
                 }
+                Action::Event(ReplicaEvent::ViewChangeStarted { view }) => {
+                    let floor = self.floors.entry(replica).or_default();
+                    *floor = (*floor).max(*view);
+                }
+                Action::Event(ReplicaEvent::EnteredView { view, new_view }) => {
+                    let floor = self.floors.entry(replica).or_default();
+                    *floor = (*floor).max(*view);
+                    self.observe_new_view(replica, *view, new_view);
+                }
                 Action::Event(ReplicaEvent::StateInstalled { seq, state_digest }) => {
                     let known = self.checkpoints.get(seq).copied();
                     self.expect(known == Some(*state_digest), "I5", || {
@@ -182,6 +200,13 @@ impl Checker {
         if kind == MessageKind::PrePrepare && view.0 % self.n != replica.0 as u64 {
             return;
         }
+        let floor = self.floors.get(&replica).copied().unwrap_or_default();
+        let fresh = !self.signed.contains_key(&(kind, view, seq, replica));
+        if fresh {
+            self.expect(view >= floor, "I14", || {
+                format!("{replica} signed {kind:?} for view {view} at {seq} after asking for view {floor}")
+            });
+        }
         match self.signed.get(&(kind, view, seq, replica)) {
             Some(existing) => {
                 let existing = *existing;
@@ -195,6 +220,37 @@ impl Checker {
                     format!("{replica} signed {kind:?} {seq} outside its window above {stable_before}")
                 });
                 self.signed.insert((kind, view, seq, replica), digest);
+            }
+        }
+    }
+
+    /// I10 and I9 for a NEW-VIEW a correct replica entered: `V` holds `2f + 1` distinct
+    /// VIEW-CHANGEs for the view, `O` is VC12 of `V` within one window, and `O` assigns every
+    /// sequence number above `min-s` that a correct replica executed its executed digest.
+    fn observe_new_view(&mut self, replica: ReplicaId, view: View, new_view: &Arc<VerifiedNewView>) {
+        let senders: BTreeSet<ReplicaId> = new_view.view_changes.iter().map(|vc| vc.sender()).collect();
+        let quorum = self.config.quorum();
+        let all_for_view = new_view.view_changes.iter().all(|vc| vc.view() == view);
+        self.expect(senders.len() >= quorum && all_for_view && new_view.view() == view, "I10", || {
+            format!("{replica} entered view {view} with a V of {} distinct senders", senders.len())
+        });
+        let recomputed = compute_order(&new_view.view_changes, &self.config);
+        let order = &new_view.order;
+        let matches = recomputed.as_ref().is_ok_and(|r| r == order)
+            && order.entries.len() == new_view.pre_prepares.len()
+            && order
+                .entries
+                .iter()
+                .zip(&new_view.pre_prepares)
+                .all(|((seq, digest), pp)| pp.seq == *seq && pp.digest == *digest && pp.view == view);
+        self.expect(matches, "I10", || format!("{replica} entered view {view} with an O that is not VC12 of V"));
+        let span = order.max_seq.0.saturating_sub(order.min_seq().0);
+        self.expect(span <= self.window, "I10", || format!("view {view}: max-s - min-s = {span} exceeds L"));
+        for (seq, digest) in &order.entries {
+            if let Some(executed) = self.executed.get(seq).copied() {
+                self.expect(executed == *digest, "I9", || {
+                    format!("view {view} re-proposes {digest} at {seq}, where correct replicas executed {executed}")
+                });
             }
         }
     }

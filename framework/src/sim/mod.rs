@@ -15,7 +15,7 @@ pub mod byzantine;
 pub mod checker;
 
 use crate::config::{ClusterConfig, ProtocolParams};
-use crate::ids::{Instant, ReplicaId, SeqNum};
+use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{Message, MessageKind, VerifiedMessage};
 use crate::roles::client::{Client, ClientAction, ClientError};
 use crate::roles::replica::{Footprint, Input, Replica, ReplicaMetrics};
@@ -134,6 +134,8 @@ pub struct SimReport {
     /// For each live correct replica: last executed sequence number and state digest.
     pub final_states: BTreeMap<ReplicaId, (SeqNum, Digest)>,
     pub stable_checkpoints: BTreeMap<ReplicaId, SeqNum>,
+    /// For each live correct replica: the view it is in, and the view it is changing to.
+    pub views: BTreeMap<ReplicaId, (View, Option<View>)>,
     /// Each live correct replica's counters at the end.
     pub metrics: BTreeMap<ReplicaId, ReplicaMetrics>,
     pub simulated_time: Duration,
@@ -175,6 +177,7 @@ impl fmt::Display for SimReport {
             self.simulated_time,
             self.finished
         )?;
+        write!(f, "\n  views (entered, changing to): {:?}", self.views)?;
         if !self.outstanding.is_empty() {
             let shown: Vec<_> = self.outstanding.iter().take(8).collect();
             write!(f, "\n  outstanding (client, timestamp): {shown:?}")?;
@@ -280,7 +283,7 @@ impl<S: Service> Simulation<S> {
     ) -> Result<Self, crate::config::ConfigError> {
         let members = (0..config.replicas).map(|i| replica_key(config.seed, i).public()).collect();
         let cluster = Arc::new(ClusterConfig::new(members, config.params.clone())?);
-        let mut checker = Checker::new(config.replicas, config.params.watermark_window);
+        let mut checker = Checker::new(cluster.clone());
         let nodes = (0..config.replicas)
             .map(|i| {
                 let id = ReplicaId(i as u32);
@@ -542,6 +545,9 @@ impl<S: Service> Simulation<S> {
         peak.queued_requests = peak.queued_requests.max(footprint.queued_requests);
         peak.in_flight_batches = peak.in_flight_batches.max(footprint.in_flight_batches);
         peak.clients = peak.clients.max(footprint.clients);
+        peak.later_view_messages = peak.later_view_messages.max(footprint.later_view_messages);
+        peak.waiting_requests = peak.waiting_requests.max(footprint.waiting_requests);
+        peak.view_changes_held = peak.view_changes_held.max(footprint.view_changes_held);
         if self.delivered.is_multiple_of(4096) {
             let floor = self
                 .nodes
@@ -666,12 +672,14 @@ impl<S: Service> Simulation<S> {
     fn report(self, finished: bool) -> SimReport {
         let mut final_states = BTreeMap::new();
         let mut stable_checkpoints = BTreeMap::new();
+        let mut views = BTreeMap::new();
         let mut metrics = BTreeMap::new();
         for node in &self.nodes {
             if let Node::Correct(replica) = node {
                 metrics.insert(replica.id(), replica.metrics().clone());
                 final_states.insert(replica.id(), (replica.last_executed(), replica.state_digest()));
                 stable_checkpoints.insert(replica.id(), replica.stable());
+                views.insert(replica.id(), (replica.view(), replica.view_change_target()));
             }
         }
         SimReport {
@@ -683,6 +691,7 @@ impl<S: Service> Simulation<S> {
             trace: self.trace.finish(),
             final_states,
             stable_checkpoints,
+            views,
             metrics,
             simulated_time: Duration::from_micros(self.now.0),
             events: self.delivered,
@@ -715,6 +724,10 @@ fn fingerprint(message: &VerifiedMessage) -> Digest {
         VerifiedMessage::StateReply(m) => m.digest(),
         VerifiedMessage::Inquiry(m) => m.digest(),
         VerifiedMessage::Report(m) => m.digest(),
+        VerifiedMessage::ViewChange(m) => m.message.digest(),
+        VerifiedMessage::NewView(m) => m.message.digest(),
+        VerifiedMessage::BatchRequest(m) => m.digest(),
+        VerifiedMessage::BatchReply(m, _) => m.digest(),
     };
     DigestBuilder::new(b"fingerprint").update_u64(kind).update(&inner.0).finish()
 }

@@ -1,0 +1,424 @@
+//! The view-changer role (PBFT.md §4, VC1–VC17): when to suspect the primary, which
+//! VIEW-CHANGEs to keep, when to join a view change, when the new primary builds its
+//! NEW-VIEW, and whether a NEW-VIEW may be accepted. [`compute_order`] is VC12, the pure
+//! function from a NEW-VIEW's `V` to its `O`, shared by the new primary (to build `O`), by
+//! edge verification (to check it) and by the simulator's checker (I10).
+//!
+//! The role holds no replica state beyond its own: the replica gives it the requests it
+//! waits for and what executed, and carries out its [`ViewChangeStep`]s (signing and
+//! sending the VIEW-CHANGE, building the NEW-VIEW, entering the view).
+
+use crate::config::ClusterConfig;
+use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
+use crate::messages::{batch_digest, NewViewOrder, Request, VerifiedNewView, VerifiedViewChange};
+use bulwark_crypto::{Digest, Verified};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The null request's digest (M4): the digest of the empty batch.
+pub fn null_digest() -> Digest {
+    batch_digest(std::iter::empty())
+}
+
+/// Why VC12 cannot compute `O` from a set of VIEW-CHANGEs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    #[error("no view-change messages")]
+    Empty,
+    /// VC12(4): two certificates for one sequence number at the same highest view with
+    /// different digests; only more than `f` faulty replicas can produce them.
+    #[error("conflicting prepared certificates at sequence number {0} (VC12.4)")]
+    ConflictingCertificates(SeqNum),
+    /// `max-s - min-s > L`: VC10 rules this out for valid VIEW-CHANGEs.
+    #[error("prepared certificates span more than the watermark window")]
+    BeyondWindow,
+}
+
+/// VC12: the new view's order `O` as a pure function of `V`.
+///
+/// 1. `min-s` is the **highest** stable checkpoint in `V` (not the lowest: PF1);
+/// 2. `max-s` the highest sequence number of any prepared certificate in `V` (or `min-s`);
+/// 3. each `min-s < s ≤ max-s` takes the digest of the certificate with the highest view,
+///    or the null request if no certificate names `s`.
+pub fn compute_order(view_changes: &[VerifiedViewChange], config: &ClusterConfig) -> Result<NewViewOrder, OrderError> {
+    let checkpoint = view_changes
+        .iter()
+        .map(|vc| &vc.checkpoint)
+        .max_by_key(|checkpoint| checkpoint.seq)
+        .ok_or(OrderError::Empty)?
+        .clone();
+    let min_seq = checkpoint.seq;
+    // For each sequence number above min-s: the highest view and the digests seen at it.
+    let mut best: BTreeMap<SeqNum, (View, Digest)> = BTreeMap::new();
+    let mut conflicts = BTreeMap::new();
+    for vc in view_changes {
+        for (seq, certificate) in vc.prepared.range(min_seq.next()..) {
+            let (view, digest) = (certificate.pre_prepare.view, certificate.pre_prepare.digest);
+            match best.get(seq) {
+                Some((best_view, _)) if *best_view > view => {}
+                Some((best_view, best_digest)) if *best_view == view => {
+                    if *best_digest != digest {
+                        conflicts.insert(*seq, view);
+                    }
+                }
+                _ => {
+                    conflicts.remove(seq);
+                    best.insert(*seq, (view, digest));
+                }
+            }
+        }
+    }
+    if let Some((seq, _)) = conflicts.into_iter().next() {
+        return Err(OrderError::ConflictingCertificates(seq));
+    }
+    let max_seq = best.keys().next_back().copied().unwrap_or(min_seq).max(min_seq);
+    if max_seq.0 - min_seq.0 > config.params.watermark_window {
+        return Err(OrderError::BeyondWindow);
+    }
+    let null = null_digest();
+    let entries = (min_seq.0 + 1..=max_seq.0)
+        .map(SeqNum)
+        .map(|seq| (seq, best.get(&seq).map(|(_, digest)| *digest).unwrap_or(null)))
+        .collect();
+    Ok(NewViewOrder { checkpoint, max_seq, entries })
+}
+
+/// What the replica should do after the view-changer took an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewChangeStep {
+    /// Arm the view-change timer (VC3) at this instant.
+    ArmViewChangeTimer(Instant),
+    /// Send a VIEW-CHANGE for this view (VC2 on a timer, VC3 on the view-change timer, VC5
+    /// when `f + 1` others are already past the current view).
+    StartViewChange(View),
+    /// This replica is `primary(w)` and holds `2f + 1` VIEW-CHANGEs for `w`, its own among
+    /// them: build and send NEW-VIEW from these (VC11).
+    BuildNewView(View, Vec<Arc<VerifiedViewChange>>),
+}
+
+/// The view-changer role.
+#[derive(Debug)]
+pub struct ViewChanger {
+    me: ReplicaId,
+    config: Arc<ClusterConfig>,
+    /// The last view entered.
+    view: View,
+    /// While view-changing: the view of this replica's latest VIEW-CHANGE.
+    target: Option<View>,
+    /// This replica's latest VIEW-CHANGE, retransmitted while view-changing (VC7).
+    own: Option<Arc<VerifiedViewChange>>,
+    /// Each member's highest-view VIEW-CHANGE above the current view (VC8).
+    received: Vec<Option<Arc<VerifiedViewChange>>>,
+    /// `T_cur` (VC3, VC4).
+    timeout: Duration,
+    view_change_deadline: Option<Instant>,
+    /// The view for which this replica (as its primary) built a NEW-VIEW.
+    built_for: Option<View>,
+    /// The NEW-VIEW by which the current view was entered, for replicas that lag (VC7).
+    new_view: Option<Arc<VerifiedNewView>>,
+    /// Requests this replica waits to see executed (VC1), bounded.
+    waiting: BTreeMap<(ClientId, Timestamp), Verified<Request>>,
+    request_deadline: Option<Instant>,
+    /// Aardvark guard: requests executed since `rate_window_start`.
+    executed_in_window: u64,
+    rate_window_start: Instant,
+}
+
+impl ViewChanger {
+    pub fn new(me: ReplicaId, config: Arc<ClusterConfig>) -> Self {
+        let n = config.n();
+        let timeout = config.params.view_change_timeout();
+        ViewChanger {
+            me,
+            config,
+            view: View(0),
+            target: None,
+            own: None,
+            received: vec![None; n],
+            timeout,
+            view_change_deadline: None,
+            built_for: None,
+            new_view: None,
+            waiting: BTreeMap::new(),
+            request_deadline: None,
+            executed_in_window: 0,
+            rate_window_start: Instant::ZERO,
+        }
+    }
+
+    /// The last view entered.
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    /// The view this replica is changing to, if it is view-changing.
+    pub fn target(&self) -> Option<View> {
+        self.target
+    }
+
+    pub fn is_changing(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// The highest view this replica has asked for or entered: nothing below it may be
+    /// signed any more (VC4a).
+    pub fn floor(&self) -> View {
+        self.target.unwrap_or(self.view)
+    }
+
+    /// The current `T_cur`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn own_view_change(&self) -> Option<&Arc<VerifiedViewChange>> {
+        self.own.as_ref()
+    }
+
+    pub fn current_new_view(&self) -> Option<&Arc<VerifiedNewView>> {
+        self.new_view.as_ref()
+    }
+
+    pub fn waiting(&self) -> impl Iterator<Item = &Verified<Request>> {
+        self.waiting.values()
+    }
+
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// VIEW-CHANGEs held (at most one per member).
+    pub fn view_changes_held(&self) -> usize {
+        self.received.iter().flatten().count()
+    }
+
+    /// VC1: the replica holds a valid request it has not seen executed. Starts the request
+    /// timer if it is not running; returns the deadline to arm, if any.
+    pub fn wait_for(&mut self, request: Verified<Request>, now: Instant) -> Option<Instant> {
+        let key = (request.client(), request.timestamp);
+        if !self.waiting.contains_key(&key) {
+            if self.waiting.len() >= self.config.params.request_queue_max {
+                return None;
+            }
+            self.waiting.insert(key, request);
+        }
+        if self.request_deadline.is_none() && !self.is_changing() {
+            if self.waiting.len() == 1 {
+                self.restart_rate_window(now);
+            }
+            let at = now + self.timeout;
+            self.request_deadline = Some(at);
+            return Some(at);
+        }
+        None
+    }
+
+    fn restart_rate_window(&mut self, now: Instant) {
+        self.rate_window_start = now;
+        self.executed_in_window = 0;
+    }
+
+    /// VC1 and VC4: requests executed. Stops the request timer when nothing is waiting any
+    /// more, restarts it when something still is; a new request executed in a view resets
+    /// `T_cur` to the base timeout. Returns the deadline to arm, if any.
+    pub fn executed(&mut self, keys: impl IntoIterator<Item = (ClientId, Timestamp)>, now: Instant) -> Option<Instant> {
+        let mut removed = 0u64;
+        let mut executed = 0u64;
+        for key in keys {
+            executed += 1;
+            if self.waiting.remove(&key).is_some() {
+                removed += 1;
+            }
+        }
+        self.executed_in_window += executed;
+        if executed > 0 && !self.is_changing() {
+            self.timeout = self.config.params.view_change_timeout();
+        }
+        if removed == 0 || self.is_changing() {
+            return None;
+        }
+        if self.waiting.is_empty() {
+            self.request_deadline = None;
+            return None;
+        }
+        let at = now + self.timeout;
+        self.request_deadline = Some(at);
+        Some(at)
+    }
+
+    /// Forgets waiting requests that `still_waiting` says are done (after a state transfer,
+    /// which executes requests without reporting them one by one).
+    pub fn retain_waiting(&mut self, mut still_waiting: impl FnMut(&Verified<Request>) -> bool) {
+        self.waiting.retain(|_, request| still_waiting(request));
+        if self.waiting.is_empty() {
+            self.request_deadline = None;
+        }
+    }
+
+    /// VC2 and the Aardvark guard: the request timer fired. Returns the view to change to
+    /// if the primary is suspected, and otherwise the deadline to re-arm, if any.
+    pub fn on_request_timer(&mut self, now: Instant) -> Result<View, Option<Instant>> {
+        let Some(deadline) = self.request_deadline else {
+            return Err(None);
+        };
+        if self.is_changing() {
+            return Err(None);
+        }
+        if now < deadline {
+            return Err(Some(deadline));
+        }
+        if self.waiting.is_empty() {
+            self.request_deadline = None;
+            return Err(None);
+        }
+        Ok(self.view.next())
+    }
+
+    /// Re-arms the request timer at `at` (the replica decided not to suspect yet).
+    pub fn rearm_request_timer(&mut self, at: Instant) {
+        self.request_deadline = Some(at);
+    }
+
+    /// The Aardvark guard, checked on the replica's periodic tick: while requests wait, the
+    /// primary must order at least `ordering_rate_min_per_s`. Returns the view to change
+    /// to when it does not.
+    pub fn check_ordering_rate(&mut self, now: Instant) -> Option<View> {
+        let rate_min = self.config.params.ordering_rate_min_per_s;
+        if rate_min == 0 || self.is_changing() || self.waiting.is_empty() {
+            self.restart_rate_window(now);
+            return None;
+        }
+        let elapsed = now.saturating_since(self.rate_window_start);
+        if elapsed < self.config.params.view_change_timeout() {
+            return None;
+        }
+        let expected = rate_min as f64 * elapsed.as_secs_f64();
+        let slow = (self.executed_in_window as f64) < expected;
+        self.restart_rate_window(now);
+        slow.then(|| self.view.next())
+    }
+
+    /// VC2/VC3/VC5: this replica sent `own`, a VIEW-CHANGE for `own.view()`. The caller
+    /// checked that it is above [`Self::floor`].
+    pub fn start(&mut self, own: Arc<VerifiedViewChange>, now: Instant) -> Vec<ViewChangeStep> {
+        self.target = Some(own.view());
+        self.received[self.me.index()] = Some(own.clone());
+        self.own = Some(own);
+        self.request_deadline = None;
+        self.view_change_deadline = None;
+        self.progress(now)
+    }
+
+    /// VC8: keep a member's VIEW-CHANGE if it is for a higher view than the one held.
+    pub fn on_view_change(
+        &mut self,
+        vc: Arc<VerifiedViewChange>,
+        now: Instant,
+    ) -> Result<Vec<ViewChangeStep>, &'static str> {
+        if vc.view() <= self.view {
+            return Err("view-change for a view already entered");
+        }
+        let place = &mut self.received[vc.sender().index()];
+        if place.as_ref().is_some_and(|held| held.view() >= vc.view()) {
+            return Ok(Vec::new());
+        }
+        *place = Some(vc);
+        Ok(self.progress(now))
+    }
+
+    fn holders_of(&self, view: View) -> Vec<Arc<VerifiedViewChange>> {
+        self.received.iter().flatten().filter(|vc| vc.view() == view).cloned().collect()
+    }
+
+    /// VC3, VC5 and VC11 after any change.
+    fn progress(&mut self, now: Instant) -> Vec<ViewChangeStep> {
+        let mut steps = Vec::new();
+        // VC5: f + 1 others want views above everything this replica asked for.
+        let floor = self.floor();
+        let mut higher: Vec<View> = self
+            .received
+            .iter()
+            .enumerate()
+            .filter(|(member, _)| *member != self.me.index())
+            .filter_map(|(_, vc)| vc.as_ref().map(|vc| vc.view()))
+            .filter(|view| *view > floor)
+            .collect();
+        if higher.len() >= self.config.weak_quorum() {
+            higher.sort_unstable();
+            // The smallest view that f + 1 of them are at or above.
+            let join = higher[higher.len() - self.config.weak_quorum()];
+            steps.push(ViewChangeStep::StartViewChange(join));
+            return steps;
+        }
+        let Some(target) = self.target else {
+            return steps;
+        };
+        let holders = self.holders_of(target);
+        if holders.len() >= self.config.quorum() && self.view_change_deadline.is_none() {
+            let at = now + self.timeout;
+            self.view_change_deadline = Some(at);
+            steps.push(ViewChangeStep::ArmViewChangeTimer(at));
+        }
+        if self.config.primary(target) == self.me
+            && self.built_for != Some(target)
+            && holders.len() >= self.config.quorum()
+        {
+            self.built_for = Some(target);
+            // Own first, then the others by member id: 2f + 1 messages.
+            let mut chosen: Vec<Arc<VerifiedViewChange>> = holders;
+            chosen.sort_by_key(|vc| (vc.sender() != self.me, vc.sender()));
+            chosen.truncate(self.config.quorum());
+            steps.push(ViewChangeStep::BuildNewView(target, chosen));
+        }
+        steps
+    }
+
+    /// VC3: the view-change timer fired. Returns the next view to ask for (and doubles
+    /// `T_cur`) if no NEW-VIEW arrived in time.
+    pub fn on_view_change_timer(&mut self, now: Instant) -> Option<View> {
+        let deadline = self.view_change_deadline?;
+        let target = self.target?;
+        if now < deadline {
+            return None;
+        }
+        self.view_change_deadline = None;
+        let cap = self.config.params.view_change_timeout() * 64;
+        self.timeout = (self.timeout * 2).min(cap);
+        Some(target.next())
+    }
+
+    /// VC15 (the part that depends on this replica): a NEW-VIEW for `w` may be accepted iff
+    /// `w` is above the last view entered and not below the view-change target (VC4a).
+    pub fn may_accept(&self, view: View) -> Result<(), &'static str> {
+        if view <= self.view {
+            return Err("new-view for a view already entered");
+        }
+        if self.target.is_some_and(|target| view < target) {
+            return Err("new-view below this replica's view-change target (VC4a)");
+        }
+        Ok(())
+    }
+
+    /// VC16(3–4): enter view `view`. Returns the request-timer deadline to arm if requests
+    /// are still waiting.
+    pub fn enter(&mut self, view: View, new_view: Option<Arc<VerifiedNewView>>, now: Instant) -> Option<Instant> {
+        self.view = view;
+        self.target = None;
+        self.view_change_deadline = None;
+        self.new_view = new_view;
+        for place in &mut self.received {
+            if place.as_ref().is_some_and(|vc| vc.view() <= view) {
+                *place = None;
+            }
+        }
+        self.restart_rate_window(now);
+        if self.waiting.is_empty() {
+            self.request_deadline = None;
+            return None;
+        }
+        let at = now + self.timeout;
+        self.request_deadline = Some(at);
+        Some(at)
+    }
+}
