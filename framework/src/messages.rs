@@ -200,12 +200,12 @@ pub struct NewView {
     pub pre_prepares: Vec<Signed<PrePrepare>>,
 }
 
-/// `BATCH-REQ`: asks peers for the batch with digest `digest` (a batch named by a NEW-VIEW
-/// that this replica never received, VC16).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `BATCH-REQ`: asks peers for the batches with these digests (batches named by a NEW-VIEW
+/// that this replica never received, VC16). At most `L` digests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchRequest {
     pub replica: ReplicaId,
-    pub digest: Digest,
+    pub digests: Vec<Digest>,
 }
 
 /// `BATCH`: the answer to a BATCH-REQ. The requests travel beside it; the receiver checks

@@ -240,6 +240,12 @@ pub fn verify_message_with(
         Message::NewView(signed) => VerifiedMessage::NewView(Arc::new(verify_new_view(signed, config)?)),
         Message::BatchRequest(signed) => {
             let key = member_key(config, MessageKind::BatchRequest, signed.payload.replica)?;
+            if signed.payload.digests.len() as u64 > config.params.watermark_window {
+                return Err(Refusal::BadCertificate {
+                    kind: MessageKind::BatchRequest,
+                    reason: "asks for more batches than the window holds",
+                });
+            }
             VerifiedMessage::BatchRequest(check(signed, key, MessageKind::BatchRequest)?)
         }
         Message::BatchReply(signed, requests) => {

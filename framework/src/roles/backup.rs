@@ -100,6 +100,13 @@ pub struct Backup {
     prepared: BTreeMap<SeqNum, PreparedProof>,
     future: Vec<VecDeque<VerifiedMessage>>,
     rule: QuorumRule,
+    /// Set while the replica is view-changing: nothing more is signed in this view (VC4a),
+    /// whatever arrives (a fetched batch, a replayed vote). A frozen backup still logs
+    /// pre-prepares and COMMITs of its view and takes a slot as committed on a commit
+    /// certificate (`2f + 1` COMMITs, as ST6 accepts a batch): that needs no signature of
+    /// its own, and lets a replica whose view change nobody joined keep executing what the
+    /// others commit instead of falling out of the cluster until the next view change.
+    frozen: bool,
 }
 
 /// What the agreement role asks for.
@@ -125,6 +132,7 @@ impl Backup {
             prepared: BTreeMap::new(),
             future: (0..n).map(|_| VecDeque::new()).collect(),
             rule: QuorumRule::Correct,
+            frozen: false,
         }
     }
 
@@ -135,6 +143,12 @@ impl Backup {
 
     pub fn view(&self) -> View {
         self.view
+    }
+
+    /// VC4a: the replica sent a VIEW-CHANGE; sign nothing more in the current view.
+    /// [`Backup::enter_view`] thaws it.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
     }
 
     /// The low watermark `h`.
@@ -237,6 +251,7 @@ impl Backup {
         let view = self.view;
         let me = self.me;
         let i_am_primary = primary == me;
+        let frozen = self.frozen;
         let slot = self.slot_mut(seq);
         match slot.digest() {
             Some(existing) if existing == digest => {
@@ -262,7 +277,7 @@ impl Backup {
         }
         slot.pre_prepare = Some(pre_prepare);
         slot.batch = Some(batch);
-        if !i_am_primary {
+        if !i_am_primary && !frozen {
             let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
             slot.prepares.add(me, digest, prepare.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));
@@ -311,6 +326,7 @@ impl Backup {
 
     /// N5 and N6: become prepared (and multicast COMMIT once), then committed-local.
     fn check_progress(&mut self, seq: SeqNum, key: &KeyPair, out: &mut Vec<BackupOutput>) {
+        let frozen = self.frozen;
         let prepare_threshold = self.prepare_threshold();
         let commit_threshold = self.commit_threshold();
         let primary = self.config.primary(self.view);
@@ -321,7 +337,7 @@ impl Backup {
         let Some(digest) = slot.digest() else { return };
         // N5: prepared needs the batch logged too.
         let Some(batch) = slot.batch.clone() else { return };
-        if !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
+        if !frozen && !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
             slot.prepared = true;
             let certificate = VerifiedPrepared {
                 pre_prepare: slot.pre_prepare.clone().expect("digest implies a pre-prepare"),
@@ -340,7 +356,7 @@ impl Backup {
             slot.own_commit = Some(commit.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Commit(commit)));
         }
-        if slot.prepared && !slot.committed && slot.commits.count(digest, None) >= commit_threshold {
+        if (slot.prepared || frozen) && !slot.committed && slot.commits.count(digest, None) >= commit_threshold {
             slot.committed = true;
         }
     }
@@ -414,6 +430,9 @@ impl Backup {
         }
         let first = SeqNum(status.last_executed.0 + 1);
         let last = SeqNum(status.last_executed.0 + self.config.params.watermark_window).min(self.high());
+        if first > last {
+            return messages;
+        }
         for (seq, slot) in self.slots.range(first..=last) {
             let offset = (seq.0 - first.0) as usize;
             let theirs = status.slots.get(offset).copied().unwrap_or(SlotProgress {
@@ -508,6 +527,7 @@ impl Backup {
         let null = null_digest();
         known.insert(null, Arc::new(Batch::null()));
         self.view = view;
+        self.frozen = false;
         self.slots.retain(|seq, slot| *seq <= low && slot.committed);
         for queue in &mut self.future {
             queue.retain(|message| message_view(message).is_none_or(|v| v >= view));

@@ -127,6 +127,15 @@ impl CheckpointCollector {
         }
     }
 
+    /// How many distinct members sent a checkpoint above `seq` (C7: `f + 1` of them mean
+    /// a correct replica executed past it).
+    pub fn members_past(&self, seq: SeqNum) -> usize {
+        (0..self.config.n() as u32)
+            .map(crate::ids::ReplicaId)
+            .filter(|member| self.pending.range(seq.next()..).any(|(_, votes)| votes.has_voted(*member)))
+            .count()
+    }
+
     /// Checkpoint messages this replica holds above the stable one (bounded).
     pub fn pending_len(&self) -> usize {
         self.pending.values().map(VoteSet::len).sum()

@@ -304,6 +304,11 @@ impl<S: Service> Replica<S> {
         if view == current && !self.view_changer.is_changing() {
             return Some(message);
         }
+        // A view-changing replica still learns what its view commits (pre-prepares carry
+        // the batches, COMMITs the certificates); the frozen backup signs nothing for it.
+        if view == current && matches!(message, VerifiedMessage::PrePrepare(..) | VerifiedMessage::Commit(_)) {
+            return Some(message);
+        }
         if view <= current || view < self.view_changer.floor() {
             self.refuse(if view == current {
                 "normal-case message while view-changing (VC6)"
@@ -572,9 +577,13 @@ impl<S: Service> Replica<S> {
         }
     }
 
-    /// Behind a stable checkpoint, or fetching its image.
+    /// Behind a stable checkpoint, fetching its image, or `f + 1` replicas (so at least one
+    /// correct one) checkpointed past this replica's last executed sequence number (C7).
     fn catching_up(&self) -> bool {
-        self.transfer.is_some() || self.last_executed() < self.stable()
+        let last_executed = self.last_executed();
+        self.transfer.is_some()
+            || last_executed < self.stable()
+            || self.checkpoints.members_past(last_executed) >= self.config.weak_quorum()
     }
 
     fn may_answer(&mut self, peer: ReplicaId, now: Instant) -> bool {
@@ -738,6 +747,7 @@ impl<S: Service> Replica<S> {
         tracing::info!(replica = %self.id, %view, "view change");
         self.metrics.view_changes_started += 1;
         self.batch_timer = None;
+        self.backup.freeze();
         actions.push(Action::Event(ReplicaEvent::ViewChangeStarted { view }));
         actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own.clone()) });
         let steps = self.view_changer.start(own, now);
@@ -839,8 +849,8 @@ impl<S: Service> Replica<S> {
         let mut out = Vec::new();
         let missing = self.backup.enter_view(view, &new_view.pre_prepares, &self.key, &mut out);
         self.apply(out, now, actions);
-        for digest in missing {
-            let request = sign(BatchRequest { replica: self.id, digest }, &self.key);
+        if !missing.is_empty() {
+            let request = sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
             actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
         }
         // (3) Enter the view; (4) restart the request timer if still waiting.
@@ -886,16 +896,21 @@ impl<S: Service> Replica<S> {
 
     /// Serve a batch by digest (VC16), rate-limited per peer.
     fn on_batch_request(&mut self, request: Verified<BatchRequest>, now: Instant, actions: &mut Vec<Action>) {
-        let Some(batch) = self.backup.batch_with(request.digest) else {
+        let batches: Vec<Arc<Batch>> = request.digests.iter().filter_map(|d| self.backup.batch_with(*d)).collect();
+        if batches.is_empty() {
             return;
-        };
+        }
+        // One answered request per peer per quarter status interval, at most L batches in
+        // it: what a Byzantine peer can make this replica send is bounded.
         let spacing = self.config.params.status_interval() / 4;
         if !Self::rate_limit(&mut self.batches_answered_at, request.replica, spacing, now) {
             self.refuse("batch request rate limit");
             return;
         }
-        let reply = sign(BatchReply { replica: self.id, digest: request.digest }, &self.key);
-        actions.push(Action::Send { to: request.replica, message: VerifiedMessage::BatchReply(reply, batch) });
+        for batch in batches {
+            let reply = sign(BatchReply { replica: self.id, digest: batch.digest() }, &self.key);
+            actions.push(Action::Send { to: request.replica, message: VerifiedMessage::BatchReply(reply, batch) });
+        }
     }
 
     fn on_batch_reply(
@@ -914,8 +929,9 @@ impl<S: Service> Replica<S> {
 
     /// Re-ask for batches named by the NEW-VIEW that have not arrived (on the status tick).
     fn request_missing_batches(&mut self, actions: &mut Vec<Action>) {
-        for digest in self.backup.missing_batches() {
-            let request = sign(BatchRequest { replica: self.id, digest }, &self.key);
+        let missing = self.backup.missing_batches();
+        if !missing.is_empty() {
+            let request = sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
             actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
         }
     }

@@ -4,11 +4,13 @@
 
 use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
-use crate::messages::{Batch, Commit, Message, PrePrepare, VerifiedMessage};
+use crate::messages::{Batch, Commit, Message, NewView, PrePrepare, VerifiedMessage, VerifiedViewChange};
 use crate::roles::primary::Primary;
 use crate::roles::replica::Input;
+use crate::roles::view_change::{compute_order, null_digest};
 use crate::roles::TimerKind;
 use bulwark_crypto::{KeyPair, Signed};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What a Byzantine replica does.
@@ -19,6 +21,19 @@ pub enum Strategy {
     /// As primary: sends two different pre-prepares for each sequence number to two
     /// halves of the backups, and commits for each half's digest to that half.
     EquivocatingPrimary,
+    /// As primary of view 0: proposes every batch, but only at even sequence numbers, so
+    /// nothing after the first gap can execute.
+    SkippingPrimary,
+    /// Silent, except as the primary of a new view: it collects VIEW-CHANGEs like a correct
+    /// primary but sends a NEW-VIEW whose `O` is not VC12 of its `V` (every digest replaced
+    /// by the null request, one extra entry).
+    BadNewView,
+}
+
+impl Strategy {
+    /// Every strategy, for tests that draw one.
+    pub const ALL: [Strategy; 4] =
+        [Strategy::Silent, Strategy::EquivocatingPrimary, Strategy::SkippingPrimary, Strategy::BadNewView];
 }
 
 /// An action of a Byzantine replica.
@@ -37,6 +52,9 @@ pub struct ByzantineReplica {
     strategy: Strategy,
     proposer: Primary,
     view: View,
+    /// VIEW-CHANGEs received, by view then sender (BadNewView).
+    view_changes: BTreeMap<View, BTreeMap<ReplicaId, VerifiedViewChange>>,
+    new_views_sent: Vec<View>,
 }
 
 fn signed<T: bulwark_crypto::Signable>(payload: T, key: &KeyPair) -> Signed<T> {
@@ -46,7 +64,16 @@ fn signed<T: bulwark_crypto::Signable>(payload: T, key: &KeyPair) -> Signed<T> {
 impl ByzantineReplica {
     pub fn new(id: ReplicaId, key: KeyPair, config: Arc<ClusterConfig>, strategy: Strategy) -> Self {
         let proposer = Primary::new(config.clone(), SeqNum(1));
-        ByzantineReplica { id, key, config, strategy, proposer, view: View(0) }
+        ByzantineReplica {
+            id,
+            key,
+            config,
+            strategy,
+            proposer,
+            view: View(0),
+            view_changes: BTreeMap::new(),
+            new_views_sent: Vec::new(),
+        }
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -57,7 +84,78 @@ impl ByzantineReplica {
         match self.strategy {
             Strategy::Silent => Vec::new(),
             Strategy::EquivocatingPrimary => self.equivocate(input, now),
+            Strategy::SkippingPrimary => self.skip(input, now),
+            Strategy::BadNewView => self.bad_new_view(input),
         }
+    }
+
+    fn skip(&mut self, input: Input, now: Instant) -> Vec<ByzantineAction> {
+        let mut actions = Vec::new();
+        if self.config.primary(self.view) != self.id {
+            return actions;
+        }
+        if let Input::Message(VerifiedMessage::Request(request)) = input {
+            self.proposer.offer(request, now);
+        }
+        for (seq, batch) in self.proposer.cut_batches(SeqNum(0), now) {
+            self.proposer.on_executed(seq);
+            let skipped = SeqNum(seq.0 * 2);
+            if skipped.0 > self.config.params.watermark_window {
+                continue;
+            }
+            let pre_prepare = signed(PrePrepare { view: self.view, seq: skipped, digest: batch.digest() }, &self.key);
+            for to in self.config.replicas().filter(|r| *r != self.id) {
+                actions.push(ByzantineAction::Send {
+                    to,
+                    message: Message::PrePrepare(pre_prepare.clone(), batch.to_wire()),
+                });
+            }
+        }
+        if let Some(at) = self.proposer.batch_deadline(SeqNum(0)) {
+            actions.push(ByzantineAction::SetTimer { timer: TimerKind::Batch, at });
+        }
+        actions
+    }
+
+    fn bad_new_view(&mut self, input: Input) -> Vec<ByzantineAction> {
+        let Input::Message(VerifiedMessage::ViewChange(vc)) = input else {
+            return Vec::new();
+        };
+        let view = vc.view();
+        if self.config.primary(view) != self.id || self.new_views_sent.contains(&view) {
+            return Vec::new();
+        }
+        let held = self.view_changes.entry(view).or_default();
+        held.insert(vc.sender(), vc.as_ref().clone());
+        if held.len() < self.config.quorum() {
+            return Vec::new();
+        }
+        let view_changes: Vec<VerifiedViewChange> = held.values().cloned().collect();
+        let Ok(order) = compute_order(&view_changes, &self.config) else {
+            return Vec::new();
+        };
+        self.new_views_sent.push(view);
+        let last = order.max_seq.next();
+        let pre_prepares = order
+            .entries
+            .iter()
+            .map(|(seq, _)| *seq)
+            .chain(std::iter::once(last))
+            .map(|seq| signed(PrePrepare { view, seq, digest: null_digest() }, &self.key))
+            .collect();
+        let new_view = signed(
+            NewView {
+                view,
+                view_changes: view_changes.iter().map(|vc| vc.message.signed().clone()).collect(),
+                pre_prepares,
+            },
+            &self.key,
+        );
+        self.config
+            .replicas()
+            .filter(|r| *r != self.id)
+            .map(|to| ByzantineAction::Send { to, message: Message::NewView(new_view.clone()) })
+            .collect()
     }
 
     fn equivocate(&mut self, input: Input, now: Instant) -> Vec<ByzantineAction> {

@@ -104,10 +104,16 @@ impl Checker {
     ) {
         let before = self.progress.get(&replica).copied().unwrap_or_default();
         let mut exec_cursor = before.last_executed;
+        // The replica's h as it moves during the step: a checkpoint that becomes stable
+        // mid-step lets it sign in the next window right away (I7 is about h at signing).
+        let mut stable_cursor = before.stable;
         for action in actions {
             match action {
                 Action::Send { message, .. } | Action::Broadcast { message } => {
-                    self.observe_signed(replica, message, before.stable);
+                    self.observe_signed(replica, message, stable_cursor);
+                }
+                Action::Event(ReplicaEvent::Stable { seq, .. }) => {
+                    stable_cursor = stable_cursor.max(*seq);
                 }
                 Action::Reply { reply, .. } if !reply.read_only => {
                     let key = (reply.client, reply.timestamp);
