@@ -126,7 +126,10 @@ pub struct Status {
     pub view: View,
     pub stable: SeqNum,
     pub last_executed: SeqNum,
-    /// Progress of `last_executed + 1 ..`, one entry per sequence number, bounded by the
+    /// The sequence number `slots` starts at: `last_executed + 1`, or lower when slots at or
+    /// below `last_executed` are re-run in a new view and not yet committed in it (E3).
+    pub first_slot: SeqNum,
+    /// Progress of `first_slot ..`, one entry per sequence number, bounded by the
     /// watermark window.
     pub slots: Vec<SlotProgress>,
 }

@@ -131,6 +131,7 @@ fn status_payload(replica: u32) -> Status {
         view: View(0),
         stable: SeqNum(0),
         last_executed: SeqNum(3),
+        first_slot: SeqNum(4),
         slots: vec![slot; 3],
     }
 }
@@ -415,6 +416,7 @@ fn wire_inner_length_claiming_4_gib_is_refused_as_malformed() {
             view: View(0),
             stable: SeqNum(0),
             last_executed: SeqNum(0),
+            first_slot: SeqNum(1),
             slots: vec![slot; image_len as usize],
         },
         &replica_key(1),

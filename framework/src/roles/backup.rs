@@ -428,13 +428,13 @@ impl Backup {
         if status.view != self.view {
             return messages;
         }
-        let first = SeqNum(status.last_executed.0 + 1);
-        let last = SeqNum(status.last_executed.0 + self.config.params.watermark_window).min(self.high());
+        let first = status.first_slot.max(self.low.next());
+        let last = SeqNum(first.0 + self.config.params.watermark_window - 1).min(self.high());
         if first > last {
             return messages;
         }
         for (seq, slot) in self.slots.range(first..=last) {
-            let offset = (seq.0 - first.0) as usize;
+            let offset = (seq.0 - status.first_slot.0) as usize;
             let theirs = status.slots.get(offset).copied().unwrap_or(SlotProgress {
                 has_pre_prepare: false,
                 prepared: false,
@@ -554,6 +554,19 @@ impl Backup {
         missing.sort();
         missing.dedup();
         missing
+    }
+
+    /// The lowest sequence number at or below `last_executed` whose slot in the current
+    /// view has its pre-prepare but is not committed: after a view change these run the
+    /// three phases again (E3), and peers still need this replica's votes on them.
+    pub fn first_rerun_pending(&self, last_executed: SeqNum) -> Option<SeqNum> {
+        if last_executed <= self.low {
+            return None;
+        }
+        self.slots
+            .range(self.low.next()..=last_executed)
+            .find(|(_, slot)| slot.pre_prepare.is_some() && !slot.committed)
+            .map(|(seq, _)| *seq)
     }
 
     /// Highest sequence number with any state in the log.

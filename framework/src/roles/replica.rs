@@ -634,7 +634,11 @@ impl<S: Service> Replica<S> {
         }
         self.request_missing_batches(actions);
         let last_executed = self.last_executed();
-        let stuck = self.highest_seen > last_executed && last_executed == self.executed_at_last_tick;
+        // Slots re-run after a view change (E3) count as work too: a peer may need this
+        // replica's votes on them although this replica executed them long ago.
+        let rerun = self.backup.first_rerun_pending(last_executed);
+        let stuck =
+            (self.highest_seen > last_executed || rerun.is_some()) && last_executed == self.executed_at_last_tick;
         self.executed_at_last_tick = last_executed;
         self.ticks += 1;
         // Even a replica that knows of nothing newer says where it is now and then: a
@@ -645,10 +649,11 @@ impl<S: Service> Replica<S> {
             return;
         }
         let window = self.config.params.watermark_window;
-        let last = self.highest_seen.0.min(last_executed.0 + window);
-        let slots = (last_executed.0 + 1..=last).map(|s| self.backup.progress(SeqNum(s))).collect();
+        let first_slot = rerun.unwrap_or(last_executed.next());
+        let last = self.highest_seen.0.max(last_executed.0).min(first_slot.0 + window - 1);
+        let slots = (first_slot.0..=last).map(|s| self.backup.progress(SeqNum(s))).collect();
         let status = sign(
-            Status { replica: self.id, view: self.view(), stable: self.stable(), last_executed, slots },
+            Status { replica: self.id, view: self.view(), stable: self.stable(), last_executed, first_slot, slots },
             &self.key,
         );
         self.metrics.status_sent += 1;
