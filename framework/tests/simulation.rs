@@ -94,7 +94,8 @@ fn an_isolated_replica_catches_up_by_state_transfer() {
 #[test]
 fn a_proposal_lost_to_every_backup_is_recovered() {
     let mut config = SimConfig::new(23, 4);
-    config.blackouts = vec![Blackout { sender: ReplicaId(0), kind: MessageKind::PrePrepare, until: Instant(200_000) }];
+    config.blackouts =
+        vec![Blackout { sender: ReplicaId(0), receiver: None, kind: MessageKind::PrePrepare, until: Instant(200_000) }];
     config.requests_per_client = 20;
     let report = common::run_kv(config);
     common::assert_safe_and_converged(&report);

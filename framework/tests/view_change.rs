@@ -181,3 +181,33 @@ fn random_primary_crashes_partitions_and_loss_over_500_seeds() {
     println!("{views_total} views entered in total, {checks} invariant checks");
     assert!(views_total > 0);
 }
+
+/// PF3 (NEO dBFT 2.0): honest replicas commit in different views and must not lock.
+/// COMMITs to replica 1 are lost for the first second, so replicas 2 and 3 commit (and
+/// execute) batches in view 0 that replica 1 only prepared; then the primary crashes.
+/// Replica 1 still takes part in the view change (having prepared never blocks it), the
+/// certificates carry the batches into view 1 under their digests, replica 1 commits them
+/// there, and all histories agree (I1, I2, I9).
+#[test]
+fn pf3_replicas_that_committed_in_different_views_do_not_lock() {
+    use bulwark_framework::messages::MessageKind;
+    use bulwark_framework::sim::Blackout;
+    for seed in common::seeds(700, 10) {
+        let mut config = config(seed, 4);
+        config.clients = 4;
+        config.requests_per_client = 200;
+        config.blackouts = [0, 2, 3]
+            .into_iter()
+            .map(|from| Blackout {
+                sender: ReplicaId(from),
+                receiver: Some(ReplicaId(1)),
+                kind: MessageKind::Commit,
+                until: Instant::from_micros(1_000_000),
+            })
+            .collect();
+        config.crashes = vec![(ReplicaId(0), Instant::from_micros(30_000 + seed % 10 * 5_000))];
+        let report = common::run_kv(config);
+        assert_view_changed(&report, 1);
+        assert!(highest_view(&report).0 <= 2, "more than f + 1 view changes: {report}");
+    }
+}

@@ -59,11 +59,13 @@ pub struct Isolation {
     pub until: Instant,
 }
 
-/// Every message of `kind` sent by `sender` before `until` is lost: a targeted fault,
-/// for scenarios such as "the primary's pre-prepares never arrive".
+/// Every message of `kind` sent by `sender` (to `receiver`, or to anyone if `None`) before
+/// `until` is lost: a targeted fault, for scenarios such as "the primary's pre-prepares
+/// never arrive".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blackout {
     pub sender: ReplicaId,
+    pub receiver: Option<ReplicaId>,
     pub kind: MessageKind,
     pub until: Instant,
 }
@@ -574,20 +576,17 @@ impl<S: Service> Simulation<S> {
         for action in actions {
             match action {
                 Action::Send { to, message } => {
-                    if self.blacked_out(from, &message) {
+                    if self.blacked_out(from, to, &message) {
                         continue;
                     }
                     let payload = self.encode(&message);
                     self.send(Endpoint::Replica(from), Endpoint::Replica(to), payload);
                 }
                 Action::Broadcast { message } => {
-                    if self.blacked_out(from, &message) {
-                        continue;
-                    }
                     let payload = self.encode(&message);
-                    for to in 0..self.nodes.len() as u32 {
-                        if to != from.0 {
-                            self.send(Endpoint::Replica(from), Endpoint::Replica(ReplicaId(to)), payload.clone());
+                    for to in (0..self.nodes.len() as u32).map(ReplicaId) {
+                        if to != from && !self.blacked_out(from, to, &message) {
+                            self.send(Endpoint::Replica(from), Endpoint::Replica(to), payload.clone());
                         }
                     }
                 }
@@ -604,9 +603,12 @@ impl<S: Service> Simulation<S> {
         }
     }
 
-    fn blacked_out(&self, from: ReplicaId, message: &VerifiedMessage) -> bool {
+    fn blacked_out(&self, from: ReplicaId, to: ReplicaId, message: &VerifiedMessage) -> bool {
         let kind = message.kind();
-        self.config.blackouts.iter().any(|b| b.sender == from && b.kind == kind && self.now < b.until)
+        self.config
+            .blackouts
+            .iter()
+            .any(|b| b.sender == from && b.receiver.is_none_or(|r| r == to) && b.kind == kind && self.now < b.until)
     }
 
     fn issue(&mut self, client: usize) {
