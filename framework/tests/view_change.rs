@@ -211,3 +211,26 @@ fn pf3_replicas_that_committed_in_different_views_do_not_lock() {
         assert!(highest_view(&report).0 <= 2, "more than f + 1 view changes: {report}");
     }
 }
+
+/// Aardvark's slow primary: it orders one request just under the view-change timeout
+/// apart, so the request timer (restarted on every execution, VC1) never fires. With a
+/// minimum ordering rate the backups suspect it and view 1 completes the work; without
+/// one it stays primary and the run crawls (the control that shows what detects it).
+#[test]
+fn a_slow_primary_is_replaced_by_the_minimum_ordering_rate() {
+    for seed in common::seeds(800, 5) {
+        let mut config = config(seed, 4);
+        config.byzantine = vec![(ReplicaId(0), Strategy::SlowPrimary)];
+        config.params.ordering_rate_min_per_s = 20;
+        let report = common::run_kv(config);
+        assert_view_changed(&report, 1);
+        assert!(highest_view(&report).0 <= 2, "more than f + 1 view changes: {report}");
+
+        let mut control = self::config(seed, 4);
+        control.byzantine = vec![(ReplicaId(0), Strategy::SlowPrimary)];
+        control.time_limit = Duration::from_secs(5);
+        let report = common::run_kv(control);
+        assert_eq!(highest_view(&report), View(0), "without the rate guard the slow primary stays: {report}");
+        assert!(report.requests_completed < report.requests_expected / 4, "the slow primary was not slow: {report}");
+    }
+}

@@ -24,6 +24,10 @@ pub enum Strategy {
     /// As primary of view 0: proposes every batch, but only at even sequence numbers, so
     /// nothing after the first gap can execute.
     SkippingPrimary,
+    /// As primary of view 0: correct proposals, but one request at a time and just under
+    /// the view-change timeout apart, so the request timer alone never fires (Aardvark's
+    /// "slow primary").
+    SlowPrimary,
     /// Silent, except as the primary of a new view: it collects VIEW-CHANGEs like a correct
     /// primary but sends a NEW-VIEW whose `O` is not VC12 of its `V` (every digest replaced
     /// by the null request, one extra entry).
@@ -32,8 +36,13 @@ pub enum Strategy {
 
 impl Strategy {
     /// Every strategy, for tests that draw one.
-    pub const ALL: [Strategy; 4] =
-        [Strategy::Silent, Strategy::EquivocatingPrimary, Strategy::SkippingPrimary, Strategy::BadNewView];
+    pub const ALL: [Strategy; 5] = [
+        Strategy::Silent,
+        Strategy::EquivocatingPrimary,
+        Strategy::SkippingPrimary,
+        Strategy::SlowPrimary,
+        Strategy::BadNewView,
+    ];
 }
 
 /// An action of a Byzantine replica.
@@ -55,6 +64,11 @@ pub struct ByzantineReplica {
     /// VIEW-CHANGEs received, by view then sender (BadNewView).
     view_changes: BTreeMap<View, BTreeMap<ReplicaId, VerifiedViewChange>>,
     new_views_sent: Vec<View>,
+    /// SlowPrimary: requests not yet proposed, the next sequence number and when the next
+    /// proposal may go out.
+    slow_queue: std::collections::VecDeque<bulwark_crypto::Verified<crate::messages::Request>>,
+    slow_next_seq: SeqNum,
+    slow_next_at: Option<Instant>,
 }
 
 fn signed<T: bulwark_crypto::Signable>(payload: T, key: &KeyPair) -> Signed<T> {
@@ -73,6 +87,9 @@ impl ByzantineReplica {
             view: View(0),
             view_changes: BTreeMap::new(),
             new_views_sent: Vec::new(),
+            slow_queue: std::collections::VecDeque::new(),
+            slow_next_seq: SeqNum(1),
+            slow_next_at: None,
         }
     }
 
@@ -85,6 +102,7 @@ impl ByzantineReplica {
             Strategy::Silent => Vec::new(),
             Strategy::EquivocatingPrimary => self.equivocate(input, now),
             Strategy::SkippingPrimary => self.skip(input, now),
+            Strategy::SlowPrimary => self.slow(input, now),
             Strategy::BadNewView => self.bad_new_view(input),
         }
     }
@@ -113,6 +131,37 @@ impl ByzantineReplica {
         }
         if let Some(at) = self.proposer.batch_deadline(SeqNum(0)) {
             actions.push(ByzantineAction::SetTimer { timer: TimerKind::Batch, at });
+        }
+        actions
+    }
+
+    fn slow(&mut self, input: Input, now: Instant) -> Vec<ByzantineAction> {
+        let mut actions = Vec::new();
+        if self.config.primary(self.view) != self.id {
+            return actions;
+        }
+        if let Input::Message(VerifiedMessage::Request(request)) = input {
+            let key = (request.client(), request.timestamp);
+            if !self.slow_queue.iter().any(|r| (r.client(), r.timestamp) == key) && self.slow_queue.len() < 10_000 {
+                self.slow_queue.push_back(request);
+            }
+        }
+        let spacing = self.config.params.view_change_timeout() * 4 / 5;
+        if self.slow_next_at.is_none_or(|at| now >= at) && self.slow_next_seq.0 <= self.config.params.watermark_window {
+            if let Some(request) = self.slow_queue.pop_front() {
+                let batch = Batch::new(vec![request]);
+                let seq = self.slow_next_seq;
+                self.slow_next_seq = seq.next();
+                let pre_prepare = signed(PrePrepare { view: self.view, seq, digest: batch.digest() }, &self.key);
+                for to in self.config.replicas().filter(|r| *r != self.id) {
+                    actions.push(ByzantineAction::Send {
+                        to,
+                        message: Message::PrePrepare(pre_prepare.clone(), batch.to_wire()),
+                    });
+                }
+                self.slow_next_at = Some(now + spacing);
+                actions.push(ByzantineAction::SetTimer { timer: TimerKind::Batch, at: now + spacing });
+            }
         }
         actions
     }
