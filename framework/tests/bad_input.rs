@@ -9,8 +9,9 @@ use bulwark_crypto::{signing_digest, Digest, DigestBuilder, KeyPair, Signable, S
 use bulwark_framework::config::{ClusterConfig, ProtocolParams};
 use bulwark_framework::ids::{ReplicaId, SeqNum, Timestamp, View};
 use bulwark_framework::messages::{
-    batch_digest, client_id, Batch, Checkpoint, Commit, Message, MessageKind, PrePrepare, Prepare, Reply, Request,
-    SlotProgress, StateReply, StateRequest, Status, VerifiedMessage,
+    batch_digest, client_id, Batch, BatchReply, BatchRequest, Checkpoint, Commit, Message, MessageKind, NewView,
+    PrePrepare, Prepare, PreparedCertificate, Reply, Request, SlotProgress, StateReply, StateRequest, Status,
+    VerifiedMessage, ViewChange,
 };
 use bulwark_framework::verify::{verify_message, Refusal, RefusalCounts, RefusalKind};
 use bulwark_framework::wire::{self, WireError, FRAME_HEADER_BYTES, WIRE_VERSION};
@@ -144,10 +145,40 @@ fn state_reply_payload(replica: u32) -> StateReply {
     StateReply { replica: ReplicaId(replica), seq: SeqNum(128), image: vec![0x5a; 300] }
 }
 
+/// A prepared certificate for `(0, 1, d)`: the pre-prepare of replica 0 and prepares from
+/// replicas 1 and 2 (M6).
+fn prepared_certificate() -> PreparedCertificate {
+    let d = some_digest();
+    let prepare =
+        |r: u32| sign(Prepare { view: View(0), seq: SeqNum(1), digest: d, replica: ReplicaId(r) }, &replica_key(r));
+    PreparedCertificate {
+        pre_prepare: sign(PrePrepare { view: View(0), seq: SeqNum(1), digest: d }, &replica_key(0)),
+        prepares: vec![prepare(1), prepare(2)],
+    }
+}
+
+fn view_change_payload(replica: u32, view: u64, prepared: Vec<PreparedCertificate>) -> ViewChange {
+    ViewChange { view: View(view), stable: SeqNum(0), checkpoint_proof: vec![], prepared, replica: ReplicaId(replica) }
+}
+
+/// A valid NEW-VIEW for view 2 (primary: replica 2) built from three view-changes with no
+/// prepared certificates: `O` is empty.
+fn new_view() -> Message {
+    let view_changes =
+        [0, 1, 3].into_iter().map(|r| sign(view_change_payload(r, 2, vec![]), &replica_key(r))).collect();
+    Message::NewView(sign(NewView { view: View(2), view_changes, pre_prepares: vec![] }, &replica_key(2)))
+}
+
 /// Every replica-signed message kind that names its sender, claiming `replica` and
 /// signed by `key`.
 fn replica_messages(replica: u32, key: &KeyPair) -> Vec<Message> {
     vec![
+        Message::ViewChange(sign(view_change_payload(replica, 3, vec![prepared_certificate()]), key)),
+        Message::BatchRequest(sign(BatchRequest { replica: ReplicaId(replica), digests: vec![some_digest()] }, key)),
+        Message::BatchReply(
+            sign(BatchReply { replica: ReplicaId(replica), digest: digest_of(&three_requests()) }, key),
+            three_requests(),
+        ),
         Message::Prepare(sign(prepare_payload(replica), key)),
         Message::Commit(sign(commit_payload(replica), key)),
         Message::Reply(sign(reply_payload(replica), key)),
@@ -163,6 +194,7 @@ fn all_kinds() -> Vec<Message> {
     let mut messages =
         vec![Message::Request(request(1, 1, b"put a 1")), pre_prepare(0, 1, three_requests(), &replica_key(0))];
     messages.extend(replica_messages(2, &replica_key(2)));
+    messages.push(new_view());
     messages
 }
 
@@ -854,6 +886,9 @@ fn wire_every_message_kind_round_trips_through_encode_decode_and_verify() {
         vec![
             MessageKind::Request,
             MessageKind::PrePrepare,
+            MessageKind::ViewChange,
+            MessageKind::BatchRequest,
+            MessageKind::BatchReply,
             MessageKind::Prepare,
             MessageKind::Commit,
             MessageKind::Reply,
@@ -861,6 +896,7 @@ fn wire_every_message_kind_round_trips_through_encode_decode_and_verify() {
             MessageKind::Status,
             MessageKind::StateRequest,
             MessageKind::StateReply,
+            MessageKind::NewView,
         ]
     );
     for message in messages {
