@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod keys;
+pub mod merkle;
 mod signed;
 
 pub use keys::{KeyPair, PublicKey, Signature, KEY_FILE_HEADER};

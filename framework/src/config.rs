@@ -56,6 +56,12 @@ pub struct ProtocolParams {
     /// over one view-change timeout) and otherwise moves to the next view. 0 turns it off;
     /// the request timer alone then catches only a primary that orders nothing.
     pub ordering_rate_min_per_s: u64,
+    /// Chunk size of checkpoint images (PBFT.md M7): state transfer fetches and checks the
+    /// image chunk by chunk. Part of the state digest, so every replica must agree on it.
+    pub state_chunk_bytes: usize,
+    /// Largest checkpoint image a replica fetches by state transfer: a bound on what a
+    /// transfer may buffer.
+    pub state_transfer_bytes_max: u64,
 }
 
 impl Default for ProtocolParams {
@@ -77,6 +83,8 @@ impl Default for ProtocolParams {
             future_messages_per_sender_max: 1024,
             view_change_timeout_us: 1_000_000,
             ordering_rate_min_per_s: 0,
+            state_chunk_bytes: 256 * 1024,
+            state_transfer_bytes_max: 4 << 30,
         }
     }
 }
@@ -123,6 +131,9 @@ impl ProtocolParams {
         }
         if self.view_change_timeout_us == 0 {
             return fail("view_change_timeout_us", "must be at least 1".into());
+        }
+        if self.state_chunk_bytes == 0 || self.state_chunk_bytes + 64 * 1024 > self.frame_bytes_max {
+            return fail("state_chunk_bytes", "must be at least 1 and leave 64 KiB of a frame for the rest".into());
         }
         if self.client_window == 0 {
             return fail("client_window", "must be at least 1".into());

@@ -21,6 +21,7 @@ pub mod quorum;
 pub mod roles;
 pub mod service;
 pub mod sim;
+pub mod state;
 pub mod verify;
 pub mod wire;
 

@@ -134,21 +134,27 @@ pub struct Status {
     pub slots: Vec<SlotProgress>,
 }
 
-/// `STATE-REQ`: asks a peer for its checkpoint image at `seq`.
+/// `STATE-REQ`: asks a peer for chunk `chunk` of its checkpoint image at `seq` (ST2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateRequest {
     pub replica: ReplicaId,
     pub seq: SeqNum,
+    pub chunk: u64,
 }
 
-/// `STATE`: a checkpoint image (service snapshot and client table). The requester checks
-/// it against the digest of a stable checkpoint proof, never against the sender's word.
+/// `STATE-CHUNK`: chunk `index` of the checkpoint image at `seq` (service snapshot and
+/// client table, M7) with its Merkle path. The requester checks it against the state
+/// digest of a stable checkpoint proof, never against the sender's word (ST4). A source
+/// that no longer holds `seq` answers from its newer stable checkpoint (ST3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateReply {
     pub replica: ReplicaId,
     pub seq: SeqNum,
+    pub total_bytes: u64,
+    pub index: u64,
     #[serde(with = "serde_bytes")]
-    pub image: Vec<u8>,
+    pub data: Vec<u8>,
+    pub path: Vec<Digest>,
 }
 
 /// `INQUIRY`: a client or operator asks a replica where it is (not ordered).

@@ -222,6 +222,13 @@ pub fn verify_message_with(
         }
         Message::StateReply(signed) => {
             let key = member_key(config, MessageKind::StateReply, signed.payload.replica)?;
+            let chunk = &signed.payload;
+            if chunk.data.len() > config.params.state_chunk_bytes || chunk.path.len() > crate::state::PATH_MAX {
+                return Err(Refusal::BadCertificate {
+                    kind: MessageKind::StateReply,
+                    reason: "state chunk or its Merkle path longer than allowed",
+                });
+            }
             VerifiedMessage::StateReply(check(signed, key, MessageKind::StateReply)?)
         }
         Message::Inquiry(signed) => {

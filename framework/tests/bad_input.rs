@@ -138,11 +138,18 @@ fn status_payload(replica: u32) -> Status {
 }
 
 fn state_request_payload(replica: u32) -> StateRequest {
-    StateRequest { replica: ReplicaId(replica), seq: SeqNum(128) }
+    StateRequest { replica: ReplicaId(replica), seq: SeqNum(128), chunk: 3 }
 }
 
 fn state_reply_payload(replica: u32) -> StateReply {
-    StateReply { replica: ReplicaId(replica), seq: SeqNum(128), image: vec![0x5a; 300] }
+    StateReply {
+        replica: ReplicaId(replica),
+        seq: SeqNum(128),
+        total_bytes: 4_000,
+        index: 1,
+        data: vec![0x5a; 300],
+        path: vec![some_digest(); 3],
+    }
 }
 
 /// A prepared certificate for `(0, 1, d)`: the pre-prepare of replica 0 and prepares from
@@ -415,10 +422,8 @@ fn wire_decode_of_a_body_longer_than_the_limit_is_oversized() {
     refuse_wire(error, RefusalKind::Oversized);
 
     // A perfectly valid message is refused too when it exceeds the limit it is read under.
-    let message = Message::StateReply(sign(
-        StateReply { replica: ReplicaId(1), seq: SeqNum(1), image: vec![7; 2000] },
-        &replica_key(1),
-    ));
+    let message =
+        Message::StateReply(sign(StateReply { data: vec![7; 2000], ..state_reply_payload(1) }, &replica_key(1)));
     let body = wire::encode(&message).expect("encodes");
     assert_eq!(wire::decode(&body, body.len()).as_ref(), Ok(&message), "control: at the limit");
     let error = wire::decode(&body, body.len() - 1).expect_err("valid but oversized body accepted");
@@ -434,10 +439,10 @@ fn wire_decode_of_a_body_longer_than_the_limit_is_oversized() {
 /// A length inside the envelope that lies (a 4 GiB byte string or array) is Malformed.
 #[test]
 fn wire_inner_length_claiming_4_gib_is_refused_as_malformed() {
-    // A state image of 70 000 bytes is encoded as bin32: 0xc6 then a big-endian length.
+    // A state chunk of 70 000 bytes is encoded as bin32: 0xc6 then a big-endian length.
     let image_len: u32 = 70_000;
     let reply = Message::StateReply(sign(
-        StateReply { replica: ReplicaId(1), seq: SeqNum(1), image: vec![0xab; image_len as usize] },
+        StateReply { data: vec![0xab; image_len as usize], ..state_reply_payload(1) },
         &replica_key(1),
     ));
     // Status slots: 70 000 entries is an array32: 0xdd then a big-endian count.
@@ -802,7 +807,7 @@ fn m1_prepare_signature_does_not_verify_as_a_commit_with_the_same_fields() {
     // A StateRequest's signature does not verify as a StateReply for the same replica and seq.
     let request = sign(state_request_payload(3), &replica_key(3));
     let as_reply = Signed {
-        payload: StateReply { replica: request.payload.replica, seq: request.payload.seq, image: Vec::new() },
+        payload: StateReply { replica: request.payload.replica, seq: request.payload.seq, ..state_reply_payload(3) },
         signature: request.signature,
     };
     let refusal = refuse(Message::StateReply(as_reply), &config, RefusalKind::BadSignature);

@@ -7,6 +7,7 @@ use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
 use crate::messages::{Batch, Reply, Request};
 use crate::roles::backup::sign;
 use crate::service::{Outcome, Service};
+use crate::state::ChunkedImage;
 use bulwark_crypto::{Digest, KeyPair, Verified};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,7 +133,7 @@ pub struct Executor<S: Service> {
     last_executed: SeqNum,
     /// Checkpoint images by sequence number: the pending ones and the latest stable one,
     /// bounded by `L / K + 1`.
-    images: BTreeMap<SeqNum, (Digest, Arc<Vec<u8>>)>,
+    images: BTreeMap<SeqNum, Arc<ChunkedImage>>,
 }
 
 impl<S: Service> std::fmt::Debug for Executor<S> {
@@ -235,9 +236,9 @@ impl<S: Service> Executor<S> {
         }
         self.last_executed = seq;
         let checkpoint = if seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
-            let image = self.image();
-            let digest = Digest::of(&image);
-            self.images.insert(seq, (digest, Arc::new(image)));
+            let image = ChunkedImage::new(self.image(), self.config.params.state_chunk_bytes);
+            let digest = image.digest();
+            self.images.insert(seq, Arc::new(image));
             Some((seq, digest))
         } else {
             None
@@ -256,11 +257,11 @@ impl<S: Service> Executor<S> {
     /// The current state digest (service and client table), whether or not `last_executed`
     /// is a checkpoint.
     pub fn state_digest(&self) -> Digest {
-        Digest::of(&self.image())
+        ChunkedImage::new(self.image(), self.config.params.state_chunk_bytes).digest()
     }
 
     /// The image taken at checkpoint `seq`, if still held.
-    pub fn image_at(&self, seq: SeqNum) -> Option<(Digest, Arc<Vec<u8>>)> {
+    pub fn image_at(&self, seq: SeqNum) -> Option<Arc<ChunkedImage>> {
         self.images.get(&seq).cloned()
     }
 
@@ -271,7 +272,7 @@ impl<S: Service> Executor<S> {
 
     /// ST5: install a checkpoint image whose digest the caller checked against a stable
     /// checkpoint proof. Refused if it does not decode or would move backwards (E4).
-    pub fn install(&mut self, seq: SeqNum, image: Arc<Vec<u8>>) -> Result<Digest, String> {
+    pub fn install(&mut self, seq: SeqNum, image: Vec<u8>) -> Result<Digest, String> {
         if seq <= self.last_executed {
             return Err(format!("image at {seq} is not ahead of last executed {}", self.last_executed));
         }
@@ -284,8 +285,9 @@ impl<S: Service> Executor<S> {
         }
         self.clients = clients;
         self.last_executed = seq;
-        let digest = Digest::of(&image);
-        self.images.insert(seq, (digest, image));
+        let image = ChunkedImage::new(image, self.config.params.state_chunk_bytes);
+        let digest = image.digest();
+        self.images.insert(seq, Arc::new(image));
         Ok(digest)
     }
 

@@ -23,6 +23,7 @@ pub mod client;
 pub mod executor;
 pub mod primary;
 pub mod replica;
+pub mod state_transfer;
 pub mod view_change;
 
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, View};

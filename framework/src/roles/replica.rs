@@ -10,10 +10,11 @@
 //!   of sequence numbers it has not executed and made no progress for a status interval
 //!   multicasts STATUS with what it has of each; peers answer with the pre-prepares,
 //!   prepares, commits and checkpoint proofs it lacks (rate-limited per peer);
-//! * **whole-image state transfer** to a stable checkpoint (ST1, ST4–ST5 without chunks):
-//!   a replica whose next batch was garbage-collected by a stable checkpoint fetches the
-//!   checkpoint image from a signer of the proof, checks it against the proof's digest,
-//!   and tries the next signer if it does not match.
+//! * **chunked state transfer** to a stable checkpoint (ST1–ST5, see
+//!   [`crate::roles::state_transfer`]): a replica whose next batch was garbage-collected by
+//!   a stable checkpoint fetches the checkpoint image in chunks from the signers of the
+//!   proof, checks each chunk against the proof's state digest, and asks another signer
+//!   for any that does not match.
 
 use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
@@ -25,6 +26,7 @@ use crate::roles::backup::{message_view, sign, Backup, BackupOutput, WindowPosit
 use crate::roles::checkpoint::{CheckpointCollector, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
 use crate::roles::primary::{Admission, Primary};
+use crate::roles::state_transfer::{ChunkIn, FetchStep, StateFetch, PARALLEL_CHUNKS};
 use crate::roles::view_change::{compute_order, ViewChangeStep, ViewChanger};
 use crate::roles::{Action, ReplicaEvent, TimerKind};
 use crate::service::Service;
@@ -68,15 +70,6 @@ impl ReplicaMetrics {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Transfer {
-    seq: SeqNum,
-    digest: Digest,
-    sources: Vec<ReplicaId>,
-    next_source: usize,
-    requested_at: Instant,
-}
-
 /// A replica of service `S`.
 #[derive(Debug)]
 pub struct Replica<S: Service> {
@@ -94,10 +87,11 @@ pub struct Replica<S: Service> {
     ticks: u64,
     answered_at: Vec<Option<Instant>>,
     batches_answered_at: Vec<Option<Instant>>,
-    states_answered_at: Vec<Option<Instant>>,
     /// Normal-case messages for a view this replica has not entered, per sender (VC6).
     later_views: Vec<VecDeque<VerifiedMessage>>,
-    transfer: Option<Transfer>,
+    transfer: Option<StateFetch>,
+    /// Per peer: start of the current window and chunks served in it.
+    chunks_answered: Vec<(Instant, u32)>,
     batch_timer: Option<Instant>,
     /// The state digest last computed for a REPORT: (last executed, digest, when).
     report_digest: Option<(SeqNum, Digest, Instant)>,
@@ -119,9 +113,9 @@ impl<S: Service> Replica<S> {
             ticks: 0,
             answered_at: vec![None; n],
             batches_answered_at: vec![None; n],
-            states_answered_at: vec![None; n],
             later_views: (0..n).map(|_| VecDeque::new()).collect(),
             transfer: None,
+            chunks_answered: vec![(Instant::ZERO, 0); n],
             batch_timer: None,
             report_digest: None,
             key,
@@ -204,6 +198,7 @@ impl<S: Service> Replica<S> {
             later_view_messages: self.later_views.iter().map(VecDeque::len).sum(),
             waiting_requests: self.view_changer.waiting_len(),
             view_changes_held: self.view_changer.view_changes_held(),
+            transfer_bytes: self.transfer.as_ref().map_or(0, StateFetch::buffered_bytes),
         }
     }
 
@@ -289,7 +284,7 @@ impl<S: Service> Replica<S> {
             VerifiedMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint, now, actions),
             VerifiedMessage::Status(status) => self.on_status(status, now, actions),
             VerifiedMessage::StateRequest(request) => self.on_state_request(request, now, actions),
-            VerifiedMessage::StateReply(reply) => self.on_state_reply(reply, actions),
+            VerifiedMessage::StateReply(reply) => self.on_state_reply(reply, now, actions),
             VerifiedMessage::Inquiry(inquiry) => self.on_inquiry(inquiry, now, actions),
             VerifiedMessage::Reply(_) | VerifiedMessage::Report(_) => self.refuse("reply or report sent to a replica"),
         }
@@ -483,98 +478,136 @@ impl<S: Service> Replica<S> {
         }
     }
 
-    /// ST1: fetch the image of the stable checkpoint from a signer of its proof.
+    /// ST1: fetch the image of the stable checkpoint from the signers of its proof.
     fn ensure_transfer(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let stable = self.checkpoints.stable().clone();
-        // A transfer under way is left to finish for one status interval even if a newer
+        // A transfer under way is left to finish while it makes progress, even if a newer
         // checkpoint became stable meanwhile: installing the older image is progress too,
         // while retargeting at every new checkpoint could chase a moving target forever.
         let interval = self.config.params.status_interval();
-        if self.transfer.as_ref().is_some_and(|t| t.seq >= stable.seq || now < t.requested_at + interval) {
+        if self.transfer.as_ref().is_some_and(|t| t.seq() >= stable.seq || now < t.last_progress() + interval) {
             return;
         }
+        self.start_transfer(&stable, now, actions);
+    }
+
+    fn start_transfer(&mut self, stable: &StableCheckpoint, now: Instant, actions: &mut Vec<Action>) {
         let sources: Vec<ReplicaId> = stable.proof.iter().map(|c| c.replica).filter(|r| *r != self.id).collect();
         if sources.is_empty() {
             return;
         }
         self.metrics.state_transfers += 1;
         let offset = (self.id.0 as usize) % sources.len();
-        self.transfer = Some(Transfer {
-            seq: stable.seq,
-            digest: stable.state_digest,
-            sources,
-            next_source: offset,
-            requested_at: now,
-        });
-        self.request_state(now, actions);
+        let (fetch, steps) =
+            StateFetch::start(self.config.clone(), stable.seq, stable.state_digest, sources, offset, now);
+        self.transfer = Some(fetch);
+        self.run_fetch_steps(steps, actions);
     }
 
-    fn request_state(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        let Some(transfer) = self.transfer.as_mut() else {
-            return;
-        };
-        let source = transfer.sources[transfer.next_source % transfer.sources.len()];
-        transfer.next_source += 1;
-        transfer.requested_at = now;
-        let request = sign(StateRequest { replica: self.id, seq: transfer.seq }, &self.key);
-        actions.push(Action::Send { to: source, message: VerifiedMessage::StateRequest(request) });
-    }
-
-    /// Serve a checkpoint image: the one asked for, or a newer stable one (ST3).
-    fn on_state_request(&mut self, request: Verified<StateRequest>, now: Instant, actions: &mut Vec<Action>) {
-        // Its own limiter: a STATUS answered just before must not starve the transfer.
-        let spacing = self.config.params.status_interval() / 2;
-        if !Self::rate_limit(&mut self.states_answered_at, request.replica, spacing, now) {
-            self.refuse("state request rate limit");
-            return;
+    fn run_fetch_steps(&mut self, steps: Vec<FetchStep>, actions: &mut Vec<Action>) {
+        for step in steps {
+            match step {
+                FetchStep::Request { to, seq, chunk } => {
+                    let request = sign(StateRequest { replica: self.id, seq, chunk }, &self.key);
+                    actions.push(Action::Send { to, message: VerifiedMessage::StateRequest(request) });
+                }
+                FetchStep::Refused(reason) => self.refuse(reason),
+                FetchStep::Complete(image) => self.install_image(image, actions),
+            }
         }
-        let stable = self.stable();
-        let image =
-            self.executor.image_at(request.seq).map(|i| (request.seq, i)).or_else(|| {
-                (stable > request.seq).then(|| self.executor.image_at(stable).map(|i| (stable, i))).flatten()
-            });
-        let Some((seq, (_, image))) = image else {
-            self.refuse("state request for an image not held");
-            return;
-        };
-        let reply = sign(StateReply { replica: self.id, seq, image: image.as_ref().clone() }, &self.key);
-        actions.push(Action::Send { to: request.replica, message: VerifiedMessage::StateReply(reply) });
     }
 
-    /// ST4–ST5: install an image only if it matches the stable checkpoint's digest.
-    fn on_state_reply(&mut self, reply: Verified<StateReply>, actions: &mut Vec<Action>) {
-        let Some(transfer) = self.transfer.clone() else {
-            self.refuse("state reply without a transfer under way");
+    /// ST5: every chunk verified; install the image.
+    fn install_image(&mut self, image: Vec<u8>, actions: &mut Vec<Action>) {
+        let Some(fetch) = self.transfer.take() else {
             return;
         };
-        // The image asked for, or (ST3) the newer stable checkpoint a source moved on to.
-        let stable = self.checkpoints.stable();
-        let expected = if reply.seq == transfer.seq {
-            transfer.digest
-        } else if reply.seq == stable.seq && reply.seq > transfer.seq {
-            stable.state_digest
-        } else {
-            self.refuse("state reply for a checkpoint not asked for (ST4)");
-            return;
-        };
-        if Digest::of(&reply.image) != expected {
-            self.refuse("state reply does not match the stable checkpoint (ST4)");
-            return;
-        }
-        let seq = reply.seq;
-        let image = Arc::new(reply.into_signed().payload.image);
-        let transfer = Transfer { seq, ..transfer };
-        match self.executor.install(transfer.seq, image) {
+        let seq = fetch.seq();
+        match self.executor.install(seq, image) {
             Ok(state_digest) => {
-                self.transfer = None;
-                self.primary.on_executed(transfer.seq);
-                self.backup.forget_executed_below_low(transfer.seq);
+                self.primary.on_executed(seq);
+                self.backup.forget_executed_below_low(seq);
                 let executor = &self.executor;
                 self.view_changer.retain_waiting(|request| executor.request_status(request) == RequestStatus::New);
-                actions.push(Action::Event(ReplicaEvent::StateInstalled { seq: transfer.seq, state_digest }));
+                actions.push(Action::Event(ReplicaEvent::StateInstalled { seq, state_digest }));
             }
             Err(_) => self.refuse("state image could not be installed"),
         }
+    }
+
+    /// Serve one chunk of a checkpoint image: of the one asked for, or of a newer stable
+    /// one (ST3). A per-peer budget bounds what a peer can make this replica send.
+    fn on_state_request(&mut self, request: Verified<StateRequest>, now: Instant, actions: &mut Vec<Action>) {
+        let window = self.config.params.status_interval();
+        let budget = 4 * PARALLEL_CHUNKS as u32;
+        let Some((window_start, used)) = self.chunks_answered.get_mut(request.replica.index()) else {
+            return;
+        };
+        if now >= *window_start + window {
+            *window_start = now;
+            *used = 0;
+        }
+        if *used >= budget {
+            self.refuse("state request rate limit");
+            return;
+        }
+        *used += 1;
+        let stable = self.stable();
+        let image =
+            self.executor.image_at(request.seq).map(|image| (request.seq, image)).or_else(|| {
+                (stable > request.seq).then(|| self.executor.image_at(stable).map(|i| (stable, i))).flatten()
+            });
+        let Some((seq, image)) = image else {
+            self.refuse("state request for an image not held");
+            return;
+        };
+        let Some((data, path)) = image.chunk(request.chunk) else {
+            self.refuse("state request for a chunk past the end of the image");
+            return;
+        };
+        let reply = sign(
+            StateReply {
+                replica: self.id,
+                seq,
+                total_bytes: image.total_bytes(),
+                index: request.chunk,
+                data: data.to_vec(),
+                path,
+            },
+            &self.key,
+        );
+        actions.push(Action::Send { to: request.replica, message: VerifiedMessage::StateReply(reply) });
+    }
+
+    /// ST4: a chunk of the image under transfer, or (ST3) of the newer stable checkpoint a
+    /// source moved on to, which retargets the transfer.
+    fn on_state_reply(&mut self, reply: Verified<StateReply>, now: Instant, actions: &mut Vec<Action>) {
+        let Some(fetch_seq) = self.transfer.as_ref().map(StateFetch::seq) else {
+            self.refuse("state reply without a transfer under way");
+            return;
+        };
+        if reply.seq != fetch_seq {
+            let stable = self.checkpoints.stable().clone();
+            if reply.seq == stable.seq && reply.seq > fetch_seq && reply.seq > self.last_executed() {
+                self.transfer = None;
+                self.start_transfer(&stable, now, actions);
+            } else {
+                self.refuse("state reply for a checkpoint not asked for (ST4)");
+                return;
+            }
+        }
+        let chunk = ChunkIn {
+            from: reply.replica,
+            total_bytes: reply.total_bytes,
+            index: reply.index,
+            data: &reply.data,
+            path: &reply.path,
+        };
+        let Some(fetch) = self.transfer.as_mut() else {
+            return;
+        };
+        let steps = fetch.on_chunk(chunk, now);
+        self.run_fetch_steps(steps, actions);
     }
 
     /// Behind a stable checkpoint, fetching its image, or `f + 1` replicas (so at least one
@@ -612,16 +645,18 @@ impl<S: Service> Replica<S> {
     fn on_status_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let interval = self.config.params.status_interval();
         actions.push(Action::SetTimer { timer: TimerKind::Status, at: now + interval });
-        if let Some(transfer) = self.transfer.as_ref().filter(|t| now >= t.requested_at + interval) {
-            if self.last_executed() >= transfer.seq {
+        if let Some(seq) = self.transfer.as_ref().map(StateFetch::seq) {
+            let stalled = self.transfer.as_ref().is_some_and(|t| now >= t.last_progress() + interval);
+            if self.last_executed() >= seq {
                 // Executed past it meanwhile (C6): nothing to fetch.
                 self.transfer = None;
-            } else if transfer.seq < self.stable() {
-                // Its source may have dropped that image: go for the newest stable one.
+            } else if seq < self.stable() && stalled {
+                // Its sources may have dropped that image: go for the newest stable one.
                 self.transfer = None;
                 self.ensure_transfer(now, actions);
-            } else {
-                self.request_state(now, actions);
+            } else if let Some(fetch) = self.transfer.as_mut() {
+                let steps = fetch.on_tick(now, interval);
+                self.run_fetch_steps(steps, actions);
             }
         }
         // VC7: a view-changing replica retransmits its latest VIEW-CHANGE.
@@ -955,4 +990,5 @@ pub struct Footprint {
     pub later_view_messages: usize,
     pub waiting_requests: usize,
     pub view_changes_held: usize,
+    pub transfer_bytes: u64,
 }

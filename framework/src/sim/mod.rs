@@ -109,6 +109,8 @@ impl SimConfig {
                 batch_size_max: 16,
                 client_retransmit_us: 200_000,
                 status_interval_us: 50_000,
+                // Small chunks, so that state transfer moves images of many chunks.
+                state_chunk_bytes: 512,
                 ..ProtocolParams::default()
             },
             network: NetworkModel::default(),
@@ -550,6 +552,7 @@ impl<S: Service> Simulation<S> {
         peak.later_view_messages = peak.later_view_messages.max(footprint.later_view_messages);
         peak.waiting_requests = peak.waiting_requests.max(footprint.waiting_requests);
         peak.view_changes_held = peak.view_changes_held.max(footprint.view_changes_held);
+        peak.transfer_bytes = peak.transfer_bytes.max(footprint.transfer_bytes);
         if self.delivered.is_multiple_of(4096) {
             let floor = self
                 .nodes
