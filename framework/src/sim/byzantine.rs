@@ -4,7 +4,9 @@
 
 use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
-use crate::messages::{Batch, Commit, Message, NewView, PrePrepare, VerifiedMessage, VerifiedViewChange};
+use crate::messages::{
+    Batch, Checkpoint, Commit, Message, NewView, PrePrepare, StateReply, VerifiedMessage, VerifiedViewChange,
+};
 use crate::roles::primary::Primary;
 use crate::roles::replica::Input;
 use crate::roles::view_change::{compute_order, null_digest};
@@ -28,6 +30,10 @@ pub enum Strategy {
     /// the view-change timeout apart, so the request timer alone never fires (Aardvark's
     /// "slow primary").
     SlowPrimary,
+    /// Signs every checkpoint it sees others sign (so it is among the signers of stable
+    /// checkpoint proofs, which state transfer asks for chunks) and answers every state
+    /// request with a chunk of garbage.
+    CorruptState,
     /// Silent, except as the primary of a new view: it collects VIEW-CHANGEs like a correct
     /// primary but sends a NEW-VIEW whose `O` is not VC12 of its `V` (every digest replaced
     /// by the null request, one extra entry).
@@ -36,11 +42,12 @@ pub enum Strategy {
 
 impl Strategy {
     /// Every strategy, for tests that draw one.
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Silent,
         Strategy::EquivocatingPrimary,
         Strategy::SkippingPrimary,
         Strategy::SlowPrimary,
+        Strategy::CorruptState,
         Strategy::BadNewView,
     ];
 }
@@ -69,6 +76,8 @@ pub struct ByzantineReplica {
     slow_queue: std::collections::VecDeque<bulwark_crypto::Verified<crate::messages::Request>>,
     slow_next_seq: SeqNum,
     slow_next_at: Option<Instant>,
+    /// CorruptState: the highest checkpoint echoed.
+    echoed: SeqNum,
 }
 
 fn signed<T: bulwark_crypto::Signable>(payload: T, key: &KeyPair) -> Signed<T> {
@@ -90,6 +99,7 @@ impl ByzantineReplica {
             slow_queue: std::collections::VecDeque::new(),
             slow_next_seq: SeqNum(1),
             slow_next_at: None,
+            echoed: SeqNum(0),
         }
     }
 
@@ -103,6 +113,7 @@ impl ByzantineReplica {
             Strategy::EquivocatingPrimary => self.equivocate(input, now),
             Strategy::SkippingPrimary => self.skip(input, now),
             Strategy::SlowPrimary => self.slow(input, now),
+            Strategy::CorruptState => self.corrupt_state(input),
             Strategy::BadNewView => self.bad_new_view(input),
         }
     }
@@ -164,6 +175,39 @@ impl ByzantineReplica {
             }
         }
         actions
+    }
+
+    fn corrupt_state(&mut self, input: Input) -> Vec<ByzantineAction> {
+        match input {
+            Input::Message(VerifiedMessage::Checkpoint(checkpoint)) if checkpoint.seq > self.echoed => {
+                self.echoed = checkpoint.seq;
+                let echo = signed(
+                    Checkpoint { seq: checkpoint.seq, state_digest: checkpoint.state_digest, replica: self.id },
+                    &self.key,
+                );
+                self.config
+                    .replicas()
+                    .filter(|r| *r != self.id)
+                    .map(|to| ByzantineAction::Send { to, message: Message::Checkpoint(echo.clone()) })
+                    .collect()
+            }
+            Input::Message(VerifiedMessage::StateRequest(request)) => {
+                let chunk_bytes = self.config.params.state_chunk_bytes;
+                let garbage = StateReply {
+                    replica: self.id,
+                    seq: request.seq,
+                    total_bytes: 4 * chunk_bytes as u64,
+                    index: request.chunk.min(3),
+                    data: vec![0xa5; chunk_bytes],
+                    path: vec![bulwark_crypto::Digest::of(b"garbage"); 2],
+                };
+                vec![ByzantineAction::Send {
+                    to: request.replica,
+                    message: Message::StateReply(signed(garbage, &self.key)),
+                }]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn bad_new_view(&mut self, input: Input) -> Vec<ByzantineAction> {

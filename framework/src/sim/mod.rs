@@ -151,6 +151,9 @@ pub struct SimReport {
     pub finished: bool,
     /// Requests still outstanding at the end: `(client index, timestamp)`.
     pub outstanding: Vec<(usize, crate::ids::Timestamp)>,
+    /// For each isolation that ended: the isolated replica, its last executed sequence
+    /// number then, and the highest any correct replica had executed.
+    pub rejoins: Vec<(ReplicaId, SeqNum, SeqNum)>,
 }
 
 impl SimReport {
@@ -211,10 +214,26 @@ enum Payload {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: Endpoint, payload: Payload },
-    ReplicaTimer { replica: ReplicaId, timer: TimerKind, generation: u64 },
-    ClientTimer { client: usize, generation: u64 },
-    Crash { replica: ReplicaId },
+    Deliver {
+        to: Endpoint,
+        payload: Payload,
+    },
+    ReplicaTimer {
+        replica: ReplicaId,
+        timer: TimerKind,
+        generation: u64,
+    },
+    ClientTimer {
+        client: usize,
+        generation: u64,
+    },
+    Crash {
+        replica: ReplicaId,
+    },
+    /// An isolation ends: record how far behind the isolated replica is.
+    Rejoin {
+        replica: ReplicaId,
+    },
 }
 
 enum Node<S: Service> {
@@ -252,6 +271,7 @@ pub struct Simulation<S: Service> {
     refused_at_edge: RefusalCounts,
     peak: Footprint,
     peak_checker: usize,
+    rejoins: Vec<(ReplicaId, SeqNum, SeqNum)>,
 }
 
 impl<S: Service> fmt::Debug for Simulation<S> {
@@ -336,6 +356,7 @@ impl<S: Service> Simulation<S> {
             refused_at_edge: RefusalCounts::default(),
             peak: Footprint::default(),
             peak_checker: 0,
+            rejoins: Vec::new(),
             config,
         })
     }
@@ -422,6 +443,9 @@ impl<S: Service> Simulation<S> {
         for (replica, at) in self.config.crashes.clone() {
             self.schedule(at, Event::Crash { replica });
         }
+        for isolation in self.config.isolations.clone() {
+            self.schedule(isolation.until, Event::Rejoin { replica: isolation.replica });
+        }
         for index in 0..self.nodes.len() {
             let id = ReplicaId(index as u32);
             if let Node::Correct(replica) = &mut self.nodes[index] {
@@ -449,6 +473,21 @@ impl<S: Service> Simulation<S> {
 
     fn step(&mut self, event: Event) {
         match event {
+            Event::Rejoin { replica } => {
+                let own = self.replica(replica).map(Replica::last_executed);
+                let cluster = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| match n {
+                        Node::Correct(r) => Some(r.last_executed()),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or_default();
+                if let Some(own) = own {
+                    self.rejoins.push((replica, own, cluster));
+                }
+            }
             Event::Crash { replica } => {
                 self.trace.update(b"crash").update_u64(replica.0 as u64);
                 self.nodes[replica.index()] = Node::Crashed;
@@ -704,6 +743,7 @@ impl<S: Service> Simulation<S> {
             peak_footprint: self.peak,
             peak_checker_entries: self.peak_checker,
             finished,
+            rejoins: self.rejoins.clone(),
             outstanding: self
                 .clients
                 .iter()
