@@ -2,9 +2,11 @@
 //! with the service's own operation and reply types.
 //!
 //! A [`ClientActor`] shells the framework's client role: it signs requests, sends them
-//! (to the primary, or to everyone on retransmission), collects verified replies until
-//! `f + 1` match, and resolves the caller's future. Many requests may be in flight at
-//! once, up to the client window.
+//! (to the primary of the latest view it knows, or to everyone on retransmission), collects
+//! verified replies until `f + 1` match, and resolves the caller's future. Many requests may
+//! be in flight at once, up to the client window. After a view change the client follows
+//! the replies: once `f + 1` replicas answer from a later view, it sends to that view's
+//! primary.
 
 use crate::clock::{now, wall_clock_micros};
 use crate::replica::{forward, Deliver, MessageFilter};
@@ -15,7 +17,7 @@ use bulwark_crypto::KeyPair;
 use bulwark_framework::messages::{Report, VerifiedMessage};
 use bulwark_framework::roles::client::{Client as ClientRole, ClientAction, ClientError as RoleError};
 use bulwark_framework::wire::encode_frame;
-use bulwark_framework::{ClusterConfig, Message, Outcome, ReplicaId, Service, Timestamp};
+use bulwark_framework::{ClusterConfig, Message, Outcome, ReplicaId, Service, Timestamp, View};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
@@ -277,10 +279,13 @@ impl<S: Service> Client<S> {
         let outstanding = Arc::new(Mutex::new(BTreeSet::new()));
         let filter_view = outstanding.clone();
         // Replies to completed requests (the ones after the f + 1-th) are dropped before
-        // their signatures are checked.
+        // their signatures are checked, and so is every kind a client never uses: replica
+        // traffic such as a NEW-VIEW carries hundreds of signatures, and a faulty replica
+        // must not make a client check them.
         let wanted: MessageFilter = Arc::new(move |message: &Message| match message {
             Message::Reply(reply) => filter_view.lock().map(|o| o.contains(&reply.payload.timestamp)).unwrap_or(true),
-            _ => true,
+            Message::Report(_) => true,
+            _ => false,
         });
         let role = ClientRole::new(key, cluster, Timestamp(wall_clock_micros()));
         let actor = ClientActor {
@@ -347,10 +352,31 @@ impl<S: Service> Client<S> {
         Ok(reports)
     }
 
+    /// The view this client believes current: it sends new requests to that view's
+    /// primary, and follows replies to a later view once `f + 1` replicas vouch for it.
+    pub async fn view(&self) -> Result<View, InvokeError> {
+        self.addr.send(GetView).await.map_err(|_| InvokeError::Stopped)
+    }
+
     /// Closes the client's connections.
     pub fn close(&self) {
         self.transport.shutdown();
         self.addr.do_send(StopClient);
+    }
+}
+
+/// Ask the client which view it believes current.
+struct GetView;
+
+impl actix::Message for GetView {
+    type Result = View;
+}
+
+impl Handler<GetView> for ClientActor {
+    type Result = MessageResult<GetView>;
+
+    fn handle(&mut self, _: GetView, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.role.view())
     }
 }
 

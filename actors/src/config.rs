@@ -24,6 +24,8 @@
 //! batch_size_max = 256
 //! checkpoint_interval = 128
 //! watermark_window = 256
+//! view_change_timeout_us = 1000000   # suspect a silent primary after 1 s (doubles per view change)
+//! ordering_rate_min_per_s = 0        # 0: no minimum ordering rate (Aardvark-style guard off)
 //! ```
 //!
 //! Rules, each checked when the file is read ([`ClusterFile::parse`]):

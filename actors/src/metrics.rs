@@ -25,7 +25,32 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts) -> String
     let m = &status.metrics;
     let t = &status.transport;
     let fp = &status.footprint;
-    gauge("view", "Current view.", "gauge", status.view.0);
+    gauge("view", "Current view (the last view entered).", "gauge", status.view.0);
+    gauge(
+        "view_changing",
+        "1 while a view change is under way (VIEW-CHANGE sent, NEW-VIEW not yet accepted), else 0.",
+        "gauge",
+        u64::from(status.view_change_target.is_some()),
+    );
+    gauge(
+        "view_change_target",
+        "The view being changed to during a view change; the current view otherwise.",
+        "gauge",
+        status.view_change_target.unwrap_or(status.view).0,
+    );
+    gauge("view_changes_started_total", "VIEW-CHANGE messages this replica signed.", "counter", m.view_changes_started);
+    gauge(
+        "views_entered_total",
+        "Views entered by a NEW-VIEW (or built as the new primary).",
+        "counter",
+        m.views_entered,
+    );
+    gauge(
+        "primary_equivocations_total",
+        "Times a primary was caught signing two pre-prepares for one view and sequence number.",
+        "counter",
+        m.primary_equivocations,
+    );
     gauge("stable_checkpoint", "Last stable checkpoint (low watermark).", "gauge", status.stable.0);
     gauge("last_executed", "Last executed sequence number.", "gauge", status.last_executed.0);
     gauge("requests_executed_total", "Client requests executed.", "counter", m.requests_executed);
@@ -40,11 +65,35 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts) -> String
     gauge("queued_requests", "Requests queued at the primary.", "gauge", fp.queued_requests as u64);
     gauge("in_flight_batches", "Batches proposed and not yet executed.", "gauge", fp.in_flight_batches as u64);
     gauge("clients", "Clients in the client table.", "gauge", fp.clients as u64);
+    gauge(
+        "later_view_messages",
+        "Messages buffered for a view not yet entered.",
+        "gauge",
+        fp.later_view_messages as u64,
+    );
+    gauge(
+        "waiting_requests",
+        "Requests waiting to execute (watched by the view-change request timer).",
+        "gauge",
+        fp.waiting_requests as u64,
+    );
+    gauge(
+        "view_changes_held",
+        "VIEW-CHANGE messages held from other replicas (at most one each).",
+        "gauge",
+        fp.view_changes_held as u64,
+    );
     gauge("frames_in_total", "Frames received.", "counter", t.frames_in);
     gauge("frames_out_total", "Frames sent.", "counter", t.frames_out);
     gauge("bytes_in_total", "Bytes received.", "counter", t.bytes_in);
     gauge("bytes_out_total", "Bytes sent.", "counter", t.bytes_out);
     gauge("dropped_queue_full_total", "Frames dropped because a send queue was full.", "counter", t.dropped_queue_full);
+    gauge(
+        "dropped_oversized_total",
+        "Frames not sent because they exceed frame_bytes_max (a NEW-VIEW among them stalls a view change).",
+        "counter",
+        t.dropped_oversized,
+    );
     gauge(
         "connections_refused_limit_total",
         "Connections closed at once because too many were open.",
@@ -97,5 +146,57 @@ pub async fn serve<S: Service + Send + Unpin>(address: SocketAddr, replica: Repl
         );
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_framework::roles::replica::{Footprint, ReplicaMetrics};
+    use bulwark_framework::{ReplicaId, SeqNum, View};
+
+    fn status(view: u64, target: Option<u64>) -> ReplicaStatus {
+        ReplicaStatus {
+            id: ReplicaId(2),
+            view: View(view),
+            view_change_target: target.map(View),
+            stable: SeqNum(128),
+            last_executed: SeqNum(130),
+            state_digest: Default::default(),
+            metrics: ReplicaMetrics {
+                view_changes_started: 3,
+                views_entered: 2,
+                primary_equivocations: 1,
+                ..ReplicaMetrics::default()
+            },
+            footprint: Footprint { waiting_requests: 7, ..Footprint::default() },
+            transport: Default::default(),
+        }
+    }
+
+    fn value(text: &str, name: &str) -> u64 {
+        let prefix = format!("bulwark_{name}{{replica=\"2\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
+    #[test]
+    fn view_change_metrics_are_exported() {
+        let text = render(&status(2, None), &RefusalCounts::default());
+        assert_eq!(value(&text, "view"), 2);
+        assert_eq!(value(&text, "view_changing"), 0);
+        assert_eq!(value(&text, "view_change_target"), 2);
+        assert_eq!(value(&text, "view_changes_started_total"), 3);
+        assert_eq!(value(&text, "views_entered_total"), 2);
+        assert_eq!(value(&text, "primary_equivocations_total"), 1);
+        assert_eq!(value(&text, "waiting_requests"), 7);
+        assert!(text.contains("# TYPE bulwark_views_entered_total counter"), "{text}");
+
+        let text = render(&status(2, Some(4)), &RefusalCounts::default());
+        assert_eq!(value(&text, "view"), 2);
+        assert_eq!(value(&text, "view_changing"), 1);
+        assert_eq!(value(&text, "view_change_target"), 4);
     }
 }

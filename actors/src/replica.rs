@@ -19,9 +19,12 @@ use bulwark_crypto::Digest;
 use bulwark_crypto::KeyPair;
 use bulwark_framework::messages::VerifiedMessage;
 use bulwark_framework::roles::replica::{Footprint, ReplicaMetrics};
+use bulwark_framework::roles::ReplicaEvent;
 use bulwark_framework::verify::RefusalCounts;
 use bulwark_framework::wire::encode_frame;
-use bulwark_framework::{Action, ClientId, ClusterConfig, Input, Replica, ReplicaId, SeqNum, Service, TimerKind, View};
+use bulwark_framework::{
+    Action, ClientId, ClusterConfig, Input, Instant, Replica, ReplicaId, SeqNum, Service, TimerKind, View,
+};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -66,7 +69,10 @@ impl actix::Message for Stop {
 #[derive(Debug, Clone)]
 pub struct ReplicaStatus {
     pub id: ReplicaId,
+    /// The last view this replica entered.
     pub view: View,
+    /// The view this replica is changing to, while a view change is under way.
+    pub view_change_target: Option<View>,
     pub stable: SeqNum,
     pub last_executed: SeqNum,
     pub state_digest: Digest,
@@ -134,20 +140,49 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 Action::Report { client, report } => {
                     self.answer_client(client, &VerifiedMessage::Report(report));
                 }
-                Action::SetTimer { timer, at } => {
-                    if let Some(handle) = self.timers.remove(&timer) {
-                        ctx.cancel_future(handle);
-                    }
-                    let delay = at.saturating_since(now());
-                    let handle = ctx.run_later(delay, move |actor, ctx| {
-                        actor.timers.remove(&timer);
-                        let actions = actor.replica.handle(Input::Timer(timer), now());
-                        actor.carry_out(actions, ctx);
-                    });
-                    self.timers.insert(timer, handle);
-                }
-                Action::Event(event) => tracing::trace!(replica = %self.replica.id(), ?event),
+                Action::SetTimer { timer, at } => self.set_timer(timer, at, ctx),
+                Action::Event(event) => self.observe(event),
+                // No durable store in the runtime yet (the durability issue): records are dropped.
+                Action::Persist(_) => {}
             }
+        }
+    }
+
+    /// Arms `timer` to fire at `at`, replacing the pending one of that kind. Every
+    /// [`TimerKind`] (batch, status, request, view-change) goes through here: the roles keep
+    /// their own deadlines, the actor only delivers the firing. A firing is never delivered
+    /// before `at` by the runtime's clock: some roles ignore an early one without re-arming
+    /// (the view-change timer would then be lost), so the actor waits out the remainder.
+    fn set_timer(&mut self, timer: TimerKind, at: Instant, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timers.remove(&timer) {
+            ctx.cancel_future(handle);
+        }
+        let delay = at.saturating_since(now());
+        let handle = ctx.run_later(delay, move |actor, ctx| {
+            actor.timers.remove(&timer);
+            if now() < at {
+                actor.set_timer(timer, at, ctx);
+                return;
+            }
+            let actions = actor.replica.handle(Input::Timer(timer), now());
+            actor.carry_out(actions, ctx);
+        });
+        self.timers.insert(timer, handle);
+    }
+
+    /// Events carry no decisions; view changes are worth a log line at `info`.
+    fn observe(&self, event: ReplicaEvent) {
+        let replica = self.replica.id();
+        match event {
+            ReplicaEvent::ViewChangeStarted { view } => {
+                tracing::info!(%replica, view = view.0, "view change started: VIEW-CHANGE sent");
+            }
+            ReplicaEvent::EnteredView { view, .. } => {
+                let primary = self.replica.config().primary(view);
+                tracing::info!(%replica, view = view.0, primary = primary.0, "entered view");
+            }
+            // A NEW-VIEW is large; the others are small enough to print whole.
+            event => tracing::trace!(%replica, ?event),
         }
     }
 
@@ -200,6 +235,7 @@ impl<S: Service + Send + Unpin> Handler<GetStatus> for ReplicaActor<S> {
         MessageResult(ReplicaStatus {
             id: self.replica.id(),
             view: self.replica.view(),
+            view_change_target: self.replica.view_change_target(),
             stable: self.replica.stable(),
             last_executed: self.replica.last_executed(),
             state_digest: self.replica.state_digest(),
@@ -318,8 +354,9 @@ pub(crate) type MessageFilter = Arc<dyn Fn(&bulwark_framework::Message) -> bool 
 /// `INBOUND_IN_FLIGHT_MAX` at a time.
 ///
 /// A message the verifier refuses (counted there) proves its sender misbehaves: every
-/// [`Refusal`](bulwark_framework::verify::Refusal) it returns is a bad signature, a sender outside the cluster or a malformed
-/// batch, never a matter of protocol state. The connection it came on is closed through
+/// [`Refusal`](bulwark_framework::verify::Refusal) it returns is a bad signature, a sender
+/// outside the cluster, a malformed batch or an invalid certificate inside a VIEW-CHANGE or
+/// NEW-VIEW, never a matter of protocol state. The connection it came on is closed through
 /// `transport` (and counted there); messages already read from it are still verified and
 /// delivered on their own merit. `transport` is held weakly, so the forwarder never keeps
 /// an endpoint running that its owner has dropped.

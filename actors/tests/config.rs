@@ -207,6 +207,32 @@ fn params_are_optional_and_partial() {
 }
 
 #[test]
+fn view_change_params_are_read_written_and_checked() {
+    let text = file_text(4, "\n[params]\nview_change_timeout_us = 250000\nordering_rate_min_per_s = 40\n");
+    let file = parse(&text).unwrap();
+    let expected =
+        ProtocolParams { view_change_timeout_us: 250_000, ordering_rate_min_per_s: 40, ..ProtocolParams::default() };
+    assert_eq!(file.params, expected);
+    let cluster = file.cluster().unwrap();
+    assert_eq!(cluster.params.view_change_timeout(), std::time::Duration::from_millis(250));
+    assert_eq!(cluster.params.ordering_rate_min_per_s, 40);
+
+    // Written by save (and keygen), read back unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(CLUSTER_FILE_NAME);
+    file.save(&path).unwrap();
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert!(saved.contains("view_change_timeout_us = 250000"), "{saved}");
+    assert!(saved.contains("ordering_rate_min_per_s = 40"), "{saved}");
+    assert_eq!(ClusterFile::load(&path).unwrap().params, expected);
+
+    let text = file_text(4, "\n[params]\nview_change_timeout_us = 0\n");
+    expect_error(&text, &["cluster.toml: params.view_change_timeout_us: must be at least 1"]);
+    let text = file_text(4, "\n[params]\nordering_rate_min_per_s = \"fast\"\n");
+    expect_error(&text, &["cluster.toml: params.ordering_rate_min_per_s: invalid type: string \"fast\""]);
+}
+
+#[test]
 fn replicas_may_be_listed_in_any_order() {
     let mut text = String::new();
     for i in [2u8, 0, 3, 1] {

@@ -28,11 +28,16 @@ impl Replicas {
     }
 }
 
-/// A base port with `count` free consecutive ports after it.
+/// A base port with `count` free consecutive ports after it. Tests run in parallel threads
+/// of one process: each call starts its search elsewhere, so two clusters started at the
+/// same moment do not pick the same (still free) range.
 fn free_base_port(count: u16) -> u16 {
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let seed = std::process::id() as u16;
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for attempt in 0..500u16 {
-        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(97))) % 40_000;
+        let step = attempt.wrapping_add(call.wrapping_mul(1_000));
+        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(step.wrapping_mul(97))) % 40_000;
         if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
@@ -55,12 +60,13 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-fn start_replicas(config: &Path, metrics_port: u16) -> Replicas {
+/// Starts replicas 0..4; replica `metrics_replica` serves Prometheus metrics on `metrics_port`.
+fn start_replicas(config: &Path, metrics_replica: usize, metrics_port: u16) -> Replicas {
     let children = (0..4)
         .map(|id| {
             let mut args = vec!["replica".to_string(), "--config".into(), config.to_str().unwrap().into()];
             args.extend(["--id".to_string(), id.to_string()]);
-            if id == 0 {
+            if id == metrics_replica {
                 args.extend(["--metrics-port".to_string(), metrics_port.to_string()]);
             }
             let child = Command::new(BULWARK)
@@ -87,6 +93,16 @@ fn put_when_ready(config: &Path, key: &str, value: &str) -> Output {
     }
 }
 
+/// The value of `bulwark_<name>{replica="<replica>"}` in a metrics scrape.
+fn metric(metrics: &str, name: &str, replica: usize) -> u64 {
+    let prefix = format!("bulwark_{name}{{replica=\"{replica}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} for replica {replica} in {metrics}"))
+}
+
 fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listens");
@@ -111,7 +127,7 @@ fn four_replica_processes_serve_put_and_get_and_survive_a_killed_backup() {
     let config = keygen(dir.path());
     // An ephemeral port from the OS: never inside keygen's consecutive range.
     let metrics_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut replicas = start_replicas(&config, metrics_port);
+    let mut replicas = start_replicas(&config, 0, metrics_port);
 
     let put = put_when_ready(&config, "colour", "blue");
     assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
@@ -170,4 +186,41 @@ fn a_key_file_of_another_replica_is_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not the key of replica 0"), "{stderr}");
+}
+
+/// `kill -9` the primary of view 0: the backups move to view 1 (with the cluster file's
+/// default timeouts), a client that still believes in view 0 broadcasts after its
+/// retransmission timeout and gets its answer from view 1, and `client status` and the
+/// metrics endpoint of a survivor show the new view.
+#[test]
+fn a_killed_primary_process_is_replaced_by_a_view_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path());
+    let metrics_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut replicas = start_replicas(&config, 1, metrics_port);
+
+    let put = put_when_ready(&config, "colour", "blue");
+    assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(metric(&scrape(metrics_port), "view", 1), 0);
+
+    replicas.kill(0);
+    let started = Instant::now();
+    let put = client(&config, &["put", "colour", "green"]);
+    assert!(put.status.success(), "put after killing the primary: {}", String::from_utf8_lossy(&put.stderr));
+    eprintln!("first put after killing the primary took {:?}", started.elapsed());
+    let get = client(&config, &["get", "colour"]);
+    assert_eq!(stdout(&get), "green", "stderr: {}", String::from_utf8_lossy(&get.stderr));
+
+    let metrics = scrape(metrics_port);
+    assert_eq!(metric(&metrics, "view", 1), 1, "{metrics}");
+    assert_eq!(metric(&metrics, "view_changing", 1), 0, "{metrics}");
+    assert!(metric(&metrics, "views_entered_total", 1) >= 1, "{metrics}");
+    assert!(metric(&metrics, "view_changes_started_total", 1) >= 1, "{metrics}");
+    assert_eq!(metric(&metrics, "primary_equivocations_total", 1), 0, "{metrics}");
+
+    let status = client(&config, &["status"]);
+    let text = stdout(&status);
+    assert!(text.contains("no answer from: [0]"), "{text}");
+    let views: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1)).take(3).collect();
+    assert_eq!(views, ["1", "1", "1"], "{text}");
 }

@@ -10,7 +10,7 @@ use bulwark_examples::bank::{Bank, BankOp};
 use bulwark_examples::cluster::{run_load, LoadReport, LoadSpec, LocalCluster, Sizes, Workload};
 use bulwark_examples::echo::Echo;
 use bulwark_examples::kv::{KvOp, KvStore};
-use bulwark_framework::{ProtocolParams, ReplicaId, Service};
+use bulwark_framework::{ProtocolParams, ReplicaId, Service, View};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +60,14 @@ enum Command {
         /// Reply payload bytes (echo only).
         #[arg(long, default_value_t = 0)]
         reply_size: usize,
+        /// Stop replica 0, the primary of view 0, this long after the workload starts
+        /// (e.g. 3s; shorter than --duration), as a crash would. The other replicas elect a
+        /// new primary by view change and the clients follow it: throughput dips, then
+        /// recovers. With this flag the demo uses a 500 ms view-change timeout and a 250 ms
+        /// client retransmission timeout, so the dip is short. The summary's `views=` is the
+        /// highest view among the live replicas and `digest_agree=` compares only those.
+        #[arg(long, value_parser = humantime::parse_duration, verbatim_doc_comment)]
+        crash_primary_after: Option<Duration>,
     },
     /// Generate a cluster: DIR/cluster.toml and one secret key file per replica.
     Keygen {
@@ -166,13 +174,26 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Demo { replicas, clients, concurrency, duration, service, request_size, reply_size } => {
+        Command::Demo {
+            replicas,
+            clients,
+            concurrency,
+            duration,
+            service,
+            request_size,
+            reply_size,
+            crash_primary_after,
+        } => {
+            if crash_primary_after.is_some_and(|after| after >= duration) {
+                bail!("--crash-primary-after must be shorter than --duration ({duration:?})");
+            }
             let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
             let spec = LoadSpec { concurrency, rate: None, duration, warmup: Duration::ZERO, sizes, progress: true };
+            let demo_spec = DemoSpec { replicas, clients, load: spec, crash_primary_after };
             match service {
-                ServiceKind::Kv => demo::<KvStore>(replicas, clients, spec).await,
-                ServiceKind::Bank => demo::<Bank>(replicas, clients, spec).await,
-                ServiceKind::Echo => demo::<Echo>(replicas, clients, spec).await,
+                ServiceKind::Kv => demo::<KvStore>(demo_spec).await,
+                ServiceKind::Bank => demo::<Bank>(demo_spec).await,
+                ServiceKind::Echo => demo::<Echo>(demo_spec).await,
             }
         }
         Command::Keygen { replicas, out, base_port, hosts } => {
@@ -221,35 +242,83 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn demo<S: Workload>(replicas: usize, clients: usize, spec: LoadSpec) -> anyhow::Result<()> {
-    let mut cluster = LocalCluster::<S>::start(replicas, ProtocolParams::default(), S::default).await?;
+/// What `bulwark demo` runs.
+#[derive(Debug)]
+struct DemoSpec {
+    replicas: usize,
+    clients: usize,
+    load: LoadSpec,
+    /// Stop the primary of view 0 this long into the workload.
+    crash_primary_after: Option<Duration>,
+}
+
+/// Protocol parameters of the demo cluster. When the primary is to crash, the timeouts that
+/// bound the dip are shortened: a client broadcasts a request the primary does not answer
+/// after 250 ms (which starts the backups' request timers, VC1), and a backup suspects the
+/// primary 500 ms later; a NEW-VIEW follows within a few round trips. On one host every
+/// request completes in tens of milliseconds, far below either timeout.
+fn demo_params(crash: bool) -> ProtocolParams {
+    if crash {
+        ProtocolParams { view_change_timeout_us: 500_000, client_retransmit_us: 250_000, ..ProtocolParams::default() }
+    } else {
+        ProtocolParams::default()
+    }
+}
+
+async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
+    let DemoSpec { replicas, clients, load, crash_primary_after } = spec;
+    let params = demo_params(crash_primary_after.is_some());
+    let mut cluster = LocalCluster::<S>::start(replicas, params, S::default).await?;
     let f = cluster.cluster.f();
     eprintln!(
         "started {replicas} replicas (f = {f}) on {}; {clients} clients x {} in flight for {:?}",
         cluster.addresses.values().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-        spec.concurrency,
-        spec.duration
+        load.concurrency,
+        load.duration
     );
     let mut handles = Vec::new();
     for _ in 0..clients {
         handles.push(cluster.client(ClientOptions::default()).await?);
     }
-    let report = run_load(&handles, &spec).await;
+    let primary = cluster.cluster.primary(View(0));
+    if let Some(after) = crash_primary_after {
+        eprintln!("replica {} (the primary of view 0) will be stopped after {after:?}", primary.0);
+    }
+    let crash = async {
+        if let Some(after) = crash_primary_after {
+            actix_rt::time::sleep(after).await;
+            cluster.stop_replica(primary);
+            // The progress line is rewritten in place; this note goes on a line of its own.
+            eprintln!("\n[{:>4.1}s] stopped replica {} (the primary of view 0)", after.as_secs_f64(), primary.0);
+        }
+    };
+    let (report, ()) = tokio::join!(run_load(&handles, &load), crash);
     for client in &handles {
         client.close();
     }
+    // Stopped replicas answer no status: the digests and views below are the live ones'.
     let (agree, statuses) = cluster.settle(Duration::from_secs(10)).await;
-    for status in &statuses {
-        eprintln!(
-            "replica {}: view {} stable {} executed {} digest {}",
-            status.id.0, status.view.0, status.stable.0, status.last_executed.0, status.state_digest
-        );
+    for replica in &cluster.replicas {
+        match statuses.iter().find(|status| status.id == replica.id) {
+            Some(status) => {
+                let changing = match status.view_change_target {
+                    Some(target) => format!(" (changing to v{})", target.0),
+                    None => String::new(),
+                };
+                eprintln!(
+                    "replica {}: view {}{changing} stable {} executed {} digest {}",
+                    status.id.0, status.view.0, status.stable.0, status.last_executed.0, status.state_digest
+                );
+            }
+            None => eprintln!("replica {}: stopped", replica.id.0),
+        }
     }
     if let Some(error) = &report.first_error {
         eprintln!("first error: {error}");
     }
+    let views = statuses.iter().map(|status| status.view.0).max().unwrap_or(0);
     println!(
-        "summary: replicas={replicas} f={f} ops={} ops_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} errors={} digest_agree={agree}",
+        "summary: replicas={replicas} f={f} ops={} ops_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} errors={} views={views} digest_agree={agree}",
         report.completed,
         report.ops_per_sec(),
         report.percentile_ms(0.5),
