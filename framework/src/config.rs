@@ -178,11 +178,36 @@ impl ClusterConfig {
             return Err(ConfigError::Invalid { field: "members", reason: "two replicas share a public key".into() });
         }
         params.validate()?;
-        Ok(ClusterConfig { members, params })
+        let config = ClusterConfig { members, params };
+        let new_view_bytes = config.new_view_bytes_max();
+        if new_view_bytes > config.params.frame_bytes_max {
+            return Err(ConfigError::Invalid {
+                field: "frame_bytes_max",
+                reason: format!(
+                    "a NEW-VIEW for {} replicas with a watermark window of {} can take {} bytes; raise \
+                     frame_bytes_max to at least that or lower watermark_window",
+                    config.n(),
+                    config.params.watermark_window,
+                    new_view_bytes
+                ),
+            });
+        }
+        Ok(config)
     }
 
     pub fn n(&self) -> usize {
         self.members.len()
+    }
+
+    /// An upper bound on an encoded NEW-VIEW: `2f + 1` VIEW-CHANGEs, each with a checkpoint
+    /// proof and up to `L` prepared certificates of `2f + 1` signed messages (about 128
+    /// bytes each encoded), plus `L` pre-prepares. It must fit in a frame, or a view change
+    /// with a full window could never complete.
+    pub fn new_view_bytes_max(&self) -> usize {
+        let signed_message = 128;
+        let window = self.params.watermark_window as usize;
+        let view_change = (self.quorum() + window * self.quorum()) * signed_message + 256;
+        self.quorum() * view_change + window * signed_message + 1024
     }
 
     /// The number of Byzantine replicas tolerated.

@@ -15,6 +15,7 @@
 //! Rule IDs in comments and test names (N1.c, C5, …) refer to `shared/PBFT.md`.
 
 pub mod config;
+pub mod durable;
 pub mod ids;
 pub mod messages;
 pub mod quorum;

@@ -102,7 +102,7 @@ fn broadcasts(out: &[BackupOutput]) -> Vec<&VerifiedMessage> {
     out.iter()
         .filter_map(|o| match o {
             BackupOutput::Broadcast(m) => Some(m),
-            BackupOutput::Refused(_) | BackupOutput::PrimaryEquivocated(..) => None,
+            _ => None,
         })
         .collect()
 }
@@ -111,7 +111,7 @@ fn refusals(out: &[BackupOutput]) -> Vec<&'static str> {
     out.iter()
         .filter_map(|o| match o {
             BackupOutput::Refused(r) => Some(*r),
-            BackupOutput::Broadcast(_) | BackupOutput::PrimaryEquivocated(..) => None,
+            _ => None,
         })
         .collect()
 }
@@ -1194,4 +1194,28 @@ fn pf2_a_pre_prepare_above_the_window_in_a_new_view_is_buffered_not_dropped() {
         })
         .collect();
     assert_eq!(prepared, vec![SeqNum(10)], "the buffered pre-prepare is accepted once h moves");
+}
+
+/// Durability (I3 across restarts): a backup restored with the votes it signed before a
+/// crash refuses to sign a PREPARE for another digest at the same view and sequence number
+/// (a primary that equivocates across the restart gets nothing), and still signs the same
+/// one again.
+#[test]
+fn restored_votes_forbid_a_different_prepare_after_a_restart() {
+    use bulwark_framework::messages::MessageKind;
+    let f = fixture();
+    let (a, b) = (f.batch(&[1]), f.batch(&[2]));
+    let votes = [((MessageKind::Prepare, View(0), SeqNum(1)), a.digest())].into_iter().collect();
+    let mut backup = f.backup(1);
+    backup.restore(votes, Default::default());
+    let mut out = Vec::new();
+    backup.on_pre_prepare(f.pre_prepare(0, 1, b.digest()), b, &f.keys[1], &mut out);
+    assert!(broadcasts(&out).is_empty(), "{out:?}");
+    assert_eq!(refusals(&out), vec!["pre-prepare conflicts with a prepare signed before a restart"]);
+    let mut backup = f.backup(1);
+    let votes = [((MessageKind::Prepare, View(0), SeqNum(1)), a.digest())].into_iter().collect();
+    backup.restore(votes, Default::default());
+    let mut out = Vec::new();
+    backup.on_pre_prepare(f.pre_prepare(0, 1, a.digest()), a, &f.keys[1], &mut out);
+    assert_eq!(broadcasts(&out).len(), 1, "the same prepare may be signed again");
 }

@@ -8,7 +8,9 @@
 
 use crate::config::ClusterConfig;
 use crate::ids::{ReplicaId, SeqNum, View};
-use crate::messages::{Batch, Commit, PrePrepare, Prepare, SlotProgress, Status, VerifiedMessage, VerifiedPrepared};
+use crate::messages::{
+    Batch, Commit, MessageKind, PrePrepare, Prepare, SlotProgress, Status, VerifiedMessage, VerifiedPrepared,
+};
 use crate::quorum::{VoteOutcome, VoteSet};
 use crate::roles::view_change::null_digest;
 use bulwark_crypto::{Digest, KeyPair, Signable, Verified};
@@ -81,7 +83,7 @@ impl Slot {
 
 /// A prepared certificate this replica holds, with its batch: the proof it reports in a
 /// VIEW-CHANGE (VC9), kept across views until a stable checkpoint covers it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedProof {
     pub certificate: VerifiedPrepared,
     pub batch: Arc<Batch>,
@@ -107,6 +109,9 @@ pub struct Backup {
     /// its own, and lets a replica whose view change nobody joined keep executing what the
     /// others commit instead of falling out of the cluster until the next view change.
     frozen: bool,
+    /// Votes this replica signed before a restart, from its durable records: it never signs
+    /// another digest for the same `(kind, view, seq)`.
+    signed_before: BTreeMap<(MessageKind, View, SeqNum), Digest>,
 }
 
 /// What the agreement role asks for.
@@ -118,6 +123,8 @@ pub enum BackupOutput {
     /// Both travel here: they are the proof, and forwarding them lets every correct
     /// replica see it.
     PrimaryEquivocated(VerifiedMessage, VerifiedMessage),
+    /// `seq` became prepared: the certificate to persist before the COMMIT goes out.
+    Prepared(SeqNum, PreparedProof),
 }
 
 impl Backup {
@@ -133,6 +140,7 @@ impl Backup {
             future: (0..n).map(|_| VecDeque::new()).collect(),
             rule: QuorumRule::Correct,
             frozen: false,
+            signed_before: BTreeMap::new(),
         }
     }
 
@@ -143,6 +151,22 @@ impl Backup {
 
     pub fn view(&self) -> View {
         self.view
+    }
+
+    /// After a restart: the votes signed before it and the prepared certificates held.
+    pub fn restore(
+        &mut self,
+        votes: BTreeMap<(MessageKind, View, SeqNum), Digest>,
+        prepared: BTreeMap<SeqNum, PreparedProof>,
+    ) {
+        self.signed_before = votes;
+        self.prepared = prepared;
+    }
+
+    /// Whether signing `kind` for `(view, seq, digest)` agrees with every vote signed before
+    /// a restart.
+    fn may_sign(&self, kind: MessageKind, view: View, seq: SeqNum, digest: Digest) -> bool {
+        self.signed_before.get(&(kind, view, seq)).is_none_or(|signed| *signed == digest)
     }
 
     /// VC4a: the replica sent a VIEW-CHANGE; sign nothing more in the current view.
@@ -275,8 +299,14 @@ impl Backup {
             }
             None => {}
         }
+        let may_sign = self.may_sign(MessageKind::Prepare, view, seq, digest);
+        let slot = self.slot_mut(seq);
         slot.pre_prepare = Some(pre_prepare);
         slot.batch = Some(batch);
+        if !may_sign {
+            out.push(BackupOutput::Refused("pre-prepare conflicts with a prepare signed before a restart"));
+            return;
+        }
         if !i_am_primary && !frozen {
             let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
             slot.prepares.add(me, digest, prepare.clone());
@@ -327,6 +357,8 @@ impl Backup {
     /// N5 and N6: become prepared (and multicast COMMIT once), then committed-local.
     fn check_progress(&mut self, seq: SeqNum, key: &KeyPair, out: &mut Vec<BackupOutput>) {
         let frozen = self.frozen;
+        let Some(digest) = self.slots.get(&seq).and_then(Slot::digest) else { return };
+        let may_commit = self.may_sign(MessageKind::Commit, self.view, seq, digest);
         let prepare_threshold = self.prepare_threshold();
         let commit_threshold = self.commit_threshold();
         let primary = self.config.primary(self.view);
@@ -334,10 +366,9 @@ impl Backup {
         let Some(slot) = self.slots.get_mut(&seq) else {
             return;
         };
-        let Some(digest) = slot.digest() else { return };
         // N5: prepared needs the batch logged too.
         let Some(batch) = slot.batch.clone() else { return };
-        if !frozen && !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
+        if !frozen && may_commit && !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
             slot.prepared = true;
             let certificate = VerifiedPrepared {
                 pre_prepare: slot.pre_prepare.clone().expect("digest implies a pre-prepare"),
@@ -350,7 +381,9 @@ impl Backup {
                     .cloned()
                     .collect(),
             };
-            self.prepared.insert(seq, PreparedProof { certificate, batch });
+            let proof = PreparedProof { certificate, batch };
+            out.push(BackupOutput::Prepared(seq, proof.clone()));
+            self.prepared.insert(seq, proof);
             let commit = sign(Commit { view, seq, digest, replica: me }, key);
             slot.commits.add(me, digest, commit.clone());
             slot.own_commit = Some(commit.clone());
@@ -541,10 +574,11 @@ impl Backup {
                 missing.push(digest);
             }
             let me = self.me;
+            let may_sign = self.may_sign(MessageKind::Prepare, view, seq, digest);
             let slot = self.slot_mut(seq);
             slot.pre_prepare = Some(pre_prepare.clone());
             slot.batch = batch;
-            if !i_am_primary {
+            if !i_am_primary && may_sign {
                 let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
                 slot.prepares.add(me, digest, prepare.clone());
                 out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));

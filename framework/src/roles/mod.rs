@@ -56,6 +56,9 @@ pub enum Action {
     Reply { client: ClientId, reply: Verified<Reply> },
     /// Answer an INQUIRY.
     Report { client: ClientId, report: Verified<Report> },
+    /// Make `Record` durable before carrying out any later action of the same list (see
+    /// [`crate::durable`]); one `handle` call's records may be written together.
+    Persist(crate::durable::Record),
     /// Fire `TimerKind` at `at` (replacing the pending one of that kind).
     SetTimer { timer: TimerKind, at: Instant },
     /// Something worth observing happened (metrics, logs, the simulator's checker).
@@ -77,4 +80,8 @@ pub enum ReplicaEvent {
     ViewChangeStarted { view: View },
     /// The replica entered `view` by this NEW-VIEW (VC16; for the new primary VC13).
     EnteredView { view: View, new_view: Arc<VerifiedNewView> },
+    /// The replica came back from its durable records: stable checkpoint `stable` installed,
+    /// the committed batches above it re-executed (each reported by an `Executed` event
+    /// after this one), back in view `view`.
+    Recovered { stable: SeqNum, view: View },
 }

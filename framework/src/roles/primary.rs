@@ -73,6 +73,9 @@ impl Primary {
     pub fn cut_batches(&mut self, low: SeqNum, now: Instant) -> Vec<(SeqNum, Batch)> {
         let params = &self.config.params;
         let high = low.0 + params.watermark_window;
+        // Numbers at or below a stable checkpoint are decided: a primary that fell behind one
+        // (it restarted, or caught up by state transfer) continues above it.
+        self.next_seq = self.next_seq.max(low.next());
         let mut proposals = Vec::new();
         while !self.queue.is_empty()
             && self.next_seq.0 <= high

@@ -17,10 +17,11 @@
 //!   for any that does not match.
 
 use crate::config::ClusterConfig;
+use crate::durable::{Record, Recovered};
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{
-    Batch, BatchReply, BatchRequest, Checkpoint, Inquiry, NewView, PrePrepare, Report, Request, StateReply,
-    StateRequest, Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
+    Batch, BatchReply, BatchRequest, Checkpoint, Inquiry, MessageKind, NewView, PrePrepare, Report, Request,
+    StateReply, StateRequest, Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
 };
 use crate::roles::backup::{message_view, sign, Backup, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CheckpointCollector, StableCheckpoint};
@@ -131,6 +132,58 @@ impl<S: Service> Replica<S> {
         self.backup.set_rule(crate::roles::backup::QuorumRule::Weakened);
     }
 
+    /// Brings a replica back from its durable records (see [`crate::durable`]): installs
+    /// the stable checkpoint's image, re-executes the committed batches above it in order,
+    /// restores the votes it signed and its prepared certificates, re-enters the view it had
+    /// entered and, if it had asked to leave that view, asks again. Returns the replica and
+    /// the actions to carry out, timers included (it needs no [`Replica::start`]).
+    pub fn recover(
+        id: ReplicaId,
+        key: KeyPair,
+        config: Arc<ClusterConfig>,
+        service: S,
+        recovered: Recovered,
+        now: Instant,
+    ) -> (Self, Vec<Action>) {
+        let mut replica = Replica::new(id, key, config, service);
+        let mut actions = replica.start(now);
+        if let Some((checkpoint, image)) = &recovered.stable {
+            match replica.executor.install(checkpoint.seq, image.bytes().to_vec()) {
+                Ok(_) => {
+                    replica.checkpoints.adopt(checkpoint.clone());
+                    replica.backup.advance_low(checkpoint.seq, checkpoint.seq);
+                }
+                Err(_) => replica.refuse("recovered checkpoint image could not be installed"),
+            }
+        }
+        let view = recovered.view();
+        actions.push(Action::Event(ReplicaEvent::Recovered { stable: replica.last_executed(), view }));
+        let mut next = replica.last_executed().next();
+        while let Some((view, batch)) = recovered.committed.get(&next) {
+            replica.execute(next, *view, batch, now, &mut actions);
+            next = next.next();
+        }
+        replica.backup.restore(recovered.votes.clone(), recovered.prepared.clone());
+        if let Some(new_view) = &recovered.new_view {
+            replica.enter_view(new_view.clone(), now, &mut actions);
+        }
+        // A primary numbers new batches above every pre-prepare it signed before the crash.
+        let proposed = recovered
+            .votes
+            .keys()
+            .filter(|(kind, v, _)| *kind == MessageKind::PrePrepare && *v == replica.view())
+            .map(|(_, _, seq)| *seq)
+            .max()
+            .unwrap_or_default();
+        let next_seq = proposed.max(replica.last_executed()).max(replica.stable()).next();
+        replica.primary = Primary::new(replica.config.clone(), next_seq.max(replica.primary.next_seq()));
+        if recovered.floor > replica.view() {
+            replica.start_view_change(recovered.floor, now, &mut actions);
+        }
+        replica.drive(now, &mut actions);
+        (replica, actions)
+    }
+
     /// The first actions of a replica: arm the periodic status timer.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         vec![Action::SetTimer { timer: TimerKind::Status, at: now + self.config.params.status_interval() }]
@@ -229,11 +282,11 @@ impl<S: Service> Replica<S> {
                 Err(Some(at)) => actions.push(Action::SetTimer { timer: TimerKind::Request, at }),
                 Err(None) => {}
             },
-            Input::Timer(TimerKind::ViewChange) => {
-                if let Some(view) = self.view_changer.on_view_change_timer(now) {
-                    self.start_view_change(view, now, &mut actions);
-                }
-            }
+            Input::Timer(TimerKind::ViewChange) => match self.view_changer.on_view_change_timer(now) {
+                Ok(view) => self.start_view_change(view, now, &mut actions),
+                Err(Some(at)) => actions.push(Action::SetTimer { timer: TimerKind::ViewChange, at }),
+                Err(None) => {}
+            },
         }
         self.drive(now, &mut actions);
         actions
@@ -325,7 +378,13 @@ impl<S: Service> Replica<S> {
     fn apply(&mut self, outputs: Vec<BackupOutput>, now: Instant, actions: &mut Vec<Action>) {
         for output in outputs {
             match output {
-                BackupOutput::Broadcast(message) => actions.push(Action::Broadcast { message }),
+                BackupOutput::Broadcast(message) => {
+                    if let Some(record) = own_vote(&message, self.id) {
+                        actions.push(Action::Persist(record));
+                    }
+                    actions.push(Action::Broadcast { message })
+                }
+                BackupOutput::Prepared(seq, proof) => actions.push(Action::Persist(Record::Prepared(seq, proof))),
                 BackupOutput::Refused(reason) => self.refuse(reason),
                 BackupOutput::PrimaryEquivocated(first, second) => {
                     // N3: the two signed pre-prepares are the proof; forwarding them lets
@@ -387,6 +446,8 @@ impl<S: Service> Replica<S> {
             if self.is_primary() {
                 for (seq, batch) in self.primary.cut_batches(self.backup.low(), now) {
                     let pre_prepare = sign(PrePrepare { view: self.view(), seq, digest: batch.digest() }, &self.key);
+                    let (view, digest) = (pre_prepare.view, pre_prepare.digest);
+                    actions.push(Action::Persist(Record::Vote { kind: MessageKind::PrePrepare, view, seq, digest }));
                     let batch = Arc::new(batch);
                     self.metrics.batches_proposed += 1;
                     // A proposal lost on the way to every backup must still make this
@@ -418,14 +479,9 @@ impl<S: Service> Replica<S> {
     }
 
     /// E1–E2 and C1.
-    fn execute(
-        &mut self,
-        seq: SeqNum,
-        view: View,
-        batch: &crate::messages::Batch,
-        now: Instant,
-        actions: &mut Vec<Action>,
-    ) {
+    fn execute(&mut self, seq: SeqNum, view: View, batch: &Arc<Batch>, now: Instant, actions: &mut Vec<Action>) {
+        // Durable before it executes: the replies below acknowledge it.
+        actions.push(Action::Persist(Record::Committed { seq, view, batch: batch.clone() }));
         let execution = self.executor.execute(seq, view, batch, &self.key);
         self.metrics.batches_executed += 1;
         self.metrics.requests_executed += execution.executed_requests as u64;
@@ -471,6 +527,9 @@ impl<S: Service> Replica<S> {
     /// re-examine the messages buffered for the next window.
     fn on_stable(&mut self, stable: StableCheckpoint, now: Instant, actions: &mut Vec<Action>) {
         actions.push(Action::Event(ReplicaEvent::Stable { seq: stable.seq, state_digest: stable.state_digest }));
+        if let Some(image) = self.executor.image_at(stable.seq) {
+            actions.push(Action::Persist(Record::Stable { checkpoint: stable.clone(), image }));
+        }
         self.executor.on_stable(stable.seq);
         let replay = self.backup.advance_low(stable.seq, self.last_executed());
         for message in replay {
@@ -530,6 +589,10 @@ impl<S: Service> Replica<S> {
                 let executor = &self.executor;
                 self.view_changer.retain_waiting(|request| executor.request_status(request) == RequestStatus::New);
                 actions.push(Action::Event(ReplicaEvent::StateInstalled { seq, state_digest }));
+                let stable = self.checkpoints.stable().clone();
+                if let Some(image) = self.executor.image_at(seq).filter(|_| stable.seq == seq) {
+                    actions.push(Action::Persist(Record::Stable { checkpoint: stable, image }));
+                }
             }
             Err(_) => self.refuse("state image could not be installed"),
         }
@@ -789,6 +852,7 @@ impl<S: Service> Replica<S> {
         self.batch_timer = None;
         self.backup.freeze();
         actions.push(Action::Event(ReplicaEvent::ViewChangeStarted { view }));
+        actions.push(Action::Persist(Record::ViewFloor(view)));
         actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own.clone()) });
         let steps = self.view_changer.start(own, now);
         self.run_steps(steps, now, actions);
@@ -861,6 +925,7 @@ impl<S: Service> Replica<S> {
             &self.key,
         );
         let new_view = Arc::new(VerifiedNewView { message, view_changes, order, pre_prepares });
+        actions.push(Action::Persist(Record::EnteredView(new_view.clone())));
         actions.push(Action::Broadcast { message: VerifiedMessage::NewView(new_view.clone()) });
         self.enter_view(new_view, now, actions);
     }
@@ -878,6 +943,7 @@ impl<S: Service> Replica<S> {
     fn enter_view(&mut self, new_view: Arc<VerifiedNewView>, now: Instant, actions: &mut Vec<Action>) {
         let view = new_view.view();
         let order = new_view.order.clone();
+        actions.push(Action::Persist(Record::EnteredView(new_view.clone())));
         tracing::info!(replica = %self.id, %view, min = %order.min_seq(), max = %order.max_seq, "entering view");
         // (1) A later stable checkpoint from V: install its proof and collect garbage;
         // state transfer follows in `drive` if this replica is behind it (ST1, PF5).
@@ -974,6 +1040,19 @@ impl<S: Service> Replica<S> {
             let request = sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
             actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
         }
+    }
+}
+
+/// The durable record of a vote this replica signed, if `message` is one.
+fn own_vote(message: &VerifiedMessage, me: ReplicaId) -> Option<Record> {
+    match message {
+        VerifiedMessage::Prepare(p) if p.replica == me => {
+            Some(Record::Vote { kind: MessageKind::Prepare, view: p.view, seq: p.seq, digest: p.digest })
+        }
+        VerifiedMessage::Commit(c) if c.replica == me => {
+            Some(Record::Vote { kind: MessageKind::Commit, view: c.view, seq: c.seq, digest: c.digest })
+        }
+        _ => None,
     }
 }
 

@@ -375,17 +375,19 @@ impl ViewChanger {
     }
 
     /// VC3: the view-change timer fired. Returns the next view to ask for (and doubles
-    /// `T_cur`) if no NEW-VIEW arrived in time.
-    pub fn on_view_change_timer(&mut self, now: Instant) -> Option<View> {
-        let deadline = self.view_change_deadline?;
-        let target = self.target?;
+    /// `T_cur`) if no NEW-VIEW arrived in time; otherwise the deadline to re-arm, if the
+    /// firing came early.
+    pub fn on_view_change_timer(&mut self, now: Instant) -> Result<View, Option<Instant>> {
+        let (Some(deadline), Some(target)) = (self.view_change_deadline, self.target) else {
+            return Err(None);
+        };
         if now < deadline {
-            return None;
+            return Err(Some(deadline));
         }
         self.view_change_deadline = None;
         let cap = self.config.params.view_change_timeout() * 64;
         self.timeout = (self.timeout * 2).min(cap);
-        Some(target.next())
+        Ok(target.next())
     }
 
     /// VC15 (the part that depends on this replica): a NEW-VIEW for `w` may be accepted iff

@@ -49,6 +49,8 @@ pub struct Checker {
     /// Checkpoint digests signed by correct replicas (I5).
     checkpoints: BTreeMap<SeqNum, Digest>,
     progress: BTreeMap<ReplicaId, Progress>,
+    /// Where a replica was when it crashed, until its recovery is observed.
+    crashed_at: BTreeMap<ReplicaId, Progress>,
     violations: Vec<Violation>,
     checks: u64,
 }
@@ -65,6 +67,7 @@ impl Checker {
             signed: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
             progress: BTreeMap::new(),
+            crashed_at: BTreeMap::new(),
             violations: Vec::new(),
             checks: 0,
         }
@@ -147,6 +150,10 @@ impl Checker {
                         }
                     }
                 }
+                Action::Event(ReplicaEvent::Recovered { stable, .. }) => {
+                    // Recovery installs the stable checkpoint, then re-executes from it.
+                    exec_cursor = *stable;
+                }
                 Action::Event(ReplicaEvent::ViewChangeStarted { view }) => {
                     let floor = self.floors.entry(replica).or_default();
                     *floor = (*floor).max(*view);
@@ -178,6 +185,20 @@ impl Checker {
             || format!("{replica} moved backwards: {before:?} -> view {view} stable {stable} executed {last_executed}"),
         );
         self.progress.insert(replica, Progress { view, stable, last_executed });
+        if let Some(crashed) = self.crashed_at.remove(&replica) {
+            // Durability: a restarted replica is back at least where it was (everything it
+            // executed was committed and persisted first; its view floor was persisted).
+            self.expect(last_executed >= crashed.last_executed && view >= crashed.view, "D1", || {
+                format!("{replica} recovered at view {view} executed {last_executed}, crashed at {crashed:?}")
+            });
+        }
+    }
+
+    /// A correct replica restarts from its durable records: the next observation is its
+    /// recovery, which starts from its stable checkpoint.
+    pub fn observe_restart(&mut self, replica: ReplicaId) {
+        let before = self.progress.insert(replica, Progress::default()).unwrap_or_default();
+        self.crashed_at.insert(replica, before);
     }
 
     fn observe_signed(&mut self, replica: ReplicaId, message: &VerifiedMessage, stable_before: SeqNum) {

@@ -15,6 +15,7 @@ pub mod byzantine;
 pub mod checker;
 
 use crate::config::{ClusterConfig, ProtocolParams};
+use crate::durable::Recovered;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{Message, MessageKind, VerifiedMessage};
 use crate::roles::client::{Client, ClientAction, ClientError};
@@ -70,6 +71,17 @@ pub struct Blackout {
     pub until: Instant,
 }
 
+/// A replica that crashes at `crash_at` and comes back from its durable records at
+/// `restart_at`. A `torn` crash happens in the middle of a step: the replica handles its
+/// next input, its records are persisted, and it dies before sending anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    pub replica: ReplicaId,
+    pub crash_at: Instant,
+    pub restart_at: Instant,
+    pub torn: bool,
+}
+
 /// Everything that defines a run besides the service.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -83,6 +95,8 @@ pub struct SimConfig {
     pub network: NetworkModel,
     /// Replicas that crash (stop for good) at the given time.
     pub crashes: Vec<(ReplicaId, Instant)>,
+    /// Replicas that crash and restart from their durable records.
+    pub restarts: Vec<Restart>,
     pub isolations: Vec<Isolation>,
     pub blackouts: Vec<Blackout>,
     pub byzantine: Vec<(ReplicaId, Strategy)>,
@@ -115,6 +129,7 @@ impl SimConfig {
             },
             network: NetworkModel::default(),
             crashes: Vec::new(),
+            restarts: Vec::new(),
             isolations: Vec::new(),
             blackouts: Vec::new(),
             byzantine: Vec::new(),
@@ -234,6 +249,13 @@ enum Event {
     Rejoin {
         replica: ReplicaId,
     },
+    /// The replica dies after persisting the records of its next step, before sending.
+    TornCrash {
+        replica: ReplicaId,
+    },
+    Restart {
+        replica: ReplicaId,
+    },
 }
 
 enum Node<S: Service> {
@@ -272,6 +294,12 @@ pub struct Simulation<S: Service> {
     peak: Footprint,
     peak_checker: usize,
     rejoins: Vec<(ReplicaId, SeqNum, SeqNum)>,
+    /// Each replica's durable records, folded (what survives a crash).
+    stores: Vec<Recovered>,
+    make_service: Box<dyn Fn() -> S>,
+    /// Replicas that die after persisting their next step.
+    dying: std::collections::BTreeSet<ReplicaId>,
+    restarts_done: u64,
 }
 
 impl<S: Service> fmt::Debug for Simulation<S> {
@@ -302,7 +330,7 @@ impl<S: Service> Simulation<S> {
     /// `make_operation(rng, client, index)` gives a client's `index`-th operation.
     pub fn new(
         config: SimConfig,
-        make_service: impl Fn() -> S,
+        make_service: impl Fn() -> S + 'static,
         make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> S::Op + 'static,
     ) -> Result<Self, crate::config::ConfigError> {
         let members = (0..config.replicas).map(|i| replica_key(config.seed, i).public()).collect();
@@ -357,6 +385,10 @@ impl<S: Service> Simulation<S> {
             peak: Footprint::default(),
             peak_checker: 0,
             rejoins: Vec::new(),
+            stores: vec![Recovered::default(); config.replicas],
+            make_service: Box::new(make_service),
+            dying: Default::default(),
+            restarts_done: 0,
             config,
         })
     }
@@ -443,6 +475,15 @@ impl<S: Service> Simulation<S> {
         for (replica, at) in self.config.crashes.clone() {
             self.schedule(at, Event::Crash { replica });
         }
+        for restart in self.config.restarts.clone() {
+            let crash = if restart.torn {
+                Event::TornCrash { replica: restart.replica }
+            } else {
+                Event::Crash { replica: restart.replica }
+            };
+            self.schedule(restart.crash_at, crash);
+            self.schedule(restart.restart_at, Event::Restart { replica: restart.replica });
+        }
         for isolation in self.config.isolations.clone() {
             self.schedule(isolation.until, Event::Rejoin { replica: isolation.replica });
         }
@@ -488,6 +529,12 @@ impl<S: Service> Simulation<S> {
                     self.rejoins.push((replica, own, cluster));
                 }
             }
+            Event::TornCrash { replica } => {
+                if matches!(self.nodes[replica.index()], Node::Correct(_)) {
+                    self.dying.insert(replica);
+                }
+            }
+            Event::Restart { replica } => self.restart(replica),
             Event::Crash { replica } => {
                 self.trace.update(b"crash").update_u64(replica.0 as u64);
                 self.nodes[replica.index()] = Node::Crashed;
@@ -558,12 +605,21 @@ impl<S: Service> Simulation<S> {
         match &mut self.nodes[id.index()] {
             Node::Crashed => {}
             Node::Correct(replica) => {
-                let actions = replica.handle(input, now);
+                let mut actions = replica.handle(input, now);
+                let dying = self.dying.remove(&id);
+                if dying {
+                    // Torn: the records of this step reach the disk, nothing reaches the wire.
+                    actions.retain(|a| matches!(a, Action::Persist(_) | Action::Event(_)));
+                }
                 let (view, stable, executed) = (replica.view(), replica.stable(), replica.last_executed());
                 let footprint = replica.footprint();
                 self.checker.observe_replica(id, &actions, view, stable, executed);
                 self.note_footprint(footprint);
                 self.carry_out(id, actions);
+                if dying {
+                    self.trace.update(b"torn-crash").update_u64(id.0 as u64);
+                    self.nodes[id.index()] = Node::Crashed;
+                }
             }
             Node::Byzantine(byzantine) => {
                 let actions = byzantine.handle(input, now);
@@ -577,6 +633,27 @@ impl<S: Service> Simulation<S> {
                 }
             }
         }
+    }
+
+    /// A crashed replica comes back from its durable records.
+    fn restart(&mut self, id: ReplicaId) {
+        if !matches!(self.nodes[id.index()], Node::Crashed) {
+            return;
+        }
+        self.trace.update(b"restart").update_u64(id.0 as u64);
+        self.restarts_done += 1;
+        // Timers set before the crash must not reach the new incarnation.
+        for kind in [TimerKind::Batch, TimerKind::Status, TimerKind::Request, TimerKind::ViewChange] {
+            *self.timer_generations.entry((id, kind)).or_default() += 1;
+        }
+        let recovered = self.stores[id.index()].clone();
+        let key = replica_key(self.config.seed, id.index());
+        let (replica, actions) =
+            Replica::recover(id, key, self.cluster.clone(), (self.make_service)(), recovered, self.now);
+        self.checker.observe_restart(id);
+        self.checker.observe_replica(id, &actions, replica.view(), replica.stable(), replica.last_executed());
+        self.nodes[id.index()] = Node::Correct(Box::new(replica));
+        self.carry_out(id, actions);
     }
 
     fn note_footprint(&mut self, footprint: Footprint) {
@@ -640,6 +717,7 @@ impl<S: Service> Simulation<S> {
                     }
                 }
                 Action::SetTimer { timer, at } => self.set_timer(from, timer, at),
+                Action::Persist(record) => self.stores[from.index()].apply(record),
                 Action::Report { .. } | Action::Event(_) => {}
             }
         }
