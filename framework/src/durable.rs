@@ -19,12 +19,20 @@
 //! [`Recovered`] folds records in order into what [`crate::Replica::recover`] needs; a
 //! runtime's store and the simulator's both use it.
 
+use crate::config::ClusterConfig;
 use crate::ids::{SeqNum, View};
-use crate::messages::{Batch, MessageKind, VerifiedNewView};
+use crate::messages::{
+    Batch, Checkpoint, Message, MessageKind, NewView, PreparedCertificate, Request, VerifiedMessage, VerifiedNewView,
+};
 use crate::roles::backup::PreparedProof;
 use crate::roles::checkpoint::StableCheckpoint;
 use crate::state::ChunkedImage;
+use crate::verify::{
+    checkpoint_proof, verify_batch_requests, verify_message, verify_prepared, ClientKeyCache, Refusal,
+};
 use bulwark_crypto::Digest;
+use bulwark_crypto::Signed;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -119,5 +127,132 @@ impl Recovered {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0 && self.stable.is_none()
+    }
+}
+
+/// A [`Record`] as a runtime stores it: plain signed messages and bytes, encodable with
+/// serde. Reading one back re-checks every signature, digest and certificate in it
+/// ([`StoredRecord::verify`]), so a store that was corrupted or tampered with is refused
+/// rather than trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredRecord {
+    Vote {
+        kind: MessageKind,
+        view: View,
+        seq: SeqNum,
+        digest: Digest,
+    },
+    ViewFloor(View),
+    EnteredView(Signed<NewView>),
+    Prepared {
+        seq: SeqNum,
+        certificate: PreparedCertificate,
+        requests: Vec<Signed<Request>>,
+    },
+    Committed {
+        seq: SeqNum,
+        view: View,
+        requests: Vec<Signed<Request>>,
+    },
+    Stable {
+        seq: SeqNum,
+        proof: Vec<Signed<Checkpoint>>,
+        #[serde(with = "serde_bytes")]
+        image: Vec<u8>,
+    },
+}
+
+/// Why a stored record cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("stored record fails verification: {0}")]
+    Invalid(#[from] Refusal),
+    #[error("stored record is inconsistent: {0}")]
+    Inconsistent(&'static str),
+}
+
+impl From<&Record> for StoredRecord {
+    fn from(record: &Record) -> Self {
+        match record {
+            Record::Vote { kind, view, seq, digest } => {
+                StoredRecord::Vote { kind: *kind, view: *view, seq: *seq, digest: *digest }
+            }
+            Record::ViewFloor(view) => StoredRecord::ViewFloor(*view),
+            Record::EnteredView(new_view) => StoredRecord::EnteredView(new_view.message.signed().clone()),
+            Record::Prepared(seq, proof) => StoredRecord::Prepared {
+                seq: *seq,
+                certificate: proof.certificate.to_wire(),
+                requests: proof.batch.to_wire(),
+            },
+            Record::Committed { seq, view, batch } => {
+                StoredRecord::Committed { seq: *seq, view: *view, requests: batch.to_wire() }
+            }
+            Record::Stable { checkpoint, image } => StoredRecord::Stable {
+                seq: checkpoint.seq,
+                proof: checkpoint.proof.iter().map(|c| c.signed().clone()).collect(),
+                image: image.bytes().to_vec(),
+            },
+        }
+    }
+}
+
+impl StoredRecord {
+    /// Re-checks everything in the record against `config` and rebuilds the [`Record`].
+    pub fn verify(self, config: &ClusterConfig) -> Result<Record, StoreError> {
+        let mut keys = ClientKeyCache::default();
+        Ok(match self {
+            StoredRecord::Vote { kind, view, seq, digest } => Record::Vote { kind, view, seq, digest },
+            StoredRecord::ViewFloor(view) => Record::ViewFloor(view),
+            StoredRecord::EnteredView(signed) => match verify_message(Message::NewView(signed), config)? {
+                VerifiedMessage::NewView(new_view) => Record::EnteredView(new_view),
+                _ => return Err(StoreError::Inconsistent("a new-view record that is not a new-view")),
+            },
+            StoredRecord::Prepared { seq, certificate, requests } => {
+                let target = certificate.pre_prepare.payload.view.next();
+                let certificate = verify_prepared(&certificate, target, config)?;
+                let batch = verify_batch_requests(requests, config, &mut keys)?;
+                if certificate.pre_prepare.seq != seq || certificate.pre_prepare.digest != batch.digest() {
+                    return Err(StoreError::Inconsistent("prepared certificate does not match its batch"));
+                }
+                Record::Prepared(seq, crate::roles::backup::PreparedProof { certificate, batch: Arc::new(batch) })
+            }
+            StoredRecord::Committed { seq, view, requests } => {
+                let batch = verify_batch_requests(requests, config, &mut keys)?;
+                Record::Committed { seq, view, batch: Arc::new(batch) }
+            }
+            StoredRecord::Stable { seq, proof, image } => {
+                let checkpoint = checkpoint_proof(seq, &proof, config)?;
+                let image = ChunkedImage::new(image, config.params.state_chunk_bytes);
+                if image.digest() != checkpoint.state_digest {
+                    return Err(StoreError::Inconsistent("checkpoint image does not match its proof"));
+                }
+                Record::Stable { checkpoint, image: Arc::new(image) }
+            }
+        })
+    }
+}
+
+impl Recovered {
+    /// The records that rebuild this state, in an order [`Recovered::apply`] accepts: what
+    /// a store writes when it compacts itself (after a stable checkpoint).
+    pub fn to_records(&self) -> Vec<Record> {
+        let mut records = Vec::new();
+        if let Some((checkpoint, image)) = &self.stable {
+            records.push(Record::Stable { checkpoint: checkpoint.clone(), image: image.clone() });
+        }
+        records.push(Record::ViewFloor(self.floor));
+        if let Some(new_view) = &self.new_view {
+            records.push(Record::EnteredView(new_view.clone()));
+        }
+        for ((kind, view, seq), digest) in &self.votes {
+            records.push(Record::Vote { kind: *kind, view: *view, seq: *seq, digest: *digest });
+        }
+        for (seq, proof) in &self.prepared {
+            records.push(Record::Prepared(*seq, proof.clone()));
+        }
+        for (seq, (view, batch)) in &self.committed {
+            records.push(Record::Committed { seq: *seq, view: *view, batch: batch.clone() });
+        }
+        records
     }
 }

@@ -305,8 +305,16 @@ pub fn verify_view_change(
 }
 
 fn verify_checkpoint_proof(message: &ViewChange, config: &ClusterConfig) -> Result<StableCheckpoint, Refusal> {
-    let stable = message.stable;
-    let proof = &message.checkpoint_proof;
+    checkpoint_proof(message.stable, &message.checkpoint_proof, config)
+}
+
+/// C3: `proof` is `2f + 1` CHECKPOINTs for `stable` with one state digest from distinct
+/// members, signatures valid (or `stable` is 0 and `proof` empty).
+pub fn checkpoint_proof(
+    stable: SeqNum,
+    proof: &[bulwark_crypto::Signed<crate::messages::Checkpoint>],
+    config: &ClusterConfig,
+) -> Result<StableCheckpoint, Refusal> {
     if stable == SeqNum(0) {
         if !proof.is_empty() {
             return Err(bad_view_change("checkpoint proof for sequence number 0"));
@@ -337,7 +345,7 @@ fn verify_checkpoint_proof(message: &ViewChange, config: &ClusterConfig) -> Resu
 
 /// M6 and VC10: the PRE-PREPARE signed by `primary(v')` with `v' < w`, and `2f` PREPAREs
 /// for the same `(v', s, d)` from distinct backups other than `primary(v')`.
-fn verify_prepared(
+pub fn verify_prepared(
     certificate: &PreparedCertificate,
     target: View,
     config: &ClusterConfig,
@@ -423,7 +431,7 @@ pub fn verify_new_view(
 /// N1.e: every request signed by its client and within size limits, the batch within
 /// `batch_size_max`/`batch_bytes_max`, no `(client, timestamp)` twice, no read-only
 /// request (those are never ordered). Signatures are batch-verified.
-fn verify_batch_requests(
+pub fn verify_batch_requests(
     requests: Vec<Signed<Request>>,
     config: &ClusterConfig,
     keys: &mut ClientKeyCache,
