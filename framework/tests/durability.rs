@@ -6,9 +6,9 @@
 
 mod common;
 
-use bulwark_framework::sim::{NetworkModel, Restart, SimConfig};
+use bulwark_framework::sim::{Restart, SimConfig};
 use bulwark_framework::{Instant, ProtocolParams, ReplicaId};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::time::Duration;
 
 fn config(seed: u64, replicas: usize) -> SimConfig {
@@ -27,19 +27,8 @@ fn crash_and_restart_at_random_points_over_500_seeds() {
     let mut restarts = 0;
     let seeds = common::seeds(20_000, 500);
     for seed in seeds.iter().copied() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let replicas = if seed % 5 == 0 { 7 } else { 4 };
-        let mut config = config(seed, replicas);
-        config.clients = rng.gen_range(2..6);
-        config.requests_per_client = rng.gen_range(20..80);
-        config.client_concurrency = rng.gen_range(1..6);
-        config.network = NetworkModel {
-            delay_min_us: 100,
-            delay_max_us: rng.gen_range(500..3_000),
-            drop_rate: rng.gen_range(0.0..0.05),
-            duplicate_rate: rng.gen_range(0.0..0.10),
-        };
-        config.wire_roundtrip = seed % 8 == 0;
+        let (mut config, mut rng) = common::random_config(seed, 3_000, 0.05, 0.10);
+        let replicas = config.replicas;
         let count = if replicas == 7 { rng.gen_range(1..=2) } else { 1 };
         for victim in 0..count {
             let crash_at = rng.gen_range(0..250_000);

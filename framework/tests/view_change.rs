@@ -143,24 +143,13 @@ fn a_bad_new_view_is_refused_and_the_next_primary_takes_over() {
 /// completes and all live correct replicas end at one state.
 #[test]
 fn random_primary_crashes_partitions_and_loss_over_500_seeds() {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     let mut views_total = 0;
     let mut checks = 0;
     for seed in common::seeds(10_000, 500) {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let replicas = if seed % 5 == 0 { 7 } else { 4 };
-        let mut config = config(seed, replicas);
-        config.clients = rng.gen_range(2..6);
-        config.requests_per_client = rng.gen_range(20..80);
-        config.client_concurrency = rng.gen_range(1..6);
+        let (mut config, mut rng) = common::random_config(seed, 5_000, 0.10, 0.20);
+        let replicas = config.replicas;
         config.params.in_flight_batches_max = rng.gen_range(1..8);
-        config.network = NetworkModel {
-            delay_min_us: 100,
-            delay_max_us: rng.gen_range(500..5_000),
-            drop_rate: rng.gen_range(0.0..0.10),
-            duplicate_rate: rng.gen_range(0.0..0.20),
-        };
-        config.wire_roundtrip = seed % 8 == 0;
         let crash_at = Instant::from_micros(rng.gen_range(0..300_000));
         config.crashes = vec![(ReplicaId(0), crash_at)];
         if replicas == 7 && rng.gen_bool(0.5) {

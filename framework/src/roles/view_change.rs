@@ -238,6 +238,11 @@ impl ViewChanger {
         if removed == 0 || self.is_changing() {
             return None;
         }
+        self.restart_request_timer(now)
+    }
+
+    /// VC1: restart the request timer if requests still wait, stop it if none do.
+    fn restart_request_timer(&mut self, now: Instant) -> Option<Instant> {
         if self.waiting.is_empty() {
             self.request_deadline = None;
             return None;
@@ -415,12 +420,6 @@ impl ViewChanger {
             }
         }
         self.restart_rate_window(now);
-        if self.waiting.is_empty() {
-            self.request_deadline = None;
-            return None;
-        }
-        let at = now + self.timeout;
-        self.request_deadline = Some(at);
-        Some(at)
+        self.restart_request_timer(now)
     }
 }

@@ -405,6 +405,14 @@ impl<S: Service> Simulation<S> {
         }
     }
 
+    /// The live correct replicas.
+    fn correct_replicas(&self) -> impl Iterator<Item = &Replica<S>> {
+        self.nodes.iter().filter_map(|node| match node {
+            Node::Correct(replica) => Some(replica.as_ref()),
+            _ => None,
+        })
+    }
+
     fn schedule(&mut self, at: Instant, event: Event) {
         let id = self.next_event;
         self.next_event += 1;
@@ -504,10 +512,7 @@ impl<S: Service> Simulation<S> {
         if self.clients.iter().any(|c| c.completed < expected) {
             return false;
         }
-        let mut executed = self.nodes.iter().filter_map(|n| match n {
-            Node::Correct(r) => Some(r.last_executed()),
-            _ => None,
-        });
+        let mut executed = self.correct_replicas().map(Replica::last_executed);
         let first = executed.next();
         executed.all(|e| Some(e) == first)
     }
@@ -516,15 +521,7 @@ impl<S: Service> Simulation<S> {
         match event {
             Event::Rejoin { replica } => {
                 let own = self.replica(replica).map(Replica::last_executed);
-                let cluster = self
-                    .nodes
-                    .iter()
-                    .filter_map(|n| match n {
-                        Node::Correct(r) => Some(r.last_executed()),
-                        _ => None,
-                    })
-                    .max()
-                    .unwrap_or_default();
+                let cluster = self.correct_replicas().map(Replica::last_executed).max().unwrap_or_default();
                 if let Some(own) = own {
                     self.rejoins.push((replica, own, cluster));
                 }
@@ -670,15 +667,7 @@ impl<S: Service> Simulation<S> {
         peak.view_changes_held = peak.view_changes_held.max(footprint.view_changes_held);
         peak.transfer_bytes = peak.transfer_bytes.max(footprint.transfer_bytes);
         if self.delivered.is_multiple_of(4096) {
-            let floor = self
-                .nodes
-                .iter()
-                .filter_map(|n| match n {
-                    Node::Correct(r) => Some(r.stable()),
-                    _ => None,
-                })
-                .min()
-                .unwrap_or_default();
+            let floor = self.correct_replicas().map(Replica::stable).min().unwrap_or_default();
             self.checker.collect_garbage(floor);
         }
         self.peak_checker = self.peak_checker.max(self.checker.footprint());
