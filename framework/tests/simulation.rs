@@ -178,3 +178,29 @@ fn negative_control_weakened_quorums_with_an_equivocating_primary_are_caught() {
         assert!(report.checks > 0);
     }
 }
+
+/// Negative control with real faults: f + 1 = 2 Byzantine replicas at n = 4 — an
+/// equivocating primary and a replica that votes for everything — make correct replicas
+/// commit different batches at one sequence number, and the checker says so on every
+/// seed. The same seeds with only the equivocating primary (f faults) show none.
+#[test]
+fn negative_control_f_plus_1_byzantine_replicas_are_caught() {
+    use bulwark_framework::sim::byzantine::Strategy;
+    for seed in common::seeds(40, 10) {
+        let mut config = SimConfig::new(seed, 4);
+        config.time_limit = Duration::from_secs(5);
+        config.byzantine = vec![(ReplicaId(0), Strategy::EquivocatingPrimary), (ReplicaId(1), Strategy::Colluder)];
+        let report = common::run_kv(config.clone());
+        assert!(
+            report.violations.iter().any(|v| v.invariant == "I1/I2"),
+            "f + 1 Byzantine replicas went unnoticed: {report}"
+        );
+        // Either of them alone is f faults: safe.
+        for alone in [Strategy::EquivocatingPrimary, Strategy::Colluder] {
+            let replica = if alone == Strategy::Colluder { ReplicaId(1) } else { ReplicaId(0) };
+            config.byzantine = vec![(replica, alone)];
+            let report = common::run_kv(config.clone());
+            assert!(report.violations.is_empty(), "f Byzantine replicas broke safety: {report}");
+        }
+    }
+}

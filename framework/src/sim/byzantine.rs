@@ -34,6 +34,11 @@ pub enum Strategy {
     /// checkpoint proofs, which state transfer asks for chunks) and answers every state
     /// request with a chunk of garbage.
     CorruptState,
+    /// Tells every replica what it wants to hear: to each replica that sends it a PREPARE
+    /// for `(view, seq, digest)` it answers with its own PREPARE and COMMIT for exactly
+    /// that. Alone (f = 1) it cannot break safety; together with an equivocating primary it
+    /// makes f + 1 faults, the negative control of the simulator's checker.
+    Colluder,
     /// Silent, except as the primary of a new view: it collects VIEW-CHANGEs like a correct
     /// primary but sends a NEW-VIEW whose `O` is not VC12 of its `V` (every digest replaced
     /// by the null request, one extra entry).
@@ -42,12 +47,13 @@ pub enum Strategy {
 
 impl Strategy {
     /// Every strategy, for tests that draw one.
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 7] = [
         Strategy::Silent,
         Strategy::EquivocatingPrimary,
         Strategy::SkippingPrimary,
         Strategy::SlowPrimary,
         Strategy::CorruptState,
+        Strategy::Colluder,
         Strategy::BadNewView,
     ];
 }
@@ -78,6 +84,8 @@ pub struct ByzantineReplica {
     slow_next_at: Option<Instant>,
     /// CorruptState: the highest checkpoint echoed.
     echoed: SeqNum,
+    /// Colluder: what it voted for.
+    voted: std::collections::BTreeSet<(View, SeqNum, bulwark_crypto::Digest, ReplicaId)>,
 }
 
 fn signed<T: bulwark_crypto::Signable>(payload: T, key: &KeyPair) -> Signed<T> {
@@ -100,6 +108,7 @@ impl ByzantineReplica {
             slow_next_seq: SeqNum(1),
             slow_next_at: None,
             echoed: SeqNum(0),
+            voted: Default::default(),
         }
     }
 
@@ -114,6 +123,7 @@ impl ByzantineReplica {
             Strategy::SkippingPrimary => self.skip(input, now),
             Strategy::SlowPrimary => self.slow(input, now),
             Strategy::CorruptState => self.corrupt_state(input),
+            Strategy::Colluder => self.collude(input),
             Strategy::BadNewView => self.bad_new_view(input),
         }
     }
@@ -175,6 +185,25 @@ impl ByzantineReplica {
             }
         }
         actions
+    }
+
+    fn collude(&mut self, input: Input) -> Vec<ByzantineAction> {
+        let Input::Message(message) = input else {
+            return Vec::new();
+        };
+        let VerifiedMessage::Prepare(vote) = &message else {
+            return Vec::new();
+        };
+        let (view, seq, digest, to) = (vote.view, vote.seq, vote.digest, vote.replica);
+        if !self.voted.insert((view, seq, digest, to)) || self.voted.len() > 100_000 {
+            return Vec::new();
+        }
+        let prepare = signed(crate::messages::Prepare { view, seq, digest, replica: self.id }, &self.key);
+        let commit = signed(Commit { view, seq, digest, replica: self.id }, &self.key);
+        vec![
+            ByzantineAction::Send { to, message: Message::Prepare(prepare) },
+            ByzantineAction::Send { to, message: Message::Commit(commit) },
+        ]
     }
 
     fn corrupt_state(&mut self, input: Input) -> Vec<ByzantineAction> {
