@@ -26,6 +26,7 @@ fn faulty(seed: u64, n: usize) -> SimConfig {
         delay_max_us: draw.gen_range(1_000..10_000),
         drop_rate: draw.gen_range(0.0..0.2),
         duplicate_rate: draw.gen_range(0.0..0.3),
+        faults_until: None,
     };
     // A pipeline from one batch in flight to many: a full pipeline once made the batch
     // timer re-fire forever at one instant.

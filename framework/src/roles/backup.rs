@@ -112,6 +112,9 @@ pub struct Backup {
     /// Votes this replica signed before a restart, from its durable records: it never signs
     /// another digest for the same `(kind, view, seq)`.
     signed_before: BTreeMap<(MessageKind, View, SeqNum), Digest>,
+    /// Sequence numbers of the current view whose equivocation proof was already passed on:
+    /// forwarding it again at every copy would multiply the proof through the cluster.
+    equivocations_reported: std::collections::BTreeSet<SeqNum>,
 }
 
 /// What the agreement role asks for.
@@ -141,6 +144,7 @@ impl Backup {
             rule: QuorumRule::Correct,
             frozen: false,
             signed_before: BTreeMap::new(),
+            equivocations_reported: Default::default(),
         }
     }
 
@@ -289,7 +293,11 @@ impl Backup {
                 // N3: two signed pre-prepares for one (v, s) prove the primary faulty. The
                 // second is refused (N1.d); the replica starts a view change.
                 out.push(BackupOutput::Refused("conflicting pre-prepare (N1.d)"));
-                if let (Some(first), Some(first_batch)) = (slot.pre_prepare.clone(), slot.batch.clone()) {
+                let first_report = self.equivocations_reported.insert(seq);
+                let slot = self.slot_mut(seq);
+                if let (true, Some(first), Some(first_batch)) =
+                    (first_report, slot.pre_prepare.clone(), slot.batch.clone())
+                {
                     out.push(BackupOutput::PrimaryEquivocated(
                         VerifiedMessage::PrePrepare(first, first_batch),
                         VerifiedMessage::PrePrepare(pre_prepare, batch),
@@ -427,6 +435,7 @@ impl Backup {
         }
         self.slots.retain(|seq, _| *seq > stable || (*seq > last_executed && *seq <= executable_until));
         self.prepared.retain(|seq, _| *seq > stable);
+        self.equivocations_reported.retain(|seq| *seq > stable);
         let mut replay = Vec::new();
         for queue in &mut self.future {
             replay.extend(queue.drain(..));
@@ -561,6 +570,7 @@ impl Backup {
         known.insert(null, Arc::new(Batch::null()));
         self.view = view;
         self.frozen = false;
+        self.equivocations_reported.clear();
         self.slots.retain(|seq, slot| *seq <= low && slot.committed);
         for queue in &mut self.future {
             queue.retain(|message| message_view(message).is_none_or(|v| v >= view));

@@ -12,6 +12,7 @@
 //! executed the same history, or at the time limit.
 
 pub mod byzantine;
+pub mod campaign;
 pub mod checker;
 
 use crate::config::{ClusterConfig, ProtocolParams};
@@ -44,11 +45,14 @@ pub struct NetworkModel {
     pub drop_rate: f64,
     /// Probability that a message is delivered twice (at two independent delays).
     pub duplicate_rate: f64,
+    /// Losses and duplicates stop at this time (the network "settles"), if set: liveness
+    /// is judged after it.
+    pub faults_until: Option<Instant>,
 }
 
 impl Default for NetworkModel {
     fn default() -> Self {
-        NetworkModel { delay_min_us: 200, delay_max_us: 2_000, drop_rate: 0.0, duplicate_rate: 0.0 }
+        NetworkModel { delay_min_us: 200, delay_max_us: 2_000, drop_rate: 0.0, duplicate_rate: 0.0, faults_until: None }
     }
 }
 
@@ -437,10 +441,11 @@ impl<S: Service> Simulation<S> {
             return;
         }
         let network = self.config.network.clone();
-        if self.rng.gen_bool(network.drop_rate) {
+        let faulty = network.faults_until.is_none_or(|until| self.now < until);
+        if faulty && self.rng.gen_bool(network.drop_rate) {
             return;
         }
-        let copies = if self.rng.gen_bool(network.duplicate_rate) { 2 } else { 1 };
+        let copies = if faulty && self.rng.gen_bool(network.duplicate_rate) { 2 } else { 1 };
         for _ in 0..copies {
             let delay = self.rng.gen_range(network.delay_min_us..=network.delay_max_us);
             let at = Instant(self.now.0 + delay);

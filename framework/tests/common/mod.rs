@@ -58,6 +58,7 @@ pub fn random_config(
         delay_max_us: rng.gen_range(500..delay_max_us.max(501)),
         drop_rate: rng.gen_range(0.0..drop_max),
         duplicate_rate: rng.gen_range(0.0..duplicate_max),
+        faults_until: None,
     };
     config.wire_roundtrip = seed.is_multiple_of(8);
     (config, rng)

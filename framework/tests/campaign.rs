@@ -1,0 +1,52 @@
+//! The Byzantine campaign (hardening issue): seeds across n = 4 and n = 7 with up to 30%
+//! loss, up to 50% duplication, reordering, a partition, a crash and restart, and `f`
+//! Byzantine replicas drawn from the strategy library per seed. Asserted: zero safety
+//! violations. Liveness after the network settles is measured and printed but not yet
+//! asserted: about 2% of seeds at n = 4 (a Byzantine replica together with a restarting or
+//! partitioned correct one) do not finish within the time limit — open work of the
+//! hardening issue. `bulwark sim` runs the same campaign at will.
+
+use bulwark_examples::kv::{KvOp, KvStore};
+use bulwark_framework::sim::campaign::{run_campaign, CampaignSpec};
+use rand::Rng;
+
+fn campaign(first_seed: u64, seeds: u64) {
+    let (first_seed, seeds) = match std::env::var("BULWARK_SEED") {
+        Ok(seed) => (seed.parse().expect("BULWARK_SEED is a number"), 1),
+        Err(_) => (first_seed, seeds),
+    };
+    let spec = CampaignSpec { first_seed, seeds, ..CampaignSpec::default() };
+    let report = run_campaign(
+        &spec,
+        KvStore::new,
+        |rng, client, index| KvOp::Append {
+            key: format!("k{}", rng.gen_range(0..8)),
+            value: vec![client as u8, (index % 251) as u8],
+        },
+        |outcome| {
+            if std::env::var("BULWARK_CAMPAIGN_TRACE").is_ok() {
+                eprintln!(
+                    "trace seed {} events {} simulated {:?}",
+                    outcome.seed, outcome.report.events, outcome.report.simulated_time
+                );
+            }
+            if !outcome.safe() || !outcome.live() {
+                eprintln!(
+                    "seed {} (n = {}, byzantine {:?}): {}",
+                    outcome.seed, outcome.replicas, outcome.byzantine, outcome.report
+                );
+            }
+        },
+    );
+    println!("{report}");
+    assert!(report.unsafe_seeds.is_empty(), "{report}: unsafe seeds {:?}", report.unsafe_seeds);
+    assert!(report.checks > 0);
+    if !report.stuck_seeds.is_empty() {
+        println!("not live within the time limit (open work): seeds {:?}", report.stuck_seeds);
+    }
+}
+
+#[test]
+fn a_campaign_with_byzantine_replicas_partitions_restarts_and_loss_is_safe() {
+    campaign(1, 1_000);
+}
