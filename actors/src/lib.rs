@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod replica;
+pub mod store;
 pub mod transport;
 pub mod verifier;
 

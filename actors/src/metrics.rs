@@ -106,6 +106,60 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts) -> String
         "counter",
         t.connections_closed_bad_input,
     );
+    if let Some(store) = &status.store {
+        let st = &store.metrics;
+        gauge(
+            "store_records_written_total",
+            "Records written to the durable store (compactions included).",
+            "counter",
+            st.records_written,
+        );
+        gauge(
+            "store_bytes_written_total",
+            "Bytes of records written to the durable store, checksums included.",
+            "counter",
+            st.bytes_written,
+        );
+        gauge(
+            "store_transactions_total",
+            "Durable store write transactions (each one fsync'd group commit).",
+            "counter",
+            st.transactions,
+        );
+        gauge(
+            "store_compactions_total",
+            "Rewrites of the durable store after a stable checkpoint.",
+            "counter",
+            st.compactions,
+        );
+        gauge(
+            "store_last_commit_us",
+            "Wall time of the last durable store commit, microseconds.",
+            "gauge",
+            st.last_commit_us,
+        );
+        gauge("store_records", "Records in the durable store now.", "gauge", st.records_stored);
+        gauge("store_records_loaded", "Records read from the durable store at startup.", "gauge", st.records_loaded);
+        gauge(
+            "store_corrupt_discarded_total",
+            "Durable stores found corrupt at startup, moved aside and replaced by an empty one.",
+            "counter",
+            st.corrupt_discarded,
+        );
+        gauge(
+            "store_groups_total",
+            "Groups of records submitted to the durable store, one per input that persisted anything \
+             (several share a transaction under load: group commit).",
+            "counter",
+            store.groups,
+        );
+        gauge(
+            "store_held_actions",
+            "Actions (sends, replies, timers) waiting for their records to become durable.",
+            "gauge",
+            store.held_actions as u64,
+        );
+    }
     let _ = writeln!(out, "# HELP bulwark_refused_total Messages refused, by where and why.");
     let _ = writeln!(out, "# TYPE bulwark_refused_total counter");
     for (kind, count) in refused_at_edge.iter() {
@@ -171,6 +225,7 @@ mod tests {
             },
             footprint: Footprint { waiting_requests: 7, ..Footprint::default() },
             transport: Default::default(),
+            store: None,
         }
     }
 
@@ -198,5 +253,39 @@ mod tests {
         assert_eq!(value(&text, "view"), 2);
         assert_eq!(value(&text, "view_changing"), 1);
         assert_eq!(value(&text, "view_change_target"), 4);
+        assert!(!text.contains("bulwark_store_"), "no store metrics without a store: {text}");
+    }
+
+    #[test]
+    fn store_metrics_are_exported() {
+        use crate::replica::StoreStatus;
+        use crate::store::StoreMetrics;
+        let mut status = status(0, None);
+        status.store = Some(StoreStatus {
+            metrics: StoreMetrics {
+                records_written: 10,
+                bytes_written: 2_000,
+                transactions: 4,
+                compactions: 1,
+                last_commit_us: 1_500,
+                records_stored: 6,
+                records_loaded: 3,
+                corrupt_discarded: 1,
+            },
+            groups: 9,
+            held_actions: 5,
+        });
+        let text = render(&status, &RefusalCounts::default());
+        assert_eq!(value(&text, "store_records_written_total"), 10);
+        assert_eq!(value(&text, "store_bytes_written_total"), 2_000);
+        assert_eq!(value(&text, "store_transactions_total"), 4);
+        assert_eq!(value(&text, "store_compactions_total"), 1);
+        assert_eq!(value(&text, "store_last_commit_us"), 1_500);
+        assert_eq!(value(&text, "store_records"), 6);
+        assert_eq!(value(&text, "store_records_loaded"), 3);
+        assert_eq!(value(&text, "store_corrupt_discarded_total"), 1);
+        assert_eq!(value(&text, "store_groups_total"), 9);
+        assert_eq!(value(&text, "store_held_actions"), 5);
+        assert!(text.contains("# TYPE bulwark_store_corrupt_discarded_total counter"), "{text}");
     }
 }

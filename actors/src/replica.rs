@@ -10,8 +10,14 @@
 //! [`Arbiter`], together with its transport tasks. Bad input closes the connection it came
 //! on: undecodable frames in the transport, refused ones (bad signature, unknown sender,
 //! ...) in the forwarder.
+//!
+//! Durability: with a store ([`ReplicaSetup::data_dir`]) the records of each `handle` call
+//! (`Action::Persist`) go to the store's writer thread as one group, and every later action
+//! waits until they are durable; calls handled while a commit is under way share the next
+//! one (group commit, see [`crate::store`]). Without a store the records are dropped.
 
 use crate::clock::now;
+use crate::store::{store_path, Opened, Store, StoreEvent, StoreMetrics, StoreWriter};
 use crate::transport::{self, ConnectionId, Inbound, TransportConfig, TransportHandle, TransportStats};
 use crate::verifier::{VerifierPool, Verify};
 use actix::prelude::*;
@@ -26,8 +32,9 @@ use bulwark_framework::{
     Action, ClientId, ClusterConfig, Input, Instant, Replica, ReplicaId, SeqNum, Service, TimerKind, View,
 };
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -79,6 +86,69 @@ pub struct ReplicaStatus {
     pub metrics: ReplicaMetrics,
     pub footprint: Footprint,
     pub transport: TransportStats,
+    /// The durable store's counters (`None` without a data dir).
+    pub store: Option<StoreStatus>,
+}
+
+/// A durable replica's store counters and what it holds back for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub metrics: StoreMetrics,
+    /// Groups of records submitted (one per `handle` call that persisted anything); each
+    /// write transaction commits one or more of them.
+    pub groups: u64,
+    /// Actions waiting for their records to become durable.
+    pub held_actions: usize,
+}
+
+/// Holds a durable replica's actions back until the records before them are durable.
+///
+/// Each `handle` call's records are submitted as one group with the next ticket; every
+/// action after them waits for that ticket, and so does every action of a later call while
+/// anything is still waiting (an action never overtakes a record that came before it).
+#[derive(Debug)]
+struct GroupCommit {
+    writer: StoreWriter,
+    submitted: u64,
+    durable: u64,
+    held: VecDeque<(u64, Action)>,
+}
+
+impl GroupCommit {
+    /// Takes one call's actions: submits its records and returns what may be carried out
+    /// now (nothing, while an earlier or this call's records are not yet durable).
+    fn admit(&mut self, actions: Vec<Action>) -> Vec<Action> {
+        let mut records = Vec::new();
+        let mut rest = Vec::with_capacity(actions.len());
+        for action in actions {
+            match action {
+                Action::Persist(record) => records.push(record),
+                other => rest.push(other),
+            }
+        }
+        if !records.is_empty() {
+            self.submitted += 1;
+            // A writer that stopped has reported its failure; the replica is stopping.
+            let _ = self.writer.submit(self.submitted, records);
+        }
+        if self.durable == self.submitted && self.held.is_empty() {
+            return rest;
+        }
+        let ticket = self.submitted;
+        self.held.extend(rest.into_iter().map(|action| (ticket, action)));
+        Vec::new()
+    }
+
+    /// Everything up to `ticket` is durable: the actions that waited only for it, in order.
+    fn durable(&mut self, ticket: u64) -> Vec<Action> {
+        self.durable = self.durable.max(ticket);
+        let ready = self.held.iter().take_while(|(t, _)| *t <= self.durable).count();
+        self.held.drain(..ready).map(|(_, action)| action).collect()
+    }
+
+    fn status(&self) -> StoreStatus {
+        StoreStatus { metrics: self.writer.metrics(), groups: self.submitted, held_actions: self.held.len() }
+    }
 }
 
 /// The replica actor.
@@ -88,6 +158,11 @@ pub struct ReplicaActor<S: Service> {
     timers: BTreeMap<TimerKind, SpawnHandle>,
     client_routes: BTreeMap<ClientId, ConnectionId>,
     peer_connections: BTreeSet<ConnectionId>,
+    /// The first actions (of `Replica::start` or `Replica::recover`), carried out once the
+    /// actor runs.
+    initial: Vec<Action>,
+    /// The store and the actions waiting for it (`None` without a data dir).
+    durability: Option<GroupCommit>,
 }
 
 impl<S: Service> std::fmt::Debug for ReplicaActor<S> {
@@ -102,7 +177,7 @@ impl<S: Service + Send + Unpin> Actor for ReplicaActor<S> {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // The mailbox only ever holds what the bounded forwarder lets through.
         ctx.set_mailbox_capacity(INBOUND_IN_FLIGHT_MAX + 16);
-        let actions = self.replica.start(now());
+        let actions = std::mem::take(&mut self.initial);
         self.carry_out(actions, ctx);
     }
 }
@@ -118,7 +193,17 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         }
     }
 
+    /// Carries out one `handle` call's actions; with a store, only once the records among
+    /// them (and every earlier call's) are durable.
     fn carry_out(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
+        let actions = match &mut self.durability {
+            Some(group) => group.admit(actions),
+            None => actions,
+        };
+        self.perform(actions, ctx);
+    }
+
+    fn perform(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
         for action in actions {
             match action {
                 Action::Send { to, message } => {
@@ -142,7 +227,7 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 }
                 Action::SetTimer { timer, at } => self.set_timer(timer, at, ctx),
                 Action::Event(event) => self.observe(event),
-                // No durable store in the runtime yet (the durability issue): records are dropped.
+                // Taken out by `GroupCommit::admit`; without a data dir nothing is persisted.
                 Action::Persist(_) => {}
             }
         }
@@ -228,6 +313,27 @@ impl<S: Service + Send + Unpin> Handler<Deliver> for ReplicaActor<S> {
     }
 }
 
+impl<S: Service + Send + Unpin> Handler<StoreEvent> for ReplicaActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, event: StoreEvent, ctx: &mut Context<Self>) {
+        match event {
+            StoreEvent::Durable(ticket) => {
+                let ready = self.durability.as_mut().map(|group| group.durable(ticket)).unwrap_or_default();
+                self.perform(ready, ctx);
+            }
+            StoreEvent::Failed(reason) => {
+                // Without its store the replica cannot keep its promises: it stops, and what
+                // it held back is never sent.
+                tracing::error!(replica = %self.replica.id(), %reason, "durable store failed: stopping the replica");
+                self.durability = None;
+                self.transport.shutdown();
+                ctx.stop();
+            }
+        }
+    }
+}
+
 impl<S: Service + Send + Unpin> Handler<GetStatus> for ReplicaActor<S> {
     type Result = MessageResult<GetStatus>;
 
@@ -242,6 +348,7 @@ impl<S: Service + Send + Unpin> Handler<GetStatus> for ReplicaActor<S> {
             metrics: self.replica.metrics().clone(),
             footprint: self.replica.footprint(),
             transport: self.transport.stats(),
+            store: self.durability.as_ref().map(GroupCommit::status),
         })
     }
 }
@@ -303,6 +410,10 @@ pub struct ReplicaSetup<S> {
     pub verifier: VerifierPool,
     /// Frames queued per outbound link before they are dropped (and counted).
     pub send_queue_frames_max: usize,
+    /// Where the durable store goes (`replica-<id>.redb` in it). With one the replica
+    /// comes back from it with `Replica::recover` and persists every record before acting
+    /// on it; without one nothing is persisted.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Starts a replica on `arbiter`: binds its listener, dials its peers, starts the
@@ -315,7 +426,12 @@ pub async fn spawn_replica<S: Service + Send + Unpin>(
 }
 
 async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>) -> std::io::Result<ReplicaHandle<S>> {
-    let ReplicaSetup { id, key, cluster, addresses, service, verifier, send_queue_frames_max } = setup;
+    let ReplicaSetup { id, key, cluster, addresses, service, verifier, send_queue_frames_max, data_dir } = setup;
+    // The store first: a replica that cannot open it must not start at all.
+    let store = match &data_dir {
+        Some(dir) => Some(open_store(dir, id, &cluster)?),
+        None => None,
+    };
     let listen = *addresses.get(&id).ok_or_else(|| std::io::Error::other(format!("no address for replica {id}")))?;
     let peers = addresses.iter().filter(|(r, _)| **r != id).map(|(r, a)| (*r, *a)).collect();
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_IN_FLIGHT_MAX);
@@ -332,17 +448,59 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         inbound_tx,
     )
     .await?;
-    let replica = Replica::new(id, key, cluster, service);
-    let actor = ReplicaActor {
+    let (replica, initial, store) = match store {
+        Some((store, opened)) => {
+            let (replica, initial) = Replica::recover(id, key, cluster, service, opened.recovered, now());
+            (replica, initial, Some(store))
+        }
+        None => {
+            let mut replica = Replica::new(id, key, cluster, service);
+            let initial = replica.start(now());
+            (replica, initial, None)
+        }
+    };
+    // The writer reports to the actor, so the actor's address comes first; the actor runs
+    // only once its store is ready, so it never acts without persisting.
+    let ctx = Context::new();
+    let durability = match store {
+        Some(store) => match StoreWriter::start(store, ctx.address().recipient()) {
+            Ok(writer) => Some(GroupCommit { writer, submitted: 0, durable: 0, held: VecDeque::new() }),
+            Err(error) => {
+                transport.shutdown();
+                return Err(error);
+            }
+        },
+        None => None,
+    };
+    let addr = ctx.run(ReplicaActor {
         replica,
         transport: transport.clone(),
         timers: BTreeMap::new(),
         client_routes: BTreeMap::new(),
         peer_connections: BTreeSet::new(),
-    };
-    let addr = actor.start();
+        initial,
+        durability,
+    });
     forward(inbound_rx, verifier.clone(), addr.clone().recipient(), None, &transport);
     Ok(ReplicaHandle { id, addr, transport, verifier })
+}
+
+/// Opens replica `id`'s store under `dir` and logs what it holds.
+fn open_store(dir: &std::path::Path, id: ReplicaId, cluster: &Arc<ClusterConfig>) -> std::io::Result<(Store, Opened)> {
+    let path = store_path(dir, id);
+    let (store, opened) = Store::open(&path, cluster.clone()).map_err(std::io::Error::other)?;
+    let recovered = &opened.recovered;
+    tracing::info!(
+        replica = %id,
+        file = %path.display(),
+        records = opened.records,
+        stable = recovered.low().0,
+        committed_above = recovered.committed.len(),
+        view = recovered.view().0,
+        discarded = opened.discarded.is_some(),
+        "durable store opened"
+    );
+    Ok((store, opened))
 }
 
 /// Decides, before verification, whether an inbound message is still of any use (a

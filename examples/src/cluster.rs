@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +90,17 @@ impl<S: Service + Send + Unpin> std::fmt::Debug for LocalCluster<S> {
 impl<S: Service + Send + Unpin> LocalCluster<S> {
     /// Starts the cluster. Must be called inside a running actix System.
     pub async fn start(n: usize, params: ProtocolParams, make_service: impl Fn() -> S) -> anyhow::Result<Self> {
+        Self::start_in(n, params, make_service, None).await
+    }
+
+    /// Starts the cluster with durable replicas when `data_dir` is given: replica `i` keeps
+    /// its store in `data_dir/replica-<i>.redb`. Must be called inside a running actix System.
+    pub async fn start_in(
+        n: usize,
+        params: ProtocolParams,
+        make_service: impl Fn() -> S,
+        data_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::generate(&mut rand::rngs::OsRng)).collect();
         let cluster = Arc::new(ClusterConfig::new(keys.iter().map(KeyPair::public).collect(), params)?);
         let addresses = free_local_addresses(n)?;
@@ -105,6 +117,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
                 service: make_service(),
                 verifier: verifier.clone(),
                 send_queue_frames_max: 65_536,
+                data_dir: data_dir.clone(),
             };
             replicas.push(spawn_replica(setup, &arbiter.handle()).await?);
             arbiters.push(arbiter);

@@ -1,11 +1,12 @@
 //! Real processes: `bulwark keygen`, four `bulwark replica` processes, `bulwark client`.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const BULWARK: &str = env!("CARGO_BIN_EXE_bulwark");
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+use support::*;
 
 /// Kills every replica process when the test ends, however it ends.
 struct Replicas(Vec<Option<Child>>);
@@ -28,38 +29,6 @@ impl Replicas {
     }
 }
 
-/// A base port with `count` free consecutive ports after it. Tests run in parallel threads
-/// of one process: each call starts its search elsewhere, so two clusters started at the
-/// same moment do not pick the same (still free) range.
-fn free_base_port(count: u16) -> u16 {
-    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let seed = std::process::id() as u16;
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    for attempt in 0..500u16 {
-        let step = attempt.wrapping_add(call.wrapping_mul(1_000));
-        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(step.wrapping_mul(97))) % 40_000;
-        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
-
-fn bulwark(args: &[&str]) -> Output {
-    Command::new(BULWARK).args(args).output().expect("run bulwark")
-}
-
-fn client(config: &Path, args: &[&str]) -> Output {
-    let config = config.to_str().unwrap();
-    let mut all = vec!["client", "--config", config, "--timeout", "10s"];
-    all.extend_from_slice(args);
-    bulwark(&all)
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 /// Starts replicas 0..4; replica `metrics_replica` serves Prometheus metrics on `metrics_port`.
 fn start_replicas(config: &Path, metrics_replica: usize, metrics_port: u16) -> Replicas {
     let children = (0..4)
@@ -79,46 +48,6 @@ fn start_replicas(config: &Path, metrics_replica: usize, metrics_port: u16) -> R
         })
         .collect();
     Replicas(children)
-}
-
-/// Retries `put` until the cluster answers (replicas take a moment to bind and dial).
-fn put_when_ready(config: &Path, key: &str, value: &str) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let output = client(config, &["put", key, value]);
-        if output.status.success() || Instant::now() > deadline {
-            return output;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The value of `bulwark_<name>{replica="<replica>"}` in a metrics scrape.
-fn metric(metrics: &str, name: &str, replica: usize) -> u64 {
-    let prefix = format!("bulwark_{name}{{replica=\"{replica}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} for replica {replica} in {metrics}"))
-}
-
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listens");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-}
-
-fn keygen(dir: &Path) -> PathBuf {
-    let base = free_base_port(4).to_string();
-    let out = dir.to_str().unwrap();
-    let output = bulwark(&["keygen", "--replicas", "4", "--out", out, "--base-port", &base]);
-    assert!(output.status.success(), "keygen: {}", String::from_utf8_lossy(&output.stderr));
-    dir.join("cluster.toml")
 }
 
 #[test]

@@ -4,6 +4,7 @@ use anyhow::{bail, Context as _};
 use bulwark_actors::client::{Client, ClientOptions};
 use bulwark_actors::config::{key_path, keygen, load_replica_key, ClusterFile, Keygen};
 use bulwark_actors::replica::{spawn_replica, ReplicaSetup};
+use bulwark_actors::store::store_path;
 use bulwark_actors::verifier::{default_threads, VerifierPool};
 use bulwark_crypto::KeyPair;
 use bulwark_examples::bank::{Bank, BankOp};
@@ -68,6 +69,11 @@ enum Command {
         /// highest view among the live replicas and `digest_agree=` compares only those.
         #[arg(long, value_parser = humantime::parse_duration, verbatim_doc_comment)]
         crash_primary_after: Option<Duration>,
+        /// Make the replicas durable: each persists what it must never forget (its votes,
+        /// prepared and committed batches, checkpoints) in DIR/replica-<id>.redb, fsync'd
+        /// in group commits before it acts on it. Without it nothing is written to disk.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Generate a cluster: DIR/cluster.toml and one secret key file per replica.
     Keygen {
@@ -98,8 +104,16 @@ enum Command {
         /// The replicated service.
         #[arg(long, value_enum, default_value_t = ServiceKind::Kv)]
         service: ServiceKind,
-        /// Where durable state goes (accepted now; durability arrives with its issue).
-        #[arg(long)]
+        /// Keep this replica's durable store in DIR/replica-<id>.redb (created if missing).
+        /// Everything the replica must never forget (the votes it signed, its view, prepared
+        /// and committed batches, stable checkpoints with their images) is fsync'd there,
+        /// in group commits, before the replica acts on it. On start the replica recovers
+        /// from the store and then catches up from its peers. A store that fails its
+        /// checksums or signature checks is not trusted: it is logged, moved aside as
+        /// replica-<id>.redb.corrupt-<unix time>, and the replica starts empty and
+        /// catches up by state transfer. Without --data-dir nothing is persisted and a
+        /// restarted replica starts from scratch.
+        #[arg(long, value_name = "DIR", verbatim_doc_comment)]
         data_dir: Option<PathBuf>,
         /// Serve Prometheus metrics on this port (all interfaces), e.g. 9100.
         #[arg(long)]
@@ -159,6 +173,11 @@ enum Command {
         /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// In-process cluster only: durable replicas, each with its store in
+        /// DIR/replica-<id>.redb (see `bulwark replica --help`); measures the cost of
+        /// persisting. Without it nothing is written to disk.
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -166,6 +185,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let system = actix_rt::System::new();
@@ -183,13 +203,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             request_size,
             reply_size,
             crash_primary_after,
+            data_dir,
         } => {
             if crash_primary_after.is_some_and(|after| after >= duration) {
                 bail!("--crash-primary-after must be shorter than --duration ({duration:?})");
             }
             let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
             let spec = LoadSpec { concurrency, rate: None, duration, warmup: Duration::ZERO, sizes, progress: true };
-            let demo_spec = DemoSpec { replicas, clients, load: spec, crash_primary_after };
+            let demo_spec = DemoSpec { replicas, clients, load: spec, crash_primary_after, data_dir };
             match service {
                 ServiceKind::Kv => demo::<KvStore>(demo_spec).await,
                 ServiceKind::Bank => demo::<Bank>(demo_spec).await,
@@ -206,13 +227,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replica { config, id, key, service, data_dir, metrics_port } => {
-            if data_dir.is_some() {
-                tracing::warn!("--data-dir is accepted but state is not persisted yet");
-            }
+            let options = ReplicaOptions { config, id, key, data_dir, metrics_port };
             match service {
-                ServiceKind::Kv => replica::<KvStore>(config, id, key, metrics_port).await,
-                ServiceKind::Bank => replica::<Bank>(config, id, key, metrics_port).await,
-                ServiceKind::Echo => replica::<Echo>(config, id, key, metrics_port).await,
+                ServiceKind::Kv => replica::<KvStore>(options).await,
+                ServiceKind::Bank => replica::<Bank>(options).await,
+                ServiceKind::Echo => replica::<Echo>(options).await,
             }
         }
         Command::Client { config, timeout, operation } => client(config, timeout, operation).await,
@@ -229,6 +248,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             batch_size,
             in_flight_batches,
             json,
+            data_dir,
         } => {
             let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
             let spec = LoadSpec { concurrency, rate, duration, warmup, sizes, progress: !json };
@@ -237,7 +257,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 in_flight_batches_max: in_flight_batches,
                 ..ProtocolParams::default()
             };
-            bench(config, replicas, clients, spec, params, json).await
+            let target = match config {
+                Some(path) => BenchTarget::Running(path),
+                None => BenchTarget::InProcess { replicas, params, data_dir },
+            };
+            bench(target, clients, spec, json).await
         }
     }
 }
@@ -250,6 +274,8 @@ struct DemoSpec {
     load: LoadSpec,
     /// Stop the primary of view 0 this long into the workload.
     crash_primary_after: Option<Duration>,
+    /// Durable replicas with their stores here.
+    data_dir: Option<PathBuf>,
 }
 
 /// Protocol parameters of the demo cluster. When the primary is to crash, the timeouts that
@@ -266,9 +292,12 @@ fn demo_params(crash: bool) -> ProtocolParams {
 }
 
 async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
-    let DemoSpec { replicas, clients, load, crash_primary_after } = spec;
+    let DemoSpec { replicas, clients, load, crash_primary_after, data_dir } = spec;
     let params = demo_params(crash_primary_after.is_some());
-    let mut cluster = LocalCluster::<S>::start(replicas, params, S::default).await?;
+    if let Some(dir) = &data_dir {
+        eprintln!("durable replicas: stores in {}", dir.display());
+    }
+    let mut cluster = LocalCluster::<S>::start_in(replicas, params, S::default, data_dir).await?;
     let f = cluster.cluster.f();
     eprintln!(
         "started {replicas} replicas (f = {f}) on {}; {clients} clients x {} in flight for {:?}",
@@ -309,6 +338,20 @@ async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
                     "replica {}: view {}{changing} stable {} executed {} digest {}",
                     status.id.0, status.view.0, status.stable.0, status.last_executed.0, status.state_digest
                 );
+                if let Some(store) = &status.store {
+                    let m = &store.metrics;
+                    eprintln!(
+                        "  store: {} groups in {} fsync'd transactions, {} records / {} KiB written, \
+                         {} compactions, {} records held, last commit {} us",
+                        store.groups,
+                        m.transactions,
+                        m.records_written,
+                        m.bytes_written / 1024,
+                        m.compactions,
+                        m.records_stored,
+                        m.last_commit_us
+                    );
+                }
             }
             None => eprintln!("replica {}: stopped", replica.id.0),
         }
@@ -332,12 +375,18 @@ async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn replica<S: Workload>(
+/// What `bulwark replica` runs.
+#[derive(Debug)]
+struct ReplicaOptions {
     config: PathBuf,
     id: u32,
     key: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     metrics_port: Option<u16>,
-) -> anyhow::Result<()> {
+}
+
+async fn replica<S: Workload>(options: ReplicaOptions) -> anyhow::Result<()> {
+    let ReplicaOptions { config, id, key, data_dir, metrics_port } = options;
     let file = ClusterFile::load(&config)?;
     let id = ReplicaId(id);
     let key_file = key.unwrap_or_else(|| key_path(config.parent().unwrap_or(std::path::Path::new(".")), id));
@@ -352,12 +401,28 @@ async fn replica<S: Workload>(
         service: S::default(),
         verifier,
         send_queue_frames_max: 65_536,
+        data_dir: data_dir.clone(),
     };
     let arbiter = actix::Arbiter::new();
     let handle = spawn_replica(setup, &arbiter.handle())
         .await
         .with_context(|| format!("starting replica {} at {}", id.0, file.addresses()[&id]))?;
     eprintln!("replica {} listening on {}", id.0, file.addresses()[&id]);
+    if let Some(dir) = &data_dir {
+        let store = store_path(dir, id);
+        match handle.status().await.and_then(|status| status.store) {
+            Some(store_status) if store_status.metrics.corrupt_discarded > 0 => eprintln!(
+                "durable store {} was corrupt: moved aside, started empty; catching up from the peers",
+                store.display()
+            ),
+            Some(store_status) => eprintln!(
+                "durable store {}: recovered from {} records",
+                store.display(),
+                store_status.metrics.records_loaded
+            ),
+            None => {}
+        }
+    }
     if let Some(port) = metrics_port {
         let address = std::net::SocketAddr::from(([0, 0, 0, 0], port));
         let replica = handle.clone();
@@ -368,9 +433,19 @@ async fn replica<S: Workload>(
         });
         eprintln!("metrics on http://{address}/metrics");
     }
-    tokio::signal::ctrl_c().await.ok();
-    handle.stop();
-    Ok(())
+    // Runs until interrupted, or until the replica stops by itself (its store failed).
+    let stopped = async {
+        while handle.addr.connected() {
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            handle.stop();
+            Ok(())
+        }
+        () = stopped => bail!("replica {} stopped: its durable store failed (see the log above)", id.0),
+    }
 }
 
 async fn connect<S: Service>(file: &ClusterFile, timeout: Duration) -> anyhow::Result<Client<S>> {
@@ -457,16 +532,18 @@ async fn bank(file: &ClusterFile, timeout: Duration, op: BankOp) -> anyhow::Resu
     Ok(())
 }
 
-async fn bench(
-    config: Option<PathBuf>,
-    replicas: usize,
-    clients: usize,
-    spec: LoadSpec,
-    params: ProtocolParams,
-    json: bool,
-) -> anyhow::Result<()> {
-    let (report, n) = match config {
-        Some(path) => {
+/// What `bulwark bench` loads.
+#[derive(Debug)]
+enum BenchTarget {
+    /// A running cluster, by its cluster file.
+    Running(PathBuf),
+    /// A cluster started in this process (durable with a data dir).
+    InProcess { replicas: usize, params: ProtocolParams, data_dir: Option<PathBuf> },
+}
+
+async fn bench(target: BenchTarget, clients: usize, spec: LoadSpec, json: bool) -> anyhow::Result<()> {
+    let (report, n) = match target {
+        BenchTarget::Running(path) => {
             let file = ClusterFile::load(&path)?;
             let mut handles = Vec::new();
             for _ in 0..clients {
@@ -474,8 +551,8 @@ async fn bench(
             }
             (run_load(&handles, &spec).await, file.replicas.len())
         }
-        None => {
-            let mut cluster = LocalCluster::<Echo>::start(replicas, params, Echo::default).await?;
+        BenchTarget::InProcess { replicas, params, data_dir } => {
+            let mut cluster = LocalCluster::<Echo>::start_in(replicas, params, Echo::default, data_dir).await?;
             let mut handles = Vec::new();
             for _ in 0..clients {
                 handles.push(cluster.client(ClientOptions::default()).await?);
