@@ -121,10 +121,20 @@ pub fn scenario(spec: &CampaignSpec, seed: u64) -> (SimConfig, Vec<(ReplicaId, S
     let mut members: Vec<ReplicaId> = (0..replicas as u32).map(ReplicaId).collect();
     members.shuffle(&mut rng);
     let count = spec.byzantine.unwrap_or(f).min(replicas);
-    let byzantine: Vec<(ReplicaId, Strategy)> = members[..count]
-        .iter()
-        .map(|r| (*r, spec.strategy.unwrap_or_else(|| *Strategy::ALL.choose(&mut rng).expect("strategies exist"))))
-        .collect();
+    let byzantine: Vec<(ReplicaId, Strategy)> = if count > f && spec.strategy.is_none() {
+        // A negative control gets the strongest attack in the library: the primary of view
+        // 0 equivocates to two halves of the backups, and the faulty replicas that follow it
+        // collude with both halves.
+        members.sort();
+        let strategy =
+            |r: &ReplicaId| if *r == ReplicaId(0) { Strategy::EquivocatingPrimary } else { Strategy::Colluder };
+        members[..count].iter().map(|r| (*r, strategy(r))).collect()
+    } else {
+        members[..count]
+            .iter()
+            .map(|r| (*r, spec.strategy.unwrap_or_else(|| *Strategy::ALL.choose(&mut rng).expect("strategies exist"))))
+            .collect()
+    };
     if byzantine.iter().any(|(_, s)| *s == Strategy::SlowPrimary) {
         config.params.ordering_rate_min_per_s = 20;
     }
