@@ -41,6 +41,17 @@ fn wait_for_log(log: &Path, needle: &str, within: Duration) -> String {
     }
 }
 
+/// Four durable replica processes (stores under `dir/data`) serving once `key` = `value`
+/// was put.
+fn durable_cluster(dir: &Path, key: &str, value: &str) -> (std::path::PathBuf, Processes) {
+    let config = cluster(dir);
+    let mut replicas = Processes::new(&config, &dir.join("data"));
+    replicas.start_all();
+    let put = put_when_ready(&config, key, value);
+    assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
+    (config, replicas)
+}
+
 /// The number in `recovered from N records` of a replica log.
 fn records_recovered(log: &str) -> u64 {
     log.lines()
@@ -80,11 +91,7 @@ fn a_backup_killed_under_load_restarts_from_its_store_and_catches_up() {
     let _serial = serial();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster(dir.path());
-    let mut replicas = Processes::new(&config, &dir.path().join("data"));
-    replicas.start_all();
-    let put = put_when_ready(&config, "colour", "blue");
-    assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
+    let (config, mut replicas) = durable_cluster(dir.path(), "colour", "blue");
 
     let load = Load::start(&config, 8);
     load.wait_for_acks(300, Duration::from_secs(15));
@@ -118,11 +125,7 @@ fn every_replica_killed_at_once_loses_no_acknowledged_put() {
     let _serial = serial();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster(dir.path());
-    let mut replicas = Processes::new(&config, &dir.path().join("data"));
-    replicas.start_all();
-    let put = put_when_ready(&config, "colour", "blue");
-    assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
+    let (config, mut replicas) = durable_cluster(dir.path(), "colour", "blue");
 
     let load = Load::start(&config, 16);
     load.wait_for_acks(600, Duration::from_secs(20));
@@ -160,14 +163,10 @@ fn a_corrupted_store_is_detected_moved_aside_and_the_replica_catches_up() {
     let _serial = serial();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster(dir.path());
-    let mut replicas = Processes::new(&config, &dir.path().join("data"));
-    replicas.start_all();
     // A value that is easy to find in the database file (in committed batches and in
     // checkpoint images).
     let marker = "corruption-target-0123456789abcdef";
-    let put = put_when_ready(&config, marker, marker);
-    assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
+    let (config, mut replicas) = durable_cluster(dir.path(), marker, marker);
     let load = Load::start(&config, 8);
     load.wait_for_acks(400, Duration::from_secs(20));
     let (acked, _) = load.stop();

@@ -200,40 +200,24 @@ enum Command {
         /// the checker should then report violations.
         #[arg(long)]
         byzantine: Option<usize>,
-        /// Use only this Byzantine strategy (default: each Byzantine replica draws one).
-        #[arg(long, value_enum)]
-        strategy: Option<StrategyArg>,
+        /// Use only this Byzantine strategy (default: each Byzantine replica draws one):
+        /// silent, equivocating-primary, skipping-primary, slow-primary, corrupt-state,
+        /// colluder or bad-new-view.
+        #[arg(long, value_parser = parse_strategy)]
+        strategy: Option<Strategy>,
     },
 }
 
-/// Byzantine strategies of the simulator (`bulwark sim --strategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum StrategyArg {
-    Silent,
-    EquivocatingPrimary,
-    SkippingPrimary,
-    SlowPrimary,
-    CorruptState,
-    Colluder,
-    BadNewView,
-}
-
-impl From<StrategyArg> for Strategy {
-    fn from(strategy: StrategyArg) -> Self {
-        match strategy {
-            StrategyArg::Silent => Strategy::Silent,
-            StrategyArg::EquivocatingPrimary => Strategy::EquivocatingPrimary,
-            StrategyArg::SkippingPrimary => Strategy::SkippingPrimary,
-            StrategyArg::SlowPrimary => Strategy::SlowPrimary,
-            StrategyArg::CorruptState => Strategy::CorruptState,
-            StrategyArg::Colluder => Strategy::Colluder,
-            StrategyArg::BadNewView => Strategy::BadNewView,
-        }
-    }
+/// `--strategy NAME`: one of the simulator's Byzantine strategies.
+fn parse_strategy(name: &str) -> Result<Strategy, String> {
+    Strategy::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown strategy {name:?}; one of: {}", names.join(", "))
+    })
 }
 
 /// `bulwark sim`: a campaign of seeded simulations; returns whether it was safe.
-fn sim(spec: CampaignSpec, strategy: Option<StrategyArg>) -> bool {
+fn sim(spec: CampaignSpec) -> bool {
     let report = run_campaign(
         &spec,
         KvStore::new,
@@ -256,9 +240,8 @@ fn sim(spec: CampaignSpec, strategy: Option<StrategyArg>) -> bool {
         if let Some(byzantine) = spec.byzantine {
             command.push_str(&format!(" --byzantine {byzantine}"));
         }
-        if let Some(strategy) = strategy {
-            let name = strategy.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
-            command.push_str(&format!(" --strategy {name}"));
+        if let Some(strategy) = spec.strategy {
+            command.push_str(&format!(" --strategy {}", strategy.name()));
         }
         command
     };
@@ -368,15 +351,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if replicas != 0 && replicas < 4 {
                 bail!("--replicas must be 0 (alternate 4 and 7) or at least 4, got {replicas}");
             }
-            let spec = CampaignSpec {
-                replicas,
-                seeds,
-                first_seed,
-                byzantine,
-                strategy: strategy.map(Strategy::from),
-                ..CampaignSpec::default()
-            };
-            if !sim(spec, strategy) {
+            let spec = CampaignSpec { replicas, seeds, first_seed, byzantine, strategy, ..CampaignSpec::default() };
+            if !sim(spec) {
                 std::process::exit(1);
             }
             Ok(())

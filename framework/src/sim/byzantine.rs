@@ -46,6 +46,24 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The strategy's name on the command line (`bulwark sim --strategy`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Silent => "silent",
+            Strategy::EquivocatingPrimary => "equivocating-primary",
+            Strategy::SkippingPrimary => "skipping-primary",
+            Strategy::SlowPrimary => "slow-primary",
+            Strategy::CorruptState => "corrupt-state",
+            Strategy::Colluder => "colluder",
+            Strategy::BadNewView => "bad-new-view",
+        }
+    }
+
+    /// The strategy named `name` (see [`Strategy::name`]).
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|strategy| strategy.name() == name)
+    }
+
     /// Every strategy, for tests that draw one.
     pub const ALL: [Strategy; 7] = [
         Strategy::Silent,
