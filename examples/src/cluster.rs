@@ -207,6 +207,9 @@ pub struct LoadSpec {
     pub sizes: Sizes,
     /// Print a live progress line to stderr every second.
     pub progress: bool,
+    /// Stop measuring once this many operations completed (or when `duration` is up,
+    /// whichever comes first).
+    pub ops_max: Option<u64>,
 }
 
 /// What a load run achieved.
@@ -220,6 +223,25 @@ pub struct LoadReport {
     /// Latency in microseconds.
     pub latency_us: Histogram<u64>,
     pub first_error: Option<String>,
+    /// Resident memory of this process when measuring started, at its end, and the
+    /// highest one-second sample in between (Linux only; `None` elsewhere). With an
+    /// in-process cluster this covers every replica and client.
+    pub rss_start_bytes: Option<u64>,
+    pub rss_end_bytes: Option<u64>,
+    pub rss_max_bytes: Option<u64>,
+}
+
+/// Resident set size of this process, from `/proc/self/status` (`VmRSS`); `None` where
+/// there is no procfs.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn mib(bytes: Option<u64>) -> f64 {
+    bytes.map_or(f64::NAN, |b| b as f64 / (1024.0 * 1024.0))
 }
 
 impl LoadReport {
@@ -229,6 +251,18 @@ impl LoadReport {
 
     pub fn percentile_ms(&self, quantile: f64) -> f64 {
         self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    pub fn rss_start_mib(&self) -> f64 {
+        mib(self.rss_start_bytes)
+    }
+
+    pub fn rss_end_mib(&self) -> f64 {
+        mib(self.rss_end_bytes)
+    }
+
+    pub fn rss_max_mib(&self) -> f64 {
+        mib(self.rss_max_bytes)
     }
 }
 
@@ -348,28 +382,44 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
         tally.borrow_mut().measuring = true;
     }
     let measuring_started = Instant::now();
+    let rss_start_bytes = resident_bytes();
+    let mut rss_max_bytes = rss_start_bytes;
     let mut last_tick = Instant::now();
+    // Checked every 10 ms so that `ops_max` ends the run close to the count asked for.
+    let check_every = if spec.ops_max.is_some() { Duration::from_millis(10) } else { Duration::from_secs(1) };
     while Instant::now() < stop_at {
-        let step = Duration::from_secs(1).min(stop_at.saturating_duration_since(Instant::now()));
+        let step = check_every.min(stop_at.saturating_duration_since(Instant::now()));
         actix_rt::time::sleep(step).await;
+        let done = spec.ops_max.is_some_and(|max| tally.borrow().completed >= max);
+        if !done && last_tick.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let rss = resident_bytes();
+        rss_max_bytes = rss_max_bytes.max(rss);
         if spec.progress {
             let mut t = tally.borrow_mut();
             let secs = last_tick.elapsed().as_secs_f64().max(1e-9);
             eprint!(
-                "\r[{:>4.0}s] {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  completed {:>9}  errors {}   ",
+                "\r[{:>4.0}s] {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  completed {:>9}  errors {}  rss {:.0} MiB   ",
                 measuring_started.elapsed().as_secs_f64(),
                 t.interval_completed as f64 / secs,
                 t.interval_latency_us.value_at_quantile(0.5) as f64 / 1000.0,
                 t.interval_latency_us.value_at_quantile(0.99) as f64 / 1000.0,
                 t.completed,
-                t.errors
+                t.errors,
+                mib(rss),
             );
             t.interval_completed = 0;
             t.interval_latency_us.reset();
         }
         last_tick = Instant::now();
+        if done {
+            break;
+        }
     }
     let elapsed = measuring_started.elapsed();
+    let rss_end_bytes = resident_bytes();
+    rss_max_bytes = rss_max_bytes.max(rss_end_bytes);
     tally.borrow_mut().measuring = false;
     if spec.progress {
         eprintln!();
@@ -385,5 +435,8 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
         elapsed,
         latency_us: t.latency_us.clone(),
         first_error: t.first_error.clone(),
+        rss_start_bytes,
+        rss_end_bytes,
+        rss_max_bytes,
     }
 }

@@ -154,9 +154,13 @@ enum Command {
         /// Open loop: offered requests per second over all clients. Closed loop if absent.
         #[arg(long)]
         rate: Option<f64>,
-        /// Measured duration.
+        /// Measured duration (the run ends earlier when --ops is reached).
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Stop once this many operations completed after warm-up, e.g. 1000000 with a long
+        /// --duration for a memory run; the report gives resident memory at start and end.
+        #[arg(long)]
+        ops: Option<u64>,
         /// Load before measuring.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         warmup: Duration,
@@ -293,7 +297,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 bail!("--crash-primary-after must be shorter than --duration ({duration:?})");
             }
             let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
-            let spec = LoadSpec { concurrency, rate: None, duration, warmup: Duration::ZERO, sizes, progress: true };
+            let spec =
+                LoadSpec { concurrency, rate: None, duration, warmup: Duration::ZERO, sizes, progress: true, ops_max: None };
             let demo_spec = DemoSpec { replicas, clients, load: spec, crash_primary_after, data_dir };
             match service {
                 ServiceKind::Kv => demo::<KvStore>(demo_spec).await,
@@ -331,11 +336,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             reply_size,
             batch_size,
             in_flight_batches,
+            ops,
             json,
             data_dir,
         } => {
             let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
-            let spec = LoadSpec { concurrency, rate, duration, warmup, sizes, progress: !json };
+            let spec = LoadSpec { concurrency, rate, duration, warmup, sizes, progress: !json, ops_max: ops };
             let params = ProtocolParams {
                 batch_size_max: batch_size,
                 in_flight_batches_max: in_flight_batches,
@@ -683,6 +689,9 @@ fn print_bench(report: &LoadReport, spec: &LoadSpec, clients: usize, replicas: u
             "p99_ms": report.percentile_ms(0.99),
             "p999_ms": report.percentile_ms(0.999),
             "max_ms": report.latency_us.max() as f64 / 1000.0,
+            "rss_start_mib": report.rss_start_mib(),
+            "rss_end_mib": report.rss_end_mib(),
+            "rss_max_mib": report.rss_max_mib(),
         });
         println!("{value}");
         return;
@@ -699,5 +708,12 @@ fn print_bench(report: &LoadReport, spec: &LoadSpec, clients: usize, replicas: u
         report.shed,
         percentiles.join(" | "),
         report.latency_us.max() as f64 / 1000.0
+    );
+    println!(
+        "resident memory of this process (with an in-process cluster: every replica and client): \
+         {:.1} MiB at start, {:.1} MiB at end, {:.1} MiB highest",
+        report.rss_start_mib(),
+        report.rss_end_mib(),
+        report.rss_max_mib()
     );
 }
