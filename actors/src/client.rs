@@ -1,28 +1,36 @@
 //! The client library: [`Client::connect`], then [`Client::invoke`] and [`Client::query`]
 //! with the service's own operation and reply types.
 //!
-//! A [`ClientActor`] shells the framework's client role: it signs requests, sends them
-//! (to the primary of the latest view it knows, or to everyone on retransmission), collects
-//! verified replies until `f + 1` match, and resolves the caller's future. Many requests may
+//! A [`ClientActor`] shells the framework's client role: it signs requests (unless the
+//! cluster trusts client connections), sends them (to the primary of the latest view it
+//! knows, or to everyone on retransmission), collects verified replies until `f + 1` match,
+//! and resolves the caller's future.
+//!
+//! Replies are checked on the client's own thread, not on the verifier pool: a replica
+//! sends a client all its replies from one batch in one frame under one signed Merkle root,
+//! and the client checks each root's signature once and remembers it (a bounded
+//! [`ReplyRootCache`]), so the work per reply is a few hashes. In a cluster with
+//! `client_auth = "connection"` a reply counts for the replica whose connection (the
+//! client's dialed link) it came on. Many requests may
 //! be in flight at once, up to the client window. After a view change the client follows
 //! the replies: once `f + 1` replicas answer from a later view, it sends to that view's
 //! primary.
 
 use crate::clock::{now, wall_clock_micros};
-use crate::replica::{forward, Deliver, MessageFilter};
-use crate::transport::{self, TransportConfig, TransportHandle};
-use crate::verifier::VerifierPool;
+use crate::transport::{self, Inbound, TransportConfig, TransportHandle};
+use crate::verifier::{VerifierPool, Verify};
 use actix::prelude::*;
 use bulwark_crypto::KeyPair;
-use bulwark_framework::messages::{Report, VerifiedMessage};
+use bulwark_framework::messages::{Report, VerifiedMessage, VerifiedReply};
 use bulwark_framework::roles::client::{Client as ClientRole, ClientAction, ClientError as RoleError};
+use bulwark_framework::verify::{verify_reply, verify_reply_bundle, Refusal, ReplyRootCache};
 use bulwark_framework::wire::encode_frame;
 use bulwark_framework::{ClusterConfig, Message, Outcome, ReplicaId, Service, Timestamp, View};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -96,8 +104,11 @@ pub struct ClientActor {
     transport: TransportHandle,
     replicas: Vec<ReplicaId>,
     waiters: BTreeMap<Timestamp, Waiter>,
-    /// Timestamps still outstanding, shared with the inbound filter.
-    outstanding: Arc<Mutex<BTreeSet<Timestamp>>>,
+    cluster: Arc<ClusterConfig>,
+    /// Reply roots whose signatures were checked.
+    roots: ReplyRootCache,
+    /// Checks the (rare, signed) REPORTs off this thread.
+    verifier: VerifierPool,
     timer: Option<SpawnHandle>,
     inquiries: BTreeMap<u64, (Vec<Report>, oneshot::Sender<Vec<Report>>)>,
     next_nonce: u64,
@@ -145,9 +156,6 @@ impl ClientActor {
                     }));
                 }
                 ClientAction::Completed { timestamp, result } => {
-                    if let Ok(mut outstanding) = self.outstanding.lock() {
-                        outstanding.remove(&timestamp);
-                    }
                     if let Some(waiter) = self.waiters.remove(&timestamp) {
                         let _ = waiter.send(Ok(result));
                     }
@@ -168,9 +176,6 @@ impl Handler<Invoke> for ClientActor {
             })?;
         let (waiter, receiver) = oneshot::channel();
         self.waiters.insert(timestamp, waiter);
-        if let Ok(mut outstanding) = self.outstanding.lock() {
-            outstanding.insert(timestamp);
-        }
         self.carry_out(actions, ctx);
         Ok(receiver)
     }
@@ -199,35 +204,127 @@ impl Handler<Inquire> for ClientActor {
     }
 }
 
-impl Handler<Deliver> for ClientActor {
-    type Result = ();
+/// Messages read from the replicas' connections, not yet verified, in arrival order.
+struct FromReplicas(Vec<Inbound>);
 
-    fn handle(&mut self, deliver: Deliver, ctx: &mut Context<Self>) {
-        match deliver.message {
-            VerifiedMessage::Reply(reply) => {
-                let actions = self.role.on_reply(reply, now());
-                self.carry_out(actions, ctx);
-            }
-            VerifiedMessage::Report(report) => {
-                let n = self.replicas.len();
-                let done = match self.inquiries.get_mut(&report.nonce) {
-                    Some((reports, _)) if report.client == self.role.id() => {
-                        if !reports.iter().any(|r| r.replica == report.replica) {
-                            reports.push(*report.payload());
-                        }
-                        reports.len() == n
-                    }
-                    _ => false,
-                };
-                if done {
-                    if let Some((reports, sender)) = self.inquiries.remove(&report.nonce) {
-                        let _ = sender.send(reports);
-                    }
+impl actix::Message for FromReplicas {
+    type Result = ();
+}
+
+impl ClientActor {
+    /// Whether a reply to `timestamp` may still matter. Replies to completed requests (the
+    /// ones after the f + 1-th) are dropped before anything is checked.
+    fn wanted(&self, timestamp: Timestamp) -> bool {
+        self.waiters.contains_key(&timestamp)
+    }
+
+    /// Verifies the replies in `message` (dropping unwanted ones first); a refusal closes
+    /// the connection it came on, as on a replica.
+    fn take_replies(&mut self, inbound: Inbound) -> Result<Vec<VerifiedReply>, Refusal> {
+        let Inbound { link, message, .. } = inbound;
+        match message {
+            Message::Reply(signed) => {
+                if !self.wanted(signed.payload.timestamp) {
+                    return Ok(Vec::new());
                 }
+                Ok(vec![verify_reply(signed, link, &self.cluster)?])
             }
-            other => tracing::debug!(kind = other.kind().as_str(), "client ignores a non-reply message"),
+            Message::Replies(mut bundle) => {
+                bundle.replies.retain(|bundled| self.waiters.contains_key(&bundled.reply.timestamp));
+                if bundle.replies.is_empty() {
+                    return Ok(Vec::new());
+                }
+                verify_reply_bundle(bundle, link, &self.cluster, &mut self.roots)
+            }
+            _ => Ok(Vec::new()),
         }
     }
+
+    fn on_report(&mut self, report: bulwark_crypto::Verified<Report>) {
+        let n = self.replicas.len();
+        let done = match self.inquiries.get_mut(&report.nonce) {
+            Some((reports, _)) if report.client == self.role.id() => {
+                if !reports.iter().any(|r| r.replica == report.replica) {
+                    reports.push(*report.payload());
+                }
+                reports.len() == n
+            }
+            _ => false,
+        };
+        if done {
+            if let Some((reports, sender)) = self.inquiries.remove(&report.nonce) {
+                let _ = sender.send(reports);
+            }
+        }
+    }
+}
+
+impl Handler<FromReplicas> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, FromReplicas(messages): FromReplicas, ctx: &mut Context<Self>) {
+        for inbound in messages {
+            let connection = inbound.connection;
+            match &inbound.message {
+                Message::Reply(_) | Message::Replies(_) => {}
+                Message::Report(_) => {
+                    // Signed by a replica: checked on the verifier pool, then handed back.
+                    let check = self.verifier.addr.send(Verify(inbound.message));
+                    ctx.spawn(check.into_actor(self).map(|checked, actor, _| {
+                        if let Ok(Ok(VerifiedMessage::Report(report))) = checked {
+                            actor.on_report(report);
+                        }
+                    }));
+                    continue;
+                }
+                // A client uses nothing else; replica traffic such as a NEW-VIEW carries
+                // hundreds of signatures, and a faulty replica must not make a client check
+                // them.
+                other => {
+                    tracing::debug!(kind = other.kind().as_str(), "client ignores a non-reply message");
+                    continue;
+                }
+            }
+            match self.take_replies(inbound) {
+                Ok(replies) => {
+                    for reply in replies {
+                        let actions = self.role.on_reply(reply, now());
+                        self.carry_out(actions, ctx);
+                    }
+                }
+                Err(refusal) => {
+                    tracing::warn!(%connection, %refusal, "closing connection after a refused reply");
+                    if let Ok(mut counts) = self.verifier.refused.lock() {
+                        counts.record(&refusal);
+                    }
+                    self.transport.close_connection(connection);
+                }
+            }
+        }
+    }
+}
+
+/// Most inbound messages handed to the client actor in one actor message.
+const INBOUND_CHUNK_MAX: usize = 256;
+
+/// Moves what the transport reads to the client actor, in chunks of what is already
+/// waiting (one actor message per burst, not per reply). Awaiting each chunk's handling is
+/// the backpressure: nothing more is read meanwhile.
+fn forward_to_client(mut inbound: mpsc::Receiver<Inbound>, target: Addr<ClientActor>) {
+    actix::spawn(async move {
+        while let Some(first) = inbound.recv().await {
+            let mut chunk = vec![first];
+            while chunk.len() < INBOUND_CHUNK_MAX {
+                match inbound.try_recv() {
+                    Ok(next) => chunk.push(next),
+                    Err(_) => break,
+                }
+            }
+            if target.send(FromReplicas(chunk)).await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// A client of a service `S`.
@@ -253,7 +350,7 @@ impl<S: Service> Clone for Client<S> {
 impl<S: Service> Client<S> {
     /// Connects to the cluster: dials every replica and starts the client actor on the
     /// current arbiter. Must be called inside a running actix System. Replies are verified
-    /// on `verifier`'s threads.
+    /// on the client's own thread (see the module documentation), REPORTs on `verifier`'s.
     pub async fn connect(
         cluster: Arc<ClusterConfig>,
         addresses: BTreeMap<ReplicaId, SocketAddr>,
@@ -276,30 +373,21 @@ impl<S: Service> Client<S> {
         )
         .await?;
         let replicas = cluster.replicas().collect();
-        let outstanding = Arc::new(Mutex::new(BTreeSet::new()));
-        let filter_view = outstanding.clone();
-        // Replies to completed requests (the ones after the f + 1-th) are dropped before
-        // their signatures are checked, and so is every kind a client never uses: replica
-        // traffic such as a NEW-VIEW carries hundreds of signatures, and a faulty replica
-        // must not make a client check them.
-        let wanted: MessageFilter = Arc::new(move |message: &Message| match message {
-            Message::Reply(reply) => filter_view.lock().map(|o| o.contains(&reply.payload.timestamp)).unwrap_or(true),
-            Message::Report(_) => true,
-            _ => false,
-        });
-        let role = ClientRole::new(key, cluster, Timestamp(wall_clock_micros()));
+        let role = ClientRole::new(key, cluster.clone(), Timestamp(wall_clock_micros()));
         let actor = ClientActor {
             role,
             transport: transport.clone(),
             replicas,
             waiters: BTreeMap::new(),
-            outstanding,
+            cluster,
+            roots: ReplyRootCache::default(),
+            verifier,
             timer: None,
             inquiries: BTreeMap::new(),
             next_nonce: 1,
         };
         let addr = actor.start();
-        forward(inbound_rx, verifier, addr.clone().recipient(), Some(wanted), &transport);
+        forward_to_client(inbound_rx, addr.clone());
         Ok(Client { addr, transport, options, _service: PhantomData })
     }
 

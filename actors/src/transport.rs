@@ -172,6 +172,10 @@ impl TransportConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inbound {
     pub connection: ConnectionId,
+    /// The replica this endpoint dialed, when the message came on one of its outbound links
+    /// (`None` on an accepted connection). A client in a cluster that trusts client
+    /// connections attributes a reply by this, never by what the reply claims.
+    pub link: Option<ReplicaId>,
     pub message: Message,
 }
 
@@ -552,7 +556,7 @@ async fn run_link(
         let pause = match attempt {
             Ok(Ok(stream)) => {
                 tracing::debug!(%replica, %address, "link connected");
-                let end = run_connection(stream, address, &mut queue, sender.clone(), &context).await;
+                let end = run_connection(stream, address, Some(replica), &mut queue, sender.clone(), &context).await;
                 match end {
                     ConnectionEnd::Shutdown | ConnectionEnd::QueueClosed => return,
                     ConnectionEnd::ReaderStopped => {
@@ -621,7 +625,7 @@ async fn run_listener(listener: TcpListener, context: Context) {
                 tokio::spawn(async move {
                     let _permit = permit;
                     let (sender, mut queue) = mpsc::channel(context.send_queue_frames_max);
-                    let end = run_connection(stream, peer, &mut queue, sender, &context).await;
+                    let end = run_connection(stream, peer, None, &mut queue, sender, &context).await;
                     if let ConnectionEnd::WriteFailed(error) = end {
                         tracing::debug!(%peer, %error, "write failed; connection closed");
                     }
@@ -646,6 +650,7 @@ async fn run_listener(listener: TcpListener, context: Context) {
 async fn run_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    link: Option<ReplicaId>,
     queue: &mut mpsc::Receiver<Bytes>,
     sender: mpsc::Sender<Bytes>,
     context: &Context,
@@ -661,7 +666,7 @@ async fn run_connection(
     let reader = tokio::spawn({
         let context = context.clone();
         async move {
-            read_connection(read_half, id, peer, &context).await;
+            read_connection(read_half, id, link, peer, &context).await;
             drop(stopped);
         }
     });
@@ -751,9 +756,15 @@ enum ReadEnd {
 
 /// Reads frames from one connection and delivers them to `inbound` until the connection
 /// ends; on bad input, counts and logs the refusal (the caller then closes the connection).
-async fn read_connection(read_half: OwnedReadHalf, id: ConnectionId, peer: SocketAddr, context: &Context) {
+async fn read_connection(
+    read_half: OwnedReadHalf,
+    id: ConnectionId,
+    link: Option<ReplicaId>,
+    peer: SocketAddr,
+    context: &Context,
+) {
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
-    match read_frames(&mut reader, id, context).await {
+    match read_frames(&mut reader, id, link, context).await {
         ReadEnd::Closed => tracing::debug!(%peer, connection = %id, "connection closed by peer"),
         ReadEnd::Failed(error) => {
             tracing::debug!(%peer, connection = %id, %error, "connection read failed")
@@ -769,7 +780,12 @@ async fn read_connection(read_half: OwnedReadHalf, id: ConnectionId, peer: Socke
 }
 
 /// The read loop proper: header, length check, body, decode, deliver.
-async fn read_frames<R: AsyncRead + Unpin>(reader: &mut R, id: ConnectionId, context: &Context) -> ReadEnd {
+async fn read_frames<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    id: ConnectionId,
+    link: Option<ReplicaId>,
+    context: &Context,
+) -> ReadEnd {
     let mut body: Vec<u8> = Vec::new();
     loop {
         let mut header = [0u8; FRAME_HEADER_BYTES];
@@ -800,7 +816,7 @@ async fn read_frames<R: AsyncRead + Unpin>(reader: &mut R, id: ConnectionId, con
         bump(&context.counters.bytes_in, (FRAME_HEADER_BYTES + length) as u64);
         // Awaiting here is the backpressure: no more is read from this connection until
         // the consumer has room.
-        let delivered = context.inbound.send(Inbound { connection: id, message }).await;
+        let delivered = context.inbound.send(Inbound { connection: id, link, message }).await;
         if delivered.is_err() {
             return ReadEnd::InboundClosed;
         }

@@ -8,8 +8,9 @@
 //! never unbounded mailboxes.
 
 use actix::prelude::*;
-use bulwark_framework::messages::{Message as WireMessage, VerifiedMessage};
-use bulwark_framework::verify::{verify_message_with, ClientKeyCache, Refusal, RefusalCounts};
+use bulwark_crypto::{Signed, Verified};
+use bulwark_framework::messages::{Message as WireMessage, Request, VerifiedMessage};
+use bulwark_framework::verify::{verify_message_with, verify_requests, ClientKeyCache, Refusal, RefusalCounts};
 use bulwark_framework::ClusterConfig;
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +20,15 @@ pub struct Verify(pub WireMessage);
 
 impl actix::Message for Verify {
     type Result = Result<VerifiedMessage, Refusal>;
+}
+
+/// Verify client requests together: one ed25519 batch verification for all of them (about
+/// half the cost of one check each). One result per request, in order.
+#[derive(Debug)]
+pub struct VerifyRequests(pub Vec<Signed<Request>>);
+
+impl actix::Message for VerifyRequests {
+    type Result = Vec<Result<Verified<Request>, Refusal>>;
 }
 
 /// A verification worker. Stateless but for the cluster configuration and the shared
@@ -48,11 +58,28 @@ impl Handler<Verify> for Verifier {
     }
 }
 
+impl Handler<VerifyRequests> for Verifier {
+    type Result = Vec<Result<Verified<Request>, Refusal>>;
+
+    fn handle(&mut self, VerifyRequests(requests): VerifyRequests, _: &mut SyncContext<Self>) -> Self::Result {
+        let results = verify_requests(requests, &self.config, &mut self.client_keys);
+        for refusal in results.iter().filter_map(|r| r.as_ref().err()) {
+            tracing::debug!(%refusal, "request refused at the edge");
+            if let Ok(mut counts) = self.refused.lock() {
+                counts.record(refusal);
+            }
+        }
+        results
+    }
+}
+
 /// A pool of verifiers and the counters they share.
 #[derive(Clone, Debug)]
 pub struct VerifierPool {
     pub addr: Addr<Verifier>,
     pub refused: Arc<Mutex<RefusalCounts>>,
+    /// The cluster the pool verifies for.
+    pub config: Arc<ClusterConfig>,
 }
 
 impl VerifierPool {
@@ -61,12 +88,13 @@ impl VerifierPool {
     pub fn start(threads: usize, config: Arc<ClusterConfig>) -> Self {
         let refused = Arc::new(Mutex::new(RefusalCounts::default()));
         let shared = refused.clone();
+        let for_workers = config.clone();
         let addr = SyncArbiter::start(threads.max(1), move || Verifier {
-            config: config.clone(),
+            config: for_workers.clone(),
             refused: shared.clone(),
             client_keys: ClientKeyCache::default(),
         });
-        VerifierPool { addr, refused }
+        VerifierPool { addr, refused, config }
     }
 
     /// A copy of the refusal counters.

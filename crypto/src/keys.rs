@@ -151,6 +151,17 @@ impl<'de> Deserialize<'de> for PublicKey {
 pub struct Signature(pub(crate) ed25519_dalek::Signature);
 
 impl Signature {
+    /// The placeholder of a payload sent without a signature (all zero bytes). Its `R` is a
+    /// small-order point, which `verify_strict` refuses, so it never verifies under any key.
+    pub fn absent() -> Signature {
+        Signature::from_bytes(&[0; 64])
+    }
+
+    /// Whether this is the placeholder of [`Signature::absent`].
+    pub fn is_absent(&self) -> bool {
+        self.0.to_bytes() == [0; 64]
+    }
+
     pub fn to_bytes(&self) -> [u8; 64] {
         self.0.to_bytes()
     }

@@ -66,6 +66,27 @@ impl<T: Signable> Verified<T> {
     }
 }
 
+impl<T: Signable> Verified<T> {
+    /// A payload that carries no signature because its origin is authenticated by other
+    /// means: a cluster whose client links are trusted (`client_auth = "connection"`) sends
+    /// and accepts requests this way. The signature field holds [`Signature::absent`], which
+    /// no key verifies, so such a payload never passes a real check (a cluster that asks for
+    /// signatures refuses it). The digest is the one a signature would cover, so digests of
+    /// requests and batches do not depend on how requests were authenticated.
+    pub fn unsigned(payload: T) -> Result<Self, CryptoError> {
+        let digest = signing_digest(&payload)?;
+        Ok(Verified { signed: Signed { payload, signature: Signature::absent() }, digest })
+    }
+
+    /// Accepts `signed` without checking its signature. Only for payloads whose sender is
+    /// vouched for by the link they came on (see [`Verified::unsigned`]); the caller, not
+    /// this crate, decides when that holds.
+    pub fn trusted_by_link(signed: Signed<T>) -> Result<Self, CryptoError> {
+        let digest = signing_digest(&signed.payload)?;
+        Ok(Verified { signed, digest })
+    }
+}
+
 impl<T> Verified<T> {
     /// The signed wire form, to forward or to embed in a certificate.
     pub fn signed(&self) -> &Signed<T> {
@@ -219,6 +240,19 @@ mod tests {
         for (index, result) in results.iter().enumerate() {
             assert_eq!(result.is_err(), index == 5, "item {index}");
         }
+    }
+
+    #[test]
+    fn an_unsigned_payload_never_verifies_but_keeps_its_digest() {
+        let unsigned = Verified::unsigned(Vote { round: 1 }).unwrap();
+        assert_eq!(unsigned.digest(), signing_digest(&Vote { round: 1 }).unwrap());
+        assert!(unsigned.signed().clone().verify(&key(1).public()).is_err());
+        let items = vec![
+            (unsigned.signed().clone(), key(1).public()),
+            (Signed::sign(Vote { round: 2 }, &key(2)).unwrap(), key(2).public()),
+        ];
+        let results = verify_batch(items);
+        assert!(results[0].is_err() && results[1].is_ok());
     }
 
     #[test]

@@ -94,3 +94,18 @@ async fn durable_replicas_persist_in_group_commits_and_digests_agree() {
     assert_eq!(statuses[0].metrics.requests_executed, OPERATIONS as u64, "every operation executed exactly once");
     cluster.shutdown();
 }
+
+#[actix_rt::test]
+async fn with_trusted_client_connections_nothing_on_client_links_is_signed_and_every_reply_is_right() {
+    use bulwark_framework::config::ClientAuth;
+    let params = ProtocolParams { client_auth: ClientAuth::Connection, ..ProtocolParams::default() };
+    let mut cluster = LocalCluster::<KvStore>::start(4, params, KvStore::new).await.unwrap();
+    let clients = clients(&mut cluster).await;
+    workload(&clients).await;
+    let (agree, statuses) = cluster.settle(Duration::from_secs(10)).await;
+    assert!(agree, "state digests differ: {statuses:?}");
+    assert_eq!(statuses[0].metrics.requests_executed, OPERATIONS as u64);
+    let refused: u64 = cluster.replicas.iter().map(|r| r.refused().total()).sum();
+    assert_eq!(refused, 0, "nothing refused in connection mode");
+    cluster.shutdown();
+}

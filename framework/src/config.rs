@@ -62,6 +62,54 @@ pub struct ProtocolParams {
     /// Largest checkpoint image a replica fetches by state transfer: a bound on what a
     /// transfer may buffer.
     pub state_transfer_bytes_max: u64,
+    /// How requests and replies between clients and replicas are authenticated (see
+    /// [`ClientAuth`]). Every replica must agree on it.
+    pub client_auth: ClientAuth,
+}
+
+/// How clients and replicas authenticate what they send each other. Replica-to-replica
+/// messages are signed in either mode, and certificates are unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Every request is ed25519-signed by its client and checked by every replica; every
+    /// ordered reply is vouched for by its replica's signature over the Merkle root of its
+    /// batch's replies (one signature per batch), a read-only or re-sent reply by a
+    /// signature of its own. Safe against anyone on the client network.
+    #[default]
+    Signed,
+    /// Nothing between clients and replicas is signed. A replica accepts a request on the
+    /// connection it arrived on (the client is still named by its key), backups accept the
+    /// requests in a PRE-PREPARE on the primary's word, and a client attributes a reply to
+    /// the replica whose connection it came on, never to a field inside the reply.
+    ///
+    /// What this gives up: any party that can send on the client network can forge requests
+    /// in any client's name and replies in any replica's name, and a faulty primary can
+    /// order requests no client sent. It is for deployments whose client links are already
+    /// authenticated (by the network, a VPN, or mutually authenticated TLS in front of the
+    /// replicas), and for the PBFT paper's benchmark configuration (MACs on client links).
+    Connection,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Signed => "signed",
+            ClientAuth::Connection => "connection",
+        }
+    }
+}
+
+impl std::str::FromStr for ClientAuth {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "signed" => Ok(ClientAuth::Signed),
+            "connection" => Ok(ClientAuth::Connection),
+            other => Err(format!("client_auth is \"signed\" or \"connection\", not {other:?}")),
+        }
+    }
 }
 
 impl Default for ProtocolParams {
@@ -85,6 +133,7 @@ impl Default for ProtocolParams {
             ordering_rate_min_per_s: 0,
             state_chunk_bytes: 256 * 1024,
             state_transfer_bytes_max: 4 << 30,
+            client_auth: ClientAuth::Signed,
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
 use crate::roles::checkpoint::StableCheckpoint;
-use bulwark_crypto::{Digest, DigestBuilder, PublicKey, Signable, Signed, Verified};
+use bulwark_crypto::{Digest, DigestBuilder, PublicKey, Signable, Signature, Signed, Verified};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,6 +100,141 @@ pub struct Reply {
     pub read_only: bool,
     #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
+}
+
+/// What a replica signs once per executed batch instead of once per reply: the Merkle
+/// root over the digests of that batch's replies, in execution order.
+///
+/// Why one signature suffices: a reply's leaf is the signing digest of the whole [`Reply`]
+/// (domain tag, view, timestamp, client, replica, result), the tree's inner nodes carry
+/// their own domain tag, and the number of leaves is signed, so a path of the right length
+/// from a leaf to this root exists only for the replies this replica executed in batch
+/// `seq` (blake3 collision resistance). A client that checked the root's signature once
+/// therefore knows each reply with a valid path came from `replica` exactly as if that
+/// reply had been signed alone, and the `f + 1` matching-reply rule is unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRoot {
+    pub view: View,
+    pub seq: SeqNum,
+    pub replica: ReplicaId,
+    /// Replies (leaves) under the root.
+    pub leaves: u32,
+    pub root: Digest,
+}
+
+/// One reply in a [`ReplyBundle`]: leaf `index` of the bundle's root, with its path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundledReply {
+    pub reply: Reply,
+    pub index: u32,
+    pub path: Vec<Digest>,
+}
+
+/// The replies one replica sends one client for one executed batch, in one frame.
+///
+/// With `client_auth = "signed"` they share `root`, the replica's signed [`ReplyRoot`], and
+/// each carries its Merkle path. With `client_auth = "connection"` there is no root and no
+/// path: the client attributes them to the replica whose connection they came on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyBundle {
+    pub root: Option<Signed<ReplyRoot>>,
+    pub replies: Vec<BundledReply>,
+}
+
+/// What vouches for a [`VerifiedReply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyProof {
+    /// Signed alone: read-only replies and replies re-sent from the client table.
+    Signature(Signature),
+    /// Leaf `index` of the signed reply root of one executed batch.
+    Batch { root: Arc<Signed<ReplyRoot>>, index: u32, path: Vec<Digest> },
+    /// Unsigned (`client_auth = "connection"`): vouched for by the connection it came on.
+    Connection,
+}
+
+/// A reply whose origin was checked: by its own signature, by a Merkle path to a signed
+/// reply root, or (`client_auth = "connection"`) by the replica connection it came on.
+/// Built only by [`crate::verify`] or by a replica's executor; it cannot be deserialized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedReply {
+    reply: Reply,
+    /// The reply's leaf digest: its signing digest (domain tag and payload).
+    digest: Digest,
+    /// The replica this reply counts for: its signer, or the replica whose connection it
+    /// came on.
+    from: ReplicaId,
+    proof: ReplyProof,
+}
+
+impl VerifiedReply {
+    pub(crate) fn new(reply: Reply, digest: Digest, from: ReplicaId, proof: ReplyProof) -> Self {
+        VerifiedReply { reply, digest, from, proof }
+    }
+
+    /// The replica this reply counts for (never merely the `replica` field it carries).
+    pub fn attributed_to(&self) -> ReplicaId {
+        self.from
+    }
+
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    pub fn payload(&self) -> &Reply {
+        &self.reply
+    }
+
+    pub fn proof(&self) -> &ReplyProof {
+        &self.proof
+    }
+
+    /// The wire form of this reply alone.
+    pub fn to_wire(&self) -> Message {
+        reply_messages(std::slice::from_ref(self)).pop().expect("one reply gives one message")
+    }
+}
+
+impl std::ops::Deref for VerifiedReply {
+    type Target = Reply;
+    fn deref(&self) -> &Reply {
+        &self.reply
+    }
+}
+
+/// The wire messages carrying `replies` (all to one client): runs of replies under one
+/// reply root become one [`ReplyBundle`] (one frame, the root sent once), and so do runs of
+/// unsigned ones; a reply signed alone travels alone. The order of `replies` is kept.
+pub fn reply_messages(replies: &[VerifiedReply]) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut bundle: Option<ReplyBundle> = None;
+    let mut bundle_root: Option<&Arc<Signed<ReplyRoot>>> = None;
+    for reply in replies {
+        let (root, index, path) = match &reply.proof {
+            ReplyProof::Signature(signature) => {
+                messages.extend(bundle.take().map(Message::Replies));
+                messages.push(Message::Reply(Signed { payload: reply.reply.clone(), signature: *signature }));
+                continue;
+            }
+            ReplyProof::Batch { root, index, path } => (Some(root), *index, path.clone()),
+            ReplyProof::Connection => (None, 0, Vec::new()),
+        };
+        let same = bundle.is_some()
+            && match (root, bundle_root) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
+            };
+        if !same {
+            messages.extend(bundle.take().map(Message::Replies));
+            bundle = Some(ReplyBundle { root: root.map(|r| (**r).clone()), replies: Vec::new() });
+            bundle_root = root;
+        }
+        if let Some(open) = bundle.as_mut() {
+            open.replies.push(BundledReply { reply: reply.reply.clone(), index, path });
+        }
+    }
+    messages.extend(bundle.take().map(Message::Replies));
+    messages
 }
 
 /// `CHECKPOINT(s, D, i)`.
@@ -330,6 +465,9 @@ impl Signable for Commit {
 impl Signable for Reply {
     const DOMAIN: &'static [u8] = b"bulwark/reply/v1";
 }
+impl Signable for ReplyRoot {
+    const DOMAIN: &'static [u8] = b"bulwark/reply-root/v1";
+}
 impl Signable for Checkpoint {
     const DOMAIN: &'static [u8] = b"bulwark/checkpoint/v1";
 }
@@ -415,6 +553,7 @@ pub enum Message {
     PrePrepare(Signed<PrePrepare>, Vec<Signed<Request>>),
     Prepare(Signed<Prepare>),
     Commit(Signed<Commit>),
+    /// A reply signed alone (read-only, or re-sent from the client table).
     Reply(Signed<Reply>),
     Checkpoint(Signed<Checkpoint>),
     Status(Signed<Status>),
@@ -426,6 +565,8 @@ pub enum Message {
     NewView(Signed<NewView>),
     BatchRequest(Signed<BatchRequest>),
     BatchReply(Signed<BatchReply>, Vec<Signed<Request>>),
+    /// Replies to one client from one executed batch (see [`ReplyBundle`]).
+    Replies(ReplyBundle),
 }
 
 /// The kind of a message, for counters and logs.
@@ -488,6 +629,7 @@ impl Message {
             Message::NewView(_) => MessageKind::NewView,
             Message::BatchRequest(_) => MessageKind::BatchRequest,
             Message::BatchReply(..) => MessageKind::BatchReply,
+            Message::Replies(_) => MessageKind::Reply,
         }
     }
 }
@@ -499,7 +641,7 @@ pub enum VerifiedMessage {
     PrePrepare(Verified<PrePrepare>, Arc<Batch>),
     Prepare(Verified<Prepare>),
     Commit(Verified<Commit>),
-    Reply(Verified<Reply>),
+    Reply(VerifiedReply),
     Checkpoint(Verified<Checkpoint>),
     Status(Verified<Status>),
     StateRequest(Verified<StateRequest>),
@@ -520,7 +662,7 @@ impl VerifiedMessage {
             VerifiedMessage::PrePrepare(m, batch) => Message::PrePrepare(m.signed().clone(), batch.to_wire()),
             VerifiedMessage::Prepare(m) => Message::Prepare(m.signed().clone()),
             VerifiedMessage::Commit(m) => Message::Commit(m.signed().clone()),
-            VerifiedMessage::Reply(m) => Message::Reply(m.signed().clone()),
+            VerifiedMessage::Reply(m) => m.to_wire(),
             VerifiedMessage::Checkpoint(m) => Message::Checkpoint(m.signed().clone()),
             VerifiedMessage::Status(m) => Message::Status(m.signed().clone()),
             VerifiedMessage::StateRequest(m) => Message::StateRequest(m.signed().clone()),
@@ -561,7 +703,7 @@ impl VerifiedMessage {
             VerifiedMessage::PrePrepare(m, _) => Some(primary_of(m.view)),
             VerifiedMessage::Prepare(m) => Some(m.replica),
             VerifiedMessage::Commit(m) => Some(m.replica),
-            VerifiedMessage::Reply(m) => Some(m.replica),
+            VerifiedMessage::Reply(m) => Some(m.attributed_to()),
             VerifiedMessage::Checkpoint(m) => Some(m.replica),
             VerifiedMessage::Status(m) => Some(m.replica),
             VerifiedMessage::StateRequest(m) => Some(m.replica),

@@ -5,15 +5,18 @@
 //! and every correct replica reaches the same verdict. Protocol-state checks (view,
 //! watermarks, duplicates) belong to the roles.
 
-use crate::config::ClusterConfig;
+use crate::config::{ClientAuth, ClusterConfig};
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
 use crate::messages::{
-    request_size, Batch, ClientKey, Message, MessageKind, NewView, PreparedCertificate, Request, VerifiedMessage,
-    VerifiedNewView, VerifiedPrepared, VerifiedViewChange, ViewChange,
+    request_size, Batch, ClientKey, Message, MessageKind, NewView, PreparedCertificate, Reply, ReplyBundle, ReplyProof,
+    ReplyRoot, Request, VerifiedMessage, VerifiedNewView, VerifiedPrepared, VerifiedReply, VerifiedViewChange,
+    ViewChange,
 };
 use crate::roles::checkpoint::StableCheckpoint;
 use crate::roles::view_change::compute_order;
 use crate::wire::WireError;
+use bulwark_crypto::merkle::merkle_root_from_path;
+use bulwark_crypto::signing_digest;
 use bulwark_crypto::{verify_batch, PublicKey, Signable, Signed, Verified};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -181,8 +184,7 @@ pub fn verify_message_with(
     Ok(match message {
         Message::Request(signed) => {
             check_request_size(&signed.payload, config)?;
-            let key = keys.get(&signed.payload.client_key)?;
-            VerifiedMessage::Request(check(signed, &key, MessageKind::Request)?)
+            VerifiedMessage::Request(verify_request(signed, config, keys)?)
         }
         Message::PrePrepare(signed, requests) => {
             let primary = config.primary(signed.payload.view);
@@ -204,9 +206,14 @@ pub fn verify_message_with(
             let key = member_key(config, MessageKind::Commit, signed.payload.replica)?;
             VerifiedMessage::Commit(check(signed, key, MessageKind::Commit)?)
         }
-        Message::Reply(signed) => {
-            let key = member_key(config, MessageKind::Reply, signed.payload.replica)?;
-            VerifiedMessage::Reply(check(signed, key, MessageKind::Reply)?)
+        Message::Reply(signed) => VerifiedMessage::Reply(verify_reply(signed, None, config)?),
+        Message::Replies(bundle) => {
+            // Without a cache and a connection (the simulator, a replica): one reply alone.
+            if bundle.replies.len() != 1 {
+                return Err(bad_reply("a bundle of several replies is checked by the client it is for"));
+            }
+            let mut replies = verify_reply_bundle(bundle, None, config, &mut ReplyRootCache::default())?;
+            VerifiedMessage::Reply(replies.pop().expect("one reply in, one out"))
         }
         Message::Checkpoint(signed) => {
             let key = member_key(config, MessageKind::Checkpoint, signed.payload.replica)?;
@@ -452,6 +459,11 @@ pub fn verify_batch_requests(
             return Err(Refusal::DuplicateRequestInBatch { client: key.0, timestamp: key.1 });
         }
     }
+    if config.params.client_auth == ClientAuth::Connection {
+        // The primary vouches for the requests it orders (see `ClientAuth::Connection`).
+        let trusted: Result<Vec<_>, _> = requests.into_iter().map(trust_request).collect();
+        return Ok(Batch::new(trusted?));
+    }
     let mut items = Vec::with_capacity(requests.len());
     for request in requests {
         let key = keys.get(&request.payload.client_key)?;
@@ -462,4 +474,218 @@ pub fn verify_batch_requests(
         .map(|r| r.map_err(|_| Refusal::BadSignature { kind: MessageKind::Request }))
         .collect();
     Ok(Batch::new(verified?))
+}
+
+fn trust_request(signed: Signed<Request>) -> Result<Verified<Request>, Refusal> {
+    Verified::trusted_by_link(signed).map_err(|_| Refusal::BadSignature { kind: MessageKind::Request })
+}
+
+/// A client's request: its signature checked (`client_auth = "signed"`), or accepted on the
+/// connection it came on (`"connection"`). In signed mode a request without a signature
+/// ([`bulwark_crypto::Signature::absent`]) fails like any bad signature.
+pub fn verify_request(
+    signed: Signed<Request>,
+    config: &ClusterConfig,
+    keys: &mut ClientKeyCache,
+) -> Result<Verified<Request>, Refusal> {
+    match config.params.client_auth {
+        ClientAuth::Connection => trust_request(signed),
+        ClientAuth::Signed => {
+            let key = keys.get(&signed.payload.client_key)?;
+            check(signed, &key, MessageKind::Request)
+        }
+    }
+}
+
+/// Client requests checked together: one ed25519 batch verification for all of them
+/// (about half the cost of checking each alone), falling back to one-by-one checks when the
+/// batch fails so that a bad request is refused alone. One result per request, in order.
+pub fn verify_requests(
+    requests: Vec<Signed<Request>>,
+    config: &ClusterConfig,
+    keys: &mut ClientKeyCache,
+) -> Vec<Result<Verified<Request>, Refusal>> {
+    if config.params.client_auth == ClientAuth::Connection {
+        return requests
+            .into_iter()
+            .map(|request| {
+                check_request_size(&request.payload, config)?;
+                trust_request(request)
+            })
+            .collect();
+    }
+    let mut results: Vec<Option<Result<Verified<Request>, Refusal>>> = Vec::with_capacity(requests.len());
+    let mut items = Vec::with_capacity(requests.len());
+    let mut positions = Vec::with_capacity(requests.len());
+    for request in requests {
+        let key = check_request_size(&request.payload, config).and_then(|()| keys.get(&request.payload.client_key));
+        match key {
+            Ok(key) => {
+                positions.push(results.len());
+                results.push(None);
+                items.push((request, key));
+            }
+            Err(refusal) => results.push(Some(Err(refusal))),
+        }
+    }
+    for (position, verified) in positions.into_iter().zip(verify_batch(items)) {
+        results[position] = Some(verified.map_err(|_| Refusal::BadSignature { kind: MessageKind::Request }));
+    }
+    results.into_iter().map(|r| r.expect("every position filled")).collect()
+}
+
+fn bad_reply(reason: &'static str) -> Refusal {
+    Refusal::BadCertificate { kind: MessageKind::Reply, reason }
+}
+
+/// Longest Merkle path accepted in a reply: enough for 2^32 leaves.
+const REPLY_PATH_MAX: usize = 32;
+
+/// Reply roots whose signatures a client has checked, so that many replies under one root
+/// cost one signature check per (replica, view, sequence number). Bounded: it keeps the
+/// [`ReplyRootCache::CAPACITY`] most recently added roots and forgets older ones (which
+/// only costs a second check of a root that is needed again).
+#[derive(Debug, Default)]
+pub struct ReplyRootCache {
+    roots: std::collections::HashMap<(ReplicaId, View, SeqNum), Signed<ReplyRoot>>,
+    order: std::collections::VecDeque<(ReplicaId, View, SeqNum)>,
+}
+
+impl ReplyRootCache {
+    /// Roots kept: a few hundred batches from each of a handful of replicas.
+    pub const CAPACITY: usize = 512;
+
+    pub fn len(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
+    fn key(root: &ReplyRoot) -> (ReplicaId, View, SeqNum) {
+        (root.replica, root.view, root.seq)
+    }
+
+    /// Whether exactly this signed root (payload and signature) was checked before.
+    fn holds(&self, root: &Signed<ReplyRoot>) -> bool {
+        self.roots.get(&Self::key(&root.payload)).is_some_and(|known| known == root)
+    }
+
+    fn insert(&mut self, root: Signed<ReplyRoot>) {
+        let key = Self::key(&root.payload);
+        if self.roots.insert(key, root).is_none() {
+            self.order.push_back(key);
+        }
+        while self.roots.len() > Self::CAPACITY {
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.roots.remove(&oldest);
+        }
+    }
+}
+
+/// The replica a reply counts for in connection mode: the one whose connection it came on,
+/// which must also be the one it names (a replica that names another is refused).
+fn connection_sender(reply: &Reply, link: Option<ReplicaId>, config: &ClusterConfig) -> Result<ReplicaId, Refusal> {
+    let Some(link) = link else {
+        return Err(bad_reply("unsigned reply that did not come on a replica's connection"));
+    };
+    member_key(config, MessageKind::Reply, link)?;
+    if reply.replica != link {
+        return Err(bad_reply("reply names another replica than the one whose connection it came on"));
+    }
+    Ok(link)
+}
+
+fn leaf_digest(reply: &Reply) -> Result<bulwark_crypto::Digest, Refusal> {
+    signing_digest(reply).map_err(|_| bad_reply("reply does not encode"))
+}
+
+/// A reply signed alone. With `client_auth = "connection"` the signature is not needed: the
+/// reply counts for the replica of `link` (the connection it came on), and without one it
+/// is refused.
+pub fn verify_reply(
+    signed: Signed<Reply>,
+    link: Option<ReplicaId>,
+    config: &ClusterConfig,
+) -> Result<VerifiedReply, Refusal> {
+    if config.params.client_auth == ClientAuth::Connection {
+        let from = connection_sender(&signed.payload, link, config)?;
+        let digest = leaf_digest(&signed.payload)?;
+        return Ok(VerifiedReply::new(signed.payload, digest, from, ReplyProof::Connection));
+    }
+    let from = signed.payload.replica;
+    let key = member_key(config, MessageKind::Reply, from)?;
+    let signature = signed.signature;
+    let verified = check(signed, key, MessageKind::Reply)?;
+    let digest = verified.digest();
+    Ok(VerifiedReply::new(verified.into_signed().payload, digest, from, ReplyProof::Signature(signature)))
+}
+
+/// The replies of a [`ReplyBundle`], all or none.
+///
+/// Signed mode: the root must be signed by the replica every reply names, for the view
+/// every reply carries; its signature is checked unless `cache` holds exactly this signed
+/// root; each reply must be an ordered (not read-only) reply whose leaf digest leads by its
+/// path to the root. Connection mode: the replies count for the replica of `link`.
+pub fn verify_reply_bundle(
+    bundle: ReplyBundle,
+    link: Option<ReplicaId>,
+    config: &ClusterConfig,
+    cache: &mut ReplyRootCache,
+) -> Result<Vec<VerifiedReply>, Refusal> {
+    if bundle.replies.len() > config.params.batch_size_max {
+        return Err(bad_reply("more replies than a batch holds"));
+    }
+    if config.params.client_auth == ClientAuth::Connection {
+        let mut replies = Vec::with_capacity(bundle.replies.len());
+        for bundled in bundle.replies {
+            let from = connection_sender(&bundled.reply, link, config)?;
+            let digest = leaf_digest(&bundled.reply)?;
+            replies.push(VerifiedReply::new(bundled.reply, digest, from, ReplyProof::Connection));
+        }
+        return Ok(replies);
+    }
+    let Some(root) = bundle.root else {
+        return Err(bad_reply("replies without a signed root in a cluster that signs replies"));
+    };
+    let header = root.payload;
+    let key = member_key(config, MessageKind::Reply, header.replica)?;
+    // The paths first: they cost a few hashes, the root's signature a curve check.
+    let mut leaves = Vec::with_capacity(bundle.replies.len());
+    for bundled in &bundle.replies {
+        let reply = &bundled.reply;
+        if reply.replica != header.replica || reply.view != header.view {
+            return Err(bad_reply("reply does not match the replica and view of its root"));
+        }
+        if reply.read_only {
+            return Err(bad_reply("a read-only reply under a batch root"));
+        }
+        if bundled.path.len() > REPLY_PATH_MAX {
+            return Err(bad_reply("Merkle path longer than allowed"));
+        }
+        let leaf = leaf_digest(reply)?;
+        let computed = merkle_root_from_path(&leaf, bundled.index as usize, header.leaves as usize, &bundled.path);
+        if computed != Some(header.root) {
+            return Err(bad_reply("Merkle path does not lead to the signed root"));
+        }
+        leaves.push(leaf);
+    }
+    let root = if cache.holds(&root) {
+        Arc::new(root)
+    } else {
+        let verified = check(root, key, MessageKind::Reply)?;
+        let signed = verified.into_signed();
+        cache.insert(signed.clone());
+        Arc::new(signed)
+    };
+    Ok(bundle
+        .replies
+        .into_iter()
+        .zip(leaves)
+        .map(|(bundled, leaf)| {
+            let proof = ReplyProof::Batch { root: root.clone(), index: bundled.index, path: bundled.path };
+            VerifiedReply::new(bundled.reply, leaf, header.replica, proof)
+        })
+        .collect())
 }

@@ -81,11 +81,18 @@ impl Fixture {
         Verified::sign(payload, &self.keys[from as usize]).unwrap()
     }
 
-    fn reply(&self, from: u32, timestamp: Timestamp, result: &[u8], read_only: bool) -> Verified<Reply> {
+    fn reply(
+        &self,
+        from: u32,
+        timestamp: Timestamp,
+        result: &[u8],
+        read_only: bool,
+    ) -> bulwark_framework::messages::VerifiedReply {
         let client = bulwark_framework::messages::client_id(&self.client.public().into());
         let payload =
             Reply { view: View(0), timestamp, client, replica: ReplicaId(from), read_only, result: result.to_vec() };
-        Verified::sign(payload, &self.keys[from as usize]).unwrap()
+        let signed = bulwark_crypto::Signed::sign(payload, &self.keys[from as usize]).unwrap();
+        bulwark_framework::verify::verify_reply(signed, None, &self.config).unwrap()
     }
 
     fn backup(&self, me: u32) -> Backup {

@@ -1,6 +1,7 @@
 //! The client role (PBFT.md CL1–CL3, CX1).
 //!
-//! A client signs each request with a fresh, increasing timestamp and sends it to the
+//! A client signs each request (unless the cluster trusts client connections,
+//! `client_auth = "connection"`) with a fresh, increasing timestamp and sends it to the
 //! primary of the latest view it knows. It accepts a result once `f + 1` replicas sent
 //! matching replies (at least one of them is correct). If that takes longer than the
 //! retransmission timeout it broadcasts the request to every replica, and keeps doing so
@@ -10,9 +11,9 @@
 //! needs `2f + 1` matching replies, and falls back to an ordered request when they do not
 //! come (replies differ, or the timer fires).
 
-use crate::config::ClusterConfig;
+use crate::config::{ClientAuth, ClusterConfig};
 use crate::ids::{ClientId, Instant, ReplicaId, Timestamp, View};
-use crate::messages::{client_id, Inquiry, Reply, Request};
+use crate::messages::{client_id, Inquiry, Request, VerifiedReply};
 use crate::roles::backup::sign;
 use bulwark_crypto::{KeyPair, Verified};
 use std::collections::BTreeMap;
@@ -132,7 +133,7 @@ impl Client {
         let timestamp = self.next_timestamp;
         self.next_timestamp = Timestamp(timestamp.0 + 1);
         let request =
-            sign(Request { client_key: self.key.public().into(), timestamp, read_only, operation }, &self.key);
+            self.authenticate(Request { client_key: self.key.public().into(), timestamp, read_only, operation });
         let mut actions = vec![if read_only {
             ClientAction::Broadcast { request: request.clone() }
         } else {
@@ -147,8 +148,13 @@ impl Client {
         Ok((timestamp, actions))
     }
 
-    /// CL2: take a verified reply.
-    pub fn on_reply(&mut self, reply: Verified<Reply>, now: Instant) -> Vec<ClientAction> {
+    fn authenticate(&self, request: Request) -> Verified<Request> {
+        authenticate(&self.config, &self.key, request)
+    }
+
+    /// CL2: take a verified reply. It counts for the replica it is attributed to (its
+    /// signer, or in connection mode the replica whose connection it came on).
+    pub fn on_reply(&mut self, reply: VerifiedReply, now: Instant) -> Vec<ClientAction> {
         let mut actions = Vec::new();
         if reply.client != self.id {
             return actions;
@@ -161,7 +167,7 @@ impl Client {
         if reply.read_only != pending.request.read_only {
             return actions;
         }
-        let Some(slot) = pending.replies.get_mut(reply.replica.index()) else {
+        let Some(slot) = pending.replies.get_mut(reply.attributed_to().index()) else {
             return actions;
         };
         if slot.is_some() {
@@ -223,7 +229,7 @@ impl Client {
         };
         let mut request = pending.request.payload().clone();
         request.read_only = false;
-        pending.request = sign(request, &self.key);
+        pending.request = authenticate(&self.config, &self.key, request);
         pending.replies = vec![None; self.config.n()];
         pending.deadline = now + self.config.params.client_retransmit();
         actions.push(ClientAction::Broadcast { request: pending.request.clone() });
@@ -237,6 +243,14 @@ impl Client {
                 actions.push(ClientAction::SetTimer { at });
             }
         }
+    }
+}
+
+/// A request signed by the client, or (`client_auth = "connection"`) sent unsigned.
+fn authenticate(config: &ClusterConfig, key: &KeyPair, request: Request) -> Verified<Request> {
+    match config.params.client_auth {
+        ClientAuth::Signed => sign(request, key),
+        ClientAuth::Connection => Verified::unsigned(request).expect("encoding a request cannot fail"),
     }
 }
 

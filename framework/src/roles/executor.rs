@@ -2,13 +2,14 @@
 //! service, keeps the client table for exactly-once replies, and takes checkpoint images.
 //! (PBFT.md E1–E4, CX2–CX4, C1–C2.)
 
-use crate::config::ClusterConfig;
+use crate::config::{ClientAuth, ClusterConfig};
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
-use crate::messages::{Batch, Reply, Request};
+use crate::messages::{Batch, Reply, ReplyProof, ReplyRoot, Request, VerifiedReply};
 use crate::roles::backup::sign;
 use crate::service::{Outcome, Service};
 use crate::state::ChunkedImage;
-use bulwark_crypto::{Digest, KeyPair, Verified};
+use bulwark_crypto::merkle::MerkleTree;
+use bulwark_crypto::{signing_digest, Digest, KeyPair};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -150,7 +151,9 @@ impl<S: Service> std::fmt::Debug for Executor<S> {
 /// What executing one batch produced.
 #[derive(Debug)]
 pub struct Execution {
-    pub replies: Vec<(ClientId, Verified<Reply>)>,
+    /// One reply per executed request, in batch order. With `client_auth = "signed"` they
+    /// share one signed [`ReplyRoot`] (one signature for the whole batch).
+    pub replies: Vec<(ClientId, VerifiedReply)>,
     /// `Some((seq, state digest))` if `seq` is a checkpoint (C1).
     pub checkpoint: Option<(SeqNum, Digest)>,
     pub executed_requests: usize,
@@ -186,7 +189,8 @@ impl<S: Service> Executor<S> {
         &self.clients
     }
 
-    /// Signs a reply for `request` with `result`.
+    /// A reply for `request` with `result` that travels alone (read-only, or re-sent from
+    /// the client table): signed alone, or unsigned with `client_auth = "connection"`.
     pub fn reply(
         &self,
         view: View,
@@ -194,11 +198,56 @@ impl<S: Service> Executor<S> {
         result: Vec<u8>,
         read_only: bool,
         key: &KeyPair,
-    ) -> Verified<Reply> {
-        sign(
-            Reply { view, timestamp: request.timestamp, client: request.client(), replica: self.me, read_only, result },
-            key,
-        )
+    ) -> VerifiedReply {
+        let reply =
+            Reply { view, timestamp: request.timestamp, client: request.client(), replica: self.me, read_only, result };
+        match self.config.params.client_auth {
+            ClientAuth::Connection => {
+                let digest = signing_digest(&reply).expect("encoding a reply cannot fail");
+                VerifiedReply::new(reply, digest, self.me, ReplyProof::Connection)
+            }
+            ClientAuth::Signed => {
+                let signed = sign(reply, key);
+                let (digest, signature) = (signed.digest(), signed.signed().signature);
+                VerifiedReply::new(signed.into_signed().payload, digest, self.me, ReplyProof::Signature(signature))
+            }
+        }
+    }
+
+    /// The replies of one executed batch. In signed mode: a Merkle tree over their leaf
+    /// digests, one signature over its root (see [`ReplyRoot`] for why that is as good as
+    /// a signature per reply), and each reply with its index and path.
+    fn batch_replies(
+        &self,
+        seq: SeqNum,
+        view: View,
+        replies: Vec<(ClientId, Reply)>,
+        key: &KeyPair,
+    ) -> Vec<(ClientId, VerifiedReply)> {
+        let leaves: Vec<Digest> =
+            replies.iter().map(|(_, reply)| signing_digest(reply).expect("encoding a reply cannot fail")).collect();
+        if self.config.params.client_auth == ClientAuth::Connection || replies.is_empty() {
+            return replies
+                .into_iter()
+                .zip(leaves)
+                .map(|((client, reply), leaf)| {
+                    (client, VerifiedReply::new(reply, leaf, self.me, ReplyProof::Connection))
+                })
+                .collect();
+        }
+        let tree = MerkleTree::new(leaves.clone());
+        let header = ReplyRoot { view, seq, replica: self.me, leaves: leaves.len() as u32, root: tree.root() };
+        let root = Arc::new(sign(header, key).into_signed());
+        replies
+            .into_iter()
+            .zip(leaves)
+            .enumerate()
+            .map(|(index, ((client, reply), leaf))| {
+                let path = tree.path(index).expect("every leaf has a path");
+                let proof = ReplyProof::Batch { root: root.clone(), index: index as u32, path };
+                (client, VerifiedReply::new(reply, leaf, self.me, proof))
+            })
+            .collect()
     }
 
     /// The read-only path: answer from current state without ordering.
@@ -231,9 +280,18 @@ impl<S: Service> Executor<S> {
             };
             let result = encode_outcome::<S>(&outcome);
             self.clients.record(request.client(), request.timestamp, result.clone(), seq, window, max_clients);
-            replies.push((request.client(), self.reply(view, request, result, false, key)));
+            let reply = Reply {
+                view,
+                timestamp: request.timestamp,
+                client: request.client(),
+                replica: self.me,
+                read_only: false,
+                result,
+            };
+            replies.push((request.client(), reply));
             executed_requests += 1;
         }
+        let replies = self.batch_replies(seq, view, replies, key);
         self.last_executed = seq;
         let checkpoint = if seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
             let image = ChunkedImage::new(self.image(), self.config.params.state_chunk_bytes);

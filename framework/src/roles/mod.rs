@@ -27,7 +27,7 @@ pub mod state_transfer;
 pub mod view_change;
 
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, View};
-use crate::messages::{Reply, Report, VerifiedMessage, VerifiedNewView};
+use crate::messages::{Report, VerifiedMessage, VerifiedNewView, VerifiedReply};
 use bulwark_crypto::{Digest, Verified};
 use std::sync::Arc;
 
@@ -53,7 +53,7 @@ pub enum Action {
     /// Send to every other member of the cluster.
     Broadcast { message: VerifiedMessage },
     /// Deliver a reply to a client.
-    Reply { client: ClientId, reply: Verified<Reply> },
+    Reply { client: ClientId, reply: VerifiedReply },
     /// Answer an INQUIRY.
     Report { client: ClientId, report: Verified<Report> },
     /// Make `Record` durable before carrying out any later action of the same list (see
