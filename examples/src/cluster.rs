@@ -283,6 +283,9 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
+/// How long a closed-loop lane waits after a failed request before the next one.
+const ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Runs `spec` against `clients`. Must be called inside a running actix System.
 pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> LoadReport {
     let tally = Rc::new(RefCell::new(Tally {
@@ -303,10 +306,11 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
         tally.borrow_mut().outstanding += 1;
         let sent = Instant::now();
         let result = client.invoke(&op).await;
+        let failed = result.is_err();
         let mut t = tally.borrow_mut();
         t.outstanding -= 1;
         if !t.measuring {
-            return;
+            return failed;
         }
         match result {
             Ok(_) => {
@@ -323,6 +327,7 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
                 }
             }
         }
+        failed
     };
     let mut tasks = Vec::new();
     match spec.rate {
@@ -338,7 +343,13 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
                         while Instant::now() < stop_at {
                             let op = S::operation(&mut rng, index, n, sizes);
                             n += 1;
-                            one(client.clone(), tally.clone(), op).await;
+                            if one(client.clone(), tally.clone(), op).await {
+                                // A lane that failed (a full client window after timeouts,
+                                // say) waits before trying again: retrying at once spins
+                                // millions of refusals a second and starves the cluster
+                                // that shares this process of the CPU it needs to recover.
+                                actix_rt::time::sleep(ERROR_BACKOFF).await;
+                            }
                         }
                     }));
                 }

@@ -10,9 +10,11 @@
 //!   restarts);
 //! * every prepared certificate, with its batch: its next VIEW-CHANGE reports everything
 //!   that prepared at it (VC9), which view-change safety relies on;
-//! * every committed batch before it executes it: an operation acknowledged to a client was
-//!   executed by `f + 1` replicas, so at least one correct replica re-executes it after a
-//!   crash of every replica;
+//! * every committed batch before it executes it, with its commit certificate: an
+//!   operation acknowledged to a client was executed by `f + 1` replicas, so at least one
+//!   correct replica re-executes it after a crash of every replica; and the certificate
+//!   lets a restarted replica prove the batch to a peer that lags (with a silent faulty
+//!   replica, that peer may find no other way to gather `2f + 1` COMMITs);
 //! * its stable checkpoints with their proofs and images, which bound all of the above:
 //!   records at or below the stable checkpoint are dropped.
 //!
@@ -22,7 +24,8 @@
 use crate::config::ClusterConfig;
 use crate::ids::{SeqNum, View};
 use crate::messages::{
-    Batch, Checkpoint, Message, MessageKind, NewView, PreparedCertificate, Request, VerifiedMessage, VerifiedNewView,
+    Batch, Checkpoint, Commit, Message, MessageKind, NewView, PreparedCertificate, Request, VerifiedMessage,
+    VerifiedNewView,
 };
 use crate::roles::backup::PreparedProof;
 use crate::roles::checkpoint::StableCheckpoint;
@@ -31,7 +34,7 @@ use crate::verify::{
     checkpoint_proof, verify_batch_requests, verify_message, verify_prepared, ClientKeyCache, Refusal,
 };
 use bulwark_crypto::Digest;
-use bulwark_crypto::Signed;
+use bulwark_crypto::{Signed, Verified};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,8 +51,10 @@ pub enum Record {
     EnteredView(Arc<VerifiedNewView>),
     /// A prepared certificate with its batch (VC9).
     Prepared(SeqNum, PreparedProof),
-    /// A batch committed at `seq` in `view`, persisted before it executes.
-    Committed { seq: SeqNum, view: View, batch: Arc<Batch> },
+    /// A batch committed at `seq` in `view`, persisted before it executes, with the
+    /// `2f + 1` COMMITs that committed it here (empty when it was not committed by votes
+    /// this replica holds).
+    Committed { seq: SeqNum, view: View, batch: Arc<Batch>, certificate: Vec<Verified<Commit>> },
     /// A stable checkpoint with its proof and this replica's image of it.
     Stable { checkpoint: StableCheckpoint, image: Arc<ChunkedImage> },
 }
@@ -62,6 +67,8 @@ pub struct Recovered {
     pub votes: BTreeMap<(MessageKind, View, SeqNum), Digest>,
     pub prepared: BTreeMap<SeqNum, PreparedProof>,
     pub committed: BTreeMap<SeqNum, (View, Arc<Batch>)>,
+    /// The commit certificates of `committed` batches, where one was recorded.
+    pub certificates: BTreeMap<SeqNum, Vec<Verified<Commit>>>,
     pub stable: Option<(StableCheckpoint, Arc<ChunkedImage>)>,
 }
 
@@ -93,8 +100,13 @@ impl Recovered {
                     }
                 }
             }
-            Record::Committed { seq, view, batch } => {
+            Record::Committed { seq, view, batch, certificate } => {
                 if seq > low {
+                    if !certificate.is_empty() {
+                        self.certificates.insert(seq, certificate);
+                    } else if self.committed.get(&seq).is_none_or(|(_, held)| held.digest() != batch.digest()) {
+                        self.certificates.remove(&seq);
+                    }
                     self.committed.insert(seq, (view, batch));
                 }
             }
@@ -105,6 +117,7 @@ impl Recovered {
                     self.votes.retain(|(_, _, s), _| *s > seq);
                     self.prepared.retain(|s, _| *s > seq);
                     self.committed.retain(|s, _| *s > seq);
+                    self.certificates.retain(|s, _| *s > seq);
                 }
             }
         }
@@ -153,6 +166,7 @@ pub enum StoredRecord {
         seq: SeqNum,
         view: View,
         requests: Vec<Signed<Request>>,
+        commits: Vec<Signed<Commit>>,
     },
     Stable {
         seq: SeqNum,
@@ -184,9 +198,12 @@ impl From<&Record> for StoredRecord {
                 certificate: proof.certificate.to_wire(),
                 requests: proof.batch.to_wire(),
             },
-            Record::Committed { seq, view, batch } => {
-                StoredRecord::Committed { seq: *seq, view: *view, requests: batch.to_wire() }
-            }
+            Record::Committed { seq, view, batch, certificate } => StoredRecord::Committed {
+                seq: *seq,
+                view: *view,
+                requests: batch.to_wire(),
+                commits: certificate.iter().map(|c| c.signed().clone()).collect(),
+            },
             Record::Stable { checkpoint, image } => StoredRecord::Stable {
                 seq: checkpoint.seq,
                 proof: checkpoint.proof.iter().map(|c| c.signed().clone()).collect(),
@@ -216,9 +233,22 @@ impl StoredRecord {
                 }
                 Record::Prepared(seq, crate::roles::backup::PreparedProof { certificate, batch: Arc::new(batch) })
             }
-            StoredRecord::Committed { seq, view, requests } => {
+            StoredRecord::Committed { seq, view, requests, commits } => {
                 let batch = verify_batch_requests(requests, config, &mut keys)?;
-                Record::Committed { seq, view, batch: Arc::new(batch) }
+                let mut certificate: Vec<Verified<Commit>> = Vec::with_capacity(commits.len());
+                for signed in commits {
+                    let VerifiedMessage::Commit(commit) = verify_message(Message::Commit(signed), config)? else {
+                        return Err(StoreError::Inconsistent("a commit in a certificate that is not a commit"));
+                    };
+                    if (commit.view, commit.seq, commit.digest) != (view, seq, batch.digest()) {
+                        return Err(StoreError::Inconsistent("commit certificate does not match its batch"));
+                    }
+                    if certificate.iter().any(|held| held.replica == commit.replica) {
+                        return Err(StoreError::Inconsistent("commit certificate names a replica twice"));
+                    }
+                    certificate.push(commit);
+                }
+                Record::Committed { seq, view, batch: Arc::new(batch), certificate }
             }
             StoredRecord::Stable { seq, proof, image } => {
                 let checkpoint = checkpoint_proof(seq, &proof, config)?;
@@ -251,7 +281,8 @@ impl Recovered {
             records.push(Record::Prepared(*seq, proof.clone()));
         }
         for (seq, (view, batch)) in &self.committed {
-            records.push(Record::Committed { seq: *seq, view: *view, batch: batch.clone() });
+            let certificate = self.certificates.get(seq).cloned().unwrap_or_default();
+            records.push(Record::Committed { seq: *seq, view: *view, batch: batch.clone(), certificate });
         }
         records
     }

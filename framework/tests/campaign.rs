@@ -1,10 +1,13 @@
 //! The Byzantine campaign (hardening issue): seeds across n = 4 and n = 7 with up to 30%
 //! loss, up to 50% duplication, reordering, a partition, a crash and restart, and `f`
 //! Byzantine replicas drawn from the strategy library per seed. Asserted: zero safety
-//! violations. Liveness after the network settles is measured and printed but not yet
-//! asserted: 18 of these 1,000 seeds (a Byzantine replica together with a restarting or
-//! partitioned correct one, and loss) do not finish within the time limit — open work of
-//! the hardening issue.
+//! violations, and liveness once the faults stop: every request completes and every
+//! correct replica (restarted ones included) ends at the same state within 30 simulated
+//! seconds. (Seeds that once were not live, each fixed by a change with its own rule or
+//! scenario test: a simulator that lost a torn-crashed replica — 117, 152, 204 and others;
+//! a restarted replica that could not resend its COMMITs or commit certificates — 94, 134,
+//! 138, 208, 351, 736; a lagging backup that waited for prepares although it held a commit
+//! certificate — 738; VC3 that counted only exact-view VIEW-CHANGEs — 391.)
 
 use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::sim::campaign::{run_campaign, CampaignSpec};
@@ -41,9 +44,7 @@ fn campaign(first_seed: u64, seeds: u64) {
     println!("{report}");
     assert!(report.unsafe_seeds.is_empty(), "{report}: unsafe seeds {:?}", report.unsafe_seeds);
     assert!(report.checks > 0);
-    if !report.stuck_seeds.is_empty() {
-        println!("not live within the time limit (open work): seeds {:?}", report.stuck_seeds);
-    }
+    assert!(report.stuck_seeds.is_empty(), "{report}: not live within the time limit: seeds {:?}", report.stuck_seeds);
 }
 
 #[test]

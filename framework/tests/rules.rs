@@ -305,18 +305,24 @@ fn n6_committed_needs_2f_plus_1_commits_not_2f() {
     assert_eq!(backup.committed_batch(SeqNum(1)).unwrap().0.digest(), batch.digest());
 }
 
-/// N6: 2f+1 commits without being prepared do not make a replica committed-local.
+/// N6 and ST6: a replica that is not prepared sends no COMMIT of its own; `2f + 1` COMMITs
+/// from others are a commit certificate, which proves the batch (as ST6 accepts it in state
+/// transfer), and it becomes executable; `2f` are not enough.
 #[test]
-fn n6_commits_without_prepared_do_not_commit() {
+fn n6_st6_commits_without_prepared_commit_only_as_a_full_certificate() {
     let f = fixture();
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
     backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
-    for from in [0, 2, 3] {
+    for from in [0, 2] {
         backup.on_commit(f.commit(from, 0, 1, batch.digest()), &f.keys[1], &mut out);
     }
-    assert!(!backup.is_committed(SeqNum(1)));
+    assert!(!backup.is_committed(SeqNum(1)), "2f commits are no certificate");
+    backup.on_commit(f.commit(3, 0, 1, batch.digest()), &f.keys[1], &mut out);
+    assert!(backup.is_committed(SeqNum(1)), "2f + 1 commits are a certificate");
+    assert_eq!(backup.committed_batch(SeqNum(1)).map(|(b, _)| b.digest()), Some(batch.digest()));
+    assert!(broadcasts(&out).iter().all(|m| !matches!(m, VerifiedMessage::Commit(_))), "no own commit: {out:?}");
 }
 
 /// PF7 / M6: a replica's second commit counts once, and a conflicting one is refused.
@@ -941,6 +947,63 @@ fn vc5_f_plus_1_make_a_replica_join_and_vc3_the_timer_needs_2f_plus_1_and_double
     assert_eq!(timer_at(&actions, TimerKind::ViewChange), Some(Instant(at) + timeout * 2), "T doubles");
 }
 
+/// VC3 counts a member that already asked for a later view: one VIEW-CHANGE for the target
+/// and one for the view after it, with this replica's own, arm the timer. (A member whose
+/// timer for the target ran out retransmits only its latest VIEW-CHANGE; if its message for
+/// the target was lost, counting exact matches alone left the others waiting for a NEW-VIEW
+/// that could not be built, with no timer to move on: campaign seed 391.)
+#[test]
+fn vc3_the_timer_counts_members_that_moved_past_the_target() {
+    let f = fixture();
+    let timeout = f.config.params.view_change_timeout();
+    let mut replica = f.replica(3);
+    let vc = |from, view| VerifiedMessage::ViewChange(f.verified_view_change(f.view_change(from, view, 0, vec![])));
+    deliver(&mut replica, vc(1, 1), 0);
+    // f + 1 others above view 0 (one at 1, one at 2): VC5 joins at view 1.
+    let actions = deliver(&mut replica, vc(2, 2), 10);
+    assert_eq!(sent_view_changes(&actions).iter().map(|vc| vc.view()).collect::<Vec<_>>(), vec![View(1)]);
+    assert_eq!(
+        timer_at(&actions, TimerKind::ViewChange),
+        Some(Instant(10) + timeout),
+        "own and r1 at view 1 and r2 at view 2 are 2f + 1 at or above the target: {actions:?}"
+    );
+    let actions = replica.handle(Input::Timer(TimerKind::ViewChange), Instant(10) + timeout);
+    assert_eq!(sent_view_changes(&actions).iter().map(|vc| vc.view()).collect::<Vec<_>>(), vec![View(2)]);
+}
+
+/// VC4: `T_cur` doubles when a view change fails and returns to the base only when a new
+/// request executes in the view entered: the NEW-VIEW's re-proposals (up to its `max-s`)
+/// execute at once and do not count, or an overloaded cluster would change views every
+/// base timeout and never give a primary the doubled time (seen in a durable bench run).
+#[test]
+fn vc4_timeout_resets_only_on_a_request_ordered_in_the_new_view_not_on_reproposals() {
+    use bulwark_framework::roles::view_change::ViewChanger;
+    let f = fixture();
+    let base = f.config.params.view_change_timeout();
+    let batch = f.batch(&[7]);
+    let vcs = vec![
+        f.view_change(0, 1, 0, vec![]),
+        f.view_change(2, 1, 0, vec![f.certificate(0, 2, batch.digest())]),
+        f.view_change(3, 1, 0, vec![]),
+    ];
+    let mut changer = ViewChanger::new(ReplicaId(3), f.config.clone());
+    changer.start(f.verified_view_change(vcs[2].clone()), Instant(0));
+    changer.on_view_change(f.verified_view_change(vcs[0].clone()), Instant(0)).unwrap();
+    changer.on_view_change(f.verified_view_change(vcs[1].clone()), Instant(0)).unwrap();
+    assert_eq!(changer.on_view_change_timer(Instant(0) + base), Ok(View(2)));
+    assert_eq!(changer.timeout(), base * 2, "VC4: doubled");
+    let VerifiedMessage::NewView(new_view) = verify_message(f.correct_new_view(1, vcs), &f.config).unwrap() else {
+        panic!("not a new-view")
+    };
+    assert_eq!(new_view.order.max_seq, SeqNum(2));
+    changer.enter(View(1), Some(new_view), Instant(10));
+    let key = |t| (bulwark_framework::messages::client_id(&f.client.public().into()), Timestamp(t));
+    changer.executed(SeqNum(2), [key(7)], Instant(20));
+    assert_eq!(changer.timeout(), base * 2, "a re-proposal executing does not reset T");
+    changer.executed(SeqNum(3), [key(8)], Instant(30));
+    assert_eq!(changer.timeout(), base, "a request ordered in the new view does");
+}
+
 /// VC7: a view-changing replica retransmits its VIEW-CHANGE on its periodic tick.
 #[test]
 fn vc7_a_view_changing_replica_retransmits_its_view_change() {
@@ -1214,17 +1277,86 @@ fn restored_votes_forbid_a_different_prepare_after_a_restart() {
     let (a, b) = (f.batch(&[1]), f.batch(&[2]));
     let votes = [((MessageKind::Prepare, View(0), SeqNum(1)), a.digest())].into_iter().collect();
     let mut backup = f.backup(1);
-    backup.restore(votes, Default::default());
+    backup.restore(votes, Default::default(), Default::default(), &f.keys[1]);
     let mut out = Vec::new();
     backup.on_pre_prepare(f.pre_prepare(0, 1, b.digest()), b, &f.keys[1], &mut out);
     assert!(broadcasts(&out).is_empty(), "{out:?}");
     assert_eq!(refusals(&out), vec!["pre-prepare conflicts with a prepare signed before a restart"]);
     let mut backup = f.backup(1);
     let votes = [((MessageKind::Prepare, View(0), SeqNum(1)), a.digest())].into_iter().collect();
-    backup.restore(votes, Default::default());
+    backup.restore(votes, Default::default(), Default::default(), &f.keys[1]);
     let mut out = Vec::new();
     backup.on_pre_prepare(f.pre_prepare(0, 1, a.digest()), a, &f.keys[1], &mut out);
     assert_eq!(broadcasts(&out).len(), 1, "the same prepare may be signed again");
+}
+
+fn peer_status(
+    from: u32,
+    first_slot: u64,
+    slots: Vec<bulwark_framework::messages::SlotProgress>,
+) -> bulwark_framework::messages::Status {
+    bulwark_framework::messages::Status {
+        replica: ReplicaId(from),
+        view: View(0),
+        stable: SeqNum(0),
+        last_executed: SeqNum(first_slot - 1),
+        first_slot: SeqNum(first_slot),
+        slots,
+    }
+}
+
+fn commits_sent(messages: &[VerifiedMessage]) -> Vec<(u32, u64)> {
+    let mut sent: Vec<(u32, u64)> = messages
+        .iter()
+        .filter_map(|m| match m {
+            VerifiedMessage::Commit(c) => Some((c.replica.0, c.seq.0)),
+            _ => None,
+        })
+        .collect();
+    sent.sort();
+    sent
+}
+
+/// Retransmission of commits: a replica that committed a slot sends a peer that lacks it
+/// the whole commit certificate, not only its own vote (with one replica silent, a lagging
+/// peer finds `2f + 1` COMMITs no other way). After a restart the slot is gone, and the
+/// replica sends the certificate from its durable records or, without one, its own COMMIT
+/// signed again (the same statement, the same bytes): campaign seeds 94, 134, 208, 351.
+#[test]
+fn status_a_lagging_peer_gets_the_commit_certificate_also_after_a_restart() {
+    use bulwark_framework::messages::{MessageKind, SlotProgress};
+    let f = fixture();
+    let batch = f.batch(&[1]);
+    let d = batch.digest();
+    let lacking = vec![SlotProgress { has_pre_prepare: true, prepared: true, committed: false }];
+    let has_it = vec![SlotProgress { has_pre_prepare: true, prepared: true, committed: true }];
+    // In memory: r1 committed seq 1 with COMMITs from r1, r2, r3.
+    let mut backup = f.backup(1);
+    let mut out = prepare_slot(&f, &mut backup, 1, 1, &batch);
+    for from in [2, 3] {
+        backup.on_commit(f.commit(from, 0, 1, d), &f.keys[1], &mut out);
+    }
+    assert!(backup.is_committed(SeqNum(1)));
+    let sent = backup.retransmissions_for(&peer_status(0, 1, lacking.clone()));
+    assert_eq!(commits_sent(&sent), vec![(1, 1), (2, 1), (3, 1)], "{sent:?}");
+    assert!(commits_sent(&backup.retransmissions_for(&peer_status(0, 1, has_it.clone()))).is_empty());
+    // Restarted with the certificate in its records.
+    let certificate = backup.commit_certificate(SeqNum(1));
+    assert_eq!(certificate.len(), 3);
+    let votes: std::collections::BTreeMap<_, _> =
+        [((MessageKind::Commit, View(0), SeqNum(1)), d)].into_iter().collect();
+    let mut restarted = f.backup(1);
+    let certificates = [(SeqNum(1), certificate)].into_iter().collect();
+    restarted.restore(votes.clone(), Default::default(), certificates, &f.keys[1]);
+    let sent = restarted.retransmissions_for(&peer_status(0, 1, lacking.clone()));
+    assert_eq!(commits_sent(&sent), vec![(1, 1), (2, 1), (3, 1)], "{sent:?}");
+    // Restarted with its vote only: its own COMMIT, signed again and valid.
+    let mut restarted = f.backup(1);
+    restarted.restore(votes, Default::default(), Default::default(), &f.keys[1]);
+    let sent = restarted.retransmissions_for(&peer_status(0, 1, lacking));
+    assert_eq!(commits_sent(&sent), vec![(1, 1)], "{sent:?}");
+    assert!(verify_message(sent[0].to_wire(), &f.config).is_ok());
+    assert!(commits_sent(&restarted.retransmissions_for(&peer_status(0, 1, has_it))).is_empty());
 }
 
 /// Durability: every record a replica persists survives the store's encoding and its
@@ -1264,9 +1396,20 @@ fn durable_records_round_trip_through_the_store_form_and_tampering_is_refused() 
     }
     for record in &records {
         match StoredRecord::from(record) {
-            StoredRecord::Committed { seq, view, mut requests } => {
-                requests[0].payload.operation = put("k", "forged");
-                assert!(StoredRecord::Committed { seq, view, requests }.verify(&f.config).is_err());
+            StoredRecord::Committed { seq, view, requests, commits } => {
+                assert!(commits.len() >= f.config.quorum(), "the commit certificate is recorded: {commits:?}");
+                let mut forged = requests.clone();
+                forged[0].payload.operation = put("k", "forged");
+                let record = StoredRecord::Committed { seq, view, requests: forged, commits: commits.clone() };
+                assert!(record.verify(&f.config).is_err());
+                let mut twice = commits.clone();
+                twice.push(commits[0].clone());
+                let record = StoredRecord::Committed { seq, view, requests: requests.clone(), commits: twice };
+                assert!(record.verify(&f.config).is_err(), "a replica named twice in a certificate");
+                let mut bad_signature = commits.clone();
+                bad_signature[0].payload.digest = Digest::of(b"another batch");
+                let record = StoredRecord::Committed { seq, view, requests, commits: bad_signature };
+                assert!(record.verify(&f.config).is_err(), "a commit that does not verify");
             }
             StoredRecord::Stable { seq, proof, mut image } => {
                 image[0] ^= 1;

@@ -112,6 +112,15 @@ pub struct Backup {
     /// Votes this replica signed before a restart, from its durable records: it never signs
     /// another digest for the same `(kind, view, seq)`.
     signed_before: BTreeMap<(MessageKind, View, SeqNum), Digest>,
+    /// The COMMITs among `signed_before`, signed again at the restart (the same statement,
+    /// and ed25519 signing is deterministic, so the same bytes) to be retransmitted: the
+    /// executed slots themselves are not restored, and a peer that lags may need exactly
+    /// this replica's vote to complete its commit certificate (with a silent faulty
+    /// replica, `2f + 1` COMMITs need every correct one).
+    recorded_commits: BTreeMap<SeqNum, Verified<Commit>>,
+    /// Commit certificates of batches executed before a restart, from the durable records:
+    /// retransmitted whole to a peer that lacks the batch's commit.
+    recorded_certificates: BTreeMap<SeqNum, Vec<Verified<Commit>>>,
     /// Sequence numbers of the current view whose equivocation proof was already passed on:
     /// forwarding it again at every copy would multiply the proof through the cluster.
     equivocations_reported: std::collections::BTreeSet<SeqNum>,
@@ -144,6 +153,8 @@ impl Backup {
             rule: QuorumRule::Correct,
             frozen: false,
             signed_before: BTreeMap::new(),
+            recorded_commits: BTreeMap::new(),
+            recorded_certificates: BTreeMap::new(),
             equivocations_reported: Default::default(),
         }
     }
@@ -162,7 +173,20 @@ impl Backup {
         &mut self,
         votes: BTreeMap<(MessageKind, View, SeqNum), Digest>,
         prepared: BTreeMap<SeqNum, PreparedProof>,
+        certificates: BTreeMap<SeqNum, Vec<Verified<Commit>>>,
+        key: &KeyPair,
     ) {
+        self.recorded_certificates = certificates;
+        let me = self.me;
+        let mut recorded_commits = BTreeMap::new();
+        for ((kind, view, seq), digest) in &votes {
+            if *kind == MessageKind::Commit && *seq > self.low {
+                // Ascending view order: the latest view's COMMIT for `seq` wins.
+                recorded_commits
+                    .insert(*seq, sign(Commit { view: *view, seq: *seq, digest: *digest, replica: me }, key));
+            }
+        }
+        self.recorded_commits = recorded_commits;
         self.signed_before = votes;
         self.prepared = prepared;
     }
@@ -397,9 +421,25 @@ impl Backup {
             slot.own_commit = Some(commit.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Commit(commit)));
         }
-        if (slot.prepared || frozen) && !slot.committed && slot.commits.count(digest, None) >= commit_threshold {
+        // N6 when prepared here; otherwise `2f + 1` COMMITs are a commit certificate, which
+        // proves the batch committed as ST6 accepts it in state transfer (f + 1 correct
+        // replicas prepared it, so every later view keeps it). A replica that missed the
+        // prepares (a frozen one, VC4a, or one whose peer lost its slot in a restart and
+        // can only resend COMMITs) still executes; it signs nothing without being prepared.
+        if !slot.committed && slot.commits.count(digest, None) >= commit_threshold {
             slot.committed = true;
         }
+    }
+
+    /// The `2f + 1` (or more) COMMITs that made `seq` committed here, if it is.
+    pub fn commit_certificate(&self, seq: SeqNum) -> Vec<Verified<Commit>> {
+        let Some(slot) = self.slots.get(&seq).filter(|slot| slot.committed) else {
+            return Vec::new();
+        };
+        let (Some(pp), Some(digest)) = (&slot.pre_prepare, slot.digest()) else {
+            return Vec::new();
+        };
+        slot.commits.certificate(digest).into_iter().filter(|c| c.view == pp.view).cloned().collect()
     }
 
     /// The batch at `seq` if it is committed-local (E1 asks for it in order).
@@ -435,6 +475,8 @@ impl Backup {
         }
         self.slots.retain(|seq, _| *seq > stable || (*seq > last_executed && *seq <= executable_until));
         self.prepared.retain(|seq, _| *seq > stable);
+        self.recorded_commits.retain(|seq, _| *seq > stable);
+        self.recorded_certificates.retain(|seq, _| *seq > stable);
         self.equivocations_reported.retain(|seq| *seq > stable);
         let mut replay = Vec::new();
         for queue in &mut self.future {
@@ -495,8 +537,44 @@ impl Backup {
                     messages.push(VerifiedMessage::Prepare(prepare.clone()));
                 }
             }
+            if slot.committed {
+                // The whole certificate, not only this replica's vote: a peer may lack the
+                // vote of a replica that has gone silent, and `2f + 1` COMMITs prove the
+                // batch whoever forwards them.
+                let certificate = self.commit_certificate(*seq);
+                if !certificate.is_empty() {
+                    messages.extend(certificate.into_iter().map(VerifiedMessage::Commit));
+                    continue;
+                }
+            }
             if let Some(commit) = &slot.own_commit {
                 messages.push(VerifiedMessage::Commit(commit.clone()));
+            }
+        }
+        // Executed before a restart: no slot left, but the records hold the certificate (or
+        // at least this replica's own COMMIT).
+        let recorded: std::collections::BTreeSet<SeqNum> = self
+            .recorded_certificates
+            .range(first..=last)
+            .map(|(seq, _)| *seq)
+            .chain(self.recorded_commits.range(first..=last).map(|(seq, _)| *seq))
+            .collect();
+        for seq in recorded {
+            let offset = (seq.0 - status.first_slot.0) as usize;
+            let theirs_committed = status.slots.get(offset).is_some_and(|p| p.committed);
+            if theirs_committed || self.slots.get(&seq).is_some_and(|slot| slot.own_commit.is_some() || slot.committed)
+            {
+                continue;
+            }
+            match self.recorded_certificates.get(&seq) {
+                Some(certificate) if certificate.iter().all(|c| c.view == self.view) => {
+                    messages.extend(certificate.iter().cloned().map(VerifiedMessage::Commit));
+                }
+                _ => {
+                    if let Some(commit) = self.recorded_commits.get(&seq).filter(|c| c.view == self.view) {
+                        messages.push(VerifiedMessage::Commit(commit.clone()));
+                    }
+                }
             }
         }
         messages

@@ -163,7 +163,12 @@ impl<S: Service> Replica<S> {
             replica.execute(next, *view, batch, now, &mut actions);
             next = next.next();
         }
-        replica.backup.restore(recovered.votes.clone(), recovered.prepared.clone());
+        replica.backup.restore(
+            recovered.votes.clone(),
+            recovered.prepared.clone(),
+            recovered.certificates.clone(),
+            &replica.key,
+        );
         if let Some(new_view) = &recovered.new_view {
             replica.enter_view(new_view.clone(), now, &mut actions);
         }
@@ -481,7 +486,8 @@ impl<S: Service> Replica<S> {
     /// E1–E2 and C1.
     fn execute(&mut self, seq: SeqNum, view: View, batch: &Arc<Batch>, now: Instant, actions: &mut Vec<Action>) {
         // Durable before it executes: the replies below acknowledge it.
-        actions.push(Action::Persist(Record::Committed { seq, view, batch: batch.clone() }));
+        let certificate = self.backup.commit_certificate(seq);
+        actions.push(Action::Persist(Record::Committed { seq, view, batch: batch.clone(), certificate }));
         let execution = self.executor.execute(seq, view, batch, &self.key);
         self.metrics.batches_executed += 1;
         self.metrics.requests_executed += execution.executed_requests as u64;
@@ -495,7 +501,7 @@ impl<S: Service> Replica<S> {
         for (client, reply) in execution.replies {
             actions.push(Action::Reply { client, reply });
         }
-        if let Some(at) = self.view_changer.executed(executed, now) {
+        if let Some(at) = self.view_changer.executed(seq, executed, now) {
             actions.push(Action::SetTimer { timer: TimerKind::Request, at });
         }
         self.primary.on_executed(seq);

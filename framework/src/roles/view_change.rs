@@ -219,10 +219,19 @@ impl ViewChanger {
         self.executed_in_window = 0;
     }
 
-    /// VC1 and VC4: requests executed. Stops the request timer when nothing is waiting any
-    /// more, restarts it when something still is; a new request executed in a view resets
-    /// `T_cur` to the base timeout. Returns the deadline to arm, if any.
-    pub fn executed(&mut self, keys: impl IntoIterator<Item = (ClientId, Timestamp)>, now: Instant) -> Option<Instant> {
+    /// VC1 and VC4: requests executed at `seq`. Stops the request timer when nothing is
+    /// waiting any more, restarts it when something still is; a new request executed in a
+    /// view resets `T_cur` to the base timeout. "New" means ordered by this view's primary,
+    /// above the NEW-VIEW's re-proposals: those execute at once after a view change and say
+    /// nothing about whether the new primary keeps up, and resetting on them kept an
+    /// overloaded cluster changing views every base timeout without ever doubling it.
+    /// Returns the deadline to arm, if any.
+    pub fn executed(
+        &mut self,
+        seq: SeqNum,
+        keys: impl IntoIterator<Item = (ClientId, Timestamp)>,
+        now: Instant,
+    ) -> Option<Instant> {
         let mut removed = 0u64;
         let mut executed = 0u64;
         for key in keys {
@@ -232,7 +241,8 @@ impl ViewChanger {
             }
         }
         self.executed_in_window += executed;
-        if executed > 0 && !self.is_changing() {
+        let reproposed = self.new_view.as_ref().is_some_and(|nv| nv.view() == self.view && seq <= nv.order.max_seq);
+        if executed > 0 && !self.is_changing() && !reproposed {
             self.timeout = self.config.params.view_change_timeout();
         }
         if removed == 0 || self.is_changing() {
@@ -360,7 +370,13 @@ impl ViewChanger {
             return steps;
         };
         let holders = self.holders_of(target);
-        if holders.len() >= self.config.quorum() && self.view_change_deadline.is_none() {
+        // VC3 counts members that asked for `target` or a later view: one that already moved
+        // past `target` (its view-change timer for it ran out) retransmits only its latest
+        // VIEW-CHANGE (VC7), and if its message for `target` was lost, counting exact
+        // matches alone would leave the others waiting for a NEW-VIEW that cannot be built
+        // and without a timer to move on (campaign seed 391).
+        let at_or_above = self.received.iter().flatten().filter(|vc| vc.view() >= target).count();
+        if at_or_above >= self.config.quorum() && self.view_change_deadline.is_none() {
             let at = now + self.timeout;
             self.view_change_deadline = Some(at);
             steps.push(ViewChangeStep::ArmViewChangeTimer(at));

@@ -173,6 +173,9 @@ pub struct SimReport {
     /// For each isolation that ended: the isolated replica, its last executed sequence
     /// number then, and the highest any correct replica had executed.
     pub rejoins: Vec<(ReplicaId, SeqNum, SeqNum)>,
+    /// Replicas with a scheduled restart that were down at the end: a run that loses a
+    /// replica it meant to bring back has not converged, whatever the others did.
+    pub down_at_end: Vec<ReplicaId>,
 }
 
 impl SimReport {
@@ -180,7 +183,9 @@ impl SimReport {
     pub fn converged(&self) -> bool {
         let mut states = self.final_states.values();
         let first = states.next();
-        self.requests_completed == self.requests_expected && states.all(|s| Some(s) == first)
+        self.requests_completed == self.requests_expected
+            && self.down_at_end.is_empty()
+            && states.all(|s| Some(s) == first)
     }
 
     /// How to replay this run.
@@ -204,6 +209,9 @@ impl fmt::Display for SimReport {
             self.finished
         )?;
         write!(f, "\n  views (entered, changing to): {:?}", self.views)?;
+        if !self.down_at_end.is_empty() {
+            write!(f, "\n  down at the end although restarted: {:?}", self.down_at_end)?;
+        }
         if !self.outstanding.is_empty() {
             let shown: Vec<_> = self.outstanding.iter().take(8).collect();
             write!(f, "\n  outstanding (client, timestamp): {shown:?}")?;
@@ -517,9 +525,26 @@ impl<S: Service> Simulation<S> {
         if self.clients.iter().any(|c| c.completed < expected) {
             return false;
         }
+        if !self.restarted_replicas_down().is_empty() || self.restarts_done < self.config.restarts.len() as u64 {
+            return false;
+        }
         let mut executed = self.correct_replicas().map(Replica::last_executed);
         let first = executed.next();
         executed.all(|e| Some(e) == first)
+    }
+
+    /// Replicas with a scheduled restart that are down now.
+    fn restarted_replicas_down(&self) -> Vec<ReplicaId> {
+        let mut down: Vec<ReplicaId> = self
+            .config
+            .restarts
+            .iter()
+            .map(|r| r.replica)
+            .filter(|r| matches!(self.nodes[r.index()], Node::Crashed) || self.dying.contains(r))
+            .collect();
+        down.sort();
+        down.dedup();
+        down
     }
 
     fn step(&mut self, event: Event) {
@@ -639,6 +664,14 @@ impl<S: Service> Simulation<S> {
 
     /// A crashed replica comes back from its durable records.
     fn restart(&mut self, id: ReplicaId) {
+        if self.dying.remove(&id) {
+            // A torn crash waits for the replica's next step; with no step before the
+            // restart is due, the crash happens now, between steps (a clean one). Without
+            // this the replica would crash at its first step after the restart and never
+            // come back.
+            self.trace.update(b"crash").update_u64(id.0 as u64);
+            self.nodes[id.index()] = Node::Crashed;
+        }
         if !matches!(self.nodes[id.index()], Node::Crashed) {
             return;
         }
@@ -786,6 +819,7 @@ impl<S: Service> Simulation<S> {
     }
 
     fn report(self, finished: bool) -> SimReport {
+        let down_at_end = self.restarted_replicas_down();
         let mut final_states = BTreeMap::new();
         let mut stable_checkpoints = BTreeMap::new();
         let mut views = BTreeMap::new();
@@ -816,6 +850,7 @@ impl<S: Service> Simulation<S> {
             peak_checker_entries: self.peak_checker,
             finished,
             rejoins: self.rejoins.clone(),
+            down_at_end,
             outstanding: self
                 .clients
                 .iter()
