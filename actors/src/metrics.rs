@@ -159,6 +159,12 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts) -> String
             "gauge",
             store.held_actions as u64,
         );
+        gauge(
+            "store_inbound_pauses_total",
+            "Times inbound messages were paused because more actions than the bound waited for the disk.",
+            "counter",
+            store.inbound_pauses,
+        );
     }
     let _ = writeln!(out, "# HELP bulwark_refused_total Messages refused, by where and why.");
     let _ = writeln!(out, "# TYPE bulwark_refused_total counter");
@@ -274,6 +280,7 @@ mod tests {
             },
             groups: 9,
             held_actions: 5,
+            inbound_pauses: 2,
         });
         let text = render(&status, &RefusalCounts::default());
         assert_eq!(value(&text, "store_records_written_total"), 10);
@@ -286,6 +293,7 @@ mod tests {
         assert_eq!(value(&text, "store_corrupt_discarded_total"), 1);
         assert_eq!(value(&text, "store_groups_total"), 9);
         assert_eq!(value(&text, "store_held_actions"), 5);
+        assert_eq!(value(&text, "store_inbound_pauses_total"), 2);
         assert!(text.contains("# TYPE bulwark_store_corrupt_discarded_total counter"), "{text}");
     }
 }

@@ -101,6 +101,47 @@ pub struct StoreStatus {
     pub groups: u64,
     /// Actions waiting for their records to become durable.
     pub held_actions: usize,
+    /// Times inbound delivery was paused because `held_actions` passed
+    /// [`HELD_ACTIONS_MAX`] (a disk slower than the load).
+    pub inbound_pauses: u64,
+}
+
+/// Actions a durable replica may hold for the disk before it stops taking inbound
+/// messages. While paused, the forwarder reads nothing more, the transport's bounded
+/// inbound channel fills, and TCP flow control pushes back on the senders: a disk that
+/// stalls for seconds costs latency, not memory. Delivery resumes below half of this.
+pub const HELD_ACTIONS_MAX: usize = 65_536;
+
+/// Opened and closed by the replica actor; the forwarder waits at it before reading the
+/// next inbound message.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InboundGate {
+    closed: Arc<std::sync::atomic::AtomicBool>,
+    reopened: Arc<tokio::sync::Notify>,
+}
+
+impl InboundGate {
+    fn close(&self) -> bool {
+        !self.closed.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn open(&self) {
+        if self.closed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reopened.notify_waiters();
+        }
+    }
+
+    async fn wait_open(&self) {
+        loop {
+            // Created before the check, so an `open` between the check and the await is
+            // not missed.
+            let reopened = self.reopened.notified();
+            if !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            reopened.await;
+        }
+    }
 }
 
 /// Holds a durable replica's actions back until the records before them are durable.
@@ -114,9 +155,24 @@ struct GroupCommit {
     submitted: u64,
     durable: u64,
     held: VecDeque<(u64, Action)>,
+    gate: InboundGate,
+    inbound_pauses: u64,
 }
 
 impl GroupCommit {
+    /// Pauses inbound delivery above [`HELD_ACTIONS_MAX`] held actions, resumes it below
+    /// half of that.
+    fn regulate(&mut self) {
+        if self.held.len() > HELD_ACTIONS_MAX {
+            if self.gate.close() {
+                self.inbound_pauses += 1;
+                tracing::warn!(held = self.held.len(), "the disk is behind: pausing inbound messages");
+            }
+        } else if self.held.len() <= HELD_ACTIONS_MAX / 2 {
+            self.gate.open();
+        }
+    }
+
     /// Takes one call's actions: submits its records and returns what may be carried out
     /// now (nothing, while an earlier or this call's records are not yet durable).
     fn admit(&mut self, actions: Vec<Action>) -> Vec<Action> {
@@ -149,7 +205,12 @@ impl GroupCommit {
     }
 
     fn status(&self) -> StoreStatus {
-        StoreStatus { metrics: self.writer.metrics(), groups: self.submitted, held_actions: self.held.len() }
+        StoreStatus {
+            metrics: self.writer.metrics(),
+            groups: self.submitted,
+            held_actions: self.held.len(),
+            inbound_pauses: self.inbound_pauses,
+        }
     }
 }
 
@@ -199,7 +260,11 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
     /// them (and every earlier call's) are durable.
     fn carry_out(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
         let actions = match &mut self.durability {
-            Some(group) => group.admit(actions),
+            Some(group) => {
+                let ready = group.admit(actions);
+                group.regulate();
+                ready
+            }
             None => actions,
         };
         self.perform(actions, ctx);
@@ -351,7 +416,14 @@ impl<S: Service + Send + Unpin> Handler<StoreEvent> for ReplicaActor<S> {
     fn handle(&mut self, event: StoreEvent, ctx: &mut Context<Self>) {
         match event {
             StoreEvent::Durable(ticket) => {
-                let ready = self.durability.as_mut().map(|group| group.durable(ticket)).unwrap_or_default();
+                let ready = match self.durability.as_mut() {
+                    Some(group) => {
+                        let ready = group.durable(ticket);
+                        group.regulate();
+                        ready
+                    }
+                    None => Vec::new(),
+                };
                 self.perform(ready, ctx);
             }
             StoreEvent::Failed(reason) => {
@@ -494,9 +566,17 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
     // The writer reports to the actor, so the actor's address comes first; the actor runs
     // only once its store is ready, so it never acts without persisting.
     let ctx = Context::new();
+    let gate = InboundGate::default();
     let durability = match store {
         Some(store) => match StoreWriter::start(store, ctx.address().recipient()) {
-            Ok(writer) => Some(GroupCommit { writer, submitted: 0, durable: 0, held: VecDeque::new() }),
+            Ok(writer) => Some(GroupCommit {
+                writer,
+                submitted: 0,
+                durable: 0,
+                held: VecDeque::new(),
+                gate: gate.clone(),
+                inbound_pauses: 0,
+            }),
             Err(error) => {
                 transport.shutdown();
                 return Err(error);
@@ -513,7 +593,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         initial,
         durability,
     });
-    forward(inbound_rx, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport);
+    forward(inbound_rx, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport, gate);
     Ok(ReplicaHandle { id, addr, transport, verifier })
 }
 
@@ -536,7 +616,8 @@ fn open_store(dir: &std::path::Path, id: ReplicaId, cluster: &Arc<ClusterConfig>
 }
 
 /// Moves inbound messages through the verifier pool to `target`, at most
-/// `INBOUND_IN_FLIGHT_MAX` at a time.
+/// `INBOUND_IN_FLIGHT_MAX` at a time, and none while `gate` is closed (a durable replica
+/// whose disk is behind; see [`HELD_ACTIONS_MAX`]).
 ///
 /// Client requests that are already waiting together (up to [`REQUEST_CHUNK_MAX`]) are
 /// verified as one ed25519 batch ([`VerifyRequests`]) and handed to `batch_target` in one
@@ -557,11 +638,16 @@ pub(crate) fn forward(
     target: Recipient<Deliver>,
     batch_target: Recipient<DeliverAll>,
     transport: &TransportHandle,
+    gate: InboundGate,
 ) {
     let transport = transport.downgrade();
     let permits = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT_MAX));
     actix::spawn(async move {
-        while let Some(first) = inbound.recv().await {
+        loop {
+            gate.wait_open().await;
+            let Some(first) = inbound.recv().await else {
+                break;
+            };
             // What is already waiting is taken together, so client requests that arrived in
             // one burst are verified as one batch and handed to the replica in one message.
             let mut chunk = vec![first];
@@ -667,5 +753,30 @@ async fn deliver_requests(
     }
     if !delivers.is_empty() {
         let _ = target.send(DeliverAll(delivers)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InboundGate;
+    use std::time::Duration;
+
+    /// Disk back-pressure: while the gate is closed the forwarder's wait does not end; it
+    /// ends as soon as the gate opens, however the two race.
+    #[actix_rt::test]
+    async fn a_closed_inbound_gate_holds_the_reader_until_it_opens() {
+        let gate = InboundGate::default();
+        assert!(gate.close(), "the first close is counted");
+        assert!(!gate.close(), "closing a closed gate is not a second pause");
+        let waiting = {
+            let gate = gate.clone();
+            actix_rt::spawn(async move { gate.wait_open().await })
+        };
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a closed gate must hold the reader");
+        gate.open();
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("opened gate releases").unwrap();
+        // Open: passes at once.
+        tokio::time::timeout(Duration::from_millis(100), gate.wait_open()).await.expect("an open gate passes");
     }
 }
