@@ -54,14 +54,17 @@ impl ReplicaId {
 }
 
 impl SeqNum {
+    /// Saturating: numbers come from the network, and one near `u64::MAX` (refused or not
+    /// further on) must not overflow on the way there.
     pub fn next(self) -> SeqNum {
-        SeqNum(self.0 + 1)
+        SeqNum(self.0.saturating_add(1))
     }
 }
 
 impl View {
+    /// Saturating, like [`SeqNum::next`].
     pub fn next(self) -> View {
-        View(self.0 + 1)
+        View(self.0.saturating_add(1))
     }
 }
 

@@ -1359,6 +1359,44 @@ fn status_a_lagging_peer_gets_the_commit_certificate_also_after_a_restart() {
     assert!(commits_sent(&restarted.retransmissions_for(&peer_status(0, 1, has_it))).is_empty());
 }
 
+/// Numbers near `u64::MAX` from peers (cargo-fuzz findings, `fuzz/regressions/`): a STATUS
+/// whose `first_slot` or `last_executed` is just below `u64::MAX` (one faulty member
+/// suffices) and a stable checkpoint within a window of it (2f + 1 signers, outside the
+/// fault model but still no panic). Each overflowed an addition; tests run with overflow
+/// checks, so each of these panicked before the fix.
+#[test]
+fn fuzz_findings_numbers_near_u64_max_do_not_overflow() {
+    use bulwark_framework::messages::{SlotProgress, Status};
+    let f = fixture();
+    let slot = SlotProgress { has_pre_prepare: true, prepared: false, committed: false };
+    let status = |first_slot: u64, last_executed: u64| {
+        let payload = Status {
+            replica: ReplicaId(3),
+            view: View(0),
+            stable: SeqNum(62_965),
+            last_executed: SeqNum(last_executed),
+            first_slot: SeqNum(first_slot),
+            slots: vec![slot],
+        };
+        VerifiedMessage::Status(Verified::sign(payload, &f.keys[3]).unwrap())
+    };
+    for (first_slot, last_executed) in [(u64::MAX - 5, 12), (13, u64::MAX - 3), (u64::MAX, u64::MAX)] {
+        for me in [0, 1, 2] {
+            let mut replica = f.replica(me);
+            deliver(&mut replica, VerifiedMessage::Request(f.request(1, put("k", "1"))), 0);
+            deliver(&mut replica, status(first_slot, last_executed), 10);
+            replica.handle(Input::Timer(TimerKind::Status), Instant(10) + f.config.params.status_interval());
+        }
+    }
+    let mut primary = f.replica(0);
+    deliver(&mut primary, VerifiedMessage::Request(f.request(1, put("k", "1"))), 0);
+    for from in [1, 2, 3] {
+        deliver(&mut primary, VerifiedMessage::Checkpoint(f.checkpoint(from, u64::MAX - 7, Digest::of(b"s"))), 5);
+    }
+    deliver(&mut primary, VerifiedMessage::Request(f.request(2, put("k", "2"))), 6);
+    primary.handle(Input::Timer(TimerKind::Batch), Instant(1_000_000));
+}
+
 /// Durability: every record a replica persists survives the store's encoding and its
 /// re-verification on load unchanged, and a record altered in the store (a request of a
 /// committed batch changed, a checkpoint image byte flipped) is refused, not trusted.

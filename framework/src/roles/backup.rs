@@ -210,16 +210,16 @@ impl Backup {
 
     /// The high watermark `h + L`.
     pub fn high(&self) -> SeqNum {
-        SeqNum(self.low.0 + self.config.params.watermark_window)
+        SeqNum(self.low.0.saturating_add(self.config.params.watermark_window))
     }
 
     pub fn position(&self, seq: SeqNum) -> WindowPosition {
         let window = self.config.params.watermark_window;
         if seq <= self.low {
             WindowPosition::Below
-        } else if seq.0 <= self.low.0 + window {
+        } else if seq.0 <= self.low.0.saturating_add(window) {
             WindowPosition::Inside
-        } else if seq.0 <= self.low.0 + 2 * window {
+        } else if seq.0 <= self.low.0.saturating_add(2 * window) {
             WindowPosition::Ahead
         } else {
             WindowPosition::Beyond
@@ -513,7 +513,8 @@ impl Backup {
             return messages;
         }
         let first = status.first_slot.max(self.low.next());
-        let last = SeqNum(first.0 + self.config.params.watermark_window - 1).min(self.high());
+        // Saturating: `first_slot` is the peer's word (fuzzing found u64::MAX - 5).
+        let last = SeqNum(first.0.saturating_add(self.config.params.watermark_window - 1)).min(self.high());
         if first > last {
             return messages;
         }

@@ -72,7 +72,7 @@ impl ClientTable {
         if let Some(result) = record.results.get(&timestamp) {
             return RequestStatus::Executed(result.clone());
         }
-        if timestamp.0 + window <= record.top.0 {
+        if timestamp.0.saturating_add(window) <= record.top.0 {
             return RequestStatus::TooOld;
         }
         RequestStatus::New

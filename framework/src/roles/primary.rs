@@ -72,7 +72,7 @@ impl Primary {
     /// Returns `(seq, batch)` pairs to pre-prepare, in order.
     pub fn cut_batches(&mut self, low: SeqNum, now: Instant) -> Vec<(SeqNum, Batch)> {
         let params = &self.config.params;
-        let high = low.0 + params.watermark_window;
+        let high = low.0.saturating_add(params.watermark_window);
         // Numbers at or below a stable checkpoint are decided: a primary that fell behind one
         // (it restarted, or caught up by state transfer) continues above it.
         self.next_seq = self.next_seq.max(low.next());
@@ -114,7 +114,7 @@ impl Primary {
     /// due timer fire again and again without effect.
     pub fn batch_deadline(&self, low: SeqNum) -> Option<Instant> {
         let params = &self.config.params;
-        let window_full = self.next_seq.0 > low.0 + params.watermark_window;
+        let window_full = self.next_seq.0 > low.0.saturating_add(params.watermark_window);
         let pipeline_full = self.in_flight.len() as u64 >= params.in_flight_batches_max;
         if window_full || pipeline_full {
             return None;

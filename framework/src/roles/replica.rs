@@ -754,7 +754,7 @@ impl<S: Service> Replica<S> {
         }
         let window = self.config.params.watermark_window;
         let first_slot = rerun.unwrap_or(last_executed.next());
-        let last = self.highest_seen.0.max(last_executed.0).min(first_slot.0 + window - 1);
+        let last = self.highest_seen.0.max(last_executed.0).min(first_slot.0.saturating_add(window - 1));
         let slots = (first_slot.0..=last).map(|s| self.backup.progress(SeqNum(s))).collect();
         let status = sign(
             Status { replica: self.id, view: self.view(), stable: self.stable(), last_executed, first_slot, slots },
@@ -801,7 +801,8 @@ impl<S: Service> Replica<S> {
     fn on_status(&mut self, status: Verified<Status>, now: Instant, actions: &mut Vec<Action>) {
         self.note_seen(status.last_executed);
         if let Some(offset) = status.slots.iter().rposition(|p| p.has_pre_prepare) {
-            self.note_seen(SeqNum(status.last_executed.0 + offset as u64 + 1));
+            // Saturating: `last_executed` is the peer's word (fuzzing found u64::MAX - 3).
+            self.note_seen(SeqNum(status.last_executed.0.saturating_add(offset as u64 + 1)));
         }
         if !self.may_answer(status.replica, now) {
             return;
