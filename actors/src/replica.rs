@@ -11,6 +11,12 @@
 //! on: undecodable frames in the transport, refused ones (bad signature, unknown sender,
 //! ...) in the forwarder.
 //!
+//! Byzantine mode ([`ReplicaSetup::byzantine`]): the actor drives the simulator's
+//! [`ByzantineReplica`] instead, over the same transport and verifier, so the strategies the
+//! simulator checks can be run against a real cluster (`bulwark demo --byzantine`,
+//! `bulwark bench --attack`). Its sends go out as frames and its timers come from the actor
+//! context, exactly as for a correct replica; it has no store and no status.
+//!
 //! Durability: with a store ([`ReplicaSetup::data_dir`]) the records of each `handle` call
 //! (`Action::Persist`) go to the store's writer thread as one group, and every later action
 //! waits until they are durable; calls handled while a commit is under way share the next
@@ -27,6 +33,7 @@ use bulwark_framework::config::ClientAuth;
 use bulwark_framework::messages::{reply_messages, VerifiedMessage, VerifiedReply};
 use bulwark_framework::roles::replica::{Footprint, ReplicaMetrics};
 use bulwark_framework::roles::ReplicaEvent;
+use bulwark_framework::sim::byzantine::{ByzantineAction, ByzantineReplica, Strategy};
 use bulwark_framework::verify::RefusalCounts;
 use bulwark_framework::verify::{verify_requests, ClientKeyCache, Refusal};
 use bulwark_framework::wire::encode_frame;
@@ -63,7 +70,8 @@ impl actix::Message for Deliver {
 pub struct GetStatus;
 
 impl actix::Message for GetStatus {
-    type Result = ReplicaStatus;
+    /// `None` for a Byzantine replica, whose state means nothing.
+    type Result = Option<ReplicaStatus>;
 }
 
 /// Stop the replica and its transport.
@@ -214,9 +222,20 @@ impl GroupCommit {
     }
 }
 
+/// What the actor drives: a correct framework replica or a Byzantine one.
+// One per actor, held in place: boxing the correct replica would only add an indirection
+// to the hot path to save memory that is never saved.
+#[allow(clippy::large_enum_variant)]
+enum Node<S: Service> {
+    Correct(Replica<S>),
+    Byzantine(Box<ByzantineReplica>),
+}
+
 /// The replica actor.
 pub struct ReplicaActor<S: Service> {
-    replica: Replica<S>,
+    id: ReplicaId,
+    cluster: Arc<ClusterConfig>,
+    replica: Node<S>,
     transport: TransportHandle,
     timers: BTreeMap<TimerKind, SpawnHandle>,
     client_routes: BTreeMap<ClientId, ConnectionId>,
@@ -230,7 +249,7 @@ pub struct ReplicaActor<S: Service> {
 
 impl<S: Service> std::fmt::Debug for ReplicaActor<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReplicaActor({})", self.replica.id())
+        write!(f, "ReplicaActor({})", self.id)
     }
 }
 
@@ -283,8 +302,8 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 }
                 Action::Broadcast { message } => {
                     if let Some(frame) = Self::encode(&message) {
-                        let me = self.replica.id();
-                        for peer in self.replica.config().replicas().filter(|r| *r != me) {
+                        let me = self.id;
+                        for peer in self.cluster.replicas().filter(|r| *r != me) {
                             self.transport.send_to_replica(peer, frame.clone());
                         }
                     }
@@ -322,21 +341,41 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 actor.set_timer(timer, at, ctx);
                 return;
             }
-            let actions = actor.replica.handle(Input::Timer(timer), now());
+            let actions = actor.step(Input::Timer(timer), ctx);
             actor.carry_out(actions, ctx);
         });
         self.timers.insert(timer, handle);
     }
 
+    /// Hands `input` to the node. A correct replica's actions come back to be carried out
+    /// in order with the store; a Byzantine replica's are carried out here and now (it has
+    /// no store): its messages encoded and sent as they are, its timers armed.
+    fn step(&mut self, input: Input, ctx: &mut Context<Self>) -> Vec<Action> {
+        let byzantine = match &mut self.replica {
+            Node::Correct(replica) => return replica.handle(input, now()),
+            Node::Byzantine(byzantine) => byzantine.handle(input, now()),
+        };
+        for action in byzantine {
+            match action {
+                ByzantineAction::Send { to, message } => match encode_frame(&message) {
+                    Ok(frame) => self.transport.send_to_replica(to, Bytes::from(frame)),
+                    Err(error) => tracing::error!(%error, "could not encode a Byzantine message"),
+                },
+                ByzantineAction::SetTimer { timer, at } => self.set_timer(timer, at, ctx),
+            }
+        }
+        Vec::new()
+    }
+
     /// Events carry no decisions; view changes are worth a log line at `info`.
     fn observe(&self, event: ReplicaEvent) {
-        let replica = self.replica.id();
+        let replica = self.id;
         match event {
             ReplicaEvent::ViewChangeStarted { view } => {
                 tracing::info!(%replica, view = view.0, "view change started: VIEW-CHANGE sent");
             }
             ReplicaEvent::EnteredView { view, .. } => {
-                let primary = self.replica.config().primary(view);
+                let primary = self.cluster.primary(view);
                 tracing::info!(%replica, view = view.0, primary = primary.0, "entered view");
             }
             // A NEW-VIEW is large; the others are small enough to print whole.
@@ -378,7 +417,7 @@ impl<S: Service + Send + Unpin> Handler<DeliverAll> for ReplicaActor<S> {
         let mut actions = Vec::new();
         for Deliver { message, connection } in messages {
             self.note_origin(&message, connection);
-            actions.extend(self.replica.handle(Input::Message(message), now()));
+            actions.extend(self.step(Input::Message(message), ctx));
         }
         self.carry_out(actions, ctx);
     }
@@ -405,7 +444,7 @@ impl<S: Service + Send + Unpin> Handler<Deliver> for ReplicaActor<S> {
 
     fn handle(&mut self, Deliver { message, connection }: Deliver, ctx: &mut Context<Self>) {
         self.note_origin(&message, connection);
-        let actions = self.replica.handle(Input::Message(message), now());
+        let actions = self.step(Input::Message(message), ctx);
         self.carry_out(actions, ctx);
     }
 }
@@ -429,7 +468,7 @@ impl<S: Service + Send + Unpin> Handler<StoreEvent> for ReplicaActor<S> {
             StoreEvent::Failed(reason) => {
                 // Without its store the replica cannot keep its promises: it stops, and what
                 // it held back is never sent.
-                tracing::error!(replica = %self.replica.id(), %reason, "durable store failed: stopping the replica");
+                tracing::error!(replica = %self.id, %reason, "durable store failed: stopping the replica");
                 self.durability = None;
                 self.transport.shutdown();
                 ctx.stop();
@@ -442,18 +481,21 @@ impl<S: Service + Send + Unpin> Handler<GetStatus> for ReplicaActor<S> {
     type Result = MessageResult<GetStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(ReplicaStatus {
-            id: self.replica.id(),
-            view: self.replica.view(),
-            view_change_target: self.replica.view_change_target(),
-            stable: self.replica.stable(),
-            last_executed: self.replica.last_executed(),
-            state_digest: self.replica.state_digest(),
-            metrics: self.replica.metrics().clone(),
-            footprint: self.replica.footprint(),
+        let Node::Correct(replica) = &self.replica else {
+            return MessageResult(None);
+        };
+        MessageResult(Some(ReplicaStatus {
+            id: replica.id(),
+            view: replica.view(),
+            view_change_target: replica.view_change_target(),
+            stable: replica.stable(),
+            last_executed: replica.last_executed(),
+            state_digest: replica.state_digest(),
+            metrics: replica.metrics().clone(),
+            footprint: replica.footprint(),
             transport: self.transport.stats(),
             store: self.durability.as_ref().map(GroupCommit::status),
-        })
+        }))
     }
 }
 
@@ -487,8 +529,9 @@ impl<S: Service + Send + Unpin> Clone for ReplicaHandle<S> {
 }
 
 impl<S: Service + Send + Unpin> ReplicaHandle<S> {
+    /// `None` for a stopped or Byzantine replica.
     pub async fn status(&self) -> Option<ReplicaStatus> {
-        self.addr.send(GetStatus).await.ok()
+        self.addr.send(GetStatus).await.ok().flatten()
     }
 
     /// Messages refused at the edge (decode and signature checks), by reason.
@@ -518,6 +561,9 @@ pub struct ReplicaSetup<S> {
     /// comes back from it with `Replica::recover` and persists every record before acting
     /// on it; without one nothing is persisted.
     pub data_dir: Option<PathBuf>,
+    /// Run the simulator's Byzantine replica with this strategy instead of a correct one
+    /// (`service` and `data_dir` are then unused: it executes nothing and keeps no store).
+    pub byzantine: Option<Strategy>,
 }
 
 /// Starts a replica on `arbiter`: binds its listener, dials its peers, starts the
@@ -530,11 +576,12 @@ pub async fn spawn_replica<S: Service + Send + Unpin>(
 }
 
 async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>) -> std::io::Result<ReplicaHandle<S>> {
-    let ReplicaSetup { id, key, cluster, addresses, service, verifier, send_queue_frames_max, data_dir } = setup;
+    let ReplicaSetup { id, key, cluster, addresses, service, verifier, send_queue_frames_max, data_dir, byzantine } =
+        setup;
     // The store first: a replica that cannot open it must not start at all.
-    let store = match &data_dir {
-        Some(dir) => Some(open_store(dir, id, &cluster)?),
-        None => None,
+    let store = match (&data_dir, byzantine) {
+        (Some(dir), None) => Some(open_store(dir, id, &cluster)?),
+        _ => None,
     };
     let listen = *addresses.get(&id).ok_or_else(|| std::io::Error::other(format!("no address for replica {id}")))?;
     let peers = addresses.iter().filter(|(r, _)| **r != id).map(|(r, a)| (*r, *a)).collect();
@@ -552,15 +599,19 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         inbound_tx,
     )
     .await?;
-    let (replica, initial, store) = match store {
-        Some((store, opened)) => {
-            let (replica, initial) = Replica::recover(id, key, cluster, service, opened.recovered, now());
-            (replica, initial, Some(store))
+    let (replica, initial, store) = match (store, byzantine) {
+        (_, Some(strategy)) => {
+            tracing::warn!(replica = %id, strategy = strategy.name(), "starting as a Byzantine replica");
+            (Node::Byzantine(Box::new(ByzantineReplica::new(id, key, cluster.clone(), strategy))), Vec::new(), None)
         }
-        None => {
-            let mut replica = Replica::new(id, key, cluster, service);
+        (Some((store, opened)), None) => {
+            let (replica, initial) = Replica::recover(id, key, cluster.clone(), service, opened.recovered, now());
+            (Node::Correct(replica), initial, Some(store))
+        }
+        (None, None) => {
+            let mut replica = Replica::new(id, key, cluster.clone(), service);
             let initial = replica.start(now());
-            (replica, initial, None)
+            (Node::Correct(replica), initial, None)
         }
     };
     // The writer reports to the actor, so the actor's address comes first; the actor runs
@@ -585,6 +636,8 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         None => None,
     };
     let addr = ctx.run(ReplicaActor {
+        id,
+        cluster,
         replica,
         transport: transport.clone(),
         timers: BTreeMap::new(),

@@ -9,6 +9,7 @@ use bulwark_actors::client::{Client, ClientOptions};
 use bulwark_actors::replica::{spawn_replica, ReplicaHandle, ReplicaSetup, ReplicaStatus};
 use bulwark_actors::verifier::{default_threads, VerifierPool};
 use bulwark_crypto::KeyPair;
+use bulwark_framework::sim::byzantine::Strategy;
 use bulwark_framework::{ClusterConfig, ProtocolParams, ReplicaId, Service};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -101,6 +102,23 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
         make_service: impl Fn() -> S,
         data_dir: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_byzantine(n, params, make_service, data_dir, &[]).await
+    }
+
+    /// Starts the cluster with the replicas named in `byzantine` running the simulator's
+    /// Byzantine strategies instead of the protocol (they report no status, so [`settle`]
+    /// and [`statuses`] cover the correct replicas only). Must be called inside a running
+    /// actix System.
+    ///
+    /// [`settle`]: LocalCluster::settle
+    /// [`statuses`]: LocalCluster::statuses
+    pub async fn start_with_byzantine(
+        n: usize,
+        params: ProtocolParams,
+        make_service: impl Fn() -> S,
+        data_dir: Option<PathBuf>,
+        byzantine: &[(ReplicaId, Strategy)],
+    ) -> anyhow::Result<Self> {
         let keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::generate(&mut rand::rngs::OsRng)).collect();
         let cluster = Arc::new(ClusterConfig::new(keys.iter().map(KeyPair::public).collect(), params)?);
         let addresses = free_local_addresses(n)?;
@@ -109,8 +127,9 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
         let mut arbiters = Vec::new();
         for (index, key) in keys.into_iter().enumerate() {
             let arbiter = Arbiter::new();
+            let id = ReplicaId(index as u32);
             let setup = ReplicaSetup {
-                id: ReplicaId(index as u32),
+                id,
                 key,
                 cluster: cluster.clone(),
                 addresses: addresses.clone(),
@@ -118,6 +137,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
                 verifier: verifier.clone(),
                 send_queue_frames_max: 65_536,
                 data_dir: data_dir.clone(),
+                byzantine: byzantine.iter().find(|(r, _)| *r == id).map(|(_, strategy)| *strategy),
             };
             replicas.push(spawn_replica(setup, &arbiter.handle()).await?);
             arbiters.push(arbiter);
@@ -151,7 +171,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
         Ok(client)
     }
 
-    /// Every replica's status (`None` for a stopped one).
+    /// Every replica's status (`None` for a stopped or Byzantine one).
     pub async fn statuses(&self) -> Vec<Option<ReplicaStatus>> {
         let mut statuses = Vec::new();
         for replica in &self.replicas {

@@ -84,6 +84,17 @@ enum Command {
         /// in group commits before it acts on it. Without it nothing is written to disk.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Run replica ID as a Byzantine replica with the simulator's STRATEGY (repeatable),
+        /// e.g. `--byzantine 3:silent`, `--byzantine 0:equivocating-primary`. Strategies:
+        /// silent, equivocating-primary, skipping-primary, slow-primary, corrupt-state,
+        /// colluder, bad-new-view. The summary's `digest_agree=` then compares the correct
+        /// replicas only. More than f are refused unless --allow-more-than-f is given.
+        #[arg(long, value_name = "ID:STRATEGY", value_parser = parse_byzantine, verbatim_doc_comment)]
+        byzantine: Vec<(ReplicaId, Strategy)>,
+        /// Accept more than f Byzantine replicas (the protocol then promises nothing: a
+        /// negative control).
+        #[arg(long)]
+        allow_more_than_f: bool,
     },
     /// Generate a cluster: DIR/cluster.toml and one secret key file per replica.
     Keygen {
@@ -201,6 +212,18 @@ enum Command {
         /// persisting. Without it nothing is written to disk.
         #[arg(long, value_name = "DIR", conflicts_with = "config")]
         data_dir: Option<PathBuf>,
+        /// In-process cluster only: run the bench twice in this process, fault-free and then
+        /// with one Byzantine replica running STRATEGY (a primary strategy on replica 0, the
+        /// primary of view 0; any other on the last replica), and print both throughputs and
+        /// their fraction.
+        #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy, conflicts_with = "config")]
+        attack: Option<Strategy>,
+        /// In-process cluster only: `ordering_rate_min_per_s`, the requests per second a
+        /// backup expects ordered while requests wait before it replaces the primary
+        /// (Aardvark's defence against a slow primary). Default: 0 (off), or 100 with
+        /// --attack, in both of its runs.
+        #[arg(long, value_name = "PER_S")]
+        ordering_rate_min: Option<u64>,
     },
     /// Run the deterministic simulator over many seeds: each seed draws loss (up to 30%),
     /// duplication (up to 50%), reordering, a partition, a crash and restart and Byzantine
@@ -236,6 +259,19 @@ fn parse_strategy(name: &str) -> Result<Strategy, String> {
         format!("unknown strategy {name:?}; one of: {}", names.join(", "))
     })
 }
+
+/// `--byzantine ID:STRATEGY`: a replica id and one of the simulator's strategies.
+fn parse_byzantine(text: &str) -> Result<(ReplicaId, Strategy), String> {
+    let (id, name) = text.split_once(':').ok_or_else(|| format!("expected ID:STRATEGY, got {text:?}"))?;
+    let id: u32 = id.parse().map_err(|_| format!("bad replica id {id:?} in {text:?}"))?;
+    Ok((ReplicaId(id), parse_strategy(name)?))
+}
+
+/// Attack requests per second a backup expects ordered under `bulwark bench --attack`
+/// unless `--ordering-rate-min` says otherwise: far below what even a starved in-process
+/// cluster orders (thousands per second), far above what a slow primary orders (one
+/// request per 0.8 view-change timeouts).
+const ATTACK_ORDERING_RATE_MIN_PER_S: u64 = 100;
 
 /// `bulwark sim`: a campaign of seeded simulations; returns whether it was safe.
 fn sim(spec: CampaignSpec) -> bool {
@@ -309,7 +345,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             reply_size,
             crash_primary_after,
             data_dir,
+            byzantine,
+            allow_more_than_f,
         } => {
+            let f = replicas.saturating_sub(1) / 3;
+            for (index, (id, _)) in byzantine.iter().enumerate() {
+                if id.index() >= replicas {
+                    bail!("--byzantine {}: there are only {replicas} replicas", id.0);
+                }
+                if byzantine[..index].iter().any(|(other, _)| other == id) {
+                    bail!("--byzantine {}: given twice", id.0);
+                }
+            }
+            if byzantine.len() > f && !allow_more_than_f {
+                bail!(
+                    "{} Byzantine replicas but f = {f}: the protocol tolerates at most f \
+                     (pass --allow-more-than-f to run it anyway)",
+                    byzantine.len()
+                );
+            }
             if crash_primary_after.is_some_and(|after| after >= duration) {
                 bail!("--crash-primary-after must be shorter than --duration ({duration:?})");
             }
@@ -323,7 +377,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 progress: true,
                 ops_max: None,
             };
-            let demo_spec = DemoSpec { replicas, clients, load: spec, crash_primary_after, data_dir };
+            let demo_spec = DemoSpec { replicas, clients, load: spec, crash_primary_after, data_dir, byzantine };
             match service {
                 ServiceKind::Kv => demo::<KvStore>(demo_spec).await,
                 ServiceKind::Bank => demo::<Bank>(demo_spec).await,
@@ -364,18 +418,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             client_auth,
             json,
             data_dir,
+            attack,
+            ordering_rate_min,
         } => {
+            let default_rate_min = if attack.is_some() { ATTACK_ORDERING_RATE_MIN_PER_S } else { 0 };
             let sizes = Sizes { request_bytes: request_size, reply_bytes: reply_size };
             let spec = LoadSpec { concurrency, rate, duration, warmup, sizes, progress: !json, ops_max: ops };
             let params = ProtocolParams {
                 batch_size_max: batch_size,
                 in_flight_batches_max: in_flight_batches,
                 client_auth,
+                ordering_rate_min_per_s: ordering_rate_min.unwrap_or(default_rate_min),
                 ..ProtocolParams::default()
             };
-            let target = match config {
-                Some(path) => BenchTarget::Running(path),
-                None => BenchTarget::InProcess { replicas, params, data_dir },
+            let target = match (config, attack) {
+                (Some(path), _) => BenchTarget::Running(path),
+                (None, None) => BenchTarget::InProcess { replicas, params, data_dir },
+                (None, Some(strategy)) => BenchTarget::Attack { replicas, params, data_dir, strategy },
             };
             bench(target, clients, spec, json).await
         }
@@ -402,6 +461,8 @@ struct DemoSpec {
     crash_primary_after: Option<Duration>,
     /// Durable replicas with their stores here.
     data_dir: Option<PathBuf>,
+    /// Replicas running a Byzantine strategy.
+    byzantine: Vec<(ReplicaId, Strategy)>,
 }
 
 /// Protocol parameters of the demo cluster. When the primary is to crash, the timeouts that
@@ -418,12 +479,16 @@ fn demo_params(crash: bool) -> ProtocolParams {
 }
 
 async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
-    let DemoSpec { replicas, clients, load, crash_primary_after, data_dir } = spec;
+    let DemoSpec { replicas, clients, load, crash_primary_after, data_dir, byzantine } = spec;
     let params = demo_params(crash_primary_after.is_some());
     if let Some(dir) = &data_dir {
         eprintln!("durable replicas: stores in {}", dir.display());
     }
-    let mut cluster = LocalCluster::<S>::start_in(replicas, params, S::default, data_dir).await?;
+    for (id, strategy) in &byzantine {
+        eprintln!("replica {} is Byzantine: {}", id.0, strategy.name());
+    }
+    let mut cluster =
+        LocalCluster::<S>::start_with_byzantine(replicas, params, S::default, data_dir, &byzantine).await?;
     let f = cluster.cluster.f();
     eprintln!(
         "started {replicas} replicas (f = {f}) on {}; {clients} clients x {} in flight for {:?}",
@@ -479,13 +544,25 @@ async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
                     );
                 }
             }
-            None => eprintln!("replica {}: stopped", replica.id.0),
+            None => match byzantine.iter().find(|(id, _)| *id == replica.id) {
+                Some((_, strategy)) => {
+                    eprintln!("replica {}: Byzantine ({}), not checked", replica.id.0, strategy.name())
+                }
+                None => eprintln!("replica {}: stopped", replica.id.0),
+            },
         }
     }
     if let Some(error) = &report.first_error {
         eprintln!("first error: {error}");
     }
     let views = statuses.iter().map(|status| status.view.0).max().unwrap_or(0);
+    if !byzantine.is_empty() {
+        eprintln!(
+            "digest_agree compares the {} correct replicas only ({} Byzantine)",
+            replicas - byzantine.len(),
+            byzantine.len()
+        );
+    }
     println!(
         "summary: replicas={replicas} f={f} ops={} ops_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} errors={} views={views} digest_agree={agree}",
         report.completed,
@@ -528,6 +605,7 @@ async fn replica<S: Workload>(options: ReplicaOptions) -> anyhow::Result<()> {
         verifier,
         send_queue_frames_max: 65_536,
         data_dir: data_dir.clone(),
+        byzantine: None,
     };
     let arbiter = actix::Arbiter::new();
     let handle = spawn_replica(setup, &arbiter.handle())
@@ -665,6 +743,40 @@ enum BenchTarget {
     Running(PathBuf),
     /// A cluster started in this process (durable with a data dir).
     InProcess { replicas: usize, params: ProtocolParams, data_dir: Option<PathBuf> },
+    /// An in-process cluster twice: fault-free, then with one replica running `strategy`.
+    Attack { replicas: usize, params: ProtocolParams, data_dir: Option<PathBuf>, strategy: Strategy },
+}
+
+/// The replica that runs `strategy` under `bulwark bench --attack`: the primary of view 0
+/// for the strategies that act as primary, the last replica (a backup) otherwise.
+fn attacker(strategy: Strategy, replicas: usize) -> ReplicaId {
+    match strategy {
+        Strategy::EquivocatingPrimary | Strategy::SkippingPrimary | Strategy::SlowPrimary => ReplicaId(0),
+        _ => ReplicaId(replicas.saturating_sub(1) as u32),
+    }
+}
+
+/// One closed- or open-loop run against a fresh in-process cluster.
+async fn bench_in_process(
+    replicas: usize,
+    params: ProtocolParams,
+    data_dir: Option<PathBuf>,
+    byzantine: &[(ReplicaId, Strategy)],
+    clients: usize,
+    spec: &LoadSpec,
+) -> anyhow::Result<LoadReport> {
+    let mut cluster =
+        LocalCluster::<Echo>::start_with_byzantine(replicas, params, Echo::default, data_dir, byzantine).await?;
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        handles.push(cluster.client(ClientOptions::default()).await?);
+    }
+    let report = run_load(&handles, spec).await;
+    for client in &handles {
+        client.close();
+    }
+    cluster.shutdown();
+    Ok(report)
 }
 
 fn parse_client_auth(text: &str) -> Result<ClientAuth, String> {
@@ -684,18 +796,93 @@ async fn bench(target: BenchTarget, clients: usize, spec: LoadSpec, json: bool) 
         }
         BenchTarget::InProcess { replicas, params, data_dir } => {
             let client_auth = params.client_auth;
-            let mut cluster = LocalCluster::<Echo>::start_in(replicas, params, Echo::default, data_dir).await?;
-            let mut handles = Vec::new();
-            for _ in 0..clients {
-                handles.push(cluster.client(ClientOptions::default()).await?);
+            (bench_in_process(replicas, params, data_dir, &[], clients, &spec).await?, replicas, client_auth)
+        }
+        BenchTarget::Attack { replicas, params, data_dir, strategy } => {
+            let client_auth = params.client_auth;
+            let rate_min = params.ordering_rate_min_per_s;
+            let attacker = attacker(strategy, replicas);
+            if !json {
+                eprintln!("fault-free run");
             }
-            let report = run_load(&handles, &spec).await;
-            cluster.shutdown();
-            (report, replicas, client_auth)
+            let fault_free = bench_in_process(replicas, params.clone(), data_dir.clone(), &[], clients, &spec).await?;
+            if !json {
+                print_bench(&fault_free, &spec, clients, replicas, client_auth, false);
+                eprintln!("run under attack: replica {} {}", attacker.0, strategy.name());
+            }
+            let attacked =
+                bench_in_process(replicas, params, data_dir, &[(attacker, strategy)], clients, &spec).await?;
+            let fraction = attacked.ops_per_sec() / fault_free.ops_per_sec().max(1e-9);
+            if json {
+                let value = serde_json::json!({
+                    "attack": strategy.name(),
+                    "byzantine_replica": attacker.0,
+                    "ordering_rate_min_per_s": rate_min,
+                    "fault_free": bench_json(&fault_free, &spec, clients, replicas, client_auth),
+                    "under_attack": bench_json(&attacked, &spec, clients, replicas, client_auth),
+                    "fault_free_ops_per_sec": fault_free.ops_per_sec(),
+                    "attack_ops_per_sec": attacked.ops_per_sec(),
+                    "fraction": fraction,
+                });
+                println!("{value}");
+            } else {
+                print_bench(&attacked, &spec, clients, replicas, client_auth, false);
+                println!("ordering_rate_min_per_s {rate_min}");
+                println!("| strategy | Byzantine replica | fault-free ops/s | under attack ops/s | fraction |");
+                println!("|---|---|---|---|---|");
+                println!(
+                    "| {} | {} | {:.0} | {:.0} | {:.0}% |",
+                    strategy.name(),
+                    attacker.0,
+                    fault_free.ops_per_sec(),
+                    attacked.ops_per_sec(),
+                    fraction * 100.0
+                );
+            }
+            return Ok(());
         }
     };
     print_bench(&report, &spec, clients, n, client_auth, json);
     Ok(())
+}
+
+/// One run's figures, as `bulwark bench --json` prints them.
+fn bench_json(
+    report: &LoadReport,
+    spec: &LoadSpec,
+    clients: usize,
+    replicas: usize,
+    client_auth: ClientAuth,
+) -> serde_json::Value {
+    let mode = bench_mode(spec, clients);
+    serde_json::json!({
+        "replicas": replicas,
+        "clients": clients,
+        "mode": mode,
+        "client_auth": client_auth.as_str(),
+        "request_bytes": spec.sizes.request_bytes,
+        "reply_bytes": spec.sizes.reply_bytes,
+        "duration_s": report.elapsed.as_secs_f64(),
+        "completed": report.completed,
+        "errors": report.errors,
+        "shed": report.shed,
+        "ops_per_sec": report.ops_per_sec(),
+        "p50_ms": report.percentile_ms(0.5),
+        "p90_ms": report.percentile_ms(0.9),
+        "p99_ms": report.percentile_ms(0.99),
+        "p999_ms": report.percentile_ms(0.999),
+        "max_ms": report.latency_us.max() as f64 / 1000.0,
+        "rss_start_mib": report.rss_start_mib(),
+        "rss_end_mib": report.rss_end_mib(),
+        "rss_max_mib": report.rss_max_mib(),
+    })
+}
+
+fn bench_mode(spec: &LoadSpec, clients: usize) -> String {
+    match spec.rate {
+        Some(rate) => format!("open loop, {rate:.0} req/s offered"),
+        None => format!("closed loop, {clients} clients x {} in flight", spec.concurrency),
+    }
 }
 
 fn print_bench(
@@ -706,34 +893,10 @@ fn print_bench(
     client_auth: ClientAuth,
     json: bool,
 ) {
-    let mode = match spec.rate {
-        Some(rate) => format!("open loop, {rate:.0} req/s offered"),
-        None => format!("closed loop, {clients} clients x {} in flight", spec.concurrency),
-    };
+    let mode = bench_mode(spec, clients);
     let quantiles = [0.5, 0.9, 0.99, 0.999];
     if json {
-        let value = serde_json::json!({
-            "replicas": replicas,
-            "clients": clients,
-            "mode": mode,
-            "client_auth": client_auth.as_str(),
-            "request_bytes": spec.sizes.request_bytes,
-            "reply_bytes": spec.sizes.reply_bytes,
-            "duration_s": report.elapsed.as_secs_f64(),
-            "completed": report.completed,
-            "errors": report.errors,
-            "shed": report.shed,
-            "ops_per_sec": report.ops_per_sec(),
-            "p50_ms": report.percentile_ms(0.5),
-            "p90_ms": report.percentile_ms(0.9),
-            "p99_ms": report.percentile_ms(0.99),
-            "p999_ms": report.percentile_ms(0.999),
-            "max_ms": report.latency_us.max() as f64 / 1000.0,
-            "rss_start_mib": report.rss_start_mib(),
-            "rss_end_mib": report.rss_end_mib(),
-            "rss_max_mib": report.rss_max_mib(),
-        });
-        println!("{value}");
+        println!("{}", bench_json(report, spec, clients, replicas, client_auth));
         return;
     }
     println!(
