@@ -122,6 +122,9 @@ pub struct ViewChanger {
     request_deadline: Option<Instant>,
     /// Aardvark guard: requests executed since `rate_window_start`.
     executed_in_window: u64,
+    /// A request ordered in the current view (not a NEW-VIEW re-proposal) executed since
+    /// the view was entered.
+    ordered_since_entered: bool,
     rate_window_start: Instant,
 }
 
@@ -143,6 +146,7 @@ impl ViewChanger {
             waiting: BTreeMap::new(),
             request_deadline: None,
             executed_in_window: 0,
+            ordered_since_entered: false,
             rate_window_start: Instant::ZERO,
         }
     }
@@ -244,6 +248,7 @@ impl ViewChanger {
         let reproposed = self.new_view.as_ref().is_some_and(|nv| nv.view() == self.view && seq <= nv.order.max_seq);
         if executed > 0 && !self.is_changing() && !reproposed {
             self.timeout = self.config.params.view_change_timeout();
+            self.ordered_since_entered = true;
         }
         if removed == 0 || self.is_changing() {
             return None;
@@ -286,6 +291,15 @@ impl ViewChanger {
         if self.waiting.is_empty() {
             self.request_deadline = None;
             return Err(None);
+        }
+        // VC4 (Castro & Liskov, TOCS §4.5.2): a view entered by a view change that executes
+        // no new request before the request timer fires failed too, and the next one waits
+        // twice as long. Without this, a new primary with a full window to re-run (an
+        // equivocating primary's 256 slots under load) never got more than the base timeout
+        // and the cluster changed views forever.
+        if self.view.0 > 0 && !self.ordered_since_entered {
+            let cap = self.config.params.view_change_timeout() * 64;
+            self.timeout = (self.timeout * 2).min(cap);
         }
         Ok(self.view.next())
     }
@@ -426,6 +440,7 @@ impl ViewChanger {
     /// VC16(3–4): enter view `view`. Returns the request-timer deadline to arm if requests
     /// are still waiting.
     pub fn enter(&mut self, view: View, new_view: Option<Arc<VerifiedNewView>>, now: Instant) -> Option<Instant> {
+        self.ordered_since_entered = false;
         self.view = view;
         self.target = None;
         self.view_change_deadline = None;
