@@ -298,8 +298,7 @@ impl ViewChanger {
         // equivocating primary's 256 slots under load) never got more than the base timeout
         // and the cluster changed views forever.
         if self.view.0 > 0 && !self.ordered_since_entered {
-            let cap = self.config.params.view_change_timeout() * 64;
-            self.timeout = (self.timeout * 2).min(cap);
+            self.double_timeout();
         }
         Ok(self.view.next())
     }
@@ -420,9 +419,14 @@ impl ViewChanger {
             return Err(Some(deadline));
         }
         self.view_change_deadline = None;
+        self.double_timeout();
+        Ok(target.next())
+    }
+
+    /// VC4: a failed view change doubles `T_cur`, up to 64 times the base.
+    fn double_timeout(&mut self) {
         let cap = self.config.params.view_change_timeout() * 64;
         self.timeout = (self.timeout * 2).min(cap);
-        Ok(target.next())
     }
 
     /// VC15 (the part that depends on this replica): a NEW-VIEW for `w` may be accepted iff
