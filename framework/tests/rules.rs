@@ -325,6 +325,33 @@ fn n6_st6_commits_without_prepared_commit_only_as_a_full_certificate() {
     assert!(broadcasts(&out).iter().all(|m| !matches!(m, VerifiedMessage::Commit(_))), "no own commit: {out:?}");
 }
 
+/// N1.d with ST6: a backup that logged one pre-prepare of an equivocating primary and then
+/// meets a commit certificate (`2f + 1` COMMITs of its view) for the other digest drops its
+/// pre-prepare, asks for the certified batch by digest, and executes that batch once it
+/// arrives; it signs nothing for it. Twins found the stall without this (`tests/twins.rs`:
+/// a backup partitioned with one twin of the primary waited for ever).
+#[test]
+fn n1d_st6_a_commit_certificate_outvotes_an_equivocating_primarys_pre_prepare() {
+    let f = fixture();
+    let mut backup = f.backup(1);
+    let (taken, certified) = (f.batch(&[1]), f.batch(&[2]));
+    let mut out = Vec::new();
+    backup.on_pre_prepare(f.pre_prepare(0, 1, taken.digest()), taken.clone(), &f.keys[1], &mut out);
+    for from in [0, 2] {
+        backup.on_commit(f.commit(from, 0, 1, certified.digest()), &f.keys[1], &mut out);
+    }
+    assert_eq!(backup.missing_batches(), Vec::new(), "2f commits outvote nothing");
+    backup.on_commit(f.commit(3, 0, 1, certified.digest()), &f.keys[1], &mut out);
+    assert!(refusals(&out).contains(&"logged pre-prepare outvoted by a commit certificate"), "{out:?}");
+    assert_eq!(backup.missing_batches(), vec![certified.digest()], "the certified batch is fetched");
+    assert!(backup.committed_batch(SeqNum(1)).is_none(), "nothing to execute before the batch arrives");
+    assert!(!backup.supply_batch(taken.clone(), &f.keys[1], &mut out), "the outvoted batch is not taken back");
+    assert!(backup.supply_batch(certified.clone(), &f.keys[1], &mut out));
+    assert_eq!(backup.committed_batch(SeqNum(1)).map(|(b, v)| (b.digest(), v)), Some((certified.digest(), View(0))));
+    assert_eq!(backup.commit_certificate(SeqNum(1)).len(), 3);
+    assert!(broadcasts(&out).iter().all(|m| !matches!(m, VerifiedMessage::Commit(_))), "no own commit: {out:?}");
+}
+
 /// PF7 / M6: a replica's second commit counts once, and a conflicting one is refused.
 #[test]
 fn pf7_one_replica_counts_once_however_often_it_votes() {
@@ -1008,6 +1035,31 @@ fn vc4_timeout_doubles_until_a_request_ordered_in_the_new_view_executes() {
     assert_eq!(changer.timeout(), base * 4, "a new view that orders nothing new doubles T");
     changer.executed(SeqNum(3), [key(8)], Instant(30));
     assert_eq!(changer.timeout(), base, "a request ordered in the new view resets it");
+}
+
+/// VC1 with PF4: a replica whose request timer fires while `f + 1` members announced
+/// checkpoints past it waits (it is behind, the primary need not be at fault), but only
+/// while it executes something between firings. When it does not, the others are stuck as
+/// well, and it suspects the primary: campaign seed 488 deadlocked with one correct replica
+/// frozen in a view change to v2 and the lagging one re-arming for ever.
+#[test]
+fn vc1_pf4_a_lagging_replica_that_stops_progressing_suspects_the_primary() {
+    let f = fixture();
+    let mut replica = f.replica(2);
+    let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(1, put("k", "1"))), 0);
+    let first = timer_at(&actions, TimerKind::Request).expect("VC1: the request timer starts");
+    for from in [1, 3] {
+        deliver(&mut replica, VerifiedMessage::Checkpoint(f.checkpoint(from, 16, Digest::of(b"state"))), 1);
+    }
+    let actions = replica.handle(Input::Timer(TimerKind::Request), first);
+    assert!(sent_view_changes(&actions).is_empty(), "behind f + 1 members: it waits first");
+    let second = timer_at(&actions, TimerKind::Request).expect("and re-arms");
+    let actions = replica.handle(Input::Timer(TimerKind::Request), second);
+    assert_eq!(
+        sent_view_changes(&actions).iter().map(|vc| vc.view()).collect::<Vec<_>>(),
+        vec![View(1)],
+        "nothing executed for a whole timeout: the wait is over"
+    );
 }
 
 /// VC7: a view-changing replica retransmits its VIEW-CHANGE on its periodic tick.

@@ -13,7 +13,8 @@ use bulwark_examples::echo::Echo;
 use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::config::ClientAuth;
 use bulwark_framework::sim::byzantine::Strategy;
-use bulwark_framework::sim::campaign::{run_campaign, CampaignSpec};
+use bulwark_framework::sim::campaign::{run_campaign, CampaignReport, CampaignSpec};
+use bulwark_framework::sim::twins::{run_twins, TwinsScope};
 use bulwark_framework::{ProtocolParams, ReplicaId, Service, View};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -230,6 +231,11 @@ enum Command {
     /// replicas, runs a key-value workload and checks the safety invariants after every
     /// step and liveness after the network settles. Ends with `violations: 0`, or with the
     /// first failing seed and the command that replays it (exit status 1).
+    ///
+    /// With --twins it runs Twins instead: each faulty replica is two correct instances
+    /// holding one key, and every round partitions the instances in two. Seeds 1..=N visit
+    /// the scope's N scenarios once each (N is printed; n = 4, one twin, two rounds has
+    /// 1,024), so enough seeds is exhaustive and fewer is a spread-out sample.
     Sim {
         /// Replicas per run; 0 alternates n = 4 and n = 7.
         #[arg(long, default_value_t = 4)]
@@ -240,15 +246,22 @@ enum Command {
         /// The first seed (replay one with --first-seed S --seeds 1).
         #[arg(long, default_value_t = 1)]
         first_seed: u64,
-        /// Byzantine replicas per run (default: f). More than f is a negative control:
-        /// the checker should then report violations.
+        /// Byzantine replicas per run (default: f); with --twins, the twinned replicas.
+        /// More than f is a negative control: the checker should then report violations.
         #[arg(long)]
         byzantine: Option<usize>,
         /// Use only this Byzantine strategy (default: each Byzantine replica draws one):
         /// silent, equivocating-primary, skipping-primary, slow-primary, corrupt-state,
         /// colluder or bad-new-view.
-        #[arg(long, value_parser = parse_strategy)]
+        #[arg(long, value_parser = parse_strategy, conflicts_with = "twins")]
         strategy: Option<Strategy>,
+        /// Run Twins scenarios instead of drawn strategies (needs --replicas 4 or more).
+        #[arg(long)]
+        twins: bool,
+        /// Twins rounds per scenario, 400 ms of simulated time each; the network is whole
+        /// after the last.
+        #[arg(long, default_value_t = 2, requires = "twins")]
+        rounds: usize,
     },
 }
 
@@ -302,10 +315,53 @@ fn sim(spec: CampaignSpec) -> bool {
         }
         command
     };
+    conclude(&report, spec.time_limit, replay)
+}
+
+/// `bulwark sim --twins`: seeds of a Twins scope; returns whether they were safe.
+fn sim_twins(scope: TwinsScope, first_seed: u64, seeds: u64) -> anyhow::Result<bool> {
+    let total = scope.scenarios()?;
+    let covered = if u128::from(seeds) >= total && first_seed == 1 { "exhaustive" } else { "sampled" };
+    println!(
+        "Twins: n = {}, {} twinned, {} rounds of {} ms: {total} scenarios; running seeds {first_seed}..={} ({covered})",
+        scope.replicas,
+        scope.twinned,
+        scope.rounds,
+        scope.round_us / 1_000,
+        first_seed.saturating_add(seeds).saturating_sub(1)
+    );
+    let report = run_twins(
+        &scope,
+        first_seed,
+        seeds,
+        KvStore::new,
+        |rng, client, index| KvOp::Append {
+            key: format!("k{}", rand::Rng::gen_range(rng, 0..4)),
+            value: vec![client as u8, (index % 251) as u8],
+        },
+        |outcome| {
+            if !outcome.report.violations.is_empty() || !outcome.report.converged() {
+                println!("seed {} ({}): {}", outcome.seed, outcome.scenario, outcome.report);
+            }
+        },
+    )?;
+    println!("{report}");
+    let replay = |seed: u64| {
+        format!(
+            "bulwark sim --twins --replicas {} --byzantine {} --rounds {} --first-seed {seed} --seeds 1",
+            scope.replicas, scope.twinned, scope.rounds
+        )
+    };
+    Ok(conclude(&report, Duration::from_secs(30), replay))
+}
+
+/// Prints the verdict of a simulator run: the stuck seeds, then `violations: 0` or the
+/// first unsafe seed with its replay command. Returns whether the run was safe.
+fn conclude(report: &CampaignReport, time_limit: Duration, replay: impl Fn(u64) -> String) -> bool {
     if let Some(seed) = report.stuck_seeds.first() {
         println!(
             "not live within {:?}: {} seeds; replay the first with `{}`",
-            spec.time_limit,
+            time_limit,
             report.stuck_seeds.len(),
             replay(*seed)
         );
@@ -438,7 +494,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             bench(target, clients, spec, json).await
         }
-        Command::Sim { replicas, seeds, first_seed, byzantine, strategy } => {
+        Command::Sim { replicas, seeds, first_seed, byzantine, strategy: _, twins: true, rounds } => {
+            if replicas < 4 {
+                bail!("--twins needs --replicas 4 or more, got {replicas}");
+            }
+            let twinned = byzantine.unwrap_or((replicas - 1) / 3);
+            let scope = TwinsScope { replicas, twinned, rounds, ..TwinsScope::default() };
+            if !sim_twins(scope, first_seed, seeds)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Sim { replicas, seeds, first_seed, byzantine, strategy, twins: false, rounds: _ } => {
             if replicas != 0 && replicas < 4 {
                 bail!("--replicas must be 0 (alternate 4 and 7) or at least 4, got {replicas}");
             }

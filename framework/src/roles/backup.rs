@@ -57,6 +57,14 @@ pub struct Slot {
     prepared: bool,
     committed: bool,
     own_commit: Option<Verified<Commit>>,
+    /// The digest of a commit certificate (`2f + 1` COMMITs of this view) that outvoted
+    /// the pre-prepare this slot had logged. The certificate proves its batch committed
+    /// (f + 1 correct replicas prepared it, as ST6 accepts in state transfer), so the
+    /// logged pre-prepare came from an equivocating primary: it is dropped and the
+    /// certified batch fetched by digest. Without this a backup that took the "wrong"
+    /// pre-prepare of an equivocating primary waits forever for COMMITs that will never
+    /// match it (found by Twins, `tests/twins.rs`).
+    certified: Option<(View, Digest)>,
 }
 
 impl Slot {
@@ -69,11 +77,23 @@ impl Slot {
             prepared: false,
             committed: false,
             own_commit: None,
+            certified: None,
         }
     }
 
     pub fn digest(&self) -> Option<Digest> {
-        self.pre_prepare.as_ref().map(|pp| pp.digest)
+        match self.certified {
+            Some((_, digest)) => Some(digest),
+            None => self.pre_prepare.as_ref().map(|pp| pp.digest),
+        }
+    }
+
+    /// The view the slot's digest belongs to.
+    fn view(&self) -> Option<View> {
+        match self.certified {
+            Some((view, _)) => Some(view),
+            None => self.pre_prepare.as_ref().map(|pp| pp.view),
+        }
     }
 
     pub fn is_committed(&self) -> bool {
@@ -307,6 +327,8 @@ impl Backup {
         let slot = self.slot_mut(seq);
         match slot.digest() {
             Some(existing) if existing == digest => {
+                // A certified slot learns the pre-prepare it lacked (to retransmit it).
+                slot.pre_prepare.get_or_insert(pre_prepare);
                 if slot.batch.is_none() {
                     slot.batch = Some(batch);
                     self.check_progress(seq, key, out);
@@ -398,9 +420,31 @@ impl Backup {
         let Some(slot) = self.slots.get_mut(&seq) else {
             return;
         };
+        if !slot.committed && !slot.prepared && slot.certified.is_none() {
+            // A commit certificate for another digest outvotes the logged pre-prepare (see
+            // `Slot::certified`). A replica prepared here cannot meet one: two digests
+            // prepared in one view would need a correct replica to prepare both.
+            if let Some(certified) = slot.commits.digest_with(commit_threshold).filter(|d| *d != digest) {
+                slot.pre_prepare = None;
+                slot.batch = None;
+                slot.certified = Some((view, certified));
+                out.push(BackupOutput::Refused("logged pre-prepare outvoted by a commit certificate"));
+                if let Some(batch) = self.batch_with(certified) {
+                    self.slots.get_mut(&seq).expect("just updated").batch = Some(batch);
+                }
+                self.check_progress(seq, key, out);
+                return;
+            }
+        }
         // N5: prepared needs the batch logged too.
         let Some(batch) = slot.batch.clone() else { return };
-        if !frozen && may_commit && !slot.prepared && slot.prepares.count(digest, Some(primary)) >= prepare_threshold {
+        let logged_pre_prepare = slot.pre_prepare.is_some();
+        if !frozen
+            && may_commit
+            && logged_pre_prepare
+            && !slot.prepared
+            && slot.prepares.count(digest, Some(primary)) >= prepare_threshold
+        {
             slot.prepared = true;
             let certificate = VerifiedPrepared {
                 pre_prepare: slot.pre_prepare.clone().expect("digest implies a pre-prepare"),
@@ -436,10 +480,10 @@ impl Backup {
         let Some(slot) = self.slots.get(&seq).filter(|slot| slot.committed) else {
             return Vec::new();
         };
-        let (Some(pp), Some(digest)) = (&slot.pre_prepare, slot.digest()) else {
+        let (Some(view), Some(digest)) = (slot.view(), slot.digest()) else {
             return Vec::new();
         };
-        slot.commits.certificate(digest).into_iter().filter(|c| c.view == pp.view).cloned().collect()
+        slot.commits.certificate(digest).into_iter().filter(|c| c.view == view).cloned().collect()
     }
 
     /// The batch at `seq` if it is committed-local (E1 asks for it in order).
@@ -449,7 +493,7 @@ impl Backup {
             return None;
         }
         let batch = slot.batch.clone()?;
-        slot.pre_prepare.as_ref().map(|pp| (batch, pp.view))
+        slot.view().map(|view| (batch, view))
     }
 
     pub fn is_committed(&self, seq: SeqNum) -> bool {

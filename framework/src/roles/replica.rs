@@ -85,6 +85,8 @@ pub struct Replica<S: Service> {
     metrics: ReplicaMetrics,
     highest_seen: SeqNum,
     executed_at_last_tick: SeqNum,
+    /// Last executed when the request timer last fired (`catching_up_at_request_timer`).
+    executed_at_request_timer: Option<SeqNum>,
     ticks: u64,
     answered_at: Vec<Option<Instant>>,
     batches_answered_at: Vec<Option<Instant>>,
@@ -111,6 +113,7 @@ impl<S: Service> Replica<S> {
             metrics: ReplicaMetrics::default(),
             highest_seen: SeqNum(0),
             executed_at_last_tick: SeqNum(0),
+            executed_at_request_timer: None,
             ticks: 0,
             answered_at: vec![None; n],
             batches_answered_at: vec![None; n],
@@ -278,7 +281,7 @@ impl<S: Service> Replica<S> {
                 // A replica catching up to a stable checkpoint waits because it is behind,
                 // not because the primary stalls: the checkpoint proves that f + 1 correct
                 // replicas executed past it. It re-arms instead of suspecting (PF4).
-                Ok(_) if self.catching_up() => {
+                Ok(_) if self.catching_up_at_request_timer() => {
                     let at = now + self.view_changer.timeout();
                     self.view_changer.rearm_request_timer(at);
                     actions.push(Action::SetTimer { timer: TimerKind::Request, at });
@@ -681,11 +684,20 @@ impl<S: Service> Replica<S> {
 
     /// Behind a stable checkpoint, fetching its image, or `f + 1` replicas (so at least one
     /// correct one) checkpointed past this replica's last executed sequence number (C7).
-    fn catching_up(&self) -> bool {
+    /// Whether the request timer fired because this replica is behind rather than because
+    /// the primary stalls. A state transfer or a stable checkpoint above what it executed is
+    /// proof. Checkpoints of `f + 1` members past it (not yet stable) count only while it
+    /// still executes from one timer to the next: when the others are stuck too — a
+    /// correct replica froze in a view change that needs this replica to join it — waiting
+    /// for them deadlocks the cluster (campaign seed 488).
+    fn catching_up_at_request_timer(&mut self) -> bool {
         let last_executed = self.last_executed();
+        // The first firing has nothing to compare with: it gets the benefit of the doubt.
+        let progressed = self.executed_at_request_timer.is_none_or(|before| last_executed > before);
+        self.executed_at_request_timer = Some(last_executed);
         self.transfer.is_some()
             || last_executed < self.stable()
-            || self.checkpoints.members_past(last_executed) >= self.config.weak_quorum()
+            || (progressed && self.checkpoints.members_past(last_executed) >= self.config.weak_quorum())
     }
 
     fn may_answer(&mut self, peer: ReplicaId, now: Instant) -> bool {

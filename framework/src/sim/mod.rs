@@ -14,6 +14,7 @@
 pub mod byzantine;
 pub mod campaign;
 pub mod checker;
+pub mod twins;
 
 use crate::config::{ClusterConfig, ProtocolParams};
 use crate::durable::Recovered;
@@ -86,6 +87,29 @@ pub struct Restart {
     pub torn: bool,
 }
 
+/// One instance of a replica: every replica has its first instance; a twinned one (see
+/// [`SimConfig::twins`]) also has a second holding the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instance {
+    pub replica: ReplicaId,
+    /// The second instance of a twinned replica.
+    pub twin: bool,
+}
+
+/// A Twins round: until `until`, instances in different groups cannot reach each other
+/// (clients reach every instance). An instance in no group is cut off from every other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Round {
+    pub until: Instant,
+    pub groups: Vec<Vec<Instance>>,
+}
+
+impl Round {
+    fn group_of(&self, instance: Instance) -> Option<usize> {
+        self.groups.iter().position(|group| group.contains(&instance))
+    }
+}
+
 /// Everything that defines a run besides the service.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -111,6 +135,15 @@ pub struct SimConfig {
     pub time_limit: Duration,
     /// Negative control (tests only): correct replicas use weakened quorums.
     pub weaken_quorums: bool,
+    /// Twins (Bano et al., "Twins: BFT Systems Made Robust"): each of these replicas runs
+    /// as two correct instances holding the same key, which together behave as one
+    /// Byzantine replica that equivocates in whatever way the partitions let it. Twinned
+    /// replicas are not checked (they count as faulty), and may not also be Byzantine,
+    /// crash or restart.
+    pub twins: Vec<ReplicaId>,
+    /// Partitions of the instances, round by round; after the last round every instance
+    /// reaches every other.
+    pub rounds: Vec<Round>,
 }
 
 impl SimConfig {
@@ -140,6 +173,8 @@ impl SimConfig {
             wire_roundtrip: false,
             time_limit: Duration::from_secs(600),
             weaken_quorums: false,
+            twins: Vec::new(),
+            rounds: Vec::new(),
         }
     }
 }
@@ -229,7 +264,19 @@ impl fmt::Display for SimReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Endpoint {
     Replica(ReplicaId),
+    /// The second instance of a twinned replica.
+    Twin(ReplicaId),
     Client(usize),
+}
+
+impl Endpoint {
+    fn instance(self) -> Option<Instance> {
+        match self {
+            Endpoint::Replica(replica) => Some(Instance { replica, twin: false }),
+            Endpoint::Twin(replica) => Some(Instance { replica, twin: true }),
+            Endpoint::Client(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -246,7 +293,7 @@ enum Event {
         payload: Payload,
     },
     ReplicaTimer {
-        replica: ReplicaId,
+        node: Endpoint,
         timer: TimerKind,
         generation: u64,
     },
@@ -273,6 +320,8 @@ enum Event {
 enum Node<S: Service> {
     Correct(Box<Replica<S>>),
     Byzantine(Box<ByzantineReplica>),
+    /// An instance of a twinned replica: correct code, unchecked.
+    Twin(Box<Replica<S>>),
     Crashed,
 }
 
@@ -296,8 +345,10 @@ pub struct Simulation<S: Service> {
     events: BTreeMap<u64, Event>,
     next_event: u64,
     nodes: Vec<Node<S>>,
+    /// The second instances of twinned replicas.
+    twin_nodes: BTreeMap<ReplicaId, Node<S>>,
     clients: Vec<ClientNode>,
-    timer_generations: BTreeMap<(ReplicaId, TimerKind), u64>,
+    timer_generations: BTreeMap<(Endpoint, TimerKind), u64>,
     make_operation: OperationSource<S>,
     checker: Checker,
     trace: DigestBuilder,
@@ -347,11 +398,15 @@ impl<S: Service> Simulation<S> {
     ) -> Result<Self, crate::config::ConfigError> {
         let members = (0..config.replicas).map(|i| replica_key(config.seed, i).public()).collect();
         let cluster = Arc::new(ClusterConfig::new(members, config.params.clone())?);
+        twins::check(&config)?;
         let mut checker = Checker::new(cluster.clone());
         let nodes = (0..config.replicas)
             .map(|i| {
                 let id = ReplicaId(i as u32);
                 let key = replica_key(config.seed, i);
+                if config.twins.contains(&id) {
+                    return Node::Twin(Box::new(Replica::new(id, key, cluster.clone(), make_service())));
+                }
                 match config.byzantine.iter().find(|(r, _)| *r == id) {
                     Some((_, strategy)) => {
                         Node::Byzantine(Box::new(ByzantineReplica::new(id, key, cluster.clone(), *strategy)))
@@ -371,6 +426,14 @@ impl<S: Service> Simulation<S> {
                 }
             })
             .collect();
+        let twin_nodes = config
+            .twins
+            .iter()
+            .map(|&id| {
+                let key = replica_key(config.seed, id.index());
+                (id, Node::Twin(Box::new(Replica::new(id, key, cluster.clone(), make_service()))))
+            })
+            .collect();
         let clients = (0..config.clients)
             .map(|c| ClientNode {
                 client: Client::new(client_key(config.seed, c), cluster.clone(), crate::ids::Timestamp(1)),
@@ -387,6 +450,7 @@ impl<S: Service> Simulation<S> {
             events: BTreeMap::new(),
             next_event: 0,
             nodes,
+            twin_nodes,
             clients,
             timer_generations: BTreeMap::new(),
             make_operation: Box::new(make_operation),
@@ -438,14 +502,35 @@ impl<S: Service> Simulation<S> {
 
     fn cut_off(&self, endpoint: Endpoint, at: Instant) -> bool {
         match endpoint {
-            Endpoint::Replica(r) => self.isolated(r, at),
+            Endpoint::Replica(r) | Endpoint::Twin(r) => self.isolated(r, at),
             Endpoint::Client(_) => false,
         }
     }
 
-    /// Sends over the simulated network: drop, delay with jitter, maybe duplicate.
+    /// Whether the current Twins round keeps `from` and `to` apart.
+    fn partitioned(&self, from: Endpoint, to: Endpoint, at: Instant) -> bool {
+        let (Some(from), Some(to)) = (from.instance(), to.instance()) else {
+            return false;
+        };
+        match self.config.rounds.iter().find(|round| at < round.until) {
+            Some(round) => round.group_of(from).is_none() || round.group_of(from) != round.group_of(to),
+            None => false,
+        }
+    }
+
+    /// Sends over the simulated network: drop, delay with jitter, maybe duplicate. What is
+    /// sent to a twinned replica reaches each of its instances independently.
     fn send(&mut self, from: Endpoint, to: Endpoint, payload: Payload) {
-        if self.cut_off(from, self.now) {
+        if let Endpoint::Replica(replica) = to {
+            if self.twin_nodes.contains_key(&replica) {
+                self.send_one(from, Endpoint::Twin(replica), payload.clone());
+            }
+        }
+        self.send_one(from, to, payload);
+    }
+
+    fn send_one(&mut self, from: Endpoint, to: Endpoint, payload: Payload) {
+        if self.cut_off(from, self.now) || self.partitioned(from, to, self.now) {
             return;
         }
         let network = self.config.network.clone();
@@ -508,11 +593,15 @@ impl<S: Service> Simulation<S> {
         for isolation in self.config.isolations.clone() {
             self.schedule(isolation.until, Event::Rejoin { replica: isolation.replica });
         }
-        for index in 0..self.nodes.len() {
-            let id = ReplicaId(index as u32);
-            if let Node::Correct(replica) = &mut self.nodes[index] {
-                let actions = replica.start(self.now);
-                self.carry_out(id, actions);
+        let instances: Vec<Endpoint> = (0..self.nodes.len() as u32)
+            .map(|index| Endpoint::Replica(ReplicaId(index)))
+            .chain(self.twin_nodes.keys().map(|id| Endpoint::Twin(*id)))
+            .collect();
+        let now = self.now;
+        for node in instances {
+            if let Some(Node::Correct(replica) | Node::Twin(replica)) = self.node_mut(node) {
+                let actions = replica.start(now);
+                self.carry_out(node, actions);
             }
         }
         for client in 0..self.clients.len() {
@@ -566,12 +655,15 @@ impl<S: Service> Simulation<S> {
                 self.trace.update(b"crash").update_u64(replica.0 as u64);
                 self.nodes[replica.index()] = Node::Crashed;
             }
-            Event::ReplicaTimer { replica, timer, generation } => {
-                if self.timer_generations.get(&(replica, timer)) != Some(&generation) {
+            Event::ReplicaTimer { node, timer, generation } => {
+                if self.timer_generations.get(&(node, timer)) != Some(&generation) {
                     return;
                 }
+                let (Endpoint::Replica(replica) | Endpoint::Twin(replica)) = node else {
+                    return;
+                };
                 self.trace.update(b"timer").update_u64(self.now.0).update_u64(replica.0 as u64);
-                self.deliver_to_replica(replica, Input::Timer(timer));
+                self.deliver_to_replica(node, Input::Timer(timer));
             }
             Event::ClientTimer { client, generation } => {
                 if self.clients[client].timer_generation != generation {
@@ -605,7 +697,7 @@ impl<S: Service> Simulation<S> {
                 };
                 self.trace.update(&fingerprint(&message).0).update_u64(self.now.0);
                 match to {
-                    Endpoint::Replica(replica) => self.deliver_to_replica(replica, Input::Message(message)),
+                    Endpoint::Replica(_) | Endpoint::Twin(_) => self.deliver_to_replica(to, Input::Message(message)),
                     Endpoint::Client(client) => {
                         if let VerifiedMessage::Reply(reply) = message {
                             let actions = self.clients[client].client.on_reply(reply, self.now);
@@ -627,10 +719,33 @@ impl<S: Service> Simulation<S> {
         }
     }
 
-    fn deliver_to_replica(&mut self, id: ReplicaId, input: Input) {
+    fn node_mut(&mut self, node: Endpoint) -> Option<&mut Node<S>> {
+        match node {
+            Endpoint::Replica(id) => self.nodes.get_mut(id.index()),
+            Endpoint::Twin(id) => self.twin_nodes.get_mut(&id),
+            Endpoint::Client(_) => None,
+        }
+    }
+
+    fn deliver_to_replica(&mut self, node: Endpoint, input: Input) {
         let now = self.now;
-        match &mut self.nodes[id.index()] {
+        let (Endpoint::Replica(id) | Endpoint::Twin(id)) = node else {
+            return;
+        };
+        // Field by field, not through `node_mut`, so the checker stays borrowable below.
+        let target = match node {
+            Endpoint::Twin(_) => self.twin_nodes.get_mut(&id),
+            _ => self.nodes.get_mut(id.index()),
+        };
+        let Some(target) = target else {
+            return;
+        };
+        match target {
             Node::Crashed => {}
+            Node::Twin(replica) => {
+                let actions = replica.handle(input, now);
+                self.carry_out(node, actions);
+            }
             Node::Correct(replica) => {
                 let mut actions = replica.handle(input, now);
                 let dying = self.dying.remove(&id);
@@ -642,7 +757,7 @@ impl<S: Service> Simulation<S> {
                 let footprint = replica.footprint();
                 self.checker.observe_replica(id, &actions, view, stable, executed);
                 self.note_footprint(footprint);
-                self.carry_out(id, actions);
+                self.carry_out(node, actions);
                 if dying {
                     self.trace.update(b"torn-crash").update_u64(id.0 as u64);
                     self.nodes[id.index()] = Node::Crashed;
@@ -655,7 +770,7 @@ impl<S: Service> Simulation<S> {
                         ByzantineAction::Send { to, message } => {
                             self.send(Endpoint::Replica(id), Endpoint::Replica(to), Payload::Raw(message))
                         }
-                        ByzantineAction::SetTimer { timer, at } => self.set_timer(id, timer, at),
+                        ByzantineAction::SetTimer { timer, at } => self.set_timer(node, timer, at),
                     }
                 }
             }
@@ -679,7 +794,7 @@ impl<S: Service> Simulation<S> {
         self.restarts_done += 1;
         // Timers set before the crash must not reach the new incarnation.
         for kind in [TimerKind::Batch, TimerKind::Status, TimerKind::Request, TimerKind::ViewChange] {
-            *self.timer_generations.entry((id, kind)).or_default() += 1;
+            *self.timer_generations.entry((Endpoint::Replica(id), kind)).or_default() += 1;
         }
         let recovered = self.stores[id.index()].clone();
         let key = replica_key(self.config.seed, id.index());
@@ -688,7 +803,7 @@ impl<S: Service> Simulation<S> {
         self.checker.observe_restart(id);
         self.checker.observe_replica(id, &actions, replica.view(), replica.stable(), replica.last_executed());
         self.nodes[id.index()] = Node::Correct(Box::new(replica));
-        self.carry_out(id, actions);
+        self.carry_out(Endpoint::Replica(id), actions);
     }
 
     fn note_footprint(&mut self, footprint: Footprint) {
@@ -711,14 +826,17 @@ impl<S: Service> Simulation<S> {
         self.peak_checker = self.peak_checker.max(self.checker.footprint());
     }
 
-    fn set_timer(&mut self, replica: ReplicaId, timer: TimerKind, at: Instant) {
-        let generation = self.timer_generations.entry((replica, timer)).or_default();
+    fn set_timer(&mut self, node: Endpoint, timer: TimerKind, at: Instant) {
+        let generation = self.timer_generations.entry((node, timer)).or_default();
         *generation += 1;
         let generation = *generation;
-        self.schedule(at.max(self.now), Event::ReplicaTimer { replica, timer, generation });
+        self.schedule(at.max(self.now), Event::ReplicaTimer { node, timer, generation });
     }
 
-    fn carry_out(&mut self, from: ReplicaId, actions: Vec<Action>) {
+    fn carry_out(&mut self, node: Endpoint, actions: Vec<Action>) {
+        let (Endpoint::Replica(from) | Endpoint::Twin(from)) = node else {
+            return;
+        };
         for action in actions {
             match action {
                 Action::Send { to, message } => {
@@ -726,13 +844,13 @@ impl<S: Service> Simulation<S> {
                         continue;
                     }
                     let payload = self.encode(&message);
-                    self.send(Endpoint::Replica(from), Endpoint::Replica(to), payload);
+                    self.send(node, Endpoint::Replica(to), payload);
                 }
                 Action::Broadcast { message } => {
                     let payload = self.encode(&message);
                     for to in (0..self.nodes.len() as u32).map(ReplicaId) {
                         if to != from && !self.blacked_out(from, to, &message) {
-                            self.send(Endpoint::Replica(from), Endpoint::Replica(to), payload.clone());
+                            self.send(node, Endpoint::Replica(to), payload.clone());
                         }
                     }
                 }
@@ -740,11 +858,13 @@ impl<S: Service> Simulation<S> {
                     let index = self.clients.iter().position(|c| c.client.id() == client);
                     if let Some(index) = index {
                         let payload = self.encode(&VerifiedMessage::Reply(reply));
-                        self.send(Endpoint::Replica(from), Endpoint::Client(index), payload);
+                        self.send(node, Endpoint::Client(index), payload);
                     }
                 }
-                Action::SetTimer { timer, at } => self.set_timer(from, timer, at),
-                Action::Persist(record) => self.stores[from.index()].apply(record),
+                Action::SetTimer { timer, at } => self.set_timer(node, timer, at),
+                // Twins never restart: their records are not kept.
+                Action::Persist(record) if node == Endpoint::Replica(from) => self.stores[from.index()].apply(record),
+                Action::Persist(_) => {}
                 Action::Report { .. } | Action::Event(_) => {}
             }
         }
