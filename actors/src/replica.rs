@@ -1003,7 +1003,7 @@ mod tests {
     }
 
     async fn eventually(what: &str, condition: impl Fn() -> bool) {
-        for _ in 0..10_000 {
+        for _ in 0..30_000 {
             if condition() {
                 return;
             }
