@@ -406,12 +406,10 @@ mod tests {
         for job in 0..10 {
             schedule.push(Origin::Client, job);
         }
-        let mut next_replica_job = 1_000;
         let mut client_jobs_taken = Vec::new();
         for taken in 1..=10 * (REPLICA_JOBS_PER_CLIENT_JOB + 1) {
             // The replica lane never runs dry: a member floods valid messages.
-            schedule.push(Origin::Replica(ReplicaId(1)), next_replica_job);
-            next_replica_job += 1;
+            schedule.push(Origin::Replica(ReplicaId(1)), 1_000 + taken as i32);
             let job = schedule.pop().expect("work is waiting");
             if job < 1_000 {
                 client_jobs_taken.push((job, taken));
@@ -484,12 +482,14 @@ mod tests {
         })
     }
 
+    type RequestResults = Vec<Result<Verified<Request>, Refusal>>;
+
     /// As [`verify_logged`], for a batch of client requests.
     fn verify_requests_logged(
         pool: &VerifierPool,
         log: &Arc<Mutex<Vec<&'static str>>>,
         requests: Vec<Signed<Request>>,
-    ) -> actix_rt::task::JoinHandle<Result<Vec<Result<Verified<Request>, Refusal>>, PoolStopped>> {
+    ) -> actix_rt::task::JoinHandle<Result<RequestResults, PoolStopped>> {
         let (pool, log) = (pool.clone(), log.clone());
         actix_rt::spawn(async move {
             pool.run(Origin::Client, move |worker| {
