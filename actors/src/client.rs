@@ -18,7 +18,7 @@
 
 use crate::clock::{now, wall_clock_micros};
 use crate::transport::{self, Inbound, TransportConfig, TransportHandle};
-use crate::verifier::{VerifierPool, Verify};
+use crate::verifier::VerifierPool;
 use actix::prelude::*;
 use bulwark_crypto::KeyPair;
 use bulwark_framework::messages::{Report, VerifiedMessage, VerifiedReply};
@@ -269,7 +269,8 @@ impl Handler<FromReplicas> for ClientActor {
                 Message::Reply(_) | Message::Replies(_) => {}
                 Message::Report(_) => {
                     // Signed by a replica: checked on the verifier pool, then handed back.
-                    let check = self.verifier.addr.send(Verify(inbound.message));
+                    let pool = self.verifier.clone();
+                    let check = async move { pool.verify(inbound.message).await };
                     ctx.spawn(check.into_actor(self).map(|checked, actor, _| {
                         if let Ok(Ok(VerifiedMessage::Report(report))) = checked {
                             actor.on_report(report);

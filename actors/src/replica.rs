@@ -24,8 +24,10 @@
 
 use crate::clock::now;
 use crate::store::{store_path, Opened, Store, StoreEvent, StoreMetrics, StoreWriter};
-use crate::transport::{self, ConnectionId, Inbound, TransportConfig, TransportHandle, TransportStats};
-use crate::verifier::{VerifierPool, Verify, VerifyRequests};
+use crate::transport::{
+    self, ConnectionId, Inbound, InboundLanes, TransportConfig, TransportHandle, TransportStats, WeakTransportHandle,
+};
+use crate::verifier::{Origin, PoolStopped, VerifierPool};
 use actix::prelude::*;
 use bulwark_crypto::Digest;
 use bulwark_crypto::KeyPair;
@@ -45,11 +47,32 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// Inbound messages a replica may be verifying or handling at once. Beyond this the
-/// forwarder stops reading, and TCP pushes back on senders.
-const INBOUND_IN_FLIGHT_MAX: usize = 512;
+/// Client messages (requests, inquiries) a replica may be verifying or handling at once.
+/// Beyond this the client lane stops reading, and TCP pushes back on the clients.
+const CLIENT_IN_FLIGHT_MAX: usize = 512;
+
+/// Protocol messages from all peer replicas together that a replica may be verifying or
+/// handling at once, shared equally among the members (see [`replica_in_flight_per_sender_max`]).
+const REPLICA_IN_FLIGHT_MAX: usize = 512;
+
+/// A peer's share of [`REPLICA_IN_FLIGHT_MAX`] never falls below this, however large the
+/// cluster: a PRE-PREPARE, its PREPAREs and COMMITs and a CHECKPOINT in flight at once.
+const REPLICA_IN_FLIGHT_PER_SENDER_MIN: usize = 16;
+
+/// Protocol messages one peer may have in verification or handling at once. Each peer has
+/// its own lane and its own budget, so one that floods (valid or not) fills only its own
+/// lane and TCP pushes back on it alone; the others' messages still get through.
+fn replica_in_flight_per_sender_max(n: usize) -> usize {
+    (REPLICA_IN_FLIGHT_MAX / n.max(1)).max(REPLICA_IN_FLIGHT_PER_SENDER_MIN)
+}
+
+/// Inbound messages a replica may be verifying or handling at once, every lane together:
+/// the bound on its actor's mailbox.
+fn inbound_in_flight_max(n: usize) -> usize {
+    CLIENT_IN_FLIGHT_MAX + n * replica_in_flight_per_sender_max(n)
+}
 
 /// Client connections remembered for routing replies.
 const CLIENT_ROUTES_MAX: usize = 65_536;
@@ -258,7 +281,7 @@ impl<S: Service + Send + Unpin> Actor for ReplicaActor<S> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // The mailbox only ever holds what the bounded forwarder lets through.
-        ctx.set_mailbox_capacity(INBOUND_IN_FLIGHT_MAX + 16);
+        ctx.set_mailbox_capacity(inbound_in_flight_max(self.cluster.n()) + 16);
         let actions = std::mem::take(&mut self.initial);
         self.carry_out(actions, ctx);
     }
@@ -585,7 +608,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
     };
     let listen = *addresses.get(&id).ok_or_else(|| std::io::Error::other(format!("no address for replica {id}")))?;
     let peers = addresses.iter().filter(|(r, _)| **r != id).map(|(r, a)| (*r, *a)).collect();
-    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_IN_FLIGHT_MAX);
+    let (inbound_lanes, inbound_receivers) = inbound_lanes(&cluster);
     let transport = transport::start(
         TransportConfig {
             listen: Some(listen),
@@ -596,7 +619,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
             reconnect_max_ms: 1_000,
             accepted_connections_max: transport::ACCEPTED_CONNECTIONS_MAX,
         },
-        inbound_tx,
+        inbound_lanes,
     )
     .await?;
     let (replica, initial, store) = match (store, byzantine) {
@@ -646,7 +669,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         initial,
         durability,
     });
-    forward(inbound_rx, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport, gate);
+    forward(inbound_receivers, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport, gate);
     Ok(ReplicaHandle { id, addr, transport, verifier })
 }
 
@@ -668,15 +691,45 @@ fn open_store(dir: &std::path::Path, id: ReplicaId, cluster: &Arc<ClusterConfig>
     Ok((store, opened))
 }
 
-/// Moves inbound messages through the verifier pool to `target`, at most
-/// `INBOUND_IN_FLIGHT_MAX` at a time, and none while `gate` is closed (a durable replica
-/// whose disk is behind; see [`HELD_ACTIONS_MAX`]).
+/// The receiving ends of a replica's inbound lanes: one for clients, one per member.
+#[derive(Debug)]
+pub(crate) struct InboundReceivers {
+    client: mpsc::Receiver<Inbound>,
+    replicas: Vec<mpsc::Receiver<Inbound>>,
+}
+
+/// A replica's inbound lanes: clients' messages in one, each member's protocol messages
+/// in its own (by the sender they claim, [`Origin::of`]). The transport's readers wait for
+/// room in their message's lane only, so clients filling theirs do not hold up the
+/// replicas' traffic, nor does one flooding replica hold up the others'.
+pub(crate) fn inbound_lanes(cluster: &Arc<ClusterConfig>) -> (InboundLanes, InboundReceivers) {
+    let n = cluster.n();
+    let (client_tx, client) = mpsc::channel(CLIENT_IN_FLIGHT_MAX);
+    let (replica_txs, replicas): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| mpsc::channel(replica_in_flight_per_sender_max(n))).unzip();
+    let mut senders = vec![client_tx];
+    senders.extend(replica_txs);
+    let cluster = cluster.clone();
+    let lanes = InboundLanes::new(senders, move |message| match Origin::of(message, &cluster) {
+        Origin::Client => 0,
+        Origin::Replica(replica) => 1 + replica.0 as usize,
+    });
+    (lanes, InboundReceivers { client, replicas })
+}
+
+/// Moves inbound messages through the verifier pool to `target`, lane by lane, and none
+/// while `gate` is closed (a durable replica whose disk is behind; see
+/// [`HELD_ACTIONS_MAX`]). Each lane has its own budget of messages in flight (taken before
+/// verification, returned once the actor has handled the message): [`CLIENT_IN_FLIGHT_MAX`]
+/// for clients, [`replica_in_flight_per_sender_max`] for each member. A lane out of budget
+/// stops reading; the others go on. The verifier pool then serves the replicas' lanes
+/// first (see [`crate::verifier`]).
 ///
 /// Client requests that are already waiting together (up to [`REQUEST_CHUNK_MAX`]) are
-/// verified as one ed25519 batch ([`VerifyRequests`]) and handed to `batch_target` in one
-/// actor message, so the primary pays about half a signature check per request and one
-/// actor hop per burst rather than per request. With `client_auth = "connection"` they are
-/// only size-checked, here, without a trip to the pool.
+/// verified as one ed25519 batch and handed to `batch_target` in one actor message, so the
+/// primary pays about half a signature check per request and one actor hop per burst
+/// rather than per request. With `client_auth = "connection"` they are only size-checked,
+/// here, without a trip to the pool.
 ///
 /// A message the verifier refuses (counted there) proves its sender misbehaves: every
 /// [`Refusal`](bulwark_framework::verify::Refusal) it returns is a bad signature, a sender
@@ -686,7 +739,7 @@ fn open_store(dir: &std::path::Path, id: ReplicaId, cluster: &Arc<ClusterConfig>
 /// delivered on their own merit. `transport` is held weakly, so the forwarder never keeps
 /// an endpoint running that its owner has dropped.
 pub(crate) fn forward(
-    mut inbound: mpsc::Receiver<Inbound>,
+    lanes: InboundReceivers,
     verifier: VerifierPool,
     target: Recipient<Deliver>,
     batch_target: Recipient<DeliverAll>,
@@ -694,73 +747,139 @@ pub(crate) fn forward(
     gate: InboundGate,
 ) {
     let transport = transport.downgrade();
-    let permits = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT_MAX));
-    actix::spawn(async move {
-        loop {
-            gate.wait_open().await;
-            let Some(first) = inbound.recv().await else {
-                break;
-            };
-            // What is already waiting is taken together, so client requests that arrived in
-            // one burst are verified as one batch and handed to the replica in one message.
-            let mut chunk = vec![first];
-            while chunk.len() < REQUEST_CHUNK_MAX {
-                match inbound.try_recv() {
-                    Ok(next) => chunk.push(next),
-                    Err(_) => break,
-                }
+    let per_sender = replica_in_flight_per_sender_max(lanes.replicas.len());
+    for replica_lane in lanes.replicas {
+        actix::spawn(forward_replica_lane(
+            replica_lane,
+            per_sender,
+            verifier.clone(),
+            target.clone(),
+            transport.clone(),
+            gate.clone(),
+        ));
+    }
+    actix::spawn(forward_client_lane(lanes.client, verifier, target, batch_target, transport, gate));
+}
+
+/// One member's lane: each message verified on its own, at most `in_flight_max` at once.
+async fn forward_replica_lane(
+    mut inbound: mpsc::Receiver<Inbound>,
+    in_flight_max: usize,
+    verifier: VerifierPool,
+    target: Recipient<Deliver>,
+    transport: WeakTransportHandle,
+    gate: InboundGate,
+) {
+    let permits = Arc::new(Semaphore::new(in_flight_max));
+    loop {
+        gate.wait_open().await;
+        let Some(Inbound { connection, message, .. }) = inbound.recv().await else {
+            break;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        actix::spawn(verify_and_deliver(
+            message,
+            connection,
+            verifier.clone(),
+            target.clone(),
+            transport.clone(),
+            permit,
+        ));
+    }
+}
+
+/// Verifies `message` and hands it to `target`; `permit` is held until the actor handled
+/// it.
+async fn verify_and_deliver(
+    message: bulwark_framework::Message,
+    connection: ConnectionId,
+    verifier: VerifierPool,
+    target: Recipient<Deliver>,
+    transport: WeakTransportHandle,
+    permit: OwnedSemaphorePermit,
+) {
+    match verifier.verify(message).await {
+        Ok(Ok(message)) => {
+            let _ = target.send(Deliver { message, connection }).await;
+        }
+        Ok(Err(refusal)) => close_refused(&transport, connection, &refusal),
+        // The verifier pool is gone: the system is stopping.
+        Err(PoolStopped) => {}
+    }
+    drop(permit);
+}
+
+/// The clients' lane: requests that wait together are verified as one batch, anything
+/// else (inquiries, messages claiming a sender outside the cluster) on its own; at most
+/// [`CLIENT_IN_FLIGHT_MAX`] at once.
+async fn forward_client_lane(
+    mut inbound: mpsc::Receiver<Inbound>,
+    verifier: VerifierPool,
+    target: Recipient<Deliver>,
+    batch_target: Recipient<DeliverAll>,
+    transport: WeakTransportHandle,
+    gate: InboundGate,
+) {
+    let permits = Arc::new(Semaphore::new(CLIENT_IN_FLIGHT_MAX));
+    loop {
+        gate.wait_open().await;
+        let Some(first) = inbound.recv().await else {
+            break;
+        };
+        // What is already waiting is taken together, so client requests that arrived in
+        // one burst are verified as one batch and handed to the replica in one message.
+        let mut chunk = vec![first];
+        while chunk.len() < REQUEST_CHUNK_MAX {
+            match inbound.try_recv() {
+                Ok(next) => chunk.push(next),
+                Err(_) => break,
             }
-            let mut requests = Vec::new();
-            for Inbound { connection, message, .. } in chunk {
-                if let bulwark_framework::Message::Request(request) = message {
-                    requests.push((connection, request));
-                    continue;
-                }
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let verifier = verifier.addr.clone();
-                let target = target.clone();
-                let transport = transport.clone();
-                actix::spawn(async move {
-                    match verifier.send(Verify(message)).await {
-                        Ok(Ok(message)) => {
-                            let _ = target.send(Deliver { message, connection }).await;
-                        }
-                        Ok(Err(refusal)) => close_refused(&transport, connection, &refusal),
-                        // The verifier pool is gone: the system is stopping.
-                        Err(_) => {}
-                    }
-                    drop(permit);
-                });
-            }
-            if requests.is_empty() {
+        }
+        let mut requests = Vec::new();
+        for Inbound { connection, message, .. } in chunk {
+            if let bulwark_framework::Message::Request(request) = message {
+                requests.push((connection, request));
                 continue;
             }
-            let Ok(permit) = permits.clone().acquire_many_owned(requests.len() as u32).await else {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let (connections, signed): (Vec<ConnectionId>, Vec<_>) = requests.into_iter().unzip();
-            if verifier.config.params.client_auth == ClientAuth::Connection {
-                // Nothing to check but sizes: done here rather than on another thread.
-                let mut keys = ClientKeyCache::default();
-                let results = verify_requests(signed, &verifier.config, &mut keys);
-                deliver_requests(connections, results, &batch_target, &transport, &verifier).await;
-                drop(permit);
-                continue;
-            }
-            let verifier_addr = verifier.addr.clone();
-            let batch_target = batch_target.clone();
-            let transport = transport.clone();
-            let pool = verifier.clone();
-            actix::spawn(async move {
-                if let Ok(results) = verifier_addr.send(VerifyRequests(signed)).await {
-                    deliver_requests(connections, results, &batch_target, &transport, &pool).await;
-                }
-                drop(permit);
-            });
+            actix::spawn(verify_and_deliver(
+                message,
+                connection,
+                verifier.clone(),
+                target.clone(),
+                transport.clone(),
+                permit,
+            ));
         }
-    });
+        if requests.is_empty() {
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_many_owned(requests.len() as u32).await else {
+            return;
+        };
+        let (connections, signed): (Vec<ConnectionId>, Vec<_>) = requests.into_iter().unzip();
+        if verifier.config.params.client_auth == ClientAuth::Connection {
+            // Nothing to check but sizes: done here rather than on another thread.
+            let mut keys = ClientKeyCache::default();
+            let results = verify_requests(signed, &verifier.config, &mut keys);
+            deliver_requests(connections, results, &batch_target, &transport, &verifier).await;
+            drop(permit);
+            continue;
+        }
+        let batch_target = batch_target.clone();
+        let transport = transport.clone();
+        let pool = verifier.clone();
+        actix::spawn(async move {
+            if let Ok(results) = pool.verify_requests(signed).await {
+                deliver_requests(connections, results, &batch_target, &transport, &pool).await;
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// Client requests read together, verified together (at most this many).
@@ -775,7 +894,7 @@ impl actix::Message for DeliverAll {
     type Result = ();
 }
 
-fn close_refused(transport: &crate::transport::WeakTransportHandle, connection: ConnectionId, refusal: &Refusal) {
+fn close_refused(transport: &WeakTransportHandle, connection: ConnectionId, refusal: &Refusal) {
     tracing::warn!(%connection, %refusal, "closing connection after a refused message");
     if let Some(transport) = transport.upgrade() {
         transport.close_connection(connection);
@@ -786,7 +905,7 @@ async fn deliver_requests(
     connections: Vec<ConnectionId>,
     results: Vec<Result<bulwark_crypto::Verified<bulwark_framework::messages::Request>, Refusal>>,
     target: &Recipient<DeliverAll>,
-    transport: &crate::transport::WeakTransportHandle,
+    transport: &WeakTransportHandle,
     pool: &VerifierPool,
 ) {
     let mut delivers = Vec::with_capacity(results.len());
@@ -811,8 +930,164 @@ async fn deliver_requests(
 
 #[cfg(test)]
 mod tests {
-    use super::InboundGate;
+    use super::*;
+    use bulwark_crypto::{KeyPair, Signed};
+    use bulwark_framework::messages::{MessageKind, Prepare, Request};
+    use bulwark_framework::{Message, ProtocolParams, Timestamp};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
     use std::time::Duration;
+    use tokio::sync::watch;
+
+    fn replica_key(i: u32) -> KeyPair {
+        KeyPair::from_seed([i as u8 + 1; 32])
+    }
+
+    fn cluster() -> Arc<ClusterConfig> {
+        let members = (0..4).map(|i| replica_key(i).public()).collect();
+        Arc::new(ClusterConfig::new(members, ProtocolParams::default()).unwrap())
+    }
+
+    fn request(timestamp: u64) -> Message {
+        let key = KeyPair::from_seed([100; 32]);
+        let payload = Request {
+            client_key: key.public().into(),
+            timestamp: Timestamp(timestamp),
+            read_only: false,
+            operation: vec![],
+        };
+        Message::Request(Signed::sign(payload, &key).unwrap())
+    }
+
+    fn prepare(replica: u32) -> Message {
+        let payload =
+            Prepare { view: View(0), seq: SeqNum(1), digest: Digest::of(b"batch"), replica: ReplicaId(replica) };
+        Message::Prepare(Signed::sign(payload, &replica_key(replica)).unwrap())
+    }
+
+    /// Stands in for the replica actor: records what it is handed, and holds every batch of
+    /// client requests until `handling` opens, as a replica busy elsewhere would.
+    struct Sink {
+        protocol_messages: Arc<Mutex<Vec<MessageKind>>>,
+        requests_handled: Arc<AtomicUsize>,
+        requests_in_hand: Arc<AtomicUsize>,
+        handling: watch::Receiver<bool>,
+    }
+
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Deliver> for Sink {
+        type Result = ();
+
+        fn handle(&mut self, deliver: Deliver, _: &mut Context<Self>) {
+            self.protocol_messages.lock().unwrap().push(deliver.message.kind());
+        }
+    }
+
+    impl Handler<DeliverAll> for Sink {
+        type Result = ResponseFuture<()>;
+
+        fn handle(&mut self, DeliverAll(requests): DeliverAll, _: &mut Context<Self>) -> Self::Result {
+            let mut handling = self.handling.clone();
+            let handled = self.requests_handled.clone();
+            let in_hand = self.requests_in_hand.clone();
+            in_hand.fetch_add(requests.len(), Ordering::SeqCst);
+            Box::pin(async move {
+                let _ = handling.wait_for(|open| *open).await;
+                in_hand.fetch_sub(requests.len(), Ordering::SeqCst);
+                handled.fetch_add(requests.len(), Ordering::SeqCst);
+            })
+        }
+    }
+
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        for _ in 0..30_000 {
+            if condition() {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    /// A client flood against a replica that is slow to handle requests: the client lane
+    /// takes what its budget allows and then pushes back (nothing beyond a fixed bound is
+    /// read), a PREPARE still passes straight through its own lane, and once the replica
+    /// catches up every request is delivered.
+    #[actix_rt::test]
+    async fn a_client_flood_is_bounded_and_does_not_hold_back_a_replica_message() {
+        let cluster = cluster();
+        let pool = VerifierPool::start(1, cluster.clone());
+        let (lanes, receivers) = inbound_lanes(&cluster);
+        let (unused_inbound, _) = mpsc::channel(1);
+        let transport = transport::start(
+            TransportConfig {
+                listen: Some("127.0.0.1:0".parse().unwrap()),
+                peers: BTreeMap::new(),
+                frame_bytes_max: cluster.params.frame_bytes_max,
+                send_queue_frames_max: 16,
+                reconnect_min_ms: 20,
+                reconnect_max_ms: 1_000,
+                accepted_connections_max: 16,
+            },
+            unused_inbound,
+        )
+        .await
+        .unwrap();
+        let (open_handling, handling) = watch::channel(false);
+        let protocol_messages = Arc::new(Mutex::new(Vec::new()));
+        let requests_handled = Arc::new(AtomicUsize::new(0));
+        let requests_in_hand = Arc::new(AtomicUsize::new(0));
+        let sink = Sink {
+            protocol_messages: protocol_messages.clone(),
+            requests_handled: requests_handled.clone(),
+            requests_in_hand: requests_in_hand.clone(),
+            handling,
+        }
+        .start();
+        forward(receivers, pool, sink.clone().recipient(), sink.recipient(), &transport, InboundGate::default());
+
+        let flood = 3_000;
+        let flood_messages: Vec<Message> = (0..flood).map(|t| request(t as u64)).collect();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        {
+            let lanes = lanes.clone();
+            let accepted = accepted.clone();
+            actix_rt::spawn(async move {
+                for message in flood_messages {
+                    // What a connection's reader does: wait for room in the message's lane.
+                    if lanes.deliver(Inbound { connection: ConnectionId(1), link: None, message }).await.is_err() {
+                        return;
+                    }
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        // The forwarder takes what waits in chunks and the budget per chunk, so the budget
+        // is full to within one chunk.
+        eventually("the client budget is in the replica's hands", || {
+            requests_in_hand.load(Ordering::SeqCst) > CLIENT_IN_FLIGHT_MAX - REQUEST_CHUNK_MAX
+        })
+        .await;
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        // In flight, waiting in the lane's channel, and one chunk the forwarder holds while
+        // it waits for budget: nothing more is read.
+        let bound = CLIENT_IN_FLIGHT_MAX + CLIENT_IN_FLIGHT_MAX + REQUEST_CHUNK_MAX;
+        let accepted_while_stuck = accepted.load(Ordering::SeqCst);
+        assert!(accepted_while_stuck <= bound, "{accepted_while_stuck} requests read, bound {bound}");
+        assert!(requests_in_hand.load(Ordering::SeqCst) <= CLIENT_IN_FLIGHT_MAX, "the budget holds");
+
+        lanes.deliver(Inbound { connection: ConnectionId(2), link: None, message: prepare(1) }).await.unwrap();
+        eventually("the PREPARE reached the replica", || !protocol_messages.lock().unwrap().is_empty()).await;
+        assert_eq!(*protocol_messages.lock().unwrap(), vec![MessageKind::Prepare]);
+        assert_eq!(requests_handled.load(Ordering::SeqCst), 0, "the PREPARE did not wait for the clients");
+
+        open_handling.send_replace(true);
+        eventually("every request was delivered", || requests_handled.load(Ordering::SeqCst) == flood).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), flood);
+    }
 
     /// Disk back-pressure: while the gate is closed the forwarder's wait does not end; it
     /// ends as soon as the gate opens, however the two race.

@@ -40,7 +40,10 @@
 //!   behind one slow peer is not.
 //! * **Delivery applies backpressure.** A reader awaits space in the (bounded) inbound
 //!   channel before reading the next frame; when the consumer is slow, TCP flow control
-//!   pushes back on the sender instead of frames piling up here.
+//!   pushes back on the sender instead of frames piling up here. The consumer may split
+//!   the channel into lanes ([`InboundLanes`]; a replica has one for clients and one per
+//!   peer replica), so that backpressure on one lane leaves connections feeding another
+//!   running.
 //!
 //! Memory per connection is therefore bounded by one frame being read (at most
 //! `frame_bytes_max`), a 64 KiB read buffer, the send queue and one write batch.
@@ -288,7 +291,7 @@ struct Context {
     counters: Arc<Counters>,
     routes: Routes,
     next_connection: Arc<AtomicU64>,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: InboundLanes,
     shutdown: watch::Receiver<bool>,
     frame_bytes_max: usize,
     send_queue_frames_max: usize,
@@ -360,13 +363,55 @@ impl fmt::Debug for TransportHandle {
     }
 }
 
+/// Where an endpoint's readers deliver what they read: one bounded channel per lane,
+/// chosen for each message by `lane_of`. A reader waiting for room waits on its own
+/// message's lane only, so a full lane (client requests piling up at a busy replica) does
+/// not stop the connections whose messages go to another (the other replicas' protocol
+/// traffic). What a lane means is the owner's business; the transport only routes.
+#[derive(Clone)]
+pub struct InboundLanes {
+    lanes: Arc<[mpsc::Sender<Inbound>]>,
+    lane_of: Arc<dyn Fn(&Message) -> usize + Send + Sync>,
+}
+
+impl InboundLanes {
+    /// `lane_of` picks an index into `lanes` for each message; an index past the end
+    /// means the last lane. `lanes` must not be empty.
+    pub fn new(lanes: Vec<mpsc::Sender<Inbound>>, lane_of: impl Fn(&Message) -> usize + Send + Sync + 'static) -> Self {
+        assert!(!lanes.is_empty(), "an endpoint needs at least one inbound lane");
+        InboundLanes { lanes: lanes.into(), lane_of: Arc::new(lane_of) }
+    }
+
+    /// Waits for room in `inbound`'s lane and puts it there; fails once that lane's
+    /// receiver is gone.
+    pub(crate) async fn deliver(&self, inbound: Inbound) -> Result<(), mpsc::error::SendError<Inbound>> {
+        let lane = (self.lane_of)(&inbound.message).min(self.lanes.len() - 1);
+        self.lanes[lane].send(inbound).await
+    }
+}
+
+/// One lane: everything in arrival order.
+impl From<mpsc::Sender<Inbound>> for InboundLanes {
+    fn from(inbound: mpsc::Sender<Inbound>) -> Self {
+        InboundLanes::new(vec![inbound], |_| 0)
+    }
+}
+
+impl fmt::Debug for InboundLanes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundLanes").field("lanes", &self.lanes.len()).finish_non_exhaustive()
+    }
+}
+
 /// Starts an endpoint: binds the listener (if any), spawns one dialer per peer, and
-/// delivers every message read on any connection to `inbound`.
+/// delivers every message read on any connection to its lane of `inbound` (a plain
+/// channel is one lane).
 ///
 /// Must be called within a tokio runtime (multi-thread, or current-thread as in an actix
 /// `Arbiter`); all tasks are spawned with `tokio::spawn`. Fails if the configuration is
 /// invalid or the listen address cannot be bound.
-pub async fn start(config: TransportConfig, inbound: mpsc::Sender<Inbound>) -> io::Result<TransportHandle> {
+pub async fn start(config: TransportConfig, inbound: impl Into<InboundLanes>) -> io::Result<TransportHandle> {
+    let inbound = inbound.into();
     config.validate()?;
     let listener = match config.listen {
         Some(address) => Some(TcpListener::bind(address).await?),
@@ -754,7 +799,7 @@ enum ReadEnd {
     InboundClosed,
 }
 
-/// Reads frames from one connection and delivers them to `inbound` until the connection
+/// Reads frames from one connection and delivers them to their inbound lanes until the connection
 /// ends; on bad input, counts and logs the refusal (the caller then closes the connection).
 async fn read_connection(
     read_half: OwnedReadHalf,
@@ -816,7 +861,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
         bump(&context.counters.bytes_in, (FRAME_HEADER_BYTES + length) as u64);
         // Awaiting here is the backpressure: no more is read from this connection until
         // the consumer has room.
-        let delivered = context.inbound.send(Inbound { connection: id, link, message }).await;
+        let delivered = context.inbound.deliver(Inbound { connection: id, link, message }).await;
         if delivered.is_err() {
             return ReadEnd::InboundClosed;
         }

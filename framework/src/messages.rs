@@ -632,6 +632,29 @@ impl Message {
             Message::Replies(_) => MessageKind::Reply,
         }
     }
+
+    /// The replica this message claims to be signed by, before any check: what
+    /// [`VerifiedMessage::replica_sender`] will say if the signature verifies. For
+    /// scheduling work at the edge only (a runtime serves replicas' traffic ahead of
+    /// clients'); a false claim fails the verification it schedules. `None` for what
+    /// clients sign (requests, inquiries) and for replies, which clients check themselves.
+    pub fn claimed_replica_sender(&self, primary_of: impl Fn(View) -> ReplicaId) -> Option<ReplicaId> {
+        match self {
+            Message::Request(_) | Message::Inquiry(_) | Message::Reply(_) | Message::Replies(_) => None,
+            Message::PrePrepare(m, _) => Some(primary_of(m.payload.view)),
+            Message::Prepare(m) => Some(m.payload.replica),
+            Message::Commit(m) => Some(m.payload.replica),
+            Message::Checkpoint(m) => Some(m.payload.replica),
+            Message::Status(m) => Some(m.payload.replica),
+            Message::StateRequest(m) => Some(m.payload.replica),
+            Message::StateReply(m) => Some(m.payload.replica),
+            Message::Report(m) => Some(m.payload.replica),
+            Message::ViewChange(m) => Some(m.payload.replica),
+            Message::NewView(m) => Some(primary_of(m.payload.view)),
+            Message::BatchRequest(m) => Some(m.payload.replica),
+            Message::BatchReply(m, _) => Some(m.payload.replica),
+        }
+    }
 }
 
 /// A message whose signatures (and, for a pre-prepare, batch) have been checked.
