@@ -1062,16 +1062,36 @@ fn vc1_pf4_a_lagging_replica_that_stops_progressing_suspects_the_primary() {
     );
 }
 
-/// VC7: a view-changing replica retransmits its VIEW-CHANGE on its periodic tick.
+/// VC7: a view-changing replica retransmits its VIEW-CHANGE on its periodic tick, paced:
+/// first a status interval after sending it, then after twice as long, and so on up to
+/// `T_cur` (each copy costs every receiver a check of all its certificates).
 #[test]
-fn vc7_a_view_changing_replica_retransmits_its_view_change() {
+fn vc7_a_view_changing_replica_retransmits_its_view_change_with_backoff() {
     let f = fixture();
     let mut replica = f.replica(2);
     let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(1, put("k", "1"))), 0);
     let deadline = timer_at(&actions, TimerKind::Request).unwrap();
-    replica.handle(Input::Timer(TimerKind::Request), deadline);
-    let actions = replica.handle(Input::Timer(TimerKind::Status), Instant(deadline.0 + 1));
-    assert_eq!(sent_view_changes(&actions).iter().map(|vc| vc.view()).collect::<Vec<_>>(), vec![View(1)]);
+    let actions = replica.handle(Input::Timer(TimerKind::Request), deadline);
+    assert_eq!(sent_view_changes(&actions).len(), 1, "VC2: sent once when it starts");
+    let status_us = f.config.params.status_interval_us;
+    let timeout_us = f.config.params.view_change_timeout_us;
+    let sent_at = |replica: &mut Replica<KvStore>, after_us: u64| {
+        let actions = replica.handle(Input::Timer(TimerKind::Status), Instant(deadline.0 + after_us));
+        sent_view_changes(&actions).iter().map(|vc| vc.view()).collect::<Vec<_>>()
+    };
+    assert_eq!(sent_at(&mut replica, 1), vec![], "not again at once");
+    assert_eq!(sent_at(&mut replica, status_us), vec![View(1)]);
+    assert_eq!(sent_at(&mut replica, 2 * status_us), vec![], "the wait doubled");
+    assert_eq!(sent_at(&mut replica, 3 * status_us), vec![View(1)]);
+    // Waits of 4, 8, ... status intervals, never more than T_cur: within any T_cur after
+    // the backoff reached it, one copy goes out.
+    let mut copies = 0;
+    let mut at = 3 * status_us;
+    while at < 3 * status_us + 4 * timeout_us {
+        at += status_us;
+        copies += sent_at(&mut replica, at).len();
+    }
+    assert!((4..=8).contains(&copies), "{copies} copies in 4 T_cur");
 }
 
 /// VC11–VC14 and VC16: the primary of view 1, with 2f + 1 view-changes, multicasts a

@@ -740,9 +740,9 @@ impl<S: Service> Replica<S> {
                 self.run_fetch_steps(steps, actions);
             }
         }
-        // VC7: a view-changing replica retransmits its latest VIEW-CHANGE.
-        if let Some(own) = self.view_changer.own_view_change().filter(|_| self.view_changer.is_changing()) {
-            actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own.clone()) });
+        // VC7: a view-changing replica retransmits its latest VIEW-CHANGE, paced.
+        if let Some(own) = self.view_changer.retransmission_due(now) {
+            actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own) });
         }
         if let Some(view) = self.view_changer.check_ordering_rate(now) {
             tracing::info!(replica = %self.id, "primary orders below the minimum rate; suspecting it");

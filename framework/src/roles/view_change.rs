@@ -108,6 +108,14 @@ pub struct ViewChanger {
     target: Option<View>,
     /// This replica's latest VIEW-CHANGE, retransmitted while view-changing (VC7).
     own: Option<Arc<VerifiedViewChange>>,
+    /// VC7 pacing: when `own` goes out again, and the wait after that. The wait starts at
+    /// the status interval and doubles up to `T_cur`: every copy costs each receiver a
+    /// check of up to a window of prepared certificates (hundreds of signatures), and
+    /// copies every status tick from every view-changing replica kept a loaded 2-core
+    /// host's verifiers busy past the NEW-VIEW they were waiting for (`bench --attack
+    /// equivocating-primary` at 0%). Receivers also drop byte-identical copies cheaply.
+    retransmit_at: Option<Instant>,
+    retransmit_wait: Duration,
     /// Each member's highest-view VIEW-CHANGE above the current view (VC8).
     received: Vec<Option<Arc<VerifiedViewChange>>>,
     /// `T_cur` (VC3, VC4).
@@ -138,6 +146,8 @@ impl ViewChanger {
             view: View(0),
             target: None,
             own: None,
+            retransmit_at: None,
+            retransmit_wait: Duration::ZERO,
             received: vec![None; n],
             timeout,
             view_change_deadline: None,
@@ -178,6 +188,17 @@ impl ViewChanger {
 
     pub fn own_view_change(&self) -> Option<&Arc<VerifiedViewChange>> {
         self.own.as_ref()
+    }
+
+    /// VC7: this replica's VIEW-CHANGE if it is view-changing and a retransmission is due
+    /// at `now` (see `retransmit_at` for the pacing).
+    pub fn retransmission_due(&mut self, now: Instant) -> Option<Arc<VerifiedViewChange>> {
+        if self.target.is_none() || self.retransmit_at.is_none_or(|at| now < at) {
+            return None;
+        }
+        self.retransmit_wait = (self.retransmit_wait * 2).min(self.timeout).max(self.config.params.status_interval());
+        self.retransmit_at = Some(now + self.retransmit_wait);
+        self.own.clone()
     }
 
     pub fn current_new_view(&self) -> Option<&Arc<VerifiedNewView>> {
@@ -333,6 +354,8 @@ impl ViewChanger {
         self.target = Some(own.view());
         self.received[self.me.index()] = Some(own.clone());
         self.own = Some(own);
+        self.retransmit_wait = self.config.params.status_interval();
+        self.retransmit_at = Some(now + self.retransmit_wait);
         self.request_deadline = None;
         self.view_change_deadline = None;
         self.progress(now)
