@@ -165,11 +165,11 @@ fn m6_vc10_vc15_every_forged_certificate_is_refused_at_the_edge() {
     let mut now = Instant::ZERO;
     let mut timer = None;
     let mut forged = Vec::new();
-    let mut feed =
+    let feed =
         |byzantine: &mut ByzantineReplica, input, now, forged: &mut Vec<Message>, timer: &mut Option<Instant>| {
             for action in byzantine.handle(input, now) {
                 match action {
-                    ByzantineAction::Send { to, message } if to == ReplicaId(0) => forged.push(message),
+                    ByzantineAction::Send { to: ReplicaId(0), message } => forged.push(message),
                     ByzantineAction::Send { .. } => {}
                     ByzantineAction::SetTimer { at, .. } => *timer = Some(at),
                 }
