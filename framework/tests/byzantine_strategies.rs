@@ -348,3 +348,39 @@ fn m6_a_forwarded_certificate_completes_despite_an_earlier_conflicting_vote_of_i
     common::assert_safe_and_converged(&report);
     assert!(report.final_states[&ReplicaId(1)].0 > SeqNum(0), "replica 1 executed nothing: {report}");
 }
+
+/// N3, status retransmission (campaign seed 637, exposed by the new draws): the
+/// equivocating primary gives replicas 1 and 2 one pre-prepare and its COMMIT for it, and
+/// replica 3 another. Replicas 1 and 2 commit with the primary's COMMIT and every request
+/// completes, so no request timer runs; replica 3 holds the other pre-prepare and asked
+/// for help by STATUS, but peers sent it only the commit certificate (not the pre-prepare,
+/// as it reported having one), which never matches its slot: it executed nothing, for
+/// good. A replica that has a slot committed now also sends its pre-prepare to a peer that
+/// has not; the peer sees the equivocation (N3), the view changes, and all three agree.
+#[test]
+fn n3_a_peer_holding_the_other_pre_prepare_of_a_committed_slot_is_sent_the_committed_one() {
+    use bulwark_framework::sim::{NetworkModel, Restart};
+    let mut config = config(637, 4);
+    config.byzantine = vec![(ReplicaId(0), Strategy::EquivocatingPrimary)];
+    config.clients = 2;
+    config.requests_per_client = 23;
+    config.client_concurrency = 5;
+    config.params.in_flight_batches_max = 4;
+    config.time_limit = Duration::from_secs(30);
+    config.network = NetworkModel {
+        delay_min_us: 100,
+        delay_max_us: 2_102,
+        drop_rate: 0.001_716_141_822_208_694_4,
+        duplicate_rate: 0.416_906_091_024_637_27,
+        faults_until: Some(Instant::from_micros(1_255_895)),
+    };
+    config.restarts = vec![Restart {
+        replica: ReplicaId(1),
+        crash_at: Instant::from_micros(716_407),
+        restart_at: Instant::from_micros(985_224),
+        torn: false,
+    }];
+    let report = common::run_kv(config);
+    common::assert_safe_and_converged(&report);
+    assert!(report.final_states[&ReplicaId(3)].0 > SeqNum(0), "replica 3 executed nothing: {report}");
+}

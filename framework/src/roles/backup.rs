@@ -534,7 +534,10 @@ impl Backup {
                 continue;
             }
             if let (Some(pp), Some(batch)) = (&slot.pre_prepare, &slot.batch) {
-                if !theirs.has_pre_prepare {
+                // Committed here but not there: the peer may hold another pre-prepare for
+                // this slot (an equivocating primary gave it one; campaign seed 637), and
+                // this one is what lets it see the equivocation (N3) and take part again.
+                if !theirs.has_pre_prepare || slot.committed {
                     messages.push(VerifiedMessage::PrePrepare(pp.clone(), batch.clone()));
                 }
             }
