@@ -82,7 +82,7 @@ fn a_flood_of_useless_messages_keeps_memory_bounded_and_the_cluster_live() {
         let report = common::run_kv(config);
         common::assert_safe_and_converged(&report);
         let sent = sent_by(&report, ReplicaId(3));
-        assert!(sent > 1_000, "the flood sent only {sent} messages: {report}");
+        assert!(sent > 300, "the flood sent only {sent} messages: {report}");
         assert!(refused(&report, "beyond high watermark") > 0, "{report}");
         assert!(refused(&report, "buffer for later views full") > 0, "the later-view buffer was never full: {report}");
         let peak = report.peak_footprint;
@@ -300,7 +300,7 @@ fn cx3_e2_conflicting_requests_under_one_timestamp_execute_once_and_alike() {
     }
 }
 
-/// R4, CX3: a client sending eight fresh requests per 5 ms to every replica, and old ones
+/// R4, CX3: a client sending four fresh requests per 5 ms to every replica, and old ones
 /// again, while the correct clients' 1,200 requests run: its requests are ordered or shed at bounded queues, the
 /// old ones answered from the client table or refused as below the window, and the correct
 /// clients are served.

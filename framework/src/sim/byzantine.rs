@@ -161,8 +161,11 @@ pub struct ByzantineReplica {
     forged_checkpoints: std::collections::BTreeSet<SeqNum>,
 }
 
-/// Flood and BadCertificate: how often the periodic burst goes out.
-const TICK_INTERVAL_US: u64 = 2_000;
+/// Flood (and BadCertificate, at twice it): how often the periodic burst goes out. Per
+/// simulated second that is 800 flood messages to each peer, each signed and checked at
+/// the edge: enough to fill every bounded buffer in a run, few enough to keep the
+/// campaign fast.
+const TICK_INTERVAL_US: u64 = 5_000;
 /// Replay: how often a burst of old messages goes out.
 const REPLAY_INTERVAL_US: u64 = 10_000;
 /// Flood: messages per peer per tick (each signed once and sent to every peer).
@@ -245,7 +248,7 @@ impl ByzantineReplica {
             Strategy::BadCertificate => {
                 self.observe(&input);
                 self.collect_material(&input);
-                self.periodic(input, now, TICK_INTERVAL_US * 5, Self::bad_certificates)
+                self.periodic(input, now, TICK_INTERVAL_US * 2, Self::bad_certificates)
             }
             Strategy::ConflictingCheckpoint => {
                 self.observe(&input);

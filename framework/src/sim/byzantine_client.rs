@@ -60,7 +60,7 @@ pub struct ByzantineClientSpec {
 /// How often a Byzantine client acts.
 pub const TICK_INTERVAL_US: u64 = 5_000;
 /// RequestFlood: fresh requests per tick (to every replica), and old ones re-sent.
-const FLOOD_FRESH_PER_TICK: u64 = 8;
+const FLOOD_FRESH_PER_TICK: u64 = 4;
 const FLOOD_OLD_PER_TICK: u64 = 2;
 
 /// A message a Byzantine client sends.
