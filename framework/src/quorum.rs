@@ -17,6 +17,9 @@ pub enum VoteOutcome {
     Duplicate,
     /// The signer had already voted for a different digest: refused, the first counts.
     Conflicting,
+    /// The signer had already voted for a different digest, and this vote completes a
+    /// certificate for its own digest: it replaces the first (see [`VoteSet::add_completing`]).
+    Replaced,
 }
 
 /// One vote per member for one slot.
@@ -44,6 +47,33 @@ impl<T> VoteSet<T> {
                 VoteOutcome::Added
             }
         }
+    }
+
+    /// Like [`VoteSet::add`], except that a signer's conflicting vote replaces its first one
+    /// when it brings `digest` to `threshold` votes (not counting `excluded`).
+    ///
+    /// Why: a member that signed two digests is faulty, and keeping only its first vote lets
+    /// it choose, per receiver, which of its votes counts. It can then send one receiver a
+    /// made-up vote first and everybody else its real one, so that the others' certificates
+    /// (forwarded to that receiver as proof) include a vote the receiver refuses, and the
+    /// receiver never completes a certificate the rest of the cluster holds (campaign seed
+    /// 61: a backup never executed). Each of its signed votes is a genuine statement, and a
+    /// certificate needs only `threshold` distinct signers for one digest, so counting it for
+    /// the digest it completes is as safe as counting it for the first: it still counts once.
+    pub fn add_completing(
+        &mut self,
+        signer: ReplicaId,
+        digest: Digest,
+        vote: Verified<T>,
+        threshold: usize,
+        excluded: Option<ReplicaId>,
+    ) -> VoteOutcome {
+        let conflicting = matches!(self.votes.get(signer.index()), Some(Some((held, _))) if *held != digest);
+        if !conflicting || Some(signer) == excluded || self.count(digest, excluded) + 1 < threshold {
+            return self.add(signer, digest, vote);
+        }
+        self.votes[signer.index()] = Some((digest, vote));
+        VoteOutcome::Replaced
     }
 
     /// How many distinct members voted for `digest`, not counting `excluded` (the primary's
@@ -134,6 +164,29 @@ mod tests {
         assert_eq!(votes.count(d, None), 3);
         assert_eq!(votes.digest_with(3), Some(d));
         assert_eq!(votes.certificate(d).len(), 3);
+    }
+
+    #[test]
+    fn m6_a_conflicting_vote_that_completes_a_certificate_replaces_the_first() {
+        let (made_up, real) = (Digest::of(b"made up"), Digest::of(b"real"));
+        let mut votes = VoteSet::new(4);
+        votes.add(ReplicaId(2), made_up, prepare(2, made_up));
+        votes.add(ReplicaId(1), real, prepare(1, real));
+        // Two of three needed: replica 2's real vote would be the second, not the third.
+        assert_eq!(votes.add_completing(ReplicaId(2), real, prepare(2, real), 3, None), VoteOutcome::Conflicting);
+        assert_eq!(votes.count(real, None), 1);
+        votes.add(ReplicaId(3), real, prepare(3, real));
+        assert_eq!(votes.add_completing(ReplicaId(2), real, prepare(2, real), 3, None), VoteOutcome::Replaced);
+        assert_eq!((votes.count(real, None), votes.count(made_up, None)), (3, 0));
+        assert_eq!(votes.len(), 3, "the signer still counts once");
+        // The excluded signer (the primary, N4) never completes anything.
+        let mut votes = VoteSet::new(4);
+        votes.add(ReplicaId(0), made_up, prepare(0, made_up));
+        votes.add(ReplicaId(1), real, prepare(1, real));
+        assert_eq!(
+            votes.add_completing(ReplicaId(0), real, prepare(0, real), 2, Some(ReplicaId(0))),
+            VoteOutcome::Conflicting
+        );
     }
 
     #[test]

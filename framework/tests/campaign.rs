@@ -35,8 +35,8 @@ fn campaign(first_seed: u64, seeds: u64) {
             }
             if !outcome.safe() || !outcome.live() {
                 eprintln!(
-                    "seed {} (n = {}, byzantine {:?}): {}",
-                    outcome.seed, outcome.replicas, outcome.byzantine, outcome.report
+                    "seed {} (n = {}, byzantine {:?}, byzantine clients {:?}): {}",
+                    outcome.seed, outcome.replicas, outcome.byzantine, outcome.byzantine_clients, outcome.report
                 );
             }
         },

@@ -88,7 +88,8 @@ enum Command {
         /// Run replica ID as a Byzantine replica with the simulator's STRATEGY (repeatable),
         /// e.g. `--byzantine 3:silent`, `--byzantine 0:equivocating-primary`. Strategies:
         /// silent, equivocating-primary, skipping-primary, slow-primary, corrupt-state,
-        /// colluder, bad-new-view. The summary's `digest_agree=` then compares the correct
+        /// colluder, bad-new-view, equivocating-voter, flood, replay, bad-certificate,
+        /// conflicting-checkpoint. The summary's `digest_agree=` then compares the correct
         /// replicas only. More than f are refused unless --allow-more-than-f is given.
         #[arg(long, value_name = "ID:STRATEGY", value_parser = parse_byzantine, verbatim_doc_comment)]
         byzantine: Vec<(ReplicaId, Strategy)>,
@@ -227,9 +228,9 @@ enum Command {
         ordering_rate_min: Option<u64>,
     },
     /// Run the deterministic simulator over many seeds: each seed draws loss (up to 30%),
-    /// duplication (up to 50%), reordering, a partition, a crash and restart and Byzantine
-    /// replicas, runs a key-value workload and checks the safety invariants after every
-    /// step and liveness after the network settles. Ends with `violations: 0`, or with the
+    /// duplication (up to 50%), reordering, a partition, a crash and restart, Byzantine
+    /// replicas and, in one seed of four, a Byzantine client, runs a key-value workload and
+    /// checks the safety invariants after every step and liveness after the network settles. Ends with `violations: 0`, or with the
     /// first failing seed and the command that replays it (exit status 1).
     ///
     /// With --twins it runs Twins instead: each faulty replica is two correct instances
@@ -252,7 +253,8 @@ enum Command {
         byzantine: Option<usize>,
         /// Use only this Byzantine strategy (default: each Byzantine replica draws one):
         /// silent, equivocating-primary, skipping-primary, slow-primary, corrupt-state,
-        /// colluder or bad-new-view.
+        /// colluder, bad-new-view, equivocating-voter, flood, replay, bad-certificate or
+        /// conflicting-checkpoint.
         #[arg(long, value_parser = parse_strategy, conflicts_with = "twins")]
         strategy: Option<Strategy>,
         /// Run Twins scenarios instead of drawn strategies (needs --replicas 4 or more).

@@ -385,7 +385,9 @@ impl Backup {
             return;
         }
         let (seq, replica, digest) = (prepare.seq, prepare.replica, prepare.digest);
-        if self.slot_mut(seq).prepares.add(replica, digest, prepare) == VoteOutcome::Conflicting {
+        let (threshold, primary) = (self.prepare_threshold(), self.config.primary(self.view));
+        let outcome = self.slot_mut(seq).prepares.add_completing(replica, digest, prepare, threshold, Some(primary));
+        if outcome == VoteOutcome::Conflicting {
             out.push(BackupOutput::Refused("conflicting prepare from one replica (PF7)"));
         }
         self.check_progress(seq, key, out);
@@ -402,7 +404,10 @@ impl Backup {
             return;
         }
         let (seq, replica, digest) = (commit.seq, commit.replica, commit.digest);
-        if self.slot_mut(seq).commits.add(replica, digest, commit) == VoteOutcome::Conflicting {
+        let threshold = self.commit_threshold();
+        if self.slot_mut(seq).commits.add_completing(replica, digest, commit, threshold, None)
+            == VoteOutcome::Conflicting
+        {
             out.push(BackupOutput::Refused("conflicting commit from one replica (PF7)"));
         }
         self.check_progress(seq, key, out);
@@ -573,7 +578,10 @@ impl Backup {
                 continue;
             }
             if let (Some(pp), Some(batch)) = (&slot.pre_prepare, &slot.batch) {
-                if !theirs.has_pre_prepare {
+                // Committed here but not there: the peer may hold another pre-prepare for
+                // this slot (an equivocating primary gave it one; campaign seed 637), and
+                // this one is what lets it see the equivocation (N3) and take part again.
+                if !theirs.has_pre_prepare || slot.committed {
                     messages.push(VerifiedMessage::PrePrepare(pp.clone(), batch.clone()));
                 }
             }

@@ -80,9 +80,13 @@ impl CheckpointCollector {
         let n = self.config.n();
         let votes = self.pending.entry(seq).or_insert_with(|| VoteSet::new(n));
         let digest = checkpoint.state_digest;
-        match votes.add(checkpoint.replica, digest, checkpoint) {
+        // A member's second, conflicting checkpoint counts instead of its first if it
+        // completes a proof (see `VoteSet::add_completing`): else a member that sent one
+        // replica a wrong digest first keeps it from ever taking the others' proof.
+        match votes.add_completing(checkpoint.replica, digest, checkpoint, self.config.quorum(), None) {
             VoteOutcome::Added => self.open_per_member[member] += 1,
             VoteOutcome::Duplicate => return Ok(None),
+            VoteOutcome::Replaced => {}
             VoteOutcome::Conflicting => return Err("conflicting checkpoint from one member"),
         }
         if votes.count(digest, None) < self.config.quorum() {

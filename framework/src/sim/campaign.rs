@@ -1,9 +1,11 @@
 //! Campaigns: many seeded runs with faults drawn per seed — loss, duplication, reordering,
-//! a partition, a crash and restart, and Byzantine replicas from the strategy library —
+//! a partition, a crash and restart, Byzantine replicas from the strategy library and, in
+//! some seeds, a Byzantine client —
 //! each checked for safety (the checker's invariants) and for liveness after the network
 //! settles. `bulwark sim` runs one; so does the test suite.
 
 use super::byzantine::Strategy;
+use super::byzantine_client::{ByzantineClientSpec, ClientAttack};
 use super::{Isolation, NetworkModel, Restart, SimConfig, SimReport, Simulation};
 use crate::ids::{Instant, ReplicaId};
 use crate::service::Service;
@@ -53,6 +55,8 @@ pub struct SeedOutcome {
     pub seed: u64,
     pub replicas: usize,
     pub byzantine: Vec<(ReplicaId, Strategy)>,
+    /// The attacks of the run's Byzantine clients, if any.
+    pub byzantine_clients: Vec<ClientAttack>,
     pub report: SimReport,
 }
 
@@ -162,6 +166,13 @@ pub fn scenario(spec: &CampaignSpec, seed: u64) -> (SimConfig, Vec<(ReplicaId, S
         });
     }
     config.byzantine = byzantine.clone();
+    // Byzantine clients in one seed of four, drawn from their own stream so that the
+    // replica faults above stay what they were for each seed.
+    let mut client_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xb12a_c11e);
+    if client_rng.gen_bool(0.25) {
+        let attack = *ClientAttack::ALL.choose(&mut client_rng).expect("attacks exist");
+        config.byzantine_clients.push(ByzantineClientSpec { attack, until: settle });
+    }
     (config, byzantine)
 }
 
@@ -176,11 +187,12 @@ pub fn run_campaign<S: Service>(
     for seed in spec.first_seed..spec.first_seed + spec.seeds {
         let (config, byzantine) = scenario(spec, seed);
         let replicas = config.replicas;
+        let byzantine_clients = config.byzantine_clients.iter().map(|spec| spec.attack).collect();
         let report = match Simulation::new(config, make_service.clone(), make_operation.clone()) {
             Ok(simulation) => simulation.run(),
             Err(error) => panic!("campaign scenario for seed {seed} is misconfigured: {error}"),
         };
-        let outcome = SeedOutcome { seed, replicas, byzantine, report };
+        let outcome = SeedOutcome { seed, replicas, byzantine, byzantine_clients, report };
         campaign.seeds_run += 1;
         campaign.checks += outcome.report.checks;
         campaign.violations += outcome.report.violations.len() as u64;
@@ -190,7 +202,10 @@ pub fn run_campaign<S: Service>(
             campaign.stuck_seeds.push(seed);
         }
         if (!outcome.safe() || !outcome.live()) && campaign.first_failure.is_none() {
-            campaign.first_failure = Some(format!("{} (byzantine: {:?})", outcome.report, outcome.byzantine));
+            campaign.first_failure = Some(format!(
+                "{} (byzantine: {:?}, byzantine clients: {:?})",
+                outcome.report, outcome.byzantine, outcome.byzantine_clients
+            ));
         }
         each(&outcome);
     }

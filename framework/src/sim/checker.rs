@@ -273,6 +273,16 @@ impl Checker {
         self.expect(matches, "I10", || format!("{replica} entered view {view} with an O that is not VC12 of V"));
         let span = order.max_seq.0.saturating_sub(order.min_seq().0);
         self.expect(span <= self.window, "I10", || format!("view {view}: max-s - min-s = {span} exceeds L"));
+        if view.0 % self.n == replica.0 as u64 {
+            // The new primary signed each pre-prepare of `O` when it built the NEW-VIEW
+            // (VC11): when it later forwards one alone (status retransmission), that is the
+            // same signature again, not a new one (I3, I14).
+            for pre_prepare in &new_view.pre_prepares {
+                self.signed
+                    .entry((MessageKind::PrePrepare, view, pre_prepare.seq, replica))
+                    .or_insert(pre_prepare.digest);
+            }
+        }
         for (seq, digest) in &order.entries {
             if let Some(executed) = self.executed.get(seq).copied() {
                 self.expect(executed == *digest, "I9", || {

@@ -12,6 +12,7 @@
 //! executed the same history, or at the time limit.
 
 pub mod byzantine;
+pub mod byzantine_client;
 pub mod campaign;
 pub mod checker;
 pub mod twins;
@@ -28,6 +29,7 @@ use crate::verify::{verify_message, RefusalCounts};
 use crate::wire;
 use bulwark_crypto::{Digest, DigestBuilder, KeyPair};
 use byzantine::{ByzantineAction, ByzantineReplica, Strategy};
+use byzantine_client::{ByzantineClient, ByzantineClientSpec};
 use checker::{Checker, Violation};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -144,6 +146,8 @@ pub struct SimConfig {
     /// Partitions of the instances, round by round; after the last round every instance
     /// reaches every other.
     pub rounds: Vec<Round>,
+    /// Byzantine clients besides the correct ones (see [`byzantine_client`]).
+    pub byzantine_clients: Vec<ByzantineClientSpec>,
 }
 
 impl SimConfig {
@@ -175,6 +179,7 @@ impl SimConfig {
             weaken_quorums: false,
             twins: Vec::new(),
             rounds: Vec::new(),
+            byzantine_clients: Vec::new(),
         }
     }
 }
@@ -211,6 +216,10 @@ pub struct SimReport {
     /// Replicas with a scheduled restart that were down at the end: a run that loses a
     /// replica it meant to bring back has not converged, whatever the others did.
     pub down_at_end: Vec<ReplicaId>,
+    /// Messages each Byzantine replica sent, and all Byzantine clients together: what a
+    /// test checks to know that an attack happened at all.
+    pub byzantine_messages_sent: BTreeMap<ReplicaId, u64>,
+    pub byzantine_client_messages_sent: u64,
 }
 
 impl SimReport {
@@ -267,6 +276,7 @@ enum Endpoint {
     /// The second instance of a twinned replica.
     Twin(ReplicaId),
     Client(usize),
+    ByzantineClient(usize),
 }
 
 impl Endpoint {
@@ -274,7 +284,7 @@ impl Endpoint {
         match self {
             Endpoint::Replica(replica) => Some(Instance { replica, twin: false }),
             Endpoint::Twin(replica) => Some(Instance { replica, twin: true }),
-            Endpoint::Client(_) => None,
+            Endpoint::Client(_) | Endpoint::ByzantineClient(_) => None,
         }
     }
 }
@@ -314,6 +324,9 @@ enum Event {
     },
     Restart {
         replica: ReplicaId,
+    },
+    ByzantineClientTick {
+        client: usize,
     },
 }
 
@@ -363,6 +376,7 @@ pub struct Simulation<S: Service> {
     /// Replicas that die after persisting their next step.
     dying: std::collections::BTreeSet<ReplicaId>,
     restarts_done: u64,
+    byzantine_clients: Vec<ByzantineClient>,
 }
 
 impl<S: Service> fmt::Debug for Simulation<S> {
@@ -442,7 +456,15 @@ impl<S: Service> Simulation<S> {
                 timer_generation: 0,
             })
             .collect();
+        let byzantine_clients = (0..config.byzantine_clients.len())
+            .map(|index| {
+                let key = client_key(config.seed, 1_000 + index);
+                let other_key = client_key(config.seed, 2_000 + index);
+                ByzantineClient::new(key, other_key, cluster.clone(), config.byzantine_clients[index])
+            })
+            .collect();
         Ok(Simulation {
+            byzantine_clients,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             cluster,
             now: Instant::ZERO,
@@ -503,7 +525,7 @@ impl<S: Service> Simulation<S> {
     fn cut_off(&self, endpoint: Endpoint, at: Instant) -> bool {
         match endpoint {
             Endpoint::Replica(r) | Endpoint::Twin(r) => self.isolated(r, at),
-            Endpoint::Client(_) => false,
+            Endpoint::Client(_) | Endpoint::ByzantineClient(_) => false,
         }
     }
 
@@ -607,6 +629,9 @@ impl<S: Service> Simulation<S> {
         for client in 0..self.clients.len() {
             self.issue(client);
         }
+        for client in 0..self.byzantine_clients.len() {
+            self.schedule(self.now, Event::ByzantineClientTick { client });
+        }
     }
 
     fn done(&self) -> bool {
@@ -638,6 +663,16 @@ impl<S: Service> Simulation<S> {
 
     fn step(&mut self, event: Event) {
         match event {
+            Event::ByzantineClientTick { client } => {
+                let (sends, next) = self.byzantine_clients[client].on_tick(self.now);
+                for send in sends {
+                    let to = Endpoint::Replica(send.to);
+                    self.send(Endpoint::ByzantineClient(client), to, Payload::Raw(send.message));
+                }
+                if let Some(at) = next {
+                    self.schedule(at, Event::ByzantineClientTick { client });
+                }
+            }
             Event::Rejoin { replica } => {
                 let own = self.replica(replica).map(Replica::last_executed);
                 let cluster = self.correct_replicas().map(Replica::last_executed).max().unwrap_or_default();
@@ -698,6 +733,8 @@ impl<S: Service> Simulation<S> {
                 self.trace.update(&fingerprint(&message).0).update_u64(self.now.0);
                 match to {
                     Endpoint::Replica(_) | Endpoint::Twin(_) => self.deliver_to_replica(to, Input::Message(message)),
+                    // A Byzantine client reads no replies (they are not routed to it).
+                    Endpoint::ByzantineClient(_) => {}
                     Endpoint::Client(client) => {
                         if let VerifiedMessage::Reply(reply) = message {
                             let actions = self.clients[client].client.on_reply(reply, self.now);
@@ -723,7 +760,7 @@ impl<S: Service> Simulation<S> {
         match node {
             Endpoint::Replica(id) => self.nodes.get_mut(id.index()),
             Endpoint::Twin(id) => self.twin_nodes.get_mut(&id),
-            Endpoint::Client(_) => None,
+            Endpoint::Client(_) | Endpoint::ByzantineClient(_) => None,
         }
     }
 
@@ -940,6 +977,15 @@ impl<S: Service> Simulation<S> {
 
     fn report(self, finished: bool) -> SimReport {
         let down_at_end = self.restarted_replicas_down();
+        let byzantine_messages_sent = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, node)| match node {
+                Node::Byzantine(byzantine) => Some((ReplicaId(index as u32), byzantine.messages_sent())),
+                _ => None,
+            })
+            .collect();
         let mut final_states = BTreeMap::new();
         let mut stable_checkpoints = BTreeMap::new();
         let mut views = BTreeMap::new();
@@ -971,6 +1017,8 @@ impl<S: Service> Simulation<S> {
             finished,
             rejoins: self.rejoins.clone(),
             down_at_end,
+            byzantine_messages_sent,
+            byzantine_client_messages_sent: self.byzantine_clients.iter().map(ByzantineClient::messages_sent).sum(),
             outstanding: self
                 .clients
                 .iter()
