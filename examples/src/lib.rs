@@ -9,8 +9,13 @@
 //! - [`kv`]: a key-value store with put, get, delete and append.
 //! - [`bank`]: Lamport's toy bank, whose invariant (money is neither created nor lost
 //!   by transfers) makes a replication bug easy to see.
+//!
+//! Beside them: [`cluster`] starts a local cluster in one process (the demo, the bench and
+//! the tests use it), and [`client_attack`] runs the simulator's Byzantine clients against
+//! a real cluster.
 
 pub mod bank;
+pub mod client_attack;
 pub mod cluster;
 pub mod echo;
 pub mod kv;

@@ -8,11 +8,13 @@ use bulwark_actors::store::store_path;
 use bulwark_actors::verifier::{default_threads, VerifierPool};
 use bulwark_crypto::KeyPair;
 use bulwark_examples::bank::{Bank, BankOp};
+use bulwark_examples::client_attack::{ClientAttackReport, ClientAttacker, CLIENT_ATTACK_STEPS_PER_S};
 use bulwark_examples::cluster::{run_load, LoadReport, LoadSpec, LocalCluster, Sizes, Workload};
 use bulwark_examples::echo::Echo;
 use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::config::ClientAuth;
 use bulwark_framework::sim::byzantine::Strategy;
+use bulwark_framework::sim::byzantine_client::ClientAttack;
 use bulwark_framework::sim::campaign::{run_campaign, CampaignReport, CampaignSpec};
 use bulwark_framework::sim::twins::{run_twins, TwinsScope};
 use bulwark_framework::{ProtocolParams, ReplicaId, Service, View};
@@ -215,11 +217,13 @@ enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "config")]
         data_dir: Option<PathBuf>,
         /// In-process cluster only: run the bench twice in this process, fault-free and then
-        /// with one Byzantine replica running STRATEGY (a primary strategy on replica 0, the
-        /// primary of view 0; any other on the last replica), and print both throughputs and
-        /// their fraction.
-        #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy, conflicts_with = "config")]
-        attack: Option<Strategy>,
+        /// under attack, and print both throughputs and their fraction. ATTACK is a replica
+        /// strategy of `bulwark sim --strategy` (a primary strategy on replica 0, the
+        /// primary of view 0; any other on the last replica) or a Byzantine client beside
+        /// the correct ones: bad-signatures, partial-delivery, conflicting-requests or
+        /// request-flood (1,000 strategy steps a second).
+        #[arg(long, value_name = "ATTACK", value_parser = parse_attack, conflicts_with = "config")]
+        attack: Option<Attack>,
         /// In-process cluster only: `ordering_rate_min_per_s`, the requests per second a
         /// backup expects ordered while requests wait before it replaces the primary
         /// (Aardvark's defence against a slow primary). Default: 0 (off), or 100 with
@@ -273,6 +277,35 @@ fn parse_strategy(name: &str) -> Result<Strategy, String> {
         let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.name()).collect();
         format!("unknown strategy {name:?}; one of: {}", names.join(", "))
     })
+}
+
+/// What `bulwark bench --attack` runs: a Byzantine replica or a Byzantine client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attack {
+    Replica(Strategy),
+    Client(ClientAttack),
+}
+
+impl Attack {
+    fn name(self) -> &'static str {
+        match self {
+            Attack::Replica(strategy) => strategy.name(),
+            Attack::Client(attack) => attack.name(),
+        }
+    }
+}
+
+/// `--attack NAME`: a replica strategy or a client attack, by name.
+fn parse_attack(name: &str) -> Result<Attack, String> {
+    if let Some(strategy) = Strategy::from_name(name) {
+        return Ok(Attack::Replica(strategy));
+    }
+    if let Some(attack) = ClientAttack::ALL.into_iter().find(|a| a.name() == name) {
+        return Ok(Attack::Client(attack));
+    }
+    let names: Vec<&str> =
+        Strategy::ALL.iter().map(|s| s.name()).chain(ClientAttack::ALL.iter().map(|a| a.name())).collect();
+    Err(format!("unknown attack {name:?}; one of: {}", names.join(", ")))
 }
 
 /// `--byzantine ID:STRATEGY`: a replica id and one of the simulator's strategies.
@@ -492,7 +525,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let target = match (config, attack) {
                 (Some(path), _) => BenchTarget::Running(path),
                 (None, None) => BenchTarget::InProcess { replicas, params, data_dir },
-                (None, Some(strategy)) => BenchTarget::Attack { replicas, params, data_dir, strategy },
+                (None, Some(attack)) => BenchTarget::Attack { replicas, params, data_dir, attack },
             };
             bench(target, clients, spec, json).await
         }
@@ -812,8 +845,8 @@ enum BenchTarget {
     Running(PathBuf),
     /// A cluster started in this process (durable with a data dir).
     InProcess { replicas: usize, params: ProtocolParams, data_dir: Option<PathBuf> },
-    /// An in-process cluster twice: fault-free, then with one replica running `strategy`.
-    Attack { replicas: usize, params: ProtocolParams, data_dir: Option<PathBuf>, strategy: Strategy },
+    /// An in-process cluster twice: fault-free, then under `attack`.
+    Attack { replicas: usize, params: ProtocolParams, data_dir: Option<PathBuf>, attack: Attack },
 }
 
 /// The replica that runs `strategy` under `bulwark bench --attack`: the primary of view 0
@@ -825,27 +858,37 @@ fn attacker(strategy: Strategy, replicas: usize) -> ReplicaId {
     }
 }
 
-/// One closed- or open-loop run against a fresh in-process cluster.
+/// One closed- or open-loop run against a fresh in-process cluster, with Byzantine
+/// replicas and a Byzantine client if asked. Returns the load's figures and, with a
+/// Byzantine client, what it did.
 async fn bench_in_process(
     replicas: usize,
     params: ProtocolParams,
     data_dir: Option<PathBuf>,
     byzantine: &[(ReplicaId, Strategy)],
+    client_attack: Option<ClientAttack>,
     clients: usize,
     spec: &LoadSpec,
-) -> anyhow::Result<LoadReport> {
+) -> anyhow::Result<(LoadReport, Option<ClientAttackReport>)> {
     let mut cluster =
         LocalCluster::<Echo>::start_with_byzantine(replicas, params, Echo::default, data_dir, byzantine).await?;
     let mut handles = Vec::new();
     for _ in 0..clients {
         handles.push(cluster.client(ClientOptions::default()).await?);
     }
+    let attacker = client_attack.map(|attack| {
+        ClientAttacker::start(attack, cluster.cluster.clone(), cluster.addresses.clone(), CLIENT_ATTACK_STEPS_PER_S)
+    });
     let report = run_load(&handles, spec).await;
+    let attacked = match attacker {
+        Some(attacker) => Some(attacker.stop().await),
+        None => None,
+    };
     for client in &handles {
         client.close();
     }
     cluster.shutdown();
-    Ok(report)
+    Ok((report, attacked))
 }
 
 fn parse_client_auth(text: &str) -> Result<ClientAuth, String> {
@@ -865,27 +908,40 @@ async fn bench(target: BenchTarget, clients: usize, spec: LoadSpec, json: bool) 
         }
         BenchTarget::InProcess { replicas, params, data_dir } => {
             let client_auth = params.client_auth;
-            (bench_in_process(replicas, params, data_dir, &[], clients, &spec).await?, replicas, client_auth)
+            (bench_in_process(replicas, params, data_dir, &[], None, clients, &spec).await?.0, replicas, client_auth)
         }
-        BenchTarget::Attack { replicas, params, data_dir, strategy } => {
+        BenchTarget::Attack { replicas, params, data_dir, attack } => {
             let client_auth = params.client_auth;
             let rate_min = params.ordering_rate_min_per_s;
-            let attacker = attacker(strategy, replicas);
+            let (byzantine, client_attack) = match attack {
+                Attack::Replica(strategy) => (vec![(attacker(strategy, replicas), strategy)], None),
+                Attack::Client(client_attack) => (Vec::new(), Some(client_attack)),
+            };
+            let attacker = byzantine.first().map(|(id, _)| id.0.to_string()).unwrap_or_else(|| "client".into());
             if !json {
                 eprintln!("fault-free run");
             }
-            let fault_free = bench_in_process(replicas, params.clone(), data_dir.clone(), &[], clients, &spec).await?;
+            let (fault_free, _) =
+                bench_in_process(replicas, params.clone(), data_dir.clone(), &[], None, clients, &spec).await?;
             if !json {
                 print_bench(&fault_free, &spec, clients, replicas, client_auth, false);
-                eprintln!("run under attack: replica {} {}", attacker.0, strategy.name());
+                eprintln!(
+                    "run under attack: {} {attacker}: {}",
+                    if client_attack.is_some() { "a Byzantine" } else { "replica" },
+                    attack.name()
+                );
             }
-            let attacked =
-                bench_in_process(replicas, params, data_dir, &[(attacker, strategy)], clients, &spec).await?;
+            let (attacked, client_report) =
+                bench_in_process(replicas, params, data_dir, &byzantine, client_attack, clients, &spec).await?;
             let fraction = attacked.ops_per_sec() / fault_free.ops_per_sec().max(1e-9);
+            let attacker_requests = client_report.map(|r| r.requests_sent);
+            let attacker_connections = client_report.map(|r| r.connections_opened);
             if json {
                 let value = serde_json::json!({
-                    "attack": strategy.name(),
-                    "byzantine_replica": attacker.0,
+                    "attack": attack.name(),
+                    "byzantine_replica": byzantine.first().map(|(id, _)| id.0),
+                    "byzantine_client_requests": attacker_requests,
+                    "byzantine_client_connections": attacker_connections,
                     "ordering_rate_min_per_s": rate_min,
                     "fault_free": bench_json(&fault_free, &spec, clients, replicas, client_auth),
                     "under_attack": bench_json(&attacked, &spec, clients, replicas, client_auth),
@@ -897,12 +953,18 @@ async fn bench(target: BenchTarget, clients: usize, spec: LoadSpec, json: bool) 
             } else {
                 print_bench(&attacked, &spec, clients, replicas, client_auth, false);
                 println!("ordering_rate_min_per_s {rate_min}");
-                println!("| strategy | Byzantine replica | fault-free ops/s | under attack ops/s | fraction |");
+                if let Some(report) = client_report {
+                    println!(
+                        "Byzantine client: {} requests written over {} connections",
+                        report.requests_sent, report.connections_opened
+                    );
+                }
+                println!("| attack | Byzantine | fault-free ops/s | under attack ops/s | fraction |");
                 println!("|---|---|---|---|---|");
                 println!(
                     "| {} | {} | {:.0} | {:.0} | {:.0}% |",
-                    strategy.name(),
-                    attacker.0,
+                    attack.name(),
+                    attacker,
                     fault_free.ops_per_sec(),
                     attacked.ops_per_sec(),
                     fraction * 100.0
