@@ -882,7 +882,7 @@ async fn forward_client_lane(
     }
 }
 
-/// Client requests read together, verified together (at most this many).
+/// Client requests read together and handed to one verifier job (at most this many).
 const REQUEST_CHUNK_MAX: usize = 256;
 
 /// Verified messages handed to the replica actor in one go (its actions are carried out

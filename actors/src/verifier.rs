@@ -283,9 +283,9 @@ impl VerifierPool {
         self.run(origin, move |worker| worker.verify(message)).await
     }
 
-    /// Verifies client requests together, in the client lane: one ed25519 batch
-    /// verification for all of them (about half the cost of one check each). One result
-    /// per request, in order.
+    /// Verifies client requests in one job, in the client lane: each checked alone with
+    /// `verify_strict`, never batch-verified, so every replica reaches the same verdict on
+    /// each (see [`verify_requests`]). One result per request, in order.
     pub async fn verify_requests(
         &self,
         requests: Vec<Signed<Request>>,

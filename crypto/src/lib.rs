@@ -10,7 +10,9 @@
 //!   signing a payload yourself, so unverified data cannot reach protocol logic.
 //! * [`verify_batch`] checks many signatures at once and, if the batch fails, falls back
 //!   to one-by-one checks so that a bad signature is attributed to its sender and the
-//!   good ones still pass.
+//!   good ones still pass. Its verdict on an item crafted by its own signer can depend on
+//!   the rest of the batch, so it suits only lists every verifier checks whole (see its
+//!   documentation).
 //!
 //! Threshold signatures (Steward sites) will live in a `threshold` module beside these.
 
@@ -19,6 +21,8 @@
 mod keys;
 pub mod merkle;
 mod signed;
+#[cfg(feature = "torsion-crafting")]
+pub mod torsion;
 
 pub use keys::{KeyPair, PublicKey, Signature, KEY_FILE_HEADER};
 pub use signed::{signing_digest, verify_batch, Signable, Signed, Verified};

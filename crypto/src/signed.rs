@@ -134,11 +134,24 @@ impl<T: Serialize> Serialize for Verified<T> {
 /// good ones still pass. Weak (small-order) public keys are refused before batching, as
 /// `verify_strict` would refuse them. The result has one entry per input, in order.
 ///
-/// Note: batch verification is cofactored while `verify_strict` is not, so a signature that
-/// its own signer deliberately crafted with a mixed-order torsion component may pass in a
-/// batch and fail alone. Only the signer can produce such a signature (it cannot forge one
-/// for an honest key); the effect is that such a signer's message may be accepted by some
-/// replicas and not others, which the protocol already tolerates from a Byzantine sender.
+/// What the batch verdict means. ed25519-dalek's batch check (2.2) is not cofactored: it
+/// tests `Σ zᵢ·(sᵢB − Rᵢ − kᵢAᵢ) = 0` with 128-bit coefficients `zᵢ` drawn from a Merlin
+/// transcript of the items themselves (no outside randomness). Hence:
+///
+/// * A signature valid under `verify_strict` satisfies its equation exactly, so a list of
+///   such signatures always passes the batch.
+/// * The verdict on a list is a deterministic function of that list: every replica checking
+///   the same list (a PRE-PREPARE's or BATCH-REPLY's batch) reaches the same verdict.
+/// * The verdict on one item can depend on the *other* items. A signer can craft, over its
+///   own key only, a signature whose `R` carries a small-order component `T` (see the
+///   `torsion` module behind the `torsion-crafting` feature): `verify_strict` refuses it,
+///   and a batch accepts it exactly when `ord(T)` divides its coefficient, probability
+///   about `1/ord(T)` (at least 1/8) per batch it lands in.
+///
+/// So never use this where each caller forms its own batch and the verdicts must agree:
+/// client requests arriving at replicas are checked one by one for that reason
+/// (`bulwark_framework::verify::verify_requests`); otherwise a Byzantine client could make
+/// a correct primary propose a request its backups refuse.
 pub fn verify_batch<T: Signable>(items: Vec<(Signed<T>, PublicKey)>) -> Vec<Result<Verified<T>, CryptoError>> {
     let mut digests = Vec::with_capacity(items.len());
     for (signed, _) in &items {
@@ -253,6 +266,68 @@ mod tests {
         ];
         let results = verify_batch(items);
         assert!(results[0].is_err() && results[1].is_ok());
+    }
+
+    /// A torsioned signature from signer `seed` over `Vote { round }`, with its key.
+    fn torsioned_vote(seed: u8, round: u64) -> (Signed<Vote>, PublicKey) {
+        let signed =
+            crate::torsion::sign_with_torsion(Vote { round }, [seed; 32], crate::torsion::ORDER_EIGHT_TORSION[0])
+                .unwrap();
+        (signed, key(seed).public())
+    }
+
+    #[test]
+    fn crafting_without_torsion_gives_the_ordinary_signature() {
+        // The crafting follows RFC 8032, so the torsion, not a crafting slip, is what the
+        // tests below exercise.
+        let plain = crate::torsion::sign_with_torsion(Vote { round: 4 }, [3; 32], 0).unwrap();
+        assert_eq!(plain, Signed::sign(Vote { round: 4 }, &key(3)).unwrap());
+    }
+
+    #[test]
+    fn r1_verify_strict_refuses_a_signature_with_a_torsion_component() {
+        for index in 1..8 {
+            let signed = crate::torsion::sign_with_torsion(Vote { round: 4 }, [3; 32], index).unwrap();
+            assert!(signed.verify(&key(3).public()).is_err(), "torsion point {index}");
+        }
+        // A batch of one is checked with `verify_strict` too.
+        let (signed, signer) = torsioned_vote(3, 4);
+        assert!(verify_batch(vec![(signed, signer)])[0].is_err());
+    }
+
+    #[test]
+    fn r1_batch_verdict_on_a_torsioned_signature_depends_on_its_companion() {
+        // The split verdict: the same crafted signature, batched with different honest
+        // companions, is accepted in some batches and refused in others.
+        let (crafted, crafted_key) = torsioned_vote(3, 4);
+        let mut accepted = 0;
+        let mut refused = 0;
+        for round in 0..64u64 {
+            let companion = (Signed::sign(Vote { round }, &key(5)).unwrap(), key(5).public());
+            let results = verify_batch(vec![(crafted.clone(), crafted_key), companion]);
+            assert!(results[1].is_ok(), "the honest companion passes either way");
+            if results[0].is_ok() {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(accepted > 0 && refused > 0, "accepted {accepted}, refused {refused} of 64 batches");
+    }
+
+    #[test]
+    fn batch_verdict_is_a_function_of_the_list_alone() {
+        // What makes the batch path safe where every replica checks the same list (a
+        // PRE-PREPARE's batch): ed25519-dalek derives the coefficients from the items
+        // themselves, so the same list gets the same verdict everywhere, torsion or not.
+        let (crafted, crafted_key) = torsioned_vote(3, 4);
+        for round in 0..16u64 {
+            let list =
+                vec![(crafted.clone(), crafted_key), (Signed::sign(Vote { round }, &key(5)).unwrap(), key(5).public())];
+            let first: Vec<bool> = verify_batch(list.clone()).iter().map(Result::is_ok).collect();
+            let second: Vec<bool> = verify_batch(list).iter().map(Result::is_ok).collect();
+            assert_eq!(first, second, "companion round {round}");
+        }
     }
 
     #[test]

@@ -1,0 +1,129 @@
+//! Byzantine clients: requests valid at only some replicas.
+//!
+//! A client can sign its own request with a small-order component in `R`
+//! ([`bulwark_crypto::torsion`]): `verify_strict` refuses it, but a batch check accepts it
+//! or not depending on the other items in the batch. If replicas batched incoming requests
+//! each with their own companions, they would disagree on such a request, and a correct
+//! primary proposing it would be refused by its backups and replaced. These tests pin the
+//! rule that prevents it: whether a request is valid (R1, N1.e) is a property of the request
+//! alone, the same on every path. Rule IDs refer to `shared/PBFT.md`.
+
+use bulwark_crypto::torsion::{sign_with_torsion, ORDER_EIGHT_TORSION};
+use bulwark_crypto::{signing_digest, Digest, KeyPair, Signed};
+use bulwark_framework::config::{ClusterConfig, ProtocolParams};
+use bulwark_framework::ids::{SeqNum, Timestamp, View};
+use bulwark_framework::messages::{batch_digest, Message, PrePrepare, Request, VerifiedMessage};
+use bulwark_framework::verify::{verify_message, verify_requests, ClientKeyCache, Refusal};
+
+/// Tries per test: with a point of order 8, a batch accepts the crafted signature with
+/// probability about 1/8 per companion, so 64 companions leave it refused in all of them
+/// with probability (7/8)^64 ≈ 2·10⁻⁴ (and the verdicts are deterministic, so a passing
+/// choice of companions passes every run).
+const TRIES: u64 = 64;
+
+const BYZANTINE_CLIENT_SEED: [u8; 32] = [150; 32];
+
+fn replica_key(i: u32) -> KeyPair {
+    KeyPair::from_seed([i as u8 + 1; 32])
+}
+
+fn honest_client_key(i: u8) -> KeyPair {
+    KeyPair::from_seed([100 + i; 32])
+}
+
+fn cluster() -> ClusterConfig {
+    let members = (0..4).map(replica_key).collect::<Vec<_>>().iter().map(KeyPair::public).collect();
+    ClusterConfig::new(members, ProtocolParams::default()).expect("a valid 4-replica cluster")
+}
+
+fn payload(key: &KeyPair, timestamp: u64) -> Request {
+    Request {
+        client_key: key.public().into(),
+        timestamp: Timestamp(timestamp),
+        read_only: false,
+        operation: b"put a 1".to_vec(),
+    }
+}
+
+fn honest_request(client: u8, timestamp: u64) -> Signed<Request> {
+    let key = honest_client_key(client);
+    Signed::sign(payload(&key, timestamp), &key).expect("request encodes")
+}
+
+/// The Byzantine client's request with timestamp `timestamp`, its signature carrying a
+/// torsion point of order 8.
+fn torsioned_request(timestamp: u64) -> Signed<Request> {
+    let key = KeyPair::from_seed(BYZANTINE_CLIENT_SEED);
+    sign_with_torsion(payload(&key, timestamp), BYZANTINE_CLIENT_SEED, ORDER_EIGHT_TORSION[0]).expect("request encodes")
+}
+
+/// A PRE-PREPARE for `(view 0, seq 1)` by the view-0 primary, carrying `requests`.
+fn pre_prepare(requests: Vec<Signed<Request>>) -> Message {
+    let digests: Vec<Digest> = requests.iter().map(|r| signing_digest(&r.payload).expect("request encodes")).collect();
+    let header = PrePrepare { view: View(0), seq: SeqNum(1), digest: batch_digest(digests.iter()) };
+    Message::PrePrepare(Signed::sign(header, &replica_key(0)).expect("header encodes"), requests)
+}
+
+#[test]
+fn r1_incoming_requests_refuse_a_torsioned_signature_whatever_arrives_with_it() {
+    let config = cluster();
+    let crafted = torsioned_request(1);
+    for companion in 0..TRIES {
+        // A fresh cache each time: as a different replica would see it.
+        let results = verify_requests(
+            vec![crafted.clone(), honest_request(1, companion)],
+            &config,
+            &mut ClientKeyCache::default(),
+        );
+        assert!(
+            matches!(results[0], Err(Refusal::BadSignature { .. })),
+            "torsioned request accepted beside companion {companion}"
+        );
+        assert!(results[1].is_ok(), "honest companion {companion} refused");
+    }
+}
+
+#[test]
+fn r1_a_single_request_with_a_torsioned_signature_is_refused() {
+    let config = cluster();
+    for timestamp in 1..=8 {
+        let refused = verify_message(Message::Request(torsioned_request(timestamp)), &config);
+        assert!(matches!(refused, Err(Refusal::BadSignature { .. })), "timestamp {timestamp}");
+    }
+}
+
+#[test]
+fn n1e_requests_a_correct_primary_accepts_pass_every_backups_batch_check() {
+    // The primary accepts a request only through the incoming paths; whatever passes them
+    // must pass the backups' check of the PRE-PREPARE, or a correct primary is suspected.
+    let config = cluster();
+    for round in 0..TRIES {
+        let mut incoming = vec![torsioned_request(round + 1)];
+        incoming.extend((0..5).map(|client| honest_request(client, round * 8 + client as u64)));
+        let mut primary_keys = ClientKeyCache::default();
+        let accepted: Vec<Signed<Request>> = verify_requests(incoming.clone(), &config, &mut primary_keys)
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|verified| verified.into_signed())
+            .collect();
+        assert_eq!(accepted.len(), 5, "round {round}: exactly the honest requests are accepted");
+        for request in &accepted {
+            assert!(verify_message(Message::Request(request.clone()), &config).is_ok(), "single path, round {round}");
+        }
+        let verdict = verify_message(pre_prepare(accepted), &config);
+        assert!(matches!(verdict, Ok(VerifiedMessage::PrePrepare(..))), "round {round}: {verdict:?}");
+    }
+}
+
+#[test]
+fn n1e_a_pre_prepare_carrying_a_torsioned_request_gets_one_verdict_at_every_backup() {
+    // Only a Byzantine primary proposes such a request. Every backup checks the same list,
+    // so all reach the same verdict, whatever it is: the primary gains no split.
+    let config = cluster();
+    for round in 0..TRIES {
+        let requests = vec![torsioned_request(round + 1), honest_request(1, round), honest_request(2, round)];
+        let verdicts: Vec<bool> =
+            (0..3).map(|_| verify_message(pre_prepare(requests.clone()), &config).is_ok()).collect();
+        assert!(verdicts.iter().all(|v| *v == verdicts[0]), "round {round}: {verdicts:?}");
+    }
+}
