@@ -553,6 +553,41 @@ fn r4_duplicate_requests_are_not_queued_twice_and_a_full_queue_sheds() {
     assert_eq!(primary.in_flight_len(), 0);
 }
 
+/// R4 with Aardvark's fairness: a client gets at most `client_window` places in the
+/// primary's queue (a correct client never has more outstanding), and batches take one
+/// request from each waiting client in turn, so a client flooding valid requests cannot
+/// push the others' requests back.
+#[test]
+fn r4_a_flooding_client_is_capped_at_its_window_and_served_in_turn() {
+    let params = ProtocolParams { client_window: 4, batch_size_max: 4, ..params() };
+    let f = fixture_with(4, params);
+    let flooder = KeyPair::from_seed([201; 32]);
+    let flood = |timestamp: u64| {
+        let request = Request {
+            client_key: flooder.public().into(),
+            timestamp: Timestamp(timestamp),
+            read_only: false,
+            operation: put("f", "1"),
+        };
+        Verified::sign(request, &flooder).unwrap()
+    };
+    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    // Something in flight, so that the next batches are cut by size, not because idle.
+    primary.offer(f.request(1, put("a", "1")), Instant(0));
+    assert_eq!(primary.cut_batches(SeqNum(0), Instant(0)).len(), 1);
+    let admissions: Vec<Admission> = (1..=10).map(|t| primary.offer(flood(t), Instant(0))).collect();
+    assert_eq!(admissions.iter().filter(|a| **a == Admission::Queued).count(), 4, "{admissions:?}");
+    assert_eq!(admissions.iter().filter(|a| **a == Admission::Shed).count(), 6, "beyond its window: shed");
+    for t in 2..=4 {
+        assert_eq!(primary.offer(f.request(t, put("a", "1")), Instant(0)), Admission::Queued);
+    }
+    let batches = primary.cut_batches(SeqNum(0), Instant(0));
+    let first: Vec<u64> = batches[0].1.requests().iter().map(|r| r.timestamp.0).collect();
+    let clients = batches[0].1.requests().iter().map(|r| r.client()).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(clients.len(), 2, "both clients in the first batch: {first:?}");
+    assert_eq!(first, vec![1, 2, 2, 3], "the flooder and the other client alternate");
+}
+
 // ---------------------------------------------------------------- replica: E1, E2, R2, R3
 
 fn executed(actions: &[Action]) -> Vec<SeqNum> {
