@@ -839,6 +839,15 @@ async fn bench_in_process(
         handles.push(cluster.client(ClientOptions::default()).await?);
     }
     let report = run_load(&handles, spec).await;
+    // How much view-change work the shared verifier pool did, and how much it was spared
+    // (RUST_LOG=info).
+    let heavy = cluster.verifier.heavy_stats();
+    tracing::info!(
+        verified_in_full = heavy.verified_in_full,
+        served_from_cache = heavy.served_from_cache,
+        coalesced = heavy.coalesced,
+        "VIEW-CHANGE and NEW-VIEW verifications"
+    );
     for client in &handles {
         client.close();
     }
