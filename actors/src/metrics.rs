@@ -129,6 +129,12 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts, heavy: &H
         heavy.coalesced,
     );
     gauge(
+        "heavy_new_view_parts_from_cache_total",
+        "VIEW-CHANGE messages inside a NEW-VIEW taken from the cache of verified ones instead of verified again.",
+        "counter",
+        heavy.view_changes_in_new_views_from_cache,
+    );
+    gauge(
         "heavy_cached",
         "Verified VIEW-CHANGE and NEW-VIEW messages kept (a few per member).",
         "gauge",
@@ -292,11 +298,18 @@ mod tests {
 
     #[test]
     fn heavy_verification_metrics_are_exported() {
-        let heavy = HeavyVerificationStats { verified_in_full: 5, served_from_cache: 40, coalesced: 7, cached: 3 };
+        let heavy = HeavyVerificationStats {
+            verified_in_full: 5,
+            served_from_cache: 40,
+            coalesced: 7,
+            view_changes_in_new_views_from_cache: 6,
+            cached: 3,
+        };
         let text = render(&status(0, None), &RefusalCounts::default(), &heavy);
         assert_eq!(value(&text, "heavy_verified_total"), 5);
         assert_eq!(value(&text, "heavy_cache_hits_total"), 40);
         assert_eq!(value(&text, "heavy_coalesced_total"), 7);
+        assert_eq!(value(&text, "heavy_new_view_parts_from_cache_total"), 6);
         assert_eq!(value(&text, "heavy_cached"), 3);
         assert!(text.contains("# TYPE bulwark_heavy_cache_hits_total counter"), "{text}");
     }

@@ -20,8 +20,8 @@
 //! same bytes always get the same verdict. Only successes are kept; a refused message is
 //! verified again each time it comes (its connection is closed anyway).
 
-use bulwark_crypto::Digest;
-use bulwark_framework::messages::{Message as WireMessage, VerifiedMessage};
+use bulwark_crypto::{Digest, Signed};
+use bulwark_framework::messages::{Message as WireMessage, VerifiedMessage, VerifiedViewChange, ViewChange};
 use bulwark_framework::verify::Refusal;
 use bulwark_framework::{wire, ReplicaId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -98,6 +98,8 @@ pub struct HeavyVerificationStats {
     pub served_from_cache: u64,
     /// Answered by a verification of the same message already queued or running.
     pub coalesced: u64,
+    /// VIEW-CHANGEs inside a NEW-VIEW taken from the cache instead of verified again.
+    pub view_changes_in_new_views_from_cache: u64,
     /// Verified messages kept now (at most `n * ENTRIES_PER_MEMBER`).
     pub cached: usize,
 }
@@ -157,6 +159,21 @@ impl HeavyVerifications {
         Lookup::Absent(Verification { shared: self.clone(), sender, key, reported: false })
     }
 
+    /// The verified form of `view_change` if this very message was verified before (a
+    /// NEW-VIEW carries the VIEW-CHANGEs its primary received, usually the ones every
+    /// replica received too).
+    pub(crate) fn verified_view_change(&self, view_change: &Signed<ViewChange>) -> Option<VerifiedViewChange> {
+        // The key of the VIEW-CHANGE as it travels alone: the one it was cached under.
+        let key = ContentKey::of_heavy(&WireMessage::ViewChange(view_change.clone()))?;
+        let mut state = self.lock();
+        let Some(VerifiedMessage::ViewChange(verified)) = state.cache.get(view_change.payload.replica, key) else {
+            return None;
+        };
+        let verified = VerifiedViewChange::clone(verified);
+        state.stats.view_changes_in_new_views_from_cache += 1;
+        Some(verified)
+    }
+
     pub(crate) fn stats(&self) -> HeavyVerificationStats {
         let state = self.lock();
         HeavyVerificationStats { cached: state.cache.len(), ..state.stats }
@@ -205,8 +222,7 @@ impl Drop for Verification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_crypto::{KeyPair, Signed};
-    use bulwark_framework::messages::ViewChange;
+    use bulwark_crypto::KeyPair;
     use bulwark_framework::verify::verify_message;
     use bulwark_framework::{ClusterConfig, ProtocolParams, SeqNum, View};
 

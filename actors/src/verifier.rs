@@ -41,7 +41,9 @@
 use crate::verified_cache::{ContentKey, HeavyVerificationStats, HeavyVerifications, Lookup};
 use bulwark_crypto::{Signed, Verified};
 use bulwark_framework::messages::{Message as WireMessage, Request, VerifiedMessage};
-use bulwark_framework::verify::{verify_message_with, verify_requests, ClientKeyCache, Refusal, RefusalCounts};
+use bulwark_framework::verify::{
+    verify_message_with, verify_new_view_with, verify_requests, ClientKeyCache, Refusal, RefusalCounts,
+};
 use bulwark_framework::{ClusterConfig, ReplicaId};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -184,12 +186,21 @@ pub(crate) struct Worker {
     config: Arc<ClusterConfig>,
     refused: Arc<Mutex<RefusalCounts>>,
     client_keys: ClientKeyCache,
+    heavy: Arc<HeavyVerifications>,
 }
 
 impl Worker {
     fn verify(&mut self, message: WireMessage) -> Result<VerifiedMessage, Refusal> {
         let kind = message.kind();
-        verify_message_with(message, &self.config, &mut self.client_keys).inspect_err(|refusal| {
+        let verdict = match message {
+            // Its VIEW-CHANGEs were most likely verified already, each on its own.
+            WireMessage::NewView(signed) => {
+                verify_new_view_with(signed, &self.config, |view_change| self.heavy.verified_view_change(view_change))
+                    .map(|new_view| VerifiedMessage::NewView(Arc::new(new_view)))
+            }
+            message => verify_message_with(message, &self.config, &mut self.client_keys),
+        };
+        verdict.inspect_err(|refusal| {
             tracing::debug!(kind = kind.as_str(), %refusal, "refused at the edge");
             if let Ok(mut counts) = self.refused.lock() {
                 counts.record(refusal);
@@ -302,10 +313,15 @@ impl VerifierPool {
     pub fn start(threads: usize, config: Arc<ClusterConfig>) -> Self {
         let refused = Arc::new(Mutex::new(RefusalCounts::default()));
         let queue = Arc::new(Queue::default());
+        let heavy = Arc::new(HeavyVerifications::default());
         for index in 0..threads.max(1) {
             let queue = queue.clone();
-            let mut worker =
-                Worker { config: config.clone(), refused: refused.clone(), client_keys: ClientKeyCache::default() };
+            let mut worker = Worker {
+                config: config.clone(),
+                refused: refused.clone(),
+                client_keys: ClientKeyCache::default(),
+                heavy: heavy.clone(),
+            };
             std::thread::Builder::new()
                 .name(format!("verifier-{index}"))
                 .spawn(move || {
@@ -315,13 +331,7 @@ impl VerifierPool {
                 })
                 .expect("starting a verifier thread");
         }
-        VerifierPool {
-            _close_on_drop: Arc::new(CloseOnDrop(queue.clone())),
-            queue,
-            refused,
-            config,
-            heavy: Arc::default(),
-        }
+        VerifierPool { _close_on_drop: Arc::new(CloseOnDrop(queue.clone())), queue, refused, config, heavy }
     }
 
     /// Verifies one message from the network, in the lane its claimed sender puts it in. A
@@ -427,7 +437,7 @@ mod tests {
     use super::*;
     use bulwark_crypto::{Digest, KeyPair};
     use bulwark_framework::messages::{MessageKind, NewView, Prepare, ViewChange};
-    use bulwark_framework::verify::RefusalKind;
+    use bulwark_framework::verify::{verify_message, RefusalKind};
     use bulwark_framework::wire;
     use bulwark_framework::{ProtocolParams, SeqNum, Timestamp, View};
     use std::time::Duration;
@@ -450,6 +460,10 @@ mod tests {
     /// A valid VIEW-CHANGE to `view` with no certificates (cheap to verify; the cache
     /// does not care what it costs).
     fn view_change(replica: u32, view: u64) -> WireMessage {
+        WireMessage::ViewChange(signed_view_change(replica, view))
+    }
+
+    fn signed_view_change(replica: u32, view: u64) -> Signed<ViewChange> {
         let payload = ViewChange {
             view: View(view),
             stable: SeqNum(0),
@@ -457,7 +471,14 @@ mod tests {
             prepared: vec![],
             replica: ReplicaId(replica),
         };
-        WireMessage::ViewChange(Signed::sign(payload, &replica_key(replica)).unwrap())
+        Signed::sign(payload, &replica_key(replica)).unwrap()
+    }
+
+    /// A NEW-VIEW for view 1 (primary: replica 1) over `view_changes`; with no prepared
+    /// certificates in them, `O` is empty.
+    fn new_view(view_changes: Vec<Signed<ViewChange>>) -> WireMessage {
+        let payload = NewView { view: View(1), view_changes, pre_prepares: vec![] };
+        WireMessage::NewView(Signed::sign(payload, &replica_key(1)).unwrap())
     }
 
     /// `message` with the last byte of its encoding flipped: a byte of its signature.
@@ -771,6 +792,39 @@ mod tests {
         assert_eq!(stats.verified_in_full, 160);
         assert!(pool.verify(view_change(0, 40)).await.unwrap().is_ok());
         assert_eq!(pool.heavy_stats().served_from_cache, 1, "the newest are the ones kept");
+    }
+
+    #[actix_rt::test]
+    async fn a_new_view_takes_the_view_changes_it_carries_from_the_cache() {
+        let pool = VerifierPool::start(1, cluster());
+        let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, 1)).collect();
+        for view_change in &view_changes {
+            assert!(pool.verify(WireMessage::ViewChange(view_change.clone())).await.unwrap().is_ok());
+        }
+        let new_view = new_view(view_changes);
+        let verified = pool.verify(new_view.clone()).await.unwrap();
+        assert_eq!(verified, verify_message(new_view, &pool.config), "the same verdict as from scratch");
+        assert!(matches!(verified, Ok(VerifiedMessage::NewView(_))), "{verified:?}");
+        let stats = pool.heavy_stats();
+        assert_eq!(stats.view_changes_in_new_views_from_cache, 3, "{stats:?}");
+        assert_eq!(stats.verified_in_full, 4);
+    }
+
+    #[actix_rt::test]
+    async fn a_new_view_carrying_a_view_change_with_one_byte_changed_is_refused_though_the_original_is_cached() {
+        let pool = VerifierPool::start(1, cluster());
+        let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, 1)).collect();
+        for view_change in &view_changes {
+            assert!(pool.verify(WireMessage::ViewChange(view_change.clone())).await.unwrap().is_ok());
+        }
+        let mut carried = view_changes;
+        let WireMessage::ViewChange(tampered) = one_byte_changed(&WireMessage::ViewChange(carried[2].clone())) else {
+            unreachable!("a VIEW-CHANGE stays one");
+        };
+        carried[2] = tampered;
+        let verdict = pool.verify(new_view(carried)).await.unwrap();
+        assert_eq!(verdict, Err(Refusal::BadSignature { kind: MessageKind::ViewChange }));
+        assert_eq!(pool.heavy_stats().view_changes_in_new_views_from_cache, 2, "only the untouched ones");
     }
 
     #[test]

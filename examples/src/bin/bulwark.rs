@@ -846,6 +846,7 @@ async fn bench_in_process(
         verified_in_full = heavy.verified_in_full,
         served_from_cache = heavy.served_from_cache,
         coalesced = heavy.coalesced,
+        view_changes_in_new_views_from_cache = heavy.view_changes_in_new_views_from_cache,
         "VIEW-CHANGE and NEW-VIEW verifications"
     );
     for client in &handles {
