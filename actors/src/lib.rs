@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod replica;
 pub mod store;
 pub mod transport;
+pub mod verified_cache;
 pub mod verifier;
 
 /// Runs `future` on `arbiter`'s thread and returns its output: how a replica or client is

@@ -6,6 +6,7 @@
 //! response, so a scraper (or anyone else) cannot make it hold memory.
 
 use crate::replica::{ReplicaHandle, ReplicaStatus};
+use crate::verified_cache::HeavyVerificationStats;
 use bulwark_framework::verify::RefusalCounts;
 use bulwark_framework::Service;
 use std::fmt::Write as _;
@@ -13,8 +14,9 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Renders a replica's status and edge refusals as Prometheus text.
-pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts) -> String {
+/// Renders a replica's status, edge refusals and how its verifier pool answered VIEW-CHANGEs
+/// and NEW-VIEWs as Prometheus text.
+pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts, heavy: &HeavyVerificationStats) -> String {
     let mut out = String::new();
     let replica = status.id.0;
     let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
@@ -105,6 +107,38 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts) -> String
         "Connections closed for undecodable input.",
         "counter",
         t.connections_closed_bad_input,
+    );
+    // The pool is the process's (shared by the replicas it runs), so these count every copy
+    // it was handed, for whichever replica.
+    gauge(
+        "heavy_verified_total",
+        "VIEW-CHANGE and NEW-VIEW messages verified in full by the verifier pool.",
+        "counter",
+        heavy.verified_in_full,
+    );
+    gauge(
+        "heavy_cache_hits_total",
+        "Copies of VIEW-CHANGE and NEW-VIEW messages answered from the cache of verified ones.",
+        "counter",
+        heavy.served_from_cache,
+    );
+    gauge(
+        "heavy_coalesced_total",
+        "Copies of VIEW-CHANGE and NEW-VIEW messages answered by a verification of the same bytes under way.",
+        "counter",
+        heavy.coalesced,
+    );
+    gauge(
+        "heavy_new_view_parts_from_cache_total",
+        "VIEW-CHANGE messages inside a NEW-VIEW taken from the cache of verified ones instead of verified again.",
+        "counter",
+        heavy.view_changes_in_new_views_from_cache,
+    );
+    gauge(
+        "heavy_cached",
+        "Verified VIEW-CHANGE and NEW-VIEW messages kept (a few per member).",
+        "gauge",
+        heavy.cached as u64,
     );
     if let Some(store) = &status.store {
         let st = &store.metrics;
@@ -197,7 +231,7 @@ pub async fn serve<S: Service + Send + Unpin>(address: SocketAddr, replica: Repl
         let mut request = [0u8; 4096];
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut request)).await;
         let body = match replica.status().await {
-            Some(status) => render(&status, &replica.refused()),
+            Some(status) => render(&status, &replica.refused(), &replica.verifier.heavy_stats()),
             None => String::from("# replica stopped\n"),
         };
         let response = format!(
@@ -245,7 +279,7 @@ mod tests {
 
     #[test]
     fn view_change_metrics_are_exported() {
-        let text = render(&status(2, None), &RefusalCounts::default());
+        let text = render(&status(2, None), &RefusalCounts::default(), &HeavyVerificationStats::default());
         assert_eq!(value(&text, "view"), 2);
         assert_eq!(value(&text, "view_changing"), 0);
         assert_eq!(value(&text, "view_change_target"), 2);
@@ -255,11 +289,29 @@ mod tests {
         assert_eq!(value(&text, "waiting_requests"), 7);
         assert!(text.contains("# TYPE bulwark_views_entered_total counter"), "{text}");
 
-        let text = render(&status(2, Some(4)), &RefusalCounts::default());
+        let text = render(&status(2, Some(4)), &RefusalCounts::default(), &HeavyVerificationStats::default());
         assert_eq!(value(&text, "view"), 2);
         assert_eq!(value(&text, "view_changing"), 1);
         assert_eq!(value(&text, "view_change_target"), 4);
         assert!(!text.contains("bulwark_store_"), "no store metrics without a store: {text}");
+    }
+
+    #[test]
+    fn heavy_verification_metrics_are_exported() {
+        let heavy = HeavyVerificationStats {
+            verified_in_full: 5,
+            served_from_cache: 40,
+            coalesced: 7,
+            view_changes_in_new_views_from_cache: 6,
+            cached: 3,
+        };
+        let text = render(&status(0, None), &RefusalCounts::default(), &heavy);
+        assert_eq!(value(&text, "heavy_verified_total"), 5);
+        assert_eq!(value(&text, "heavy_cache_hits_total"), 40);
+        assert_eq!(value(&text, "heavy_coalesced_total"), 7);
+        assert_eq!(value(&text, "heavy_new_view_parts_from_cache_total"), 6);
+        assert_eq!(value(&text, "heavy_cached"), 3);
+        assert!(text.contains("# TYPE bulwark_heavy_cache_hits_total counter"), "{text}");
     }
 
     #[test]
@@ -282,7 +334,7 @@ mod tests {
             held_actions: 5,
             inbound_pauses: 2,
         });
-        let text = render(&status, &RefusalCounts::default());
+        let text = render(&status, &RefusalCounts::default(), &HeavyVerificationStats::default());
         assert_eq!(value(&text, "store_records_written_total"), 10);
         assert_eq!(value(&text, "store_bytes_written_total"), 2_000);
         assert_eq!(value(&text, "store_transactions_total"), 4);

@@ -28,10 +28,22 @@
 //!
 //! A single FIFO (actix's `SyncArbiter`, which this replaces) cannot do either: its
 //! mailbox serves in arrival order.
+//!
+//! # VIEW-CHANGEs and NEW-VIEWs
+//!
+//! They are the costly jobs (tens to hundreds of milliseconds each) and arrive many times
+//! over (rebroadcast until the view change ends). A copy of one already verified is
+//! answered from a cache, and a copy of one already queued waits for that job, without
+//! queueing again ([`crate::verified_cache`]). A NEW-VIEW goes ahead of its sender's queued
+//! work: it carries the `2f + 1` VIEW-CHANGEs that matter and is what ends the view change,
+//! so it must not wait behind that sender's own VIEW-CHANGEs.
 
+use crate::verified_cache::{ContentKey, HeavyVerificationStats, HeavyVerifications, Lookup};
 use bulwark_crypto::{Signed, Verified};
 use bulwark_framework::messages::{Message as WireMessage, Request, VerifiedMessage};
-use bulwark_framework::verify::{verify_message_with, verify_requests, ClientKeyCache, Refusal, RefusalCounts};
+use bulwark_framework::verify::{
+    verify_message_with, verify_new_view_with, verify_requests, ClientKeyCache, Refusal, RefusalCounts,
+};
 use bulwark_framework::{ClusterConfig, ReplicaId};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -88,8 +100,34 @@ impl<J> Default for Schedule<J> {
     }
 }
 
+/// Where a job joins its lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Behind everything waiting in its lane (its sender's queue, for a replica).
+    InOrder,
+    /// Ahead of its sender's queued work; in the client lane, behind everything as usual.
+    /// The sender's turn among the members does not change.
+    AheadOfSender,
+}
+
+impl Place {
+    /// A NEW-VIEW goes ahead of its sender's queue: it carries the VIEW-CHANGEs that
+    /// matter and ends the view change. Everything else waits its turn.
+    pub(crate) fn of(message: &WireMessage) -> Place {
+        match message {
+            WireMessage::NewView(_) => Place::AheadOfSender,
+            _ => Place::InOrder,
+        }
+    }
+}
+
 impl<J> Schedule<J> {
+    #[cfg(test)]
     pub(crate) fn push(&mut self, origin: Origin, job: J) {
+        self.push_at(origin, Place::InOrder, job);
+    }
+
+    pub(crate) fn push_at(&mut self, origin: Origin, place: Place, job: J) {
         match origin {
             Origin::Client => self.client_jobs.push_back(job),
             Origin::Replica(replica) => {
@@ -97,7 +135,10 @@ impl<J> Schedule<J> {
                 if jobs.is_empty() {
                     self.replica_turns.push_back(replica);
                 }
-                jobs.push_back(job);
+                match place {
+                    Place::InOrder => jobs.push_back(job),
+                    Place::AheadOfSender => jobs.push_front(job),
+                }
             }
         }
     }
@@ -145,12 +186,21 @@ pub(crate) struct Worker {
     config: Arc<ClusterConfig>,
     refused: Arc<Mutex<RefusalCounts>>,
     client_keys: ClientKeyCache,
+    heavy: Arc<HeavyVerifications>,
 }
 
 impl Worker {
     fn verify(&mut self, message: WireMessage) -> Result<VerifiedMessage, Refusal> {
         let kind = message.kind();
-        verify_message_with(message, &self.config, &mut self.client_keys).inspect_err(|refusal| {
+        let verdict = match message {
+            // Its VIEW-CHANGEs were most likely verified already, each on its own.
+            WireMessage::NewView(signed) => {
+                verify_new_view_with(signed, &self.config, |view_change| self.heavy.verified_view_change(view_change))
+                    .map(|new_view| VerifiedMessage::NewView(Arc::new(new_view)))
+            }
+            message => verify_message_with(message, &self.config, &mut self.client_keys),
+        };
+        verdict.inspect_err(|refusal| {
             tracing::debug!(kind = kind.as_str(), %refusal, "refused at the edge");
             if let Ok(mut counts) = self.refused.lock() {
                 counts.record(refusal);
@@ -199,12 +249,12 @@ impl Queue {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push(&self, origin: Origin, job: Job) -> Result<(), PoolStopped> {
+    fn push(&self, origin: Origin, place: Place, job: Job) -> Result<(), PoolStopped> {
         let mut state = self.lock();
         if state.closed {
             return Err(PoolStopped);
         }
-        state.schedule.push(origin, job);
+        state.schedule.push_at(origin, place, job);
         drop(state);
         self.work_waiting.notify_one();
         Ok(())
@@ -254,6 +304,8 @@ pub struct VerifierPool {
     pub refused: Arc<Mutex<RefusalCounts>>,
     /// The cluster the pool verifies for.
     pub config: Arc<ClusterConfig>,
+    /// VIEW-CHANGEs and NEW-VIEWs verified or being verified, shared by every caller.
+    heavy: Arc<HeavyVerifications>,
 }
 
 impl VerifierPool {
@@ -261,10 +313,15 @@ impl VerifierPool {
     pub fn start(threads: usize, config: Arc<ClusterConfig>) -> Self {
         let refused = Arc::new(Mutex::new(RefusalCounts::default()));
         let queue = Arc::new(Queue::default());
+        let heavy = Arc::new(HeavyVerifications::default());
         for index in 0..threads.max(1) {
             let queue = queue.clone();
-            let mut worker =
-                Worker { config: config.clone(), refused: refused.clone(), client_keys: ClientKeyCache::default() };
+            let mut worker = Worker {
+                config: config.clone(),
+                refused: refused.clone(),
+                client_keys: ClientKeyCache::default(),
+                heavy: heavy.clone(),
+            };
             std::thread::Builder::new()
                 .name(format!("verifier-{index}"))
                 .spawn(move || {
@@ -274,13 +331,50 @@ impl VerifierPool {
                 })
                 .expect("starting a verifier thread");
         }
-        VerifierPool { _close_on_drop: Arc::new(CloseOnDrop(queue.clone())), queue, refused, config }
+        VerifierPool { _close_on_drop: Arc::new(CloseOnDrop(queue.clone())), queue, refused, config, heavy }
     }
 
-    /// Verifies one message from the network, in the lane its claimed sender puts it in.
+    /// Verifies one message from the network, in the lane its claimed sender puts it in. A
+    /// VIEW-CHANGE or NEW-VIEW from a member is verified once however many copies arrive:
+    /// a copy of one verified before is answered at once, a copy of one queued or being
+    /// verified waits for that verdict.
     pub async fn verify(&self, message: WireMessage) -> Result<Result<VerifiedMessage, Refusal>, PoolStopped> {
         let origin = Origin::of(&message, &self.config);
-        self.run(origin, move |worker| worker.verify(message)).await
+        let place = Place::of(&message);
+        let heavy = match origin {
+            Origin::Replica(sender) => ContentKey::of_heavy(&message).map(|key| (sender, key)),
+            Origin::Client => None,
+        };
+        let Some((sender, key)) = heavy else {
+            return self.run_at(origin, place, move |worker| worker.verify(message)).await;
+        };
+        match self.heavy.lookup(sender, key) {
+            Lookup::Verified(message) => Ok(Ok(message)),
+            Lookup::InProgress(verdict) => {
+                // Closed without a verdict only when the job was dropped unrun.
+                let verdict = verdict.await.map_err(|_| PoolStopped)?;
+                if let Err(refusal) = &verdict {
+                    // Each copy is a message refused, as if it had been verified itself.
+                    if let Ok(mut counts) = self.refused.lock() {
+                        counts.record(refusal);
+                    }
+                }
+                Ok(verdict)
+            }
+            Lookup::Absent(verification) => {
+                self.run_at(origin, place, move |worker| {
+                    let verdict = worker.verify(message);
+                    verification.report(&verdict);
+                    verdict
+                })
+                .await
+            }
+        }
+    }
+
+    /// How VIEW-CHANGEs and NEW-VIEWs were answered: verified, from the cache, coalesced.
+    pub fn heavy_stats(&self) -> HeavyVerificationStats {
+        self.heavy.stats()
     }
 
     /// Verifies client requests in one job, in the client lane: each checked alone with
@@ -303,15 +397,26 @@ impl VerifierPool {
         self.refused.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
-    /// Queues `work` in `origin`'s lane and waits for its result.
+    /// Queues `work` last in `origin`'s lane and waits for its result.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         origin: Origin,
         work: impl FnOnce(&mut Worker) -> T + Send + 'static,
     ) -> Result<T, PoolStopped> {
+        self.run_at(origin, Place::InOrder, work).await
+    }
+
+    /// Queues `work` at `place` in `origin`'s lane and waits for its result.
+    pub(crate) async fn run_at<T: Send + 'static>(
+        &self,
+        origin: Origin,
+        place: Place,
+        work: impl FnOnce(&mut Worker) -> T + Send + 'static,
+    ) -> Result<T, PoolStopped> {
         let (result_tx, result_rx) = oneshot::channel();
         self.queue.push(
             origin,
+            place,
             Box::new(move |worker| {
                 // The asker may have gone (its replica stopped); the result is then unwanted.
                 let _ = result_tx.send(work(worker));
@@ -331,7 +436,9 @@ pub fn default_threads() -> usize {
 mod tests {
     use super::*;
     use bulwark_crypto::{Digest, KeyPair};
-    use bulwark_framework::messages::Prepare;
+    use bulwark_framework::messages::{MessageKind, NewView, Prepare, ViewChange};
+    use bulwark_framework::verify::{verify_message, RefusalKind};
+    use bulwark_framework::wire;
     use bulwark_framework::{ProtocolParams, SeqNum, Timestamp, View};
     use std::time::Duration;
 
@@ -348,6 +455,39 @@ mod tests {
         let payload =
             Prepare { view: View(0), seq: SeqNum(seq), digest: Digest::of(b"batch"), replica: ReplicaId(replica) };
         WireMessage::Prepare(Signed::sign(payload, &replica_key(replica)).unwrap())
+    }
+
+    /// A valid VIEW-CHANGE to `view` with no certificates (cheap to verify; the cache
+    /// does not care what it costs).
+    fn view_change(replica: u32, view: u64) -> WireMessage {
+        WireMessage::ViewChange(signed_view_change(replica, view))
+    }
+
+    fn signed_view_change(replica: u32, view: u64) -> Signed<ViewChange> {
+        let payload = ViewChange {
+            view: View(view),
+            stable: SeqNum(0),
+            checkpoint_proof: vec![],
+            prepared: vec![],
+            replica: ReplicaId(replica),
+        };
+        Signed::sign(payload, &replica_key(replica)).unwrap()
+    }
+
+    /// A NEW-VIEW for view 1 (primary: replica 1) over `view_changes`; with no prepared
+    /// certificates in them, `O` is empty.
+    fn new_view(view_changes: Vec<Signed<ViewChange>>) -> WireMessage {
+        let payload = NewView { view: View(1), view_changes, pre_prepares: vec![] };
+        WireMessage::NewView(Signed::sign(payload, &replica_key(1)).unwrap())
+    }
+
+    /// `message` with the last byte of its encoding flipped: a byte of its signature.
+    fn one_byte_changed(message: &WireMessage) -> WireMessage {
+        let mut encoded = wire::encode(message).unwrap();
+        *encoded.last_mut().unwrap() ^= 1;
+        let tampered = wire::decode(&encoded, usize::MAX).unwrap();
+        assert_ne!(&tampered, message);
+        tampered
     }
 
     fn request(client: u8, timestamp: u64) -> Signed<Request> {
@@ -376,15 +516,20 @@ mod tests {
     /// that everything queued meanwhile is ordered by the schedule alone.
     async fn hold_the_only_worker(pool: &VerifierPool) -> std::sync::mpsc::Sender<()> {
         let (release, released) = std::sync::mpsc::channel::<()>();
-        let holder = pool.clone();
+        let taken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (holder, holding) = (pool.clone(), taken.clone());
         actix_rt::spawn(async move {
             holder
                 .run(Origin::Client, move |_| {
+                    holding.store(true, std::sync::atomic::Ordering::SeqCst);
                     let _ = released.recv();
                 })
                 .await
         });
-        eventually("the worker took the holding job", || pool.depth() == QueueDepth::default()).await;
+        // Waiting for the job to run, not for the queue to be empty: the queue is empty
+        // before the job is even pushed, and a job pushed before the worker took this one
+        // would run first on a busy machine.
+        eventually("the worker took the holding job", || taken.load(std::sync::atomic::Ordering::SeqCst)).await;
         release
     }
 
@@ -553,6 +698,178 @@ mod tests {
             log.iter().enumerate().filter(|(_, label)| **label == "client").map(|(turn, _)| turn).collect();
         let expected: Vec<usize> = (1..=client_batches).map(|k| k * (REPLICA_JOBS_PER_CLIENT_JOB + 1) - 1).collect();
         assert_eq!(client_turns, expected, "one client job after every {REPLICA_JOBS_PER_CLIENT_JOB} of the flood");
+    }
+
+    #[actix_rt::test]
+    async fn a_repeated_view_change_is_verified_once() {
+        let pool = VerifierPool::start(2, cluster());
+        let first = pool.verify(view_change(1, 1)).await.unwrap().expect("valid");
+        for _ in 0..9 {
+            let again = pool.verify(view_change(1, 1)).await.unwrap().expect("still valid");
+            assert_eq!(again, first);
+        }
+        let stats = pool.heavy_stats();
+        assert_eq!((stats.verified_in_full, stats.served_from_cache, stats.coalesced), (1, 9, 0), "{stats:?}");
+        assert_eq!(pool.verify(view_change(1, 2)).await.unwrap().map(|m| m.kind()), Ok(MessageKind::ViewChange));
+        assert_eq!(pool.heavy_stats().verified_in_full, 2, "another view's VIEW-CHANGE is another message");
+    }
+
+    #[actix_rt::test]
+    async fn copies_queued_behind_an_identical_view_change_wait_for_its_verdict() {
+        let pool = VerifierPool::start(1, cluster());
+        let release = hold_the_only_worker(&pool).await;
+        let copies: Vec<_> = (0..5)
+            .map(|_| {
+                let pool = pool.clone();
+                actix_rt::spawn(async move { pool.verify(view_change(2, 1)).await })
+            })
+            .collect();
+        eventually("every copy has asked", || pool.heavy_stats().coalesced == 4).await;
+        assert_eq!(pool.depth().replica_jobs, 1, "one job queued for five copies");
+        release.send(()).unwrap();
+        for copy in copies {
+            assert!(matches!(copy.await.unwrap(), Ok(Ok(VerifiedMessage::ViewChange(_)))));
+        }
+        assert_eq!(pool.heavy_stats().verified_in_full, 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_view_change_with_one_byte_changed_is_not_served_from_the_cache() {
+        let pool = VerifierPool::start(1, cluster());
+        let original = view_change(1, 1);
+        assert!(pool.verify(original.clone()).await.unwrap().is_ok());
+        let refused = pool.verify(one_byte_changed(&original)).await.unwrap();
+        assert_eq!(refused, Err(Refusal::BadSignature { kind: MessageKind::ViewChange }));
+        assert_eq!(pool.heavy_stats().verified_in_full, 2, "the tampered copy was verified, not looked up");
+        assert!(pool.verify(original).await.unwrap().is_ok(), "the original is still served");
+        assert_eq!(pool.heavy_stats().served_from_cache, 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_refused_view_change_is_not_cached() {
+        let pool = VerifierPool::start(1, cluster());
+        let forged = one_byte_changed(&view_change(3, 1));
+        for attempt in 1..=3 {
+            let verdict = pool.verify(forged.clone()).await.unwrap();
+            assert_eq!(verdict, Err(Refusal::BadSignature { kind: MessageKind::ViewChange }));
+            let stats = pool.heavy_stats();
+            assert_eq!((stats.verified_in_full, stats.served_from_cache, stats.cached), (attempt, 0, 0), "{stats:?}");
+        }
+        assert_eq!(pool.refused().get(RefusalKind::BadSignature), 3);
+    }
+
+    #[actix_rt::test]
+    async fn copies_waiting_on_a_refused_view_change_are_refused_and_counted() {
+        let pool = VerifierPool::start(1, cluster());
+        let release = hold_the_only_worker(&pool).await;
+        let forged = one_byte_changed(&view_change(3, 1));
+        let copies: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, forged) = (pool.clone(), forged.clone());
+                actix_rt::spawn(async move { pool.verify(forged).await })
+            })
+            .collect();
+        eventually("every copy has asked", || pool.heavy_stats().coalesced == 2).await;
+        release.send(()).unwrap();
+        for copy in copies {
+            assert_eq!(copy.await.unwrap(), Ok(Err(Refusal::BadSignature { kind: MessageKind::ViewChange })));
+        }
+        assert_eq!(pool.refused().get(RefusalKind::BadSignature), 3, "every copy counted as refused");
+        assert_eq!(pool.heavy_stats().cached, 0);
+    }
+
+    #[actix_rt::test]
+    async fn the_cache_stays_within_its_bound_under_many_distinct_view_changes() {
+        let pool = VerifierPool::start(2, cluster());
+        for view in 1..=40 {
+            for replica in 0..4 {
+                assert!(pool.verify(view_change(replica, view)).await.unwrap().is_ok());
+            }
+            assert!(pool.heavy_stats().cached <= 4 * crate::verified_cache::ENTRIES_PER_MEMBER);
+        }
+        let stats = pool.heavy_stats();
+        assert_eq!(stats.cached, 4 * crate::verified_cache::ENTRIES_PER_MEMBER);
+        assert_eq!(stats.verified_in_full, 160);
+        assert!(pool.verify(view_change(0, 40)).await.unwrap().is_ok());
+        assert_eq!(pool.heavy_stats().served_from_cache, 1, "the newest are the ones kept");
+    }
+
+    #[actix_rt::test]
+    async fn a_new_view_takes_the_view_changes_it_carries_from_the_cache() {
+        let pool = VerifierPool::start(1, cluster());
+        let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, 1)).collect();
+        for view_change in &view_changes {
+            assert!(pool.verify(WireMessage::ViewChange(view_change.clone())).await.unwrap().is_ok());
+        }
+        let new_view = new_view(view_changes);
+        let verified = pool.verify(new_view.clone()).await.unwrap();
+        assert_eq!(verified, verify_message(new_view, &pool.config), "the same verdict as from scratch");
+        assert!(matches!(verified, Ok(VerifiedMessage::NewView(_))), "{verified:?}");
+        let stats = pool.heavy_stats();
+        assert_eq!(stats.view_changes_in_new_views_from_cache, 3, "{stats:?}");
+        assert_eq!(stats.verified_in_full, 4);
+    }
+
+    #[actix_rt::test]
+    async fn a_new_view_carrying_a_view_change_with_one_byte_changed_is_refused_though_the_original_is_cached() {
+        let pool = VerifierPool::start(1, cluster());
+        let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, 1)).collect();
+        for view_change in &view_changes {
+            assert!(pool.verify(WireMessage::ViewChange(view_change.clone())).await.unwrap().is_ok());
+        }
+        let mut carried = view_changes;
+        let WireMessage::ViewChange(tampered) = one_byte_changed(&WireMessage::ViewChange(carried[2].clone())) else {
+            unreachable!("a VIEW-CHANGE stays one");
+        };
+        carried[2] = tampered;
+        let verdict = pool.verify(new_view(carried)).await.unwrap();
+        assert_eq!(verdict, Err(Refusal::BadSignature { kind: MessageKind::ViewChange }));
+        assert_eq!(pool.heavy_stats().view_changes_in_new_views_from_cache, 2, "only the untouched ones");
+    }
+
+    #[test]
+    fn a_job_placed_ahead_of_its_sender_goes_before_that_senders_queue_only() {
+        let mut schedule = Schedule::default();
+        schedule.push(Origin::Replica(ReplicaId(1)), 10);
+        schedule.push(Origin::Replica(ReplicaId(1)), 11);
+        schedule.push(Origin::Replica(ReplicaId(2)), 20);
+        schedule.push_at(Origin::Replica(ReplicaId(2)), Place::AheadOfSender, 29);
+        schedule.push_at(Origin::Replica(ReplicaId(1)), Place::AheadOfSender, 19);
+        let order: Vec<i32> = std::iter::from_fn(|| schedule.pop()).collect();
+        assert_eq!(order, vec![19, 29, 10, 20, 11], "ahead within its sender, members still take turns");
+    }
+
+    /// The NEW-VIEW's place in practice: queued behind its sender's VIEW-CHANGEs, it is
+    /// verified before them.
+    #[actix_rt::test]
+    async fn a_new_view_is_verified_before_its_senders_queued_view_changes() {
+        let pool = VerifierPool::start(1, cluster());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let release = hold_the_only_worker(&pool).await;
+        // Replica 1 is the primary of view 1 (and of 5, 9, ...).
+        let view_changes: Vec<_> =
+            (1..=3).map(|view| verify_logged(&pool, &log, "view-change", view_change(1, 4 * view + 1))).collect();
+        eventually("the VIEW-CHANGEs are queued", || pool.depth().replica_jobs == 3).await;
+        let new_view = NewView { view: View(1), view_changes: vec![], pre_prepares: vec![] };
+        let new_view = WireMessage::NewView(Signed::sign(new_view, &replica_key(1)).unwrap());
+        let (queued_pool, queued_log) = (pool.clone(), log.clone());
+        let new_view = actix_rt::spawn(async move {
+            // Queued as `VerifierPool::verify` queues it, with a note in the log when it runs.
+            let (origin, place) = (Origin::of(&new_view, &queued_pool.config), Place::of(&new_view));
+            queued_pool
+                .run_at(origin, place, move |worker| {
+                    queued_log.lock().unwrap().push("new-view");
+                    worker.verify(new_view)
+                })
+                .await
+        });
+        eventually("the NEW-VIEW is queued", || pool.depth().replica_jobs == 4).await;
+        release.send(()).unwrap();
+        new_view.await.unwrap().unwrap().expect_err("an empty NEW-VIEW is refused, but only after its turn");
+        for view_change in view_changes {
+            assert!(view_change.await.unwrap().unwrap().is_ok());
+        }
+        assert_eq!(*log.lock().unwrap(), vec!["new-view", "view-change", "view-change", "view-change"]);
     }
 
     #[actix_rt::test]

@@ -394,6 +394,20 @@ pub fn verify_new_view(
     signed: bulwark_crypto::Signed<NewView>,
     config: &ClusterConfig,
 ) -> Result<VerifiedNewView, Refusal> {
+    verify_new_view_with(signed, config, |_| None)
+}
+
+/// [`verify_new_view`], taking a VIEW-CHANGE in `V` as verified when `verified_before`
+/// returns it: `V`'s VIEW-CHANGEs are the ones the new primary received, which every
+/// replica has usually verified already, and they are most of a NEW-VIEW's cost.
+/// `verified_before` must return only what [`verify_view_change`] returned for exactly that
+/// message under this `config` (the checks here depend on nothing else, so the verdict is
+/// the same); the checks on `V` as a whole are made either way.
+pub fn verify_new_view_with(
+    signed: bulwark_crypto::Signed<NewView>,
+    config: &ClusterConfig,
+    mut verified_before: impl FnMut(&bulwark_crypto::Signed<ViewChange>) -> Option<VerifiedViewChange>,
+) -> Result<VerifiedNewView, Refusal> {
     let view = signed.payload.view;
     let key = member_key(config, MessageKind::NewView, config.primary(view))?;
     // The new primary's one signature first: nobody else can make a replica check the
@@ -410,6 +424,10 @@ pub fn verify_new_view(
         }
         if !senders.insert(vc.payload.replica) {
             return Err(bad_new_view("two view-changes in V from one replica"));
+        }
+        if let Some(verified) = verified_before(vc) {
+            view_changes.push(verified);
+            continue;
         }
         let verified = verify_view_change(vc.clone(), config).map_err(|refusal| {
             if let Refusal::BadCertificate { reason, .. } = refusal {

@@ -884,6 +884,16 @@ async fn bench_in_process(
         Some(attacker) => Some(attacker.stop().await),
         None => None,
     };
+    // How much view-change work the shared verifier pool did, and how much it was spared
+    // (RUST_LOG=info).
+    let heavy = cluster.verifier.heavy_stats();
+    tracing::info!(
+        verified_in_full = heavy.verified_in_full,
+        served_from_cache = heavy.served_from_cache,
+        coalesced = heavy.coalesced,
+        view_changes_in_new_views_from_cache = heavy.view_changes_in_new_views_from_cache,
+        "VIEW-CHANGE and NEW-VIEW verifications"
+    );
     for client in &handles {
         client.close();
     }
