@@ -814,6 +814,78 @@ async fn verify_and_deliver(
 /// The clients' lane: requests that wait together are verified as one batch, anything
 /// else (inquiries, messages claiming a sender outside the cluster) on its own; at most
 /// [`CLIENT_IN_FLIGHT_MAX`] at once.
+/// Client requests read but not yet handed to verification, at most
+/// [`CLIENT_REQUESTS_WAITING_MAX`], queued per connection and taken in turn (Aardvark's
+/// fairness for clients): a connection flooding valid requests gets one place per round
+/// in each verification job, like every other connection with requests waiting, instead of
+/// the whole job. When the bound is reached the longest queue loses its newest request,
+/// unverified, so a flood costs its sender its own requests, not the others', and no CPU.
+#[derive(Debug, Default)]
+pub(crate) struct FairRequests {
+    queues: BTreeMap<ConnectionId, VecDeque<bulwark_crypto::Signed<bulwark_framework::messages::Request>>>,
+    /// Connections with requests waiting, in the order they are served next.
+    turns: VecDeque<ConnectionId>,
+    waiting: usize,
+}
+
+/// Client requests [`FairRequests`] holds at most. A correct client has at most its window
+/// outstanding, and the verifier takes [`REQUEST_CHUNK_MAX`] at a time.
+const CLIENT_REQUESTS_WAITING_MAX: usize = 4 * REQUEST_CHUNK_MAX;
+
+impl FairRequests {
+    /// Queues `request`; returns how many requests were shed to stay within the bound.
+    pub(crate) fn push(
+        &mut self,
+        connection: ConnectionId,
+        request: bulwark_crypto::Signed<bulwark_framework::messages::Request>,
+    ) -> u64 {
+        let queue = self.queues.entry(connection).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(connection);
+        }
+        queue.push_back(request);
+        self.waiting += 1;
+        if self.waiting <= CLIENT_REQUESTS_WAITING_MAX {
+            return 0;
+        }
+        let longest = self.queues.iter().max_by_key(|(_, queue)| queue.len()).map(|(c, _)| *c);
+        if let Some(longest) = longest {
+            let queue = self.queues.get_mut(&longest).expect("found above");
+            queue.pop_back();
+            self.waiting -= 1;
+            if queue.is_empty() {
+                self.queues.remove(&longest);
+                self.turns.retain(|c| *c != longest);
+            }
+        }
+        1
+    }
+
+    /// Up to `max` requests, one from each connection in turn.
+    pub(crate) fn take(
+        &mut self,
+        max: usize,
+    ) -> Vec<(ConnectionId, bulwark_crypto::Signed<bulwark_framework::messages::Request>)> {
+        let mut taken = Vec::with_capacity(max.min(self.waiting));
+        while taken.len() < max {
+            let Some(connection) = self.turns.pop_front() else { break };
+            let queue = self.queues.get_mut(&connection).expect("a connection in turn has a queue");
+            taken.push((connection, queue.pop_front().expect("a connection in turn has a request")));
+            self.waiting -= 1;
+            if queue.is_empty() {
+                self.queues.remove(&connection);
+            } else {
+                self.turns.push_back(connection);
+            }
+        }
+        taken
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiting == 0
+    }
+}
+
 async fn forward_client_lane(
     mut inbound: mpsc::Receiver<Inbound>,
     verifier: VerifierPool,
@@ -823,24 +895,29 @@ async fn forward_client_lane(
     gate: InboundGate,
 ) {
     let permits = Arc::new(Semaphore::new(CLIENT_IN_FLIGHT_MAX));
+    let mut fair = FairRequests::default();
     loop {
         gate.wait_open().await;
-        let Some(first) = inbound.recv().await else {
-            break;
-        };
-        // What is already waiting is taken together, so client requests that arrived in
-        // one burst are verified as one batch and handed to the replica in one message.
-        let mut chunk = vec![first];
-        while chunk.len() < REQUEST_CHUNK_MAX {
+        // Wait for input only when nothing is queued; otherwise take what is already
+        // waiting, so requests that arrived in one burst are verified as one job and handed
+        // to the replica in one message.
+        let mut arrived = Vec::new();
+        if fair.is_empty() {
+            let Some(first) = inbound.recv().await else {
+                break;
+            };
+            arrived.push(first);
+        }
+        while arrived.len() < CLIENT_REQUESTS_WAITING_MAX {
             match inbound.try_recv() {
-                Ok(next) => chunk.push(next),
+                Ok(next) => arrived.push(next),
                 Err(_) => break,
             }
         }
-        let mut requests = Vec::new();
-        for Inbound { connection, message, .. } in chunk {
+        let mut shed = 0;
+        for Inbound { connection, message, .. } in arrived {
             if let bulwark_framework::Message::Request(request) = message {
-                requests.push((connection, request));
+                shed += fair.push(connection, request);
                 continue;
             }
             let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -855,6 +932,13 @@ async fn forward_client_lane(
                 permit,
             ));
         }
+        if shed > 0 {
+            tracing::debug!(shed, "client requests over their connection's share shed unverified");
+            if let Ok(mut counts) = verifier.refused.lock() {
+                counts.add(bulwark_framework::verify::RefusalKind::OverClientShare, shed);
+            }
+        }
+        let requests = fair.take(REQUEST_CHUNK_MAX);
         if requests.is_empty() {
             continue;
         }
@@ -946,6 +1030,43 @@ mod tests {
     fn cluster() -> Arc<ClusterConfig> {
         let members = (0..4).map(|i| replica_key(i).public()).collect();
         Arc::new(ClusterConfig::new(members, ProtocolParams::default()).unwrap())
+    }
+
+    fn signed_request(timestamp: u64) -> Signed<Request> {
+        match request(timestamp) {
+            Message::Request(signed) => signed,
+            _ => unreachable!("request() builds a request"),
+        }
+    }
+
+    /// Aardvark's client fairness: a connection flooding requests gets one place per round
+    /// in each verification job, and at the bound its own newest requests are shed, not
+    /// another connection's.
+    #[test]
+    fn a_flooding_connection_gets_one_place_per_round_and_is_shed_first() {
+        let (flood, client) = (ConnectionId(1), ConnectionId(2));
+        let mut fair = FairRequests::default();
+        for timestamp in 1..=100 {
+            assert_eq!(fair.push(flood, signed_request(timestamp)), 0);
+        }
+        for timestamp in 1..=3 {
+            fair.push(client, signed_request(1_000 + timestamp));
+        }
+        let taken: Vec<(u64, u64)> = fair.take(8).into_iter().map(|(c, r)| (c.0, r.payload.timestamp.0)).collect();
+        assert_eq!(taken, vec![(1, 1), (2, 1001), (1, 2), (2, 1002), (1, 3), (2, 1003), (1, 4), (1, 5)]);
+        let mut shed = 0;
+        for timestamp in 101..=(CLIENT_REQUESTS_WAITING_MAX as u64 + 200) {
+            shed += fair.push(flood, signed_request(timestamp));
+        }
+        fair.push(client, signed_request(2_000));
+        shed += fair.push(client, signed_request(2_001));
+        assert!(shed > 0, "the bound was reached");
+        let taken = fair.take(2);
+        assert_eq!(taken[1].0, client, "the client's requests survived the flood: {:?}", taken[1].1.payload.timestamp);
+        assert_eq!(taken[1].1.payload.timestamp.0, 2_000);
+        let rest = fair.take(usize::MAX);
+        assert_eq!(rest.len() + 2, CLIENT_REQUESTS_WAITING_MAX, "held exactly the bound");
+        assert!(rest.iter().any(|(c, r)| *c == client && r.payload.timestamp.0 == 2_001));
     }
 
     fn request(timestamp: u64) -> Message {

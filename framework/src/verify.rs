@@ -60,6 +60,10 @@ pub enum RefusalKind {
     DuplicateRequestInBatch,
     ReadOnlyRequestInBatch,
     BadCertificate,
+    /// Not refused for what it is but shed unverified: its connection held more than its
+    /// fair share of the client requests waiting for verification (a runtime counter; the
+    /// framework itself never sheds for this).
+    OverClientShare,
 }
 
 impl Refusal {
