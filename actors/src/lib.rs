@@ -11,6 +11,9 @@ pub mod transport;
 pub mod verified_cache;
 pub mod verifier;
 
+#[cfg(test)]
+mod test_fixtures;
+
 /// Runs `future` on `arbiter`'s thread and returns its output: how a replica or client is
 /// started so that its actor and its transport tasks live on that arbiter.
 pub(crate) async fn on_arbiter<T, F>(arbiter: &actix::ArbiterHandle, what: &str, future: F) -> std::io::Result<T>

@@ -829,11 +829,14 @@ async fn verify_and_deliver(
 /// unverified, so a flood costs its sender its own requests, not the others', and no CPU.
 #[derive(Debug, Default)]
 pub(crate) struct FairRequests {
-    queues: BTreeMap<ConnectionId, VecDeque<bulwark_crypto::Signed<bulwark_framework::messages::Request>>>,
+    queues: BTreeMap<ConnectionId, VecDeque<SignedRequest>>,
     /// Connections with requests waiting, in the order they are served next.
     turns: VecDeque<ConnectionId>,
     waiting: usize,
 }
+
+/// A client request as read, before its signature is checked.
+type SignedRequest = bulwark_crypto::Signed<bulwark_framework::messages::Request>;
 
 /// Client requests [`FairRequests`] holds at most. A correct client has at most its window
 /// outstanding, and the verifier takes [`REQUEST_CHUNK_MAX`] at a time.
@@ -841,11 +844,7 @@ const CLIENT_REQUESTS_WAITING_MAX: usize = 4 * REQUEST_CHUNK_MAX;
 
 impl FairRequests {
     /// Queues `request`; returns how many requests were shed to stay within the bound.
-    pub(crate) fn push(
-        &mut self,
-        connection: ConnectionId,
-        request: bulwark_crypto::Signed<bulwark_framework::messages::Request>,
-    ) -> u64 {
+    pub(crate) fn push(&mut self, connection: ConnectionId, request: SignedRequest) -> u64 {
         let queue = self.queues.entry(connection).or_default();
         if queue.is_empty() {
             self.turns.push_back(connection);
@@ -869,10 +868,7 @@ impl FairRequests {
     }
 
     /// Up to `max` requests, one from each connection in turn.
-    pub(crate) fn take(
-        &mut self,
-        max: usize,
-    ) -> Vec<(ConnectionId, bulwark_crypto::Signed<bulwark_framework::messages::Request>)> {
+    pub(crate) fn take(&mut self, max: usize) -> Vec<(ConnectionId, SignedRequest)> {
         let mut taken = Vec::with_capacity(max.min(self.waiting));
         while taken.len() < max {
             let Some(connection) = self.turns.pop_front() else { break };
@@ -1020,20 +1016,13 @@ mod tests {
     use bulwark_crypto::{KeyPair, Signed};
     use bulwark_framework::messages::{MessageKind, Prepare, Request};
     use bulwark_framework::verify::RefusalKind;
-    use bulwark_framework::{Message, ProtocolParams, Timestamp};
+    use bulwark_framework::{Message, Timestamp};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     use std::time::Duration;
     use tokio::sync::watch;
 
-    fn replica_key(i: u32) -> KeyPair {
-        KeyPair::from_seed([i as u8 + 1; 32])
-    }
-
-    fn cluster() -> Arc<ClusterConfig> {
-        let members = (0..4).map(|i| replica_key(i).public()).collect();
-        Arc::new(ClusterConfig::new(members, ProtocolParams::default()).unwrap())
-    }
+    use crate::test_fixtures::{cluster, replica_key};
 
     fn signed_request(timestamp: u64) -> Signed<Request> {
         match request(timestamp) {

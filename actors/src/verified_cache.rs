@@ -222,28 +222,12 @@ impl Drop for Verification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_crypto::KeyPair;
     use bulwark_framework::verify::verify_message;
-    use bulwark_framework::{ClusterConfig, ProtocolParams, SeqNum, View};
 
-    fn replica_key(i: u32) -> KeyPair {
-        KeyPair::from_seed([i as u8 + 1; 32])
-    }
-
-    fn cluster() -> ClusterConfig {
-        let members = (0..4).map(|i| replica_key(i).public()).collect();
-        ClusterConfig::new(members, ProtocolParams::default()).unwrap()
-    }
+    use crate::test_fixtures::{cluster, signed_view_change};
 
     fn view_change(replica: u32, view: u64) -> WireMessage {
-        let payload = ViewChange {
-            view: View(view),
-            stable: SeqNum(0),
-            checkpoint_proof: vec![],
-            prepared: vec![],
-            replica: ReplicaId(replica),
-        };
-        WireMessage::ViewChange(Signed::sign(payload, &replica_key(replica)).unwrap())
+        WireMessage::ViewChange(signed_view_change(replica, view))
     }
 
     #[test]

@@ -439,17 +439,10 @@ mod tests {
     use bulwark_framework::messages::{MessageKind, NewView, Prepare, ViewChange};
     use bulwark_framework::verify::{verify_message, RefusalKind};
     use bulwark_framework::wire;
-    use bulwark_framework::{ProtocolParams, SeqNum, Timestamp, View};
+    use bulwark_framework::{SeqNum, Timestamp, View};
     use std::time::Duration;
 
-    fn replica_key(i: u32) -> KeyPair {
-        KeyPair::from_seed([i as u8 + 1; 32])
-    }
-
-    fn cluster() -> Arc<ClusterConfig> {
-        let members = (0..4).map(|i| replica_key(i).public()).collect();
-        Arc::new(ClusterConfig::new(members, ProtocolParams::default()).unwrap())
-    }
+    use crate::test_fixtures::{cluster, replica_key, signed_view_change};
 
     fn prepare(replica: u32, seq: u64) -> WireMessage {
         let payload =
@@ -461,17 +454,6 @@ mod tests {
     /// does not care what it costs).
     fn view_change(replica: u32, view: u64) -> WireMessage {
         WireMessage::ViewChange(signed_view_change(replica, view))
-    }
-
-    fn signed_view_change(replica: u32, view: u64) -> Signed<ViewChange> {
-        let payload = ViewChange {
-            view: View(view),
-            stable: SeqNum(0),
-            checkpoint_proof: vec![],
-            prepared: vec![],
-            replica: ReplicaId(replica),
-        };
-        Signed::sign(payload, &replica_key(replica)).unwrap()
     }
 
     /// A NEW-VIEW for view 1 (primary: replica 1) over `view_changes`; with no prepared

@@ -1,0 +1,29 @@
+//! Keys, a four-replica cluster and messages the unit tests of several modules share.
+
+use bulwark_crypto::{KeyPair, Signed};
+use bulwark_framework::messages::ViewChange;
+use bulwark_framework::{ClusterConfig, ProtocolParams, ReplicaId, SeqNum, View};
+use std::sync::Arc;
+
+/// Replica `i`'s key in [`cluster`].
+pub(crate) fn replica_key(i: u32) -> KeyPair {
+    KeyPair::from_seed([i as u8 + 1; 32])
+}
+
+/// Four replicas with the default parameters.
+pub(crate) fn cluster() -> Arc<ClusterConfig> {
+    let members = (0..4).map(|i| replica_key(i).public()).collect();
+    Arc::new(ClusterConfig::new(members, ProtocolParams::default()).unwrap())
+}
+
+/// A valid VIEW-CHANGE to `view` with no certificates (cheap to verify).
+pub(crate) fn signed_view_change(replica: u32, view: u64) -> Signed<ViewChange> {
+    let payload = ViewChange {
+        view: View(view),
+        stable: SeqNum(0),
+        checkpoint_proof: vec![],
+        prepared: vec![],
+        replica: ReplicaId(replica),
+    };
+    Signed::sign(payload, &replica_key(replica)).unwrap()
+}
