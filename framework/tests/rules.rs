@@ -758,6 +758,40 @@ fn status_a_stuck_replica_asks_and_a_peer_retransmits() {
     );
 }
 
+/// Whether a status tick made the replica multicast STATUS (report itself stuck).
+fn sent_status(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Broadcast { message: VerifiedMessage::Status(_) }))
+}
+
+/// A replica reports itself stuck only on what `f + 1` members claim: one Byzantine
+/// member's checkpoints and votes far ahead (the flood strategy) would otherwise keep
+/// every correct replica multicasting STATUS, and answering each other, at every tick.
+#[test]
+fn status_one_members_claims_alone_do_not_make_a_replica_stuck_f_plus_1_do() {
+    let f = fixture();
+    let mut backup = f.replica(1);
+    let interval = f.config.params.status_interval();
+    let junk = Digest::of(b"nobody reached this");
+    let tick = |replica: &mut Replica<KvStore>, round: u64| {
+        replica.handle(Input::Timer(TimerKind::Status), Instant(0) + interval * (round as u32 + 1))
+    };
+    // Replica 3 alone claims sequence numbers 8 (a checkpoint) and 7 (votes).
+    for message in [
+        VerifiedMessage::Checkpoint(f.checkpoint(3, 8, junk)),
+        VerifiedMessage::Prepare(f.prepare(3, 0, 7, junk)),
+        VerifiedMessage::Commit(f.commit(3, 0, 7, junk)),
+    ] {
+        backup.handle(Input::Message(message), Instant(0));
+    }
+    for round in 0..3 {
+        assert!(!sent_status(&tick(&mut backup, round)), "stuck on one member's word (tick {round})");
+    }
+    // A second member vouches for sequence number 4: now this replica is behind.
+    let checkpoint = VerifiedMessage::Checkpoint(f.checkpoint(2, 4, junk));
+    backup.handle(Input::Message(checkpoint), Instant(0) + interval * 3);
+    assert!(sent_status(&tick(&mut backup, 3)), "f + 1 members are ahead and the replica did not ask");
+}
+
 // ---------------------------------------------------------------- client: CL2, CL3, CX1
 
 fn client(f: &Fixture) -> Client {
@@ -1470,6 +1504,51 @@ fn status_a_lagging_peer_gets_the_commit_certificate_also_after_a_restart() {
     assert_eq!(commits_sent(&sent), vec![(1, 1)], "{sent:?}");
     assert!(verify_message(sent[0].to_wire(), &f.config).is_ok());
     assert!(commits_sent(&restarted.retransmissions_for(&peer_status(0, 1, has_it))).is_empty());
+}
+
+/// A peer behind the stable checkpoint gets the checkpoint's proof (to fetch that state),
+/// not the log above it: it can use none of it before the transfer, and a Byzantine STATUS
+/// "I am at 0" would otherwise bring back a window of batches from every correct replica
+/// at every answer. A peer at the checkpoint gets the slots it lacks.
+#[test]
+fn status_a_peer_behind_the_stable_checkpoint_gets_the_proof_not_the_log() {
+    let f = fixture();
+    let mut replica = f.replica(1);
+    let mut actions = Vec::new();
+    for seq in 1..=5 {
+        actions.extend(commit_at(&f, &mut replica, seq, &f.batch(&[seq])));
+    }
+    let own_checkpoint = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Broadcast { message: VerifiedMessage::Checkpoint(c) } if c.seq == SeqNum(4) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("a checkpoint at 4");
+    for from in [2, 3] {
+        let checkpoint = VerifiedMessage::Checkpoint(f.checkpoint(from, 4, own_checkpoint.state_digest));
+        replica.handle(Input::Message(checkpoint), Instant(0));
+    }
+    assert_eq!(replica.stable(), SeqNum(4));
+    let status = |from: u32, last_executed: u64| {
+        let status = peer_status(from, last_executed + 1, Vec::new());
+        VerifiedMessage::Status(Verified::sign(status, &f.keys[from as usize]).unwrap())
+    };
+    let sent_to = |actions: &[Action], peer: u32| -> Vec<bulwark_framework::messages::MessageKind> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { to, message } if *to == ReplicaId(peer) => Some(message.kind()),
+                _ => None,
+            })
+            .collect()
+    };
+    use bulwark_framework::messages::MessageKind;
+    let behind = sent_to(&replica.handle(Input::Message(status(3, 0)), Instant(0)), 3);
+    assert!(behind.contains(&MessageKind::Checkpoint), "{behind:?}");
+    assert!(!behind.contains(&MessageKind::PrePrepare), "the log went to a peer that cannot use it: {behind:?}");
+    let at_checkpoint = sent_to(&replica.handle(Input::Message(status(2, 4)), Instant(0)), 2);
+    assert!(at_checkpoint.contains(&MessageKind::PrePrepare), "{at_checkpoint:?}");
 }
 
 /// Numbers near `u64::MAX` from peers (cargo-fuzz findings, `fuzz/regressions/`): a STATUS

@@ -83,7 +83,12 @@ pub struct Replica<S: Service> {
     executor: Executor<S>,
     checkpoints: CheckpointCollector,
     metrics: ReplicaMetrics,
+    /// The highest sequence number this replica knows to exist: its own proposals, the
+    /// current primary's pre-prepares, and what `f + 1` other members vouch for.
     highest_seen: SeqNum,
+    /// Per member: the highest sequence number it has claimed to reach (a vote, a
+    /// checkpoint, a status).
+    claimed: Vec<SeqNum>,
     executed_at_last_tick: SeqNum,
     /// Last executed when the request timer last fired (`catching_up_at_request_timer`).
     executed_at_request_timer: Option<SeqNum>,
@@ -112,6 +117,7 @@ impl<S: Service> Replica<S> {
             checkpoints: CheckpointCollector::new(config.clone()),
             metrics: ReplicaMetrics::default(),
             highest_seen: SeqNum(0),
+            claimed: vec![SeqNum(0); n],
             executed_at_last_tick: SeqNum(0),
             executed_at_request_timer: None,
             ticks: 0,
@@ -308,6 +314,27 @@ impl<S: Service> Replica<S> {
         }
     }
 
+    /// A member claims to have reached `seq`. One member's word may be a Byzantine lie
+    /// that keeps this replica reporting itself stuck, and its peers answering, at every
+    /// tick (the flood strategy's checkpoints far ahead did exactly that). So only the
+    /// `(f + 1)`-th highest claim counts: at least one correct member vouches for it.
+    fn note_claim(&mut self, member: ReplicaId, seq: SeqNum) {
+        let me = self.id.0 as usize;
+        let Some(claim) = self.claimed.get_mut(member.0 as usize).filter(|_| member.0 as usize != me) else {
+            return;
+        };
+        if seq <= *claim {
+            return;
+        }
+        *claim = seq;
+        let mut claims: Vec<SeqNum> =
+            self.claimed.iter().enumerate().filter(|&(i, _)| i != me).map(|(_, &s)| s).collect();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&vouched) = claims.get(self.config.f()) {
+            self.note_seen(vouched);
+        }
+    }
+
     fn on_message(&mut self, message: VerifiedMessage, now: Instant, actions: &mut Vec<Action>) {
         match message {
             VerifiedMessage::Request(request) => self.on_request(request, now, actions),
@@ -323,7 +350,7 @@ impl<S: Service> Replica<S> {
             VerifiedMessage::Prepare(ref prepare) => {
                 let (view, seq, sender) = (prepare.view, prepare.seq, prepare.replica);
                 if let Some(VerifiedMessage::Prepare(prepare)) = self.admit_view(message, view, sender) {
-                    self.note_seen(seq);
+                    self.note_claim(sender, seq);
                     let mut out = Vec::new();
                     self.backup.on_prepare(prepare, &self.key, &mut out);
                     self.apply(out, now, actions);
@@ -332,7 +359,7 @@ impl<S: Service> Replica<S> {
             VerifiedMessage::Commit(ref commit) => {
                 let (view, seq, sender) = (commit.view, commit.seq, commit.replica);
                 if let Some(VerifiedMessage::Commit(commit)) = self.admit_view(message, view, sender) {
-                    self.note_seen(seq);
+                    self.note_claim(sender, seq);
                     let mut out = Vec::new();
                     self.backup.on_commit(commit, &self.key, &mut out);
                     self.apply(out, now, actions);
@@ -524,7 +551,7 @@ impl<S: Service> Replica<S> {
 
     /// C3: log a checkpoint; on a new stable checkpoint, C4.
     fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>, now: Instant, actions: &mut Vec<Action>) {
-        self.note_seen(checkpoint.seq);
+        self.note_claim(checkpoint.replica, checkpoint.seq);
         match self.checkpoints.on_checkpoint(checkpoint) {
             Err(reason) => self.refuse(reason),
             Ok(None) => {}
@@ -811,10 +838,18 @@ impl<S: Service> Replica<S> {
 
     /// Answer a stuck peer with what it lacks (rate-limited per peer).
     fn on_status(&mut self, status: Verified<Status>, now: Instant, actions: &mut Vec<Action>) {
-        self.note_seen(status.last_executed);
+        self.note_claim(status.replica, status.last_executed);
         if let Some(offset) = status.slots.iter().rposition(|p| p.has_pre_prepare) {
-            // Saturating: `last_executed` is the peer's word (fuzzing found u64::MAX - 3).
-            self.note_seen(SeqNum(status.last_executed.0.saturating_add(offset as u64 + 1)));
+            // The slots start at `first_slot` (before `last_executed` when re-running after
+            // a view change). Saturating: it is the peer's word (fuzzing found u64::MAX - 3).
+            let seq = SeqNum(status.first_slot.0.saturating_add(offset as u64));
+            if status.view == self.view() && status.replica == self.config.primary(status.view) {
+                // The primary is the source of pre-prepares: one it holds and a backup
+                // lacks (lost on the way to every backup) is enough to ask for.
+                self.note_seen(seq);
+            } else {
+                self.note_claim(status.replica, seq);
+            }
         }
         if !self.may_answer(status.replica, now) {
             return;
@@ -838,7 +873,14 @@ impl<S: Service> Replica<S> {
                 .filter(|c| c.seq > status.stable)
                 .map(VerifiedMessage::Checkpoint),
         );
-        messages.extend(self.backup.retransmissions_for(&status));
+        // A peer behind the stable checkpoint can use nothing of the log above it before it
+        // has fetched that state (the proof above starts the transfer), and its watermarks
+        // keep it from even holding most of it. Sending the window anyway turned a small
+        // Byzantine STATUS ("I am at 0") into a whole window of batches from every correct
+        // replica, at every answer.
+        if status.last_executed >= stable.seq {
+            messages.extend(self.backup.retransmissions_for(&status));
+        }
         self.metrics.retransmitted += messages.len() as u64;
         for message in messages {
             actions.push(Action::Send { to: peer, message });
