@@ -669,7 +669,8 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         initial,
         durability,
     });
-    forward(inbound_receivers, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport, gate);
+    let lanes = Lanes { byzantine, gate };
+    forward(inbound_receivers, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport, lanes);
     Ok(ReplicaHandle { id, addr, transport, verifier })
 }
 
@@ -739,26 +740,44 @@ pub(crate) fn inbound_lanes(cluster: &Arc<ClusterConfig>) -> (InboundLanes, Inbo
 /// delivered on their own merit. `transport` is held weakly, so the forwarder never keeps
 /// an endpoint running that its owner has dropped.
 pub(crate) fn forward(
-    lanes: InboundReceivers,
+    receivers: InboundReceivers,
     verifier: VerifierPool,
     target: Recipient<Deliver>,
     batch_target: Recipient<DeliverAll>,
     transport: &TransportHandle,
-    gate: InboundGate,
+    Lanes { byzantine, gate }: Lanes,
 ) {
     let transport = transport.downgrade();
-    let per_sender = replica_in_flight_per_sender_max(lanes.replicas.len());
-    for replica_lane in lanes.replicas {
+    let per_sender = replica_in_flight_per_sender_max(receivers.replicas.len());
+    for replica_lane in receivers.replicas {
         actix::spawn(forward_replica_lane(
             replica_lane,
             per_sender,
             verifier.clone(),
             target.clone(),
             transport.clone(),
-            gate.clone(),
+            Lanes { byzantine, gate: gate.clone() },
         ));
     }
-    actix::spawn(forward_client_lane(lanes.client, verifier, target, batch_target, transport, gate));
+    let lanes = Lanes { byzantine, gate };
+    actix::spawn(forward_client_lane(receivers.client, verifier, target, batch_target, transport, lanes));
+}
+
+/// What the inbound lanes of one replica share besides the verifier.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lanes {
+    /// The strategy of a Byzantine replica: messages it does not read are dropped
+    /// unverified ([`Strategy::listens_to`]).
+    pub(crate) byzantine: Option<Strategy>,
+    /// Closed while the replica's store catches up (group commit).
+    pub(crate) gate: InboundGate,
+}
+
+impl Lanes {
+    /// Whether `message` is verified and delivered at all.
+    fn wanted(&self, message: &bulwark_framework::Message) -> bool {
+        self.byzantine.is_none_or(|strategy| strategy.listens_to(message.kind()))
+    }
 }
 
 /// One member's lane: each message verified on its own, at most `in_flight_max` at once.
@@ -768,14 +787,17 @@ async fn forward_replica_lane(
     verifier: VerifierPool,
     target: Recipient<Deliver>,
     transport: WeakTransportHandle,
-    gate: InboundGate,
+    lanes: Lanes,
 ) {
     let permits = Arc::new(Semaphore::new(in_flight_max));
     loop {
-        gate.wait_open().await;
+        lanes.gate.wait_open().await;
         let Some(Inbound { connection, message, .. }) = inbound.recv().await else {
             break;
         };
+        if !lanes.wanted(&message) {
+            continue;
+        }
         if !spawn_verify_and_deliver(&permits, message, connection, &verifier, &target, &transport).await {
             return;
         }
@@ -898,12 +920,12 @@ async fn forward_client_lane(
     target: Recipient<Deliver>,
     batch_target: Recipient<DeliverAll>,
     transport: WeakTransportHandle,
-    gate: InboundGate,
+    lanes: Lanes,
 ) {
     let permits = Arc::new(Semaphore::new(CLIENT_IN_FLIGHT_MAX));
     let mut fair = FairRequests::default();
     loop {
-        gate.wait_open().await;
+        lanes.gate.wait_open().await;
         // Wait for input only when nothing is queued; otherwise take what is already
         // waiting, so requests that arrived in one burst are verified as one job and handed
         // to the replica in one message.
@@ -922,6 +944,9 @@ async fn forward_client_lane(
         }
         let mut shed = 0;
         for Inbound { connection, message, .. } in arrived {
+            if !lanes.wanted(&message) {
+                continue;
+            }
             if let bulwark_framework::Message::Request(request) = message {
                 shed += fair.push(connection, request);
                 continue;
@@ -1029,6 +1054,32 @@ mod tests {
             Message::Request(signed) => signed,
             _ => unreachable!("request() builds a request"),
         }
+    }
+
+    /// A Byzantine replica's lanes drop what its strategy does not read before anything is
+    /// verified; a correct replica's lanes pass everything.
+    #[test]
+    fn lanes_drop_unverified_what_an_attacker_does_not_read() {
+        let lanes = |byzantine| Lanes { byzantine, gate: InboundGate::default() };
+        let checkpoint = Message::Checkpoint(
+            Signed::sign(
+                bulwark_framework::messages::Checkpoint {
+                    seq: SeqNum(128),
+                    state_digest: Digest::of(b"state"),
+                    replica: ReplicaId(1),
+                },
+                &replica_key(1),
+            )
+            .unwrap(),
+        );
+        for message in [request(1), prepare(1), checkpoint.clone()] {
+            assert!(lanes(None).wanted(&message), "{:?}", message.kind());
+            assert!(!lanes(Some(Strategy::Silent)).wanted(&message), "{:?}", message.kind());
+        }
+        let flood = lanes(Some(Strategy::Flood));
+        assert!(flood.wanted(&checkpoint) && flood.wanted(&prepare(1)));
+        assert!(!flood.wanted(&request(1)));
+        assert!(lanes(Some(Strategy::EquivocatingPrimary)).wanted(&request(1)));
     }
 
     /// Aardvark's client fairness: a connection flooding requests gets one place per round
@@ -1161,14 +1212,7 @@ mod tests {
             handling,
         }
         .start();
-        forward(
-            receivers,
-            pool.clone(),
-            sink.clone().recipient(),
-            sink.recipient(),
-            &transport,
-            InboundGate::default(),
-        );
+        forward(receivers, pool.clone(), sink.clone().recipient(), sink.recipient(), &transport, Lanes::default());
 
         let flood = 3_000;
         let flood_messages: Vec<Message> = (0..flood).map(|t| request(t as u64)).collect();

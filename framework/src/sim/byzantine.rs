@@ -5,8 +5,8 @@
 use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{
-    Batch, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare, PreparedCertificate, StateReply, VerifiedMessage,
-    VerifiedViewChange, ViewChange,
+    Batch, Checkpoint, Commit, Message, MessageKind, NewView, PrePrepare, Prepare, PreparedCertificate, StateReply,
+    VerifiedMessage, VerifiedViewChange, ViewChange,
 };
 use crate::roles::primary::Primary;
 use crate::roles::replica::Input;
@@ -86,6 +86,27 @@ impl Strategy {
             Strategy::Replay => "replay",
             Strategy::BadCertificate => "bad-certificate",
             Strategy::ConflictingCheckpoint => "conflicting-checkpoint",
+        }
+    }
+
+    /// Whether this strategy reads messages of `kind`. A runtime drops the others before
+    /// checking their signatures: an attacker spends nothing on what it ignores, and where
+    /// it shares a host with correct replicas (the bench runs every replica in one process)
+    /// whatever it spent would be taken from them. Flood reads only what tells it where
+    /// the cluster is (and any input arms its timer): not the batches a STATUS "I am at 0"
+    /// brings back from every correct replica.
+    pub fn listens_to(self, kind: MessageKind) -> bool {
+        match self {
+            Strategy::Silent => false,
+            Strategy::Flood => matches!(
+                kind,
+                MessageKind::Prepare
+                    | MessageKind::Commit
+                    | MessageKind::Checkpoint
+                    | MessageKind::Status
+                    | MessageKind::NewView
+            ),
+            _ => true,
         }
     }
 
@@ -222,6 +243,13 @@ impl ByzantineReplica {
     }
 
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<ByzantineAction> {
+        // What the strategy ignores never reaches it, here as in the runtime (which drops
+        // it before verification).
+        if let Input::Message(message) = &input {
+            if !self.strategy.listens_to(message.kind()) {
+                return Vec::new();
+            }
+        }
         let actions = match self.strategy {
             Strategy::Silent => Vec::new(),
             Strategy::EquivocatingPrimary => self.equivocate(input, now),
