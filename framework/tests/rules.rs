@@ -588,6 +588,52 @@ fn r4_a_flooding_client_is_capped_at_its_window_and_served_in_turn() {
     assert_eq!(first, vec![1, 2, 2, 3], "the flooder and the other client alternate");
 }
 
+/// R4 (Aardvark's fairness, pipeline share): a client may have at most an equal part of
+/// the pipeline (`in_flight_batches_max × batch_size_max / k`, `k` clients active) proposed
+/// and not executed. A flooder over its share sits batches out, keeping its queue, while
+/// another client's request goes at once; alone, or with nothing in flight, it is not held.
+#[test]
+fn r4_a_client_over_its_share_of_the_pipeline_waits_for_its_requests_to_execute() {
+    let params = ProtocolParams { client_window: 8, batch_size_max: 4, in_flight_batches_max: 2, ..params() };
+    let f = fixture_with(4, params);
+    let flooder = KeyPair::from_seed([201; 32]);
+    let flood = |timestamp: u64| {
+        let payload = Request {
+            client_key: flooder.public().into(),
+            timestamp: Timestamp(timestamp),
+            read_only: false,
+            operation: put("f", "1"),
+        };
+        Verified::sign(payload, &flooder).unwrap()
+    };
+    let flooder_id = bulwark_framework::messages::client_id(&flooder.public().into());
+    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    // Alone, the flooder may fill the whole pipeline (share 2 × 4 = 8).
+    for t in 1..=8 {
+        assert_eq!(primary.offer(flood(t), Instant(0)), Admission::Queued);
+    }
+    assert_eq!(primary.cut_batches(SeqNum(0), Instant(0)).len(), 2);
+    assert_eq!(primary.in_flight_of(flooder_id), 8);
+    primary.on_executed(SeqNum(1));
+    assert_eq!(primary.in_flight_of(flooder_id), 4);
+    // Another client arrives: two active clients, a share of 4 each. The flooder has 4 in
+    // flight and 4 queued; the next batch takes only the other client's request.
+    for t in 9..=12 {
+        assert_eq!(primary.offer(flood(t), Instant(0)), Admission::Queued);
+    }
+    primary.offer(f.request(1, put("a", "1")), Instant(0));
+    let batches = primary.cut_batches(SeqNum(0), Instant(0));
+    assert_eq!(batches.len(), 1);
+    let clients: Vec<_> = batches[0].1.requests().iter().map(|r| r.client()).collect();
+    assert!(!clients.contains(&flooder_id), "the flooder over its share got a place: {clients:?}");
+    assert_eq!(primary.queue_len(), 4, "its requests stay queued");
+    // Once its requests execute it is under its share again and its queue goes.
+    primary.on_executed(SeqNum(3));
+    let batches = primary.cut_batches(SeqNum(0), Instant(0));
+    assert_eq!(batches.iter().map(|(_, b)| b.len()).sum::<usize>(), 4);
+    assert_eq!(primary.in_flight_of(flooder_id), 4);
+}
+
 // ---------------------------------------------------------------- replica: E1, E2, R2, R3
 
 fn executed(actions: &[Action]) -> Vec<SeqNum> {
@@ -756,6 +802,56 @@ fn status_a_stuck_replica_asks_and_a_peer_retransmits() {
         answer.iter().any(|a| matches!(a, Action::Send { to: ReplicaId(1), message: VerifiedMessage::PrePrepare(..) })),
         "{answer:?}"
     );
+}
+
+/// R4 and VC1 with CX1: a client holding its whole window at a replica (queued at the
+/// primary, queued or proposed and not executed; waiting at a backup) is saturated there;
+/// the runtime drops its further requests unverified. Another client is not affected.
+#[test]
+fn r4_vc1_a_client_holding_its_window_is_saturated() {
+    let params = ProtocolParams { client_window: 2, in_flight_batches_max: 1, ..params() };
+    let f = fixture_with(4, params);
+    let client = bulwark_framework::messages::client_id(&f.client.public().into());
+    let other = bulwark_framework::ids::ClientId(client.0 ^ 1);
+    let mut primary = f.replica(0);
+    let mut backup = f.replica(1);
+    for timestamp in 1..=2 {
+        let request = VerifiedMessage::Request(f.request(timestamp, put("k", &timestamp.to_string())));
+        assert!(!primary.client_saturated(client, Instant(0)), "saturated before {timestamp}");
+        assert!(!backup.client_saturated(client, Instant(0)));
+        primary.handle(Input::Message(request.clone()), Instant(0));
+        backup.handle(Input::Message(request), Instant(0));
+    }
+    // 1 is proposed at once (the pipeline was idle), 2 is queued: the window is held.
+    assert_eq!(primary.last_executed(), SeqNum(0));
+    assert!(primary.client_saturated(client, Instant(0)), "one in flight and one queued");
+    assert!(backup.client_saturated(client, Instant(0)), "two waiting at the backup");
+    assert!(!primary.client_saturated(other, Instant(0)) && !backup.client_saturated(other, Instant(0)));
+}
+
+/// CX3 with VC1: a backup forgets waiting requests that fell below their client's window
+/// when a later one executes: they can never execute, and a flooding client's shed requests
+/// would otherwise pile up for ever. The client is remembered as having exceeded its window.
+#[test]
+fn cx3_waiting_requests_below_the_client_window_are_forgotten() {
+    use bulwark_framework::roles::view_change::ViewChanger;
+    let f = fixture();
+    let window = f.config.params.client_window;
+    let mut changer = ViewChanger::new(ReplicaId(1), f.config.clone());
+    for timestamp in [1, 2, 3] {
+        changer.wait_for(f.request(timestamp, put("k", "v")), Instant(0));
+    }
+    let client = bulwark_framework::messages::client_id(&f.client.public().into());
+    assert_eq!(changer.waiting_of(client), 3);
+    changer.executed(SeqNum(1), [(client, Timestamp(window + 2))], Instant(10));
+    assert_eq!(changer.waiting_of(client), 1, "1 and 2 are below the window, 3 is not");
+    // Only a client that signed beyond its window (CX1) causes that: it is remembered for a
+    // view-change timeout (a backup then drops its requests unverified).
+    let timeout = f.config.params.view_change_timeout();
+    assert!(changer.exceeded_window(client, Instant(10)));
+    assert!(!changer.exceeded_window(client, Instant(10) + timeout));
+    let other = bulwark_framework::ids::ClientId(client.0 ^ 1);
+    assert!(!changer.exceeded_window(other, Instant(10)));
 }
 
 /// Whether a status tick made the replica multicast STATUS (report itself stuck).

@@ -13,6 +13,15 @@
 //! from any. A client flooding valid requests then gets one place per round, as every other
 //! client does, instead of the whole queue: without this one such client brought a bench's
 //! correct clients to 1% of their fault-free throughput (`bench --attack request-flood`).
+//!
+//! Turns alone were not enough: the flooder always has requests queued and correct clients
+//! mostly have theirs in flight, so it filled every batch's empty places, half the pipeline
+//! became its requests, and the correct clients' latency doubled (their throughput, closed
+//! loop, halved). So each client also has a share of the pipeline: at most
+//! `in_flight_batches_max × batch_size_max / k` of its requests proposed and not executed,
+//! `k` the clients with requests queued or in flight. A client over its share waits for its
+//! requests to execute, unless nothing at all is in flight (the pipeline is never left idle
+//! for fairness' sake).
 
 use crate::config::ClusterConfig;
 use crate::ids::{ClientId, Instant, SeqNum, Timestamp};
@@ -46,6 +55,8 @@ pub struct Primary {
     pending: BTreeSet<(ClientId, Timestamp)>,
     /// Proposed batches not yet executed: sequence number → the requests in them.
     in_flight: BTreeMap<SeqNum, Vec<(ClientId, Timestamp)>>,
+    /// Requests in `in_flight`, per client (only clients with some).
+    in_flight_of: BTreeMap<ClientId, usize>,
     next_seq: SeqNum,
     batch_deadline: Option<Instant>,
 }
@@ -60,9 +71,15 @@ impl Primary {
             queued: 0,
             pending: BTreeSet::new(),
             in_flight: BTreeMap::new(),
+            in_flight_of: BTreeMap::new(),
             next_seq,
             batch_deadline: None,
         }
+    }
+
+    /// Requests of `client` queued (R4: at most `client_window`).
+    pub fn queued_of(&self, client: ClientId) -> usize {
+        self.queues.get(&client).map_or(0, VecDeque::len)
     }
 
     /// R4: queue a request unless it is already queued or in flight. The caller has
@@ -108,7 +125,15 @@ impl Primary {
             }
             let mut requests = Vec::new();
             let mut bytes = 0;
+            let share = self.pipeline_share();
+            // Clients at their share of the pipeline sit this batch out, keeping their turn.
+            let mut over_share = Vec::new();
             while let Some(&client) = self.turns.front() {
+                if !idle && self.in_flight_of.get(&client).copied().unwrap_or(0) >= share {
+                    self.turns.pop_front();
+                    over_share.push(client);
+                    continue;
+                }
                 let queue = self.queues.get_mut(&client).expect("a client in turn has a queue");
                 let request = queue.front().expect("a client in turn has a request");
                 let size = request_size(request.payload());
@@ -119,6 +144,7 @@ impl Primary {
                 }
                 bytes += size;
                 requests.push(queue.pop_front().expect("front exists"));
+                *self.in_flight_of.entry(client).or_default() += 1;
                 self.queued -= 1;
                 self.turns.pop_front();
                 if queue.is_empty() {
@@ -126,6 +152,13 @@ impl Primary {
                 } else {
                     self.turns.push_back(client);
                 }
+            }
+            for client in over_share.into_iter().rev() {
+                self.turns.push_front(client);
+            }
+            if requests.is_empty() {
+                // Everyone waiting is over its share: the next execution makes room.
+                break;
             }
             let seq = self.next_seq;
             self.next_seq = seq.next();
@@ -144,7 +177,7 @@ impl Primary {
         let params = &self.config.params;
         let window_full = self.next_seq.0 > low.0.saturating_add(params.watermark_window);
         let pipeline_full = self.in_flight.len() as u64 >= params.in_flight_batches_max;
-        if window_full || pipeline_full {
+        if window_full || pipeline_full || !self.any_under_share() {
             return None;
         }
         self.batch_deadline
@@ -156,8 +189,39 @@ impl Primary {
         for s in done {
             for key in self.in_flight.remove(&s).unwrap_or_default() {
                 self.pending.remove(&key);
+                if let Some(count) = self.in_flight_of.get_mut(&key.0) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.in_flight_of.remove(&key.0);
+                    }
+                }
             }
         }
+    }
+
+    /// How many of its requests one client may have in flight: an equal part of the
+    /// pipeline for each client with requests queued or in flight (at least one).
+    fn pipeline_share(&self) -> usize {
+        let params = &self.config.params;
+        let capacity = (params.in_flight_batches_max as usize).saturating_mul(params.batch_size_max);
+        let only_in_flight = self.in_flight_of.keys().filter(|c| !self.queues.contains_key(c)).count();
+        let active = (self.queues.len() + only_in_flight).max(1);
+        (capacity / active).max(1)
+    }
+
+    /// Whether some client with requests queued is under its share (a batch could take
+    /// from it now), or nothing is in flight (any queued request may go).
+    fn any_under_share(&self) -> bool {
+        if self.in_flight.is_empty() {
+            return true;
+        }
+        let share = self.pipeline_share();
+        self.queues.keys().any(|client| self.in_flight_of.get(client).copied().unwrap_or(0) < share)
+    }
+
+    /// Requests of `client` proposed and not yet executed.
+    pub fn in_flight_of(&self, client: ClientId) -> usize {
+        self.in_flight_of.get(&client).copied().unwrap_or(0)
     }
 
     /// The sequence number the next batch will get.

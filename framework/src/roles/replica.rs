@@ -226,6 +226,28 @@ impl<S: Service> Replica<S> {
         self.executor.last_executed()
     }
 
+    /// Whether `client` holds its whole `client_window` here: queued or proposed and not
+    /// yet executed at this primary (R4), or waiting at this backup (VC1). A correct client has at most that many requests
+    /// outstanding (CX1), so while this holds, a request it sends is one this primary
+    /// already holds or would shed; at a backup it is one already waiting, or (the backup
+    /// lags in execution) a new one the backup only would have timed and relayed, which
+    /// the other replicas do. So a runtime may drop such a request before checking its
+    /// signature: Aardvark's per-client bound, ahead of the expensive step.
+    ///
+    /// A backup also counts as saturated a client caught exceeding its window lately (one of
+    /// its waiting requests fell below the window unexecuted, which a correct client never
+    /// causes): such a client forfeits this backup's timer for its requests for a while.
+    pub fn client_saturated(&self, client: crate::ids::ClientId, now: Instant) -> bool {
+        let held = if self.is_primary() {
+            self.primary.queued_of(client) + self.primary.in_flight_of(client)
+        } else if self.view_changer.exceeded_window(client, now) {
+            return true;
+        } else {
+            self.view_changer.waiting_of(client)
+        };
+        held as u64 >= self.config.params.client_window
+    }
+
     /// The low watermark `h` (last stable checkpoint).
     pub fn stable(&self) -> SeqNum {
         self.checkpoints.stable().seq

@@ -127,6 +127,9 @@ pub struct ViewChanger {
     new_view: Option<Arc<VerifiedNewView>>,
     /// Requests this replica waits to see executed (VC1), bounded.
     waiting: BTreeMap<(ClientId, Timestamp), Verified<Request>>,
+    /// Clients caught exceeding their window (a waiting request of theirs fell below it),
+    /// with when: see [`ViewChanger::exceeded_window`]. At most `client_table_max`.
+    window_exceeded: BTreeMap<ClientId, Instant>,
     request_deadline: Option<Instant>,
     /// Aardvark guard: requests executed since `rate_window_start`.
     executed_in_window: u64,
@@ -154,6 +157,7 @@ impl ViewChanger {
             built_for: None,
             new_view: None,
             waiting: BTreeMap::new(),
+            window_exceeded: BTreeMap::new(),
             request_deadline: None,
             executed_in_window: 0,
             ordered_since_entered: false,
@@ -209,6 +213,32 @@ impl ViewChanger {
         self.waiting.values()
     }
 
+    /// A request of `client` fell below its window without executing: `client` signed a
+    /// request `client_window` or more above one it had outstanding, which a correct client
+    /// never does (CX1; a correct client's request that completed executed at every correct
+    /// replica before any later one). Remembered for a view-change timeout.
+    fn note_window_exceeded(&mut self, client: ClientId, now: Instant) {
+        let keep = self.config.params.client_table_max.max(1);
+        if self.window_exceeded.len() >= keep && !self.window_exceeded.contains_key(&client) {
+            let oldest = self.window_exceeded.iter().min_by_key(|(_, at)| **at).map(|(c, _)| *c);
+            if let Some(oldest) = oldest {
+                self.window_exceeded.remove(&oldest);
+            }
+        }
+        self.window_exceeded.insert(client, now);
+    }
+
+    /// Whether `client` was caught exceeding its window within the last view-change timeout.
+    pub fn exceeded_window(&self, client: ClientId, now: Instant) -> bool {
+        let memory = self.config.params.view_change_timeout();
+        self.window_exceeded.get(&client).is_some_and(|at| now < *at + memory)
+    }
+
+    /// Requests of `client` waiting (VC1).
+    pub fn waiting_of(&self, client: ClientId) -> usize {
+        self.waiting.range((client, Timestamp(0))..=(client, Timestamp(u64::MAX))).count()
+    }
+
     pub fn waiting_len(&self) -> usize {
         self.waiting.len()
     }
@@ -259,10 +289,26 @@ impl ViewChanger {
     ) -> Option<Instant> {
         let mut removed = 0u64;
         let mut executed = 0u64;
-        for key in keys {
+        let window = self.config.params.client_window;
+        for (client, timestamp) in keys {
             executed += 1;
-            if self.waiting.remove(&key).is_some() {
+            if self.waiting.remove(&(client, timestamp)).is_some() {
                 removed += 1;
+            }
+            // CX3: the client's requests at or below `timestamp - client_window` are below
+            // its window now and will never execute (the primary shed them, or the client
+            // sent more than it may). Waiting for them would let them pile up, one client's
+            // flood to `request_queue_max`, and keep the timer alive for nothing.
+            if let Some(floor) = timestamp.0.checked_sub(window) {
+                let below: Vec<_> =
+                    self.waiting.range((client, Timestamp(0))..=(client, Timestamp(floor))).map(|(k, _)| *k).collect();
+                if !below.is_empty() {
+                    self.note_window_exceeded(client, now);
+                }
+                for key in below {
+                    self.waiting.remove(&key);
+                    removed += 1;
+                }
             }
         }
         self.executed_in_window += executed;
