@@ -5,6 +5,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod metrics;
+pub mod recent_requests;
 pub mod replica;
 pub mod store;
 pub mod transport;

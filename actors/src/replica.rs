@@ -23,6 +23,7 @@
 //! one (group commit, see [`crate::store`]). Without a store the records are dropped.
 
 use crate::clock::now;
+use crate::recent_requests::{RequestKey, SharedRecentRequests};
 use crate::store::{store_path, Opened, Store, StoreEvent, StoreMetrics, StoreWriter};
 use crate::transport::{
     self, ConnectionId, Inbound, InboundLanes, TransportConfig, TransportHandle, TransportStats, WeakTransportHandle,
@@ -268,6 +269,37 @@ pub struct ReplicaActor<S: Service> {
     initial: Vec<Action>,
     /// The store and the actions waiting for it (`None` without a data dir).
     durability: Option<GroupCommit>,
+    /// Clients holding their whole window here, for the inbound lanes.
+    saturated: SaturatedClients,
+}
+
+/// Clients that hold their whole `client_window` at a replica
+/// ([`Replica::client_saturated`]): the replica's actor keeps the set, its inbound lanes
+/// drop those clients' requests before verification. Only a client sending more than a
+/// correct one may is ever in it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SaturatedClients(Arc<std::sync::Mutex<BTreeSet<ClientId>>>);
+
+impl SaturatedClients {
+    fn contains(&self, client: ClientId) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(&client))
+    }
+
+    /// Re-reads, after a step of `replica`, the saturation of `touched` (the client whose
+    /// request it handled) and of every client in the set.
+    fn refresh<S: Service>(&self, replica: &Replica<S>, touched: Option<ClientId>) {
+        let Ok(mut set) = self.0.lock() else {
+            return;
+        };
+        if set.is_empty() && touched.is_none() {
+            return;
+        }
+        let now = now();
+        set.retain(|client| replica.client_saturated(*client, now));
+        if let Some(client) = touched.filter(|client| replica.client_saturated(*client, now)) {
+            set.insert(client);
+        }
+    }
 }
 
 impl<S: Service> std::fmt::Debug for ReplicaActor<S> {
@@ -375,7 +407,15 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
     /// no store): its messages encoded and sent as they are, its timers armed.
     fn step(&mut self, input: Input, ctx: &mut Context<Self>) -> Vec<Action> {
         let byzantine = match &mut self.replica {
-            Node::Correct(replica) => return replica.handle(input, now()),
+            Node::Correct(replica) => {
+                let touched = match &input {
+                    Input::Message(VerifiedMessage::Request(request)) => Some(request.client()),
+                    _ => None,
+                };
+                let actions = replica.handle(input, now());
+                self.saturated.refresh(replica, touched);
+                return actions;
+            }
             Node::Byzantine(byzantine) => byzantine.handle(input, now()),
         };
         for action in byzantine {
@@ -641,6 +681,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
     // only once its store is ready, so it never acts without persisting.
     let ctx = Context::new();
     let gate = InboundGate::default();
+    let saturated = SaturatedClients::default();
     let durability = match store {
         Some(store) => match StoreWriter::start(store, ctx.address().recipient()) {
             Ok(writer) => Some(GroupCommit {
@@ -668,8 +709,9 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         peer_connections: BTreeSet::new(),
         initial,
         durability,
+        saturated: saturated.clone(),
     });
-    let lanes = Lanes { byzantine, gate };
+    let lanes = Lanes { byzantine, gate, recent: Default::default(), saturated: saturated.clone() };
     forward(inbound_receivers, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport, lanes);
     Ok(ReplicaHandle { id, addr, transport, verifier })
 }
@@ -745,7 +787,7 @@ pub(crate) fn forward(
     target: Recipient<Deliver>,
     batch_target: Recipient<DeliverAll>,
     transport: &TransportHandle,
-    Lanes { byzantine, gate }: Lanes,
+    lanes: Lanes,
 ) {
     let transport = transport.downgrade();
     let per_sender = replica_in_flight_per_sender_max(receivers.replicas.len());
@@ -756,10 +798,9 @@ pub(crate) fn forward(
             verifier.clone(),
             target.clone(),
             transport.clone(),
-            Lanes { byzantine, gate: gate.clone() },
+            lanes.clone(),
         ));
     }
-    let lanes = Lanes { byzantine, gate };
     actix::spawn(forward_client_lane(receivers.client, verifier, target, batch_target, transport, lanes));
 }
 
@@ -771,12 +812,38 @@ pub(crate) struct Lanes {
     pub(crate) byzantine: Option<Strategy>,
     /// Closed while the replica's store catches up (group commit).
     pub(crate) gate: InboundGate,
+    /// Client requests this replica verified lately: a copy (a relay, a broadcast, a
+    /// request sent again) is not verified again.
+    pub(crate) recent: SharedRecentRequests,
+    /// Clients holding their whole window at this replica: their requests are dropped
+    /// unverified.
+    pub(crate) saturated: SaturatedClients,
 }
 
 impl Lanes {
     /// Whether `message` is verified and delivered at all.
     fn wanted(&self, message: &bulwark_framework::Message) -> bool {
         self.byzantine.is_none_or(|strategy| strategy.listens_to(message.kind()))
+    }
+
+    /// Whether `request` comes from a client that holds its whole window here already.
+    fn over_window(&self, request: &SignedRequest) -> bool {
+        self.saturated.contains(request.payload.client())
+    }
+
+    /// `request` as verified before by this replica, if it was lately.
+    fn recall(
+        &self,
+        request: &SignedRequest,
+    ) -> Option<bulwark_crypto::Verified<bulwark_framework::messages::Request>> {
+        let key = RequestKey::of(request)?;
+        self.recent.lock().ok()?.get(key)
+    }
+
+    fn remember(&self, request: &bulwark_crypto::Verified<bulwark_framework::messages::Request>) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.insert(request.clone());
+        }
     }
 }
 
@@ -798,7 +865,18 @@ async fn forward_replica_lane(
         if !lanes.wanted(&message) {
             continue;
         }
-        if !spawn_verify_and_deliver(&permits, message, connection, &verifier, &target, &transport).await {
+        // A request relayed by a backup (R3): dropped if its client holds its window here,
+        // delivered without a second check if this replica verified it already.
+        if let bulwark_framework::Message::Request(request) = &message {
+            if lanes.over_window(request) {
+                continue;
+            }
+            if let Some(known) = lanes.recall(request) {
+                let _ = target.send(Deliver { message: VerifiedMessage::Request(known), connection }).await;
+                continue;
+            }
+        }
+        if !spawn_verify_and_deliver(&permits, message, connection, &verifier, &target, &transport, &lanes).await {
             return;
         }
     }
@@ -814,11 +892,13 @@ async fn spawn_verify_and_deliver(
     verifier: &VerifierPool,
     target: &Recipient<Deliver>,
     transport: &WeakTransportHandle,
+    lanes: &Lanes,
 ) -> bool {
     let Ok(permit) = permits.clone().acquire_owned().await else {
         return false;
     };
-    actix::spawn(verify_and_deliver(message, connection, verifier.clone(), target.clone(), transport.clone(), permit));
+    let (verifier, target, transport, lanes) = (verifier.clone(), target.clone(), transport.clone(), lanes.clone());
+    actix::spawn(verify_and_deliver(message, connection, verifier, target, transport, lanes, permit));
     true
 }
 
@@ -830,10 +910,14 @@ async fn verify_and_deliver(
     verifier: VerifierPool,
     target: Recipient<Deliver>,
     transport: WeakTransportHandle,
+    lanes: Lanes,
     permit: OwnedSemaphorePermit,
 ) {
     match verifier.verify(message).await {
         Ok(Ok(message)) => {
+            if let VerifiedMessage::Request(request) = &message {
+                lanes.remember(request);
+            }
             let _ = target.send(Deliver { message, connection }).await;
         }
         Ok(Err(refusal)) => close_refused(&transport, connection, &refusal),
@@ -943,17 +1027,29 @@ async fn forward_client_lane(
             }
         }
         let mut shed = 0;
+        let mut known = Vec::new();
+        let signed_requests = verifier.config.params.client_auth == ClientAuth::Signed;
         for Inbound { connection, message, .. } in arrived {
             if !lanes.wanted(&message) {
                 continue;
             }
             if let bulwark_framework::Message::Request(request) = message {
-                shed += fair.push(connection, request);
+                if lanes.over_window(&request) {
+                    shed += 1;
+                    continue;
+                }
+                match lanes.recall(&request).filter(|_| signed_requests) {
+                    Some(request) => known.push(Deliver { message: VerifiedMessage::Request(request), connection }),
+                    None => shed += fair.push(connection, request),
+                }
                 continue;
             }
-            if !spawn_verify_and_deliver(&permits, message, connection, &verifier, &target, &transport).await {
+            if !spawn_verify_and_deliver(&permits, message, connection, &verifier, &target, &transport, &lanes).await {
                 return;
             }
+        }
+        if !known.is_empty() {
+            let _ = batch_target.send(DeliverAll(known)).await;
         }
         if shed > 0 {
             tracing::debug!(shed, "client requests over their connection's share shed unverified");
@@ -973,16 +1069,17 @@ async fn forward_client_lane(
             // Nothing to check but sizes: done here rather than on another thread.
             let mut keys = ClientKeyCache::default();
             let results = verify_requests(signed, &verifier.config, &mut keys);
-            deliver_requests(connections, results, &batch_target, &transport, &verifier).await;
+            deliver_requests(connections, results, &batch_target, &transport, &verifier, None).await;
             drop(permit);
             continue;
         }
         let batch_target = batch_target.clone();
         let transport = transport.clone();
         let pool = verifier.clone();
+        let lanes = lanes.clone();
         actix::spawn(async move {
             if let Ok(results) = pool.verify_requests(signed).await {
-                deliver_requests(connections, results, &batch_target, &transport, &pool).await;
+                deliver_requests(connections, results, &batch_target, &transport, &pool, Some(&lanes)).await;
             }
             drop(permit);
         });
@@ -1014,11 +1111,17 @@ async fn deliver_requests(
     target: &Recipient<DeliverAll>,
     transport: &WeakTransportHandle,
     pool: &VerifierPool,
+    remember_in: Option<&Lanes>,
 ) {
     let mut delivers = Vec::with_capacity(results.len());
     for (connection, result) in connections.into_iter().zip(results) {
         match result {
-            Ok(request) => delivers.push(Deliver { message: VerifiedMessage::Request(request), connection }),
+            Ok(request) => {
+                if let Some(lanes) = remember_in {
+                    lanes.remember(&request);
+                }
+                delivers.push(Deliver { message: VerifiedMessage::Request(request), connection })
+            }
             Err(refusal) => {
                 if pool.config.params.client_auth == ClientAuth::Connection {
                     // Checked here, not on the pool: count it where the pool counts.
@@ -1060,7 +1163,7 @@ mod tests {
     /// verified; a correct replica's lanes pass everything.
     #[test]
     fn lanes_drop_unverified_what_an_attacker_does_not_read() {
-        let lanes = |byzantine| Lanes { byzantine, gate: InboundGate::default() };
+        let lanes = |byzantine| Lanes { byzantine, ..Lanes::default() };
         let checkpoint = Message::Checkpoint(
             Signed::sign(
                 bulwark_framework::messages::Checkpoint {
