@@ -1185,6 +1185,23 @@ mod tests {
         assert!(lanes(Some(Strategy::EquivocatingPrimary)).wanted(&request(1)));
     }
 
+    /// A client the replica reports saturated (it holds its whole window there) has its
+    /// requests dropped before verification; another client's pass.
+    #[test]
+    fn lanes_drop_a_saturated_clients_requests_unverified() {
+        let lanes = Lanes::default();
+        let request = signed_request(1);
+        assert!(!lanes.over_window(&request));
+        lanes.saturated.0.lock().unwrap().insert(request.payload.client());
+        assert!(lanes.over_window(&request));
+        let other = Signed::sign(
+            Request { client_key: replica_key(1).public().into(), ..request.payload.clone() },
+            &replica_key(1),
+        )
+        .unwrap();
+        assert!(!lanes.over_window(&other));
+    }
+
     /// Aardvark's client fairness: a connection flooding requests gets one place per round
     /// in each verification job, and at the bound its own newest requests are shed, not
     /// another connection's.
