@@ -61,6 +61,12 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts, heavy: &H
     gauge("requests_shed_total", "Requests shed because the primary's queue was full.", "counter", m.requests_shed);
     gauge("status_sent_total", "STATUS messages sent (retransmission requests).", "counter", m.status_sent);
     gauge("retransmitted_total", "Messages retransmitted to stuck peers.", "counter", m.retransmitted);
+    gauge(
+        "retransmissions_paced_total",
+        "Pre-prepares not retransmitted to a peer over its retransmission budget.",
+        "counter",
+        m.retransmissions_paced,
+    );
     gauge("state_transfers_total", "State transfers started.", "counter", m.state_transfers);
     gauge("log_slots", "Agreement log entries (bounded by the watermark window).", "gauge", fp.log_slots as u64);
     gauge("future_messages", "Messages buffered for the next window.", "gauge", fp.future_messages as u64);

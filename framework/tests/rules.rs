@@ -1647,6 +1647,35 @@ fn status_a_peer_behind_the_stable_checkpoint_gets_the_proof_not_the_log() {
     assert!(at_checkpoint.contains(&MessageKind::PrePrepare), "{at_checkpoint:?}");
 }
 
+/// Retransmission budget: a peer gets at most a window of pre-prepares per ten status
+/// intervals, however often it asks. A Byzantine STATUS claiming to lack the whole window
+/// otherwise bought every batch of it from every correct replica at every answer.
+#[test]
+fn status_a_peer_gets_at_most_a_window_of_pre_prepares_per_ten_intervals() {
+    let f = fixture();
+    let mut primary = f.replica(0);
+    let interval = f.config.params.status_interval();
+    let window = f.config.params.watermark_window;
+    // The primary proposes; the pre-prepare is "lost" on the way to every backup.
+    primary.handle(Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))), Instant(0));
+    let status = VerifiedMessage::Status(Verified::sign(peer_status(1, 1, Vec::new()), &f.keys[1]).unwrap());
+    let pre_prepares_to_1 = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Send { to: ReplicaId(1), message: VerifiedMessage::PrePrepare(..) }))
+            .count() as u64
+    };
+    // Asked every half interval (the answer rate limit) for almost ten intervals.
+    let mut sent = 0;
+    for half in 1..20u32 {
+        sent += pre_prepares_to_1(&primary.handle(Input::Message(status.clone()), Instant(0) + interval * half / 2));
+    }
+    assert_eq!(sent, window, "one pre-prepare per answer until the budget is spent");
+    assert_eq!(primary.metrics().retransmissions_paced, 19 - window);
+    let next_period = Instant(0) + interval / 2 + interval * 10;
+    assert_eq!(pre_prepares_to_1(&primary.handle(Input::Message(status), next_period)), 1, "a new period");
+}
+
 /// Numbers near `u64::MAX` from peers (cargo-fuzz findings, `fuzz/regressions/`): a STATUS
 /// whose `first_slot` or `last_executed` is just below `u64::MAX` (one faulty member
 /// suffices) and a stable checkpoint within a window of it (2f + 1 signers, outside the

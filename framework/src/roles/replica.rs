@@ -38,6 +38,10 @@ use std::sync::Arc;
 /// Every this many status ticks a replica sends STATUS even when not stuck.
 const STATUS_HEARTBEAT_TICKS: u64 = 10;
 
+/// The period of a peer's retransmission budget, in status intervals
+/// ([`Replica::budgeted_pre_prepares`]).
+const PRE_PREPARE_RESEND_INTERVALS: u32 = 10;
+
 /// An input to a replica.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -54,6 +58,8 @@ pub struct ReplicaMetrics {
     pub requests_shed: u64,
     pub status_sent: u64,
     pub retransmitted: u64,
+    /// Pre-prepares not retransmitted to a peer that had its budget for the period.
+    pub retransmissions_paced: u64,
     pub state_transfers: u64,
     /// VIEW-CHANGEs this replica signed (VC2, VC3, VC5).
     pub view_changes_started: u64,
@@ -94,6 +100,9 @@ pub struct Replica<S: Service> {
     executed_at_request_timer: Option<SeqNum>,
     ticks: u64,
     answered_at: Vec<Option<Instant>>,
+    /// Per peer: when its current retransmission period began, and the pre-prepares
+    /// retransmitted to it since (`Replica::budgeted_pre_prepares`).
+    pre_prepares_resent: Vec<(Instant, u64)>,
     batches_answered_at: Vec<Option<Instant>>,
     /// Normal-case messages for a view this replica has not entered, per sender (VC6).
     later_views: Vec<VecDeque<VerifiedMessage>>,
@@ -122,6 +131,7 @@ impl<S: Service> Replica<S> {
             executed_at_request_timer: None,
             ticks: 0,
             answered_at: vec![None; n],
+            pre_prepares_resent: vec![(Instant::ZERO, 0); n],
             batches_answered_at: vec![None; n],
             later_views: (0..n).map(|_| VecDeque::new()).collect(),
             transfer: None,
@@ -754,6 +764,39 @@ impl<S: Service> Replica<S> {
         Self::rate_limit(&mut self.answered_at, peer, spacing, now)
     }
 
+    /// Keeps the pre-prepares of `retransmissions` within `peer`'s budget: a window of them
+    /// per [`PRE_PREPARE_RESEND_INTERVALS`] status intervals. A correct peer catching up
+    /// needs at most a window per period from each correct replica (more behind, it fetches
+    /// state); without a budget a Byzantine STATUS claiming to lack the whole window bought
+    /// every batch of it from every correct replica at every answer, twenty a second.
+    fn budgeted_pre_prepares(
+        &mut self,
+        peer: ReplicaId,
+        retransmissions: Vec<VerifiedMessage>,
+        now: Instant,
+    ) -> Vec<VerifiedMessage> {
+        let budget = self.config.params.watermark_window;
+        let period = self.config.params.status_interval() * PRE_PREPARE_RESEND_INTERVALS;
+        let Some((period_start, sent)) = self.pre_prepares_resent.get_mut(peer.index()) else {
+            return retransmissions;
+        };
+        if now >= *period_start + period {
+            (*period_start, *sent) = (now, 0);
+        }
+        let mut kept = Vec::with_capacity(retransmissions.len());
+        for message in retransmissions {
+            if matches!(message, VerifiedMessage::PrePrepare(..)) {
+                if *sent >= budget {
+                    self.metrics.retransmissions_paced += 1;
+                    continue;
+                }
+                *sent += 1;
+            }
+            kept.push(message);
+        }
+        kept
+    }
+
     /// Per-peer rate limit: true (and noted) if `peer` was last answered `spacing` ago.
     fn rate_limit(
         answered_at: &mut [Option<Instant>],
@@ -901,7 +944,8 @@ impl<S: Service> Replica<S> {
         // Byzantine STATUS ("I am at 0") into a whole window of batches from every correct
         // replica, at every answer.
         if status.last_executed >= stable.seq {
-            messages.extend(self.backup.retransmissions_for(&status));
+            let retransmissions = self.backup.retransmissions_for(&status);
+            messages.extend(self.budgeted_pre_prepares(peer, retransmissions, now));
         }
         self.metrics.retransmitted += messages.len() as u64;
         for message in messages {
