@@ -553,6 +553,17 @@ fn r4_duplicate_requests_are_not_queued_twice_and_a_full_queue_sheds() {
     assert_eq!(primary.in_flight_len(), 0);
 }
 
+/// A request of another client than the fixture's (a flooder in the R4 tests).
+fn flooder_request(flooder: &KeyPair, timestamp: u64) -> Verified<Request> {
+    let payload = Request {
+        client_key: flooder.public().into(),
+        timestamp: Timestamp(timestamp),
+        read_only: false,
+        operation: put("f", "1"),
+    };
+    Verified::sign(payload, flooder).unwrap()
+}
+
 /// R4 with Aardvark's fairness: a client gets at most `client_window` places in the
 /// primary's queue (a correct client never has more outstanding), and batches take one
 /// request from each waiting client in turn, so a client flooding valid requests cannot
@@ -562,15 +573,7 @@ fn r4_a_flooding_client_is_capped_at_its_window_and_served_in_turn() {
     let params = ProtocolParams { client_window: 4, batch_size_max: 4, ..params() };
     let f = fixture_with(4, params);
     let flooder = KeyPair::from_seed([201; 32]);
-    let flood = |timestamp: u64| {
-        let request = Request {
-            client_key: flooder.public().into(),
-            timestamp: Timestamp(timestamp),
-            read_only: false,
-            operation: put("f", "1"),
-        };
-        Verified::sign(request, &flooder).unwrap()
-    };
+    let flood = |timestamp: u64| flooder_request(&flooder, timestamp);
     let mut primary = Primary::new(f.config.clone(), SeqNum(1));
     // Something in flight, so that the next batches are cut by size, not because idle.
     primary.offer(f.request(1, put("a", "1")), Instant(0));
@@ -597,15 +600,7 @@ fn r4_a_client_over_its_share_of_the_pipeline_waits_for_its_requests_to_execute(
     let params = ProtocolParams { client_window: 8, batch_size_max: 4, in_flight_batches_max: 2, ..params() };
     let f = fixture_with(4, params);
     let flooder = KeyPair::from_seed([201; 32]);
-    let flood = |timestamp: u64| {
-        let payload = Request {
-            client_key: flooder.public().into(),
-            timestamp: Timestamp(timestamp),
-            read_only: false,
-            operation: put("f", "1"),
-        };
-        Verified::sign(payload, &flooder).unwrap()
-    };
+    let flood = |timestamp: u64| flooder_request(&flooder, timestamp);
     let flooder_id = bulwark_framework::messages::client_id(&flooder.public().into());
     let mut primary = Primary::new(f.config.clone(), SeqNum(1));
     // Alone, the flooder may fill the whole pipeline (share 2 × 4 = 8).
