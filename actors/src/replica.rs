@@ -278,26 +278,55 @@ pub struct ReplicaActor<S: Service> {
 /// drop those clients' requests before verification. Only a client sending more than a
 /// correct one may is ever in it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SaturatedClients(Arc<std::sync::Mutex<BTreeSet<ClientId>>>);
+pub(crate) struct SaturatedClients(Arc<std::sync::Mutex<Saturated>>);
+
+#[derive(Debug, Default)]
+pub(crate) struct Saturated {
+    clients: BTreeSet<ClientId>,
+    /// Where the next step's re-reading starts (the set is re-read in turns).
+    cursor: Option<ClientId>,
+}
+
+/// Clients of the set re-read per step: a bound on a step's extra work however many
+/// clients an attacker keeps saturated (each is left in the set at most a few steps long).
+const SATURATED_REREAD_PER_STEP: usize = 16;
 
 impl SaturatedClients {
     fn contains(&self, client: ClientId) -> bool {
-        self.0.lock().is_ok_and(|set| set.contains(&client))
+        self.0.lock().is_ok_and(|saturated| saturated.clients.contains(&client))
     }
 
     /// Re-reads, after a step of `replica`, the saturation of `touched` (the client whose
-    /// request it handled) and of every client in the set.
+    /// request it handled) and of up to [`SATURATED_REREAD_PER_STEP`] clients of the set,
+    /// taken in turn.
     fn refresh<S: Service>(&self, replica: &Replica<S>, touched: Option<ClientId>) {
-        let Ok(mut set) = self.0.lock() else {
+        let Ok(mut saturated) = self.0.lock() else {
             return;
         };
-        if set.is_empty() && touched.is_none() {
+        if saturated.clients.is_empty() && touched.is_none() {
             return;
         }
         let now = now();
-        set.retain(|client| replica.client_saturated(*client, now));
-        if let Some(client) = touched.filter(|client| replica.client_saturated(*client, now)) {
-            set.insert(client);
+        let start = saturated.cursor.map_or(ClientId(0), |c| ClientId(c.0.wrapping_add(1)));
+        let turn: Vec<ClientId> = saturated
+            .clients
+            .range(start..)
+            .chain(saturated.clients.range(..start))
+            .take(SATURATED_REREAD_PER_STEP)
+            .copied()
+            .collect();
+        saturated.cursor = turn.last().copied();
+        for client in turn {
+            if !replica.client_saturated(client, now) {
+                saturated.clients.remove(&client);
+            }
+        }
+        if let Some(client) = touched {
+            if replica.client_saturated(client, now) {
+                saturated.clients.insert(client);
+            } else {
+                saturated.clients.remove(&client);
+            }
         }
     }
 }
@@ -1192,7 +1221,7 @@ mod tests {
         let lanes = Lanes::default();
         let request = signed_request(1);
         assert!(!lanes.over_window(&request));
-        lanes.saturated.0.lock().unwrap().insert(request.payload.client());
+        lanes.saturated.0.lock().unwrap().clients.insert(request.payload.client());
         assert!(lanes.over_window(&request));
         let other = Signed::sign(
             Request { client_key: replica_key(1).public().into(), ..request.payload.clone() },

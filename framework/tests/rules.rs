@@ -847,6 +847,11 @@ fn cx3_waiting_requests_below_the_client_window_are_forgotten() {
     assert!(!changer.exceeded_window(client, Instant(10) + timeout));
     let other = bulwark_framework::ids::ClientId(client.0 ^ 1);
     assert!(!changer.exceeded_window(other, Instant(10)));
+    // After a state transfer the waiting requests are filtered; the per-client count follows.
+    changer.wait_for(f.request(window + 3, put("k", "v")), Instant(20));
+    assert_eq!(changer.waiting_of(client), 2);
+    changer.retain_waiting(|request| request.timestamp == Timestamp(3));
+    assert_eq!(changer.waiting_of(client), 1);
 }
 
 /// Whether a status tick made the replica multicast STATUS (report itself stuck).

@@ -127,6 +127,9 @@ pub struct ViewChanger {
     new_view: Option<Arc<VerifiedNewView>>,
     /// Requests this replica waits to see executed (VC1), bounded.
     waiting: BTreeMap<(ClientId, Timestamp), Verified<Request>>,
+    /// Requests in `waiting` per client (only clients with some): read at every runtime
+    /// step for the clients it keeps saturated, so counted, not scanned.
+    waiting_per_client: BTreeMap<ClientId, usize>,
     /// Clients caught exceeding their window (a waiting request of theirs fell below it),
     /// with when: see [`ViewChanger::exceeded_window`]. At most `client_table_max`.
     window_exceeded: BTreeMap<ClientId, Instant>,
@@ -157,6 +160,7 @@ impl ViewChanger {
             built_for: None,
             new_view: None,
             waiting: BTreeMap::new(),
+            waiting_per_client: BTreeMap::new(),
             window_exceeded: BTreeMap::new(),
             request_deadline: None,
             executed_in_window: 0,
@@ -228,6 +232,20 @@ impl ViewChanger {
         self.window_exceeded.insert(client, now);
     }
 
+    /// Removes a waiting request; whether it was there.
+    fn remove_waiting(&mut self, key: (ClientId, Timestamp)) -> bool {
+        if self.waiting.remove(&key).is_none() {
+            return false;
+        }
+        if let Some(count) = self.waiting_per_client.get_mut(&key.0) {
+            *count -= 1;
+            if *count == 0 {
+                self.waiting_per_client.remove(&key.0);
+            }
+        }
+        true
+    }
+
     /// Whether `client` was caught exceeding its window within the last view-change timeout.
     pub fn exceeded_window(&self, client: ClientId, now: Instant) -> bool {
         let memory = self.config.params.view_change_timeout();
@@ -236,7 +254,7 @@ impl ViewChanger {
 
     /// Requests of `client` waiting (VC1).
     pub fn waiting_of(&self, client: ClientId) -> usize {
-        self.waiting.range((client, Timestamp(0))..=(client, Timestamp(u64::MAX))).count()
+        self.waiting_per_client.get(&client).copied().unwrap_or(0)
     }
 
     pub fn waiting_len(&self) -> usize {
@@ -257,6 +275,7 @@ impl ViewChanger {
                 return None;
             }
             self.waiting.insert(key, request);
+            *self.waiting_per_client.entry(key.0).or_default() += 1;
         }
         if self.request_deadline.is_none() && !self.is_changing() {
             if self.waiting.len() == 1 {
@@ -292,7 +311,7 @@ impl ViewChanger {
         let window = self.config.params.client_window;
         for (client, timestamp) in keys {
             executed += 1;
-            if self.waiting.remove(&(client, timestamp)).is_some() {
+            if self.remove_waiting((client, timestamp)) {
                 removed += 1;
             }
             // CX3: the client's requests at or below `timestamp - client_window` are below
@@ -306,7 +325,7 @@ impl ViewChanger {
                     self.note_window_exceeded(client, now);
                 }
                 for key in below {
-                    self.waiting.remove(&key);
+                    self.remove_waiting(key);
                     removed += 1;
                 }
             }
@@ -338,6 +357,10 @@ impl ViewChanger {
     /// which executes requests without reporting them one by one).
     pub fn retain_waiting(&mut self, mut still_waiting: impl FnMut(&Verified<Request>) -> bool) {
         self.waiting.retain(|_, request| still_waiting(request));
+        self.waiting_per_client.clear();
+        for (client, _) in self.waiting.keys() {
+            *self.waiting_per_client.entry(*client).or_default() += 1;
+        }
         if self.waiting.is_empty() {
             self.request_deadline = None;
         }
