@@ -1067,7 +1067,9 @@ async fn forward_client_lane(
                     shed += 1;
                     continue;
                 }
-                match lanes.recall(&request).filter(|_| signed_requests) {
+                // Only a checked signature is worth remembering (with connection-trusted
+                // links nothing is checked, so nothing is looked up either).
+                match signed_requests.then(|| lanes.recall(&request)).flatten() {
                     Some(request) => known.push(Deliver { message: VerifiedMessage::Request(request), connection }),
                     None => shed += fair.push(connection, request),
                 }

@@ -129,7 +129,7 @@ impl Primary {
             // Clients at their share of the pipeline sit this batch out, keeping their turn.
             let mut over_share = Vec::new();
             while let Some(&client) = self.turns.front() {
-                if !idle && self.in_flight_of.get(&client).copied().unwrap_or(0) >= share {
+                if !idle && self.in_flight_of(client) >= share {
                     self.turns.pop_front();
                     over_share.push(client);
                     continue;
@@ -216,7 +216,7 @@ impl Primary {
             return true;
         }
         let share = self.pipeline_share();
-        self.queues.keys().any(|client| self.in_flight_of.get(client).copied().unwrap_or(0) < share)
+        self.queues.keys().any(|client| self.in_flight_of(*client) < share)
     }
 
     /// Requests of `client` proposed and not yet executed.

@@ -237,12 +237,13 @@ impl<S: Service> Replica<S> {
     }
 
     /// Whether `client` holds its whole `client_window` here: queued or proposed and not
-    /// yet executed at this primary (R4), or waiting at this backup (VC1). A correct client has at most that many requests
-    /// outstanding (CX1), so while this holds, a request it sends is one this primary
-    /// already holds or would shed; at a backup it is one already waiting, or (the backup
-    /// lags in execution) a new one the backup only would have timed and relayed, which
-    /// the other replicas do. So a runtime may drop such a request before checking its
-    /// signature: Aardvark's per-client bound, ahead of the expensive step.
+    /// yet executed at this primary (R4), or waiting at this backup (VC1). A correct client
+    /// has at most that many requests outstanding (CX1), so while this holds, a request it
+    /// sends is one this primary already holds or would shed; at a backup it is one already
+    /// waiting, or (the backup lags in execution) a new one the backup only would have
+    /// timed and relayed, which the other replicas do. So a runtime may drop such a request
+    /// before checking its signature: Aardvark's per-client bound, ahead of the expensive
+    /// step.
     ///
     /// A backup also counts as saturated a client caught exceeding its window lately (one of
     /// its waiting requests fell below the window unexecuted, which a correct client never
@@ -361,8 +362,9 @@ impl<S: Service> Replica<S> {
         *claim = seq;
         let mut claims: Vec<SeqNum> =
             self.claimed.iter().enumerate().filter(|&(i, _)| i != me).map(|(_, &s)| s).collect();
-        claims.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(&vouched) = claims.get(self.config.f()) {
+        let f = self.config.f();
+        if f < claims.len() {
+            let (_, &mut vouched, _) = claims.select_nth_unstable_by(f, |a, b| b.cmp(a));
             self.note_seen(vouched);
         }
     }
