@@ -810,18 +810,42 @@ fn r4_vc1_a_client_holding_its_window_is_saturated() {
     let other = bulwark_framework::ids::ClientId(client.0 ^ 1);
     let mut primary = f.replica(0);
     let mut backup = f.replica(1);
-    for timestamp in 1..=2 {
+    for timestamp in 1..=3 {
         let request = VerifiedMessage::Request(f.request(timestamp, put("k", &timestamp.to_string())));
         assert!(!primary.client_saturated(client, Instant(0)), "saturated before {timestamp}");
-        assert!(!backup.client_saturated(client, Instant(0)));
-        primary.handle(Input::Message(request.clone()), Instant(0));
-        backup.handle(Input::Message(request), Instant(0));
+        if timestamp <= 2 {
+            assert!(!backup.client_saturated(client, Instant(0)));
+            backup.handle(Input::Message(request.clone()), Instant(0));
+        }
+        primary.handle(Input::Message(request), Instant(0));
     }
-    // 1 is proposed at once (the pipeline was idle), 2 is queued: the window is held.
+    // 1 is proposed at once (the pipeline was idle), 2 and 3 are queued: the window is held.
     assert_eq!(primary.last_executed(), SeqNum(0));
-    assert!(primary.client_saturated(client, Instant(0)), "one in flight and one queued");
+    assert!(primary.client_saturated(client, Instant(0)), "two queued");
     assert!(backup.client_saturated(client, Instant(0)), "two waiting at the backup");
     assert!(!primary.client_saturated(other, Instant(0)) && !backup.client_saturated(other, Instant(0)));
+}
+
+/// R4 with CX1: requests in flight do not make a client saturated at the primary. The
+/// client's window opens once `f + 1` replicas executed its oldest request, and a busy
+/// primary may not have executed it yet: the client's next request is legitimate, and
+/// dropping it unverified cost it a retransmission timeout (every request of a client
+/// running at its full window waited about 500 ms in `bulwark bench --concurrency 256`).
+#[test]
+fn r4_requests_in_flight_at_a_lagging_primary_do_not_saturate_their_client() {
+    let params = ProtocolParams { client_window: 2, batch_size_max: 1, in_flight_batches_max: 4, ..params() };
+    let f = fixture_with(4, params);
+    let client = bulwark_framework::messages::client_id(&f.client.public().into());
+    let mut primary = f.replica(0);
+    for timestamp in 1..=2 {
+        primary.handle(Input::Message(VerifiedMessage::Request(f.request(timestamp, put("k", "v")))), Instant(0));
+    }
+    // Both are proposed, neither executed here; f + 1 backups may have executed 1 already,
+    // so the client may send 3.
+    assert_eq!(primary.last_executed(), SeqNum(0));
+    assert!(!primary.client_saturated(client, Instant(0)), "two in flight, none queued");
+    primary.handle(Input::Message(VerifiedMessage::Request(f.request(3, put("k", "v")))), Instant(0));
+    assert_eq!(primary.metrics().requests_shed, 0, "3 is queued, not shed");
 }
 
 /// CX3 with VC1: a backup forgets waiting requests that fell below their client's window
