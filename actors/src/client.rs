@@ -12,7 +12,9 @@
 //! [`ReplyRootCache`]), so the work per reply is a few hashes. In a cluster with
 //! `client_auth = "connection"` a reply counts for the replica whose connection (the
 //! client's dialed link) it came on. Many requests may
-//! be in flight at once, up to the client window. After a view change the client follows
+//! be in flight at once, up to the client window; invocations beyond it wait in the client,
+//! in arrival order and up to [`ClientOptions::held_invocations_max`], and are sent as
+//! earlier ones complete. After a view change the client follows
 //! the replies: once `f + 1` replicas answer from a later view, it sends to that view's
 //! primary.
 
@@ -27,7 +29,7 @@ use bulwark_framework::verify::{verify_reply, verify_reply_bundle, Refusal, Repl
 use bulwark_framework::wire::encode_frame;
 use bulwark_framework::{ClusterConfig, Message, Outcome, ReplicaId, Service, Timestamp, View};
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,11 +71,15 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Frames queued per replica link before they are dropped (and counted).
     pub send_queue_frames_max: usize,
+    /// Invocations held while the client window is full; one more fails at once with
+    /// [`InvokeError::WindowFull`]. A held invocation's [`ClientOptions::timeout`] runs
+    /// from the call, so waiting counts against it.
+    pub held_invocations_max: usize,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { timeout: Duration::from_secs(10), send_queue_frames_max: 4096 }
+        ClientOptions { timeout: Duration::from_secs(10), send_queue_frames_max: 4096, held_invocations_max: 4096 }
     }
 }
 
@@ -104,6 +110,9 @@ pub struct ClientActor {
     transport: TransportHandle,
     replicas: Vec<ReplicaId>,
     waiters: BTreeMap<Timestamp, Waiter>,
+    /// Invocations waiting for room in the client window, oldest first.
+    held: VecDeque<(Invoke, Waiter)>,
+    held_max: usize,
     cluster: Arc<ClusterConfig>,
     /// Reply roots whose signatures were checked.
     roots: ReplyRootCache,
@@ -159,6 +168,9 @@ impl ClientActor {
                     if let Some(waiter) = self.waiters.remove(&timestamp) {
                         let _ = waiter.send(Ok(result));
                     }
+                    if !self.held.is_empty() {
+                        self.issue_held(ctx);
+                    }
                 }
             }
         }
@@ -169,15 +181,65 @@ impl Handler<Invoke> for ClientActor {
     type Result = Result<oneshot::Receiver<Result<Vec<u8>, InvokeError>>, InvokeError>;
 
     fn handle(&mut self, invoke: Invoke, ctx: &mut Context<Self>) -> Self::Result {
-        let (timestamp, actions) =
-            self.role.invoke(invoke.operation, invoke.read_only, now()).map_err(|e| match e {
-                RoleError::WindowFull { .. } => InvokeError::WindowFull(e.to_string()),
-                RoleError::OperationTooLarge { .. } => InvokeError::TooLarge(e.to_string()),
-            })?;
         let (waiter, receiver) = oneshot::channel();
-        self.waiters.insert(timestamp, waiter);
-        self.carry_out(actions, ctx);
-        Ok(receiver)
+        if !self.held.is_empty() {
+            // Behind invocations already waiting: arrival order is kept.
+            self.hold(invoke, waiter)?;
+            return Ok(receiver);
+        }
+        match self.issue(invoke, waiter, ctx) {
+            Ok(()) => Ok(receiver),
+            Err((invoke, waiter)) => {
+                self.hold(invoke, waiter)?;
+                Ok(receiver)
+            }
+        }
+    }
+}
+
+impl ClientActor {
+    /// Hands `invoke` to the client role. Gives it back when the client window is full.
+    fn issue(&mut self, invoke: Invoke, waiter: Waiter, ctx: &mut Context<Self>) -> Result<(), (Invoke, Waiter)> {
+        if self.role.window_full() {
+            return Err((invoke, waiter));
+        }
+        match self.role.invoke(invoke.operation, invoke.read_only, now()) {
+            Ok((timestamp, actions)) => {
+                self.waiters.insert(timestamp, waiter);
+                self.carry_out(actions, ctx);
+            }
+            Err(e @ RoleError::OperationTooLarge { .. }) => {
+                let _ = waiter.send(Err(InvokeError::TooLarge(e.to_string())));
+            }
+            Err(e @ RoleError::WindowFull { .. }) => {
+                let _ = waiter.send(Err(InvokeError::WindowFull(e.to_string())));
+            }
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, invoke: Invoke, waiter: Waiter) -> Result<(), InvokeError> {
+        if self.held.len() >= self.held_max {
+            return Err(InvokeError::WindowFull(format!(
+                "the client window is full and {} invocations already wait (held_invocations_max)",
+                self.held.len()
+            )));
+        }
+        self.held.push_back((invoke, waiter));
+        Ok(())
+    }
+
+    /// Issues held invocations while the window has room; drops those whose caller gave up.
+    fn issue_held(&mut self, ctx: &mut Context<Self>) {
+        while let Some((invoke, waiter)) = self.held.pop_front() {
+            if waiter.is_closed() {
+                continue;
+            }
+            if let Err(back) = self.issue(invoke, waiter, ctx) {
+                self.held.push_front(back);
+                break;
+            }
+        }
     }
 }
 
@@ -380,6 +442,8 @@ impl<S: Service> Client<S> {
             transport: transport.clone(),
             replicas,
             waiters: BTreeMap::new(),
+            held: VecDeque::new(),
+            held_max: options.held_invocations_max,
             cluster,
             roots: ReplyRootCache::default(),
             verifier,

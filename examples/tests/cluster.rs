@@ -109,3 +109,61 @@ async fn with_trusted_client_connections_nothing_on_client_links_is_signed_and_e
     assert_eq!(refused, 0, "nothing refused in connection mode");
     cluster.shutdown();
 }
+
+/// A client called with more invocations at once than its window holds (CX1) keeps the
+/// excess waiting and sends it as earlier ones complete: every invocation succeeds, none
+/// fails with a full window, each executes exactly once.
+#[actix_rt::test]
+async fn invocations_beyond_the_client_window_wait_their_turn() {
+    const WINDOW: u64 = 4;
+    const INVOCATIONS: usize = 40;
+    let params = ProtocolParams { client_window: WINDOW, ..ProtocolParams::default() };
+    let mut cluster = LocalCluster::<KvStore>::start(4, params, KvStore::new).await.unwrap();
+    let options = ClientOptions { timeout: Duration::from_secs(20), ..ClientOptions::default() };
+    let client = cluster.client(options).await.expect("client connects");
+    let tasks: Vec<_> = (0..INVOCATIONS)
+        .map(|i| {
+            let client = client.clone();
+            actix_rt::spawn(async move { client.invoke(&KvOp::Put { key: format!("key-{i}"), value: vec![1] }).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), Ok(KvReply::Done { previous: None }));
+    }
+    let (agree, statuses) = cluster.settle(Duration::from_secs(10)).await;
+    assert!(agree, "state digests differ: {statuses:?}");
+    assert_eq!(statuses[0].metrics.requests_executed, INVOCATIONS as u64, "each executed once");
+    cluster.shutdown();
+}
+
+/// What a client holds beyond its window is bounded: with nothing completing (two of four
+/// replicas stopped, no quorum), the window fills, `held_invocations_max` more wait, and
+/// one more fails at once with `WindowFull`.
+#[actix_rt::test]
+async fn invocations_held_beyond_the_window_are_bounded() {
+    use bulwark_actors::client::InvokeError;
+    const WINDOW: u64 = 4;
+    const HELD: usize = 3;
+    let params = ProtocolParams { client_window: WINDOW, ..ProtocolParams::default() };
+    let mut cluster = LocalCluster::<KvStore>::start(4, params, KvStore::new).await.unwrap();
+    cluster.stop_replica(ReplicaId(2));
+    cluster.stop_replica(ReplicaId(3));
+    let options =
+        ClientOptions { timeout: Duration::from_secs(2), held_invocations_max: HELD, ..ClientOptions::default() };
+    let client = cluster.client(options).await.expect("client connects");
+    let waiting: Vec<_> = (0..WINDOW as usize + HELD)
+        .map(|i| {
+            let client = client.clone();
+            actix_rt::spawn(async move { client.invoke(&KvOp::Put { key: format!("key-{i}"), value: vec![1] }).await })
+        })
+        .collect();
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let overflow = client.invoke(&KvOp::Put { key: "one-too-many".into(), value: vec![1] }).await;
+    assert!(matches!(overflow, Err(InvokeError::WindowFull(_))), "{overflow:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not after the timeout");
+    for task in waiting {
+        assert!(matches!(task.await.expect("task"), Err(InvokeError::Timeout(_))), "no quorum, so each times out");
+    }
+    cluster.shutdown();
+}

@@ -172,6 +172,8 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         clients: usize,
         /// Requests each client keeps in flight (closed loop), or may have in flight (open loop).
+        /// Beyond the cluster's `client_window` (256 by default) the client library holds the
+        /// excess until earlier requests complete.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         /// Open loop: offered requests per second over all clients. Closed loop if absent.
@@ -1016,6 +1018,7 @@ fn bench_json(
         "rss_start_mib": report.rss_start_mib(),
         "rss_end_mib": report.rss_end_mib(),
         "rss_max_mib": report.rss_max_mib(),
+        "first_error": report.first_error,
     })
 }
 
@@ -1065,4 +1068,7 @@ fn print_bench(
         report.rss_end_mib(),
         report.rss_max_mib()
     );
+    if let Some(error) = &report.first_error {
+        println!("first error: {error}");
+    }
 }

@@ -111,6 +111,14 @@ impl Client {
         self.view
     }
 
+    /// Whether [`Client::invoke`] would refuse a request now for lack of room in the
+    /// client window.
+    pub fn window_full(&self) -> bool {
+        let limit = self.config.params.client_window;
+        let oldest = self.outstanding.keys().next().copied().unwrap_or(self.next_timestamp);
+        self.next_timestamp.0 >= oldest.0 + limit
+    }
+
     /// Issues a request. Returns its timestamp and the actions to carry out.
     pub fn invoke(
         &mut self,
@@ -121,9 +129,8 @@ impl Client {
         // CX1/CX3: replicas keep a client's executed window (t_max - W, t_max], so a new
         // timestamp must stay within W of the oldest outstanding one, or that one would
         // fall below the window and be dropped as too old.
-        let limit = self.config.params.client_window as usize;
-        let oldest = self.outstanding.keys().next().copied().unwrap_or(self.next_timestamp);
-        if self.next_timestamp.0 >= oldest.0 + limit as u64 {
+        if self.window_full() {
+            let limit = self.config.params.client_window as usize;
             return Err(ClientError::WindowFull { outstanding: self.outstanding.len(), limit });
         }
         let bytes_limit = self.config.params.request_bytes_max;
