@@ -848,6 +848,34 @@ fn r4_requests_in_flight_at_a_lagging_primary_do_not_saturate_their_client() {
     assert_eq!(primary.metrics().requests_shed, 0, "3 is queued, not shed");
 }
 
+/// R4 with CX1: a client that signs a request `client_window` or more above one still
+/// queued at the primary exceeds its window, which a correct client never does; for a
+/// view-change timeout its requests in flight count toward its saturation again.
+#[test]
+fn r4_cx1_a_client_caught_beyond_its_window_at_the_primary_counts_its_requests_in_flight() {
+    let params = ProtocolParams { client_window: 3, batch_size_max: 1, in_flight_batches_max: 1, ..params() };
+    let f = fixture_with(4, params);
+    let client = bulwark_framework::messages::client_id(&f.client.public().into());
+    let offer = |primary: &mut Replica<KvStore>, timestamps: &[u64], at: Instant| {
+        for &timestamp in timestamps {
+            let request = VerifiedMessage::Request(f.request(timestamp, put("k", &timestamp.to_string())));
+            primary.handle(Input::Message(request), at);
+        }
+    };
+    // Within its window: 1 in flight, 2 and 3 queued. Not saturated (two queued of three).
+    let mut primary = f.replica(0);
+    offer(&mut primary, &[1, 2, 3], Instant(0));
+    assert!(!primary.client_saturated(client, Instant(0)), "a correct client's in-flight request does not count");
+    // Beyond it: 1 in flight, 2 queued, then 5, three above the queued 2.
+    let mut primary = f.replica(0);
+    offer(&mut primary, &[1, 2], Instant(0));
+    assert!(!primary.client_saturated(client, Instant(0)));
+    offer(&mut primary, &[5], Instant(0));
+    assert!(primary.client_saturated(client, Instant(0)), "caught: two queued and one in flight");
+    let timeout = primary.config().params.view_change_timeout();
+    assert!(!primary.client_saturated(client, Instant(0) + timeout), "forgotten after a view-change timeout");
+}
+
 /// CX3 with VC1: a backup forgets waiting requests that fell below their client's window
 /// when a later one executes: they can never execute, and a flooding client's shed requests
 /// would otherwise pile up for ever. The client is remembered as having exceeded its window.

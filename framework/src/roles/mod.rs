@@ -26,10 +26,38 @@ pub mod replica;
 pub mod state_transfer;
 pub mod view_change;
 
+use crate::config::ClusterConfig;
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, View};
 use crate::messages::{Report, VerifiedMessage, VerifiedNewView, VerifiedReply};
 use bulwark_crypto::{Digest, Verified};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// Clients caught signing beyond their window (CX1), with when, remembered for a
+/// view-change timeout; at most `client_table_max` of them (the longest-known forgotten
+/// first), so a Byzantine client army cannot grow it.
+#[derive(Debug, Default)]
+pub(crate) struct WindowOffenders {
+    caught_at: BTreeMap<ClientId, Instant>,
+}
+
+impl WindowOffenders {
+    pub(crate) fn note(&mut self, client: ClientId, now: Instant, config: &ClusterConfig) {
+        let keep = config.params.client_table_max.max(1);
+        if self.caught_at.len() >= keep && !self.caught_at.contains_key(&client) {
+            let oldest = self.caught_at.iter().min_by_key(|(_, at)| **at).map(|(c, _)| *c);
+            if let Some(oldest) = oldest {
+                self.caught_at.remove(&oldest);
+            }
+        }
+        self.caught_at.insert(client, now);
+    }
+
+    pub(crate) fn recent(&self, client: ClientId, now: Instant, config: &ClusterConfig) -> bool {
+        let memory = config.params.view_change_timeout();
+        self.caught_at.get(&client).is_some_and(|at| now < *at + memory)
+    }
+}
 
 /// Timers a replica sets. Setting a timer replaces the pending one of the same kind; a
 /// role ignores a firing that is no longer due (it keeps its own deadline).

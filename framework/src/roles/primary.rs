@@ -26,6 +26,7 @@
 use crate::config::ClusterConfig;
 use crate::ids::{ClientId, Instant, SeqNum, Timestamp};
 use crate::messages::{request_size, Batch, Request};
+use crate::roles::WindowOffenders;
 use bulwark_crypto::Verified;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -59,6 +60,9 @@ pub struct Primary {
     in_flight_of: BTreeMap<ClientId, usize>,
     next_seq: SeqNum,
     batch_deadline: Option<Instant>,
+    /// Clients caught signing a request `client_window` or more above one of theirs still
+    /// queued here, with when: see [`Primary::exceeded_window`]. At most `client_table_max`.
+    window_exceeded: WindowOffenders,
 }
 
 impl Primary {
@@ -74,7 +78,14 @@ impl Primary {
             in_flight_of: BTreeMap::new(),
             next_seq,
             batch_deadline: None,
+            window_exceeded: WindowOffenders::default(),
         }
+    }
+
+    /// Whether `client` was caught exceeding its window here within the last view-change
+    /// timeout.
+    pub fn exceeded_window(&self, client: ClientId, now: Instant) -> bool {
+        self.window_exceeded.recent(client, now, &self.config)
     }
 
     /// Requests of `client` queued (R4: at most `client_window`).
@@ -90,6 +101,14 @@ impl Primary {
             return Admission::Duplicate;
         }
         let client = key.0;
+        // CX1: a request `client_window` or more above one still queued here, which a
+        // correct client never signs (the queued one is outstanding at the client: in this
+        // view only this primary proposes).
+        if let Some(oldest) = self.queues.get(&client).and_then(VecDeque::front) {
+            if key.1 .0 >= oldest.timestamp.0.saturating_add(self.config.params.client_window) {
+                self.window_exceeded.note(client, now, &self.config);
+            }
+        }
         let own = self.queues.get(&client).map_or(0, VecDeque::len);
         if self.queued >= self.config.params.request_queue_max || own as u64 >= self.config.params.client_window {
             return Admission::Shed;

@@ -239,20 +239,25 @@ impl<S: Service> Replica<S> {
     /// Whether `client` holds its whole `client_window` here: queued at this primary (R4),
     /// or waiting at this backup (VC1). A correct client has at most that many requests
     /// outstanding (CX1), so while this holds, a request it sends is one this primary
-    /// already holds or would shed (requests in flight do not count: the client's window
-    /// opens once `f + 1` replicas executed its oldest request, possibly before this
-    /// primary did, and its next request is then legitimate); at a backup it is one already
-    /// waiting, or (the backup lags in execution) a new one the backup only would have
-    /// timed and relayed, which the other replicas do. So a runtime may drop such a request
-    /// before checking its signature: Aardvark's per-client bound, ahead of the expensive
-    /// step.
+    /// already holds or would shed; at a backup it is one already waiting, or (the backup
+    /// lags in execution) a new one the backup only would have timed and relayed, which the
+    /// other replicas do. So a runtime may drop such a request before checking its
+    /// signature: Aardvark's per-client bound, ahead of the expensive step.
     ///
-    /// A backup also counts as saturated a client caught exceeding its window lately (one of
-    /// its waiting requests fell below the window unexecuted, which a correct client never
-    /// causes): such a client forfeits this backup's timer for its requests for a while.
+    /// At the primary, requests in flight count only for a client caught exceeding its
+    /// window lately: a correct client's window opens once `f + 1` replicas executed its
+    /// oldest request, possibly before this primary did, and its next request is then
+    /// legitimate. A backup counts as saturated outright a client caught exceeding its
+    /// window lately (one of its waiting requests fell below the window unexecuted): such a
+    /// client forfeits this backup's timer for its requests for a while.
     pub fn client_saturated(&self, client: crate::ids::ClientId, now: Instant) -> bool {
         let held = if self.is_primary() {
-            self.primary.queued_of(client)
+            let queued = self.primary.queued_of(client);
+            if self.primary.exceeded_window(client, now) {
+                queued + self.primary.in_flight_of(client)
+            } else {
+                queued
+            }
         } else if self.view_changer.exceeded_window(client, now) {
             return true;
         } else {

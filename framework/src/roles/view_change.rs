@@ -11,6 +11,7 @@
 use crate::config::ClusterConfig;
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
 use crate::messages::{batch_digest, NewViewOrder, Request, VerifiedNewView, VerifiedViewChange};
+use crate::roles::WindowOffenders;
 use bulwark_crypto::{Digest, Verified};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -132,7 +133,7 @@ pub struct ViewChanger {
     waiting_per_client: BTreeMap<ClientId, usize>,
     /// Clients caught exceeding their window (a waiting request of theirs fell below it),
     /// with when: see [`ViewChanger::exceeded_window`]. At most `client_table_max`.
-    window_exceeded: BTreeMap<ClientId, Instant>,
+    window_exceeded: WindowOffenders,
     request_deadline: Option<Instant>,
     /// Aardvark guard: requests executed since `rate_window_start`.
     executed_in_window: u64,
@@ -161,7 +162,7 @@ impl ViewChanger {
             new_view: None,
             waiting: BTreeMap::new(),
             waiting_per_client: BTreeMap::new(),
-            window_exceeded: BTreeMap::new(),
+            window_exceeded: WindowOffenders::default(),
             request_deadline: None,
             executed_in_window: 0,
             ordered_since_entered: false,
@@ -217,21 +218,6 @@ impl ViewChanger {
         self.waiting.values()
     }
 
-    /// A request of `client` fell below its window without executing: `client` signed a
-    /// request `client_window` or more above one it had outstanding, which a correct client
-    /// never does (CX1; a correct client's request that completed executed at every correct
-    /// replica before any later one). Remembered for a view-change timeout.
-    fn note_window_exceeded(&mut self, client: ClientId, now: Instant) {
-        let keep = self.config.params.client_table_max.max(1);
-        if self.window_exceeded.len() >= keep && !self.window_exceeded.contains_key(&client) {
-            let oldest = self.window_exceeded.iter().min_by_key(|(_, at)| **at).map(|(c, _)| *c);
-            if let Some(oldest) = oldest {
-                self.window_exceeded.remove(&oldest);
-            }
-        }
-        self.window_exceeded.insert(client, now);
-    }
-
     /// Removes a waiting request; whether it was there.
     fn remove_waiting(&mut self, key: (ClientId, Timestamp)) -> bool {
         if self.waiting.remove(&key).is_none() {
@@ -248,8 +234,7 @@ impl ViewChanger {
 
     /// Whether `client` was caught exceeding its window within the last view-change timeout.
     pub fn exceeded_window(&self, client: ClientId, now: Instant) -> bool {
-        let memory = self.config.params.view_change_timeout();
-        self.window_exceeded.get(&client).is_some_and(|at| now < *at + memory)
+        self.window_exceeded.recent(client, now, &self.config)
     }
 
     /// Requests of `client` waiting (VC1).
@@ -322,7 +307,11 @@ impl ViewChanger {
                 let below: Vec<_> =
                     self.waiting.range((client, Timestamp(0))..=(client, Timestamp(floor))).map(|(k, _)| *k).collect();
                 if !below.is_empty() {
-                    self.note_window_exceeded(client, now);
+                    // A request of `client` fell below its window without executing: it
+                    // signed one `client_window` or more above one it had outstanding,
+                    // which a correct client never does (CX1; a correct client's request
+                    // that completed executed at every correct replica before any later one).
+                    self.window_exceeded.note(client, now, &self.config);
                 }
                 for key in below {
                     self.remove_waiting(key);
