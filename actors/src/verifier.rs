@@ -377,9 +377,9 @@ impl VerifierPool {
         self.heavy.stats()
     }
 
-    /// Verifies client requests in one job, in the client lane: each checked alone with
-    /// `verify_strict`, never batch-verified, so every replica reaches the same verdict on
-    /// each (see [`verify_requests`]). One result per request, in order.
+    /// Verifies client requests in one job, in the client lane, batch-verified; each
+    /// request's verdict is the one it gets alone, so every replica reaches the same verdict
+    /// on each (see [`verify_requests`]). One result per request, in order.
     pub async fn verify_requests(
         &self,
         requests: Vec<Signed<Request>>,

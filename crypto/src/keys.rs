@@ -27,7 +27,7 @@ impl KeyPair {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.signing.verifying_key())
+        PublicKey::from_dalek(self.signing.verifying_key())
     }
 
     /// Signs a digest. Protocol code signs payloads through [`crate::Signed::sign`].
@@ -87,16 +87,49 @@ impl fmt::Debug for KeyPair {
 }
 
 /// An ed25519 public key. Serialized as 32 raw bytes; parsed and checked on decode.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(pub(crate) VerifyingKey);
+///
+/// It holds the key decoded twice, once for each crate that reads it (ed25519-dalek for
+/// its encoding and weakness, ed25519-zebra for checking signatures), so that neither
+/// decompresses the point again per signature.
+#[derive(Clone, Copy)]
+pub struct PublicKey {
+    pub(crate) dalek: VerifyingKey,
+    pub(crate) zebra: ed25519_zebra::VerificationKey,
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.dalek == other.dalek
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.dalek.as_bytes().hash(state);
+    }
+}
 
 impl PublicKey {
+    fn from_dalek(dalek: VerifyingKey) -> Self {
+        let zebra = ed25519_zebra::VerificationKey::try_from(dalek.to_bytes())
+            .expect("a point ed25519-dalek decodes, ed25519-zebra decodes too");
+        PublicKey { dalek, zebra }
+    }
+
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, CryptoError> {
-        VerifyingKey::from_bytes(bytes).map(PublicKey).map_err(|_| CryptoError::BadPublicKey)
+        VerifyingKey::from_bytes(bytes).map(PublicKey::from_dalek).map_err(|_| CryptoError::BadPublicKey)
+    }
+
+    /// A small-order key: every signature check under it fails (under such a key anyone
+    /// could sign anything).
+    pub(crate) fn is_weak(&self) -> bool {
+        self.dalek.is_weak()
     }
 
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.dalek.to_bytes()
     }
 
     pub fn to_hex(&self) -> String {
@@ -109,9 +142,15 @@ impl PublicKey {
         Self::from_bytes(&bytes)
     }
 
-    /// `verify_strict`: the validity rule for every signature in Bulwark.
+    /// The validity rule for every signature in Bulwark: ZIP-215's cofactored equation
+    /// `[8][s]B = [8]R + [8][k]A` with a canonical `s`, under a key that is not of small
+    /// order. See the crate documentation for why this rule and not ed25519-dalek's
+    /// `verify_strict`.
     pub fn verify_digest(&self, digest: &Digest, signature: &Signature) -> Result<(), CryptoError> {
-        self.0.verify_strict(digest.as_bytes(), &signature.0).map_err(|_| CryptoError::BadSignature)
+        if self.is_weak() {
+            return Err(CryptoError::BadSignature);
+        }
+        self.zebra.verify(&signature.0, digest.as_bytes()).map_err(|_| CryptoError::BadSignature)
     }
 }
 
@@ -123,19 +162,19 @@ impl PartialOrd for PublicKey {
 
 impl Ord for PublicKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.as_bytes().cmp(other.0.as_bytes())
+        self.dalek.as_bytes().cmp(other.dalek.as_bytes())
     }
 }
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pk:{}", hex::encode(&self.0.as_bytes()[..4]))
+        write!(f, "pk:{}", hex::encode(&self.dalek.as_bytes()[..4]))
     }
 }
 
 impl Serialize for PublicKey {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0.as_bytes())
+        serializer.serialize_bytes(self.dalek.as_bytes())
     }
 }
 
@@ -152,7 +191,8 @@ pub struct Signature(pub(crate) ed25519_dalek::Signature);
 
 impl Signature {
     /// The placeholder of a payload sent without a signature (all zero bytes). Its `R` is a
-    /// small-order point, which `verify_strict` refuses, so it never verifies under any key.
+    /// small-order point and its `s` zero, so the equation reduces to `[8][k]A = 0`, which
+    /// holds only for a small-order key, and those are refused: it never verifies.
     pub fn absent() -> Signature {
         Signature::from_bytes(&[0; 64])
     }

@@ -1,8 +1,12 @@
 //! Keys, signatures and digests for Bulwark.
 //!
 //! * [`Digest`] is a blake3 hash.
-//! * [`KeyPair`] / [`PublicKey`] / [`Signature`] wrap ed25519-dalek 2; validity is
-//!   `verify_strict` (no malleable or small-order signatures).
+//! * [`KeyPair`] / [`PublicKey`] / [`Signature`] wrap ed25519-dalek 2 (keys, signing);
+//!   a signature is valid under ZIP-215's rules, checked with ed25519-zebra: the
+//!   cofactored equation, a canonical `s`, and here also a key not of small order.
+//!   Replicas check what each of them receives on its own and must agree on every
+//!   signature; under ZIP-215 a batch check and a single check agree on every signature,
+//!   which `verify_strict` with ed25519-dalek's (uncofactored) batch check does not.
 //! * A payload is signed through [`Signable`], which names a domain tag per message kind,
 //!   so a signature over one kind never verifies as another (PBFT.md M1).
 //! * [`Signed<T>`] is what travels on the wire; [`Verified<T>`] is what protocol code
@@ -10,8 +14,7 @@
 //!   signing a payload yourself, so unverified data cannot reach protocol logic.
 //! * [`verify_batch`] checks many signatures at once and, if the batch fails, falls back
 //!   to one-by-one checks so that a bad signature is attributed to its sender and the
-//!   good ones still pass. Its verdict on an item crafted by its own signer can depend on
-//!   the rest of the batch, so it suits only lists every verifier checks whole (see its
+//!   good ones still pass. Each item's verdict is the one it gets alone (see its
 //!   documentation).
 //!
 //! Threshold signatures (Steward sites) will live in a `threshold` module beside these.

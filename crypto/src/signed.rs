@@ -2,6 +2,7 @@
 
 use crate::{CryptoError, Digest, KeyPair, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
 
@@ -32,7 +33,7 @@ impl<T: Signable> Signed<T> {
         Ok(Signed { signature: key.sign_digest(&digest), payload })
     }
 
-    /// Checks the signature against `signer` with `verify_strict`.
+    /// Checks the signature against `signer` ([`PublicKey::verify_digest`]).
     pub fn verify(self, signer: &PublicKey) -> Result<Verified<T>, CryptoError> {
         let digest = signing_digest(&self.payload)?;
         signer.verify_digest(&digest, &self.signature)?;
@@ -129,58 +130,92 @@ impl<T: Serialize> Serialize for Verified<T> {
 
 /// Verifies many signatures at once.
 ///
-/// The fast path is ed25519 batch verification. If the batch fails, every item is checked
-/// alone with `verify_strict`, so a bad signature is attributed to its own item and the
-/// good ones still pass. Weak (small-order) public keys are refused before batching, as
-/// `verify_strict` would refuse them. The result has one entry per input, in order.
+/// The fast path is ed25519-zebra's batch check. If the batch fails, each signer's items
+/// are checked as a batch of their own, and the items of a signer whose batch fails one by
+/// one, so a bad signature is attributed to its own item, the good ones still pass, and
+/// one signer's bad signatures cost the others little. The result has one entry per
+/// input, in order.
 ///
-/// What the batch verdict means. ed25519-dalek's batch check (2.2) is not cofactored: it
-/// tests `Σ zᵢ·(sᵢB − Rᵢ − kᵢAᵢ) = 0` with 128-bit coefficients `zᵢ` drawn from a Merlin
-/// transcript of the items themselves (no outside randomness). Hence:
+/// Each item's verdict is its verdict alone, whatever else is in the batch: the validity
+/// rule ([`PublicKey::verify_digest`]) is ZIP-215's cofactored equation, and the batch
+/// check is `[8]·Σ zᵢ·(sᵢB − Rᵢ − kᵢAᵢ) = 0` with 128-bit coefficients `zᵢ`. A list of
+/// signatures each valid alone passes for every choice of coefficients, small-order
+/// components included (the cofactor clears them); a list holding an invalid one passes
+/// with probability about 2⁻¹²⁸. The coefficients come from a ChaCha20 stream seeded with
+/// a blake3 hash of the whole list, so the check uses no outside randomness (the simulator
+/// stays reproducible) and a signer cannot choose them without changing the list.
 ///
-/// * A signature valid under `verify_strict` satisfies its equation exactly, so a list of
-///   such signatures always passes the batch.
-/// * The verdict on a list is a deterministic function of that list: every replica checking
-///   the same list (a PRE-PREPARE's or BATCH-REPLY's batch) reaches the same verdict.
-/// * The verdict on one item can depend on the *other* items. A signer can craft, over its
-///   own key only, a signature whose `R` carries a small-order component `T` (see the
-///   `torsion` module behind the `torsion-crafting` feature): `verify_strict` refuses it,
-///   and a batch accepts it exactly when `ord(T)` divides its coefficient, probability
-///   about `1/ord(T)` (at least 1/8) per batch it lands in.
-///
-/// So never use this where each caller forms its own batch and the verdicts must agree:
-/// client requests arriving at replicas are checked one by one for that reason
-/// (`bulwark_framework::verify::verify_requests`); otherwise a Byzantine client could make
-/// a correct primary propose a request its backups refuse.
+/// This is what lets replicas batch what each of them receives on its own (client
+/// requests, votes): they reach the same verdict on every signature. (ed25519-dalek's
+/// batch check, used before, is not cofactored: a signer could craft, over its own key, a
+/// signature with a small-order component in `R` that its equation accepted or refused
+/// depending on the companions; the `torsion` module behind the `torsion-crafting`
+/// feature builds them for the tests.)
 pub fn verify_batch<T: Signable>(items: Vec<(Signed<T>, PublicKey)>) -> Vec<Result<Verified<T>, CryptoError>> {
-    let mut digests = Vec::with_capacity(items.len());
-    for (signed, _) in &items {
-        digests.push(signing_digest(&signed.payload));
-    }
-    let batchable =
-        items.len() > 1 && digests.iter().all(|d| d.is_ok()) && items.iter().all(|(_, key)| !key.0.is_weak());
-    if batchable {
-        let digests: Vec<Digest> = digests.iter().map(|d| *d.as_ref().expect("checked above")).collect();
-        let messages: Vec<&[u8]> = digests.iter().map(|d| &d.0[..]).collect();
-        let signatures: Vec<ed25519_dalek::Signature> = items.iter().map(|(s, _)| s.signature.0).collect();
-        let keys: Vec<ed25519_dalek::VerifyingKey> = items.iter().map(|(_, k)| k.0).collect();
-        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
-            return items
-                .into_iter()
-                .zip(digests)
-                .map(|((signed, _), digest)| Ok(Verified { signed, digest }))
-                .collect();
+    let digests: Vec<Result<Digest, CryptoError>> =
+        items.iter().map(|(signed, _)| signing_digest(&signed.payload)).collect();
+    let all: Vec<usize> = (0..items.len()).collect();
+    let mut valid = vec![false; items.len()];
+    if batch_passes(&items, &digests, &all) {
+        valid.fill(true);
+    } else if items.len() > 1 {
+        // Some signature is bad. Its signer's other signatures are suspect too, everyone
+        // else's likely fine: check each signer's items as a batch of their own, so one
+        // signer sending bad signatures does not make everyone's be checked one by one.
+        let mut by_signer: BTreeMap<[u8; 32], Vec<usize>> = BTreeMap::new();
+        for (index, (_, key)) in items.iter().enumerate() {
+            by_signer.entry(key.to_bytes()).or_default().push(index);
+        }
+        for group in by_signer.values() {
+            if group.len() > 1 && batch_passes(&items, &digests, group) {
+                for &index in group {
+                    valid[index] = true;
+                }
+            }
         }
     }
     items
         .into_iter()
         .zip(digests)
-        .map(|((signed, key), digest)| {
+        .zip(valid)
+        .map(|(((signed, key), digest), valid)| {
             let digest = digest?;
-            key.verify_digest(&digest, &signed.signature)?;
+            if !valid {
+                key.verify_digest(&digest, &signed.signature)?;
+            }
             Ok(Verified { signed, digest })
         })
         .collect()
+}
+
+/// The batch check of [`verify_batch`] over `items[i]` for `i` in `indices`. False if
+/// fewer than two, or any digest did not encode, or any key is weak: those are checked
+/// one by one.
+fn batch_passes<T>(
+    items: &[(Signed<T>, PublicKey)],
+    digests: &[Result<Digest, CryptoError>],
+    indices: &[usize],
+) -> bool {
+    use rand_core::SeedableRng;
+    if indices.len() < 2 {
+        return false;
+    }
+    let mut transcript = blake3::Hasher::new_derive_key("bulwark batch verification coefficients v1");
+    let mut verifier = ed25519_zebra::batch::Verifier::new();
+    for &index in indices {
+        let (signed, key) = &items[index];
+        let Ok(digest) = &digests[index] else { return false };
+        if key.is_weak() {
+            return false;
+        }
+        let key_bytes = key.to_bytes();
+        transcript.update(&key_bytes);
+        transcript.update(&signed.signature.to_bytes());
+        transcript.update(digest.as_bytes());
+        verifier.queue((ed25519_zebra::VerificationKeyBytes::from(key_bytes), signed.signature.0, digest.as_bytes()));
+    }
+    let seed: [u8; 32] = transcript.finalize().into();
+    verifier.verify(rand_chacha::ChaCha20Rng::from_seed(seed)).is_ok()
 }
 
 #[cfg(test)]
@@ -285,41 +320,80 @@ mod tests {
     }
 
     #[test]
-    fn r1_verify_strict_refuses_a_signature_with_a_torsion_component() {
+    fn r1_a_torsioned_signature_gets_one_verdict_alone_and_in_every_batch() {
+        // A signer's own signature with a small-order component in R satisfies the
+        // cofactored equation: valid, alone and in every batch, whatever its companions
+        // (under dalek's uncofactored batch check the verdict depended on them).
         for index in 1..8 {
             let signed = crate::torsion::sign_with_torsion(Vote { round: 4 }, [3; 32], index).unwrap();
-            assert!(signed.verify(&key(3).public()).is_err(), "torsion point {index}");
+            assert!(signed.clone().verify(&key(3).public()).is_ok(), "torsion point {index} alone");
+            for round in 0..16u64 {
+                let companion = (Signed::sign(Vote { round }, &key(5)).unwrap(), key(5).public());
+                let results = verify_batch(vec![(signed.clone(), key(3).public()), companion]);
+                assert!(results.iter().all(Result::is_ok), "torsion point {index}, companion {round}");
+            }
         }
-        // A batch of one is checked with `verify_strict` too.
-        let (signed, signer) = torsioned_vote(3, 4);
-        assert!(verify_batch(vec![(signed, signer)])[0].is_err());
+        // It is still a signature over its own payload by its own key only.
+        let (crafted, _) = torsioned_vote(3, 4);
+        assert!(crafted.clone().verify(&key(4).public()).is_err());
+        let tampered = Signed { payload: Vote { round: 5 }, signature: crafted.signature };
+        assert!(tampered.verify(&key(3).public()).is_err());
     }
 
     #[test]
-    fn r1_batch_verdict_on_a_torsioned_signature_depends_on_its_companion() {
-        // The split verdict: the same crafted signature, batched with different honest
-        // companions, is accepted in some batches and refused in others.
+    fn r1_an_invalid_signature_is_refused_in_every_batch_and_its_companions_pass() {
         let (crafted, crafted_key) = torsioned_vote(3, 4);
-        let mut accepted = 0;
-        let mut refused = 0;
-        for round in 0..64u64 {
+        let forged = Signed { payload: Vote { round: 5 }, signature: crafted.signature };
+        for round in 0..32u64 {
             let companion = (Signed::sign(Vote { round }, &key(5)).unwrap(), key(5).public());
-            let results = verify_batch(vec![(crafted.clone(), crafted_key), companion]);
-            assert!(results[1].is_ok(), "the honest companion passes either way");
-            if results[0].is_ok() {
-                accepted += 1;
-            } else {
-                refused += 1;
-            }
+            let results = verify_batch(vec![(forged.clone(), crafted_key), companion, (crafted.clone(), crafted_key)]);
+            assert!(results[0].is_err(), "companion {round}");
+            assert!(results[1].is_ok() && results[2].is_ok(), "companion {round}");
         }
-        assert!(accepted > 0 && refused > 0, "accepted {accepted}, refused {refused} of 64 batches");
+    }
+
+    #[test]
+    fn a_signer_with_bad_signatures_does_not_change_anyone_elses_verdicts() {
+        // Signer 7 sends one good and two forged votes among other signers' good ones: the
+        // whole batch fails, each signer's own batch is tried next, and only the forgeries
+        // are refused.
+        let forged = |round| Signed {
+            payload: Vote { round: 99 },
+            signature: Signed::sign(Vote { round }, &key(7)).unwrap().signature,
+        };
+        let mut items = Vec::new();
+        for round in 0..6u64 {
+            items.push((
+                Signed::sign(Vote { round }, &key(1 + (round % 3) as u8)).unwrap(),
+                key(1 + (round % 3) as u8).public(),
+            ));
+        }
+        items.push((forged(1), key(7).public()));
+        items.push((Signed::sign(Vote { round: 2 }, &key(7)).unwrap(), key(7).public()));
+        items.push((forged(3), key(7).public()));
+        let verdicts: Vec<bool> = verify_batch(items).iter().map(Result::is_ok).collect();
+        assert_eq!(verdicts, [true, true, true, true, true, true, false, true, false]);
+    }
+
+    #[test]
+    fn a_small_order_key_verifies_nothing() {
+        // The identity point: under it the cofactored equation holds for any message with
+        // a small-order R and s = 0 (the absent signature), so such keys are refused.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = PublicKey::from_bytes(&identity).expect("the identity decodes");
+        assert!(weak.is_weak());
+        let absent = Signed { payload: Vote { round: 1 }, signature: Signature::absent() };
+        assert!(absent.clone().verify(&weak).is_err());
+        let companion = (Signed::sign(Vote { round: 2 }, &key(2)).unwrap(), key(2).public());
+        let results = verify_batch(vec![(absent, weak), companion]);
+        assert!(results[0].is_err() && results[1].is_ok());
     }
 
     #[test]
     fn batch_verdict_is_a_function_of_the_list_alone() {
-        // What makes the batch path safe where every replica checks the same list (a
-        // PRE-PREPARE's batch): ed25519-dalek derives the coefficients from the items
-        // themselves, so the same list gets the same verdict everywhere, torsion or not.
+        // The coefficients come from the list itself, so the same list gets the same
+        // verdict in every run and at every replica (the simulator relies on it).
         let (crafted, crafted_key) = torsioned_vote(3, 4);
         for round in 0..16u64 {
             let list =

@@ -2,10 +2,12 @@
 //!
 //! The signer picks a nonce `r`, publishes `R' = rB + T` for a small-order (torsion)
 //! point `T`, and answers the challenge `k = H(R' ‖ A ‖ M)` honestly: `s = r + k·a`. Then
-//! `sB = R' + kA − T`: off by exactly `T`. `verify_strict` checks the equation exactly and
-//! refuses it; a batch check multiplies each item's equation by a 128-bit coefficient `z`
-//! and only sees `z·T`, which vanishes whenever `ord(T)` divides `z`, so the batch verdict
-//! depends on the coefficients, which depend on the rest of the batch.
+//! `sB = R' + kA − T`: off by exactly `T`. ed25519-dalek's `verify_strict` checks the
+//! equation exactly and refuses it; its batch check multiplies each item's equation by a
+//! 128-bit coefficient `z` and only sees `z·T`, which vanishes whenever `ord(T)` divides
+//! `z`, so that verdict depended on the rest of the batch. The cofactored equation Bulwark
+//! checks (ZIP-215) multiplies by 8, which clears `T`: the signature is valid, alone and in
+//! every batch.
 //!
 //! Nobody can craft such a signature for a key whose secret they do not hold.
 

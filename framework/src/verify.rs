@@ -461,11 +461,9 @@ pub fn verify_new_view_with(
 /// `batch_size_max`/`batch_bytes_max`, no `(client, timestamp)` twice, no read-only
 /// request (those are never ordered).
 ///
-/// Signatures are batch-verified. That is safe here, unlike for requests arriving one by
-/// one ([`verify_requests`]): the batch is the list the primary signed, every replica checks
-/// that same list, and the verdict of [`bulwark_crypto::verify_batch`] is a function of the
-/// list alone, so all correct replicas agree on it. A batch holding a request that only
-/// passes in some batches can come only from a Byzantine primary.
+/// Signatures are batch-verified; each request's verdict is the one it gets alone (see
+/// [`bulwark_crypto::verify_batch`]), so every correct replica reaches the same verdict on
+/// the batch, and a request a correct primary accepted on arrival passes here.
 pub fn verify_batch_requests(
     requests: Vec<Signed<Request>>,
     config: &ClusterConfig,
@@ -525,30 +523,48 @@ pub fn verify_request(
     }
 }
 
-/// Client requests arriving at a replica, each checked alone with `verify_strict` (R1). One
-/// result per request, in order.
+/// Client requests arriving at a replica, checked together (R1). One result per request,
+/// in order.
 ///
-/// Not batch-verified, on purpose. A batch check's verdict on one item depends on the other
-/// items in the batch (see [`bulwark_crypto::verify_batch`]): a client can sign its own
-/// request so that `verify_strict` refuses it but some batches accept it. Each replica
-/// batches the requests that happen to arrive together, so replicas would disagree about
-/// such a request; a correct primary that accepted it would propose it and be refused by
-/// the backups (N1.e), and a backup that accepted it would relay it to a primary that
-/// refuses it and then suspect that primary. Checked strictly here, a request reaches a
-/// correct primary's PRE-PREPARE only if its signature is valid under `verify_strict`, and
-/// such signatures pass every batch check, so backups accept the batch on its fast path.
+/// Batch-verified: each request's verdict is the one it gets alone, whatever arrived with
+/// it (see [`bulwark_crypto::verify_batch`]). That matters because each replica batches the
+/// requests that happen to reach it together: were verdicts to depend on the companions, a
+/// client could sign its own request so that some replicas accept it and others refuse it,
+/// and a correct primary that accepted it would propose it and be refused by its backups
+/// (N1.e), or a backup that accepted it would relay it to a primary that refuses it and
+/// then suspect that primary (`framework/tests/torsioned_requests.rs`).
 pub fn verify_requests(
     requests: Vec<Signed<Request>>,
     config: &ClusterConfig,
     keys: &mut ClientKeyCache,
 ) -> Vec<Result<Verified<Request>, Refusal>> {
-    requests
-        .into_iter()
-        .map(|request| {
-            check_request_size(&request.payload, config)?;
-            verify_request(request, config, keys)
-        })
-        .collect()
+    if config.params.client_auth == ClientAuth::Connection {
+        return requests
+            .into_iter()
+            .map(|request| {
+                check_request_size(&request.payload, config)?;
+                trust_request(request)
+            })
+            .collect();
+    }
+    let mut results: Vec<Option<Result<Verified<Request>, Refusal>>> = Vec::with_capacity(requests.len());
+    let mut items = Vec::with_capacity(requests.len());
+    let mut positions = Vec::with_capacity(requests.len());
+    for request in requests {
+        let key = check_request_size(&request.payload, config).and_then(|()| keys.get(&request.payload.client_key));
+        match key {
+            Ok(key) => {
+                positions.push(results.len());
+                results.push(None);
+                items.push((request, key));
+            }
+            Err(refusal) => results.push(Some(Err(refusal))),
+        }
+    }
+    for (position, verdict) in positions.into_iter().zip(verify_batch(items)) {
+        results[position] = Some(verdict.map_err(|_| Refusal::BadSignature { kind: MessageKind::Request }));
+    }
+    results.into_iter().map(|result| result.expect("every position is filled")).collect()
 }
 
 fn bad_reply(reason: &'static str) -> Refusal {
