@@ -14,20 +14,28 @@ pub const KEY_FILE_HEADER: &str = "bulwark ed25519 secret key v1";
 /// An ed25519 key pair. The secret half is zeroed when dropped (ed25519-dalek `zeroize`).
 pub struct KeyPair {
     signing: SigningKey,
+    /// Decoded once: a client names its key in every request, and decoding it for
+    /// ed25519-zebra costs a point decompression.
+    public: PublicKey,
 }
 
 impl KeyPair {
+    fn from_signing(signing: SigningKey) -> Self {
+        let public = PublicKey::from_dalek(signing.verifying_key());
+        KeyPair { signing, public }
+    }
+
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        KeyPair { signing: SigningKey::generate(rng) }
+        KeyPair::from_signing(SigningKey::generate(rng))
     }
 
     /// A key pair from a 32-byte seed: deterministic, for simulations and tests.
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        KeyPair { signing: SigningKey::from_bytes(&seed) }
+        KeyPair::from_signing(SigningKey::from_bytes(&seed))
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey::from_dalek(self.signing.verifying_key())
+        self.public
     }
 
     /// Signs a digest. Protocol code signs payloads through [`crate::Signed::sign`].
