@@ -1407,7 +1407,11 @@ mod tests {
         eventually("every request was delivered or shed", || requests_handled.load(Ordering::SeqCst) + shed() == flood)
             .await;
         assert_eq!(accepted.load(Ordering::SeqCst), flood);
-        assert!(shed() > 0, "one connection flooding past its share is shed");
+        // Whether the flood also outruns verification once the replica catches up, and so
+        // is shed at the waiting bound, depends on how fast the verifier is: it stopped
+        // doing so reliably when requests became batch-verified (about 20 µs each instead
+        // of 37 µs). Shedding at the bound is pinned by
+        // `a_flooding_connection_gets_one_place_per_round_and_is_shed_first`.
     }
 
     /// Disk back-pressure: while the gate is closed the forwarder's wait does not end; it
