@@ -182,18 +182,12 @@ impl Handler<Invoke> for ClientActor {
 
     fn handle(&mut self, invoke: Invoke, ctx: &mut Context<Self>) -> Self::Result {
         let (waiter, receiver) = oneshot::channel();
-        if !self.held.is_empty() {
-            // Behind invocations already waiting: arrival order is kept.
+        // Behind invocations already waiting it waits too: arrival order is kept.
+        let wait = if self.held.is_empty() { self.issue(invoke, waiter, ctx).err() } else { Some((invoke, waiter)) };
+        if let Some((invoke, waiter)) = wait {
             self.hold(invoke, waiter)?;
-            return Ok(receiver);
         }
-        match self.issue(invoke, waiter, ctx) {
-            Ok(()) => Ok(receiver),
-            Err((invoke, waiter)) => {
-                self.hold(invoke, waiter)?;
-                Ok(receiver)
-            }
-        }
+        Ok(receiver)
     }
 }
 

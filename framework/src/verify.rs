@@ -543,7 +543,7 @@ pub fn verify_requests(
             .into_iter()
             .map(|request| {
                 check_request_size(&request.payload, config)?;
-                trust_request(request)
+                verify_request(request, config, keys)
             })
             .collect();
     }

@@ -104,12 +104,13 @@ impl Primary {
         // CX1: a request `client_window` or more above one still queued here, which a
         // correct client never signs (the queued one is outstanding at the client: in this
         // view only this primary proposes).
-        if let Some(oldest) = self.queues.get(&client).and_then(VecDeque::front) {
+        let queue = self.queues.get(&client);
+        if let Some(oldest) = queue.and_then(VecDeque::front) {
             if key.1 .0 >= oldest.timestamp.0.saturating_add(self.config.params.client_window) {
                 self.window_exceeded.note(client, now, &self.config);
             }
         }
-        let own = self.queues.get(&client).map_or(0, VecDeque::len);
+        let own = queue.map_or(0, VecDeque::len);
         if self.queued >= self.config.params.request_queue_max || own as u64 >= self.config.params.client_window {
             return Admission::Shed;
         }
