@@ -1,6 +1,8 @@
-//! The Bulwark runtime: one actix actor per protocol role, the TCP transport, timers,
-//! storage and configuration loading. Built in the Runtime issue; the protocol it drives
+//! The Bulwark runtime: actix actors for the protocol roles (a replica's actor, its
+//! checkpoint collector's, a client's), the TCP transport, timers, storage and
+//! configuration loading. Built in the Runtime issue; the protocol it drives
 //! lives in `bulwark-framework`.
+pub mod checkpoints;
 pub mod client;
 pub mod clock;
 pub mod config;

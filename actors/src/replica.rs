@@ -2,8 +2,10 @@
 //!
 //! It hands every verified message and timer firing to the framework replica and carries
 //! out the actions that come back: encode and send over the transport, arm timers with
-//! `ctx.run_later`, route replies to the connection their client used. It makes no
-//! protocol decision of its own; those live in `framework`, where the simulator tests them.
+//! `ctx.run_later`, route replies to the connection their client used, pass what the
+//! replica hands its checkpoint collector to the collector's actor
+//! ([`crate::checkpoints`]) and the collector's answers back. It makes no protocol
+//! decision of its own; those live in `framework`, where the simulator tests them.
 //!
 //! Inbound path: transport (decode, frame limits) → bounded forwarder → verifier pool
 //! (signatures, on other threads) → this actor. Each replica actor runs on its own
@@ -22,6 +24,7 @@
 //! waits until they are durable; calls handled while a commit is under way share the next
 //! one (group commit, see [`crate::store`]). Without a store the records are dropped.
 
+use crate::checkpoints::{CheckpointActor, Collect, Collected};
 use crate::clock::now;
 use crate::recent_requests::{RequestKey, SharedRecentRequests};
 use crate::store::{store_path, Opened, Store, StoreEvent, StoreMetrics, StoreWriter};
@@ -47,6 +50,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -271,6 +275,10 @@ pub struct ReplicaActor<S: Service> {
     durability: Option<GroupCommit>,
     /// Clients holding their whole window here, for the inbound lanes.
     saturated: SaturatedClients,
+    /// The replica's checkpoint collector, an actor of its own (none for a Byzantine node).
+    checkpoints: Option<Addr<CheckpointActor>>,
+    /// CHECKPOINT messages the collector holds, as it last said.
+    checkpoint_votes: Arc<AtomicUsize>,
 }
 
 /// Clients that hold their whole `client_window` at a replica
@@ -398,6 +406,11 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 }
                 Action::SetTimer { timer, at } => self.set_timer(timer, at, ctx),
                 Action::Event(event) => self.observe(event),
+                Action::ToCheckpoints(input) => {
+                    if let Some(checkpoints) = &self.checkpoints {
+                        checkpoints.do_send(Collect(input));
+                    }
+                }
                 // Taken out by `GroupCommit::admit`; without a data dir nothing is persisted.
                 Action::Persist(_) => {}
             }
@@ -541,6 +554,15 @@ impl<S: Service + Send + Unpin> Handler<Deliver> for ReplicaActor<S> {
     }
 }
 
+impl<S: Service + Send + Unpin> Handler<Collected> for ReplicaActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, Collected(output): Collected, ctx: &mut Context<Self>) {
+        let actions = self.step(Input::Checkpoints(output), ctx);
+        self.carry_out(actions, ctx);
+    }
+}
+
 impl<S: Service + Send + Unpin> Handler<StoreEvent> for ReplicaActor<S> {
     type Result = ();
 
@@ -584,7 +606,11 @@ impl<S: Service + Send + Unpin> Handler<GetStatus> for ReplicaActor<S> {
             last_executed: replica.last_executed(),
             state_digest: replica.state_digest(),
             metrics: replica.metrics().clone(),
-            footprint: replica.footprint(),
+            footprint: Footprint {
+                checkpoint_votes: replica.footprint().checkpoint_votes
+                    + self.checkpoint_votes.load(std::sync::atomic::Ordering::Relaxed),
+                ..replica.footprint()
+            },
             transport: self.transport.stats(),
             store: self.durability.as_ref().map(GroupCommit::status),
         }))
@@ -691,7 +717,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         inbound_lanes,
     )
     .await?;
-    let (replica, initial, store) = match (store, byzantine) {
+    let (mut replica, initial, store) = match (store, byzantine) {
         (_, Some(strategy)) => {
             tracing::warn!(replica = %id, strategy = strategy.name(), "starting as a Byzantine replica");
             (Node::Byzantine(Box::new(ByzantineReplica::new(id, key, cluster.clone(), strategy))), Vec::new(), None)
@@ -728,7 +754,17 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         },
         None => None,
     };
+    // The checkpoint collector runs as an actor of its own, on this arbiter too.
+    let checkpoint_votes = Arc::new(AtomicUsize::new(0));
+    let checkpoints = match &mut replica {
+        Node::Correct(replica) => replica.detach_checkpoint_collector().map(|collector| {
+            CheckpointActor::new(collector, ctx.address().recipient(), checkpoint_votes.clone()).start()
+        }),
+        Node::Byzantine(_) => None,
+    };
     let addr = ctx.run(ReplicaActor {
+        checkpoints,
+        checkpoint_votes,
         id,
         cluster,
         replica,

@@ -337,6 +337,7 @@ fn m6_a_forwarded_certificate_completes_despite_an_earlier_conflicting_vote_of_i
         drop_rate: 0.129_804_746_932_824_18,
         duplicate_rate: 0.305_521_597_782_245_2,
         faults_until: Some(Instant::from_micros(350_963)),
+        ..NetworkModel::default()
     };
     config.restarts = vec![Restart {
         replica: ReplicaId(0),
@@ -373,6 +374,7 @@ fn n3_a_peer_holding_the_other_pre_prepare_of_a_committed_slot_is_sent_the_commi
         drop_rate: 0.001_716_141_822_208_694_4,
         duplicate_rate: 0.416_906_091_024_637_27,
         faults_until: Some(Instant::from_micros(1_255_895)),
+        ..NetworkModel::default()
     };
     config.restarts = vec![Restart {
         replica: ReplicaId(1),

@@ -10,7 +10,7 @@ use bulwark_framework::messages::{
     VerifiedMessage, VerifiedViewChange, ViewChange,
 };
 use bulwark_framework::roles::backup::{Backup, BackupOutput, WindowPosition};
-use bulwark_framework::roles::checkpoint::CheckpointCollector;
+use bulwark_framework::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput};
 use bulwark_framework::roles::client::{Client, ClientAction, ClientError};
 use bulwark_framework::roles::primary::{Admission, Primary};
 use bulwark_framework::roles::view_change::{compute_order, null_digest, OrderError};
@@ -472,6 +472,67 @@ fn c1_checkpoints_only_at_multiples_of_k_and_bounded_per_member() {
     }
     // L/K + 2 = 4 open checkpoints at most for one member.
     assert!(collector.pending_len() <= 4, "{}", collector.pending_len());
+}
+
+/// What a replica hands its checkpoint collector, run as a role apart.
+fn handed_to_collector(actions: &[Action]) -> Vec<CollectorInput> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToCheckpoints(input) => Some(input.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// C3 and C4 across the hop between roles: a replica whose checkpoint collector runs
+/// apart hands it every CHECKPOINT (its own included) and moves its watermarks only on the
+/// collector's answer; an answer overtaken by a newer stable checkpoint is ignored, since
+/// the low watermark only moves up.
+#[test]
+fn c3_c4_a_collector_run_apart_decides_stability_and_a_late_answer_moves_nothing_back() {
+    let f = fixture();
+    let mut replica = f.replica(1);
+    let mut collector = replica.detach_checkpoint_collector().expect("hosted in place until now");
+    assert!(replica.detach_checkpoint_collector().is_none(), "handed over once");
+    let mut handed = Vec::new();
+    for seq in 1..=8 {
+        handed.extend(handed_to_collector(&commit_at(&f, &mut replica, seq, &f.batch(&[seq]))));
+    }
+    let own: Vec<(SeqNum, Digest)> = handed
+        .iter()
+        .map(|input| match input {
+            CollectorInput::Checkpoint(c) if c.replica == ReplicaId(1) => (c.seq, c.state_digest),
+            other => panic!("only its own checkpoints so far: {other:?}"),
+        })
+        .collect();
+    assert_eq!(own.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![SeqNum(4), SeqNum(8)], "C1");
+    for (seq, digest) in &own {
+        for peer in [0, 2] {
+            let message = VerifiedMessage::Checkpoint(f.checkpoint(peer, seq.0, *digest));
+            let actions = replica.handle(Input::Message(message), Instant(0));
+            assert!(!actions.iter().any(|a| matches!(a, Action::Event(ReplicaEvent::Stable { .. }))));
+            handed.extend(handed_to_collector(&actions));
+        }
+    }
+    assert_eq!(handed.len(), 6, "every CHECKPOINT goes to the collector");
+    assert_eq!(replica.stable(), SeqNum(0), "only the collector's answer makes a checkpoint stable");
+    let answers: Vec<CollectorOutput> = handed.into_iter().filter_map(|input| collector.handle(input)).collect();
+    let stable_at: Vec<SeqNum> = answers
+        .iter()
+        .map(|answer| match answer {
+            CollectorOutput::Stable(stable) => stable.seq,
+            CollectorOutput::Refused(reason) => panic!("refused: {reason}"),
+        })
+        .collect();
+    assert_eq!(stable_at, vec![SeqNum(4), SeqNum(8)]);
+    let (first, newest) = (answers[0].clone(), answers[1].clone());
+    let actions = replica.handle(Input::Checkpoints(newest), Instant(0));
+    assert!(actions.iter().any(|a| matches!(a, Action::Event(ReplicaEvent::Stable { seq: SeqNum(8), .. }))));
+    assert_eq!(replica.stable(), SeqNum(8), "C4");
+    let actions = replica.handle(Input::Checkpoints(first), Instant(0));
+    assert_eq!(replica.stable(), SeqNum(8), "the low watermark never moves down");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Event(ReplicaEvent::Stable { .. }) | Action::Persist(_))));
 }
 
 // ---------------------------------------------------------------- P2, P3, R4: primary

@@ -27,6 +27,7 @@ fn faulty(seed: u64, n: usize) -> SimConfig {
         drop_rate: draw.gen_range(0.0..0.2),
         duplicate_rate: draw.gen_range(0.0..0.3),
         faults_until: None,
+        ..NetworkModel::default()
     };
     // A pipeline from one batch in flight to many: a full pipeline once made the batch
     // timer re-fire forever at one instant.
@@ -34,6 +35,9 @@ fn faulty(seed: u64, n: usize) -> SimConfig {
     let crashed = ReplicaId(draw.gen_range(1..n as u32));
     config.crashes = vec![(crashed, Instant(draw.gen_range(0..50_000)))];
     config.wire_roundtrip = seed.is_multiple_of(4);
+    // The hop between a replica and its checkpoint collector, from instant to slower than
+    // the network.
+    config.network.role_hop_max_us = draw.gen_range(0..20_000);
     config
 }
 
@@ -104,6 +108,38 @@ fn a_proposal_lost_to_every_backup_is_recovered() {
     // The stuck primary asks within a few status intervals of the blackout's end; without
     // noting its own proposals it waited for the 10-tick heartbeat (533 ms here).
     assert!(report.simulated_time < Duration::from_millis(400), "recovered only at {:?}", report.simulated_time);
+}
+
+/// C3, C4 and ST1 with the checkpoint collector a long way from its replica: every hop
+/// between them takes up to 50 ms (ten times the network's delay), the network drops and
+/// duplicates, a backup crashes and restarts from its records, another is cut off long
+/// enough to need state transfer. Stable checkpoints reach the replicas late and out of
+/// step with everything else; the replicas stay safe, converge, and their low watermarks
+/// keep moving.
+#[test]
+fn c3_c4_a_slow_hop_to_the_checkpoint_collector_keeps_replicas_safe_and_collecting() {
+    for seed in common::seeds(1, 12) {
+        let mut config = SimConfig::new(seed, 4);
+        config.requests_per_client = 120;
+        config.params = ProtocolParams { checkpoint_interval: 4, watermark_window: 16, ..config.params };
+        config.network =
+            NetworkModel { drop_rate: 0.05, duplicate_rate: 0.05, role_hop_max_us: 50_000, ..NetworkModel::default() };
+        config.restarts = vec![bulwark_framework::sim::Restart {
+            replica: ReplicaId(1),
+            crash_at: Instant(30_000 + seed * 7_000),
+            restart_at: Instant(200_000 + seed * 7_000),
+            torn: seed % 2 == 0,
+        }];
+        config.isolations = vec![Isolation { replica: ReplicaId(3), from: Instant(20_000), until: Instant(300_000) }];
+        config.time_limit = Duration::from_secs(600);
+        let report = common::run_kv(config);
+        common::assert_safe_and_converged(&report);
+        let executed = report.final_states.values().next().unwrap().0;
+        for (replica, stable) in &report.stable_checkpoints {
+            assert!(stable.0 > 0, "seed {seed}: {replica} never took a stable checkpoint");
+            assert!(stable.0 + 16 >= executed.0, "seed {seed}: {replica} stable {stable} lags {executed}");
+        }
+    }
 }
 
 /// 100,000 requests: the log, the next-window buffer, checkpoint votes and images, the

@@ -1430,6 +1430,7 @@ impl ReplicaHarness {
                 Action::SetTimer { timer, at } => {
                     self.timers.insert(timer, at);
                 }
+                Action::ToCheckpoints(_) => panic!("{who} hosts its checkpoint collector yet handed it something"),
                 Action::Persist(_) | Action::Event(_) => {}
             }
         }

@@ -7,6 +7,13 @@
 //! Byzantine member cannot grow the collector. Checkpoints beyond the window are kept too
 //! (within that bound): they are how a replica that fell behind learns a stable
 //! checkpoint to catch up to (C7).
+//!
+//! The collector is a role of its own: its replica hands it every CHECKPOINT (its own and
+//! its peers') and every stable checkpoint learned elsewhere as a [`CollectorInput`], and
+//! hears back [`CollectorOutput`]s. The runtime and the simulator run it beside its
+//! replica and carry these messages between the two, so a stable checkpoint reaches the
+//! replica some time after the collector formed it, with other inputs in between;
+//! [`crate::roles::replica::Replica::new`] hosts one in place for role-level tests.
 
 use crate::config::ClusterConfig;
 use crate::ids::SeqNum;
@@ -22,6 +29,25 @@ pub struct StableCheckpoint {
     pub seq: SeqNum,
     pub state_digest: Digest,
     pub proof: Vec<Verified<Checkpoint>>,
+}
+
+/// What a checkpoint collector is told by its replica.
+#[derive(Debug, Clone)]
+pub enum CollectorInput {
+    /// A member's signed CHECKPOINT, the replica's own included (C2, C3).
+    Checkpoint(Verified<Checkpoint>),
+    /// A stable checkpoint the replica learned elsewhere: from a NEW-VIEW (VC16) or its
+    /// durable records. Its proof was checked where it came from.
+    Adopt(StableCheckpoint),
+}
+
+/// What a checkpoint collector tells its replica.
+#[derive(Debug, Clone)]
+pub enum CollectorOutput {
+    /// A checkpoint became stable (C3). It may reach the replica after a newer one.
+    Stable(StableCheckpoint),
+    /// A CHECKPOINT was refused, and why.
+    Refused(&'static str),
 }
 
 /// The checkpoint collector role.
@@ -51,6 +77,20 @@ impl CheckpointCollector {
     fn open_max(&self) -> usize {
         let params = &self.config.params;
         (params.watermark_window / params.checkpoint_interval) as usize + 2
+    }
+
+    /// Handles one input from its replica.
+    pub fn handle(&mut self, input: CollectorInput) -> Option<CollectorOutput> {
+        match input {
+            CollectorInput::Checkpoint(checkpoint) => match self.on_checkpoint(checkpoint) {
+                Ok(stable) => stable.map(CollectorOutput::Stable),
+                Err(reason) => Some(CollectorOutput::Refused(reason)),
+            },
+            CollectorInput::Adopt(stable) => {
+                self.adopt(stable);
+                None
+            }
+        }
     }
 
     /// C3: log a checkpoint. Returns the new stable checkpoint if this message completed
@@ -131,22 +171,8 @@ impl CheckpointCollector {
         }
     }
 
-    /// How many distinct members sent a checkpoint above `seq` (C7: `f + 1` of them mean
-    /// a correct replica executed past it).
-    pub fn members_past(&self, seq: SeqNum) -> usize {
-        (0..self.config.n() as u32)
-            .map(crate::ids::ReplicaId)
-            .filter(|member| self.pending.range(seq.next()..).any(|(_, votes)| votes.has_voted(*member)))
-            .count()
-    }
-
     /// Checkpoint messages this replica holds above the stable one (bounded).
     pub fn pending_len(&self) -> usize {
         self.pending.values().map(VoteSet::len).sum()
-    }
-
-    /// The own checkpoint messages held above the stable one, to retransmit.
-    pub fn votes_of(&self, member: crate::ids::ReplicaId) -> Vec<Verified<Checkpoint>> {
-        self.pending.values().filter_map(|votes| votes.vote_of(member).cloned()).collect()
     }
 }

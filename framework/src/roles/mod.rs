@@ -10,7 +10,9 @@
 //! * [`executor::Executor`] executes committed batches strictly in order through the
 //!   user's [`crate::service::Service`] and keeps the client table (exactly-once replies);
 //! * [`checkpoint::CheckpointCollector`] turns `2f + 1` matching CHECKPOINTs into a stable
-//!   checkpoint, which moves the watermarks and lets the log be discarded.
+//!   checkpoint, which moves the watermarks and lets the log be discarded. The runtime and
+//!   the simulator run it apart from its replica, exchanging
+//!   [`checkpoint::CollectorInput`]s and [`checkpoint::CollectorOutput`]s with it.
 //!
 //! * [`view_change::ViewChanger`] suspects a faulty primary, collects VIEW-CHANGEs and
 //!   decides when the replica joins a view change, builds a NEW-VIEW or may accept one.
@@ -89,6 +91,10 @@ pub enum Action {
     Persist(crate::durable::Record),
     /// Fire `TimerKind` at `at` (replacing the pending one of that kind).
     SetTimer { timer: TimerKind, at: Instant },
+    /// Hand this to the replica's checkpoint collector, run as a role of its own (see
+    /// [`replica::Replica::detach_checkpoint_collector`]); its answer comes back as
+    /// [`replica::Input::Checkpoints`].
+    ToCheckpoints(checkpoint::CollectorInput),
     /// Something worth observing happened (metrics, logs, the simulator's checker).
     Event(ReplicaEvent),
 }

@@ -24,7 +24,7 @@ use crate::messages::{
     StateReply, StateRequest, Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
 };
 use crate::roles::backup::{message_view, sign, Backup, BackupOutput, WindowPosition};
-use crate::roles::checkpoint::{CheckpointCollector, StableCheckpoint};
+use crate::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
 use crate::roles::primary::{Admission, Primary};
 use crate::roles::state_transfer::{ChunkIn, FetchStep, StateFetch, PARALLEL_CHUNKS};
@@ -47,6 +47,9 @@ const PRE_PREPARE_RESEND_INTERVALS: u32 = 10;
 pub enum Input {
     Message(VerifiedMessage),
     Timer(TimerKind),
+    /// What this replica's checkpoint collector, run as a role of its own, told it (see
+    /// [`Replica::detach_checkpoint_collector`]).
+    Checkpoints(CollectorOutput),
 }
 
 /// Counters a replica keeps about itself.
@@ -87,7 +90,17 @@ pub struct Replica<S: Service> {
     primary: Primary,
     backup: Backup,
     executor: Executor<S>,
-    checkpoints: CheckpointCollector,
+    /// The checkpoint collector hosted in place, or `None` when the runtime runs it as a
+    /// role of its own ([`Replica::detach_checkpoint_collector`]).
+    collector: Option<CheckpointCollector>,
+    /// The latest stable checkpoint this replica knows: formed by its collector, or taken
+    /// from a NEW-VIEW or from its durable records.
+    stable: StableCheckpoint,
+    /// The CHECKPOINTs this replica signed above `stable`, to retransmit. Execution stays
+    /// within the watermarks, so there are at most `L / K` of them.
+    own_checkpoints: BTreeMap<SeqNum, Verified<Checkpoint>>,
+    /// Per member: the highest sequence number of a CHECKPOINT it sent (C7).
+    checkpointed: Vec<SeqNum>,
     metrics: ReplicaMetrics,
     /// The highest sequence number this replica knows to exist: its own proposals, the
     /// current primary's pre-prepares, and what `f + 1` other members vouch for.
@@ -123,7 +136,10 @@ impl<S: Service> Replica<S> {
             primary: Primary::new(config.clone(), SeqNum(1)),
             backup: Backup::new(id, config.clone()),
             executor: Executor::new(id, config.clone(), service),
-            checkpoints: CheckpointCollector::new(config.clone()),
+            collector: Some(CheckpointCollector::new(config.clone())),
+            stable: CheckpointCollector::new(config.clone()).stable().clone(),
+            own_checkpoints: BTreeMap::new(),
+            checkpointed: vec![SeqNum(0); n],
             metrics: ReplicaMetrics::default(),
             highest_seen: SeqNum(0),
             claimed: vec![SeqNum(0); n],
@@ -141,6 +157,13 @@ impl<S: Service> Replica<S> {
             key,
             config,
         }
+    }
+
+    /// Hands the checkpoint collector to the runtime, which runs it as a role of its own:
+    /// from here on this replica sends it its inputs as [`Action::ToCheckpoints`] and takes
+    /// its outputs as [`Input::Checkpoints`]. `None` if it was handed over already.
+    pub fn detach_checkpoint_collector(&mut self) -> Option<CheckpointCollector> {
+        self.collector.take()
     }
 
     /// Negative control for tests only: prepared with `f` prepares, committed with `f + 1`
@@ -169,7 +192,8 @@ impl<S: Service> Replica<S> {
         if let Some((checkpoint, image)) = &recovered.stable {
             match replica.executor.install(checkpoint.seq, image.bytes().to_vec()) {
                 Ok(_) => {
-                    replica.checkpoints.adopt(checkpoint.clone());
+                    replica.stable = checkpoint.clone();
+                    replica.hand_to_collector(CollectorInput::Adopt(checkpoint.clone()), now, &mut actions);
                     replica.backup.advance_low(checkpoint.seq, checkpoint.seq);
                 }
                 Err(_) => replica.refuse("recovered checkpoint image could not be installed"),
@@ -268,11 +292,11 @@ impl<S: Service> Replica<S> {
 
     /// The low watermark `h` (last stable checkpoint).
     pub fn stable(&self) -> SeqNum {
-        self.checkpoints.stable().seq
+        self.stable.seq
     }
 
     pub fn stable_checkpoint(&self) -> &StableCheckpoint {
-        self.checkpoints.stable()
+        &self.stable
     }
 
     pub fn state_digest(&self) -> Digest {
@@ -297,7 +321,8 @@ impl<S: Service> Replica<S> {
         Footprint {
             log_slots: self.backup.log_len(),
             future_messages: self.backup.future_len(),
-            checkpoint_votes: self.checkpoints.pending_len(),
+            checkpoint_votes: self.own_checkpoints.len()
+                + self.collector.as_ref().map_or(0, CheckpointCollector::pending_len),
             checkpoint_images: self.executor.images_len(),
             queued_requests: self.primary.queue_len(),
             in_flight_batches: self.primary.in_flight_len(),
@@ -319,6 +344,7 @@ impl<S: Service> Replica<S> {
         let mut actions = Vec::new();
         match input {
             Input::Message(message) => self.on_message(message, now, &mut actions),
+            Input::Checkpoints(output) => self.on_collector_output(output, now, &mut actions),
             Input::Timer(TimerKind::Batch) => {
                 self.batch_timer = None;
             }
@@ -580,8 +606,10 @@ impl<S: Service> Replica<S> {
         if let Some((seq, state_digest)) = execution.checkpoint {
             let checkpoint = sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
             actions.push(Action::Broadcast { message: VerifiedMessage::Checkpoint(checkpoint.clone()) });
-            let stable = self.stable_checkpoint().clone();
-            if stable.seq == seq && stable.state_digest != state_digest {
+            if seq > self.stable.seq {
+                self.own_checkpoints.insert(seq, checkpoint.clone());
+            }
+            if self.stable.seq == seq && self.stable.state_digest != state_digest {
                 // C6: a stable checkpoint this replica executed through with another digest
                 // means its own state is wrong; it can only be repaired from a later one.
                 self.refuse("own state digest differs from the stable checkpoint (C6)");
@@ -590,19 +618,44 @@ impl<S: Service> Replica<S> {
         }
     }
 
-    /// C3: log a checkpoint; on a new stable checkpoint, C4.
+    /// C3: hand a checkpoint to the collector, noting how far its sender claims to be.
     fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>, now: Instant, actions: &mut Vec<Action>) {
-        self.note_claim(checkpoint.replica, checkpoint.seq);
-        match self.checkpoints.on_checkpoint(checkpoint) {
-            Err(reason) => self.refuse(reason),
-            Ok(None) => {}
-            Ok(Some(stable)) => self.on_stable(stable, now, actions),
+        let (member, seq) = (checkpoint.replica, checkpoint.seq);
+        self.note_claim(member, seq);
+        if let Some(highest) = self.checkpointed.get_mut(member.index()) {
+            *highest = (*highest).max(seq);
+        }
+        self.hand_to_collector(CollectorInput::Checkpoint(checkpoint), now, actions);
+    }
+
+    /// Hands `input` to the checkpoint collector: in place when this replica hosts it,
+    /// else as an action for the runtime, which brings the answer back as an input.
+    fn hand_to_collector(&mut self, input: CollectorInput, now: Instant, actions: &mut Vec<Action>) {
+        match self.collector.as_mut() {
+            Some(collector) => {
+                if let Some(output) = collector.handle(input) {
+                    self.on_collector_output(output, now, actions);
+                }
+            }
+            None => actions.push(Action::ToCheckpoints(input)),
         }
     }
 
-    /// C4 and C5: discard the log below the new stable checkpoint, move the watermarks,
-    /// re-examine the messages buffered for the next window.
+    fn on_collector_output(&mut self, output: CollectorOutput, now: Instant, actions: &mut Vec<Action>) {
+        match output {
+            CollectorOutput::Refused(reason) => self.refuse(reason),
+            // The collector may report a checkpoint this replica has passed meanwhile (one
+            // from a NEW-VIEW, say): the watermarks only move up.
+            CollectorOutput::Stable(stable) if stable.seq <= self.stable.seq => {}
+            CollectorOutput::Stable(stable) => self.on_stable(stable, now, actions),
+        }
+    }
+
+    /// C4 and C5: take `stable` as the stable checkpoint, discard the log below it, move
+    /// the watermarks, re-examine the messages buffered for the next window.
     fn on_stable(&mut self, stable: StableCheckpoint, now: Instant, actions: &mut Vec<Action>) {
+        self.stable = stable.clone();
+        self.own_checkpoints = self.own_checkpoints.split_off(&stable.seq.next());
         actions.push(Action::Event(ReplicaEvent::Stable { seq: stable.seq, state_digest: stable.state_digest }));
         if let Some(image) = self.executor.image_at(stable.seq) {
             actions.push(Action::Persist(Record::Stable { checkpoint: stable.clone(), image }));
@@ -616,7 +669,7 @@ impl<S: Service> Replica<S> {
 
     /// ST1: fetch the image of the stable checkpoint from the signers of its proof.
     fn ensure_transfer(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        let stable = self.checkpoints.stable().clone();
+        let stable = self.stable.clone();
         // A transfer under way is left to finish while it makes progress, even if a newer
         // checkpoint became stable meanwhile: installing the older image is progress too,
         // while retargeting at every new checkpoint could chase a moving target forever.
@@ -666,7 +719,7 @@ impl<S: Service> Replica<S> {
                 let executor = &self.executor;
                 self.view_changer.retain_waiting(|request| executor.request_status(request) == RequestStatus::New);
                 actions.push(Action::Event(ReplicaEvent::StateInstalled { seq, state_digest }));
-                let stable = self.checkpoints.stable().clone();
+                let stable = self.stable.clone();
                 if let Some(image) = self.executor.image_at(seq).filter(|_| stable.seq == seq) {
                     actions.push(Action::Persist(Record::Stable { checkpoint: stable, image }));
                 }
@@ -727,7 +780,7 @@ impl<S: Service> Replica<S> {
             return;
         };
         if reply.seq != fetch_seq {
-            let stable = self.checkpoints.stable().clone();
+            let stable = self.stable.clone();
             if reply.seq == stable.seq && reply.seq > fetch_seq && reply.seq > self.last_executed() {
                 self.transfer = None;
                 self.start_transfer(&stable, now, actions);
@@ -765,7 +818,13 @@ impl<S: Service> Replica<S> {
         self.executed_at_request_timer = Some(last_executed);
         self.transfer.is_some()
             || last_executed < self.stable()
-            || (progressed && self.checkpoints.members_past(last_executed) >= self.config.weak_quorum())
+            || (progressed && self.members_checkpointed_past(last_executed) >= self.config.weak_quorum())
+    }
+
+    /// How many members sent a CHECKPOINT above `seq` (C7: `f + 1` of them mean a correct
+    /// replica executed past it).
+    fn members_checkpointed_past(&self, seq: SeqNum) -> usize {
+        self.checkpointed.iter().filter(|&&highest| highest > seq).count()
     }
 
     fn may_answer(&mut self, peer: ReplicaId, now: Instant) -> bool {
@@ -936,16 +995,12 @@ impl<S: Service> Replica<S> {
                 messages.push(VerifiedMessage::NewView(new_view.clone()));
             }
         }
-        let stable = self.checkpoints.stable();
+        let stable = &self.stable;
         if status.stable < stable.seq {
             messages.extend(stable.proof.iter().cloned().map(VerifiedMessage::Checkpoint));
         }
         messages.extend(
-            self.checkpoints
-                .votes_of(self.id)
-                .into_iter()
-                .filter(|c| c.seq > status.stable)
-                .map(VerifiedMessage::Checkpoint),
+            self.own_checkpoints.range(status.stable.next()..).map(|(_, c)| VerifiedMessage::Checkpoint(c.clone())),
         );
         // A peer behind the stable checkpoint can use nothing of the log above it before it
         // has fetched that state (the proof above starts the transfer), and its watermarks
@@ -970,7 +1025,7 @@ impl<S: Service> Replica<S> {
         if view <= self.view_changer.floor() {
             return;
         }
-        let checkpoint = self.checkpoints.stable().clone();
+        let checkpoint = self.stable.clone();
         let prepared = self.backup.prepared_certificates(checkpoint.seq);
         let message = sign(
             ViewChange {
@@ -1084,7 +1139,7 @@ impl<S: Service> Replica<S> {
         // (1) A later stable checkpoint from V: install its proof and collect garbage;
         // state transfer follows in `drive` if this replica is behind it (ST1, PF5).
         if order.min_seq() > self.stable() {
-            self.checkpoints.adopt(order.checkpoint.clone());
+            self.hand_to_collector(CollectorInput::Adopt(order.checkpoint.clone()), now, actions);
             self.on_stable(order.checkpoint.clone(), now, actions);
         }
         // (2) Log O, multicast PREPAREs, fetch missing batches.

@@ -120,6 +120,7 @@ pub fn scenario(spec: &CampaignSpec, seed: u64) -> (SimConfig, Vec<(ReplicaId, S
         drop_rate: rng.gen_range(0.0..spec.drop_max.max(f64::MIN_POSITIVE)),
         duplicate_rate: rng.gen_range(0.0..spec.duplicate_max.max(f64::MIN_POSITIVE)),
         faults_until: Some(settle),
+        ..NetworkModel::default()
     };
     config.wire_roundtrip = seed.is_multiple_of(8);
     let mut members: Vec<ReplicaId> = (0..replicas as u32).map(ReplicaId).collect();
@@ -173,6 +174,9 @@ pub fn scenario(spec: &CampaignSpec, seed: u64) -> (SimConfig, Vec<(ReplicaId, S
         let attack = *ClientAttack::ALL.choose(&mut client_rng).expect("attacks exist");
         config.byzantine_clients.push(ByzantineClientSpec { attack, until: settle });
     }
+    // The hop between each replica and its checkpoint collector, from its own stream too.
+    let mut hop_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0c01_1ec7);
+    config.network.role_hop_max_us = hop_rng.gen_range(0..10_000);
     (config, byzantine)
 }
 

@@ -21,6 +21,7 @@ use crate::config::{ClusterConfig, ProtocolParams};
 use crate::durable::Recovered;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{Message, MessageKind, VerifiedMessage};
+use crate::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput};
 use crate::roles::client::{Client, ClientAction, ClientError};
 use crate::roles::replica::{Footprint, Input, Replica, ReplicaMetrics};
 use crate::roles::{Action, TimerKind};
@@ -51,11 +52,22 @@ pub struct NetworkModel {
     /// Losses and duplicates stop at this time (the network "settles"), if set: liveness
     /// is judged after it.
     pub faults_until: Option<Instant>,
+    /// A replica and its checkpoint collector run as separate roles (as separate actors in
+    /// the runtime): what one hands the other arrives after a delay of up to this, in
+    /// order, with other inputs in between. Never lost.
+    pub role_hop_max_us: u64,
 }
 
 impl Default for NetworkModel {
     fn default() -> Self {
-        NetworkModel { delay_min_us: 200, delay_max_us: 2_000, drop_rate: 0.0, duplicate_rate: 0.0, faults_until: None }
+        NetworkModel {
+            delay_min_us: 200,
+            delay_max_us: 2_000,
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            faults_until: None,
+            role_hop_max_us: 500,
+        }
     }
 }
 
@@ -328,6 +340,25 @@ enum Event {
     ByzantineClientTick {
         client: usize,
     },
+    /// A replica's input reaches its checkpoint collector.
+    ToCollector {
+        node: Endpoint,
+        incarnation: u64,
+        input: CollectorInput,
+    },
+    /// A checkpoint collector's output reaches its replica.
+    FromCollector {
+        node: Endpoint,
+        incarnation: u64,
+        output: CollectorOutput,
+    },
+}
+
+/// One way of the hop between a replica instance and its checkpoint collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Hop {
+    ToCollector,
+    FromCollector,
 }
 
 enum Node<S: Service> {
@@ -360,6 +391,14 @@ pub struct Simulation<S: Service> {
     nodes: Vec<Node<S>>,
     /// The second instances of twinned replicas.
     twin_nodes: BTreeMap<ReplicaId, Node<S>>,
+    /// The checkpoint collector of each live correct or twin instance, a role of its own.
+    collectors: BTreeMap<Endpoint, CheckpointCollector>,
+    /// Per instance: bumped at each crash, so that what was on its way between a replica
+    /// and its collector does not reach the next incarnation.
+    incarnations: BTreeMap<Endpoint, u64>,
+    /// Per instance and way: when the last hop between replica and collector arrives (they
+    /// arrive in order, as in an actor's mailbox).
+    hops_due: BTreeMap<(Endpoint, Hop), Instant>,
     clients: Vec<ClientNode>,
     timer_generations: BTreeMap<(Endpoint, TimerKind), u64>,
     make_operation: OperationSource<S>,
@@ -414,7 +453,7 @@ impl<S: Service> Simulation<S> {
         let cluster = Arc::new(ClusterConfig::new(members, config.params.clone())?);
         twins::check(&config)?;
         let mut checker = Checker::new(cluster.clone());
-        let nodes = (0..config.replicas)
+        let mut nodes: Vec<Node<S>> = (0..config.replicas)
             .map(|i| {
                 let id = ReplicaId(i as u32);
                 let key = replica_key(config.seed, i);
@@ -440,7 +479,7 @@ impl<S: Service> Simulation<S> {
                 }
             })
             .collect();
-        let twin_nodes = config
+        let mut twin_nodes: BTreeMap<ReplicaId, Node<S>> = config
             .twins
             .iter()
             .map(|&id| {
@@ -463,7 +502,21 @@ impl<S: Service> Simulation<S> {
                 ByzantineClient::new(key, other_key, cluster.clone(), config.byzantine_clients[index])
             })
             .collect();
+        let mut collectors = BTreeMap::new();
+        let instances = nodes
+            .iter_mut()
+            .enumerate()
+            .map(|(index, node)| (Endpoint::Replica(ReplicaId(index as u32)), node))
+            .chain(twin_nodes.iter_mut().map(|(id, node)| (Endpoint::Twin(*id), node)));
+        for (endpoint, node) in instances {
+            if let Node::Correct(replica) | Node::Twin(replica) = node {
+                collectors.extend(replica.detach_checkpoint_collector().map(|collector| (endpoint, collector)));
+            }
+        }
         Ok(Simulation {
+            collectors,
+            incarnations: BTreeMap::new(),
+            hops_due: BTreeMap::new(),
             byzantine_clients,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             cluster,
@@ -688,7 +741,25 @@ impl<S: Service> Simulation<S> {
             Event::Restart { replica } => self.restart(replica),
             Event::Crash { replica } => {
                 self.trace.update(b"crash").update_u64(replica.0 as u64);
-                self.nodes[replica.index()] = Node::Crashed;
+                self.crash(replica);
+            }
+            Event::ToCollector { node, incarnation, input } => {
+                if self.incarnation(node) != incarnation {
+                    return;
+                }
+                self.trace.update(b"to-collector").update_u64(self.now.0);
+                let output = self.collectors.get_mut(&node).and_then(|collector| collector.handle(input));
+                if let Some(output) = output {
+                    let at = self.hop_arrival(node, Hop::FromCollector);
+                    self.schedule(at, Event::FromCollector { node, incarnation, output });
+                }
+            }
+            Event::FromCollector { node, incarnation, output } => {
+                if self.incarnation(node) != incarnation {
+                    return;
+                }
+                self.trace.update(b"from-collector").update_u64(self.now.0);
+                self.deliver_to_replica(node, Input::Checkpoints(output));
             }
             Event::ReplicaTimer { node, timer, generation } => {
                 if self.timer_generations.get(&(node, timer)) != Some(&generation) {
@@ -791,13 +862,14 @@ impl<S: Service> Simulation<S> {
                     actions.retain(|a| matches!(a, Action::Persist(_) | Action::Event(_)));
                 }
                 let (view, stable, executed) = (replica.view(), replica.stable(), replica.last_executed());
-                let footprint = replica.footprint();
+                let mut footprint = replica.footprint();
+                footprint.checkpoint_votes += self.collectors.get(&node).map_or(0, CheckpointCollector::pending_len);
                 self.checker.observe_replica(id, &actions, view, stable, executed);
                 self.note_footprint(footprint);
                 self.carry_out(node, actions);
                 if dying {
                     self.trace.update(b"torn-crash").update_u64(id.0 as u64);
-                    self.nodes[id.index()] = Node::Crashed;
+                    self.crash(id);
                 }
             }
             Node::Byzantine(byzantine) => {
@@ -822,7 +894,7 @@ impl<S: Service> Simulation<S> {
             // this the replica would crash at its first step after the restart and never
             // come back.
             self.trace.update(b"crash").update_u64(id.0 as u64);
-            self.nodes[id.index()] = Node::Crashed;
+            self.crash(id);
         }
         if !matches!(self.nodes[id.index()], Node::Crashed) {
             return;
@@ -835,12 +907,38 @@ impl<S: Service> Simulation<S> {
         }
         let recovered = self.stores[id.index()].clone();
         let key = replica_key(self.config.seed, id.index());
-        let (replica, actions) =
+        let (mut replica, actions) =
             Replica::recover(id, key, self.cluster.clone(), (self.make_service)(), recovered, self.now);
+        // Recovery runs with the collector in place; from here on, as for every replica, it
+        // is a role apart.
+        if let Some(collector) = replica.detach_checkpoint_collector() {
+            self.collectors.insert(Endpoint::Replica(id), collector);
+        }
         self.checker.observe_restart(id);
         self.checker.observe_replica(id, &actions, replica.view(), replica.stable(), replica.last_executed());
         self.nodes[id.index()] = Node::Correct(Box::new(replica));
         self.carry_out(Endpoint::Replica(id), actions);
+    }
+
+    /// Replica `id` stops, and its checkpoint collector with it.
+    fn crash(&mut self, id: ReplicaId) {
+        let node = Endpoint::Replica(id);
+        self.nodes[id.index()] = Node::Crashed;
+        self.collectors.remove(&node);
+        *self.incarnations.entry(node).or_default() += 1;
+    }
+
+    fn incarnation(&self, node: Endpoint) -> u64 {
+        self.incarnations.get(&node).copied().unwrap_or_default()
+    }
+
+    /// When a hop between `node`'s replica and its collector sent now arrives: after a
+    /// random delay, and never before the previous hop the same way.
+    fn hop_arrival(&mut self, node: Endpoint, hop: Hop) -> Instant {
+        let delay = self.rng.gen_range(0..=self.config.network.role_hop_max_us);
+        let due = self.hops_due.entry((node, hop)).or_insert(Instant::ZERO);
+        *due = Instant(self.now.0 + delay).max(*due);
+        *due
     }
 
     fn note_footprint(&mut self, footprint: Footprint) {
@@ -902,6 +1000,11 @@ impl<S: Service> Simulation<S> {
                 // Twins never restart: their records are not kept.
                 Action::Persist(record) if node == Endpoint::Replica(from) => self.stores[from.index()].apply(record),
                 Action::Persist(_) => {}
+                Action::ToCheckpoints(input) => {
+                    let incarnation = self.incarnation(node);
+                    let at = self.hop_arrival(node, Hop::ToCollector);
+                    self.schedule(at, Event::ToCollector { node, incarnation, input });
+                }
                 Action::Report { .. } | Action::Event(_) => {}
             }
         }

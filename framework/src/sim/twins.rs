@@ -242,6 +242,7 @@ impl TwinsScope {
             drop_rate: 0.0,
             duplicate_rate: 0.0,
             faults_until: None,
+            ..NetworkModel::default()
         };
         config.time_limit = Duration::from_secs(30);
         config.twins = scenario.twinned.clone();

@@ -59,7 +59,12 @@ pub fn random_config(
         drop_rate: rng.gen_range(0.0..drop_max),
         duplicate_rate: rng.gen_range(0.0..duplicate_max),
         faults_until: None,
+        ..NetworkModel::default()
     };
     config.wire_roundtrip = seed.is_multiple_of(8);
+    // The hop between each replica and its checkpoint collector, from its own stream so
+    // that the caller's faults stay what they were for each seed.
+    let mut hop_rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0c01_1ec7);
+    config.network.role_hop_max_us = hop_rng.gen_range(0..10_000);
     (config, rng)
 }
