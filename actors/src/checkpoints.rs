@@ -8,9 +8,10 @@
 //! from its replica in the same way (`NetworkModel::role_hop_max_us`), so the delay and
 //! interleaving of this hop are tested there.
 
+use crate::replica::RoleGauges;
 use actix::{Actor, Context, Handler, Message, Recipient};
 use bulwark_framework::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// An input for the collector, from its replica's actor.
@@ -27,8 +28,8 @@ pub struct Collected(pub CollectorOutput);
 pub struct CheckpointActor {
     collector: CheckpointCollector,
     replica: Recipient<Collected>,
-    /// CHECKPOINT messages held above the stable one, for the replica's status.
-    pending_votes: Arc<AtomicUsize>,
+    /// Where it says how many CHECKPOINT messages it holds, for the replica's status.
+    gauges: Arc<RoleGauges>,
 }
 
 impl std::fmt::Debug for CheckpointActor {
@@ -38,8 +39,8 @@ impl std::fmt::Debug for CheckpointActor {
 }
 
 impl CheckpointActor {
-    pub fn new(collector: CheckpointCollector, replica: Recipient<Collected>, pending_votes: Arc<AtomicUsize>) -> Self {
-        CheckpointActor { collector, replica, pending_votes }
+    pub(crate) fn new(collector: CheckpointCollector, replica: Recipient<Collected>, gauges: Arc<RoleGauges>) -> Self {
+        CheckpointActor { collector, replica, gauges }
     }
 }
 
@@ -52,7 +53,7 @@ impl Handler<Collect> for CheckpointActor {
 
     fn handle(&mut self, Collect(input): Collect, _: &mut Context<Self>) {
         let output = self.collector.handle(input);
-        self.pending_votes.store(self.collector.pending_len(), Ordering::Relaxed);
+        self.gauges.checkpoint_votes.store(self.collector.pending_len(), Ordering::Relaxed);
         if let Some(output) = output {
             self.replica.do_send(Collected(output));
         }
@@ -96,13 +97,13 @@ mod tests {
         let k = config.params.checkpoint_interval;
         let (sender, mut heard) = mpsc::unbounded_channel();
         let listener = Listener(sender).start();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let collector = CheckpointActor::new(CheckpointCollector::new(config), listener.recipient(), pending.clone());
+        let gauges = Arc::new(RoleGauges::default());
+        let collector = CheckpointActor::new(CheckpointCollector::new(config), listener.recipient(), gauges.clone());
         let collector = collector.start();
         let state = Digest::of(b"state");
         collector.send(Collect(checkpoint(0, k, state))).await.unwrap();
         collector.send(Collect(checkpoint(1, k, state))).await.unwrap();
-        assert_eq!(pending.load(Ordering::Relaxed), 2);
+        assert_eq!(gauges.checkpoint_votes.load(Ordering::Relaxed), 2);
         collector.send(Collect(checkpoint(2, k, state))).await.unwrap();
         match heard.recv().await {
             Some(CollectorOutput::Stable(stable)) => {
@@ -110,7 +111,11 @@ mod tests {
             }
             other => panic!("expected a stable checkpoint, heard {other:?}"),
         }
-        assert_eq!(pending.load(Ordering::Relaxed), 0, "C4: the votes at the stable checkpoint are dropped");
+        assert_eq!(
+            gauges.checkpoint_votes.load(Ordering::Relaxed),
+            0,
+            "C4: the votes at the stable checkpoint are dropped"
+        );
         collector.send(Collect(checkpoint(3, k + 1, state))).await.unwrap();
         match heard.recv().await {
             Some(CollectorOutput::Refused(reason)) => assert!(reason.contains("multiple of K"), "{reason}"),

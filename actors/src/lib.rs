@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod metrics;
+pub mod primary;
 pub mod recent_requests;
 pub mod replica;
 pub mod store;

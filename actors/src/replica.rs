@@ -26,6 +26,7 @@
 
 use crate::checkpoints::{CheckpointActor, Collect, Collected};
 use crate::clock::now;
+use crate::primary::{FromPrimary, PrimaryActor, ToPrimary};
 use crate::recent_requests::{RequestKey, SharedRecentRequests};
 use crate::store::{store_path, Opened, Store, StoreEvent, StoreMetrics, StoreWriter};
 use crate::transport::{
@@ -277,8 +278,32 @@ pub struct ReplicaActor<S: Service> {
     saturated: SaturatedClients,
     /// The replica's checkpoint collector, an actor of its own (none for a Byzantine node).
     checkpoints: Option<Addr<CheckpointActor>>,
-    /// CHECKPOINT messages the collector holds, as it last said.
-    checkpoint_votes: Arc<AtomicUsize>,
+    /// The replica's primary role, an actor of its own (none for a Byzantine node).
+    primary: Option<Addr<PrimaryActor>>,
+    /// What the roles run apart hold, as they last said.
+    gauges: Arc<RoleGauges>,
+}
+
+/// What a replica's roles run as actors of their own hold, for its status: each role's
+/// actor sets its part after every step.
+#[derive(Debug, Default)]
+pub(crate) struct RoleGauges {
+    pub(crate) checkpoint_votes: AtomicUsize,
+    pub(crate) queued_requests: AtomicUsize,
+    pub(crate) in_flight_batches: AtomicUsize,
+}
+
+impl RoleGauges {
+    /// `footprint` of the replica's own actor, with what its roles run apart hold.
+    fn add_to(&self, footprint: Footprint) -> Footprint {
+        let read = |gauge: &AtomicUsize| gauge.load(std::sync::atomic::Ordering::Relaxed);
+        Footprint {
+            checkpoint_votes: footprint.checkpoint_votes + read(&self.checkpoint_votes),
+            queued_requests: footprint.queued_requests + read(&self.queued_requests),
+            in_flight_batches: footprint.in_flight_batches + read(&self.in_flight_batches),
+            ..footprint
+        }
+    }
 }
 
 /// Clients that hold their whole `client_window` at a replica
@@ -304,10 +329,18 @@ impl SaturatedClients {
         self.0.lock().is_ok_and(|saturated| saturated.clients.contains(&client))
     }
 
-    /// Re-reads, after a step of `replica`, the saturation of `touched` (the client whose
+    /// Empties the set: its role no longer holds any client's requests.
+    pub(crate) fn clear(&self) {
+        if let Ok(mut saturated) = self.0.lock() {
+            saturated.clients.clear();
+            saturated.cursor = None;
+        }
+    }
+
+    /// Re-reads, after a step of a role, the saturation of `touched` (the client whose
     /// request it handled) and of up to [`SATURATED_REREAD_PER_STEP`] clients of the set,
-    /// taken in turn.
-    fn refresh<S: Service>(&self, replica: &Replica<S>, touched: Option<ClientId>) {
+    /// taken in turn; `is_saturated` is the role's own answer.
+    pub(crate) fn refresh(&self, is_saturated: impl Fn(ClientId, Instant) -> bool, touched: Option<ClientId>) {
         let Ok(mut saturated) = self.0.lock() else {
             return;
         };
@@ -325,12 +358,12 @@ impl SaturatedClients {
             .collect();
         saturated.cursor = turn.last().copied();
         for client in turn {
-            if !replica.client_saturated(client, now) {
+            if !is_saturated(client, now) {
                 saturated.clients.remove(&client);
             }
         }
         if let Some(client) = touched {
-            if replica.client_saturated(client, now) {
+            if is_saturated(client, now) {
                 saturated.clients.insert(client);
             } else {
                 saturated.clients.remove(&client);
@@ -411,6 +444,11 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                         checkpoints.do_send(Collect(input));
                     }
                 }
+                Action::ToPrimary(input) => {
+                    if let Some(primary) = &self.primary {
+                        primary.do_send(ToPrimary(input));
+                    }
+                }
                 // Taken out by `GroupCommit::admit`; without a data dir nothing is persisted.
                 Action::Persist(_) => {}
             }
@@ -455,7 +493,7 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                     _ => None,
                 };
                 let actions = replica.handle(input, now());
-                self.saturated.refresh(replica, touched);
+                self.saturated.refresh(|client, now| replica.client_saturated(client, now), touched);
                 return actions;
             }
             Node::Byzantine(byzantine) => byzantine.handle(input, now()),
@@ -563,6 +601,15 @@ impl<S: Service + Send + Unpin> Handler<Collected> for ReplicaActor<S> {
     }
 }
 
+impl<S: Service + Send + Unpin> Handler<FromPrimary> for ReplicaActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, FromPrimary(output): FromPrimary, ctx: &mut Context<Self>) {
+        let actions = self.step(Input::Primary(output), ctx);
+        self.carry_out(actions, ctx);
+    }
+}
+
 impl<S: Service + Send + Unpin> Handler<StoreEvent> for ReplicaActor<S> {
     type Result = ();
 
@@ -606,11 +653,7 @@ impl<S: Service + Send + Unpin> Handler<GetStatus> for ReplicaActor<S> {
             last_executed: replica.last_executed(),
             state_digest: replica.state_digest(),
             metrics: replica.metrics().clone(),
-            footprint: Footprint {
-                checkpoint_votes: replica.footprint().checkpoint_votes
-                    + self.checkpoint_votes.load(std::sync::atomic::Ordering::Relaxed),
-                ..replica.footprint()
-            },
+            footprint: self.gauges.add_to(replica.footprint()),
             transport: self.transport.stats(),
             store: self.durability.as_ref().map(GroupCommit::status),
         }))
@@ -754,17 +797,26 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         },
         None => None,
     };
-    // The checkpoint collector runs as an actor of its own, on this arbiter too.
-    let checkpoint_votes = Arc::new(AtomicUsize::new(0));
-    let checkpoints = match &mut replica {
-        Node::Correct(replica) => replica.detach_checkpoint_collector().map(|collector| {
-            CheckpointActor::new(collector, ctx.address().recipient(), checkpoint_votes.clone()).start()
-        }),
-        Node::Byzantine(_) => None,
+    // The checkpoint collector and the primary role run as actors of their own, on this
+    // arbiter too.
+    let gauges = Arc::new(RoleGauges::default());
+    let primary_saturated = SaturatedClients::default();
+    let (checkpoints, primary) = match &mut replica {
+        Node::Correct(replica) => {
+            let collector = replica
+                .detach_checkpoint_collector()
+                .map(|collector| CheckpointActor::new(collector, ctx.address().recipient(), gauges.clone()).start());
+            let primary = replica.detach_primary().map(|role| {
+                PrimaryActor::new(role, ctx.address().recipient(), primary_saturated.clone(), gauges.clone()).start()
+            });
+            (collector, primary)
+        }
+        Node::Byzantine(_) => (None, None),
     };
     let addr = ctx.run(ReplicaActor {
         checkpoints,
-        checkpoint_votes,
+        primary,
+        gauges,
         id,
         cluster,
         replica,
@@ -776,7 +828,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         durability,
         saturated: saturated.clone(),
     });
-    let lanes = Lanes { byzantine, gate, recent: Default::default(), saturated: saturated.clone() };
+    let lanes = Lanes { byzantine, gate, recent: Default::default(), saturated: saturated.clone(), primary_saturated };
     forward(inbound_receivers, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport, lanes);
     Ok(ReplicaHandle { id, addr, transport, verifier })
 }
@@ -880,9 +932,10 @@ pub(crate) struct Lanes {
     /// Client requests this replica verified lately: a copy (a relay, a broadcast, a
     /// request sent again) is not verified again.
     pub(crate) recent: SharedRecentRequests,
-    /// Clients holding their whole window at this replica: their requests are dropped
-    /// unverified.
+    /// Clients holding their whole window at this replica (waiting at it as a backup), or
+    /// at its primary role: their requests are dropped unverified.
     pub(crate) saturated: SaturatedClients,
+    pub(crate) primary_saturated: SaturatedClients,
 }
 
 impl Lanes {
@@ -893,7 +946,8 @@ impl Lanes {
 
     /// Whether `request` comes from a client that holds its whole window here already.
     fn over_window(&self, request: &SignedRequest) -> bool {
-        self.saturated.contains(request.payload.client())
+        let client = request.payload.client();
+        self.saturated.contains(client) || self.primary_saturated.contains(client)
     }
 
     /// `request` as verified before by this replica, if it was lately.

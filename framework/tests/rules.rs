@@ -10,9 +10,9 @@ use bulwark_framework::messages::{
     VerifiedMessage, VerifiedViewChange, ViewChange,
 };
 use bulwark_framework::roles::backup::{Backup, BackupOutput, WindowPosition};
-use bulwark_framework::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput};
+use bulwark_framework::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput, StableCheckpoint};
 use bulwark_framework::roles::client::{Client, ClientAction, ClientError};
-use bulwark_framework::roles::primary::{Admission, Primary};
+use bulwark_framework::roles::primary::{Admission, Primary, PrimaryInput, PrimaryOutput};
 use bulwark_framework::roles::view_change::{compute_order, null_digest, OrderError};
 use bulwark_framework::roles::{Action, ReplicaEvent, TimerKind};
 use bulwark_framework::verify::{verify_message, Refusal, RefusalKind};
@@ -1250,6 +1250,126 @@ fn vc5_f_plus_1_make_a_replica_join_and_vc3_the_timer_needs_2f_plus_1_and_double
     deliver(&mut replica, vc(0, 2), at);
     let actions = deliver(&mut replica, vc(1, 2), at);
     assert_eq!(timer_at(&actions, TimerKind::ViewChange), Some(Instant(at) + timeout * 2), "T doubles");
+}
+
+/// What a replica hands its primary role, run apart.
+fn handed_to_primary(actions: &[Action]) -> Vec<PrimaryInput> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToPrimary(input) => Some(input.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn proposals(outputs: Vec<PrimaryOutput>) -> Vec<PrimaryOutput> {
+    outputs.into_iter().filter(|o| matches!(o, PrimaryOutput::Propose(..))).collect()
+}
+
+/// P1 and VC4a across the hop between roles: a replica whose primary role runs apart
+/// offers it the new requests it gets while it leads, and tells it to follow when it starts
+/// a view change. A proposal the role made before hearing so arrives after it and is
+/// refused: nothing of it is persisted or sent, so a view the replica left gets no
+/// pre-prepare from it.
+#[test]
+fn p1_vc4a_a_primary_role_run_apart_proposes_while_its_replica_leads_and_a_late_proposal_is_refused() {
+    let f = fixture();
+    let mut replica = f.replica(0);
+    let mut role = replica.detach_primary().expect("hosted in place until now");
+    assert!(replica.detach_primary().is_none(), "handed over once");
+    let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(1, put("k", "1"))), 0);
+    let offered = handed_to_primary(&actions);
+    assert!(matches!(offered.as_slice(), [PrimaryInput::Offer(r)] if r.timestamp == Timestamp(1)), "{offered:?}");
+    let first = proposals(role.handle(offered[0].clone(), Instant(0)));
+    let actions = replica.handle(Input::Primary(first[0].clone()), Instant(0));
+    let proposed = |actions: &[Action]| {
+        actions.iter().any(|a| matches!(a, Action::Broadcast { message: VerifiedMessage::PrePrepare(..) }))
+            && actions.iter().any(|a| matches!(a, Action::Persist(_)))
+    };
+    assert!(proposed(&actions), "P1: its own proposal is persisted and multicast: {actions:?}");
+    // The next request waits for the batch delay (one batch in flight), then is proposed.
+    let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(2, put("k", "2"))), 1);
+    for input in handed_to_primary(&actions) {
+        assert!(proposals(role.handle(input, Instant(1))).is_empty());
+    }
+    let late = proposals(role.handle(PrimaryInput::BatchTimer, Instant(10_000_000)));
+    assert_eq!(late.len(), 1);
+    // Before it arrives, f + 1 others ask for view 1: the replica joins and stops leading.
+    let vc = |from| VerifiedMessage::ViewChange(f.verified_view_change(f.view_change(from, 1, 0, vec![])));
+    let mut actions = deliver(&mut replica, vc(1), 2);
+    actions.extend(deliver(&mut replica, vc(2), 2));
+    assert_eq!(replica.view_change_target(), Some(View(1)));
+    assert!(matches!(handed_to_primary(&actions).as_slice(), [PrimaryInput::Follow]), "{actions:?}");
+    let refused_before = replica.metrics().refused_total();
+    let actions = replica.handle(Input::Primary(late[0].clone()), Instant(3));
+    assert!(!proposed(&actions), "a proposal for a view it left must not leave the replica: {actions:?}");
+    assert_eq!(replica.metrics().refused_total(), refused_before + 1);
+    // A request now is not offered: the replica does not lead.
+    let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(3, put("k", "3"))), 4);
+    assert!(handed_to_primary(&actions).is_empty(), "{actions:?}");
+}
+
+/// P2 across the hop between roles: a proposal the primary role numbered with the low
+/// watermark it knew arrives after a stable checkpoint moved the watermark past it; the
+/// replica refuses it instead of signing into a window it has left (I7; simulation seed 3
+/// of `p1_c3_c4_slow_hops_to_the_roles_run_apart_keep_replicas_safe_and_live`, where a
+/// restarted primary proposed slots 4 and 5 after learning the checkpoint at 32).
+#[test]
+fn p2_a_late_proposal_below_the_low_watermark_is_refused() {
+    let f = fixture();
+    let mut replica = f.replica(0);
+    let mut role = replica.detach_primary().expect("hosted in place until now");
+    let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(1, put("k", "1"))), 0);
+    let late: Vec<PrimaryOutput> =
+        handed_to_primary(&actions).into_iter().flat_map(|input| proposals(role.handle(input, Instant(0)))).collect();
+    assert!(matches!(late.as_slice(), [PrimaryOutput::Propose(pp, _)] if pp.seq == SeqNum(1)), "{late:?}");
+    let digest = Digest::of(b"state");
+    let proof = (0..3).map(|r| f.checkpoint(r, 4, digest)).collect();
+    let stable = StableCheckpoint { seq: SeqNum(4), state_digest: digest, proof };
+    replica.handle(Input::Checkpoints(CollectorOutput::Stable(stable)), Instant(1));
+    assert_eq!(replica.stable(), SeqNum(4));
+    let actions = replica.handle(Input::Primary(late[0].clone()), Instant(2));
+    let signed = actions
+        .iter()
+        .any(|a| matches!(a, Action::Broadcast { message: VerifiedMessage::PrePrepare(..) } | Action::Persist(_)));
+    assert!(!signed, "a proposal at or below h must not be persisted or sent: {actions:?}");
+}
+
+/// VC13 and VC14 across the hop between roles: the primary of the next view, once it has
+/// built the NEW-VIEW and entered it, tells its primary role to lead that view, numbering
+/// from `max-s + 1`.
+#[test]
+fn vc13_vc14_entering_a_view_it_leads_a_replica_tells_its_primary_role_to_lead_from_max_s_plus_1() {
+    let f = fixture();
+    let mut replica = f.replica(1);
+    let mut role = replica.detach_primary().expect("hosted in place until now");
+    // Slot 1 committed here: its prepared certificate is in this replica's VIEW-CHANGE, and
+    // O re-proposes it (max-s = 1).
+    let batch = f.batch(&[1]);
+    commit_at(&f, &mut replica, 1, &batch);
+    let vc = |from| VerifiedMessage::ViewChange(f.verified_view_change(f.view_change(from, 1, 0, vec![])));
+    let mut actions = deliver(&mut replica, vc(2), 10);
+    actions.extend(deliver(&mut replica, vc(3), 10));
+    assert_eq!(replica.view(), View(1), "VC13: the new primary entered its view: {actions:?}");
+    let handed = handed_to_primary(&actions);
+    let lead = handed.iter().find_map(|input| match input {
+        PrimaryInput::Lead { view, next_seq, .. } => Some((*view, *next_seq)),
+        _ => None,
+    });
+    assert_eq!(lead, Some((View(1), SeqNum(2))), "VC14: {handed:?}");
+    for input in handed {
+        role.handle(input, Instant(10));
+    }
+    assert_eq!(role.leading(), Some(View(1)));
+    let offered = handed_to_primary(&deliver(&mut replica, VerifiedMessage::Request(f.request(9, put("k", "9"))), 11));
+    let proposed = proposals(offered.into_iter().flat_map(|input| role.handle(input, Instant(11))).collect());
+    match proposed.as_slice() {
+        [PrimaryOutput::Propose(pre_prepare, _)] => {
+            assert_eq!((pre_prepare.view, pre_prepare.seq), (View(1), SeqNum(2)))
+        }
+        other => panic!("expected one proposal: {other:?}"),
+    }
 }
 
 /// VC3 counts a member that already asked for a later view: one VIEW-CHANGE for the target

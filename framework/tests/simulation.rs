@@ -110,30 +110,37 @@ fn a_proposal_lost_to_every_backup_is_recovered() {
     assert!(report.simulated_time < Duration::from_millis(400), "recovered only at {:?}", report.simulated_time);
 }
 
-/// C3, C4 and ST1 with the checkpoint collector a long way from its replica: every hop
-/// between them takes up to 50 ms (ten times the network's delay), the network drops and
-/// duplicates, a backup crashes and restarts from its records, another is cut off long
-/// enough to need state transfer. Stable checkpoints reach the replicas late and out of
-/// step with everything else; the replicas stay safe, converge, and their low watermarks
-/// keep moving.
+/// P1, C3, C4, VC14 and ST1 with the roles run apart a long way from their replica: every
+/// hop between a replica and its checkpoint collector or primary role takes up to 50 ms
+/// (ten times the network's delay), the network drops and duplicates, one replica crashes
+/// and restarts from its records (the primary of view 0 in odd seeds, so a view change
+/// follows), another is cut off long enough to need state transfer. Stable checkpoints and
+/// proposals reach the replicas late and out of step with everything else; the replicas
+/// stay safe, converge, and their low watermarks keep moving.
 #[test]
-fn c3_c4_a_slow_hop_to_the_checkpoint_collector_keeps_replicas_safe_and_collecting() {
+fn p1_c3_c4_slow_hops_to_the_roles_run_apart_keep_replicas_safe_and_live() {
     for seed in common::seeds(1, 12) {
         let mut config = SimConfig::new(seed, 4);
         config.requests_per_client = 120;
         config.params = ProtocolParams { checkpoint_interval: 4, watermark_window: 16, ..config.params };
         config.network =
             NetworkModel { drop_rate: 0.05, duplicate_rate: 0.05, role_hop_max_us: 50_000, ..NetworkModel::default() };
+        // The primary stays down for longer than the request timeout, so a view change is due.
+        let down_us = if seed % 2 == 1 { 2 * config.params.view_change_timeout_us } else { 170_000 };
+        let crash_at = 30_000 + seed * 7_000;
         config.restarts = vec![bulwark_framework::sim::Restart {
-            replica: ReplicaId(1),
-            crash_at: Instant(30_000 + seed * 7_000),
-            restart_at: Instant(200_000 + seed * 7_000),
-            torn: seed % 2 == 0,
+            replica: ReplicaId(if seed % 2 == 1 { 0 } else { 1 }),
+            crash_at: Instant(crash_at),
+            restart_at: Instant(crash_at + down_us),
+            torn: seed % 4 < 2,
         }];
         config.isolations = vec![Isolation { replica: ReplicaId(3), from: Instant(20_000), until: Instant(300_000) }];
         config.time_limit = Duration::from_secs(600);
         let report = common::run_kv(config);
         common::assert_safe_and_converged(&report);
+        if seed % 2 == 1 {
+            assert!(report.views.values().all(|(view, _)| view.0 >= 1), "seed {seed}: no view change: {report}");
+        }
         let executed = report.final_states.values().next().unwrap().0;
         for (replica, stable) in &report.stable_checkpoints {
             assert!(stable.0 > 0, "seed {seed}: {replica} never took a stable checkpoint");

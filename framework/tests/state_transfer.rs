@@ -18,12 +18,12 @@ fn a_replica_partitioned_for_10000_sequence_numbers_rejoins_with_a_matching_dige
         let mut config = SimConfig::new(seed, 4);
         config.clients = 8;
         config.client_concurrency = 4;
-        config.requests_per_client = 1_700;
+        config.requests_per_client = 2_000;
         config.params = ProtocolParams { batch_size_max: 1, state_chunk_bytes: 256, ..config.params };
         config.isolations = vec![Isolation {
             replica: ReplicaId(3),
             from: Instant::from_micros(10_000),
-            until: Instant::from_micros(11_000_000),
+            until: Instant::from_micros(13_000_000),
         }];
         config.time_limit = Duration::from_secs(300);
         let report = common::run_kv(config);

@@ -1430,7 +1430,9 @@ impl ReplicaHarness {
                 Action::SetTimer { timer, at } => {
                     self.timers.insert(timer, at);
                 }
-                Action::ToCheckpoints(_) => panic!("{who} hosts its checkpoint collector yet handed it something"),
+                Action::ToCheckpoints(_) | Action::ToPrimary(_) => {
+                    panic!("{who} hosts its roles in place yet handed one something")
+                }
                 Action::Persist(_) | Action::Event(_) => {}
             }
         }

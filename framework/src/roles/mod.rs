@@ -95,6 +95,10 @@ pub enum Action {
     /// [`replica::Replica::detach_checkpoint_collector`]); its answer comes back as
     /// [`replica::Input::Checkpoints`].
     ToCheckpoints(checkpoint::CollectorInput),
+    /// Hand this to the replica's primary role, run as a role of its own (see
+    /// [`replica::Replica::detach_primary`]); its proposals come back as
+    /// [`replica::Input::Primary`].
+    ToPrimary(primary::PrimaryInput),
     /// Something worth observing happened (metrics, logs, the simulator's checker).
     Event(ReplicaEvent),
 }

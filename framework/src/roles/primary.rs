@@ -24,12 +24,143 @@
 //! for fairness' sake).
 
 use crate::config::ClusterConfig;
-use crate::ids::{ClientId, Instant, SeqNum, Timestamp};
-use crate::messages::{request_size, Batch, Request};
+use crate::ids::{ClientId, Instant, SeqNum, Timestamp, View};
+use crate::messages::{request_size, Batch, PrePrepare, Request};
+use crate::roles::backup::sign;
 use crate::roles::WindowOffenders;
-use bulwark_crypto::Verified;
+use bulwark_crypto::{KeyPair, Verified};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+
+/// What a replica tells its primary role. A replica sends these in the order it decides
+/// them, and the role takes them in that order: it leads exactly while its replica holds
+/// it the primary of a view in normal mode.
+#[derive(Debug, Clone)]
+pub enum PrimaryInput {
+    /// This replica is the primary of `view`, in normal mode: propose, numbering batches
+    /// from `next_seq` (VC14, or above what it signed before a crash), inside the window
+    /// above `low`. Again for the view it leads: number from `next_seq` at the earliest.
+    Lead { view: View, next_seq: SeqNum, low: SeqNum },
+    /// Stop proposing: the replica is view-changing (VC4a) or entered a view it does not
+    /// lead. Queued requests are dropped; they wait at the backups, whose timers and the
+    /// clients' retransmissions bring them to the next primary.
+    Follow,
+    /// A request the replica found new (R4, P5: not executed).
+    Offer(Verified<Request>),
+    /// Batches up to `seq` were executed, by any path.
+    Executed(SeqNum),
+    /// The low watermark moved up to `seq` (C4).
+    Low(SeqNum),
+    /// The batch timer fired (P3).
+    BatchTimer,
+}
+
+/// What a primary role tells its replica (or, for its timer, its runtime).
+#[derive(Debug, Clone)]
+pub enum PrimaryOutput {
+    /// A signed PRE-PREPARE and its batch (P1): the replica logs it as its own proposal,
+    /// persists it and multicasts it, if it still leads the view it names.
+    Propose(Verified<PrePrepare>, Arc<Batch>),
+    /// A request was shed: the queue, or its client's part of it, was full (R4).
+    Shed,
+    /// Fire [`PrimaryInput::BatchTimer`] at this time (P3), replacing the pending one.
+    SetBatchTimer(Instant),
+}
+
+/// The primary role: the proposer of the view its replica leads, and the signing of its
+/// pre-prepares. [`crate::roles::replica::Replica::new`] hosts one in place; the runtime
+/// and the simulator run it apart ([`crate::roles::replica::Replica::detach_primary`]).
+#[derive(Debug)]
+pub struct PrimaryRole {
+    config: Arc<ClusterConfig>,
+    key: Arc<KeyPair>,
+    /// The view this role proposes in, while its replica leads one.
+    leading: Option<View>,
+    low: SeqNum,
+    proposer: Primary,
+    batch_timer: Option<Instant>,
+}
+
+impl PrimaryRole {
+    /// The primary role of a replica that leads `leading` (if any), numbering from
+    /// `next_seq`.
+    pub fn new(config: Arc<ClusterConfig>, key: Arc<KeyPair>, leading: Option<View>, next_seq: SeqNum) -> Self {
+        let proposer = Primary::new(config.clone(), next_seq);
+        PrimaryRole { config, key, leading, low: SeqNum(0), proposer, batch_timer: None }
+    }
+
+    /// Handles one input at `now`; proposes every batch P2–P3 allow after it.
+    pub fn handle(&mut self, input: PrimaryInput, now: Instant) -> Vec<PrimaryOutput> {
+        let mut outputs = Vec::new();
+        match input {
+            PrimaryInput::Lead { view, next_seq, low } => {
+                if self.leading == Some(view) {
+                    self.proposer.number_from(next_seq);
+                } else {
+                    self.proposer = Primary::new(self.config.clone(), next_seq);
+                    self.batch_timer = None;
+                }
+                self.leading = Some(view);
+                self.low = self.low.max(low);
+            }
+            PrimaryInput::Follow => {
+                self.leading = None;
+                self.proposer = Primary::new(self.config.clone(), self.proposer.next_seq());
+                self.batch_timer = None;
+            }
+            PrimaryInput::Offer(request) if self.leading.is_some() => {
+                if self.proposer.offer(request, now) == Admission::Shed {
+                    outputs.push(PrimaryOutput::Shed);
+                }
+            }
+            // Its replica offers only while it leads, and says so first.
+            PrimaryInput::Offer(_) => {}
+            PrimaryInput::Executed(seq) => self.proposer.on_executed(seq),
+            PrimaryInput::Low(low) => self.low = self.low.max(low),
+            PrimaryInput::BatchTimer => self.batch_timer = None,
+        }
+        let Some(view) = self.leading else {
+            return outputs;
+        };
+        for (seq, batch) in self.proposer.cut_batches(self.low, now) {
+            let pre_prepare = sign(PrePrepare { view, seq, digest: batch.digest() }, &self.key);
+            outputs.push(PrimaryOutput::Propose(pre_prepare, Arc::new(batch)));
+        }
+        let deadline = self.proposer.batch_deadline(self.low);
+        if deadline != self.batch_timer {
+            self.batch_timer = deadline;
+            outputs.extend(deadline.map(PrimaryOutput::SetBatchTimer));
+        }
+        outputs
+    }
+
+    /// Whether `client` holds its whole `client_window` here: see
+    /// [`crate::roles::replica::Replica::client_saturated`].
+    pub fn client_saturated(&self, client: ClientId, now: Instant) -> bool {
+        let queued = self.proposer.queued_of(client);
+        let held = if self.proposer.exceeded_window(client, now) {
+            queued + self.proposer.in_flight_of(client)
+        } else {
+            queued
+        };
+        held as u64 >= self.config.params.client_window
+    }
+
+    /// The view this role proposes in.
+    pub fn leading(&self) -> Option<View> {
+        self.leading
+    }
+
+    /// Requests queued (bounded by `request_queue_max`).
+    pub fn queue_len(&self) -> usize {
+        self.proposer.queue_len()
+    }
+
+    /// Batches proposed and not executed (bounded by `in_flight_batches_max`).
+    pub fn in_flight_len(&self) -> usize {
+        self.proposer.in_flight_len()
+    }
+}
 
 /// Outcome of offering a request to the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +373,11 @@ impl Primary {
     /// Requests of `client` proposed and not yet executed.
     pub fn in_flight_of(&self, client: ClientId) -> usize {
         self.in_flight_of.get(&client).copied().unwrap_or(0)
+    }
+
+    /// Numbers the next batch `seq` at the earliest.
+    pub fn number_from(&mut self, seq: SeqNum) {
+        self.next_seq = self.next_seq.max(seq);
     }
 
     /// The sequence number the next batch will get.

@@ -26,7 +26,7 @@ use crate::messages::{
 use crate::roles::backup::{message_view, sign, Backup, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
-use crate::roles::primary::{Admission, Primary};
+use crate::roles::primary::{PrimaryInput, PrimaryOutput, PrimaryRole};
 use crate::roles::state_transfer::{ChunkIn, FetchStep, StateFetch, PARALLEL_CHUNKS};
 use crate::roles::view_change::{compute_order, ViewChangeStep, ViewChanger};
 use crate::roles::{Action, ReplicaEvent, TimerKind};
@@ -50,6 +50,9 @@ pub enum Input {
     /// What this replica's checkpoint collector, run as a role of its own, told it (see
     /// [`Replica::detach_checkpoint_collector`]).
     Checkpoints(CollectorOutput),
+    /// What this replica's primary role, run as a role of its own, proposed or shed (see
+    /// [`Replica::detach_primary`]).
+    Primary(PrimaryOutput),
 }
 
 /// Counters a replica keeps about itself.
@@ -85,9 +88,14 @@ impl ReplicaMetrics {
 pub struct Replica<S: Service> {
     id: ReplicaId,
     config: Arc<ClusterConfig>,
-    key: KeyPair,
+    key: Arc<KeyPair>,
     view_changer: ViewChanger,
-    primary: Primary,
+    /// The primary role hosted in place, or `None` when the runtime runs it as a role of
+    /// its own ([`Replica::detach_primary`]).
+    primary: Option<PrimaryRole>,
+    /// Whether the last word to the primary role was [`PrimaryInput::Lead`] (it leads),
+    /// rather than [`PrimaryInput::Follow`].
+    leads: bool,
     backup: Backup,
     executor: Executor<S>,
     /// The checkpoint collector hosted in place, or `None` when the runtime runs it as a
@@ -122,7 +130,6 @@ pub struct Replica<S: Service> {
     transfer: Option<StateFetch>,
     /// Per peer: start of the current window and chunks served in it.
     chunks_answered: Vec<(Instant, u32)>,
-    batch_timer: Option<Instant>,
     /// The state digest last computed for a REPORT: (last executed, digest, when).
     report_digest: Option<(SeqNum, Digest, Instant)>,
 }
@@ -130,10 +137,13 @@ pub struct Replica<S: Service> {
 impl<S: Service> Replica<S> {
     pub fn new(id: ReplicaId, key: KeyPair, config: Arc<ClusterConfig>, service: S) -> Self {
         let n = config.n();
+        let key = Arc::new(key);
+        let leads = config.primary(View(0)) == id;
         Replica {
             id,
             view_changer: ViewChanger::new(id, config.clone()),
-            primary: Primary::new(config.clone(), SeqNum(1)),
+            primary: Some(PrimaryRole::new(config.clone(), key.clone(), leads.then_some(View(0)), SeqNum(1))),
+            leads,
             backup: Backup::new(id, config.clone()),
             executor: Executor::new(id, config.clone(), service),
             collector: Some(CheckpointCollector::new(config.clone())),
@@ -152,7 +162,6 @@ impl<S: Service> Replica<S> {
             later_views: (0..n).map(|_| VecDeque::new()).collect(),
             transfer: None,
             chunks_answered: vec![(Instant::ZERO, 0); n],
-            batch_timer: None,
             report_digest: None,
             key,
             config,
@@ -164,6 +173,14 @@ impl<S: Service> Replica<S> {
     /// its outputs as [`Input::Checkpoints`]. `None` if it was handed over already.
     pub fn detach_checkpoint_collector(&mut self) -> Option<CheckpointCollector> {
         self.collector.take()
+    }
+
+    /// Hands the primary role to the runtime, which runs it as a role of its own: from here
+    /// on this replica sends it its inputs as [`Action::ToPrimary`] and takes its proposals
+    /// and sheds as [`Input::Primary`]; the role's batch timer is the runtime's to run.
+    /// `None` if it was handed over already.
+    pub fn detach_primary(&mut self) -> Option<PrimaryRole> {
+        self.primary.take()
     }
 
     /// Negative control for tests only: prepared with `f` prepares, committed with `f + 1`
@@ -224,7 +241,7 @@ impl<S: Service> Replica<S> {
             .max()
             .unwrap_or_default();
         let next_seq = proposed.max(replica.last_executed()).max(replica.stable()).next();
-        replica.primary = Primary::new(replica.config.clone(), next_seq.max(replica.primary.next_seq()));
+        replica.lead_or_follow(next_seq, now, &mut actions);
         if recovered.floor > replica.view() {
             replica.start_view_change(recovered.floor, now, &mut actions);
         }
@@ -276,12 +293,8 @@ impl<S: Service> Replica<S> {
     /// client forfeits this backup's timer for its requests for a while.
     pub fn client_saturated(&self, client: crate::ids::ClientId, now: Instant) -> bool {
         let held = if self.is_primary() {
-            let queued = self.primary.queued_of(client);
-            if self.primary.exceeded_window(client, now) {
-                queued + self.primary.in_flight_of(client)
-            } else {
-                queued
-            }
+            // A primary role run apart answers for itself (`PrimaryRole::client_saturated`).
+            return self.primary.as_ref().is_some_and(|primary| primary.client_saturated(client, now));
         } else if self.view_changer.exceeded_window(client, now) {
             return true;
         } else {
@@ -324,8 +337,8 @@ impl<S: Service> Replica<S> {
             checkpoint_votes: self.own_checkpoints.len()
                 + self.collector.as_ref().map_or(0, CheckpointCollector::pending_len),
             checkpoint_images: self.executor.images_len(),
-            queued_requests: self.primary.queue_len(),
-            in_flight_batches: self.primary.in_flight_len(),
+            queued_requests: self.primary.as_ref().map_or(0, PrimaryRole::queue_len),
+            in_flight_batches: self.primary.as_ref().map_or(0, PrimaryRole::in_flight_len),
             clients: self.executor.client_table().len(),
             later_view_messages: self.later_views.iter().map(VecDeque::len).sum(),
             waiting_requests: self.view_changer.waiting_len(),
@@ -345,9 +358,8 @@ impl<S: Service> Replica<S> {
         match input {
             Input::Message(message) => self.on_message(message, now, &mut actions),
             Input::Checkpoints(output) => self.on_collector_output(output, now, &mut actions),
-            Input::Timer(TimerKind::Batch) => {
-                self.batch_timer = None;
-            }
+            Input::Primary(output) => self.on_primary_output(output, now, &mut actions),
+            Input::Timer(TimerKind::Batch) => self.hand_to_primary(PrimaryInput::BatchTimer, now, &mut actions),
             Input::Timer(TimerKind::Status) => self.on_status_tick(now, &mut actions),
             Input::Timer(TimerKind::Request) => match self.view_changer.on_request_timer(now) {
                 // A replica catching up to a stable checkpoint waits because it is behind,
@@ -518,10 +530,7 @@ impl<S: Service> Replica<S> {
                 let reply = self.executor.reply(self.view(), &request, result, false, &self.key);
                 actions.push(Action::Reply { client: request.client(), reply });
             }
-            RequestStatus::New if self.is_primary() => match self.primary.offer(request, now) {
-                Admission::Queued | Admission::Duplicate => {}
-                Admission::Shed => self.metrics.requests_shed += 1,
-            },
+            RequestStatus::New if self.is_primary() => self.hand_to_primary(PrimaryInput::Offer(request), now, actions),
             RequestStatus::New => {
                 // R3: relay to the primary and start the request timer (VC1). While
                 // view-changing the request only waits: it goes to the next primary.
@@ -536,46 +545,84 @@ impl<S: Service> Replica<S> {
         }
     }
 
-    /// Executes what is committed, proposes what the primary may, until neither moves.
+    /// Executes what is committed, in order, as far as it goes.
     fn drive(&mut self, now: Instant, actions: &mut Vec<Action>) {
         loop {
-            let mut moved = false;
             let next = self.executor.last_executed().next();
-            if let Some((batch, view)) = self.backup.committed_batch(next) {
-                self.execute(next, view, &batch, now, actions);
-                moved = true;
-            }
-            if self.is_primary() {
-                for (seq, batch) in self.primary.cut_batches(self.backup.low(), now) {
-                    let pre_prepare = sign(PrePrepare { view: self.view(), seq, digest: batch.digest() }, &self.key);
-                    let (view, digest) = (pre_prepare.view, pre_prepare.digest);
-                    actions.push(Action::Persist(Record::Vote { kind: MessageKind::PrePrepare, view, seq, digest }));
-                    let batch = Arc::new(batch);
-                    self.metrics.batches_proposed += 1;
-                    // A proposal lost on the way to every backup must still make this
-                    // replica report itself stuck, or nobody would ever ask for it.
-                    self.note_seen(seq);
-                    actions.push(Action::Broadcast {
-                        message: VerifiedMessage::PrePrepare(pre_prepare.clone(), batch.clone()),
-                    });
-                    let mut out = Vec::new();
-                    self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
-                    self.apply(out, now, actions);
-                    moved = true;
-                }
-            }
-            if !moved {
+            let Some((batch, view)) = self.backup.committed_batch(next) else {
                 break;
-            }
+            };
+            self.execute(next, view, &batch, now, actions);
         }
         if self.last_executed() < self.stable() && self.backup.committed_batch(self.last_executed().next()).is_none() {
             self.ensure_transfer(now, actions);
         }
-        let deadline = if self.is_primary() { self.primary.batch_deadline(self.backup.low()) } else { None };
-        if deadline != self.batch_timer {
-            self.batch_timer = deadline;
-            if let Some(at) = deadline {
-                actions.push(Action::SetTimer { timer: TimerKind::Batch, at });
+    }
+
+    /// Hands `input` to the primary role: in place when this replica hosts it, else as an
+    /// action for the runtime, which brings the answers back as inputs. Only what the role
+    /// needs while it leads is sent (besides the word that it leads or follows).
+    fn hand_to_primary(&mut self, input: PrimaryInput, now: Instant, actions: &mut Vec<Action>) {
+        let needed = match input {
+            PrimaryInput::Lead { .. } | PrimaryInput::Follow | PrimaryInput::BatchTimer => true,
+            PrimaryInput::Offer(_) | PrimaryInput::Executed(_) | PrimaryInput::Low(_) => self.leads,
+        };
+        if !needed {
+            return;
+        }
+        match self.primary.as_mut() {
+            Some(primary) => {
+                for output in primary.handle(input, now) {
+                    self.on_primary_output(output, now, actions);
+                }
+            }
+            None => actions.push(Action::ToPrimary(input)),
+        }
+    }
+
+    /// Tells the primary role whether this replica now leads its view, and from where it
+    /// numbers (VC14).
+    fn lead_or_follow(&mut self, next_seq: SeqNum, now: Instant, actions: &mut Vec<Action>) {
+        if self.is_primary() {
+            let (view, low) = (self.view(), self.backup.low());
+            self.leads = true;
+            self.hand_to_primary(PrimaryInput::Lead { view, next_seq, low }, now, actions);
+        } else if self.leads {
+            self.leads = false;
+            self.hand_to_primary(PrimaryInput::Follow, now, actions);
+        }
+    }
+
+    /// P1: log, persist and multicast this replica's own proposal, if it still leads the
+    /// view the proposal names and the number is inside its window (P2). A primary role run
+    /// apart proposes with what it last heard: it may propose after its replica began a
+    /// view change, or below a stable checkpoint its replica took meanwhile. Such a proposal
+    /// never leaves the replica; its requests are proposed again by whoever leads next.
+    fn on_primary_output(&mut self, output: PrimaryOutput, now: Instant, actions: &mut Vec<Action>) {
+        match output {
+            PrimaryOutput::Shed => self.metrics.requests_shed += 1,
+            PrimaryOutput::SetBatchTimer(at) => actions.push(Action::SetTimer { timer: TimerKind::Batch, at }),
+            PrimaryOutput::Propose(pre_prepare, _) if !(self.is_primary() && pre_prepare.view == self.view()) => {
+                self.refuse("own proposal for a view this replica no longer leads");
+            }
+            PrimaryOutput::Propose(pre_prepare, _)
+                if self.backup.position(pre_prepare.seq) != WindowPosition::Inside =>
+            {
+                self.refuse("own proposal outside the watermarks (P2)");
+            }
+            PrimaryOutput::Propose(pre_prepare, batch) => {
+                let (view, seq, digest) = (pre_prepare.view, pre_prepare.seq, pre_prepare.digest);
+                actions.push(Action::Persist(Record::Vote { kind: MessageKind::PrePrepare, view, seq, digest }));
+                self.metrics.batches_proposed += 1;
+                // A proposal lost on the way to every backup must still make this replica
+                // report itself stuck, or nobody would ever ask for it.
+                self.note_seen(seq);
+                actions.push(Action::Broadcast {
+                    message: VerifiedMessage::PrePrepare(pre_prepare.clone(), batch.clone()),
+                });
+                let mut out = Vec::new();
+                self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
+                self.apply(out, now, actions);
             }
         }
     }
@@ -601,7 +648,6 @@ impl<S: Service> Replica<S> {
         if let Some(at) = self.view_changer.executed(seq, executed, now) {
             actions.push(Action::SetTimer { timer: TimerKind::Request, at });
         }
-        self.primary.on_executed(seq);
         self.backup.forget_executed_below_low(seq);
         if let Some((seq, state_digest)) = execution.checkpoint {
             let checkpoint = sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
@@ -616,6 +662,8 @@ impl<S: Service> Replica<S> {
             }
             self.on_checkpoint(checkpoint, now, actions);
         }
+        // Last: the requests it frees room for are proposed after this batch's effects.
+        self.hand_to_primary(PrimaryInput::Executed(seq), now, actions);
     }
 
     /// C3: hand a checkpoint to the collector, noting how far its sender claims to be.
@@ -662,6 +710,7 @@ impl<S: Service> Replica<S> {
         }
         self.executor.on_stable(stable.seq);
         let replay = self.backup.advance_low(stable.seq, self.last_executed());
+        self.hand_to_primary(PrimaryInput::Low(stable.seq), now, actions);
         for message in replay {
             self.on_message(message, now, actions);
         }
@@ -690,10 +739,10 @@ impl<S: Service> Replica<S> {
         let (fetch, steps) =
             StateFetch::start(self.config.clone(), stable.seq, stable.state_digest, sources, offset, now);
         self.transfer = Some(fetch);
-        self.run_fetch_steps(steps, actions);
+        self.run_fetch_steps(steps, now, actions);
     }
 
-    fn run_fetch_steps(&mut self, steps: Vec<FetchStep>, actions: &mut Vec<Action>) {
+    fn run_fetch_steps(&mut self, steps: Vec<FetchStep>, now: Instant, actions: &mut Vec<Action>) {
         for step in steps {
             match step {
                 FetchStep::Request { to, seq, chunk } => {
@@ -701,20 +750,20 @@ impl<S: Service> Replica<S> {
                     actions.push(Action::Send { to, message: VerifiedMessage::StateRequest(request) });
                 }
                 FetchStep::Refused(reason) => self.refuse(reason),
-                FetchStep::Complete(image) => self.install_image(image, actions),
+                FetchStep::Complete(image) => self.install_image(image, now, actions),
             }
         }
     }
 
     /// ST5: every chunk verified; install the image.
-    fn install_image(&mut self, image: Vec<u8>, actions: &mut Vec<Action>) {
+    fn install_image(&mut self, image: Vec<u8>, now: Instant, actions: &mut Vec<Action>) {
         let Some(fetch) = self.transfer.take() else {
             return;
         };
         let seq = fetch.seq();
         match self.executor.install(seq, image) {
             Ok(state_digest) => {
-                self.primary.on_executed(seq);
+                self.hand_to_primary(PrimaryInput::Executed(seq), now, actions);
                 self.backup.forget_executed_below_low(seq);
                 let executor = &self.executor;
                 self.view_changer.retain_waiting(|request| executor.request_status(request) == RequestStatus::New);
@@ -800,7 +849,7 @@ impl<S: Service> Replica<S> {
             return;
         };
         let steps = fetch.on_chunk(chunk, now);
-        self.run_fetch_steps(steps, actions);
+        self.run_fetch_steps(steps, now, actions);
     }
 
     /// Behind a stable checkpoint, fetching its image, or `f + 1` replicas (so at least one
@@ -897,7 +946,7 @@ impl<S: Service> Replica<S> {
                 self.ensure_transfer(now, actions);
             } else if let Some(fetch) = self.transfer.as_mut() {
                 let steps = fetch.on_tick(now, interval);
-                self.run_fetch_steps(steps, actions);
+                self.run_fetch_steps(steps, now, actions);
             }
         }
         // VC7: a view-changing replica retransmits its latest VIEW-CHANGE, paced.
@@ -1040,7 +1089,10 @@ impl<S: Service> Replica<S> {
         let own = Arc::new(VerifiedViewChange { message, checkpoint, prepared });
         tracing::info!(replica = %self.id, %view, "view change");
         self.metrics.view_changes_started += 1;
-        self.batch_timer = None;
+        if self.leads {
+            self.leads = false;
+            self.hand_to_primary(PrimaryInput::Follow, now, actions);
+        }
         self.backup.freeze();
         actions.push(Action::Event(ReplicaEvent::ViewChangeStarted { view }));
         actions.push(Action::Persist(Record::ViewFloor(view)));
@@ -1158,14 +1210,13 @@ impl<S: Service> Replica<S> {
         actions.push(Action::Event(ReplicaEvent::EnteredView { view, new_view }));
         self.note_seen(order.max_seq);
         // VC14: fresh sequence numbers from max-s + 1.
-        self.primary = Primary::new(self.config.clone(), order.max_seq.next());
-        self.batch_timer = None;
+        self.lead_or_follow(order.max_seq.next(), now, actions);
         let waiting: Vec<Verified<Request>> =
             self.view_changer.waiting().take(self.config.params.batch_size_max * 4).cloned().collect();
         if self.is_primary() {
             for request in waiting {
                 if self.executor.request_status(&request) == RequestStatus::New {
-                    self.primary.offer(request, now);
+                    self.hand_to_primary(PrimaryInput::Offer(request), now, actions);
                 }
             }
         } else {

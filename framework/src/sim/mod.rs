@@ -23,6 +23,7 @@ use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::messages::{Message, MessageKind, VerifiedMessage};
 use crate::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput};
 use crate::roles::client::{Client, ClientAction, ClientError};
+use crate::roles::primary::{PrimaryInput, PrimaryOutput, PrimaryRole};
 use crate::roles::replica::{Footprint, Input, Replica, ReplicaMetrics};
 use crate::roles::{Action, TimerKind};
 use crate::service::Service;
@@ -52,9 +53,9 @@ pub struct NetworkModel {
     /// Losses and duplicates stop at this time (the network "settles"), if set: liveness
     /// is judged after it.
     pub faults_until: Option<Instant>,
-    /// A replica and its checkpoint collector run as separate roles (as separate actors in
-    /// the runtime): what one hands the other arrives after a delay of up to this, in
-    /// order, with other inputs in between. Never lost.
+    /// A replica, its checkpoint collector and its primary role run apart (as separate
+    /// actors in the runtime): what one hands another arrives after a delay of up to this,
+    /// in order, with other inputs in between. Never lost.
     pub role_hop_max_us: u64,
 }
 
@@ -340,25 +341,40 @@ enum Event {
     ByzantineClientTick {
         client: usize,
     },
-    /// A replica's input reaches its checkpoint collector.
-    ToCollector {
+    /// Something reaches a replica instance or one of its roles run apart from it.
+    RoleHop {
         node: Endpoint,
         incarnation: u64,
-        input: CollectorInput,
-    },
-    /// A checkpoint collector's output reaches its replica.
-    FromCollector {
-        node: Endpoint,
-        incarnation: u64,
-        output: CollectorOutput,
+        hop: Hop,
     },
 }
 
-/// One way of the hop between a replica instance and its checkpoint collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// What goes between a replica instance and its roles run apart.
+#[derive(Debug)]
 enum Hop {
-    ToCollector,
-    FromCollector,
+    ToCollector(CollectorInput),
+    FromCollector(CollectorOutput),
+    ToPrimary(PrimaryInput),
+    FromPrimary(PrimaryOutput),
+}
+
+impl Hop {
+    /// The link it travels on: each is in order.
+    fn link(&self) -> u8 {
+        match self {
+            Hop::ToCollector(_) => 0,
+            Hop::FromCollector(_) => 1,
+            Hop::ToPrimary(_) => 2,
+            Hop::FromPrimary(_) => 3,
+        }
+    }
+}
+
+/// The roles of a replica instance that run apart from it.
+#[derive(Debug)]
+struct RolesApart {
+    collector: CheckpointCollector,
+    primary: PrimaryRole,
 }
 
 enum Node<S: Service> {
@@ -391,14 +407,14 @@ pub struct Simulation<S: Service> {
     nodes: Vec<Node<S>>,
     /// The second instances of twinned replicas.
     twin_nodes: BTreeMap<ReplicaId, Node<S>>,
-    /// The checkpoint collector of each live correct or twin instance, a role of its own.
-    collectors: BTreeMap<Endpoint, CheckpointCollector>,
+    /// The checkpoint collector and primary role of each live correct or twin instance.
+    roles_apart: BTreeMap<Endpoint, RolesApart>,
     /// Per instance: bumped at each crash, so that what was on its way between a replica
-    /// and its collector does not reach the next incarnation.
+    /// and its roles does not reach the next incarnation.
     incarnations: BTreeMap<Endpoint, u64>,
-    /// Per instance and way: when the last hop between replica and collector arrives (they
-    /// arrive in order, as in an actor's mailbox).
-    hops_due: BTreeMap<(Endpoint, Hop), Instant>,
+    /// Per instance and link: when the last hop on it arrives (they arrive in order, as in
+    /// an actor's mailbox).
+    hops_due: BTreeMap<(Endpoint, u8), Instant>,
     clients: Vec<ClientNode>,
     timer_generations: BTreeMap<(Endpoint, TimerKind), u64>,
     make_operation: OperationSource<S>,
@@ -502,7 +518,7 @@ impl<S: Service> Simulation<S> {
                 ByzantineClient::new(key, other_key, cluster.clone(), config.byzantine_clients[index])
             })
             .collect();
-        let mut collectors = BTreeMap::new();
+        let mut roles_apart = BTreeMap::new();
         let instances = nodes
             .iter_mut()
             .enumerate()
@@ -510,11 +526,11 @@ impl<S: Service> Simulation<S> {
             .chain(twin_nodes.iter_mut().map(|(id, node)| (Endpoint::Twin(*id), node)));
         for (endpoint, node) in instances {
             if let Node::Correct(replica) | Node::Twin(replica) = node {
-                collectors.extend(replica.detach_checkpoint_collector().map(|collector| (endpoint, collector)));
+                roles_apart.extend(detach_roles(replica).map(|roles| (endpoint, roles)));
             }
         }
         Ok(Simulation {
-            collectors,
+            roles_apart,
             incarnations: BTreeMap::new(),
             hops_due: BTreeMap::new(),
             byzantine_clients,
@@ -743,23 +759,22 @@ impl<S: Service> Simulation<S> {
                 self.trace.update(b"crash").update_u64(replica.0 as u64);
                 self.crash(replica);
             }
-            Event::ToCollector { node, incarnation, input } => {
+            Event::RoleHop { node, incarnation, hop } => {
                 if self.incarnation(node) != incarnation {
                     return;
                 }
-                self.trace.update(b"to-collector").update_u64(self.now.0);
-                let output = self.collectors.get_mut(&node).and_then(|collector| collector.handle(input));
-                if let Some(output) = output {
-                    let at = self.hop_arrival(node, Hop::FromCollector);
-                    self.schedule(at, Event::FromCollector { node, incarnation, output });
+                self.trace.update(b"role-hop").update_u64(hop.link() as u64).update_u64(self.now.0);
+                match hop {
+                    Hop::ToCollector(input) => {
+                        let roles = self.roles_apart.get_mut(&node);
+                        if let Some(output) = roles.and_then(|roles| roles.collector.handle(input)) {
+                            self.hop(node, Hop::FromCollector(output));
+                        }
+                    }
+                    Hop::ToPrimary(input) => self.primary_step(node, input),
+                    Hop::FromCollector(output) => self.deliver_to_replica(node, Input::Checkpoints(output)),
+                    Hop::FromPrimary(output) => self.deliver_to_replica(node, Input::Primary(output)),
                 }
-            }
-            Event::FromCollector { node, incarnation, output } => {
-                if self.incarnation(node) != incarnation {
-                    return;
-                }
-                self.trace.update(b"from-collector").update_u64(self.now.0);
-                self.deliver_to_replica(node, Input::Checkpoints(output));
             }
             Event::ReplicaTimer { node, timer, generation } => {
                 if self.timer_generations.get(&(node, timer)) != Some(&generation) {
@@ -769,7 +784,11 @@ impl<S: Service> Simulation<S> {
                     return;
                 };
                 self.trace.update(b"timer").update_u64(self.now.0).update_u64(replica.0 as u64);
-                self.deliver_to_replica(node, Input::Timer(timer));
+                if timer == TimerKind::Batch && self.roles_apart.contains_key(&node) {
+                    self.primary_step(node, PrimaryInput::BatchTimer);
+                } else {
+                    self.deliver_to_replica(node, Input::Timer(timer));
+                }
             }
             Event::ClientTimer { client, generation } => {
                 if self.clients[client].timer_generation != generation {
@@ -863,7 +882,11 @@ impl<S: Service> Simulation<S> {
                 }
                 let (view, stable, executed) = (replica.view(), replica.stable(), replica.last_executed());
                 let mut footprint = replica.footprint();
-                footprint.checkpoint_votes += self.collectors.get(&node).map_or(0, CheckpointCollector::pending_len);
+                if let Some(roles) = self.roles_apart.get(&node) {
+                    footprint.checkpoint_votes += roles.collector.pending_len();
+                    footprint.queued_requests += roles.primary.queue_len();
+                    footprint.in_flight_batches += roles.primary.in_flight_len();
+                }
                 self.checker.observe_replica(id, &actions, view, stable, executed);
                 self.note_footprint(footprint);
                 self.carry_out(node, actions);
@@ -909,10 +932,10 @@ impl<S: Service> Simulation<S> {
         let key = replica_key(self.config.seed, id.index());
         let (mut replica, actions) =
             Replica::recover(id, key, self.cluster.clone(), (self.make_service)(), recovered, self.now);
-        // Recovery runs with the collector in place; from here on, as for every replica, it
-        // is a role apart.
-        if let Some(collector) = replica.detach_checkpoint_collector() {
-            self.collectors.insert(Endpoint::Replica(id), collector);
+        // Recovery runs with the roles in place; from here on, as for every replica, they
+        // run apart.
+        if let Some(roles) = detach_roles(&mut replica) {
+            self.roles_apart.insert(Endpoint::Replica(id), roles);
         }
         self.checker.observe_restart(id);
         self.checker.observe_replica(id, &actions, replica.view(), replica.stable(), replica.last_executed());
@@ -924,7 +947,7 @@ impl<S: Service> Simulation<S> {
     fn crash(&mut self, id: ReplicaId) {
         let node = Endpoint::Replica(id);
         self.nodes[id.index()] = Node::Crashed;
-        self.collectors.remove(&node);
+        self.roles_apart.remove(&node);
         *self.incarnations.entry(node).or_default() += 1;
     }
 
@@ -932,13 +955,29 @@ impl<S: Service> Simulation<S> {
         self.incarnations.get(&node).copied().unwrap_or_default()
     }
 
-    /// When a hop between `node`'s replica and its collector sent now arrives: after a
-    /// random delay, and never before the previous hop the same way.
-    fn hop_arrival(&mut self, node: Endpoint, hop: Hop) -> Instant {
+    /// Sends `hop` between `node`'s replica and one of its roles: it arrives after a
+    /// random delay, never before the previous hop on the same link.
+    fn hop(&mut self, node: Endpoint, hop: Hop) {
         let delay = self.rng.gen_range(0..=self.config.network.role_hop_max_us);
-        let due = self.hops_due.entry((node, hop)).or_insert(Instant::ZERO);
+        let due = self.hops_due.entry((node, hop.link())).or_insert(Instant::ZERO);
         *due = Instant(self.now.0 + delay).max(*due);
-        *due
+        let (at, incarnation) = (*due, self.incarnation(node));
+        self.schedule(at, Event::RoleHop { node, incarnation, hop });
+    }
+
+    /// `node`'s primary role, run apart, takes `input`; its proposals go to its replica,
+    /// its batch timer is the simulator's.
+    fn primary_step(&mut self, node: Endpoint, input: PrimaryInput) {
+        let now = self.now;
+        let Some(roles) = self.roles_apart.get_mut(&node) else {
+            return;
+        };
+        for output in roles.primary.handle(input, now) {
+            match output {
+                PrimaryOutput::SetBatchTimer(at) => self.set_timer(node, TimerKind::Batch, at),
+                output => self.hop(node, Hop::FromPrimary(output)),
+            }
+        }
     }
 
     fn note_footprint(&mut self, footprint: Footprint) {
@@ -1000,11 +1039,8 @@ impl<S: Service> Simulation<S> {
                 // Twins never restart: their records are not kept.
                 Action::Persist(record) if node == Endpoint::Replica(from) => self.stores[from.index()].apply(record),
                 Action::Persist(_) => {}
-                Action::ToCheckpoints(input) => {
-                    let incarnation = self.incarnation(node);
-                    let at = self.hop_arrival(node, Hop::ToCollector);
-                    self.schedule(at, Event::ToCollector { node, incarnation, input });
-                }
+                Action::ToCheckpoints(input) => self.hop(node, Hop::ToCollector(input)),
+                Action::ToPrimary(input) => self.hop(node, Hop::ToPrimary(input)),
                 Action::Report { .. } | Action::Event(_) => {}
             }
         }
@@ -1153,4 +1189,11 @@ fn fingerprint(message: &VerifiedMessage) -> Digest {
         VerifiedMessage::BatchReply(m, _) => m.digest(),
     };
     DigestBuilder::new(b"fingerprint").update_u64(kind).update(&inner.0).finish()
+}
+
+/// Takes the checkpoint collector and primary role out of `replica`, to run apart from it.
+fn detach_roles<S: Service>(replica: &mut Replica<S>) -> Option<RolesApart> {
+    let collector = replica.detach_checkpoint_collector()?;
+    let primary = replica.detach_primary()?;
+    Some(RolesApart { collector, primary })
 }

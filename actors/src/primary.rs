@@ -1,0 +1,182 @@
+//! The primary actor: a thin shell around the framework's [`PrimaryRole`].
+//!
+//! Its replica's actor tells it whether the replica leads its view, offers it the new
+//! requests it receives while it does, and reports executions and the low watermark
+//! ([`ToPrimary`]). The role batches the requests, numbers and signs the pre-prepares; they
+//! go back to the replica's actor ([`FromPrimary`]), which logs, persists and multicasts
+//! them if the replica still leads that view. The role's batch timer runs on this actor's
+//! context. Clients that hold their whole window in the role's queue are kept in a set the
+//! replica's inbound lanes read, so their next requests are dropped before verification.
+//! It makes no decision of its own. The simulator runs the same role apart from its
+//! replica in the same way (`NetworkModel::role_hop_max_us`), so the delay and
+//! interleaving of this hop are tested there.
+
+use crate::clock::now;
+use crate::replica::{RoleGauges, SaturatedClients};
+use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
+use bulwark_framework::roles::primary::{PrimaryInput, PrimaryOutput, PrimaryRole};
+use bulwark_framework::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// An input for the primary role, from its replica's actor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ToPrimary(pub PrimaryInput);
+
+/// A proposal or a shed request, for the replica's actor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FromPrimary(pub PrimaryOutput);
+
+/// The primary actor.
+pub struct PrimaryActor {
+    role: PrimaryRole,
+    replica: Recipient<FromPrimary>,
+    batch_timer: Option<SpawnHandle>,
+    saturated: SaturatedClients,
+    gauges: Arc<RoleGauges>,
+}
+
+impl std::fmt::Debug for PrimaryActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrimaryActor(leading {:?}, queued {})", self.role.leading(), self.role.queue_len())
+    }
+}
+
+impl PrimaryActor {
+    pub(crate) fn new(
+        role: PrimaryRole,
+        replica: Recipient<FromPrimary>,
+        saturated: SaturatedClients,
+        gauges: Arc<RoleGauges>,
+    ) -> Self {
+        PrimaryActor { role, replica, batch_timer: None, saturated, gauges }
+    }
+
+    fn step(&mut self, input: PrimaryInput, ctx: &mut Context<Self>) {
+        let touched = match &input {
+            PrimaryInput::Offer(request) => Some(request.client()),
+            _ => None,
+        };
+        for output in self.role.handle(input, now()) {
+            match output {
+                PrimaryOutput::SetBatchTimer(at) => self.set_batch_timer(at, ctx),
+                output => self.replica.do_send(FromPrimary(output)),
+            }
+        }
+        if self.role.leading().is_some() {
+            let role = &self.role;
+            self.saturated.refresh(|client, now| role.client_saturated(client, now), touched);
+        } else {
+            self.saturated.clear();
+        }
+        self.gauges.queued_requests.store(self.role.queue_len(), Ordering::Relaxed);
+        self.gauges.in_flight_batches.store(self.role.in_flight_len(), Ordering::Relaxed);
+    }
+
+    /// Arms the batch timer, replacing the pending one; never fires before `at` (as the
+    /// replica actor's timers).
+    fn set_batch_timer(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.batch_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(at.saturating_since(now()), move |actor, ctx| {
+            actor.batch_timer = None;
+            if now() < at {
+                actor.set_batch_timer(at, ctx);
+                return;
+            }
+            actor.step(PrimaryInput::BatchTimer, ctx);
+        });
+        self.batch_timer = Some(handle);
+    }
+}
+
+impl Actor for PrimaryActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToPrimary> for PrimaryActor {
+    type Result = ();
+
+    fn handle(&mut self, ToPrimary(input): ToPrimary, ctx: &mut Context<Self>) {
+        self.step(input, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_fixtures::{cluster, replica_key};
+    use bulwark_crypto::Verified;
+    use bulwark_framework::messages::Request;
+    use bulwark_framework::{SeqNum, Timestamp, View};
+    use tokio::sync::mpsc;
+
+    /// Stands in for the replica's actor: passes on what the primary role says.
+    struct Listener(mpsc::UnboundedSender<PrimaryOutput>);
+
+    impl Actor for Listener {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<FromPrimary> for Listener {
+        type Result = ();
+
+        fn handle(&mut self, FromPrimary(output): FromPrimary, _: &mut Context<Self>) {
+            let _ = self.0.send(output);
+        }
+    }
+
+    fn request(timestamp: u64) -> Verified<Request> {
+        let client = replica_key(9);
+        let payload = Request {
+            client_key: client.public().into(),
+            timestamp: Timestamp(timestamp),
+            read_only: false,
+            operation: vec![],
+        };
+        Verified::sign(payload, &client).unwrap()
+    }
+
+    /// P1 and P3 through the actor: a request offered while the replica leads comes back
+    /// as a signed PRE-PREPARE of that view; the batch timer fires on the actor's context
+    /// for a partial batch; after `Follow` nothing is proposed.
+    #[actix_rt::test]
+    async fn p1_p3_the_primary_actor_proposes_while_its_replica_leads_and_its_batch_timer_fires() {
+        let config = cluster();
+        let key = Arc::new(replica_key(1));
+        let role = PrimaryRole::new(config.clone(), key, None, SeqNum(1));
+        let (sender, mut heard) = mpsc::unbounded_channel();
+        let listener = Listener(sender).start();
+        let gauges = Arc::new(RoleGauges::default());
+        let saturated = SaturatedClients::default();
+        let primary = PrimaryActor::new(role, listener.recipient(), saturated, gauges.clone()).start();
+        primary.send(ToPrimary(PrimaryInput::Offer(request(1)))).await.unwrap();
+        let lead = PrimaryInput::Lead { view: View(1), next_seq: SeqNum(5), low: SeqNum(0) };
+        primary.send(ToPrimary(lead)).await.unwrap();
+        // Nothing in flight: the first request goes at once (P3, low load).
+        primary.send(ToPrimary(PrimaryInput::Offer(request(2)))).await.unwrap();
+        match heard.recv().await {
+            Some(PrimaryOutput::Propose(pre_prepare, batch)) => {
+                assert_eq!((pre_prepare.view, pre_prepare.seq, batch.len()), (View(1), SeqNum(5), 1));
+                assert_eq!(pre_prepare.digest, batch.digest());
+            }
+            other => panic!("expected a proposal, heard {other:?}"),
+        }
+        // One in flight: the next request waits for the batch delay, then goes alone.
+        primary.send(ToPrimary(PrimaryInput::Offer(request(3)))).await.unwrap();
+        assert_eq!(gauges.queued_requests.load(Ordering::Relaxed), 1);
+        match tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv()).await {
+            Ok(Some(PrimaryOutput::Propose(pre_prepare, batch))) => {
+                assert_eq!((pre_prepare.seq, batch.len()), (SeqNum(6), 1));
+            }
+            other => panic!("expected the batch timer's proposal, heard {other:?}"),
+        }
+        primary.send(ToPrimary(PrimaryInput::Follow)).await.unwrap();
+        primary.send(ToPrimary(PrimaryInput::Offer(request(4)))).await.unwrap();
+        assert_eq!(gauges.queued_requests.load(Ordering::Relaxed), 0, "a follower queues nothing");
+        assert!(heard.try_recv().is_err(), "a follower proposes nothing");
+    }
+}
