@@ -1,5 +1,6 @@
-//! The Bulwark runtime: actix actors for the protocol roles (a replica's actor, its
-//! checkpoint collector's, a client's), the TCP transport, timers, storage and
+//! The Bulwark runtime: actix actors for the protocol roles (per replica one for its
+//! backup, executor and view-changer roles, one for its primary role and one for its
+//! checkpoint collector; one per client), the TCP transport, timers, storage and
 //! configuration loading. Built in the Runtime issue; the protocol it drives
 //! lives in `bulwark-framework`.
 pub mod checkpoints;

@@ -3,9 +3,9 @@
 //! It hands every verified message and timer firing to the framework replica and carries
 //! out the actions that come back: encode and send over the transport, arm timers with
 //! `ctx.run_later`, route replies to the connection their client used, pass what the
-//! replica hands its checkpoint collector to the collector's actor
-//! ([`crate::checkpoints`]) and the collector's answers back. It makes no protocol
-//! decision of its own; those live in `framework`, where the simulator tests them.
+//! replica hands its primary role and its checkpoint collector to their actors
+//! ([`crate::primary`], [`crate::checkpoints`]) and their answers back. It makes no
+//! protocol decision of its own; those live in `framework`, where the simulator tests them.
 //!
 //! Inbound path: transport (decode, frame limits) → bounded forwarder → verifier pool
 //! (signatures, on other threads) → this actor. Each replica actor runs on its own

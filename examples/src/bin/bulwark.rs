@@ -235,7 +235,8 @@ enum Command {
     },
     /// Run the deterministic simulator over many seeds: each seed draws loss (up to 30%),
     /// duplication (up to 50%), reordering, a partition, a crash and restart, Byzantine
-    /// replicas and, in one seed of four, a Byzantine client, runs a key-value workload and
+    /// replicas, the delay between each replica and its primary and checkpoint roles run
+    /// apart (up to 10 ms) and, in one seed of four, a Byzantine client, runs a key-value workload and
     /// checks the safety invariants after every step and liveness after the network settles. Ends with `violations: 0`, or with the
     /// first failing seed and the command that replays it (exit status 1).
     ///

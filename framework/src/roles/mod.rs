@@ -2,8 +2,10 @@
 //! clock (the caller passes `now`), no randomness.
 //!
 //! A replica is composed of five roles, wired together by [`replica::Replica`]:
-//! * [`primary::Primary`] batches requests and assigns sequence numbers (active only in the
-//!   replica that is primary of the current view);
+//! * [`primary::PrimaryRole`] batches requests, assigns sequence numbers and signs the
+//!   pre-prepares (active only while its replica leads its view); the runtime and the
+//!   simulator run it apart from its replica, exchanging [`primary::PrimaryInput`]s and
+//!   [`primary::PrimaryOutput`]s with it;
 //! * [`backup::Backup`] runs the three-phase agreement for every sequence number in the
 //!   watermark window (every replica runs it; in the primary it accepts its own
 //!   pre-prepares);

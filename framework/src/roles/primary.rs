@@ -1,5 +1,8 @@
 //! The primary's proposer role: batching and sequence assignment (PBFT.md P1–P5).
 //!
+//! [`PrimaryRole`] is the role as its replica sees it: it proposes while its replica says
+//! it leads a view, signs the pre-prepares, and runs [`Primary`], the proposer below.
+//!
 //! Requests are queued (bounded; beyond the bound they are shed and the client
 //! retransmits). A batch is cut when it is full, when nothing is in flight (low load:
 //! no reason to wait), or when the batch delay expires. Sequence numbers are assigned
