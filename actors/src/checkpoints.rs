@@ -63,26 +63,11 @@ impl Handler<Collect> for CheckpointActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::{cluster, replica_key};
+    use crate::test_fixtures::{cluster, replica_key, Listener};
     use bulwark_crypto::{Digest, Verified};
     use bulwark_framework::messages::Checkpoint;
     use bulwark_framework::{ReplicaId, SeqNum};
     use tokio::sync::mpsc;
-
-    /// Stands in for the replica's actor: passes on what the collector says.
-    struct Listener(mpsc::UnboundedSender<CollectorOutput>);
-
-    impl Actor for Listener {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Collected> for Listener {
-        type Result = ();
-
-        fn handle(&mut self, Collected(output): Collected, _: &mut Context<Self>) {
-            let _ = self.0.send(output);
-        }
-    }
 
     fn checkpoint(replica: u32, seq: u64, digest: Digest) -> CollectorInput {
         let payload = Checkpoint { seq: SeqNum(seq), state_digest: digest, replica: ReplicaId(replica) };
@@ -106,7 +91,7 @@ mod tests {
         assert_eq!(gauges.checkpoint_votes.load(Ordering::Relaxed), 2);
         collector.send(Collect(checkpoint(2, k, state))).await.unwrap();
         match heard.recv().await {
-            Some(CollectorOutput::Stable(stable)) => {
+            Some(Collected(CollectorOutput::Stable(stable))) => {
                 assert_eq!((stable.seq, stable.state_digest, stable.proof.len()), (SeqNum(k), state, 3));
             }
             other => panic!("expected a stable checkpoint, heard {other:?}"),
@@ -118,7 +103,7 @@ mod tests {
         );
         collector.send(Collect(checkpoint(3, k + 1, state))).await.unwrap();
         match heard.recv().await {
-            Some(CollectorOutput::Refused(reason)) => assert!(reason.contains("multiple of K"), "{reason}"),
+            Some(Collected(CollectorOutput::Refused(reason))) => assert!(reason.contains("multiple of K"), "{reason}"),
             other => panic!("expected a refusal, heard {other:?}"),
         }
     }

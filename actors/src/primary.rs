@@ -108,26 +108,11 @@ impl Handler<ToPrimary> for PrimaryActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::{cluster, replica_key};
+    use crate::test_fixtures::{cluster, replica_key, Listener};
     use bulwark_crypto::Verified;
     use bulwark_framework::messages::Request;
     use bulwark_framework::{SeqNum, Timestamp, View};
     use tokio::sync::mpsc;
-
-    /// Stands in for the replica's actor: passes on what the primary role says.
-    struct Listener(mpsc::UnboundedSender<PrimaryOutput>);
-
-    impl Actor for Listener {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<FromPrimary> for Listener {
-        type Result = ();
-
-        fn handle(&mut self, FromPrimary(output): FromPrimary, _: &mut Context<Self>) {
-            let _ = self.0.send(output);
-        }
-    }
 
     fn request(timestamp: u64) -> Verified<Request> {
         let client = replica_key(9);
@@ -159,7 +144,7 @@ mod tests {
         // Nothing in flight: the first request goes at once (P3, low load).
         primary.send(ToPrimary(PrimaryInput::Offer(request(2)))).await.unwrap();
         match heard.recv().await {
-            Some(PrimaryOutput::Propose(pre_prepare, batch)) => {
+            Some(FromPrimary(PrimaryOutput::Propose(pre_prepare, batch))) => {
                 assert_eq!((pre_prepare.view, pre_prepare.seq, batch.len()), (View(1), SeqNum(5), 1));
                 assert_eq!(pre_prepare.digest, batch.digest());
             }
@@ -169,7 +154,7 @@ mod tests {
         primary.send(ToPrimary(PrimaryInput::Offer(request(3)))).await.unwrap();
         assert_eq!(gauges.queued_requests.load(Ordering::Relaxed), 1);
         match tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv()).await {
-            Ok(Some(PrimaryOutput::Propose(pre_prepare, batch))) => {
+            Ok(Some(FromPrimary(PrimaryOutput::Propose(pre_prepare, batch)))) => {
                 assert_eq!((pre_prepare.seq, batch.len()), (SeqNum(6), 1));
             }
             other => panic!("expected the batch timer's proposal, heard {other:?}"),

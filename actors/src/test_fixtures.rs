@@ -27,3 +27,18 @@ pub(crate) fn signed_view_change(replica: u32, view: u64) -> Signed<ViewChange> 
     };
     Signed::sign(payload, &replica_key(replica)).unwrap()
 }
+
+/// Stands in for an actor that receives `M`: passes each one on to a channel.
+pub(crate) struct Listener<M>(pub(crate) tokio::sync::mpsc::UnboundedSender<M>);
+
+impl<M: Unpin + 'static> actix::Actor for Listener<M> {
+    type Context = actix::Context<Self>;
+}
+
+impl<M: actix::Message<Result = ()> + Unpin + 'static> actix::Handler<M> for Listener<M> {
+    type Result = ();
+
+    fn handle(&mut self, message: M, _: &mut actix::Context<Self>) {
+        let _ = self.0.send(message);
+    }
+}
