@@ -19,15 +19,18 @@ use bulwark_framework::Instant;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// An input for the primary role, from its replica's actor.
+/// Inputs for the primary role from its replica's actor, in the order the replica decided
+/// them: those of one replica step travel together (one mailbox hop for a batch of
+/// requests rather than one each).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct ToPrimary(pub PrimaryInput);
+pub struct ToPrimary(pub Vec<PrimaryInput>);
 
-/// A proposal or a shed request, for the replica's actor.
+/// Proposals and shed requests for the replica's actor, in order: those of one message
+/// from the replica travel together.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct FromPrimary(pub PrimaryOutput);
+pub struct FromPrimary(pub Vec<PrimaryOutput>);
 
 /// The primary actor.
 pub struct PrimaryActor {
@@ -54,22 +57,29 @@ impl PrimaryActor {
         PrimaryActor { role, replica, batch_timer: None, saturated, gauges }
     }
 
-    fn step(&mut self, input: PrimaryInput, ctx: &mut Context<Self>) {
-        let touched = match &input {
-            PrimaryInput::Offer(request) => Some(request.client()),
-            _ => None,
-        };
-        for output in self.role.handle(input, now()) {
-            match output {
-                PrimaryOutput::SetBatchTimer(at) => self.set_batch_timer(at, ctx),
-                output => self.replica.do_send(FromPrimary(output)),
+    fn step(&mut self, inputs: Vec<PrimaryInput>, ctx: &mut Context<Self>) {
+        let now = now();
+        let mut for_replica = Vec::new();
+        for input in inputs {
+            let touched = match &input {
+                PrimaryInput::Offer(request) => Some(request.client()),
+                _ => None,
+            };
+            for output in self.role.handle(input, now) {
+                match output {
+                    PrimaryOutput::SetBatchTimer(at) => self.set_batch_timer(at, ctx),
+                    output => for_replica.push(output),
+                }
+            }
+            if self.role.leading().is_some() {
+                let role = &self.role;
+                self.saturated.refresh(|client, now| role.client_saturated(client, now), touched);
+            } else {
+                self.saturated.clear();
             }
         }
-        if self.role.leading().is_some() {
-            let role = &self.role;
-            self.saturated.refresh(|client, now| role.client_saturated(client, now), touched);
-        } else {
-            self.saturated.clear();
+        if !for_replica.is_empty() {
+            self.replica.do_send(FromPrimary(for_replica));
         }
         self.gauges.queued_requests.store(self.role.queue_len(), Ordering::Relaxed);
         self.gauges.in_flight_batches.store(self.role.in_flight_len(), Ordering::Relaxed);
@@ -87,7 +97,7 @@ impl PrimaryActor {
                 actor.set_batch_timer(at, ctx);
                 return;
             }
-            actor.step(PrimaryInput::BatchTimer, ctx);
+            actor.step(vec![PrimaryInput::BatchTimer], ctx);
         });
         self.batch_timer = Some(handle);
     }
@@ -100,8 +110,8 @@ impl Actor for PrimaryActor {
 impl Handler<ToPrimary> for PrimaryActor {
     type Result = ();
 
-    fn handle(&mut self, ToPrimary(input): ToPrimary, ctx: &mut Context<Self>) {
-        self.step(input, ctx);
+    fn handle(&mut self, ToPrimary(inputs): ToPrimary, ctx: &mut Context<Self>) {
+        self.step(inputs, ctx);
     }
 }
 
@@ -138,29 +148,34 @@ mod tests {
         let gauges = Arc::new(RoleGauges::default());
         let saturated = SaturatedClients::default();
         let primary = PrimaryActor::new(role, listener.recipient(), saturated, gauges.clone()).start();
-        primary.send(ToPrimary(PrimaryInput::Offer(request(1)))).await.unwrap();
+        primary.send(ToPrimary(vec![PrimaryInput::Offer(request(1))])).await.unwrap();
         let lead = PrimaryInput::Lead { view: View(1), next_seq: SeqNum(5), low: SeqNum(0) };
-        primary.send(ToPrimary(lead)).await.unwrap();
+        primary.send(ToPrimary(vec![lead])).await.unwrap();
         // Nothing in flight: the first request goes at once (P3, low load).
-        primary.send(ToPrimary(PrimaryInput::Offer(request(2)))).await.unwrap();
+        primary.send(ToPrimary(vec![PrimaryInput::Offer(request(2))])).await.unwrap();
         match heard.recv().await {
-            Some(FromPrimary(PrimaryOutput::Propose(pre_prepare, batch))) => {
-                assert_eq!((pre_prepare.view, pre_prepare.seq, batch.len()), (View(1), SeqNum(5), 1));
-                assert_eq!(pre_prepare.digest, batch.digest());
-            }
+            Some(FromPrimary(outputs)) => match outputs.as_slice() {
+                [PrimaryOutput::Propose(pre_prepare, batch)] => {
+                    assert_eq!((pre_prepare.view, pre_prepare.seq, batch.len()), (View(1), SeqNum(5), 1));
+                    assert_eq!(pre_prepare.digest, batch.digest());
+                }
+                other => panic!("expected one proposal, heard {other:?}"),
+            },
             other => panic!("expected a proposal, heard {other:?}"),
         }
         // One in flight: the next request waits for the batch delay, then goes alone.
-        primary.send(ToPrimary(PrimaryInput::Offer(request(3)))).await.unwrap();
+        primary.send(ToPrimary(vec![PrimaryInput::Offer(request(3))])).await.unwrap();
         assert_eq!(gauges.queued_requests.load(Ordering::Relaxed), 1);
         match tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv()).await {
-            Ok(Some(FromPrimary(PrimaryOutput::Propose(pre_prepare, batch)))) => {
-                assert_eq!((pre_prepare.seq, batch.len()), (SeqNum(6), 1));
-            }
+            Ok(Some(FromPrimary(outputs))) => match outputs.as_slice() {
+                [PrimaryOutput::Propose(pre_prepare, batch)] => {
+                    assert_eq!((pre_prepare.seq, batch.len()), (SeqNum(6), 1))
+                }
+                other => panic!("expected one proposal, heard {other:?}"),
+            },
             other => panic!("expected the batch timer's proposal, heard {other:?}"),
         }
-        primary.send(ToPrimary(PrimaryInput::Follow)).await.unwrap();
-        primary.send(ToPrimary(PrimaryInput::Offer(request(4)))).await.unwrap();
+        primary.send(ToPrimary(vec![PrimaryInput::Follow, PrimaryInput::Offer(request(4))])).await.unwrap();
         assert_eq!(gauges.queued_requests.load(Ordering::Relaxed), 0, "a follower queues nothing");
         assert!(heard.try_recv().is_err(), "a follower proposes nothing");
     }

@@ -418,6 +418,8 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         // Replies are gathered per client and sent after the loop: one frame carries every
         // reply a client gets from one batch, under one signed root (or unsigned).
         let mut replies: BTreeMap<ClientId, Vec<VerifiedReply>> = BTreeMap::new();
+        // What goes to the primary actor goes in one message, in order.
+        let mut to_primary = Vec::new();
         for action in actions {
             match action {
                 Action::Send { to, message } => {
@@ -444,11 +446,7 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                         checkpoints.do_send(Collect(input));
                     }
                 }
-                Action::ToPrimary(input) => {
-                    if let Some(primary) = &self.primary {
-                        primary.do_send(ToPrimary(input));
-                    }
-                }
+                Action::ToPrimary(input) => to_primary.push(input),
                 // Taken out by `GroupCommit::admit`; without a data dir nothing is persisted.
                 Action::Persist(_) => {}
             }
@@ -457,6 +455,9 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
             for message in reply_messages(&replies) {
                 self.answer_client_wire(client, &message);
             }
+        }
+        if let (Some(primary), false) = (&self.primary, to_primary.is_empty()) {
+            primary.do_send(ToPrimary(to_primary));
         }
     }
 
@@ -604,8 +605,11 @@ impl<S: Service + Send + Unpin> Handler<Collected> for ReplicaActor<S> {
 impl<S: Service + Send + Unpin> Handler<FromPrimary> for ReplicaActor<S> {
     type Result = ();
 
-    fn handle(&mut self, FromPrimary(output): FromPrimary, ctx: &mut Context<Self>) {
-        let actions = self.step(Input::Primary(output), ctx);
+    fn handle(&mut self, FromPrimary(outputs): FromPrimary, ctx: &mut Context<Self>) {
+        let mut actions = Vec::new();
+        for output in outputs {
+            actions.extend(self.step(Input::Primary(output), ctx));
+        }
         self.carry_out(actions, ctx);
     }
 }
