@@ -297,12 +297,11 @@ impl RoleGauges {
     /// `footprint` of the replica's own actor, with what its roles run apart hold.
     fn add_to(&self, footprint: Footprint) -> Footprint {
         let read = |gauge: &AtomicUsize| gauge.load(std::sync::atomic::Ordering::Relaxed);
-        Footprint {
-            checkpoint_votes: footprint.checkpoint_votes + read(&self.checkpoint_votes),
-            queued_requests: footprint.queued_requests + read(&self.queued_requests),
-            in_flight_batches: footprint.in_flight_batches + read(&self.in_flight_batches),
-            ..footprint
-        }
+        footprint.with_roles_apart(
+            read(&self.checkpoint_votes),
+            read(&self.queued_requests),
+            read(&self.in_flight_batches),
+        )
     }
 }
 
@@ -456,7 +455,7 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 self.answer_client_wire(client, &message);
             }
         }
-        if let (Some(primary), false) = (&self.primary, to_primary.is_empty()) {
+        if let Some(primary) = self.primary.as_ref().filter(|_| !to_primary.is_empty()) {
             primary.do_send(ToPrimary(to_primary));
         }
     }

@@ -50,6 +50,14 @@ pub enum CollectorOutput {
     Refused(&'static str),
 }
 
+impl StableCheckpoint {
+    /// The checkpoint every replica starts from: sequence number 0, the empty state, no
+    /// proof needed.
+    pub fn initial() -> Self {
+        StableCheckpoint { seq: SeqNum(0), state_digest: Digest::default(), proof: Vec::new() }
+    }
+}
+
 /// The checkpoint collector role.
 #[derive(Debug)]
 pub struct CheckpointCollector {
@@ -64,7 +72,7 @@ impl CheckpointCollector {
         let n = config.n();
         CheckpointCollector {
             config,
-            stable: StableCheckpoint { seq: SeqNum(0), state_digest: Digest::default(), proof: Vec::new() },
+            stable: StableCheckpoint::initial(),
             pending: BTreeMap::new(),
             open_per_member: vec![0; n],
         }

@@ -147,7 +147,7 @@ impl<S: Service> Replica<S> {
             backup: Backup::new(id, config.clone()),
             executor: Executor::new(id, config.clone(), service),
             collector: Some(CheckpointCollector::new(config.clone())),
-            stable: CheckpointCollector::new(config.clone()).stable().clone(),
+            stable: StableCheckpoint::initial(),
             own_checkpoints: BTreeMap::new(),
             checkpointed: vec![SeqNum(0); n],
             metrics: ReplicaMetrics::default(),
@@ -292,15 +292,13 @@ impl<S: Service> Replica<S> {
     /// window lately (one of its waiting requests fell below the window unexecuted): such a
     /// client forfeits this backup's timer for its requests for a while.
     pub fn client_saturated(&self, client: crate::ids::ClientId, now: Instant) -> bool {
-        let held = if self.is_primary() {
+        if self.is_primary() {
             // A primary role run apart answers for itself (`PrimaryRole::client_saturated`).
-            return self.primary.as_ref().is_some_and(|primary| primary.client_saturated(client, now));
-        } else if self.view_changer.exceeded_window(client, now) {
-            return true;
+            self.primary.as_ref().is_some_and(|primary| primary.client_saturated(client, now))
         } else {
-            self.view_changer.waiting_of(client)
-        };
-        held as u64 >= self.config.params.client_window
+            self.view_changer.exceeded_window(client, now)
+                || self.view_changer.waiting_of(client) as u64 >= self.config.params.client_window
+        }
     }
 
     /// The low watermark `h` (last stable checkpoint).
@@ -1312,4 +1310,17 @@ pub struct Footprint {
     pub waiting_requests: usize,
     pub view_changes_held: usize,
     pub transfer_bytes: u64,
+}
+
+impl Footprint {
+    /// A detached replica's footprint with what its roles run apart hold: the collector's
+    /// CHECKPOINT messages, the primary role's queued requests and batches in flight.
+    pub fn with_roles_apart(self, checkpoint_votes: usize, queued_requests: usize, in_flight_batches: usize) -> Self {
+        Footprint {
+            checkpoint_votes: self.checkpoint_votes + checkpoint_votes,
+            queued_requests: self.queued_requests + queued_requests,
+            in_flight_batches: self.in_flight_batches + in_flight_batches,
+            ..self
+        }
+    }
 }

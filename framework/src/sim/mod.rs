@@ -881,12 +881,14 @@ impl<S: Service> Simulation<S> {
                     actions.retain(|a| matches!(a, Action::Persist(_) | Action::Event(_)));
                 }
                 let (view, stable, executed) = (replica.view(), replica.stable(), replica.last_executed());
-                let mut footprint = replica.footprint();
-                if let Some(roles) = self.roles_apart.get(&node) {
-                    footprint.checkpoint_votes += roles.collector.pending_len();
-                    footprint.queued_requests += roles.primary.queue_len();
-                    footprint.in_flight_batches += roles.primary.in_flight_len();
-                }
+                let footprint = match self.roles_apart.get(&node) {
+                    Some(roles) => replica.footprint().with_roles_apart(
+                        roles.collector.pending_len(),
+                        roles.primary.queue_len(),
+                        roles.primary.in_flight_len(),
+                    ),
+                    None => replica.footprint(),
+                };
                 self.checker.observe_replica(id, &actions, view, stable, executed);
                 self.note_footprint(footprint);
                 self.carry_out(node, actions);
@@ -943,7 +945,7 @@ impl<S: Service> Simulation<S> {
         self.carry_out(Endpoint::Replica(id), actions);
     }
 
-    /// Replica `id` stops, and its checkpoint collector with it.
+    /// Replica `id` stops, and its roles run apart with it.
     fn crash(&mut self, id: ReplicaId) {
         let node = Endpoint::Replica(id);
         self.nodes[id.index()] = Node::Crashed;
