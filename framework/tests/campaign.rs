@@ -9,8 +9,8 @@
 //! 138, 208, 351, 736; a lagging backup that waited for prepares although it held a commit
 //! certificate — 738; VC3 that counted only exact-view VIEW-CHANGEs — 391.)
 
-use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::sim::campaign::{run_campaign, CampaignSpec};
+use bulwark_services::kv::{KvOp, KvStore};
 use rand::Rng;
 
 fn campaign(first_seed: u64, seeds: u64) {

@@ -5,7 +5,6 @@
 //! and every bounded structure must stay within its bound.
 
 use bulwark_crypto::{Digest, KeyPair, Signable, Signed};
-use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::messages::{
     Batch, BatchReply, BatchRequest, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare, PreparedCertificate,
     Request, SlotProgress, StateReply, StateRequest, Status, ViewChange,
@@ -13,6 +12,7 @@ use bulwark_framework::messages::{
 use bulwark_framework::roles::TimerKind;
 use bulwark_framework::verify::verify_message;
 use bulwark_framework::{ClusterConfig, Input, Instant, ProtocolParams, Replica, ReplicaId, SeqNum, Timestamp, View};
+use bulwark_services::kv::{KvOp, KvStore};
 use proptest::prelude::*;
 use std::sync::Arc;
 

@@ -3,7 +3,6 @@
 //! and the trusted-connection mode (`client_auth = "connection"`).
 
 use bulwark_crypto::{Digest, KeyPair, Signed, Verified};
-use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::config::ClientAuth;
 use bulwark_framework::messages::{
     reply_messages, Batch, Message, PrePrepare, Reply, ReplyBundle, ReplyProof, Request, VerifiedMessage, VerifiedReply,
@@ -14,6 +13,7 @@ use bulwark_framework::verify::{
     verify_message, verify_reply, verify_reply_bundle, Refusal, RefusalKind, ReplyRootCache,
 };
 use bulwark_framework::{ClusterConfig, Instant, ProtocolParams, ReplicaId, SeqNum, Timestamp, View};
+use bulwark_services::kv::{KvOp, KvStore};
 use std::sync::Arc;
 
 fn replica_key(i: u32) -> KeyPair {

@@ -4,7 +4,6 @@
 //! actions come out, the way the paper states the rule.
 
 use bulwark_crypto::{Digest, KeyPair, Signable, Signed, Verified};
-use bulwark_examples::kv::{KvOp, KvReply, KvStore};
 use bulwark_framework::messages::{
     Batch, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare, PreparedCertificate, Reply, Request,
     VerifiedMessage, VerifiedViewChange, ViewChange,
@@ -19,6 +18,7 @@ use bulwark_framework::verify::{verify_message, Refusal, RefusalKind};
 use bulwark_framework::{
     ClusterConfig, Input, Instant, Outcome, ProtocolParams, Replica, ReplicaId, SeqNum, Timestamp, View,
 };
+use bulwark_services::kv::{KvOp, KvReply, KvStore};
 use std::sync::Arc;
 
 struct Fixture {

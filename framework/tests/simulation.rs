@@ -5,11 +5,11 @@
 
 mod common;
 
-use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::messages::MessageKind;
 use bulwark_framework::sim::byzantine::Strategy;
 use bulwark_framework::sim::{Blackout, Isolation, NetworkModel, SimConfig, Simulation};
 use bulwark_framework::{Instant, ProtocolParams, ReplicaId};
+use bulwark_services::kv::{KvOp, KvStore};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;

@@ -9,10 +9,10 @@
 //! Each seed asserts the checker's invariants (I1–I14, PBFT.md §7) after every step, and
 //! liveness once the last round ends and the network is whole.
 
-use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::sim::campaign::CampaignReport;
 use bulwark_framework::sim::twins::{run_twins, TwinsOutcome, TwinsScope};
 use bulwark_framework::View;
+use bulwark_services::kv::{KvOp, KvStore};
 use rand::Rng;
 
 fn run(scope: &TwinsScope, first_seed: u64, seeds: u64, mut each: impl FnMut(&TwinsOutcome)) -> CampaignReport {

@@ -1,9 +1,9 @@
 //! Shared helpers for the simulation tests.
 #![allow(dead_code)]
 
-use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::sim::{NetworkModel, SimConfig, SimReport, Simulation};
 use bulwark_framework::ProtocolParams;
+use bulwark_services::kv::{KvOp, KvStore};
 use rand::Rng;
 use std::time::Duration;
 
