@@ -64,14 +64,14 @@ impl Handler<Collect> for CheckpointActor {
 mod tests {
     use super::*;
     use crate::test_fixtures::{cluster, replica_key, Listener};
-    use bulwark_crypto::{Digest, Verified};
+    use bulwark_crypto::Digest;
     use bulwark_framework::messages::Checkpoint;
     use bulwark_framework::{ReplicaId, SeqNum};
     use tokio::sync::mpsc;
 
     fn checkpoint(replica: u32, seq: u64, digest: Digest) -> CollectorInput {
         let payload = Checkpoint { seq: SeqNum(seq), state_digest: digest, replica: ReplicaId(replica) };
-        CollectorInput::Checkpoint(Verified::sign(payload, &replica_key(replica)).unwrap())
+        CollectorInput::Checkpoint(crate::test_fixtures::SCOPE.sign(payload, &replica_key(replica)))
     }
 
     /// C3 through the actor: `2f + 1` matching CHECKPOINTs come back as one stable
@@ -83,7 +83,11 @@ mod tests {
         let (sender, mut heard) = mpsc::unbounded_channel();
         let listener = Listener(sender).start();
         let gauges = Arc::new(RoleGauges::default());
-        let collector = CheckpointActor::new(CheckpointCollector::new(config), listener.recipient(), gauges.clone());
+        let collector = CheckpointActor::new(
+            CheckpointCollector::new(crate::test_fixtures::handle()),
+            listener.recipient(),
+            gauges.clone(),
+        );
         let collector = collector.start();
         let state = Digest::of(b"state");
         collector.send(Collect(checkpoint(0, k, state))).await.unwrap();

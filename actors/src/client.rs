@@ -25,14 +25,13 @@ use actix::prelude::*;
 use bulwark_crypto::KeyPair;
 use bulwark_framework::messages::{Report, VerifiedMessage, VerifiedReply};
 use bulwark_framework::roles::client::{Client as ClientRole, ClientAction, ClientError as RoleError};
-use bulwark_framework::verify::{verify_reply, verify_reply_bundle, Refusal, ReplyRootCache};
+use bulwark_framework::verify::{check_scope, verify_reply, verify_reply_bundle, Refusal, ReplyRootCache};
 use bulwark_framework::wire::encode_frame;
-use bulwark_framework::{ClusterConfig, Message, Outcome, ReplicaId, Service, Timestamp, View};
+use bulwark_framework::{Membership, MembershipHandle, Message, Outcome, PeerId, ReplicaId, Service, Timestamp, View};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -113,7 +112,7 @@ pub struct ClientActor {
     /// Invocations waiting for room in the client window, oldest first.
     held: VecDeque<(Invoke, Waiter)>,
     held_max: usize,
-    cluster: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     /// Reply roots whose signatures were checked.
     roots: ReplyRootCache,
     /// Checks the (rare, signed) REPORTs off this thread.
@@ -135,20 +134,24 @@ impl Actor for ClientActor {
 
 impl ClientActor {
     fn send_frame(&self, to: ReplicaId, frame: Bytes) {
-        self.transport.send_to_replica(to, frame);
+        self.transport.send_to_peer(PeerId::new(self.membership.current().cluster(), to), frame);
+    }
+
+    fn encode(&self, message: &VerifiedMessage) -> Result<Bytes, InvokeError> {
+        let frame = encode_frame(self.membership.scope(), &message.to_wire());
+        frame.map(Bytes::from).map_err(|e| InvokeError::Encode(e.to_string()))
     }
 
     fn carry_out(&mut self, actions: Vec<ClientAction>, ctx: &mut Context<Self>) {
         for action in actions {
             match action {
                 ClientAction::Send { to, request } => {
-                    if let Ok(frame) = encode_frame(&VerifiedMessage::Request(request).to_wire()) {
-                        self.send_frame(to, Bytes::from(frame));
+                    if let Ok(frame) = self.encode(&VerifiedMessage::Request(request)) {
+                        self.send_frame(to, frame);
                     }
                 }
                 ClientAction::Broadcast { request } => {
-                    if let Ok(frame) = encode_frame(&VerifiedMessage::Request(request).to_wire()) {
-                        let frame = Bytes::from(frame);
+                    if let Ok(frame) = self.encode(&VerifiedMessage::Request(request)) {
                         for replica in self.replicas.clone() {
                             self.send_frame(replica, frame.clone());
                         }
@@ -244,8 +247,7 @@ impl Handler<Inquire> for ClientActor {
         let nonce = self.next_nonce;
         self.next_nonce += 1;
         let inquiry = VerifiedMessage::Inquiry(self.role.inquiry(nonce));
-        let frame = encode_frame(&inquiry.to_wire()).map_err(|e| InvokeError::Encode(e.to_string()))?;
-        let frame = Bytes::from(frame);
+        let frame = self.encode(&inquiry)?;
         for replica in self.replicas.clone() {
             self.send_frame(replica, frame.clone());
         }
@@ -277,20 +279,24 @@ impl ClientActor {
     /// Verifies the replies in `message` (dropping unwanted ones first); a refusal closes
     /// the connection it came on, as on a replica.
     fn take_replies(&mut self, inbound: Inbound) -> Result<Vec<VerifiedReply>, Refusal> {
-        let Inbound { link, message, .. } = inbound;
+        let Inbound { link, scope, message, .. } = inbound;
+        let membership = self.membership.current();
+        check_scope(scope, message.kind(), &membership)?;
+        // A link counts only as a replica of this cluster.
+        let link = link.filter(|peer| peer.cluster == membership.cluster()).map(|peer| peer.replica);
         match message {
             Message::Reply(signed) => {
                 if !self.wanted(signed.payload.timestamp) {
                     return Ok(Vec::new());
                 }
-                Ok(vec![verify_reply(signed, link, &self.cluster)?])
+                Ok(vec![verify_reply(signed, link, &membership)?])
             }
             Message::Replies(mut bundle) => {
                 bundle.replies.retain(|bundled| self.waiters.contains_key(&bundled.reply.timestamp));
                 if bundle.replies.is_empty() {
                     return Ok(Vec::new());
                 }
-                verify_reply_bundle(bundle, link, &self.cluster, &mut self.roots)
+                verify_reply_bundle(bundle, link, &membership, &mut self.roots)
             }
             _ => Ok(Vec::new()),
         }
@@ -326,7 +332,7 @@ impl Handler<FromReplicas> for ClientActor {
                 Message::Report(_) => {
                     // Signed by a replica: checked on the verifier pool, then handed back.
                     let pool = self.verifier.clone();
-                    let check = async move { pool.verify(inbound.message).await };
+                    let check = async move { pool.verify(inbound.scope, inbound.message).await };
                     ctx.spawn(check.into_actor(self).map(|checked, actor, _| {
                         if let Ok(Ok(VerifiedMessage::Report(report))) = checked {
                             actor.on_report(report);
@@ -409,18 +415,22 @@ impl<S: Service> Client<S> {
     /// current arbiter. Must be called inside a running actix System. Replies are verified
     /// on the client's own thread (see the module documentation), REPORTs on `verifier`'s.
     pub async fn connect(
-        cluster: Arc<ClusterConfig>,
+        membership: Membership,
         addresses: BTreeMap<ReplicaId, SocketAddr>,
         key: KeyPair,
         verifier: VerifierPool,
         options: ClientOptions,
     ) -> Result<Self, ConnectError> {
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        let cluster = membership.cluster();
         let transport = transport::start(
             TransportConfig {
                 listen: None,
-                peers: addresses,
-                frame_bytes_max: cluster.params.frame_bytes_max,
+                peers: addresses
+                    .into_iter()
+                    .map(|(replica, address)| (PeerId::new(cluster, replica), address))
+                    .collect(),
+                frame_bytes_max: membership.params.frame_bytes_max,
                 send_queue_frames_max: options.send_queue_frames_max,
                 reconnect_min_ms: 20,
                 reconnect_max_ms: 1_000,
@@ -429,8 +439,9 @@ impl<S: Service> Client<S> {
             inbound_tx,
         )
         .await?;
-        let replicas = cluster.replicas().collect();
-        let role = ClientRole::new(key, cluster.clone(), Timestamp(wall_clock_micros()));
+        let replicas = membership.replicas().collect();
+        let membership = MembershipHandle::new(membership);
+        let role = ClientRole::new(key, membership.clone(), Timestamp(wall_clock_micros()));
         let actor = ClientActor {
             role,
             transport: transport.clone(),
@@ -438,7 +449,7 @@ impl<S: Service> Client<S> {
             waiters: BTreeMap::new(),
             held: VecDeque::new(),
             held_max: options.held_invocations_max,
-            cluster,
+            membership,
             roots: ReplyRootCache::default(),
             verifier,
             timer: None,
@@ -454,13 +465,13 @@ impl<S: Service> Client<S> {
     /// `arbiter`'s thread (so many clients in one process use several cores).
     pub async fn connect_on(
         arbiter: &ArbiterHandle,
-        cluster: Arc<ClusterConfig>,
+        membership: Membership,
         addresses: BTreeMap<ReplicaId, SocketAddr>,
         key: KeyPair,
         verifier: VerifierPool,
         options: ClientOptions,
     ) -> Result<Self, ConnectError> {
-        crate::on_arbiter(arbiter, "client", Self::connect(cluster, addresses, key, verifier, options)).await?
+        crate::on_arbiter(arbiter, "client", Self::connect(membership, addresses, key, verifier, options)).await?
     }
 
     /// Executes `op` through the ordering protocol and returns the service's reply once

@@ -1,23 +1,24 @@
 //! The cluster file, replica key files and `keygen`.
 //!
 //! A Bulwark cluster is described by one TOML file, written by [`keygen`] and read by
-//! every replica and every client. It lists each replica's id, network address and ed25519
-//! public key, and optionally overrides protocol parameters:
+//! every replica and every client. It names the cluster, lists each replica's id, network
+//! address and ed25519 public key, and optionally overrides protocol parameters:
 //!
 //! ```toml
 //! # Bulwark cluster: 4 replicas, tolerates f = 1 Byzantine
+//! cluster_id = 7
 //!
 //! [[replica]]
-//! id = 0
+//! id = 3
 //! address = "127.0.0.1:7000"
 //! public_key = "5a9f…64 hex digits…"
 //!
 //! [[replica]]
-//! id = 1
+//! id = 8
 //! address = "127.0.0.1:7001"
 //! public_key = "0c3e…"
 //!
-//! # … replicas 2 and 3 …
+//! # … replicas 21 and 40 …
 //!
 //! # Optional. Any field of `ProtocolParams`; a missing field takes its default.
 //! [params]
@@ -30,8 +31,13 @@
 //!
 //! Rules, each checked when the file is read ([`ClusterFile::parse`]):
 //!
+//! * `cluster_id` names the cluster (0 to 2^32 - 1). Every signature binds it, so two
+//!   clusters must not share an id; a replica's durable store records it and refuses to be
+//!   opened for another cluster;
 //! * at least 4 replicas (`n = 3f + 1`, `f >= 1`; a larger `n` gives `f = (n - 1) / 3`);
-//! * ids are exactly `0..n`, each once, in any order in the file;
+//! * ids are any distinct numbers (0 to 2^32 - 1), in any order in the file: a replica's
+//!   id is its name, not its position, and the primary of view `v` is the replica at
+//!   position `v mod n` of the ids in ascending order;
 //! * `address` is an `IP:port` socket address (host names are not resolved), distinct
 //!   per replica;
 //! * `public_key` is 64 hex digits encoding a valid ed25519 point, distinct per replica;
@@ -49,8 +55,9 @@
 //! reads it and checks that it belongs to the replica the cluster file says it does.
 
 use bulwark_crypto::{CryptoError, KeyPair, PublicKey};
-use bulwark_framework::config::{ClusterConfig, ConfigError, ProtocolParams};
-use bulwark_framework::ids::ReplicaId;
+use bulwark_framework::config::{ConfigError, ProtocolParams};
+use bulwark_framework::ids::{ClusterId, Epoch, ReplicaId};
+use bulwark_framework::membership::Membership;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -78,7 +85,9 @@ pub struct ReplicaEntry {
 /// A parsed and checked cluster file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterFile {
-    /// The replicas, sorted by id: after [`ClusterFile::parse`], `replicas[i].id == i`.
+    /// The cluster's id, bound into every signature its members and clients make.
+    pub cluster_id: ClusterId,
+    /// The replicas, sorted by id.
     pub replicas: Vec<ReplicaEntry>,
     pub params: ProtocolParams,
     /// The file this was read from (or, for [`keygen`], written to). Used only to name
@@ -160,8 +169,12 @@ pub enum ConfigFileError {
         belongs_to: Option<ReplicaId>,
     },
     /// A replica id that the cluster file does not list.
-    #[error("cluster file {} has no replica {} (it lists 0..{})", cluster_path.display(), id.0, n)]
-    NoSuchReplica { cluster_path: PathBuf, id: ReplicaId, n: usize },
+    #[error(
+        "cluster file {} has no replica {} (its replicas are {})",
+        cluster_path.display(), id.0,
+        ids.iter().map(|id| id.0.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoSuchReplica { cluster_path: PathBuf, id: ReplicaId, ids: Vec<ReplicaId> },
 }
 
 /// Shorthand for [`ConfigFileError::Invalid`].
@@ -177,6 +190,7 @@ type RawTable = Spanned<BTreeMap<String, Spanned<toml::Value>>>;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    cluster_id: Option<Spanned<toml::Value>>,
     #[serde(default)]
     replica: Vec<RawTable>,
     #[serde(default)]
@@ -222,6 +236,7 @@ impl ClusterFile {
             invalid(path, field, message, at)
         })?;
 
+        let cluster_id = parse_cluster_id(text, path, raw.cluster_id.as_ref())?;
         let mut located = Vec::with_capacity(raw.replica.len());
         for (index, table) in raw.replica.iter().enumerate() {
             located.push(parse_replica(text, path, index, table)?);
@@ -234,7 +249,7 @@ impl ClusterFile {
 
         let mut replicas: Vec<ReplicaEntry> = located.into_iter().map(|l| l.entry).collect();
         replicas.sort_by_key(|entry| entry.id);
-        Ok(ClusterFile { replicas, params, path: Some(path.to_path_buf()) })
+        Ok(ClusterFile { cluster_id, replicas, params, path: Some(path.to_path_buf()) })
     }
 
     /// Writes the cluster file to `path`: a header comment, the replicas in id order, and
@@ -257,6 +272,8 @@ impl ClusterFile {
             "# Read by every replica and client. Each replica also needs its own secret key\n\
              # file (replica-<id>.key), which no other host should have.\n",
         );
+        out.push_str("# Bound into every signature: no two clusters may share it.\n");
+        let _ = writeln!(out, "cluster_id = {}", self.cluster_id.0);
         let mut replicas: Vec<&ReplicaEntry> = self.replicas.iter().collect();
         replicas.sort_by_key(|entry| entry.id);
         for entry in replicas {
@@ -275,10 +292,10 @@ impl ClusterFile {
         Ok(out)
     }
 
-    /// The cluster as the protocol sees it: public keys in id order, and the parameters.
-    /// Checks the same rules as [`ClusterFile::parse`], for a `ClusterFile` built or
-    /// changed in memory.
-    pub fn cluster(&self) -> Result<ClusterConfig, ConfigFileError> {
+    /// The cluster's first membership (epoch 0) as the protocol sees it: its id, the
+    /// members' ids and public keys, and the parameters. Checks the same rules as
+    /// [`ClusterFile::parse`], for a `ClusterFile` built or changed in memory.
+    pub fn membership(&self) -> Result<Membership, ConfigFileError> {
         let path = self.display_path();
         let located: Vec<Located> = self
             .replicas
@@ -288,10 +305,8 @@ impl ClusterFile {
             .collect();
         self.params.validate().map_err(|e| params_error(path, e, None))?;
         check_cluster(path, &located)?;
-        let mut replicas: Vec<&ReplicaEntry> = self.replicas.iter().collect();
-        replicas.sort_by_key(|entry| entry.id);
-        let keys = replicas.iter().map(|entry| entry.public_key).collect();
-        ClusterConfig::new(keys, self.params.clone()).map_err(|e| match e {
+        let members = self.replicas.iter().map(|entry| (entry.id, entry.public_key));
+        Membership::new(self.cluster_id, Epoch(0), members, self.params.clone()).map_err(|e| match e {
             ConfigError::Invalid { field: "members", reason } => invalid(path, Some("replica".into()), reason, None),
             other => params_error(path, other, None),
         })
@@ -300,6 +315,13 @@ impl ClusterFile {
     /// Each replica's address.
     pub fn addresses(&self) -> BTreeMap<ReplicaId, SocketAddr> {
         self.replicas.iter().map(|entry| (entry.id, entry.address)).collect()
+    }
+
+    /// The replicas' ids, ascending.
+    pub fn ids(&self) -> Vec<ReplicaId> {
+        let mut ids: Vec<ReplicaId> = self.replicas.iter().map(|entry| entry.id).collect();
+        ids.sort();
+        ids
     }
 
     /// The entry of replica `id`, if the cluster has one.
@@ -338,6 +360,30 @@ fn misplaced_field(table: &toml::Table) -> Option<String> {
     match table.get("params") {
         Some(value) if !value.is_table() => Some("params".into()),
         _ => None,
+    }
+}
+
+/// Checks the top-level `cluster_id`: present, an integer that fits 32 bits.
+fn parse_cluster_id(
+    text: &str,
+    path: &Path,
+    value: Option<&Spanned<toml::Value>>,
+) -> Result<ClusterId, ConfigFileError> {
+    let field = Some("cluster_id".to_string());
+    let Some(value) = value else {
+        return Err(invalid(
+            path,
+            field,
+            "required field is missing (the cluster's id, bound into every signature; `bulwark keygen` writes one)",
+            None,
+        ));
+    };
+    let at = Some(Location::of(text, value.span().start));
+    match value.get_ref() {
+        toml::Value::Integer(id) => u32::try_from(*id)
+            .map(ClusterId)
+            .map_err(|_| invalid(path, field, format!("{id} is out of range (0 to {})", u32::MAX), at)),
+        other => Err(invalid(path, field, format!("expected an integer, found {}", describe(other)), at)),
     }
 }
 
@@ -459,7 +505,7 @@ fn params_error(path: &Path, error: ConfigError, at: Option<Location>) -> Config
     }
 }
 
-/// The rules across replicas: enough of them, ids `0..n`, distinct addresses and keys.
+/// The rules across replicas: enough of them, distinct ids, addresses and keys.
 fn check_cluster(path: &Path, replicas: &[Located]) -> Result<(), ConfigFileError> {
     let n = replicas.len();
     if n < 4 {
@@ -484,20 +530,6 @@ fn check_cluster(path: &Path, replicas: &[Located]) -> Result<(), ConfigFileErro
                 located.id_at,
             ));
         }
-    }
-    if let Some(missing) = (0..n as u32).find(|id| !ids.contains_key(&ReplicaId(*id))) {
-        // n distinct ids with one of 0..n missing: some id is n or more.
-        let beyond = replicas.iter().find(|l| l.entry.id.index() >= n);
-        let (detail, at) = match beyond {
-            Some(l) => (format!(" (replica[{}] has id {})", l.index, l.entry.id.0), l.id_at),
-            None => (String::new(), None),
-        };
-        return Err(invalid(
-            path,
-            None,
-            format!("replica ids must be 0..n without gaps (n = {n}); missing {missing}{detail}"),
-            at,
-        ));
     }
     let mut addresses: HashMap<SocketAddr, usize> = HashMap::new();
     for located in replicas {
@@ -527,25 +559,54 @@ fn check_cluster(path: &Path, replicas: &[Located]) -> Result<(), ConfigFileErro
 /// What [`keygen`] generates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keygen {
+    /// The cluster's id.
+    pub cluster_id: ClusterId,
     /// Number of replicas, at least 4.
     pub replicas: usize,
+    /// The replicas' ids, one per replica, distinct; empty means `0..replicas`.
+    pub ids: Vec<ReplicaId>,
     /// The replicas' IP addresses: one per replica, or one for all. Empty means
     /// `127.0.0.1` for all. Host names are not accepted (the file holds socket addresses).
     pub hosts: Vec<String>,
-    /// Replica `i` listens on `base_port + i` of its host.
+    /// The `i`-th replica (in ascending id order) listens on `base_port + i` of its host.
     pub base_port: u16,
     /// Written under `[params]` of the cluster file.
     pub params: ProtocolParams,
 }
 
 impl Default for Keygen {
-    /// Four replicas on `127.0.0.1:7000..7003` with the default parameters.
+    /// Cluster 1: four replicas with ids 0 to 3 on `127.0.0.1:7000..7003`, with the default
+    /// parameters.
     fn default() -> Self {
-        Keygen { replicas: 4, hosts: Vec::new(), base_port: 7000, params: ProtocolParams::default() }
+        Keygen {
+            cluster_id: ClusterId(1),
+            replicas: 4,
+            ids: Vec::new(),
+            hosts: Vec::new(),
+            base_port: 7000,
+            params: ProtocolParams::default(),
+        }
     }
 }
 
 impl Keygen {
+    /// The replicas' ids, ascending, or the reason the spec is invalid.
+    fn ids(&self) -> Result<Vec<ReplicaId>, ConfigFileError> {
+        if self.ids.is_empty() {
+            return Ok((0..self.replicas as u32).map(ReplicaId).collect());
+        }
+        let fail = |reason: String| ConfigFileError::Keygen { field: "ids".to_string(), reason };
+        if self.ids.len() != self.replicas {
+            return Err(fail(format!("{} ids for {} replicas", self.ids.len(), self.replicas)));
+        }
+        let mut ids = self.ids.clone();
+        ids.sort();
+        if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(fail(format!("id {} appears twice", pair[0].0)));
+        }
+        Ok(ids)
+    }
+
     /// The address of each replica, in id order, or the reason the spec is invalid.
     fn addresses(&self) -> Result<Vec<SocketAddr>, ConfigFileError> {
         let n = self.replicas;
@@ -609,7 +670,8 @@ pub fn keygen(
         source,
     })?;
     let cluster_path = out_dir.join(CLUSTER_FILE_NAME);
-    let key_paths: Vec<PathBuf> = (0..spec.replicas as u32).map(|i| key_path(out_dir, ReplicaId(i))).collect();
+    let ids = spec.ids()?;
+    let key_paths: Vec<PathBuf> = ids.iter().map(|id| key_path(out_dir, *id)).collect();
     for path in std::iter::once(&cluster_path).chain(&key_paths) {
         if path.symlink_metadata().is_ok() {
             return Err(ConfigFileError::Exists { path: path.clone() });
@@ -618,16 +680,17 @@ pub fn keygen(
 
     let keys: Vec<KeyPair> = (0..spec.replicas).map(|_| KeyPair::generate(rng)).collect();
     let file = ClusterFile {
+        cluster_id: spec.cluster_id,
         replicas: keys
             .iter()
             .zip(addresses)
-            .enumerate()
-            .map(|(i, (key, address))| ReplicaEntry { id: ReplicaId(i as u32), address, public_key: key.public() })
+            .zip(&ids)
+            .map(|((key, address), id)| ReplicaEntry { id: *id, address, public_key: key.public() })
             .collect(),
         params: spec.params.clone(),
         path: Some(cluster_path.clone()),
     };
-    file.cluster()?;
+    file.membership()?;
     for (key, path) in keys.iter().zip(&key_paths) {
         key.save(path)?;
     }
@@ -642,7 +705,7 @@ pub fn load_replica_key(cluster: &ClusterFile, id: ReplicaId, key_path: &Path) -
     let entry = cluster.replica(id).ok_or_else(|| ConfigFileError::NoSuchReplica {
         cluster_path: cluster_path.clone(),
         id,
-        n: cluster.replicas.len(),
+        ids: cluster.ids(),
     })?;
     let key = KeyPair::load(key_path)?;
     let public = key.public();

@@ -118,7 +118,7 @@ impl Handler<ToPrimary> for PrimaryActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::{cluster, replica_key, Listener};
+    use crate::test_fixtures::{replica_key, Listener};
     use bulwark_crypto::Verified;
     use bulwark_framework::messages::Request;
     use bulwark_framework::{SeqNum, Timestamp, View};
@@ -132,7 +132,7 @@ mod tests {
             read_only: false,
             operation: vec![],
         };
-        Verified::sign(payload, &client).unwrap()
+        crate::test_fixtures::SCOPE.sign(payload, &client)
     }
 
     /// P1 and P3 through the actor: a request offered while the replica leads comes back
@@ -140,9 +140,8 @@ mod tests {
     /// for a partial batch; after `Follow` nothing is proposed.
     #[actix_rt::test]
     async fn p1_p3_the_primary_actor_proposes_while_its_replica_leads_and_its_batch_timer_fires() {
-        let config = cluster();
         let key = Arc::new(replica_key(1));
-        let role = PrimaryRole::new(config.clone(), key, None, SeqNum(1));
+        let role = PrimaryRole::new(crate::test_fixtures::handle(), key, None, SeqNum(1));
         let (sender, mut heard) = mpsc::unbounded_channel();
         let listener = Listener(sender).start();
         let gauges = Arc::new(RoleGauges::default());

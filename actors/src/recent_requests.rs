@@ -16,7 +16,8 @@
 //! belongs to one replica: replicas sharing a process (the bench) do not share verdicts, so
 //! every replica still pays for its own checks, as it would on a host of its own.
 
-use bulwark_crypto::{signing_digest, Digest, Signed, Verified};
+use bulwark_crypto::{Digest, Signed, Verified};
+use bulwark_framework::membership::Scope;
 use bulwark_framework::messages::Request;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -32,9 +33,8 @@ pub struct RequestKey(Digest);
 impl RequestKey {
     /// One hash over the request's encoding: small against a signature check. `None` for a
     /// request that cannot be encoded (it is verified, and refused, as usual).
-    pub fn of(request: &Signed<Request>) -> Option<RequestKey> {
-        let digest = signing_digest(&request.payload).ok()?;
-        Some(RequestKey::from_parts(digest, request))
+    pub fn of(scope: Scope, request: &Signed<Request>) -> Option<RequestKey> {
+        Some(RequestKey::from_parts(scope.digest(&request.payload), request))
     }
 
     /// The key of a request already verified (its signing digest is known).
@@ -100,7 +100,9 @@ impl RecentRequests {
 mod tests {
     use super::*;
     use bulwark_crypto::KeyPair;
-    use bulwark_framework::Timestamp;
+    use bulwark_framework::{ClusterId, Epoch, Timestamp};
+
+    const SCOPE: Scope = Scope { cluster: ClusterId(1), epoch: Epoch(0) };
 
     fn request(key: &KeyPair, timestamp: u64) -> Signed<Request> {
         let payload = Request {
@@ -109,7 +111,7 @@ mod tests {
             read_only: false,
             operation: vec![],
         };
-        Signed::sign(payload, key).unwrap()
+        SCOPE.sign(payload, key).into_signed()
     }
 
     #[test]
@@ -117,18 +119,18 @@ mod tests {
         let key = KeyPair::from_seed([7; 32]);
         let signed = request(&key, 1);
         let mut recent = RecentRequests::default();
-        let verified = signed.clone().verify(&key.public()).unwrap();
+        let verified = SCOPE.verify(signed.clone(), &key.public()).unwrap();
         recent.insert(verified);
         // Signatures are deterministic: signing the same request again gives the same key.
-        assert!(recent.get(RequestKey::of(&request(&key, 1)).unwrap()).is_some());
+        assert!(recent.get(RequestKey::of(SCOPE, &request(&key, 1)).unwrap()).is_some());
         assert_eq!(recent.hits(), 1);
-        assert!(recent.get(RequestKey::of(&request(&key, 2)).unwrap()).is_none());
+        assert!(recent.get(RequestKey::of(SCOPE, &request(&key, 2)).unwrap()).is_none());
         let mut forged = signed.clone();
         forged.signature = request(&key, 2).signature;
-        assert!(recent.get(RequestKey::of(&forged).unwrap()).is_none(), "another signature is another key");
+        assert!(recent.get(RequestKey::of(SCOPE, &forged).unwrap()).is_none(), "another signature is another key");
         let mut other_operation = signed;
         other_operation.payload.operation = b"x".to_vec();
-        assert!(recent.get(RequestKey::of(&other_operation).unwrap()).is_none());
+        assert!(recent.get(RequestKey::of(SCOPE, &other_operation).unwrap()).is_none());
     }
 
     #[test]
@@ -138,12 +140,12 @@ mod tests {
         let first = request(&key, 0);
         for timestamp in 0..(RECENT_REQUESTS_MAX as u64 + 10) {
             let signed = request(&key, timestamp);
-            let verified = signed.clone().verify(&key.public()).unwrap();
+            let verified = SCOPE.verify(signed.clone(), &key.public()).unwrap();
             recent.insert(verified);
         }
         assert_eq!(recent.len(), RECENT_REQUESTS_MAX);
-        assert!(recent.get(RequestKey::of(&first).unwrap()).is_none(), "the oldest was evicted");
+        assert!(recent.get(RequestKey::of(SCOPE, &first).unwrap()).is_none(), "the oldest was evicted");
         let last = request(&key, RECENT_REQUESTS_MAX as u64 + 9);
-        assert!(recent.get(RequestKey::of(&last).unwrap()).is_some());
+        assert!(recent.get(RequestKey::of(SCOPE, &last).unwrap()).is_some());
     }
 }

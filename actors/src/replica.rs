@@ -37,15 +37,16 @@ use actix::prelude::*;
 use bulwark_crypto::Digest;
 use bulwark_crypto::KeyPair;
 use bulwark_framework::config::ClientAuth;
-use bulwark_framework::messages::{reply_messages, VerifiedMessage, VerifiedReply};
+use bulwark_framework::messages::{reply_messages, MessageKind, VerifiedMessage, VerifiedReply};
 use bulwark_framework::roles::replica::{Footprint, ReplicaMetrics};
 use bulwark_framework::roles::ReplicaEvent;
 use bulwark_framework::sim::byzantine::{ByzantineAction, ByzantineReplica, Strategy};
 use bulwark_framework::verify::RefusalCounts;
-use bulwark_framework::verify::{verify_requests, ClientKeyCache, Refusal};
+use bulwark_framework::verify::{check_scope, verify_requests, ClientKeyCache, Refusal};
 use bulwark_framework::wire::encode_frame;
 use bulwark_framework::{
-    Action, ClientId, ClusterConfig, Input, Instant, Replica, ReplicaId, SeqNum, Service, TimerKind, View,
+    Action, ClientId, Input, Instant, Membership, MembershipHandle, PeerId, Replica, ReplicaId, Scope, SeqNum, Service,
+    TimerKind, View,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -263,7 +264,7 @@ enum Node<S: Service> {
 /// The replica actor.
 pub struct ReplicaActor<S: Service> {
     id: ReplicaId,
-    cluster: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     replica: Node<S>,
     transport: TransportHandle,
     timers: BTreeMap<TimerKind, SpawnHandle>,
@@ -382,15 +383,19 @@ impl<S: Service + Send + Unpin> Actor for ReplicaActor<S> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // The mailbox only ever holds what the bounded forwarder lets through.
-        ctx.set_mailbox_capacity(inbound_in_flight_max(self.cluster.n()) + 16);
+        ctx.set_mailbox_capacity(inbound_in_flight_max(self.membership.current().n()) + 16);
         let actions = std::mem::take(&mut self.initial);
         self.carry_out(actions, ctx);
     }
 }
 
 impl<S: Service + Send + Unpin> ReplicaActor<S> {
-    fn encode(message: &VerifiedMessage) -> Option<Bytes> {
-        match encode_frame(&message.to_wire()) {
+    fn encode(&self, message: &VerifiedMessage) -> Option<Bytes> {
+        self.encode_wire(&message.to_wire())
+    }
+
+    fn encode_wire(&self, message: &bulwark_framework::Message) -> Option<Bytes> {
+        match encode_frame(self.membership.scope(), message) {
             Ok(frame) => Some(Bytes::from(frame)),
             Err(error) => {
                 tracing::error!(%error, "could not encode an outgoing message");
@@ -422,16 +427,13 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         for action in actions {
             match action {
                 Action::Send { to, message } => {
-                    if let Some(frame) = Self::encode(&message) {
-                        self.transport.send_to_replica(to, frame);
+                    if let Some(frame) = self.encode(&message) {
+                        self.send_to_member(to, frame);
                     }
                 }
                 Action::Broadcast { message } => {
-                    if let Some(frame) = Self::encode(&message) {
-                        let me = self.id;
-                        for peer in self.cluster.replicas().filter(|r| *r != me) {
-                            self.transport.send_to_replica(peer, frame.clone());
-                        }
+                    if let Some(frame) = self.encode(&message) {
+                        self.broadcast(frame);
                     }
                 }
                 Action::Reply { client, reply } => replies.entry(client).or_default().push(reply),
@@ -457,6 +459,18 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         }
         if let Some(primary) = self.primary.as_ref().filter(|_| !to_primary.is_empty()) {
             primary.do_send(ToPrimary(to_primary));
+        }
+    }
+
+    fn send_to_member(&self, member: ReplicaId, frame: Bytes) {
+        self.transport.send_to_peer(PeerId::new(self.membership.current().cluster(), member), frame);
+    }
+
+    /// Sends `frame` to every other member.
+    fn broadcast(&self, frame: Bytes) {
+        let membership = self.membership.current();
+        for member in membership.replicas().filter(|member| *member != self.id) {
+            self.transport.send_to_peer(PeerId::new(membership.cluster(), member), frame.clone());
         }
     }
 
@@ -500,10 +514,11 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         };
         for action in byzantine {
             match action {
-                ByzantineAction::Send { to, message } => match encode_frame(&message) {
-                    Ok(frame) => self.transport.send_to_replica(to, Bytes::from(frame)),
-                    Err(error) => tracing::error!(%error, "could not encode a Byzantine message"),
-                },
+                ByzantineAction::Send { to, message } => {
+                    if let Some(frame) = self.encode_wire(&message) {
+                        self.send_to_member(to, frame);
+                    }
+                }
                 ByzantineAction::SetTimer { timer, at } => self.set_timer(timer, at, ctx),
             }
         }
@@ -518,7 +533,7 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 tracing::info!(%replica, view = view.0, "view change started: VIEW-CHANGE sent");
             }
             ReplicaEvent::EnteredView { view, .. } => {
-                let primary = self.cluster.primary(view);
+                let primary = self.membership.current().primary(view);
                 tracing::info!(%replica, view = view.0, primary = primary.0, "entered view");
             }
             // A NEW-VIEW is large; the others are small enough to print whole.
@@ -532,10 +547,11 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
 
     fn answer_client_wire(&mut self, client: ClientId, message: &bulwark_framework::Message) {
         match self.client_routes.get(&client) {
-            Some(connection) => match encode_frame(message) {
-                Ok(frame) => self.transport.send_to_connection(*connection, Bytes::from(frame)),
-                Err(error) => tracing::error!(%error, "could not encode a reply"),
-            },
+            Some(connection) => {
+                if let Some(frame) = self.encode_wire(message) {
+                    self.transport.send_to_connection(*connection, frame);
+                }
+            }
             None => tracing::debug!(%client, "no connection to answer this client on"),
         }
     }
@@ -715,7 +731,9 @@ impl<S: Service + Send + Unpin> ReplicaHandle<S> {
 pub struct ReplicaSetup<S> {
     pub id: ReplicaId,
     pub key: KeyPair,
-    pub cluster: Arc<ClusterConfig>,
+    /// The cluster's membership; the replica and its roles share one handle on it.
+    pub membership: Membership,
+    /// Where each member listens (this replica's own entry is its listen address).
     pub addresses: BTreeMap<ReplicaId, SocketAddr>,
     pub service: S,
     pub verifier: VerifierPool,
@@ -740,21 +758,25 @@ pub async fn spawn_replica<S: Service + Send + Unpin>(
 }
 
 async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>) -> std::io::Result<ReplicaHandle<S>> {
-    let ReplicaSetup { id, key, cluster, addresses, service, verifier, send_queue_frames_max, data_dir, byzantine } =
+    let ReplicaSetup { id, key, membership, addresses, service, verifier, send_queue_frames_max, data_dir, byzantine } =
         setup;
+    let cluster = membership.cluster();
+    let frame_bytes_max = membership.params.frame_bytes_max;
+    let members = Arc::new(membership.clone());
+    let membership = MembershipHandle::new(membership);
     // The store first: a replica that cannot open it must not start at all.
     let store = match (&data_dir, byzantine) {
-        (Some(dir), None) => Some(open_store(dir, id, &cluster)?),
+        (Some(dir), None) => Some(open_store(dir, id, &membership)?),
         _ => None,
     };
     let listen = *addresses.get(&id).ok_or_else(|| std::io::Error::other(format!("no address for replica {id}")))?;
-    let peers = addresses.iter().filter(|(r, _)| **r != id).map(|(r, a)| (*r, *a)).collect();
-    let (inbound_lanes, inbound_receivers) = inbound_lanes(&cluster);
+    let peers = addresses.iter().filter(|(r, _)| **r != id).map(|(r, a)| (PeerId::new(cluster, *r), *a)).collect();
+    let (inbound_lanes, inbound_receivers) = inbound_lanes(&members);
     let transport = transport::start(
         TransportConfig {
             listen: Some(listen),
             peers,
-            frame_bytes_max: cluster.params.frame_bytes_max,
+            frame_bytes_max,
             send_queue_frames_max,
             reconnect_min_ms: 20,
             reconnect_max_ms: 1_000,
@@ -766,14 +788,14 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
     let (mut replica, initial, store) = match (store, byzantine) {
         (_, Some(strategy)) => {
             tracing::warn!(replica = %id, strategy = strategy.name(), "starting as a Byzantine replica");
-            (Node::Byzantine(Box::new(ByzantineReplica::new(id, key, cluster.clone(), strategy))), Vec::new(), None)
+            (Node::Byzantine(Box::new(ByzantineReplica::new(id, key, members.clone(), strategy))), Vec::new(), None)
         }
         (Some((store, opened)), None) => {
-            let (replica, initial) = Replica::recover(id, key, cluster.clone(), service, opened.recovered, now());
+            let (replica, initial) = Replica::recover(id, key, membership.clone(), service, opened.recovered, now());
             (Node::Correct(replica), initial, Some(store))
         }
         (None, None) => {
-            let mut replica = Replica::new(id, key, cluster.clone(), service);
+            let mut replica = Replica::new(id, key, membership.clone(), service);
             let initial = replica.start(now());
             (Node::Correct(replica), initial, None)
         }
@@ -821,7 +843,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         primary,
         gauges,
         id,
-        cluster,
+        membership,
         replica,
         transport: transport.clone(),
         timers: BTreeMap::new(),
@@ -837,9 +859,9 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
 }
 
 /// Opens replica `id`'s store under `dir` and logs what it holds.
-fn open_store(dir: &std::path::Path, id: ReplicaId, cluster: &Arc<ClusterConfig>) -> std::io::Result<(Store, Opened)> {
+fn open_store(dir: &std::path::Path, id: ReplicaId, membership: &MembershipHandle) -> std::io::Result<(Store, Opened)> {
     let path = store_path(dir, id);
-    let (store, opened) = Store::open(&path, cluster.clone()).map_err(std::io::Error::other)?;
+    let (store, opened) = Store::open(&path, membership.clone()).map_err(std::io::Error::other)?;
     let recovered = &opened.recovered;
     tracing::info!(
         replica = %id,
@@ -865,17 +887,18 @@ pub(crate) struct InboundReceivers {
 /// in its own (by the sender they claim, [`Origin::of`]). The transport's readers wait for
 /// room in their message's lane only, so clients filling theirs do not hold up the
 /// replicas' traffic, nor does one flooding replica hold up the others'.
-pub(crate) fn inbound_lanes(cluster: &Arc<ClusterConfig>) -> (InboundLanes, InboundReceivers) {
-    let n = cluster.n();
+pub(crate) fn inbound_lanes(membership: &Arc<Membership>) -> (InboundLanes, InboundReceivers) {
+    let n = membership.n();
     let (client_tx, client) = mpsc::channel(CLIENT_IN_FLIGHT_MAX);
     let (replica_txs, replicas): (Vec<_>, Vec<_>) =
         (0..n).map(|_| mpsc::channel(replica_in_flight_per_sender_max(n))).unzip();
     let mut senders = vec![client_tx];
     senders.extend(replica_txs);
-    let cluster = cluster.clone();
-    let lanes = InboundLanes::new(senders, move |message| match Origin::of(message, &cluster) {
+    let membership = membership.clone();
+    // Lane 0 is the clients'; member `i` of the sorted member list has lane `1 + i`.
+    let lanes = InboundLanes::new(senders, move |message| match Origin::of(message, &membership) {
         Origin::Client => 0,
-        Origin::Replica(replica) => 1 + replica.0 as usize,
+        Origin::Replica(replica) => 1 + membership.replicas().position(|member| member == replica).unwrap_or(0),
     });
     (lanes, InboundReceivers { client, replicas })
 }
@@ -956,9 +979,10 @@ impl Lanes {
     /// `request` as verified before by this replica, if it was lately.
     fn recall(
         &self,
+        scope: Scope,
         request: &SignedRequest,
     ) -> Option<bulwark_crypto::Verified<bulwark_framework::messages::Request>> {
-        let key = RequestKey::of(request)?;
+        let key = RequestKey::of(scope, request)?;
         self.recent.lock().ok()?.get(key)
     }
 
@@ -981,24 +1005,26 @@ async fn forward_replica_lane(
     let permits = Arc::new(Semaphore::new(in_flight_max));
     loop {
         lanes.gate.wait_open().await;
-        let Some(Inbound { connection, message, .. }) = inbound.recv().await else {
+        let Some(Inbound { connection, scope, message, .. }) = inbound.recv().await else {
             break;
         };
         if !lanes.wanted(&message) {
             continue;
         }
         // A request relayed by a backup (R3): dropped if its client holds its window here,
-        // delivered without a second check if this replica verified it already.
+        // delivered without a second check if this replica verified it already (in the
+        // scope its envelope names, which must be this replica's).
         if let bulwark_framework::Message::Request(request) = &message {
             if lanes.over_window(request) {
                 continue;
             }
-            if let Some(known) = lanes.recall(request) {
+            if let Some(known) = lanes.recall(scope, request).filter(|_| scope == verifier.membership.scope()) {
                 let _ = target.send(Deliver { message: VerifiedMessage::Request(known), connection }).await;
                 continue;
             }
         }
-        if !spawn_verify_and_deliver(&permits, message, connection, &verifier, &target, &transport, &lanes).await {
+        if !spawn_verify_and_deliver(&permits, scope, message, connection, &verifier, &target, &transport, &lanes).await
+        {
             return;
         }
     }
@@ -1007,8 +1033,10 @@ async fn forward_replica_lane(
 /// Takes one of `permits` (waiting while all are in use: that is the lane's backpressure)
 /// and verifies and delivers `message` on a task of its own. False once the permits are
 /// closed.
+#[allow(clippy::too_many_arguments)]
 async fn spawn_verify_and_deliver(
     permits: &Arc<Semaphore>,
+    scope: Scope,
     message: bulwark_framework::Message,
     connection: ConnectionId,
     verifier: &VerifierPool,
@@ -1020,13 +1048,15 @@ async fn spawn_verify_and_deliver(
         return false;
     };
     let (verifier, target, transport, lanes) = (verifier.clone(), target.clone(), transport.clone(), lanes.clone());
-    actix::spawn(verify_and_deliver(message, connection, verifier, target, transport, lanes, permit));
+    actix::spawn(verify_and_deliver(scope, message, connection, verifier, target, transport, lanes, permit));
     true
 }
 
 /// Verifies `message` and hands it to `target`; `permit` is held until the actor handled
 /// it.
+#[allow(clippy::too_many_arguments)]
 async fn verify_and_deliver(
+    scope: Scope,
     message: bulwark_framework::Message,
     connection: ConnectionId,
     verifier: VerifierPool,
@@ -1035,7 +1065,7 @@ async fn verify_and_deliver(
     lanes: Lanes,
     permit: OwnedSemaphorePermit,
 ) {
-    match verifier.verify(message).await {
+    match verifier.verify(scope, message).await {
         Ok(Ok(message)) => {
             if let VerifiedMessage::Request(request) = &message {
                 lanes.remember(request);
@@ -1150,25 +1180,37 @@ async fn forward_client_lane(
         }
         let mut shed = 0;
         let mut known = Vec::new();
-        let signed_requests = verifier.config.params.client_auth == ClientAuth::Signed;
-        for Inbound { connection, message, .. } in arrived {
+        let membership = verifier.membership.current();
+        let signed_requests = membership.params.client_auth == ClientAuth::Signed;
+        for Inbound { connection, scope, message, .. } in arrived {
             if !lanes.wanted(&message) {
                 continue;
             }
             if let bulwark_framework::Message::Request(request) = message {
+                // Requests are verified in jobs of many, all in this replica's scope: one
+                // for another cluster is refused here, for what it is.
+                if let Err(refusal) = check_scope(scope, MessageKind::Request, &membership) {
+                    if let Ok(mut counts) = verifier.refused.lock() {
+                        counts.record(&refusal);
+                    }
+                    close_refused(&transport, connection, &refusal);
+                    continue;
+                }
                 if lanes.over_window(&request) {
                     shed += 1;
                     continue;
                 }
                 // Only a checked signature is worth remembering (with connection-trusted
                 // links nothing is checked, so nothing is looked up either).
-                match signed_requests.then(|| lanes.recall(&request)).flatten() {
+                match signed_requests.then(|| lanes.recall(scope, &request)).flatten() {
                     Some(request) => known.push(Deliver { message: VerifiedMessage::Request(request), connection }),
                     None => shed += fair.push(connection, request),
                 }
                 continue;
             }
-            if !spawn_verify_and_deliver(&permits, message, connection, &verifier, &target, &transport, &lanes).await {
+            if !spawn_verify_and_deliver(&permits, scope, message, connection, &verifier, &target, &transport, &lanes)
+                .await
+            {
                 return;
             }
         }
@@ -1189,10 +1231,10 @@ async fn forward_client_lane(
             return;
         };
         let (connections, signed): (Vec<ConnectionId>, Vec<_>) = requests.into_iter().unzip();
-        if verifier.config.params.client_auth == ClientAuth::Connection {
+        if membership.params.client_auth == ClientAuth::Connection {
             // Nothing to check but sizes: done here rather than on another thread.
             let mut keys = ClientKeyCache::default();
-            let results = verify_requests(signed, &verifier.config, &mut keys);
+            let results = verify_requests(signed, &membership, &mut keys);
             deliver_requests(connections, results, &batch_target, &transport, &verifier, None).await;
             drop(permit);
             continue;
@@ -1247,7 +1289,7 @@ async fn deliver_requests(
                 delivers.push(Deliver { message: VerifiedMessage::Request(request), connection })
             }
             Err(refusal) => {
-                if pool.config.params.client_auth == ClientAuth::Connection {
+                if pool.membership.current().params.client_auth == ClientAuth::Connection {
                     // Checked here, not on the pool: count it where the pool counts.
                     if let Ok(mut counts) = pool.refused.lock() {
                         counts.record(&refusal);
@@ -1288,17 +1330,14 @@ mod tests {
     #[test]
     fn lanes_drop_unverified_what_an_attacker_does_not_read() {
         let lanes = |byzantine| Lanes { byzantine, ..Lanes::default() };
-        let checkpoint = Message::Checkpoint(
-            Signed::sign(
-                bulwark_framework::messages::Checkpoint {
-                    seq: SeqNum(128),
-                    state_digest: Digest::of(b"state"),
-                    replica: ReplicaId(1),
-                },
-                &replica_key(1),
-            )
-            .unwrap(),
-        );
+        let checkpoint = Message::Checkpoint(crate::test_fixtures::sign(
+            bulwark_framework::messages::Checkpoint {
+                seq: SeqNum(128),
+                state_digest: Digest::of(b"state"),
+                replica: ReplicaId(1),
+            },
+            &replica_key(1),
+        ));
         for message in [request(1), prepare(1), checkpoint.clone()] {
             assert!(lanes(None).wanted(&message), "{:?}", message.kind());
             assert!(!lanes(Some(Strategy::Silent)).wanted(&message), "{:?}", message.kind());
@@ -1318,11 +1357,10 @@ mod tests {
         assert!(!lanes.over_window(&request));
         lanes.saturated.0.lock().unwrap().clients.insert(request.payload.client());
         assert!(lanes.over_window(&request));
-        let other = Signed::sign(
+        let other = crate::test_fixtures::sign(
             Request { client_key: replica_key(1).public().into(), ..request.payload.clone() },
             &replica_key(1),
-        )
-        .unwrap();
+        );
         assert!(!lanes.over_window(&other));
     }
 
@@ -1364,13 +1402,13 @@ mod tests {
             read_only: false,
             operation: vec![],
         };
-        Message::Request(Signed::sign(payload, &key).unwrap())
+        Message::Request(crate::test_fixtures::sign(payload, &key))
     }
 
     fn prepare(replica: u32) -> Message {
         let payload =
             Prepare { view: View(0), seq: SeqNum(1), digest: Digest::of(b"batch"), replica: ReplicaId(replica) };
-        Message::Prepare(Signed::sign(payload, &replica_key(replica)).unwrap())
+        Message::Prepare(crate::test_fixtures::sign(payload, &replica_key(replica)))
     }
 
     /// Stands in for the replica actor: records what it is handed, and holds every batch of
@@ -1428,7 +1466,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_client_flood_is_bounded_and_does_not_hold_back_a_replica_message() {
         let cluster = cluster();
-        let pool = VerifierPool::start(1, cluster.clone());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let (lanes, receivers) = inbound_lanes(&cluster);
         let (unused_inbound, _) = mpsc::channel(1);
         let transport = transport::start(
@@ -1467,7 +1505,16 @@ mod tests {
             actix_rt::spawn(async move {
                 for message in flood_messages {
                     // What a connection's reader does: wait for room in the message's lane.
-                    if lanes.deliver(Inbound { connection: ConnectionId(1), link: None, message }).await.is_err() {
+                    if lanes
+                        .deliver(Inbound {
+                            connection: ConnectionId(1),
+                            link: None,
+                            scope: crate::test_fixtures::SCOPE,
+                            message,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     accepted.fetch_add(1, Ordering::SeqCst);
@@ -1491,7 +1538,15 @@ mod tests {
         assert!(kept <= bound, "{kept} requests kept ({accepted_while_stuck} read), bound {bound}");
         assert!(requests_in_hand.load(Ordering::SeqCst) <= CLIENT_IN_FLIGHT_MAX, "the budget holds");
 
-        lanes.deliver(Inbound { connection: ConnectionId(2), link: None, message: prepare(1) }).await.unwrap();
+        lanes
+            .deliver(Inbound {
+                connection: ConnectionId(2),
+                link: None,
+                scope: crate::test_fixtures::SCOPE,
+                message: prepare(1),
+            })
+            .await
+            .unwrap();
         eventually("the PREPARE reached the replica", || !protocol_messages.lock().unwrap().is_empty()).await;
         assert_eq!(*protocol_messages.lock().unwrap(), vec![MessageKind::Prepare]);
         assert_eq!(requests_handled.load(Ordering::SeqCst), 0, "the PREPARE did not wait for the clients");

@@ -8,6 +8,9 @@
 //! ([`Digest::of_parts`]), so torn or flipped bytes and a record moved to another key are
 //! caught before anything is decoded. Table `meta` holds the first and the next key: the
 //! keys in between must all be there, so a record lost to a damaged page is caught too.
+//! It also names the cluster the store belongs to: a store is written for one cluster
+//! and refused (the replica stops, nothing is moved) when opened for another, since its
+//! records are signed for that cluster and the directory is most likely the wrong one.
 //!
 //! **Writing.** [`Store::append`] writes the records of one group in one write
 //! transaction with immediate durability (fsync) and two-phase commit: with two-phase
@@ -37,7 +40,7 @@
 use actix::prelude::*;
 use bulwark_crypto::Digest;
 use bulwark_framework::durable::{Record, Recovered, StoredRecord};
-use bulwark_framework::{ClusterConfig, ReplicaId};
+use bulwark_framework::{ClusterId, Membership, MembershipHandle, ReplicaId};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use std::io::ErrorKind;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -50,6 +53,7 @@ const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FIRST_KEY: &str = "first";
 const NEXT_KEY: &str = "next";
+const CLUSTER_KEY: &str = "cluster";
 const CHECKSUM_BYTES: usize = 32;
 
 /// The database file of replica `id` under `dir`.
@@ -172,7 +176,7 @@ fn encode(key: u64, record: &Record) -> Result<Vec<u8>, String> {
 }
 
 /// Checks, decodes and re-verifies the value stored under `key`.
-fn decode(key: u64, value: &[u8], config: &ClusterConfig) -> Result<Record, String> {
+fn decode(key: u64, value: &[u8], config: &Membership) -> Result<Record, String> {
     if value.len() < CHECKSUM_BYTES {
         return Err(format!("{} bytes, shorter than its checksum", value.len()));
     }
@@ -192,7 +196,7 @@ struct Loaded {
     next_key: u64,
 }
 
-fn load(path: &Path, config: &ClusterConfig) -> Result<Loaded, LoadError> {
+fn load(path: &Path, config: &Membership) -> Result<Loaded, LoadError> {
     let mut db = Database::create(path).map_err(classify)?;
     // Checks every page checksum, which redb otherwise does only after an unclean shutdown.
     if !db.check_integrity().map_err(classify)? {
@@ -202,10 +206,40 @@ fn load(path: &Path, config: &ClusterConfig) -> Result<Loaded, LoadError> {
     Ok(Loaded { db, recovered, first_key, next_key })
 }
 
-fn read_records(db: &Database, config: &ClusterConfig) -> Result<(Recovered, u64, u64), LoadError> {
+/// Names `cluster` in a store that names none yet (a new one), with its (empty) range of
+/// records: a meta table always holds all three keys.
+fn claim_for(db: &Database, cluster: ClusterId, path: &Path) -> Result<(), StoreFailure> {
+    let failed = |e: redb::Error| write_error(path, e);
+    let txn = db.begin_write().map_err(|e| failed(e.into()))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| failed(e.into()))?;
+        if meta.get(CLUSTER_KEY).map_err(|e| failed(e.into()))?.is_some() {
+            return Ok(());
+        }
+        meta.insert(CLUSTER_KEY, u64::from(cluster.0)).map_err(|e| failed(e.into()))?;
+        for key in [FIRST_KEY, NEXT_KEY] {
+            if meta.get(key).map_err(|e| failed(e.into()))?.is_none() {
+                meta.insert(key, 0).map_err(|e| failed(e.into()))?;
+            }
+        }
+    }
+    txn.commit().map_err(|e| failed(e.into()))
+}
+
+fn read_records(db: &Database, config: &Membership) -> Result<(Recovered, u64, u64), LoadError> {
     let txn = db.begin_read().map_err(classify)?;
     let (first_key, next_key) = match txn.open_table(META) {
         Ok(meta) => {
+            if let Some(cluster) = meta.get(CLUSTER_KEY).map_err(classify)? {
+                let (theirs, mine) = (cluster.value(), config.cluster());
+                if theirs != u64::from(mine.0) {
+                    return Err(LoadError::Fatal(format!(
+                        "it belongs to cluster {theirs}, and this replica is a member of cluster {}: \
+                         refusing another cluster's records (is the data directory the right one?)",
+                        mine.0
+                    )));
+                }
+            }
             let get = |name: &str| -> Result<u64, LoadError> {
                 match meta.get(name).map_err(classify)? {
                     Some(value) => Ok(value.value()),
@@ -271,7 +305,7 @@ fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
 pub struct Store {
     path: PathBuf,
     db: Database,
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     /// What the file holds, folded: compaction writes its `to_records()`.
     recovered: Recovered,
     first_key: u64,
@@ -290,7 +324,8 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store at `path` and loads it; a corrupt one is moved aside
     /// and replaced by an empty one (see the module documentation).
-    pub fn open(path: &Path, config: Arc<ClusterConfig>) -> Result<(Store, Opened), StoreFailure> {
+    pub fn open(path: &Path, membership: MembershipHandle) -> Result<(Store, Opened), StoreFailure> {
+        let config = membership.current();
         let failure = |reason: String| StoreFailure { path: path.to_path_buf(), reason };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| failure(format!("cannot create {}: {e}", parent.display())))?;
@@ -322,11 +357,13 @@ impl Store {
             }
         };
         let Loaded { db, recovered, first_key, next_key } = loaded;
+        claim_for(&db, config.cluster(), path)?;
         let records = next_key - first_key;
         stats.records_loaded.store(records, Ordering::Relaxed);
         stats.records_stored.store(records, Ordering::Relaxed);
         let opened = Opened { recovered: recovered.clone(), records, discarded };
-        let store = Store { path: path.to_path_buf(), db, config, recovered, first_key, next_key, stats, failed: None };
+        let store =
+            Store { path: path.to_path_buf(), db, membership, recovered, first_key, next_key, stats, failed: None };
         Ok((store, opened))
     }
 
@@ -420,7 +457,7 @@ impl Store {
         let mut records = Vec::new();
         for entry in table.iter().map_err(|e| failure(e.to_string()))? {
             let (key, value) = entry.map_err(|e| failure(e.to_string()))?;
-            records.push(decode(key.value(), value.value(), &self.config).map_err(failure)?);
+            records.push(decode(key.value(), value.value(), &self.membership.current()).map_err(failure)?);
         }
         Ok(records)
     }
@@ -504,7 +541,7 @@ impl Drop for StoreWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_crypto::{KeyPair, Verified};
+    use bulwark_crypto::KeyPair;
     use bulwark_framework::messages::{Request, VerifiedMessage};
     use bulwark_framework::{Action, Input, ProtocolParams, Replica, Service, ServiceError, TimerKind, Timestamp};
     use std::collections::VecDeque;
@@ -533,9 +570,15 @@ mod tests {
         }
     }
 
-    fn config_of(keys: &[KeyPair]) -> Arc<ClusterConfig> {
+    fn config_of(keys: &[KeyPair]) -> MembershipHandle {
+        cluster_of(ClusterId(1), keys)
+    }
+
+    fn cluster_of(cluster: ClusterId, keys: &[KeyPair]) -> MembershipHandle {
         let params = ProtocolParams { checkpoint_interval: 4, watermark_window: 8, ..ProtocolParams::default() };
-        Arc::new(ClusterConfig::new(keys.iter().map(KeyPair::public).collect(), params).unwrap())
+        MembershipHandle::new(
+            Membership::numbered(cluster, keys.iter().map(KeyPair::public).collect(), params).unwrap(),
+        )
     }
 
     fn keys(seed: u8) -> Vec<KeyPair> {
@@ -544,12 +587,15 @@ mod tests {
 
     /// Four framework replicas wired directly to each other run `requests` requests; returns
     /// the config and replica 1's `Persist` records, one group per `handle` call.
-    fn record_groups(requests: u64) -> (Arc<ClusterConfig>, Vec<Vec<Record>>) {
+    fn record_groups(requests: u64) -> (MembershipHandle, Vec<Vec<Record>>) {
         let config = config_of(&keys(1));
         let mut replicas: Vec<Replica<Counter>> = keys(1)
             .into_iter()
             .enumerate()
-            .map(|(i, key)| Replica::new(ReplicaId(i as u32), key, config.clone(), Counter::default()))
+            .map(|(i, key)| {
+                let handle = MembershipHandle::new((*config.current()).clone());
+                Replica::new(ReplicaId(i as u32), key, handle, Counter::default())
+            })
             .collect();
         let client = KeyPair::from_seed([99; 32]);
         let mut groups = Vec::new();
@@ -561,10 +607,10 @@ mod tests {
                 read_only: false,
                 operation: rmp_serde::to_vec(&t).unwrap(),
             };
-            let request = Verified::sign(request, &client).unwrap();
+            let request = config.sign(request, &client);
             let mut queue: VecDeque<(usize, Input)> = VecDeque::new();
             queue.push_back((0, Input::Message(VerifiedMessage::Request(request))));
-            now = now + config.params.batch_delay() * 2;
+            now = now + config.current().params.batch_delay() * 2;
             queue.push_back((0, Input::Timer(TimerKind::Batch)));
             while let Some((to, input)) = queue.pop_front() {
                 let actions = replicas[to].handle(input, now);
@@ -577,7 +623,7 @@ mod tests {
                                 queue.push_back((peer, Input::Message(message.clone())));
                             }
                         }
-                        Action::Send { to, message } => queue.push_back((to.index(), Input::Message(message))),
+                        Action::Send { to, message } => queue.push_back((to.0 as usize, Input::Message(message))),
                         _ => {}
                     }
                 }
@@ -666,6 +712,7 @@ mod tests {
         let (config, groups) = record_groups(1);
         let record = &groups[0][0];
         let value = encode(7, record).unwrap();
+        let config = config.current();
         assert_eq!(&decode(7, &value, &config).unwrap(), record);
         for position in [0, CHECKSUM_BYTES, value.len() / 2, value.len() - 1] {
             let mut flipped = value.clone();
@@ -682,7 +729,7 @@ mod tests {
         bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect()
     }
 
-    fn assert_discarded(path: &Path, config: Arc<ClusterConfig>, why: &str) {
+    fn assert_discarded(path: &Path, config: MembershipHandle, why: &str) {
         let (store, opened) = Store::open(path, config).unwrap();
         let discarded = opened.discarded.unwrap_or_else(|| panic!("{why}: not detected"));
         assert!(opened.recovered.is_empty(), "{why}");
@@ -693,7 +740,7 @@ mod tests {
         eprintln!("{why}: {}", discarded.reason);
     }
 
-    fn written_store(groups: &[Vec<Record>], config: &Arc<ClusterConfig>) -> (tempfile::TempDir, PathBuf) {
+    fn written_store(groups: &[Vec<Record>], config: &MembershipHandle) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = store_path(dir.path(), ReplicaId(1));
         let (mut store, _) = Store::open(&path, config.clone()).unwrap();
@@ -738,6 +785,31 @@ mod tests {
         let (_dir, path) = written_store(&groups, &config);
         let other = config_of(&keys(50));
         assert_discarded(&path, other, "foreign signatures");
+    }
+
+    #[test]
+    fn a_new_store_opened_again_before_any_record_loads_empty() {
+        let (config, _) = record_groups(1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), ReplicaId(1));
+        drop(Store::open(&path, config.clone()).unwrap());
+        let (store, opened) = Store::open(&path, config).unwrap();
+        assert!(opened.discarded.is_none(), "{:?}", opened.discarded);
+        assert!(opened.recovered.is_empty() && opened.records == 0);
+        assert_eq!(store.stats().snapshot().corrupt_discarded, 0);
+    }
+
+    #[test]
+    fn a_store_of_another_cluster_is_refused_and_left_where_it_is() {
+        let (config, groups) = record_groups(3);
+        let (_dir, path) = written_store(&groups, &config);
+        // The same keys and records, opened by a replica of cluster 2.
+        let failure = Store::open(&path, cluster_of(ClusterId(2), &keys(1))).unwrap_err();
+        assert!(failure.reason.contains("belongs to cluster 1"), "{failure}");
+        assert!(path.exists(), "nothing is moved aside");
+        // Its own cluster still opens it.
+        let (_, opened) = Store::open(&path, config).unwrap();
+        assert!(opened.discarded.is_none() && opened.records > 0);
     }
 
     #[test]

@@ -2,8 +2,14 @@
 
 use bulwark_crypto::{KeyPair, Signed};
 use bulwark_framework::messages::ViewChange;
-use bulwark_framework::{ClusterConfig, ProtocolParams, ReplicaId, SeqNum, View};
+use bulwark_framework::signing::Scoped;
+use bulwark_framework::{
+    ClusterId, Epoch, Membership, MembershipHandle, ProtocolParams, ReplicaId, Scope, SeqNum, View,
+};
 use std::sync::Arc;
+
+/// The scope of [`cluster`]'s messages.
+pub(crate) const SCOPE: Scope = Scope { cluster: ClusterId(1), epoch: Epoch(0) };
 
 /// Replica `i`'s key in [`cluster`].
 pub(crate) fn replica_key(i: u32) -> KeyPair {
@@ -11,9 +17,19 @@ pub(crate) fn replica_key(i: u32) -> KeyPair {
 }
 
 /// Four replicas with the default parameters.
-pub(crate) fn cluster() -> Arc<ClusterConfig> {
+pub(crate) fn cluster() -> Arc<Membership> {
     let members = (0..4).map(|i| replica_key(i).public()).collect();
-    Arc::new(ClusterConfig::new(members, ProtocolParams::default()).unwrap())
+    Arc::new(Membership::numbered(SCOPE.cluster, members, ProtocolParams::default()).unwrap())
+}
+
+/// A handle of its own on [`cluster`], as each replica or client holds one.
+pub(crate) fn handle() -> MembershipHandle {
+    MembershipHandle::new((*cluster()).clone())
+}
+
+/// Signs `payload` with `key` in [`SCOPE`].
+pub(crate) fn sign<T: Scoped>(payload: T, key: &KeyPair) -> Signed<T> {
+    SCOPE.sign(payload, key).into_signed()
 }
 
 /// A valid VIEW-CHANGE to `view` with no certificates (cheap to verify).
@@ -25,7 +41,7 @@ pub(crate) fn signed_view_change(replica: u32, view: u64) -> Signed<ViewChange> 
         prepared: vec![],
         replica: ReplicaId(replica),
     };
-    Signed::sign(payload, &replica_key(replica)).unwrap()
+    sign(payload, &replica_key(replica))
 }
 
 /// Stands in for an actor that receives `M`: passes each one on to a channel.

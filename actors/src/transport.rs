@@ -75,7 +75,8 @@
 //! another peer address, and the per-link wide-area emulation (latency, bandwidth, loss)
 //! DESIGN.md asks for belongs between a link's queue and its socket, in the writer.
 
-use bulwark_framework::ids::ReplicaId;
+use bulwark_framework::ids::PeerId;
+use bulwark_framework::membership::Scope;
 use bulwark_framework::messages::Message;
 use bulwark_framework::verify::{Refusal, RefusalCounts};
 use bulwark_framework::wire::{self, WireError, FRAME_HEADER_BYTES};
@@ -131,9 +132,10 @@ pub struct TransportConfig {
     /// Address to accept connections on; `None` for a client, which only dials. Port 0
     /// picks a free port (see [`TransportHandle::local_addr`]).
     pub listen: Option<SocketAddr>,
-    /// The replicas this endpoint dials, one outbound link each. Nothing assumes these are
-    /// all the replicas there are (a site's gateway may dial another site).
-    pub peers: BTreeMap<ReplicaId, SocketAddr>,
+    /// The replicas this endpoint dials, one outbound link each, each named by its cluster
+    /// and its id. Nothing assumes these are all the replicas there are, or that they are
+    /// of one cluster (a Steward site's replicas dial other sites' too).
+    pub peers: BTreeMap<PeerId, SocketAddr>,
     /// Largest frame body accepted, checked on every frame header before the body is read
     /// or allocated; also the largest frame sent (larger ones are dropped and counted, as
     /// the peer would close the connection on them).
@@ -175,10 +177,13 @@ impl TransportConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inbound {
     pub connection: ConnectionId,
-    /// The replica this endpoint dialed, when the message came on one of its outbound links
+    /// The peer this endpoint dialed, when the message came on one of its outbound links
     /// (`None` on an accepted connection). A client in a cluster that trusts client
     /// connections attributes a reply by this, never by what the reply claims.
-    pub link: Option<ReplicaId>,
+    pub link: Option<PeerId>,
+    /// The cluster and epoch the envelope says the message is signed in (checked, with
+    /// the signatures, by [`bulwark_framework::verify::verify_envelope`]).
+    pub scope: Scope,
     pub message: Message,
 }
 
@@ -316,7 +321,7 @@ async fn shut_down(shutdown: &mut watch::Receiver<bool>) {
 #[derive(Debug)]
 struct Shared {
     local_addr: Option<SocketAddr>,
-    links: BTreeMap<ReplicaId, mpsc::Sender<Bytes>>,
+    links: BTreeMap<PeerId, mpsc::Sender<Bytes>>,
     context: Context,
     shutdown: watch::Sender<bool>,
 }
@@ -437,10 +442,10 @@ pub async fn start(config: TransportConfig, inbound: impl Into<InboundLanes>) ->
         max: Duration::from_millis(config.reconnect_max_ms),
     };
     let mut links = BTreeMap::new();
-    for (&replica, &address) in &config.peers {
+    for (&peer, &address) in &config.peers {
         let (sender, queue) = mpsc::channel(config.send_queue_frames_max);
-        links.insert(replica, sender.clone());
-        tokio::spawn(run_link(replica, address, sender, queue, backoff, context.clone()));
+        links.insert(peer, sender.clone());
+        tokio::spawn(run_link(peer, address, sender, queue, backoff, context.clone()));
     }
     if let Some(listener) = listener {
         tokio::spawn(run_listener(listener, context.clone()));
@@ -460,18 +465,18 @@ impl TransportHandle {
         WeakTransportHandle { shared: Arc::downgrade(&self.shared) }
     }
 
-    /// Queues `frame` (from [`wire::encode_frame`]) on the link to `replica`. Never
-    /// blocks: if the link's queue is full, or `replica` is not a configured peer, the frame
-    /// is dropped and counted.
-    pub fn send_to_replica(&self, replica: ReplicaId, frame: Bytes) {
+    /// Queues `frame` (from [`wire::encode_frame`]) on the link to `peer`. Never blocks:
+    /// if the link's queue is full, or `peer` is not a configured peer, the frame is
+    /// dropped and counted.
+    pub fn send_to_peer(&self, peer: PeerId, frame: Bytes) {
         if !self.frame_fits(&frame) {
             return;
         }
-        match self.shared.links.get(&replica) {
+        match self.shared.links.get(&peer) {
             Some(queue) => self.enqueue(queue, frame),
             None => {
                 bump(&self.shared.context.counters.dropped_unroutable, 1);
-                tracing::debug!(%replica, "dropping frame for a replica that is not a peer");
+                tracing::debug!(%peer, "dropping frame for a replica that is not a peer");
             }
         }
     }
@@ -575,7 +580,7 @@ enum ConnectionEnd {
 /// The dialer of one outbound link: keeps a connection to `address` open for as long as
 /// the endpoint runs, writing the link's queue to it and delivering what it reads.
 async fn run_link(
-    replica: ReplicaId,
+    replica: PeerId,
     address: SocketAddr,
     sender: mpsc::Sender<Bytes>,
     mut queue: mpsc::Receiver<Bytes>,
@@ -695,7 +700,7 @@ async fn run_listener(listener: TcpListener, context: Context) {
 async fn run_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    link: Option<ReplicaId>,
+    link: Option<PeerId>,
     queue: &mut mpsc::Receiver<Bytes>,
     sender: mpsc::Sender<Bytes>,
     context: &Context,
@@ -804,7 +809,7 @@ enum ReadEnd {
 async fn read_connection(
     read_half: OwnedReadHalf,
     id: ConnectionId,
-    link: Option<ReplicaId>,
+    link: Option<PeerId>,
     peer: SocketAddr,
     context: &Context,
 ) {
@@ -828,7 +833,7 @@ async fn read_connection(
 async fn read_frames<R: AsyncRead + Unpin>(
     reader: &mut R,
     id: ConnectionId,
-    link: Option<ReplicaId>,
+    link: Option<PeerId>,
     context: &Context,
 ) -> ReadEnd {
     let mut body: Vec<u8> = Vec::new();
@@ -853,15 +858,15 @@ async fn read_frames<R: AsyncRead + Unpin>(
             Ok(read) => return ReadEnd::BadInput(truncated(FRAME_HEADER_BYTES + read, FRAME_HEADER_BYTES + length)),
             Err(error) => return ReadEnd::Failed(error),
         }
-        let message = match wire::decode(&body, context.frame_bytes_max) {
-            Ok(message) => message,
+        let (scope, message) = match wire::decode(&body, context.frame_bytes_max) {
+            Ok(envelope) => (envelope.scope, envelope.message),
             Err(error) => return ReadEnd::BadInput(error),
         };
         bump(&context.counters.frames_in, 1);
         bump(&context.counters.bytes_in, (FRAME_HEADER_BYTES + length) as u64);
         // Awaiting here is the backpressure: no more is read from this connection until
         // the consumer has room.
-        let delivered = context.inbound.deliver(Inbound { connection: id, link, message }).await;
+        let delivered = context.inbound.deliver(Inbound { connection: id, link, scope, message }).await;
         if delivered.is_err() {
             return ReadEnd::InboundClosed;
         }
@@ -897,8 +902,8 @@ async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buffer: &mut [u8]) -> i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_crypto::{Digest, KeyPair, Signed};
-    use bulwark_framework::ids::{ClientId, SeqNum, Timestamp, View};
+    use bulwark_crypto::{Digest, KeyPair};
+    use bulwark_framework::ids::{ClientId, ClusterId, ReplicaId, SeqNum, Timestamp, View};
     use bulwark_framework::messages::{Prepare, Reply};
     use bulwark_framework::verify::RefusalKind;
     use std::sync::OnceLock;
@@ -907,7 +912,7 @@ mod tests {
 
     /// Every test is bounded: a hang is a failure, not a stuck CI job.
     const TEST_TIMEOUT: Duration = Duration::from_secs(20);
-    const B: ReplicaId = ReplicaId(1);
+    const B: PeerId = PeerId { cluster: ClusterId(1), replica: ReplicaId(1) };
 
     fn key() -> &'static KeyPair {
         static KEY: OnceLock<KeyPair> = OnceLock::new();
@@ -917,7 +922,7 @@ mod tests {
     fn prepare(seq: u64) -> Message {
         let payload =
             Prepare { view: View(0), seq: SeqNum(seq), digest: Digest::of(&seq.to_le_bytes()), replica: ReplicaId(0) };
-        Message::Prepare(Signed::sign(payload, key()).expect("signing a prepare"))
+        Message::Prepare(crate::test_fixtures::sign(payload, key()))
     }
 
     fn reply(result_bytes: usize) -> Message {
@@ -925,11 +930,11 @@ mod tests {
             view: View(0),
             timestamp: Timestamp(7),
             client: ClientId(9),
-            replica: B,
+            replica: B.replica,
             read_only: false,
             result: vec![0x5a; result_bytes],
         };
-        Message::Reply(Signed::sign(payload, key()).expect("signing a reply"))
+        Message::Reply(crate::test_fixtures::sign(payload, key()))
     }
 
     fn seq_of(message: &Message) -> u64 {
@@ -940,10 +945,10 @@ mod tests {
     }
 
     fn frame(message: &Message) -> Bytes {
-        Bytes::from(wire::encode_frame(message).expect("encoding a frame"))
+        Bytes::from(wire::encode_frame(crate::test_fixtures::SCOPE, message).expect("encoding a frame"))
     }
 
-    fn config(listen: bool, peers: &[(ReplicaId, SocketAddr)], queue: usize) -> TransportConfig {
+    fn config(listen: bool, peers: &[(PeerId, SocketAddr)], queue: usize) -> TransportConfig {
         TransportConfig {
             listen: listen.then(|| "127.0.0.1:0".parse().expect("an address")),
             peers: peers.iter().copied().collect(),
@@ -994,7 +999,7 @@ mod tests {
             assert_eq!(a.local_addr(), None);
             let sent: Vec<Message> = (0..1000).map(prepare).collect();
             for message in &sent {
-                a.send_to_replica(B, frame(message));
+                a.send_to_peer(B, frame(message));
             }
             let mut connection = None;
             for expected in &sent {
@@ -1025,7 +1030,7 @@ mod tests {
             let (b, mut b_in) = endpoint(config(true, &[], 16)).await;
             let b_addr = b.local_addr().expect("b listens");
             let (a, mut a_in) = endpoint(config(false, &[(B, b_addr)], 16)).await;
-            a.send_to_replica(B, frame(&prepare(1)));
+            a.send_to_peer(B, frame(&prepare(1)));
             let request = recv(&mut b_in).await;
             assert_eq!(request.message, prepare(1));
 
@@ -1040,7 +1045,7 @@ mod tests {
 
             // Unknown connections and unknown replicas: dropped and counted.
             b.send_to_connection(ConnectionId(999), frame(&answer));
-            a.send_to_replica(ReplicaId(42), frame(&answer));
+            a.send_to_peer(PeerId::new(ClusterId(1), ReplicaId(42)), frame(&answer));
             assert_eq!(b.stats().dropped_unroutable, 1);
             assert_eq!(a.stats().dropped_unroutable, 1);
 
@@ -1060,7 +1065,7 @@ mod tests {
             let (b1, mut b1_in) = endpoint(config(true, &[], 16)).await;
             let b_addr = b1.local_addr().expect("b listens");
             let (a, _a_in) = endpoint(config(false, &[(B, b_addr)], bound)).await;
-            a.send_to_replica(B, frame(&prepare(0)));
+            a.send_to_peer(B, frame(&prepare(0)));
             assert_eq!(seq_of(&recv(&mut b1_in).await.message), 0);
 
             b1.shutdown();
@@ -1077,7 +1082,7 @@ mod tests {
             // frames and drops the rest.
             let started = WallClock::now();
             for seq in 1..=100 {
-                a.send_to_replica(B, frame(&prepare(seq)));
+                a.send_to_peer(B, frame(&prepare(seq)));
             }
             assert!(started.elapsed() < Duration::from_secs(1));
             let dropped = a.stats().dropped_queue_full;
@@ -1100,7 +1105,7 @@ mod tests {
             let marker = 1_000_000;
             let mut kept = Vec::new();
             'flowing: loop {
-                a.send_to_replica(B, frame(&prepare(marker)));
+                a.send_to_peer(B, frame(&prepare(marker)));
                 while let Ok(got) = timeout(Duration::from_millis(50), b2_in.recv()).await {
                     let seq = seq_of(&got.expect("inbound channel open").message);
                     if seq == marker {
@@ -1125,7 +1130,7 @@ mod tests {
             let (a, _a_in) = endpoint(config(false, &[(B, unused_address())], bound)).await;
             let message = frame(&prepare(3));
             for _ in 0..10 * bound {
-                a.send_to_replica(B, message.clone());
+                a.send_to_peer(B, message.clone());
             }
             let stats = a.stats();
             assert!(stats.dropped_queue_full >= 9 * bound as u64, "{stats:?}");
@@ -1152,7 +1157,7 @@ mod tests {
             let big = frame(&reply(60 * 1024));
             let sent = 2000u64; // ~120 MiB offered, far beyond any socket buffer
             for _ in 0..sent {
-                a.send_to_replica(B, big.clone());
+                a.send_to_peer(B, big.clone());
                 tokio::task::yield_now().await;
             }
             // Let the writer fill the socket buffers until it blocks.
@@ -1203,7 +1208,7 @@ mod tests {
             let (b, mut b_in) = endpoint(config(true, &[], 16)).await;
             let b_addr = b.local_addr().expect("b listens");
             let (a, _a_in) = endpoint(config(false, &[(B, b_addr)], 16)).await;
-            a.send_to_replica(B, frame(&prepare(1)));
+            a.send_to_peer(B, frame(&prepare(1)));
             assert_eq!(seq_of(&recv(&mut b_in).await.message), 1);
 
             // An oversized length prefix: refused on the header alone.
@@ -1261,10 +1266,10 @@ mod tests {
             assert_eq!(stats.connections_accepted, 14, "{stats:?}");
 
             // The well-behaved connection, and new ones, still work.
-            a.send_to_replica(B, frame(&prepare(4)));
+            a.send_to_peer(B, frame(&prepare(4)));
             assert_eq!(seq_of(&recv(&mut b_in).await.message), 4);
             let (c, _c_in) = endpoint(config(false, &[(B, b_addr)], 16)).await;
-            c.send_to_replica(B, frame(&prepare(5)));
+            c.send_to_peer(B, frame(&prepare(5)));
             assert_eq!(seq_of(&recv(&mut b_in).await.message), 5);
             a.shutdown();
             b.shutdown();
@@ -1296,7 +1301,7 @@ mod tests {
             assert_eq!(b.stats().dropped_unroutable, 1);
 
             // B closes the connection A dialed: A's link notices and dials again.
-            a.send_to_replica(B, frame(&prepare(2)));
+            a.send_to_peer(B, frame(&prepare(2)));
             let first = recv(&mut b_in).await;
             assert_eq!(first.message, prepare(2));
             b.close_connection(first.connection);
@@ -1304,7 +1309,7 @@ mod tests {
             eventually(|| a.stats().reconnects >= 1).await;
             // Resent until it arrives: one sent while A has not noticed yet may be lost.
             let second = loop {
-                a.send_to_replica(B, frame(&prepare(3)));
+                a.send_to_peer(B, frame(&prepare(3)));
                 if let Ok(got) = timeout(Duration::from_millis(50), b_in.recv()).await {
                     break got.expect("inbound channel open");
                 }
@@ -1322,7 +1327,7 @@ mod tests {
             assert_eq!(a.stats().connections_closed_refused, 1);
             eventually(|| b.stats().connections_accepted > accepted).await;
             let third = loop {
-                a.send_to_replica(B, frame(&prepare(4)));
+                a.send_to_peer(B, frame(&prepare(4)));
                 if let Ok(got) = timeout(Duration::from_millis(50), b_in.recv()).await {
                     let got = got.expect("inbound channel open");
                     if got.message == prepare(4) {
@@ -1350,7 +1355,7 @@ mod tests {
             let b_addr = unused_address();
             let (a, _a_in) = endpoint(config(false, &[(B, b_addr)], 64)).await;
             for seq in 0..50 {
-                a.send_to_replica(B, frame(&prepare(seq)));
+                a.send_to_peer(B, frame(&prepare(seq)));
             }
             let mut b_config = config(true, &[], 16);
             b_config.listen = Some(b_addr);
@@ -1375,9 +1380,9 @@ mod tests {
             let mut small = config(false, &[(B, b_addr)], 16);
             small.frame_bytes_max = 1024;
             let (a, _a_in) = endpoint(small).await;
-            a.send_to_replica(B, frame(&reply(4096)));
-            a.send_to_replica(B, Bytes::new());
-            a.send_to_replica(B, frame(&prepare(1)));
+            a.send_to_peer(B, frame(&reply(4096)));
+            a.send_to_peer(B, Bytes::new());
+            a.send_to_peer(B, frame(&prepare(1)));
             assert_eq!(seq_of(&recv(&mut b_in).await.message), 1);
             assert_eq!(a.stats().dropped_oversized, 2);
             assert_eq!(b.stats().refused.total(), 0);
@@ -1402,7 +1407,7 @@ mod tests {
                 }
                 sleep(Duration::from_millis(5)).await;
             }
-            b.send_to_replica(B, frame(&prepare(1)));
+            b.send_to_peer(B, frame(&prepare(1)));
             assert_eq!(b.stats().dropped_unroutable, 1);
         })
         .await;
@@ -1474,7 +1479,7 @@ mod tests {
                 let b_addr = b.local_addr().expect("b listens");
                 let (a, mut a_in) = endpoint(config(false, &[(B, b_addr)], 256)).await;
                 for seq in 0..100 {
-                    a.send_to_replica(B, frame(&prepare(seq)));
+                    a.send_to_peer(B, frame(&prepare(seq)));
                 }
                 let mut last = None;
                 for seq in 0..100 {

@@ -23,7 +23,7 @@
 use bulwark_crypto::{Digest, Signed};
 use bulwark_framework::messages::{Message as WireMessage, VerifiedMessage, VerifiedViewChange, ViewChange};
 use bulwark_framework::verify::Refusal;
-use bulwark_framework::{wire, ReplicaId};
+use bulwark_framework::{wire, ReplicaId, Scope};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
@@ -45,12 +45,13 @@ impl ContentKey {
     /// The key of `message` if it is worth caching (a VIEW-CHANGE or NEW-VIEW), else `None`.
     /// Encoding and hashing are one pass over the message's bytes, no curve arithmetic:
     /// small against the hundreds of signature checks a full verification makes.
-    pub fn of_heavy(message: &WireMessage) -> Option<ContentKey> {
+    pub fn of_heavy(scope: Scope, message: &WireMessage) -> Option<ContentKey> {
         if !matches!(message, WireMessage::ViewChange(_) | WireMessage::NewView(_)) {
             return None;
         }
-        // A message that cannot be encoded cannot be keyed; it is verified as usual.
-        let encoded = wire::encode(message).ok()?;
+        // A message that cannot be encoded cannot be keyed; it is verified as usual. The
+        // scope is part of the key: a verdict holds only in the scope it was reached in.
+        let encoded = wire::encode(scope, message).ok()?;
         Some(ContentKey(Digest::of(&encoded)))
     }
 }
@@ -162,9 +163,13 @@ impl HeavyVerifications {
     /// The verified form of `view_change` if this very message was verified before (a
     /// NEW-VIEW carries the VIEW-CHANGEs its primary received, usually the ones every
     /// replica received too).
-    pub(crate) fn verified_view_change(&self, view_change: &Signed<ViewChange>) -> Option<VerifiedViewChange> {
+    pub(crate) fn verified_view_change(
+        &self,
+        scope: Scope,
+        view_change: &Signed<ViewChange>,
+    ) -> Option<VerifiedViewChange> {
         // The key of the VIEW-CHANGE as it travels alone: the one it was cached under.
-        let key = ContentKey::of_heavy(&WireMessage::ViewChange(view_change.clone()))?;
+        let key = ContentKey::of_heavy(scope, &WireMessage::ViewChange(view_change.clone()))?;
         let mut state = self.lock();
         let Some(VerifiedMessage::ViewChange(verified)) = state.cache.get(view_change.payload.replica, key) else {
             return None;
@@ -233,13 +238,19 @@ mod tests {
     #[test]
     fn keys_differ_for_a_copy_with_one_byte_changed_and_agree_for_an_identical_copy() {
         let original = view_change(1, 1);
-        let mut encoded = wire::encode(&original).unwrap();
+        let mut encoded = wire::encode(crate::test_fixtures::SCOPE, &original).unwrap();
         *encoded.last_mut().unwrap() ^= 1;
-        let tampered = wire::decode(&encoded, usize::MAX).unwrap();
+        let tampered = wire::decode(&encoded, usize::MAX).unwrap().message;
         assert_ne!(tampered, original);
-        assert_ne!(ContentKey::of_heavy(&tampered), ContentKey::of_heavy(&original));
-        assert_eq!(ContentKey::of_heavy(&original.clone()), ContentKey::of_heavy(&original));
-        assert!(ContentKey::of_heavy(&original).is_some());
+        assert_ne!(
+            ContentKey::of_heavy(crate::test_fixtures::SCOPE, &tampered),
+            ContentKey::of_heavy(crate::test_fixtures::SCOPE, &original)
+        );
+        assert_eq!(
+            ContentKey::of_heavy(crate::test_fixtures::SCOPE, &original.clone()),
+            ContentKey::of_heavy(crate::test_fixtures::SCOPE, &original)
+        );
+        assert!(ContentKey::of_heavy(crate::test_fixtures::SCOPE, &original).is_some());
     }
 
     #[test]
@@ -249,15 +260,16 @@ mod tests {
         for view in 1..=50 {
             for replica in 0..4 {
                 let message = view_change(replica, view);
-                let key = ContentKey::of_heavy(&message).unwrap();
+                let key = ContentKey::of_heavy(crate::test_fixtures::SCOPE, &message).unwrap();
                 let verified = verify_message(message, &config).unwrap();
                 cache.insert(ReplicaId(replica), key, verified);
                 assert!(cache.len() <= 4 * ENTRIES_PER_MEMBER, "{} entries", cache.len());
             }
         }
         assert_eq!(cache.len(), 4 * ENTRIES_PER_MEMBER);
-        let newest = ContentKey::of_heavy(&view_change(2, 50)).unwrap();
-        let evicted = ContentKey::of_heavy(&view_change(2, 50 - ENTRIES_PER_MEMBER as u64)).unwrap();
+        let newest = ContentKey::of_heavy(crate::test_fixtures::SCOPE, &view_change(2, 50)).unwrap();
+        let evicted =
+            ContentKey::of_heavy(crate::test_fixtures::SCOPE, &view_change(2, 50 - ENTRIES_PER_MEMBER as u64)).unwrap();
         assert!(cache.get(ReplicaId(2), newest).is_some(), "the newest is kept");
         assert!(cache.get(ReplicaId(2), evicted).is_none(), "the oldest are evicted");
         assert!(cache.get(ReplicaId(1), newest).is_none(), "kept under its own sender only");

@@ -42,9 +42,9 @@ use crate::verified_cache::{ContentKey, HeavyVerificationStats, HeavyVerificatio
 use bulwark_crypto::{Signed, Verified};
 use bulwark_framework::messages::{Message as WireMessage, Request, VerifiedMessage};
 use bulwark_framework::verify::{
-    verify_message_with, verify_new_view_with, verify_requests, ClientKeyCache, Refusal, RefusalCounts,
+    check_scope, verify_message_with, verify_new_view_with, verify_requests, ClientKeyCache, Refusal, RefusalCounts,
 };
-use bulwark_framework::{ClusterConfig, ReplicaId};
+use bulwark_framework::{Membership, MembershipHandle, ReplicaId, Scope};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
@@ -67,10 +67,10 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// The lane for `message` in `config`'s cluster.
-    pub fn of(message: &WireMessage, config: &ClusterConfig) -> Origin {
-        match message.claimed_replica_sender(|view| config.primary(view)) {
-            Some(replica) if config.is_member(replica) => Origin::Replica(replica),
+    /// The lane for `message` among `membership`'s members.
+    pub fn of(message: &WireMessage, membership: &Membership) -> Origin {
+        match message.claimed_replica_sender(|view| membership.primary(view)) {
+            Some(replica) if membership.is_member(replica) => Origin::Replica(replica),
             _ => Origin::Client,
         }
     }
@@ -183,33 +183,32 @@ pub struct QueueDepth {
 /// What a worker thread keeps between jobs.
 #[derive(Debug)]
 pub(crate) struct Worker {
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     refused: Arc<Mutex<RefusalCounts>>,
     client_keys: ClientKeyCache,
     heavy: Arc<HeavyVerifications>,
 }
 
 impl Worker {
-    fn verify(&mut self, message: WireMessage) -> Result<VerifiedMessage, Refusal> {
+    /// Verifies a message its envelope says is signed in `scope` (see
+    /// [`bulwark_framework::verify::verify_envelope`]).
+    fn verify(&mut self, scope: Scope, message: WireMessage) -> Result<VerifiedMessage, Refusal> {
         let kind = message.kind();
-        let verdict = match message {
+        let membership = self.membership.current();
+        let verdict = check_scope(scope, kind, &membership).and_then(|()| match message {
             // Its VIEW-CHANGEs were most likely verified already, each on its own.
             WireMessage::NewView(signed) => {
-                verify_new_view_with(signed, &self.config, |view_change| self.heavy.verified_view_change(view_change))
+                let heavy = &self.heavy;
+                verify_new_view_with(signed, &membership, |view_change| heavy.verified_view_change(scope, view_change))
                     .map(|new_view| VerifiedMessage::NewView(Arc::new(new_view)))
             }
-            message => verify_message_with(message, &self.config, &mut self.client_keys),
-        };
-        verdict.inspect_err(|refusal| {
-            tracing::debug!(kind = kind.as_str(), %refusal, "refused at the edge");
-            if let Ok(mut counts) = self.refused.lock() {
-                counts.record(refusal);
-            }
-        })
+            message => verify_message_with(message, &membership, &mut self.client_keys),
+        });
+        verdict.inspect_err(|refusal| record_refusal(&self.refused, kind.as_str(), refusal))
     }
 
     fn verify_requests(&mut self, requests: Vec<Signed<Request>>) -> Vec<Result<Verified<Request>, Refusal>> {
-        let results = verify_requests(requests, &self.config, &mut self.client_keys);
+        let results = verify_requests(requests, &self.membership.current(), &mut self.client_keys);
         for refusal in results.iter().filter_map(|r| r.as_ref().err()) {
             tracing::debug!(%refusal, "request refused at the edge");
             if let Ok(mut counts) = self.refused.lock() {
@@ -302,22 +301,23 @@ pub struct VerifierPool {
     queue: Arc<Queue>,
     _close_on_drop: Arc<CloseOnDrop>,
     pub refused: Arc<Mutex<RefusalCounts>>,
-    /// The cluster the pool verifies for.
-    pub config: Arc<ClusterConfig>,
+    /// The membership the pool verifies for: a message signed in another cluster or
+    /// epoch is refused.
+    pub membership: MembershipHandle,
     /// VIEW-CHANGEs and NEW-VIEWs verified or being verified, shared by every caller.
     heavy: Arc<HeavyVerifications>,
 }
 
 impl VerifierPool {
-    /// Starts `threads` verification workers for `config`.
-    pub fn start(threads: usize, config: Arc<ClusterConfig>) -> Self {
+    /// Starts `threads` verification workers for `membership`.
+    pub fn start(threads: usize, membership: MembershipHandle) -> Self {
         let refused = Arc::new(Mutex::new(RefusalCounts::default()));
         let queue = Arc::new(Queue::default());
         let heavy = Arc::new(HeavyVerifications::default());
         for index in 0..threads.max(1) {
             let queue = queue.clone();
             let mut worker = Worker {
-                config: config.clone(),
+                membership: membership.clone(),
                 refused: refused.clone(),
                 client_keys: ClientKeyCache::default(),
                 heavy: heavy.clone(),
@@ -331,22 +331,33 @@ impl VerifierPool {
                 })
                 .expect("starting a verifier thread");
         }
-        VerifierPool { _close_on_drop: Arc::new(CloseOnDrop(queue.clone())), queue, refused, config, heavy }
+        VerifierPool { _close_on_drop: Arc::new(CloseOnDrop(queue.clone())), queue, refused, membership, heavy }
     }
 
     /// Verifies one message from the network, in the lane its claimed sender puts it in. A
     /// VIEW-CHANGE or NEW-VIEW from a member is verified once however many copies arrive:
     /// a copy of one verified before is answered at once, a copy of one queued or being
     /// verified waits for that verdict.
-    pub async fn verify(&self, message: WireMessage) -> Result<Result<VerifiedMessage, Refusal>, PoolStopped> {
-        let origin = Origin::of(&message, &self.config);
+    pub async fn verify(
+        &self,
+        scope: Scope,
+        message: WireMessage,
+    ) -> Result<Result<VerifiedMessage, Refusal>, PoolStopped> {
+        let membership = self.membership.current();
+        // Another cluster's or epoch's message is refused before it costs a queue place,
+        // and never meets a verdict cached for this one.
+        if let Err(refusal) = check_scope(scope, message.kind(), &membership) {
+            record_refusal(&self.refused, message.kind().as_str(), &refusal);
+            return Ok(Err(refusal));
+        }
+        let origin = Origin::of(&message, &membership);
         let place = Place::of(&message);
         let heavy = match origin {
-            Origin::Replica(sender) => ContentKey::of_heavy(&message).map(|key| (sender, key)),
+            Origin::Replica(sender) => ContentKey::of_heavy(scope, &message).map(|key| (sender, key)),
             Origin::Client => None,
         };
         let Some((sender, key)) = heavy else {
-            return self.run_at(origin, place, move |worker| worker.verify(message)).await;
+            return self.run_at(origin, place, move |worker| worker.verify(scope, message)).await;
         };
         match self.heavy.lookup(sender, key) {
             Lookup::Verified(message) => Ok(Ok(message)),
@@ -363,7 +374,7 @@ impl VerifierPool {
             }
             Lookup::Absent(verification) => {
                 self.run_at(origin, place, move |worker| {
-                    let verdict = worker.verify(message);
+                    let verdict = worker.verify(scope, message);
                     verification.report(&verdict);
                     verdict
                 })
@@ -427,6 +438,14 @@ impl VerifierPool {
     }
 }
 
+/// Counts and logs one refusal at the edge.
+fn record_refusal(counts: &Mutex<RefusalCounts>, kind: &str, refusal: &Refusal) {
+    tracing::debug!(kind, %refusal, "refused at the edge");
+    if let Ok(mut counts) = counts.lock() {
+        counts.record(refusal);
+    }
+}
+
 /// Threads to verify with: one per core, as reported by the OS.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
@@ -447,7 +466,7 @@ mod tests {
     fn prepare(replica: u32, seq: u64) -> WireMessage {
         let payload =
             Prepare { view: View(0), seq: SeqNum(seq), digest: Digest::of(b"batch"), replica: ReplicaId(replica) };
-        WireMessage::Prepare(Signed::sign(payload, &replica_key(replica)).unwrap())
+        WireMessage::Prepare(crate::test_fixtures::sign(payload, &replica_key(replica)))
     }
 
     /// A valid VIEW-CHANGE to `view` with no certificates (cheap to verify; the cache
@@ -460,14 +479,14 @@ mod tests {
     /// certificates in them, `O` is empty.
     fn new_view(view_changes: Vec<Signed<ViewChange>>) -> WireMessage {
         let payload = NewView { view: View(1), view_changes, pre_prepares: vec![] };
-        WireMessage::NewView(Signed::sign(payload, &replica_key(1)).unwrap())
+        WireMessage::NewView(crate::test_fixtures::sign(payload, &replica_key(1)))
     }
 
     /// `message` with the last byte of its encoding flipped: a byte of its signature.
     fn one_byte_changed(message: &WireMessage) -> WireMessage {
-        let mut encoded = wire::encode(message).unwrap();
+        let mut encoded = wire::encode(crate::test_fixtures::SCOPE, message).unwrap();
         *encoded.last_mut().unwrap() ^= 1;
-        let tampered = wire::decode(&encoded, usize::MAX).unwrap();
+        let tampered = wire::decode(&encoded, usize::MAX).unwrap().message;
         assert_ne!(&tampered, message);
         tampered
     }
@@ -480,7 +499,7 @@ mod tests {
             read_only: false,
             operation: vec![],
         };
-        Signed::sign(payload, &key).unwrap()
+        crate::test_fixtures::sign(payload, &key)
     }
 
     /// Polls `condition` every millisecond for up to thirty seconds (the machine may be busy).
@@ -585,7 +604,7 @@ mod tests {
         assert_eq!(Origin::of(&WireMessage::Request(request(1, 1)), &config), Origin::Client);
         // Signed by a key outside the cluster, claiming member id 9 of 4.
         let stranger = Prepare { view: View(0), seq: SeqNum(1), digest: Digest::of(b"batch"), replica: ReplicaId(9) };
-        let stranger = WireMessage::Prepare(Signed::sign(stranger, &replica_key(9)).unwrap());
+        let stranger = WireMessage::Prepare(crate::test_fixtures::sign(stranger, &replica_key(9)));
         assert_eq!(Origin::of(&stranger, &config), Origin::Client);
     }
 
@@ -599,11 +618,11 @@ mod tests {
         message: WireMessage,
     ) -> actix_rt::task::JoinHandle<Result<Result<VerifiedMessage, Refusal>, PoolStopped>> {
         let (pool, log) = (pool.clone(), log.clone());
-        let origin = Origin::of(&message, &pool.config);
+        let origin = Origin::of(&message, &pool.membership.current());
         actix_rt::spawn(async move {
             pool.run(origin, move |worker| {
                 log.lock().unwrap().push(label);
-                worker.verify(message)
+                worker.verify(crate::test_fixtures::SCOPE, message)
             })
             .await
         })
@@ -631,7 +650,7 @@ mod tests {
     /// PREPARE is verified next, not after them.
     #[actix_rt::test]
     async fn with_the_client_lane_full_a_replica_message_is_verified_next() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let log = Arc::new(Mutex::new(Vec::new()));
         let release = hold_the_only_worker(&pool).await;
         let client_batches = 64;
@@ -657,7 +676,7 @@ mod tests {
     /// stop them.
     #[actix_rt::test]
     async fn client_requests_still_progress_while_a_replica_floods() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let log = Arc::new(Mutex::new(Vec::new()));
         let release = hold_the_only_worker(&pool).await;
         let flood = 400;
@@ -684,26 +703,30 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_repeated_view_change_is_verified_once() {
-        let pool = VerifierPool::start(2, cluster());
-        let first = pool.verify(view_change(1, 1)).await.unwrap().expect("valid");
+        let pool = VerifierPool::start(2, crate::test_fixtures::handle());
+        let first = pool.verify(crate::test_fixtures::SCOPE, view_change(1, 1)).await.unwrap().expect("valid");
         for _ in 0..9 {
-            let again = pool.verify(view_change(1, 1)).await.unwrap().expect("still valid");
+            let again =
+                pool.verify(crate::test_fixtures::SCOPE, view_change(1, 1)).await.unwrap().expect("still valid");
             assert_eq!(again, first);
         }
         let stats = pool.heavy_stats();
         assert_eq!((stats.verified_in_full, stats.served_from_cache, stats.coalesced), (1, 9, 0), "{stats:?}");
-        assert_eq!(pool.verify(view_change(1, 2)).await.unwrap().map(|m| m.kind()), Ok(MessageKind::ViewChange));
+        assert_eq!(
+            pool.verify(crate::test_fixtures::SCOPE, view_change(1, 2)).await.unwrap().map(|m| m.kind()),
+            Ok(MessageKind::ViewChange)
+        );
         assert_eq!(pool.heavy_stats().verified_in_full, 2, "another view's VIEW-CHANGE is another message");
     }
 
     #[actix_rt::test]
     async fn copies_queued_behind_an_identical_view_change_wait_for_its_verdict() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let release = hold_the_only_worker(&pool).await;
         let copies: Vec<_> = (0..5)
             .map(|_| {
                 let pool = pool.clone();
-                actix_rt::spawn(async move { pool.verify(view_change(2, 1)).await })
+                actix_rt::spawn(async move { pool.verify(crate::test_fixtures::SCOPE, view_change(2, 1)).await })
             })
             .collect();
         eventually("every copy has asked", || pool.heavy_stats().coalesced == 4).await;
@@ -717,22 +740,25 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_view_change_with_one_byte_changed_is_not_served_from_the_cache() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let original = view_change(1, 1);
-        assert!(pool.verify(original.clone()).await.unwrap().is_ok());
-        let refused = pool.verify(one_byte_changed(&original)).await.unwrap();
+        assert!(pool.verify(crate::test_fixtures::SCOPE, original.clone()).await.unwrap().is_ok());
+        let refused = pool.verify(crate::test_fixtures::SCOPE, one_byte_changed(&original)).await.unwrap();
         assert_eq!(refused, Err(Refusal::BadSignature { kind: MessageKind::ViewChange }));
         assert_eq!(pool.heavy_stats().verified_in_full, 2, "the tampered copy was verified, not looked up");
-        assert!(pool.verify(original).await.unwrap().is_ok(), "the original is still served");
+        assert!(
+            pool.verify(crate::test_fixtures::SCOPE, original).await.unwrap().is_ok(),
+            "the original is still served"
+        );
         assert_eq!(pool.heavy_stats().served_from_cache, 1);
     }
 
     #[actix_rt::test]
     async fn a_refused_view_change_is_not_cached() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let forged = one_byte_changed(&view_change(3, 1));
         for attempt in 1..=3 {
-            let verdict = pool.verify(forged.clone()).await.unwrap();
+            let verdict = pool.verify(crate::test_fixtures::SCOPE, forged.clone()).await.unwrap();
             assert_eq!(verdict, Err(Refusal::BadSignature { kind: MessageKind::ViewChange }));
             let stats = pool.heavy_stats();
             assert_eq!((stats.verified_in_full, stats.served_from_cache, stats.cached), (attempt, 0, 0), "{stats:?}");
@@ -742,13 +768,13 @@ mod tests {
 
     #[actix_rt::test]
     async fn copies_waiting_on_a_refused_view_change_are_refused_and_counted() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let release = hold_the_only_worker(&pool).await;
         let forged = one_byte_changed(&view_change(3, 1));
         let copies: Vec<_> = (0..3)
             .map(|_| {
                 let (pool, forged) = (pool.clone(), forged.clone());
-                actix_rt::spawn(async move { pool.verify(forged).await })
+                actix_rt::spawn(async move { pool.verify(crate::test_fixtures::SCOPE, forged).await })
             })
             .collect();
         eventually("every copy has asked", || pool.heavy_stats().coalesced == 2).await;
@@ -762,30 +788,34 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_cache_stays_within_its_bound_under_many_distinct_view_changes() {
-        let pool = VerifierPool::start(2, cluster());
+        let pool = VerifierPool::start(2, crate::test_fixtures::handle());
         for view in 1..=40 {
             for replica in 0..4 {
-                assert!(pool.verify(view_change(replica, view)).await.unwrap().is_ok());
+                assert!(pool.verify(crate::test_fixtures::SCOPE, view_change(replica, view)).await.unwrap().is_ok());
             }
             assert!(pool.heavy_stats().cached <= 4 * crate::verified_cache::ENTRIES_PER_MEMBER);
         }
         let stats = pool.heavy_stats();
         assert_eq!(stats.cached, 4 * crate::verified_cache::ENTRIES_PER_MEMBER);
         assert_eq!(stats.verified_in_full, 160);
-        assert!(pool.verify(view_change(0, 40)).await.unwrap().is_ok());
+        assert!(pool.verify(crate::test_fixtures::SCOPE, view_change(0, 40)).await.unwrap().is_ok());
         assert_eq!(pool.heavy_stats().served_from_cache, 1, "the newest are the ones kept");
     }
 
     #[actix_rt::test]
     async fn a_new_view_takes_the_view_changes_it_carries_from_the_cache() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, 1)).collect();
         for view_change in &view_changes {
-            assert!(pool.verify(WireMessage::ViewChange(view_change.clone())).await.unwrap().is_ok());
+            assert!(pool
+                .verify(crate::test_fixtures::SCOPE, WireMessage::ViewChange(view_change.clone()))
+                .await
+                .unwrap()
+                .is_ok());
         }
         let new_view = new_view(view_changes);
-        let verified = pool.verify(new_view.clone()).await.unwrap();
-        assert_eq!(verified, verify_message(new_view, &pool.config), "the same verdict as from scratch");
+        let verified = pool.verify(crate::test_fixtures::SCOPE, new_view.clone()).await.unwrap();
+        assert_eq!(verified, verify_message(new_view, &pool.membership.current()), "the same verdict as from scratch");
         assert!(matches!(verified, Ok(VerifiedMessage::NewView(_))), "{verified:?}");
         let stats = pool.heavy_stats();
         assert_eq!(stats.view_changes_in_new_views_from_cache, 3, "{stats:?}");
@@ -794,17 +824,21 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_new_view_carrying_a_view_change_with_one_byte_changed_is_refused_though_the_original_is_cached() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, 1)).collect();
         for view_change in &view_changes {
-            assert!(pool.verify(WireMessage::ViewChange(view_change.clone())).await.unwrap().is_ok());
+            assert!(pool
+                .verify(crate::test_fixtures::SCOPE, WireMessage::ViewChange(view_change.clone()))
+                .await
+                .unwrap()
+                .is_ok());
         }
         let mut carried = view_changes;
         let WireMessage::ViewChange(tampered) = one_byte_changed(&WireMessage::ViewChange(carried[2].clone())) else {
             unreachable!("a VIEW-CHANGE stays one");
         };
         carried[2] = tampered;
-        let verdict = pool.verify(new_view(carried)).await.unwrap();
+        let verdict = pool.verify(crate::test_fixtures::SCOPE, new_view(carried)).await.unwrap();
         assert_eq!(verdict, Err(Refusal::BadSignature { kind: MessageKind::ViewChange }));
         assert_eq!(pool.heavy_stats().view_changes_in_new_views_from_cache, 2, "only the untouched ones");
     }
@@ -825,7 +859,7 @@ mod tests {
     /// verified before them.
     #[actix_rt::test]
     async fn a_new_view_is_verified_before_its_senders_queued_view_changes() {
-        let pool = VerifierPool::start(1, cluster());
+        let pool = VerifierPool::start(1, crate::test_fixtures::handle());
         let log = Arc::new(Mutex::new(Vec::new()));
         let release = hold_the_only_worker(&pool).await;
         // Replica 1 is the primary of view 1 (and of 5, 9, ...).
@@ -833,15 +867,15 @@ mod tests {
             (1..=3).map(|view| verify_logged(&pool, &log, "view-change", view_change(1, 4 * view + 1))).collect();
         eventually("the VIEW-CHANGEs are queued", || pool.depth().replica_jobs == 3).await;
         let new_view = NewView { view: View(1), view_changes: vec![], pre_prepares: vec![] };
-        let new_view = WireMessage::NewView(Signed::sign(new_view, &replica_key(1)).unwrap());
+        let new_view = WireMessage::NewView(crate::test_fixtures::sign(new_view, &replica_key(1)));
         let (queued_pool, queued_log) = (pool.clone(), log.clone());
         let new_view = actix_rt::spawn(async move {
             // Queued as `VerifierPool::verify` queues it, with a note in the log when it runs.
-            let (origin, place) = (Origin::of(&new_view, &queued_pool.config), Place::of(&new_view));
+            let (origin, place) = (Origin::of(&new_view, &queued_pool.membership.current()), Place::of(&new_view));
             queued_pool
                 .run_at(origin, place, move |worker| {
                     queued_log.lock().unwrap().push("new-view");
-                    worker.verify(new_view)
+                    worker.verify(crate::test_fixtures::SCOPE, new_view)
                 })
                 .await
         });
@@ -856,9 +890,9 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_workers_end_when_the_last_handle_is_dropped() {
-        let pool = VerifierPool::start(2, cluster());
+        let pool = VerifierPool::start(2, crate::test_fixtures::handle());
         let queue = Arc::downgrade(&pool.queue);
-        assert!(pool.verify(prepare(1, 1)).await.unwrap().is_ok());
+        assert!(pool.verify(crate::test_fixtures::SCOPE, prepare(1, 1)).await.unwrap().is_ok());
         drop(pool);
         // Each worker holds the queue until it leaves.
         eventually("the workers left", || queue.strong_count() == 0).await;

@@ -5,7 +5,7 @@ use bulwark_actors::config::{
     key_path, keygen, load_replica_key, ClusterFile, ConfigFileError, Keygen, ReplicaEntry, CLUSTER_FILE_NAME,
 };
 use bulwark_crypto::KeyPair;
-use bulwark_framework::{ProtocolParams, ReplicaId};
+use bulwark_framework::{ClusterId, ProtocolParams, ReplicaId, View};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::path::Path;
@@ -20,7 +20,7 @@ fn public_hex(i: u8) -> String {
 
 /// A hand-written, valid cluster file of `n` replicas; `extra` is appended verbatim.
 fn file_text(n: u8, extra: &str) -> String {
-    let mut text = String::from("# test cluster\n");
+    let mut text = String::from("# test cluster\ncluster_id = 1\n");
     for i in 0..n {
         text.push_str(&format!(
             "\n[[replica]]\nid = {i}\naddress = \"127.0.0.1:{}\"\npublic_key = \"{}\"\n",
@@ -61,7 +61,7 @@ fn keygen_then_load_round_trips_for_4_and_7_replicas() {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(&format!("# Bulwark cluster: {n} replicas, tolerates f = {f} Byzantine\n")), "{text}");
 
-        let cluster = loaded.cluster().unwrap();
+        let cluster = loaded.membership().unwrap();
         assert_eq!((cluster.n(), cluster.f(), cluster.quorum()), (n, f, quorum));
         assert_eq!(cluster.params, ProtocolParams::default());
         for (i, entry) in loaded.replicas.iter().enumerate() {
@@ -203,7 +203,7 @@ fn params_are_optional_and_partial() {
 
     let file = parse(&file_text(4, "\n[params]\nbatch_size_max = 17\n")).unwrap();
     assert_eq!(file.params, ProtocolParams { batch_size_max: 17, ..ProtocolParams::default() });
-    assert_eq!(file.cluster().unwrap().params.batch_size_max, 17);
+    assert_eq!(file.membership().unwrap().params.batch_size_max, 17);
 }
 
 #[test]
@@ -213,7 +213,7 @@ fn view_change_params_are_read_written_and_checked() {
     let expected =
         ProtocolParams { view_change_timeout_us: 250_000, ordering_rate_min_per_s: 40, ..ProtocolParams::default() };
     assert_eq!(file.params, expected);
-    let cluster = file.cluster().unwrap();
+    let cluster = file.membership().unwrap();
     assert_eq!(cluster.params.view_change_timeout(), std::time::Duration::from_millis(250));
     assert_eq!(cluster.params.ordering_rate_min_per_s, 40);
 
@@ -234,7 +234,7 @@ fn view_change_params_are_read_written_and_checked() {
 
 #[test]
 fn replicas_may_be_listed_in_any_order() {
-    let mut text = String::new();
+    let mut text = String::from("cluster_id = 1\n");
     for i in [2u8, 0, 3, 1] {
         text.push_str(&format!(
             "[[replica]]\nid = {i}\naddress = \"127.0.0.1:{}\"\npublic_key = \"{}\"\n",
@@ -245,7 +245,7 @@ fn replicas_may_be_listed_in_any_order() {
     let file = parse(&text).unwrap();
     let ids: Vec<u32> = file.replicas.iter().map(|e| e.id.0).collect();
     assert_eq!(ids, [0, 1, 2, 3]);
-    let cluster = file.cluster().unwrap();
+    let cluster = file.membership().unwrap();
     assert_eq!(cluster.public_key(ReplicaId(2)), Some(&KeyPair::from_seed([3; 32]).public()));
 }
 
@@ -263,11 +263,11 @@ fn save_then_load_keeps_everything() {
 }
 
 #[test]
-fn in_memory_changes_are_checked_by_cluster() {
+fn in_memory_changes_are_checked_by_membership() {
     let mut file = parse(&file_text(4, "")).unwrap();
     let copy = file.replicas[0].clone();
     file.replicas.push(ReplicaEntry { id: ReplicaId(4), ..copy });
-    let message = file.cluster().unwrap_err().to_string();
+    let message = file.membership().unwrap_err().to_string();
     assert!(message.contains("cluster.toml: replica[4].address: duplicate address"), "{message}");
 }
 
@@ -309,10 +309,65 @@ fn bad_public_key_is_named() {
     expect_error(&text, &["cluster.toml: replica[0].public_key: expected a string of 64 hex digits, found integer 7"]);
 }
 
+/// Ids are names, not positions: any distinct ids form a cluster, and the primary of view
+/// `v` is the member at position `v mod n` of the ids in ascending order.
 #[test]
-fn id_gap_is_named() {
-    let text = file_text(4, "").replace("id = 3", "id = 4");
-    expect_error(&text, &["cluster.toml: replica ids must be 0..n without gaps", "missing 3", "replica[3] has id 4"]);
+fn ids_need_not_be_0_to_n() {
+    let text = file_text(4, "")
+        .replace("\nid = 3\n", "\nid = 8\n")
+        .replace("\nid = 2\n", "\nid = 21\n")
+        .replace("\nid = 1\n", "\nid = 3\n")
+        .replace("\nid = 0\n", "\nid = 40\n");
+    let file = parse(&text).unwrap();
+    assert_eq!(file.ids(), [ReplicaId(3), ReplicaId(8), ReplicaId(21), ReplicaId(40)]);
+    let membership = file.membership().unwrap();
+    assert_eq!(membership.cluster(), ClusterId(1));
+    let primaries: Vec<u32> = (0..5).map(|v| membership.primary(View(v)).0).collect();
+    assert_eq!(primaries, [3, 8, 21, 40, 3]);
+    // The replica listed first with id 40 keeps its key under id 40.
+    assert_eq!(membership.public_key(ReplicaId(40)), Some(&KeyPair::from_seed([1; 32]).public()));
+}
+
+#[test]
+fn cluster_id_is_required_and_checked() {
+    let text = file_text(4, "").replace("cluster_id = 1\n", "");
+    expect_error(&text, &["cluster.toml: cluster_id: required field is missing"]);
+    let text = file_text(4, "").replace("cluster_id = 1", "cluster_id = -1");
+    expect_error(&text, &["cluster.toml: cluster_id: -1 is out of range", "(line 2, column 14)"]);
+    let text = file_text(4, "").replace("cluster_id = 1", "cluster_id = 4294967296");
+    expect_error(&text, &["cluster.toml: cluster_id: 4294967296 is out of range"]);
+    let text = file_text(4, "").replace("cluster_id = 1", "cluster_id = \"one\"");
+    expect_error(&text, &["cluster.toml: cluster_id: expected an integer, found string \"one\""]);
+    let text = file_text(4, "").replace("cluster_id = 1", "cluster_id = 4294967295");
+    assert_eq!(parse(&text).unwrap().cluster_id, ClusterId(u32::MAX));
+}
+
+#[test]
+fn keygen_writes_the_ids_and_cluster_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = vec![ReplicaId(40), ReplicaId(3), ReplicaId(21), ReplicaId(8)];
+    let spec = Keygen { cluster_id: ClusterId(7), ids, ..Keygen::default() };
+    let generated = keygen(&spec, dir.path(), &mut rng()).unwrap();
+    let loaded = ClusterFile::load(&dir.path().join(CLUSTER_FILE_NAME)).unwrap();
+    assert_eq!(loaded, generated);
+    assert_eq!(loaded.cluster_id, ClusterId(7));
+    assert_eq!(loaded.ids(), [ReplicaId(3), ReplicaId(8), ReplicaId(21), ReplicaId(40)]);
+    // Ports follow the ids in ascending order; every key file is named by its id.
+    let shown: Vec<String> = loaded.addresses().values().map(|a| a.to_string()).collect();
+    assert_eq!(shown, ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]);
+    for id in loaded.ids() {
+        let key = load_replica_key(&loaded, id, &key_path(dir.path(), id)).unwrap();
+        assert_eq!(Some(&key.public()), loaded.membership().unwrap().public_key(id));
+    }
+    let message = load_replica_key(&loaded, ReplicaId(0), &key_path(dir.path(), ReplicaId(3))).unwrap_err();
+    assert!(message.to_string().contains("has no replica 0 (its replicas are 3, 8, 21, 40)"), "{message}");
+
+    let twice = Keygen { ids: vec![ReplicaId(1), ReplicaId(2), ReplicaId(2), ReplicaId(3)], ..Keygen::default() };
+    let message = keygen(&twice, &dir.path().join("twice"), &mut rng()).unwrap_err().to_string();
+    assert!(message.contains("keygen: ids: id 2 appears twice"), "{message}");
+    let short = Keygen { ids: vec![ReplicaId(1), ReplicaId(2)], ..Keygen::default() };
+    let message = keygen(&short, &dir.path().join("short"), &mut rng()).unwrap_err().to_string();
+    assert!(message.contains("keygen: ids: 2 ids for 4 replicas"), "{message}");
 }
 
 #[test]
@@ -354,24 +409,24 @@ fn duplicate_public_key_is_named() {
 #[test]
 fn too_few_replicas_is_named() {
     expect_error(&file_text(3, ""), &["cluster.toml: replica: a BFT cluster needs at least 4 replicas", "lists 3"]);
-    expect_error("", &["cluster.toml: replica: a BFT cluster needs at least 4 replicas", "lists 0"]);
+    expect_error("cluster_id = 1\n", &["cluster.toml: replica: a BFT cluster needs at least 4 replicas", "lists 0"]);
 }
 
 #[test]
 fn missing_field_is_named() {
     let text = file_text(4, "").replace(&format!("public_key = \"{}\"\n", public_hex(0)), "");
-    expect_error(&text, &["cluster.toml: replica[0].public_key: required field is missing", "(line 3, column 1)"]);
+    expect_error(&text, &["cluster.toml: replica[0].public_key: required field is missing", "(line 4, column 1)"]);
 }
 
 #[test]
 fn unknown_fields_are_named_with_their_line() {
     // In a replica table.
-    let text = file_text(4, "").replace("id = 1\n", "id = 1\nport = 7001\n");
+    let text = file_text(4, "").replace("\nid = 1\n", "\nid = 1\nport = 7001\n");
     let line = text.lines().position(|l| l == "port = 7001").unwrap() + 1;
     expect_error(&text, &["cluster.toml: replica[1].port: unknown field `port`", &format!("(line {line}, column 8)")]);
     // At the top level (`replicas` for `replica`).
     let text = file_text(4, "").replace("[[replica]]", "[[replicas]]");
-    expect_error(&text, &["cluster.toml: replicas: unknown field `replicas`", "line 3, column"]);
+    expect_error(&text, &["cluster.toml: replicas: unknown field `replicas`", "line 4, column"]);
     // In [params].
     let text = file_text(4, "\n[params]\nbatch_size = 3\n");
     let line = text.lines().count();

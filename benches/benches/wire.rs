@@ -1,7 +1,7 @@
 //! Encoding and decoding of each normal-case message kind (`wire::encode_frame` and
 //! `wire::decode_frame`), throughput in frame bytes.
 
-use bulwark_benches::{client_key, signed_request, signed_requests, Fixture};
+use bulwark_benches::{client_key, signed_request, signed_requests, Fixture, SCOPE};
 use bulwark_framework::messages::Message;
 use bulwark_framework::wire::{decode_frame, encode_frame};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -38,17 +38,17 @@ fn wire(c: &mut Criterion) {
 
     let mut encode = c.benchmark_group("encode");
     for (name, message) in &messages {
-        let bytes = encode_frame(message).expect("fixture encodes").len();
+        let bytes = encode_frame(SCOPE, message).expect("fixture encodes").len();
         encode.throughput(Throughput::Bytes(bytes as u64));
-        encode.bench_function(*name, |b| b.iter(|| encode_frame(black_box(message)).unwrap()));
+        encode.bench_function(*name, |b| b.iter(|| encode_frame(SCOPE, black_box(message)).unwrap()));
     }
     encode.finish();
 
     let mut decode = c.benchmark_group("decode");
     for (name, message) in &messages {
-        let frame = encode_frame(message).expect("fixture encodes");
+        let frame = encode_frame(SCOPE, message).expect("fixture encodes");
         let (decoded, _) = decode_frame(&frame, limit).expect("fixture decodes").expect("frame is complete");
-        assert_eq!(&decoded, message, "{name} does not round-trip");
+        assert_eq!(&decoded.message, message, "{name} does not round-trip");
         decode.throughput(Throughput::Bytes(frame.len() as u64));
         decode.bench_function(*name, |b| b.iter(|| decode_frame(black_box(&frame), limit).unwrap()));
     }

@@ -9,13 +9,18 @@
 //!   against one-by-one verification, and [`bulwark_framework::verify::verify_message`]
 //!   of a pre-prepare carrying a full batch (the replica hot path).
 //! * `round`: complete PBFT rounds in the deterministic simulator on
-//!   [`bulwark_examples::kv::KvStore`].
+//!   [`bulwark_services::kv::KvStore`].
 
-use bulwark_crypto::{signing_digest, KeyPair, PublicKey, Signed};
-use bulwark_examples::kv::{KvOp, KvStore};
+use bulwark_crypto::{KeyPair, PublicKey, Signed};
 use bulwark_framework::messages::{batch_digest, Checkpoint, Commit, Message, PrePrepare, Prepare, Reply, Request};
 use bulwark_framework::sim::{SimConfig, Simulation};
-use bulwark_framework::{ClientId, ClusterConfig, ProtocolParams, ReplicaId, SeqNum, Timestamp, View};
+use bulwark_framework::{
+    ClientId, ClusterId, Epoch, Membership, ProtocolParams, ReplicaId, Scope, SeqNum, Timestamp, View,
+};
+use bulwark_services::kv::{KvOp, KvStore};
+
+/// The scope every fixture message is signed in.
+pub const SCOPE: Scope = Scope { cluster: ClusterId(1), epoch: Epoch(0) };
 
 /// Replicas in the benchmark cluster (`n = 3f + 1` with `f = 1`).
 pub const REPLICAS: usize = 4;
@@ -51,7 +56,7 @@ pub fn signed_request(client: &KeyPair, timestamp: u64, operation_bytes: usize) 
         read_only: false,
         operation: vec![0xab; operation_bytes],
     };
-    Signed::sign(request, client).expect("a request encodes for signing")
+    SCOPE.sign(request, client).into_signed()
 }
 
 /// `count` requests of `operation_bytes` bytes each, from `count` distinct clients, as a
@@ -77,7 +82,7 @@ pub fn with_client_keys(requests: Vec<Signed<Request>>) -> Vec<(Signed<Request>,
 pub struct Fixture {
     /// Replica `i`'s key pair at index `i`.
     pub replica_keys: Vec<KeyPair>,
-    pub config: ClusterConfig,
+    pub config: Membership,
 }
 
 impl Default for Fixture {
@@ -90,7 +95,8 @@ impl Fixture {
     pub fn new() -> Self {
         let replica_keys: Vec<KeyPair> = (0..REPLICAS).map(replica_key).collect();
         let members = replica_keys.iter().map(KeyPair::public).collect();
-        let config = ClusterConfig::new(members, ProtocolParams::default()).expect("valid benchmark cluster");
+        let config =
+            Membership::numbered(SCOPE.cluster, members, ProtocolParams::default()).expect("valid benchmark cluster");
         Fixture { replica_keys, config }
     }
 
@@ -100,16 +106,16 @@ impl Fixture {
     }
 
     fn key(&self, replica: ReplicaId) -> &KeyPair {
-        &self.replica_keys[replica.index()]
+        &self.replica_keys[replica.0 as usize]
     }
 
     /// A pre-prepare for `requests` at ([`VIEW`], [`SEQ`]), signed by the primary, with
     /// the batch digest that verification expects.
     pub fn pre_prepare(&self, requests: Vec<Signed<Request>>) -> Message {
-        let digests: Vec<_> = requests.iter().map(|r| signing_digest(&r.payload).expect("a request encodes")).collect();
+        let digests: Vec<_> = requests.iter().map(|r| SCOPE.digest(&r.payload)).collect();
         let payload = PrePrepare { view: VIEW, seq: SEQ, digest: batch_digest(digests.iter()) };
         let primary = self.config.primary(VIEW);
-        let signed = Signed::sign(payload, self.key(primary)).expect("a pre-prepare encodes");
+        let signed = SCOPE.sign(payload, self.key(primary)).into_signed();
         Message::PrePrepare(signed, requests)
     }
 
@@ -121,14 +127,14 @@ impl Fixture {
     /// Replica 1's prepare, signed.
     pub fn prepare(&self) -> Signed<Prepare> {
         let payload = self.prepare_payload();
-        Signed::sign(payload, self.key(payload.replica)).expect("a prepare encodes")
+        SCOPE.sign(payload, self.key(payload.replica)).into_signed()
     }
 
     /// Replica 2's commit, signed.
     pub fn commit(&self) -> Message {
         let payload =
             Commit { view: VIEW, seq: SEQ, digest: bulwark_crypto::Digest::of(b"batch"), replica: ReplicaId(2) };
-        Message::Commit(Signed::sign(payload, self.key(payload.replica)).expect("a commit encodes"))
+        Message::Commit(SCOPE.sign(payload, self.key(payload.replica)).into_signed())
     }
 
     /// Replica 3's reply carrying a `result_bytes`-byte result, signed.
@@ -141,14 +147,14 @@ impl Fixture {
             read_only: false,
             result: vec![0xcd; result_bytes],
         };
-        Message::Reply(Signed::sign(payload, self.key(ReplicaId(3))).expect("a reply encodes"))
+        Message::Reply(SCOPE.sign(payload, self.key(ReplicaId(3))).into_signed())
     }
 
     /// Replica 1's checkpoint, signed.
     pub fn checkpoint(&self) -> Message {
         let payload =
             Checkpoint { seq: SeqNum(128), state_digest: bulwark_crypto::Digest::of(b"state"), replica: ReplicaId(1) };
-        Message::Checkpoint(Signed::sign(payload, self.key(payload.replica)).expect("a checkpoint encodes"))
+        Message::Checkpoint(SCOPE.sign(payload, self.key(payload.replica)).into_signed())
     }
 }
 
@@ -170,7 +176,7 @@ pub fn kv_simulation(seed: u64, clients: usize, requests_per_client: u64, wire_r
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_framework::verify::verify_message;
+    use bulwark_framework::verify::verify_envelope;
     use bulwark_framework::wire::{decode_frame, encode_frame};
 
     #[test]
@@ -185,11 +191,11 @@ mod tests {
             fixture.checkpoint(),
         ];
         for message in messages {
-            let frame = encode_frame(&message).unwrap();
+            let frame = encode_frame(SCOPE, &message).unwrap();
             let (decoded, used) = decode_frame(&frame, fixture.frame_limit()).unwrap().unwrap();
             assert_eq!(used, frame.len());
-            assert_eq!(decoded, message);
-            verify_message(decoded, &fixture.config).unwrap();
+            assert_eq!(decoded.message, message);
+            verify_envelope(decoded, &fixture.config).unwrap();
         }
     }
 

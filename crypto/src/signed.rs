@@ -13,10 +13,16 @@ pub trait Signable: Serialize {
 }
 
 /// The digest a signature over `payload` covers:
-/// `blake3(len(DOMAIN) ‖ DOMAIN ‖ len(enc) ‖ enc)`, `enc` the compact rmp-serde encoding.
-pub fn signing_digest<T: Signable>(payload: &T) -> Result<Digest, CryptoError> {
+/// `blake3(len(DOMAIN) ‖ DOMAIN ‖ len(context) ‖ context ‖ len(enc) ‖ enc)`, `enc` the
+/// compact rmp-serde encoding.
+///
+/// `context` is where the signature belongs, chosen by the caller: Bulwark passes the
+/// cluster and membership epoch a message is signed in, so a signature made for one
+/// cluster or one membership never verifies in another. Every signing and checking call
+/// takes it; a signature verifies only under the context it was made in.
+pub fn signing_digest<T: Signable>(payload: &T, context: &[u8]) -> Result<Digest, CryptoError> {
     let encoded = rmp_serde::to_vec(payload).map_err(|e| CryptoError::Encode(e.to_string()))?;
-    Ok(Digest::of_parts(&[T::DOMAIN, &encoded]))
+    Ok(Digest::of_parts(&[T::DOMAIN, context, &encoded]))
 }
 
 /// A payload with a signature, as it travels on the wire. Not yet trusted.
@@ -27,15 +33,15 @@ pub struct Signed<T> {
 }
 
 impl<T: Signable> Signed<T> {
-    /// Signs `payload` with `key`.
-    pub fn sign(payload: T, key: &KeyPair) -> Result<Self, CryptoError> {
-        let digest = signing_digest(&payload)?;
+    /// Signs `payload` with `key` in `context` (see [`signing_digest`]).
+    pub fn sign(payload: T, key: &KeyPair, context: &[u8]) -> Result<Self, CryptoError> {
+        let digest = signing_digest(&payload, context)?;
         Ok(Signed { signature: key.sign_digest(&digest), payload })
     }
 
-    /// Checks the signature against `signer` ([`PublicKey::verify_digest`]).
-    pub fn verify(self, signer: &PublicKey) -> Result<Verified<T>, CryptoError> {
-        let digest = signing_digest(&self.payload)?;
+    /// Checks the signature against `signer` ([`PublicKey::verify_digest`]) in `context`.
+    pub fn verify(self, signer: &PublicKey, context: &[u8]) -> Result<Verified<T>, CryptoError> {
+        let digest = signing_digest(&self.payload, context)?;
         signer.verify_digest(&digest, &self.signature)?;
         Ok(Verified { signed: self, digest })
     }
@@ -59,9 +65,10 @@ pub struct Verified<T> {
 }
 
 impl<T: Signable> Verified<T> {
-    /// Signs a payload with one's own key; the result is trusted by construction.
-    pub fn sign(payload: T, key: &KeyPair) -> Result<Self, CryptoError> {
-        let digest = signing_digest(&payload)?;
+    /// Signs a payload with one's own key in `context`; the result is trusted by
+    /// construction.
+    pub fn sign(payload: T, key: &KeyPair, context: &[u8]) -> Result<Self, CryptoError> {
+        let digest = signing_digest(&payload, context)?;
         let signature = key.sign_digest(&digest);
         Ok(Verified { signed: Signed { payload, signature }, digest })
     }
@@ -74,16 +81,16 @@ impl<T: Signable> Verified<T> {
     /// no key verifies, so such a payload never passes a real check (a cluster that asks for
     /// signatures refuses it). The digest is the one a signature would cover, so digests of
     /// requests and batches do not depend on how requests were authenticated.
-    pub fn unsigned(payload: T) -> Result<Self, CryptoError> {
-        let digest = signing_digest(&payload)?;
+    pub fn unsigned(payload: T, context: &[u8]) -> Result<Self, CryptoError> {
+        let digest = signing_digest(&payload, context)?;
         Ok(Verified { signed: Signed { payload, signature: Signature::absent() }, digest })
     }
 
     /// Accepts `signed` without checking its signature. Only for payloads whose sender is
     /// vouched for by the link they came on (see [`Verified::unsigned`]); the caller, not
     /// this crate, decides when that holds.
-    pub fn trusted_by_link(signed: Signed<T>) -> Result<Self, CryptoError> {
-        let digest = signing_digest(&signed.payload)?;
+    pub fn trusted_by_link(signed: Signed<T>, context: &[u8]) -> Result<Self, CryptoError> {
+        let digest = signing_digest(&signed.payload, context)?;
         Ok(Verified { signed, digest })
     }
 }
@@ -128,7 +135,7 @@ impl<T: Serialize> Serialize for Verified<T> {
     }
 }
 
-/// Verifies many signatures at once.
+/// Verifies many signatures at once, all made in `context`.
 ///
 /// The fast path is ed25519-zebra's batch check. If the batch fails, each signer's items
 /// are checked as a batch of their own, and the items of a signer whose batch fails one by
@@ -151,9 +158,12 @@ impl<T: Serialize> Serialize for Verified<T> {
 /// signature with a small-order component in `R` that its equation accepted or refused
 /// depending on the companions; the `torsion` module behind the `torsion-crafting`
 /// feature builds them for the tests.)
-pub fn verify_batch<T: Signable>(items: Vec<(Signed<T>, PublicKey)>) -> Vec<Result<Verified<T>, CryptoError>> {
+pub fn verify_batch<T: Signable>(
+    items: Vec<(Signed<T>, PublicKey)>,
+    context: &[u8],
+) -> Vec<Result<Verified<T>, CryptoError>> {
     let digests: Vec<Result<Digest, CryptoError>> =
-        items.iter().map(|(signed, _)| signing_digest(&signed.payload)).collect();
+        items.iter().map(|(signed, _)| signing_digest(&signed.payload, context)).collect();
     let all: Vec<usize> = (0..items.len()).collect();
     let mut valid = vec![false; items.len()];
     if batch_passes(&items, &digests, &all) {
@@ -240,53 +250,65 @@ mod tests {
         const DOMAIN: &'static [u8] = b"test/ballot";
     }
 
+    const CONTEXT: &[u8] = b"test context";
+
     fn key(i: u8) -> KeyPair {
         KeyPair::from_seed([i; 32])
     }
 
     #[test]
     fn sign_then_verify() {
-        let signed = Signed::sign(Vote { round: 3 }, &key(1)).unwrap();
-        let verified = signed.verify(&key(1).public()).unwrap();
+        let signed = Signed::sign(Vote { round: 3 }, &key(1), CONTEXT).unwrap();
+        let verified = signed.verify(&key(1).public(), CONTEXT).unwrap();
         assert_eq!(verified.round, 3);
     }
 
     #[test]
     fn wrong_signer_is_refused() {
-        let signed = Signed::sign(Vote { round: 3 }, &key(1)).unwrap();
-        assert!(matches!(signed.verify(&key(2).public()), Err(CryptoError::BadSignature)));
+        let signed = Signed::sign(Vote { round: 3 }, &key(1), CONTEXT).unwrap();
+        assert!(matches!(signed.verify(&key(2).public(), CONTEXT), Err(CryptoError::BadSignature)));
     }
 
     #[test]
     fn tampered_payload_is_refused() {
-        let mut signed = Signed::sign(Vote { round: 3 }, &key(1)).unwrap();
+        let mut signed = Signed::sign(Vote { round: 3 }, &key(1), CONTEXT).unwrap();
         signed.payload.round = 4;
-        assert!(signed.verify(&key(1).public()).is_err());
+        assert!(signed.verify(&key(1).public(), CONTEXT).is_err());
     }
 
     #[test]
     fn a_signature_of_one_kind_does_not_verify_as_another() {
         // M1: same encoded fields, different domain.
-        let vote = Signed::sign(Vote { round: 9 }, &key(1)).unwrap();
+        let vote = Signed::sign(Vote { round: 9 }, &key(1), CONTEXT).unwrap();
         let forged = Signed { payload: Ballot { round: 9 }, signature: vote.signature };
-        assert!(forged.verify(&key(1).public()).is_err());
+        assert!(forged.verify(&key(1).public(), CONTEXT).is_err());
+    }
+
+    #[test]
+    fn a_signature_made_in_one_context_does_not_verify_in_another() {
+        let signed = Signed::sign(Vote { round: 9 }, &key(1), b"cluster 1").unwrap();
+        assert!(signed.clone().verify(&key(1).public(), b"cluster 2").is_err());
+        assert!(verify_batch(vec![(signed.clone(), key(1).public())], b"cluster 2")[0].is_err());
+        assert!(signed.verify(&key(1).public(), b"cluster 1").is_ok());
     }
 
     #[test]
     fn batch_accepts_all_good_signatures() {
-        let items: Vec<_> =
-            (1..=8u8).map(|i| (Signed::sign(Vote { round: i as u64 }, &key(i)).unwrap(), key(i).public())).collect();
-        let results = verify_batch(items);
+        let items: Vec<_> = (1..=8u8)
+            .map(|i| (Signed::sign(Vote { round: i as u64 }, &key(i), CONTEXT).unwrap(), key(i).public()))
+            .collect();
+        let results = verify_batch(items, CONTEXT);
         assert_eq!(results.len(), 8);
         assert!(results.iter().all(|r| r.is_ok()));
     }
 
     #[test]
     fn batch_with_one_bad_signature_attributes_it_and_keeps_the_rest() {
-        let mut items: Vec<_> =
-            (1..=8u8).map(|i| (Signed::sign(Vote { round: i as u64 }, &key(i)).unwrap(), key(i).public())).collect();
+        let mut items: Vec<_> = (1..=8u8)
+            .map(|i| (Signed::sign(Vote { round: i as u64 }, &key(i), CONTEXT).unwrap(), key(i).public()))
+            .collect();
         items[5].0.payload.round = 99;
-        let results = verify_batch(items);
+        let results = verify_batch(items, CONTEXT);
         for (index, result) in results.iter().enumerate() {
             assert_eq!(result.is_err(), index == 5, "item {index}");
         }
@@ -294,22 +316,26 @@ mod tests {
 
     #[test]
     fn an_unsigned_payload_never_verifies_but_keeps_its_digest() {
-        let unsigned = Verified::unsigned(Vote { round: 1 }).unwrap();
-        assert_eq!(unsigned.digest(), signing_digest(&Vote { round: 1 }).unwrap());
-        assert!(unsigned.signed().clone().verify(&key(1).public()).is_err());
+        let unsigned = Verified::unsigned(Vote { round: 1 }, CONTEXT).unwrap();
+        assert_eq!(unsigned.digest(), signing_digest(&Vote { round: 1 }, CONTEXT).unwrap());
+        assert!(unsigned.signed().clone().verify(&key(1).public(), CONTEXT).is_err());
         let items = vec![
             (unsigned.signed().clone(), key(1).public()),
-            (Signed::sign(Vote { round: 2 }, &key(2)).unwrap(), key(2).public()),
+            (Signed::sign(Vote { round: 2 }, &key(2), CONTEXT).unwrap(), key(2).public()),
         ];
-        let results = verify_batch(items);
+        let results = verify_batch(items, CONTEXT);
         assert!(results[0].is_err() && results[1].is_ok());
     }
 
     /// A torsioned signature from signer `seed` over `Vote { round }`, with its key.
     fn torsioned_vote(seed: u8, round: u64) -> (Signed<Vote>, PublicKey) {
-        let signed =
-            crate::torsion::sign_with_torsion(Vote { round }, [seed; 32], crate::torsion::ORDER_EIGHT_TORSION[0])
-                .unwrap();
+        let signed = crate::torsion::sign_with_torsion(
+            Vote { round },
+            [seed; 32],
+            crate::torsion::ORDER_EIGHT_TORSION[0],
+            CONTEXT,
+        )
+        .unwrap();
         (signed, key(seed).public())
     }
 
@@ -317,8 +343,8 @@ mod tests {
     fn crafting_without_torsion_gives_the_ordinary_signature() {
         // The crafting follows RFC 8032, so the torsion, not a crafting slip, is what the
         // tests below exercise.
-        let plain = crate::torsion::sign_with_torsion(Vote { round: 4 }, [3; 32], 0).unwrap();
-        assert_eq!(plain, Signed::sign(Vote { round: 4 }, &key(3)).unwrap());
+        let plain = crate::torsion::sign_with_torsion(Vote { round: 4 }, [3; 32], 0, CONTEXT).unwrap();
+        assert_eq!(plain, Signed::sign(Vote { round: 4 }, &key(3), CONTEXT).unwrap());
     }
 
     #[test]
@@ -327,19 +353,19 @@ mod tests {
         // cofactored equation: valid, alone and in every batch, whatever its companions
         // (under dalek's uncofactored batch check the verdict depended on them).
         for index in 1..8 {
-            let signed = crate::torsion::sign_with_torsion(Vote { round: 4 }, [3; 32], index).unwrap();
-            assert!(signed.clone().verify(&key(3).public()).is_ok(), "torsion point {index} alone");
+            let signed = crate::torsion::sign_with_torsion(Vote { round: 4 }, [3; 32], index, CONTEXT).unwrap();
+            assert!(signed.clone().verify(&key(3).public(), CONTEXT).is_ok(), "torsion point {index} alone");
             for round in 0..16u64 {
-                let companion = (Signed::sign(Vote { round }, &key(5)).unwrap(), key(5).public());
-                let results = verify_batch(vec![(signed.clone(), key(3).public()), companion]);
+                let companion = (Signed::sign(Vote { round }, &key(5), CONTEXT).unwrap(), key(5).public());
+                let results = verify_batch(vec![(signed.clone(), key(3).public()), companion], CONTEXT);
                 assert!(results.iter().all(Result::is_ok), "torsion point {index}, companion {round}");
             }
         }
         // It is still a signature over its own payload by its own key only.
         let (crafted, _) = torsioned_vote(3, 4);
-        assert!(crafted.clone().verify(&key(4).public()).is_err());
+        assert!(crafted.clone().verify(&key(4).public(), CONTEXT).is_err());
         let tampered = Signed { payload: Vote { round: 5 }, signature: crafted.signature };
-        assert!(tampered.verify(&key(3).public()).is_err());
+        assert!(tampered.verify(&key(3).public(), CONTEXT).is_err());
     }
 
     #[test]
@@ -347,8 +373,9 @@ mod tests {
         let (crafted, crafted_key) = torsioned_vote(3, 4);
         let forged = Signed { payload: Vote { round: 5 }, signature: crafted.signature };
         for round in 0..32u64 {
-            let companion = (Signed::sign(Vote { round }, &key(5)).unwrap(), key(5).public());
-            let results = verify_batch(vec![(forged.clone(), crafted_key), companion, (crafted.clone(), crafted_key)]);
+            let companion = (Signed::sign(Vote { round }, &key(5), CONTEXT).unwrap(), key(5).public());
+            let results =
+                verify_batch(vec![(forged.clone(), crafted_key), companion, (crafted.clone(), crafted_key)], CONTEXT);
             assert!(results[0].is_err(), "companion {round}");
             assert!(results[1].is_ok() && results[2].is_ok(), "companion {round}");
         }
@@ -361,19 +388,19 @@ mod tests {
         // are refused.
         let forged = |round| Signed {
             payload: Vote { round: 99 },
-            signature: Signed::sign(Vote { round }, &key(7)).unwrap().signature,
+            signature: Signed::sign(Vote { round }, &key(7), CONTEXT).unwrap().signature,
         };
         let mut items = Vec::new();
         for round in 0..6u64 {
             items.push((
-                Signed::sign(Vote { round }, &key(1 + (round % 3) as u8)).unwrap(),
+                Signed::sign(Vote { round }, &key(1 + (round % 3) as u8), CONTEXT).unwrap(),
                 key(1 + (round % 3) as u8).public(),
             ));
         }
         items.push((forged(1), key(7).public()));
-        items.push((Signed::sign(Vote { round: 2 }, &key(7)).unwrap(), key(7).public()));
+        items.push((Signed::sign(Vote { round: 2 }, &key(7), CONTEXT).unwrap(), key(7).public()));
         items.push((forged(3), key(7).public()));
-        let verdicts: Vec<bool> = verify_batch(items).iter().map(Result::is_ok).collect();
+        let verdicts: Vec<bool> = verify_batch(items, CONTEXT).iter().map(Result::is_ok).collect();
         assert_eq!(verdicts, [true, true, true, true, true, true, false, true, false]);
     }
 
@@ -386,9 +413,9 @@ mod tests {
         let weak = PublicKey::from_bytes(&identity).expect("the identity decodes");
         assert!(weak.is_weak());
         let absent = Signed { payload: Vote { round: 1 }, signature: Signature::absent() };
-        assert!(absent.clone().verify(&weak).is_err());
-        let companion = (Signed::sign(Vote { round: 2 }, &key(2)).unwrap(), key(2).public());
-        let results = verify_batch(vec![(absent, weak), companion]);
+        assert!(absent.clone().verify(&weak, CONTEXT).is_err());
+        let companion = (Signed::sign(Vote { round: 2 }, &key(2), CONTEXT).unwrap(), key(2).public());
+        let results = verify_batch(vec![(absent, weak), companion], CONTEXT);
         assert!(results[0].is_err() && results[1].is_ok());
     }
 
@@ -398,17 +425,19 @@ mod tests {
         // verdict in every run and at every replica (the simulator relies on it).
         let (crafted, crafted_key) = torsioned_vote(3, 4);
         for round in 0..16u64 {
-            let list =
-                vec![(crafted.clone(), crafted_key), (Signed::sign(Vote { round }, &key(5)).unwrap(), key(5).public())];
-            let first: Vec<bool> = verify_batch(list.clone()).iter().map(Result::is_ok).collect();
-            let second: Vec<bool> = verify_batch(list).iter().map(Result::is_ok).collect();
+            let list = vec![
+                (crafted.clone(), crafted_key),
+                (Signed::sign(Vote { round }, &key(5), CONTEXT).unwrap(), key(5).public()),
+            ];
+            let first: Vec<bool> = verify_batch(list.clone(), CONTEXT).iter().map(Result::is_ok).collect();
+            let second: Vec<bool> = verify_batch(list, CONTEXT).iter().map(Result::is_ok).collect();
             assert_eq!(first, second, "companion round {round}");
         }
     }
 
     #[test]
     fn verified_digest_is_the_signing_digest() {
-        let verified = Verified::sign(Vote { round: 1 }, &key(1)).unwrap();
-        assert_eq!(verified.digest(), signing_digest(&Vote { round: 1 }).unwrap());
+        let verified = Verified::sign(Vote { round: 1 }, &key(1), CONTEXT).unwrap();
+        assert_eq!(verified.digest(), signing_digest(&Vote { round: 1 }, CONTEXT).unwrap());
     }
 }

@@ -22,13 +22,15 @@ pub const ORDER_EIGHT_TORSION: [usize; 4] = [1, 3, 5, 7];
 
 /// Signs `payload` as the key with `seed` would (RFC 8032 expansion), but with the torsion
 /// point `EIGHT_TORSION[torsion_index]` added to `R`. Index 0 (the identity) gives an
-/// ordinary valid signature.
+/// ordinary valid signature. `context` is the signing context (see
+/// [`signing_digest`]).
 pub fn sign_with_torsion<T: Signable>(
     payload: T,
     seed: [u8; 32],
     torsion_index: usize,
+    context: &[u8],
 ) -> Result<Signed<T>, CryptoError> {
-    let message = signing_digest(&payload)?;
+    let message = signing_digest(&payload, context)?;
     let message = message.as_bytes();
     // RFC 8032 §5.1.5: h = SHA-512(seed); a = clamp(h[0..32]); prefix = h[32..64].
     let expanded = Sha512::digest(seed);

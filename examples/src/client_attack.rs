@@ -6,7 +6,7 @@
 
 use bulwark_crypto::KeyPair;
 use bulwark_framework::sim::byzantine_client::{ByzantineClient, ByzantineClientSpec, ClientAttack};
-use bulwark_framework::{wire, ClusterConfig, Instant, ReplicaId};
+use bulwark_framework::{wire, Instant, Membership, ReplicaId, Scope};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,7 +47,7 @@ impl ClientAttacker {
     /// second. Must be called inside a tokio runtime.
     pub fn start(
         attack: ClientAttack,
-        config: Arc<ClusterConfig>,
+        membership: Arc<Membership>,
         addresses: BTreeMap<ReplicaId, SocketAddr>,
         steps_per_s: u64,
     ) -> Self {
@@ -56,9 +56,10 @@ impl ClientAttacker {
         let key = KeyPair::generate(&mut rand::rngs::OsRng);
         let other_key = KeyPair::generate(&mut rand::rngs::OsRng);
         let spec = ByzantineClientSpec { attack, until: Instant(u64::MAX) };
-        let client = ByzantineClient::new(key, other_key, config, spec);
+        let scope = membership.scope();
+        let client = ByzantineClient::new(key, other_key, membership, spec);
         let interval = Duration::from_micros(1_000_000 / steps_per_s.max(1));
-        let task = tokio::spawn(drive(client, addresses, interval, stop.clone(), sent.clone()));
+        let task = tokio::spawn(drive(client, scope, addresses, interval, stop.clone(), sent.clone()));
         ClientAttacker { stop, sent, task }
     }
 
@@ -76,6 +77,7 @@ impl ClientAttacker {
 
 async fn drive(
     mut client: ByzantineClient,
+    scope: Scope,
     addresses: BTreeMap<ReplicaId, SocketAddr>,
     interval: Duration,
     stop: Arc<AtomicBool>,
@@ -93,7 +95,7 @@ async fn drive(
         report.steps += 1;
         let mut frames: BTreeMap<ReplicaId, (Vec<u8>, u64)> = BTreeMap::new();
         for send in sends {
-            if let Ok(frame) = wire::encode_frame(&send.message) {
+            if let Ok(frame) = wire::encode_frame(scope, &send.message) {
                 let (bytes, count) = frames.entry(send.to).or_default();
                 bytes.extend_from_slice(&frame);
                 *count += 1;

@@ -10,7 +10,7 @@ use bulwark_actors::replica::{spawn_replica, ReplicaHandle, ReplicaSetup, Replic
 use bulwark_actors::verifier::{default_threads, VerifierPool};
 use bulwark_crypto::KeyPair;
 use bulwark_framework::sim::byzantine::Strategy;
-use bulwark_framework::{ClusterConfig, ProtocolParams, ReplicaId, Service};
+use bulwark_framework::{ClusterId, Membership, MembershipHandle, ProtocolParams, ReplicaId, Service};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Request and reply payload sizes of a workload (the PBFT paper uses 0/0, 4/0 and 0/4 KiB).
@@ -73,9 +72,13 @@ pub fn free_local_addresses(count: usize) -> std::io::Result<BTreeMap<ReplicaId,
     listeners.iter().enumerate().map(|(i, l)| Ok((ReplicaId(i as u32), l.local_addr()?))).collect()
 }
 
+/// The cluster id of a [`LocalCluster`].
+pub const LOCAL_CLUSTER_ID: ClusterId = ClusterId(1);
+
 /// `n` replicas of `S` in this process, each on its own arbiter, over loopback TCP.
 pub struct LocalCluster<S: Service + Send + Unpin> {
-    pub cluster: Arc<ClusterConfig>,
+    /// The cluster's membership (cluster [`LOCAL_CLUSTER_ID`], replicas `0..n`).
+    pub membership: Membership,
     pub addresses: BTreeMap<ReplicaId, SocketAddr>,
     pub replicas: Vec<ReplicaHandle<S>>,
     pub verifier: VerifierPool,
@@ -120,9 +123,9 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
         byzantine: &[(ReplicaId, Strategy)],
     ) -> anyhow::Result<Self> {
         let keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::generate(&mut rand::rngs::OsRng)).collect();
-        let cluster = Arc::new(ClusterConfig::new(keys.iter().map(KeyPair::public).collect(), params)?);
+        let membership = Membership::numbered(LOCAL_CLUSTER_ID, keys.iter().map(KeyPair::public).collect(), params)?;
         let addresses = free_local_addresses(n)?;
-        let verifier = VerifierPool::start(default_threads(), cluster.clone());
+        let verifier = VerifierPool::start(default_threads(), MembershipHandle::new(membership.clone()));
         let mut replicas = Vec::new();
         let mut arbiters = Vec::new();
         for (index, key) in keys.into_iter().enumerate() {
@@ -131,7 +134,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
             let setup = ReplicaSetup {
                 id,
                 key,
-                cluster: cluster.clone(),
+                membership: membership.clone(),
                 addresses: addresses.clone(),
                 service: make_service(),
                 verifier: verifier.clone(),
@@ -142,7 +145,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
             replicas.push(spawn_replica(setup, &arbiter.handle()).await?);
             arbiters.push(arbiter);
         }
-        Ok(LocalCluster { cluster, addresses, replicas, verifier, arbiters })
+        Ok(LocalCluster { membership, addresses, replicas, verifier, arbiters })
     }
 
     /// A client with a fresh key, on its own arbiter (thread).
@@ -151,7 +154,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
         let arbiter = Arbiter::new();
         let client = Client::connect_on(
             &arbiter.handle(),
-            self.cluster.clone(),
+            self.membership.clone(),
             self.addresses.clone(),
             key,
             self.verifier.clone(),
@@ -164,7 +167,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let answered = client.inquire(Duration::from_millis(200)).await.map(|r| r.len()).unwrap_or(0);
-            if answered >= self.cluster.quorum() {
+            if answered >= self.membership.quorum() {
                 break;
             }
         }
@@ -197,7 +200,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
 
     /// Stops replica `id` (its actor and connections), as a crash would.
     pub fn stop_replica(&self, id: ReplicaId) {
-        if let Some(replica) = self.replicas.get(id.index()) {
+        if let Some(replica) = self.replicas.iter().find(|replica| replica.id == id) {
             replica.stop();
         }
     }

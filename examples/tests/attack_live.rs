@@ -14,6 +14,7 @@ use bulwark_framework::sim::byzantine::Strategy;
 use bulwark_framework::sim::byzantine_client::ClientAttack;
 use bulwark_framework::verify::RefusalKind;
 use bulwark_framework::{ProtocolParams, ReplicaId};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 2;
@@ -38,7 +39,9 @@ async fn run_attacked(byzantine: &[(ReplicaId, Strategy)], client_attacks: &[Cli
         .expect("cluster starts");
     let attackers: Vec<ClientAttacker> = client_attacks
         .iter()
-        .map(|attack| ClientAttacker::start(*attack, cluster.cluster.clone(), cluster.addresses.clone(), 1_000))
+        .map(|attack| {
+            ClientAttacker::start(*attack, Arc::new(cluster.membership.clone()), cluster.addresses.clone(), 1_000)
+        })
         .collect();
     let options = ClientOptions { timeout: Duration::from_secs(10), ..ClientOptions::default() };
     let mut clients = Vec::new();

@@ -3,13 +3,13 @@
 //! connection it came on and is counted; the cluster keeps serving.
 
 use bulwark_actors::client::ClientOptions;
-use bulwark_crypto::{Digest, KeyPair, Signed};
-use bulwark_examples::cluster::LocalCluster;
+use bulwark_crypto::{Digest, KeyPair};
+use bulwark_examples::cluster::{LocalCluster, LOCAL_CLUSTER_ID};
 use bulwark_examples::kv::{KvOp, KvReply, KvStore};
 use bulwark_framework::messages::{Message, Prepare};
 use bulwark_framework::verify::{RefusalCounts, RefusalKind};
 use bulwark_framework::wire::encode_frame;
-use bulwark_framework::{ProtocolParams, ReplicaId, SeqNum, View};
+use bulwark_framework::{ClusterId, Epoch, ProtocolParams, ReplicaId, Scope, SeqNum, View};
 use rand::{RngCore, SeedableRng};
 use std::future::Future;
 use std::io;
@@ -77,11 +77,19 @@ async fn connect(address: SocketAddr) -> TcpStream {
         .expect("connecting to replica 0")
 }
 
+/// The local cluster's scope.
+const SCOPE: Scope = Scope { cluster: LOCAL_CLUSTER_ID, epoch: Epoch(0) };
+
+/// A well-formed prepare frame claiming to come from `replica`, signed by `key` in `scope`.
+fn prepare_frame_in(scope: Scope, replica: ReplicaId, key: &KeyPair) -> Vec<u8> {
+    let payload = Prepare { view: View(0), seq: SeqNum(1), digest: Digest::of(b"not a real batch"), replica };
+    let message = Message::Prepare(scope.sign(payload, key).into_signed());
+    encode_frame(scope, &message).expect("encoding a prepare")
+}
+
 /// A well-formed prepare frame claiming to come from `replica`, signed by `key`.
 fn prepare_frame(replica: ReplicaId, key: &KeyPair) -> Vec<u8> {
-    let payload = Prepare { view: View(0), seq: SeqNum(1), digest: Digest::of(b"not a real batch"), replica };
-    let message = Message::Prepare(Signed::sign(payload, key).expect("signing a prepare"));
-    encode_frame(&message).expect("encoding a prepare")
+    prepare_frame_in(SCOPE, replica, key)
 }
 
 /// Runs one attack and checks that it closed its connection and moved the counters from
@@ -224,12 +232,42 @@ async fn bad_input_closes_the_connection_is_counted_and_the_cluster_keeps_servin
         )
         .await;
 
+        // (f) A prepare signed for another cluster: refused for that, whatever its signature.
+        let other_cluster = Scope { cluster: ClusterId(LOCAL_CLUSTER_ID.0 + 1), ..SCOPE };
+        let foreign = prepare_frame_in(other_cluster, ReplicaId(1), &outsider);
+        attack(
+            &cluster,
+            "prepare signed for another cluster",
+            |s| bump(s, 0, 1, &[RefusalKind::WrongCluster]),
+            |mut stream| async move {
+                stream.write_all(&foreign).await.expect("writing another cluster's prepare");
+                stream
+            },
+        )
+        .await;
+
+        // (g) A prepare signed in another epoch of this cluster.
+        let next_epoch = Scope { epoch: Epoch(1), ..SCOPE };
+        let stale = prepare_frame_in(next_epoch, ReplicaId(1), &outsider);
+        attack(
+            &cluster,
+            "prepare signed in another epoch",
+            |s| bump(s, 0, 1, &[RefusalKind::WrongEpoch]),
+            |mut stream| async move {
+                stream.write_all(&stale).await.expect("writing another epoch's prepare");
+                stream
+            },
+        )
+        .await;
+
         let after_attacks = seen(&cluster);
         assert_eq!(after_attacks.closed_bad_input, 3, "{after_attacks:?}");
-        assert_eq!(after_attacks.closed_refused, 2, "{after_attacks:?}");
+        assert_eq!(after_attacks.closed_refused, 4, "{after_attacks:?}");
         assert_eq!(after_attacks.refused.get(RefusalKind::BadSignature), 1, "{after_attacks:?}");
         assert_eq!(after_attacks.refused.get(RefusalKind::UnknownSender), 1, "{after_attacks:?}");
-        assert_eq!(after_attacks.refused.total(), 5, "{after_attacks:?}");
+        assert_eq!(after_attacks.refused.get(RefusalKind::WrongCluster), 1, "{after_attacks:?}");
+        assert_eq!(after_attacks.refused.get(RefusalKind::WrongEpoch), 1, "{after_attacks:?}");
+        assert_eq!(after_attacks.refused.total(), 7, "{after_attacks:?}");
 
         // The cluster keeps serving, and replica 0 keeps up with it.
         kv_operations(&mut cluster, 200).await;

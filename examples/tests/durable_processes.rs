@@ -251,3 +251,39 @@ fn an_unusable_data_dir_is_an_error_naming_it() {
         .filter(|e| e.file_name().to_string_lossy().contains("corrupt"));
     assert_eq!(aside.count(), 0, "nothing was moved aside");
 }
+
+/// A replica's store records the cluster it belongs to: pointed at another cluster's data
+/// dir, a replica stops at startup with an error naming the store and both clusters, and
+/// the other cluster's store is left as it is.
+#[test]
+fn a_store_of_another_cluster_is_refused_and_kept() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let first = keygen_with(&dir.path().join("first"), &["--replicas", "4", "--cluster-id", "11"]);
+    let data = dir.path().join("data");
+    let mut replicas = Processes::new(&first, &data);
+    let log = replicas.start(0, &[]);
+    wait_for_log(&log, "listening on", Duration::from_secs(10));
+    replicas.kill(0);
+    let store = data.join("replica-0.redb");
+
+    let second = keygen_with(&dir.path().join("second"), &["--replicas", "4", "--cluster-id", "12"]);
+    let output =
+        bulwark(&["replica", "--config", second.to_str().unwrap(), "--id", "0", "--data-dir", data.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("replica-0.redb") && stderr.contains("belongs to cluster 11") && stderr.contains("cluster 12"),
+        "{stderr}"
+    );
+    // The first cluster's replica still finds its store whole.
+    let membership = bulwark_actors::config::ClusterFile::load(&first).unwrap().membership().unwrap();
+    let handle = bulwark_framework::MembershipHandle::new(membership);
+    let (_, opened) = bulwark_actors::store::Store::open(&store, handle).expect("the first cluster opens its store");
+    assert!(opened.discarded.is_none(), "the first cluster's store was discarded: {:?}", opened.discarded);
+    let aside = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("corrupt"));
+    assert_eq!(aside.count(), 0, "nothing was moved aside");
+}

@@ -31,8 +31,14 @@ impl Replicas {
 
 /// Starts replicas 0..4; replica `metrics_replica` serves Prometheus metrics on `metrics_port`.
 fn start_replicas(config: &Path, metrics_replica: usize, metrics_port: u16) -> Replicas {
-    let children = (0..4)
-        .map(|id| {
+    start_replicas_with_ids(config, &[0, 1, 2, 3], metrics_replica, metrics_port)
+}
+
+/// Starts the replicas `ids`; replica `metrics_replica` serves metrics on `metrics_port`.
+fn start_replicas_with_ids(config: &Path, ids: &[usize], metrics_replica: usize, metrics_port: u16) -> Replicas {
+    let children = ids
+        .iter()
+        .map(|&id| {
             let mut args = vec!["replica".to_string(), "--config".into(), config.to_str().unwrap().into()];
             args.extend(["--id".to_string(), id.to_string()]);
             if id == metrics_replica {
@@ -89,6 +95,45 @@ fn four_replica_processes_serve_put_and_get_and_survive_a_killed_backup() {
     let executed: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().nth(3)).collect();
     if executed.windows(2).all(|w| w[0] == w[1]) {
         assert!(digests.windows(2).all(|w| w[0] == w[1]), "same point, different digests: {text}");
+    }
+}
+
+/// Ids are names, not positions: a cluster of replicas 3, 8, 21 and 40 (cluster 7) made
+/// by `keygen --ids` serves put and get, and `client status` lists it by those ids.
+#[test]
+fn replicas_with_ids_3_8_21_40_serve_put_get_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen_with(dir.path(), &["--ids", "3,8,21,40", "--cluster-id", "7"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("cluster_id = 7"), "{text}");
+    for id in [3, 8, 21, 40] {
+        assert!(dir.path().join(format!("replica-{id}.key")).is_file());
+    }
+    let metrics_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _replicas = start_replicas_with_ids(&config, &[3, 8, 21, 40], 21, metrics_port);
+
+    let put = put_when_ready(&config, "colour", "blue");
+    assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
+    let get = client(&config, &["get", "colour"]);
+    assert_eq!(stdout(&get), "blue", "stderr: {}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(metric(&scrape(metrics_port), "view", 21), 0);
+
+    // Every replica answers an inquiry, named by its id; all at one point agree.
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = client(&config, &["status"]);
+        let text = stdout(&status);
+        let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+        let ids: Vec<&str> = rows.iter().filter_map(|row| row.first().copied()).collect();
+        let executed: Vec<&str> = rows.iter().filter_map(|row| row.get(3).copied()).collect();
+        let digests: Vec<&str> = rows.iter().filter_map(|row| row.get(4).copied()).collect();
+        let together = executed.len() == 4 && executed.windows(2).all(|w| w[0] == w[1]);
+        if ids == ["3", "8", "21", "40"] && together {
+            assert!(digests.windows(2).all(|w| w[0] == w[1]), "same point, different digests: {text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "status never showed replicas 3, 8, 21, 40 at one point: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

@@ -92,7 +92,7 @@ async fn stopping_the_primary_mid_run_moves_every_live_replica_to_a_new_view_and
     }
 
     wait_for(&progress, BEFORE_CRASH, Duration::from_secs(10), "before the crash").await;
-    let primary = cluster.cluster.primary(View(0));
+    let primary = cluster.membership.primary(View(0));
     assert_eq!(primary, ReplicaId(0));
     cluster.stop_replica(primary);
     let stopped_at = Instant::now();

@@ -1,10 +1,8 @@
-//! Cluster configuration: members, quorum math and protocol parameters.
+//! Protocol parameters, and how clients and replicas authenticate each other.
 //!
-//! Configuration is per cluster, never global: a Steward site is a cluster too, and a
-//! replica's peers are exactly the members of its own cluster.
+//! Parameters are per cluster, never global: they are part of a cluster's
+//! [`crate::membership::Membership`], which every member of it must agree on.
 
-use crate::ids::{ReplicaId, View};
-use bulwark_crypto::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -204,127 +202,9 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
-/// One cluster: its members' public keys (index = replica id) and its protocol parameters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterConfig {
-    members: Vec<PublicKey>,
-    pub params: ProtocolParams,
-}
-
-impl ClusterConfig {
-    /// A cluster of `members.len() = 3f + 1` replicas (more is allowed: `f = (n - 1) / 3`).
-    pub fn new(members: Vec<PublicKey>, params: ProtocolParams) -> Result<Self, ConfigError> {
-        if members.len() < 4 {
-            return Err(ConfigError::Invalid {
-                field: "members",
-                reason: format!("a BFT cluster needs at least 4 replicas (3f + 1, f >= 1), got {}", members.len()),
-            });
-        }
-        let mut sorted = members.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != members.len() {
-            return Err(ConfigError::Invalid { field: "members", reason: "two replicas share a public key".into() });
-        }
-        params.validate()?;
-        let config = ClusterConfig { members, params };
-        let new_view_bytes = config.new_view_bytes_max();
-        if new_view_bytes > config.params.frame_bytes_max {
-            return Err(ConfigError::Invalid {
-                field: "frame_bytes_max",
-                reason: format!(
-                    "a NEW-VIEW for {} replicas with a watermark window of {} can take {} bytes; raise \
-                     frame_bytes_max to at least that or lower watermark_window",
-                    config.n(),
-                    config.params.watermark_window,
-                    new_view_bytes
-                ),
-            });
-        }
-        Ok(config)
-    }
-
-    pub fn n(&self) -> usize {
-        self.members.len()
-    }
-
-    /// An upper bound on an encoded NEW-VIEW: `2f + 1` VIEW-CHANGEs, each with a checkpoint
-    /// proof and up to `L` prepared certificates of `2f + 1` signed messages (about 128
-    /// bytes each encoded), plus `L` pre-prepares. It must fit in a frame, or a view change
-    /// with a full window could never complete.
-    pub fn new_view_bytes_max(&self) -> usize {
-        let signed_message = 128;
-        let window = self.params.watermark_window as usize;
-        let view_change = (self.quorum() + window * self.quorum()) * signed_message + 256;
-        self.quorum() * view_change + window * signed_message + 1024
-    }
-
-    /// The number of Byzantine replicas tolerated.
-    pub fn f(&self) -> usize {
-        (self.n() - 1) / 3
-    }
-
-    /// `2f + 1`: any two quorums intersect in a correct replica.
-    pub fn quorum(&self) -> usize {
-        2 * self.f() + 1
-    }
-
-    /// `f + 1`: always includes at least one correct replica.
-    pub fn weak_quorum(&self) -> usize {
-        self.f() + 1
-    }
-
-    pub fn primary(&self, view: View) -> ReplicaId {
-        ReplicaId((view.0 % self.n() as u64) as u32)
-    }
-
-    pub fn public_key(&self, replica: ReplicaId) -> Option<&PublicKey> {
-        self.members.get(replica.index())
-    }
-
-    pub fn is_member(&self, replica: ReplicaId) -> bool {
-        replica.index() < self.n()
-    }
-
-    pub fn replicas(&self) -> impl Iterator<Item = ReplicaId> + '_ {
-        (0..self.n() as u32).map(ReplicaId)
-    }
-
-    pub fn members(&self) -> &[PublicKey] {
-        &self.members
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_crypto::KeyPair;
-
-    fn keys(n: u8) -> Vec<PublicKey> {
-        (0..n).map(|i| KeyPair::from_seed([i + 1; 32]).public()).collect()
-    }
-
-    #[test]
-    fn quorum_math_for_n_4_and_7() {
-        let four = ClusterConfig::new(keys(4), ProtocolParams::default()).unwrap();
-        assert_eq!((four.f(), four.quorum(), four.weak_quorum()), (1, 3, 2));
-        let seven = ClusterConfig::new(keys(7), ProtocolParams::default()).unwrap();
-        assert_eq!((seven.f(), seven.quorum(), seven.weak_quorum()), (2, 5, 3));
-        assert_eq!(seven.primary(View(9)), ReplicaId(2));
-    }
-
-    #[test]
-    fn too_few_replicas_is_refused() {
-        let err = ClusterConfig::new(keys(3), ProtocolParams::default()).unwrap_err();
-        assert!(err.to_string().contains("at least 4"), "{err}");
-    }
-
-    #[test]
-    fn duplicate_member_key_is_refused() {
-        let mut members = keys(4);
-        members[3] = members[0];
-        assert!(ClusterConfig::new(members, ProtocolParams::default()).is_err());
-    }
 
     #[test]
     fn window_must_be_a_multiple_of_the_checkpoint_interval() {

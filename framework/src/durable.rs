@@ -21,8 +21,8 @@
 //! [`Recovered`] folds records in order into what [`crate::Replica::recover`] needs; a
 //! runtime's store and the simulator's both use it.
 
-use crate::config::ClusterConfig;
 use crate::ids::{SeqNum, View};
+use crate::membership::Membership;
 use crate::messages::{
     Batch, Checkpoint, Commit, Message, MessageKind, NewView, PreparedCertificate, Request, VerifiedMessage,
     VerifiedNewView,
@@ -214,30 +214,32 @@ impl From<&Record> for StoredRecord {
 }
 
 impl StoredRecord {
-    /// Re-checks everything in the record against `config` and rebuilds the [`Record`].
-    pub fn verify(self, config: &ClusterConfig) -> Result<Record, StoreError> {
+    /// Re-checks everything in the record against `membership` (in its scope: a store
+    /// records which cluster it belongs to, see the runtime's store) and rebuilds the
+    /// [`Record`].
+    pub fn verify(self, membership: &Membership) -> Result<Record, StoreError> {
         let mut keys = ClientKeyCache::default();
         Ok(match self {
             StoredRecord::Vote { kind, view, seq, digest } => Record::Vote { kind, view, seq, digest },
             StoredRecord::ViewFloor(view) => Record::ViewFloor(view),
-            StoredRecord::EnteredView(signed) => match verify_message(Message::NewView(signed), config)? {
+            StoredRecord::EnteredView(signed) => match verify_message(Message::NewView(signed), membership)? {
                 VerifiedMessage::NewView(new_view) => Record::EnteredView(new_view),
                 _ => return Err(StoreError::Inconsistent("a new-view record that is not a new-view")),
             },
             StoredRecord::Prepared { seq, certificate, requests } => {
                 let target = certificate.pre_prepare.payload.view.next();
-                let certificate = verify_prepared(&certificate, target, config)?;
-                let batch = verify_batch_requests(requests, config, &mut keys)?;
+                let certificate = verify_prepared(&certificate, target, membership)?;
+                let batch = verify_batch_requests(requests, membership, &mut keys)?;
                 if certificate.pre_prepare.seq != seq || certificate.pre_prepare.digest != batch.digest() {
                     return Err(StoreError::Inconsistent("prepared certificate does not match its batch"));
                 }
                 Record::Prepared(seq, crate::roles::backup::PreparedProof { certificate, batch: Arc::new(batch) })
             }
             StoredRecord::Committed { seq, view, requests, commits } => {
-                let batch = verify_batch_requests(requests, config, &mut keys)?;
+                let batch = verify_batch_requests(requests, membership, &mut keys)?;
                 let mut certificate: Vec<Verified<Commit>> = Vec::with_capacity(commits.len());
                 for signed in commits {
-                    let VerifiedMessage::Commit(commit) = verify_message(Message::Commit(signed), config)? else {
+                    let VerifiedMessage::Commit(commit) = verify_message(Message::Commit(signed), membership)? else {
                         return Err(StoreError::Inconsistent("a commit in a certificate that is not a commit"));
                     };
                     if (commit.view, commit.seq, commit.digest) != (view, seq, batch.digest()) {
@@ -251,8 +253,8 @@ impl StoredRecord {
                 Record::Committed { seq, view, batch: Arc::new(batch), certificate }
             }
             StoredRecord::Stable { seq, proof, image } => {
-                let checkpoint = checkpoint_proof(seq, &proof, config)?;
-                let image = ChunkedImage::new(image, config.params.state_chunk_bytes);
+                let checkpoint = checkpoint_proof(seq, &proof, membership)?;
+                let image = ChunkedImage::new(image, membership.params.state_chunk_bytes);
                 if image.digest() != checkpoint.state_digest {
                     return Err(StoreError::Inconsistent("checkpoint image does not match its proof"));
                 }

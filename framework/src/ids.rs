@@ -1,5 +1,5 @@
-//! Identifier and time newtypes. No bare `u64` stands for a view, a sequence number or a
-//! replica anywhere in the protocol code.
+//! Identifier and time newtypes. No bare integer stands for a cluster, an epoch, a view, a
+//! sequence number or a replica anywhere in the protocol code.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -27,7 +27,20 @@ macro_rules! id_newtype {
 }
 
 id_newtype!(
-    /// A replica's index in its cluster, `0..n`.
+    /// A cluster: a lone Bulwark cluster, or one site of a Steward deployment. Written in
+    /// the cluster file; every signature binds it (see [`crate::membership::Scope`]).
+    ClusterId(u32), "k"
+);
+id_newtype!(
+    /// The generation of a cluster's membership: 0 for the members the cluster was formed
+    /// with, one more at each reconfiguration. Every replica signature binds it.
+    Epoch(u64), "e"
+);
+id_newtype!(
+    /// A replica's stable name in its cluster: any number, chosen when the replica joins
+    /// and kept for as long as it is a member. Never a position in a list: the members
+    /// of a cluster need not be `0..n`, and the primary of a view is found in the sorted
+    /// member list ([`crate::membership::Membership::primary`]).
     ReplicaId(u32), "r"
 );
 id_newtype!(
@@ -35,7 +48,7 @@ id_newtype!(
     ClientId(u64), "c"
 );
 id_newtype!(
-    /// A view number; `primary(v) = v mod n`.
+    /// A view number; its primary is member `v mod n` of the sorted member list.
     View(u64), "v"
 );
 id_newtype!(
@@ -47,9 +60,29 @@ id_newtype!(
     Timestamp(u64), "t"
 );
 
-impl ReplicaId {
-    pub fn index(self) -> usize {
-        self.0 as usize
+/// A replica of some cluster: how a transport names a peer it dials, which may belong to
+/// another cluster (a Steward site speaking to another site).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerId {
+    pub cluster: ClusterId,
+    pub replica: ReplicaId,
+}
+
+impl PeerId {
+    pub fn new(cluster: ClusterId, replica: ReplicaId) -> Self {
+        PeerId { cluster, replica }
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}/{:?}", self.cluster, self.replica)
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
     }
 }
 

@@ -2,7 +2,10 @@
 //!
 //! * [`messages`], [`wire`] and [`verify`]: what travels, how it is encoded, and the one
 //!   road from untrusted bytes to [`messages::VerifiedMessage`].
-//! * [`config`]: a cluster's members, quorum math and protocol parameters.
+//! * [`membership`]: a cluster's members in one epoch (stable ids, keys, quorum math,
+//!   protocol parameters) as one value, shared by a replica's roles through a handle;
+//!   [`config`]: the protocol parameters; [`signing`]: every signature binds the cluster
+//!   and epoch it belongs to.
 //! * [`quorum`]: vote collection with one vote per member.
 //! * [`roles`]: primary, backup, executor, checkpoint collector and client, each a pure
 //!   state machine (input and `now` in, actions out), and [`roles::replica::Replica`]
@@ -17,17 +20,20 @@
 pub mod config;
 pub mod durable;
 pub mod ids;
+pub mod membership;
 pub mod messages;
 pub mod quorum;
 pub mod roles;
 pub mod service;
+pub mod signing;
 pub mod sim;
 pub mod state;
 pub mod verify;
 pub mod wire;
 
-pub use config::{ClusterConfig, ConfigError, ProtocolParams};
-pub use ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
+pub use config::{ConfigError, ProtocolParams};
+pub use ids::{ClientId, ClusterId, Epoch, Instant, PeerId, ReplicaId, SeqNum, Timestamp, View};
+pub use membership::{MemberMap, Membership, MembershipHandle, Scope};
 pub use messages::{Message, VerifiedMessage};
 pub use roles::client::{Client, ClientAction, ClientError};
 pub use roles::replica::{Input, Replica};

@@ -7,6 +7,7 @@
 
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
 use crate::roles::checkpoint::StableCheckpoint;
+use crate::signing::Scoped;
 use bulwark_crypto::{Digest, DigestBuilder, PublicKey, Signable, Signature, Signed, Verified};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -360,19 +361,6 @@ pub struct BatchReply {
     pub digest: Digest,
 }
 
-impl Signable for ViewChange {
-    const DOMAIN: &'static [u8] = b"bulwark/view-change/v1";
-}
-impl Signable for NewView {
-    const DOMAIN: &'static [u8] = b"bulwark/new-view/v1";
-}
-impl Signable for BatchRequest {
-    const DOMAIN: &'static [u8] = b"bulwark/batch-request/v1";
-}
-impl Signable for BatchReply {
-    const DOMAIN: &'static [u8] = b"bulwark/batch-reply/v1";
-}
-
 /// A prepared certificate whose every signature was checked and whose votes match (VC10).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedPrepared {
@@ -444,41 +432,36 @@ impl VerifiedNewView {
     }
 }
 
-impl Signable for Inquiry {
-    const DOMAIN: &'static [u8] = b"bulwark/inquiry/v1";
+/// Each payload kind's domain tag (M1) and what its signatures bind (see [`crate::signing`]):
+/// replicas' messages their cluster and epoch, clients' their cluster only.
+macro_rules! payload_kinds {
+    ($($kind:ty => $domain:literal, binds epoch: $epoch:literal;)*) => {$(
+        impl Signable for $kind {
+            const DOMAIN: &'static [u8] = $domain;
+        }
+        impl Scoped for $kind {
+            const BINDS_EPOCH: bool = $epoch;
+        }
+    )*};
 }
-impl Signable for Report {
-    const DOMAIN: &'static [u8] = b"bulwark/report/v1";
-}
-impl Signable for Request {
-    const DOMAIN: &'static [u8] = b"bulwark/request/v1";
-}
-impl Signable for PrePrepare {
-    const DOMAIN: &'static [u8] = b"bulwark/pre-prepare/v1";
-}
-impl Signable for Prepare {
-    const DOMAIN: &'static [u8] = b"bulwark/prepare/v1";
-}
-impl Signable for Commit {
-    const DOMAIN: &'static [u8] = b"bulwark/commit/v1";
-}
-impl Signable for Reply {
-    const DOMAIN: &'static [u8] = b"bulwark/reply/v1";
-}
-impl Signable for ReplyRoot {
-    const DOMAIN: &'static [u8] = b"bulwark/reply-root/v1";
-}
-impl Signable for Checkpoint {
-    const DOMAIN: &'static [u8] = b"bulwark/checkpoint/v1";
-}
-impl Signable for Status {
-    const DOMAIN: &'static [u8] = b"bulwark/status/v1";
-}
-impl Signable for StateRequest {
-    const DOMAIN: &'static [u8] = b"bulwark/state-request/v1";
-}
-impl Signable for StateReply {
-    const DOMAIN: &'static [u8] = b"bulwark/state-reply/v1";
+
+payload_kinds! {
+    ViewChange => b"bulwark/view-change/v1", binds epoch: true;
+    NewView => b"bulwark/new-view/v1", binds epoch: true;
+    BatchRequest => b"bulwark/batch-request/v1", binds epoch: true;
+    BatchReply => b"bulwark/batch-reply/v1", binds epoch: true;
+    Inquiry => b"bulwark/inquiry/v1", binds epoch: false;
+    Report => b"bulwark/report/v1", binds epoch: true;
+    Request => b"bulwark/request/v1", binds epoch: false;
+    PrePrepare => b"bulwark/pre-prepare/v1", binds epoch: true;
+    Prepare => b"bulwark/prepare/v1", binds epoch: true;
+    Commit => b"bulwark/commit/v1", binds epoch: true;
+    Reply => b"bulwark/reply/v1", binds epoch: true;
+    ReplyRoot => b"bulwark/reply-root/v1", binds epoch: true;
+    Checkpoint => b"bulwark/checkpoint/v1", binds epoch: true;
+    Status => b"bulwark/status/v1", binds epoch: true;
+    StateRequest => b"bulwark/state-request/v1", binds epoch: true;
+    StateReply => b"bulwark/state-reply/v1", binds epoch: true;
 }
 
 /// Domain tag of batch digests (M3).
@@ -590,6 +573,28 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
+    /// Whether signatures of this kind bind the epoch as well as the cluster (see
+    /// [`crate::signing::Scoped`]): what replicas sign does, what clients sign does not.
+    pub fn binds_epoch(self) -> bool {
+        match self {
+            MessageKind::Request => Request::BINDS_EPOCH,
+            MessageKind::PrePrepare => PrePrepare::BINDS_EPOCH,
+            MessageKind::Prepare => Prepare::BINDS_EPOCH,
+            MessageKind::Commit => Commit::BINDS_EPOCH,
+            MessageKind::Reply => Reply::BINDS_EPOCH,
+            MessageKind::Checkpoint => Checkpoint::BINDS_EPOCH,
+            MessageKind::Status => Status::BINDS_EPOCH,
+            MessageKind::StateRequest => StateRequest::BINDS_EPOCH,
+            MessageKind::StateReply => StateReply::BINDS_EPOCH,
+            MessageKind::Inquiry => Inquiry::BINDS_EPOCH,
+            MessageKind::Report => Report::BINDS_EPOCH,
+            MessageKind::ViewChange => ViewChange::BINDS_EPOCH,
+            MessageKind::NewView => NewView::BINDS_EPOCH,
+            MessageKind::BatchRequest => BatchRequest::BINDS_EPOCH,
+            MessageKind::BatchReply => BatchReply::BINDS_EPOCH,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             MessageKind::Request => "request",

@@ -1,11 +1,12 @@
-//! Vote collection: certificates are `2f + 1` (or `2f`) matching signed messages from
-//! distinct members (PBFT.md M6).
+//! Vote collection: certificates are a quorum (`2f + 1` when `n = 3f + 1`, or one fewer)
+//! of matching signed messages from distinct members (PBFT.md M6).
 //!
 //! A [`VoteSet`] keeps at most one vote per member, so its size is bounded by `n` however
 //! many messages a Byzantine member sends; a second vote from the same signer is refused
 //! (PF7: Fabric #370 counted duplicates).
 
 use crate::ids::ReplicaId;
+use crate::membership::{MemberMap, Membership};
 use bulwark_crypto::{Digest, Verified};
 
 /// Outcome of adding a vote.
@@ -25,18 +26,19 @@ pub enum VoteOutcome {
 /// One vote per member for one slot.
 #[derive(Debug, Clone)]
 pub struct VoteSet<T> {
-    votes: Vec<Option<(Digest, Verified<T>)>>,
+    votes: MemberMap<Option<(Digest, Verified<T>)>>,
 }
 
 impl<T> VoteSet<T> {
-    pub fn new(n: usize) -> Self {
-        VoteSet { votes: (0..n).map(|_| None).collect() }
+    /// An empty vote set for the members of `membership`.
+    pub fn new(membership: &Membership) -> Self {
+        VoteSet { votes: MemberMap::new(membership, |_| None) }
     }
 
     /// Adds `vote` for `digest` signed by `signer`. The caller has checked that `signer`
-    /// is a member (the edge refuses non-members).
+    /// is a member (the edge refuses non-members); a non-member's vote is refused here too.
     pub fn add(&mut self, signer: ReplicaId, digest: Digest, vote: Verified<T>) -> VoteOutcome {
-        let Some(place) = self.votes.get_mut(signer.index()) else {
+        let Some(place) = self.votes.get_mut(signer) else {
             return VoteOutcome::Conflicting;
         };
         match place {
@@ -68,11 +70,13 @@ impl<T> VoteSet<T> {
         threshold: usize,
         excluded: Option<ReplicaId>,
     ) -> VoteOutcome {
-        let conflicting = matches!(self.votes.get(signer.index()), Some(Some((held, _))) if *held != digest);
+        let conflicting = matches!(self.votes.get(signer), Some(Some((held, _))) if *held != digest);
         if !conflicting || Some(signer) == excluded || self.count(digest, excluded) + 1 < threshold {
             return self.add(signer, digest, vote);
         }
-        self.votes[signer.index()] = Some((digest, vote));
+        if let Some(place) = self.votes.get_mut(signer) {
+            *place = Some((digest, vote));
+        }
         VoteOutcome::Replaced
     }
 
@@ -81,40 +85,37 @@ impl<T> VoteSet<T> {
     pub fn count(&self, digest: Digest, excluded: Option<ReplicaId>) -> usize {
         self.votes
             .iter()
-            .enumerate()
-            .filter(|(index, vote)| {
-                Some(*index) != excluded.map(ReplicaId::index) && matches!(vote, Some((d, _)) if *d == digest)
-            })
+            .filter(|(member, vote)| Some(*member) != excluded && matches!(vote, Some((d, _)) if *d == digest))
             .count()
     }
 
     /// Forgets `signer`'s vote (used to displace a member's oldest open checkpoint).
     pub fn remove(&mut self, signer: ReplicaId) {
-        if let Some(place) = self.votes.get_mut(signer.index()) {
+        if let Some(place) = self.votes.get_mut(signer) {
             *place = None;
         }
     }
 
     pub fn has_voted(&self, signer: ReplicaId) -> bool {
-        matches!(self.votes.get(signer.index()), Some(Some(_)))
+        matches!(self.votes.get(signer), Some(Some(_)))
     }
 
     pub fn vote_of(&self, signer: ReplicaId) -> Option<&Verified<T>> {
-        self.votes.get(signer.index()).and_then(|v| v.as_ref()).map(|(_, vote)| vote)
+        self.votes.get(signer).and_then(|v| v.as_ref()).map(|(_, vote)| vote)
     }
 
     /// The votes for `digest`, one per signer: a certificate once there are enough.
     pub fn certificate(&self, digest: Digest) -> Vec<&Verified<T>> {
-        self.votes.iter().filter_map(|v| v.as_ref()).filter(|(d, _)| *d == digest).map(|(_, vote)| vote).collect()
+        self.votes.values().filter_map(|v| v.as_ref()).filter(|(d, _)| *d == digest).map(|(_, vote)| vote).collect()
     }
 
     /// A digest that has at least `threshold` votes, if any.
     pub fn digest_with(&self, threshold: usize) -> Option<Digest> {
-        self.votes.iter().filter_map(|v| v.as_ref().map(|(d, _)| *d)).find(|d| self.count(*d, None) >= threshold)
+        self.votes.values().filter_map(|v| v.as_ref().map(|(d, _)| *d)).find(|d| self.count(*d, None) >= threshold)
     }
 
     pub fn len(&self) -> usize {
-        self.votes.iter().filter(|v| v.is_some()).count()
+        self.votes.values().filter(|v| v.is_some()).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,20 +126,29 @@ impl<T> VoteSet<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{SeqNum, View};
+    use crate::config::ProtocolParams;
+    use crate::ids::{ClusterId, SeqNum, View};
     use crate::messages::Prepare;
     use bulwark_crypto::KeyPair;
 
+    fn key(replica: u32) -> KeyPair {
+        KeyPair::from_seed([replica as u8 + 1; 32])
+    }
+
+    fn members() -> Membership {
+        Membership::numbered(ClusterId(1), (0..4).map(|r| key(r).public()).collect(), ProtocolParams::default())
+            .unwrap()
+    }
+
     fn prepare(replica: u32, digest: Digest) -> Verified<Prepare> {
-        let key = KeyPair::from_seed([replica as u8 + 1; 32]);
         let payload = Prepare { view: View(0), seq: SeqNum(1), digest, replica: ReplicaId(replica) };
-        Verified::sign(payload, &key).unwrap()
+        members().scope().sign(payload, &key(replica))
     }
 
     #[test]
     fn pf7_a_second_vote_from_one_signer_never_counts_twice() {
         let d = Digest::of(b"batch");
-        let mut votes = VoteSet::new(4);
+        let mut votes = VoteSet::new(&members());
         assert_eq!(votes.add(ReplicaId(1), d, prepare(1, d)), VoteOutcome::Added);
         assert_eq!(votes.add(ReplicaId(1), d, prepare(1, d)), VoteOutcome::Duplicate);
         assert_eq!(votes.count(d, None), 1);
@@ -147,7 +157,7 @@ mod tests {
     #[test]
     fn m6_a_conflicting_vote_is_refused_and_the_first_counts() {
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
-        let mut votes = VoteSet::new(4);
+        let mut votes = VoteSet::new(&members());
         votes.add(ReplicaId(2), a, prepare(2, a));
         assert_eq!(votes.add(ReplicaId(2), b, prepare(2, b)), VoteOutcome::Conflicting);
         assert_eq!((votes.count(a, None), votes.count(b, None)), (1, 0));
@@ -156,7 +166,7 @@ mod tests {
     #[test]
     fn n4_the_excluded_signer_does_not_count() {
         let d = Digest::of(b"batch");
-        let mut votes = VoteSet::new(4);
+        let mut votes = VoteSet::new(&members());
         for r in 0..3 {
             votes.add(ReplicaId(r), d, prepare(r, d));
         }
@@ -169,7 +179,7 @@ mod tests {
     #[test]
     fn m6_a_conflicting_vote_that_completes_a_certificate_replaces_the_first() {
         let (made_up, real) = (Digest::of(b"made up"), Digest::of(b"real"));
-        let mut votes = VoteSet::new(4);
+        let mut votes = VoteSet::new(&members());
         votes.add(ReplicaId(2), made_up, prepare(2, made_up));
         votes.add(ReplicaId(1), real, prepare(1, real));
         // Two of three needed: replica 2's real vote would be the second, not the third.
@@ -180,7 +190,7 @@ mod tests {
         assert_eq!((votes.count(real, None), votes.count(made_up, None)), (3, 0));
         assert_eq!(votes.len(), 3, "the signer still counts once");
         // The excluded signer (the primary, N4) never completes anything.
-        let mut votes = VoteSet::new(4);
+        let mut votes = VoteSet::new(&members());
         votes.add(ReplicaId(0), made_up, prepare(0, made_up));
         votes.add(ReplicaId(1), real, prepare(1, real));
         assert_eq!(
@@ -191,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_vote_set_never_holds_more_than_n_votes() {
-        let mut votes = VoteSet::new(4);
+        let mut votes = VoteSet::new(&members());
         for round in 0..100u32 {
             let d = Digest::of(&round.to_le_bytes());
             votes.add(ReplicaId(round % 4), d, prepare(round % 4, d));

@@ -5,8 +5,9 @@
 //! and every correct replica reaches the same verdict. Protocol-state checks (view,
 //! watermarks, duplicates) belong to the roles.
 
-use crate::config::{ClientAuth, ClusterConfig};
-use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
+use crate::config::ClientAuth;
+use crate::ids::{ClientId, ClusterId, Epoch, ReplicaId, SeqNum, Timestamp, View};
+use crate::membership::{Membership, Scope};
 use crate::messages::{
     request_size, Batch, ClientKey, Message, MessageKind, NewView, PreparedCertificate, Reply, ReplyBundle, ReplyProof,
     ReplyRoot, Request, VerifiedMessage, VerifiedNewView, VerifiedPrepared, VerifiedReply, VerifiedViewChange,
@@ -14,10 +15,10 @@ use crate::messages::{
 };
 use crate::roles::checkpoint::StableCheckpoint;
 use crate::roles::view_change::compute_order;
-use crate::wire::WireError;
+use crate::signing::Scoped;
+use crate::wire::{Envelope, WireError};
 use bulwark_crypto::merkle::merkle_root_from_path;
-use bulwark_crypto::signing_digest;
-use bulwark_crypto::{verify_batch, PublicKey, Signable, Signed, Verified};
+use bulwark_crypto::{PublicKey, Signed, Verified};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -31,6 +32,12 @@ pub enum Refusal {
     Wire(#[from] WireError),
     #[error("{kind:?} claims sender {replica}, which is not a member of the cluster")]
     UnknownSender { kind: MessageKind, replica: ReplicaId },
+    #[error("{kind:?} is signed for cluster {claimed}, not for this cluster ({expected})")]
+    WrongCluster { kind: MessageKind, claimed: ClusterId, expected: ClusterId },
+    #[error("{kind:?} is signed in epoch {claimed}, and this replica is in epoch {expected}")]
+    WrongEpoch { kind: MessageKind, claimed: Epoch, expected: Epoch },
+    #[error("{kind:?} in a certificate is signed by {replica}, not a member of epoch {epoch}")]
+    CertificateSignerNotMember { kind: MessageKind, replica: ReplicaId, epoch: Epoch },
     #[error("{kind:?} has a signature that does not verify")]
     BadSignature { kind: MessageKind },
     #[error("request of {bytes} bytes exceeds the limit of {limit}")]
@@ -53,6 +60,13 @@ pub enum RefusalKind {
     Malformed,
     Oversized,
     UnknownSender,
+    /// Signed for another cluster (the envelope says so; a false envelope fails the
+    /// signature check instead).
+    WrongCluster,
+    /// Signed by the members of another epoch.
+    WrongEpoch,
+    /// A certificate holds a message whose signer is not a member of its epoch.
+    CertificateSignerNotMember,
     BadSignature,
     RequestTooLarge,
     BatchDigestMismatch,
@@ -72,6 +86,9 @@ impl Refusal {
             Refusal::Wire(WireError::Oversized { .. }) => RefusalKind::Oversized,
             Refusal::Wire(_) => RefusalKind::Malformed,
             Refusal::UnknownSender { .. } => RefusalKind::UnknownSender,
+            Refusal::WrongCluster { .. } => RefusalKind::WrongCluster,
+            Refusal::WrongEpoch { .. } => RefusalKind::WrongEpoch,
+            Refusal::CertificateSignerNotMember { .. } => RefusalKind::CertificateSignerNotMember,
             Refusal::BadSignature { .. } => RefusalKind::BadSignature,
             Refusal::RequestTooLarge { .. } => RefusalKind::RequestTooLarge,
             Refusal::BatchDigestMismatch => RefusalKind::BatchDigestMismatch,
@@ -132,16 +149,57 @@ impl fmt::Display for RefusalCounts {
     }
 }
 
-fn member_key(config: &ClusterConfig, kind: MessageKind, replica: ReplicaId) -> Result<&PublicKey, Refusal> {
-    config.public_key(replica).ok_or(Refusal::UnknownSender { kind, replica })
+fn member_key(membership: &Membership, kind: MessageKind, replica: ReplicaId) -> Result<&PublicKey, Refusal> {
+    membership.public_key(replica).ok_or(Refusal::UnknownSender { kind, replica })
 }
 
-fn check<T: Signable>(signed: Signed<T>, key: &PublicKey, kind: MessageKind) -> Result<Verified<T>, Refusal> {
-    signed.verify(key).map_err(|_| Refusal::BadSignature { kind })
+/// The key of a certificate's signer, who must be a member of the epoch the certificate
+/// is checked in (the membership's).
+fn certificate_signer_key(
+    membership: &Membership,
+    kind: MessageKind,
+    replica: ReplicaId,
+) -> Result<&PublicKey, Refusal> {
+    membership.public_key(replica).ok_or(Refusal::CertificateSignerNotMember {
+        kind,
+        replica,
+        epoch: membership.epoch(),
+    })
 }
 
-fn check_request_size(request: &Request, config: &ClusterConfig) -> Result<(), Refusal> {
-    let limit = config.params.request_bytes_max;
+/// Whether a message that claims to be signed in `scope` may be checked under
+/// `membership` at all: the same cluster, and (for what replicas sign) the same epoch.
+pub fn check_scope(scope: Scope, kind: MessageKind, membership: &Membership) -> Result<(), Refusal> {
+    let expected = membership.scope();
+    if scope.cluster != expected.cluster {
+        return Err(Refusal::WrongCluster { kind, claimed: scope.cluster, expected: expected.cluster });
+    }
+    if kind.binds_epoch() && scope.epoch != expected.epoch {
+        return Err(Refusal::WrongEpoch { kind, claimed: scope.epoch, expected: expected.epoch });
+    }
+    Ok(())
+}
+
+/// [`verify_message`] of a message as it came off the wire: refused for what it is if its
+/// envelope names another cluster or epoch ([`check_scope`]); otherwise every signature is
+/// checked in this membership's scope, so an envelope that lies about its scope gets its
+/// message refused as badly signed.
+pub fn verify_envelope(envelope: Envelope, membership: &Membership) -> Result<VerifiedMessage, Refusal> {
+    check_scope(envelope.scope, envelope.message.kind(), membership)?;
+    verify_message(envelope.message, membership)
+}
+
+fn check<T: Scoped>(
+    membership: &Membership,
+    signed: Signed<T>,
+    key: &PublicKey,
+    kind: MessageKind,
+) -> Result<Verified<T>, Refusal> {
+    membership.scope().verify(signed, key).map_err(|_| Refusal::BadSignature { kind })
+}
+
+fn check_request_size(request: &Request, membership: &Membership) -> Result<(), Refusal> {
+    let limit = membership.params.request_bytes_max;
     if request.operation.len() > limit {
         return Err(Refusal::RequestTooLarge { bytes: request.operation.len(), limit });
     }
@@ -175,72 +233,72 @@ impl ClientKeyCache {
 
 /// Verifies every signature in `message` and, for a pre-prepare, that its batch is well
 /// formed and matches its digest (PBFT.md N1.a and N1.e).
-pub fn verify_message(message: Message, config: &ClusterConfig) -> Result<VerifiedMessage, Refusal> {
-    verify_message_with(message, config, &mut ClientKeyCache::default())
+pub fn verify_message(message: Message, membership: &Membership) -> Result<VerifiedMessage, Refusal> {
+    verify_message_with(message, membership, &mut ClientKeyCache::default())
 }
 
 /// [`verify_message`] with a cache of parsed client keys (one per verification thread).
 pub fn verify_message_with(
     message: Message,
-    config: &ClusterConfig,
+    membership: &Membership,
     keys: &mut ClientKeyCache,
 ) -> Result<VerifiedMessage, Refusal> {
     Ok(match message {
         Message::Request(signed) => {
-            check_request_size(&signed.payload, config)?;
-            VerifiedMessage::Request(verify_request(signed, config, keys)?)
+            check_request_size(&signed.payload, membership)?;
+            VerifiedMessage::Request(verify_request(signed, membership, keys)?)
         }
         Message::PrePrepare(signed, requests) => {
-            let primary = config.primary(signed.payload.view);
-            let key = member_key(config, MessageKind::PrePrepare, primary)?;
+            let primary = membership.primary(signed.payload.view);
+            let key = member_key(membership, MessageKind::PrePrepare, primary)?;
             // The primary's one signature first: a sender that cannot sign as the primary
             // must not make a replica check a whole batch of client signatures.
-            let pre_prepare = check(signed, key, MessageKind::PrePrepare)?;
-            let batch = verify_batch_requests(requests, config, keys)?;
+            let pre_prepare = check(membership, signed, key, MessageKind::PrePrepare)?;
+            let batch = verify_batch_requests(requests, membership, keys)?;
             if batch.digest() != pre_prepare.digest {
                 return Err(Refusal::BatchDigestMismatch);
             }
             VerifiedMessage::PrePrepare(pre_prepare, Arc::new(batch))
         }
         Message::Prepare(signed) => {
-            let key = member_key(config, MessageKind::Prepare, signed.payload.replica)?;
-            VerifiedMessage::Prepare(check(signed, key, MessageKind::Prepare)?)
+            let key = member_key(membership, MessageKind::Prepare, signed.payload.replica)?;
+            VerifiedMessage::Prepare(check(membership, signed, key, MessageKind::Prepare)?)
         }
         Message::Commit(signed) => {
-            let key = member_key(config, MessageKind::Commit, signed.payload.replica)?;
-            VerifiedMessage::Commit(check(signed, key, MessageKind::Commit)?)
+            let key = member_key(membership, MessageKind::Commit, signed.payload.replica)?;
+            VerifiedMessage::Commit(check(membership, signed, key, MessageKind::Commit)?)
         }
-        Message::Reply(signed) => VerifiedMessage::Reply(verify_reply(signed, None, config)?),
+        Message::Reply(signed) => VerifiedMessage::Reply(verify_reply(signed, None, membership)?),
         Message::Replies(bundle) => {
             // Without a cache and a connection (the simulator, a replica): one reply alone.
             if bundle.replies.len() != 1 {
                 return Err(bad_reply("a bundle of several replies is checked by the client it is for"));
             }
-            let mut replies = verify_reply_bundle(bundle, None, config, &mut ReplyRootCache::default())?;
+            let mut replies = verify_reply_bundle(bundle, None, membership, &mut ReplyRootCache::default())?;
             VerifiedMessage::Reply(replies.pop().expect("one reply in, one out"))
         }
         Message::Checkpoint(signed) => {
-            let key = member_key(config, MessageKind::Checkpoint, signed.payload.replica)?;
-            VerifiedMessage::Checkpoint(check(signed, key, MessageKind::Checkpoint)?)
+            let key = member_key(membership, MessageKind::Checkpoint, signed.payload.replica)?;
+            VerifiedMessage::Checkpoint(check(membership, signed, key, MessageKind::Checkpoint)?)
         }
         Message::Status(signed) => {
-            let key = member_key(config, MessageKind::Status, signed.payload.replica)?;
-            VerifiedMessage::Status(check(signed, key, MessageKind::Status)?)
+            let key = member_key(membership, MessageKind::Status, signed.payload.replica)?;
+            VerifiedMessage::Status(check(membership, signed, key, MessageKind::Status)?)
         }
         Message::StateRequest(signed) => {
-            let key = member_key(config, MessageKind::StateRequest, signed.payload.replica)?;
-            VerifiedMessage::StateRequest(check(signed, key, MessageKind::StateRequest)?)
+            let key = member_key(membership, MessageKind::StateRequest, signed.payload.replica)?;
+            VerifiedMessage::StateRequest(check(membership, signed, key, MessageKind::StateRequest)?)
         }
         Message::StateReply(signed) => {
-            let key = member_key(config, MessageKind::StateReply, signed.payload.replica)?;
+            let key = member_key(membership, MessageKind::StateReply, signed.payload.replica)?;
             let chunk = &signed.payload;
-            if chunk.data.len() > config.params.state_chunk_bytes || chunk.path.len() > crate::state::PATH_MAX {
+            if chunk.data.len() > membership.params.state_chunk_bytes || chunk.path.len() > crate::state::PATH_MAX {
                 return Err(Refusal::BadCertificate {
                     kind: MessageKind::StateReply,
                     reason: "state chunk or its Merkle path longer than allowed",
                 });
             }
-            VerifiedMessage::StateReply(check(signed, key, MessageKind::StateReply)?)
+            VerifiedMessage::StateReply(check(membership, signed, key, MessageKind::StateReply)?)
         }
         Message::Inquiry(signed) => {
             let key = signed
@@ -248,28 +306,28 @@ pub fn verify_message_with(
                 .client_key
                 .to_public_key()
                 .map_err(|_| Refusal::BadSignature { kind: MessageKind::Inquiry })?;
-            VerifiedMessage::Inquiry(check(signed, &key, MessageKind::Inquiry)?)
+            VerifiedMessage::Inquiry(check(membership, signed, &key, MessageKind::Inquiry)?)
         }
         Message::Report(signed) => {
-            let key = member_key(config, MessageKind::Report, signed.payload.replica)?;
-            VerifiedMessage::Report(check(signed, key, MessageKind::Report)?)
+            let key = member_key(membership, MessageKind::Report, signed.payload.replica)?;
+            VerifiedMessage::Report(check(membership, signed, key, MessageKind::Report)?)
         }
-        Message::ViewChange(signed) => VerifiedMessage::ViewChange(Arc::new(verify_view_change(signed, config)?)),
-        Message::NewView(signed) => VerifiedMessage::NewView(Arc::new(verify_new_view(signed, config)?)),
+        Message::ViewChange(signed) => VerifiedMessage::ViewChange(Arc::new(verify_view_change(signed, membership)?)),
+        Message::NewView(signed) => VerifiedMessage::NewView(Arc::new(verify_new_view(signed, membership)?)),
         Message::BatchRequest(signed) => {
-            let key = member_key(config, MessageKind::BatchRequest, signed.payload.replica)?;
-            if signed.payload.digests.len() as u64 > config.params.watermark_window {
+            let key = member_key(membership, MessageKind::BatchRequest, signed.payload.replica)?;
+            if signed.payload.digests.len() as u64 > membership.params.watermark_window {
                 return Err(Refusal::BadCertificate {
                     kind: MessageKind::BatchRequest,
                     reason: "asks for more batches than the window holds",
                 });
             }
-            VerifiedMessage::BatchRequest(check(signed, key, MessageKind::BatchRequest)?)
+            VerifiedMessage::BatchRequest(check(membership, signed, key, MessageKind::BatchRequest)?)
         }
         Message::BatchReply(signed, requests) => {
-            let key = member_key(config, MessageKind::BatchReply, signed.payload.replica)?;
-            let reply = check(signed, key, MessageKind::BatchReply)?;
-            let batch = verify_batch_requests(requests, config, keys)?;
+            let key = member_key(membership, MessageKind::BatchReply, signed.payload.replica)?;
+            let reply = check(membership, signed, key, MessageKind::BatchReply)?;
+            let batch = verify_batch_requests(requests, membership, keys)?;
             if batch.digest() != reply.digest {
                 return Err(Refusal::BatchDigestMismatch);
             }
@@ -292,18 +350,18 @@ fn bad_new_view(reason: &'static str) -> Refusal {
 /// number in `(s_c, s_c + L]`, at most one per sequence number.
 pub fn verify_view_change(
     signed: bulwark_crypto::Signed<ViewChange>,
-    config: &ClusterConfig,
+    membership: &Membership,
 ) -> Result<VerifiedViewChange, Refusal> {
-    let key = member_key(config, MessageKind::ViewChange, signed.payload.replica)?;
-    let message = check(signed, key, MessageKind::ViewChange)?;
-    let checkpoint = verify_checkpoint_proof(&message, config)?;
-    let window = config.params.watermark_window;
+    let key = member_key(membership, MessageKind::ViewChange, signed.payload.replica)?;
+    let message = check(membership, signed, key, MessageKind::ViewChange)?;
+    let checkpoint = verify_checkpoint_proof(&message, membership)?;
+    let window = membership.params.watermark_window;
     if message.prepared.len() as u64 > window {
         return Err(bad_view_change("more prepared certificates than the window holds"));
     }
     let mut prepared = std::collections::BTreeMap::new();
     for certificate in &message.prepared {
-        let verified = verify_prepared(certificate, message.view, config)?;
+        let verified = verify_prepared(certificate, message.view, membership)?;
         let seq = verified.pre_prepare.seq;
         if seq <= message.stable || seq.0 > message.stable.0 + window {
             return Err(bad_view_change("prepared certificate outside (s_c, s_c + L]"));
@@ -315,8 +373,8 @@ pub fn verify_view_change(
     Ok(VerifiedViewChange { message, checkpoint, prepared })
 }
 
-fn verify_checkpoint_proof(message: &ViewChange, config: &ClusterConfig) -> Result<StableCheckpoint, Refusal> {
-    checkpoint_proof(message.stable, &message.checkpoint_proof, config)
+fn verify_checkpoint_proof(message: &ViewChange, membership: &Membership) -> Result<StableCheckpoint, Refusal> {
+    checkpoint_proof(message.stable, &message.checkpoint_proof, membership)
 }
 
 /// C3: `proof` is `2f + 1` CHECKPOINTs for `stable` with one state digest from distinct
@@ -324,7 +382,7 @@ fn verify_checkpoint_proof(message: &ViewChange, config: &ClusterConfig) -> Resu
 pub fn checkpoint_proof(
     stable: SeqNum,
     proof: &[bulwark_crypto::Signed<crate::messages::Checkpoint>],
-    config: &ClusterConfig,
+    membership: &Membership,
 ) -> Result<StableCheckpoint, Refusal> {
     if stable == SeqNum(0) {
         if !proof.is_empty() {
@@ -332,11 +390,11 @@ pub fn checkpoint_proof(
         }
         return Ok(StableCheckpoint { seq: stable, state_digest: Default::default(), proof: Vec::new() });
     }
-    if !stable.0.is_multiple_of(config.params.checkpoint_interval) {
+    if !stable.0.is_multiple_of(membership.params.checkpoint_interval) {
         return Err(bad_view_change("stable checkpoint not at a multiple of K"));
     }
-    if proof.len() < config.quorum() || proof.len() > config.n() {
-        return Err(bad_view_change("checkpoint proof without 2f + 1 messages"));
+    if proof.len() < membership.quorum() || proof.len() > membership.n() {
+        return Err(bad_view_change("checkpoint proof without a quorum of messages"));
     }
     let state_digest = proof[0].payload.state_digest;
     let mut signers = BTreeSet::new();
@@ -348,8 +406,8 @@ pub fn checkpoint_proof(
         if !signers.insert(checkpoint.payload.replica) {
             return Err(bad_view_change("checkpoint proof with a duplicate signer"));
         }
-        let key = member_key(config, MessageKind::Checkpoint, checkpoint.payload.replica)?;
-        verified.push(check(checkpoint.clone(), key, MessageKind::Checkpoint)?);
+        let key = certificate_signer_key(membership, MessageKind::Checkpoint, checkpoint.payload.replica)?;
+        verified.push(check(membership, checkpoint.clone(), key, MessageKind::Checkpoint)?);
     }
     Ok(StableCheckpoint { seq: stable, state_digest, proof: verified })
 }
@@ -359,19 +417,20 @@ pub fn checkpoint_proof(
 pub fn verify_prepared(
     certificate: &PreparedCertificate,
     target: View,
-    config: &ClusterConfig,
+    membership: &Membership,
 ) -> Result<VerifiedPrepared, Refusal> {
     let header = certificate.pre_prepare.payload;
     if header.view >= target {
         return Err(bad_view_change("prepared certificate from a view not below the target"));
     }
-    let needed = 2 * config.f();
-    if certificate.prepares.len() < needed || certificate.prepares.len() >= config.n() {
-        return Err(bad_view_change("prepared certificate without 2f prepares"));
+    // The pre-prepare and the prepares together are a quorum (2f + 1 when n = 3f + 1).
+    let needed = membership.quorum() - 1;
+    if certificate.prepares.len() < needed || certificate.prepares.len() >= membership.n() {
+        return Err(bad_view_change("prepared certificate without a quorum of prepares"));
     }
-    let primary = config.primary(header.view);
-    let key = member_key(config, MessageKind::PrePrepare, primary)?;
-    let pre_prepare = check(certificate.pre_prepare.clone(), key, MessageKind::PrePrepare)?;
+    let primary = membership.primary(header.view);
+    let key = member_key(membership, MessageKind::PrePrepare, primary)?;
+    let pre_prepare = check(membership, certificate.pre_prepare.clone(), key, MessageKind::PrePrepare)?;
     let mut signers = BTreeSet::new();
     let mut prepares = Vec::with_capacity(certificate.prepares.len());
     for prepare in &certificate.prepares {
@@ -385,8 +444,8 @@ pub fn verify_prepared(
         if !signers.insert(vote.replica) {
             return Err(bad_view_change("prepared certificate with a duplicate signer"));
         }
-        let key = member_key(config, MessageKind::Prepare, vote.replica)?;
-        prepares.push(check(prepare.clone(), key, MessageKind::Prepare)?);
+        let key = certificate_signer_key(membership, MessageKind::Prepare, vote.replica)?;
+        prepares.push(check(membership, prepare.clone(), key, MessageKind::Prepare)?);
     }
     Ok(VerifiedPrepared { pre_prepare, prepares })
 }
@@ -396,9 +455,9 @@ pub fn verify_prepared(
 /// each entry a pre-prepare for view `w` signed by `primary(w)`.
 pub fn verify_new_view(
     signed: bulwark_crypto::Signed<NewView>,
-    config: &ClusterConfig,
+    membership: &Membership,
 ) -> Result<VerifiedNewView, Refusal> {
-    verify_new_view_with(signed, config, |_| None)
+    verify_new_view_with(signed, membership, |_| None)
 }
 
 /// [`verify_new_view`], taking a VIEW-CHANGE in `V` as verified when `verified_before`
@@ -409,16 +468,16 @@ pub fn verify_new_view(
 /// the same); the checks on `V` as a whole are made either way.
 pub fn verify_new_view_with(
     signed: bulwark_crypto::Signed<NewView>,
-    config: &ClusterConfig,
+    membership: &Membership,
     mut verified_before: impl FnMut(&bulwark_crypto::Signed<ViewChange>) -> Option<VerifiedViewChange>,
 ) -> Result<VerifiedNewView, Refusal> {
     let view = signed.payload.view;
-    let key = member_key(config, MessageKind::NewView, config.primary(view))?;
+    let key = member_key(membership, MessageKind::NewView, membership.primary(view))?;
     // The new primary's one signature first: nobody else can make a replica check the
     // hundreds of signatures inside.
-    let message = check(signed, key, MessageKind::NewView)?;
-    if message.view_changes.len() < config.quorum() || message.view_changes.len() > config.n() {
-        return Err(bad_new_view("V does not hold 2f + 1 view-changes"));
+    let message = check(membership, signed, key, MessageKind::NewView)?;
+    if message.view_changes.len() < membership.quorum() || message.view_changes.len() > membership.n() {
+        return Err(bad_new_view("V does not hold a quorum of view-changes"));
     }
     let mut senders = BTreeSet::new();
     let mut view_changes = Vec::with_capacity(message.view_changes.len());
@@ -433,7 +492,7 @@ pub fn verify_new_view_with(
             view_changes.push(verified);
             continue;
         }
-        let verified = verify_view_change(vc.clone(), config).map_err(|refusal| {
+        let verified = verify_view_change(vc.clone(), membership).map_err(|refusal| {
             if let Refusal::BadCertificate { reason, .. } = refusal {
                 bad_new_view(reason)
             } else {
@@ -442,7 +501,8 @@ pub fn verify_new_view_with(
         })?;
         view_changes.push(verified);
     }
-    let order = compute_order(&view_changes, config).map_err(|_| bad_new_view("O cannot be computed from V (VC12)"))?;
+    let order =
+        compute_order(&view_changes, membership).map_err(|_| bad_new_view("O cannot be computed from V (VC12)"))?;
     if message.pre_prepares.len() != order.entries.len() {
         return Err(bad_new_view("O differs from VC12 applied to V"));
     }
@@ -452,7 +512,7 @@ pub fn verify_new_view_with(
         if header.view != view || header.seq != *seq || header.digest != *digest {
             return Err(bad_new_view("O differs from VC12 applied to V"));
         }
-        pre_prepares.push(check(entry.clone(), key, MessageKind::PrePrepare)?);
+        pre_prepares.push(check(membership, entry.clone(), key, MessageKind::PrePrepare)?);
     }
     Ok(VerifiedNewView { message, view_changes, order, pre_prepares })
 }
@@ -466,17 +526,17 @@ pub fn verify_new_view_with(
 /// the batch, and a request a correct primary accepted on arrival passes here.
 pub fn verify_batch_requests(
     requests: Vec<Signed<Request>>,
-    config: &ClusterConfig,
+    membership: &Membership,
     keys: &mut ClientKeyCache,
 ) -> Result<Batch, Refusal> {
-    let params = &config.params;
+    let params = &membership.params;
     let bytes: usize = requests.iter().map(|r| request_size(&r.payload)).sum();
     if requests.len() > params.batch_size_max || bytes > params.batch_bytes_max {
         return Err(Refusal::BatchTooLarge { requests: requests.len(), bytes });
     }
     let mut seen = BTreeSet::new();
     for request in &requests {
-        check_request_size(&request.payload, config)?;
+        check_request_size(&request.payload, membership)?;
         if request.payload.read_only {
             return Err(Refusal::ReadOnlyRequestInBatch);
         }
@@ -485,9 +545,10 @@ pub fn verify_batch_requests(
             return Err(Refusal::DuplicateRequestInBatch { client: key.0, timestamp: key.1 });
         }
     }
-    if config.params.client_auth == ClientAuth::Connection {
+    if membership.params.client_auth == ClientAuth::Connection {
         // The primary vouches for the requests it orders (see `ClientAuth::Connection`).
-        let trusted: Result<Vec<_>, _> = requests.into_iter().map(trust_request).collect();
+        let trusted: Result<Vec<_>, _> =
+            requests.into_iter().map(|request| trust_request(request, membership)).collect();
         return Ok(Batch::new(trusted?));
     }
     let mut items = Vec::with_capacity(requests.len());
@@ -495,15 +556,17 @@ pub fn verify_batch_requests(
         let key = keys.get(&request.payload.client_key)?;
         items.push((request, key));
     }
-    let verified: Result<Vec<_>, _> = verify_batch(items)
+    let verified: Result<Vec<_>, _> = membership
+        .scope()
+        .verify_batch(items)
         .into_iter()
         .map(|r| r.map_err(|_| Refusal::BadSignature { kind: MessageKind::Request }))
         .collect();
     Ok(Batch::new(verified?))
 }
 
-fn trust_request(signed: Signed<Request>) -> Result<Verified<Request>, Refusal> {
-    Verified::trusted_by_link(signed).map_err(|_| Refusal::BadSignature { kind: MessageKind::Request })
+fn trust_request(signed: Signed<Request>, membership: &Membership) -> Result<Verified<Request>, Refusal> {
+    membership.scope().trusted_by_link(signed).map_err(|_| Refusal::BadSignature { kind: MessageKind::Request })
 }
 
 /// A client's request: its signature checked (`client_auth = "signed"`), or accepted on the
@@ -511,14 +574,14 @@ fn trust_request(signed: Signed<Request>) -> Result<Verified<Request>, Refusal> 
 /// ([`bulwark_crypto::Signature::absent`]) fails like any bad signature.
 pub fn verify_request(
     signed: Signed<Request>,
-    config: &ClusterConfig,
+    membership: &Membership,
     keys: &mut ClientKeyCache,
 ) -> Result<Verified<Request>, Refusal> {
-    match config.params.client_auth {
-        ClientAuth::Connection => trust_request(signed),
+    match membership.params.client_auth {
+        ClientAuth::Connection => trust_request(signed, membership),
         ClientAuth::Signed => {
             let key = keys.get(&signed.payload.client_key)?;
-            check(signed, &key, MessageKind::Request)
+            check(membership, signed, &key, MessageKind::Request)
         }
     }
 }
@@ -535,15 +598,15 @@ pub fn verify_request(
 /// then suspect that primary (`framework/tests/torsioned_requests.rs`).
 pub fn verify_requests(
     requests: Vec<Signed<Request>>,
-    config: &ClusterConfig,
+    membership: &Membership,
     keys: &mut ClientKeyCache,
 ) -> Vec<Result<Verified<Request>, Refusal>> {
-    if config.params.client_auth == ClientAuth::Connection {
+    if membership.params.client_auth == ClientAuth::Connection {
         return requests
             .into_iter()
             .map(|request| {
-                check_request_size(&request.payload, config)?;
-                verify_request(request, config, keys)
+                check_request_size(&request.payload, membership)?;
+                verify_request(request, membership, keys)
             })
             .collect();
     }
@@ -551,7 +614,7 @@ pub fn verify_requests(
     let mut items = Vec::with_capacity(requests.len());
     let mut positions = Vec::with_capacity(requests.len());
     for request in requests {
-        let key = check_request_size(&request.payload, config).and_then(|()| keys.get(&request.payload.client_key));
+        let key = check_request_size(&request.payload, membership).and_then(|()| keys.get(&request.payload.client_key));
         match key {
             Ok(key) => {
                 positions.push(results.len());
@@ -561,7 +624,7 @@ pub fn verify_requests(
             Err(refusal) => results.push(Some(Err(refusal))),
         }
     }
-    for (position, verdict) in positions.into_iter().zip(verify_batch(items)) {
+    for (position, verdict) in positions.into_iter().zip(membership.scope().verify_batch(items)) {
         results[position] = Some(verdict.map_err(|_| Refusal::BadSignature { kind: MessageKind::Request }));
     }
     results.into_iter().map(|result| result.expect("every position is filled")).collect()
@@ -619,19 +682,19 @@ impl ReplyRootCache {
 
 /// The replica a reply counts for in connection mode: the one whose connection it came on,
 /// which must also be the one it names (a replica that names another is refused).
-fn connection_sender(reply: &Reply, link: Option<ReplicaId>, config: &ClusterConfig) -> Result<ReplicaId, Refusal> {
+fn connection_sender(reply: &Reply, link: Option<ReplicaId>, membership: &Membership) -> Result<ReplicaId, Refusal> {
     let Some(link) = link else {
         return Err(bad_reply("unsigned reply that did not come on a replica's connection"));
     };
-    member_key(config, MessageKind::Reply, link)?;
+    member_key(membership, MessageKind::Reply, link)?;
     if reply.replica != link {
         return Err(bad_reply("reply names another replica than the one whose connection it came on"));
     }
     Ok(link)
 }
 
-fn leaf_digest(reply: &Reply) -> Result<bulwark_crypto::Digest, Refusal> {
-    signing_digest(reply).map_err(|_| bad_reply("reply does not encode"))
+fn leaf_digest(reply: &Reply, membership: &Membership) -> bulwark_crypto::Digest {
+    membership.scope().digest(reply)
 }
 
 /// A reply signed alone. With `client_auth = "connection"` the signature is not needed: the
@@ -640,17 +703,17 @@ fn leaf_digest(reply: &Reply) -> Result<bulwark_crypto::Digest, Refusal> {
 pub fn verify_reply(
     signed: Signed<Reply>,
     link: Option<ReplicaId>,
-    config: &ClusterConfig,
+    membership: &Membership,
 ) -> Result<VerifiedReply, Refusal> {
-    if config.params.client_auth == ClientAuth::Connection {
-        let from = connection_sender(&signed.payload, link, config)?;
-        let digest = leaf_digest(&signed.payload)?;
+    if membership.params.client_auth == ClientAuth::Connection {
+        let from = connection_sender(&signed.payload, link, membership)?;
+        let digest = leaf_digest(&signed.payload, membership);
         return Ok(VerifiedReply::new(signed.payload, digest, from, ReplyProof::Connection));
     }
     let from = signed.payload.replica;
-    let key = member_key(config, MessageKind::Reply, from)?;
+    let key = member_key(membership, MessageKind::Reply, from)?;
     let signature = signed.signature;
-    let verified = check(signed, key, MessageKind::Reply)?;
+    let verified = check(membership, signed, key, MessageKind::Reply)?;
     let digest = verified.digest();
     Ok(VerifiedReply::new(verified.into_signed().payload, digest, from, ReplyProof::Signature(signature)))
 }
@@ -664,17 +727,17 @@ pub fn verify_reply(
 pub fn verify_reply_bundle(
     bundle: ReplyBundle,
     link: Option<ReplicaId>,
-    config: &ClusterConfig,
+    membership: &Membership,
     cache: &mut ReplyRootCache,
 ) -> Result<Vec<VerifiedReply>, Refusal> {
-    if bundle.replies.len() > config.params.batch_size_max {
+    if bundle.replies.len() > membership.params.batch_size_max {
         return Err(bad_reply("more replies than a batch holds"));
     }
-    if config.params.client_auth == ClientAuth::Connection {
+    if membership.params.client_auth == ClientAuth::Connection {
         let mut replies = Vec::with_capacity(bundle.replies.len());
         for bundled in bundle.replies {
-            let from = connection_sender(&bundled.reply, link, config)?;
-            let digest = leaf_digest(&bundled.reply)?;
+            let from = connection_sender(&bundled.reply, link, membership)?;
+            let digest = leaf_digest(&bundled.reply, membership);
             replies.push(VerifiedReply::new(bundled.reply, digest, from, ReplyProof::Connection));
         }
         return Ok(replies);
@@ -683,7 +746,7 @@ pub fn verify_reply_bundle(
         return Err(bad_reply("replies without a signed root in a cluster that signs replies"));
     };
     let header = root.payload;
-    let key = member_key(config, MessageKind::Reply, header.replica)?;
+    let key = member_key(membership, MessageKind::Reply, header.replica)?;
     // The paths first: they cost a few hashes, the root's signature a curve check.
     let mut leaves = Vec::with_capacity(bundle.replies.len());
     for bundled in &bundle.replies {
@@ -697,7 +760,7 @@ pub fn verify_reply_bundle(
         if bundled.path.len() > REPLY_PATH_MAX {
             return Err(bad_reply("Merkle path longer than allowed"));
         }
-        let leaf = leaf_digest(reply)?;
+        let leaf = leaf_digest(reply, membership);
         let computed = merkle_root_from_path(&leaf, bundled.index as usize, header.leaves as usize, &bundled.path);
         if computed != Some(header.root) {
             return Err(bad_reply("Merkle path does not lead to the signed root"));
@@ -707,7 +770,7 @@ pub fn verify_reply_bundle(
     let root = if cache.holds(&root) {
         Arc::new(root)
     } else {
-        let verified = check(root, key, MessageKind::Reply)?;
+        let verified = check(membership, root, key, MessageKind::Reply)?;
         let signed = verified.into_signed();
         cache.insert(signed.clone());
         Arc::new(signed)

@@ -9,13 +9,13 @@
 
 mod common;
 
-use bulwark_crypto::{Digest, Signed};
+use bulwark_crypto::Digest;
 use bulwark_framework::messages::{Checkpoint, Message, PrePrepare};
 use bulwark_framework::sim::byzantine::{ByzantineAction, ByzantineReplica, Strategy};
 use bulwark_framework::sim::byzantine_client::{ByzantineClientSpec, ClientAttack};
 use bulwark_framework::sim::{replica_key, Isolation, SimConfig, SimReport};
 use bulwark_framework::verify::{verify_message, Refusal, RefusalKind};
-use bulwark_framework::{ClusterConfig, Instant, ProtocolParams, ReplicaId, SeqNum, View};
+use bulwark_framework::{ClusterId, Instant, Membership, ProtocolParams, ReplicaId, SeqNum, View};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,29 +137,33 @@ fn replayed_messages_from_earlier_views_are_refused_by_view() {
 #[test]
 fn m6_vc10_vc15_every_forged_certificate_is_refused_at_the_edge() {
     let seed = 7;
-    let keys: Vec<_> = (0..4).map(|i| replica_key(seed, i)).collect();
+    let keys: Vec<_> = (0..4).map(|i| replica_key(seed, ReplicaId(i))).collect();
     let params = SimConfig::new(seed, 4).params;
-    let cluster = Arc::new(ClusterConfig::new(keys.iter().map(|k| k.public()).collect(), params).unwrap());
+    let members = keys.iter().map(|k| k.public()).collect();
+    let cluster = Arc::new(Membership::numbered(ClusterId(1), members, params).unwrap());
+    let scope = cluster.scope();
     let mut byzantine =
-        ByzantineReplica::new(ReplicaId(3), replica_key(seed, 3), cluster.clone(), Strategy::BadCertificate);
+        ByzantineReplica::new(ReplicaId(3), replica_key(seed, ReplicaId(3)), cluster.clone(), Strategy::BadCertificate);
     // Material: a real PRE-PREPARE of the primary of view 0 and real CHECKPOINTs of two peers.
     let digest = bulwark_framework::roles::view_change::null_digest();
-    let pre_prepare = Signed::sign(PrePrepare { view: View(0), seq: SeqNum(1), digest }, &keys[0]).unwrap();
+    let pre_prepare = scope.sign(PrePrepare { view: View(0), seq: SeqNum(1), digest }, &keys[0]).into_signed();
     let material = [
         Message::PrePrepare(pre_prepare, Vec::new()),
         Message::Checkpoint(
-            Signed::sign(
-                Checkpoint { seq: SeqNum(16), state_digest: Digest::of(b"state"), replica: ReplicaId(0) },
-                &keys[0],
-            )
-            .unwrap(),
+            scope
+                .sign(
+                    Checkpoint { seq: SeqNum(16), state_digest: Digest::of(b"state"), replica: ReplicaId(0) },
+                    &keys[0],
+                )
+                .into_signed(),
         ),
         Message::Checkpoint(
-            Signed::sign(
-                Checkpoint { seq: SeqNum(16), state_digest: Digest::of(b"state"), replica: ReplicaId(1) },
-                &keys[1],
-            )
-            .unwrap(),
+            scope
+                .sign(
+                    Checkpoint { seq: SeqNum(16), state_digest: Digest::of(b"state"), replica: ReplicaId(1) },
+                    &keys[1],
+                )
+                .into_signed(),
         ),
     ];
     let mut now = Instant::ZERO;

@@ -4,14 +4,18 @@
 //! firings are fed through edge verification into a correct replica. It must never panic,
 //! and every bounded structure must stay within its bound.
 
-use bulwark_crypto::{Digest, KeyPair, Signable, Signed};
+use bulwark_crypto::{Digest, KeyPair, Signed};
 use bulwark_framework::messages::{
     Batch, BatchReply, BatchRequest, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare, PreparedCertificate,
     Request, SlotProgress, StateReply, StateRequest, Status, ViewChange,
 };
 use bulwark_framework::roles::TimerKind;
+use bulwark_framework::signing::Scoped;
 use bulwark_framework::verify::verify_message;
-use bulwark_framework::{ClusterConfig, Input, Instant, ProtocolParams, Replica, ReplicaId, SeqNum, Timestamp, View};
+use bulwark_framework::{
+    ClusterId, Input, Instant, Membership, MembershipHandle, ProtocolParams, Replica, ReplicaId, SeqNum, Timestamp,
+    View,
+};
 use bulwark_services::kv::{KvOp, KvStore};
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -38,12 +42,12 @@ fn params() -> ProtocolParams {
     }
 }
 
-fn config() -> Arc<ClusterConfig> {
-    Arc::new(ClusterConfig::new((0..N).map(|i| key(i).public()).collect(), params()).unwrap())
+fn config() -> Arc<Membership> {
+    Arc::new(Membership::numbered(ClusterId(1), (0..N).map(|i| key(i).public()).collect(), params()).unwrap())
 }
 
-fn sign<T: Signable>(payload: T, by: u32) -> Signed<T> {
-    Signed::sign(payload, &key(by)).unwrap()
+fn sign<T: Scoped>(payload: T, by: u32) -> Signed<T> {
+    config().scope().sign(payload, &key(by)).into_signed()
 }
 
 fn request(client: u8, timestamp: u64) -> Signed<Request> {
@@ -54,7 +58,7 @@ fn request(client: u8, timestamp: u64) -> Signed<Request> {
         read_only: false,
         operation,
     };
-    Signed::sign(payload, &client_key(client)).unwrap()
+    config().scope().sign(payload, &client_key(client)).into_signed()
 }
 
 /// Batch number `choice`: one of a few fixed batches (0 is the null request).
@@ -67,7 +71,7 @@ fn digest_of(choice: u8) -> Digest {
         .into_iter()
         .map(|r| {
             let signer = r.payload.client_key.to_public_key().unwrap();
-            r.verify(&signer).unwrap()
+            config().scope().verify(r, &signer).unwrap()
         })
         .collect();
     Batch::new(requests).digest()
@@ -156,7 +160,7 @@ fn view_change(from: u32, view: u64, certificate: Option<(u64, u8)>) -> Signed<V
 }
 
 /// The message of `step` (signed by whoever it claims), or `None` for timers and waits.
-fn message(step: &Step, config: &ClusterConfig) -> Option<Message> {
+fn message(step: &Step, config: &Membership) -> Option<Message> {
     Some(match step.clone() {
         Step::Request { client, timestamp } => Message::Request(request(client, timestamp)),
         Step::PrePrepare { view, seq, batch: choice } => {
@@ -228,7 +232,7 @@ proptest! {
     #[test]
     fn prop_replica_survives_any_sequence_of_messages(me in 0..N, steps in prop::collection::vec(step(), 1..120)) {
         let config = config();
-        let mut replica = Replica::new(ReplicaId(me), key(me), config.clone(), KvStore::new());
+        let mut replica = Replica::new(ReplicaId(me), key(me), MembershipHandle::new((*config).clone()), KvStore::new());
         let mut now = Instant::ZERO;
         replica.start(now);
         let window = config.params.watermark_window as usize;

@@ -2,7 +2,7 @@
 //! vouched for by one signed Merkle root per batch (`client_auth = "signed"`, the default),
 //! and the trusted-connection mode (`client_auth = "connection"`).
 
-use bulwark_crypto::{Digest, KeyPair, Signed, Verified};
+use bulwark_crypto::{Digest, KeyPair, Verified};
 use bulwark_framework::config::ClientAuth;
 use bulwark_framework::messages::{
     reply_messages, Batch, Message, PrePrepare, Reply, ReplyBundle, ReplyProof, Request, VerifiedMessage, VerifiedReply,
@@ -12,7 +12,9 @@ use bulwark_framework::roles::executor::Executor;
 use bulwark_framework::verify::{
     verify_message, verify_reply, verify_reply_bundle, Refusal, RefusalKind, ReplyRootCache,
 };
-use bulwark_framework::{ClusterConfig, Instant, ProtocolParams, ReplicaId, SeqNum, Timestamp, View};
+use bulwark_framework::{
+    ClusterId, Epoch, Instant, Membership, MembershipHandle, ProtocolParams, ReplicaId, Scope, SeqNum, Timestamp, View,
+};
 use bulwark_services::kv::{KvOp, KvStore};
 use std::sync::Arc;
 
@@ -24,9 +26,15 @@ fn client_key(i: u8) -> KeyPair {
     KeyPair::from_seed([100 + i; 32])
 }
 
-fn config(client_auth: ClientAuth) -> Arc<ClusterConfig> {
+const SCOPE: Scope = Scope { cluster: ClusterId(1), epoch: Epoch(0) };
+
+fn config(client_auth: ClientAuth) -> Arc<Membership> {
     let params = ProtocolParams { client_auth, ..ProtocolParams::default() };
-    Arc::new(ClusterConfig::new((0..4).map(|i| replica_key(i).public()).collect(), params).unwrap())
+    Arc::new(Membership::numbered(SCOPE.cluster, (0..4).map(|i| replica_key(i).public()).collect(), params).unwrap())
+}
+
+fn handle(config: &Arc<Membership>) -> MembershipHandle {
+    MembershipHandle::new((**config).clone())
 }
 
 fn put(key: &str, value: &str) -> Vec<u8> {
@@ -42,16 +50,16 @@ fn request(client: u8, timestamp: u64, signed: bool) -> Verified<Request> {
         operation: put("k", "v"),
     };
     if signed {
-        Verified::sign(payload, &key).unwrap()
+        SCOPE.sign(payload, &key)
     } else {
-        Verified::unsigned(payload).unwrap()
+        SCOPE.unsigned(payload)
     }
 }
 
 fn pre_prepare(requests: &[Verified<Request>]) -> Message {
     let batch = Batch::new(requests.to_vec());
     let header = PrePrepare { view: View(0), seq: SeqNum(1), digest: batch.digest() };
-    Message::PrePrepare(Signed::sign(header, &replica_key(0)).unwrap(), batch.to_wire())
+    Message::PrePrepare(SCOPE.sign(header, &replica_key(0)).into_signed(), batch.to_wire())
 }
 
 fn refusal_kind(result: Result<impl std::fmt::Debug, Refusal>) -> RefusalKind {
@@ -86,8 +94,8 @@ fn a_connection_cluster_accepts_unsigned_requests_with_the_same_digests() {
 }
 
 /// Replica `me` executes one batch of `requests` (client 1, timestamps 1..=count).
-fn executed_replies(config: &Arc<ClusterConfig>, me: u32, count: u64) -> Vec<VerifiedReply> {
-    let mut executor = Executor::new(ReplicaId(me), config.clone(), KvStore::default());
+fn executed_replies(config: &Arc<Membership>, me: u32, count: u64) -> Vec<VerifiedReply> {
+    let mut executor = Executor::new(ReplicaId(me), handle(config), KvStore::default());
     let requests: Vec<_> =
         (1..=count).map(|t| request(1, t, config.params.client_auth == ClientAuth::Signed)).collect();
     let execution = executor.execute(SeqNum(1), View(0), &Batch::new(requests), &replica_key(me));
@@ -156,10 +164,9 @@ fn a_forged_path_root_reply_or_signer_is_refused() {
     // A root over forged replies, with paths that lead to it, but not signed by the replica.
     let mut forged_root = bundle.clone();
     let root = forged_root.root.as_mut().unwrap();
-    let mut leaves: Vec<Digest> =
-        forged_root.replies.iter().map(|r| bulwark_crypto::signing_digest(&r.reply).unwrap()).collect();
+    let mut leaves: Vec<Digest> = forged_root.replies.iter().map(|r| SCOPE.digest(&r.reply)).collect();
     forged_root.replies[0].reply.result = b"forged".to_vec();
-    leaves[0] = bulwark_crypto::signing_digest(&forged_root.replies[0].reply).unwrap();
+    leaves[0] = SCOPE.digest(&forged_root.replies[0].reply);
     let tree = bulwark_crypto::merkle::MerkleTree::new(leaves);
     root.payload.root = tree.root();
     for (index, bundled) in forged_root.replies.iter_mut().enumerate() {
@@ -167,7 +174,7 @@ fn a_forged_path_root_reply_or_signer_is_refused() {
     }
     assert_eq!(refusal_kind(check(forged_root.clone())), RefusalKind::BadSignature);
     // The same forged root signed by another replica's key does not count for replica 1.
-    let resigned = Signed::sign(forged_root.root.as_ref().unwrap().payload, &replica_key(3)).unwrap();
+    let resigned = SCOPE.sign(forged_root.root.as_ref().unwrap().payload, &replica_key(3)).into_signed();
     forged_root.root = Some(resigned);
     assert_eq!(refusal_kind(check(forged_root)), RefusalKind::BadSignature);
 
@@ -198,7 +205,7 @@ fn a_cached_root_counts_only_with_its_own_signature() {
 #[test]
 fn the_reply_root_cache_is_bounded() {
     let config = config(ClientAuth::Signed);
-    let mut executor = Executor::new(ReplicaId(0), config.clone(), KvStore::default());
+    let mut executor = Executor::new(ReplicaId(0), handle(&config), KvStore::default());
     let mut cache = ReplyRootCache::default();
     let batches = ReplyRootCache::CAPACITY as u64 + 100;
     for seq in 1..=batches {
@@ -214,7 +221,7 @@ fn the_reply_root_cache_is_bounded() {
 #[test]
 fn read_only_and_resent_replies_are_signed_alone() {
     let config = config(ClientAuth::Signed);
-    let executor = Executor::new(ReplicaId(2), config.clone(), KvStore::default());
+    let executor = Executor::new(ReplicaId(2), handle(&config), KvStore::default());
     let reply = executor.reply(View(0), &request(1, 1, true), b"r".to_vec(), true, &replica_key(2));
     let Message::Reply(signed) = reply.to_wire() else { panic!("signed alone") };
     assert_eq!(verify_reply(signed, None, &config).unwrap().attributed_to(), ReplicaId(2));
@@ -255,7 +262,7 @@ fn in_connection_mode_replies_are_unsigned_and_count_for_the_connection_they_cam
 fn a_connection_mode_client_needs_f_plus_one_distinct_connections() {
     let config = config(ClientAuth::Connection);
     let key = client_key(1);
-    let mut client = Client::new(key, config.clone(), Timestamp(1));
+    let mut client = Client::new(key, handle(&config), Timestamp(1));
     let (timestamp, actions) = client.invoke(put("k", "v"), false, Instant(0)).unwrap();
     let Some(ClientAction::Send { request, .. }) = actions.first() else { panic!("{actions:?}") };
     assert!(request.signed().signature.is_absent(), "connection-mode requests are not signed");

@@ -3,7 +3,7 @@
 //! Each test drives a role directly — no network, no runtime — and asserts exactly which
 //! actions come out, the way the paper states the rule.
 
-use bulwark_crypto::{Digest, KeyPair, Signable, Signed, Verified};
+use bulwark_crypto::{Digest, KeyPair, Signed, Verified};
 use bulwark_framework::messages::{
     Batch, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare, PreparedCertificate, Reply, Request,
     VerifiedMessage, VerifiedViewChange, ViewChange,
@@ -14,16 +14,18 @@ use bulwark_framework::roles::client::{Client, ClientAction, ClientError};
 use bulwark_framework::roles::primary::{Admission, Primary, PrimaryInput, PrimaryOutput};
 use bulwark_framework::roles::view_change::{compute_order, null_digest, OrderError};
 use bulwark_framework::roles::{Action, ReplicaEvent, TimerKind};
+use bulwark_framework::signing::Scoped;
 use bulwark_framework::verify::{verify_message, Refusal, RefusalKind};
 use bulwark_framework::{
-    ClusterConfig, Input, Instant, Outcome, ProtocolParams, Replica, ReplicaId, SeqNum, Timestamp, View,
+    ClusterId, Input, Instant, Membership, MembershipHandle, Outcome, ProtocolParams, Replica, ReplicaId, SeqNum,
+    Timestamp, View,
 };
 use bulwark_services::kv::{KvOp, KvReply, KvStore};
 use std::sync::Arc;
 
 struct Fixture {
     keys: Vec<KeyPair>,
-    config: Arc<ClusterConfig>,
+    config: Arc<Membership>,
     client: KeyPair,
 }
 
@@ -33,7 +35,8 @@ fn params() -> ProtocolParams {
 
 fn fixture_with(n: usize, params: ProtocolParams) -> Fixture {
     let keys: Vec<KeyPair> = (0..n).map(|i| KeyPair::from_seed([i as u8 + 1; 32])).collect();
-    let config = Arc::new(ClusterConfig::new(keys.iter().map(KeyPair::public).collect(), params).unwrap());
+    let config =
+        Arc::new(Membership::numbered(ClusterId(1), keys.iter().map(KeyPair::public).collect(), params).unwrap());
     Fixture { keys, config, client: KeyPair::from_seed([200; 32]) }
 }
 
@@ -46,6 +49,16 @@ fn put(key: &str, value: &str) -> Vec<u8> {
 }
 
 impl Fixture {
+    /// A membership handle of its own, as each replica (or client) holds one.
+    fn handle(&self) -> MembershipHandle {
+        MembershipHandle::new((*self.config).clone())
+    }
+
+    /// Signs `payload` as `key` in the fixture's scope.
+    fn sign<T: Scoped>(&self, payload: T, key: &KeyPair) -> Verified<T> {
+        self.config.scope().sign(payload, key)
+    }
+
     fn request(&self, timestamp: u64, operation: Vec<u8>) -> Verified<Request> {
         let request = Request {
             client_key: self.client.public().into(),
@@ -53,7 +66,7 @@ impl Fixture {
             read_only: false,
             operation,
         };
-        Verified::sign(request, &self.client).unwrap()
+        self.sign(request, &self.client)
     }
 
     fn batch(&self, timestamps: &[u64]) -> Arc<Batch> {
@@ -63,22 +76,22 @@ impl Fixture {
     fn pre_prepare(&self, view: u64, seq: u64, digest: Digest) -> Verified<PrePrepare> {
         let primary = self.config.primary(View(view));
         let payload = PrePrepare { view: View(view), seq: SeqNum(seq), digest };
-        Verified::sign(payload, &self.keys[primary.index()]).unwrap()
+        self.sign(payload, &self.keys[primary.0 as usize])
     }
 
     fn prepare(&self, from: u32, view: u64, seq: u64, digest: Digest) -> Verified<Prepare> {
         let payload = Prepare { view: View(view), seq: SeqNum(seq), digest, replica: ReplicaId(from) };
-        Verified::sign(payload, &self.keys[from as usize]).unwrap()
+        self.sign(payload, &self.keys[from as usize])
     }
 
     fn commit(&self, from: u32, view: u64, seq: u64, digest: Digest) -> Verified<Commit> {
         let payload = Commit { view: View(view), seq: SeqNum(seq), digest, replica: ReplicaId(from) };
-        Verified::sign(payload, &self.keys[from as usize]).unwrap()
+        self.sign(payload, &self.keys[from as usize])
     }
 
     fn checkpoint(&self, from: u32, seq: u64, digest: Digest) -> Verified<Checkpoint> {
         let payload = Checkpoint { seq: SeqNum(seq), state_digest: digest, replica: ReplicaId(from) };
-        Verified::sign(payload, &self.keys[from as usize]).unwrap()
+        self.sign(payload, &self.keys[from as usize])
     }
 
     fn reply(
@@ -91,17 +104,17 @@ impl Fixture {
         let client = bulwark_framework::messages::client_id(&self.client.public().into());
         let payload =
             Reply { view: View(0), timestamp, client, replica: ReplicaId(from), read_only, result: result.to_vec() };
-        let signed = bulwark_crypto::Signed::sign(payload, &self.keys[from as usize]).unwrap();
+        let signed = self.sign(payload, &self.keys[from as usize]).into_signed();
         bulwark_framework::verify::verify_reply(signed, None, &self.config).unwrap()
     }
 
     fn backup(&self, me: u32) -> Backup {
-        Backup::new(ReplicaId(me), self.config.clone())
+        Backup::new(ReplicaId(me), self.handle())
     }
 
     fn replica(&self, me: u32) -> Replica<KvStore> {
         let key = KeyPair::from_seed([me as u8 + 1; 32]);
-        Replica::new(ReplicaId(me), key, self.config.clone(), KvStore::new())
+        Replica::new(ReplicaId(me), key, self.handle(), KvStore::new())
     }
 }
 
@@ -449,7 +462,7 @@ fn c6_the_executable_committed_run_survives_a_checkpoint_ahead_of_execution() {
 #[test]
 fn c3_checkpoint_is_stable_with_2f_plus_1_matching_messages() {
     let f = fixture();
-    let mut collector = CheckpointCollector::new(f.config.clone());
+    let mut collector = CheckpointCollector::new(f.handle());
     let (good, bad) = (Digest::of(b"state"), Digest::of(b"forged"));
     assert_eq!(collector.on_checkpoint(f.checkpoint(0, 4, good)), Ok(None));
     assert_eq!(collector.on_checkpoint(f.checkpoint(1, 4, bad)), Ok(None));
@@ -465,7 +478,7 @@ fn c3_checkpoint_is_stable_with_2f_plus_1_matching_messages() {
 #[test]
 fn c1_checkpoints_only_at_multiples_of_k_and_bounded_per_member() {
     let f = fixture();
-    let mut collector = CheckpointCollector::new(f.config.clone());
+    let mut collector = CheckpointCollector::new(f.handle());
     assert!(collector.on_checkpoint(f.checkpoint(1, 5, Digest::of(b"x"))).is_err());
     for seq in (4..=400).step_by(4) {
         let _ = collector.on_checkpoint(f.checkpoint(1, seq, Digest::of(b"x")));
@@ -542,7 +555,7 @@ fn c3_c4_a_collector_run_apart_decides_stability_and_a_late_answer_moves_nothing
 fn p2_no_sequence_number_beyond_the_window() {
     let params = ProtocolParams { batch_size_max: 1, in_flight_batches_max: 100, ..params() };
     let f = fixture_with(4, params);
-    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    let mut primary = Primary::new(f.handle(), SeqNum(1));
     for t in 1..=20 {
         primary.offer(f.request(t, put("k", "v")), Instant(0));
     }
@@ -558,7 +571,7 @@ fn p2_no_sequence_number_beyond_the_window() {
 #[test]
 fn p3_batching_by_size_and_delay() {
     let f = fixture();
-    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    let mut primary = Primary::new(f.handle(), SeqNum(1));
     primary.offer(f.request(1, put("a", "1")), Instant(0));
     let idle = primary.cut_batches(SeqNum(0), Instant(0));
     assert_eq!(idle.len(), 1, "nothing in flight: no reason to wait");
@@ -586,7 +599,7 @@ fn p3_batching_by_size_and_delay() {
 fn p3_a_full_pipeline_arms_no_batch_timer() {
     let params = ProtocolParams { in_flight_batches_max: 1, ..params() };
     let f = fixture_with(4, params);
-    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    let mut primary = Primary::new(f.handle(), SeqNum(1));
     primary.offer(f.request(1, put("a", "1")), Instant(0));
     assert_eq!(primary.cut_batches(SeqNum(0), Instant(0)).len(), 1);
     primary.offer(f.request(2, put("a", "2")), Instant(10));
@@ -602,7 +615,7 @@ fn p3_a_full_pipeline_arms_no_batch_timer() {
 fn r4_duplicate_requests_are_not_queued_twice_and_a_full_queue_sheds() {
     let params = ProtocolParams { request_queue_max: 2, ..params() };
     let f = fixture_with(4, params);
-    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    let mut primary = Primary::new(f.handle(), SeqNum(1));
     assert_eq!(primary.offer(f.request(1, put("a", "1")), Instant(0)), Admission::Queued);
     assert_eq!(primary.offer(f.request(1, put("a", "1")), Instant(0)), Admission::Duplicate);
     primary.cut_batches(SeqNum(0), Instant(0));
@@ -622,7 +635,7 @@ fn flooder_request(flooder: &KeyPair, timestamp: u64) -> Verified<Request> {
         read_only: false,
         operation: put("f", "1"),
     };
-    Verified::sign(payload, flooder).unwrap()
+    fixture().sign(payload, flooder)
 }
 
 /// R4 with Aardvark's fairness: a client gets at most `client_window` places in the
@@ -635,7 +648,7 @@ fn r4_a_flooding_client_is_capped_at_its_window_and_served_in_turn() {
     let f = fixture_with(4, params);
     let flooder = KeyPair::from_seed([201; 32]);
     let flood = |timestamp: u64| flooder_request(&flooder, timestamp);
-    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    let mut primary = Primary::new(f.handle(), SeqNum(1));
     // Something in flight, so that the next batches are cut by size, not because idle.
     primary.offer(f.request(1, put("a", "1")), Instant(0));
     assert_eq!(primary.cut_batches(SeqNum(0), Instant(0)).len(), 1);
@@ -663,7 +676,7 @@ fn r4_a_client_over_its_share_of_the_pipeline_waits_for_its_requests_to_execute(
     let flooder = KeyPair::from_seed([201; 32]);
     let flood = |timestamp: u64| flooder_request(&flooder, timestamp);
     let flooder_id = bulwark_framework::messages::client_id(&flooder.public().into());
-    let mut primary = Primary::new(f.config.clone(), SeqNum(1));
+    let mut primary = Primary::new(f.handle(), SeqNum(1));
     // Alone, the flooder may fill the whole pipeline (share 2 × 4 = 8).
     for t in 1..=8 {
         assert_eq!(primary.offer(flood(t), Instant(0)), Admission::Queued);
@@ -801,7 +814,7 @@ fn r3_a_backup_relays_a_new_request_to_the_primary_and_starts_its_request_timer(
 fn cx3_a_request_below_the_client_window_is_dropped() {
     let params = ProtocolParams { client_window: 2, ..params() };
     let f = fixture_with(4, params);
-    let mut replica = Replica::new(ReplicaId(1), KeyPair::from_seed([2; 32]), f.config.clone(), KvStore::new());
+    let mut replica = Replica::new(ReplicaId(1), KeyPair::from_seed([2; 32]), f.handle(), KvStore::new());
     let batch = Arc::new(Batch::new(vec![f.request(1, put("a", "1")), f.request(5, put("a", "5"))]));
     commit_at(&f, &mut replica, 1, &batch);
     let actions = replica.handle(Input::Message(VerifiedMessage::Request(f.request(2, put("a", "2")))), Instant(0));
@@ -933,7 +946,7 @@ fn r4_cx1_a_client_caught_beyond_its_window_at_the_primary_counts_its_requests_i
     assert!(!primary.client_saturated(client, Instant(0)));
     offer(&mut primary, &[5], Instant(0));
     assert!(primary.client_saturated(client, Instant(0)), "caught: two queued and one in flight");
-    let timeout = primary.config().params.view_change_timeout();
+    let timeout = primary.membership().current().params.view_change_timeout();
     assert!(!primary.client_saturated(client, Instant(0) + timeout), "forgotten after a view-change timeout");
 }
 
@@ -945,7 +958,7 @@ fn cx3_waiting_requests_below_the_client_window_are_forgotten() {
     use bulwark_framework::roles::view_change::ViewChanger;
     let f = fixture();
     let window = f.config.params.client_window;
-    let mut changer = ViewChanger::new(ReplicaId(1), f.config.clone());
+    let mut changer = ViewChanger::new(ReplicaId(1), f.handle());
     for timestamp in [1, 2, 3] {
         changer.wait_for(f.request(timestamp, put("k", "v")), Instant(0));
     }
@@ -1004,7 +1017,7 @@ fn status_one_members_claims_alone_do_not_make_a_replica_stuck_f_plus_1_do() {
 // ---------------------------------------------------------------- client: CL2, CL3, CX1
 
 fn client(f: &Fixture) -> Client {
-    Client::new(KeyPair::from_seed([200; 32]), f.config.clone(), Timestamp(1))
+    Client::new(KeyPair::from_seed([200; 32]), f.handle(), Timestamp(1))
 }
 
 fn completed(actions: &[ClientAction]) -> Vec<(Timestamp, Vec<u8>)> {
@@ -1094,8 +1107,8 @@ fn read_only_needs_2f_plus_1_and_falls_back_to_ordered() {
 // ---------------------------------------------------------------- view change (§4)
 
 impl Fixture {
-    fn signed<T: Signable>(&self, from: u32, payload: T) -> Signed<T> {
-        Signed::sign(payload, &self.keys[from as usize]).unwrap()
+    fn signed<T: Scoped>(&self, from: u32, payload: T) -> Signed<T> {
+        self.sign(payload, &self.keys[from as usize]).into_signed()
     }
 
     /// A prepared certificate (M6): the pre-prepare of `primary(view)` and prepares from
@@ -1412,7 +1425,7 @@ fn vc4_timeout_doubles_until_a_request_ordered_in_the_new_view_executes() {
         f.view_change(2, 1, 0, vec![f.certificate(0, 2, batch.digest())]),
         f.view_change(3, 1, 0, vec![]),
     ];
-    let mut changer = ViewChanger::new(ReplicaId(3), f.config.clone());
+    let mut changer = ViewChanger::new(ReplicaId(3), f.handle());
     changer.start(f.verified_view_change(vcs[2].clone()), Instant(0));
     changer.on_view_change(f.verified_view_change(vcs[0].clone()), Instant(0)).unwrap();
     changer.on_view_change(f.verified_view_change(vcs[1].clone()), Instant(0)).unwrap();
@@ -1861,7 +1874,7 @@ fn status_a_peer_behind_the_stable_checkpoint_gets_the_proof_not_the_log() {
     assert_eq!(replica.stable(), SeqNum(4));
     let status = |from: u32, last_executed: u64| {
         let status = peer_status(from, last_executed + 1, Vec::new());
-        VerifiedMessage::Status(Verified::sign(status, &f.keys[from as usize]).unwrap())
+        VerifiedMessage::Status(f.sign(status, &f.keys[from as usize]))
     };
     let sent_to = |actions: &[Action], peer: u32| -> Vec<bulwark_framework::messages::MessageKind> {
         actions
@@ -1891,7 +1904,7 @@ fn status_a_peer_gets_at_most_a_window_of_pre_prepares_per_ten_intervals() {
     let window = f.config.params.watermark_window;
     // The primary proposes; the pre-prepare is "lost" on the way to every backup.
     primary.handle(Input::Message(VerifiedMessage::Request(f.request(1, put("k", "1")))), Instant(0));
-    let status = VerifiedMessage::Status(Verified::sign(peer_status(1, 1, Vec::new()), &f.keys[1]).unwrap());
+    let status = VerifiedMessage::Status(f.sign(peer_status(1, 1, Vec::new()), &f.keys[1]));
     let pre_prepares_to_1 = |actions: &[Action]| {
         actions
             .iter()
@@ -1928,7 +1941,7 @@ fn fuzz_findings_numbers_near_u64_max_do_not_overflow() {
             first_slot: SeqNum(first_slot),
             slots: vec![slot],
         };
-        VerifiedMessage::Status(Verified::sign(payload, &f.keys[3]).unwrap())
+        VerifiedMessage::Status(f.sign(payload, &f.keys[3]))
     };
     for (first_slot, last_executed) in [(u64::MAX - 5, 12), (13, u64::MAX - 3), (u64::MAX, u64::MAX)] {
         for me in [0, 1, 2] {

@@ -18,9 +18,11 @@ use std::time::Duration;
 /// duplicates up to 30%, delays from 0.1 to 1–10 ms (so heavy reordering), the backup
 /// crashing at a random time in the first 50 ms, 1 to 64 batches in flight; every fourth
 /// seed also sends every message through the wire encoding and edge verification.
-fn faulty(seed: u64, n: usize) -> SimConfig {
+fn faulty(seed: u64, n: usize, ids: Option<&[u32]>) -> SimConfig {
     let mut draw = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let mut config = SimConfig::new(seed, n);
+    config.replica_ids = ids.map(|ids| ids.iter().copied().map(ReplicaId).collect());
+    let ids = config.ids();
     config.network = NetworkModel {
         delay_min_us: 100,
         delay_max_us: draw.gen_range(1_000..10_000),
@@ -32,7 +34,8 @@ fn faulty(seed: u64, n: usize) -> SimConfig {
     // A pipeline from one batch in flight to many: a full pipeline once made the batch
     // timer re-fire forever at one instant.
     config.params.in_flight_batches_max = [1, 2, 4, 64][draw.gen_range(0..4)];
-    let crashed = ReplicaId(draw.gen_range(1..n as u32));
+    // A backup of view 0: any member but the lowest id.
+    let crashed = ids[draw.gen_range(1..n)];
     config.crashes = vec![(crashed, Instant(draw.gen_range(0..50_000)))];
     config.wire_roundtrip = seed.is_multiple_of(4);
     // The hop between a replica and its checkpoint collector, from instant to slower than
@@ -41,11 +44,15 @@ fn faulty(seed: u64, n: usize) -> SimConfig {
     config
 }
 
-fn many_seeds(n: usize) {
+fn many_seeds(n: usize, ids: Option<&[u32]>) {
     let mut checks = 0;
     for seed in common::seeds(1, 200) {
-        let report = common::run_kv(faulty(seed, n));
+        let report = common::run_kv(faulty(seed, n, ids));
         common::assert_safe_and_converged(&report);
+        if let Some(ids) = ids {
+            let live: Vec<u32> = report.final_states.keys().map(|id| id.0).collect();
+            assert!(live.iter().all(|id| ids.contains(id)) && live.len() == n - 1, "seed {seed}: {live:?}");
+        }
         checks += report.checks;
     }
     println!("n={n}: {checks} invariant checks, zero violations");
@@ -55,21 +62,28 @@ fn many_seeds(n: usize) {
 /// completes, zero safety violations (I1–I8, I11, I12), identical state on correct replicas.
 #[test]
 fn n4_200_seeds_with_drops_duplicates_reordering_and_a_crashed_backup() {
-    many_seeds(4);
+    many_seeds(4, None);
+}
+
+/// The same with replica ids that are names, not positions: `{3, 8, 21, 40}` (the primary
+/// of view `v` is the member at position `v mod 4` of the sorted ids).
+#[test]
+fn n4_200_seeds_with_ids_3_8_21_40_drops_duplicates_reordering_and_a_crashed_backup() {
+    many_seeds(4, Some(&[3, 8, 21, 40]));
 }
 
 /// The same at n = 7.
 #[test]
 fn n7_200_seeds_with_drops_duplicates_reordering_and_a_crashed_backup() {
-    many_seeds(7);
+    many_seeds(7, None);
 }
 
 /// The same seed gives the same run, event for event; another seed gives another run.
 #[test]
 fn the_same_seed_replays_the_same_trace() {
-    let first = common::run_kv(faulty(42, 4));
-    let second = common::run_kv(faulty(42, 4));
-    let other = common::run_kv(faulty(43, 4));
+    let first = common::run_kv(faulty(42, 4, None));
+    let second = common::run_kv(faulty(42, 4, None));
+    let other = common::run_kv(faulty(43, 4, None));
     assert_eq!(first.trace, second.trace);
     assert_eq!(first.events, second.events);
     assert_eq!(first.final_states, second.final_states);

@@ -11,9 +11,11 @@
 //! `shared/PBFT.md`.
 
 use bulwark_crypto::torsion::{sign_with_torsion, ORDER_EIGHT_TORSION};
-use bulwark_crypto::{signing_digest, Digest, KeyPair, Signed};
-use bulwark_framework::config::{ClusterConfig, ProtocolParams};
-use bulwark_framework::ids::{SeqNum, Timestamp, View};
+use bulwark_crypto::{Digest, KeyPair, Signed};
+use bulwark_framework::config::ProtocolParams;
+use bulwark_framework::ids::{ClusterId, Epoch, SeqNum, Timestamp, View};
+use bulwark_framework::membership::{Membership, Scope};
+
 use bulwark_framework::messages::{batch_digest, Message, PrePrepare, Request, VerifiedMessage};
 use bulwark_framework::verify::{verify_message, verify_requests, ClientKeyCache, Refusal};
 
@@ -32,9 +34,11 @@ fn honest_client_key(i: u8) -> KeyPair {
     KeyPair::from_seed([100 + i; 32])
 }
 
-fn cluster() -> ClusterConfig {
+const SCOPE: Scope = Scope { cluster: ClusterId(1), epoch: Epoch(0) };
+
+fn cluster() -> Membership {
     let members = (0..4).map(replica_key).collect::<Vec<_>>().iter().map(KeyPair::public).collect();
-    ClusterConfig::new(members, ProtocolParams::default()).expect("a valid 4-replica cluster")
+    Membership::numbered(SCOPE.cluster, members, ProtocolParams::default()).expect("a valid 4-replica cluster")
 }
 
 fn payload(key: &KeyPair, timestamp: u64) -> Request {
@@ -48,21 +52,27 @@ fn payload(key: &KeyPair, timestamp: u64) -> Request {
 
 fn honest_request(client: u8, timestamp: u64) -> Signed<Request> {
     let key = honest_client_key(client);
-    Signed::sign(payload(&key, timestamp), &key).expect("request encodes")
+    SCOPE.sign(payload(&key, timestamp), &key).into_signed()
 }
 
 /// The Byzantine client's request with timestamp `timestamp`, its signature carrying a
 /// torsion point of order 8.
 fn torsioned_request(timestamp: u64) -> Signed<Request> {
     let key = KeyPair::from_seed(BYZANTINE_CLIENT_SEED);
-    sign_with_torsion(payload(&key, timestamp), BYZANTINE_CLIENT_SEED, ORDER_EIGHT_TORSION[0]).expect("request encodes")
+    sign_with_torsion(
+        payload(&key, timestamp),
+        BYZANTINE_CLIENT_SEED,
+        ORDER_EIGHT_TORSION[0],
+        SCOPE.context::<Request>().as_bytes(),
+    )
+    .expect("request encodes")
 }
 
 /// A PRE-PREPARE for `(view 0, seq 1)` by the view-0 primary, carrying `requests`.
 fn pre_prepare(requests: Vec<Signed<Request>>) -> Message {
-    let digests: Vec<Digest> = requests.iter().map(|r| signing_digest(&r.payload).expect("request encodes")).collect();
+    let digests: Vec<Digest> = requests.iter().map(|r| SCOPE.digest(&r.payload)).collect();
     let header = PrePrepare { view: View(0), seq: SeqNum(1), digest: batch_digest(digests.iter()) };
-    Message::PrePrepare(Signed::sign(header, &replica_key(0)).expect("header encodes"), requests)
+    Message::PrePrepare(SCOPE.sign(header, &replica_key(0)).into_signed(), requests)
 }
 
 /// The crafted request with another payload under the same signature: a forgery, invalid

@@ -11,22 +11,21 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use bulwark_framework::messages::Message;
-use bulwark_framework::wire::{self, FRAME_HEADER_BYTES};
-use bulwark_fuzz::{config, mutate, Builder, Pool, Step};
+use bulwark_framework::wire::{self, Envelope, FRAME_HEADER_BYTES};
+use bulwark_fuzz::{config, mutate, Builder, Pool, Step, SCOPE};
 use libfuzzer_sys::fuzz_target;
 
 /// Limits a frame is decoded under: the configured one and a small one.
 const LIMITS: [usize; 2] = [4 << 20, 300];
 
-fn round_trip(message: &Message) {
-    let frame = wire::encode_frame(message).expect("a decoded message encodes");
+fn round_trip(envelope: &Envelope) {
+    let frame = wire::encode_frame(envelope.scope, &envelope.message).expect("a decoded message encodes");
     let (again, used) = match wire::decode_frame(&frame, usize::MAX) {
         Ok(Some(decoded)) => decoded,
-        other => panic!("a re-encoded {:?} does not decode: {other:?}", message.kind()),
+        other => panic!("a re-encoded {:?} does not decode: {other:?}", envelope.message.kind()),
     };
     assert_eq!(used, frame.len());
-    assert_eq!(&again, message, "decode(encode(m)) != m");
+    assert_eq!(&again, envelope, "decode(encode(m)) != m");
 }
 
 /// Splits `stream` into frames like the simulator's receiver.
@@ -80,11 +79,11 @@ fuzz_target!(|data: &[u8]| {
     let mut pool = Pool::default();
     let messages = Builder { config: &config, pool: &mut pool, me: None }.messages(&step);
     for message in messages {
-        let mut frame = wire::encode_frame(&message).expect("a built message encodes");
+        let mut frame = wire::encode_frame(SCOPE, &message).expect("a built message encodes");
         // The undamaged frame decodes to the message.
         match wire::decode_frame(&frame, config.params.frame_bytes_max) {
             Ok(Some((decoded, used))) => {
-                assert_eq!(decoded, message);
+                assert_eq!(decoded, Envelope { scope: SCOPE, message: message.clone() });
                 assert_eq!(used, frame.len());
             }
             other => panic!("a well-formed {:?} does not decode: {other:?}", message.kind()),

@@ -17,13 +17,14 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use bulwark_framework::config::{ClientAuth, ClusterConfig};
+use bulwark_framework::config::ClientAuth;
 use bulwark_framework::messages::Message;
 use bulwark_framework::verify::{
-    verify_message, verify_message_with, verify_reply, verify_reply_bundle, ClientKeyCache, ReplyRootCache,
+    check_scope, verify_envelope, verify_message, verify_message_with, verify_reply, verify_reply_bundle,
+    ClientKeyCache, ReplyRootCache,
 };
-use bulwark_framework::{wire, ReplicaId};
-use bulwark_fuzz::{auth_of, config_for, corrupt_signature, mutate, params, Builder, Pool, Step, N};
+use bulwark_framework::{wire, Membership, ReplicaId};
+use bulwark_fuzz::{auth_of, config_for, corrupt_signature, mutate, params, Builder, Pool, Step, N, SCOPE};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 
@@ -41,7 +42,7 @@ enum Damage {
 }
 
 /// The client's checks of a reply or bundle, on the connection of replica `link`.
-fn check_client_side(message: &Message, config: &ClusterConfig, link: Option<ReplicaId>, must_pass: bool) {
+fn check_client_side(message: &Message, config: &Membership, link: Option<ReplicaId>, must_pass: bool) {
     let result = match message.clone() {
         Message::Reply(signed) => verify_reply(signed, link, config).map(|_| ()),
         Message::Replies(bundle) => {
@@ -63,7 +64,7 @@ fn check_client_side(message: &Message, config: &ClusterConfig, link: Option<Rep
     }
 }
 
-fn check(message: Message, config: &ClusterConfig, well_formed: bool) {
+fn check(message: Message, config: &Membership, well_formed: bool) {
     let fresh = verify_message(message.clone(), config);
     let cached = KEYS.with(|keys| verify_message_with(message.clone(), config, &mut keys.borrow_mut()));
     assert_eq!(fresh, cached, "a cached client key changed the verdict");
@@ -112,8 +113,14 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     let config = config_for(auth_of(mode));
     if mode % 2 == 0 {
-        if let Ok(message) = wire::decode(rest, config.params.frame_bytes_max) {
-            check(message, &config, false);
+        if let Ok(envelope) = wire::decode(rest, config.params.frame_bytes_max) {
+            // Another scope is refused for it before anything else is looked at.
+            let (scope, kind) = (envelope.scope, envelope.message.kind());
+            if check_scope(scope, kind, &config).is_ok() {
+                check(envelope.message, &config, false);
+            } else {
+                assert!(verify_envelope(envelope, &config).is_err(), "a message of another scope was accepted");
+            }
         }
         return;
     }
@@ -136,10 +143,12 @@ fuzz_target!(|data: &[u8]| {
                 check(message, &config, false);
             }
             Damage::Bytes(edits) => {
-                let Ok(mut bytes) = wire::encode(&message) else { continue };
+                let Ok(mut bytes) = wire::encode(SCOPE, &message) else { continue };
                 mutate(&mut bytes, edits);
                 if let Ok(decoded) = wire::decode(&bytes, config.params.frame_bytes_max) {
-                    check(decoded, &config, false);
+                    if check_scope(decoded.scope, decoded.message.kind(), &config).is_ok() {
+                        check(decoded.message, &config, false);
+                    }
                 }
             }
         }

@@ -21,8 +21,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use bulwark_crypto::merkle::MerkleTree;
-use bulwark_crypto::signing_digest;
-use bulwark_crypto::{Digest, KeyPair, Signable, Signature, Signed, Verified};
+use bulwark_crypto::{Digest, KeyPair, Signature, Signed, Verified};
 use bulwark_framework::config::ClientAuth;
 use bulwark_framework::messages::{
     reply_messages, Batch, BatchReply, BatchRequest, BundledReply, Checkpoint, ClientKey, Commit, Inquiry, Message,
@@ -30,13 +29,14 @@ use bulwark_framework::messages::{
     StateReply, StateRequest, Status, VerifiedMessage, VerifiedReply, ViewChange,
 };
 use bulwark_framework::roles::view_change::compute_order;
+use bulwark_framework::signing::Scoped;
 use bulwark_framework::state::ChunkedImage;
 use bulwark_framework::verify::{
     verify_message, verify_reply, verify_reply_bundle, verify_view_change, Refusal, ReplyRootCache,
 };
 use bulwark_framework::{
-    wire, Action, Client, ClientAction, ClientId, ClusterConfig, Input, Instant, Outcome, ProtocolParams, Replica,
-    ReplicaId, SeqNum, Service, ServiceError, TimerKind, Timestamp, View,
+    wire, Action, Client, ClientAction, ClientId, ClusterId, Epoch, Input, Instant, Membership, MembershipHandle,
+    Outcome, ProtocolParams, Replica, ReplicaId, Scope, SeqNum, Service, ServiceError, TimerKind, Timestamp, View,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,14 +108,14 @@ pub fn params() -> ProtocolParams {
 
 /// The fuzzed cluster's configuration, with signed client requests and replies (the
 /// default).
-pub fn config() -> Arc<ClusterConfig> {
+pub fn config() -> Arc<Membership> {
     config_for(ClientAuth::Signed)
 }
 
 /// The fuzzed cluster's configuration with client authentication `auth` (built once each).
-pub fn config_for(auth: ClientAuth) -> Arc<ClusterConfig> {
-    static SIGNED: OnceLock<Arc<ClusterConfig>> = OnceLock::new();
-    static CONNECTION: OnceLock<Arc<ClusterConfig>> = OnceLock::new();
+pub fn config_for(auth: ClientAuth) -> Arc<Membership> {
+    static SIGNED: OnceLock<Arc<Membership>> = OnceLock::new();
+    static CONNECTION: OnceLock<Arc<Membership>> = OnceLock::new();
     let cell = match auth {
         ClientAuth::Signed => &SIGNED,
         ClientAuth::Connection => &CONNECTION,
@@ -123,7 +123,7 @@ pub fn config_for(auth: ClientAuth) -> Arc<ClusterConfig> {
     cell.get_or_init(|| {
         let members = (0..N).map(|i| replica_key(i).public()).collect();
         let params = ProtocolParams { client_auth: auth, ..params() };
-        Arc::new(ClusterConfig::new(members, params).expect("the fuzz configuration is valid"))
+        Arc::new(Membership::numbered(SCOPE.cluster, members, params).expect("the fuzz configuration is valid"))
     })
     .clone()
 }
@@ -138,8 +138,16 @@ pub fn auth_of(mode: u8) -> ClientAuth {
     }
 }
 
-fn sign<T: Signable>(payload: T, by: u32) -> Signed<T> {
-    Signed::sign(payload, replica_key(by)).expect("a payload always encodes")
+/// The scope every message of the fuzzed cluster is signed in.
+pub const SCOPE: Scope = Scope { cluster: ClusterId(1), epoch: Epoch(0) };
+
+fn sign<T: Scoped>(payload: T, by: u32) -> Signed<T> {
+    SCOPE.sign(payload, replica_key(by)).into_signed()
+}
+
+/// A membership handle of its own on `config`, as each replica or client holds one.
+pub fn handle(config: &Membership) -> MembershipHandle {
+    MembershipHandle::new(config.clone())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -276,14 +284,14 @@ impl ReqSpec {
         if self.unsigned() {
             return Signed { payload: self.payload(), signature: Signature::absent() };
         }
-        Signed::sign(self.payload(), client_key(self.client)).expect("a request always encodes")
+        SCOPE.sign(self.payload(), client_key(self.client)).into_signed()
     }
 
     fn verified(&self) -> Verified<Request> {
         if self.unsigned() {
-            return Verified::unsigned(self.payload()).expect("a request always encodes");
+            return SCOPE.unsigned(self.payload());
         }
-        Verified::sign(self.payload(), client_key(self.client)).expect("a request always encodes")
+        SCOPE.sign(self.payload(), client_key(self.client))
     }
 }
 
@@ -766,7 +774,8 @@ pub fn image_bytes(spec: &ImageSpec) -> Vec<u8> {
 pub fn image_mirror_matches() -> bool {
     static MATCHES: OnceLock<bool> = OnceLock::new();
     *MATCHES.get_or_init(|| {
-        let replica = Replica::new(ReplicaId(0), KeyPair::from_seed(replica_seed(0)), config(), FuzzKv::default());
+        let replica =
+            Replica::new(ReplicaId(0), KeyPair::from_seed(replica_seed(0)), handle(&config()), FuzzKv::default());
         let spec = ImageSpec::Structured { service: ServiceImage::Map(Vec::new()), clients: Vec::new() };
         let digest = ChunkedImage::new(image_bytes(&spec), params().state_chunk_bytes).digest();
         let matches = digest == replica.state_digest();
@@ -780,7 +789,7 @@ pub fn image_mirror_matches() -> bool {
 /// Builds signed messages from steps, recording what it makes in the pool.
 #[derive(Debug)]
 pub struct Builder<'a> {
-    pub config: &'a ClusterConfig,
+    pub config: &'a Membership,
     pub pool: &'a mut Pool,
     /// The fuzzed replica, if any (the harness signs nothing as it, except where a step
     /// says so).
@@ -1120,7 +1129,7 @@ impl Builder<'_> {
             }
             Step::Inquiry { client, nonce } => {
                 let inquiry = Inquiry { client_key: client_key(*client).public().into(), nonce: *nonce };
-                vec![Message::Inquiry(Signed::sign(inquiry, client_key(*client)).expect("encodes"))]
+                vec![Message::Inquiry(SCOPE.sign(inquiry, client_key(*client)).into_signed())]
             }
             Step::Stray { from, report } => {
                 let from = from.id();
@@ -1158,13 +1167,16 @@ impl Builder<'_> {
                 self.messages(step)
                     .into_iter()
                     .filter_map(|message| {
-                        let mut bytes = wire::encode(&message).ok()?;
+                        let mut bytes = wire::encode(SCOPE, &message).ok()?;
                         mutate(&mut bytes, edits);
-                        wire::decode(&bytes, self.config.params.frame_bytes_max).ok()
+                        wire::decode(&bytes, self.config.params.frame_bytes_max).ok().map(|envelope| envelope.message)
                     })
                     .collect()
             }
-            Step::Raw(bytes) => wire::decode(bytes, self.config.params.frame_bytes_max).into_iter().collect(),
+            Step::Raw(bytes) => wire::decode(bytes, self.config.params.frame_bytes_max)
+                .into_iter()
+                .map(|envelope| envelope.message)
+                .collect(),
             Step::Timer(_) | Step::Wait { .. } => Vec::new(),
         }
     }
@@ -1230,7 +1242,7 @@ pub fn corrupt_signature(message: &mut Message, bit: u16) {
 /// no leaves, 9 gives the first reply index `u32::MAX`, 10 changes the first reply's
 /// result after the tree was built; anything else leaves it valid.
 pub fn reply_bundle(from: u32, view: View, seq: SeqNum, replies: Vec<Reply>, tamper: u8) -> ReplyBundle {
-    let leaves: Vec<Digest> = replies.iter().map(|r| signing_digest(r).expect("a reply encodes")).collect();
+    let leaves: Vec<Digest> = replies.iter().map(|r| SCOPE.digest(r)).collect();
     let tree = MerkleTree::new(leaves.clone());
     let mut header = ReplyRoot { view, seq, replica: ReplicaId(from), leaves: leaves.len() as u32, root: tree.root() };
     let mut signer = from;
@@ -1259,9 +1271,9 @@ pub fn reply_bundle(from: u32, view: View, seq: SeqNum, replies: Vec<Reply>, tam
 
 /// A message a correct sender produced must pass edge verification at a correct receiver
 /// and fit in one frame.
-pub fn check_sendable(message: &VerifiedMessage, config: &ClusterConfig, who: &str) {
+pub fn check_sendable(message: &VerifiedMessage, config: &Membership, who: &str) {
     let wire_form = message.to_wire();
-    let frame = wire::encode_frame(&wire_form).expect("an outgoing message encodes");
+    let frame = wire::encode_frame(SCOPE, &wire_form).expect("an outgoing message encodes");
     assert!(
         frame.len() - wire::FRAME_HEADER_BYTES <= config.params.frame_bytes_max,
         "{who} sent a {:?} of {} bytes, over frame_bytes_max",
@@ -1276,11 +1288,11 @@ pub fn check_sendable(message: &VerifiedMessage, config: &ClusterConfig, who: &s
 /// The replies a correct replica sent one client, as the runtime frames them
 /// ([`reply_messages`]), must pass the client's checks on the connection from that replica
 /// and come out as they went in.
-pub fn check_replies_sendable(replies: &[VerifiedReply], config: &ClusterConfig, who: &str) {
+pub fn check_replies_sendable(replies: &[VerifiedReply], config: &Membership, who: &str) {
     let mut cache = ReplyRootCache::default();
     let mut received = Vec::new();
     for message in reply_messages(replies) {
-        let frame = wire::encode_frame(&message).expect("an outgoing message encodes");
+        let frame = wire::encode_frame(SCOPE, &message).expect("an outgoing message encodes");
         assert!(
             frame.len() - wire::FRAME_HEADER_BYTES <= config.params.frame_bytes_max,
             "{who}: reply frame too large"
@@ -1315,7 +1327,7 @@ pub fn check_replies_sendable(replies: &[VerifiedReply], config: &ClusterConfig,
 /// One replica of the fuzzed cluster, the time, and the pool.
 #[derive(Debug)]
 pub struct ReplicaHarness {
-    pub config: Arc<ClusterConfig>,
+    pub config: Arc<Membership>,
     pub replica: Replica<FuzzKv>,
     pub me: u32,
     pub now: Instant,
@@ -1331,7 +1343,7 @@ impl ReplicaHarness {
         let config = config_for(auth);
         let me = me % N;
         let key = KeyPair::from_seed(replica_seed(me));
-        let mut replica = Replica::new(ReplicaId(me), key, config.clone(), FuzzKv::default());
+        let mut replica = Replica::new(ReplicaId(me), key, handle(&config), FuzzKv::default());
         let actions = replica.start(Instant::ZERO);
         let mut harness =
             ReplicaHarness { config, replica, me, now: Instant::ZERO, pool: Pool::default(), timers: BTreeMap::new() };
@@ -1596,7 +1608,7 @@ pub enum ClientStep {
 /// the client has completed.
 #[derive(Debug)]
 pub struct ClientHarness {
-    pub config: Arc<ClusterConfig>,
+    pub config: Arc<Membership>,
     pub client: Client,
     pub roots: ReplyRootCache,
     pub now: Instant,
@@ -1611,7 +1623,7 @@ impl ClientHarness {
     pub fn new(first: u32, auth: ClientAuth) -> Self {
         let config = config_for(auth);
         let key = KeyPair::from_seed(client_seed(0));
-        let client = Client::new(key, config.clone(), Timestamp(u64::from(first) + 1));
+        let client = Client::new(key, handle(&config), Timestamp(u64::from(first) + 1));
         ClientHarness {
             config,
             client,
@@ -1701,8 +1713,8 @@ impl ClientHarness {
                 self.deliver(message, Some(ReplicaId(from)));
             }
             ClientStep::Raw { link, bytes } => {
-                if let Ok(message) = wire::decode(&bytes, self.config.params.frame_bytes_max) {
-                    self.deliver(message, Some(ReplicaId(link.id())));
+                if let Ok(envelope) = wire::decode(&bytes, self.config.params.frame_bytes_max) {
+                    self.deliver(envelope.message, Some(ReplicaId(link.id())));
                 }
             }
             ClientStep::Timer => {

@@ -17,7 +17,7 @@ use bulwark_framework::sim::byzantine::Strategy;
 use bulwark_framework::sim::byzantine_client::ClientAttack;
 use bulwark_framework::sim::campaign::{run_campaign, CampaignReport, CampaignSpec};
 use bulwark_framework::sim::twins::{run_twins, TwinsScope};
-use bulwark_framework::{ProtocolParams, ReplicaId, Service, View};
+use bulwark_framework::{ClusterId, MembershipHandle, ProtocolParams, ReplicaId, Service, View};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,13 +102,21 @@ enum Command {
     },
     /// Generate a cluster: DIR/cluster.toml and one secret key file per replica.
     Keygen {
-        /// Number of replicas.
+        /// Number of replicas (or give their ids with --ids).
         #[arg(long, default_value_t = 4)]
         replicas: usize,
+        /// The replicas' ids, any distinct numbers (default 0..replicas). An id names a
+        /// replica for as long as it is a member; it is not a position.
+        #[arg(long, value_delimiter = ',', value_name = "ID,ID,...")]
+        ids: Vec<u32>,
+        /// The cluster's id, bound into every signature: two clusters must not share one.
+        #[arg(long, default_value_t = 1)]
+        cluster_id: u32,
         /// Output directory (created; existing files are never overwritten).
         #[arg(long)]
         out: PathBuf,
-        /// Port of replica 0; replica i listens on base-port + i.
+        /// Port of the replica with the lowest id; the i-th in ascending id order listens
+        /// on base-port + i.
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
         /// Host of each replica (one for all, or one per replica).
@@ -444,7 +452,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let f = replicas.saturating_sub(1) / 3;
             for (index, (id, _)) in byzantine.iter().enumerate() {
-                if id.index() >= replicas {
+                if id.0 as usize >= replicas {
                     bail!("--byzantine {}: there are only {replicas} replicas", id.0);
                 }
                 if byzantine[..index].iter().any(|(other, _)| other == id) {
@@ -478,8 +486,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ServiceKind::Echo => demo::<Echo>(demo_spec).await,
             }
         }
-        Command::Keygen { replicas, out, base_port, hosts } => {
-            let spec = Keygen { replicas, hosts, base_port, params: ProtocolParams::default() };
+        Command::Keygen { replicas, ids, cluster_id, out, base_port, hosts } => {
+            let replicas = if ids.is_empty() { replicas } else { ids.len() };
+            let spec = Keygen {
+                cluster_id: ClusterId(cluster_id),
+                replicas,
+                ids: ids.into_iter().map(ReplicaId).collect(),
+                hosts,
+                base_port,
+                params: ProtocolParams::default(),
+            };
             let file = keygen(&spec, &out, &mut rand::rngs::OsRng)?;
             println!("wrote {} and {} key files", out.join("cluster.toml").display(), file.replicas.len());
             for entry in &file.replicas {
@@ -594,7 +610,7 @@ async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
     }
     let mut cluster =
         LocalCluster::<S>::start_with_byzantine(replicas, params, S::default, data_dir, &byzantine).await?;
-    let f = cluster.cluster.f();
+    let f = cluster.membership.f();
     eprintln!(
         "started {replicas} replicas (f = {f}) on {}; {clients} clients x {} in flight for {:?}",
         cluster.addresses.values().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
@@ -605,7 +621,7 @@ async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
     for _ in 0..clients {
         handles.push(cluster.client(ClientOptions::default()).await?);
     }
-    let primary = cluster.cluster.primary(View(0));
+    let primary = cluster.membership.primary(View(0));
     if let Some(after) = crash_primary_after {
         eprintln!("replica {} (the primary of view 0) will be stopped after {after:?}", primary.0);
     }
@@ -699,12 +715,12 @@ async fn replica<S: Workload>(options: ReplicaOptions) -> anyhow::Result<()> {
     let id = ReplicaId(id);
     let key_file = key.unwrap_or_else(|| key_path(config.parent().unwrap_or(std::path::Path::new(".")), id));
     let key = load_replica_key(&file, id, &key_file)?;
-    let cluster = Arc::new(file.cluster()?);
-    let verifier = VerifierPool::start(default_threads(), cluster.clone());
+    let membership = file.membership()?;
+    let verifier = VerifierPool::start(default_threads(), MembershipHandle::new(membership.clone()));
     let setup = ReplicaSetup {
         id,
         key,
-        cluster,
+        membership,
         addresses: file.addresses(),
         service: S::default(),
         verifier,
@@ -758,11 +774,11 @@ async fn replica<S: Workload>(options: ReplicaOptions) -> anyhow::Result<()> {
 }
 
 async fn connect<S: Service>(file: &ClusterFile, timeout: Duration) -> anyhow::Result<Client<S>> {
-    let cluster = Arc::new(file.cluster()?);
-    let verifier = VerifierPool::start(1, cluster.clone());
+    let membership = file.membership()?;
+    let verifier = VerifierPool::start(1, MembershipHandle::new(membership.clone()));
     let key = KeyPair::generate(&mut rand::rngs::OsRng);
     let options = ClientOptions { timeout, ..ClientOptions::default() };
-    Ok(Client::connect(cluster, file.addresses(), key, verifier, options).await?)
+    Ok(Client::connect(membership, file.addresses(), key, verifier, options).await?)
 }
 
 fn parse_amount(text: &str) -> anyhow::Result<u64> {
@@ -880,7 +896,12 @@ async fn bench_in_process(
         handles.push(cluster.client(ClientOptions::default()).await?);
     }
     let attacker = client_attack.map(|attack| {
-        ClientAttacker::start(attack, cluster.cluster.clone(), cluster.addresses.clone(), CLIENT_ATTACK_STEPS_PER_S)
+        ClientAttacker::start(
+            attack,
+            Arc::new(cluster.membership.clone()),
+            cluster.addresses.clone(),
+            CLIENT_ATTACK_STEPS_PER_S,
+        )
     });
     let report = run_load(&handles, spec).await;
     let attacked = match attacker {

@@ -90,9 +90,17 @@ pub fn ephemeral_port() -> u16 {
 }
 
 pub fn keygen(dir: &Path) -> PathBuf {
+    keygen_with(dir, &["--replicas", "4"])
+}
+
+/// `bulwark keygen` into `dir` with `args` (besides the output directory and a free base
+/// port); the cluster file's path.
+pub fn keygen_with(dir: &Path, args: &[&str]) -> PathBuf {
     let base = free_base_port(4).to_string();
     let out = dir.to_str().unwrap();
-    let output = bulwark(&["keygen", "--replicas", "4", "--out", out, "--base-port", &base]);
+    let mut all = vec!["keygen", "--out", out, "--base-port", &base];
+    all.extend_from_slice(args);
+    let output = bulwark(&all);
     assert!(output.status.success(), "keygen: {}", String::from_utf8_lossy(&output.stderr));
     dir.join("cluster.toml")
 }
@@ -258,11 +266,11 @@ pub fn read_log(path: &Path) -> String {
 /// Connects a kv client to the cluster of `config` (inside an actix System).
 pub async fn connect(config: &Path, timeout: Duration) -> Client<KvStore> {
     let file = ClusterFile::load(config).unwrap();
-    let cluster = Arc::new(file.cluster().unwrap());
-    let verifier = VerifierPool::start(1, cluster.clone());
+    let membership = file.membership().unwrap();
+    let verifier = VerifierPool::start(1, bulwark_framework::MembershipHandle::new(membership.clone()));
     let key = KeyPair::generate(&mut rand::rngs::OsRng);
     let options = ClientOptions { timeout, ..ClientOptions::default() };
-    Client::connect(cluster, file.addresses(), key, verifier, options).await.expect("client connects")
+    Client::connect(membership, file.addresses(), key, verifier, options).await.expect("client connects")
 }
 
 /// Runs `ops` against the cluster from a fresh client in a System of its own, `lanes` at a

@@ -6,21 +6,16 @@
 //! to [`Slot`], bounded by the window; messages for the next window are buffered per
 //! sender with a bound (C5); anything further is refused.
 
-use crate::config::ClusterConfig;
 use crate::ids::{ReplicaId, SeqNum, View};
+use crate::membership::{MemberMap, Membership, MembershipHandle};
 use crate::messages::{
     Batch, Commit, MessageKind, PrePrepare, Prepare, SlotProgress, Status, VerifiedMessage, VerifiedPrepared,
 };
 use crate::quorum::{VoteOutcome, VoteSet};
 use crate::roles::view_change::null_digest;
-use bulwark_crypto::{Digest, KeyPair, Signable, Verified};
+use bulwark_crypto::{Digest, KeyPair, Verified};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-
-/// Signs one of the replica's own messages. Encoding a fixed-shape payload cannot fail.
-pub(crate) fn sign<T: Signable>(payload: T, key: &KeyPair) -> Verified<T> {
-    Verified::sign(payload, key).expect("encoding a protocol payload cannot fail")
-}
 
 /// Where a sequence number falls relative to the watermarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +63,12 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(n: usize) -> Self {
+    fn new(membership: &Membership) -> Self {
         Slot {
             pre_prepare: None,
             batch: None,
-            prepares: VoteSet::new(n),
-            commits: VoteSet::new(n),
+            prepares: VoteSet::new(membership),
+            commits: VoteSet::new(membership),
             prepared: false,
             committed: false,
             own_commit: None,
@@ -113,14 +108,14 @@ pub struct PreparedProof {
 #[derive(Debug)]
 pub struct Backup {
     me: ReplicaId,
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     view: View,
     low: SeqNum,
     slots: BTreeMap<SeqNum, Slot>,
     /// For each sequence number above `h` that prepared here: the certificate from the
     /// highest view in which it prepared (VC9). Bounded by the window.
     prepared: BTreeMap<SeqNum, PreparedProof>,
-    future: Vec<VecDeque<VerifiedMessage>>,
+    future: MemberMap<VecDeque<VerifiedMessage>>,
     rule: QuorumRule,
     /// Set while the replica is view-changing: nothing more is signed in this view (VC4a),
     /// whatever arrives (a fetched batch, a replayed vote). A frozen backup still logs
@@ -160,16 +155,16 @@ pub enum BackupOutput {
 }
 
 impl Backup {
-    pub fn new(me: ReplicaId, config: Arc<ClusterConfig>) -> Self {
-        let n = config.n();
+    pub fn new(me: ReplicaId, membership: MembershipHandle) -> Self {
+        let members = membership.current();
         Backup {
             me,
-            config,
+            membership,
             view: View(0),
             low: SeqNum(0),
             slots: BTreeMap::new(),
             prepared: BTreeMap::new(),
-            future: (0..n).map(|_| VecDeque::new()).collect(),
+            future: MemberMap::new(&members, |_| VecDeque::new()),
             rule: QuorumRule::Correct,
             frozen: false,
             signed_before: BTreeMap::new(),
@@ -202,8 +197,10 @@ impl Backup {
         for ((kind, view, seq), digest) in &votes {
             if *kind == MessageKind::Commit && *seq > self.low {
                 // Ascending view order: the latest view's COMMIT for `seq` wins.
-                recorded_commits
-                    .insert(*seq, sign(Commit { view: *view, seq: *seq, digest: *digest, replica: me }, key));
+                recorded_commits.insert(
+                    *seq,
+                    self.membership.sign(Commit { view: *view, seq: *seq, digest: *digest, replica: me }, key),
+                );
             }
         }
         self.recorded_commits = recorded_commits;
@@ -230,11 +227,11 @@ impl Backup {
 
     /// The high watermark `h + L`.
     pub fn high(&self) -> SeqNum {
-        SeqNum(self.low.0.saturating_add(self.config.params.watermark_window))
+        SeqNum(self.low.0.saturating_add(self.membership.current().params.watermark_window))
     }
 
     pub fn position(&self, seq: SeqNum) -> WindowPosition {
-        let window = self.config.params.watermark_window;
+        let window = self.membership.current().params.watermark_window;
         if seq <= self.low {
             WindowPosition::Below
         } else if seq.0 <= self.low.0.saturating_add(window) {
@@ -248,15 +245,16 @@ impl Backup {
 
     fn prepare_threshold(&self) -> usize {
         match self.rule {
-            QuorumRule::Correct => 2 * self.config.f(),
-            QuorumRule::Weakened => self.config.f(),
+            // With the pre-prepare, a quorum (2f + 1 when n = 3f + 1).
+            QuorumRule::Correct => self.membership.current().quorum() - 1,
+            QuorumRule::Weakened => self.membership.current().f(),
         }
     }
 
     fn commit_threshold(&self) -> usize {
         match self.rule {
-            QuorumRule::Correct => self.config.quorum(),
-            QuorumRule::Weakened => self.config.f() + 1,
+            QuorumRule::Correct => self.membership.current().quorum(),
+            QuorumRule::Weakened => self.membership.current().f() + 1,
         }
     }
 
@@ -276,8 +274,11 @@ impl Backup {
                 false
             }
             WindowPosition::Ahead => {
-                let limit = self.config.params.future_messages_per_sender_max;
-                let queue = &mut self.future[sender.index()];
+                let limit = self.membership.current().params.future_messages_per_sender_max;
+                let Some(queue) = self.future.get_mut(sender) else {
+                    out.push(BackupOutput::Refused("future buffer full"));
+                    return false;
+                };
                 if queue.len() < limit {
                     queue.push_back(message());
                 } else {
@@ -293,8 +294,8 @@ impl Backup {
     }
 
     fn slot_mut(&mut self, seq: SeqNum) -> &mut Slot {
-        let n = self.config.n();
-        self.slots.entry(seq).or_insert_with(|| Slot::new(n))
+        let membership = &self.membership;
+        self.slots.entry(seq).or_insert_with(|| Slot::new(&membership.current()))
     }
 
     /// N1: accept a pre-prepare from the primary of the current view.
@@ -309,7 +310,7 @@ impl Backup {
         key: &KeyPair,
         out: &mut Vec<BackupOutput>,
     ) {
-        let primary = self.config.primary(pre_prepare.view);
+        let primary = self.membership.current().primary(pre_prepare.view);
         if pre_prepare.view != self.view {
             out.push(BackupOutput::Refused("pre-prepare for another view"));
             return;
@@ -354,6 +355,7 @@ impl Backup {
             None => {}
         }
         let may_sign = self.may_sign(MessageKind::Prepare, view, seq, digest);
+        let scope = self.membership.scope();
         let slot = self.slot_mut(seq);
         slot.pre_prepare = Some(pre_prepare);
         slot.batch = Some(batch);
@@ -362,7 +364,7 @@ impl Backup {
             return;
         }
         if !i_am_primary && !frozen {
-            let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
+            let prepare = scope.sign(Prepare { view, seq, digest, replica: me }, key);
             slot.prepares.add(me, digest, prepare.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));
         }
@@ -376,7 +378,7 @@ impl Backup {
             out.push(BackupOutput::Refused("prepare for another view"));
             return;
         }
-        if prepare.replica == self.config.primary(prepare.view) {
+        if prepare.replica == self.membership.current().primary(prepare.view) {
             out.push(BackupOutput::Refused("prepare from the primary (N4)"));
             return;
         }
@@ -385,7 +387,7 @@ impl Backup {
             return;
         }
         let (seq, replica, digest) = (prepare.seq, prepare.replica, prepare.digest);
-        let (threshold, primary) = (self.prepare_threshold(), self.config.primary(self.view));
+        let (threshold, primary) = (self.prepare_threshold(), self.membership.current().primary(self.view));
         let outcome = self.slot_mut(seq).prepares.add_completing(replica, digest, prepare, threshold, Some(primary));
         if outcome == VoteOutcome::Conflicting {
             out.push(BackupOutput::Refused("conflicting prepare from one replica (PF7)"));
@@ -420,7 +422,7 @@ impl Backup {
         let may_commit = self.may_sign(MessageKind::Commit, self.view, seq, digest);
         let prepare_threshold = self.prepare_threshold();
         let commit_threshold = self.commit_threshold();
-        let primary = self.config.primary(self.view);
+        let primary = self.membership.current().primary(self.view);
         let (view, me) = (self.view, self.me);
         let Some(slot) = self.slots.get_mut(&seq) else {
             return;
@@ -465,7 +467,7 @@ impl Backup {
             let proof = PreparedProof { certificate, batch };
             out.push(BackupOutput::Prepared(seq, proof.clone()));
             self.prepared.insert(seq, proof);
-            let commit = sign(Commit { view, seq, digest, replica: me }, key);
+            let commit = self.membership.sign(Commit { view, seq, digest, replica: me }, key);
             slot.commits.add(me, digest, commit.clone());
             slot.own_commit = Some(commit.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Commit(commit)));
@@ -528,7 +530,7 @@ impl Backup {
         self.recorded_certificates.retain(|seq, _| *seq > stable);
         self.equivocations_reported.retain(|seq| *seq > stable);
         let mut replay = Vec::new();
-        for queue in &mut self.future {
+        for queue in self.future.values_mut() {
             replay.extend(queue.drain(..));
         }
         replay
@@ -563,7 +565,8 @@ impl Backup {
         }
         let first = status.first_slot.max(self.low.next());
         // Saturating: `first_slot` is the peer's word (fuzzing found u64::MAX - 5).
-        let last = SeqNum(first.0.saturating_add(self.config.params.watermark_window - 1)).min(self.high());
+        let last =
+            SeqNum(first.0.saturating_add(self.membership.current().params.watermark_window - 1)).min(self.high());
         if first > last {
             return messages;
         }
@@ -636,7 +639,7 @@ impl Backup {
     /// VC9: the prepared certificates above `stable` (at most `L` of them, one per sequence
     /// number, each from the highest view in which it prepared here).
     pub fn prepared_certificates(&self, stable: SeqNum) -> BTreeMap<SeqNum, VerifiedPrepared> {
-        let last = SeqNum(stable.0 + self.config.params.watermark_window);
+        let last = SeqNum(stable.0 + self.membership.current().params.watermark_window);
         self.prepared.range(stable.next()..=last).map(|(seq, proof)| (*seq, proof.certificate.clone())).collect()
     }
 
@@ -703,10 +706,10 @@ impl Backup {
         self.frozen = false;
         self.equivocations_reported.clear();
         self.slots.retain(|seq, slot| *seq <= low && slot.committed);
-        for queue in &mut self.future {
+        for queue in self.future.values_mut() {
             queue.retain(|message| message_view(message).is_none_or(|v| v >= view));
         }
-        let i_am_primary = self.config.primary(view) == self.me;
+        let i_am_primary = self.membership.current().primary(view) == self.me;
         let mut missing = Vec::new();
         for pre_prepare in pre_prepares.iter().filter(|pp| pp.seq > low && pp.view == view) {
             let (seq, digest) = (pre_prepare.seq, pre_prepare.digest);
@@ -716,11 +719,12 @@ impl Backup {
             }
             let me = self.me;
             let may_sign = self.may_sign(MessageKind::Prepare, view, seq, digest);
+            let scope = self.membership.scope();
             let slot = self.slot_mut(seq);
             slot.pre_prepare = Some(pre_prepare.clone());
             slot.batch = batch;
             if !i_am_primary && may_sign {
-                let prepare = sign(Prepare { view, seq, digest, replica: me }, key);
+                let prepare = scope.sign(Prepare { view, seq, digest, replica: me }, key);
                 slot.prepares.add(me, digest, prepare.clone());
                 out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));
             }
@@ -756,7 +760,7 @@ impl Backup {
 
     /// Messages buffered for the next window, all senders.
     pub fn future_len(&self) -> usize {
-        self.future.iter().map(VecDeque::len).sum()
+        self.future.values().map(VecDeque::len).sum()
     }
 }
 

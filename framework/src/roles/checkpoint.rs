@@ -15,13 +15,12 @@
 //! replica some time after the collector formed it, with other inputs in between;
 //! [`crate::roles::replica::Replica::new`] hosts one in place for role-level tests.
 
-use crate::config::ClusterConfig;
-use crate::ids::SeqNum;
+use crate::ids::{ReplicaId, SeqNum};
+use crate::membership::{MemberMap, MembershipHandle};
 use crate::messages::Checkpoint;
 use crate::quorum::{VoteOutcome, VoteSet};
 use bulwark_crypto::{Digest, Verified};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// A stable checkpoint and its proof: `2f + 1` matching signed CHECKPOINTs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,20 +60,20 @@ impl StableCheckpoint {
 /// The checkpoint collector role.
 #[derive(Debug)]
 pub struct CheckpointCollector {
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     stable: StableCheckpoint,
     pending: BTreeMap<SeqNum, VoteSet<Checkpoint>>,
-    open_per_member: Vec<usize>,
+    open_per_member: MemberMap<usize>,
 }
 
 impl CheckpointCollector {
-    pub fn new(config: Arc<ClusterConfig>) -> Self {
-        let n = config.n();
+    pub fn new(membership: MembershipHandle) -> Self {
+        let open_per_member = MemberMap::new(&membership.current(), |_| 0);
         CheckpointCollector {
-            config,
+            membership,
             stable: StableCheckpoint::initial(),
             pending: BTreeMap::new(),
-            open_per_member: vec![0; n],
+            open_per_member,
         }
     }
 
@@ -83,7 +82,7 @@ impl CheckpointCollector {
     }
 
     fn open_max(&self) -> usize {
-        let params = &self.config.params;
+        let params = &self.membership.current().params;
         (params.watermark_window / params.checkpoint_interval) as usize + 2
     }
 
@@ -111,33 +110,34 @@ impl CheckpointCollector {
         if seq <= self.stable.seq {
             return Err("checkpoint at or below the stable one");
         }
-        if !seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
+        if !seq.0.is_multiple_of(self.membership.current().params.checkpoint_interval) {
             return Err("checkpoint at a sequence number that is not a multiple of K");
         }
-        let member = checkpoint.replica.index();
-        if !self.pending.get(&seq).is_some_and(|votes| votes.has_voted(checkpoint.replica))
-            && self.open_per_member[member] >= self.open_max()
-        {
+        let member = checkpoint.replica;
+        let Some(open) = self.open_per_member.get(member).copied() else {
+            return Err("checkpoint from a non-member");
+        };
+        if !self.pending.get(&seq).is_some_and(|votes| votes.has_voted(member)) && open >= self.open_max() {
             // Displace this member's oldest open checkpoint, or refuse if this one is older.
             let oldest = self.pending.iter().find(|(_, votes)| votes.has_voted(checkpoint.replica)).map(|(s, _)| *s);
             match oldest {
-                Some(oldest) if oldest < seq => self.remove_vote(oldest, checkpoint.replica.index()),
+                Some(oldest) if oldest < seq => self.remove_vote(oldest, member),
                 _ => return Err("too many open checkpoints from one member"),
             }
         }
-        let n = self.config.n();
-        let votes = self.pending.entry(seq).or_insert_with(|| VoteSet::new(n));
+        let membership = self.membership.current();
+        let votes = self.pending.entry(seq).or_insert_with(|| VoteSet::new(&membership));
         let digest = checkpoint.state_digest;
         // A member's second, conflicting checkpoint counts instead of its first if it
         // completes a proof (see `VoteSet::add_completing`): else a member that sent one
         // replica a wrong digest first keeps it from ever taking the others' proof.
-        match votes.add_completing(checkpoint.replica, digest, checkpoint, self.config.quorum(), None) {
-            VoteOutcome::Added => self.open_per_member[member] += 1,
+        match votes.add_completing(member, digest, checkpoint, membership.quorum(), None) {
+            VoteOutcome::Added => *self.open_per_member.get_mut(member).expect("a member") += 1,
             VoteOutcome::Duplicate => return Ok(None),
             VoteOutcome::Replaced => {}
             VoteOutcome::Conflicting => return Err("conflicting checkpoint from one member"),
         }
-        if votes.count(digest, None) < self.config.quorum() {
+        if votes.count(digest, None) < membership.quorum() {
             return Ok(None);
         }
         let proof: Vec<Verified<Checkpoint>> = votes.certificate(digest).into_iter().cloned().collect();
@@ -154,10 +154,12 @@ impl CheckpointCollector {
         }
     }
 
-    fn remove_vote(&mut self, seq: SeqNum, member: usize) {
+    fn remove_vote(&mut self, seq: SeqNum, member: ReplicaId) {
         if let Some(votes) = self.pending.get_mut(&seq) {
-            votes.remove(crate::ids::ReplicaId(member as u32));
-            self.open_per_member[member] -= 1;
+            votes.remove(member);
+            if let Some(open) = self.open_per_member.get_mut(member) {
+                *open -= 1;
+            }
             if votes.is_empty() {
                 self.pending.remove(&seq);
             }
@@ -170,9 +172,9 @@ impl CheckpointCollector {
         let dropped: Vec<SeqNum> = self.pending.range(..=stable).map(|(s, _)| *s).collect();
         for seq in dropped {
             if let Some(votes) = self.pending.remove(&seq) {
-                for member in 0..self.config.n() {
-                    if votes.has_voted(crate::ids::ReplicaId(member as u32)) {
-                        self.open_per_member[member] -= 1;
+                for (member, open) in self.open_per_member.iter_mut() {
+                    if votes.has_voted(member) {
+                        *open -= 1;
                     }
                 }
             }

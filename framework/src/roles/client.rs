@@ -11,13 +11,12 @@
 //! needs `2f + 1` matching replies, and falls back to an ordered request when they do not
 //! come (replies differ, or the timer fires).
 
-use crate::config::{ClientAuth, ClusterConfig};
+use crate::config::ClientAuth;
 use crate::ids::{ClientId, Instant, ReplicaId, Timestamp, View};
+use crate::membership::{MemberMap, Membership, MembershipHandle};
 use crate::messages::{client_id, Inquiry, Request, VerifiedReply};
-use crate::roles::backup::sign;
 use bulwark_crypto::{KeyPair, Verified};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// What the client asks its runtime to do, or reports.
 #[derive(Debug, Clone)]
@@ -54,7 +53,7 @@ pub enum ClientError {
 struct Outstanding {
     request: Verified<Request>,
     /// The first reply from each replica: its result and view.
-    replies: Vec<Option<(Vec<u8>, View)>>,
+    replies: MemberMap<Option<(Vec<u8>, View)>>,
     deadline: Instant,
     retransmissions: u32,
 }
@@ -64,7 +63,7 @@ struct Outstanding {
 pub struct Client {
     key: KeyPair,
     id: ClientId,
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     next_timestamp: Timestamp,
     view: View,
     outstanding: BTreeMap<Timestamp, Outstanding>,
@@ -75,12 +74,12 @@ impl Client {
     /// A client with `key`, whose first timestamp is `first_timestamp`. A client that
     /// restarts must start above every timestamp it used before (the runtime uses the
     /// wall clock in microseconds).
-    pub fn new(key: KeyPair, config: Arc<ClusterConfig>, first_timestamp: Timestamp) -> Self {
+    pub fn new(key: KeyPair, membership: MembershipHandle, first_timestamp: Timestamp) -> Self {
         let id = client_id(&key.public().into());
         Client {
             key,
             id,
-            config,
+            membership,
             next_timestamp: first_timestamp,
             view: View(0),
             outstanding: BTreeMap::new(),
@@ -98,7 +97,7 @@ impl Client {
 
     /// A signed INQUIRY (where is each replica?) with `nonce`.
     pub fn inquiry(&self, nonce: u64) -> Verified<Inquiry> {
-        sign(Inquiry { client_key: self.key.public().into(), nonce }, &self.key)
+        self.membership.sign(Inquiry { client_key: self.key.public().into(), nonce }, &self.key)
     }
 
     /// Timestamps of the requests still outstanding.
@@ -114,7 +113,7 @@ impl Client {
     /// Whether [`Client::invoke`] would refuse a request now for lack of room in the
     /// client window.
     pub fn window_full(&self) -> bool {
-        let limit = self.config.params.client_window;
+        let limit = self.membership.current().params.client_window;
         let oldest = self.outstanding.keys().next().copied().unwrap_or(self.next_timestamp);
         self.next_timestamp.0 >= oldest.0 + limit
     }
@@ -130,10 +129,10 @@ impl Client {
         // timestamp must stay within W of the oldest outstanding one, or that one would
         // fall below the window and be dropped as too old.
         if self.window_full() {
-            let limit = self.config.params.client_window as usize;
+            let limit = self.membership.current().params.client_window as usize;
             return Err(ClientError::WindowFull { outstanding: self.outstanding.len(), limit });
         }
-        let bytes_limit = self.config.params.request_bytes_max;
+        let bytes_limit = self.membership.current().params.request_bytes_max;
         if operation.len() > bytes_limit {
             return Err(ClientError::OperationTooLarge { bytes: operation.len(), limit: bytes_limit });
         }
@@ -144,19 +143,24 @@ impl Client {
         let mut actions = vec![if read_only {
             ClientAction::Broadcast { request: request.clone() }
         } else {
-            ClientAction::Send { to: self.config.primary(self.view), request: request.clone() }
+            ClientAction::Send { to: self.membership.current().primary(self.view), request: request.clone() }
         }];
-        let deadline = now + self.config.params.client_retransmit();
+        let deadline = now + self.membership.current().params.client_retransmit();
         self.outstanding.insert(
             timestamp,
-            Outstanding { request, replies: vec![None; self.config.n()], deadline, retransmissions: 0 },
+            Outstanding {
+                request,
+                replies: MemberMap::new(&self.membership.current(), |_| None),
+                deadline,
+                retransmissions: 0,
+            },
         );
         self.rearm(&mut actions);
         Ok((timestamp, actions))
     }
 
     fn authenticate(&self, request: Request) -> Verified<Request> {
-        authenticate(&self.config, &self.key, request)
+        authenticate(&self.membership.current(), &self.key, request)
     }
 
     /// CL2: take a verified reply. It counts for the replica it is attributed to (its
@@ -167,24 +171,28 @@ impl Client {
             return actions;
         }
         let timestamp = reply.timestamp;
-        let n = self.config.n();
+        let n = self.membership.current().n();
         let Some(pending) = self.outstanding.get_mut(&timestamp) else {
             return actions;
         };
         if reply.read_only != pending.request.read_only {
             return actions;
         }
-        let Some(slot) = pending.replies.get_mut(reply.attributed_to().index()) else {
+        let Some(slot) = pending.replies.get_mut(reply.attributed_to()) else {
             return actions;
         };
         if slot.is_some() {
             return actions;
         }
         *slot = Some((reply.result.clone(), reply.view));
-        let needed = if pending.request.read_only { self.config.quorum() } else { self.config.weak_quorum() };
+        let needed = if pending.request.read_only {
+            self.membership.current().quorum()
+        } else {
+            self.membership.current().weak_quorum()
+        };
         let matching: Vec<View> = pending
             .replies
-            .iter()
+            .values()
             .flatten()
             .filter(|(result, _)| *result == reply.result)
             .map(|(_, view)| *view)
@@ -194,12 +202,12 @@ impl Client {
             views.sort_unstable_by(|a, b| b.cmp(a));
             // The (f+1)-th highest view among matching replies is vouched for by at least
             // one correct replica.
-            let vouched = views[self.config.weak_quorum() - 1];
+            let vouched = views[self.membership.current().weak_quorum() - 1];
             self.view = self.view.max(vouched);
             self.outstanding.remove(&timestamp);
             actions.push(ClientAction::Completed { timestamp, result: reply.result.clone() });
         } else if pending.request.read_only {
-            let replied = pending.replies.iter().flatten().count();
+            let replied = pending.replies.values().flatten().count();
             let best = best_match(&pending.replies);
             if best + (n - replied) < needed {
                 self.fall_back_to_ordered(timestamp, now, &mut actions);
@@ -219,7 +227,7 @@ impl Client {
                 self.fall_back_to_ordered(timestamp, now, &mut actions);
                 continue;
             }
-            let base = self.config.params.client_retransmit();
+            let base = self.membership.current().params.client_retransmit();
             let pending = self.outstanding.get_mut(&timestamp).expect("due entry exists");
             pending.retransmissions += 1;
             pending.deadline = now + base * (1u32 << pending.retransmissions.min(3));
@@ -236,9 +244,9 @@ impl Client {
         };
         let mut request = pending.request.payload().clone();
         request.read_only = false;
-        pending.request = authenticate(&self.config, &self.key, request);
-        pending.replies = vec![None; self.config.n()];
-        pending.deadline = now + self.config.params.client_retransmit();
+        pending.request = authenticate(&self.membership.current(), &self.key, request);
+        pending.replies = MemberMap::new(&self.membership.current(), |_| None);
+        pending.deadline = now + self.membership.current().params.client_retransmit();
         actions.push(ClientAction::Broadcast { request: pending.request.clone() });
     }
 
@@ -254,14 +262,14 @@ impl Client {
 }
 
 /// A request signed by the client, or (`client_auth = "connection"`) sent unsigned.
-fn authenticate(config: &ClusterConfig, key: &KeyPair, request: Request) -> Verified<Request> {
-    match config.params.client_auth {
-        ClientAuth::Signed => sign(request, key),
-        ClientAuth::Connection => Verified::unsigned(request).expect("encoding a request cannot fail"),
+fn authenticate(membership: &Membership, key: &KeyPair, request: Request) -> Verified<Request> {
+    match membership.params.client_auth {
+        ClientAuth::Signed => membership.scope().sign(request, key),
+        ClientAuth::Connection => membership.scope().unsigned(request),
     }
 }
 
-fn best_match(replies: &[Option<(Vec<u8>, View)>]) -> usize {
-    let results: Vec<&Vec<u8>> = replies.iter().flatten().map(|(r, _)| r).collect();
+fn best_match(replies: &MemberMap<Option<(Vec<u8>, View)>>) -> usize {
+    let results: Vec<&Vec<u8>> = replies.values().flatten().map(|(r, _)| r).collect();
     results.iter().map(|r| results.iter().filter(|other| *other == r).count()).max().unwrap_or(0)
 }

@@ -2,14 +2,14 @@
 //! service, keeps the client table for exactly-once replies, and takes checkpoint images.
 //! (PBFT.md E1–E4, CX2–CX4, C1–C2.)
 
-use crate::config::{ClientAuth, ClusterConfig};
+use crate::config::ClientAuth;
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
+use crate::membership::MembershipHandle;
 use crate::messages::{Batch, Reply, ReplyProof, ReplyRoot, Request, VerifiedReply};
-use crate::roles::backup::sign;
 use crate::service::{Outcome, Service};
 use crate::state::ChunkedImage;
 use bulwark_crypto::merkle::MerkleTree;
-use bulwark_crypto::{signing_digest, Digest, KeyPair};
+use bulwark_crypto::{Digest, KeyPair};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -128,7 +128,7 @@ struct Image {
 /// The executor role.
 pub struct Executor<S: Service> {
     me: ReplicaId,
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     service: S,
     clients: ClientTable,
     last_executed: SeqNum,
@@ -160,10 +160,10 @@ pub struct Execution {
 }
 
 impl<S: Service> Executor<S> {
-    pub fn new(me: ReplicaId, config: Arc<ClusterConfig>, service: S) -> Self {
+    pub fn new(me: ReplicaId, membership: MembershipHandle, service: S) -> Self {
         Executor {
             me,
-            config,
+            membership,
             service,
             clients: ClientTable::default(),
             last_executed: SeqNum(0),
@@ -178,7 +178,7 @@ impl<S: Service> Executor<S> {
     }
 
     pub fn request_status(&self, request: &Request) -> RequestStatus {
-        self.clients.status(request.client(), request.timestamp, self.config.params.client_window)
+        self.clients.status(request.client(), request.timestamp, self.membership.current().params.client_window)
     }
 
     pub fn service(&self) -> &S {
@@ -201,13 +201,13 @@ impl<S: Service> Executor<S> {
     ) -> VerifiedReply {
         let reply =
             Reply { view, timestamp: request.timestamp, client: request.client(), replica: self.me, read_only, result };
-        match self.config.params.client_auth {
+        match self.membership.current().params.client_auth {
             ClientAuth::Connection => {
-                let digest = signing_digest(&reply).expect("encoding a reply cannot fail");
+                let digest = self.membership.scope().digest(&reply);
                 VerifiedReply::new(reply, digest, self.me, ReplyProof::Connection)
             }
             ClientAuth::Signed => {
-                let signed = sign(reply, key);
+                let signed = self.membership.sign(reply, key);
                 let (digest, signature) = (signed.digest(), signed.signed().signature);
                 VerifiedReply::new(signed.into_signed().payload, digest, self.me, ReplyProof::Signature(signature))
             }
@@ -224,9 +224,9 @@ impl<S: Service> Executor<S> {
         replies: Vec<(ClientId, Reply)>,
         key: &KeyPair,
     ) -> Vec<(ClientId, VerifiedReply)> {
-        let leaves: Vec<Digest> =
-            replies.iter().map(|(_, reply)| signing_digest(reply).expect("encoding a reply cannot fail")).collect();
-        if self.config.params.client_auth == ClientAuth::Connection || replies.is_empty() {
+        let scope = self.membership.scope();
+        let leaves: Vec<Digest> = replies.iter().map(|(_, reply)| scope.digest(reply)).collect();
+        if self.membership.current().params.client_auth == ClientAuth::Connection || replies.is_empty() {
             return replies
                 .into_iter()
                 .zip(leaves)
@@ -237,7 +237,7 @@ impl<S: Service> Executor<S> {
         }
         let tree = MerkleTree::new(leaves.clone());
         let header = ReplyRoot { view, seq, replica: self.me, leaves: leaves.len() as u32, root: tree.root() };
-        let root = Arc::new(sign(header, key).into_signed());
+        let root = Arc::new(scope.sign(header, key).into_signed());
         replies
             .into_iter()
             .zip(leaves)
@@ -266,8 +266,8 @@ impl<S: Service> Executor<S> {
     /// executed (or below their client's window) are skipped, deterministically (N2, CX4).
     pub fn execute(&mut self, seq: SeqNum, view: View, batch: &Batch, key: &KeyPair) -> Execution {
         assert_eq!(seq, self.last_executed.next(), "E1: execution is strictly in order");
-        let window = self.config.params.client_window;
-        let max_clients = self.config.params.client_table_max;
+        let window = self.membership.current().params.client_window;
+        let max_clients = self.membership.current().params.client_table_max;
         let mut replies = Vec::new();
         let mut executed_requests = 0;
         for request in batch.requests() {
@@ -293,8 +293,8 @@ impl<S: Service> Executor<S> {
         }
         let replies = self.batch_replies(seq, view, replies, key);
         self.last_executed = seq;
-        let checkpoint = if seq.0.is_multiple_of(self.config.params.checkpoint_interval) {
-            let image = ChunkedImage::new(self.image(), self.config.params.state_chunk_bytes);
+        let checkpoint = if seq.0.is_multiple_of(self.membership.current().params.checkpoint_interval) {
+            let image = ChunkedImage::new(self.image(), self.membership.current().params.state_chunk_bytes);
             let digest = image.digest();
             self.images.insert(seq, Arc::new(image));
             Some((seq, digest))
@@ -315,7 +315,7 @@ impl<S: Service> Executor<S> {
     /// The current state digest (service and client table), whether or not `last_executed`
     /// is a checkpoint.
     pub fn state_digest(&self) -> Digest {
-        ChunkedImage::new(self.image(), self.config.params.state_chunk_bytes).digest()
+        ChunkedImage::new(self.image(), self.membership.current().params.state_chunk_bytes).digest()
     }
 
     /// The image taken at checkpoint `seq`, if still held.
@@ -343,7 +343,7 @@ impl<S: Service> Executor<S> {
         }
         self.clients = clients;
         self.last_executed = seq;
-        let image = ChunkedImage::new(image, self.config.params.state_chunk_bytes);
+        let image = ChunkedImage::new(image, self.membership.current().params.state_chunk_bytes);
         let digest = image.digest();
         self.images.insert(seq, Arc::new(image));
         Ok(digest)

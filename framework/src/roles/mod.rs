@@ -30,8 +30,8 @@ pub mod replica;
 pub mod state_transfer;
 pub mod view_change;
 
-use crate::config::ClusterConfig;
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, View};
+use crate::membership::Membership;
 use crate::messages::{Report, VerifiedMessage, VerifiedNewView, VerifiedReply};
 use bulwark_crypto::{Digest, Verified};
 use std::collections::BTreeMap;
@@ -46,8 +46,8 @@ pub(crate) struct WindowOffenders {
 }
 
 impl WindowOffenders {
-    pub(crate) fn note(&mut self, client: ClientId, now: Instant, config: &ClusterConfig) {
-        let keep = config.params.client_table_max.max(1);
+    pub(crate) fn note(&mut self, client: ClientId, now: Instant, membership: &Membership) {
+        let keep = membership.params.client_table_max.max(1);
         if self.caught_at.len() >= keep && !self.caught_at.contains_key(&client) {
             let oldest = self.caught_at.iter().min_by_key(|(_, at)| **at).map(|(c, _)| *c);
             if let Some(oldest) = oldest {
@@ -57,8 +57,8 @@ impl WindowOffenders {
         self.caught_at.insert(client, now);
     }
 
-    pub(crate) fn recent(&self, client: ClientId, now: Instant, config: &ClusterConfig) -> bool {
-        let memory = config.params.view_change_timeout();
+    pub(crate) fn recent(&self, client: ClientId, now: Instant, membership: &Membership) -> bool {
+        let memory = membership.params.view_change_timeout();
         self.caught_at.get(&client).is_some_and(|at| now < *at + memory)
     }
 }

@@ -26,10 +26,9 @@
 //! requests to execute, unless nothing at all is in flight (the pipeline is never left idle
 //! for fairness' sake).
 
-use crate::config::ClusterConfig;
 use crate::ids::{ClientId, Instant, SeqNum, Timestamp, View};
+use crate::membership::MembershipHandle;
 use crate::messages::{request_size, Batch, PrePrepare, Request};
-use crate::roles::backup::sign;
 use crate::roles::WindowOffenders;
 use bulwark_crypto::{KeyPair, Verified};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -75,7 +74,7 @@ pub enum PrimaryOutput {
 /// and the simulator run it apart ([`crate::roles::replica::Replica::detach_primary`]).
 #[derive(Debug)]
 pub struct PrimaryRole {
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     key: Arc<KeyPair>,
     /// The view this role proposes in, while its replica leads one.
     leading: Option<View>,
@@ -87,9 +86,9 @@ pub struct PrimaryRole {
 impl PrimaryRole {
     /// The primary role of a replica that leads `leading` (if any), numbering from
     /// `next_seq`.
-    pub fn new(config: Arc<ClusterConfig>, key: Arc<KeyPair>, leading: Option<View>, next_seq: SeqNum) -> Self {
-        let proposer = Primary::new(config.clone(), next_seq);
-        PrimaryRole { config, key, leading, low: SeqNum(0), proposer, batch_timer: None }
+    pub fn new(membership: MembershipHandle, key: Arc<KeyPair>, leading: Option<View>, next_seq: SeqNum) -> Self {
+        let proposer = Primary::new(membership.clone(), next_seq);
+        PrimaryRole { membership, key, leading, low: SeqNum(0), proposer, batch_timer: None }
     }
 
     /// Handles one input at `now`; proposes every batch P2–P3 allow after it.
@@ -100,7 +99,7 @@ impl PrimaryRole {
                 if self.leading == Some(view) {
                     self.proposer.number_from(next_seq);
                 } else {
-                    self.proposer = Primary::new(self.config.clone(), next_seq);
+                    self.proposer = Primary::new(self.membership.clone(), next_seq);
                     self.batch_timer = None;
                 }
                 self.leading = Some(view);
@@ -108,7 +107,7 @@ impl PrimaryRole {
             }
             PrimaryInput::Follow => {
                 self.leading = None;
-                self.proposer = Primary::new(self.config.clone(), self.proposer.next_seq());
+                self.proposer = Primary::new(self.membership.clone(), self.proposer.next_seq());
                 self.batch_timer = None;
             }
             PrimaryInput::Offer(request) if self.leading.is_some() => {
@@ -126,7 +125,7 @@ impl PrimaryRole {
             return outputs;
         };
         for (seq, batch) in self.proposer.cut_batches(self.low, now) {
-            let pre_prepare = sign(PrePrepare { view, seq, digest: batch.digest() }, &self.key);
+            let pre_prepare = self.membership.sign(PrePrepare { view, seq, digest: batch.digest() }, &self.key);
             outputs.push(PrimaryOutput::Propose(pre_prepare, Arc::new(batch)));
         }
         let deadline = self.proposer.batch_deadline(self.low);
@@ -146,7 +145,7 @@ impl PrimaryRole {
         } else {
             queued
         };
-        held as u64 >= self.config.params.client_window
+        held as u64 >= self.membership.current().params.client_window
     }
 
     /// The view this role proposes in.
@@ -179,7 +178,7 @@ pub enum Admission {
 /// The proposer role.
 #[derive(Debug)]
 pub struct Primary {
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     /// Requests waiting, per client, each queue in arrival order.
     queues: BTreeMap<ClientId, VecDeque<Verified<Request>>>,
     /// Clients with requests waiting, in the order they are served next.
@@ -201,9 +200,9 @@ pub struct Primary {
 
 impl Primary {
     /// A proposer that will assign sequence numbers from `next_seq`.
-    pub fn new(config: Arc<ClusterConfig>, next_seq: SeqNum) -> Self {
+    pub fn new(membership: MembershipHandle, next_seq: SeqNum) -> Self {
         Primary {
-            config,
+            membership,
             queues: BTreeMap::new(),
             turns: VecDeque::new(),
             queued: 0,
@@ -219,7 +218,7 @@ impl Primary {
     /// Whether `client` was caught exceeding its window here within the last view-change
     /// timeout.
     pub fn exceeded_window(&self, client: ClientId, now: Instant) -> bool {
-        self.window_exceeded.recent(client, now, &self.config)
+        self.window_exceeded.recent(client, now, &self.membership.current())
     }
 
     /// Requests of `client` queued (R4: at most `client_window`).
@@ -240,16 +239,18 @@ impl Primary {
         // view only this primary proposes).
         let queue = self.queues.get(&client);
         if let Some(oldest) = queue.and_then(VecDeque::front) {
-            if key.1 .0 >= oldest.timestamp.0.saturating_add(self.config.params.client_window) {
-                self.window_exceeded.note(client, now, &self.config);
+            if key.1 .0 >= oldest.timestamp.0.saturating_add(self.membership.current().params.client_window) {
+                self.window_exceeded.note(client, now, &self.membership.current());
             }
         }
         let own = queue.map_or(0, VecDeque::len);
-        if self.queued >= self.config.params.request_queue_max || own as u64 >= self.config.params.client_window {
+        if self.queued >= self.membership.current().params.request_queue_max
+            || own as u64 >= self.membership.current().params.client_window
+        {
             return Admission::Shed;
         }
         if self.queued == 0 {
-            self.batch_deadline = Some(now + self.config.params.batch_delay());
+            self.batch_deadline = Some(now + self.membership.current().params.batch_delay());
         }
         self.pending.insert(key);
         if own == 0 {
@@ -263,7 +264,8 @@ impl Primary {
     /// Cuts every batch that P2/P3 allow now, given the low watermark `low`.
     /// Returns `(seq, batch)` pairs to pre-prepare, in order.
     pub fn cut_batches(&mut self, low: SeqNum, now: Instant) -> Vec<(SeqNum, Batch)> {
-        let params = &self.config.params;
+        let membership = self.membership.current();
+        let params = &membership.params;
         let high = low.0.saturating_add(params.watermark_window);
         // Numbers at or below a stable checkpoint are decided: a primary that fell behind one
         // (it restarted, or caught up by state transfer) continues above it.
@@ -328,7 +330,8 @@ impl Primary {
     /// next cut follows an execution or a stable checkpoint), and arming one would make a
     /// due timer fire again and again without effect.
     pub fn batch_deadline(&self, low: SeqNum) -> Option<Instant> {
-        let params = &self.config.params;
+        let membership = self.membership.current();
+        let params = &membership.params;
         let window_full = self.next_seq.0 > low.0.saturating_add(params.watermark_window);
         let pipeline_full = self.in_flight.len() as u64 >= params.in_flight_batches_max;
         if window_full || pipeline_full || !self.any_under_share() {
@@ -356,7 +359,8 @@ impl Primary {
     /// How many of its requests one client may have in flight: an equal part of the
     /// pipeline for each client with requests queued or in flight (at least one).
     fn pipeline_share(&self) -> usize {
-        let params = &self.config.params;
+        let membership = self.membership.current();
+        let params = &membership.params;
         let capacity = (params.in_flight_batches_max as usize).saturating_mul(params.batch_size_max);
         let only_in_flight = self.in_flight_of.keys().filter(|c| !self.queues.contains_key(c)).count();
         let active = (self.queues.len() + only_in_flight).max(1);

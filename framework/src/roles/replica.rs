@@ -16,14 +16,14 @@
 //!   proof, checks each chunk against the proof's state digest, and asks another signer
 //!   for any that does not match.
 
-use crate::config::ClusterConfig;
 use crate::durable::{Record, Recovered};
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
+use crate::membership::{MemberMap, MembershipHandle};
 use crate::messages::{
     Batch, BatchReply, BatchRequest, Checkpoint, Inquiry, MessageKind, NewView, PrePrepare, Report, Request,
     StateReply, StateRequest, Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
 };
-use crate::roles::backup::{message_view, sign, Backup, BackupOutput, WindowPosition};
+use crate::roles::backup::{message_view, Backup, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
 use crate::roles::primary::{PrimaryInput, PrimaryOutput, PrimaryRole};
@@ -87,7 +87,7 @@ impl ReplicaMetrics {
 #[derive(Debug)]
 pub struct Replica<S: Service> {
     id: ReplicaId,
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     key: Arc<KeyPair>,
     view_changer: ViewChanger,
     /// The primary role hosted in place, or `None` when the runtime runs it as a role of
@@ -108,63 +108,63 @@ pub struct Replica<S: Service> {
     /// within the watermarks, so there are at most `L / K` of them.
     own_checkpoints: BTreeMap<SeqNum, Verified<Checkpoint>>,
     /// Per member: the highest sequence number of a CHECKPOINT it sent (C7).
-    checkpointed: Vec<SeqNum>,
+    checkpointed: MemberMap<SeqNum>,
     metrics: ReplicaMetrics,
     /// The highest sequence number this replica knows to exist: its own proposals, the
     /// current primary's pre-prepares, and what `f + 1` other members vouch for.
     highest_seen: SeqNum,
     /// Per member: the highest sequence number it has claimed to reach (a vote, a
     /// checkpoint, a status).
-    claimed: Vec<SeqNum>,
+    claimed: MemberMap<SeqNum>,
     executed_at_last_tick: SeqNum,
     /// Last executed when the request timer last fired (`catching_up_at_request_timer`).
     executed_at_request_timer: Option<SeqNum>,
     ticks: u64,
-    answered_at: Vec<Option<Instant>>,
+    answered_at: MemberMap<Option<Instant>>,
     /// Per peer: when its current retransmission period began, and the pre-prepares
     /// retransmitted to it since (`Replica::budgeted_pre_prepares`).
-    pre_prepares_resent: Vec<(Instant, u64)>,
-    batches_answered_at: Vec<Option<Instant>>,
+    pre_prepares_resent: MemberMap<(Instant, u64)>,
+    batches_answered_at: MemberMap<Option<Instant>>,
     /// Normal-case messages for a view this replica has not entered, per sender (VC6).
-    later_views: Vec<VecDeque<VerifiedMessage>>,
+    later_views: MemberMap<VecDeque<VerifiedMessage>>,
     transfer: Option<StateFetch>,
     /// Per peer: start of the current window and chunks served in it.
-    chunks_answered: Vec<(Instant, u32)>,
+    chunks_answered: MemberMap<(Instant, u32)>,
     /// The state digest last computed for a REPORT: (last executed, digest, when).
     report_digest: Option<(SeqNum, Digest, Instant)>,
 }
 
 impl<S: Service> Replica<S> {
-    pub fn new(id: ReplicaId, key: KeyPair, config: Arc<ClusterConfig>, service: S) -> Self {
-        let n = config.n();
+    pub fn new(id: ReplicaId, key: KeyPair, membership: MembershipHandle, service: S) -> Self {
+        let members = membership.current();
         let key = Arc::new(key);
-        let leads = config.primary(View(0)) == id;
+        let leads = members.primary(View(0)) == id;
         Replica {
             id,
-            view_changer: ViewChanger::new(id, config.clone()),
-            primary: Some(PrimaryRole::new(config.clone(), key.clone(), leads.then_some(View(0)), SeqNum(1))),
+            view_changer: ViewChanger::new(id, membership.clone()),
+            primary: Some(PrimaryRole::new(membership.clone(), key.clone(), leads.then_some(View(0)), SeqNum(1))),
             leads,
-            backup: Backup::new(id, config.clone()),
-            executor: Executor::new(id, config.clone(), service),
-            collector: Some(CheckpointCollector::new(config.clone())),
+            backup: Backup::new(id, membership.clone()),
+            executor: Executor::new(id, membership.clone(), service),
+            collector: Some(CheckpointCollector::new(membership.clone())),
             stable: StableCheckpoint::initial(),
             own_checkpoints: BTreeMap::new(),
-            checkpointed: vec![SeqNum(0); n],
+            checkpointed: MemberMap::new(&members, |_| SeqNum(0)),
             metrics: ReplicaMetrics::default(),
             highest_seen: SeqNum(0),
-            claimed: vec![SeqNum(0); n],
+            claimed: MemberMap::new(&members, |_| SeqNum(0)),
             executed_at_last_tick: SeqNum(0),
             executed_at_request_timer: None,
             ticks: 0,
-            answered_at: vec![None; n],
-            pre_prepares_resent: vec![(Instant::ZERO, 0); n],
-            batches_answered_at: vec![None; n],
-            later_views: (0..n).map(|_| VecDeque::new()).collect(),
+            answered_at: MemberMap::new(&members, |_| None),
+            pre_prepares_resent: MemberMap::new(&members, |_| (Instant::ZERO, 0)),
+            batches_answered_at: MemberMap::new(&members, |_| None),
+            later_views: MemberMap::new(&members, |_| VecDeque::new()),
             transfer: None,
-            chunks_answered: vec![(Instant::ZERO, 0); n],
+            chunks_answered: MemberMap::new(&members, |_| (Instant::ZERO, 0)),
             report_digest: None,
             key,
-            config,
+            membership,
         }
     }
 
@@ -199,12 +199,12 @@ impl<S: Service> Replica<S> {
     pub fn recover(
         id: ReplicaId,
         key: KeyPair,
-        config: Arc<ClusterConfig>,
+        membership: MembershipHandle,
         service: S,
         recovered: Recovered,
         now: Instant,
     ) -> (Self, Vec<Action>) {
-        let mut replica = Replica::new(id, key, config, service);
+        let mut replica = Replica::new(id, key, membership, service);
         let mut actions = replica.start(now);
         if let Some((checkpoint, image)) = &recovered.stable {
             match replica.executor.install(checkpoint.seq, image.bytes().to_vec()) {
@@ -251,7 +251,10 @@ impl<S: Service> Replica<S> {
 
     /// The first actions of a replica: arm the periodic status timer.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
-        vec![Action::SetTimer { timer: TimerKind::Status, at: now + self.config.params.status_interval() }]
+        vec![Action::SetTimer {
+            timer: TimerKind::Status,
+            at: now + self.membership.current().params.status_interval(),
+        }]
     }
 
     pub fn id(&self) -> ReplicaId {
@@ -270,7 +273,7 @@ impl<S: Service> Replica<S> {
 
     /// Whether this replica is the primary of its view and in normal mode (P1).
     pub fn is_primary(&self) -> bool {
-        self.config.primary(self.view()) == self.id && !self.view_changer.is_changing()
+        self.membership.current().primary(self.view()) == self.id && !self.view_changer.is_changing()
     }
 
     pub fn last_executed(&self) -> SeqNum {
@@ -297,7 +300,7 @@ impl<S: Service> Replica<S> {
             self.primary.as_ref().is_some_and(|primary| primary.client_saturated(client, now))
         } else {
             self.view_changer.exceeded_window(client, now)
-                || self.view_changer.waiting_of(client) as u64 >= self.config.params.client_window
+                || self.view_changer.waiting_of(client) as u64 >= self.membership.current().params.client_window
         }
     }
 
@@ -322,8 +325,8 @@ impl<S: Service> Replica<S> {
         &self.metrics
     }
 
-    pub fn config(&self) -> &Arc<ClusterConfig> {
-        &self.config
+    pub fn membership(&self) -> &MembershipHandle {
+        &self.membership
     }
 
     /// Sizes of every bounded structure: log slots, next-window buffer, checkpoint votes,
@@ -338,7 +341,7 @@ impl<S: Service> Replica<S> {
             queued_requests: self.primary.as_ref().map_or(0, PrimaryRole::queue_len),
             in_flight_batches: self.primary.as_ref().map_or(0, PrimaryRole::in_flight_len),
             clients: self.executor.client_table().len(),
-            later_view_messages: self.later_views.iter().map(VecDeque::len).sum(),
+            later_view_messages: self.later_views.values().map(VecDeque::len).sum(),
             waiting_requests: self.view_changer.waiting_len(),
             view_changes_held: self.view_changer.view_changes_held(),
             transfer_bytes: self.transfer.as_ref().map_or(0, StateFetch::buffered_bytes),
@@ -395,8 +398,8 @@ impl<S: Service> Replica<S> {
     /// tick (the flood strategy's checkpoints far ahead did exactly that). So only the
     /// `(f + 1)`-th highest claim counts: at least one correct member vouches for it.
     fn note_claim(&mut self, member: ReplicaId, seq: SeqNum) {
-        let me = self.id.0 as usize;
-        let Some(claim) = self.claimed.get_mut(member.0 as usize).filter(|_| member.0 as usize != me) else {
+        let me = self.id;
+        let Some(claim) = self.claimed.get_mut(member).filter(|_| member != me) else {
             return;
         };
         if seq <= *claim {
@@ -404,8 +407,8 @@ impl<S: Service> Replica<S> {
         }
         *claim = seq;
         let mut claims: Vec<SeqNum> =
-            self.claimed.iter().enumerate().filter(|&(i, _)| i != me).map(|(_, &s)| s).collect();
-        let f = self.config.f();
+            self.claimed.iter().filter(|&(member, _)| member != me).map(|(_, &s)| s).collect();
+        let f = self.membership.current().f();
         if f < claims.len() {
             let (_, &mut vouched, _) = claims.select_nth_unstable_by(f, |a, b| b.cmp(a));
             self.note_seen(vouched);
@@ -416,7 +419,8 @@ impl<S: Service> Replica<S> {
         match message {
             VerifiedMessage::Request(request) => self.on_request(request, now, actions),
             VerifiedMessage::PrePrepare(ref pre_prepare, _) => {
-                let (view, seq, sender) = (pre_prepare.view, pre_prepare.seq, self.config.primary(pre_prepare.view));
+                let (view, seq, sender) =
+                    (pre_prepare.view, pre_prepare.seq, self.membership.current().primary(pre_prepare.view));
                 if let Some(VerifiedMessage::PrePrepare(pre_prepare, batch)) = self.admit_view(message, view, sender) {
                     self.note_seen(seq);
                     let mut out = Vec::new();
@@ -477,8 +481,8 @@ impl<S: Service> Replica<S> {
             });
             return None;
         }
-        let limit = self.config.params.future_messages_per_sender_max;
-        let queue = self.later_views.get_mut(sender.index())?;
+        let limit = self.membership.current().params.future_messages_per_sender_max;
+        let queue = self.later_views.get_mut(sender)?;
         if queue.len() >= limit {
             self.refuse("buffer for later views full");
         } else {
@@ -533,7 +537,7 @@ impl<S: Service> Replica<S> {
                 // R3: relay to the primary and start the request timer (VC1). While
                 // view-changing the request only waits: it goes to the next primary.
                 if !self.view_changer.is_changing() {
-                    let primary = self.config.primary(self.view());
+                    let primary = self.membership.current().primary(self.view());
                     actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request.clone()) });
                 }
                 if let Some(at) = self.view_changer.wait_for(request, now) {
@@ -648,7 +652,7 @@ impl<S: Service> Replica<S> {
         }
         self.backup.forget_executed_below_low(seq);
         if let Some((seq, state_digest)) = execution.checkpoint {
-            let checkpoint = sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
+            let checkpoint = self.membership.sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
             actions.push(Action::Broadcast { message: VerifiedMessage::Checkpoint(checkpoint.clone()) });
             if seq > self.stable.seq {
                 self.own_checkpoints.insert(seq, checkpoint.clone());
@@ -668,7 +672,7 @@ impl<S: Service> Replica<S> {
     fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>, now: Instant, actions: &mut Vec<Action>) {
         let (member, seq) = (checkpoint.replica, checkpoint.seq);
         self.note_claim(member, seq);
-        if let Some(highest) = self.checkpointed.get_mut(member.index()) {
+        if let Some(highest) = self.checkpointed.get_mut(member) {
             *highest = (*highest).max(seq);
         }
         self.hand_to_collector(CollectorInput::Checkpoint(checkpoint), now, actions);
@@ -720,7 +724,7 @@ impl<S: Service> Replica<S> {
         // A transfer under way is left to finish while it makes progress, even if a newer
         // checkpoint became stable meanwhile: installing the older image is progress too,
         // while retargeting at every new checkpoint could chase a moving target forever.
-        let interval = self.config.params.status_interval();
+        let interval = self.membership.current().params.status_interval();
         if self.transfer.as_ref().is_some_and(|t| t.seq() >= stable.seq || now < t.last_progress() + interval) {
             return;
         }
@@ -735,7 +739,7 @@ impl<S: Service> Replica<S> {
         self.metrics.state_transfers += 1;
         let offset = (self.id.0 as usize) % sources.len();
         let (fetch, steps) =
-            StateFetch::start(self.config.clone(), stable.seq, stable.state_digest, sources, offset, now);
+            StateFetch::start(self.membership.clone(), stable.seq, stable.state_digest, sources, offset, now);
         self.transfer = Some(fetch);
         self.run_fetch_steps(steps, now, actions);
     }
@@ -744,7 +748,7 @@ impl<S: Service> Replica<S> {
         for step in steps {
             match step {
                 FetchStep::Request { to, seq, chunk } => {
-                    let request = sign(StateRequest { replica: self.id, seq, chunk }, &self.key);
+                    let request = self.membership.sign(StateRequest { replica: self.id, seq, chunk }, &self.key);
                     actions.push(Action::Send { to, message: VerifiedMessage::StateRequest(request) });
                 }
                 FetchStep::Refused(reason) => self.refuse(reason),
@@ -778,9 +782,9 @@ impl<S: Service> Replica<S> {
     /// Serve one chunk of a checkpoint image: of the one asked for, or of a newer stable
     /// one (ST3). A per-peer budget bounds what a peer can make this replica send.
     fn on_state_request(&mut self, request: Verified<StateRequest>, now: Instant, actions: &mut Vec<Action>) {
-        let window = self.config.params.status_interval();
+        let window = self.membership.current().params.status_interval();
         let budget = 4 * PARALLEL_CHUNKS as u32;
-        let Some((window_start, used)) = self.chunks_answered.get_mut(request.replica.index()) else {
+        let Some((window_start, used)) = self.chunks_answered.get_mut(request.replica) else {
             return;
         };
         if now >= *window_start + window {
@@ -805,7 +809,7 @@ impl<S: Service> Replica<S> {
             self.refuse("state request for a chunk past the end of the image");
             return;
         };
-        let reply = sign(
+        let reply = self.membership.sign(
             StateReply {
                 replica: self.id,
                 seq,
@@ -865,17 +869,17 @@ impl<S: Service> Replica<S> {
         self.executed_at_request_timer = Some(last_executed);
         self.transfer.is_some()
             || last_executed < self.stable()
-            || (progressed && self.members_checkpointed_past(last_executed) >= self.config.weak_quorum())
+            || (progressed && self.members_checkpointed_past(last_executed) >= self.membership.current().weak_quorum())
     }
 
     /// How many members sent a CHECKPOINT above `seq` (C7: `f + 1` of them mean a correct
     /// replica executed past it).
     fn members_checkpointed_past(&self, seq: SeqNum) -> usize {
-        self.checkpointed.iter().filter(|&&highest| highest > seq).count()
+        self.checkpointed.values().filter(|&&highest| highest > seq).count()
     }
 
     fn may_answer(&mut self, peer: ReplicaId, now: Instant) -> bool {
-        let spacing = self.config.params.status_interval() / 2;
+        let spacing = self.membership.current().params.status_interval() / 2;
         Self::rate_limit(&mut self.answered_at, peer, spacing, now)
     }
 
@@ -890,9 +894,9 @@ impl<S: Service> Replica<S> {
         retransmissions: Vec<VerifiedMessage>,
         now: Instant,
     ) -> Vec<VerifiedMessage> {
-        let budget = self.config.params.watermark_window;
-        let period = self.config.params.status_interval() * PRE_PREPARE_RESEND_INTERVALS;
-        let Some((period_start, sent)) = self.pre_prepares_resent.get_mut(peer.index()) else {
+        let budget = self.membership.current().params.watermark_window;
+        let period = self.membership.current().params.status_interval() * PRE_PREPARE_RESEND_INTERVALS;
+        let Some((period_start, sent)) = self.pre_prepares_resent.get_mut(peer) else {
             return retransmissions;
         };
         if now >= *period_start + period {
@@ -914,12 +918,12 @@ impl<S: Service> Replica<S> {
 
     /// Per-peer rate limit: true (and noted) if `peer` was last answered `spacing` ago.
     fn rate_limit(
-        answered_at: &mut [Option<Instant>],
+        answered_at: &mut MemberMap<Option<Instant>>,
         peer: ReplicaId,
         spacing: std::time::Duration,
         now: Instant,
     ) -> bool {
-        let Some(last) = answered_at.get_mut(peer.index()) else {
+        let Some(last) = answered_at.get_mut(peer) else {
             return false;
         };
         if last.is_some_and(|at| now < at + spacing) {
@@ -931,7 +935,7 @@ impl<S: Service> Replica<S> {
 
     /// Periodic: retry state transfer; if stuck, tell peers what this replica has.
     fn on_status_tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        let interval = self.config.params.status_interval();
+        let interval = self.membership.current().params.status_interval();
         actions.push(Action::SetTimer { timer: TimerKind::Status, at: now + interval });
         if let Some(seq) = self.transfer.as_ref().map(StateFetch::seq) {
             let stalled = self.transfer.as_ref().is_some_and(|t| now >= t.last_progress() + interval);
@@ -971,11 +975,11 @@ impl<S: Service> Replica<S> {
         if !stuck && !heartbeat {
             return;
         }
-        let window = self.config.params.watermark_window;
+        let window = self.membership.current().params.watermark_window;
         let first_slot = rerun.unwrap_or(last_executed.next());
         let last = self.highest_seen.0.max(last_executed.0).min(first_slot.0.saturating_add(window - 1));
         let slots = (first_slot.0..=last).map(|s| self.backup.progress(SeqNum(s))).collect();
-        let status = sign(
+        let status = self.membership.sign(
             Status { replica: self.id, view: self.view(), stable: self.stable(), last_executed, first_slot, slots },
             &self.key,
         );
@@ -993,7 +997,8 @@ impl<S: Service> Replica<S> {
             Some((seq, _, at)) if seq == last_executed => Some(at),
             _ => None,
         };
-        let due = self.report_digest.is_none_or(|(_, _, at)| now >= at + self.config.params.status_interval());
+        let due =
+            self.report_digest.is_none_or(|(_, _, at)| now >= at + self.membership.current().params.status_interval());
         if fresh.is_none() && due {
             self.report_digest = Some((last_executed, self.executor.state_digest(), now));
         }
@@ -1001,7 +1006,7 @@ impl<S: Service> Replica<S> {
             return;
         };
         let client = crate::messages::client_id(&inquiry.client_key);
-        let report = sign(
+        let report = self.membership.sign(
             Report {
                 replica: self.id,
                 client,
@@ -1023,7 +1028,7 @@ impl<S: Service> Replica<S> {
             // The slots start at `first_slot` (before `last_executed` when re-running after
             // a view change). Saturating: it is the peer's word (fuzzing found u64::MAX - 3).
             let seq = SeqNum(status.first_slot.0.saturating_add(offset as u64));
-            if status.view == self.view() && status.replica == self.config.primary(status.view) {
+            if status.view == self.view() && status.replica == self.membership.current().primary(status.view) {
                 // The primary is the source of pre-prepares: one it holds and a backup
                 // lacks (lost on the way to every backup) is enough to ask for.
                 self.note_seen(seq);
@@ -1074,7 +1079,7 @@ impl<S: Service> Replica<S> {
         }
         let checkpoint = self.stable.clone();
         let prepared = self.backup.prepared_certificates(checkpoint.seq);
-        let message = sign(
+        let message = self.membership.sign(
             ViewChange {
                 view,
                 stable: checkpoint.seq,
@@ -1122,7 +1127,7 @@ impl<S: Service> Replica<S> {
         }
         if view_change.view() == self.view() && !self.view_changer.is_changing() {
             if let Some(new_view) = self.view_changer.current_new_view().cloned() {
-                if self.config.primary(self.view()) == self.id && self.may_answer(sender, now) {
+                if self.membership.current().primary(self.view()) == self.id && self.may_answer(sender, now) {
                     actions.push(Action::Send { to: sender, message: VerifiedMessage::NewView(new_view.clone()) });
                 }
             }
@@ -1143,7 +1148,7 @@ impl<S: Service> Replica<S> {
         actions: &mut Vec<Action>,
     ) {
         let view_changes: Vec<VerifiedViewChange> = view_changes.iter().map(|vc| vc.as_ref().clone()).collect();
-        let order = match compute_order(&view_changes, &self.config) {
+        let order = match compute_order(&view_changes, &self.membership.current()) {
             Ok(order) => order,
             Err(error) => {
                 // VC12(4): only more than f faults produce this; do not send.
@@ -1155,9 +1160,9 @@ impl<S: Service> Replica<S> {
         let pre_prepares: Vec<Verified<PrePrepare>> = order
             .entries
             .iter()
-            .map(|(seq, digest)| sign(PrePrepare { view, seq: *seq, digest: *digest }, &self.key))
+            .map(|(seq, digest)| self.membership.sign(PrePrepare { view, seq: *seq, digest: *digest }, &self.key))
             .collect();
-        let message = sign(
+        let message = self.membership.sign(
             NewView {
                 view,
                 view_changes: view_changes.iter().map(|vc| vc.message.signed().clone()).collect(),
@@ -1197,7 +1202,7 @@ impl<S: Service> Replica<S> {
         let missing = self.backup.enter_view(view, &new_view.pre_prepares, &self.key, &mut out);
         self.apply(out, now, actions);
         if !missing.is_empty() {
-            let request = sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
+            let request = self.membership.sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
             actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
         }
         // (3) Enter the view; (4) restart the request timer if still waiting.
@@ -1210,7 +1215,7 @@ impl<S: Service> Replica<S> {
         // VC14: fresh sequence numbers from max-s + 1.
         self.lead_or_follow(order.max_seq.next(), now, actions);
         let waiting: Vec<Verified<Request>> =
-            self.view_changer.waiting().take(self.config.params.batch_size_max * 4).cloned().collect();
+            self.view_changer.waiting().take(self.membership.current().params.batch_size_max * 4).cloned().collect();
         if self.is_primary() {
             for request in waiting {
                 if self.executor.request_status(&request) == RequestStatus::New {
@@ -1218,14 +1223,14 @@ impl<S: Service> Replica<S> {
                 }
             }
         } else {
-            let primary = self.config.primary(view);
+            let primary = self.membership.current().primary(view);
             for request in waiting {
                 actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request) });
             }
         }
         // Messages that arrived for this view before the NEW-VIEW (VC6).
         let mut replay = Vec::new();
-        for queue in &mut self.later_views {
+        for queue in self.later_views.values_mut() {
             let held = std::mem::take(queue);
             for message in held {
                 match message_view(&message) {
@@ -1248,13 +1253,13 @@ impl<S: Service> Replica<S> {
         }
         // One answered request per peer per quarter status interval, at most L batches in
         // it: what a Byzantine peer can make this replica send is bounded.
-        let spacing = self.config.params.status_interval() / 4;
+        let spacing = self.membership.current().params.status_interval() / 4;
         if !Self::rate_limit(&mut self.batches_answered_at, request.replica, spacing, now) {
             self.refuse("batch request rate limit");
             return;
         }
         for batch in batches {
-            let reply = sign(BatchReply { replica: self.id, digest: batch.digest() }, &self.key);
+            let reply = self.membership.sign(BatchReply { replica: self.id, digest: batch.digest() }, &self.key);
             actions.push(Action::Send { to: request.replica, message: VerifiedMessage::BatchReply(reply, batch) });
         }
     }
@@ -1277,7 +1282,7 @@ impl<S: Service> Replica<S> {
     fn request_missing_batches(&mut self, actions: &mut Vec<Action>) {
         let missing = self.backup.missing_batches();
         if !missing.is_empty() {
-            let request = sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
+            let request = self.membership.sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
             actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
         }
     }

@@ -9,12 +9,11 @@
 //! interval has its chunks asked of the next source. Memory is bounded by
 //! `state_transfer_bytes_max`.
 
-use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum};
+use crate::membership::MembershipHandle;
 use crate::state::{verify_chunk, Assembly};
 use bulwark_crypto::Digest;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 /// Chunk requests in flight at once.
 pub const PARALLEL_CHUNKS: usize = 8;
@@ -43,7 +42,7 @@ pub struct ChunkIn<'a> {
 /// One fetch of one checkpoint image.
 #[derive(Debug, Clone)]
 pub struct StateFetch {
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     seq: SeqNum,
     digest: Digest,
     sources: Vec<ReplicaId>,
@@ -58,7 +57,7 @@ impl StateFetch {
     /// Starts fetching the image of `(seq, digest)` from `sources` (the proof's signers
     /// other than this replica), beginning with `sources[offset]`.
     pub fn start(
-        config: Arc<ClusterConfig>,
+        membership: MembershipHandle,
         seq: SeqNum,
         digest: Digest,
         sources: Vec<ReplicaId>,
@@ -66,7 +65,7 @@ impl StateFetch {
         now: Instant,
     ) -> (Self, Vec<FetchStep>) {
         let mut fetch = StateFetch {
-            config,
+            membership,
             seq,
             digest,
             next_source: offset,
@@ -148,7 +147,7 @@ impl StateFetch {
     /// digest; a source whose chunk does not is not asked again, and the chunk is asked of
     /// another source.
     pub fn on_chunk(&mut self, chunk: ChunkIn<'_>, now: Instant) -> Vec<FetchStep> {
-        let chunk_bytes = self.config.params.state_chunk_bytes;
+        let chunk_bytes = self.membership.current().params.state_chunk_bytes;
         if !verify_chunk(&self.digest, chunk_bytes, chunk.total_bytes, chunk.index, chunk.data, chunk.path) {
             self.bad.insert(chunk.from);
             let mut steps = vec![FetchStep::Refused("state chunk does not match the stable checkpoint (ST4)")];
@@ -158,7 +157,7 @@ impl StateFetch {
             }
             return steps;
         }
-        if chunk.total_bytes > self.config.params.state_transfer_bytes_max {
+        if chunk.total_bytes > self.membership.current().params.state_transfer_bytes_max {
             // Verified, so the image really is this large: it cannot be fetched here.
             return vec![FetchStep::Refused("checkpoint image larger than state_transfer_bytes_max")];
         }

@@ -8,8 +8,8 @@
 //! waits for and what executed, and carries out its [`ViewChangeStep`]s (signing and
 //! sending the VIEW-CHANGE, building the NEW-VIEW, entering the view).
 
-use crate::config::ClusterConfig;
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
+use crate::membership::{MemberMap, Membership, MembershipHandle};
 use crate::messages::{batch_digest, NewViewOrder, Request, VerifiedNewView, VerifiedViewChange};
 use crate::roles::WindowOffenders;
 use bulwark_crypto::{Digest, Verified};
@@ -42,7 +42,7 @@ pub enum OrderError {
 /// 2. `max-s` the highest sequence number of any prepared certificate in `V` (or `min-s`);
 /// 3. each `min-s < s ≤ max-s` takes the digest of the certificate with the highest view,
 ///    or the null request if no certificate names `s`.
-pub fn compute_order(view_changes: &[VerifiedViewChange], config: &ClusterConfig) -> Result<NewViewOrder, OrderError> {
+pub fn compute_order(view_changes: &[VerifiedViewChange], membership: &Membership) -> Result<NewViewOrder, OrderError> {
     let checkpoint = view_changes
         .iter()
         .map(|vc| &vc.checkpoint)
@@ -74,7 +74,7 @@ pub fn compute_order(view_changes: &[VerifiedViewChange], config: &ClusterConfig
         return Err(OrderError::ConflictingCertificates(seq));
     }
     let max_seq = best.keys().next_back().copied().unwrap_or(min_seq).max(min_seq);
-    if max_seq.0 - min_seq.0 > config.params.watermark_window {
+    if max_seq.0 - min_seq.0 > membership.params.watermark_window {
         return Err(OrderError::BeyondWindow);
     }
     let null = null_digest();
@@ -102,7 +102,7 @@ pub enum ViewChangeStep {
 #[derive(Debug)]
 pub struct ViewChanger {
     me: ReplicaId,
-    config: Arc<ClusterConfig>,
+    membership: MembershipHandle,
     /// The last view entered.
     view: View,
     /// While view-changing: the view of this replica's latest VIEW-CHANGE.
@@ -118,7 +118,7 @@ pub struct ViewChanger {
     retransmit_at: Option<Instant>,
     retransmit_wait: Duration,
     /// Each member's highest-view VIEW-CHANGE above the current view (VC8).
-    received: Vec<Option<Arc<VerifiedViewChange>>>,
+    received: MemberMap<Option<Arc<VerifiedViewChange>>>,
     /// `T_cur` (VC3, VC4).
     timeout: Duration,
     view_change_deadline: Option<Instant>,
@@ -144,18 +144,18 @@ pub struct ViewChanger {
 }
 
 impl ViewChanger {
-    pub fn new(me: ReplicaId, config: Arc<ClusterConfig>) -> Self {
-        let n = config.n();
-        let timeout = config.params.view_change_timeout();
+    pub fn new(me: ReplicaId, membership: MembershipHandle) -> Self {
+        let members = membership.current();
+        let timeout = members.params.view_change_timeout();
         ViewChanger {
             me,
-            config,
+            received: MemberMap::new(&members, |_| None),
+            membership,
             view: View(0),
             target: None,
             own: None,
             retransmit_at: None,
             retransmit_wait: Duration::ZERO,
-            received: vec![None; n],
             timeout,
             view_change_deadline: None,
             built_for: None,
@@ -205,7 +205,8 @@ impl ViewChanger {
         if self.target.is_none() || self.retransmit_at.is_none_or(|at| now < at) {
             return None;
         }
-        self.retransmit_wait = (self.retransmit_wait * 2).min(self.timeout).max(self.config.params.status_interval());
+        self.retransmit_wait =
+            (self.retransmit_wait * 2).min(self.timeout).max(self.membership.current().params.status_interval());
         self.retransmit_at = Some(now + self.retransmit_wait);
         self.own.clone()
     }
@@ -234,7 +235,7 @@ impl ViewChanger {
 
     /// Whether `client` was caught exceeding its window within the last view-change timeout.
     pub fn exceeded_window(&self, client: ClientId, now: Instant) -> bool {
-        self.window_exceeded.recent(client, now, &self.config)
+        self.window_exceeded.recent(client, now, &self.membership.current())
     }
 
     /// Requests of `client` waiting (VC1).
@@ -248,7 +249,7 @@ impl ViewChanger {
 
     /// VIEW-CHANGEs held (at most one per member).
     pub fn view_changes_held(&self) -> usize {
-        self.received.iter().flatten().count()
+        self.received.values().flatten().count()
     }
 
     /// VC1: the replica holds a valid request it has not seen executed. Starts the request
@@ -256,7 +257,7 @@ impl ViewChanger {
     pub fn wait_for(&mut self, request: Verified<Request>, now: Instant) -> Option<Instant> {
         let key = (request.client(), request.timestamp);
         if !self.waiting.contains_key(&key) {
-            if self.waiting.len() >= self.config.params.request_queue_max {
+            if self.waiting.len() >= self.membership.current().params.request_queue_max {
                 return None;
             }
             self.waiting.insert(key, request);
@@ -293,7 +294,7 @@ impl ViewChanger {
     ) -> Option<Instant> {
         let mut removed = 0u64;
         let mut executed = 0u64;
-        let window = self.config.params.client_window;
+        let window = self.membership.current().params.client_window;
         for (client, timestamp) in keys {
             executed += 1;
             if self.remove_waiting((client, timestamp)) {
@@ -311,7 +312,7 @@ impl ViewChanger {
                     // signed one `client_window` or more above one it had outstanding,
                     // which a correct client never does (CX1; a correct client's request
                     // that completed executed at every correct replica before any later one).
-                    self.window_exceeded.note(client, now, &self.config);
+                    self.window_exceeded.note(client, now, &self.membership.current());
                 }
                 for key in below {
                     self.remove_waiting(key);
@@ -322,7 +323,7 @@ impl ViewChanger {
         self.executed_in_window += executed;
         let reproposed = self.new_view.as_ref().is_some_and(|nv| nv.view() == self.view && seq <= nv.order.max_seq);
         if executed > 0 && !self.is_changing() && !reproposed {
-            self.timeout = self.config.params.view_change_timeout();
+            self.timeout = self.membership.current().params.view_change_timeout();
             self.ordered_since_entered = true;
         }
         if removed == 0 || self.is_changing() {
@@ -391,13 +392,13 @@ impl ViewChanger {
     /// primary must order at least `ordering_rate_min_per_s`. Returns the view to change
     /// to when it does not.
     pub fn check_ordering_rate(&mut self, now: Instant) -> Option<View> {
-        let rate_min = self.config.params.ordering_rate_min_per_s;
+        let rate_min = self.membership.current().params.ordering_rate_min_per_s;
         if rate_min == 0 || self.is_changing() || self.waiting.is_empty() {
             self.restart_rate_window(now);
             return None;
         }
         let elapsed = now.saturating_since(self.rate_window_start);
-        if elapsed < self.config.params.view_change_timeout() {
+        if elapsed < self.membership.current().params.view_change_timeout() {
             return None;
         }
         let expected = rate_min as f64 * elapsed.as_secs_f64();
@@ -410,9 +411,11 @@ impl ViewChanger {
     /// checked that it is above [`Self::floor`].
     pub fn start(&mut self, own: Arc<VerifiedViewChange>, now: Instant) -> Vec<ViewChangeStep> {
         self.target = Some(own.view());
-        self.received[self.me.index()] = Some(own.clone());
+        if let Some(place) = self.received.get_mut(self.me) {
+            *place = Some(own.clone());
+        }
         self.own = Some(own);
-        self.retransmit_wait = self.config.params.status_interval();
+        self.retransmit_wait = self.membership.current().params.status_interval();
         self.retransmit_at = Some(now + self.retransmit_wait);
         self.request_deadline = None;
         self.view_change_deadline = None;
@@ -428,7 +431,9 @@ impl ViewChanger {
         if vc.view() <= self.view {
             return Err("view-change for a view already entered");
         }
-        let place = &mut self.received[vc.sender().index()];
+        let Some(place) = self.received.get_mut(vc.sender()) else {
+            return Err("view-change from a non-member");
+        };
         if place.as_ref().is_some_and(|held| held.view() >= vc.view()) {
             return Ok(Vec::new());
         }
@@ -437,7 +442,7 @@ impl ViewChanger {
     }
 
     fn holders_of(&self, view: View) -> Vec<Arc<VerifiedViewChange>> {
-        self.received.iter().flatten().filter(|vc| vc.view() == view).cloned().collect()
+        self.received.values().flatten().filter(|vc| vc.view() == view).cloned().collect()
     }
 
     /// VC3, VC5 and VC11 after any change.
@@ -448,15 +453,14 @@ impl ViewChanger {
         let mut higher: Vec<View> = self
             .received
             .iter()
-            .enumerate()
-            .filter(|(member, _)| *member != self.me.index())
+            .filter(|(member, _)| *member != self.me)
             .filter_map(|(_, vc)| vc.as_ref().map(|vc| vc.view()))
             .filter(|view| *view > floor)
             .collect();
-        if higher.len() >= self.config.weak_quorum() {
+        if higher.len() >= self.membership.current().weak_quorum() {
             higher.sort_unstable();
             // The smallest view that f + 1 of them are at or above.
-            let join = higher[higher.len() - self.config.weak_quorum()];
+            let join = higher[higher.len() - self.membership.current().weak_quorum()];
             steps.push(ViewChangeStep::StartViewChange(join));
             return steps;
         }
@@ -469,21 +473,21 @@ impl ViewChanger {
         // VIEW-CHANGE (VC7), and if its message for `target` was lost, counting exact
         // matches alone would leave the others waiting for a NEW-VIEW that cannot be built
         // and without a timer to move on (campaign seed 391).
-        let at_or_above = self.received.iter().flatten().filter(|vc| vc.view() >= target).count();
-        if at_or_above >= self.config.quorum() && self.view_change_deadline.is_none() {
+        let at_or_above = self.received.values().flatten().filter(|vc| vc.view() >= target).count();
+        if at_or_above >= self.membership.current().quorum() && self.view_change_deadline.is_none() {
             let at = now + self.timeout;
             self.view_change_deadline = Some(at);
             steps.push(ViewChangeStep::ArmViewChangeTimer(at));
         }
-        if self.config.primary(target) == self.me
+        if self.membership.current().primary(target) == self.me
             && self.built_for != Some(target)
-            && holders.len() >= self.config.quorum()
+            && holders.len() >= self.membership.current().quorum()
         {
             self.built_for = Some(target);
             // Own first, then the others by member id: 2f + 1 messages.
             let mut chosen: Vec<Arc<VerifiedViewChange>> = holders;
             chosen.sort_by_key(|vc| (vc.sender() != self.me, vc.sender()));
-            chosen.truncate(self.config.quorum());
+            chosen.truncate(self.membership.current().quorum());
             steps.push(ViewChangeStep::BuildNewView(target, chosen));
         }
         steps
@@ -506,7 +510,7 @@ impl ViewChanger {
 
     /// VC4: a failed view change doubles `T_cur`, up to 64 times the base.
     fn double_timeout(&mut self) {
-        let cap = self.config.params.view_change_timeout() * 64;
+        let cap = self.membership.current().params.view_change_timeout() * 64;
         self.timeout = (self.timeout * 2).min(cap);
     }
 
@@ -530,7 +534,7 @@ impl ViewChanger {
         self.target = None;
         self.view_change_deadline = None;
         self.new_view = new_view;
-        for place in &mut self.received {
+        for place in self.received.values_mut() {
             if place.as_ref().is_some_and(|vc| vc.view() <= view) {
                 *place = None;
             }

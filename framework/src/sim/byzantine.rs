@@ -2,8 +2,8 @@
 //! member key and emits raw wire messages, which the simulator passes through the same
 //! edge verification as everything else.
 
-use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
+use crate::membership::{Membership, MembershipHandle, Scope};
 use crate::messages::{
     Batch, Checkpoint, Commit, Message, MessageKind, NewView, PrePrepare, Prepare, PreparedCertificate, StateReply,
     VerifiedMessage, VerifiedViewChange, ViewChange,
@@ -12,6 +12,7 @@ use crate::roles::primary::Primary;
 use crate::roles::replica::Input;
 use crate::roles::view_change::{compute_order, null_digest};
 use crate::roles::TimerKind;
+use crate::signing::Scoped;
 use bulwark_crypto::{Digest, DigestBuilder, KeyPair, Signed};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -144,7 +145,7 @@ pub enum ByzantineAction {
 pub struct ByzantineReplica {
     id: ReplicaId,
     key: KeyPair,
-    config: Arc<ClusterConfig>,
+    membership: Arc<Membership>,
     strategy: Strategy,
     proposer: Primary,
     view: View,
@@ -199,17 +200,17 @@ const MATERIAL_MAX: usize = 8;
 /// EquivocatingVoter and ConflictingCheckpoint: entries remembered before the oldest go.
 const MEMORY_MAX: usize = 4_096;
 
-fn signed<T: bulwark_crypto::Signable>(payload: T, key: &KeyPair) -> Signed<T> {
-    Signed::sign(payload, key).expect("encoding a protocol payload cannot fail")
+fn signed<T: Scoped>(scope: Scope, payload: T, key: &KeyPair) -> Signed<T> {
+    scope.sign(payload, key).into_signed()
 }
 
 impl ByzantineReplica {
-    pub fn new(id: ReplicaId, key: KeyPair, config: Arc<ClusterConfig>, strategy: Strategy) -> Self {
-        let proposer = Primary::new(config.clone(), SeqNum(1));
+    pub fn new(id: ReplicaId, key: KeyPair, membership: Arc<Membership>, strategy: Strategy) -> Self {
+        let proposer = Primary::new(MembershipHandle::new((*membership).clone()), SeqNum(1));
         ByzantineReplica {
             id,
             key,
-            config,
+            membership,
             strategy,
             proposer,
             view: View(0),
@@ -288,7 +289,7 @@ impl ByzantineReplica {
     }
 
     fn peers(&self) -> Vec<ReplicaId> {
-        self.config.replicas().filter(|r| *r != self.id).collect()
+        self.membership.replicas().filter(|r| *r != self.id).collect()
     }
 
     fn to_every_peer(&self, message: Message) -> Vec<ByzantineAction> {
@@ -348,7 +349,7 @@ impl ByzantineReplica {
             return Vec::new();
         };
         let (view, seq, digest) = (pre_prepare.view, pre_prepare.seq, pre_prepare.digest);
-        if self.config.primary(view) == self.id || !self.equivocated.insert((view, seq)) {
+        if self.membership.primary(view) == self.id || !self.equivocated.insert((view, seq)) {
             return Vec::new();
         }
         if self.equivocated.len() > MEMORY_MAX {
@@ -357,8 +358,8 @@ impl ByzantineReplica {
         let mut actions = Vec::new();
         let vote = |digest: Digest, key: &KeyPair, id: ReplicaId| {
             [
-                Message::Prepare(signed(Prepare { view, seq, digest, replica: id }, key)),
-                Message::Commit(signed(Commit { view, seq, digest, replica: id }, key)),
+                Message::Prepare(signed(self.membership.scope(), Prepare { view, seq, digest, replica: id }, key)),
+                Message::Commit(signed(self.membership.scope(), Commit { view, seq, digest, replica: id }, key)),
             ]
         };
         let honest = vote(digest, &self.key, self.id);
@@ -375,7 +376,10 @@ impl ByzantineReplica {
             let ahead = seq.next();
             let never_proposed = self.made_up_digest(b"ahead", ahead, to);
             let prepare = Prepare { view, seq: ahead, digest: never_proposed, replica: self.id };
-            actions.push(ByzantineAction::Send { to, message: Message::Prepare(signed(prepare, &self.key)) });
+            actions.push(ByzantineAction::Send {
+                to,
+                message: Message::Prepare(signed(self.membership.scope(), prepare, &self.key)),
+            });
         }
         actions
     }
@@ -383,8 +387,8 @@ impl ByzantineReplica {
     /// Flood: one burst of useless messages, `FLOOD_BURST` of them per peer, each valid
     /// by its signature and each refused or ignored by what a correct replica checks.
     fn flood(&mut self) -> Vec<ByzantineAction> {
-        let window = self.config.params.watermark_window;
-        let interval = self.config.params.checkpoint_interval;
+        let window = self.membership.params.watermark_window;
+        let interval = self.membership.params.checkpoint_interval;
         let (view, id, round) = (self.view, self.id, self.round);
         let base = self.checkpoint_seen;
         let mut messages = Vec::new();
@@ -394,18 +398,25 @@ impl ByzantineReplica {
             let message = match variety {
                 // Beyond the high watermark of anyone at or above `base` (C5: refused).
                 0 => Message::Prepare(signed(
+                    self.membership.scope(),
                     Prepare { view, seq: SeqNum(base.0 + 3 * window + round % window), digest: junk, replica: id },
                     &self.key,
                 )),
                 // At or below the low watermark (N4: refused).
-                1 => Message::Commit(signed(Commit { view, seq: base, digest: junk, replica: id }, &self.key)),
+                1 => Message::Commit(signed(
+                    self.membership.scope(),
+                    Commit { view, seq: base, digest: junk, replica: id },
+                    &self.key,
+                )),
                 // For a view far ahead: buffered per sender, bounded (VC6).
                 2 => Message::Commit(signed(
+                    self.membership.scope(),
                     Commit { view: View(view.0 + 1_000 + round), seq: base.next(), digest: junk, replica: id },
                     &self.key,
                 )),
                 // "I am far behind": peers answer, rate-limited per peer.
                 3 => Message::Status(signed(
+                    self.membership.scope(),
                     crate::messages::Status {
                         replica: id,
                         view,
@@ -418,6 +429,7 @@ impl ByzantineReplica {
                 )),
                 // A checkpoint nobody reached: bounded open checkpoints per member (C3).
                 4 => Message::Checkpoint(signed(
+                    self.membership.scope(),
                     Checkpoint {
                         seq: SeqNum(base.0 + interval * (2 + round % 1_000)),
                         state_digest: junk,
@@ -427,17 +439,20 @@ impl ByzantineReplica {
                 )),
                 // Batches nobody has.
                 5 => Message::BatchRequest(signed(
+                    self.membership.scope(),
                     crate::messages::BatchRequest { replica: id, digests: vec![junk; 4] },
                     &self.key,
                 )),
                 // An image nobody holds.
                 6 => Message::StateRequest(signed(
+                    self.membership.scope(),
                     crate::messages::StateRequest { replica: id, seq: SeqNum(base.0 + interval * 1_000), chunk: round },
                     &self.key,
                 )),
                 // A view change to an ever higher view: one sender alone cannot start one
                 // (VC5 needs f + 1), and each replaces the last held from it (VC8).
                 _ => Message::ViewChange(signed(
+                    self.membership.scope(),
                     ViewChange {
                         view: View(view.0 + 2 + round),
                         stable: SeqNum(0),
@@ -485,14 +500,19 @@ impl ByzantineReplica {
             return Vec::new();
         };
         let (view, seq, digest) = (pre_prepare.view, pre_prepare.seq, pre_prepare.digest);
-        if view != self.view || self.config.primary(view) == self.id || !self.equivocated.insert((view, seq)) {
+        if view != self.view || self.membership.primary(view) == self.id || !self.equivocated.insert((view, seq)) {
             return Vec::new();
         }
         if self.equivocated.len() > MEMORY_MAX {
             self.equivocated.pop_first();
         }
-        let prepare = Message::Prepare(signed(Prepare { view, seq, digest, replica: self.id }, &self.key));
-        let commit = Message::Commit(signed(Commit { view, seq, digest, replica: self.id }, &self.key));
+        let prepare = Message::Prepare(signed(
+            self.membership.scope(),
+            Prepare { view, seq, digest, replica: self.id },
+            &self.key,
+        ));
+        let commit =
+            Message::Commit(signed(self.membership.scope(), Commit { view, seq, digest, replica: self.id }, &self.key));
         self.keep_recorded(Some(view), prepare.clone());
         self.keep_recorded(Some(view), commit.clone());
         let mut actions = self.to_every_peer(prepare);
@@ -542,13 +562,13 @@ impl ByzantineReplica {
     /// BadCertificate: one forged certificate per tick, rotating through the ways a
     /// certificate can be wrong.
     fn bad_certificates(&mut self) -> Vec<ByzantineAction> {
-        let quorum = self.config.quorum();
-        let f = self.config.f();
-        let interval = self.config.params.checkpoint_interval;
+        let quorum = self.membership.quorum();
+        let f = self.membership.f();
+        let interval = self.membership.params.checkpoint_interval;
         let (id, view) = (self.id, self.view);
         let target = view.next();
         let own_checkpoint = |seq: SeqNum, state_digest: Digest, key: &KeyPair| {
-            signed(Checkpoint { seq, state_digest, replica: id }, key)
+            signed(self.membership.scope(), Checkpoint { seq, state_digest, replica: id }, key)
         };
         let view_change = |stable: SeqNum, proof: Vec<Signed<Checkpoint>>, prepared: Vec<PreparedCertificate>| {
             ViewChange { view: target, stable, checkpoint_proof: proof, prepared, replica: id }
@@ -559,7 +579,7 @@ impl ByzantineReplica {
             // C3: one member's checkpoint counted 2f + 1 times.
             0 => {
                 let proof = vec![own_checkpoint(stable, digest, &self.key); quorum];
-                Message::ViewChange(signed(view_change(stable, proof, Vec::new()), &self.key))
+                Message::ViewChange(signed(self.membership.scope(), view_change(stable, proof, Vec::new()), &self.key))
             }
             // C3: 2f + 1 checkpoints that disagree on the state digest (real ones of others
             // where it has them, its own with a wrong digest).
@@ -573,12 +593,16 @@ impl ByzantineReplica {
                 proof.dedup_by_key(|c| c.payload.replica);
                 proof.truncate(quorum - 1);
                 proof.push(own_checkpoint(real.payload.seq, digest, &self.key));
-                Message::ViewChange(signed(view_change(real.payload.seq, proof, Vec::new()), &self.key))
+                Message::ViewChange(signed(
+                    self.membership.scope(),
+                    view_change(real.payload.seq, proof, Vec::new()),
+                    &self.key,
+                ))
             }
             // C3: a proof of f + 1 checkpoints, short of 2f + 1.
             2 => {
                 let proof = vec![own_checkpoint(stable, digest, &self.key); f + 1];
-                Message::ViewChange(signed(view_change(stable, proof, Vec::new()), &self.key))
+                Message::ViewChange(signed(self.membership.scope(), view_change(stable, proof, Vec::new()), &self.key))
             }
             // M6/VC10: a prepared certificate whose 2f prepares are one signer's.
             3 | 4 => {
@@ -586,26 +610,39 @@ impl ByzantineReplica {
                     return Vec::new();
                 };
                 let header = pre_prepare.payload;
-                if header.view >= target || self.config.primary(header.view) == id {
+                if header.view >= target || self.membership.primary(header.view) == id {
                     return Vec::new();
                 }
                 let prepares = if self.round % 6 == 3 {
                     let own = Prepare { view: header.view, seq: header.seq, digest: header.digest, replica: id };
-                    vec![signed(own, &self.key); 2 * f]
+                    vec![signed(self.membership.scope(), own, &self.key); 2 * f]
                 } else {
                     // M6/VC10: prepares for another digest than the pre-prepare's.
                     (0..2 * f)
-                        .map(|_| signed(Prepare { view: header.view, seq: header.seq, digest, replica: id }, &self.key))
+                        .map(|_| {
+                            signed(
+                                self.membership.scope(),
+                                Prepare { view: header.view, seq: header.seq, digest, replica: id },
+                                &self.key,
+                            )
+                        })
                         .collect()
                 };
                 let certificate = PreparedCertificate { pre_prepare, prepares };
-                Message::ViewChange(signed(view_change(SeqNum(0), Vec::new(), vec![certificate]), &self.key))
+                Message::ViewChange(signed(
+                    self.membership.scope(),
+                    view_change(SeqNum(0), Vec::new(), vec![certificate]),
+                    &self.key,
+                ))
             }
             // VC15: a NEW-VIEW for the next view it is the primary of, whose V names one
             // sender 2f + 1 times (and so holds too few distinct VIEW-CHANGEs).
             _ => {
-                let n = self.config.n() as u64;
-                let own_view = View(view.0 + 1 + (id.0 as u64 + n - (view.0 + 1) % n) % n);
+                let n = self.membership.n() as u64;
+                let own_view = (1..=n)
+                    .map(|ahead| View(view.0 + ahead))
+                    .find(|next| self.membership.primary(*next) == id)
+                    .expect("a member leads one of any n consecutive views");
                 let own = ViewChange {
                     view: own_view,
                     stable: SeqNum(0),
@@ -615,10 +652,10 @@ impl ByzantineReplica {
                 };
                 let new_view = NewView {
                     view: own_view,
-                    view_changes: vec![signed(own, &self.key); quorum],
+                    view_changes: vec![signed(self.membership.scope(), own, &self.key); quorum],
                     pre_prepares: Vec::new(),
                 };
-                Message::NewView(signed(new_view, &self.key))
+                Message::NewView(signed(self.membership.scope(), new_view, &self.key))
             }
         };
         self.to_every_peer(message)
@@ -638,11 +675,18 @@ impl ByzantineReplica {
         if self.forged_checkpoints.len() > MEMORY_MAX {
             self.forged_checkpoints.pop_first();
         }
-        let right = signed(Checkpoint { seq, state_digest: checkpoint.state_digest, replica: self.id }, &self.key);
+        let right = signed(
+            self.membership.scope(),
+            Checkpoint { seq, state_digest: checkpoint.state_digest, replica: self.id },
+            &self.key,
+        );
         let mut actions = Vec::new();
         for (position, to) in self.peers().into_iter().enumerate() {
             let wrong = Checkpoint { seq, state_digest: self.made_up_digest(b"checkpoint", seq, to), replica: self.id };
-            actions.push(ByzantineAction::Send { to, message: Message::Checkpoint(signed(wrong, &self.key)) });
+            actions.push(ByzantineAction::Send {
+                to,
+                message: Message::Checkpoint(signed(self.membership.scope(), wrong, &self.key)),
+            });
             if position % 2 == 0 {
                 actions.push(ByzantineAction::Send { to, message: Message::Checkpoint(right.clone()) });
             }
@@ -652,7 +696,7 @@ impl ByzantineReplica {
 
     fn skip(&mut self, input: Input, now: Instant) -> Vec<ByzantineAction> {
         let mut actions = Vec::new();
-        if self.config.primary(self.view) != self.id {
+        if self.membership.primary(self.view) != self.id {
             return actions;
         }
         if let Input::Message(VerifiedMessage::Request(request)) = input {
@@ -661,11 +705,15 @@ impl ByzantineReplica {
         for (seq, batch) in self.proposer.cut_batches(SeqNum(0), now) {
             self.proposer.on_executed(seq);
             let skipped = SeqNum(seq.0 * 2);
-            if skipped.0 > self.config.params.watermark_window {
+            if skipped.0 > self.membership.params.watermark_window {
                 continue;
             }
-            let pre_prepare = signed(PrePrepare { view: self.view, seq: skipped, digest: batch.digest() }, &self.key);
-            for to in self.config.replicas().filter(|r| *r != self.id) {
+            let pre_prepare = signed(
+                self.membership.scope(),
+                PrePrepare { view: self.view, seq: skipped, digest: batch.digest() },
+                &self.key,
+            );
+            for to in self.membership.replicas().filter(|r| *r != self.id) {
                 actions.push(ByzantineAction::Send {
                     to,
                     message: Message::PrePrepare(pre_prepare.clone(), batch.to_wire()),
@@ -680,7 +728,7 @@ impl ByzantineReplica {
 
     fn slow(&mut self, input: Input, now: Instant) -> Vec<ByzantineAction> {
         let mut actions = Vec::new();
-        if self.config.primary(self.view) != self.id {
+        if self.membership.primary(self.view) != self.id {
             return actions;
         }
         if let Input::Message(VerifiedMessage::Request(request)) = input {
@@ -689,14 +737,20 @@ impl ByzantineReplica {
                 self.slow_queue.push_back(request);
             }
         }
-        let spacing = self.config.params.view_change_timeout() * 4 / 5;
-        if self.slow_next_at.is_none_or(|at| now >= at) && self.slow_next_seq.0 <= self.config.params.watermark_window {
+        let spacing = self.membership.params.view_change_timeout() * 4 / 5;
+        if self.slow_next_at.is_none_or(|at| now >= at)
+            && self.slow_next_seq.0 <= self.membership.params.watermark_window
+        {
             if let Some(request) = self.slow_queue.pop_front() {
                 let batch = Batch::new(vec![request]);
                 let seq = self.slow_next_seq;
                 self.slow_next_seq = seq.next();
-                let pre_prepare = signed(PrePrepare { view: self.view, seq, digest: batch.digest() }, &self.key);
-                for to in self.config.replicas().filter(|r| *r != self.id) {
+                let pre_prepare = signed(
+                    self.membership.scope(),
+                    PrePrepare { view: self.view, seq, digest: batch.digest() },
+                    &self.key,
+                );
+                for to in self.membership.replicas().filter(|r| *r != self.id) {
                     actions.push(ByzantineAction::Send {
                         to,
                         message: Message::PrePrepare(pre_prepare.clone(), batch.to_wire()),
@@ -720,8 +774,12 @@ impl ByzantineReplica {
         if !self.voted.insert((view, seq, digest, to)) || self.voted.len() > 100_000 {
             return Vec::new();
         }
-        let prepare = signed(crate::messages::Prepare { view, seq, digest, replica: self.id }, &self.key);
-        let commit = signed(Commit { view, seq, digest, replica: self.id }, &self.key);
+        let prepare = signed(
+            self.membership.scope(),
+            crate::messages::Prepare { view, seq, digest, replica: self.id },
+            &self.key,
+        );
+        let commit = signed(self.membership.scope(), Commit { view, seq, digest, replica: self.id }, &self.key);
         vec![
             ByzantineAction::Send { to, message: Message::Prepare(prepare) },
             ByzantineAction::Send { to, message: Message::Commit(commit) },
@@ -733,17 +791,18 @@ impl ByzantineReplica {
             Input::Message(VerifiedMessage::Checkpoint(checkpoint)) if checkpoint.seq > self.echoed => {
                 self.echoed = checkpoint.seq;
                 let echo = signed(
+                    self.membership.scope(),
                     Checkpoint { seq: checkpoint.seq, state_digest: checkpoint.state_digest, replica: self.id },
                     &self.key,
                 );
-                self.config
+                self.membership
                     .replicas()
                     .filter(|r| *r != self.id)
                     .map(|to| ByzantineAction::Send { to, message: Message::Checkpoint(echo.clone()) })
                     .collect()
             }
             Input::Message(VerifiedMessage::StateRequest(request)) => {
-                let chunk_bytes = self.config.params.state_chunk_bytes;
+                let chunk_bytes = self.membership.params.state_chunk_bytes;
                 let garbage = StateReply {
                     replica: self.id,
                     seq: request.seq,
@@ -754,7 +813,7 @@ impl ByzantineReplica {
                 };
                 vec![ByzantineAction::Send {
                     to: request.replica,
-                    message: Message::StateReply(signed(garbage, &self.key)),
+                    message: Message::StateReply(signed(self.membership.scope(), garbage, &self.key)),
                 }]
             }
             _ => Vec::new(),
@@ -766,16 +825,16 @@ impl ByzantineReplica {
             return Vec::new();
         };
         let view = vc.view();
-        if self.config.primary(view) != self.id || self.new_views_sent.contains(&view) {
+        if self.membership.primary(view) != self.id || self.new_views_sent.contains(&view) {
             return Vec::new();
         }
         let held = self.view_changes.entry(view).or_default();
         held.insert(vc.sender(), vc.as_ref().clone());
-        if held.len() < self.config.quorum() {
+        if held.len() < self.membership.quorum() {
             return Vec::new();
         }
         let view_changes: Vec<VerifiedViewChange> = held.values().cloned().collect();
-        let Ok(order) = compute_order(&view_changes, &self.config) else {
+        let Ok(order) = compute_order(&view_changes, &self.membership) else {
             return Vec::new();
         };
         self.new_views_sent.push(view);
@@ -785,9 +844,10 @@ impl ByzantineReplica {
             .iter()
             .map(|(seq, _)| *seq)
             .chain(std::iter::once(last))
-            .map(|seq| signed(PrePrepare { view, seq, digest: null_digest() }, &self.key))
+            .map(|seq| signed(self.membership.scope(), PrePrepare { view, seq, digest: null_digest() }, &self.key))
             .collect();
         let new_view = signed(
+            self.membership.scope(),
             NewView {
                 view,
                 view_changes: view_changes.iter().map(|vc| vc.message.signed().clone()).collect(),
@@ -795,7 +855,7 @@ impl ByzantineReplica {
             },
             &self.key,
         );
-        self.config
+        self.membership
             .replicas()
             .filter(|r| *r != self.id)
             .map(|to| ByzantineAction::Send { to, message: Message::NewView(new_view.clone()) })
@@ -804,13 +864,13 @@ impl ByzantineReplica {
 
     fn equivocate(&mut self, input: Input, now: Instant) -> Vec<ByzantineAction> {
         let mut actions = Vec::new();
-        if self.config.primary(self.view) != self.id {
+        if self.membership.primary(self.view) != self.id {
             return actions;
         }
         if let Input::Message(VerifiedMessage::Request(request)) = input {
             self.proposer.offer(request, now);
         }
-        let backups: Vec<ReplicaId> = self.config.replicas().filter(|r| *r != self.id).collect();
+        let backups: Vec<ReplicaId> = self.membership.replicas().filter(|r| *r != self.id).collect();
         let (left, right) = backups.split_at(backups.len().div_ceil(2));
         for (seq, batch) in self.proposer.cut_batches(SeqNum(0), now) {
             // Make the proposer forget it, so it keeps equivocating on fresh numbers.
@@ -820,8 +880,13 @@ impl ByzantineReplica {
             let other = if batch.len() >= 2 { Batch::new(reversed) } else { Batch::null() };
             for (group, variant) in [(left, &batch), (right, &other)] {
                 let digest = variant.digest();
-                let pre_prepare = signed(PrePrepare { view: self.view, seq, digest }, &self.key);
-                let commit = signed(Commit { view: self.view, seq, digest, replica: self.id }, &self.key);
+                let pre_prepare =
+                    signed(self.membership.scope(), PrePrepare { view: self.view, seq, digest }, &self.key);
+                let commit = signed(
+                    self.membership.scope(),
+                    Commit { view: self.view, seq, digest, replica: self.id },
+                    &self.key,
+                );
                 for to in group {
                     actions.push(ByzantineAction::Send {
                         to: *to,

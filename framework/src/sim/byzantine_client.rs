@@ -4,8 +4,8 @@
 //! liveness is judged on the correct clients alone, and its attack stops at `until` (like
 //! the network's faults, so that liveness can be judged after it).
 
-use crate::config::ClusterConfig;
 use crate::ids::{Instant, ReplicaId, Timestamp, View};
+use crate::membership::Membership;
 use crate::messages::{Message, Request};
 use bulwark_crypto::{KeyPair, Signature, Signed};
 use std::sync::Arc;
@@ -76,7 +76,7 @@ pub struct ByzantineClient {
     key: KeyPair,
     /// A key that is not this client's: what "signed by someone else" signs with.
     other_key: KeyPair,
-    config: Arc<ClusterConfig>,
+    membership: Arc<Membership>,
     spec: ByzantineClientSpec,
     next_timestamp: Timestamp,
     ticks: u64,
@@ -84,8 +84,8 @@ pub struct ByzantineClient {
 }
 
 impl ByzantineClient {
-    pub fn new(key: KeyPair, other_key: KeyPair, config: Arc<ClusterConfig>, spec: ByzantineClientSpec) -> Self {
-        ByzantineClient { key, other_key, config, spec, next_timestamp: Timestamp(1), ticks: 0, sent: 0 }
+    pub fn new(key: KeyPair, other_key: KeyPair, membership: Arc<Membership>, spec: ByzantineClientSpec) -> Self {
+        ByzantineClient { key, other_key, membership, spec, next_timestamp: Timestamp(1), ticks: 0, sent: 0 }
     }
 
     pub fn attack(&self) -> ClientAttack {
@@ -115,7 +115,7 @@ impl ByzantineClient {
     }
 
     fn replicas(&self) -> Vec<ReplicaId> {
-        self.config.replicas().collect()
+        self.membership.replicas().collect()
     }
 
     /// A request of this client's at `timestamp`; its operation is opaque bytes (a service
@@ -133,7 +133,7 @@ impl ByzantineClient {
     }
 
     fn sign(&self, request: Request) -> Signed<Request> {
-        Signed::sign(request, &self.key).expect("encoding a request cannot fail")
+        self.membership.scope().sign(request, &self.key).into_signed()
     }
 
     fn bad_signatures(&mut self) -> Vec<ClientSend> {
@@ -141,7 +141,7 @@ impl ByzantineClient {
         let request = self.request(timestamp, self.ticks);
         let forged = match self.ticks % 3 {
             // Names this client, signed by another key.
-            0 => Signed::sign(request, &self.other_key).expect("encoding a request cannot fail"),
+            0 => self.membership.scope().sign(request, &self.other_key).into_signed(),
             // This client's signature with one bit flipped.
             1 => {
                 let mut signed = self.sign(request);
@@ -187,7 +187,7 @@ impl ByzantineClient {
         for old in 0..FLOOD_OLD_PER_TICK {
             let timestamp = Timestamp(1 + (self.ticks + old) % self.next_timestamp.0.max(1));
             let request = self.sign(self.request(timestamp, 0));
-            let to = self.config.primary(View(0));
+            let to = self.membership.primary(View(0));
             sends.push(ClientSend { to, message: Message::Request(request) });
         }
         sends

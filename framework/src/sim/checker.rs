@@ -2,8 +2,8 @@
 //! simulator step. It sees only what replicas emit (messages they sign, replies, events)
 //! and their public accessors; it never trusts a replica's own claim of correctness.
 
-use crate::config::ClusterConfig;
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
+use crate::membership::Membership;
 use crate::messages::{MessageKind, VerifiedMessage, VerifiedNewView};
 use crate::roles::view_change::compute_order;
 use crate::roles::{Action, ReplicaEvent};
@@ -34,8 +34,7 @@ struct Progress {
 /// The checker's record of the run.
 #[derive(Debug)]
 pub struct Checker {
-    config: Arc<ClusterConfig>,
-    n: u64,
+    membership: Arc<Membership>,
     window: u64,
     /// The highest view each correct replica asked for or entered: it may sign nothing
     /// normal-case below it (I14).
@@ -56,11 +55,10 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(config: Arc<ClusterConfig>) -> Self {
+    pub fn new(membership: Arc<Membership>) -> Self {
         Checker {
-            n: config.n() as u64,
-            window: config.params.watermark_window,
-            config,
+            window: membership.params.watermark_window,
+            membership,
             floors: BTreeMap::new(),
             executed: BTreeMap::new(),
             results: BTreeMap::new(),
@@ -224,7 +222,7 @@ impl Checker {
             _ => return,
         };
         // A forwarded pre-prepare is the primary's signature, not this replica's.
-        if kind == MessageKind::PrePrepare && view.0 % self.n != replica.0 as u64 {
+        if kind == MessageKind::PrePrepare && self.membership.primary(view) != replica {
             return;
         }
         let floor = self.floors.get(&replica).copied().unwrap_or_default();
@@ -256,12 +254,12 @@ impl Checker {
     /// sequence number above `min-s` that a correct replica executed its executed digest.
     fn observe_new_view(&mut self, replica: ReplicaId, view: View, new_view: &Arc<VerifiedNewView>) {
         let senders: BTreeSet<ReplicaId> = new_view.view_changes.iter().map(|vc| vc.sender()).collect();
-        let quorum = self.config.quorum();
+        let quorum = self.membership.quorum();
         let all_for_view = new_view.view_changes.iter().all(|vc| vc.view() == view);
         self.expect(senders.len() >= quorum && all_for_view && new_view.view() == view, "I10", || {
             format!("{replica} entered view {view} with a V of {} distinct senders", senders.len())
         });
-        let recomputed = compute_order(&new_view.view_changes, &self.config);
+        let recomputed = compute_order(&new_view.view_changes, &self.membership);
         let order = &new_view.order;
         let matches = recomputed.as_ref().is_ok_and(|r| r == order)
             && order.entries.len() == new_view.pre_prepares.len()
@@ -273,7 +271,7 @@ impl Checker {
         self.expect(matches, "I10", || format!("{replica} entered view {view} with an O that is not VC12 of V"));
         let span = order.max_seq.0.saturating_sub(order.min_seq().0);
         self.expect(span <= self.window, "I10", || format!("view {view}: max-s - min-s = {span} exceeds L"));
-        if view.0 % self.n == replica.0 as u64 {
+        if self.membership.primary(view) == replica {
             // The new primary signed each pre-prepare of `O` when it built the NEW-VIEW
             // (VC11): when it later forwards one alone (status retransmission), that is the
             // same signature again, not a new one (I3, I14).

@@ -17,9 +17,10 @@ pub mod campaign;
 pub mod checker;
 pub mod twins;
 
-use crate::config::{ClusterConfig, ProtocolParams};
+use crate::config::ProtocolParams;
 use crate::durable::Recovered;
-use crate::ids::{Instant, ReplicaId, SeqNum, View};
+use crate::ids::{ClusterId, Instant, ReplicaId, SeqNum, View};
+use crate::membership::{Membership, MembershipHandle};
 use crate::messages::{Message, MessageKind, VerifiedMessage};
 use crate::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput};
 use crate::roles::client::{Client, ClientAction, ClientError};
@@ -27,7 +28,7 @@ use crate::roles::primary::{PrimaryInput, PrimaryOutput, PrimaryRole};
 use crate::roles::replica::{Footprint, Input, Replica, ReplicaMetrics};
 use crate::roles::{Action, TimerKind};
 use crate::service::Service;
-use crate::verify::{verify_message, RefusalCounts};
+use crate::verify::{verify_envelope, verify_message, RefusalCounts};
 use crate::wire;
 use bulwark_crypto::{Digest, DigestBuilder, KeyPair};
 use byzantine::{ByzantineAction, ByzantineReplica, Strategy};
@@ -130,6 +131,10 @@ impl Round {
 pub struct SimConfig {
     pub seed: u64,
     pub replicas: usize,
+    /// The cluster the replicas form.
+    pub cluster: ClusterId,
+    /// The replicas' ids, if not `0..replicas`: any distinct numbers, `replicas` of them.
+    pub replica_ids: Option<Vec<ReplicaId>>,
     pub clients: usize,
     pub requests_per_client: u64,
     /// Requests each client keeps outstanding (closed loop).
@@ -168,6 +173,8 @@ impl SimConfig {
         SimConfig {
             seed,
             replicas,
+            cluster: ClusterId(1),
+            replica_ids: None,
             clients: 4,
             requests_per_client: 50,
             client_concurrency: 4,
@@ -194,6 +201,15 @@ impl SimConfig {
             rounds: Vec::new(),
             byzantine_clients: Vec::new(),
         }
+    }
+}
+
+impl SimConfig {
+    /// The replicas' ids, ascending: `replica_ids` if set, else `0..replicas`.
+    pub fn ids(&self) -> Vec<ReplicaId> {
+        let mut ids = self.replica_ids.clone().unwrap_or_else(|| (0..self.replicas as u32).map(ReplicaId).collect());
+        ids.sort();
+        ids
     }
 }
 
@@ -398,13 +414,13 @@ type OperationSource<S> = Box<dyn FnMut(&mut ChaCha8Rng, usize, u64) -> <S as Se
 /// A simulation of one cluster running service `S`.
 pub struct Simulation<S: Service> {
     config: SimConfig,
-    cluster: Arc<ClusterConfig>,
+    membership: Arc<Membership>,
     rng: ChaCha8Rng,
     now: Instant,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     events: BTreeMap<u64, Event>,
     next_event: u64,
-    nodes: Vec<Node<S>>,
+    nodes: BTreeMap<ReplicaId, Node<S>>,
     /// The second instances of twinned replicas.
     twin_nodes: BTreeMap<ReplicaId, Node<S>>,
     /// The checkpoint collector and primary role of each live correct or twin instance.
@@ -426,7 +442,7 @@ pub struct Simulation<S: Service> {
     peak_checker: usize,
     rejoins: Vec<(ReplicaId, SeqNum, SeqNum)>,
     /// Each replica's durable records, folded (what survives a crash).
-    stores: Vec<Recovered>,
+    stores: BTreeMap<ReplicaId, Recovered>,
     make_service: Box<dyn Fn() -> S>,
     /// Replicas that die after persisting their next step.
     dying: std::collections::BTreeSet<ReplicaId>,
@@ -440,11 +456,11 @@ impl<S: Service> fmt::Debug for Simulation<S> {
     }
 }
 
-/// The deterministic key of replica `i` in simulation `seed`.
-pub fn replica_key(seed: u64, replica: usize) -> KeyPair {
+/// The deterministic key of replica `replica` in simulation `seed`.
+pub fn replica_key(seed: u64, replica: ReplicaId) -> KeyPair {
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    bytes[8..16].copy_from_slice(&(replica as u64).to_le_bytes());
+    bytes[8..16].copy_from_slice(&(replica.0 as u64).to_le_bytes());
     bytes[16] = 1;
     KeyPair::from_seed(*Digest::of(&bytes).as_bytes())
 }
@@ -465,25 +481,35 @@ impl<S: Service> Simulation<S> {
         make_service: impl Fn() -> S + 'static,
         make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> S::Op + 'static,
     ) -> Result<Self, crate::config::ConfigError> {
-        let members = (0..config.replicas).map(|i| replica_key(config.seed, i).public()).collect();
-        let cluster = Arc::new(ClusterConfig::new(members, config.params.clone())?);
+        let ids = config.ids();
+        if ids.len() != config.replicas {
+            return Err(crate::config::ConfigError::Invalid {
+                field: "replica_ids",
+                reason: format!("{} ids for {} replicas", ids.len(), config.replicas),
+            });
+        }
+        let members = ids.iter().map(|&id| (id, replica_key(config.seed, id).public()));
+        let membership = Membership::new(config.cluster, crate::ids::Epoch(0), members, config.params.clone())?;
+        let membership = Arc::new(membership);
         twins::check(&config)?;
-        let mut checker = Checker::new(cluster.clone());
-        let mut nodes: Vec<Node<S>> = (0..config.replicas)
-            .map(|i| {
-                let id = ReplicaId(i as u32);
-                let key = replica_key(config.seed, i);
+        let mut checker = Checker::new(membership.clone());
+        // Each replica has a handle of its own, as a replica of its own process would.
+        let handle = || MembershipHandle::new((*membership).clone());
+        let mut nodes: BTreeMap<ReplicaId, Node<S>> = ids
+            .iter()
+            .map(|&id| {
+                let key = replica_key(config.seed, id);
                 if config.twins.contains(&id) {
-                    return Node::Twin(Box::new(Replica::new(id, key, cluster.clone(), make_service())));
+                    return (id, Node::Twin(Box::new(Replica::new(id, key, handle(), make_service()))));
                 }
-                match config.byzantine.iter().find(|(r, _)| *r == id) {
+                let node = match config.byzantine.iter().find(|(r, _)| *r == id) {
                     Some((_, strategy)) => {
-                        Node::Byzantine(Box::new(ByzantineReplica::new(id, key, cluster.clone(), *strategy)))
+                        Node::Byzantine(Box::new(ByzantineReplica::new(id, key, membership.clone(), *strategy)))
                     }
                     None => {
                         checker.register(id);
                         #[allow(unused_mut)]
-                        let mut replica = Replica::new(id, key, cluster.clone(), make_service());
+                        let mut replica = Replica::new(id, key, handle(), make_service());
                         if config.weaken_quorums {
                             #[cfg(feature = "negative-controls")]
                             replica.weaken_quorums_for_negative_control();
@@ -492,20 +518,21 @@ impl<S: Service> Simulation<S> {
                         }
                         Node::Correct(Box::new(replica))
                     }
-                }
+                };
+                (id, node)
             })
             .collect();
         let mut twin_nodes: BTreeMap<ReplicaId, Node<S>> = config
             .twins
             .iter()
             .map(|&id| {
-                let key = replica_key(config.seed, id.index());
-                (id, Node::Twin(Box::new(Replica::new(id, key, cluster.clone(), make_service()))))
+                let key = replica_key(config.seed, id);
+                (id, Node::Twin(Box::new(Replica::new(id, key, handle(), make_service()))))
             })
             .collect();
         let clients = (0..config.clients)
             .map(|c| ClientNode {
-                client: Client::new(client_key(config.seed, c), cluster.clone(), crate::ids::Timestamp(1)),
+                client: Client::new(client_key(config.seed, c), handle(), crate::ids::Timestamp(1)),
                 issued: 0,
                 completed: 0,
                 timer_generation: 0,
@@ -515,14 +542,13 @@ impl<S: Service> Simulation<S> {
             .map(|index| {
                 let key = client_key(config.seed, 1_000 + index);
                 let other_key = client_key(config.seed, 2_000 + index);
-                ByzantineClient::new(key, other_key, cluster.clone(), config.byzantine_clients[index])
+                ByzantineClient::new(key, other_key, membership.clone(), config.byzantine_clients[index])
             })
             .collect();
         let mut roles_apart = BTreeMap::new();
         let instances = nodes
             .iter_mut()
-            .enumerate()
-            .map(|(index, node)| (Endpoint::Replica(ReplicaId(index as u32)), node))
+            .map(|(id, node)| (Endpoint::Replica(*id), node))
             .chain(twin_nodes.iter_mut().map(|(id, node)| (Endpoint::Twin(*id), node)));
         for (endpoint, node) in instances {
             if let Node::Correct(replica) | Node::Twin(replica) = node {
@@ -535,7 +561,8 @@ impl<S: Service> Simulation<S> {
             hops_due: BTreeMap::new(),
             byzantine_clients,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
-            cluster,
+            stores: ids.iter().map(|&id| (id, Recovered::default())).collect(),
+            membership,
             now: Instant::ZERO,
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
@@ -552,7 +579,6 @@ impl<S: Service> Simulation<S> {
             peak: Footprint::default(),
             peak_checker: 0,
             rejoins: Vec::new(),
-            stores: vec![Recovered::default(); config.replicas],
             make_service: Box::new(make_service),
             dying: Default::default(),
             restarts_done: 0,
@@ -560,13 +586,13 @@ impl<S: Service> Simulation<S> {
         })
     }
 
-    pub fn cluster(&self) -> &Arc<ClusterConfig> {
-        &self.cluster
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
     }
 
     /// A correct replica, if replica `id` is one and has not crashed.
     pub fn replica(&self, id: ReplicaId) -> Option<&Replica<S>> {
-        match self.nodes.get(id.index()) {
+        match self.nodes.get(&id) {
             Some(Node::Correct(replica)) => Some(replica),
             _ => None,
         }
@@ -574,7 +600,7 @@ impl<S: Service> Simulation<S> {
 
     /// The live correct replicas.
     fn correct_replicas(&self) -> impl Iterator<Item = &Replica<S>> {
-        self.nodes.iter().filter_map(|node| match node {
+        self.nodes.values().filter_map(|node| match node {
             Node::Correct(replica) => Some(replica.as_ref()),
             _ => None,
         })
@@ -639,7 +665,7 @@ impl<S: Service> Simulation<S> {
 
     fn encode(&self, message: &VerifiedMessage) -> Payload {
         if self.config.wire_roundtrip {
-            match wire::encode_frame(&message.to_wire()) {
+            match wire::encode_frame(self.membership.scope(), &message.to_wire()) {
                 Ok(frame) => Payload::Frame(Arc::new(frame)),
                 Err(_) => Payload::Verified(message.clone()),
             }
@@ -684,8 +710,10 @@ impl<S: Service> Simulation<S> {
         for isolation in self.config.isolations.clone() {
             self.schedule(isolation.until, Event::Rejoin { replica: isolation.replica });
         }
-        let instances: Vec<Endpoint> = (0..self.nodes.len() as u32)
-            .map(|index| Endpoint::Replica(ReplicaId(index)))
+        let instances: Vec<Endpoint> = self
+            .nodes
+            .keys()
+            .map(|id| Endpoint::Replica(*id))
             .chain(self.twin_nodes.keys().map(|id| Endpoint::Twin(*id)))
             .collect();
         let now = self.now;
@@ -723,7 +751,7 @@ impl<S: Service> Simulation<S> {
             .restarts
             .iter()
             .map(|r| r.replica)
-            .filter(|r| matches!(self.nodes[r.index()], Node::Crashed) || self.dying.contains(r))
+            .filter(|r| matches!(self.nodes.get(r), Some(Node::Crashed)) || self.dying.contains(r))
             .collect();
         down.sort();
         down.dedup();
@@ -750,7 +778,7 @@ impl<S: Service> Simulation<S> {
                 }
             }
             Event::TornCrash { replica } => {
-                if matches!(self.nodes[replica.index()], Node::Correct(_)) {
+                if matches!(self.nodes.get(&replica), Some(Node::Correct(_))) {
                     self.dying.insert(replica);
                 }
             }
@@ -804,8 +832,8 @@ impl<S: Service> Simulation<S> {
                 self.delivered += 1;
                 let message = match payload {
                     Payload::Verified(message) => message,
-                    Payload::Frame(frame) => match wire::decode_frame(&frame, self.cluster.params.frame_bytes_max) {
-                        Ok(Some((message, _))) => match self.verify(message) {
+                    Payload::Frame(frame) => match wire::decode_frame(&frame, self.membership.params.frame_bytes_max) {
+                        Ok(Some((envelope, _))) => match self.verify_envelope(envelope) {
                             Some(message) => message,
                             None => return,
                         },
@@ -837,7 +865,15 @@ impl<S: Service> Simulation<S> {
     }
 
     fn verify(&mut self, message: Message) -> Option<VerifiedMessage> {
-        match verify_message(message, &self.cluster) {
+        self.refuse_at_edge(verify_message(message, &self.membership))
+    }
+
+    fn verify_envelope(&mut self, envelope: wire::Envelope) -> Option<VerifiedMessage> {
+        self.refuse_at_edge(verify_envelope(envelope, &self.membership))
+    }
+
+    fn refuse_at_edge(&mut self, verdict: Result<VerifiedMessage, crate::verify::Refusal>) -> Option<VerifiedMessage> {
+        match verdict {
             Ok(message) => Some(message),
             Err(refusal) => {
                 self.refused_at_edge.record(&refusal);
@@ -848,7 +884,7 @@ impl<S: Service> Simulation<S> {
 
     fn node_mut(&mut self, node: Endpoint) -> Option<&mut Node<S>> {
         match node {
-            Endpoint::Replica(id) => self.nodes.get_mut(id.index()),
+            Endpoint::Replica(id) => self.nodes.get_mut(&id),
             Endpoint::Twin(id) => self.twin_nodes.get_mut(&id),
             Endpoint::Client(_) | Endpoint::ByzantineClient(_) => None,
         }
@@ -862,7 +898,7 @@ impl<S: Service> Simulation<S> {
         // Field by field, not through `node_mut`, so the checker stays borrowable below.
         let target = match node {
             Endpoint::Twin(_) => self.twin_nodes.get_mut(&id),
-            _ => self.nodes.get_mut(id.index()),
+            _ => self.nodes.get_mut(&id),
         };
         let Some(target) = target else {
             return;
@@ -921,7 +957,7 @@ impl<S: Service> Simulation<S> {
             self.trace.update(b"crash").update_u64(id.0 as u64);
             self.crash(id);
         }
-        if !matches!(self.nodes[id.index()], Node::Crashed) {
+        if !matches!(self.nodes.get(&id), Some(Node::Crashed)) {
             return;
         }
         self.trace.update(b"restart").update_u64(id.0 as u64);
@@ -930,10 +966,10 @@ impl<S: Service> Simulation<S> {
         for kind in [TimerKind::Batch, TimerKind::Status, TimerKind::Request, TimerKind::ViewChange] {
             *self.timer_generations.entry((Endpoint::Replica(id), kind)).or_default() += 1;
         }
-        let recovered = self.stores[id.index()].clone();
-        let key = replica_key(self.config.seed, id.index());
-        let (mut replica, actions) =
-            Replica::recover(id, key, self.cluster.clone(), (self.make_service)(), recovered, self.now);
+        let recovered = self.stores.get(&id).cloned().unwrap_or_default();
+        let key = replica_key(self.config.seed, id);
+        let handle = MembershipHandle::new((*self.membership).clone());
+        let (mut replica, actions) = Replica::recover(id, key, handle, (self.make_service)(), recovered, self.now);
         // Recovery runs with the roles in place; from here on, as for every replica, they
         // run apart.
         if let Some(roles) = detach_roles(&mut replica) {
@@ -941,14 +977,14 @@ impl<S: Service> Simulation<S> {
         }
         self.checker.observe_restart(id);
         self.checker.observe_replica(id, &actions, replica.view(), replica.stable(), replica.last_executed());
-        self.nodes[id.index()] = Node::Correct(Box::new(replica));
+        self.nodes.insert(id, Node::Correct(Box::new(replica)));
         self.carry_out(Endpoint::Replica(id), actions);
     }
 
     /// Replica `id` stops, and its roles run apart with it.
     fn crash(&mut self, id: ReplicaId) {
         let node = Endpoint::Replica(id);
-        self.nodes[id.index()] = Node::Crashed;
+        self.nodes.insert(id, Node::Crashed);
         self.roles_apart.remove(&node);
         *self.incarnations.entry(node).or_default() += 1;
     }
@@ -1024,7 +1060,8 @@ impl<S: Service> Simulation<S> {
                 }
                 Action::Broadcast { message } => {
                     let payload = self.encode(&message);
-                    for to in (0..self.nodes.len() as u32).map(ReplicaId) {
+                    let members: Vec<ReplicaId> = self.nodes.keys().copied().collect();
+                    for to in members {
                         if to != from && !self.blacked_out(from, to, &message) {
                             self.send(node, Endpoint::Replica(to), payload.clone());
                         }
@@ -1039,7 +1076,11 @@ impl<S: Service> Simulation<S> {
                 }
                 Action::SetTimer { timer, at } => self.set_timer(node, timer, at),
                 // Twins never restart: their records are not kept.
-                Action::Persist(record) if node == Endpoint::Replica(from) => self.stores[from.index()].apply(record),
+                Action::Persist(record) if node == Endpoint::Replica(from) => {
+                    if let Some(store) = self.stores.get_mut(&from) {
+                        store.apply(record);
+                    }
+                }
                 Action::Persist(_) => {}
                 Action::ToCheckpoints(input) => self.hop(node, Hop::ToCollector(input)),
                 Action::ToPrimary(input) => self.hop(node, Hop::ToPrimary(input)),
@@ -1093,8 +1134,9 @@ impl<S: Service> Simulation<S> {
                 }
                 ClientAction::Broadcast { request } => {
                     let payload = self.encode(&VerifiedMessage::Request(request));
-                    for to in 0..self.nodes.len() as u32 {
-                        self.send(Endpoint::Client(client), Endpoint::Replica(ReplicaId(to)), payload.clone());
+                    let members: Vec<ReplicaId> = self.nodes.keys().copied().collect();
+                    for to in members {
+                        self.send(Endpoint::Client(client), Endpoint::Replica(to), payload.clone());
                     }
                 }
                 ClientAction::SetTimer { at } => {
@@ -1121,9 +1163,8 @@ impl<S: Service> Simulation<S> {
         let byzantine_messages_sent = self
             .nodes
             .iter()
-            .enumerate()
-            .filter_map(|(index, node)| match node {
-                Node::Byzantine(byzantine) => Some((ReplicaId(index as u32), byzantine.messages_sent())),
+            .filter_map(|(id, node)| match node {
+                Node::Byzantine(byzantine) => Some((*id, byzantine.messages_sent())),
                 _ => None,
             })
             .collect();
@@ -1131,7 +1172,7 @@ impl<S: Service> Simulation<S> {
         let mut stable_checkpoints = BTreeMap::new();
         let mut views = BTreeMap::new();
         let mut metrics = BTreeMap::new();
-        for node in &self.nodes {
+        for node in self.nodes.values() {
             if let Node::Correct(replica) = node {
                 metrics.insert(replica.id(), replica.metrics().clone());
                 final_states.insert(replica.id(), (replica.last_executed(), replica.state_digest()));

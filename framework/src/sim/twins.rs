@@ -28,13 +28,14 @@ use std::time::Duration;
 /// Rejects a Twins configuration the simulator cannot run faithfully.
 pub(super) fn check(config: &SimConfig) -> Result<(), ConfigError> {
     let invalid = |field: &'static str, reason: String| Err(ConfigError::Invalid { field, reason });
+    let ids = config.ids();
     let twinned: BTreeSet<ReplicaId> = config.twins.iter().copied().collect();
     if twinned.len() != config.twins.len() {
         return invalid("twins", format!("a replica is twinned twice: {:?}", config.twins));
     }
     for replica in &twinned {
-        if replica.index() >= config.replicas {
-            return invalid("twins", format!("replica {} is not a member of {}", replica.0, config.replicas));
+        if !ids.contains(replica) {
+            return invalid("twins", format!("replica {} is not one of the {} replicas", replica.0, config.replicas));
         }
         let elsewhere = config.byzantine.iter().any(|(r, _)| r == replica)
             || config.crashes.iter().any(|(r, _)| r == replica)
@@ -51,8 +52,7 @@ pub(super) fn check(config: &SimConfig) -> Result<(), ConfigError> {
         until = round.until;
         let mut seen = BTreeSet::new();
         for instance in round.groups.iter().flatten() {
-            let exists =
-                instance.replica.index() < config.replicas && (!instance.twin || twinned.contains(&instance.replica));
+            let exists = ids.contains(&instance.replica) && (!instance.twin || twinned.contains(&instance.replica));
             if !exists {
                 return invalid("rounds", format!("round {index} names an instance that does not exist: {instance:?}"));
             }
