@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use strum::VariantArray;
 
 /// Protocol parameters. The defaults suit a LAN cluster; every bound here is also a bound
 /// on what a Byzantine peer can make a replica hold.
@@ -67,8 +68,26 @@ pub struct ProtocolParams {
 
 /// How clients and replicas authenticate what they send each other. Replica-to-replica
 /// messages are signed in either mode, and certificates are unchanged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// A mode's name is its variant's in lower case, the same in the cluster file (serde) and
+/// on the command line (`Display`, `str::parse`; [`VariantArray::VARIANTS`] lists them).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase", parse_err_ty = String, parse_err_fn = unknown_client_auth)]
 pub enum ClientAuth {
     /// Every request is ed25519-signed by its client and checked by every replica; every
     /// ordered reply is vouched for by its replica's signature over the Merkle root of its
@@ -89,25 +108,10 @@ pub enum ClientAuth {
     Connection,
 }
 
-impl ClientAuth {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientAuth::Signed => "signed",
-            ClientAuth::Connection => "connection",
-        }
-    }
-}
-
-impl std::str::FromStr for ClientAuth {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "signed" => Ok(ClientAuth::Signed),
-            "connection" => Ok(ClientAuth::Connection),
-            other => Err(format!("client_auth is \"signed\" or \"connection\", not {other:?}")),
-        }
-    }
+/// The error of parsing an unknown client-auth mode: it lists the known ones.
+fn unknown_client_auth(text: &str) -> String {
+    let names: Vec<String> = ClientAuth::VARIANTS.iter().map(|mode| format!("{:?}", <&str>::from(mode))).collect();
+    format!("client_auth is one of {}, not {text:?}", names.join(", "))
 }
 
 impl Default for ProtocolParams {
@@ -205,6 +209,18 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn client_auth_modes_have_one_name_in_cluster_files_and_on_the_command_line() {
+        let names: Vec<String> = ClientAuth::VARIANTS.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["signed", "connection"]);
+        for mode in ClientAuth::VARIANTS {
+            let serialized: String = rmp_serde::from_slice(&rmp_serde::to_vec(mode).unwrap()).unwrap();
+            assert_eq!(serialized, mode.to_string(), "serde and strum disagree");
+            assert_eq!(serialized.parse(), Ok(*mode));
+        }
+        let error = "mac".parse::<ClientAuth>().unwrap_err();
+        assert_eq!(error, r#"client_auth is one of "signed", "connection", not "mac""#);
+    }
 
     #[test]
     fn window_must_be_a_multiple_of_the_checkpoint_interval() {

@@ -18,6 +18,7 @@ use bulwark_framework::verify::{verify_message, Refusal, RefusalKind};
 use bulwark_framework::{ClusterId, Instant, Membership, ProtocolParams, ReplicaId, SeqNum, View};
 use std::sync::Arc;
 use std::time::Duration;
+use strum::VariantArray;
 
 fn config(seed: u64, replicas: usize) -> SimConfig {
     let mut config = SimConfig::new(seed, replicas);
@@ -36,12 +37,38 @@ fn sent_by(report: &SimReport, replica: ReplicaId) -> u64 {
 }
 
 #[test]
-fn every_strategy_name_names_it() {
-    for strategy in Strategy::ALL {
-        assert_eq!(Strategy::from_name(strategy.name()), Some(strategy));
+fn every_strategy_and_client_attack_name_names_it() {
+    for strategy in Strategy::VARIANTS {
+        assert_eq!(strategy.name().parse(), Ok(*strategy));
     }
-    let names: std::collections::BTreeSet<&str> = Strategy::ALL.iter().map(|s| s.name()).collect();
-    assert_eq!(names.len(), Strategy::ALL.len(), "two strategies share a name");
+    let names: std::collections::BTreeSet<&str> = Strategy::VARIANTS.iter().map(|s| s.name()).collect();
+    assert_eq!(names.len(), Strategy::VARIANTS.len(), "two strategies share a name");
+    // The names the README, the benchmark tables and replay commands use.
+    let names: Vec<&str> = Strategy::VARIANTS.iter().map(|s| s.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "silent",
+            "equivocating-primary",
+            "skipping-primary",
+            "slow-primary",
+            "corrupt-state",
+            "colluder",
+            "bad-new-view",
+            "equivocating-voter",
+            "flood",
+            "replay",
+            "bad-certificate",
+            "conflicting-checkpoint",
+        ]
+    );
+    let error = "loud".parse::<Strategy>().unwrap_err();
+    assert!(error.starts_with(r#"unknown strategy "loud"; one of: silent, equivocating-primary, "#), "{error}");
+    let names: Vec<&str> = ClientAttack::VARIANTS.iter().map(|a| a.name()).collect();
+    assert_eq!(names, ["bad-signatures", "partial-delivery", "conflicting-requests", "request-flood"]);
+    for attack in ClientAttack::VARIANTS {
+        assert_eq!(attack.name().parse(), Ok(*attack));
+    }
 }
 
 /// N4, N5, M6, PF7: a backup that votes for a digest made up for each peer, then for the

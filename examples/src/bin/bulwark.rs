@@ -18,10 +18,13 @@ use bulwark_framework::sim::byzantine_client::ClientAttack;
 use bulwark_framework::sim::campaign::{run_campaign, CampaignReport, CampaignSpec};
 use bulwark_framework::sim::twins::{run_twins, TwinsScope};
 use bulwark_framework::{ClusterId, MembershipHandle, ProtocolParams, ReplicaId, Service, View};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use strum::VariantArray;
 
 /// mimalloc rather than the system allocator: a replica allocates and frees a buffer or
 /// more per message, and with glibc's malloc that was about a sixth of all CPU time in the
@@ -88,12 +91,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// Run replica ID as a Byzantine replica with the simulator's STRATEGY (repeatable),
-        /// e.g. `--byzantine 3:silent`, `--byzantine 0:equivocating-primary`. Strategies:
-        /// silent, equivocating-primary, skipping-primary, slow-primary, corrupt-state,
-        /// colluder, bad-new-view, equivocating-voter, flood, replay, bad-certificate,
-        /// conflicting-checkpoint. The summary's `digest_agree=` then compares the correct
-        /// replicas only. More than f are refused unless --allow-more-than-f is given.
-        #[arg(long, value_name = "ID:STRATEGY", value_parser = parse_byzantine, verbatim_doc_comment)]
+        /// e.g. `--byzantine 3:silent`, `--byzantine 0:equivocating-primary`; STRATEGY is one
+        /// of the possible values listed. The summary's `digest_agree=` then compares the
+        /// correct replicas only. More than f are refused unless --allow-more-than-f is given.
+        #[arg(long, value_name = "ID:STRATEGY", value_parser = ByzantineParser, verbatim_doc_comment)]
         byzantine: Vec<(ReplicaId, Strategy)>,
         /// Accept more than f Byzantine replicas (the protocol then promises nothing: a
         /// negative control).
@@ -209,14 +210,9 @@ enum Command {
         /// Batches the primary keeps proposed and not yet executed.
         #[arg(long, default_value_t = ProtocolParams::default().in_flight_batches_max)]
         in_flight_batches: u64,
-        /// In-process cluster only: how client links are authenticated. `signed`: every
-        /// request ed25519-signed by its client and checked by every replica, replies vouched
-        /// for by one signature per batch (a Merkle root). `connection`: nothing on client
-        /// links is signed; requests and replies are trusted by the connection they come on
-        /// (for client links authenticated by the network, and the PBFT paper's benchmark
-        /// setting; anyone on the client network could forge them). Replica-to-replica
+        /// In-process cluster only: how client links are authenticated. Replica-to-replica
         /// messages are signed either way. Against a running cluster its file decides.
-        #[arg(long, default_value = "signed", value_parser = parse_client_auth)]
+        #[arg(long, default_value_t = ClientAuth::default(), value_parser = client_auth_parser())]
         client_auth: ClientAuth,
         /// Print the result as JSON instead of a table.
         #[arg(long)]
@@ -228,11 +224,10 @@ enum Command {
         data_dir: Option<PathBuf>,
         /// In-process cluster only: run the bench twice in this process, fault-free and then
         /// under attack, and print both throughputs and their fraction. ATTACK is a replica
-        /// strategy of `bulwark sim --strategy` (a primary strategy on replica 0, the
-        /// primary of view 0; any other on the last replica) or a Byzantine client beside
-        /// the correct ones: bad-signatures, partial-delivery, conflicting-requests or
-        /// request-flood (1,000 strategy steps a second).
-        #[arg(long, value_name = "ATTACK", value_parser = parse_attack, conflicts_with = "config")]
+        /// strategy (a primary strategy on replica 0, the primary of view 0; any other on the
+        /// last replica) or the attack of a Byzantine client beside the correct ones (1,000
+        /// strategy steps a second).
+        #[arg(long, value_name = "ATTACK", value_parser = attack_parser(), conflicts_with = "config")]
         attack: Option<Attack>,
         /// In-process cluster only: `ordering_rate_min_per_s`, the requests per second a
         /// backup expects ordered while requests wait before it replaces the primary
@@ -266,11 +261,8 @@ enum Command {
         /// More than f is a negative control: the checker should then report violations.
         #[arg(long)]
         byzantine: Option<usize>,
-        /// Use only this Byzantine strategy (default: each Byzantine replica draws one):
-        /// silent, equivocating-primary, skipping-primary, slow-primary, corrupt-state,
-        /// colluder, bad-new-view, equivocating-voter, flood, replay, bad-certificate or
-        /// conflicting-checkpoint.
-        #[arg(long, value_parser = parse_strategy, conflicts_with = "twins")]
+        /// Use only this Byzantine strategy (default: each Byzantine replica draws one).
+        #[arg(long, value_parser = strategy_parser(), conflicts_with = "twins")]
         strategy: Option<Strategy>,
         /// Run Twins scenarios instead of drawn strategies (needs --replicas 4 or more).
         #[arg(long)]
@@ -282,12 +274,11 @@ enum Command {
     },
 }
 
-/// `--strategy NAME`: one of the simulator's Byzantine strategies.
-fn parse_strategy(name: &str) -> Result<Strategy, String> {
-    Strategy::from_name(name).ok_or_else(|| {
-        let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.name()).collect();
-        format!("unknown strategy {name:?}; one of: {}", names.join(", "))
-    })
+/// `--strategy NAME`: one of the simulator's Byzantine strategies, which `--help` lists and
+/// an unknown name's error too.
+fn strategy_parser() -> impl TypedValueParser<Value = Strategy> {
+    PossibleValuesParser::new(Strategy::VARIANTS.iter().map(|strategy| strategy.name()))
+        .map(|name| name.parse().expect("a possible value names a strategy"))
 }
 
 /// What `bulwark bench --attack` runs: a Byzantine replica or a Byzantine client.
@@ -306,24 +297,66 @@ impl Attack {
     }
 }
 
-/// `--attack NAME`: a replica strategy or a client attack, by name.
-fn parse_attack(name: &str) -> Result<Attack, String> {
-    if let Some(strategy) = Strategy::from_name(name) {
-        return Ok(Attack::Replica(strategy));
-    }
-    if let Some(attack) = ClientAttack::ALL.into_iter().find(|a| a.name() == name) {
-        return Ok(Attack::Client(attack));
-    }
-    let names: Vec<&str> =
-        Strategy::ALL.iter().map(|s| s.name()).chain(ClientAttack::ALL.iter().map(|a| a.name())).collect();
-    Err(format!("unknown attack {name:?}; one of: {}", names.join(", ")))
+/// `--attack NAME`: a replica strategy or a client attack, which `--help` lists (each
+/// saying which it is) and an unknown name's error too.
+fn attack_parser() -> impl TypedValueParser<Value = Attack> {
+    let replicas =
+        Strategy::VARIANTS.iter().map(|strategy| PossibleValue::new(strategy.name()).help("replica strategy"));
+    let clients = ClientAttack::VARIANTS.iter().map(|attack| PossibleValue::new(attack.name()).help("client attack"));
+    PossibleValuesParser::new(replicas.chain(clients)).map(|name| {
+        name.parse()
+            .map(Attack::Replica)
+            .or_else(|_| name.parse().map(Attack::Client))
+            .expect("a possible value names a strategy or a client attack")
+    })
 }
 
-/// `--byzantine ID:STRATEGY`: a replica id and one of the simulator's strategies.
+/// `--client-auth MODE`: the modes, which `--help` lists with what each means.
+fn client_auth_parser() -> impl TypedValueParser<Value = ClientAuth> {
+    let modes = ClientAuth::VARIANTS.iter().map(|mode| {
+        let help = match mode {
+            ClientAuth::Signed => {
+                "every request ed25519-signed by its client and checked by every replica, replies vouched for by \
+                 one signature per batch (a Merkle root)"
+            }
+            ClientAuth::Connection => {
+                "nothing on client links is signed; requests and replies are trusted by the connection they come \
+                 on (for client links authenticated by the network, and the PBFT paper's benchmark setting; anyone \
+                 on the client network could forge them)"
+            }
+        };
+        PossibleValue::new(<&str>::from(mode)).help(help)
+    });
+    PossibleValuesParser::new(modes).map(|name| name.parse().expect("a possible value names a mode"))
+}
+
+/// `--byzantine ID:STRATEGY`: a replica id and one of the simulator's strategies. A value is
+/// not one of the strategies, but they are its possible values so that `--help` lists them.
+#[derive(Debug, Clone, Copy)]
+struct ByzantineParser;
+
+impl TypedValueParser for ByzantineParser {
+    type Value = (ReplicaId, Strategy);
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        parse_byzantine.parse_ref(command, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(Strategy::VARIANTS.iter().map(|strategy| PossibleValue::new(strategy.name()))))
+    }
+}
+
+/// A `--byzantine` value; an unknown strategy's error lists the known ones.
 fn parse_byzantine(text: &str) -> Result<(ReplicaId, Strategy), String> {
     let (id, name) = text.split_once(':').ok_or_else(|| format!("expected ID:STRATEGY, got {text:?}"))?;
     let id: u32 = id.parse().map_err(|_| format!("bad replica id {id:?} in {text:?}"))?;
-    Ok((ReplicaId(id), parse_strategy(name)?))
+    Ok((ReplicaId(id), name.parse()?))
 }
 
 /// Attack requests per second a backup expects ordered under `bulwark bench --attack`
@@ -925,10 +958,6 @@ async fn bench_in_process(
     Ok((report, attacked))
 }
 
-fn parse_client_auth(text: &str) -> Result<ClientAuth, String> {
-    text.parse()
-}
-
 async fn bench(target: BenchTarget, clients: usize, spec: LoadSpec, json: bool) -> anyhow::Result<()> {
     let (report, n, client_auth) = match target {
         BenchTarget::Running(path) => {
@@ -1024,7 +1053,7 @@ fn bench_json(
         "replicas": replicas,
         "clients": clients,
         "mode": mode,
-        "client_auth": client_auth.as_str(),
+        "client_auth": client_auth.to_string(),
         "request_bytes": spec.sizes.request_bytes,
         "reply_bytes": spec.sizes.reply_bytes,
         "duration_s": report.elapsed.as_secs_f64(),
@@ -1066,10 +1095,8 @@ fn print_bench(
         return;
     }
     println!(
-        "replicas {replicas}, {mode}, request {} B, reply {} B, client auth {}",
-        spec.sizes.request_bytes,
-        spec.sizes.reply_bytes,
-        client_auth.as_str()
+        "replicas {replicas}, {mode}, request {} B, reply {} B, client auth {client_auth}",
+        spec.sizes.request_bytes, spec.sizes.reply_bytes
     );
     println!("| ops/s | completed | errors | shed | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|---|");

@@ -16,9 +16,13 @@ use crate::signing::Scoped;
 use bulwark_crypto::{Digest, DigestBuilder, KeyPair, Signed};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use strum::VariantArray;
 
-/// What a Byzantine replica does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a Byzantine replica does. Its name on the command line (`bulwark sim --strategy`)
+/// is the variant's in kebab case (`EquivocatingPrimary` is `equivocating-primary`): see
+/// [`Strategy::name`] and `str::parse`; [`VariantArray::VARIANTS`] lists every strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = unknown_strategy)]
 pub enum Strategy {
     /// Receives everything, sends nothing.
     Silent,
@@ -74,20 +78,7 @@ pub enum Strategy {
 impl Strategy {
     /// The strategy's name on the command line (`bulwark sim --strategy`).
     pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Silent => "silent",
-            Strategy::EquivocatingPrimary => "equivocating-primary",
-            Strategy::SkippingPrimary => "skipping-primary",
-            Strategy::SlowPrimary => "slow-primary",
-            Strategy::CorruptState => "corrupt-state",
-            Strategy::Colluder => "colluder",
-            Strategy::BadNewView => "bad-new-view",
-            Strategy::EquivocatingVoter => "equivocating-voter",
-            Strategy::Flood => "flood",
-            Strategy::Replay => "replay",
-            Strategy::BadCertificate => "bad-certificate",
-            Strategy::ConflictingCheckpoint => "conflicting-checkpoint",
-        }
+        self.into()
     }
 
     /// Whether this strategy reads messages of `kind`. A runtime drops the others before
@@ -110,27 +101,12 @@ impl Strategy {
             _ => true,
         }
     }
+}
 
-    /// The strategy named `name` (see [`Strategy::name`]).
-    pub fn from_name(name: &str) -> Option<Strategy> {
-        Strategy::ALL.into_iter().find(|strategy| strategy.name() == name)
-    }
-
-    /// Every strategy, for tests that draw one.
-    pub const ALL: [Strategy; 12] = [
-        Strategy::Silent,
-        Strategy::EquivocatingPrimary,
-        Strategy::SkippingPrimary,
-        Strategy::SlowPrimary,
-        Strategy::CorruptState,
-        Strategy::Colluder,
-        Strategy::BadNewView,
-        Strategy::EquivocatingVoter,
-        Strategy::Flood,
-        Strategy::Replay,
-        Strategy::BadCertificate,
-        Strategy::ConflictingCheckpoint,
-    ];
+/// The error of parsing an unknown strategy name: it lists the known ones.
+fn unknown_strategy(name: &str) -> String {
+    let names: Vec<&str> = Strategy::VARIANTS.iter().map(|strategy| strategy.name()).collect();
+    format!("unknown strategy {name:?}; one of: {}", names.join(", "))
 }
 
 /// An action of a Byzantine replica.

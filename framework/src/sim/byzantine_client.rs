@@ -10,9 +10,13 @@ use crate::messages::{Message, Request};
 use bulwark_crypto::{KeyPair, Signature, Signed};
 use std::sync::Arc;
 use std::time::Duration;
+use strum::VariantArray;
 
-/// What a Byzantine client does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a Byzantine client does. Its name (`bulwark bench --attack`) is the variant's in
+/// kebab case (`BadSignatures` is `bad-signatures`): see [`ClientAttack::name`] and
+/// `str::parse`; [`VariantArray::VARIANTS`] lists every attack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "kebab-case", parse_err_ty = String, parse_err_fn = unknown_attack)]
 pub enum ClientAttack {
     /// Requests whose signatures do not verify (R1, N1.e): signed by another key than the
     /// one they name, with a flipped bit, or not signed at all. Every replica must refuse
@@ -33,21 +37,16 @@ pub enum ClientAttack {
 }
 
 impl ClientAttack {
+    /// The attack's name on the command line (`bulwark bench --attack`).
     pub fn name(self) -> &'static str {
-        match self {
-            ClientAttack::BadSignatures => "bad-signatures",
-            ClientAttack::PartialDelivery => "partial-delivery",
-            ClientAttack::ConflictingRequests => "conflicting-requests",
-            ClientAttack::RequestFlood => "request-flood",
-        }
+        self.into()
     }
+}
 
-    pub const ALL: [ClientAttack; 4] = [
-        ClientAttack::BadSignatures,
-        ClientAttack::PartialDelivery,
-        ClientAttack::ConflictingRequests,
-        ClientAttack::RequestFlood,
-    ];
+/// The error of parsing an unknown attack name: it lists the known ones.
+fn unknown_attack(name: &str) -> String {
+    let names: Vec<&str> = ClientAttack::VARIANTS.iter().map(|attack| attack.name()).collect();
+    format!("unknown client attack {name:?}; one of: {}", names.join(", "))
 }
 
 /// One Byzantine client in a simulation: its attack and when the attack stops.

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
 use std::time::Duration;
+use strum::VariantArray;
 
 /// What a campaign runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,7 +138,9 @@ pub fn scenario(spec: &CampaignSpec, seed: u64) -> (SimConfig, Vec<(ReplicaId, S
     } else {
         members[..count]
             .iter()
-            .map(|r| (*r, spec.strategy.unwrap_or_else(|| *Strategy::ALL.choose(&mut rng).expect("strategies exist"))))
+            .map(|r| {
+                (*r, spec.strategy.unwrap_or_else(|| *Strategy::VARIANTS.choose(&mut rng).expect("strategies exist")))
+            })
             .collect()
     };
     if byzantine.iter().any(|(_, s)| *s == Strategy::SlowPrimary) {
@@ -171,7 +174,7 @@ pub fn scenario(spec: &CampaignSpec, seed: u64) -> (SimConfig, Vec<(ReplicaId, S
     // replica faults above stay what they were for each seed.
     let mut client_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xb12a_c11e);
     if client_rng.gen_bool(0.25) {
-        let attack = *ClientAttack::ALL.choose(&mut client_rng).expect("attacks exist");
+        let attack = *ClientAttack::VARIANTS.choose(&mut client_rng).expect("attacks exist");
         config.byzantine_clients.push(ByzantineClientSpec { attack, until: settle });
     }
     // The hop between each replica and its checkpoint collector, from its own stream too.
