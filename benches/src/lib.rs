@@ -12,7 +12,9 @@
 //!   [`bulwark_services::kv::KvStore`].
 
 use bulwark_crypto::{KeyPair, PublicKey, Signed};
-use bulwark_framework::messages::{batch_digest, Checkpoint, Commit, Message, PrePrepare, Prepare, Reply, Request};
+use bulwark_framework::messages::{
+    batch_digest, Checkpoint, Commit, Message, PrePrepare, Prepare, Reply, Request, WireCommand,
+};
 use bulwark_framework::sim::{SimConfig, Simulation};
 use bulwark_framework::{
     ClientId, ClusterId, Epoch, Membership, ProtocolParams, ReplicaId, Scope, SeqNum, Timestamp, View,
@@ -116,7 +118,7 @@ impl Fixture {
         let payload = PrePrepare { view: VIEW, seq: SEQ, digest: batch_digest(digests.iter()) };
         let primary = self.config.primary(VIEW);
         let signed = SCOPE.sign(payload, self.key(primary)).into_signed();
-        Message::PrePrepare(signed, requests)
+        Message::PrePrepare(signed, WireCommand::requests(requests))
     }
 
     /// The unsigned prepare replica 1 sends for the fixture slot.

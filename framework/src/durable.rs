@@ -24,14 +24,14 @@
 use crate::ids::{SeqNum, View};
 use crate::membership::Membership;
 use crate::messages::{
-    Batch, Checkpoint, Commit, Message, MessageKind, NewView, PreparedCertificate, Request, VerifiedMessage,
-    VerifiedNewView,
+    Batch, Checkpoint, Commit, Message, MessageKind, NewView, PreparedCertificate, VerifiedMessage, VerifiedNewView,
+    WireCommand,
 };
 use crate::roles::backup::PreparedProof;
 use crate::roles::checkpoint::StableCheckpoint;
 use crate::state::ChunkedImage;
 use crate::verify::{
-    checkpoint_proof, verify_batch_requests, verify_message, verify_prepared, ClientKeyCache, Refusal,
+    checkpoint_proof, verify_batch_commands, verify_message, verify_prepared, ClientKeyCache, Refusal,
 };
 use bulwark_crypto::Digest;
 use bulwark_crypto::{Signed, Verified};
@@ -160,12 +160,12 @@ pub enum StoredRecord {
     Prepared {
         seq: SeqNum,
         certificate: PreparedCertificate,
-        requests: Vec<Signed<Request>>,
+        commands: Vec<WireCommand>,
     },
     Committed {
         seq: SeqNum,
         view: View,
-        requests: Vec<Signed<Request>>,
+        commands: Vec<WireCommand>,
         commits: Vec<Signed<Commit>>,
     },
     Stable {
@@ -196,12 +196,12 @@ impl From<&Record> for StoredRecord {
             Record::Prepared(seq, proof) => StoredRecord::Prepared {
                 seq: *seq,
                 certificate: proof.certificate.to_wire(),
-                requests: proof.batch.to_wire(),
+                commands: proof.batch.to_wire(),
             },
             Record::Committed { seq, view, batch, certificate } => StoredRecord::Committed {
                 seq: *seq,
                 view: *view,
-                requests: batch.to_wire(),
+                commands: batch.to_wire(),
                 commits: certificate.iter().map(|c| c.signed().clone()).collect(),
             },
             Record::Stable { checkpoint, image } => StoredRecord::Stable {
@@ -226,17 +226,17 @@ impl StoredRecord {
                 VerifiedMessage::NewView(new_view) => Record::EnteredView(new_view),
                 _ => return Err(StoreError::Inconsistent("a new-view record that is not a new-view")),
             },
-            StoredRecord::Prepared { seq, certificate, requests } => {
+            StoredRecord::Prepared { seq, certificate, commands } => {
                 let target = certificate.pre_prepare.payload.view.next();
                 let certificate = verify_prepared(&certificate, target, membership)?;
-                let batch = verify_batch_requests(requests, membership, &mut keys)?;
+                let batch = verify_batch_commands(commands, membership, &mut keys)?;
                 if certificate.pre_prepare.seq != seq || certificate.pre_prepare.digest != batch.digest() {
                     return Err(StoreError::Inconsistent("prepared certificate does not match its batch"));
                 }
                 Record::Prepared(seq, crate::roles::backup::PreparedProof { certificate, batch: Arc::new(batch) })
             }
-            StoredRecord::Committed { seq, view, requests, commits } => {
-                let batch = verify_batch_requests(requests, membership, &mut keys)?;
+            StoredRecord::Committed { seq, view, commands, commits } => {
+                let batch = verify_batch_commands(commands, membership, &mut keys)?;
                 let mut certificate: Vec<Verified<Commit>> = Vec::with_capacity(commits.len());
                 for signed in commits {
                     let VerifiedMessage::Commit(commit) = verify_message(Message::Commit(signed), membership)? else {

@@ -1,7 +1,8 @@
 //! Bulwark's protocol core: PBFT as pure state machines.
 //!
 //! * [`messages`], [`wire`] and [`verify`]: what travels, how it is encoded, and the one
-//!   road from untrusted bytes to [`messages::VerifiedMessage`].
+//!   road from untrusted bytes to [`messages::VerifiedMessage`]; [`batch`]: what a batch
+//!   orders (client requests and commands of the system itself).
 //! * [`membership`]: a cluster's members in one epoch (stable ids, keys, quorum math,
 //!   protocol parameters) as one value, shared by a replica's roles through a handle;
 //!   [`config`]: the protocol parameters; [`signing`]: every signature binds the cluster
@@ -17,6 +18,7 @@
 //! draws global randomness: that is what lets the simulator replay any run from its seed.
 //! Rule IDs in comments and test names (N1.c, C5, …) refer to `shared/PBFT.md`.
 
+pub mod batch;
 pub mod config;
 pub mod durable;
 pub mod ids;

@@ -5,10 +5,11 @@
 //! [`VerifiedMessage`] (built of [`Verified`] payloads), produced only by
 //! [`crate::verify::verify_message`] or by a replica signing its own message.
 
+pub use crate::batch::{batch_digest, request_size, Batch, Command, SystemCommand, WireCommand};
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
 use crate::roles::checkpoint::StableCheckpoint;
 use crate::signing::Scoped;
-use bulwark_crypto::{Digest, DigestBuilder, PublicKey, Signable, Signature, Signed, Verified};
+use bulwark_crypto::{Digest, PublicKey, Signable, Signature, Signed, Verified};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -353,7 +354,7 @@ pub struct BatchRequest {
     pub digests: Vec<Digest>,
 }
 
-/// `BATCH`: the answer to a BATCH-REQ. The requests travel beside it; the receiver checks
+/// `BATCH`: the answer to a BATCH-REQ. The commands travel beside it; the receiver checks
 /// them against the digest it asked for, never against the sender's word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchReply {
@@ -464,76 +465,11 @@ payload_kinds! {
     StateReply => b"bulwark/state-reply/v1", binds epoch: true;
 }
 
-/// Domain tag of batch digests (M3).
-const BATCH_DOMAIN: &[u8] = b"bulwark/batch/v1";
-
-/// The batch digest of M3: `H(tag ‖ k ‖ D(m_1) ‖ … ‖ D(m_k))`. It binds neither view nor
-/// sequence number, so a batch keeps its digest when re-proposed in a later view.
-pub fn batch_digest<'a>(request_digests: impl ExactSizeIterator<Item = &'a Digest>) -> Digest {
-    let mut builder = DigestBuilder::new(BATCH_DOMAIN);
-    builder.update_u64(request_digests.len() as u64);
-    for digest in request_digests {
-        builder.update(&digest.0);
-    }
-    builder.finish()
-}
-
-/// An ordered batch of verified requests with its digest. The empty batch is the null
-/// request (M4).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Batch {
-    requests: Vec<Verified<Request>>,
-    digest: Digest,
-    encoded_bytes: usize,
-}
-
-impl Batch {
-    pub fn new(requests: Vec<Verified<Request>>) -> Self {
-        let digest = batch_digest(requests.iter().map(|r| r.digest()).collect::<Vec<_>>().iter());
-        let encoded_bytes = requests.iter().map(|r| request_size(r.payload())).sum();
-        Batch { requests, digest, encoded_bytes }
-    }
-
-    pub fn null() -> Self {
-        Batch::new(Vec::new())
-    }
-
-    pub fn requests(&self) -> &[Verified<Request>] {
-        &self.requests
-    }
-
-    pub fn digest(&self) -> Digest {
-        self.digest
-    }
-
-    pub fn len(&self) -> usize {
-        self.requests.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.requests.is_empty()
-    }
-
-    /// Approximate encoded size, for the `batch_bytes_max` bound.
-    pub fn encoded_bytes(&self) -> usize {
-        self.encoded_bytes
-    }
-
-    pub fn to_wire(&self) -> Vec<Signed<Request>> {
-        self.requests.iter().map(|r| r.signed().clone()).collect()
-    }
-}
-
-/// Approximate encoded size of a request: operation plus key, signature and framing.
-pub fn request_size(request: &Request) -> usize {
-    request.operation.len() + 128
-}
-
 /// A message as it travels between replicas and clients. Not yet trusted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Request(Signed<Request>),
-    PrePrepare(Signed<PrePrepare>, Vec<Signed<Request>>),
+    PrePrepare(Signed<PrePrepare>, Vec<WireCommand>),
     Prepare(Signed<Prepare>),
     Commit(Signed<Commit>),
     /// A reply signed alone (read-only, or re-sent from the client table).
@@ -547,7 +483,7 @@ pub enum Message {
     ViewChange(Signed<ViewChange>),
     NewView(Signed<NewView>),
     BatchRequest(Signed<BatchRequest>),
-    BatchReply(Signed<BatchReply>, Vec<Signed<Request>>),
+    BatchReply(Signed<BatchReply>, Vec<WireCommand>),
     /// Replies to one client from one executed batch (see [`ReplyBundle`]).
     Replies(ReplyBundle),
 }

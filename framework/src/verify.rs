@@ -9,9 +9,9 @@ use crate::config::ClientAuth;
 use crate::ids::{ClientId, ClusterId, Epoch, ReplicaId, SeqNum, Timestamp, View};
 use crate::membership::{Membership, Scope};
 use crate::messages::{
-    request_size, Batch, ClientKey, Message, MessageKind, NewView, PreparedCertificate, Reply, ReplyBundle, ReplyProof,
-    ReplyRoot, Request, VerifiedMessage, VerifiedNewView, VerifiedPrepared, VerifiedReply, VerifiedViewChange,
-    ViewChange,
+    request_size, Batch, ClientKey, Command, Message, MessageKind, NewView, PreparedCertificate, Reply, ReplyBundle,
+    ReplyProof, ReplyRoot, Request, VerifiedMessage, VerifiedNewView, VerifiedPrepared, VerifiedReply,
+    VerifiedViewChange, ViewChange, WireCommand,
 };
 use crate::roles::checkpoint::StableCheckpoint;
 use crate::roles::view_change::compute_order;
@@ -254,7 +254,7 @@ pub fn verify_message_with(
             // The primary's one signature first: a sender that cannot sign as the primary
             // must not make a replica check a whole batch of client signatures.
             let pre_prepare = check(membership, signed, key, MessageKind::PrePrepare)?;
-            let batch = verify_batch_requests(requests, membership, keys)?;
+            let batch = verify_batch_commands(requests, membership, keys)?;
             if batch.digest() != pre_prepare.digest {
                 return Err(Refusal::BatchDigestMismatch);
             }
@@ -327,7 +327,7 @@ pub fn verify_message_with(
         Message::BatchReply(signed, requests) => {
             let key = member_key(membership, MessageKind::BatchReply, signed.payload.replica)?;
             let reply = check(membership, signed, key, MessageKind::BatchReply)?;
-            let batch = verify_batch_requests(requests, membership, keys)?;
+            let batch = verify_batch_commands(requests, membership, keys)?;
             if batch.digest() != reply.digest {
                 return Err(Refusal::BatchDigestMismatch);
             }
@@ -518,24 +518,32 @@ pub fn verify_new_view_with(
 }
 
 /// N1.e: every request signed by its client and within size limits, the batch within
-/// `batch_size_max`/`batch_bytes_max`, no `(client, timestamp)` twice, no read-only
-/// request (those are never ordered).
+/// `batch_size_max`/`batch_bytes_max` (system commands count like requests), no
+/// `(client, timestamp)` twice, no read-only request (those are never ordered).
 ///
 /// Signatures are batch-verified; each request's verdict is the one it gets alone (see
 /// [`bulwark_crypto::verify_batch`]), so every correct replica reaches the same verdict on
-/// the batch, and a request a correct primary accepted on arrival passes here.
-pub fn verify_batch_requests(
-    requests: Vec<Signed<Request>>,
+/// the batch, and a request a correct primary accepted on arrival passes here. A system
+/// command needs no check here: whatever authorizes it is judged at execution.
+pub fn verify_batch_commands(
+    commands: Vec<WireCommand>,
     membership: &Membership,
     keys: &mut ClientKeyCache,
 ) -> Result<Batch, Refusal> {
     let params = &membership.params;
-    let bytes: usize = requests.iter().map(|r| request_size(&r.payload)).sum();
-    if requests.len() > params.batch_size_max || bytes > params.batch_bytes_max {
-        return Err(Refusal::BatchTooLarge { requests: requests.len(), bytes });
+    let bytes: usize = commands
+        .iter()
+        .map(|command| match command {
+            WireCommand::Request(request) => request_size(&request.payload),
+            WireCommand::System(system) => system.encoded_bytes(),
+        })
+        .sum();
+    if commands.len() > params.batch_size_max || bytes > params.batch_bytes_max {
+        return Err(Refusal::BatchTooLarge { requests: commands.len(), bytes });
     }
     let mut seen = BTreeSet::new();
-    for request in &requests {
+    for command in &commands {
+        let WireCommand::Request(request) = command else { continue };
         check_request_size(&request.payload, membership)?;
         if request.payload.read_only {
             return Err(Refusal::ReadOnlyRequestInBatch);
@@ -547,22 +555,40 @@ pub fn verify_batch_requests(
     }
     if membership.params.client_auth == ClientAuth::Connection {
         // The primary vouches for the requests it orders (see `ClientAuth::Connection`).
-        let trusted: Result<Vec<_>, _> =
-            requests.into_iter().map(|request| trust_request(request, membership)).collect();
-        return Ok(Batch::new(trusted?));
+        let trusted: Result<Vec<Command>, Refusal> = commands
+            .into_iter()
+            .map(|command| match command {
+                WireCommand::Request(request) => trust_request(request, membership).map(Command::Request),
+                WireCommand::System(system) => Ok(Command::System(system)),
+            })
+            .collect();
+        return Ok(Batch::of(trusted?));
     }
-    let mut items = Vec::with_capacity(requests.len());
-    for request in requests {
-        let key = keys.get(&request.payload.client_key)?;
-        items.push((request, key));
+    // Every request's signature in one batch check; the commands keep their places.
+    let mut items = Vec::new();
+    let mut places = Vec::with_capacity(commands.len());
+    for command in commands {
+        match command {
+            WireCommand::Request(request) => {
+                let key = keys.get(&request.payload.client_key)?;
+                items.push((request, key));
+                places.push(None);
+            }
+            WireCommand::System(system) => places.push(Some(system)),
+        }
     }
-    let verified: Result<Vec<_>, _> = membership
-        .scope()
-        .verify_batch(items)
-        .into_iter()
-        .map(|r| r.map_err(|_| Refusal::BadSignature { kind: MessageKind::Request }))
-        .collect();
-    Ok(Batch::new(verified?))
+    let mut verified = membership.scope().verify_batch(items).into_iter();
+    let mut batch = Vec::with_capacity(places.len());
+    for place in places {
+        batch.push(match place {
+            Some(system) => Command::System(system),
+            None => {
+                let request = verified.next().expect("one verdict per request");
+                Command::Request(request.map_err(|_| Refusal::BadSignature { kind: MessageKind::Request })?)
+            }
+        });
+    }
+    Ok(Batch::of(batch))
 }
 
 fn trust_request(signed: Signed<Request>, membership: &Membership) -> Result<Verified<Request>, Refusal> {

@@ -12,7 +12,7 @@ use bulwark_framework::membership::{Membership, Scope};
 use bulwark_framework::messages::{
     batch_digest, client_id, Batch, BatchReply, BatchRequest, Checkpoint, Commit, Message, MessageKind, NewView,
     PrePrepare, Prepare, PreparedCertificate, Reply, Request, SlotProgress, StateReply, StateRequest, Status,
-    VerifiedMessage, ViewChange,
+    VerifiedMessage, ViewChange, WireCommand,
 };
 use bulwark_framework::signing::Scoped;
 use bulwark_framework::verify::{verify_envelope, verify_message, Refusal, RefusalCounts, RefusalKind};
@@ -116,7 +116,7 @@ fn pre_prepare_with_digest(
     signer: &KeyPair,
 ) -> Message {
     let payload = PrePrepare { view: View(view), seq: SeqNum(seq), digest };
-    Message::PrePrepare(sign(payload, signer), requests)
+    Message::PrePrepare(sign(payload, signer), WireCommand::requests(requests))
 }
 
 fn some_digest() -> Digest {
@@ -205,7 +205,7 @@ fn replica_messages(replica: u32, key: &KeyPair) -> Vec<Message> {
         Message::BatchRequest(sign(BatchRequest { replica: ReplicaId(replica), digests: vec![some_digest()] }, key)),
         Message::BatchReply(
             sign(BatchReply { replica: ReplicaId(replica), digest: digest_of(&three_requests()) }, key),
-            three_requests(),
+            WireCommand::requests(three_requests()),
         ),
         Message::Prepare(sign(prepare_payload(replica), key)),
         Message::Commit(sign(commit_payload(replica), key)),

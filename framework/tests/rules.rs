@@ -659,8 +659,8 @@ fn r4_a_flooding_client_is_capped_at_its_window_and_served_in_turn() {
         assert_eq!(primary.offer(f.request(t, put("a", "1")), Instant(0)), Admission::Queued);
     }
     let batches = primary.cut_batches(SeqNum(0), Instant(0));
-    let first: Vec<u64> = batches[0].1.requests().iter().map(|r| r.timestamp.0).collect();
-    let clients = batches[0].1.requests().iter().map(|r| r.client()).collect::<std::collections::BTreeSet<_>>();
+    let first: Vec<u64> = batches[0].1.requests().map(|r| r.timestamp.0).collect();
+    let clients = batches[0].1.requests().map(|r| r.client()).collect::<std::collections::BTreeSet<_>>();
     assert_eq!(clients.len(), 2, "both clients in the first batch: {first:?}");
     assert_eq!(first, vec![1, 2, 2, 3], "the flooder and the other client alternate");
 }
@@ -693,7 +693,7 @@ fn r4_a_client_over_its_share_of_the_pipeline_waits_for_its_requests_to_execute(
     primary.offer(f.request(1, put("a", "1")), Instant(0));
     let batches = primary.cut_batches(SeqNum(0), Instant(0));
     assert_eq!(batches.len(), 1);
-    let clients: Vec<_> = batches[0].1.requests().iter().map(|r| r.client()).collect();
+    let clients: Vec<_> = batches[0].1.requests().map(|r| r.client()).collect();
     assert!(!clients.contains(&flooder_id), "the flooder over its share got a place: {clients:?}");
     assert_eq!(primary.queue_len(), 4, "its requests stay queued");
     // Once its requests execute it is under its share again and its queue goes.
@@ -1997,19 +1997,22 @@ fn durable_records_round_trip_through_the_store_form_and_tampering_is_refused() 
     }
     for record in &records {
         match StoredRecord::from(record) {
-            StoredRecord::Committed { seq, view, requests, commits } => {
+            StoredRecord::Committed { seq, view, commands, commits } => {
                 assert!(commits.len() >= f.config.quorum(), "the commit certificate is recorded: {commits:?}");
-                let mut forged = requests.clone();
-                forged[0].payload.operation = put("k", "forged");
-                let record = StoredRecord::Committed { seq, view, requests: forged, commits: commits.clone() };
+                let mut forged = commands.clone();
+                let bulwark_framework::messages::WireCommand::Request(request) = &mut forged[0] else {
+                    panic!("the batch holds a request: {forged:?}");
+                };
+                request.payload.operation = put("k", "forged");
+                let record = StoredRecord::Committed { seq, view, commands: forged, commits: commits.clone() };
                 assert!(record.verify(&f.config).is_err());
                 let mut twice = commits.clone();
                 twice.push(commits[0].clone());
-                let record = StoredRecord::Committed { seq, view, requests: requests.clone(), commits: twice };
+                let record = StoredRecord::Committed { seq, view, commands: commands.clone(), commits: twice };
                 assert!(record.verify(&f.config).is_err(), "a replica named twice in a certificate");
                 let mut bad_signature = commits.clone();
                 bad_signature[0].payload.digest = Digest::of(b"another batch");
-                let record = StoredRecord::Committed { seq, view, requests, commits: bad_signature };
+                let record = StoredRecord::Committed { seq, view, commands, commits: bad_signature };
                 assert!(record.verify(&f.config).is_err(), "a commit that does not verify");
             }
             StoredRecord::Stable { seq, proof, mut image } => {

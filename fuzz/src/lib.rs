@@ -26,7 +26,7 @@ use bulwark_framework::config::ClientAuth;
 use bulwark_framework::messages::{
     reply_messages, Batch, BatchReply, BatchRequest, BundledReply, Checkpoint, ClientKey, Commit, Inquiry, Message,
     NewView, PrePrepare, Prepare, PreparedCertificate, Reply, ReplyBundle, ReplyRoot, Report, Request, SlotProgress,
-    StateReply, StateRequest, Status, VerifiedMessage, VerifiedReply, ViewChange,
+    StateReply, StateRequest, Status, VerifiedMessage, VerifiedReply, ViewChange, WireCommand,
 };
 use bulwark_framework::roles::view_change::compute_order;
 use bulwark_framework::signing::Scoped;
@@ -659,7 +659,7 @@ pub struct Pool {
     /// `(view, seq, digest)` of proposals and votes.
     pub slots: Vec<(View, SeqNum, Digest)>,
     /// Batches by digest, in wire form.
-    pub batches: Vec<(Digest, Vec<Signed<Request>>)>,
+    pub batches: Vec<(Digest, Vec<WireCommand>)>,
     /// `(seq, state digest)` of checkpoints.
     pub checkpoints: Vec<(SeqNum, Digest)>,
     /// Images to serve.
@@ -797,7 +797,7 @@ pub struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn batch(&mut self, choice: &BatchChoice) -> (Digest, Vec<Signed<Request>>) {
+    fn batch(&mut self, choice: &BatchChoice) -> (Digest, Vec<WireCommand>) {
         match choice {
             BatchChoice::Null => (Batch::null().digest(), Vec::new()),
             BatchChoice::Pool(index) => match pick(&self.pool.batches, *index) {

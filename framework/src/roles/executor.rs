@@ -5,7 +5,7 @@
 use crate::config::ClientAuth;
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
 use crate::membership::MembershipHandle;
-use crate::messages::{Batch, Reply, ReplyProof, ReplyRoot, Request, VerifiedReply};
+use crate::messages::{Batch, Command, Reply, ReplyProof, ReplyRoot, Request, SystemCommand, VerifiedReply};
 use crate::service::{Outcome, Service};
 use crate::state::ChunkedImage;
 use bulwark_crypto::merkle::MerkleTree;
@@ -157,6 +157,9 @@ pub struct Execution {
     /// `Some((seq, state digest))` if `seq` is a checkpoint (C1).
     pub checkpoint: Option<(SeqNum, Digest)>,
     pub executed_requests: usize,
+    /// The batch's system commands, in order, for the replica to carry out (E2: in the
+    /// batch's order, at the batch's sequence number, at every replica).
+    pub system: Vec<SystemCommand>,
 }
 
 impl<S: Service> Executor<S> {
@@ -263,14 +266,24 @@ impl<S: Service> Executor<S> {
     }
 
     /// E1–E2: execute batch `seq`, which must be `last_executed + 1`. Requests already
-    /// executed (or below their client's window) are skipped, deterministically (N2, CX4).
+    /// executed (or below their client's window) are skipped, deterministically (N2, CX4);
+    /// system commands are handed back to the replica, never to the service.
     pub fn execute(&mut self, seq: SeqNum, view: View, batch: &Batch, key: &KeyPair) -> Execution {
         assert_eq!(seq, self.last_executed.next(), "E1: execution is strictly in order");
         let window = self.membership.current().params.client_window;
         let max_clients = self.membership.current().params.client_table_max;
         let mut replies = Vec::new();
         let mut executed_requests = 0;
-        for request in batch.requests() {
+        let mut system = Vec::new();
+        for command in batch.commands() {
+            let request = match command {
+                Command::Request(request) => request,
+                // Executed by the replica itself: the user's service never sees one.
+                Command::System(command) => {
+                    system.push(command.clone());
+                    continue;
+                }
+            };
             if self.request_status(request) != RequestStatus::New {
                 continue;
             }
@@ -301,7 +314,7 @@ impl<S: Service> Executor<S> {
         } else {
             None
         };
-        Execution { replies, checkpoint, executed_requests }
+        Execution { replies, checkpoint, executed_requests, system }
     }
 
     fn image(&self) -> Vec<u8> {

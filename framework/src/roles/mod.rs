@@ -110,6 +110,8 @@ pub enum Action {
 pub enum ReplicaEvent {
     /// Batch `seq` with digest `digest` was executed in view `view` (E1).
     Executed { seq: SeqNum, digest: Digest, view: View, requests: usize },
+    /// A system command of batch `seq` was executed (after the batch's requests).
+    SystemExecuted { seq: SeqNum, command: crate::messages::SystemCommand },
     /// A checkpoint became stable (C3).
     Stable { seq: SeqNum, state_digest: Digest },
     /// A checkpoint image was installed by state transfer (ST5).

@@ -28,7 +28,7 @@
 
 use crate::ids::{ClientId, Instant, SeqNum, Timestamp, View};
 use crate::membership::MembershipHandle;
-use crate::messages::{request_size, Batch, PrePrepare, Request};
+use crate::messages::{request_size, Batch, Command, PrePrepare, Request, SystemCommand};
 use crate::roles::WindowOffenders;
 use bulwark_crypto::{KeyPair, Verified};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -49,6 +49,8 @@ pub enum PrimaryInput {
     Follow,
     /// A request the replica found new (R4, P5: not executed).
     Offer(Verified<Request>),
+    /// A system command to order, ahead of the queued requests.
+    System(SystemCommand),
     /// Batches up to `seq` were executed, by any path.
     Executed(SeqNum),
     /// The low watermark moved up to `seq` (C4).
@@ -115,8 +117,13 @@ impl PrimaryRole {
                     outputs.push(PrimaryOutput::Shed);
                 }
             }
+            PrimaryInput::System(command) if self.leading.is_some() => {
+                if self.proposer.offer_system(command, now) == Admission::Shed {
+                    outputs.push(PrimaryOutput::Shed);
+                }
+            }
             // Its replica offers only while it leads, and says so first.
-            PrimaryInput::Offer(_) => {}
+            PrimaryInput::Offer(_) | PrimaryInput::System(_) => {}
             PrimaryInput::Executed(seq) => self.proposer.on_executed(seq),
             PrimaryInput::Low(low) => self.low = self.low.max(low),
             PrimaryInput::BatchTimer => self.batch_timer = None,
@@ -196,7 +203,13 @@ pub struct Primary {
     /// Clients caught signing a request `client_window` or more above one of theirs still
     /// queued here, with when: see [`Primary::exceeded_window`]. At most `client_table_max`.
     window_exceeded: WindowOffenders,
+    /// System commands waiting, in arrival order, at most [`SYSTEM_COMMANDS_QUEUED_MAX`]:
+    /// each goes into the next batch, ahead of any request.
+    system: VecDeque<SystemCommand>,
 }
+
+/// System commands a primary keeps queued before it sheds new ones.
+pub const SYSTEM_COMMANDS_QUEUED_MAX: usize = 64;
 
 impl Primary {
     /// A proposer that will assign sequence numbers from `next_seq`.
@@ -212,7 +225,24 @@ impl Primary {
             next_seq,
             batch_deadline: None,
             window_exceeded: WindowOffenders::default(),
+            system: VecDeque::new(),
         }
+    }
+
+    /// Queues a system command for the next batch, unless the same command is queued
+    /// already or [`SYSTEM_COMMANDS_QUEUED_MAX`] are.
+    pub fn offer_system(&mut self, command: SystemCommand, now: Instant) -> Admission {
+        if self.system.contains(&command) {
+            return Admission::Duplicate;
+        }
+        if self.system.len() >= SYSTEM_COMMANDS_QUEUED_MAX {
+            return Admission::Shed;
+        }
+        if self.queued == 0 && self.system.is_empty() {
+            self.batch_deadline = Some(now + self.membership.current().params.batch_delay());
+        }
+        self.system.push_back(command);
+        Admission::Queued
     }
 
     /// Whether `client` was caught exceeding its window here within the last view-change
@@ -271,16 +301,27 @@ impl Primary {
         // (it restarted, or caught up by state transfer) continues above it.
         self.next_seq = self.next_seq.max(low.next());
         let mut proposals = Vec::new();
-        while self.queued > 0 && self.next_seq.0 <= high && (self.in_flight.len() as u64) < params.in_flight_batches_max
+        while (self.queued > 0 || !self.system.is_empty())
+            && self.next_seq.0 <= high
+            && (self.in_flight.len() as u64) < params.in_flight_batches_max
         {
-            let full = self.queued >= params.batch_size_max;
+            let full = self.queued + self.system.len() >= params.batch_size_max;
             let idle = self.in_flight.is_empty();
             let due = self.batch_deadline.is_some_and(|deadline| now >= deadline);
             if !(full || idle || due) {
                 break;
             }
+            // System commands first, all that fit.
+            let take = self.system.len().min(params.batch_size_max);
+            let mut commands: Vec<Command> = self.system.drain(..take).map(Command::System).collect();
+            let mut bytes: usize = commands
+                .iter()
+                .map(|command| match command {
+                    Command::System(system) => system.encoded_bytes(),
+                    Command::Request(request) => request_size(request.payload()),
+                })
+                .sum();
             let mut requests = Vec::new();
-            let mut bytes = 0;
             let share = self.pipeline_share();
             // Clients at their share of the pipeline sit this batch out, keeping their turn.
             let mut over_share = Vec::new();
@@ -293,8 +334,8 @@ impl Primary {
                 let queue = self.queues.get_mut(&client).expect("a client in turn has a queue");
                 let request = queue.front().expect("a client in turn has a request");
                 let size = request_size(request.payload());
-                if requests.len() == params.batch_size_max
-                    || (bytes + size > params.batch_bytes_max && !requests.is_empty())
+                if commands.len() + requests.len() == params.batch_size_max
+                    || (bytes + size > params.batch_bytes_max && commands.len() + requests.len() > 0)
                 {
                     break;
                 }
@@ -312,15 +353,17 @@ impl Primary {
             for client in over_share.into_iter().rev() {
                 self.turns.push_front(client);
             }
-            if requests.is_empty() {
+            if requests.is_empty() && commands.is_empty() {
                 // Everyone waiting is over its share: the next execution makes room.
                 break;
             }
             let seq = self.next_seq;
             self.next_seq = seq.next();
             self.in_flight.insert(seq, requests.iter().map(|r| (r.client(), r.timestamp)).collect());
-            proposals.push((seq, Batch::new(requests)));
-            self.batch_deadline = if self.queued == 0 { None } else { Some(now + params.batch_delay()) };
+            commands.extend(requests.into_iter().map(Command::Request));
+            proposals.push((seq, Batch::of(commands)));
+            let waiting = self.queued > 0 || !self.system.is_empty();
+            self.batch_deadline = if waiting { Some(now + params.batch_delay()) } else { None };
         }
         proposals
     }
@@ -368,9 +411,10 @@ impl Primary {
     }
 
     /// Whether some client with requests queued is under its share (a batch could take
-    /// from it now), or nothing is in flight (any queued request may go).
+    /// from it now), a system command waits, or nothing is in flight (any queued request
+    /// may go).
     fn any_under_share(&self) -> bool {
-        if self.in_flight.is_empty() {
+        if self.in_flight.is_empty() || !self.system.is_empty() {
             return true;
         }
         let share = self.pipeline_share();
@@ -392,8 +436,9 @@ impl Primary {
         self.next_seq
     }
 
+    /// Requests and system commands queued.
     pub fn queue_len(&self) -> usize {
-        self.queued
+        self.queued + self.system.len()
     }
 
     pub fn in_flight_len(&self) -> usize {

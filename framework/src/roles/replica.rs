@@ -53,6 +53,9 @@ pub enum Input {
     /// What this replica's primary role, run as a role of its own, proposed or shed (see
     /// [`Replica::detach_primary`]).
     Primary(PrimaryOutput),
+    /// A system command to order, from this replica's own runtime: proposed if this
+    /// replica leads its view, refused otherwise.
+    ProposeSystem(crate::messages::SystemCommand),
 }
 
 /// Counters a replica keeps about itself.
@@ -360,6 +363,10 @@ impl<S: Service> Replica<S> {
             Input::Message(message) => self.on_message(message, now, &mut actions),
             Input::Checkpoints(output) => self.on_collector_output(output, now, &mut actions),
             Input::Primary(output) => self.on_primary_output(output, now, &mut actions),
+            Input::ProposeSystem(command) if self.leads => {
+                self.hand_to_primary(PrimaryInput::System(command), now, &mut actions)
+            }
+            Input::ProposeSystem(_) => self.refuse("system command at a replica that does not lead its view"),
             Input::Timer(TimerKind::Batch) => self.hand_to_primary(PrimaryInput::BatchTimer, now, &mut actions),
             Input::Timer(TimerKind::Status) => self.on_status_tick(now, &mut actions),
             Input::Timer(TimerKind::Request) => match self.view_changer.on_request_timer(now) {
@@ -567,7 +574,9 @@ impl<S: Service> Replica<S> {
     fn hand_to_primary(&mut self, input: PrimaryInput, now: Instant, actions: &mut Vec<Action>) {
         let needed = match input {
             PrimaryInput::Lead { .. } | PrimaryInput::Follow | PrimaryInput::BatchTimer => true,
-            PrimaryInput::Offer(_) | PrimaryInput::Executed(_) | PrimaryInput::Low(_) => self.leads,
+            PrimaryInput::Offer(_) | PrimaryInput::System(_) | PrimaryInput::Executed(_) | PrimaryInput::Low(_) => {
+                self.leads
+            }
         };
         if !needed {
             return;
@@ -643,6 +652,9 @@ impl<S: Service> Replica<S> {
             view,
             requests: execution.executed_requests,
         }));
+        for command in execution.system {
+            actions.push(Action::Event(ReplicaEvent::SystemExecuted { seq, command }));
+        }
         let executed: Vec<_> = execution.replies.iter().map(|(client, reply)| (*client, reply.timestamp)).collect();
         for (client, reply) in execution.replies {
             actions.push(Action::Reply { client, reply });

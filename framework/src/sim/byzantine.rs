@@ -851,9 +851,9 @@ impl ByzantineReplica {
         for (seq, batch) in self.proposer.cut_batches(SeqNum(0), now) {
             // Make the proposer forget it, so it keeps equivocating on fresh numbers.
             self.proposer.on_executed(seq);
-            let mut reversed = batch.requests().to_vec();
+            let mut reversed = batch.commands().to_vec();
             reversed.reverse();
-            let other = if batch.len() >= 2 { Batch::new(reversed) } else { Batch::null() };
+            let other = if batch.len() >= 2 { Batch::of(reversed) } else { Batch::null() };
             for (group, variant) in [(left, &batch), (right, &other)] {
                 let digest = variant.digest();
                 let pre_prepare =
