@@ -8,6 +8,7 @@
 //! from its replica in the same way (`NetworkModel::role_hop_max_us`), so the delay and
 //! interleaving of this hop are tested there.
 
+use crate::clock::now;
 use crate::replica::RoleGauges;
 use actix::{Actor, Context, Handler, Message, Recipient};
 use bulwark_framework::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput};
@@ -52,9 +53,9 @@ impl Handler<Collect> for CheckpointActor {
     type Result = ();
 
     fn handle(&mut self, Collect(input): Collect, _: &mut Context<Self>) {
-        let output = self.collector.handle(input);
+        let outputs = self.collector.handle(input, now());
         self.gauges.checkpoint_votes.store(self.collector.pending_len(), Ordering::Relaxed);
-        if let Some(output) = output {
+        for output in outputs {
             self.replica.do_send(Collected(output));
         }
     }

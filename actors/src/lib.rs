@@ -15,6 +15,7 @@ pub mod store;
 pub mod transport;
 pub mod verified_cache;
 pub mod verifier;
+pub mod view_changer;
 
 #[cfg(test)]
 mod test_fixtures;

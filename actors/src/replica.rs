@@ -1,11 +1,12 @@
 //! The replica actor: a thin shell around [`bulwark_framework::Replica`].
 //!
 //! It hands every verified message and timer firing to the framework replica and carries
-//! out the actions that come back: encode and send over the transport, arm timers with
-//! `ctx.run_later`, route replies to the connection their client used, pass what the
-//! replica hands its primary role and its checkpoint collector to their actors
-//! ([`crate::primary`], [`crate::checkpoints`]) and their answers back. It makes no
-//! protocol decision of its own; those live in `framework`, where the simulator tests them.
+//! out the actions that come back: encode and send over the transport, arm its status
+//! timer with `ctx.run_later`, route replies to the connection their client used, pass
+//! what the replica hands its primary role, its checkpoint collector and its view-changer
+//! to their actors ([`crate::primary`], [`crate::checkpoints`], [`crate::view_changer`])
+//! and their answers back. It makes no protocol decision of its own; those live in
+//! `framework`, where the simulator tests them.
 //!
 //! Inbound path: transport (decode, frame limits) → bounded forwarder → verifier pool
 //! (signatures, on other threads) → this actor. Each replica actor runs on its own
@@ -33,11 +34,13 @@ use crate::transport::{
     self, ConnectionId, Inbound, InboundLanes, TransportConfig, TransportHandle, TransportStats, WeakTransportHandle,
 };
 use crate::verifier::{Origin, PoolStopped, VerifierPool};
+use crate::view_changer::{FromViewChanger, ToViewChanger, ViewChangerActor};
 use actix::prelude::*;
 use bulwark_crypto::Digest;
 use bulwark_crypto::KeyPair;
 use bulwark_framework::config::ClientAuth;
 use bulwark_framework::messages::{reply_messages, MessageKind, VerifiedMessage, VerifiedReply};
+use bulwark_framework::roles::node::{Roles, RolesFootprint};
 use bulwark_framework::roles::replica::{Footprint, ReplicaMetrics};
 use bulwark_framework::roles::ReplicaEvent;
 use bulwark_framework::sim::byzantine::{ByzantineAction, ByzantineReplica, Strategy};
@@ -275,14 +278,43 @@ pub struct ReplicaActor<S: Service> {
     initial: Vec<Action>,
     /// The store and the actions waiting for it (`None` without a data dir).
     durability: Option<GroupCommit>,
-    /// Clients holding their whole window here, for the inbound lanes.
-    saturated: SaturatedClients,
-    /// The replica's checkpoint collector, an actor of its own (none for a Byzantine node).
-    checkpoints: Option<Addr<CheckpointActor>>,
-    /// The replica's primary role, an actor of its own (none for a Byzantine node).
-    primary: Option<Addr<PrimaryActor>>,
+    /// The replica's roles run apart, each an actor of its own (none for a Byzantine node).
+    roles: Option<RoleActors>,
     /// What the roles run apart hold, as they last said.
     gauges: Arc<RoleGauges>,
+}
+
+/// The actors of a replica's roles run apart.
+#[derive(Debug)]
+struct RoleActors {
+    checkpoints: Addr<CheckpointActor>,
+    primary: Addr<PrimaryActor>,
+    view_changer: Addr<ViewChangerActor>,
+}
+
+impl RoleActors {
+    /// Starts `roles` as actors on this arbiter, answering `replica`; each keeps its part
+    /// of `gauges` and the primary role and the view-changer their set of saturated clients.
+    fn start<S: Service + Send + Unpin>(
+        roles: Roles,
+        replica: &Addr<ReplicaActor<S>>,
+        gauges: &Arc<RoleGauges>,
+        saturated: &Saturation,
+    ) -> Self {
+        let Roles { primary, collector, view_changer } = roles;
+        RoleActors {
+            checkpoints: CheckpointActor::new(collector, replica.clone().recipient(), gauges.clone()).start(),
+            primary: PrimaryActor::new(primary, replica.clone().recipient(), saturated.primary.clone(), gauges.clone())
+                .start(),
+            view_changer: ViewChangerActor::new(
+                view_changer,
+                replica.clone().recipient(),
+                saturated.view_changer.clone(),
+                gauges.clone(),
+            )
+            .start(),
+        }
+    }
 }
 
 /// What a replica's roles run as actors of their own hold, for its status: each role's
@@ -292,24 +324,42 @@ pub(crate) struct RoleGauges {
     pub(crate) checkpoint_votes: AtomicUsize,
     pub(crate) queued_requests: AtomicUsize,
     pub(crate) in_flight_batches: AtomicUsize,
+    pub(crate) waiting_requests: AtomicUsize,
+    pub(crate) view_changes_held: AtomicUsize,
 }
 
 impl RoleGauges {
     /// `footprint` of the replica's own actor, with what its roles run apart hold.
     fn add_to(&self, footprint: Footprint) -> Footprint {
         let read = |gauge: &AtomicUsize| gauge.load(std::sync::atomic::Ordering::Relaxed);
-        footprint.with_roles_apart(
-            read(&self.checkpoint_votes),
-            read(&self.queued_requests),
-            read(&self.in_flight_batches),
-        )
+        footprint.with_roles_apart(RolesFootprint {
+            checkpoint_votes: read(&self.checkpoint_votes),
+            queued_requests: read(&self.queued_requests),
+            in_flight_batches: read(&self.in_flight_batches),
+            waiting_requests: read(&self.waiting_requests),
+            view_changes_held: read(&self.view_changes_held),
+        })
     }
 }
 
-/// Clients that hold their whole `client_window` at a replica
-/// ([`Replica::client_saturated`]): the replica's actor keeps the set, its inbound lanes
-/// drop those clients' requests before verification. Only a client sending more than a
-/// correct one may is ever in it.
+/// The clients saturated at a replica, by the role that holds their requests: the
+/// primary role (queued) and the view-changer (waiting to execute).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Saturation {
+    pub(crate) primary: SaturatedClients,
+    pub(crate) view_changer: SaturatedClients,
+}
+
+impl Saturation {
+    fn contains(&self, client: ClientId) -> bool {
+        self.primary.contains(client) || self.view_changer.contains(client)
+    }
+}
+
+/// Clients that hold their whole `client_window` at one of a replica's roles (see
+/// [`bulwark_framework::roles::node::Node::client_saturated`]): the role's actor keeps the
+/// set, the replica's inbound lanes drop those clients' requests before verification.
+/// Only a client sending more than a correct one may is ever in it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SaturatedClients(Arc<std::sync::Mutex<Saturated>>);
 
@@ -325,7 +375,7 @@ pub(crate) struct Saturated {
 const SATURATED_REREAD_PER_STEP: usize = 16;
 
 impl SaturatedClients {
-    fn contains(&self, client: ClientId) -> bool {
+    pub(crate) fn contains(&self, client: ClientId) -> bool {
         self.0.lock().is_ok_and(|saturated| saturated.clients.contains(&client))
     }
 
@@ -422,8 +472,9 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         // Replies are gathered per client and sent after the loop: one frame carries every
         // reply a client gets from one batch, under one signed root (or unsigned).
         let mut replies: BTreeMap<ClientId, Vec<VerifiedReply>> = BTreeMap::new();
-        // What goes to the primary actor goes in one message, in order.
+        // What goes to each role's actor goes in one message, in order.
         let mut to_primary = Vec::new();
+        let mut to_view_changer = Vec::new();
         for action in actions {
             match action {
                 Action::Send { to, message } => {
@@ -443,11 +494,12 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 Action::SetTimer { timer, at } => self.set_timer(timer, at, ctx),
                 Action::Event(event) => self.observe(event),
                 Action::ToCheckpoints(input) => {
-                    if let Some(checkpoints) = &self.checkpoints {
-                        checkpoints.do_send(Collect(input));
+                    if let Some(roles) = &self.roles {
+                        roles.checkpoints.do_send(Collect(input));
                     }
                 }
                 Action::ToPrimary(input) => to_primary.push(input),
+                Action::ToViewChanger(input) => to_view_changer.push(input),
                 // Taken out by `GroupCommit::admit`; without a data dir nothing is persisted.
                 Action::Persist(_) => {}
             }
@@ -457,8 +509,13 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
                 self.answer_client_wire(client, &message);
             }
         }
-        if let Some(primary) = self.primary.as_ref().filter(|_| !to_primary.is_empty()) {
-            primary.do_send(ToPrimary(to_primary));
+        if let Some(roles) = &self.roles {
+            if !to_primary.is_empty() {
+                roles.primary.do_send(ToPrimary(to_primary));
+            }
+            if !to_view_changer.is_empty() {
+                roles.view_changer.do_send(ToViewChanger(to_view_changer));
+            }
         }
     }
 
@@ -474,9 +531,9 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         }
     }
 
-    /// Arms `timer` to fire at `at`, replacing the pending one of that kind. Every
-    /// [`TimerKind`] (batch, status, request, view-change) goes through here: the roles keep
-    /// their own deadlines, the actor only delivers the firing. A firing is never delivered
+    /// Arms `timer` to fire at `at`, replacing the pending one of that kind: a correct
+    /// replica's status timer (its roles' actors run theirs), every timer of a Byzantine
+    /// one. The node keeps its own deadlines, the actor only delivers the firing. A firing is never delivered
     /// before `at` by the runtime's clock: some roles ignore an early one without re-arming
     /// (the view-change timer would then be lost), so the actor waits out the remainder.
     fn set_timer(&mut self, timer: TimerKind, at: Instant, ctx: &mut Context<Self>) {
@@ -501,15 +558,7 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
     /// no store): its messages encoded and sent as they are, its timers armed.
     fn step(&mut self, input: Input, ctx: &mut Context<Self>) -> Vec<Action> {
         let byzantine = match &mut self.replica {
-            Node::Correct(replica) => {
-                let touched = match &input {
-                    Input::Message(VerifiedMessage::Request(request)) => Some(request.client()),
-                    _ => None,
-                };
-                let actions = replica.handle(input, now());
-                self.saturated.refresh(|client, now| replica.client_saturated(client, now), touched);
-                return actions;
-            }
+            Node::Correct(replica) => return replica.handle(input, now()),
             Node::Byzantine(byzantine) => byzantine.handle(input, now()),
         };
         for action in byzantine {
@@ -624,6 +673,18 @@ impl<S: Service + Send + Unpin> Handler<FromPrimary> for ReplicaActor<S> {
         let mut actions = Vec::new();
         for output in outputs {
             actions.extend(self.step(Input::Primary(output), ctx));
+        }
+        self.carry_out(actions, ctx);
+    }
+}
+
+impl<S: Service + Send + Unpin> Handler<FromViewChanger> for ReplicaActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, FromViewChanger(outputs): FromViewChanger, ctx: &mut Context<Self>) {
+        let mut actions = Vec::new();
+        for output in outputs {
+            actions.extend(self.step(Input::ViewChanger(output), ctx));
         }
         self.carry_out(actions, ctx);
     }
@@ -785,7 +846,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         inbound_lanes,
     )
     .await?;
-    let (mut replica, initial, store) = match (store, byzantine) {
+    let (replica, initial, store) = match (store, byzantine) {
         (_, Some(strategy)) => {
             tracing::warn!(replica = %id, strategy = strategy.name(), "starting as a Byzantine replica");
             (Node::Byzantine(Box::new(ByzantineReplica::new(id, key, members.clone(), strategy))), Vec::new(), None)
@@ -804,7 +865,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
     // only once its store is ready, so it never acts without persisting.
     let ctx = Context::new();
     let gate = InboundGate::default();
-    let saturated = SaturatedClients::default();
+    let saturated = Saturation::default();
     let durability = match store {
         Some(store) => match StoreWriter::start(store, ctx.address().recipient()) {
             Ok(writer) => Some(GroupCommit {
@@ -822,25 +883,19 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         },
         None => None,
     };
-    // The checkpoint collector and the primary role run as actors of their own, on this
-    // arbiter too.
+    // The checkpoint collector, the primary role and the view-changer run as actors of
+    // their own, on this arbiter too; they hear the initial actions once the replica's
+    // actor runs.
     let gauges = Arc::new(RoleGauges::default());
-    let primary_saturated = SaturatedClients::default();
-    let (checkpoints, primary) = match &mut replica {
+    let roles = match &replica {
         Node::Correct(replica) => {
-            let collector = replica
-                .detach_checkpoint_collector()
-                .map(|collector| CheckpointActor::new(collector, ctx.address().recipient(), gauges.clone()).start());
-            let primary = replica.detach_primary().map(|role| {
-                PrimaryActor::new(role, ctx.address().recipient(), primary_saturated.clone(), gauges.clone()).start()
-            });
-            (collector, primary)
+            let roles = Roles::new(id, replica.key(), replica.membership());
+            Some(RoleActors::start(roles, &ctx.address(), &gauges, &saturated))
         }
-        Node::Byzantine(_) => (None, None),
+        Node::Byzantine(_) => None,
     };
     let addr = ctx.run(ReplicaActor {
-        checkpoints,
-        primary,
+        roles,
         gauges,
         id,
         membership,
@@ -851,9 +906,8 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
         peer_connections: BTreeSet::new(),
         initial,
         durability,
-        saturated: saturated.clone(),
     });
-    let lanes = Lanes { byzantine, gate, recent: Default::default(), saturated: saturated.clone(), primary_saturated };
+    let lanes = Lanes { byzantine, gate, recent: Default::default(), saturated };
     forward(inbound_receivers, verifier.clone(), addr.clone().recipient(), addr.clone().recipient(), &transport, lanes);
     Ok(ReplicaHandle { id, addr, transport, verifier })
 }
@@ -958,10 +1012,9 @@ pub(crate) struct Lanes {
     /// Client requests this replica verified lately: a copy (a relay, a broadcast, a
     /// request sent again) is not verified again.
     pub(crate) recent: SharedRecentRequests,
-    /// Clients holding their whole window at this replica (waiting at it as a backup), or
-    /// at its primary role: their requests are dropped unverified.
-    pub(crate) saturated: SaturatedClients,
-    pub(crate) primary_saturated: SaturatedClients,
+    /// Clients holding their whole window at this replica's primary role or view-changer:
+    /// their requests are dropped unverified.
+    pub(crate) saturated: Saturation,
 }
 
 impl Lanes {
@@ -972,8 +1025,7 @@ impl Lanes {
 
     /// Whether `request` comes from a client that holds its whole window here already.
     fn over_window(&self, request: &SignedRequest) -> bool {
-        let client = request.payload.client();
-        self.saturated.contains(client) || self.primary_saturated.contains(client)
+        self.saturated.contains(request.payload.client())
     }
 
     /// `request` as verified before by this replica, if it was lately.
@@ -1355,7 +1407,7 @@ mod tests {
         let lanes = Lanes::default();
         let request = signed_request(1);
         assert!(!lanes.over_window(&request));
-        lanes.saturated.0.lock().unwrap().clients.insert(request.payload.client());
+        lanes.saturated.view_changer.0.lock().unwrap().clients.insert(request.payload.client());
         assert!(lanes.over_window(&request));
         let other = crate::test_fixtures::sign(
             Request { client_key: replica_key(1).public().into(), ..request.payload.clone() },

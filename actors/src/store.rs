@@ -543,7 +543,8 @@ mod tests {
     use super::*;
     use bulwark_crypto::KeyPair;
     use bulwark_framework::messages::{Request, VerifiedMessage};
-    use bulwark_framework::{Action, Input, ProtocolParams, Replica, Service, ServiceError, TimerKind, Timestamp};
+    use bulwark_framework::roles::node::Node;
+    use bulwark_framework::{Action, Input, ProtocolParams, Service, ServiceError, TimerKind, Timestamp};
     use std::collections::VecDeque;
 
     /// A replicated counter: enough service to produce every kind of record.
@@ -585,16 +586,18 @@ mod tests {
         (0..4).map(|i| KeyPair::from_seed([seed + i; 32])).collect()
     }
 
-    /// Four framework replicas wired directly to each other run `requests` requests; returns
+    /// Four framework replicas, each with its roles, wired directly to each other run `requests` requests; returns
     /// the config and replica 1's `Persist` records, one group per `handle` call.
     fn record_groups(requests: u64) -> (MembershipHandle, Vec<Vec<Record>>) {
         let config = config_of(&keys(1));
-        let mut replicas: Vec<Replica<Counter>> = keys(1)
+        let mut replicas: Vec<Node<Counter>> = keys(1)
             .into_iter()
             .enumerate()
             .map(|(i, key)| {
                 let handle = MembershipHandle::new((*config.current()).clone());
-                Replica::new(ReplicaId(i as u32), key, handle, Counter::default())
+                let mut node = Node::new(ReplicaId(i as u32), key, handle, Counter::default());
+                node.start(bulwark_framework::Instant(0));
+                node
             })
             .collect();
         let client = KeyPair::from_seed([99; 32]);

@@ -5,10 +5,11 @@
 
 use bulwark_crypto::KeyPair;
 use bulwark_framework::messages::{Request, SystemCommand, VerifiedMessage};
+use bulwark_framework::roles::node::Node;
 use bulwark_framework::roles::{Action, ReplicaEvent, TimerKind};
 use bulwark_framework::{
-    ClusterId, Input, Instant, Membership, MembershipHandle, ProtocolParams, Replica, ReplicaId, SeqNum, Service,
-    ServiceError, Timestamp,
+    ClusterId, Input, Instant, Membership, MembershipHandle, ProtocolParams, ReplicaId, SeqNum, Service, ServiceError,
+    Timestamp,
 };
 use std::collections::{BTreeMap, VecDeque};
 
@@ -45,9 +46,9 @@ fn key(i: u32) -> KeyPair {
     KeyPair::from_seed([i as u8 + 1; 32])
 }
 
-/// Four replicas wired directly to each other (every message delivered at once, in order).
+/// Four replicas, each with its roles, wired directly to each other (every message delivered at once, in order).
 struct Cluster {
-    replicas: Vec<Replica<Recorder>>,
+    replicas: Vec<Node<Recorder>>,
     membership: Membership,
     now: Instant,
     /// What each replica reported, by replica.
@@ -59,7 +60,12 @@ impl Cluster {
         let params = ProtocolParams { checkpoint_interval: 4, watermark_window: 8, ..ProtocolParams::default() };
         let membership = Membership::numbered(ClusterId(1), (0..4).map(|i| key(i).public()).collect(), params).unwrap();
         let replicas = (0..4)
-            .map(|i| Replica::new(ReplicaId(i), key(i), MembershipHandle::new(membership.clone()), Recorder::default()))
+            .map(|i| {
+                let mut node =
+                    Node::new(ReplicaId(i), key(i), MembershipHandle::new(membership.clone()), Recorder::default());
+                node.start(Instant::ZERO);
+                node
+            })
             .collect();
         Cluster { replicas, membership, now: Instant::ZERO, events: BTreeMap::new() }
     }

@@ -9,12 +9,12 @@ use bulwark_framework::messages::{
     Batch, BatchReply, BatchRequest, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare, PreparedCertificate,
     Request, SlotProgress, StateReply, StateRequest, Status, ViewChange, WireCommand,
 };
+use bulwark_framework::roles::node::Node;
 use bulwark_framework::roles::TimerKind;
 use bulwark_framework::signing::Scoped;
 use bulwark_framework::verify::verify_message;
 use bulwark_framework::{
-    ClusterId, Input, Instant, Membership, MembershipHandle, ProtocolParams, Replica, ReplicaId, SeqNum, Timestamp,
-    View,
+    ClusterId, Input, Instant, Membership, MembershipHandle, ProtocolParams, ReplicaId, SeqNum, Timestamp, View,
 };
 use bulwark_services::kv::{KvOp, KvStore};
 use proptest::prelude::*;
@@ -232,7 +232,7 @@ proptest! {
     #[test]
     fn prop_replica_survives_any_sequence_of_messages(me in 0..N, steps in prop::collection::vec(step(), 1..120)) {
         let config = config();
-        let mut replica = Replica::new(ReplicaId(me), key(me), MembershipHandle::new((*config).clone()), KvStore::new());
+        let mut replica = Node::new(ReplicaId(me), key(me), MembershipHandle::new((*config).clone()), KvStore::new());
         let mut now = Instant::ZERO;
         replica.start(now);
         let window = config.params.watermark_window as usize;

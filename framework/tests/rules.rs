@@ -11,9 +11,12 @@ use bulwark_framework::messages::{
 use bulwark_framework::roles::backup::{Backup, BackupOutput, WindowPosition};
 use bulwark_framework::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput, StableCheckpoint};
 use bulwark_framework::roles::client::{Client, ClientAction, ClientError};
+use bulwark_framework::roles::node::Node;
 use bulwark_framework::roles::primary::{Admission, Primary, PrimaryInput, PrimaryOutput};
-use bulwark_framework::roles::view_change::{compute_order, null_digest, OrderError};
-use bulwark_framework::roles::{Action, ReplicaEvent, TimerKind};
+use bulwark_framework::roles::view_change::{
+    compute_order, null_digest, OrderError, ViewChanger, ViewChangerInput, ViewChangerOutput,
+};
+use bulwark_framework::roles::{Action, ReplicaEvent, Role, TimerKind};
 use bulwark_framework::signing::Scoped;
 use bulwark_framework::verify::{verify_message, Refusal, RefusalKind};
 use bulwark_framework::{
@@ -112,9 +115,31 @@ impl Fixture {
         Backup::new(ReplicaId(me), self.handle())
     }
 
-    fn replica(&self, me: u32) -> Replica<KvStore> {
+    /// Replica `me` with its roles wired in (what the runtime runs as four actors).
+    fn replica(&self, me: u32) -> Node<KvStore> {
+        let key = KeyPair::from_seed([me as u8 + 1; 32]);
+        let mut node = Node::new(ReplicaId(me), key, self.handle(), KvStore::new());
+        node.start(Instant(0));
+        node
+    }
+
+    /// Replica `me` with its roles, its primary role driven by the test itself (see
+    /// [`Node::hold_primary`]).
+    fn replica_holding_primary(&self, me: u32) -> Node<KvStore> {
+        let mut node = self.replica(me);
+        node.hold_primary();
+        node
+    }
+
+    /// Replica `me` alone: what it hands its roles stays in its actions, for a test to
+    /// deliver (or hold back) itself.
+    fn bare_replica(&self, me: u32) -> Replica<KvStore> {
         let key = KeyPair::from_seed([me as u8 + 1; 32]);
         Replica::new(ReplicaId(me), key, self.handle(), KvStore::new())
+    }
+
+    fn view_changer(&self, me: u32) -> ViewChanger {
+        ViewChanger::new(ReplicaId(me), self.handle(), Arc::new(KeyPair::from_seed([me as u8 + 1; 32])))
     }
 }
 
@@ -505,9 +530,8 @@ fn handed_to_collector(actions: &[Action]) -> Vec<CollectorInput> {
 #[test]
 fn c3_c4_a_collector_run_apart_decides_stability_and_a_late_answer_moves_nothing_back() {
     let f = fixture();
-    let mut replica = f.replica(1);
-    let mut collector = replica.detach_checkpoint_collector().expect("hosted in place until now");
-    assert!(replica.detach_checkpoint_collector().is_none(), "handed over once");
+    let mut replica = f.bare_replica(1);
+    let mut collector = CheckpointCollector::new(f.handle());
     let mut handed = Vec::new();
     for seq in 1..=8 {
         handed.extend(handed_to_collector(&commit_at(&f, &mut replica, seq, &f.batch(&[seq]))));
@@ -530,7 +554,8 @@ fn c3_c4_a_collector_run_apart_decides_stability_and_a_late_answer_moves_nothing
     }
     assert_eq!(handed.len(), 6, "every CHECKPOINT goes to the collector");
     assert_eq!(replica.stable(), SeqNum(0), "only the collector's answer makes a checkpoint stable");
-    let answers: Vec<CollectorOutput> = handed.into_iter().filter_map(|input| collector.handle(input)).collect();
+    let answers: Vec<CollectorOutput> =
+        handed.into_iter().flat_map(|input| collector.handle(input, Instant(0))).collect();
     let stable_at: Vec<SeqNum> = answers
         .iter()
         .map(|answer| match answer {
@@ -716,7 +741,12 @@ fn executed(actions: &[Action]) -> Vec<SeqNum> {
 }
 
 /// Feeds a replica everything needed to commit `batch` at `seq` (it is a backup, r1).
-fn commit_at(f: &Fixture, replica: &mut Replica<KvStore>, seq: u64, batch: &Arc<Batch>) -> Vec<Action> {
+fn commit_at(
+    f: &Fixture,
+    replica: &mut impl Role<Input = Input, Output = Action>,
+    seq: u64,
+    batch: &Arc<Batch>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let d = batch.digest();
     let inputs = vec![
@@ -814,7 +844,7 @@ fn r3_a_backup_relays_a_new_request_to_the_primary_and_starts_its_request_timer(
 fn cx3_a_request_below_the_client_window_is_dropped() {
     let params = ProtocolParams { client_window: 2, ..params() };
     let f = fixture_with(4, params);
-    let mut replica = Replica::new(ReplicaId(1), KeyPair::from_seed([2; 32]), f.handle(), KvStore::new());
+    let mut replica = Node::new(ReplicaId(1), KeyPair::from_seed([2; 32]), f.handle(), KvStore::new());
     let batch = Arc::new(Batch::new(vec![f.request(1, put("a", "1")), f.request(5, put("a", "5"))]));
     commit_at(&f, &mut replica, 1, &batch);
     let actions = replica.handle(Input::Message(VerifiedMessage::Request(f.request(2, put("a", "2")))), Instant(0));
@@ -930,7 +960,7 @@ fn r4_cx1_a_client_caught_beyond_its_window_at_the_primary_counts_its_requests_i
     let params = ProtocolParams { client_window: 3, batch_size_max: 1, in_flight_batches_max: 1, ..params() };
     let f = fixture_with(4, params);
     let client = bulwark_framework::messages::client_id(&f.client.public().into());
-    let offer = |primary: &mut Replica<KvStore>, timestamps: &[u64], at: Instant| {
+    let offer = |primary: &mut Node<KvStore>, timestamps: &[u64], at: Instant| {
         for &timestamp in timestamps {
             let request = VerifiedMessage::Request(f.request(timestamp, put("k", &timestamp.to_string())));
             primary.handle(Input::Message(request), at);
@@ -955,16 +985,16 @@ fn r4_cx1_a_client_caught_beyond_its_window_at_the_primary_counts_its_requests_i
 /// would otherwise pile up for ever. The client is remembered as having exceeded its window.
 #[test]
 fn cx3_waiting_requests_below_the_client_window_are_forgotten() {
-    use bulwark_framework::roles::view_change::ViewChanger;
     let f = fixture();
     let window = f.config.params.client_window;
-    let mut changer = ViewChanger::new(ReplicaId(1), f.handle());
+    let mut changer = f.view_changer(1);
     for timestamp in [1, 2, 3] {
-        changer.wait_for(f.request(timestamp, put("k", "v")), Instant(0));
+        changer.handle(ViewChangerInput::Wait(f.request(timestamp, put("k", "v"))), Instant(0));
     }
     let client = bulwark_framework::messages::client_id(&f.client.public().into());
     assert_eq!(changer.waiting_of(client), 3);
-    changer.executed(SeqNum(1), [(client, Timestamp(window + 2))], Instant(10));
+    let executed = ViewChangerInput::Executed { seq: SeqNum(1), requests: vec![(client, Timestamp(window + 2))] };
+    changer.handle(executed, Instant(10));
     assert_eq!(changer.waiting_of(client), 1, "1 and 2 are below the window, 3 is not");
     // Only a client that signed beyond its window (CX1) causes that: it is remembered for a
     // view-change timeout (a backup then drops its requests unverified).
@@ -973,10 +1003,15 @@ fn cx3_waiting_requests_below_the_client_window_are_forgotten() {
     assert!(!changer.exceeded_window(client, Instant(10) + timeout));
     let other = bulwark_framework::ids::ClientId(client.0 ^ 1);
     assert!(!changer.exceeded_window(other, Instant(10)));
-    // After a state transfer the waiting requests are filtered; the per-client count follows.
-    changer.wait_for(f.request(window + 3, put("k", "v")), Instant(20));
+    // After a state transfer the replica is asked which requests wait, and names those that
+    // executed in the image; the per-client count follows.
+    changer.handle(ViewChangerInput::Wait(f.request(window + 3, put("k", "v"))), Instant(20));
     assert_eq!(changer.waiting_of(client), 2);
-    changer.retain_waiting(|request| request.timestamp == Timestamp(3));
+    let waiting = changer.handle(ViewChangerInput::Installed, Instant(20));
+    let [ViewChangerOutput::Waiting(keys)] = waiting.as_slice() else { panic!("{waiting:?}") };
+    assert_eq!(keys.len(), 2);
+    let executed_in_image = keys.iter().copied().filter(|(_, timestamp)| *timestamp != Timestamp(3)).collect();
+    changer.handle(ViewChangerInput::Forget(executed_in_image), Instant(20));
     assert_eq!(changer.waiting_of(client), 1);
 }
 
@@ -994,7 +1029,7 @@ fn status_one_members_claims_alone_do_not_make_a_replica_stuck_f_plus_1_do() {
     let mut backup = f.replica(1);
     let interval = f.config.params.status_interval();
     let junk = Digest::of(b"nobody reached this");
-    let tick = |replica: &mut Replica<KvStore>, round: u64| {
+    let tick = |replica: &mut Node<KvStore>, round: u64| {
         replica.handle(Input::Timer(TimerKind::Status), Instant(0) + interval * (round as u32 + 1))
     };
     // Replica 3 alone claims sequence numbers 8 (a checkpoint) and 7 (votes).
@@ -1165,7 +1200,7 @@ impl Fixture {
     }
 }
 
-fn deliver(replica: &mut Replica<KvStore>, message: VerifiedMessage, at: u64) -> Vec<Action> {
+fn deliver(replica: &mut impl Role<Input = Input, Output = Action>, message: VerifiedMessage, at: u64) -> Vec<Action> {
     replica.handle(Input::Message(message), Instant(at))
 }
 
@@ -1288,13 +1323,12 @@ fn proposals(outputs: Vec<PrimaryOutput>) -> Vec<PrimaryOutput> {
 #[test]
 fn p1_vc4a_a_primary_role_run_apart_proposes_while_its_replica_leads_and_a_late_proposal_is_refused() {
     let f = fixture();
-    let mut replica = f.replica(0);
-    let mut role = replica.detach_primary().expect("hosted in place until now");
-    assert!(replica.detach_primary().is_none(), "handed over once");
+    let mut replica = f.replica_holding_primary(0);
+    assert_eq!(replica.roles.primary.leading(), Some(View(0)), "told to lead view 0 at start");
     let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(1, put("k", "1"))), 0);
     let offered = handed_to_primary(&actions);
     assert!(matches!(offered.as_slice(), [PrimaryInput::Offer(r)] if r.timestamp == Timestamp(1)), "{offered:?}");
-    let first = proposals(role.handle(offered[0].clone(), Instant(0)));
+    let first = proposals(replica.roles.primary.handle(offered[0].clone(), Instant(0)));
     let actions = replica.handle(Input::Primary(first[0].clone()), Instant(0));
     let proposed = |actions: &[Action]| {
         actions.iter().any(|a| matches!(a, Action::Broadcast { message: VerifiedMessage::PrePrepare(..) }))
@@ -1304,9 +1338,9 @@ fn p1_vc4a_a_primary_role_run_apart_proposes_while_its_replica_leads_and_a_late_
     // The next request waits for the batch delay (one batch in flight), then is proposed.
     let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(2, put("k", "2"))), 1);
     for input in handed_to_primary(&actions) {
-        assert!(proposals(role.handle(input, Instant(1))).is_empty());
+        assert!(proposals(replica.roles.primary.handle(input, Instant(1))).is_empty());
     }
-    let late = proposals(role.handle(PrimaryInput::BatchTimer, Instant(10_000_000)));
+    let late = proposals(replica.roles.primary.handle(PrimaryInput::BatchTimer, Instant(10_000_000)));
     assert_eq!(late.len(), 1);
     // Before it arrives, f + 1 others ask for view 1: the replica joins and stops leading.
     let vc = |from| VerifiedMessage::ViewChange(f.verified_view_change(f.view_change(from, 1, 0, vec![])));
@@ -1331,11 +1365,12 @@ fn p1_vc4a_a_primary_role_run_apart_proposes_while_its_replica_leads_and_a_late_
 #[test]
 fn p2_a_late_proposal_below_the_low_watermark_is_refused() {
     let f = fixture();
-    let mut replica = f.replica(0);
-    let mut role = replica.detach_primary().expect("hosted in place until now");
+    let mut replica = f.replica_holding_primary(0);
     let actions = deliver(&mut replica, VerifiedMessage::Request(f.request(1, put("k", "1"))), 0);
-    let late: Vec<PrimaryOutput> =
-        handed_to_primary(&actions).into_iter().flat_map(|input| proposals(role.handle(input, Instant(0)))).collect();
+    let late: Vec<PrimaryOutput> = handed_to_primary(&actions)
+        .into_iter()
+        .flat_map(|input| proposals(replica.roles.primary.handle(input, Instant(0))))
+        .collect();
     assert!(matches!(late.as_slice(), [PrimaryOutput::Propose(pp, _)] if pp.seq == SeqNum(1)), "{late:?}");
     let digest = Digest::of(b"state");
     let proof = (0..3).map(|r| f.checkpoint(r, 4, digest)).collect();
@@ -1355,8 +1390,7 @@ fn p2_a_late_proposal_below_the_low_watermark_is_refused() {
 #[test]
 fn vc13_vc14_entering_a_view_it_leads_a_replica_tells_its_primary_role_to_lead_from_max_s_plus_1() {
     let f = fixture();
-    let mut replica = f.replica(1);
-    let mut role = replica.detach_primary().expect("hosted in place until now");
+    let mut replica = f.replica_holding_primary(1);
     // Slot 1 committed here: its prepared certificate is in this replica's VIEW-CHANGE, and
     // O re-proposes it (max-s = 1).
     let batch = f.batch(&[1]);
@@ -1372,11 +1406,12 @@ fn vc13_vc14_entering_a_view_it_leads_a_replica_tells_its_primary_role_to_lead_f
     });
     assert_eq!(lead, Some((View(1), SeqNum(2))), "VC14: {handed:?}");
     for input in handed {
-        role.handle(input, Instant(10));
+        replica.roles.primary.handle(input, Instant(10));
     }
-    assert_eq!(role.leading(), Some(View(1)));
+    assert_eq!(replica.roles.primary.leading(), Some(View(1)));
     let offered = handed_to_primary(&deliver(&mut replica, VerifiedMessage::Request(f.request(9, put("k", "9"))), 11));
-    let proposed = proposals(offered.into_iter().flat_map(|input| role.handle(input, Instant(11))).collect());
+    let proposed =
+        proposals(offered.into_iter().flat_map(|input| replica.roles.primary.handle(input, Instant(11))).collect());
     match proposed.as_slice() {
         [PrimaryOutput::Propose(pre_prepare, _)] => {
             assert_eq!((pre_prepare.view, pre_prepare.seq), (View(1), SeqNum(2)))
@@ -1416,7 +1451,6 @@ fn vc3_the_timer_counts_members_that_moved_past_the_target() {
 /// base timeout and never give a primary the doubled time (seen in a durable bench run).
 #[test]
 fn vc4_timeout_doubles_until_a_request_ordered_in_the_new_view_executes() {
-    use bulwark_framework::roles::view_change::ViewChanger;
     let f = fixture();
     let base = f.config.params.view_change_timeout();
     let batch = f.batch(&[7]);
@@ -1425,26 +1459,37 @@ fn vc4_timeout_doubles_until_a_request_ordered_in_the_new_view_executes() {
         f.view_change(2, 1, 0, vec![f.certificate(0, 2, batch.digest())]),
         f.view_change(3, 1, 0, vec![]),
     ];
-    let mut changer = ViewChanger::new(ReplicaId(3), f.handle());
-    changer.start(f.verified_view_change(vcs[2].clone()), Instant(0));
-    changer.on_view_change(f.verified_view_change(vcs[0].clone()), Instant(0)).unwrap();
-    changer.on_view_change(f.verified_view_change(vcs[1].clone()), Instant(0)).unwrap();
-    assert_eq!(changer.on_view_change_timer(Instant(0) + base), Ok(View(2)));
+    let mut changer = f.view_changer(3);
+    changer.handle(ViewChangerInput::Started(f.verified_view_change(vcs[2].clone())), Instant(0));
+    for vc in &vcs[..2] {
+        let out = changer.handle(ViewChangerInput::ViewChange(f.verified_view_change(vc.clone())), Instant(0));
+        assert!(!out.iter().any(|o| matches!(o, ViewChangerOutput::Refused(_))), "{out:?}");
+    }
+    let expired = changer.handle(ViewChangerInput::Timer(TimerKind::ViewChange), Instant(0) + base);
+    assert!(
+        matches!(expired.as_slice(), [ViewChangerOutput::ViewChangeTimerExpired { target: View(1) }]),
+        "{expired:?}"
+    );
     assert_eq!(changer.timeout(), base * 2, "VC4: doubled");
     let VerifiedMessage::NewView(new_view) = verify_message(f.correct_new_view(1, vcs), &f.config).unwrap() else {
         panic!("not a new-view")
     };
     assert_eq!(new_view.order.max_seq, SeqNum(2));
-    changer.enter(View(1), Some(new_view), Instant(10));
+    changer.handle(ViewChangerInput::Entered(new_view), Instant(10));
+    assert_eq!(changer.view(), View(1));
     let key = |t| (bulwark_framework::messages::client_id(&f.client.public().into()), Timestamp(t));
-    changer.executed(SeqNum(2), [key(7)], Instant(20));
+    changer.handle(ViewChangerInput::Executed { seq: SeqNum(2), requests: vec![key(7)] }, Instant(20));
     assert_eq!(changer.timeout(), base * 2, "a re-proposal executing does not reset T");
     // The request timer fires in view 1 before any new request executed: that view change
     // failed as well, and T doubles again (TOCS §4.5.2).
-    let deadline = changer.wait_for(f.request(8, put("k", "8")), Instant(20)).expect("the request timer starts");
-    assert_eq!(changer.on_request_timer(deadline), Ok(View(2)));
+    let armed = changer.handle(ViewChangerInput::Wait(f.request(8, put("k", "8"))), Instant(20));
+    let [ViewChangerOutput::SetTimer(TimerKind::Request, deadline)] = armed.as_slice() else {
+        panic!("the request timer starts: {armed:?}")
+    };
+    let expired = changer.handle(ViewChangerInput::Timer(TimerKind::Request), *deadline);
+    assert!(matches!(expired.as_slice(), [ViewChangerOutput::RequestTimerExpired { view: View(1) }]), "{expired:?}");
     assert_eq!(changer.timeout(), base * 4, "a new view that orders nothing new doubles T");
-    changer.executed(SeqNum(3), [key(8)], Instant(30));
+    changer.handle(ViewChangerInput::Executed { seq: SeqNum(3), requests: vec![key(8)] }, Instant(30));
     assert_eq!(changer.timeout(), base, "a request ordered in the new view resets it");
 }
 
@@ -1486,7 +1531,7 @@ fn vc7_a_view_changing_replica_retransmits_its_view_change_with_backoff() {
     assert_eq!(sent_view_changes(&actions).len(), 1, "VC2: sent once when it starts");
     let status_us = f.config.params.status_interval_us;
     let timeout_us = f.config.params.view_change_timeout_us;
-    let sent_at = |replica: &mut Replica<KvStore>, after_us: u64| {
+    let sent_at = |replica: &mut Node<KvStore>, after_us: u64| {
         let actions = replica.handle(Input::Timer(TimerKind::Status), Instant(deadline.0 + after_us));
         sent_view_changes(&actions).iter().map(|vc| vc.view()).collect::<Vec<_>>()
     };

@@ -28,6 +28,7 @@ use bulwark_framework::messages::{
     NewView, PrePrepare, Prepare, PreparedCertificate, Reply, ReplyBundle, ReplyRoot, Report, Request, SlotProgress,
     StateReply, StateRequest, Status, VerifiedMessage, VerifiedReply, ViewChange, WireCommand,
 };
+use bulwark_framework::roles::node::Node;
 use bulwark_framework::roles::view_change::compute_order;
 use bulwark_framework::signing::Scoped;
 use bulwark_framework::state::ChunkedImage;
@@ -1328,7 +1329,7 @@ pub fn check_replies_sendable(replies: &[VerifiedReply], config: &Membership, wh
 #[derive(Debug)]
 pub struct ReplicaHarness {
     pub config: Arc<Membership>,
-    pub replica: Replica<FuzzKv>,
+    pub replica: Node<FuzzKv>,
     pub me: u32,
     pub now: Instant,
     pub pool: Pool,
@@ -1343,7 +1344,7 @@ impl ReplicaHarness {
         let config = config_for(auth);
         let me = me % N;
         let key = KeyPair::from_seed(replica_seed(me));
-        let mut replica = Replica::new(ReplicaId(me), key, handle(&config), FuzzKv::default());
+        let mut replica = Node::new(ReplicaId(me), key, handle(&config), FuzzKv::default());
         let actions = replica.start(Instant::ZERO);
         let mut harness =
             ReplicaHarness { config, replica, me, now: Instant::ZERO, pool: Pool::default(), timers: BTreeMap::new() };
@@ -1442,8 +1443,8 @@ impl ReplicaHarness {
                 Action::SetTimer { timer, at } => {
                     self.timers.insert(timer, at);
                 }
-                Action::ToCheckpoints(_) | Action::ToPrimary(_) => {
-                    panic!("{who} hosts its roles in place yet handed one something")
+                Action::ToCheckpoints(_) | Action::ToPrimary(_) | Action::ToViewChanger(_) => {
+                    panic!("{who}'s node handles what it hands its roles, yet one left it")
                 }
                 Action::Persist(_) | Action::Event(_) => {}
             }

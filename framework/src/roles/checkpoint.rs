@@ -12,10 +12,9 @@
 //! its peers') and every stable checkpoint learned elsewhere as a [`CollectorInput`], and
 //! hears back [`CollectorOutput`]s. The runtime and the simulator run it beside its
 //! replica and carry these messages between the two, so a stable checkpoint reaches the
-//! replica some time after the collector formed it, with other inputs in between;
-//! [`crate::roles::replica::Replica::new`] hosts one in place for role-level tests.
+//! replica some time after the collector formed it, with other inputs in between.
 
-use crate::ids::{ReplicaId, SeqNum};
+use crate::ids::{Instant, ReplicaId, SeqNum};
 use crate::membership::{MemberMap, MembershipHandle};
 use crate::messages::Checkpoint;
 use crate::quorum::{VoteOutcome, VoteSet};
@@ -86,16 +85,16 @@ impl CheckpointCollector {
         (params.watermark_window / params.checkpoint_interval) as usize + 2
     }
 
-    /// Handles one input from its replica.
-    pub fn handle(&mut self, input: CollectorInput) -> Option<CollectorOutput> {
+    /// Handles one input from its replica (the collector has no use for the time).
+    pub fn handle(&mut self, input: CollectorInput, _now: Instant) -> Vec<CollectorOutput> {
         match input {
             CollectorInput::Checkpoint(checkpoint) => match self.on_checkpoint(checkpoint) {
-                Ok(stable) => stable.map(CollectorOutput::Stable),
-                Err(reason) => Some(CollectorOutput::Refused(reason)),
+                Ok(stable) => stable.map(CollectorOutput::Stable).into_iter().collect(),
+                Err(reason) => vec![CollectorOutput::Refused(reason)],
             },
             CollectorInput::Adopt(stable) => {
                 self.adopt(stable);
-                None
+                Vec::new()
             }
         }
     }
@@ -184,5 +183,14 @@ impl CheckpointCollector {
     /// Checkpoint messages this replica holds above the stable one (bounded).
     pub fn pending_len(&self) -> usize {
         self.pending.values().map(VoteSet::len).sum()
+    }
+}
+
+impl crate::roles::Role for CheckpointCollector {
+    type Input = CollectorInput;
+    type Output = CollectorOutput;
+
+    fn handle(&mut self, input: CollectorInput, now: Instant) -> Vec<CollectorOutput> {
+        CheckpointCollector::handle(self, input, now)
     }
 }

@@ -1,23 +1,33 @@
-//! The protocol roles, each a pure state machine: inputs in, actions out, no I/O, no
-//! clock (the caller passes `now`), no randomness.
+//! The protocol roles, each a pure state machine: no I/O, no clock (the caller passes
+//! `now`), no randomness.
 //!
-//! A replica is composed of five roles, wired together by [`replica::Replica`]:
+//! # One shape
+//!
+//! Every role that runs on its own implements [`Role`]: one input and the current time in,
+//! its outputs out, in the order they are to be carried out. Whatever a role needs from
+//! another role travels as an output of one and an input of the other, never as a call, so
+//! a runtime can run each role as an actor of its own, and the simulator can put a delay
+//! (and other inputs) between them. Reading a role's state (its view, its sizes) is a
+//! plain method; changing it is only ever `handle`.
+//!
+//! # A replica and its roles
+//!
+//! [`replica::Replica`] is a role too (`Input` to [`Action`]s): it hosts the backup and
+//! executor, keeps its view and watermarks, and routes what the other roles need:
 //! * [`primary::PrimaryRole`] batches requests, assigns sequence numbers and signs the
-//!   pre-prepares (active only while its replica leads its view); the runtime and the
-//!   simulator run it apart from its replica, exchanging [`primary::PrimaryInput`]s and
-//!   [`primary::PrimaryOutput`]s with it;
-//! * [`backup::Backup`] runs the three-phase agreement for every sequence number in the
-//!   watermark window (every replica runs it; in the primary it accepts its own
-//!   pre-prepares);
-//! * [`executor::Executor`] executes committed batches strictly in order through the
-//!   user's [`crate::service::Service`] and keeps the client table (exactly-once replies);
+//!   pre-prepares while its replica leads its view ([`Action::ToPrimary`] in,
+//!   [`replica::Input::Primary`] back);
 //! * [`checkpoint::CheckpointCollector`] turns `2f + 1` matching CHECKPOINTs into a stable
-//!   checkpoint, which moves the watermarks and lets the log be discarded. The runtime and
-//!   the simulator run it apart from its replica, exchanging
-//!   [`checkpoint::CollectorInput`]s and [`checkpoint::CollectorOutput`]s with it.
+//!   checkpoint ([`Action::ToCheckpoints`], [`replica::Input::Checkpoints`]);
+//! * [`view_change::ViewChanger`] suspects a faulty primary, collects VIEW-CHANGEs, decides
+//!   when to join a view change and builds the NEW-VIEW as the new primary
+//!   ([`Action::ToViewChanger`], [`replica::Input::ViewChanger`]).
 //!
-//! * [`view_change::ViewChanger`] suspects a faulty primary, collects VIEW-CHANGEs and
-//!   decides when the replica joins a view change, builds a NEW-VIEW or may accept one.
+//! The runtime runs each of the three as an actor of its own, the simulator each behind a
+//! hop with a drawn delay, and [`node::Node`] wires them with no delay for tests and
+//! fuzzers: one wiring everywhere. Inside the replica, [`backup::Backup`] runs the
+//! three-phase agreement and [`executor::Executor`] executes committed batches strictly in
+//! order through the user's [`crate::service::Service`].
 //!
 //! [`client::Client`] is the client side.
 
@@ -25,6 +35,7 @@ pub mod backup;
 pub mod checkpoint;
 pub mod client;
 pub mod executor;
+pub mod node;
 pub mod primary;
 pub mod replica;
 pub mod state_transfer;
@@ -33,6 +44,7 @@ pub mod view_change;
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, View};
 use crate::membership::Membership;
 use crate::messages::{Report, VerifiedMessage, VerifiedNewView, VerifiedReply};
+use crate::roles::view_change::ViewChangerInput;
 use bulwark_crypto::{Digest, Verified};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,8 +75,19 @@ impl WindowOffenders {
     }
 }
 
-/// Timers a replica sets. Setting a timer replaces the pending one of the same kind; a
-/// role ignores a firing that is no longer due (it keeps its own deadline).
+/// The one shape of every role (see the module documentation).
+pub trait Role {
+    type Input;
+    type Output;
+
+    /// Handles one input at time `now`; returns what to carry out, in order.
+    fn handle(&mut self, input: Self::Input, now: Instant) -> Vec<Self::Output>;
+}
+
+/// Timers of a replica and its roles. Setting a timer replaces the pending one of the same
+/// kind; a role ignores a firing that is no longer due (it keeps its own deadline). The
+/// status timer is the replica's, the batch timer the primary role's, the request and
+/// view-change timers the view-changer's: a runtime delivers each to its own role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimerKind {
     /// The primary's batch delay (P3).
@@ -93,14 +116,15 @@ pub enum Action {
     Persist(crate::durable::Record),
     /// Fire `TimerKind` at `at` (replacing the pending one of that kind).
     SetTimer { timer: TimerKind, at: Instant },
-    /// Hand this to the replica's checkpoint collector, run as a role of its own (see
-    /// [`replica::Replica::detach_checkpoint_collector`]); its answer comes back as
+    /// Hand this to the replica's checkpoint collector; its answer comes back as
     /// [`replica::Input::Checkpoints`].
     ToCheckpoints(checkpoint::CollectorInput),
-    /// Hand this to the replica's primary role, run as a role of its own (see
-    /// [`replica::Replica::detach_primary`]); its proposals come back as
+    /// Hand this to the replica's primary role; its proposals come back as
     /// [`replica::Input::Primary`].
     ToPrimary(primary::PrimaryInput),
+    /// Hand this to the replica's view-changer; its answers come back as
+    /// [`replica::Input::ViewChanger`].
+    ToViewChanger(ViewChangerInput),
     /// Something worth observing happened (metrics, logs, the simulator's checker).
     Event(ReplicaEvent),
 }

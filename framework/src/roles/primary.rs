@@ -72,8 +72,7 @@ pub enum PrimaryOutput {
 }
 
 /// The primary role: the proposer of the view its replica leads, and the signing of its
-/// pre-prepares. [`crate::roles::replica::Replica::new`] hosts one in place; the runtime
-/// and the simulator run it apart ([`crate::roles::replica::Replica::detach_primary`]).
+/// pre-prepares. It runs apart from its replica (see [`crate::roles`]).
 #[derive(Debug)]
 pub struct PrimaryRole {
     membership: MembershipHandle,
@@ -443,5 +442,14 @@ impl Primary {
 
     pub fn in_flight_len(&self) -> usize {
         self.in_flight.len()
+    }
+}
+
+impl crate::roles::Role for PrimaryRole {
+    type Input = PrimaryInput;
+    type Output = PrimaryOutput;
+
+    fn handle(&mut self, input: PrimaryInput, now: Instant) -> Vec<PrimaryOutput> {
+        PrimaryRole::handle(self, input, now)
     }
 }

@@ -20,15 +20,15 @@ use crate::durable::{Record, Recovered};
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::membership::{MemberMap, MembershipHandle};
 use crate::messages::{
-    Batch, BatchReply, BatchRequest, Checkpoint, Inquiry, MessageKind, NewView, PrePrepare, Report, Request,
-    StateReply, StateRequest, Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
+    Batch, BatchReply, BatchRequest, Checkpoint, Inquiry, MessageKind, Report, Request, StateReply, StateRequest,
+    Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
 };
 use crate::roles::backup::{message_view, Backup, BackupOutput, WindowPosition};
-use crate::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput, StableCheckpoint};
+use crate::roles::checkpoint::{CollectorInput, CollectorOutput, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
-use crate::roles::primary::{PrimaryInput, PrimaryOutput, PrimaryRole};
+use crate::roles::primary::{PrimaryInput, PrimaryOutput};
 use crate::roles::state_transfer::{ChunkIn, FetchStep, StateFetch, PARALLEL_CHUNKS};
-use crate::roles::view_change::{compute_order, ViewChangeStep, ViewChanger};
+use crate::roles::view_change::{ViewChangerInput, ViewChangerOutput};
 use crate::roles::{Action, ReplicaEvent, TimerKind};
 use crate::service::Service;
 use bulwark_crypto::{Digest, KeyPair, Verified};
@@ -47,12 +47,12 @@ const PRE_PREPARE_RESEND_INTERVALS: u32 = 10;
 pub enum Input {
     Message(VerifiedMessage),
     Timer(TimerKind),
-    /// What this replica's checkpoint collector, run as a role of its own, told it (see
-    /// [`Replica::detach_checkpoint_collector`]).
+    /// What this replica's checkpoint collector told it.
     Checkpoints(CollectorOutput),
-    /// What this replica's primary role, run as a role of its own, proposed or shed (see
-    /// [`Replica::detach_primary`]).
+    /// What this replica's primary role proposed or shed.
     Primary(PrimaryOutput),
+    /// What this replica's view-changer told it.
+    ViewChanger(ViewChangerOutput),
     /// A system command to order, from this replica's own runtime: proposed if this
     /// replica leads its view, refused otherwise.
     ProposeSystem(crate::messages::SystemCommand),
@@ -92,18 +92,17 @@ pub struct Replica<S: Service> {
     id: ReplicaId,
     membership: MembershipHandle,
     key: Arc<KeyPair>,
-    view_changer: ViewChanger,
-    /// The primary role hosted in place, or `None` when the runtime runs it as a role of
-    /// its own ([`Replica::detach_primary`]).
-    primary: Option<PrimaryRole>,
+    /// The last view entered.
+    view: View,
+    /// While view-changing: the view of this replica's latest VIEW-CHANGE (VC2).
+    target: Option<View>,
+    /// The NEW-VIEW by which the current view was entered, for replicas that lag (VC7).
+    new_view: Option<Arc<VerifiedNewView>>,
     /// Whether the last word to the primary role was [`PrimaryInput::Lead`] (it leads),
     /// rather than [`PrimaryInput::Follow`].
     leads: bool,
     backup: Backup,
     executor: Executor<S>,
-    /// The checkpoint collector hosted in place, or `None` when the runtime runs it as a
-    /// role of its own ([`Replica::detach_checkpoint_collector`]).
-    collector: Option<CheckpointCollector>,
     /// The latest stable checkpoint this replica knows: formed by its collector, or taken
     /// from a NEW-VIEW or from its durable records.
     stable: StableCheckpoint,
@@ -138,18 +137,24 @@ pub struct Replica<S: Service> {
 }
 
 impl<S: Service> Replica<S> {
+    /// Replica `id` of `membership`, signing with `key`. Its primary role, checkpoint
+    /// collector and view-changer run apart ([`crate::roles::node::Roles`]).
     pub fn new(id: ReplicaId, key: KeyPair, membership: MembershipHandle, service: S) -> Self {
+        Replica::with_key(id, Arc::new(key), membership, service)
+    }
+
+    /// [`Replica::new`] with a key shared with its roles.
+    pub fn with_key(id: ReplicaId, key: Arc<KeyPair>, membership: MembershipHandle, service: S) -> Self {
         let members = membership.current();
-        let key = Arc::new(key);
         let leads = members.primary(View(0)) == id;
         Replica {
             id,
-            view_changer: ViewChanger::new(id, membership.clone()),
-            primary: Some(PrimaryRole::new(membership.clone(), key.clone(), leads.then_some(View(0)), SeqNum(1))),
+            view: View(0),
+            target: None,
+            new_view: None,
             leads,
             backup: Backup::new(id, membership.clone()),
             executor: Executor::new(id, membership.clone(), service),
-            collector: Some(CheckpointCollector::new(membership.clone())),
             stable: StableCheckpoint::initial(),
             own_checkpoints: BTreeMap::new(),
             checkpointed: MemberMap::new(&members, |_| SeqNum(0)),
@@ -169,21 +174,6 @@ impl<S: Service> Replica<S> {
             key,
             membership,
         }
-    }
-
-    /// Hands the checkpoint collector to the runtime, which runs it as a role of its own:
-    /// from here on this replica sends it its inputs as [`Action::ToCheckpoints`] and takes
-    /// its outputs as [`Input::Checkpoints`]. `None` if it was handed over already.
-    pub fn detach_checkpoint_collector(&mut self) -> Option<CheckpointCollector> {
-        self.collector.take()
-    }
-
-    /// Hands the primary role to the runtime, which runs it as a role of its own: from here
-    /// on this replica sends it its inputs as [`Action::ToPrimary`] and takes its proposals
-    /// and sheds as [`Input::Primary`]; the role's batch timer is the runtime's to run.
-    /// `None` if it was handed over already.
-    pub fn detach_primary(&mut self) -> Option<PrimaryRole> {
-        self.primary.take()
     }
 
     /// Negative control for tests only: prepared with `f` prepares, committed with `f + 1`
@@ -207,13 +197,25 @@ impl<S: Service> Replica<S> {
         recovered: Recovered,
         now: Instant,
     ) -> (Self, Vec<Action>) {
-        let mut replica = Replica::new(id, key, membership, service);
+        Replica::recover_with_key(id, Arc::new(key), membership, service, recovered, now)
+    }
+
+    /// [`Replica::recover`] with a key shared with its roles.
+    pub fn recover_with_key(
+        id: ReplicaId,
+        key: Arc<KeyPair>,
+        membership: MembershipHandle,
+        service: S,
+        recovered: Recovered,
+        now: Instant,
+    ) -> (Self, Vec<Action>) {
+        let mut replica = Replica::with_key(id, key, membership, service);
         let mut actions = replica.start(now);
         if let Some((checkpoint, image)) = &recovered.stable {
             match replica.executor.install(checkpoint.seq, image.bytes().to_vec()) {
                 Ok(_) => {
                     replica.stable = checkpoint.clone();
-                    replica.hand_to_collector(CollectorInput::Adopt(checkpoint.clone()), now, &mut actions);
+                    actions.push(Action::ToCheckpoints(CollectorInput::Adopt(checkpoint.clone())));
                     replica.backup.advance_low(checkpoint.seq, checkpoint.seq);
                 }
                 Err(_) => replica.refuse("recovered checkpoint image could not be installed"),
@@ -223,7 +225,7 @@ impl<S: Service> Replica<S> {
         actions.push(Action::Event(ReplicaEvent::Recovered { stable: replica.last_executed(), view }));
         let mut next = replica.last_executed().next();
         while let Some((view, batch)) = recovered.committed.get(&next) {
-            replica.execute(next, *view, batch, now, &mut actions);
+            replica.execute(next, *view, batch, &mut actions);
             next = next.next();
         }
         replica.backup.restore(
@@ -244,20 +246,26 @@ impl<S: Service> Replica<S> {
             .max()
             .unwrap_or_default();
         let next_seq = proposed.max(replica.last_executed()).max(replica.stable()).next();
-        replica.lead_or_follow(next_seq, now, &mut actions);
+        replica.lead_or_follow(next_seq, &mut actions);
         if recovered.floor > replica.view() {
-            replica.start_view_change(recovered.floor, now, &mut actions);
+            replica.start_view_change(recovered.floor, &mut actions);
         }
         replica.drive(now, &mut actions);
         (replica, actions)
     }
 
-    /// The first actions of a replica: arm the periodic status timer.
+    /// The first actions of a replica: arm the periodic status timer and, as the primary
+    /// of view 0, tell its primary role to lead.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
-        vec![Action::SetTimer {
+        let mut actions = vec![Action::SetTimer {
             timer: TimerKind::Status,
             at: now + self.membership.current().params.status_interval(),
-        }]
+        }];
+        if self.leads {
+            let lead = PrimaryInput::Lead { view: self.view, next_seq: SeqNum(1), low: self.backup.low() };
+            actions.push(Action::ToPrimary(lead));
+        }
+        actions
     }
 
     pub fn id(&self) -> ReplicaId {
@@ -266,45 +274,31 @@ impl<S: Service> Replica<S> {
 
     /// The last view this replica entered.
     pub fn view(&self) -> View {
-        self.view_changer.view()
+        self.view
     }
 
     /// The view this replica is changing to, while it is view-changing.
     pub fn view_change_target(&self) -> Option<View> {
-        self.view_changer.target()
+        self.target
+    }
+
+    fn is_changing(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// The highest view this replica has asked for or entered: nothing below it may be
+    /// signed any more (VC4a).
+    fn floor(&self) -> View {
+        self.target.unwrap_or(self.view)
     }
 
     /// Whether this replica is the primary of its view and in normal mode (P1).
     pub fn is_primary(&self) -> bool {
-        self.membership.current().primary(self.view()) == self.id && !self.view_changer.is_changing()
+        self.membership.current().primary(self.view()) == self.id && !self.is_changing()
     }
 
     pub fn last_executed(&self) -> SeqNum {
         self.executor.last_executed()
-    }
-
-    /// Whether `client` holds its whole `client_window` here: queued at this primary (R4),
-    /// or waiting at this backup (VC1). A correct client has at most that many requests
-    /// outstanding (CX1), so while this holds, a request it sends is one this primary
-    /// already holds or would shed; at a backup it is one already waiting, or (the backup
-    /// lags in execution) a new one the backup only would have timed and relayed, which the
-    /// other replicas do. So a runtime may drop such a request before checking its
-    /// signature: Aardvark's per-client bound, ahead of the expensive step.
-    ///
-    /// At the primary, requests in flight count only for a client caught exceeding its
-    /// window lately: a correct client's window opens once `f + 1` replicas executed its
-    /// oldest request, possibly before this primary did, and its next request is then
-    /// legitimate. A backup counts as saturated outright a client caught exceeding its
-    /// window lately (one of its waiting requests fell below the window unexecuted): such a
-    /// client forfeits this backup's timer for its requests for a while.
-    pub fn client_saturated(&self, client: crate::ids::ClientId, now: Instant) -> bool {
-        if self.is_primary() {
-            // A primary role run apart answers for itself (`PrimaryRole::client_saturated`).
-            self.primary.as_ref().is_some_and(|primary| primary.client_saturated(client, now))
-        } else {
-            self.view_changer.exceeded_window(client, now)
-                || self.view_changer.waiting_of(client) as u64 >= self.membership.current().params.client_window
-        }
     }
 
     /// The low watermark `h` (last stable checkpoint).
@@ -332,21 +326,25 @@ impl<S: Service> Replica<S> {
         &self.membership
     }
 
+    /// The key this replica signs with, for its roles run apart.
+    pub fn key(&self) -> Arc<KeyPair> {
+        self.key.clone()
+    }
+
     /// Sizes of every bounded structure: log slots, next-window buffer, checkpoint votes,
     /// checkpoint images, primary queue and in-flight batches, client table.
     pub fn footprint(&self) -> Footprint {
         Footprint {
             log_slots: self.backup.log_len(),
             future_messages: self.backup.future_len(),
-            checkpoint_votes: self.own_checkpoints.len()
-                + self.collector.as_ref().map_or(0, CheckpointCollector::pending_len),
+            checkpoint_votes: self.own_checkpoints.len(),
             checkpoint_images: self.executor.images_len(),
-            queued_requests: self.primary.as_ref().map_or(0, PrimaryRole::queue_len),
-            in_flight_batches: self.primary.as_ref().map_or(0, PrimaryRole::in_flight_len),
+            queued_requests: 0,
+            in_flight_batches: 0,
             clients: self.executor.client_table().len(),
             later_view_messages: self.later_views.values().map(VecDeque::len).sum(),
-            waiting_requests: self.view_changer.waiting_len(),
-            view_changes_held: self.view_changer.view_changes_held(),
+            waiting_requests: 0,
+            view_changes_held: 0,
             transfer_bytes: self.transfer.as_ref().map_or(0, StateFetch::buffered_bytes),
         }
     }
@@ -362,34 +360,63 @@ impl<S: Service> Replica<S> {
         match input {
             Input::Message(message) => self.on_message(message, now, &mut actions),
             Input::Checkpoints(output) => self.on_collector_output(output, now, &mut actions),
-            Input::Primary(output) => self.on_primary_output(output, now, &mut actions),
+            Input::Primary(output) => self.on_primary_output(output, &mut actions),
+            Input::ViewChanger(output) => self.on_view_changer_output(output, now, &mut actions),
             Input::ProposeSystem(command) if self.leads => {
-                self.hand_to_primary(PrimaryInput::System(command), now, &mut actions)
+                self.hand_to_primary(PrimaryInput::System(command), &mut actions)
             }
             Input::ProposeSystem(_) => self.refuse("system command at a replica that does not lead its view"),
-            Input::Timer(TimerKind::Batch) => self.hand_to_primary(PrimaryInput::BatchTimer, now, &mut actions),
             Input::Timer(TimerKind::Status) => self.on_status_tick(now, &mut actions),
-            Input::Timer(TimerKind::Request) => match self.view_changer.on_request_timer(now) {
-                // A replica catching up to a stable checkpoint waits because it is behind,
-                // not because the primary stalls: the checkpoint proves that f + 1 correct
-                // replicas executed past it. It re-arms instead of suspecting (PF4).
-                Ok(_) if self.catching_up_at_request_timer() => {
-                    let at = now + self.view_changer.timeout();
-                    self.view_changer.rearm_request_timer(at);
-                    actions.push(Action::SetTimer { timer: TimerKind::Request, at });
-                }
-                Ok(view) => self.start_view_change(view, now, &mut actions),
-                Err(Some(at)) => actions.push(Action::SetTimer { timer: TimerKind::Request, at }),
-                Err(None) => {}
-            },
-            Input::Timer(TimerKind::ViewChange) => match self.view_changer.on_view_change_timer(now) {
-                Ok(view) => self.start_view_change(view, now, &mut actions),
-                Err(Some(at)) => actions.push(Action::SetTimer { timer: TimerKind::ViewChange, at }),
-                Err(None) => {}
-            },
+            // The other timers are its roles' (see `TimerKind`).
+            Input::Timer(_) => {}
         }
         self.drive(now, &mut actions);
         actions
+    }
+
+    /// What the view-changer said, acted on only if what it was based on still holds (it
+    /// runs apart and may speak about a view this replica has left).
+    fn on_view_changer_output(&mut self, output: ViewChangerOutput, now: Instant, actions: &mut Vec<Action>) {
+        let in_normal_view = |replica: &Self, view: View| replica.view == view && !replica.is_changing();
+        match output {
+            ViewChangerOutput::SetTimer(timer, at) => actions.push(Action::SetTimer { timer, at }),
+            // A replica catching up to a stable checkpoint waits because it is behind, not
+            // because the primary stalls: the checkpoint proves that f + 1 correct replicas
+            // executed past it. It waits again instead of suspecting (PF4).
+            ViewChangerOutput::RequestTimerExpired { view } if in_normal_view(self, view) => {
+                if self.catching_up_at_request_timer() {
+                    actions.push(Action::ToViewChanger(ViewChangerInput::StillCatchingUp));
+                } else {
+                    self.start_view_change(view.next(), actions);
+                }
+            }
+            ViewChangerOutput::TooSlow { view } if in_normal_view(self, view) => {
+                tracing::info!(replica = %self.id, "primary orders below the minimum rate; suspecting it");
+                self.start_view_change(view.next(), actions);
+            }
+            ViewChangerOutput::ViewChangeTimerExpired { target } if self.target == Some(target) => {
+                self.start_view_change(target.next(), actions);
+            }
+            ViewChangerOutput::Join { view } => self.start_view_change(view, actions),
+            ViewChangerOutput::NewView(new_view) => self.enter_own_new_view(new_view, now, actions),
+            ViewChangerOutput::Retransmit(own) if self.target == Some(own.view()) => {
+                actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own) });
+            }
+            ViewChangerOutput::Waiting(keys) => {
+                let window = self.membership.current().params.client_window;
+                let table = self.executor.client_table();
+                let done =
+                    keys.into_iter().filter(|(client, t)| table.status(*client, *t, window) != RequestStatus::New);
+                actions.push(Action::ToViewChanger(ViewChangerInput::Forget(done.collect())));
+            }
+            ViewChangerOutput::Resend(requests) => self.resend_waiting(requests, actions),
+            ViewChangerOutput::Refused(reason) => self.refuse(reason),
+            // Based on a view or target this replica has left.
+            ViewChangerOutput::RequestTimerExpired { .. }
+            | ViewChangerOutput::TooSlow { .. }
+            | ViewChangerOutput::ViewChangeTimerExpired { .. }
+            | ViewChangerOutput::Retransmit(_) => {}
+        }
     }
 
     fn note_seen(&mut self, seq: SeqNum) {
@@ -424,7 +451,7 @@ impl<S: Service> Replica<S> {
 
     fn on_message(&mut self, message: VerifiedMessage, now: Instant, actions: &mut Vec<Action>) {
         match message {
-            VerifiedMessage::Request(request) => self.on_request(request, now, actions),
+            VerifiedMessage::Request(request) => self.on_request(request, actions),
             VerifiedMessage::PrePrepare(ref pre_prepare, _) => {
                 let (view, seq, sender) =
                     (pre_prepare.view, pre_prepare.seq, self.membership.current().primary(pre_prepare.view));
@@ -432,7 +459,7 @@ impl<S: Service> Replica<S> {
                     self.note_seen(seq);
                     let mut out = Vec::new();
                     self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
-                    self.apply(out, now, actions);
+                    self.apply(out, actions);
                 }
             }
             VerifiedMessage::Prepare(ref prepare) => {
@@ -441,7 +468,7 @@ impl<S: Service> Replica<S> {
                     self.note_claim(sender, seq);
                     let mut out = Vec::new();
                     self.backup.on_prepare(prepare, &self.key, &mut out);
-                    self.apply(out, now, actions);
+                    self.apply(out, actions);
                 }
             }
             VerifiedMessage::Commit(ref commit) => {
@@ -450,14 +477,14 @@ impl<S: Service> Replica<S> {
                     self.note_claim(sender, seq);
                     let mut out = Vec::new();
                     self.backup.on_commit(commit, &self.key, &mut out);
-                    self.apply(out, now, actions);
+                    self.apply(out, actions);
                 }
             }
             VerifiedMessage::ViewChange(view_change) => self.on_view_change(view_change, now, actions),
             VerifiedMessage::NewView(new_view) => self.on_new_view(new_view, now, actions),
             VerifiedMessage::BatchRequest(request) => self.on_batch_request(request, now, actions),
-            VerifiedMessage::BatchReply(reply, batch) => self.on_batch_reply(reply, batch, now, actions),
-            VerifiedMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint, now, actions),
+            VerifiedMessage::BatchReply(reply, batch) => self.on_batch_reply(reply, batch, actions),
+            VerifiedMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint, actions),
             VerifiedMessage::Status(status) => self.on_status(status, now, actions),
             VerifiedMessage::StateRequest(request) => self.on_state_request(request, now, actions),
             VerifiedMessage::StateReply(reply) => self.on_state_reply(reply, now, actions),
@@ -472,7 +499,7 @@ impl<S: Service> Replica<S> {
     /// older is dropped.
     fn admit_view(&mut self, message: VerifiedMessage, view: View, sender: ReplicaId) -> Option<VerifiedMessage> {
         let current = self.view();
-        if view == current && !self.view_changer.is_changing() {
+        if view == current && !self.is_changing() {
             return Some(message);
         }
         // A view-changing replica still learns what its view commits (pre-prepares carry
@@ -480,7 +507,7 @@ impl<S: Service> Replica<S> {
         if view == current && matches!(message, VerifiedMessage::PrePrepare(..) | VerifiedMessage::Commit(_)) {
             return Some(message);
         }
-        if view <= current || view < self.view_changer.floor() {
+        if view <= current || view < self.floor() {
             self.refuse(if view == current {
                 "normal-case message while view-changing (VC6)"
             } else {
@@ -498,7 +525,7 @@ impl<S: Service> Replica<S> {
         None
     }
 
-    fn apply(&mut self, outputs: Vec<BackupOutput>, now: Instant, actions: &mut Vec<Action>) {
+    fn apply(&mut self, outputs: Vec<BackupOutput>, actions: &mut Vec<Action>) {
         for output in outputs {
             match output {
                 BackupOutput::Broadcast(message) => {
@@ -516,8 +543,8 @@ impl<S: Service> Replica<S> {
                     let suspected = message_view(&first).unwrap_or(self.view());
                     actions.push(Action::Broadcast { message: first });
                     actions.push(Action::Broadcast { message: second });
-                    if suspected == self.view() && !self.view_changer.is_changing() {
-                        self.start_view_change(suspected.next(), now, actions);
+                    if suspected == self.view() && !self.is_changing() {
+                        self.start_view_change(suspected.next(), actions);
                     }
                 }
             }
@@ -525,7 +552,7 @@ impl<S: Service> Replica<S> {
     }
 
     /// R1–R4 with CX3: answer from the client table, queue at the primary, or relay.
-    fn on_request(&mut self, request: Verified<Request>, now: Instant, actions: &mut Vec<Action>) {
+    fn on_request(&mut self, request: Verified<Request>, actions: &mut Vec<Action>) {
         if request.read_only {
             let result = self.executor.query(&request.operation);
             let reply = self.executor.reply(self.view(), &request, result, true, &self.key);
@@ -539,17 +566,15 @@ impl<S: Service> Replica<S> {
                 let reply = self.executor.reply(self.view(), &request, result, false, &self.key);
                 actions.push(Action::Reply { client: request.client(), reply });
             }
-            RequestStatus::New if self.is_primary() => self.hand_to_primary(PrimaryInput::Offer(request), now, actions),
+            RequestStatus::New if self.is_primary() => self.hand_to_primary(PrimaryInput::Offer(request), actions),
             RequestStatus::New => {
                 // R3: relay to the primary and start the request timer (VC1). While
                 // view-changing the request only waits: it goes to the next primary.
-                if !self.view_changer.is_changing() {
+                if !self.is_changing() {
                     let primary = self.membership.current().primary(self.view());
                     actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request.clone()) });
                 }
-                if let Some(at) = self.view_changer.wait_for(request, now) {
-                    actions.push(Action::SetTimer { timer: TimerKind::Request, at });
-                }
+                actions.push(Action::ToViewChanger(ViewChangerInput::Wait(request)));
             }
         }
     }
@@ -561,46 +586,38 @@ impl<S: Service> Replica<S> {
             let Some((batch, view)) = self.backup.committed_batch(next) else {
                 break;
             };
-            self.execute(next, view, &batch, now, actions);
+            self.execute(next, view, &batch, actions);
         }
         if self.last_executed() < self.stable() && self.backup.committed_batch(self.last_executed().next()).is_none() {
             self.ensure_transfer(now, actions);
         }
     }
 
-    /// Hands `input` to the primary role: in place when this replica hosts it, else as an
-    /// action for the runtime, which brings the answers back as inputs. Only what the role
-    /// needs while it leads is sent (besides the word that it leads or follows).
-    fn hand_to_primary(&mut self, input: PrimaryInput, now: Instant, actions: &mut Vec<Action>) {
+    /// Hands `input` to the primary role, which runs apart: its answers come back as
+    /// [`Input::Primary`]. Only what the role needs while it leads is sent (besides the word
+    /// that it leads or follows).
+    fn hand_to_primary(&mut self, input: PrimaryInput, actions: &mut Vec<Action>) {
         let needed = match input {
             PrimaryInput::Lead { .. } | PrimaryInput::Follow | PrimaryInput::BatchTimer => true,
             PrimaryInput::Offer(_) | PrimaryInput::System(_) | PrimaryInput::Executed(_) | PrimaryInput::Low(_) => {
                 self.leads
             }
         };
-        if !needed {
-            return;
-        }
-        match self.primary.as_mut() {
-            Some(primary) => {
-                for output in primary.handle(input, now) {
-                    self.on_primary_output(output, now, actions);
-                }
-            }
-            None => actions.push(Action::ToPrimary(input)),
+        if needed {
+            actions.push(Action::ToPrimary(input));
         }
     }
 
     /// Tells the primary role whether this replica now leads its view, and from where it
     /// numbers (VC14).
-    fn lead_or_follow(&mut self, next_seq: SeqNum, now: Instant, actions: &mut Vec<Action>) {
+    fn lead_or_follow(&mut self, next_seq: SeqNum, actions: &mut Vec<Action>) {
         if self.is_primary() {
             let (view, low) = (self.view(), self.backup.low());
             self.leads = true;
-            self.hand_to_primary(PrimaryInput::Lead { view, next_seq, low }, now, actions);
+            self.hand_to_primary(PrimaryInput::Lead { view, next_seq, low }, actions);
         } else if self.leads {
             self.leads = false;
-            self.hand_to_primary(PrimaryInput::Follow, now, actions);
+            self.hand_to_primary(PrimaryInput::Follow, actions);
         }
     }
 
@@ -609,7 +626,7 @@ impl<S: Service> Replica<S> {
     /// apart proposes with what it last heard: it may propose after its replica began a
     /// view change, or below a stable checkpoint its replica took meanwhile. Such a proposal
     /// never leaves the replica; its requests are proposed again by whoever leads next.
-    fn on_primary_output(&mut self, output: PrimaryOutput, now: Instant, actions: &mut Vec<Action>) {
+    fn on_primary_output(&mut self, output: PrimaryOutput, actions: &mut Vec<Action>) {
         match output {
             PrimaryOutput::Shed => self.metrics.requests_shed += 1,
             PrimaryOutput::SetBatchTimer(at) => actions.push(Action::SetTimer { timer: TimerKind::Batch, at }),
@@ -633,13 +650,13 @@ impl<S: Service> Replica<S> {
                 });
                 let mut out = Vec::new();
                 self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
-                self.apply(out, now, actions);
+                self.apply(out, actions);
             }
         }
     }
 
     /// E1–E2 and C1.
-    fn execute(&mut self, seq: SeqNum, view: View, batch: &Arc<Batch>, now: Instant, actions: &mut Vec<Action>) {
+    fn execute(&mut self, seq: SeqNum, view: View, batch: &Arc<Batch>, actions: &mut Vec<Action>) {
         // Durable before it executes: the replies below acknowledge it.
         let certificate = self.backup.commit_certificate(seq);
         actions.push(Action::Persist(Record::Committed { seq, view, batch: batch.clone(), certificate }));
@@ -659,9 +676,7 @@ impl<S: Service> Replica<S> {
         for (client, reply) in execution.replies {
             actions.push(Action::Reply { client, reply });
         }
-        if let Some(at) = self.view_changer.executed(seq, executed, now) {
-            actions.push(Action::SetTimer { timer: TimerKind::Request, at });
-        }
+        actions.push(Action::ToViewChanger(ViewChangerInput::Executed { seq, requests: executed }));
         self.backup.forget_executed_below_low(seq);
         if let Some((seq, state_digest)) = execution.checkpoint {
             let checkpoint = self.membership.sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
@@ -674,33 +689,20 @@ impl<S: Service> Replica<S> {
                 // means its own state is wrong; it can only be repaired from a later one.
                 self.refuse("own state digest differs from the stable checkpoint (C6)");
             }
-            self.on_checkpoint(checkpoint, now, actions);
+            self.on_checkpoint(checkpoint, actions);
         }
         // Last: the requests it frees room for are proposed after this batch's effects.
-        self.hand_to_primary(PrimaryInput::Executed(seq), now, actions);
+        self.hand_to_primary(PrimaryInput::Executed(seq), actions);
     }
 
     /// C3: hand a checkpoint to the collector, noting how far its sender claims to be.
-    fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>, now: Instant, actions: &mut Vec<Action>) {
+    fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>, actions: &mut Vec<Action>) {
         let (member, seq) = (checkpoint.replica, checkpoint.seq);
         self.note_claim(member, seq);
         if let Some(highest) = self.checkpointed.get_mut(member) {
             *highest = (*highest).max(seq);
         }
-        self.hand_to_collector(CollectorInput::Checkpoint(checkpoint), now, actions);
-    }
-
-    /// Hands `input` to the checkpoint collector: in place when this replica hosts it,
-    /// else as an action for the runtime, which brings the answer back as an input.
-    fn hand_to_collector(&mut self, input: CollectorInput, now: Instant, actions: &mut Vec<Action>) {
-        match self.collector.as_mut() {
-            Some(collector) => {
-                if let Some(output) = collector.handle(input) {
-                    self.on_collector_output(output, now, actions);
-                }
-            }
-            None => actions.push(Action::ToCheckpoints(input)),
-        }
+        actions.push(Action::ToCheckpoints(CollectorInput::Checkpoint(checkpoint)));
     }
 
     fn on_collector_output(&mut self, output: CollectorOutput, now: Instant, actions: &mut Vec<Action>) {
@@ -724,7 +726,7 @@ impl<S: Service> Replica<S> {
         }
         self.executor.on_stable(stable.seq);
         let replay = self.backup.advance_low(stable.seq, self.last_executed());
-        self.hand_to_primary(PrimaryInput::Low(stable.seq), now, actions);
+        self.hand_to_primary(PrimaryInput::Low(stable.seq), actions);
         for message in replay {
             self.on_message(message, now, actions);
         }
@@ -753,10 +755,10 @@ impl<S: Service> Replica<S> {
         let (fetch, steps) =
             StateFetch::start(self.membership.clone(), stable.seq, stable.state_digest, sources, offset, now);
         self.transfer = Some(fetch);
-        self.run_fetch_steps(steps, now, actions);
+        self.run_fetch_steps(steps, actions);
     }
 
-    fn run_fetch_steps(&mut self, steps: Vec<FetchStep>, now: Instant, actions: &mut Vec<Action>) {
+    fn run_fetch_steps(&mut self, steps: Vec<FetchStep>, actions: &mut Vec<Action>) {
         for step in steps {
             match step {
                 FetchStep::Request { to, seq, chunk } => {
@@ -764,23 +766,22 @@ impl<S: Service> Replica<S> {
                     actions.push(Action::Send { to, message: VerifiedMessage::StateRequest(request) });
                 }
                 FetchStep::Refused(reason) => self.refuse(reason),
-                FetchStep::Complete(image) => self.install_image(image, now, actions),
+                FetchStep::Complete(image) => self.install_image(image, actions),
             }
         }
     }
 
     /// ST5: every chunk verified; install the image.
-    fn install_image(&mut self, image: Vec<u8>, now: Instant, actions: &mut Vec<Action>) {
+    fn install_image(&mut self, image: Vec<u8>, actions: &mut Vec<Action>) {
         let Some(fetch) = self.transfer.take() else {
             return;
         };
         let seq = fetch.seq();
         match self.executor.install(seq, image) {
             Ok(state_digest) => {
-                self.hand_to_primary(PrimaryInput::Executed(seq), now, actions);
+                self.hand_to_primary(PrimaryInput::Executed(seq), actions);
                 self.backup.forget_executed_below_low(seq);
-                let executor = &self.executor;
-                self.view_changer.retain_waiting(|request| executor.request_status(request) == RequestStatus::New);
+                actions.push(Action::ToViewChanger(ViewChangerInput::Installed));
                 actions.push(Action::Event(ReplicaEvent::StateInstalled { seq, state_digest }));
                 let stable = self.stable.clone();
                 if let Some(image) = self.executor.image_at(seq).filter(|_| stable.seq == seq) {
@@ -863,7 +864,7 @@ impl<S: Service> Replica<S> {
             return;
         };
         let steps = fetch.on_chunk(chunk, now);
-        self.run_fetch_steps(steps, now, actions);
+        self.run_fetch_steps(steps, actions);
     }
 
     /// Behind a stable checkpoint, fetching its image, or `f + 1` replicas (so at least one
@@ -960,17 +961,12 @@ impl<S: Service> Replica<S> {
                 self.ensure_transfer(now, actions);
             } else if let Some(fetch) = self.transfer.as_mut() {
                 let steps = fetch.on_tick(now, interval);
-                self.run_fetch_steps(steps, now, actions);
+                self.run_fetch_steps(steps, actions);
             }
         }
-        // VC7: a view-changing replica retransmits its latest VIEW-CHANGE, paced.
-        if let Some(own) = self.view_changer.retransmission_due(now) {
-            actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own) });
-        }
-        if let Some(view) = self.view_changer.check_ordering_rate(now) {
-            tracing::info!(replica = %self.id, "primary orders below the minimum rate; suspecting it");
-            self.start_view_change(view, now, actions);
-        }
+        // VC7 retransmission and the ordering-rate guard are the view-changer's, paced by
+        // this tick.
+        actions.push(Action::ToViewChanger(ViewChangerInput::Tick));
         self.request_missing_batches(actions);
         let last_executed = self.last_executed();
         // Slots re-run after a view change (E3) count as work too: a peer may need this
@@ -1055,7 +1051,7 @@ impl<S: Service> Replica<S> {
         let mut messages = Vec::new();
         // VC7 and PF4: a peer still in an older view gets the NEW-VIEW that ended it.
         if status.view < self.view() {
-            if let Some(new_view) = self.view_changer.current_new_view() {
+            if let Some(new_view) = &self.new_view {
                 messages.push(VerifiedMessage::NewView(new_view.clone()));
             }
         }
@@ -1085,8 +1081,8 @@ impl<S: Service> Replica<S> {
 impl<S: Service> Replica<S> {
     /// VC2 (and VC3, VC5, N3): sign and multicast `VIEW-CHANGE(view, s_c, C, P, i)` and
     /// stop taking part in lower views (VC4a).
-    fn start_view_change(&mut self, view: View, now: Instant, actions: &mut Vec<Action>) {
-        if view <= self.view_changer.floor() {
+    fn start_view_change(&mut self, view: View, actions: &mut Vec<Action>) {
+        if view <= self.floor() {
             return;
         }
         let checkpoint = self.stable.clone();
@@ -1106,28 +1102,14 @@ impl<S: Service> Replica<S> {
         self.metrics.view_changes_started += 1;
         if self.leads {
             self.leads = false;
-            self.hand_to_primary(PrimaryInput::Follow, now, actions);
+            self.hand_to_primary(PrimaryInput::Follow, actions);
         }
         self.backup.freeze();
         actions.push(Action::Event(ReplicaEvent::ViewChangeStarted { view }));
         actions.push(Action::Persist(Record::ViewFloor(view)));
         actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own.clone()) });
-        let steps = self.view_changer.start(own, now);
-        self.run_steps(steps, now, actions);
-    }
-
-    fn run_steps(&mut self, steps: Vec<ViewChangeStep>, now: Instant, actions: &mut Vec<Action>) {
-        for step in steps {
-            match step {
-                ViewChangeStep::ArmViewChangeTimer(at) => {
-                    actions.push(Action::SetTimer { timer: TimerKind::ViewChange, at });
-                }
-                ViewChangeStep::StartViewChange(view) => self.start_view_change(view, now, actions),
-                ViewChangeStep::BuildNewView(view, view_changes) => {
-                    self.build_new_view(view, view_changes, now, actions)
-                }
-            }
-        }
+        self.target = Some(view);
+        actions.push(Action::ToViewChanger(ViewChangerInput::Started(own)));
     }
 
     /// VC8 and VC7: keep the sender's highest VIEW-CHANGE; as primary of the view it asks
@@ -1137,64 +1119,67 @@ impl<S: Service> Replica<S> {
         if sender == self.id {
             return;
         }
-        if view_change.view() == self.view() && !self.view_changer.is_changing() {
-            if let Some(new_view) = self.view_changer.current_new_view().cloned() {
+        if view_change.view() == self.view() && !self.is_changing() {
+            if let Some(new_view) = self.new_view.clone() {
                 if self.membership.current().primary(self.view()) == self.id && self.may_answer(sender, now) {
-                    actions.push(Action::Send { to: sender, message: VerifiedMessage::NewView(new_view.clone()) });
+                    actions.push(Action::Send { to: sender, message: VerifiedMessage::NewView(new_view) });
                 }
             }
         }
-        match self.view_changer.on_view_change(view_change, now) {
-            Ok(steps) => self.run_steps(steps, now, actions),
-            Err(reason) => self.refuse(reason),
-        }
+        actions.push(Action::ToViewChanger(ViewChangerInput::ViewChange(view_change)));
     }
 
-    /// VC11–VC13: as `primary(view)` with `2f + 1` VIEW-CHANGEs, compute `O` (VC12), sign
-    /// each pre-prepare of it and the NEW-VIEW, multicast it and enter the view.
-    fn build_new_view(
-        &mut self,
-        view: View,
-        view_changes: Vec<Arc<VerifiedViewChange>>,
-        now: Instant,
-        actions: &mut Vec<Action>,
-    ) {
-        let view_changes: Vec<VerifiedViewChange> = view_changes.iter().map(|vc| vc.as_ref().clone()).collect();
-        let order = match compute_order(&view_changes, &self.membership.current()) {
-            Ok(order) => order,
-            Err(error) => {
-                // VC12(4): only more than f faults produce this; do not send.
-                tracing::error!(replica = %self.id, %view, %error, "cannot build a new view");
-                self.refuse("new view cannot be computed (VC12.4)");
-                return;
-            }
-        };
-        let pre_prepares: Vec<Verified<PrePrepare>> = order
-            .entries
-            .iter()
-            .map(|(seq, digest)| self.membership.sign(PrePrepare { view, seq: *seq, digest: *digest }, &self.key))
-            .collect();
-        let message = self.membership.sign(
-            NewView {
-                view,
-                view_changes: view_changes.iter().map(|vc| vc.message.signed().clone()).collect(),
-                pre_prepares: pre_prepares.iter().map(|pp| pp.signed().clone()).collect(),
-            },
-            &self.key,
-        );
-        let new_view = Arc::new(VerifiedNewView { message, view_changes, order, pre_prepares });
-        actions.push(Action::Persist(Record::EnteredView(new_view.clone())));
+    /// VC13: the NEW-VIEW its view-changer built as `primary(w)`: multicast and enter it,
+    /// if this replica still changes to `w` (it may have moved on meanwhile, VC4a).
+    fn enter_own_new_view(&mut self, new_view: Arc<VerifiedNewView>, now: Instant, actions: &mut Vec<Action>) {
+        let view = new_view.view();
+        if self.target != Some(view) || self.membership.current().primary(view) != self.id {
+            self.refuse("own new-view for a view this replica no longer changes to");
+            return;
+        }
         actions.push(Action::Broadcast { message: VerifiedMessage::NewView(new_view.clone()) });
         self.enter_view(new_view, now, actions);
     }
 
     /// VC15: accept a NEW-VIEW that edge verification found valid, if this replica may.
     fn on_new_view(&mut self, new_view: Arc<VerifiedNewView>, now: Instant, actions: &mut Vec<Action>) {
-        if let Err(reason) = self.view_changer.may_accept(new_view.view()) {
+        if let Err(reason) = self.may_accept(new_view.view()) {
             self.refuse(reason);
             return;
         }
         self.enter_view(new_view, now, actions);
+    }
+
+    /// VC15 (the part that depends on this replica): a NEW-VIEW for `w` may be accepted iff
+    /// `w` is above the last view entered and not below the view-change target (VC4a).
+    fn may_accept(&self, view: View) -> Result<(), &'static str> {
+        if view <= self.view {
+            return Err("new-view for a view already entered");
+        }
+        if self.target.is_some_and(|target| view < target) {
+            return Err("new-view below this replica's view-change target (VC4a)");
+        }
+        Ok(())
+    }
+
+    /// VC16: requests that waited through the view change go to the new view's primary
+    /// (offered to this replica's primary role if it is that primary).
+    fn resend_waiting(&mut self, requests: Vec<Verified<Request>>, actions: &mut Vec<Action>) {
+        if self.is_changing() {
+            return;
+        }
+        if self.is_primary() {
+            for request in requests {
+                if self.executor.request_status(&request) == RequestStatus::New {
+                    self.hand_to_primary(PrimaryInput::Offer(request), actions);
+                }
+            }
+        } else {
+            let primary = self.membership.current().primary(self.view);
+            for request in requests {
+                actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request) });
+            }
+        }
     }
 
     /// VC16 (VC13 for the new primary), in the paper's order.
@@ -1206,40 +1191,28 @@ impl<S: Service> Replica<S> {
         // (1) A later stable checkpoint from V: install its proof and collect garbage;
         // state transfer follows in `drive` if this replica is behind it (ST1, PF5).
         if order.min_seq() > self.stable() {
-            self.hand_to_collector(CollectorInput::Adopt(order.checkpoint.clone()), now, actions);
+            actions.push(Action::ToCheckpoints(CollectorInput::Adopt(order.checkpoint.clone())));
             self.on_stable(order.checkpoint.clone(), now, actions);
         }
         // (2) Log O, multicast PREPAREs, fetch missing batches.
         let mut out = Vec::new();
         let missing = self.backup.enter_view(view, &new_view.pre_prepares, &self.key, &mut out);
-        self.apply(out, now, actions);
+        self.apply(out, actions);
         if !missing.is_empty() {
             let request = self.membership.sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
             actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
         }
-        // (3) Enter the view; (4) restart the request timer if still waiting.
+        // (3) Enter the view; (4) the view-changer restarts the request timer if requests
+        // still wait, and hands them back for the new primary.
         self.metrics.views_entered += 1;
-        if let Some(at) = self.view_changer.enter(view, Some(new_view.clone()), now) {
-            actions.push(Action::SetTimer { timer: TimerKind::Request, at });
-        }
+        self.view = view;
+        self.target = None;
+        self.new_view = Some(new_view.clone());
+        actions.push(Action::ToViewChanger(ViewChangerInput::Entered(new_view.clone())));
         actions.push(Action::Event(ReplicaEvent::EnteredView { view, new_view }));
         self.note_seen(order.max_seq);
         // VC14: fresh sequence numbers from max-s + 1.
-        self.lead_or_follow(order.max_seq.next(), now, actions);
-        let waiting: Vec<Verified<Request>> =
-            self.view_changer.waiting().take(self.membership.current().params.batch_size_max * 4).cloned().collect();
-        if self.is_primary() {
-            for request in waiting {
-                if self.executor.request_status(&request) == RequestStatus::New {
-                    self.hand_to_primary(PrimaryInput::Offer(request), now, actions);
-                }
-            }
-        } else {
-            let primary = self.membership.current().primary(view);
-            for request in waiting {
-                actions.push(Action::Send { to: primary, message: VerifiedMessage::Request(request) });
-            }
-        }
+        self.lead_or_follow(order.max_seq.next(), actions);
         // Messages that arrived for this view before the NEW-VIEW (VC6).
         let mut replay = Vec::new();
         for queue in self.later_views.values_mut() {
@@ -1276,18 +1249,12 @@ impl<S: Service> Replica<S> {
         }
     }
 
-    fn on_batch_reply(
-        &mut self,
-        _reply: Verified<BatchReply>,
-        batch: Arc<Batch>,
-        now: Instant,
-        actions: &mut Vec<Action>,
-    ) {
+    fn on_batch_reply(&mut self, _reply: Verified<BatchReply>, batch: Arc<Batch>, actions: &mut Vec<Action>) {
         let mut out = Vec::new();
         if !self.backup.supply_batch(batch, &self.key, &mut out) {
             self.refuse("batch nobody asked for");
         }
-        self.apply(out, now, actions);
+        self.apply(out, actions);
     }
 
     /// Re-ask for batches named by the NEW-VIEW that have not arrived (on the status tick).
@@ -1330,14 +1297,26 @@ pub struct Footprint {
 }
 
 impl Footprint {
-    /// A detached replica's footprint with what its roles run apart hold: the collector's
-    /// CHECKPOINT messages, the primary role's queued requests and batches in flight.
-    pub fn with_roles_apart(self, checkpoint_votes: usize, queued_requests: usize, in_flight_batches: usize) -> Self {
+    /// A replica's footprint with what its roles run apart hold: the collector's CHECKPOINT
+    /// messages, the primary role's queued requests and batches in flight, the
+    /// view-changer's waiting requests and VIEW-CHANGEs.
+    pub fn with_roles_apart(self, roles: crate::roles::node::RolesFootprint) -> Self {
         Footprint {
-            checkpoint_votes: self.checkpoint_votes + checkpoint_votes,
-            queued_requests: self.queued_requests + queued_requests,
-            in_flight_batches: self.in_flight_batches + in_flight_batches,
+            checkpoint_votes: self.checkpoint_votes + roles.checkpoint_votes,
+            queued_requests: self.queued_requests + roles.queued_requests,
+            in_flight_batches: self.in_flight_batches + roles.in_flight_batches,
+            waiting_requests: self.waiting_requests + roles.waiting_requests,
+            view_changes_held: self.view_changes_held + roles.view_changes_held,
             ..self
         }
+    }
+}
+
+impl<S: Service> crate::roles::Role for Replica<S> {
+    type Input = Input;
+    type Output = Action;
+
+    fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        Replica::handle(self, input, now)
     }
 }

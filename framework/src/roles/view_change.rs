@@ -1,18 +1,24 @@
-//! The view-changer role (PBFT.md §4, VC1–VC17): when to suspect the primary, which
-//! VIEW-CHANGEs to keep, when to join a view change, when the new primary builds its
-//! NEW-VIEW, and whether a NEW-VIEW may be accepted. [`compute_order`] is VC12, the pure
-//! function from a NEW-VIEW's `V` to its `O`, shared by the new primary (to build `O`), by
-//! edge verification (to check it) and by the simulator's checker (I10).
+//! The view-changer role (PBFT.md §4, VC1–VC12): when to suspect the primary (the request
+//! timer and the ordering-rate guard), which VIEW-CHANGEs to keep, when to join a view
+//! change, when the view-change timer runs out, and, as the new primary, building and
+//! signing the NEW-VIEW. [`compute_order`] is VC12, the pure function from a NEW-VIEW's `V`
+//! to its `O`, shared by the new primary (to build `O`), by edge verification (to check
+//! it) and by the simulator's checker (I10).
 //!
-//! The role holds no replica state beyond its own: the replica gives it the requests it
-//! waits for and what executed, and carries out its [`ViewChangeStep`]s (signing and
-//! sending the VIEW-CHANGE, building the NEW-VIEW, entering the view).
+//! The role runs apart from its replica (an actor of its own in the runtime, a node behind
+//! a drawn hop delay in the simulator, [`crate::roles::node::Node`] with no delay in
+//! tests). Its replica keeps what its own acceptance rules need at once: the view it is
+//! in, the view it is changing to, and the NEW-VIEW it entered by; it signs its
+//! VIEW-CHANGEs (they report its prepared certificates) and enters views (VC13, VC16). It
+//! tells the view-changer what happened ([`ViewChangerInput`]) and hears back what to do
+//! ([`ViewChangerOutput`]). A suggestion may arrive after the replica moved on, so each
+//! says what it was based on, and the replica acts on it only if that still holds.
 
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
 use crate::membership::{MemberMap, Membership, MembershipHandle};
-use crate::messages::{batch_digest, NewViewOrder, Request, VerifiedNewView, VerifiedViewChange};
-use crate::roles::WindowOffenders;
-use bulwark_crypto::{Digest, Verified};
+use crate::messages::{batch_digest, NewView, NewViewOrder, PrePrepare, Request, VerifiedNewView, VerifiedViewChange};
+use crate::roles::{Role, TimerKind, WindowOffenders};
+use bulwark_crypto::{Digest, KeyPair, Verified};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,17 +91,62 @@ pub fn compute_order(view_changes: &[VerifiedViewChange], membership: &Membershi
     Ok(NewViewOrder { checkpoint, max_seq, entries })
 }
 
-/// What the replica should do after the view-changer took an input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ViewChangeStep {
-    /// Arm the view-change timer (VC3) at this instant.
-    ArmViewChangeTimer(Instant),
-    /// Send a VIEW-CHANGE for this view (VC2 on a timer, VC3 on the view-change timer, VC5
-    /// when `f + 1` others are already past the current view).
-    StartViewChange(View),
-    /// This replica is `primary(w)` and holds `2f + 1` VIEW-CHANGEs for `w`, its own among
-    /// them: build and send NEW-VIEW from these (VC11).
-    BuildNewView(View, Vec<Arc<VerifiedViewChange>>),
+/// What a replica tells its view-changer, in the order it happened.
+#[derive(Debug, Clone)]
+pub enum ViewChangerInput {
+    /// VC1: the replica holds this request and has not seen it executed.
+    Wait(Verified<Request>),
+    /// The requests of batch `seq` that executed, in order (VC1, VC4).
+    Executed { seq: SeqNum, requests: Vec<(ClientId, Timestamp)> },
+    /// The replica installed a checkpoint image, executing requests it does not list: the
+    /// view-changer answers with [`ViewChangerOutput::Waiting`].
+    Installed,
+    /// These waiting requests executed (the replica's answer to `Waiting`).
+    Forget(Vec<(ClientId, Timestamp)>),
+    /// The replica signed and sent this VIEW-CHANGE (VC2, VC3, VC5).
+    Started(Arc<VerifiedViewChange>),
+    /// A member's VIEW-CHANGE (VC8).
+    ViewChange(Arc<VerifiedViewChange>),
+    /// The replica entered the NEW-VIEW's view (VC16; for the new primary VC13).
+    Entered(Arc<VerifiedNewView>),
+    /// The request timer expired while the replica is catching up: it waits again instead
+    /// of suspecting the primary (PF4).
+    StillCatchingUp,
+    /// The replica's periodic tick: VC7 retransmission, the ordering-rate guard.
+    Tick,
+    /// A timer of this role's fired ([`TimerKind::Request`] or [`TimerKind::ViewChange`]).
+    Timer(TimerKind),
+}
+
+/// What a view-changer tells its replica (or, for its timers, its runtime).
+#[derive(Debug, Clone)]
+pub enum ViewChangerOutput {
+    /// Fire [`ViewChangerInput::Timer`] of this kind at this time, replacing the pending one.
+    SetTimer(TimerKind, Instant),
+    /// VC2: the request timer expired in `view` with requests waiting. The replica moves to
+    /// the next view if it is still in `view` and not changing, and not catching up (then it
+    /// answers [`ViewChangerInput::StillCatchingUp`]).
+    RequestTimerExpired { view: View },
+    /// VC3: no NEW-VIEW for `target` in time. The replica asks for the next view if it is
+    /// still changing to `target`.
+    ViewChangeTimerExpired { target: View },
+    /// VC5: `f + 1` others want views above everything the replica asked for: ask for
+    /// `view` if it is above the replica's floor.
+    Join { view: View },
+    /// The primary of `view` orders below `ordering_rate_min_per_s`: the replica moves to
+    /// the next view if it is still in `view` and not changing.
+    TooSlow { view: View },
+    /// VC11: as `primary(w)` with `2f + 1` VIEW-CHANGEs for `w`, the NEW-VIEW it built and
+    /// signed. The replica persists, multicasts and enters it if it still changes to `w`.
+    NewView(Arc<VerifiedNewView>),
+    /// VC7: the replica's latest VIEW-CHANGE, to multicast again.
+    Retransmit(Arc<VerifiedViewChange>),
+    /// The requests waiting (answer to [`ViewChangerInput::Installed`]).
+    Waiting(Vec<(ClientId, Timestamp)>),
+    /// Requests that waited through a view change, for the new view's primary (VC16).
+    Resend(Vec<Verified<Request>>),
+    /// An input was refused, and why.
+    Refused(&'static str),
 }
 
 /// The view-changer role.
@@ -103,6 +154,8 @@ pub enum ViewChangeStep {
 pub struct ViewChanger {
     me: ReplicaId,
     membership: MembershipHandle,
+    /// Signs the NEW-VIEWs this replica builds as the new primary (VC11).
+    key: Arc<KeyPair>,
     /// The last view entered.
     view: View,
     /// While view-changing: the view of this replica's latest VIEW-CHANGE.
@@ -144,11 +197,12 @@ pub struct ViewChanger {
 }
 
 impl ViewChanger {
-    pub fn new(me: ReplicaId, membership: MembershipHandle) -> Self {
+    pub fn new(me: ReplicaId, membership: MembershipHandle, key: Arc<KeyPair>) -> Self {
         let members = membership.current();
         let timeout = members.params.view_change_timeout();
         ViewChanger {
             me,
+            key,
             received: MemberMap::new(&members, |_| None),
             membership,
             view: View(0),
@@ -170,9 +224,18 @@ impl ViewChanger {
         }
     }
 
-    /// The last view entered.
+    /// The last view entered, as this role last heard.
     pub fn view(&self) -> View {
         self.view
+    }
+
+    /// Whether `client` holds its whole window here: its requests waiting fill
+    /// `client_window`, or it was caught exceeding its window lately. A runtime drops such a
+    /// client's next request before its signature is checked (see
+    /// [`crate::roles::primary::PrimaryRole::client_saturated`] for the primary's part).
+    pub fn client_saturated(&self, client: ClientId, now: Instant) -> bool {
+        self.exceeded_window(client, now)
+            || self.waiting_of(client) as u64 >= self.membership.current().params.client_window
     }
 
     /// The view this replica is changing to, if it is view-changing.
@@ -201,7 +264,7 @@ impl ViewChanger {
 
     /// VC7: this replica's VIEW-CHANGE if it is view-changing and a retransmission is due
     /// at `now` (see `retransmit_at` for the pacing).
-    pub fn retransmission_due(&mut self, now: Instant) -> Option<Arc<VerifiedViewChange>> {
+    fn retransmission_due(&mut self, now: Instant) -> Option<Arc<VerifiedViewChange>> {
         if self.target.is_none() || self.retransmit_at.is_none_or(|at| now < at) {
             return None;
         }
@@ -215,7 +278,7 @@ impl ViewChanger {
         self.new_view.as_ref()
     }
 
-    pub fn waiting(&self) -> impl Iterator<Item = &Verified<Request>> {
+    fn waiting(&self) -> impl Iterator<Item = &Verified<Request>> {
         self.waiting.values()
     }
 
@@ -254,7 +317,7 @@ impl ViewChanger {
 
     /// VC1: the replica holds a valid request it has not seen executed. Starts the request
     /// timer if it is not running; returns the deadline to arm, if any.
-    pub fn wait_for(&mut self, request: Verified<Request>, now: Instant) -> Option<Instant> {
+    fn wait_for(&mut self, request: Verified<Request>, now: Instant) -> Option<Instant> {
         let key = (request.client(), request.timestamp);
         if !self.waiting.contains_key(&key) {
             if self.waiting.len() >= self.membership.current().params.request_queue_max {
@@ -286,7 +349,7 @@ impl ViewChanger {
     /// nothing about whether the new primary keeps up, and resetting on them kept an
     /// overloaded cluster changing views every base timeout without ever doubling it.
     /// Returns the deadline to arm, if any.
-    pub fn executed(
+    fn executed(
         &mut self,
         seq: SeqNum,
         keys: impl IntoIterator<Item = (ClientId, Timestamp)>,
@@ -343,13 +406,11 @@ impl ViewChanger {
         Some(at)
     }
 
-    /// Forgets waiting requests that `still_waiting` says are done (after a state transfer,
-    /// which executes requests without reporting them one by one).
-    pub fn retain_waiting(&mut self, mut still_waiting: impl FnMut(&Verified<Request>) -> bool) {
-        self.waiting.retain(|_, request| still_waiting(request));
-        self.waiting_per_client.clear();
-        for (client, _) in self.waiting.keys() {
-            *self.waiting_per_client.entry(*client).or_default() += 1;
+    /// Forgets waiting requests that executed without being reported one by one (after a
+    /// state transfer).
+    fn forget(&mut self, keys: Vec<(ClientId, Timestamp)>) {
+        for key in keys {
+            self.remove_waiting(key);
         }
         if self.waiting.is_empty() {
             self.request_deadline = None;
@@ -358,7 +419,7 @@ impl ViewChanger {
 
     /// VC2 and the Aardvark guard: the request timer fired. Returns the view to change to
     /// if the primary is suspected, and otherwise the deadline to re-arm, if any.
-    pub fn on_request_timer(&mut self, now: Instant) -> Result<View, Option<Instant>> {
+    fn on_request_timer(&mut self, now: Instant) -> Result<View, Option<Instant>> {
         let Some(deadline) = self.request_deadline else {
             return Err(None);
         };
@@ -383,15 +444,10 @@ impl ViewChanger {
         Ok(self.view.next())
     }
 
-    /// Re-arms the request timer at `at` (the replica decided not to suspect yet).
-    pub fn rearm_request_timer(&mut self, at: Instant) {
-        self.request_deadline = Some(at);
-    }
-
     /// The Aardvark guard, checked on the replica's periodic tick: while requests wait, the
     /// primary must order at least `ordering_rate_min_per_s`. Returns the view to change
     /// to when it does not.
-    pub fn check_ordering_rate(&mut self, now: Instant) -> Option<View> {
+    fn check_ordering_rate(&mut self, now: Instant) -> Option<View> {
         let rate_min = self.membership.current().params.ordering_rate_min_per_s;
         if rate_min == 0 || self.is_changing() || self.waiting.is_empty() {
             self.restart_rate_window(now);
@@ -407,9 +463,12 @@ impl ViewChanger {
         slow.then(|| self.view.next())
     }
 
-    /// VC2/VC3/VC5: this replica sent `own`, a VIEW-CHANGE for `own.view()`. The caller
-    /// checked that it is above [`Self::floor`].
-    pub fn start(&mut self, own: Arc<VerifiedViewChange>, now: Instant) -> Vec<ViewChangeStep> {
+    /// VC2/VC3/VC5: this replica sent `own`, a VIEW-CHANGE for `own.view()` (above every
+    /// view it asked for before: its replica checked).
+    fn start(&mut self, own: Arc<VerifiedViewChange>, now: Instant, out: &mut Vec<ViewChangerOutput>) {
+        if own.view() <= self.floor() {
+            return;
+        }
         self.target = Some(own.view());
         if let Some(place) = self.received.get_mut(self.me) {
             *place = Some(own.clone());
@@ -419,26 +478,24 @@ impl ViewChanger {
         self.retransmit_at = Some(now + self.retransmit_wait);
         self.request_deadline = None;
         self.view_change_deadline = None;
-        self.progress(now)
+        self.progress(now, out);
     }
 
     /// VC8: keep a member's VIEW-CHANGE if it is for a higher view than the one held.
-    pub fn on_view_change(
-        &mut self,
-        vc: Arc<VerifiedViewChange>,
-        now: Instant,
-    ) -> Result<Vec<ViewChangeStep>, &'static str> {
+    fn on_view_change(&mut self, vc: Arc<VerifiedViewChange>, now: Instant, out: &mut Vec<ViewChangerOutput>) {
         if vc.view() <= self.view {
-            return Err("view-change for a view already entered");
+            out.push(ViewChangerOutput::Refused("view-change for a view already entered"));
+            return;
         }
         let Some(place) = self.received.get_mut(vc.sender()) else {
-            return Err("view-change from a non-member");
+            out.push(ViewChangerOutput::Refused("view-change from a non-member"));
+            return;
         };
         if place.as_ref().is_some_and(|held| held.view() >= vc.view()) {
-            return Ok(Vec::new());
+            return;
         }
         *place = Some(vc);
-        Ok(self.progress(now))
+        self.progress(now, out);
     }
 
     fn holders_of(&self, view: View) -> Vec<Arc<VerifiedViewChange>> {
@@ -446,8 +503,7 @@ impl ViewChanger {
     }
 
     /// VC3, VC5 and VC11 after any change.
-    fn progress(&mut self, now: Instant) -> Vec<ViewChangeStep> {
-        let mut steps = Vec::new();
+    fn progress(&mut self, now: Instant, out: &mut Vec<ViewChangerOutput>) {
         // VC5: f + 1 others want views above everything this replica asked for.
         let floor = self.floor();
         let mut higher: Vec<View> = self
@@ -461,11 +517,11 @@ impl ViewChanger {
             higher.sort_unstable();
             // The smallest view that f + 1 of them are at or above.
             let join = higher[higher.len() - self.membership.current().weak_quorum()];
-            steps.push(ViewChangeStep::StartViewChange(join));
-            return steps;
+            out.push(ViewChangerOutput::Join { view: join });
+            return;
         }
         let Some(target) = self.target else {
-            return steps;
+            return;
         };
         let holders = self.holders_of(target);
         // VC3 counts members that asked for `target` or a later view: one that already moved
@@ -477,7 +533,7 @@ impl ViewChanger {
         if at_or_above >= self.membership.current().quorum() && self.view_change_deadline.is_none() {
             let at = now + self.timeout;
             self.view_change_deadline = Some(at);
-            steps.push(ViewChangeStep::ArmViewChangeTimer(at));
+            out.push(ViewChangerOutput::SetTimer(TimerKind::ViewChange, at));
         }
         if self.membership.current().primary(target) == self.me
             && self.built_for != Some(target)
@@ -488,15 +544,47 @@ impl ViewChanger {
             let mut chosen: Vec<Arc<VerifiedViewChange>> = holders;
             chosen.sort_by_key(|vc| (vc.sender() != self.me, vc.sender()));
             chosen.truncate(self.membership.current().quorum());
-            steps.push(ViewChangeStep::BuildNewView(target, chosen));
+            match self.build_new_view(target, &chosen) {
+                Ok(new_view) => out.push(ViewChangerOutput::NewView(new_view)),
+                // VC12(4): only more than f faults produce this; send nothing.
+                Err(reason) => out.push(ViewChangerOutput::Refused(reason)),
+            }
         }
-        steps
+    }
+
+    /// VC11–VC12: compute `O` from `V`, sign each of its pre-prepares and the NEW-VIEW.
+    fn build_new_view(
+        &self,
+        view: View,
+        chosen: &[Arc<VerifiedViewChange>],
+    ) -> Result<Arc<VerifiedNewView>, &'static str> {
+        let view_changes: Vec<VerifiedViewChange> = chosen.iter().map(|vc| vc.as_ref().clone()).collect();
+        let membership = self.membership.current();
+        let order = compute_order(&view_changes, &membership).map_err(|error| {
+            tracing::error!(replica = %self.me, %view, %error, "cannot build a new view");
+            "new view cannot be computed (VC12.4)"
+        })?;
+        let scope = membership.scope();
+        let pre_prepares: Vec<Verified<PrePrepare>> = order
+            .entries
+            .iter()
+            .map(|(seq, digest)| scope.sign(PrePrepare { view, seq: *seq, digest: *digest }, &self.key))
+            .collect();
+        let message = scope.sign(
+            NewView {
+                view,
+                view_changes: view_changes.iter().map(|vc| vc.message.signed().clone()).collect(),
+                pre_prepares: pre_prepares.iter().map(|pp| pp.signed().clone()).collect(),
+            },
+            &self.key,
+        );
+        Ok(Arc::new(VerifiedNewView { message, view_changes, order, pre_prepares }))
     }
 
     /// VC3: the view-change timer fired. Returns the next view to ask for (and doubles
     /// `T_cur`) if no NEW-VIEW arrived in time; otherwise the deadline to re-arm, if the
     /// firing came early.
-    pub fn on_view_change_timer(&mut self, now: Instant) -> Result<View, Option<Instant>> {
+    fn on_view_change_timer(&mut self, now: Instant) -> Result<View, Option<Instant>> {
         let (Some(deadline), Some(target)) = (self.view_change_deadline, self.target) else {
             return Err(None);
         };
@@ -514,18 +602,6 @@ impl ViewChanger {
         self.timeout = (self.timeout * 2).min(cap);
     }
 
-    /// VC15 (the part that depends on this replica): a NEW-VIEW for `w` may be accepted iff
-    /// `w` is above the last view entered and not below the view-change target (VC4a).
-    pub fn may_accept(&self, view: View) -> Result<(), &'static str> {
-        if view <= self.view {
-            return Err("new-view for a view already entered");
-        }
-        if self.target.is_some_and(|target| view < target) {
-            return Err("new-view below this replica's view-change target (VC4a)");
-        }
-        Ok(())
-    }
-
     /// VC16(3–4): enter view `view`. Returns the request-timer deadline to arm if requests
     /// are still waiting.
     pub fn enter(&mut self, view: View, new_view: Option<Arc<VerifiedNewView>>, now: Instant) -> Option<Instant> {
@@ -541,5 +617,73 @@ impl ViewChanger {
         }
         self.restart_rate_window(now);
         self.restart_request_timer(now)
+    }
+}
+
+impl Role for ViewChanger {
+    type Input = ViewChangerInput;
+    type Output = ViewChangerOutput;
+
+    fn handle(&mut self, input: ViewChangerInput, now: Instant) -> Vec<ViewChangerOutput> {
+        let mut out = Vec::new();
+        match input {
+            ViewChangerInput::Wait(request) => {
+                if let Some(at) = self.wait_for(request, now) {
+                    out.push(ViewChangerOutput::SetTimer(TimerKind::Request, at));
+                }
+            }
+            ViewChangerInput::Executed { seq, requests } => {
+                if let Some(at) = self.executed(seq, requests, now) {
+                    out.push(ViewChangerOutput::SetTimer(TimerKind::Request, at));
+                }
+            }
+            ViewChangerInput::Installed => out.push(ViewChangerOutput::Waiting(self.waiting.keys().copied().collect())),
+            ViewChangerInput::Forget(keys) => self.forget(keys),
+            ViewChangerInput::Started(own) => self.start(own, now, &mut out),
+            ViewChangerInput::ViewChange(view_change) => self.on_view_change(view_change, now, &mut out),
+            ViewChangerInput::Entered(new_view) => {
+                if new_view.view() > self.view {
+                    if let Some(at) = self.enter(new_view.view(), Some(new_view), now) {
+                        out.push(ViewChangerOutput::SetTimer(TimerKind::Request, at));
+                    }
+                    // VC16: what waited goes to the new primary (a bounded part of it; the
+                    // clients' retransmissions bring the rest).
+                    let resend = self.membership.current().params.batch_size_max * 4;
+                    out.push(ViewChangerOutput::Resend(self.waiting().take(resend).cloned().collect()));
+                }
+            }
+            ViewChangerInput::StillCatchingUp => {
+                let at = now + self.timeout;
+                self.request_deadline = Some(at);
+                out.push(ViewChangerOutput::SetTimer(TimerKind::Request, at));
+            }
+            ViewChangerInput::Tick => {
+                if let Some(own) = self.retransmission_due(now) {
+                    out.push(ViewChangerOutput::Retransmit(own));
+                }
+                let view = self.view;
+                if self.check_ordering_rate(now).is_some() {
+                    out.push(ViewChangerOutput::TooSlow { view });
+                }
+            }
+            ViewChangerInput::Timer(TimerKind::Request) => {
+                let view = self.view;
+                match self.on_request_timer(now) {
+                    Ok(_) => out.push(ViewChangerOutput::RequestTimerExpired { view }),
+                    Err(Some(at)) => out.push(ViewChangerOutput::SetTimer(TimerKind::Request, at)),
+                    Err(None) => {}
+                }
+            }
+            ViewChangerInput::Timer(TimerKind::ViewChange) => {
+                let target = self.target;
+                match (self.on_view_change_timer(now), target) {
+                    (Ok(_), Some(target)) => out.push(ViewChangerOutput::ViewChangeTimerExpired { target }),
+                    (Err(Some(at)), _) => out.push(ViewChangerOutput::SetTimer(TimerKind::ViewChange, at)),
+                    _ => {}
+                }
+            }
+            ViewChangerInput::Timer(_) => {}
+        }
+        out
     }
 }

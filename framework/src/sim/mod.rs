@@ -22,11 +22,13 @@ use crate::durable::Recovered;
 use crate::ids::{ClusterId, Instant, ReplicaId, SeqNum, View};
 use crate::membership::{Membership, MembershipHandle};
 use crate::messages::{Message, MessageKind, VerifiedMessage};
-use crate::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput};
+use crate::roles::checkpoint::{CollectorInput, CollectorOutput};
 use crate::roles::client::{Client, ClientAction, ClientError};
-use crate::roles::primary::{PrimaryInput, PrimaryOutput, PrimaryRole};
+use crate::roles::node::Roles;
+use crate::roles::primary::{PrimaryInput, PrimaryOutput};
 use crate::roles::replica::{Footprint, Input, Replica, ReplicaMetrics};
-use crate::roles::{Action, TimerKind};
+use crate::roles::view_change::{ViewChangerInput, ViewChangerOutput};
+use crate::roles::{Action, Role, TimerKind};
 use crate::service::Service;
 use crate::verify::{verify_envelope, verify_message, RefusalCounts};
 use crate::wire;
@@ -372,6 +374,8 @@ enum Hop {
     FromCollector(CollectorOutput),
     ToPrimary(PrimaryInput),
     FromPrimary(PrimaryOutput),
+    ToViewChanger(ViewChangerInput),
+    FromViewChanger(ViewChangerOutput),
 }
 
 impl Hop {
@@ -382,15 +386,10 @@ impl Hop {
             Hop::FromCollector(_) => 1,
             Hop::ToPrimary(_) => 2,
             Hop::FromPrimary(_) => 3,
+            Hop::ToViewChanger(_) => 4,
+            Hop::FromViewChanger(_) => 5,
         }
     }
-}
-
-/// The roles of a replica instance that run apart from it.
-#[derive(Debug)]
-struct RolesApart {
-    collector: CheckpointCollector,
-    primary: PrimaryRole,
 }
 
 enum Node<S: Service> {
@@ -424,7 +423,7 @@ pub struct Simulation<S: Service> {
     /// The second instances of twinned replicas.
     twin_nodes: BTreeMap<ReplicaId, Node<S>>,
     /// The checkpoint collector and primary role of each live correct or twin instance.
-    roles_apart: BTreeMap<Endpoint, RolesApart>,
+    roles_apart: BTreeMap<Endpoint, Roles>,
     /// Per instance: bumped at each crash, so that what was on its way between a replica
     /// and its roles does not reach the next incarnation.
     incarnations: BTreeMap<Endpoint, u64>,
@@ -552,7 +551,7 @@ impl<S: Service> Simulation<S> {
             .chain(twin_nodes.iter_mut().map(|(id, node)| (Endpoint::Twin(*id), node)));
         for (endpoint, node) in instances {
             if let Node::Correct(replica) | Node::Twin(replica) = node {
-                roles_apart.extend(detach_roles(replica).map(|roles| (endpoint, roles)));
+                roles_apart.insert(endpoint, Roles::new(replica.id(), replica.key(), replica.membership()));
             }
         }
         Ok(Simulation {
@@ -794,14 +793,20 @@ impl<S: Service> Simulation<S> {
                 self.trace.update(b"role-hop").update_u64(hop.link() as u64).update_u64(self.now.0);
                 match hop {
                     Hop::ToCollector(input) => {
-                        let roles = self.roles_apart.get_mut(&node);
-                        if let Some(output) = roles.and_then(|roles| roles.collector.handle(input)) {
+                        let now = self.now;
+                        let outputs = match self.roles_apart.get_mut(&node) {
+                            Some(roles) => roles.collector.handle(input, now),
+                            None => Vec::new(),
+                        };
+                        for output in outputs {
                             self.hop(node, Hop::FromCollector(output));
                         }
                     }
                     Hop::ToPrimary(input) => self.primary_step(node, input),
+                    Hop::ToViewChanger(input) => self.view_changer_step(node, input),
                     Hop::FromCollector(output) => self.deliver_to_replica(node, Input::Checkpoints(output)),
                     Hop::FromPrimary(output) => self.deliver_to_replica(node, Input::Primary(output)),
+                    Hop::FromViewChanger(output) => self.deliver_to_replica(node, Input::ViewChanger(output)),
                 }
             }
             Event::ReplicaTimer { node, timer, generation } => {
@@ -812,10 +817,15 @@ impl<S: Service> Simulation<S> {
                     return;
                 };
                 self.trace.update(b"timer").update_u64(self.now.0).update_u64(replica.0 as u64);
-                if timer == TimerKind::Batch && self.roles_apart.contains_key(&node) {
-                    self.primary_step(node, PrimaryInput::BatchTimer);
-                } else {
-                    self.deliver_to_replica(node, Input::Timer(timer));
+                // Each timer goes to the role it belongs to; a Byzantine node has no roles
+                // apart and gets all of its timers itself.
+                match timer {
+                    _ if !self.roles_apart.contains_key(&node) => self.deliver_to_replica(node, Input::Timer(timer)),
+                    TimerKind::Batch => self.primary_step(node, PrimaryInput::BatchTimer),
+                    TimerKind::Request | TimerKind::ViewChange => {
+                        self.view_changer_step(node, ViewChangerInput::Timer(timer))
+                    }
+                    TimerKind::Status => self.deliver_to_replica(node, Input::Timer(timer)),
                 }
             }
             Event::ClientTimer { client, generation } => {
@@ -918,11 +928,7 @@ impl<S: Service> Simulation<S> {
                 }
                 let (view, stable, executed) = (replica.view(), replica.stable(), replica.last_executed());
                 let footprint = match self.roles_apart.get(&node) {
-                    Some(roles) => replica.footprint().with_roles_apart(
-                        roles.collector.pending_len(),
-                        roles.primary.queue_len(),
-                        roles.primary.in_flight_len(),
-                    ),
+                    Some(roles) => replica.footprint().with_roles_apart(roles.footprint()),
                     None => replica.footprint(),
                 };
                 self.checker.observe_replica(id, &actions, view, stable, executed);
@@ -969,12 +975,9 @@ impl<S: Service> Simulation<S> {
         let recovered = self.stores.get(&id).cloned().unwrap_or_default();
         let key = replica_key(self.config.seed, id);
         let handle = MembershipHandle::new((*self.membership).clone());
-        let (mut replica, actions) = Replica::recover(id, key, handle, (self.make_service)(), recovered, self.now);
-        // Recovery runs with the roles in place; from here on, as for every replica, they
-        // run apart.
-        if let Some(roles) = detach_roles(&mut replica) {
-            self.roles_apart.insert(Endpoint::Replica(id), roles);
-        }
+        let (replica, actions) = Replica::recover(id, key, handle, (self.make_service)(), recovered, self.now);
+        // Fresh roles: what the recovery tells them is among `actions`.
+        self.roles_apart.insert(Endpoint::Replica(id), Roles::new(id, replica.key(), replica.membership()));
         self.checker.observe_restart(id);
         self.checker.observe_replica(id, &actions, replica.view(), replica.stable(), replica.last_executed());
         self.nodes.insert(id, Node::Correct(Box::new(replica)));
@@ -1014,6 +1017,21 @@ impl<S: Service> Simulation<S> {
             match output {
                 PrimaryOutput::SetBatchTimer(at) => self.set_timer(node, TimerKind::Batch, at),
                 output => self.hop(node, Hop::FromPrimary(output)),
+            }
+        }
+    }
+
+    /// `node`'s view-changer, run apart, takes `input`; its answers go to its replica, its
+    /// request and view-change timers are the simulator's.
+    fn view_changer_step(&mut self, node: Endpoint, input: ViewChangerInput) {
+        let now = self.now;
+        let Some(roles) = self.roles_apart.get_mut(&node) else {
+            return;
+        };
+        for output in roles.view_changer.handle(input, now) {
+            match output {
+                ViewChangerOutput::SetTimer(timer, at) => self.set_timer(node, timer, at),
+                output => self.hop(node, Hop::FromViewChanger(output)),
             }
         }
     }
@@ -1084,6 +1102,7 @@ impl<S: Service> Simulation<S> {
                 Action::Persist(_) => {}
                 Action::ToCheckpoints(input) => self.hop(node, Hop::ToCollector(input)),
                 Action::ToPrimary(input) => self.hop(node, Hop::ToPrimary(input)),
+                Action::ToViewChanger(input) => self.hop(node, Hop::ToViewChanger(input)),
                 Action::Report { .. } | Action::Event(_) => {}
             }
         }
@@ -1232,11 +1251,4 @@ fn fingerprint(message: &VerifiedMessage) -> Digest {
         VerifiedMessage::BatchReply(m, _) => m.digest(),
     };
     DigestBuilder::new(b"fingerprint").update_u64(kind).update(&inner.0).finish()
-}
-
-/// Takes the checkpoint collector and primary role out of `replica`, to run apart from it.
-fn detach_roles<S: Service>(replica: &mut Replica<S>) -> Option<RolesApart> {
-    let collector = replica.detach_checkpoint_collector()?;
-    let primary = replica.detach_primary()?;
-    Some(RolesApart { collector, primary })
 }
