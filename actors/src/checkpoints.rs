@@ -108,7 +108,9 @@ mod tests {
         );
         collector.send(Collect(checkpoint(3, k + 1, state))).await.unwrap();
         match heard.recv().await {
-            Some(Collected(CollectorOutput::Refused(reason))) => assert!(reason.contains("multiple of K"), "{reason}"),
+            Some(Collected(CollectorOutput::Refused(reason))) => {
+                assert_eq!(reason, bulwark_framework::RoleRefusal::CheckpointNotMultipleOfK)
+            }
             other => panic!("expected a refusal, heard {other:?}"),
         }
     }

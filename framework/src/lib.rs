@@ -38,6 +38,7 @@ pub use ids::{ClientId, ClusterId, Epoch, Instant, PeerId, ReplicaId, SeqNum, Ti
 pub use membership::{MemberMap, Membership, MembershipHandle, Scope};
 pub use messages::{Message, VerifiedMessage};
 pub use roles::client::{Client, ClientAction, ClientError};
+pub use roles::refusal::RoleRefusal;
 pub use roles::replica::{Input, Replica};
 pub use roles::{Action, ReplicaEvent, TimerKind};
 pub use service::{Outcome, Service, ServiceError};

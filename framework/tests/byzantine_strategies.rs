@@ -15,6 +15,7 @@ use bulwark_framework::sim::byzantine::{ByzantineAction, ByzantineReplica, Strat
 use bulwark_framework::sim::byzantine_client::{ByzantineClientSpec, ClientAttack};
 use bulwark_framework::sim::{replica_key, Isolation, SimConfig, SimReport};
 use bulwark_framework::verify::{verify_message, Refusal, RefusalKind};
+use bulwark_framework::RoleRefusal;
 use bulwark_framework::{ClusterId, Instant, Membership, ProtocolParams, ReplicaId, SeqNum, View};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +29,8 @@ fn config(seed: u64, replicas: usize) -> SimConfig {
 }
 
 /// Sum over the correct replicas of the role refusals with this reason.
-fn refused(report: &SimReport, reason: &str) -> u64 {
-    report.metrics.values().map(|m| m.refused.get(reason).copied().unwrap_or(0)).sum()
+fn refused(report: &SimReport, reason: RoleRefusal) -> u64 {
+    report.metrics.values().map(|m| m.refused.get(&reason).copied().unwrap_or(0)).sum()
 }
 
 fn sent_by(report: &SimReport, replica: ReplicaId) -> u64 {
@@ -86,8 +87,8 @@ fn n4_n5_pf7_an_equivocating_voter_never_counts_twice_and_cannot_split_a_certifi
         let report = common::run_kv(config);
         common::assert_safe_and_converged(&report);
         assert!(sent_by(&report, ReplicaId(3)) > 0, "the equivocating voter sent nothing: {report}");
-        conflicting += refused(&report, "conflicting prepare from one replica (PF7)")
-            + refused(&report, "conflicting commit from one replica (PF7)");
+        conflicting +=
+            refused(&report, RoleRefusal::ConflictingPrepare) + refused(&report, RoleRefusal::ConflictingCommit);
     }
     assert!(conflicting > 0, "no correct replica ever saw a second, conflicting vote: the attack did not happen");
 }
@@ -110,8 +111,11 @@ fn a_flood_of_useless_messages_keeps_memory_bounded_and_the_cluster_live() {
         common::assert_safe_and_converged(&report);
         let sent = sent_by(&report, ReplicaId(3));
         assert!(sent > 300, "the flood sent only {sent} messages: {report}");
-        assert!(refused(&report, "beyond high watermark") > 0, "{report}");
-        assert!(refused(&report, "buffer for later views full") > 0, "the later-view buffer was never full: {report}");
+        assert!(refused(&report, RoleRefusal::BeyondHighWatermark) > 0, "{report}");
+        assert!(
+            refused(&report, RoleRefusal::LaterViewBufferFull) > 0,
+            "the later-view buffer was never full: {report}"
+        );
         let peak = report.peak_footprint;
         let n = 4;
         let window = params.watermark_window as usize;
@@ -148,9 +152,9 @@ fn replayed_messages_from_earlier_views_are_refused_by_view() {
         let view = report.views.values().map(|(view, _)| *view).max().unwrap_or_default();
         assert!(view >= View(1), "no view change happened, nothing was replayed: {report}");
         assert!(sent_by(&report, ReplicaId(3)) > 0, "{report}");
-        refusals += refused(&report, "normal-case message for an older view")
-            + refused(&report, "new-view for a view already entered")
-            + refused(&report, "view-change for a view already entered");
+        refusals += refused(&report, RoleRefusal::NormalCaseForOlderView)
+            + refused(&report, RoleRefusal::NewViewForViewEntered)
+            + refused(&report, RoleRefusal::ViewChangeForViewEntered);
     }
     assert!(refusals > 0, "no replayed message from an earlier view was ever refused: the attack did not happen");
 }
@@ -277,7 +281,7 @@ fn conflicting_checkpoints_never_form_a_proof_and_state_transfer_still_works() {
         assert!(sent_by(&report, ReplicaId(6)) > 0, "{report}");
         assert!(report.stable_checkpoints.values().all(|s| s.0 > 0), "no checkpoint became stable: {report}");
         assert!(report.metrics[&ReplicaId(5)].state_transfers >= 1, "no state transfer: {report}");
-        conflicting += refused(&report, "conflicting checkpoint from one member");
+        conflicting += refused(&report, RoleRefusal::ConflictingCheckpoint);
     }
     assert!(conflicting > 0, "no second, conflicting checkpoint was ever refused: the attack did not happen");
 }

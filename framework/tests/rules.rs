@@ -19,6 +19,7 @@ use bulwark_framework::roles::view_change::{
 use bulwark_framework::roles::{Action, ReplicaEvent, Role, TimerKind};
 use bulwark_framework::signing::Scoped;
 use bulwark_framework::verify::{verify_message, Refusal, RefusalKind};
+use bulwark_framework::RoleRefusal;
 use bulwark_framework::{
     ClusterId, Input, Instant, Membership, MembershipHandle, Outcome, ProtocolParams, Replica, ReplicaId, SeqNum,
     Timestamp, View,
@@ -152,7 +153,7 @@ fn broadcasts(out: &[BackupOutput]) -> Vec<&VerifiedMessage> {
         .collect()
 }
 
-fn refusals(out: &[BackupOutput]) -> Vec<&'static str> {
+fn refusals(out: &[BackupOutput]) -> Vec<RoleRefusal> {
     out.iter()
         .filter_map(|o| match o {
             BackupOutput::Refused(r) => Some(*r),
@@ -202,7 +203,7 @@ fn n1b_backup_rejects_pre_prepare_for_another_view() {
     let mut out = Vec::new();
     backup.on_pre_prepare(f.pre_prepare(1, 1, batch.digest()), batch, &f.keys[2], &mut out);
     assert!(broadcasts(&out).is_empty());
-    assert_eq!(refusals(&out), vec!["pre-prepare for another view"]);
+    assert_eq!(refusals(&out), vec![RoleRefusal::PrePrepareForAnotherView]);
 }
 
 /// N1.c: a backup rejects a pre-prepare for a sequence number outside the watermarks:
@@ -212,7 +213,7 @@ fn n1c_backup_rejects_pre_prepare_outside_the_watermarks() {
     let f = fixture();
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
-    for (seq, reason) in [(0, "below low watermark"), (17, "beyond high watermark")] {
+    for (seq, reason) in [(0, RoleRefusal::BelowLowWatermark), (17, RoleRefusal::BeyondHighWatermark)] {
         let mut out = Vec::new();
         backup.on_pre_prepare(f.pre_prepare(0, seq, batch.digest()), batch.clone(), &f.keys[1], &mut out);
         assert!(broadcasts(&out).is_empty(), "seq {seq}");
@@ -237,7 +238,7 @@ fn n1d_conflicting_pre_prepare_is_refused_and_a_duplicate_ignored() {
     assert!(out.is_empty(), "a duplicate pre-prepare must change nothing: {out:?}");
     backup.on_pre_prepare(f.pre_prepare(0, 1, b.digest()), b, &f.keys[1], &mut out);
     assert!(broadcasts(&out).is_empty());
-    assert_eq!(refusals(&out), vec!["conflicting pre-prepare (N1.d)"]);
+    assert_eq!(refusals(&out), vec![RoleRefusal::ConflictingPrePrepare]);
     // N3: the two signed pre-prepares come out as the proof of equivocation.
     let proof: Vec<_> = out
         .iter()
@@ -274,7 +275,7 @@ fn n4_prepare_from_the_primary_is_ignored() {
     backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
     out.clear();
     backup.on_prepare(f.prepare(0, 0, 1, batch.digest()), &f.keys[1], &mut out);
-    assert_eq!(refusals(&out), vec!["prepare from the primary (N4)"]);
+    assert_eq!(refusals(&out), vec![RoleRefusal::PrepareFromPrimary]);
     assert!(!backup.progress(SeqNum(1)).prepared);
 }
 
@@ -380,7 +381,7 @@ fn n1d_st6_a_commit_certificate_outvotes_an_equivocating_primarys_pre_prepare() 
     }
     assert_eq!(backup.missing_batches(), Vec::new(), "2f commits outvote nothing");
     backup.on_commit(f.commit(3, 0, 1, certified.digest()), &f.keys[1], &mut out);
-    assert!(refusals(&out).contains(&"logged pre-prepare outvoted by a commit certificate"), "{out:?}");
+    assert!(refusals(&out).contains(&RoleRefusal::OutvotedPrePrepare), "{out:?}");
     assert_eq!(backup.missing_batches(), vec![certified.digest()], "the certified batch is fetched");
     assert!(backup.committed_batch(SeqNum(1)).is_none(), "nothing to execute before the batch arrives");
     assert!(!backup.supply_batch(taken.clone(), &f.keys[1], &mut out), "the outvoted batch is not taken back");
@@ -403,7 +404,7 @@ fn pf7_one_replica_counts_once_however_often_it_votes() {
     }
     assert!(!backup.is_committed(SeqNum(1)));
     backup.on_commit(f.commit(2, 0, 1, Digest::of(b"other")), &f.keys[1], &mut out);
-    assert!(refusals(&out).contains(&"conflicting commit from one replica (PF7)"));
+    assert!(refusals(&out).contains(&RoleRefusal::ConflictingCommit));
 }
 
 // ---------------------------------------------------------------- C4, C5
@@ -438,7 +439,7 @@ fn c5_the_next_window_buffer_is_bounded_per_sender() {
         backup.on_prepare(f.prepare(2, 0, seq, Digest::of(b"d")), &f.keys[1], &mut out);
     }
     assert_eq!(backup.future_len(), 3);
-    assert_eq!(refusals(&out).iter().filter(|r| **r == "future buffer full").count(), 5);
+    assert_eq!(refusals(&out).iter().filter(|r| **r == RoleRefusal::FutureBufferFull).count(), 5);
 }
 
 /// C4: a stable checkpoint discards the log at and below it and moves the watermarks.
@@ -849,7 +850,7 @@ fn cx3_a_request_below_the_client_window_is_dropped() {
     commit_at(&f, &mut replica, 1, &batch);
     let actions = replica.handle(Input::Message(VerifiedMessage::Request(f.request(2, put("a", "2")))), Instant(0));
     assert!(actions.is_empty(), "{actions:?}");
-    assert_eq!(replica.metrics().refused.get("request below the client's window (CX3)"), Some(&1));
+    assert_eq!(replica.metrics().refused.get(&RoleRefusal::RequestBelowClientWindow), Some(&1));
 }
 
 /// The primary proposes: it signs a PRE-PREPARE for the batch and broadcasts it (P1).
@@ -1737,7 +1738,7 @@ fn vc15_a_new_view_below_the_target_is_refused_and_vc17_a_higher_one_is_entered(
     let nv1 = verify_message(nv1, &f.config).unwrap();
     deliver(&mut replica, nv1, 1);
     assert_eq!(replica.view(), View(0));
-    assert_eq!(replica.metrics().refused.get("new-view below this replica's view-change target (VC4a)"), Some(&1));
+    assert_eq!(replica.metrics().refused.get(&RoleRefusal::NewViewBelowTarget), Some(&1));
     let nv3 = f.correct_new_view(
         3,
         vec![f.view_change(0, 3, 0, vec![]), f.view_change(1, 3, 0, vec![]), f.view_change(2, 3, 0, vec![])],
@@ -1815,7 +1816,7 @@ fn restored_votes_forbid_a_different_prepare_after_a_restart() {
     let mut out = Vec::new();
     backup.on_pre_prepare(f.pre_prepare(0, 1, b.digest()), b, &f.keys[1], &mut out);
     assert!(broadcasts(&out).is_empty(), "{out:?}");
-    assert_eq!(refusals(&out), vec!["pre-prepare conflicts with a prepare signed before a restart"]);
+    assert_eq!(refusals(&out), vec![RoleRefusal::ConflictsWithVoteBeforeRestart]);
     let mut backup = f.backup(1);
     let votes = [((MessageKind::Prepare, View(0), SeqNum(1)), a.digest())].into_iter().collect();
     backup.restore(votes, Default::default(), Default::default(), &f.keys[1]);

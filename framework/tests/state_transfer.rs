@@ -6,6 +6,7 @@ mod common;
 
 use bulwark_framework::sim::byzantine::Strategy;
 use bulwark_framework::sim::{Isolation, SimConfig};
+use bulwark_framework::RoleRefusal;
 use bulwark_framework::{Instant, ProtocolParams, ReplicaId};
 use std::time::Duration;
 
@@ -55,11 +56,7 @@ fn a_peer_serving_a_corrupt_snapshot_is_detected_and_bypassed() {
         let report = common::run_kv(config);
         common::assert_safe_and_converged(&report);
         assert!(report.metrics[&ReplicaId(5)].state_transfers >= 1, "no state transfer: {report}");
-        detected += report.metrics[&ReplicaId(5)]
-            .refused
-            .get("state chunk does not match the stable checkpoint (ST4)")
-            .copied()
-            .unwrap_or(0);
+        detected += report.metrics[&ReplicaId(5)].refused.get(&RoleRefusal::StateChunkMismatch).copied().unwrap_or(0);
     }
     assert!(detected > 0, "the corrupt source was never asked: the test shows nothing");
 }

@@ -12,6 +12,7 @@ use crate::messages::{
     Batch, Commit, MessageKind, PrePrepare, Prepare, SlotProgress, Status, VerifiedMessage, VerifiedPrepared,
 };
 use crate::quorum::{VoteOutcome, VoteSet};
+use crate::roles::refusal::RoleRefusal;
 use crate::roles::view_change::null_digest;
 use bulwark_crypto::{Digest, KeyPair, Verified};
 use std::collections::{BTreeMap, VecDeque};
@@ -145,7 +146,7 @@ pub struct Backup {
 #[derive(Debug)]
 pub enum BackupOutput {
     Broadcast(VerifiedMessage),
-    Refused(&'static str),
+    Refused(RoleRefusal),
     /// N3: the primary signed two pre-prepares for one `(v, s)` with different digests.
     /// Both travel here: they are the proof, and forwarding them lets every correct
     /// replica see it.
@@ -270,24 +271,24 @@ impl Backup {
         match self.position(seq) {
             WindowPosition::Inside => true,
             WindowPosition::Below => {
-                out.push(BackupOutput::Refused("below low watermark"));
+                out.push(BackupOutput::Refused(RoleRefusal::BelowLowWatermark));
                 false
             }
             WindowPosition::Ahead => {
                 let limit = self.membership.current().params.future_messages_per_sender_max;
                 let Some(queue) = self.future.get_mut(sender) else {
-                    out.push(BackupOutput::Refused("future buffer full"));
+                    out.push(BackupOutput::Refused(RoleRefusal::FutureBufferFull));
                     return false;
                 };
                 if queue.len() < limit {
                     queue.push_back(message());
                 } else {
-                    out.push(BackupOutput::Refused("future buffer full"));
+                    out.push(BackupOutput::Refused(RoleRefusal::FutureBufferFull));
                 }
                 false
             }
             WindowPosition::Beyond => {
-                out.push(BackupOutput::Refused("beyond high watermark"));
+                out.push(BackupOutput::Refused(RoleRefusal::BeyondHighWatermark));
                 false
             }
         }
@@ -312,7 +313,7 @@ impl Backup {
     ) {
         let primary = self.membership.current().primary(pre_prepare.view);
         if pre_prepare.view != self.view {
-            out.push(BackupOutput::Refused("pre-prepare for another view"));
+            out.push(BackupOutput::Refused(RoleRefusal::PrePrepareForAnotherView));
             return;
         }
         let message = || VerifiedMessage::PrePrepare(pre_prepare.clone(), batch.clone());
@@ -339,7 +340,7 @@ impl Backup {
             Some(_) => {
                 // N3: two signed pre-prepares for one (v, s) prove the primary faulty. The
                 // second is refused (N1.d); the replica starts a view change.
-                out.push(BackupOutput::Refused("conflicting pre-prepare (N1.d)"));
+                out.push(BackupOutput::Refused(RoleRefusal::ConflictingPrePrepare));
                 let first_report = self.equivocations_reported.insert(seq);
                 let slot = self.slot_mut(seq);
                 if let (true, Some(first), Some(first_batch)) =
@@ -360,7 +361,7 @@ impl Backup {
         slot.pre_prepare = Some(pre_prepare);
         slot.batch = Some(batch);
         if !may_sign {
-            out.push(BackupOutput::Refused("pre-prepare conflicts with a prepare signed before a restart"));
+            out.push(BackupOutput::Refused(RoleRefusal::ConflictsWithVoteBeforeRestart));
             return;
         }
         if !i_am_primary && !frozen {
@@ -375,11 +376,11 @@ impl Backup {
     /// primary is ignored. Votes may arrive before the pre-prepare (PF8).
     pub fn on_prepare(&mut self, prepare: Verified<Prepare>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
         if prepare.view != self.view {
-            out.push(BackupOutput::Refused("prepare for another view"));
+            out.push(BackupOutput::Refused(RoleRefusal::PrepareForAnotherView));
             return;
         }
         if prepare.replica == self.membership.current().primary(prepare.view) {
-            out.push(BackupOutput::Refused("prepare from the primary (N4)"));
+            out.push(BackupOutput::Refused(RoleRefusal::PrepareFromPrimary));
             return;
         }
         let message = || VerifiedMessage::Prepare(prepare.clone());
@@ -390,7 +391,7 @@ impl Backup {
         let (threshold, primary) = (self.prepare_threshold(), self.membership.current().primary(self.view));
         let outcome = self.slot_mut(seq).prepares.add_completing(replica, digest, prepare, threshold, Some(primary));
         if outcome == VoteOutcome::Conflicting {
-            out.push(BackupOutput::Refused("conflicting prepare from one replica (PF7)"));
+            out.push(BackupOutput::Refused(RoleRefusal::ConflictingPrepare));
         }
         self.check_progress(seq, key, out);
     }
@@ -398,7 +399,7 @@ impl Backup {
     /// N4: log a COMMIT of the current view inside the window.
     pub fn on_commit(&mut self, commit: Verified<Commit>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
         if commit.view != self.view {
-            out.push(BackupOutput::Refused("commit for another view"));
+            out.push(BackupOutput::Refused(RoleRefusal::CommitForAnotherView));
             return;
         }
         let message = || VerifiedMessage::Commit(commit.clone());
@@ -410,7 +411,7 @@ impl Backup {
         if self.slot_mut(seq).commits.add_completing(replica, digest, commit, threshold, None)
             == VoteOutcome::Conflicting
         {
-            out.push(BackupOutput::Refused("conflicting commit from one replica (PF7)"));
+            out.push(BackupOutput::Refused(RoleRefusal::ConflictingCommit));
         }
         self.check_progress(seq, key, out);
     }
@@ -435,7 +436,7 @@ impl Backup {
                 slot.pre_prepare = None;
                 slot.batch = None;
                 slot.certified = Some((view, certified));
-                out.push(BackupOutput::Refused("logged pre-prepare outvoted by a commit certificate"));
+                out.push(BackupOutput::Refused(RoleRefusal::OutvotedPrePrepare));
                 if let Some(batch) = self.batch_with(certified) {
                     self.slots.get_mut(&seq).expect("just updated").batch = Some(batch);
                 }

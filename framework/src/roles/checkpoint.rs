@@ -18,6 +18,7 @@ use crate::ids::{Instant, ReplicaId, SeqNum};
 use crate::membership::{MemberMap, MembershipHandle};
 use crate::messages::Checkpoint;
 use crate::quorum::{VoteOutcome, VoteSet};
+use crate::roles::refusal::RoleRefusal;
 use bulwark_crypto::{Digest, Verified};
 use std::collections::BTreeMap;
 
@@ -45,7 +46,7 @@ pub enum CollectorOutput {
     /// A checkpoint became stable (C3). It may reach the replica after a newer one.
     Stable(StableCheckpoint),
     /// A CHECKPOINT was refused, and why.
-    Refused(&'static str),
+    Refused(RoleRefusal),
 }
 
 impl StableCheckpoint {
@@ -101,27 +102,24 @@ impl CheckpointCollector {
 
     /// C3: log a checkpoint. Returns the new stable checkpoint if this message completed
     /// a proof above the current one, or the reason it was refused.
-    pub fn on_checkpoint(
-        &mut self,
-        checkpoint: Verified<Checkpoint>,
-    ) -> Result<Option<StableCheckpoint>, &'static str> {
+    pub fn on_checkpoint(&mut self, checkpoint: Verified<Checkpoint>) -> Result<Option<StableCheckpoint>, RoleRefusal> {
         let seq = checkpoint.seq;
         if seq <= self.stable.seq {
-            return Err("checkpoint at or below the stable one");
+            return Err(RoleRefusal::CheckpointAtOrBelowStable);
         }
         if !seq.0.is_multiple_of(self.membership.current().params.checkpoint_interval) {
-            return Err("checkpoint at a sequence number that is not a multiple of K");
+            return Err(RoleRefusal::CheckpointNotMultipleOfK);
         }
         let member = checkpoint.replica;
         let Some(open) = self.open_per_member.get(member).copied() else {
-            return Err("checkpoint from a non-member");
+            return Err(RoleRefusal::CheckpointFromNonMember);
         };
         if !self.pending.get(&seq).is_some_and(|votes| votes.has_voted(member)) && open >= self.open_max() {
             // Displace this member's oldest open checkpoint, or refuse if this one is older.
             let oldest = self.pending.iter().find(|(_, votes)| votes.has_voted(checkpoint.replica)).map(|(s, _)| *s);
             match oldest {
                 Some(oldest) if oldest < seq => self.remove_vote(oldest, member),
-                _ => return Err("too many open checkpoints from one member"),
+                _ => return Err(RoleRefusal::TooManyOpenCheckpoints),
             }
         }
         let membership = self.membership.current();
@@ -134,7 +132,7 @@ impl CheckpointCollector {
             VoteOutcome::Added => *self.open_per_member.get_mut(member).expect("a member") += 1,
             VoteOutcome::Duplicate => return Ok(None),
             VoteOutcome::Replaced => {}
-            VoteOutcome::Conflicting => return Err("conflicting checkpoint from one member"),
+            VoteOutcome::Conflicting => return Err(RoleRefusal::ConflictingCheckpoint),
         }
         if votes.count(digest, None) < membership.quorum() {
             return Ok(None);

@@ -31,12 +31,15 @@
 //!
 //! [`client::Client`] is the client side.
 
+use crate::roles::refusal::RoleRefusal;
+
 pub mod backup;
 pub mod checkpoint;
 pub mod client;
 pub mod executor;
 pub mod node;
 pub mod primary;
+pub mod refusal;
 pub mod replica;
 pub mod state_transfer;
 pub mod view_change;
@@ -141,7 +144,7 @@ pub enum ReplicaEvent {
     /// A checkpoint image was installed by state transfer (ST5).
     StateInstalled { seq: SeqNum, state_digest: Digest },
     /// A message was refused by a role's acceptance rules.
-    Refused { reason: &'static str },
+    Refused { reason: RoleRefusal },
     /// The replica signed and sent a VIEW-CHANGE for `view` (VC2).
     ViewChangeStarted { view: View },
     /// The replica entered `view` by this NEW-VIEW (VC16; for the new primary VC13).

@@ -27,6 +27,7 @@ use crate::roles::backup::{message_view, Backup, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CollectorInput, CollectorOutput, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
 use crate::roles::primary::{PrimaryInput, PrimaryOutput};
+use crate::roles::refusal::RoleRefusal;
 use crate::roles::state_transfer::{ChunkIn, FetchStep, StateFetch, PARALLEL_CHUNKS};
 use crate::roles::view_change::{ViewChangerInput, ViewChangerOutput};
 use crate::roles::{Action, ReplicaEvent, TimerKind};
@@ -77,7 +78,7 @@ pub struct ReplicaMetrics {
     /// Times the primary of a view was caught signing two pre-prepares for one `(v, s)` (N3).
     pub primary_equivocations: u64,
     /// Messages refused by the roles' acceptance rules, by reason.
-    pub refused: BTreeMap<&'static str, u64>,
+    pub refused: BTreeMap<RoleRefusal, u64>,
 }
 
 impl ReplicaMetrics {
@@ -218,7 +219,7 @@ impl<S: Service> Replica<S> {
                     actions.push(Action::ToCheckpoints(CollectorInput::Adopt(checkpoint.clone())));
                     replica.backup.advance_low(checkpoint.seq, checkpoint.seq);
                 }
-                Err(_) => replica.refuse("recovered checkpoint image could not be installed"),
+                Err(_) => replica.refuse(RoleRefusal::RecoveredImageNotInstalled),
             }
         }
         let view = recovered.view();
@@ -349,8 +350,8 @@ impl<S: Service> Replica<S> {
         }
     }
 
-    fn refuse(&mut self, reason: &'static str) {
-        tracing::debug!(replica = %self.id, reason, "refused");
+    fn refuse(&mut self, reason: RoleRefusal) {
+        tracing::debug!(replica = %self.id, %reason, "refused");
         *self.metrics.refused.entry(reason).or_default() += 1;
     }
 
@@ -365,7 +366,7 @@ impl<S: Service> Replica<S> {
             Input::ProposeSystem(command) if self.leads => {
                 self.hand_to_primary(PrimaryInput::System(command), &mut actions)
             }
-            Input::ProposeSystem(_) => self.refuse("system command at a replica that does not lead its view"),
+            Input::ProposeSystem(_) => self.refuse(RoleRefusal::SystemCommandNotLeading),
             Input::Timer(TimerKind::Status) => self.on_status_tick(now, &mut actions),
             // The other timers are its roles' (see `TimerKind`).
             Input::Timer(_) => {}
@@ -489,7 +490,7 @@ impl<S: Service> Replica<S> {
             VerifiedMessage::StateRequest(request) => self.on_state_request(request, now, actions),
             VerifiedMessage::StateReply(reply) => self.on_state_reply(reply, now, actions),
             VerifiedMessage::Inquiry(inquiry) => self.on_inquiry(inquiry, now, actions),
-            VerifiedMessage::Reply(_) | VerifiedMessage::Report(_) => self.refuse("reply or report sent to a replica"),
+            VerifiedMessage::Reply(_) | VerifiedMessage::Report(_) => self.refuse(RoleRefusal::ReplyToReplica),
         }
     }
 
@@ -509,16 +510,16 @@ impl<S: Service> Replica<S> {
         }
         if view <= current || view < self.floor() {
             self.refuse(if view == current {
-                "normal-case message while view-changing (VC6)"
+                RoleRefusal::NormalCaseWhileViewChanging
             } else {
-                "normal-case message for an older view"
+                RoleRefusal::NormalCaseForOlderView
             });
             return None;
         }
         let limit = self.membership.current().params.future_messages_per_sender_max;
         let queue = self.later_views.get_mut(sender)?;
         if queue.len() >= limit {
-            self.refuse("buffer for later views full");
+            self.refuse(RoleRefusal::LaterViewBufferFull);
         } else {
             queue.push_back(message);
         }
@@ -560,7 +561,7 @@ impl<S: Service> Replica<S> {
             return;
         }
         match self.executor.request_status(&request) {
-            RequestStatus::TooOld => self.refuse("request below the client's window (CX3)"),
+            RequestStatus::TooOld => self.refuse(RoleRefusal::RequestBelowClientWindow),
             RequestStatus::Executed(result) => {
                 // R2: resend the cached reply, do nothing else.
                 let reply = self.executor.reply(self.view(), &request, result, false, &self.key);
@@ -631,12 +632,12 @@ impl<S: Service> Replica<S> {
             PrimaryOutput::Shed => self.metrics.requests_shed += 1,
             PrimaryOutput::SetBatchTimer(at) => actions.push(Action::SetTimer { timer: TimerKind::Batch, at }),
             PrimaryOutput::Propose(pre_prepare, _) if !(self.is_primary() && pre_prepare.view == self.view()) => {
-                self.refuse("own proposal for a view this replica no longer leads");
+                self.refuse(RoleRefusal::OwnProposalForViewLeft);
             }
             PrimaryOutput::Propose(pre_prepare, _)
                 if self.backup.position(pre_prepare.seq) != WindowPosition::Inside =>
             {
-                self.refuse("own proposal outside the watermarks (P2)");
+                self.refuse(RoleRefusal::OwnProposalOutsideWatermarks);
             }
             PrimaryOutput::Propose(pre_prepare, batch) => {
                 let (view, seq, digest) = (pre_prepare.view, pre_prepare.seq, pre_prepare.digest);
@@ -687,7 +688,7 @@ impl<S: Service> Replica<S> {
             if self.stable.seq == seq && self.stable.state_digest != state_digest {
                 // C6: a stable checkpoint this replica executed through with another digest
                 // means its own state is wrong; it can only be repaired from a later one.
-                self.refuse("own state digest differs from the stable checkpoint (C6)");
+                self.refuse(RoleRefusal::OwnDigestDiffersFromStable);
             }
             self.on_checkpoint(checkpoint, actions);
         }
@@ -788,7 +789,7 @@ impl<S: Service> Replica<S> {
                     actions.push(Action::Persist(Record::Stable { checkpoint: stable, image }));
                 }
             }
-            Err(_) => self.refuse("state image could not be installed"),
+            Err(_) => self.refuse(RoleRefusal::StateImageNotInstalled),
         }
     }
 
@@ -805,7 +806,7 @@ impl<S: Service> Replica<S> {
             *used = 0;
         }
         if *used >= budget {
-            self.refuse("state request rate limit");
+            self.refuse(RoleRefusal::StateRequestRateLimit);
             return;
         }
         *used += 1;
@@ -815,11 +816,11 @@ impl<S: Service> Replica<S> {
                 (stable > request.seq).then(|| self.executor.image_at(stable).map(|i| (stable, i))).flatten()
             });
         let Some((seq, image)) = image else {
-            self.refuse("state request for an image not held");
+            self.refuse(RoleRefusal::StateRequestForImageNotHeld);
             return;
         };
         let Some((data, path)) = image.chunk(request.chunk) else {
-            self.refuse("state request for a chunk past the end of the image");
+            self.refuse(RoleRefusal::StateRequestPastEnd);
             return;
         };
         let reply = self.membership.sign(
@@ -840,7 +841,7 @@ impl<S: Service> Replica<S> {
     /// source moved on to, which retargets the transfer.
     fn on_state_reply(&mut self, reply: Verified<StateReply>, now: Instant, actions: &mut Vec<Action>) {
         let Some(fetch_seq) = self.transfer.as_ref().map(StateFetch::seq) else {
-            self.refuse("state reply without a transfer under way");
+            self.refuse(RoleRefusal::StateReplyWithoutTransfer);
             return;
         };
         if reply.seq != fetch_seq {
@@ -849,7 +850,7 @@ impl<S: Service> Replica<S> {
                 self.transfer = None;
                 self.start_transfer(&stable, now, actions);
             } else {
-                self.refuse("state reply for a checkpoint not asked for (ST4)");
+                self.refuse(RoleRefusal::StateReplyForAnotherCheckpoint);
                 return;
             }
         }
@@ -1134,7 +1135,7 @@ impl<S: Service> Replica<S> {
     fn enter_own_new_view(&mut self, new_view: Arc<VerifiedNewView>, now: Instant, actions: &mut Vec<Action>) {
         let view = new_view.view();
         if self.target != Some(view) || self.membership.current().primary(view) != self.id {
-            self.refuse("own new-view for a view this replica no longer changes to");
+            self.refuse(RoleRefusal::OwnNewViewForViewLeft);
             return;
         }
         actions.push(Action::Broadcast { message: VerifiedMessage::NewView(new_view.clone()) });
@@ -1152,12 +1153,12 @@ impl<S: Service> Replica<S> {
 
     /// VC15 (the part that depends on this replica): a NEW-VIEW for `w` may be accepted iff
     /// `w` is above the last view entered and not below the view-change target (VC4a).
-    fn may_accept(&self, view: View) -> Result<(), &'static str> {
+    fn may_accept(&self, view: View) -> Result<(), RoleRefusal> {
         if view <= self.view {
-            return Err("new-view for a view already entered");
+            return Err(RoleRefusal::NewViewForViewEntered);
         }
         if self.target.is_some_and(|target| view < target) {
-            return Err("new-view below this replica's view-change target (VC4a)");
+            return Err(RoleRefusal::NewViewBelowTarget);
         }
         Ok(())
     }
@@ -1240,7 +1241,7 @@ impl<S: Service> Replica<S> {
         // it: what a Byzantine peer can make this replica send is bounded.
         let spacing = self.membership.current().params.status_interval() / 4;
         if !Self::rate_limit(&mut self.batches_answered_at, request.replica, spacing, now) {
-            self.refuse("batch request rate limit");
+            self.refuse(RoleRefusal::BatchRequestRateLimit);
             return;
         }
         for batch in batches {
@@ -1252,7 +1253,7 @@ impl<S: Service> Replica<S> {
     fn on_batch_reply(&mut self, _reply: Verified<BatchReply>, batch: Arc<Batch>, actions: &mut Vec<Action>) {
         let mut out = Vec::new();
         if !self.backup.supply_batch(batch, &self.key, &mut out) {
-            self.refuse("batch nobody asked for");
+            self.refuse(RoleRefusal::UnrequestedBatch);
         }
         self.apply(out, actions);
     }

@@ -11,6 +11,7 @@
 
 use crate::ids::{Instant, ReplicaId, SeqNum};
 use crate::membership::MembershipHandle;
+use crate::roles::refusal::RoleRefusal;
 use crate::state::{verify_chunk, Assembly};
 use bulwark_crypto::Digest;
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +25,7 @@ pub enum FetchStep {
     /// Send `STATE-REQ(seq, chunk)` to `to`.
     Request { to: ReplicaId, seq: SeqNum, chunk: u64 },
     /// A chunk was refused.
-    Refused(&'static str),
+    Refused(RoleRefusal),
     /// Every chunk arrived and verified: the image.
     Complete(Vec<u8>),
 }
@@ -150,7 +151,7 @@ impl StateFetch {
         let chunk_bytes = self.membership.current().params.state_chunk_bytes;
         if !verify_chunk(&self.digest, chunk_bytes, chunk.total_bytes, chunk.index, chunk.data, chunk.path) {
             self.bad.insert(chunk.from);
-            let mut steps = vec![FetchStep::Refused("state chunk does not match the stable checkpoint (ST4)")];
+            let mut steps = vec![FetchStep::Refused(RoleRefusal::StateChunkMismatch)];
             if self.outstanding.get(&chunk.index).is_some_and(|(source, _)| *source == chunk.from) {
                 self.outstanding.remove(&chunk.index);
                 steps.extend(self.fill(now));
@@ -159,7 +160,7 @@ impl StateFetch {
         }
         if chunk.total_bytes > self.membership.current().params.state_transfer_bytes_max {
             // Verified, so the image really is this large: it cannot be fetched here.
-            return vec![FetchStep::Refused("checkpoint image larger than state_transfer_bytes_max")];
+            return vec![FetchStep::Refused(RoleRefusal::StateImageTooLarge)];
         }
         let assembly = self.assembly.get_or_insert_with(|| Assembly::new(chunk.total_bytes, chunk_bytes));
         if assembly.has(chunk.index) {

@@ -17,6 +17,7 @@
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
 use crate::membership::{MemberMap, Membership, MembershipHandle};
 use crate::messages::{batch_digest, NewView, NewViewOrder, PrePrepare, Request, VerifiedNewView, VerifiedViewChange};
+use crate::roles::refusal::RoleRefusal;
 use crate::roles::{Role, TimerKind, WindowOffenders};
 use bulwark_crypto::{Digest, KeyPair, Verified};
 use std::collections::BTreeMap;
@@ -146,7 +147,7 @@ pub enum ViewChangerOutput {
     /// Requests that waited through a view change, for the new view's primary (VC16).
     Resend(Vec<Verified<Request>>),
     /// An input was refused, and why.
-    Refused(&'static str),
+    Refused(RoleRefusal),
 }
 
 /// The view-changer role.
@@ -484,11 +485,11 @@ impl ViewChanger {
     /// VC8: keep a member's VIEW-CHANGE if it is for a higher view than the one held.
     fn on_view_change(&mut self, vc: Arc<VerifiedViewChange>, now: Instant, out: &mut Vec<ViewChangerOutput>) {
         if vc.view() <= self.view {
-            out.push(ViewChangerOutput::Refused("view-change for a view already entered"));
+            out.push(ViewChangerOutput::Refused(RoleRefusal::ViewChangeForViewEntered));
             return;
         }
         let Some(place) = self.received.get_mut(vc.sender()) else {
-            out.push(ViewChangerOutput::Refused("view-change from a non-member"));
+            out.push(ViewChangerOutput::Refused(RoleRefusal::ViewChangeFromNonMember));
             return;
         };
         if place.as_ref().is_some_and(|held| held.view() >= vc.view()) {
@@ -557,12 +558,12 @@ impl ViewChanger {
         &self,
         view: View,
         chosen: &[Arc<VerifiedViewChange>],
-    ) -> Result<Arc<VerifiedNewView>, &'static str> {
+    ) -> Result<Arc<VerifiedNewView>, RoleRefusal> {
         let view_changes: Vec<VerifiedViewChange> = chosen.iter().map(|vc| vc.as_ref().clone()).collect();
         let membership = self.membership.current();
         let order = compute_order(&view_changes, &membership).map_err(|error| {
             tracing::error!(replica = %self.me, %view, %error, "cannot build a new view");
-            "new view cannot be computed (VC12.4)"
+            RoleRefusal::NewViewNotComputable
         })?;
         let scope = membership.scope();
         let pre_prepares: Vec<Verified<PrePrepare>> = order
