@@ -24,7 +24,8 @@ use crate::verifier::VerifierPool;
 use actix::prelude::*;
 use bulwark_crypto::KeyPair;
 use bulwark_framework::messages::{Report, VerifiedMessage, VerifiedReply};
-use bulwark_framework::roles::client::{Client as ClientRole, ClientAction, ClientError as RoleError};
+use bulwark_framework::roles::client::{Client as ClientRole, ClientAction, ClientError as RoleError, ClientInput};
+use bulwark_framework::roles::Role;
 use bulwark_framework::verify::{check_scope, verify_reply, verify_reply_bundle, Refusal, ReplyRootCache};
 use bulwark_framework::wire::encode_frame;
 use bulwark_framework::{Membership, MembershipHandle, Message, Outcome, PeerId, ReplicaId, Service, Timestamp, View};
@@ -163,10 +164,12 @@ impl ClientActor {
                     }
                     self.timer = Some(ctx.run_later(at.saturating_since(now()), |actor, ctx| {
                         actor.timer = None;
-                        let actions = actor.role.on_timer(now());
+                        let actions = actor.role.handle(ClientInput::Timer, now());
                         actor.carry_out(actions, ctx);
                     }));
                 }
+                // Taken by `issue` before the rest is carried out.
+                ClientAction::Issued { .. } | ClientAction::Rejected(_) => {}
                 ClientAction::Completed { timestamp, result } => {
                     if let Some(waiter) = self.waiters.remove(&timestamp) {
                         let _ = waiter.send(Ok(result));
@@ -200,17 +203,20 @@ impl ClientActor {
         if self.role.window_full() {
             return Err((invoke, waiter));
         }
-        match self.role.invoke(invoke.operation, invoke.read_only, now()) {
-            Ok((timestamp, actions)) => {
-                self.waiters.insert(timestamp, waiter);
+        let input = ClientInput::Invoke { operation: invoke.operation, read_only: invoke.read_only };
+        let actions = self.role.handle(input, now());
+        match actions.first() {
+            Some(ClientAction::Issued { timestamp }) => {
+                self.waiters.insert(*timestamp, waiter);
                 self.carry_out(actions, ctx);
             }
-            Err(e @ RoleError::OperationTooLarge { .. }) => {
+            Some(ClientAction::Rejected(e @ RoleError::OperationTooLarge { .. })) => {
                 let _ = waiter.send(Err(InvokeError::TooLarge(e.to_string())));
             }
-            Err(e @ RoleError::WindowFull { .. }) => {
+            Some(ClientAction::Rejected(e @ RoleError::WindowFull { .. })) => {
                 let _ = waiter.send(Err(InvokeError::WindowFull(e.to_string())));
             }
+            other => tracing::error!(?other, "the client role answered an invocation with neither issued nor rejected"),
         }
         Ok(())
     }
@@ -351,7 +357,7 @@ impl Handler<FromReplicas> for ClientActor {
             match self.take_replies(inbound) {
                 Ok(replies) => {
                     for reply in replies {
-                        let actions = self.role.on_reply(reply, now());
+                        let actions = self.role.handle(ClientInput::Reply(reply), now());
                         self.carry_out(actions, ctx);
                     }
                 }

@@ -7,8 +7,9 @@ use bulwark_framework::config::ClientAuth;
 use bulwark_framework::messages::{
     reply_messages, Batch, Message, PrePrepare, Reply, ReplyBundle, ReplyProof, Request, VerifiedMessage, VerifiedReply,
 };
-use bulwark_framework::roles::client::{Client, ClientAction};
-use bulwark_framework::roles::executor::Executor;
+use bulwark_framework::roles::client::{Client, ClientAction, ClientInput};
+use bulwark_framework::roles::executor::{Executor, ExecutorInput, ExecutorOutput};
+use bulwark_framework::roles::Role;
 use bulwark_framework::verify::{
     verify_message, verify_reply, verify_reply_bundle, Refusal, RefusalKind, ReplyRootCache,
 };
@@ -95,11 +96,30 @@ fn a_connection_cluster_accepts_unsigned_requests_with_the_same_digests() {
 
 /// Replica `me` executes one batch of `requests` (client 1, timestamps 1..=count).
 fn executed_replies(config: &Arc<Membership>, me: u32, count: u64) -> Vec<VerifiedReply> {
-    let mut executor = Executor::new(ReplicaId(me), handle(config), KvStore::default());
+    let mut executor = executor(config, me);
     let requests: Vec<_> =
         (1..=count).map(|t| request(1, t, config.params.client_auth == ClientAuth::Signed)).collect();
-    let execution = executor.execute(SeqNum(1), View(0), &Batch::new(requests), &replica_key(me));
-    execution.replies.into_iter().map(|(_, reply)| reply).collect()
+    execute(&mut executor, SeqNum(1), Batch::new(requests))
+}
+
+fn executor(config: &Arc<Membership>, me: u32) -> Executor<KvStore> {
+    Executor::new(ReplicaId(me), handle(config), KvStore::default(), Arc::new(replica_key(me)))
+}
+
+/// The replies of executing `batch` at `seq` (in view 0).
+fn execute(executor: &mut Executor<KvStore>, seq: SeqNum, batch: Batch) -> Vec<VerifiedReply> {
+    let input = ExecutorInput::Execute { seq, view: View(0), batch: Arc::new(batch) };
+    replies(executor.handle(input, Instant(0)))
+}
+
+fn replies(outputs: Vec<ExecutorOutput>) -> Vec<VerifiedReply> {
+    outputs
+        .into_iter()
+        .filter_map(|output| match output {
+            ExecutorOutput::Reply { reply, .. } => Some(reply),
+            _ => None,
+        })
+        .collect()
 }
 
 fn one_bundle(replies: &[VerifiedReply]) -> ReplyBundle {
@@ -205,13 +225,11 @@ fn a_cached_root_counts_only_with_its_own_signature() {
 #[test]
 fn the_reply_root_cache_is_bounded() {
     let config = config(ClientAuth::Signed);
-    let mut executor = Executor::new(ReplicaId(0), handle(&config), KvStore::default());
+    let mut executor = executor(&config, 0);
     let mut cache = ReplyRootCache::default();
     let batches = ReplyRootCache::CAPACITY as u64 + 100;
     for seq in 1..=batches {
-        let execution =
-            executor.execute(SeqNum(seq), View(0), &Batch::new(vec![request(1, seq, true)]), &replica_key(0));
-        let replies: Vec<_> = execution.replies.into_iter().map(|(_, reply)| reply).collect();
+        let replies = execute(&mut executor, SeqNum(seq), Batch::new(vec![request(1, seq, true)]));
         verify_reply_bundle(one_bundle(&replies), None, &config, &mut cache).unwrap();
         assert!(cache.len() <= ReplyRootCache::CAPACITY);
     }
@@ -221,10 +239,21 @@ fn the_reply_root_cache_is_bounded() {
 #[test]
 fn read_only_and_resent_replies_are_signed_alone() {
     let config = config(ClientAuth::Signed);
-    let executor = Executor::new(ReplicaId(2), handle(&config), KvStore::default());
-    let reply = executor.reply(View(0), &request(1, 1, true), b"r".to_vec(), true, &replica_key(2));
-    let Message::Reply(signed) = reply.to_wire() else { panic!("signed alone") };
-    assert_eq!(verify_reply(signed, None, &config).unwrap().attributed_to(), ReplicaId(2));
+    let mut executor = executor(&config, 2);
+    execute(&mut executor, SeqNum(1), Batch::new(vec![request(1, 1, true)]));
+    let read_only = {
+        let mut payload = request(1, 2, true).payload().clone();
+        payload.read_only = true;
+        config.scope().sign(payload, &client_key(1))
+    };
+    for request in [request(1, 1, true), read_only] {
+        let read_only = request.read_only;
+        let answered = replies(executor.handle(ExecutorInput::Request { request, view: View(0) }, Instant(0)));
+        let [reply] = answered.as_slice() else { panic!("one reply: {answered:?}") };
+        let Message::Reply(signed) = reply.to_wire() else { panic!("signed alone") };
+        let verified = verify_reply(signed, None, &config).unwrap();
+        assert_eq!((verified.attributed_to(), verified.read_only), (ReplicaId(2), read_only));
+    }
 }
 
 fn connection_reply(claimed: u32) -> ReplyBundle {
@@ -263,8 +292,11 @@ fn a_connection_mode_client_needs_f_plus_one_distinct_connections() {
     let config = config(ClientAuth::Connection);
     let key = client_key(1);
     let mut client = Client::new(key, handle(&config), Timestamp(1));
-    let (timestamp, actions) = client.invoke(put("k", "v"), false, Instant(0)).unwrap();
-    let Some(ClientAction::Send { request, .. }) = actions.first() else { panic!("{actions:?}") };
+    let actions = client.handle(ClientInput::Invoke { operation: put("k", "v"), read_only: false }, Instant(0));
+    let [ClientAction::Issued { timestamp }, ClientAction::Send { request, .. }, ..] = actions.as_slice() else {
+        panic!("{actions:?}")
+    };
+    let timestamp = *timestamp;
     assert!(request.signed().signature.is_absent(), "connection-mode requests are not signed");
     let client_id = client.id();
     let reply = |claimed: u32| {
@@ -287,8 +319,8 @@ fn a_connection_mode_client_needs_f_plus_one_distinct_connections() {
     };
     let first = from_link(reply(1), 1, &mut cache);
     let completed = |actions: &[ClientAction]| actions.iter().any(|a| matches!(a, ClientAction::Completed { .. }));
-    assert!(!completed(&client.on_reply(first.clone(), Instant(1))));
-    assert!(!completed(&client.on_reply(first, Instant(1))), "one connection counts once");
+    assert!(!completed(&client.handle(ClientInput::Reply(first.clone()), Instant(1))));
+    assert!(!completed(&client.handle(ClientInput::Reply(first), Instant(1))), "one connection counts once");
     let second = from_link(reply(3), 3, &mut cache);
-    assert!(completed(&client.on_reply(second, Instant(1))), "f + 1 = 2 distinct connections");
+    assert!(completed(&client.handle(ClientInput::Reply(second), Instant(1))), "f + 1 = 2 distinct connections");
 }

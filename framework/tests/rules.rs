@@ -8,9 +8,9 @@ use bulwark_framework::messages::{
     Batch, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare, PreparedCertificate, Reply, Request,
     VerifiedMessage, VerifiedViewChange, ViewChange,
 };
-use bulwark_framework::roles::backup::{Backup, BackupOutput, WindowPosition};
+use bulwark_framework::roles::backup::{Backup, BackupInput, BackupOutput, WindowPosition};
 use bulwark_framework::roles::checkpoint::{CheckpointCollector, CollectorInput, CollectorOutput, StableCheckpoint};
-use bulwark_framework::roles::client::{Client, ClientAction, ClientError};
+use bulwark_framework::roles::client::{Client, ClientAction, ClientError, ClientInput};
 use bulwark_framework::roles::node::Node;
 use bulwark_framework::roles::primary::{Admission, Primary, PrimaryInput, PrimaryOutput};
 use bulwark_framework::roles::view_change::{
@@ -113,7 +113,7 @@ impl Fixture {
     }
 
     fn backup(&self, me: u32) -> Backup {
-        Backup::new(ReplicaId(me), self.handle())
+        Backup::new(ReplicaId(me), self.handle(), Arc::new(KeyPair::from_seed([me as u8 + 1; 32])))
     }
 
     /// Replica `me` with its roles wired in (what the runtime runs as four actors).
@@ -165,11 +165,12 @@ fn refusals(out: &[BackupOutput]) -> Vec<RoleRefusal> {
 /// Brings backup `me` to prepared at `(0, seq)` for `batch`: pre-prepare plus prepares
 /// from the other backups.
 fn prepare_slot(f: &Fixture, backup: &mut Backup, me: u32, seq: u64, batch: &Arc<Batch>) -> Vec<BackupOutput> {
-    let key = &f.keys[me as usize];
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, seq, batch.digest()), batch.clone(), key, &mut out);
+    out.extend(
+        backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, seq, batch.digest()), batch.clone()), Instant(0)),
+    );
     for from in [1, 2, 3].into_iter().filter(|r| *r != me) {
-        backup.on_prepare(f.prepare(from, 0, seq, batch.digest()), key, &mut out);
+        out.extend(backup.handle(BackupInput::Prepare(f.prepare(from, 0, seq, batch.digest())), Instant(0)));
     }
     out
 }
@@ -183,7 +184,7 @@ fn n1_accepted_pre_prepare_is_answered_with_a_prepare() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, batch.digest()), batch.clone()), Instant(0)));
     let sent = broadcasts(&out);
     assert_eq!(sent.len(), 1);
     match sent[0] {
@@ -201,7 +202,7 @@ fn n1b_backup_rejects_pre_prepare_for_another_view() {
     let mut backup = f.backup(2);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(1, 1, batch.digest()), batch, &f.keys[2], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(1, 1, batch.digest()), batch), Instant(0)));
     assert!(broadcasts(&out).is_empty());
     assert_eq!(refusals(&out), vec![RoleRefusal::PrePrepareForAnotherView]);
 }
@@ -215,7 +216,9 @@ fn n1c_backup_rejects_pre_prepare_outside_the_watermarks() {
     let batch = f.batch(&[1]);
     for (seq, reason) in [(0, RoleRefusal::BelowLowWatermark), (17, RoleRefusal::BeyondHighWatermark)] {
         let mut out = Vec::new();
-        backup.on_pre_prepare(f.pre_prepare(0, seq, batch.digest()), batch.clone(), &f.keys[1], &mut out);
+        out.extend(
+            backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, seq, batch.digest()), batch.clone()), Instant(0)),
+        );
         assert!(broadcasts(&out).is_empty(), "seq {seq}");
         assert_eq!(refusals(&out), vec![reason], "seq {seq}");
     }
@@ -232,11 +235,11 @@ fn n1d_conflicting_pre_prepare_is_refused_and_a_duplicate_ignored() {
     let (a, b) = (f.batch(&[1]), f.batch(&[2]));
     let a_digest = a.digest();
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, a.digest()), a.clone(), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, a.digest()), a.clone()), Instant(0)));
     out.clear();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, a.digest()), a, &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, a.digest()), a), Instant(0)));
     assert!(out.is_empty(), "a duplicate pre-prepare must change nothing: {out:?}");
-    backup.on_pre_prepare(f.pre_prepare(0, 1, b.digest()), b, &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, b.digest()), b), Instant(0)));
     assert!(broadcasts(&out).is_empty());
     assert_eq!(refusals(&out), vec![RoleRefusal::ConflictingPrePrepare]);
     // N3: the two signed pre-prepares come out as the proof of equivocation.
@@ -259,7 +262,7 @@ fn p4_the_primary_sends_no_prepare_for_its_own_pre_prepare() {
     let mut primary = f.backup(0);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    primary.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch, &f.keys[0], &mut out);
+    out.extend(primary.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, batch.digest()), batch), Instant(0)));
     assert!(out.is_empty(), "{out:?}");
 }
 
@@ -272,9 +275,9 @@ fn n4_prepare_from_the_primary_is_ignored() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, batch.digest()), batch.clone()), Instant(0)));
     out.clear();
-    backup.on_prepare(f.prepare(0, 0, 1, batch.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Prepare(f.prepare(0, 0, 1, batch.digest())), Instant(0)));
     assert_eq!(refusals(&out), vec![RoleRefusal::PrepareFromPrimary]);
     assert!(!backup.progress(SeqNum(1)).prepared);
 }
@@ -286,11 +289,11 @@ fn n4_votes_arriving_before_the_pre_prepare_are_kept() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_prepare(f.prepare(2, 0, 1, batch.digest()), &f.keys[1], &mut out);
-    backup.on_commit(f.commit(2, 0, 1, batch.digest()), &f.keys[1], &mut out);
-    backup.on_commit(f.commit(3, 0, 1, batch.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Prepare(f.prepare(2, 0, 1, batch.digest())), Instant(0)));
+    out.extend(backup.handle(BackupInput::Commit(f.commit(2, 0, 1, batch.digest())), Instant(0)));
+    out.extend(backup.handle(BackupInput::Commit(f.commit(3, 0, 1, batch.digest())), Instant(0)));
     assert!(out.is_empty() && !backup.progress(SeqNum(1)).has_pre_prepare);
-    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch, &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, batch.digest()), batch), Instant(0)));
     // Own prepare + r2's = 2f: prepared, commit sent; own + r2 + r3 commits = 2f+1.
     let progress = backup.progress(SeqNum(1));
     assert!(progress.prepared && progress.committed, "{progress:?}");
@@ -304,15 +307,15 @@ fn n5_prepared_after_2f_prepares_and_commit_is_sent_once() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, batch.digest()), batch.clone()), Instant(0)));
     assert!(!backup.progress(SeqNum(1)).prepared, "own prepare alone is f, not 2f");
     out.clear();
-    backup.on_prepare(f.prepare(2, 0, 1, batch.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Prepare(f.prepare(2, 0, 1, batch.digest())), Instant(0)));
     assert!(backup.progress(SeqNum(1)).prepared);
     let commits = broadcasts(&out).iter().filter(|m| matches!(m, VerifiedMessage::Commit(_))).count();
     assert_eq!(commits, 1);
     out.clear();
-    backup.on_prepare(f.prepare(3, 0, 1, batch.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Prepare(f.prepare(3, 0, 1, batch.digest())), Instant(0)));
     assert!(broadcasts(&out).is_empty(), "no second commit: {out:?}");
 }
 
@@ -323,9 +326,9 @@ fn n5_prepares_for_another_digest_do_not_count() {
     let mut backup = f.backup(1);
     let (batch, other) = (f.batch(&[1]), f.batch(&[2]));
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch, &f.keys[1], &mut out);
-    backup.on_prepare(f.prepare(2, 0, 1, other.digest()), &f.keys[1], &mut out);
-    backup.on_prepare(f.prepare(3, 0, 1, other.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, batch.digest()), batch), Instant(0)));
+    out.extend(backup.handle(BackupInput::Prepare(f.prepare(2, 0, 1, other.digest())), Instant(0)));
+    out.extend(backup.handle(BackupInput::Prepare(f.prepare(3, 0, 1, other.digest())), Instant(0)));
     assert!(!backup.progress(SeqNum(1)).prepared);
 }
 
@@ -337,9 +340,9 @@ fn n6_committed_needs_2f_plus_1_commits_not_2f() {
     let batch = f.batch(&[1]);
     prepare_slot(&f, &mut backup, 1, 1, &batch);
     let mut out = Vec::new();
-    backup.on_commit(f.commit(2, 0, 1, batch.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Commit(f.commit(2, 0, 1, batch.digest())), Instant(0)));
     assert!(!backup.is_committed(SeqNum(1)), "own + one = 2f commits");
-    backup.on_commit(f.commit(3, 0, 1, batch.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Commit(f.commit(3, 0, 1, batch.digest())), Instant(0)));
     assert!(backup.is_committed(SeqNum(1)));
     assert_eq!(backup.committed_batch(SeqNum(1)).unwrap().0.digest(), batch.digest());
 }
@@ -353,12 +356,12 @@ fn n6_st6_commits_without_prepared_commit_only_as_a_full_certificate() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, batch.digest()), batch.clone(), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, batch.digest()), batch.clone()), Instant(0)));
     for from in [0, 2] {
-        backup.on_commit(f.commit(from, 0, 1, batch.digest()), &f.keys[1], &mut out);
+        out.extend(backup.handle(BackupInput::Commit(f.commit(from, 0, 1, batch.digest())), Instant(0)));
     }
     assert!(!backup.is_committed(SeqNum(1)), "2f commits are no certificate");
-    backup.on_commit(f.commit(3, 0, 1, batch.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Commit(f.commit(3, 0, 1, batch.digest())), Instant(0)));
     assert!(backup.is_committed(SeqNum(1)), "2f + 1 commits are a certificate");
     assert_eq!(backup.committed_batch(SeqNum(1)).map(|(b, _)| b.digest()), Some(batch.digest()));
     assert!(broadcasts(&out).iter().all(|m| !matches!(m, VerifiedMessage::Commit(_))), "no own commit: {out:?}");
@@ -375,17 +378,20 @@ fn n1d_st6_a_commit_certificate_outvotes_an_equivocating_primarys_pre_prepare() 
     let mut backup = f.backup(1);
     let (taken, certified) = (f.batch(&[1]), f.batch(&[2]));
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, taken.digest()), taken.clone(), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, taken.digest()), taken.clone()), Instant(0)));
     for from in [0, 2] {
-        backup.on_commit(f.commit(from, 0, 1, certified.digest()), &f.keys[1], &mut out);
+        out.extend(backup.handle(BackupInput::Commit(f.commit(from, 0, 1, certified.digest())), Instant(0)));
     }
     assert_eq!(backup.missing_batches(), Vec::new(), "2f commits outvote nothing");
-    backup.on_commit(f.commit(3, 0, 1, certified.digest()), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Commit(f.commit(3, 0, 1, certified.digest())), Instant(0)));
     assert!(refusals(&out).contains(&RoleRefusal::OutvotedPrePrepare), "{out:?}");
     assert_eq!(backup.missing_batches(), vec![certified.digest()], "the certified batch is fetched");
     assert!(backup.committed_batch(SeqNum(1)).is_none(), "nothing to execute before the batch arrives");
-    assert!(!backup.supply_batch(taken.clone(), &f.keys[1], &mut out), "the outvoted batch is not taken back");
-    assert!(backup.supply_batch(certified.clone(), &f.keys[1], &mut out));
+    let not_taken = backup.handle(BackupInput::Batch(taken.clone()), Instant(0));
+    assert_eq!(refusals(&not_taken), vec![RoleRefusal::UnrequestedBatch], "the outvoted batch is not taken back");
+    let taken = backup.handle(BackupInput::Batch(certified.clone()), Instant(0));
+    assert!(refusals(&taken).is_empty(), "{taken:?}");
+    out.extend(taken);
     assert_eq!(backup.committed_batch(SeqNum(1)).map(|(b, v)| (b.digest(), v)), Some((certified.digest(), View(0))));
     assert_eq!(backup.commit_certificate(SeqNum(1)).len(), 3);
     assert!(broadcasts(&out).iter().all(|m| !matches!(m, VerifiedMessage::Commit(_))), "no own commit: {out:?}");
@@ -400,10 +406,10 @@ fn pf7_one_replica_counts_once_however_often_it_votes() {
     prepare_slot(&f, &mut backup, 1, 1, &batch);
     let mut out = Vec::new();
     for _ in 0..5 {
-        backup.on_commit(f.commit(2, 0, 1, batch.digest()), &f.keys[1], &mut out);
+        out.extend(backup.handle(BackupInput::Commit(f.commit(2, 0, 1, batch.digest())), Instant(0)));
     }
     assert!(!backup.is_committed(SeqNum(1)));
-    backup.on_commit(f.commit(2, 0, 1, Digest::of(b"other")), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::Commit(f.commit(2, 0, 1, Digest::of(b"other"))), Instant(0)));
     assert!(refusals(&out).contains(&RoleRefusal::ConflictingCommit));
 }
 
@@ -417,14 +423,15 @@ fn c5_messages_for_the_next_window_are_buffered_and_replayed() {
     let mut backup = f.backup(1);
     let batch = f.batch(&[1]);
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 10, batch.digest()), batch.clone(), &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 10, batch.digest()), batch.clone()), Instant(0)));
     assert!(broadcasts(&out).is_empty());
     assert_eq!(backup.future_len(), 1);
-    let replay = backup.advance_low(SeqNum(4), SeqNum(4));
+    let replay = backup.handle(BackupInput::AdvanceLow { stable: SeqNum(4), last_executed: SeqNum(4) }, Instant(0));
     assert_eq!(replay.len(), 1);
     assert_eq!(backup.future_len(), 0);
-    let VerifiedMessage::PrePrepare(pp, b) = replay[0].clone() else { panic!("{replay:?}") };
-    backup.on_pre_prepare(pp, b, &f.keys[1], &mut out);
+    let BackupOutput::Replay(VerifiedMessage::PrePrepare(pp, b)) = &replay[0] else { panic!("{replay:?}") };
+    let (pp, b) = (pp.clone(), b.clone());
+    out.extend(backup.handle(BackupInput::PrePrepare(pp, b), Instant(0)));
     assert!(backup.progress(SeqNum(10)).has_pre_prepare);
 }
 
@@ -436,7 +443,7 @@ fn c5_the_next_window_buffer_is_bounded_per_sender() {
     let mut backup = f.backup(1);
     let mut out = Vec::new();
     for seq in 9..=16 {
-        backup.on_prepare(f.prepare(2, 0, seq, Digest::of(b"d")), &f.keys[1], &mut out);
+        out.extend(backup.handle(BackupInput::Prepare(f.prepare(2, 0, seq, Digest::of(b"d"))), Instant(0)));
     }
     assert_eq!(backup.future_len(), 3);
     assert_eq!(refusals(&out).iter().filter(|r| **r == RoleRefusal::FutureBufferFull).count(), 5);
@@ -452,7 +459,7 @@ fn c4_stable_checkpoint_discards_the_log_and_moves_the_window() {
         prepare_slot(&f, &mut backup, 1, seq, &batch);
     }
     assert_eq!(backup.log_len(), 6);
-    backup.advance_low(SeqNum(4), SeqNum(4));
+    backup.handle(BackupInput::AdvanceLow { stable: SeqNum(4), last_executed: SeqNum(4) }, Instant(0));
     assert_eq!(backup.log_len(), 2);
     assert_eq!((backup.low(), backup.high()), (SeqNum(4), SeqNum(12)));
     assert_eq!(backup.position(SeqNum(4)), WindowPosition::Below);
@@ -471,10 +478,10 @@ fn c6_the_executable_committed_run_survives_a_checkpoint_ahead_of_execution() {
     for seq in [2, 3, 5] {
         let batch = f.batch(&[seq]);
         prepare_slot(&f, &mut backup, 1, seq, &batch);
-        backup.on_commit(f.commit(2, 0, seq, batch.digest()), &f.keys[1], &mut out);
-        backup.on_commit(f.commit(3, 0, seq, batch.digest()), &f.keys[1], &mut out);
+        out.extend(backup.handle(BackupInput::Commit(f.commit(2, 0, seq, batch.digest())), Instant(0)));
+        out.extend(backup.handle(BackupInput::Commit(f.commit(3, 0, seq, batch.digest())), Instant(0)));
     }
-    backup.advance_low(SeqNum(8), SeqNum(1));
+    backup.handle(BackupInput::AdvanceLow { stable: SeqNum(8), last_executed: SeqNum(1) }, Instant(0));
     assert!(backup.committed_batch(SeqNum(2)).is_some());
     assert!(backup.committed_batch(SeqNum(3)).is_some());
     assert!(backup.committed_batch(SeqNum(5)).is_none(), "after the gap at 4");
@@ -1056,6 +1063,19 @@ fn client(f: &Fixture) -> Client {
     Client::new(KeyPair::from_seed([200; 32]), f.handle(), Timestamp(1))
 }
 
+/// Issues `operation`: its timestamp and the actions after [`ClientAction::Issued`].
+fn invoke(c: &mut Client, operation: Vec<u8>, read_only: bool, now: Instant) -> (Timestamp, Vec<ClientAction>) {
+    let mut actions = c.handle(ClientInput::Invoke { operation, read_only }, now);
+    match actions.first() {
+        Some(ClientAction::Issued { timestamp }) => {
+            let timestamp = *timestamp;
+            actions.remove(0);
+            (timestamp, actions)
+        }
+        _ => panic!("not issued: {actions:?}"),
+    }
+}
+
 fn completed(actions: &[ClientAction]) -> Vec<(Timestamp, Vec<u8>)> {
     actions
         .iter()
@@ -1071,7 +1091,7 @@ fn completed(actions: &[ClientAction]) -> Vec<(Timestamp, Vec<u8>)> {
 fn cl1_a_request_goes_to_the_primary() {
     let f = fixture();
     let mut c = client(&f);
-    let (_, actions) = c.invoke(put("a", "1"), false, Instant(0)).unwrap();
+    let (_, actions) = invoke(&mut c, put("a", "1"), false, Instant(0));
     assert!(matches!(actions[0], ClientAction::Send { to: ReplicaId(0), .. }), "{actions:?}");
 }
 
@@ -1081,11 +1101,17 @@ fn cl1_a_request_goes_to_the_primary() {
 fn cl2_accepts_after_f_plus_1_matching_replies() {
     let f = fixture();
     let mut c = client(&f);
-    let (t, _) = c.invoke(put("a", "1"), false, Instant(0)).unwrap();
-    assert!(completed(&c.on_reply(f.reply(1, t, b"ok", false), Instant(1))).is_empty());
-    assert!(completed(&c.on_reply(f.reply(1, t, b"ok", false), Instant(1))).is_empty(), "same replica twice");
-    assert!(completed(&c.on_reply(f.reply(2, t, b"forged", false), Instant(1))).is_empty(), "different result");
-    let done = completed(&c.on_reply(f.reply(3, t, b"ok", false), Instant(1)));
+    let (t, _) = invoke(&mut c, put("a", "1"), false, Instant(0));
+    assert!(completed(&c.handle(ClientInput::Reply(f.reply(1, t, b"ok", false)), Instant(1))).is_empty());
+    assert!(
+        completed(&c.handle(ClientInput::Reply(f.reply(1, t, b"ok", false)), Instant(1))).is_empty(),
+        "same replica twice"
+    );
+    assert!(
+        completed(&c.handle(ClientInput::Reply(f.reply(2, t, b"forged", false)), Instant(1))).is_empty(),
+        "different result"
+    );
+    let done = completed(&c.handle(ClientInput::Reply(f.reply(3, t, b"ok", false)), Instant(1)));
     assert_eq!(done, vec![(t, b"ok".to_vec())]);
     assert_eq!(c.outstanding(), 0);
 }
@@ -1095,14 +1121,14 @@ fn cl2_accepts_after_f_plus_1_matching_replies() {
 fn cl3_on_timeout_the_client_broadcasts() {
     let f = fixture();
     let mut c = client(&f);
-    let (_, actions) = c.invoke(put("a", "1"), false, Instant(0)).unwrap();
+    let (_, actions) = invoke(&mut c, put("a", "1"), false, Instant(0));
     let Some(ClientAction::SetTimer { at }) = actions.iter().find(|a| matches!(a, ClientAction::SetTimer { .. }))
     else {
         panic!("{actions:?}")
     };
-    let retry = c.on_timer(*at);
+    let retry = c.handle(ClientInput::Timer, *at);
     assert!(retry.iter().any(|a| matches!(a, ClientAction::Broadcast { .. })), "{retry:?}");
-    assert!(c.on_timer(*at).iter().all(|a| !matches!(a, ClientAction::Broadcast { .. })), "backoff");
+    assert!(c.handle(ClientInput::Timer, *at).iter().all(|a| !matches!(a, ClientAction::Broadcast { .. })), "backoff");
 }
 
 /// CX1: at most W requests outstanding; the next is refused with a typed error.
@@ -1111,11 +1137,12 @@ fn cx1_outstanding_requests_are_bounded_by_the_window() {
     let params = ProtocolParams { client_window: 2, ..params() };
     let f = fixture_with(4, params);
     let mut c = client(&f);
-    c.invoke(put("a", "1"), false, Instant(0)).unwrap();
-    c.invoke(put("a", "2"), false, Instant(0)).unwrap();
-    assert_eq!(
-        c.invoke(put("a", "3"), false, Instant(0)).unwrap_err(),
-        ClientError::WindowFull { outstanding: 2, limit: 2 }
+    invoke(&mut c, put("a", "1"), false, Instant(0));
+    invoke(&mut c, put("a", "2"), false, Instant(0));
+    let rejected = c.handle(ClientInput::Invoke { operation: put("a", "3"), read_only: false }, Instant(0));
+    assert!(
+        matches!(rejected.as_slice(), [ClientAction::Rejected(ClientError::WindowFull { outstanding: 2, limit: 2 })]),
+        "{rejected:?}"
     );
 }
 
@@ -1125,15 +1152,18 @@ fn cx1_outstanding_requests_are_bounded_by_the_window() {
 fn read_only_needs_2f_plus_1_and_falls_back_to_ordered() {
     let f = fixture();
     let mut c = client(&f);
-    let (t, _) = c.invoke(put("a", "1"), true, Instant(0)).unwrap();
-    c.on_reply(f.reply(0, t, b"x", true), Instant(1));
-    assert!(completed(&c.on_reply(f.reply(1, t, b"x", true), Instant(1))).is_empty(), "f+1 is not enough");
-    assert_eq!(completed(&c.on_reply(f.reply(2, t, b"x", true), Instant(1))).len(), 1);
+    let (t, _) = invoke(&mut c, put("a", "1"), true, Instant(0));
+    c.handle(ClientInput::Reply(f.reply(0, t, b"x", true)), Instant(1));
+    assert!(
+        completed(&c.handle(ClientInput::Reply(f.reply(1, t, b"x", true)), Instant(1))).is_empty(),
+        "f+1 is not enough"
+    );
+    assert_eq!(completed(&c.handle(ClientInput::Reply(f.reply(2, t, b"x", true)), Instant(1))).len(), 1);
 
-    let (t, _) = c.invoke(put("a", "1"), true, Instant(0)).unwrap();
-    c.on_reply(f.reply(0, t, b"x", true), Instant(1));
-    c.on_reply(f.reply(1, t, b"y", true), Instant(1));
-    let fallback = c.on_reply(f.reply(2, t, b"z", true), Instant(1));
+    let (t, _) = invoke(&mut c, put("a", "1"), true, Instant(0));
+    c.handle(ClientInput::Reply(f.reply(0, t, b"x", true)), Instant(1));
+    c.handle(ClientInput::Reply(f.reply(1, t, b"y", true)), Instant(1));
+    let fallback = c.handle(ClientInput::Reply(f.reply(2, t, b"z", true)), Instant(1));
     assert!(
         fallback.iter().any(|a| matches!(a, ClientAction::Broadcast { request } if !request.read_only)),
         "{fallback:?}"
@@ -1812,16 +1842,16 @@ fn restored_votes_forbid_a_different_prepare_after_a_restart() {
     let (a, b) = (f.batch(&[1]), f.batch(&[2]));
     let votes = [((MessageKind::Prepare, View(0), SeqNum(1)), a.digest())].into_iter().collect();
     let mut backup = f.backup(1);
-    backup.restore(votes, Default::default(), Default::default(), &f.keys[1]);
+    backup.restore(votes, Default::default(), Default::default());
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, b.digest()), b, &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, b.digest()), b), Instant(0)));
     assert!(broadcasts(&out).is_empty(), "{out:?}");
     assert_eq!(refusals(&out), vec![RoleRefusal::ConflictsWithVoteBeforeRestart]);
     let mut backup = f.backup(1);
     let votes = [((MessageKind::Prepare, View(0), SeqNum(1)), a.digest())].into_iter().collect();
-    backup.restore(votes, Default::default(), Default::default(), &f.keys[1]);
+    backup.restore(votes, Default::default(), Default::default());
     let mut out = Vec::new();
-    backup.on_pre_prepare(f.pre_prepare(0, 1, a.digest()), a, &f.keys[1], &mut out);
+    out.extend(backup.handle(BackupInput::PrePrepare(f.pre_prepare(0, 1, a.digest()), a), Instant(0)));
     assert_eq!(broadcasts(&out).len(), 1, "the same prepare may be signed again");
 }
 
@@ -1869,7 +1899,7 @@ fn status_a_lagging_peer_gets_the_commit_certificate_also_after_a_restart() {
     let mut backup = f.backup(1);
     let mut out = prepare_slot(&f, &mut backup, 1, 1, &batch);
     for from in [2, 3] {
-        backup.on_commit(f.commit(from, 0, 1, d), &f.keys[1], &mut out);
+        out.extend(backup.handle(BackupInput::Commit(f.commit(from, 0, 1, d)), Instant(0)));
     }
     assert!(backup.is_committed(SeqNum(1)));
     let sent = backup.retransmissions_for(&peer_status(0, 1, lacking.clone()));
@@ -1882,12 +1912,12 @@ fn status_a_lagging_peer_gets_the_commit_certificate_also_after_a_restart() {
         [((MessageKind::Commit, View(0), SeqNum(1)), d)].into_iter().collect();
     let mut restarted = f.backup(1);
     let certificates = [(SeqNum(1), certificate)].into_iter().collect();
-    restarted.restore(votes.clone(), Default::default(), certificates, &f.keys[1]);
+    restarted.restore(votes.clone(), Default::default(), certificates);
     let sent = restarted.retransmissions_for(&peer_status(0, 1, lacking.clone()));
     assert_eq!(commits_sent(&sent), vec![(1, 1), (2, 1), (3, 1)], "{sent:?}");
     // Restarted with its vote only: its own COMMIT, signed again and valid.
     let mut restarted = f.backup(1);
-    restarted.restore(votes, Default::default(), Default::default(), &f.keys[1]);
+    restarted.restore(votes, Default::default(), Default::default());
     let sent = restarted.retransmissions_for(&peer_status(0, 1, lacking));
     assert_eq!(commits_sent(&sent), vec![(1, 1)], "{sent:?}");
     assert!(verify_message(sent[0].to_wire(), &f.config).is_ok());

@@ -100,16 +100,37 @@ fn view_change_while_messages_are_dropped_and_duplicated() {
         config.network = NetworkModel { drop_rate: 0.2, duplicate_rate: 0.3, ..NetworkModel::default() };
         config.wire_roundtrip = seed % 4 == 0;
         config.crashes = vec![(ReplicaId(0), Instant::from_micros(20_000 + seed * 1_000))];
+        // The last request may complete while a view change is under way (seeds 418, 941,
+        // 999, 1021): the run goes on for a few view-change timeouts so that it ends.
+        config.linger = Duration::from_secs(2);
         let report = common::run_kv(config);
-        // Under this much loss a replica may time out spuriously near the end and still be
-        // asking for the next view when the last request completes (seed 402): it keeps
-        // executing by commit certificates, and the next request that stalls makes the
-        // others join it (VC5). Converged and safe is what must hold here.
+        // Under this much loss one replica may still time out spuriously near the end and be
+        // asking for the next view alone (seed 402): it keeps executing by commit
+        // certificates, and the next request that stalls makes the others join it (VC5).
         common::assert_safe_and_converged(&report);
         assert!(highest_view(&report).0 >= 1, "{report}");
         let entered = report.views.values().filter(|(view, target)| view.0 >= 1 && target.is_none()).count();
         assert!(entered >= 2, "the live replicas are in a new view: {report}");
     }
+}
+
+/// `SimConfig::linger` keeps a run going after its last request completed, with the
+/// checker on, and the report says where the replicas ended up then.
+#[test]
+fn a_lingering_run_goes_on_after_the_last_request_and_stays_safe() {
+    let mut config = config(418, 4);
+    config.network = NetworkModel { drop_rate: 0.2, duplicate_rate: 0.3, ..NetworkModel::default() };
+    config.crashes = vec![(ReplicaId(0), Instant::from_micros(438_000))];
+    let at_completion = common::run_kv(config.clone());
+    config.linger = Duration::from_secs(2);
+    let lingered = common::run_kv(config);
+    common::assert_safe_and_converged(&lingered);
+    let status_interval = self::config(418, 4).params.status_interval();
+    assert!(
+        lingered.simulated_time + status_interval >= at_completion.simulated_time + Duration::from_secs(2),
+        "{at_completion}\n{lingered}"
+    );
+    assert!(lingered.checks > at_completion.checks, "the checker ran on: {lingered}");
 }
 
 /// n = 7: the primaries of views 0 and 1 are both faulty (silent). The view-change timer

@@ -36,7 +36,7 @@ use bulwark_framework::verify::{
     verify_message, verify_reply, verify_reply_bundle, verify_view_change, Refusal, ReplyRootCache,
 };
 use bulwark_framework::{
-    wire, Action, Client, ClientAction, ClientId, ClusterId, Epoch, Input, Instant, Membership, MembershipHandle,
+    wire, Action, Client, ClientAction, ClientId, ClientInput, ClusterId, Epoch, Input, Instant, Membership, MembershipHandle, Role,
     Outcome, ProtocolParams, Replica, ReplicaId, Scope, SeqNum, Service, ServiceError, TimerKind, Timestamp, View,
 };
 use serde::{Deserialize, Serialize};
@@ -1674,15 +1674,19 @@ impl ClientHarness {
         match step {
             ClientStep::Invoke { op, read_only } => {
                 let outstanding = self.client.outstanding();
-                match self.client.invoke(op.encode(), read_only, self.now) {
-                    Ok((timestamp, actions)) => {
+                let actions =
+                    self.client.handle(ClientInput::Invoke { operation: op.encode(), read_only }, self.now);
+                match actions.first() {
+                    Some(&ClientAction::Issued { timestamp }) => {
                         assert!(!self.completed.contains(&timestamp), "timestamp {timestamp:?} reused");
                         self.observe(actions, &[]);
                     }
-                    Err(_) => {
+                    Some(ClientAction::Rejected(_)) => {
                         // Refused: nothing may have changed.
+                        assert_eq!(actions.len(), 1, "a rejected invocation did something: {actions:?}");
                         assert_eq!(self.client.outstanding(), outstanding);
                     }
+                    other => panic!("an invocation answered with neither issued nor rejected: {other:?}"),
                 }
             }
             ClientStep::Reply { from, link, spec } => {
@@ -1722,7 +1726,7 @@ impl ClientHarness {
                 if let Some(at) = self.timer.take() {
                     self.now = self.now.max(at);
                 }
-                let actions = self.client.on_timer(self.now);
+                let actions = self.client.handle(ClientInput::Timer, self.now);
                 self.observe(actions, &[]);
             }
             ClientStep::Wait { millis } => {
@@ -1752,7 +1756,7 @@ impl ClientHarness {
                 assert_eq!(reply.attributed_to(), reply.replica, "a signed reply counted for another replica");
             }
             let outstanding = self.client.outstanding_timestamps();
-            let actions = self.client.on_reply(reply, self.now);
+            let actions = self.client.handle(ClientInput::Reply(reply), self.now);
             self.observe(actions, &outstanding);
         }
     }
@@ -1766,6 +1770,8 @@ impl ClientHarness {
                     check_sendable(&VerifiedMessage::Request(request), &self.config, "the client");
                 }
                 ClientAction::SetTimer { at } => self.timer = Some(at),
+                ClientAction::Issued { .. } => {}
+                ClientAction::Rejected(error) => panic!("only an invocation is rejected: {error}"),
                 ClientAction::Completed { timestamp, .. } => {
                     assert!(
                         outstanding_before.contains(&timestamp),

@@ -6,7 +6,7 @@
 //! to [`Slot`], bounded by the window; messages for the next window are buffered per
 //! sender with a bound (C5); anything further is refused.
 
-use crate::ids::{ReplicaId, SeqNum, View};
+use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::membership::{MemberMap, Membership, MembershipHandle};
 use crate::messages::{
     Batch, Commit, MessageKind, PrePrepare, Prepare, SlotProgress, Status, VerifiedMessage, VerifiedPrepared,
@@ -14,6 +14,7 @@ use crate::messages::{
 use crate::quorum::{VoteOutcome, VoteSet};
 use crate::roles::refusal::RoleRefusal;
 use crate::roles::view_change::null_digest;
+use crate::roles::Role;
 use bulwark_crypto::{Digest, KeyPair, Verified};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -110,6 +111,8 @@ pub struct PreparedProof {
 pub struct Backup {
     me: ReplicaId,
     membership: MembershipHandle,
+    /// Signs this replica's PREPAREs and COMMITs.
+    key: Arc<KeyPair>,
     view: View,
     low: SeqNum,
     slots: BTreeMap<SeqNum, Slot>,
@@ -142,11 +145,46 @@ pub struct Backup {
     equivocations_reported: std::collections::BTreeSet<SeqNum>,
 }
 
+/// What the agreement role is told: the normal-case messages of the current view, batches
+/// fetched by digest, and the replica's moves (a view change, a new view, a stable
+/// checkpoint, an execution).
+#[derive(Debug, Clone)]
+pub enum BackupInput {
+    /// N1: a pre-prepare of the current view's primary, with its batch (the replica's own
+    /// proposal included: P4, it is the primary's vote).
+    PrePrepare(Verified<PrePrepare>, Arc<Batch>),
+    /// N4–N5.
+    Prepare(Verified<Prepare>),
+    /// N6.
+    Commit(Verified<Commit>),
+    /// A batch fetched by digest (VC16): logged for every pre-prepare that names it and
+    /// lacks it; refused if none does.
+    Batch(Arc<Batch>),
+    /// VC4a: the replica sent a VIEW-CHANGE; nothing more is signed in the current view
+    /// until [`BackupInput::EnterView`].
+    Freeze,
+    /// VC16(2), and VC13 for the new primary: enter `view` with the pre-prepares `O` of its
+    /// NEW-VIEW.
+    EnterView { view: View, pre_prepares: Vec<Verified<PrePrepare>> },
+    /// C4 with C6: the checkpoint at `stable` became stable; the replica executed through
+    /// `last_executed`.
+    AdvanceLow { stable: SeqNum, last_executed: SeqNum },
+    /// The replica executed through this sequence number: slots kept below the low
+    /// watermark only to be executed can go.
+    Executed(SeqNum),
+}
+
 /// What the agreement role asks for.
 #[derive(Debug)]
 pub enum BackupOutput {
     Broadcast(VerifiedMessage),
     Refused(RoleRefusal),
+    /// C5: a message buffered for the next window that the window now holds, for the
+    /// replica to handle again.
+    Replay(VerifiedMessage),
+    /// VC16: batches named by the new view's pre-prepares that this replica lacks, to fetch
+    /// by digest.
+    MissingBatches(Vec<Digest>),
     /// N3: the primary signed two pre-prepares for one `(v, s)` with different digests.
     /// Both travel here: they are the proof, and forwarding them lets every correct
     /// replica see it.
@@ -156,11 +194,12 @@ pub enum BackupOutput {
 }
 
 impl Backup {
-    pub fn new(me: ReplicaId, membership: MembershipHandle) -> Self {
+    pub fn new(me: ReplicaId, membership: MembershipHandle, key: Arc<KeyPair>) -> Self {
         let members = membership.current();
         Backup {
             me,
             membership,
+            key,
             view: View(0),
             low: SeqNum(0),
             slots: BTreeMap::new(),
@@ -190,8 +229,8 @@ impl Backup {
         votes: BTreeMap<(MessageKind, View, SeqNum), Digest>,
         prepared: BTreeMap<SeqNum, PreparedProof>,
         certificates: BTreeMap<SeqNum, Vec<Verified<Commit>>>,
-        key: &KeyPair,
     ) {
+        let key = self.key.clone();
         self.recorded_certificates = certificates;
         let me = self.me;
         let mut recorded_commits = BTreeMap::new();
@@ -200,7 +239,7 @@ impl Backup {
                 // Ascending view order: the latest view's COMMIT for `seq` wins.
                 recorded_commits.insert(
                     *seq,
-                    self.membership.sign(Commit { view: *view, seq: *seq, digest: *digest, replica: me }, key),
+                    self.membership.sign(Commit { view: *view, seq: *seq, digest: *digest, replica: me }, &key),
                 );
             }
         }
@@ -217,7 +256,7 @@ impl Backup {
 
     /// VC4a: the replica sent a VIEW-CHANGE; sign nothing more in the current view.
     /// [`Backup::enter_view`] thaws it.
-    pub fn freeze(&mut self) {
+    fn freeze(&mut self) {
         self.frozen = true;
     }
 
@@ -304,7 +343,7 @@ impl Backup {
     /// N1.a (signature by `primary(v)`) and N1.e (batch well formed and matching `d`) are
     /// established by [`crate::verify::verify_message`]; this checks N1.b (view), N1.c
     /// (watermarks) and N1.d (no other digest for `(v, s)`), then multicasts PREPARE.
-    pub fn on_pre_prepare(
+    fn on_pre_prepare(
         &mut self,
         pre_prepare: Verified<PrePrepare>,
         batch: Arc<Batch>,
@@ -374,7 +413,7 @@ impl Backup {
 
     /// N4: log a PREPARE of the current view inside the window. A prepare from the
     /// primary is ignored. Votes may arrive before the pre-prepare (PF8).
-    pub fn on_prepare(&mut self, prepare: Verified<Prepare>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
+    fn on_prepare(&mut self, prepare: Verified<Prepare>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
         if prepare.view != self.view {
             out.push(BackupOutput::Refused(RoleRefusal::PrepareForAnotherView));
             return;
@@ -397,7 +436,7 @@ impl Backup {
     }
 
     /// N4: log a COMMIT of the current view inside the window.
-    pub fn on_commit(&mut self, commit: Verified<Commit>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
+    fn on_commit(&mut self, commit: Verified<Commit>, key: &KeyPair, out: &mut Vec<BackupOutput>) {
         if commit.view != self.view {
             out.push(BackupOutput::Refused(RoleRefusal::CommitForAnotherView));
             return;
@@ -511,7 +550,7 @@ impl Backup {
     /// C4 (with C6): a checkpoint at `stable` became stable. Discard the log at and below
     /// it, except committed batches the replica can execute next (C6). Returns the
     /// buffered messages to re-examine (C5).
-    pub fn advance_low(&mut self, stable: SeqNum, last_executed: SeqNum) -> Vec<VerifiedMessage> {
+    fn advance_low(&mut self, stable: SeqNum, last_executed: SeqNum) -> Vec<VerifiedMessage> {
         if stable <= self.low {
             return Vec::new();
         }
@@ -539,7 +578,7 @@ impl Backup {
 
     /// Drops executed slots that a later stable checkpoint will not need: called after
     /// executing, for slots kept by `advance_low` below the window.
-    pub fn forget_executed_below_low(&mut self, last_executed: SeqNum) {
+    fn forget_executed_below_low(&mut self, last_executed: SeqNum) {
         let low = self.low;
         self.slots.retain(|seq, _| *seq > low || *seq > last_executed);
     }
@@ -664,7 +703,7 @@ impl Backup {
 
     /// A fetched batch: log it for every pre-prepare that names its digest and lacks it.
     /// Returns whether any pre-prepare needed it.
-    pub fn supply_batch(&mut self, batch: Arc<Batch>, key: &KeyPair, out: &mut Vec<BackupOutput>) -> bool {
+    fn supply_batch(&mut self, batch: Arc<Batch>, key: &KeyPair, out: &mut Vec<BackupOutput>) -> bool {
         let digest = batch.digest();
         let needing: Vec<SeqNum> = self
             .slots
@@ -684,7 +723,7 @@ impl Backup {
     /// below `h` kept to execute (C6); every pre-prepare of `O` above `h` is logged with its
     /// batch if this replica holds it (the null batch always), and a backup multicasts
     /// PREPARE for each. Returns the digests of batches it must fetch.
-    pub fn enter_view(
+    fn enter_view(
         &mut self,
         view: View,
         pre_prepares: &[Verified<PrePrepare>],
@@ -762,6 +801,38 @@ impl Backup {
     /// Messages buffered for the next window, all senders.
     pub fn future_len(&self) -> usize {
         self.future.values().map(VecDeque::len).sum()
+    }
+}
+
+impl Role for Backup {
+    type Input = BackupInput;
+    type Output = BackupOutput;
+
+    fn handle(&mut self, input: BackupInput, _now: Instant) -> Vec<BackupOutput> {
+        let key = self.key.clone();
+        let mut out = Vec::new();
+        match input {
+            BackupInput::PrePrepare(pre_prepare, batch) => self.on_pre_prepare(pre_prepare, batch, &key, &mut out),
+            BackupInput::Prepare(prepare) => self.on_prepare(prepare, &key, &mut out),
+            BackupInput::Commit(commit) => self.on_commit(commit, &key, &mut out),
+            BackupInput::Batch(batch) => {
+                if !self.supply_batch(batch, &key, &mut out) {
+                    out.push(BackupOutput::Refused(RoleRefusal::UnrequestedBatch));
+                }
+            }
+            BackupInput::Freeze => self.freeze(),
+            BackupInput::EnterView { view, pre_prepares } => {
+                let missing = self.enter_view(view, &pre_prepares, &key, &mut out);
+                if !missing.is_empty() {
+                    out.push(BackupOutput::MissingBatches(missing));
+                }
+            }
+            BackupInput::AdvanceLow { stable, last_executed } => {
+                out.extend(self.advance_low(stable, last_executed).into_iter().map(BackupOutput::Replay));
+            }
+            BackupInput::Executed(seq) => self.forget_executed_below_low(seq),
+        }
+        out
     }
 }
 

@@ -15,12 +15,33 @@ use crate::config::ClientAuth;
 use crate::ids::{ClientId, Instant, ReplicaId, Timestamp, View};
 use crate::membership::{MemberMap, Membership, MembershipHandle};
 use crate::messages::{client_id, Inquiry, Request, VerifiedReply};
+use crate::roles::Role;
 use bulwark_crypto::{KeyPair, Verified};
 use std::collections::BTreeMap;
+
+/// What the client is told: an operation to issue, a verified reply, its timer.
+#[derive(Debug, Clone)]
+pub enum ClientInput {
+    /// Issue a request for `operation` (encoded `S::Op`), read-only or ordered. Answered
+    /// first with [`ClientAction::Issued`] and the request's sends, or with
+    /// [`ClientAction::Rejected`] alone.
+    Invoke { operation: Vec<u8>, read_only: bool },
+    /// CL2: a reply whose signature (or connection) the runtime verified.
+    Reply(VerifiedReply),
+    /// CL3: the timer set by [`ClientAction::SetTimer`] fired.
+    Timer,
+}
 
 /// What the client asks its runtime to do, or reports.
 #[derive(Debug, Clone)]
 pub enum ClientAction {
+    /// The operation of [`ClientInput::Invoke`] was issued with this timestamp: its
+    /// completion will name it.
+    Issued {
+        timestamp: Timestamp,
+    },
+    /// The operation of [`ClientInput::Invoke`] was not issued, and why; nothing changed.
+    Rejected(ClientError),
     Send {
         to: ReplicaId,
         request: Verified<Request>,
@@ -28,7 +49,7 @@ pub enum ClientAction {
     Broadcast {
         request: Verified<Request>,
     },
-    /// Call [`Client::on_timer`] at `at` (replaces the pending client timer).
+    /// Deliver [`ClientInput::Timer`] at `at` (replaces the pending client timer).
     SetTimer {
         at: Instant,
     },
@@ -110,8 +131,8 @@ impl Client {
         self.view
     }
 
-    /// Whether [`Client::invoke`] would refuse a request now for lack of room in the
-    /// client window.
+    /// Whether [`ClientInput::Invoke`] would be rejected now for lack of room in the client
+    /// window.
     pub fn window_full(&self) -> bool {
         let limit = self.membership.current().params.client_window;
         let oldest = self.outstanding.keys().next().copied().unwrap_or(self.next_timestamp);
@@ -119,7 +140,7 @@ impl Client {
     }
 
     /// Issues a request. Returns its timestamp and the actions to carry out.
-    pub fn invoke(
+    fn invoke(
         &mut self,
         operation: Vec<u8>,
         read_only: bool,
@@ -140,11 +161,12 @@ impl Client {
         self.next_timestamp = Timestamp(timestamp.0 + 1);
         let request =
             self.authenticate(Request { client_key: self.key.public().into(), timestamp, read_only, operation });
-        let mut actions = vec![if read_only {
+        let mut actions = vec![ClientAction::Issued { timestamp }];
+        actions.push(if read_only {
             ClientAction::Broadcast { request: request.clone() }
         } else {
             ClientAction::Send { to: self.membership.current().primary(self.view), request: request.clone() }
-        }];
+        });
         let deadline = now + self.membership.current().params.client_retransmit();
         self.outstanding.insert(
             timestamp,
@@ -165,7 +187,7 @@ impl Client {
 
     /// CL2: take a verified reply. It counts for the replica it is attributed to (its
     /// signer, or in connection mode the replica whose connection it came on).
-    pub fn on_reply(&mut self, reply: VerifiedReply, now: Instant) -> Vec<ClientAction> {
+    fn on_reply(&mut self, reply: VerifiedReply, now: Instant) -> Vec<ClientAction> {
         let mut actions = Vec::new();
         if reply.client != self.id {
             return actions;
@@ -218,7 +240,7 @@ impl Client {
     }
 
     /// CL3: retransmit every request whose deadline passed, to all replicas, with backoff.
-    pub fn on_timer(&mut self, now: Instant) -> Vec<ClientAction> {
+    fn on_timer(&mut self, now: Instant) -> Vec<ClientAction> {
         let mut actions = Vec::new();
         let due: Vec<Timestamp> = self.outstanding.iter().filter(|(_, p)| p.deadline <= now).map(|(t, _)| *t).collect();
         for timestamp in due {
@@ -257,6 +279,22 @@ impl Client {
             if let Some(at) = earliest {
                 actions.push(ClientAction::SetTimer { at });
             }
+        }
+    }
+}
+
+impl Role for Client {
+    type Input = ClientInput;
+    type Output = ClientAction;
+
+    fn handle(&mut self, input: ClientInput, now: Instant) -> Vec<ClientAction> {
+        match input {
+            ClientInput::Invoke { operation, read_only } => match self.invoke(operation, read_only, now) {
+                Ok((_, actions)) => actions,
+                Err(error) => vec![ClientAction::Rejected(error)],
+            },
+            ClientInput::Reply(reply) => self.on_reply(reply, now),
+            ClientInput::Timer => self.on_timer(now),
         }
     }
 }

@@ -3,13 +3,15 @@
 //! (PBFT.md E1–E4, CX2–CX4, C1–C2.)
 
 use crate::config::ClientAuth;
-use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
+use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
 use crate::membership::MembershipHandle;
 use crate::messages::{Batch, Command, Reply, ReplyProof, ReplyRoot, Request, SystemCommand, VerifiedReply};
+use crate::roles::refusal::RoleRefusal;
+use crate::roles::Role;
 use crate::service::{Outcome, Service};
 use crate::state::ChunkedImage;
 use bulwark_crypto::merkle::MerkleTree;
-use bulwark_crypto::{Digest, KeyPair};
+use bulwark_crypto::{Digest, KeyPair, Verified};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -129,6 +131,8 @@ struct Image {
 pub struct Executor<S: Service> {
     me: ReplicaId,
     membership: MembershipHandle,
+    /// Signs the replies (with `client_auth = "signed"`).
+    key: Arc<KeyPair>,
     service: S,
     clients: ClientTable,
     last_executed: SeqNum,
@@ -148,24 +152,66 @@ impl<S: Service> std::fmt::Debug for Executor<S> {
     }
 }
 
-/// What executing one batch produced.
+/// What the executor is told.
+#[derive(Debug, Clone)]
+pub enum ExecutorInput {
+    /// E1–E2: execute committed batch `seq` of `view`; it must be `last_executed + 1`.
+    Execute { seq: SeqNum, view: View, batch: Arc<Batch> },
+    /// R1, R2, CX3: a client request the replica received in `view`. A read-only one is
+    /// answered from the current state; one executed before gets its cached reply; one
+    /// below its client's window is refused; a new one comes back as
+    /// [`ExecutorOutput::New`], to be ordered.
+    Request { request: Verified<Request>, view: View },
+    /// ST5: install the image of checkpoint `seq`, whose digest the replica checked against
+    /// a stable checkpoint proof.
+    Install { seq: SeqNum, image: Vec<u8> },
+    /// C4: the checkpoint at this sequence number became stable; older images can go.
+    Stable(SeqNum),
+}
+
+/// What the executor produces, in order.
 #[derive(Debug)]
-pub struct Execution {
-    /// One reply per executed request, in batch order. With `client_auth = "signed"` they
-    /// share one signed [`ReplyRoot`] (one signature for the whole batch).
-    pub replies: Vec<(ClientId, VerifiedReply)>,
-    /// `Some((seq, state digest))` if `seq` is a checkpoint (C1).
-    pub checkpoint: Option<(SeqNum, Digest)>,
-    pub executed_requests: usize,
-    /// The batch's system commands, in order, for the replica to carry out (E2: in the
-    /// batch's order, at the batch's sequence number, at every replica).
-    pub system: Vec<SystemCommand>,
+pub enum ExecutorOutput {
+    /// A system command of batch `seq`, in the batch's order, for the replica to carry out
+    /// (E2: at the batch's sequence number, at every replica; never the user's service).
+    System {
+        seq: SeqNum,
+        command: SystemCommand,
+    },
+    /// A reply for `client`. Those of one batch share, with `client_auth = "signed"`, one
+    /// signed [`ReplyRoot`] (one signature for the whole batch).
+    Reply {
+        client: ClientId,
+        reply: VerifiedReply,
+    },
+    /// C1: the batch's sequence number is a checkpoint, with this state digest.
+    Checkpoint {
+        seq: SeqNum,
+        state_digest: Digest,
+    },
+    /// Batch `seq` of `view` (with `digest`) executed: these client requests of it, in
+    /// order (E2: those executed before are skipped). The last output of each batch.
+    Executed {
+        seq: SeqNum,
+        view: View,
+        digest: Digest,
+        requests: Vec<(ClientId, Timestamp)>,
+    },
+    /// A request not executed before, to be ordered.
+    New(Verified<Request>),
+    /// ST5: the image of checkpoint `seq` is installed.
+    Installed {
+        seq: SeqNum,
+        state_digest: Digest,
+    },
+    Refused(RoleRefusal),
 }
 
 impl<S: Service> Executor<S> {
-    pub fn new(me: ReplicaId, membership: MembershipHandle, service: S) -> Self {
+    pub fn new(me: ReplicaId, membership: MembershipHandle, service: S, key: Arc<KeyPair>) -> Self {
         Executor {
             me,
+            key,
             membership,
             service,
             clients: ClientTable::default(),
@@ -194,14 +240,7 @@ impl<S: Service> Executor<S> {
 
     /// A reply for `request` with `result` that travels alone (read-only, or re-sent from
     /// the client table): signed alone, or unsigned with `client_auth = "connection"`.
-    pub fn reply(
-        &self,
-        view: View,
-        request: &Request,
-        result: Vec<u8>,
-        read_only: bool,
-        key: &KeyPair,
-    ) -> VerifiedReply {
+    fn reply(&self, view: View, request: &Request, result: Vec<u8>, read_only: bool) -> VerifiedReply {
         let reply =
             Reply { view, timestamp: request.timestamp, client: request.client(), replica: self.me, read_only, result };
         match self.membership.current().params.client_auth {
@@ -210,7 +249,7 @@ impl<S: Service> Executor<S> {
                 VerifiedReply::new(reply, digest, self.me, ReplyProof::Connection)
             }
             ClientAuth::Signed => {
-                let signed = self.membership.sign(reply, key);
+                let signed = self.membership.sign(reply, &self.key);
                 let (digest, signature) = (signed.digest(), signed.signed().signature);
                 VerifiedReply::new(signed.into_signed().payload, digest, self.me, ReplyProof::Signature(signature))
             }
@@ -225,7 +264,6 @@ impl<S: Service> Executor<S> {
         seq: SeqNum,
         view: View,
         replies: Vec<(ClientId, Reply)>,
-        key: &KeyPair,
     ) -> Vec<(ClientId, VerifiedReply)> {
         let scope = self.membership.scope();
         let leaves: Vec<Digest> = replies.iter().map(|(_, reply)| scope.digest(reply)).collect();
@@ -240,7 +278,7 @@ impl<S: Service> Executor<S> {
         }
         let tree = MerkleTree::new(leaves.clone());
         let header = ReplyRoot { view, seq, replica: self.me, leaves: leaves.len() as u32, root: tree.root() };
-        let root = Arc::new(scope.sign(header, key).into_signed());
+        let root = Arc::new(scope.sign(header, &self.key).into_signed());
         replies
             .into_iter()
             .zip(leaves)
@@ -254,7 +292,7 @@ impl<S: Service> Executor<S> {
     }
 
     /// The read-only path: answer from current state without ordering.
-    pub fn query(&self, operation: &[u8]) -> Vec<u8> {
+    fn query(&self, operation: &[u8]) -> Vec<u8> {
         let outcome = match rmp_serde::from_slice::<S::Op>(operation) {
             Err(_) => Outcome::MalformedOperation,
             Ok(op) => match self.service.query(&op) {
@@ -268,12 +306,11 @@ impl<S: Service> Executor<S> {
     /// E1–E2: execute batch `seq`, which must be `last_executed + 1`. Requests already
     /// executed (or below their client's window) are skipped, deterministically (N2, CX4);
     /// system commands are handed back to the replica, never to the service.
-    pub fn execute(&mut self, seq: SeqNum, view: View, batch: &Batch, key: &KeyPair) -> Execution {
+    fn execute(&mut self, seq: SeqNum, view: View, batch: &Batch, out: &mut Vec<ExecutorOutput>) {
         assert_eq!(seq, self.last_executed.next(), "E1: execution is strictly in order");
         let window = self.membership.current().params.client_window;
         let max_clients = self.membership.current().params.client_table_max;
         let mut replies = Vec::new();
-        let mut executed_requests = 0;
         let mut system = Vec::new();
         for command in batch.commands() {
             let request = match command {
@@ -302,19 +339,37 @@ impl<S: Service> Executor<S> {
                 result,
             };
             replies.push((request.client(), reply));
-            executed_requests += 1;
         }
-        let replies = self.batch_replies(seq, view, replies, key);
+        out.extend(system.into_iter().map(|command| ExecutorOutput::System { seq, command }));
+        let requests = replies.iter().map(|(client, reply)| (*client, reply.timestamp)).collect();
+        let replies = self.batch_replies(seq, view, replies);
+        out.extend(replies.into_iter().map(|(client, reply)| ExecutorOutput::Reply { client, reply }));
         self.last_executed = seq;
-        let checkpoint = if seq.0.is_multiple_of(self.membership.current().params.checkpoint_interval) {
+        if seq.0.is_multiple_of(self.membership.current().params.checkpoint_interval) {
             let image = ChunkedImage::new(self.image(), self.membership.current().params.state_chunk_bytes);
-            let digest = image.digest();
+            let state_digest = image.digest();
             self.images.insert(seq, Arc::new(image));
-            Some((seq, digest))
-        } else {
-            None
-        };
-        Execution { replies, checkpoint, executed_requests, system }
+            out.push(ExecutorOutput::Checkpoint { seq, state_digest });
+        }
+        out.push(ExecutorOutput::Executed { seq, view, digest: batch.digest(), requests });
+    }
+
+    /// R1, R2, CX3: see [`ExecutorInput::Request`].
+    fn on_request(&self, request: Verified<Request>, view: View, out: &mut Vec<ExecutorOutput>) {
+        let client = request.client();
+        if request.read_only {
+            let result = self.query(&request.operation);
+            out.push(ExecutorOutput::Reply { client, reply: self.reply(view, &request, result, true) });
+            return;
+        }
+        match self.request_status(&request) {
+            RequestStatus::TooOld => out.push(ExecutorOutput::Refused(RoleRefusal::RequestBelowClientWindow)),
+            // R2: the cached reply, nothing else.
+            RequestStatus::Executed(result) => {
+                out.push(ExecutorOutput::Reply { client, reply: self.reply(view, &request, result, false) })
+            }
+            RequestStatus::New => out.push(ExecutorOutput::New(request)),
+        }
     }
 
     fn image(&self) -> Vec<u8> {
@@ -337,13 +392,13 @@ impl<S: Service> Executor<S> {
     }
 
     /// A checkpoint became stable: older images are no longer needed (C4).
-    pub fn on_stable(&mut self, stable: SeqNum) {
+    fn on_stable(&mut self, stable: SeqNum) {
         self.images.retain(|seq, _| *seq >= stable);
     }
 
     /// ST5: install a checkpoint image whose digest the caller checked against a stable
     /// checkpoint proof. Refused if it does not decode or would move backwards (E4).
-    pub fn install(&mut self, seq: SeqNum, image: Vec<u8>) -> Result<Digest, String> {
+    fn install(&mut self, seq: SeqNum, image: Vec<u8>) -> Result<Digest, String> {
         if seq <= self.last_executed {
             return Err(format!("image at {seq} is not ahead of last executed {}", self.last_executed));
         }
@@ -364,6 +419,28 @@ impl<S: Service> Executor<S> {
 
     pub fn images_len(&self) -> usize {
         self.images.len()
+    }
+}
+
+impl<S: Service> Role for Executor<S> {
+    type Input = ExecutorInput;
+    type Output = ExecutorOutput;
+
+    fn handle(&mut self, input: ExecutorInput, _now: Instant) -> Vec<ExecutorOutput> {
+        let mut out = Vec::new();
+        match input {
+            ExecutorInput::Execute { seq, view, batch } => self.execute(seq, view, &batch, &mut out),
+            ExecutorInput::Request { request, view } => self.on_request(request, view, &mut out),
+            ExecutorInput::Install { seq, image } => match self.install(seq, image) {
+                Ok(state_digest) => out.push(ExecutorOutput::Installed { seq, state_digest }),
+                Err(reason) => {
+                    tracing::warn!(replica = %self.me, %seq, %reason, "checkpoint image not installed");
+                    out.push(ExecutorOutput::Refused(RoleRefusal::StateImageNotInstalled));
+                }
+            },
+            ExecutorInput::Stable(seq) => self.on_stable(seq),
+        }
+        out
     }
 }
 

@@ -3,17 +3,22 @@
 //!
 //! # One shape
 //!
-//! Every role that runs on its own implements [`Role`]: one input and the current time in,
-//! its outputs out, in the order they are to be carried out. Whatever a role needs from
-//! another role travels as an output of one and an input of the other, never as a call, so
-//! a runtime can run each role as an actor of its own, and the simulator can put a delay
-//! (and other inputs) between them. Reading a role's state (its view, its sizes) is a
-//! plain method; changing it is only ever `handle`.
+//! Every role implements [`Role`]: one input and the current time in, its outputs out, in
+//! the order they are to be carried out — the backup ([`backup::BackupInput`]), the
+//! executor ([`executor::ExecutorInput`]), the state fetcher
+//! ([`state_transfer::FetchInput`]), the primary, the checkpoint collector, the
+//! view-changer, the replica itself and the client ([`client::ClientInput`]). Whatever a
+//! role needs from another travels as an output of one and an input of the other, never as
+//! a call, so a runtime can run a role as an actor of its own and the simulator can put a
+//! delay (and other inputs) between them. A refusal is an output carrying a
+//! [`refusal::RoleRefusal`]. Reading a role's state (its view, its sizes, a query such as
+//! [`backup::Backup::position`]) is a plain `&self` method; changing it is only ever
+//! `handle`, apart from building a role and restoring it from durable records.
 //!
 //! # A replica and its roles
 //!
-//! [`replica::Replica`] is a role too (`Input` to [`Action`]s): it hosts the backup and
-//! executor, keeps its view and watermarks, and routes what the other roles need:
+//! [`replica::Replica`] (`Input` to [`Action`]s) hosts the backup, the executor and the
+//! state fetcher, keeps its view and watermarks, and routes what the other roles need:
 //! * [`primary::PrimaryRole`] batches requests, assigns sequence numbers and signs the
 //!   pre-prepares while its replica leads its view ([`Action::ToPrimary`] in,
 //!   [`replica::Input::Primary`] back);

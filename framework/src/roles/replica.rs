@@ -23,13 +23,15 @@ use crate::messages::{
     Batch, BatchReply, BatchRequest, Checkpoint, Inquiry, MessageKind, Report, Request, StateReply, StateRequest,
     Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
 };
-use crate::roles::backup::{message_view, Backup, BackupOutput, WindowPosition};
+use crate::roles::backup::{message_view, Backup, BackupInput, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CollectorInput, CollectorOutput, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
+use crate::roles::executor::{ExecutorInput, ExecutorOutput};
 use crate::roles::primary::{PrimaryInput, PrimaryOutput};
 use crate::roles::refusal::RoleRefusal;
-use crate::roles::state_transfer::{ChunkIn, FetchStep, StateFetch, PARALLEL_CHUNKS};
+use crate::roles::state_transfer::{FetchInput, FetchStep, StateFetch, PARALLEL_CHUNKS};
 use crate::roles::view_change::{ViewChangerInput, ViewChangerOutput};
+use crate::roles::Role;
 use crate::roles::{Action, ReplicaEvent, TimerKind};
 use crate::service::Service;
 use bulwark_crypto::{Digest, KeyPair, Verified};
@@ -154,8 +156,8 @@ impl<S: Service> Replica<S> {
             target: None,
             new_view: None,
             leads,
-            backup: Backup::new(id, membership.clone()),
-            executor: Executor::new(id, membership.clone(), service),
+            backup: Backup::new(id, membership.clone(), key.clone()),
+            executor: Executor::new(id, membership.clone(), service, key.clone()),
             stable: StableCheckpoint::initial(),
             own_checkpoints: BTreeMap::new(),
             checkpointed: MemberMap::new(&members, |_| SeqNum(0)),
@@ -213,28 +215,26 @@ impl<S: Service> Replica<S> {
         let mut replica = Replica::with_key(id, key, membership, service);
         let mut actions = replica.start(now);
         if let Some((checkpoint, image)) = &recovered.stable {
-            match replica.executor.install(checkpoint.seq, image.bytes().to_vec()) {
-                Ok(_) => {
+            let install = ExecutorInput::Install { seq: checkpoint.seq, image: image.bytes().to_vec() };
+            match replica.executor.handle(install, now).as_slice() {
+                [ExecutorOutput::Installed { .. }] => {
                     replica.stable = checkpoint.clone();
                     actions.push(Action::ToCheckpoints(CollectorInput::Adopt(checkpoint.clone())));
-                    replica.backup.advance_low(checkpoint.seq, checkpoint.seq);
+                    let input = BackupInput::AdvanceLow { stable: checkpoint.seq, last_executed: checkpoint.seq };
+                    let replay = replica.backup.handle(input, now);
+                    replica.apply(replay, now, &mut actions);
                 }
-                Err(_) => replica.refuse(RoleRefusal::RecoveredImageNotInstalled),
+                _ => replica.refuse(RoleRefusal::RecoveredImageNotInstalled),
             }
         }
         let view = recovered.view();
         actions.push(Action::Event(ReplicaEvent::Recovered { stable: replica.last_executed(), view }));
         let mut next = replica.last_executed().next();
         while let Some((view, batch)) = recovered.committed.get(&next) {
-            replica.execute(next, *view, batch, &mut actions);
+            replica.execute(next, *view, batch, now, &mut actions);
             next = next.next();
         }
-        replica.backup.restore(
-            recovered.votes.clone(),
-            recovered.prepared.clone(),
-            recovered.certificates.clone(),
-            &replica.key,
-        );
+        replica.backup.restore(recovered.votes.clone(), recovered.prepared.clone(), recovered.certificates.clone());
         if let Some(new_view) = &recovered.new_view {
             replica.enter_view(new_view.clone(), now, &mut actions);
         }
@@ -249,7 +249,7 @@ impl<S: Service> Replica<S> {
         let next_seq = proposed.max(replica.last_executed()).max(replica.stable()).next();
         replica.lead_or_follow(next_seq, &mut actions);
         if recovered.floor > replica.view() {
-            replica.start_view_change(recovered.floor, &mut actions);
+            replica.start_view_change(recovered.floor, now, &mut actions);
         }
         replica.drive(now, &mut actions);
         (replica, actions)
@@ -361,7 +361,7 @@ impl<S: Service> Replica<S> {
         match input {
             Input::Message(message) => self.on_message(message, now, &mut actions),
             Input::Checkpoints(output) => self.on_collector_output(output, now, &mut actions),
-            Input::Primary(output) => self.on_primary_output(output, &mut actions),
+            Input::Primary(output) => self.on_primary_output(output, now, &mut actions),
             Input::ViewChanger(output) => self.on_view_changer_output(output, now, &mut actions),
             Input::ProposeSystem(command) if self.leads => {
                 self.hand_to_primary(PrimaryInput::System(command), &mut actions)
@@ -388,17 +388,17 @@ impl<S: Service> Replica<S> {
                 if self.catching_up_at_request_timer() {
                     actions.push(Action::ToViewChanger(ViewChangerInput::StillCatchingUp));
                 } else {
-                    self.start_view_change(view.next(), actions);
+                    self.start_view_change(view.next(), now, actions);
                 }
             }
             ViewChangerOutput::TooSlow { view } if in_normal_view(self, view) => {
                 tracing::info!(replica = %self.id, "primary orders below the minimum rate; suspecting it");
-                self.start_view_change(view.next(), actions);
+                self.start_view_change(view.next(), now, actions);
             }
             ViewChangerOutput::ViewChangeTimerExpired { target } if self.target == Some(target) => {
-                self.start_view_change(target.next(), actions);
+                self.start_view_change(target.next(), now, actions);
             }
-            ViewChangerOutput::Join { view } => self.start_view_change(view, actions),
+            ViewChangerOutput::Join { view } => self.start_view_change(view, now, actions),
             ViewChangerOutput::NewView(new_view) => self.enter_own_new_view(new_view, now, actions),
             ViewChangerOutput::Retransmit(own) if self.target == Some(own.view()) => {
                 actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own) });
@@ -452,39 +452,33 @@ impl<S: Service> Replica<S> {
 
     fn on_message(&mut self, message: VerifiedMessage, now: Instant, actions: &mut Vec<Action>) {
         match message {
-            VerifiedMessage::Request(request) => self.on_request(request, actions),
+            VerifiedMessage::Request(request) => self.on_request(request, now, actions),
             VerifiedMessage::PrePrepare(ref pre_prepare, _) => {
                 let (view, seq, sender) =
                     (pre_prepare.view, pre_prepare.seq, self.membership.current().primary(pre_prepare.view));
                 if let Some(VerifiedMessage::PrePrepare(pre_prepare, batch)) = self.admit_view(message, view, sender) {
                     self.note_seen(seq);
-                    let mut out = Vec::new();
-                    self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
-                    self.apply(out, actions);
+                    self.hand_to_backup(BackupInput::PrePrepare(pre_prepare, batch), now, actions);
                 }
             }
             VerifiedMessage::Prepare(ref prepare) => {
                 let (view, seq, sender) = (prepare.view, prepare.seq, prepare.replica);
                 if let Some(VerifiedMessage::Prepare(prepare)) = self.admit_view(message, view, sender) {
                     self.note_claim(sender, seq);
-                    let mut out = Vec::new();
-                    self.backup.on_prepare(prepare, &self.key, &mut out);
-                    self.apply(out, actions);
+                    self.hand_to_backup(BackupInput::Prepare(prepare), now, actions);
                 }
             }
             VerifiedMessage::Commit(ref commit) => {
                 let (view, seq, sender) = (commit.view, commit.seq, commit.replica);
                 if let Some(VerifiedMessage::Commit(commit)) = self.admit_view(message, view, sender) {
                     self.note_claim(sender, seq);
-                    let mut out = Vec::new();
-                    self.backup.on_commit(commit, &self.key, &mut out);
-                    self.apply(out, actions);
+                    self.hand_to_backup(BackupInput::Commit(commit), now, actions);
                 }
             }
             VerifiedMessage::ViewChange(view_change) => self.on_view_change(view_change, now, actions),
             VerifiedMessage::NewView(new_view) => self.on_new_view(new_view, now, actions),
             VerifiedMessage::BatchRequest(request) => self.on_batch_request(request, now, actions),
-            VerifiedMessage::BatchReply(reply, batch) => self.on_batch_reply(reply, batch, actions),
+            VerifiedMessage::BatchReply(reply, batch) => self.on_batch_reply(reply, batch, now, actions),
             VerifiedMessage::Checkpoint(checkpoint) => self.on_checkpoint(checkpoint, actions),
             VerifiedMessage::Status(status) => self.on_status(status, now, actions),
             VerifiedMessage::StateRequest(request) => self.on_state_request(request, now, actions),
@@ -526,9 +520,20 @@ impl<S: Service> Replica<S> {
         None
     }
 
-    fn apply(&mut self, outputs: Vec<BackupOutput>, actions: &mut Vec<Action>) {
+    /// Hands `input` to the agreement role and carries out what it answers.
+    fn hand_to_backup(&mut self, input: BackupInput, now: Instant, actions: &mut Vec<Action>) {
+        let outputs = self.backup.handle(input, now);
+        self.apply(outputs, now, actions);
+    }
+
+    fn apply(&mut self, outputs: Vec<BackupOutput>, now: Instant, actions: &mut Vec<Action>) {
         for output in outputs {
             match output {
+                BackupOutput::Replay(message) => self.on_message(message, now, actions),
+                BackupOutput::MissingBatches(digests) => {
+                    let request = self.membership.sign(BatchRequest { replica: self.id, digests }, &self.key);
+                    actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
+                }
                 BackupOutput::Broadcast(message) => {
                     if let Some(record) = own_vote(&message, self.id) {
                         actions.push(Action::Persist(record));
@@ -545,30 +550,34 @@ impl<S: Service> Replica<S> {
                     actions.push(Action::Broadcast { message: first });
                     actions.push(Action::Broadcast { message: second });
                     if suspected == self.view() && !self.is_changing() {
-                        self.start_view_change(suspected.next(), actions);
+                        self.start_view_change(suspected.next(), now, actions);
                     }
                 }
             }
         }
     }
 
-    /// R1–R4 with CX3: answer from the client table, queue at the primary, or relay.
-    fn on_request(&mut self, request: Verified<Request>, actions: &mut Vec<Action>) {
-        if request.read_only {
-            let result = self.executor.query(&request.operation);
-            let reply = self.executor.reply(self.view(), &request, result, true, &self.key);
-            actions.push(Action::Reply { client: request.client(), reply });
-            return;
+    /// R1–R4 with CX3: answered by the executor from the client table or the current
+    /// state, or (a new request) queued at the primary or relayed to it.
+    fn on_request(&mut self, request: Verified<Request>, now: Instant, actions: &mut Vec<Action>) {
+        self.hand_to_executor(ExecutorInput::Request { request, view: self.view() }, now, actions);
+    }
+
+    /// Hands `input` to the executor and carries out what it answers.
+    fn hand_to_executor(&mut self, input: ExecutorInput, now: Instant, actions: &mut Vec<Action>) {
+        for output in self.executor.handle(input, now) {
+            self.on_executor_output(output, now, actions);
         }
-        match self.executor.request_status(&request) {
-            RequestStatus::TooOld => self.refuse(RoleRefusal::RequestBelowClientWindow),
-            RequestStatus::Executed(result) => {
-                // R2: resend the cached reply, do nothing else.
-                let reply = self.executor.reply(self.view(), &request, result, false, &self.key);
-                actions.push(Action::Reply { client: request.client(), reply });
+    }
+
+    fn on_executor_output(&mut self, output: ExecutorOutput, now: Instant, actions: &mut Vec<Action>) {
+        match output {
+            ExecutorOutput::Reply { client, reply } => actions.push(Action::Reply { client, reply }),
+            ExecutorOutput::Refused(reason) => self.refuse(reason),
+            ExecutorOutput::New(request) if self.is_primary() => {
+                self.hand_to_primary(PrimaryInput::Offer(request), actions)
             }
-            RequestStatus::New if self.is_primary() => self.hand_to_primary(PrimaryInput::Offer(request), actions),
-            RequestStatus::New => {
+            ExecutorOutput::New(request) => {
                 // R3: relay to the primary and start the request timer (VC1). While
                 // view-changing the request only waits: it goes to the next primary.
                 if !self.is_changing() {
@@ -577,7 +586,46 @@ impl<S: Service> Replica<S> {
                 }
                 actions.push(Action::ToViewChanger(ViewChangerInput::Wait(request)));
             }
+            ExecutorOutput::System { seq, command } => {
+                actions.push(Action::Event(ReplicaEvent::SystemExecuted { seq, command }))
+            }
+            ExecutorOutput::Checkpoint { seq, state_digest } => self.own_checkpoint(seq, state_digest, actions),
+            ExecutorOutput::Executed { seq, view, digest, requests } => {
+                self.metrics.batches_executed += 1;
+                self.metrics.requests_executed += requests.len() as u64;
+                let count = requests.len();
+                actions.push(Action::Event(ReplicaEvent::Executed { seq, digest, view, requests: count }));
+                actions.push(Action::ToViewChanger(ViewChangerInput::Executed { seq, requests }));
+                self.backup.handle(BackupInput::Executed(seq), now);
+                // Last: the requests it frees room for are proposed after this batch's effects.
+                self.hand_to_primary(PrimaryInput::Executed(seq), actions);
+            }
+            ExecutorOutput::Installed { seq, state_digest } => {
+                self.hand_to_primary(PrimaryInput::Executed(seq), actions);
+                self.backup.handle(BackupInput::Executed(seq), now);
+                actions.push(Action::ToViewChanger(ViewChangerInput::Installed));
+                actions.push(Action::Event(ReplicaEvent::StateInstalled { seq, state_digest }));
+                let stable = self.stable.clone();
+                if let Some(image) = self.executor.image_at(seq).filter(|_| stable.seq == seq) {
+                    actions.push(Action::Persist(Record::Stable { checkpoint: stable, image }));
+                }
+            }
         }
+    }
+
+    /// C1 and C6: this replica's CHECKPOINT for `seq`, signed, multicast and collected.
+    fn own_checkpoint(&mut self, seq: SeqNum, state_digest: Digest, actions: &mut Vec<Action>) {
+        let checkpoint = self.membership.sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
+        actions.push(Action::Broadcast { message: VerifiedMessage::Checkpoint(checkpoint.clone()) });
+        if seq > self.stable.seq {
+            self.own_checkpoints.insert(seq, checkpoint.clone());
+        }
+        if self.stable.seq == seq && self.stable.state_digest != state_digest {
+            // C6: a stable checkpoint this replica executed through with another digest
+            // means its own state is wrong; it can only be repaired from a later one.
+            self.refuse(RoleRefusal::OwnDigestDiffersFromStable);
+        }
+        self.on_checkpoint(checkpoint, actions);
     }
 
     /// Executes what is committed, in order, as far as it goes.
@@ -587,7 +635,7 @@ impl<S: Service> Replica<S> {
             let Some((batch, view)) = self.backup.committed_batch(next) else {
                 break;
             };
-            self.execute(next, view, &batch, actions);
+            self.execute(next, view, &batch, now, actions);
         }
         if self.last_executed() < self.stable() && self.backup.committed_batch(self.last_executed().next()).is_none() {
             self.ensure_transfer(now, actions);
@@ -627,7 +675,7 @@ impl<S: Service> Replica<S> {
     /// apart proposes with what it last heard: it may propose after its replica began a
     /// view change, or below a stable checkpoint its replica took meanwhile. Such a proposal
     /// never leaves the replica; its requests are proposed again by whoever leads next.
-    fn on_primary_output(&mut self, output: PrimaryOutput, actions: &mut Vec<Action>) {
+    fn on_primary_output(&mut self, output: PrimaryOutput, now: Instant, actions: &mut Vec<Action>) {
         match output {
             PrimaryOutput::Shed => self.metrics.requests_shed += 1,
             PrimaryOutput::SetBatchTimer(at) => actions.push(Action::SetTimer { timer: TimerKind::Batch, at }),
@@ -649,51 +697,17 @@ impl<S: Service> Replica<S> {
                 actions.push(Action::Broadcast {
                     message: VerifiedMessage::PrePrepare(pre_prepare.clone(), batch.clone()),
                 });
-                let mut out = Vec::new();
-                self.backup.on_pre_prepare(pre_prepare, batch, &self.key, &mut out);
-                self.apply(out, actions);
+                self.hand_to_backup(BackupInput::PrePrepare(pre_prepare, batch), now, actions);
             }
         }
     }
 
     /// E1–E2 and C1.
-    fn execute(&mut self, seq: SeqNum, view: View, batch: &Arc<Batch>, actions: &mut Vec<Action>) {
+    fn execute(&mut self, seq: SeqNum, view: View, batch: &Arc<Batch>, now: Instant, actions: &mut Vec<Action>) {
         // Durable before it executes: the replies below acknowledge it.
         let certificate = self.backup.commit_certificate(seq);
         actions.push(Action::Persist(Record::Committed { seq, view, batch: batch.clone(), certificate }));
-        let execution = self.executor.execute(seq, view, batch, &self.key);
-        self.metrics.batches_executed += 1;
-        self.metrics.requests_executed += execution.executed_requests as u64;
-        actions.push(Action::Event(ReplicaEvent::Executed {
-            seq,
-            digest: batch.digest(),
-            view,
-            requests: execution.executed_requests,
-        }));
-        for command in execution.system {
-            actions.push(Action::Event(ReplicaEvent::SystemExecuted { seq, command }));
-        }
-        let executed: Vec<_> = execution.replies.iter().map(|(client, reply)| (*client, reply.timestamp)).collect();
-        for (client, reply) in execution.replies {
-            actions.push(Action::Reply { client, reply });
-        }
-        actions.push(Action::ToViewChanger(ViewChangerInput::Executed { seq, requests: executed }));
-        self.backup.forget_executed_below_low(seq);
-        if let Some((seq, state_digest)) = execution.checkpoint {
-            let checkpoint = self.membership.sign(Checkpoint { seq, state_digest, replica: self.id }, &self.key);
-            actions.push(Action::Broadcast { message: VerifiedMessage::Checkpoint(checkpoint.clone()) });
-            if seq > self.stable.seq {
-                self.own_checkpoints.insert(seq, checkpoint.clone());
-            }
-            if self.stable.seq == seq && self.stable.state_digest != state_digest {
-                // C6: a stable checkpoint this replica executed through with another digest
-                // means its own state is wrong; it can only be repaired from a later one.
-                self.refuse(RoleRefusal::OwnDigestDiffersFromStable);
-            }
-            self.on_checkpoint(checkpoint, actions);
-        }
-        // Last: the requests it frees room for are proposed after this batch's effects.
-        self.hand_to_primary(PrimaryInput::Executed(seq), actions);
+        self.hand_to_executor(ExecutorInput::Execute { seq, view, batch: batch.clone() }, now, actions);
     }
 
     /// C3: hand a checkpoint to the collector, noting how far its sender claims to be.
@@ -725,12 +739,12 @@ impl<S: Service> Replica<S> {
         if let Some(image) = self.executor.image_at(stable.seq) {
             actions.push(Action::Persist(Record::Stable { checkpoint: stable.clone(), image }));
         }
-        self.executor.on_stable(stable.seq);
-        let replay = self.backup.advance_low(stable.seq, self.last_executed());
+        self.executor.handle(ExecutorInput::Stable(stable.seq), now);
+        let replay = self
+            .backup
+            .handle(BackupInput::AdvanceLow { stable: stable.seq, last_executed: self.last_executed() }, now);
         self.hand_to_primary(PrimaryInput::Low(stable.seq), actions);
-        for message in replay {
-            self.on_message(message, now, actions);
-        }
+        self.apply(replay, now, actions);
     }
 
     /// ST1: fetch the image of the stable checkpoint from the signers of its proof.
@@ -756,10 +770,10 @@ impl<S: Service> Replica<S> {
         let (fetch, steps) =
             StateFetch::start(self.membership.clone(), stable.seq, stable.state_digest, sources, offset, now);
         self.transfer = Some(fetch);
-        self.run_fetch_steps(steps, actions);
+        self.run_fetch_steps(steps, now, actions);
     }
 
-    fn run_fetch_steps(&mut self, steps: Vec<FetchStep>, actions: &mut Vec<Action>) {
+    fn run_fetch_steps(&mut self, steps: Vec<FetchStep>, now: Instant, actions: &mut Vec<Action>) {
         for step in steps {
             match step {
                 FetchStep::Request { to, seq, chunk } => {
@@ -767,30 +781,18 @@ impl<S: Service> Replica<S> {
                     actions.push(Action::Send { to, message: VerifiedMessage::StateRequest(request) });
                 }
                 FetchStep::Refused(reason) => self.refuse(reason),
-                FetchStep::Complete(image) => self.install_image(image, actions),
+                FetchStep::Complete(image) => self.install_image(image, now, actions),
             }
         }
     }
 
     /// ST5: every chunk verified; install the image.
-    fn install_image(&mut self, image: Vec<u8>, actions: &mut Vec<Action>) {
+    fn install_image(&mut self, image: Vec<u8>, now: Instant, actions: &mut Vec<Action>) {
         let Some(fetch) = self.transfer.take() else {
             return;
         };
         let seq = fetch.seq();
-        match self.executor.install(seq, image) {
-            Ok(state_digest) => {
-                self.hand_to_primary(PrimaryInput::Executed(seq), actions);
-                self.backup.forget_executed_below_low(seq);
-                actions.push(Action::ToViewChanger(ViewChangerInput::Installed));
-                actions.push(Action::Event(ReplicaEvent::StateInstalled { seq, state_digest }));
-                let stable = self.stable.clone();
-                if let Some(image) = self.executor.image_at(seq).filter(|_| stable.seq == seq) {
-                    actions.push(Action::Persist(Record::Stable { checkpoint: stable, image }));
-                }
-            }
-            Err(_) => self.refuse(RoleRefusal::StateImageNotInstalled),
-        }
+        self.hand_to_executor(ExecutorInput::Install { seq, image }, now, actions);
     }
 
     /// Serve one chunk of a checkpoint image: of the one asked for, or of a newer stable
@@ -854,18 +856,11 @@ impl<S: Service> Replica<S> {
                 return;
             }
         }
-        let chunk = ChunkIn {
-            from: reply.replica,
-            total_bytes: reply.total_bytes,
-            index: reply.index,
-            data: &reply.data,
-            path: &reply.path,
-        };
         let Some(fetch) = self.transfer.as_mut() else {
             return;
         };
-        let steps = fetch.on_chunk(chunk, now);
-        self.run_fetch_steps(steps, actions);
+        let steps = fetch.handle(FetchInput::Chunk(reply), now);
+        self.run_fetch_steps(steps, now, actions);
     }
 
     /// Behind a stable checkpoint, fetching its image, or `f + 1` replicas (so at least one
@@ -961,8 +956,8 @@ impl<S: Service> Replica<S> {
                 self.transfer = None;
                 self.ensure_transfer(now, actions);
             } else if let Some(fetch) = self.transfer.as_mut() {
-                let steps = fetch.on_tick(now, interval);
-                self.run_fetch_steps(steps, actions);
+                let steps = fetch.handle(FetchInput::Tick, now);
+                self.run_fetch_steps(steps, now, actions);
             }
         }
         // VC7 retransmission and the ordering-rate guard are the view-changer's, paced by
@@ -1082,7 +1077,7 @@ impl<S: Service> Replica<S> {
 impl<S: Service> Replica<S> {
     /// VC2 (and VC3, VC5, N3): sign and multicast `VIEW-CHANGE(view, s_c, C, P, i)` and
     /// stop taking part in lower views (VC4a).
-    fn start_view_change(&mut self, view: View, actions: &mut Vec<Action>) {
+    fn start_view_change(&mut self, view: View, now: Instant, actions: &mut Vec<Action>) {
         if view <= self.floor() {
             return;
         }
@@ -1105,7 +1100,7 @@ impl<S: Service> Replica<S> {
             self.leads = false;
             self.hand_to_primary(PrimaryInput::Follow, actions);
         }
-        self.backup.freeze();
+        self.backup.handle(BackupInput::Freeze, now);
         actions.push(Action::Event(ReplicaEvent::ViewChangeStarted { view }));
         actions.push(Action::Persist(Record::ViewFloor(view)));
         actions.push(Action::Broadcast { message: VerifiedMessage::ViewChange(own.clone()) });
@@ -1196,13 +1191,8 @@ impl<S: Service> Replica<S> {
             self.on_stable(order.checkpoint.clone(), now, actions);
         }
         // (2) Log O, multicast PREPAREs, fetch missing batches.
-        let mut out = Vec::new();
-        let missing = self.backup.enter_view(view, &new_view.pre_prepares, &self.key, &mut out);
-        self.apply(out, actions);
-        if !missing.is_empty() {
-            let request = self.membership.sign(BatchRequest { replica: self.id, digests: missing }, &self.key);
-            actions.push(Action::Broadcast { message: VerifiedMessage::BatchRequest(request) });
-        }
+        let pre_prepares = new_view.pre_prepares.clone();
+        self.hand_to_backup(BackupInput::EnterView { view, pre_prepares }, now, actions);
         // (3) Enter the view; (4) the view-changer restarts the request timer if requests
         // still wait, and hands them back for the new primary.
         self.metrics.views_entered += 1;
@@ -1250,12 +1240,14 @@ impl<S: Service> Replica<S> {
         }
     }
 
-    fn on_batch_reply(&mut self, _reply: Verified<BatchReply>, batch: Arc<Batch>, actions: &mut Vec<Action>) {
-        let mut out = Vec::new();
-        if !self.backup.supply_batch(batch, &self.key, &mut out) {
-            self.refuse(RoleRefusal::UnrequestedBatch);
-        }
-        self.apply(out, actions);
+    fn on_batch_reply(
+        &mut self,
+        _reply: Verified<BatchReply>,
+        batch: Arc<Batch>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        self.hand_to_backup(BackupInput::Batch(batch), now, actions);
     }
 
     /// Re-ask for batches named by the NEW-VIEW that have not arrived (on the status tick).

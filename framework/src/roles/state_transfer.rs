@@ -11,9 +11,11 @@
 
 use crate::ids::{Instant, ReplicaId, SeqNum};
 use crate::membership::MembershipHandle;
+use crate::messages::StateReply;
 use crate::roles::refusal::RoleRefusal;
+use crate::roles::Role;
 use crate::state::{verify_chunk, Assembly};
-use bulwark_crypto::Digest;
+use bulwark_crypto::{Digest, Verified};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Chunk requests in flight at once.
@@ -30,14 +32,15 @@ pub enum FetchStep {
     Complete(Vec<u8>),
 }
 
-/// A chunk as it arrived in a STATE reply.
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkIn<'a> {
-    pub from: ReplicaId,
-    pub total_bytes: u64,
-    pub index: u64,
-    pub data: &'a [u8],
-    pub path: &'a [Digest],
+/// What the fetcher is told.
+#[derive(Debug, Clone)]
+pub enum FetchInput {
+    /// ST4: a chunk of this fetch's checkpoint image (the replica checked that the reply
+    /// names this fetch's checkpoint).
+    Chunk(Verified<StateReply>),
+    /// The replica's periodic tick: chunks asked for a status interval ago or longer are
+    /// asked of another source.
+    Tick,
 }
 
 /// One fetch of one checkpoint image.
@@ -147,12 +150,12 @@ impl StateFetch {
     /// ST4: a chunk for this fetch's checkpoint. It is kept only if it verifies against the
     /// digest; a source whose chunk does not is not asked again, and the chunk is asked of
     /// another source.
-    pub fn on_chunk(&mut self, chunk: ChunkIn<'_>, now: Instant) -> Vec<FetchStep> {
+    fn on_chunk(&mut self, chunk: Verified<StateReply>, now: Instant) -> Vec<FetchStep> {
         let chunk_bytes = self.membership.current().params.state_chunk_bytes;
-        if !verify_chunk(&self.digest, chunk_bytes, chunk.total_bytes, chunk.index, chunk.data, chunk.path) {
-            self.bad.insert(chunk.from);
+        if !verify_chunk(&self.digest, chunk_bytes, chunk.total_bytes, chunk.index, &chunk.data, &chunk.path) {
+            self.bad.insert(chunk.replica);
             let mut steps = vec![FetchStep::Refused(RoleRefusal::StateChunkMismatch)];
-            if self.outstanding.get(&chunk.index).is_some_and(|(source, _)| *source == chunk.from) {
+            if self.outstanding.get(&chunk.index).is_some_and(|(source, _)| *source == chunk.replica) {
                 self.outstanding.remove(&chunk.index);
                 steps.extend(self.fill(now));
             }
@@ -166,8 +169,9 @@ impl StateFetch {
         if assembly.has(chunk.index) {
             return Vec::new();
         }
-        assembly.insert(chunk.index, chunk.data.to_vec());
-        self.outstanding.remove(&chunk.index);
+        let index = chunk.index;
+        assembly.insert(index, chunk.into_signed().payload.data);
+        self.outstanding.remove(&index);
         self.last_progress = now;
         if assembly.is_complete() {
             let image = self.assembly.take().and_then(Assembly::into_image).unwrap_or_default();
@@ -177,7 +181,7 @@ impl StateFetch {
     }
 
     /// Chunks asked for more than `timeout` ago are asked of another source.
-    pub fn on_tick(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<FetchStep> {
+    fn on_tick(&mut self, now: Instant, timeout: std::time::Duration) -> Vec<FetchStep> {
         let late: Vec<(u64, ReplicaId)> = self
             .outstanding
             .iter()
@@ -192,5 +196,20 @@ impl StateFetch {
         }
         steps.extend(self.fill(now));
         steps
+    }
+}
+
+impl Role for StateFetch {
+    type Input = FetchInput;
+    type Output = FetchStep;
+
+    fn handle(&mut self, input: FetchInput, now: Instant) -> Vec<FetchStep> {
+        match input {
+            FetchInput::Chunk(chunk) => self.on_chunk(chunk, now),
+            FetchInput::Tick => {
+                let timeout = self.membership.current().params.status_interval();
+                self.on_tick(now, timeout)
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use crate::ids::{ClusterId, Instant, ReplicaId, SeqNum, View};
 use crate::membership::{Membership, MembershipHandle};
 use crate::messages::{Message, MessageKind, VerifiedMessage};
 use crate::roles::checkpoint::{CollectorInput, CollectorOutput};
-use crate::roles::client::{Client, ClientAction, ClientError};
+use crate::roles::client::{Client, ClientAction, ClientError, ClientInput};
 use crate::roles::node::Roles;
 use crate::roles::primary::{PrimaryInput, PrimaryOutput};
 use crate::roles::replica::{Footprint, Input, Replica, ReplicaMetrics};
@@ -155,6 +155,11 @@ pub struct SimConfig {
     pub wire_roundtrip: bool,
     /// Simulated time after which the run stops, finished or not.
     pub time_limit: Duration,
+    /// Once every request completed, keep running this long before reporting (the checker
+    /// still runs): a view change under way when the last request completed gets to finish,
+    /// for tests that assert where the replicas end up rather than where they happened to
+    /// be at that instant. Zero by default.
+    pub linger: Duration,
     /// Negative control (tests only): correct replicas use weakened quorums.
     pub weaken_quorums: bool,
     /// Twins (Bano et al., "Twins: BFT Systems Made Robust"): each of these replicas runs
@@ -198,6 +203,7 @@ impl SimConfig {
             byzantine: Vec::new(),
             wire_roundtrip: false,
             time_limit: Duration::from_secs(600),
+            linger: Duration::ZERO,
             weaken_quorums: false,
             twins: Vec::new(),
             rounds: Vec::new(),
@@ -676,7 +682,7 @@ impl<S: Service> Simulation<S> {
     /// Runs to completion (or the time limit) and reports.
     pub fn run(mut self) -> SimReport {
         self.start();
-        let limit = Instant(self.config.time_limit.as_micros() as u64);
+        let mut limit = Instant(self.config.time_limit.as_micros() as u64);
         let mut finished = false;
         while let Some(Reverse((at, id))) = self.queue.pop() {
             if at > limit {
@@ -685,9 +691,12 @@ impl<S: Service> Simulation<S> {
             self.now = at;
             let event = self.events.remove(&id).expect("scheduled event exists");
             self.step(event);
-            if self.done() {
+            if !finished && self.done() {
                 finished = true;
-                break;
+                if self.config.linger.is_zero() {
+                    break;
+                }
+                limit = limit.min(self.now + self.config.linger);
             }
         }
         self.report(finished)
@@ -832,7 +841,7 @@ impl<S: Service> Simulation<S> {
                 if self.clients[client].timer_generation != generation {
                     return;
                 }
-                let actions = self.clients[client].client.on_timer(self.now);
+                let actions = self.clients[client].client.handle(ClientInput::Timer, self.now);
                 self.client_actions(client, actions);
             }
             Event::Deliver { to, payload } => {
@@ -865,7 +874,7 @@ impl<S: Service> Simulation<S> {
                     Endpoint::ByzantineClient(_) => {}
                     Endpoint::Client(client) => {
                         if let VerifiedMessage::Reply(reply) = message {
-                            let actions = self.clients[client].client.on_reply(reply, self.now);
+                            let actions = self.clients[client].client.handle(ClientInput::Reply(reply), self.now);
                             self.client_actions(client, actions);
                         }
                     }
@@ -1130,15 +1139,18 @@ impl<S: Service> Simulation<S> {
         }
         for operation in to_issue {
             let bytes = rmp_serde::to_vec(&operation).expect("operations encode");
-            match self.clients[client].client.invoke(bytes, false, self.now) {
-                Ok((_, actions)) => {
+            let actions = self.clients[client]
+                .client
+                .handle(ClientInput::Invoke { operation: bytes, read_only: false }, self.now);
+            match actions.first() {
+                // The oldest outstanding request holds the window: wait for it. The drawn
+                // operation is discarded, deterministically.
+                Some(ClientAction::Rejected(ClientError::WindowFull { .. })) => break,
+                Some(ClientAction::Rejected(error)) => panic!("simulated client misconfigured: {error}"),
+                _ => {
                     self.clients[client].issued += 1;
                     self.client_actions(client, actions);
                 }
-                // The oldest outstanding request holds the window: wait for it. The drawn
-                // operation is discarded, deterministically.
-                Err(ClientError::WindowFull { .. }) => break,
-                Err(error) => panic!("simulated client misconfigured: {error}"),
             }
         }
     }
@@ -1164,6 +1176,7 @@ impl<S: Service> Simulation<S> {
                     let generation = node.timer_generation;
                     self.schedule(at.max(self.now), Event::ClientTimer { client, generation });
                 }
+                ClientAction::Issued { .. } | ClientAction::Rejected(_) => {}
                 ClientAction::Completed { timestamp, result } => {
                     let id = self.clients[client].client.id();
                     self.checker.observe_accepted(id, timestamp, &result);
