@@ -143,7 +143,7 @@ impl PrimaryRole {
     }
 
     /// Whether `client` holds its whole `client_window` here: see
-    /// [`crate::roles::replica::Replica::client_saturated`].
+    /// [`crate::roles::node::Node::client_saturated`].
     pub fn client_saturated(&self, client: ClientId, now: Instant) -> bool {
         let queued = self.proposer.queued_of(client);
         let held = if self.proposer.exceeded_window(client, now) {

@@ -2,7 +2,7 @@
 //! [`crate::verify::Refusal`] is for the edge.
 //!
 //! A refusal is never fatal: the input is dropped and counted under its variant
-//! ([`crate::ReplicaMetrics::refused`], the `reason` label of `bulwark_refused_total`,
+//! ([`crate::roles::replica::ReplicaMetrics::refused`], the `reason` label of `bulwark_refused_total`,
 //! which is the variant's name). Its `Display` names the rule it enforces.
 
 use serde::{Deserialize, Serialize};
