@@ -640,6 +640,16 @@ impl VerifiedMessage {
         }
     }
 
+    /// The view of a normal-case message (PRE-PREPARE, PREPARE, COMMIT); none for others.
+    pub fn normal_case_view(&self) -> Option<View> {
+        match self {
+            VerifiedMessage::PrePrepare(m, _) => Some(m.view),
+            VerifiedMessage::Prepare(m) => Some(m.view),
+            VerifiedMessage::Commit(m) => Some(m.view),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> MessageKind {
         match self {
             VerifiedMessage::Request(_) => MessageKind::Request,

@@ -58,8 +58,8 @@ impl<T> VoteSet<T> {
     /// it choose, per receiver, which of its votes counts. It can then send one receiver a
     /// made-up vote first and everybody else its real one, so that the others' certificates
     /// (forwarded to that receiver as proof) include a vote the receiver refuses, and the
-    /// receiver never completes a certificate the rest of the cluster holds (campaign seed
-    /// 61: a backup never executed). Each of its signed votes is a genuine statement, and a
+    /// receiver never completes a certificate the rest of the cluster holds (it never
+    /// executes). Each of its signed votes is a genuine statement, and a
     /// certificate needs only `threshold` distinct signers for one digest, so counting it for
     /// the digest it completes is as safe as counting it for the first: it still counts once.
     pub fn add_completing(

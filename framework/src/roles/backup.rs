@@ -60,7 +60,7 @@ pub struct Slot {
     /// logged pre-prepare came from an equivocating primary: it is dropped and the
     /// certified batch fetched by digest. Without this a backup that took the "wrong"
     /// pre-prepare of an equivocating primary waits forever for COMMITs that will never
-    /// match it (found by Twins, `tests/twins.rs`).
+    /// match it (`tests/twins.rs` drives primaries that equivocate this way).
     certified: Option<(View, Digest)>,
 }
 
@@ -604,7 +604,7 @@ impl Backup {
             return messages;
         }
         let first = status.first_slot.max(self.low.next());
-        // Saturating: `first_slot` is the peer's word (fuzzing found u64::MAX - 5).
+        // Saturating: `first_slot` is the peer's word, and may be any number.
         let last =
             SeqNum(first.0.saturating_add(self.membership.current().params.watermark_window - 1)).min(self.high());
         if first > last {
@@ -622,7 +622,7 @@ impl Backup {
             }
             if let (Some(pp), Some(batch)) = (&slot.pre_prepare, &slot.batch) {
                 // Committed here but not there: the peer may hold another pre-prepare for
-                // this slot (an equivocating primary gave it one; campaign seed 637), and
+                // this slot (an equivocating primary may have given it one), and
                 // this one is what lets it see the equivocation (N3) and take part again.
                 if !theirs.has_pre_prepare || slot.committed {
                     messages.push(VerifiedMessage::PrePrepare(pp.clone(), batch.clone()));
@@ -747,7 +747,7 @@ impl Backup {
         self.equivocations_reported.clear();
         self.slots.retain(|seq, slot| *seq <= low && slot.committed);
         for queue in self.future.values_mut() {
-            queue.retain(|message| message_view(message).is_none_or(|v| v >= view));
+            queue.retain(|message| message.normal_case_view().is_none_or(|v| v >= view));
         }
         let i_am_primary = self.membership.current().primary(view) == self.me;
         let mut missing = Vec::new();
@@ -833,15 +833,5 @@ impl Role for Backup {
             BackupInput::Executed(seq) => self.forget_executed_below_low(seq),
         }
         out
-    }
-}
-
-/// The view of a normal-case message, if it has one.
-pub fn message_view(message: &VerifiedMessage) -> Option<View> {
-    match message {
-        VerifiedMessage::PrePrepare(m, _) => Some(m.view),
-        VerifiedMessage::Prepare(m) => Some(m.view),
-        VerifiedMessage::Commit(m) => Some(m.view),
-        _ => None,
     }
 }

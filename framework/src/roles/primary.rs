@@ -14,8 +14,8 @@
 //! most `client_window` requests (a correct client never has more outstanding), and a
 //! batch takes one request from each client with requests waiting before it takes a second
 //! from any. A client flooding valid requests then gets one place per round, as every other
-//! client does, instead of the whole queue: without this one such client brought a bench's
-//! correct clients to 1% of their fault-free throughput (`bench --attack request-flood`).
+//! client does, instead of the whole queue, which would leave the correct clients almost
+//! nothing (`bench --attack request-flood` measures it).
 //!
 //! Turns alone were not enough: the flooder always has requests queued and correct clients
 //! mostly have theirs in flight, so it filled every batch's empty places, half the pipeline

@@ -166,9 +166,9 @@ pub struct ViewChanger {
     /// VC7 pacing: when `own` goes out again, and the wait after that. The wait starts at
     /// the status interval and doubles up to `T_cur`: every copy costs each receiver a
     /// check of up to a window of prepared certificates (hundreds of signatures), and
-    /// copies every status tick from every view-changing replica kept a loaded 2-core
-    /// host's verifiers busy past the NEW-VIEW they were waiting for (`bench --attack
-    /// equivocating-primary` at 0%). Receivers also drop byte-identical copies cheaply.
+    /// copies at every status tick from every view-changing replica can keep a loaded
+    /// host's verifiers busy past the NEW-VIEW they wait for. Receivers also drop
+    /// byte-identical copies cheaply.
     retransmit_at: Option<Instant>,
     retransmit_wait: Duration,
     /// Each member's highest-view VIEW-CHANGE above the current view (VC8).
@@ -347,8 +347,8 @@ impl ViewChanger {
     /// waiting any more, restarts it when something still is; a new request executed in a
     /// view resets `T_cur` to the base timeout. "New" means ordered by this view's primary,
     /// above the NEW-VIEW's re-proposals: those execute at once after a view change and say
-    /// nothing about whether the new primary keeps up, and resetting on them kept an
-    /// overloaded cluster changing views every base timeout without ever doubling it.
+    /// nothing about whether the new primary keeps up, and resetting on them would keep
+    /// an overloaded cluster changing views every base timeout without ever doubling it.
     /// Returns the deadline to arm, if any.
     fn executed(
         &mut self,
@@ -529,7 +529,7 @@ impl ViewChanger {
         // past `target` (its view-change timer for it ran out) retransmits only its latest
         // VIEW-CHANGE (VC7), and if its message for `target` was lost, counting exact
         // matches alone would leave the others waiting for a NEW-VIEW that cannot be built
-        // and without a timer to move on (campaign seed 391).
+        // and without a timer to move on.
         let at_or_above = self.received.values().flatten().filter(|vc| vc.view() >= target).count();
         if at_or_above >= self.membership.current().quorum() && self.view_change_deadline.is_none() {
             let at = now + self.timeout;

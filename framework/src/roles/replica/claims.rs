@@ -1,7 +1,7 @@
 //! What the other members claim to have reached, and what a replica may conclude from it.
 //!
 //! A member claims a sequence number with every vote, CHECKPOINT and STATUS it sends. One
-//! member's word may be a Byzantine lie: the flood strategy's checkpoints far ahead kept
+//! member's word may be a Byzantine lie: checkpoints far ahead from one member would keep
 //! every correct replica reporting itself stuck, and its peers answering, at every tick.
 //! So a replica believes a sequence number exists only on its own evidence (its primary's
 //! pre-prepare, a NEW-VIEW) or on the word of `f + 1` members, one of them correct.

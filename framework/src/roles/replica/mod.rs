@@ -29,7 +29,7 @@ use crate::messages::{
     Batch, BatchReply, BatchRequest, Checkpoint, Inquiry, MessageKind, Report, Request, StateReply, StateRequest,
     Status, VerifiedMessage, VerifiedNewView, VerifiedViewChange, ViewChange,
 };
-use crate::roles::backup::{message_view, Backup, BackupInput, BackupOutput, WindowPosition};
+use crate::roles::backup::{Backup, BackupInput, BackupOutput, WindowPosition};
 use crate::roles::checkpoint::{CollectorInput, CollectorOutput, StableCheckpoint};
 use crate::roles::executor::{Executor, RequestStatus};
 use crate::roles::executor::{ExecutorInput, ExecutorOutput};
@@ -425,7 +425,7 @@ impl<S: Service> Replica<S> {
                     // N3: the two signed pre-prepares are the proof; forwarding them lets
                     // every correct replica see it and join (VC2).
                     self.metrics.primary_equivocations += 1;
-                    let suspected = message_view(&first).unwrap_or(self.view());
+                    let suspected = first.normal_case_view().unwrap_or(self.view());
                     actions.push(Action::Broadcast { message: first });
                     actions.push(Action::Broadcast { message: second });
                     if suspected == self.view() && !self.is_changing() {

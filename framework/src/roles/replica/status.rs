@@ -64,7 +64,7 @@ impl<S: Service> Replica<S> {
         self.claims.note_claim(status.replica, status.last_executed, &self.backup);
         if let Some(offset) = status.slots.iter().rposition(|p| p.has_pre_prepare) {
             // The slots start at `first_slot` (before `last_executed` when re-running after
-            // a view change). Saturating: it is the peer's word (fuzzing found u64::MAX - 3).
+            // a view change). Saturating: it is the peer's word, and may be any number.
             let seq = SeqNum(status.first_slot.0.saturating_add(offset as u64));
             if status.view == self.view() && status.replica == self.membership.current().primary(status.view) {
                 // The primary is the source of pre-prepares: one it holds and a backup
@@ -94,7 +94,7 @@ impl<S: Service> Replica<S> {
         );
         // A peer behind the stable checkpoint can use nothing of the log above it before it
         // has fetched that state (the proof above starts the transfer), and its watermarks
-        // keep it from even holding most of it. Sending the window anyway turned a small
+        // keep it from even holding most of it. Sending the window anyway would turn a small
         // Byzantine STATUS ("I am at 0") into a whole window of batches from every correct
         // replica, at every answer.
         if status.last_executed >= stable.seq {

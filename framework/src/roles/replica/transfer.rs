@@ -85,7 +85,7 @@ impl<S: Service> Replica<S> {
     /// proof. Checkpoints of `f + 1` members past it (not yet stable) count only while it
     /// still executes from one timer to the next: when the others are stuck too — a
     /// correct replica froze in a view change that needs this replica to join it — waiting
-    /// for them deadlocks the cluster (campaign seed 488).
+    /// for them would deadlock the cluster.
     pub(super) fn catching_up_at_request_timer(&mut self) -> bool {
         let last_executed = self.last_executed();
         // The first firing has nothing to compare with: it gets the benefit of the doubt.

@@ -239,7 +239,7 @@ impl<S: Service> Replica<S> {
         for queue in self.later_views.values_mut() {
             let held = std::mem::take(queue);
             for message in held {
-                match message_view(&message) {
+                match message.normal_case_view() {
                     Some(v) if v == view => replay.push(message),
                     Some(v) if v > view => queue.push_back(message),
                     _ => {}
