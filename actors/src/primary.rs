@@ -11,7 +11,7 @@
 //! replica in the same way (`NetworkModel::role_hop_max_us`), so the delay and
 //! interleaving of this hop are tested there.
 
-use crate::clock::now;
+use crate::clock::{now, run_at};
 use crate::replica::{RoleGauges, SaturatedClients};
 use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
 use bulwark_framework::roles::primary::{PrimaryInput, PrimaryOutput, PrimaryRole};
@@ -85,18 +85,13 @@ impl PrimaryActor {
         self.gauges.in_flight_batches.store(self.role.in_flight_len(), Ordering::Relaxed);
     }
 
-    /// Arms the batch timer, replacing the pending one; never fires before `at` (as the
-    /// replica actor's timers).
+    /// Arms the batch timer for `at` ([`run_at`]), replacing the pending one.
     fn set_batch_timer(&mut self, at: Instant, ctx: &mut Context<Self>) {
         if let Some(handle) = self.batch_timer.take() {
             ctx.cancel_future(handle);
         }
-        let handle = ctx.run_later(at.saturating_since(now()), move |actor, ctx| {
+        let handle = run_at(ctx, at, |actor: &mut Self, ctx| {
             actor.batch_timer = None;
-            if now() < at {
-                actor.set_batch_timer(at, ctx);
-                return;
-            }
             actor.step(vec![PrimaryInput::BatchTimer], ctx);
         });
         self.batch_timer = Some(handle);

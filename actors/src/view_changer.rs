@@ -14,7 +14,7 @@
 //! (`NetworkModel::role_hop_max_us`), so the delay and interleaving of this hop are
 //! tested there.
 
-use crate::clock::now;
+use crate::clock::{now, run_at};
 use crate::replica::{RoleGauges, SaturatedClients};
 use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
 use bulwark_framework::roles::view_change::{ViewChanger, ViewChangerInput, ViewChangerOutput};
@@ -85,18 +85,13 @@ impl ViewChangerActor {
         self.gauges.view_changes_held.store(self.role.view_changes_held(), Ordering::Relaxed);
     }
 
-    /// Arms `timer`, replacing the pending one of its kind; never fires before `at` (the
-    /// role ignores an early firing of the view-change timer without re-arming it).
+    /// Arms `timer` for `at` ([`run_at`]), replacing the pending one of its kind.
     fn set_timer(&mut self, timer: TimerKind, at: Instant, ctx: &mut Context<Self>) {
         if let Some(handle) = self.timers.remove(&timer) {
             ctx.cancel_future(handle);
         }
-        let handle = ctx.run_later(at.saturating_since(now()), move |actor, ctx| {
+        let handle = run_at(ctx, at, move |actor: &mut Self, ctx| {
             actor.timers.remove(&timer);
-            if now() < at {
-                actor.set_timer(timer, at, ctx);
-                return;
-            }
             actor.step(vec![ViewChangerInput::Timer(timer)], ctx);
         });
         self.timers.insert(timer, handle);

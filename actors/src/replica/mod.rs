@@ -33,7 +33,7 @@ pub use group_commit::{StoreStatus, HELD_ACTIONS_MAX};
 pub(crate) use saturated::SaturatedClients;
 
 use crate::checkpoints::{CheckpointActor, Collect, Collected};
-use crate::clock::now;
+use crate::clock::{now, run_at};
 use crate::primary::{FromPrimary, PrimaryActor, ToPrimary};
 use crate::store::{store_path, Opened, Store, StoreEvent, StoreWriter};
 use crate::transport::{self, ConnectionId, TransportConfig, TransportHandle, TransportStats};
@@ -317,22 +317,15 @@ impl<S: Service + Send + Unpin> ReplicaActor<S> {
         }
     }
 
-    /// Arms `timer` to fire at `at`, replacing the pending one of that kind: a correct
-    /// replica's status timer (its roles' actors run theirs), every timer of a Byzantine
-    /// one. The node keeps its own deadlines, the actor only delivers the firing. A firing is never delivered
-    /// before `at` by the runtime's clock: some roles ignore an early one without re-arming
-    /// (the view-change timer would then be lost), so the actor waits out the remainder.
+    /// Arms `timer` to fire at `at` ([`run_at`]), replacing the pending one of that kind: a
+    /// correct replica's status timer (its roles' actors run theirs), every timer of a
+    /// Byzantine one. The node keeps its own deadlines, the actor only delivers the firing.
     fn set_timer(&mut self, timer: TimerKind, at: Instant, ctx: &mut Context<Self>) {
         if let Some(handle) = self.timers.remove(&timer) {
             ctx.cancel_future(handle);
         }
-        let delay = at.saturating_since(now());
-        let handle = ctx.run_later(delay, move |actor, ctx| {
+        let handle = run_at(ctx, at, move |actor: &mut Self, ctx| {
             actor.timers.remove(&timer);
-            if now() < at {
-                actor.set_timer(timer, at, ctx);
-                return;
-            }
             let actions = actor.step(Input::Timer(timer), ctx);
             actor.carry_out(actions, ctx);
         });
