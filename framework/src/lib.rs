@@ -16,7 +16,7 @@
 //!
 //! This crate never imports a runtime (no actix, no tokio), never reads a clock and never
 //! draws global randomness: that is what lets the simulator replay any run from its seed.
-//! Rule IDs in comments and test names (N1.c, C5, …) refer to `shared/PBFT.md`.
+//! Rule IDs in comments and test names (N1.c, C5, …) refer to `docs/PBFT.md`.
 
 pub mod batch;
 pub mod config;

@@ -8,7 +8,7 @@
 //! cofactored rule Bulwark uses (ZIP-215) the signature is valid alone and in every batch.
 //! These tests pin what matters: whether a request is valid (R1, N1.e) is a property of the
 //! request alone, the same on every path and beside any companions. Rule IDs refer to
-//! `shared/PBFT.md`.
+//! `docs/PBFT.md`.
 
 use bulwark_crypto::torsion::{sign_with_torsion, ORDER_EIGHT_TORSION};
 use bulwark_crypto::{Digest, KeyPair, Signed};

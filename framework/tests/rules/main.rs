@@ -1,4 +1,4 @@
-//! One test per protocol rule of `shared/PBFT.md`, named after the rule it checks.
+//! One test per protocol rule of `docs/PBFT.md`, named after the rule it checks.
 //!
 //! Each test drives a role directly, or a replica with its roles wired as production wires
 //! them (`roles::node::Node`, with no delay on the hops) — no network, no runtime — and
