@@ -49,6 +49,12 @@ pub enum InvokeError {
     MalformedOperation,
     #[error("the operation is not read-only; use invoke")]
     NotReadOnly,
+    #[error("the service failed on this operation (it panicked at every replica); the operation had no effect")]
+    ServiceFailed,
+    #[error(
+        "the operation took effect, but its reply of {bytes} bytes is over the cluster's reply_bytes_max of {limit}"
+    )]
+    ReplyTooLarge { bytes: u64, limit: u64 },
     #[error("the reply did not decode as the service's reply type: {0}")]
     BadReply(String),
     #[error("the operation could not be encoded: {0}")]
@@ -504,6 +510,8 @@ impl<S: Service> Client<S> {
             Ok(Outcome::Ok(reply)) => Ok(reply),
             Ok(Outcome::MalformedOperation) => Err(InvokeError::MalformedOperation),
             Ok(Outcome::NotReadOnly) => Err(InvokeError::NotReadOnly),
+            Ok(Outcome::ServiceFailed) => Err(InvokeError::ServiceFailed),
+            Ok(Outcome::ReplyTooLarge { bytes, limit }) => Err(InvokeError::ReplyTooLarge { bytes, limit }),
             Err(e) => Err(InvokeError::BadReply(e.to_string())),
         }
     }

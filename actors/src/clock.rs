@@ -4,12 +4,16 @@ use actix::{Actor, ActorFutureExt, AsyncContext, Context, SpawnHandle};
 use bulwark_framework::Instant;
 use std::sync::OnceLock;
 
-static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+/// The monotonic clock's reading at the first call, and the wall clock's at that moment.
+static ORIGIN: OnceLock<(std::time::Instant, u64)> = OnceLock::new();
 
-/// Microseconds since the first call in this process, as a framework [`Instant`].
+/// Microseconds since the Unix epoch, as a framework [`Instant`]: the wall clock read once,
+/// at the first call in this process, then advanced by the monotonic clock. So the roles'
+/// timers never jump when the wall clock is stepped, while the times a primary proposes
+/// for its batches (PBFT.md N1.f) are comparable across replicas whose clocks agree.
 pub fn now() -> Instant {
-    let origin = ORIGIN.get_or_init(std::time::Instant::now);
-    Instant(origin.elapsed().as_micros() as u64)
+    let (origin, wall_at_origin_us) = ORIGIN.get_or_init(|| (std::time::Instant::now(), wall_clock_micros()));
+    Instant(wall_at_origin_us + origin.elapsed().as_micros() as u64)
 }
 
 /// Microseconds since the Unix epoch: a client's first timestamp, so a restarted client

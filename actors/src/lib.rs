@@ -1,12 +1,17 @@
 //! The Bulwark runtime: actix actors for the protocol roles (per replica one for its
-//! backup, executor and view-changer roles, one for its primary role and one for its
-//! checkpoint collector; one per client), the TCP transport, timers, storage and
-//! configuration loading. Built in the Runtime issue; the protocol it drives
-//! lives in `bulwark-framework`.
+//! backup, executor and state fetcher, one each for its primary role, its checkpoint
+//! collector and its view-changer; one per client), the TCP transport, timers, storage and
+//! configuration loading. The protocol it drives lives in `bulwark-framework`.
+//!
+//! A program that replicates its own service starts from [`launch`] (a replica from a
+//! cluster file and a key file, a client from a cluster file) or [`local`] (a whole cluster
+//! in one process).
 pub mod checkpoints;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod launch;
+pub mod local;
 pub mod metrics;
 pub mod primary;
 pub mod recent_requests;

@@ -35,6 +35,14 @@ struct RefusalLabels {
     reason: String,
 }
 
+/// The labels of `bulwark_service_faults_total`: what the service did wrong (the
+/// `ServiceFault` variant's name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    replica: u32,
+    kind: &'static str,
+}
+
 /// A registry being filled with one replica's metrics, each family labelled by the replica.
 /// The registry appends the full stop to each help text and, to a counter's name, `_total`.
 struct ReplicaRegistry {
@@ -217,6 +225,22 @@ pub fn render(status: &ReplicaStatus, refused_at_edge: &RefusalCounts, heavy: &H
             .inc_by(*count);
     }
     metrics.registry.register("refused", "Messages refused, by where and why", refused);
+    metrics.counter(
+        "divergences",
+        "Stable checkpoints at which this replica's own state differed from the quorum's: \
+         the service is probably not deterministic",
+        m.divergences,
+    );
+    let faults = Family::<FaultLabels, Counter>::default();
+    for (kind, count) in &m.service_faults {
+        faults.get_or_create(&FaultLabels { replica, kind }).inc_by(*count);
+    }
+    metrics.registry.register(
+        "service_faults",
+        "What the service did wrong (a panic in execute or query, a reply over reply_bytes_max, a refused \
+         snapshot, a rebuild that came out different), by kind",
+        faults,
+    );
     let mut out = String::new();
     prometheus_text::encode(&mut out, &metrics.registry).expect("writing to a String cannot fail");
     out
@@ -358,7 +382,7 @@ mod tests {
 
     /// Every metric family the endpoint exposes, with its type: the names the README and
     /// dashboards rely on.
-    const FAMILIES: [(&str, &str); 49] = [
+    const FAMILIES: [(&str, &str); 51] = [
         ("view", "gauge"),
         ("view_changing", "gauge"),
         ("view_change_target", "gauge"),
@@ -408,6 +432,8 @@ mod tests {
         ("store_held_actions", "gauge"),
         ("store_inbound_pauses_total", "counter"),
         ("refused_total", "counter"),
+        ("divergences_total", "counter"),
+        ("service_faults_total", "counter"),
     ];
 
     /// What one family's lines say: its HELP and TYPE lines and its samples.
@@ -446,7 +472,9 @@ mod tests {
         let mut status = status(0, None);
         status.store = Some(StoreStatus { metrics: Default::default(), groups: 0, held_actions: 0, inbound_pauses: 0 });
         status.metrics.refused.insert(RoleRefusal::PrepareForAnotherView, 1);
+        status.metrics.service_faults.insert("Panicked", 2);
         let text = render(&status, &RefusalCounts::default(), &HeavyVerificationStats::default());
+        assert!(text.contains(r#"bulwark_service_faults_total{replica="2",kind="Panicked"} 2"#), "{text}");
         let exposed = families(&text);
         for (name, kind) in FAMILIES {
             let family = exposed.get(&format!("bulwark_{name}")).unwrap_or_else(|| panic!("no {name} in {text}"));

@@ -143,7 +143,7 @@ mod tests {
         let saturated = SaturatedClients::default();
         let primary = PrimaryActor::new(role, listener.recipient(), saturated, gauges.clone()).start();
         primary.send(ToPrimary(vec![PrimaryInput::Offer(request(1))])).await.unwrap();
-        let lead = PrimaryInput::Lead { view: View(1), next_seq: SeqNum(5), low: SeqNum(0) };
+        let lead = PrimaryInput::Lead { view: View(1), next_seq: SeqNum(5), low: SeqNum(0), time_floor_us: 0 };
         primary.send(ToPrimary(vec![lead])).await.unwrap();
         // Nothing in flight: the first request goes at once (P3, low load).
         primary.send(ToPrimary(vec![PrimaryInput::Offer(request(2))])).await.unwrap();

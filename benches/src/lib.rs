@@ -13,7 +13,7 @@
 
 use bulwark_crypto::{KeyPair, PublicKey, Signed};
 use bulwark_framework::messages::{
-    batch_digest, Checkpoint, Commit, Message, PrePrepare, Prepare, Reply, Request, WireCommand,
+    batch_digest, Checkpoint, Commit, Message, PrePrepare, Prepare, Reply, Request, WireBatch,
 };
 use bulwark_framework::sim::{SimConfig, Simulation};
 use bulwark_framework::{
@@ -115,10 +115,10 @@ impl Fixture {
     /// the batch digest that verification expects.
     pub fn pre_prepare(&self, requests: Vec<Signed<Request>>) -> Message {
         let digests: Vec<_> = requests.iter().map(|r| SCOPE.digest(&r.payload)).collect();
-        let payload = PrePrepare { view: VIEW, seq: SEQ, digest: batch_digest(digests.iter()) };
+        let payload = PrePrepare { view: VIEW, seq: SEQ, digest: batch_digest(0, digests.iter()) };
         let primary = self.config.primary(VIEW);
         let signed = SCOPE.sign(payload, self.key(primary)).into_signed();
-        Message::PrePrepare(signed, WireCommand::requests(requests))
+        Message::PrePrepare(signed, WireBatch::requests(0, requests))
     }
 
     /// The unsigned prepare replica 1 sends for the fixture slot.

@@ -1,22 +1,17 @@
-//! A local cluster in one process and a load generator: what `bulwark demo` and
-//! `bulwark bench` are made of, and what the integration tests drive.
+//! A load generator over a local cluster: what `bulwark demo` and `bulwark bench` are made
+//! of. The local cluster itself is the runtime's ([`bulwark_actors::local`]), re-exported.
 
 use crate::bank::{Bank, BankOp};
 use crate::echo::{Echo, EchoOp};
 use crate::kv::{KvOp, KvStore};
-use actix::prelude::*;
-use bulwark_actors::client::{Client, ClientOptions};
-use bulwark_actors::replica::{spawn_replica, ReplicaHandle, ReplicaSetup, ReplicaStatus};
-use bulwark_actors::verifier::{default_threads, VerifierPool};
-use bulwark_crypto::KeyPair;
-use bulwark_framework::sim::byzantine::Strategy;
-use bulwark_framework::{ClusterId, Membership, MembershipHandle, ProtocolParams, ReplicaId, Service};
+pub use bulwark_actors::local::{free_local_addresses, LocalCluster, LOCAL_CLUSTER_ID};
+
+use bulwark_actors::client::Client;
+use bulwark_framework::Service;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::io::IsTerminal as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -46,15 +41,14 @@ impl Workload for KvStore {
 
 impl Workload for Bank {
     fn operation(rng: &mut rand::rngs::StdRng, client: usize, index: u64, _: Sizes) -> BankOp {
+        // Each client pays out of its own account (the bank lets only an account's owner
+        // debit it) and into anyone's.
         let account = |n: u32| format!("account-{n}");
+        let own = account(client as u32);
         match index % 3 {
-            0 => BankOp::Deposit { account: account(client as u32 % 100), amount: rng.gen_range(1..100) },
-            1 => BankOp::Transfer {
-                from: account(rng.gen_range(0..100)),
-                to: account(rng.gen_range(0..100)),
-                amount: rng.gen_range(1..50),
-            },
-            _ => BankOp::Withdraw { account: account(rng.gen_range(0..100)), amount: rng.gen_range(1..50) },
+            0 => BankOp::Deposit { account: own, amount: rng.gen_range(1..100) },
+            1 => BankOp::Transfer { from: own, to: account(rng.gen_range(0..100)), amount: rng.gen_range(1..50) },
+            _ => BankOp::Withdraw { account: own, amount: rng.gen_range(1..50) },
         }
     }
 }
@@ -62,157 +56,6 @@ impl Workload for Bank {
 impl Workload for Echo {
     fn operation(_: &mut rand::rngs::StdRng, _: usize, _: u64, sizes: Sizes) -> EchoOp {
         EchoOp { payload: vec![0; sizes.request_bytes], reply_bytes: sizes.reply_bytes as u32, read_only: false }
-    }
-}
-
-/// Free TCP ports on 127.0.0.1, one per replica (bound and released: the usual race, fine
-/// for a local demo).
-pub fn free_local_addresses(count: usize) -> std::io::Result<BTreeMap<ReplicaId, SocketAddr>> {
-    let listeners: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    listeners.iter().enumerate().map(|(i, l)| Ok((ReplicaId(i as u32), l.local_addr()?))).collect()
-}
-
-/// The cluster id of a [`LocalCluster`].
-pub const LOCAL_CLUSTER_ID: ClusterId = ClusterId(1);
-
-/// `n` replicas of `S` in this process, each on its own arbiter, over loopback TCP.
-pub struct LocalCluster<S: Service + Send + Unpin> {
-    /// The cluster's membership (cluster [`LOCAL_CLUSTER_ID`], replicas `0..n`).
-    pub membership: Membership,
-    pub addresses: BTreeMap<ReplicaId, SocketAddr>,
-    pub replicas: Vec<ReplicaHandle<S>>,
-    pub verifier: VerifierPool,
-    arbiters: Vec<Arbiter>,
-}
-
-impl<S: Service + Send + Unpin> std::fmt::Debug for LocalCluster<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LocalCluster(n={})", self.replicas.len())
-    }
-}
-
-impl<S: Service + Send + Unpin> LocalCluster<S> {
-    /// Starts the cluster. Must be called inside a running actix System.
-    pub async fn start(n: usize, params: ProtocolParams, make_service: impl Fn() -> S) -> anyhow::Result<Self> {
-        Self::start_in(n, params, make_service, None).await
-    }
-
-    /// Starts the cluster with durable replicas when `data_dir` is given: replica `i` keeps
-    /// its store in `data_dir/replica-<i>.redb`. Must be called inside a running actix System.
-    pub async fn start_in(
-        n: usize,
-        params: ProtocolParams,
-        make_service: impl Fn() -> S,
-        data_dir: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
-        Self::start_with_byzantine(n, params, make_service, data_dir, &[]).await
-    }
-
-    /// Starts the cluster with the replicas named in `byzantine` running the simulator's
-    /// Byzantine strategies instead of the protocol (they report no status, so [`settle`]
-    /// and [`statuses`] cover the correct replicas only). Must be called inside a running
-    /// actix System.
-    ///
-    /// [`settle`]: LocalCluster::settle
-    /// [`statuses`]: LocalCluster::statuses
-    pub async fn start_with_byzantine(
-        n: usize,
-        params: ProtocolParams,
-        make_service: impl Fn() -> S,
-        data_dir: Option<PathBuf>,
-        byzantine: &[(ReplicaId, Strategy)],
-    ) -> anyhow::Result<Self> {
-        let keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::generate(&mut rand::rngs::OsRng)).collect();
-        let membership = Membership::numbered(LOCAL_CLUSTER_ID, keys.iter().map(KeyPair::public).collect(), params)?;
-        let addresses = free_local_addresses(n)?;
-        let verifier = VerifierPool::start(default_threads(), MembershipHandle::new(membership.clone()));
-        let mut replicas = Vec::new();
-        let mut arbiters = Vec::new();
-        for (index, key) in keys.into_iter().enumerate() {
-            let arbiter = Arbiter::new();
-            let id = ReplicaId(index as u32);
-            let setup = ReplicaSetup {
-                id,
-                key,
-                membership: membership.clone(),
-                addresses: addresses.clone(),
-                service: make_service(),
-                verifier: verifier.clone(),
-                send_queue_frames_max: 65_536,
-                data_dir: data_dir.clone(),
-                byzantine: byzantine.iter().find(|(r, _)| *r == id).map(|(_, strategy)| *strategy),
-            };
-            replicas.push(spawn_replica(setup, &arbiter.handle()).await?);
-            arbiters.push(arbiter);
-        }
-        Ok(LocalCluster { membership, addresses, replicas, verifier, arbiters })
-    }
-
-    /// A client with a fresh key, on its own arbiter (thread).
-    pub async fn client(&mut self, options: ClientOptions) -> anyhow::Result<Client<S>> {
-        let key = KeyPair::generate(&mut rand::rngs::OsRng);
-        let arbiter = Arbiter::new();
-        let client = Client::connect_on(
-            &arbiter.handle(),
-            self.membership.clone(),
-            self.addresses.clone(),
-            key,
-            self.verifier.clone(),
-            options,
-        )
-        .await?;
-        self.arbiters.push(arbiter);
-        // Wait until a quorum of replicas answers, so the first requests do not race the
-        // connections being set up (and wait out a retransmission timeout).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let answered = client.inquire(Duration::from_millis(200)).await.map(|r| r.len()).unwrap_or(0);
-            if answered >= self.membership.quorum() {
-                break;
-            }
-        }
-        Ok(client)
-    }
-
-    /// Every replica's status (`None` for a stopped or Byzantine one).
-    pub async fn statuses(&self) -> Vec<Option<ReplicaStatus>> {
-        let mut statuses = Vec::new();
-        for replica in &self.replicas {
-            statuses.push(replica.status().await);
-        }
-        statuses
-    }
-
-    /// Waits until the running replicas have executed the same sequence number (or
-    /// `timeout`), then reports whether their state digests agree.
-    pub async fn settle(&self, timeout: Duration) -> (bool, Vec<ReplicaStatus>) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let statuses: Vec<ReplicaStatus> = self.statuses().await.into_iter().flatten().collect();
-            let same_point = statuses.windows(2).all(|w| w[0].last_executed == w[1].last_executed);
-            if same_point || Instant::now() >= deadline {
-                let agree = same_point && statuses.windows(2).all(|w| w[0].state_digest == w[1].state_digest);
-                return (agree, statuses);
-            }
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Stops replica `id` (its actor and connections), as a crash would.
-    pub fn stop_replica(&self, id: ReplicaId) {
-        if let Some(replica) = self.replicas.iter().find(|replica| replica.id == id) {
-            replica.stop();
-        }
-    }
-
-    /// Stops every replica and its arbiter.
-    pub fn shutdown(&self) {
-        for replica in &self.replicas {
-            replica.stop();
-        }
-        for arbiter in &self.arbiters {
-            arbiter.stop();
-        }
     }
 }
 
@@ -228,7 +71,8 @@ pub struct LoadSpec {
     /// Load applied before measuring starts.
     pub warmup: Duration,
     pub sizes: Sizes,
-    /// Print a live progress line to stderr every second.
+    /// Print a progress line to stderr every second: rewritten in place when stderr is a
+    /// terminal, one line per second otherwise (a file or a pipe).
     pub progress: bool,
     /// Stop measuring once this many operations completed (or when `duration` is up,
     /// whichever comes first).
@@ -419,6 +263,9 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
     let rss_start_bytes = resident_bytes();
     let mut rss_max_bytes = rss_start_bytes;
     let mut last_tick = Instant::now();
+    // On a terminal the progress line is rewritten in place (`\r`); in a file or a pipe each
+    // second gets a line of its own, so a log is not one line of thousands of characters.
+    let in_place = std::io::stderr().is_terminal();
     // Checked every 10 ms so that `ops_max` ends the run close to the count asked for.
     let check_every = if spec.ops_max.is_some() { Duration::from_millis(10) } else { Duration::from_secs(1) };
     while Instant::now() < stop_at {
@@ -433,8 +280,8 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
         if spec.progress {
             let mut t = tally.borrow_mut();
             let secs = last_tick.elapsed().as_secs_f64().max(1e-9);
-            eprint!(
-                "\r[{:>4.0}s] {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  completed {:>9}  errors {}  rss {:.0} MiB   ",
+            let line = format!(
+                "[{:>4.0}s] {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  completed {:>9}  errors {}  rss {:.0} MiB",
                 measuring_started.elapsed().as_secs_f64(),
                 t.interval_completed as f64 / secs,
                 t.interval_latency_us.value_at_quantile(0.5) as f64 / 1000.0,
@@ -443,6 +290,12 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
                 t.errors,
                 mib(rss),
             );
+            if in_place {
+                // The trailing spaces cover what is left of a longer previous line.
+                eprint!("\r{line}   ");
+            } else {
+                eprintln!("{line}");
+            }
             t.interval_completed = 0;
             t.interval_latency_us.reset();
         }
@@ -455,7 +308,7 @@ pub async fn run_load<S: Workload>(clients: &[Client<S>], spec: &LoadSpec) -> Lo
     let rss_end_bytes = resident_bytes();
     rss_max_bytes = rss_max_bytes.max(rss_end_bytes);
     tally.borrow_mut().measuring = false;
-    if spec.progress {
+    if spec.progress && in_place {
         eprintln!();
     }
     for task in tasks {

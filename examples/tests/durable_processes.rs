@@ -108,7 +108,7 @@ fn a_backup_killed_under_load_restarts_from_its_store_and_catches_up() {
     let rows = wait_for_agreement(&config, Duration::from_secs(20));
     assert!(rows.iter().all(|row| row.stable > 0), "{rows:?}");
     let get = client(&config, &["get", "colour"]);
-    assert_eq!(stdout(&get), "blue");
+    assert_eq!(stdout(&get), r#"get colour: "blue""#);
     assert!(!read_log(&log).contains("corrupt"), "{}", read_log(&log));
     eprintln!(
         "{} puts acknowledged; the backup recovered {recovered} records; {:?} in all",
@@ -147,7 +147,7 @@ fn every_replica_killed_at_once_loses_no_acknowledged_put() {
     let put = client(&config, &["put", "colour", "green"]);
     assert!(put.status.success(), "put after the restart: {}", String::from_utf8_lossy(&put.stderr));
     let get = client(&config, &["get", "colour"]);
-    assert_eq!(stdout(&get), "green");
+    assert_eq!(stdout(&get), r#"get colour: "green""#);
     let more = Load::start(&config, 8);
     more.wait_for_acks(100, Duration::from_secs(15));
     more.stop();
@@ -217,7 +217,7 @@ fn a_corrupted_store_is_detected_moved_aside_and_the_replica_catches_up() {
     // What was acknowledged before is all there, and the marker is readable again.
     assert_all_present(&config, &acked);
     let get = client(&config, &["get", marker]);
-    assert_eq!(stdout(&get), marker);
+    assert_eq!(stdout(&get), format!("get {marker}: {marker:?}"));
     eprintln!("{:?} in all", started.elapsed());
 }
 

@@ -67,7 +67,7 @@ fn four_replica_processes_serve_put_and_get_and_survive_a_killed_backup() {
     let put = put_when_ready(&config, "colour", "blue");
     assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
     let get = client(&config, &["get", "colour"]);
-    assert_eq!(stdout(&get), "blue", "stderr: {}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(stdout(&get), r#"get colour: "blue""#, "stderr: {}", String::from_utf8_lossy(&get.stderr));
 
     // Replica 0 exports Prometheus metrics on the optional port.
     let metrics = scrape(metrics_port);
@@ -85,7 +85,7 @@ fn four_replica_processes_serve_put_and_get_and_survive_a_killed_backup() {
     let put = client(&config, &["put", "colour", "green"]);
     assert!(put.status.success(), "put after kill: {}", String::from_utf8_lossy(&put.stderr));
     let get = client(&config, &["get", "colour"]);
-    assert_eq!(stdout(&get), "green");
+    assert_eq!(stdout(&get), r#"get colour: "green""#);
 
     let status = client(&config, &["status"]);
     let text = stdout(&status);
@@ -115,7 +115,7 @@ fn replicas_with_ids_3_8_21_40_serve_put_get_and_status() {
     let put = put_when_ready(&config, "colour", "blue");
     assert!(put.status.success(), "put: {}", String::from_utf8_lossy(&put.stderr));
     let get = client(&config, &["get", "colour"]);
-    assert_eq!(stdout(&get), "blue", "stderr: {}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(stdout(&get), r#"get colour: "blue""#, "stderr: {}", String::from_utf8_lossy(&get.stderr));
     assert_eq!(metric(&scrape(metrics_port), "view", 21), 0);
 
     // Every replica answers an inquiry, named by its id; all at one point agree.
@@ -183,7 +183,7 @@ fn a_killed_primary_process_is_replaced_by_a_view_change() {
     assert!(put.status.success(), "put after killing the primary: {}", String::from_utf8_lossy(&put.stderr));
     eprintln!("first put after killing the primary took {:?}", started.elapsed());
     let get = client(&config, &["get", "colour"]);
-    assert_eq!(stdout(&get), "green", "stderr: {}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(stdout(&get), r#"get colour: "green""#, "stderr: {}", String::from_utf8_lossy(&get.stderr));
 
     let metrics = scrape(metrics_port);
     assert_eq!(metric(&metrics, "view", 1), 1, "{metrics}");

@@ -70,6 +70,21 @@ impl Command {
     }
 }
 
+/// A batch as it travels beside a PRE-PREPARE or a BATCH, and in the durable log: the
+/// agreed time the primary proposed, and the commands. Not yet trusted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireBatch {
+    pub time_us: u64,
+    pub commands: Vec<WireCommand>,
+}
+
+impl WireBatch {
+    /// A batch of client requests proposed at `time_us`.
+    pub fn requests(time_us: u64, requests: impl IntoIterator<Item = Signed<Request>>) -> WireBatch {
+        WireBatch { time_us, commands: WireCommand::requests(requests) }
+    }
+}
+
 /// A command as it travels in a PRE-PREPARE's or BATCH's batch. Not yet trusted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireCommand {
@@ -85,13 +100,15 @@ impl WireCommand {
 }
 
 /// Domain tag of batch digests (M3).
-const BATCH_DOMAIN: &[u8] = b"bulwark/batch/v1";
+const BATCH_DOMAIN: &[u8] = b"bulwark/batch/v2";
 
-/// The batch digest of M3: `H(tag ‖ k ‖ D(m_1) ‖ … ‖ D(m_k))`, `D(m)` each command's
-/// digest. It binds neither view nor sequence number, so a batch keeps its digest when
-/// re-proposed in a later view.
-pub fn batch_digest<'a>(command_digests: impl ExactSizeIterator<Item = &'a Digest>) -> Digest {
+/// The batch digest of M3: `H(tag ‖ t ‖ k ‖ D(m_1) ‖ … ‖ D(m_k))`, `t` the time the
+/// primary proposed (N1.f), `D(m)` each command's digest. It binds neither view nor
+/// sequence number, so a batch keeps its digest (and its time) when re-proposed in a later
+/// view.
+pub fn batch_digest<'a>(time_us: u64, command_digests: impl ExactSizeIterator<Item = &'a Digest>) -> Digest {
     let mut builder = DigestBuilder::new(BATCH_DOMAIN);
+    builder.update_u64(time_us);
     builder.update_u64(command_digests.len() as u64);
     for digest in command_digests {
         builder.update(&digest.0);
@@ -99,29 +116,42 @@ pub fn batch_digest<'a>(command_digests: impl ExactSizeIterator<Item = &'a Diges
     builder.finish()
 }
 
-/// An ordered batch of commands with its digest. The empty batch is the null request (M4).
+/// An ordered batch of commands with the time its primary proposed and its digest. The
+/// empty batch at time 0 is the null request (M4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     commands: Vec<Command>,
+    time_us: u64,
     digest: Digest,
     encoded_bytes: usize,
 }
 
 impl Batch {
-    /// A batch of client requests only.
+    /// A batch of client requests only, proposed at time 0 (tests and tools; a primary
+    /// proposes with [`Batch::timed`]).
     pub fn new(requests: Vec<Verified<Request>>) -> Self {
         Batch::of(requests.into_iter().map(Command::Request).collect())
     }
 
-    /// A batch of `commands`, in this order.
+    /// A batch of `commands`, in this order, proposed at time 0.
     pub fn of(commands: Vec<Command>) -> Self {
-        let digest = batch_digest(commands.iter().map(Command::digest).collect::<Vec<_>>().iter());
+        Batch::timed(commands, 0)
+    }
+
+    /// A batch of `commands` proposed at `time_us`, microseconds since the Unix epoch.
+    pub fn timed(commands: Vec<Command>, time_us: u64) -> Self {
+        let digest = batch_digest(time_us, commands.iter().map(Command::digest).collect::<Vec<_>>().iter());
         let encoded_bytes = commands.iter().map(Command::encoded_bytes).sum();
-        Batch { commands, digest, encoded_bytes }
+        Batch { commands, time_us, digest, encoded_bytes }
     }
 
     pub fn null() -> Self {
         Batch::of(Vec::new())
+    }
+
+    /// The time the primary proposed (N1.f); 0 for the null batch.
+    pub fn time_us(&self) -> u64 {
+        self.time_us
     }
 
     pub fn commands(&self) -> &[Command] {
@@ -154,8 +184,8 @@ impl Batch {
         self.encoded_bytes
     }
 
-    pub fn to_wire(&self) -> Vec<WireCommand> {
-        self.commands.iter().map(Command::to_wire).collect()
+    pub fn to_wire(&self) -> WireBatch {
+        WireBatch { time_us: self.time_us, commands: self.commands.iter().map(Command::to_wire).collect() }
     }
 }
 

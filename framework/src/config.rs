@@ -31,6 +31,13 @@ pub struct ProtocolParams {
     pub request_bytes_max: usize,
     /// Largest frame accepted from the network, checked before it is read.
     pub frame_bytes_max: usize,
+    /// Largest encoded reply a replica sends. A service reply over it is replaced, at every
+    /// replica alike, by `Outcome::ReplyTooLarge` (the operation still takes effect).
+    pub reply_bytes_max: usize,
+    /// How far the time a primary proposes for a batch may be from a backup's clock before
+    /// the backup withholds its PREPARE (PBFT.md N1.f). Bounds how far the agreed time of
+    /// `ExecutionContext::time` can drift from real time under a faulty primary.
+    pub clock_skew_max_us: u64,
     /// Requests the primary keeps queued before it sheds new ones.
     pub request_queue_max: usize,
     /// Outstanding requests per client, `W` of PBFT.md CX1.
@@ -125,6 +132,8 @@ impl Default for ProtocolParams {
             watermark_window: 256,
             request_bytes_max: 64 * 1024,
             frame_bytes_max: 4 << 20,
+            reply_bytes_max: 1 << 20,
+            clock_skew_max_us: 2_000_000,
             request_queue_max: 100_000,
             client_window: 256,
             client_table_max: 10_000,
@@ -151,6 +160,10 @@ impl ProtocolParams {
 
     pub fn status_interval(&self) -> Duration {
         Duration::from_micros(self.status_interval_us)
+    }
+
+    pub fn clock_skew_max(&self) -> Duration {
+        Duration::from_micros(self.clock_skew_max_us)
     }
 
     pub fn view_change_timeout(&self) -> Duration {
@@ -191,6 +204,12 @@ impl ProtocolParams {
         }
         if self.request_bytes_max + 1024 > self.batch_bytes_max {
             return fail("batch_bytes_max", "must hold at least one request of request_bytes_max".into());
+        }
+        if self.reply_bytes_max == 0 || self.reply_bytes_max + 64 * 1024 > self.frame_bytes_max {
+            return fail("reply_bytes_max", "must be at least 1 and leave 64 KiB of a frame for the rest".into());
+        }
+        if self.clock_skew_max_us == 0 {
+            return fail("clock_skew_max_us", "must be at least 1".into());
         }
         if self.batch_bytes_max + 64 * 1024 > self.frame_bytes_max {
             return fail("frame_bytes_max", "must hold a full batch with its pre-prepare".into());

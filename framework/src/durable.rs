@@ -25,7 +25,7 @@ use crate::ids::{SeqNum, View};
 use crate::membership::Membership;
 use crate::messages::{
     Batch, Checkpoint, Commit, Message, MessageKind, NewView, PreparedCertificate, VerifiedMessage, VerifiedNewView,
-    WireCommand,
+    WireBatch,
 };
 use crate::roles::backup::PreparedProof;
 use crate::roles::checkpoint::StableCheckpoint;
@@ -160,12 +160,12 @@ pub enum StoredRecord {
     Prepared {
         seq: SeqNum,
         certificate: PreparedCertificate,
-        commands: Vec<WireCommand>,
+        batch: WireBatch,
     },
     Committed {
         seq: SeqNum,
         view: View,
-        commands: Vec<WireCommand>,
+        batch: WireBatch,
         commits: Vec<Signed<Commit>>,
     },
     Stable {
@@ -196,12 +196,12 @@ impl From<&Record> for StoredRecord {
             Record::Prepared(seq, proof) => StoredRecord::Prepared {
                 seq: *seq,
                 certificate: proof.certificate.to_wire(),
-                commands: proof.batch.to_wire(),
+                batch: proof.batch.to_wire(),
             },
             Record::Committed { seq, view, batch, certificate } => StoredRecord::Committed {
                 seq: *seq,
                 view: *view,
-                commands: batch.to_wire(),
+                batch: batch.to_wire(),
                 commits: certificate.iter().map(|c| c.signed().clone()).collect(),
             },
             Record::Stable { checkpoint, image } => StoredRecord::Stable {
@@ -226,17 +226,17 @@ impl StoredRecord {
                 VerifiedMessage::NewView(new_view) => Record::EnteredView(new_view),
                 _ => return Err(StoreError::Inconsistent("a new-view record that is not a new-view")),
             },
-            StoredRecord::Prepared { seq, certificate, commands } => {
+            StoredRecord::Prepared { seq, certificate, batch } => {
                 let target = certificate.pre_prepare.payload.view.next();
                 let certificate = verify_prepared(&certificate, target, membership)?;
-                let batch = verify_batch_commands(commands, membership, &mut keys)?;
+                let batch = verify_batch_commands(batch, membership, &mut keys)?;
                 if certificate.pre_prepare.seq != seq || certificate.pre_prepare.digest != batch.digest() {
                     return Err(StoreError::Inconsistent("prepared certificate does not match its batch"));
                 }
                 Record::Prepared(seq, crate::roles::backup::PreparedProof { certificate, batch: Arc::new(batch) })
             }
-            StoredRecord::Committed { seq, view, commands, commits } => {
-                let batch = verify_batch_commands(commands, membership, &mut keys)?;
+            StoredRecord::Committed { seq, view, batch, commits } => {
+                let batch = verify_batch_commands(batch, membership, &mut keys)?;
                 let mut certificate: Vec<Verified<Commit>> = Vec::with_capacity(commits.len());
                 for signed in commits {
                     let VerifiedMessage::Commit(commit) = verify_message(Message::Commit(signed), membership)? else {

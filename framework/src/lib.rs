@@ -41,4 +41,4 @@ pub use roles::client::{Client, ClientAction, ClientError, ClientInput};
 pub use roles::refusal::RoleRefusal;
 pub use roles::replica::{Input, Replica};
 pub use roles::{Action, ReplicaEvent, Role, TimerKind};
-pub use service::{Outcome, Service, ServiceError};
+pub use service::{Caller, ExecutionContext, Outcome, Service, ServiceError};

@@ -5,7 +5,7 @@
 //! [`VerifiedMessage`] (built of [`Verified`] payloads), produced only by
 //! [`crate::verify::verify_message`] or by a replica signing its own message.
 
-pub use crate::batch::{batch_digest, request_size, Batch, Command, SystemCommand, WireCommand};
+pub use crate::batch::{batch_digest, request_size, Batch, Command, SystemCommand, WireBatch, WireCommand};
 use crate::ids::{ClientId, ReplicaId, SeqNum, Timestamp, View};
 use crate::roles::checkpoint::StableCheckpoint;
 use crate::signing::Scoped;
@@ -302,7 +302,8 @@ pub struct Inquiry {
 }
 
 /// `REPORT`: a replica's answer to an INQUIRY: its view, stable checkpoint, last executed
-/// sequence number and the state digest at that point.
+/// sequence number and the state digest at that point, and the last stable checkpoint at
+/// which its own state differed from the quorum's, if any (C8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub replica: ReplicaId,
@@ -312,6 +313,7 @@ pub struct Report {
     pub stable: SeqNum,
     pub last_executed: SeqNum,
     pub state_digest: Digest,
+    pub diverged_at: Option<SeqNum>,
 }
 
 /// A prepared certificate as it travels inside a VIEW-CHANGE (M6): the PRE-PREPARE signed by
@@ -469,7 +471,7 @@ payload_kinds! {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Request(Signed<Request>),
-    PrePrepare(Signed<PrePrepare>, Vec<WireCommand>),
+    PrePrepare(Signed<PrePrepare>, WireBatch),
     Prepare(Signed<Prepare>),
     Commit(Signed<Commit>),
     /// A reply signed alone (read-only, or re-sent from the client table).
@@ -483,7 +485,7 @@ pub enum Message {
     ViewChange(Signed<ViewChange>),
     NewView(Signed<NewView>),
     BatchRequest(Signed<BatchRequest>),
-    BatchReply(Signed<BatchReply>, Vec<WireCommand>),
+    BatchReply(Signed<BatchReply>, WireBatch),
     /// Replies to one client from one executed batch (see [`ReplyBundle`]).
     Replies(ReplyBundle),
 }

@@ -11,7 +11,7 @@ use crate::membership::{Membership, Scope};
 use crate::messages::{
     request_size, Batch, ClientKey, Command, Message, MessageKind, NewView, PreparedCertificate, Reply, ReplyBundle,
     ReplyProof, ReplyRoot, Request, VerifiedMessage, VerifiedNewView, VerifiedPrepared, VerifiedReply,
-    VerifiedViewChange, ViewChange, WireCommand,
+    VerifiedViewChange, ViewChange, WireBatch, WireCommand,
 };
 use crate::roles::checkpoint::StableCheckpoint;
 use crate::roles::view_change::compute_order;
@@ -526,10 +526,11 @@ pub fn verify_new_view_with(
 /// the batch, and a request a correct primary accepted on arrival passes here. A system
 /// command needs no check here: whatever authorizes it is judged at execution.
 pub fn verify_batch_commands(
-    commands: Vec<WireCommand>,
+    wire: WireBatch,
     membership: &Membership,
     keys: &mut ClientKeyCache,
 ) -> Result<Batch, Refusal> {
+    let WireBatch { time_us, commands } = wire;
     let params = &membership.params;
     let bytes: usize = commands
         .iter()
@@ -562,7 +563,7 @@ pub fn verify_batch_commands(
                 WireCommand::System(system) => Ok(Command::System(system)),
             })
             .collect();
-        return Ok(Batch::of(trusted?));
+        return Ok(Batch::timed(trusted?, time_us));
     }
     // Every request's signature in one batch check; the commands keep their places.
     let mut items = Vec::new();
@@ -588,7 +589,7 @@ pub fn verify_batch_commands(
             }
         });
     }
-    Ok(Batch::of(batch))
+    Ok(Batch::timed(batch, time_us))
 }
 
 fn trust_request(signed: Signed<Request>, membership: &Membership) -> Result<Verified<Request>, Refusal> {

@@ -179,7 +179,7 @@ fn m6_vc10_vc15_every_forged_certificate_is_refused_at_the_edge() {
     let digest = bulwark_framework::roles::view_change::null_digest();
     let pre_prepare = scope.sign(PrePrepare { view: View(0), seq: SeqNum(1), digest }, &keys[0]).into_signed();
     let material = [
-        Message::PrePrepare(pre_prepare, Vec::new()),
+        Message::PrePrepare(pre_prepare, Default::default()),
         Message::Checkpoint(
             scope
                 .sign(

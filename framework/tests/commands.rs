@@ -23,12 +23,12 @@ impl Service for Recorder {
     type Op = u64;
     type Reply = u64;
 
-    fn execute(&mut self, op: &u64) -> u64 {
+    fn execute(&mut self, op: &u64, _: &mut bulwark_framework::service::ExecutionContext) -> u64 {
         self.executed.push(*op);
         *op
     }
 
-    fn query(&self, _: &u64) -> Option<u64> {
+    fn query(&self, _: &u64, _: &bulwark_framework::service::Caller) -> Option<u64> {
         None
     }
 
@@ -186,8 +186,8 @@ fn n1e_m3_a_batch_with_a_system_command_crosses_the_wire_in_order() {
     assert_eq!(received.digest(), batch.digest());
 
     let mut swapped = batch.to_wire();
-    swapped.swap(0, 1);
-    assert!(matches!(swapped[0], WireCommand::System(_)));
+    swapped.commands.swap(0, 1);
+    assert!(matches!(swapped.commands[0], WireCommand::System(_)));
     let refused =
         verify_envelope(wire::Envelope { scope, message: Message::PrePrepare(signed, swapped) }, &cluster.membership);
     assert_eq!(refused.unwrap_err().kind(), RefusalKind::BatchDigestMismatch);

@@ -7,7 +7,7 @@
 use bulwark_crypto::{Digest, KeyPair, Signed};
 use bulwark_framework::messages::{
     Batch, BatchReply, BatchRequest, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare, PreparedCertificate,
-    Request, SlotProgress, StateReply, StateRequest, Status, ViewChange, WireCommand,
+    Request, SlotProgress, StateReply, StateRequest, Status, ViewChange, WireBatch,
 };
 use bulwark_framework::roles::node::Node;
 use bulwark_framework::roles::TimerKind;
@@ -167,7 +167,7 @@ fn message(step: &Step, config: &Membership) -> Option<Message> {
             let primary = config.primary(View(view)).0;
             let pre_prepare =
                 sign(PrePrepare { view: View(view), seq: SeqNum(seq), digest: digest_of(choice) }, primary);
-            Message::PrePrepare(pre_prepare, WireCommand::requests(batch(choice)))
+            Message::PrePrepare(pre_prepare, WireBatch::requests(0, batch(choice)))
         }
         Step::Prepare { from, view, seq, batch } => Message::Prepare(sign(
             Prepare { view: View(view), seq: SeqNum(seq), digest: digest_of(batch), replica: ReplicaId(from) },
@@ -218,7 +218,7 @@ fn message(step: &Step, config: &Membership) -> Option<Message> {
         )),
         Step::BatchReply { from, batch: choice } => Message::BatchReply(
             sign(BatchReply { replica: ReplicaId(from), digest: digest_of(choice) }, from),
-            WireCommand::requests(batch(choice)),
+            WireBatch::requests(0, batch(choice)),
         ),
         Step::Timer(_) | Step::Wait(_) => return None,
     })

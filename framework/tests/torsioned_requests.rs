@@ -16,7 +16,7 @@ use bulwark_framework::config::ProtocolParams;
 use bulwark_framework::ids::{ClusterId, Epoch, SeqNum, Timestamp, View};
 use bulwark_framework::membership::{Membership, Scope};
 
-use bulwark_framework::messages::{batch_digest, Message, PrePrepare, Request, VerifiedMessage, WireCommand};
+use bulwark_framework::messages::{batch_digest, Message, PrePrepare, Request, VerifiedMessage, WireBatch};
 use bulwark_framework::verify::{verify_message, verify_requests, ClientKeyCache, Refusal};
 
 /// Tries per test: under dalek's uncofactored batch check a point of order 8 was accepted
@@ -71,8 +71,8 @@ fn torsioned_request(timestamp: u64) -> Signed<Request> {
 /// A PRE-PREPARE for `(view 0, seq 1)` by the view-0 primary, carrying `requests`.
 fn pre_prepare(requests: Vec<Signed<Request>>) -> Message {
     let digests: Vec<Digest> = requests.iter().map(|r| SCOPE.digest(&r.payload)).collect();
-    let header = PrePrepare { view: View(0), seq: SeqNum(1), digest: batch_digest(digests.iter()) };
-    Message::PrePrepare(SCOPE.sign(header, &replica_key(0)).into_signed(), WireCommand::requests(requests))
+    let header = PrePrepare { view: View(0), seq: SeqNum(1), digest: batch_digest(0, digests.iter()) };
+    Message::PrePrepare(SCOPE.sign(header, &replica_key(0)).into_signed(), WireBatch::requests(0, requests))
 }
 
 /// The crafted request with another payload under the same signature: a forgery, invalid

@@ -13,7 +13,7 @@ use bulwark_crypto::{Digest, Signature, Signed, Verified};
 use bulwark_framework::messages::{
     Batch, BatchReply, BatchRequest, BundledReply, Checkpoint, Commit, Inquiry, Message, NewView, PrePrepare, Prepare,
     PreparedCertificate, Reply, ReplyBundle, ReplyRoot, Report, Request, SlotProgress, StateReply, StateRequest,
-    Status, ViewChange, WireCommand,
+    Status, ViewChange, WireBatch,
 };
 use bulwark_framework::roles::view_change::compute_order;
 use bulwark_framework::state::ChunkedImage;
@@ -32,12 +32,12 @@ pub struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn batch(&mut self, choice: &BatchChoice) -> (Digest, Vec<WireCommand>) {
+    fn batch(&mut self, choice: &BatchChoice) -> (Digest, WireBatch) {
         match choice {
-            BatchChoice::Null => (Batch::null().digest(), Vec::new()),
+            BatchChoice::Null => (Batch::null().digest(), WireBatch::default()),
             BatchChoice::Pool(index) => match pick(&self.pool.batches, *index) {
                 Some((digest, requests)) => (*digest, requests.clone()),
-                None => (Batch::null().digest(), Vec::new()),
+                None => (Batch::null().digest(), WireBatch::default()),
             },
             BatchChoice::Spec(specs) => {
                 // One more than `batch_size_max` at most: a refusal, not a slow input.
@@ -378,6 +378,7 @@ impl Builder<'_> {
                             stable: SeqNum(0),
                             last_executed: SeqNum(0),
                             state_digest: Digest::default(),
+                            diverged_at: None,
                         },
                         from,
                     ))

@@ -6,7 +6,7 @@ use crate::cluster::params;
 use crate::steps::Num;
 use crate::{N, POOL_MAX};
 use bulwark_crypto::{Digest, Signed};
-use bulwark_framework::messages::{ViewChange, WireCommand};
+use bulwark_framework::messages::{ViewChange, WireBatch};
 use bulwark_framework::state::ChunkedImage;
 use bulwark_framework::{ReplicaId, SeqNum, View};
 
@@ -23,7 +23,7 @@ pub struct Pool {
     /// `(view, seq, digest)` of proposals and votes.
     pub slots: Vec<(View, SeqNum, Digest)>,
     /// Batches by digest, in wire form.
-    pub batches: Vec<(Digest, Vec<WireCommand>)>,
+    pub batches: Vec<(Digest, WireBatch)>,
     /// `(seq, state digest)` of checkpoints.
     pub checkpoints: Vec<(SeqNum, Digest)>,
     /// Images to serve.

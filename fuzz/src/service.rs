@@ -23,14 +23,14 @@ impl Service for FuzzKv {
     type Op = FuzzOp;
     type Reply = Option<Vec<u8>>;
 
-    fn execute(&mut self, op: &FuzzOp) -> Option<Vec<u8>> {
+    fn execute(&mut self, op: &FuzzOp, _: &mut bulwark_framework::service::ExecutionContext) -> Option<Vec<u8>> {
         match op {
             FuzzOp::Put { key, value } => self.map.insert(*key, value.clone()),
             FuzzOp::Get { key } => self.map.get(key).cloned(),
         }
     }
 
-    fn query(&self, op: &FuzzOp) -> Option<Option<Vec<u8>>> {
+    fn query(&self, op: &FuzzOp, _: &bulwark_framework::service::Caller) -> Option<Option<Vec<u8>>> {
         match op {
             FuzzOp::Get { key } => Some(self.map.get(key).cloned()),
             FuzzOp::Put { .. } => None,

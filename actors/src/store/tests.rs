@@ -14,11 +14,11 @@ struct Counter(u64);
 impl Service for Counter {
     type Op = u64;
     type Reply = u64;
-    fn execute(&mut self, op: &u64) -> u64 {
+    fn execute(&mut self, op: &u64, _: &mut bulwark_framework::service::ExecutionContext) -> u64 {
         self.0 = self.0.wrapping_add(*op);
         self.0
     }
-    fn query(&self, _: &u64) -> Option<u64> {
+    fn query(&self, _: &u64, _: &bulwark_framework::service::Caller) -> Option<u64> {
         None
     }
     fn snapshot(&self) -> Vec<u8> {

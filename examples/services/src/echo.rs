@@ -2,7 +2,7 @@
 //! some size and asks for a reply of some size; executing it only counts it. Benchmarks use
 //! it to measure the replication protocol rather than a service.
 
-use bulwark_framework::service::{Service, ServiceError};
+use bulwark_framework::service::{Caller, ExecutionContext, Service, ServiceError};
 use serde::{Deserialize, Serialize};
 
 /// Largest reply an operation may ask for.
@@ -46,12 +46,12 @@ impl Service for Echo {
     type Op = EchoOp;
     type Reply = EchoReply;
 
-    fn execute(&mut self, op: &EchoOp) -> EchoReply {
+    fn execute(&mut self, op: &EchoOp, _: &mut ExecutionContext) -> EchoReply {
         self.executed += 1;
         reply(op)
     }
 
-    fn query(&self, op: &EchoOp) -> Option<EchoReply> {
+    fn query(&self, op: &EchoOp, _: &Caller) -> Option<EchoReply> {
         op.read_only.then(|| reply(op))
     }
 
@@ -76,16 +76,22 @@ mod tests {
     fn execute_counts_and_answers_the_requested_size() {
         let mut echo = Echo::new();
         let op = EchoOp { payload: vec![1; 10], reply_bytes: 4096, read_only: false };
-        assert_eq!(echo.execute(&op).0.len(), 4096);
+        assert_eq!(echo.execute(&op, &mut ExecutionContext::test(Caller::test(1), 1, 0)).0.len(), 4096);
         assert_eq!(echo.executed(), 1);
         let huge = EchoOp { payload: vec![], reply_bytes: u32::MAX, read_only: false };
-        assert_eq!(echo.execute(&huge).0.len(), REPLY_BYTES_MAX as usize);
+        assert_eq!(
+            echo.execute(&huge, &mut ExecutionContext::test(Caller::test(1), 1, 0)).0.len(),
+            REPLY_BYTES_MAX as usize
+        );
     }
 
     #[test]
     fn snapshot_round_trips_and_garbage_is_refused() {
         let mut echo = Echo::new();
-        echo.execute(&EchoOp { payload: vec![], reply_bytes: 0, read_only: false });
+        echo.execute(
+            &EchoOp { payload: vec![], reply_bytes: 0, read_only: false },
+            &mut ExecutionContext::test(Caller::test(1), 1, 0),
+        );
         let mut other = Echo::new();
         other.restore(&echo.snapshot()).unwrap();
         assert_eq!(other, echo);
@@ -95,7 +101,7 @@ mod tests {
     #[test]
     fn only_read_only_operations_are_answered_by_query() {
         let echo = Echo::new();
-        assert!(echo.query(&EchoOp { payload: vec![], reply_bytes: 1, read_only: false }).is_none());
-        assert!(echo.query(&EchoOp { payload: vec![], reply_bytes: 1, read_only: true }).is_some());
+        assert!(echo.query(&EchoOp { payload: vec![], reply_bytes: 1, read_only: false }, &Caller::test(1)).is_none());
+        assert!(echo.query(&EchoOp { payload: vec![], reply_bytes: 1, read_only: true }, &Caller::test(1)).is_some());
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use bulwark_framework::service::{Service, ServiceError};
+use bulwark_framework::service::{Caller, ExecutionContext, Service, ServiceError};
 use serde::{Deserialize, Serialize};
 
 /// The longest key, in bytes, a mutating operation accepts.
@@ -152,11 +152,11 @@ impl Service for KvStore {
     type Op = KvOp;
     type Reply = KvReply;
 
-    fn execute(&mut self, op: &KvOp) -> KvReply {
+    fn execute(&mut self, op: &KvOp, _: &mut ExecutionContext) -> KvReply {
         self.apply(op).unwrap_or_else(|refused| refused)
     }
 
-    fn query(&self, op: &KvOp) -> Option<KvReply> {
+    fn query(&self, op: &KvOp, _: &Caller) -> Option<KvReply> {
         match op {
             KvOp::Get { key } => Some(self.read(key)),
             KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Append { .. } => None,
@@ -197,6 +197,7 @@ impl Service for KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulwark_crypto::Digest;
     use proptest::prelude::*;
 
     fn put(key: &str, value: &[u8]) -> KvOp {
@@ -218,7 +219,7 @@ mod tests {
     fn populated() -> KvStore {
         let mut store = KvStore::new();
         for op in [put("a", b"1"), put("b", b"22"), append("c", b"333")] {
-            store.execute(&op);
+            store.execute(&op, &mut ExecutionContext::test(Caller::test(1), 1, 0));
         }
         store
     }
@@ -226,75 +227,108 @@ mod tests {
     #[test]
     fn put_get_delete() {
         let mut store = KvStore::new();
-        assert_eq!(store.execute(&get("k")), KvReply::Value(None));
-        assert_eq!(store.execute(&put("k", b"v1")), KvReply::Done { previous: None });
-        assert_eq!(store.execute(&get("k")), KvReply::Value(Some(b"v1".to_vec())));
-        assert_eq!(store.execute(&put("k", b"v2")), KvReply::Done { previous: Some(b"v1".to_vec()) });
-        assert_eq!(store.execute(&delete("k")), KvReply::Done { previous: Some(b"v2".to_vec()) });
-        assert_eq!(store.execute(&get("k")), KvReply::Value(None));
-        assert_eq!(store.execute(&delete("k")), KvReply::Done { previous: None });
+        assert_eq!(store.execute(&get("k"), &mut ExecutionContext::test(Caller::test(1), 1, 0)), KvReply::Value(None));
+        assert_eq!(
+            store.execute(&put("k", b"v1"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Done { previous: None }
+        );
+        assert_eq!(
+            store.execute(&get("k"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Value(Some(b"v1".to_vec()))
+        );
+        assert_eq!(
+            store.execute(&put("k", b"v2"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Done { previous: Some(b"v1".to_vec()) }
+        );
+        assert_eq!(
+            store.execute(&delete("k"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Done { previous: Some(b"v2".to_vec()) }
+        );
+        assert_eq!(store.execute(&get("k"), &mut ExecutionContext::test(Caller::test(1), 1, 0)), KvReply::Value(None));
+        assert_eq!(
+            store.execute(&delete("k"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Done { previous: None }
+        );
         assert!(store.is_empty());
     }
 
     #[test]
     fn empty_value_is_distinct_from_absent() {
         let mut store = KvStore::new();
-        store.execute(&put("k", b""));
-        assert_eq!(store.execute(&get("k")), KvReply::Value(Some(Vec::new())));
+        store.execute(&put("k", b""), &mut ExecutionContext::test(Caller::test(1), 1, 0));
+        assert_eq!(
+            store.execute(&get("k"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Value(Some(Vec::new()))
+        );
         assert_eq!(store.len(), 1);
     }
 
     #[test]
     fn append_creates_and_extends() {
         let mut store = KvStore::new();
-        assert_eq!(store.execute(&append("k", b"ab")), KvReply::Appended { len: 2 });
-        assert_eq!(store.execute(&append("k", b"cde")), KvReply::Appended { len: 5 });
+        assert_eq!(
+            store.execute(&append("k", b"ab"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Appended { len: 2 }
+        );
+        assert_eq!(
+            store.execute(&append("k", b"cde"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Appended { len: 5 }
+        );
         assert_eq!(store.get("k"), Some(&b"abcde"[..]));
     }
 
     #[test]
     fn long_keys_are_refused_without_change() {
         let mut store = populated();
-        let before = store.state_digest();
+        let before = Digest::of(&store.snapshot());
         let long = "x".repeat(MAX_KEY_LEN + 1);
         let refused = KvReply::KeyTooLong { max: MAX_KEY_LEN as u64 };
-        assert_eq!(store.execute(&put(&long, b"v")), refused);
-        assert_eq!(store.execute(&append(&long, b"v")), refused);
-        assert_eq!(store.execute(&delete(&long)), refused);
-        assert_eq!(store.execute(&get(&long)), KvReply::Value(None));
-        assert_eq!(store.state_digest(), before);
+        assert_eq!(store.execute(&put(&long, b"v"), &mut ExecutionContext::test(Caller::test(1), 1, 0)), refused);
+        assert_eq!(store.execute(&append(&long, b"v"), &mut ExecutionContext::test(Caller::test(1), 1, 0)), refused);
+        assert_eq!(store.execute(&delete(&long), &mut ExecutionContext::test(Caller::test(1), 1, 0)), refused);
+        assert_eq!(
+            store.execute(&get(&long), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Value(None)
+        );
+        assert_eq!(Digest::of(&store.snapshot()), before);
 
         let longest = "x".repeat(MAX_KEY_LEN);
-        assert_eq!(store.execute(&put(&longest, b"v")), KvReply::Done { previous: None });
+        assert_eq!(
+            store.execute(&put(&longest, b"v"), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Done { previous: None }
+        );
     }
 
     #[test]
     fn long_values_are_refused_without_change() {
         let mut store = populated();
-        let before = store.state_digest();
+        let before = Digest::of(&store.snapshot());
         let refused = KvReply::ValueTooLong { max: MAX_VALUE_LEN as u64 };
         let big = vec![0; MAX_VALUE_LEN + 1];
-        assert_eq!(store.execute(&put("a", &big)), refused);
-        assert_eq!(store.execute(&append("new", &big)), refused);
-        assert_eq!(store.state_digest(), before);
+        assert_eq!(store.execute(&put("a", &big), &mut ExecutionContext::test(Caller::test(1), 1, 0)), refused);
+        assert_eq!(store.execute(&append("new", &big), &mut ExecutionContext::test(Caller::test(1), 1, 0)), refused);
+        assert_eq!(Digest::of(&store.snapshot()), before);
         assert_eq!(store.get("new"), None, "a refused append creates no key");
 
         // An append that would push an existing value over the limit is refused too.
-        store.execute(&put("a", &vec![0; MAX_VALUE_LEN]));
-        let before = store.state_digest();
-        assert_eq!(store.execute(&append("a", b"!")), refused);
-        assert_eq!(store.state_digest(), before);
-        assert_eq!(store.execute(&append("a", b"")), KvReply::Appended { len: MAX_VALUE_LEN as u64 });
+        store.execute(&put("a", &vec![0; MAX_VALUE_LEN]), &mut ExecutionContext::test(Caller::test(1), 1, 0));
+        let before = Digest::of(&store.snapshot());
+        assert_eq!(store.execute(&append("a", b"!"), &mut ExecutionContext::test(Caller::test(1), 1, 0)), refused);
+        assert_eq!(Digest::of(&store.snapshot()), before);
+        assert_eq!(
+            store.execute(&append("a", b""), &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+            KvReply::Appended { len: MAX_VALUE_LEN as u64 }
+        );
     }
 
     #[test]
     fn query_answers_reads_only() {
         let store = populated();
-        assert_eq!(store.query(&get("b")), Some(KvReply::Value(Some(b"22".to_vec()))));
-        assert_eq!(store.query(&get("missing")), Some(KvReply::Value(None)));
-        assert_eq!(store.query(&put("a", b"x")), None);
-        assert_eq!(store.query(&delete("a")), None);
-        assert_eq!(store.query(&append("a", b"x")), None);
+        assert_eq!(store.query(&get("b"), &Caller::test(1)), Some(KvReply::Value(Some(b"22".to_vec()))));
+        assert_eq!(store.query(&get("missing"), &Caller::test(1)), Some(KvReply::Value(None)));
+        assert_eq!(store.query(&put("a", b"x"), &Caller::test(1)), None);
+        assert_eq!(store.query(&delete("a"), &Caller::test(1)), None);
+        assert_eq!(store.query(&append("a", b"x"), &Caller::test(1)), None);
         assert_eq!(store, populated(), "query changed nothing");
     }
 
@@ -303,14 +337,14 @@ mod tests {
         let store = populated();
         let mut restored = KvStore::new();
         restored.restore(&store.snapshot()).unwrap();
-        assert_eq!(restored.state_digest(), store.state_digest());
+        assert_eq!(Digest::of(&restored.snapshot()), Digest::of(&store.snapshot()));
         assert_eq!(restored, store);
     }
 
     #[test]
     fn restore_replaces_rather_than_merges() {
         let mut store = KvStore::new();
-        store.execute(&put("stale", b"x"));
+        store.execute(&put("stale", b"x"), &mut ExecutionContext::test(Caller::test(1), 1, 0));
         store.restore(&populated().snapshot()).unwrap();
         assert_eq!(store, populated());
     }
@@ -318,7 +352,7 @@ mod tests {
     #[test]
     fn restore_rejects_garbage_and_keeps_state() {
         let mut store = populated();
-        let before = store.state_digest();
+        let before = Digest::of(&store.snapshot());
         for garbage in [
             &b""[..],
             &b"\xc1"[..],
@@ -329,7 +363,7 @@ mod tests {
             let err = store.restore(garbage).unwrap_err();
             assert!(err.0.contains("snapshot"), "unhelpful error: {err}");
         }
-        assert_eq!(store.state_digest(), before);
+        assert_eq!(Digest::of(&store.snapshot()), before);
     }
 
     #[test]
@@ -350,10 +384,13 @@ mod tests {
         let ops = [put("x", b"1"), append("y", b"2"), delete("x"), append("y", b"3"), put("z", b"")];
         let (mut one, mut two) = (KvStore::new(), KvStore::new());
         for op in &ops {
-            assert_eq!(one.execute(op), two.execute(op));
+            assert_eq!(
+                one.execute(op, &mut ExecutionContext::test(Caller::test(1), 1, 0)),
+                two.execute(op, &mut ExecutionContext::test(Caller::test(1), 1, 0))
+            );
         }
-        assert_eq!(one.state_digest(), two.state_digest());
-        assert_ne!(one.state_digest(), KvStore::new().state_digest());
+        assert_eq!(Digest::of(&one.snapshot()), Digest::of(&two.snapshot()));
+        assert_ne!(Digest::of(&one.snapshot()), Digest::of(&KvStore::new().snapshot()));
     }
 
     fn arb_op() -> impl Strategy<Value = KvOp> {
@@ -375,19 +412,19 @@ mod tests {
         ) {
             let mut store = KvStore::new();
             for op in &ops {
-                let before = store.state_digest();
-                let queried = store.query(op);
+                let before = Digest::of(&store.snapshot());
+                let queried = store.query(op, &Caller::test(1));
                 prop_assert_eq!(queried.is_some(), op.is_read_only());
-                let reply = store.execute(op);
+                let reply = store.execute(op, &mut ExecutionContext::test(Caller::test(1), 1, 0));
                 if let Some(queried) = queried {
                     prop_assert_eq!(queried, reply);
-                    prop_assert_eq!(store.state_digest(), before);
+                    prop_assert_eq!(Digest::of(&store.snapshot()), before);
                 }
             }
             let snapshot = store.snapshot();
             let mut restored = KvStore::new();
             restored.restore(&snapshot).unwrap();
-            prop_assert_eq!(restored.state_digest(), store.state_digest());
+            prop_assert_eq!(Digest::of(&restored.snapshot()), Digest::of(&store.snapshot()));
             prop_assert_eq!(restored.snapshot(), snapshot);
         }
     }

@@ -347,6 +347,7 @@ impl Backup {
         &mut self,
         pre_prepare: Verified<PrePrepare>,
         batch: Arc<Batch>,
+        now: Instant,
         key: &KeyPair,
         out: &mut Vec<BackupOutput>,
     ) {
@@ -395,6 +396,7 @@ impl Backup {
             None => {}
         }
         let may_sign = self.may_sign(MessageKind::Prepare, view, seq, digest);
+        let time_refusal = if i_am_primary { None } else { self.batch_time_refusal(seq, &batch, now) };
         let scope = self.membership.scope();
         let slot = self.slot_mut(seq);
         slot.pre_prepare = Some(pre_prepare);
@@ -403,12 +405,43 @@ impl Backup {
             out.push(BackupOutput::Refused(RoleRefusal::ConflictsWithVoteBeforeRestart));
             return;
         }
+        if let Some(refusal) = time_refusal {
+            // Logged, not prepared: the batch still commits if 2f others vouch for its time,
+            // and this replica then executes it like any other.
+            out.push(BackupOutput::Refused(refusal));
+            self.check_progress(seq, key, out);
+            return;
+        }
         if !i_am_primary && !frozen {
             let prepare = scope.sign(Prepare { view, seq, digest, replica: me }, key);
             slot.prepares.add(me, digest, prepare.clone());
             out.push(BackupOutput::Broadcast(VerifiedMessage::Prepare(prepare)));
         }
         self.check_progress(seq, key, out);
+    }
+
+    /// N1.f: why this backup will not vouch (PREPARE) for the time `batch` proposes for
+    /// `seq`, if it will not: the time is more than `clock_skew_max_us` from its clock, or
+    /// out of order with a batch of this view it logged at a neighbouring number.
+    fn batch_time_refusal(&self, seq: SeqNum, batch: &Batch, now: Instant) -> Option<RoleRefusal> {
+        let (time, clock) = (batch.time_us(), now.as_micros());
+        let skew = self.membership.current().params.clock_skew_max_us;
+        if time > clock.saturating_add(skew) || time < clock.saturating_sub(skew) {
+            return Some(RoleRefusal::BatchTimeOutsideClockSkew);
+        }
+        let in_view = |slot: &&Slot| slot.pre_prepare.as_ref().is_some_and(|pp| pp.view == self.view);
+        let time_of = |slot: &Slot| slot.batch.as_ref().map(|batch| batch.time_us());
+        let before = self.slots.range(..seq).rev().map(|(_, slot)| slot).find(in_view).and_then(time_of);
+        let after = self.slots.range(seq.next()..).map(|(_, slot)| slot).find(in_view).and_then(time_of);
+        if before.is_some_and(|before| time < before) || after.is_some_and(|after| time > after) {
+            return Some(RoleRefusal::BatchTimeOutOfOrder);
+        }
+        None
+    }
+
+    /// The latest time of a batch in the log: a new primary proposes no earlier (N1.f).
+    pub fn latest_batch_time_us(&self) -> u64 {
+        self.slots.values().filter_map(|slot| slot.batch.as_ref()).map(|batch| batch.time_us()).max().unwrap_or(0)
     }
 
     /// N4: log a PREPARE of the current view inside the window. A prepare from the
@@ -808,11 +841,11 @@ impl Role for Backup {
     type Input = BackupInput;
     type Output = BackupOutput;
 
-    fn handle(&mut self, input: BackupInput, _now: Instant) -> Vec<BackupOutput> {
+    fn handle(&mut self, input: BackupInput, now: Instant) -> Vec<BackupOutput> {
         let key = self.key.clone();
         let mut out = Vec::new();
         match input {
-            BackupInput::PrePrepare(pre_prepare, batch) => self.on_pre_prepare(pre_prepare, batch, &key, &mut out),
+            BackupInput::PrePrepare(pre_prepare, batch) => self.on_pre_prepare(pre_prepare, batch, now, &key, &mut out),
             BackupInput::Prepare(prepare) => self.on_prepare(prepare, &key, &mut out),
             BackupInput::Commit(commit) => self.on_commit(commit, &key, &mut out),
             BackupInput::Batch(batch) => {

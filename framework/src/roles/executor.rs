@@ -1,6 +1,15 @@
 //! The executor: runs committed batches strictly in sequence order through the user's
 //! service, keeps the client table for exactly-once replies, and takes checkpoint images.
-//! (PBFT.md E1–E4, CX2–CX4, C1–C2.)
+//! (PBFT.md E1–E6, CX2–CX4, C1–C2.)
+//!
+//! It also keeps a service's mistakes from harming its replica, the same way at every
+//! correct replica (E6): a panic in `execute` is caught and the operation is defined to
+//! have had no effect. Since a panic may leave the service half-changed, the executor
+//! rebuilds it: it restores the service part of its latest checkpoint image and executes
+//! again the operations it executed since (the *journal*, at most one checkpoint interval
+//! of batches), skipping the ones that panicked. A reply that would not fit
+//! `reply_bytes_max` becomes [`Outcome::ReplyTooLarge`]; a snapshot the service refuses to
+//! restore is reported with the service's own message.
 
 use crate::config::ClientAuth;
 use crate::ids::{ClientId, Instant, ReplicaId, SeqNum, Timestamp, View};
@@ -8,12 +17,13 @@ use crate::membership::MembershipHandle;
 use crate::messages::{Batch, Command, Reply, ReplyProof, ReplyRoot, Request, SystemCommand, VerifiedReply};
 use crate::roles::refusal::RoleRefusal;
 use crate::roles::Role;
-use crate::service::{Outcome, Service};
+use crate::service::{Caller, ExecutionContext, Outcome, Service};
 use crate::state::ChunkedImage;
 use bulwark_crypto::merkle::MerkleTree;
 use bulwark_crypto::{Digest, KeyPair, Verified};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// What the replica knows of one client (CX2): the executed window `(top - W, top]`, with
@@ -119,12 +129,43 @@ impl ClientTable {
     }
 }
 
-/// A checkpoint image: the service snapshot and the client table, encoded canonically.
+/// A checkpoint image: the service snapshot, the client table and the agreed time of the
+/// last executed batch, encoded canonically.
 #[derive(Serialize, Deserialize)]
 struct Image {
     #[serde(with = "serde_bytes")]
     service: Vec<u8>,
     clients: Vec<(ClientId, ClientRecord)>,
+    time_us: u64,
+}
+
+/// A batch executed since the latest image, with the places of the requests in it that
+/// reached the service and returned: what a rebuild executes again (E6).
+#[derive(Debug)]
+struct JournalEntry {
+    seq: SeqNum,
+    time_us: u64,
+    batch: Arc<Batch>,
+    executed: Vec<usize>,
+}
+
+/// Something a service did wrong, reported by the executor so the replica counts it and
+/// names it; never a reason for the replica to stop.
+#[derive(Debug, Clone, PartialEq, Eq, strum::IntoStaticStr)]
+pub enum ServiceFault {
+    /// E6: `execute` panicked on the operation with digest `operation` of `client`, ordered
+    /// at `seq`: the operation had no effect and the client got [`Outcome::ServiceFailed`].
+    Panicked { seq: SeqNum, client: ClientId, operation: Digest, message: String },
+    /// `query` panicked on a read-only operation.
+    QueryPanicked { client: ClientId, operation: Digest, message: String },
+    /// A reply of `bytes` over `reply_bytes_max` became [`Outcome::ReplyTooLarge`].
+    ReplyTooLarge { seq: SeqNum, client: ClientId, bytes: u64, limit: u64 },
+    /// `restore` refused the snapshot of checkpoint `seq`, with the service's own message.
+    RestoreFailed { seq: SeqNum, message: String },
+    /// Rebuilding after a panic, an operation that had returned before panicked this time,
+    /// or the rebuilt state's snapshot differs from the one taken before: the service is
+    /// not deterministic.
+    NotDeterministic { seq: SeqNum, detail: String },
 }
 
 /// The executor role.
@@ -136,9 +177,16 @@ pub struct Executor<S: Service> {
     service: S,
     clients: ClientTable,
     last_executed: SeqNum,
+    /// The agreed time of the last executed batch, microseconds since the Unix epoch (E5).
+    time_us: u64,
     /// Checkpoint images by sequence number: the pending ones and the latest stable one,
     /// bounded by `L / K + 1`.
     images: BTreeMap<SeqNum, Arc<ChunkedImage>>,
+    /// The latest image, taken or installed, and the batches executed since (E6).
+    base: Arc<ChunkedImage>,
+    journal: Vec<JournalEntry>,
+    /// Requests whose operation panicked since `base`: a rebuild skips them.
+    failed: BTreeSet<(ClientId, Timestamp)>,
 }
 
 impl<S: Service> std::fmt::Debug for Executor<S> {
@@ -184,6 +232,8 @@ pub enum ExecutorOutput {
         client: ClientId,
         reply: VerifiedReply,
     },
+    /// The service did something wrong; see [`ServiceFault`].
+    Fault(ServiceFault),
     /// C1: the batch's sequence number is a checkpoint, with this state digest.
     Checkpoint {
         seq: SeqNum,
@@ -209,21 +259,33 @@ pub enum ExecutorOutput {
 
 impl<S: Service> Executor<S> {
     pub fn new(me: ReplicaId, membership: MembershipHandle, service: S, key: Arc<KeyPair>) -> Self {
-        Executor {
+        let chunk_bytes = membership.current().params.state_chunk_bytes;
+        let mut executor = Executor {
             me,
             key,
             membership,
             service,
             clients: ClientTable::default(),
             last_executed: SeqNum(0),
+            time_us: 0,
             images: BTreeMap::new(),
-        }
+            base: Arc::new(ChunkedImage::new(Vec::new(), chunk_bytes)),
+            journal: Vec::new(),
+            failed: BTreeSet::new(),
+        };
+        executor.base = Arc::new(ChunkedImage::new(executor.image(), chunk_bytes));
+        executor
     }
 }
 
 impl<S: Service> Executor<S> {
     pub fn last_executed(&self) -> SeqNum {
         self.last_executed
+    }
+
+    /// The agreed time of the last executed batch (E5), microseconds since the Unix epoch.
+    pub fn time_us(&self) -> u64 {
+        self.time_us
     }
 
     pub fn request_status(&self, request: &Request) -> RequestStatus {
@@ -292,27 +354,118 @@ impl<S: Service> Executor<S> {
     }
 
     /// The read-only path: answer from current state without ordering.
-    fn query(&self, operation: &[u8]) -> Vec<u8> {
-        let outcome = match rmp_serde::from_slice::<S::Op>(operation) {
+    fn query(&self, request: &Request, out: &mut Vec<ExecutorOutput>) -> Vec<u8> {
+        let outcome = match rmp_serde::from_slice::<S::Op>(&request.operation) {
             Err(_) => Outcome::MalformedOperation,
-            Ok(op) => match self.service.query(&op) {
-                Some(reply) => Outcome::Ok(reply),
-                None => Outcome::NotReadOnly,
-            },
+            Ok(op) => {
+                let caller = Caller { id: request.client(), key: request.client_key };
+                match catch_unwind(AssertUnwindSafe(|| self.service.query(&op, &caller))) {
+                    Ok(Some(reply)) => Outcome::Ok(reply),
+                    Ok(None) => Outcome::NotReadOnly,
+                    Err(panic) => {
+                        let (client, operation) = (request.client(), Digest::of(&request.operation));
+                        let message = panic_message(&*panic);
+                        tracing::error!(replica = %self.me, %client, %operation, %message, "service query panicked");
+                        out.push(ExecutorOutput::Fault(ServiceFault::QueryPanicked { client, operation, message }));
+                        Outcome::ServiceFailed
+                    }
+                }
+            }
         };
-        encode_outcome::<S>(&outcome)
+        self.encode_outcome(&outcome).0
     }
 
-    /// E1–E2: execute batch `seq`, which must be `last_executed + 1`. Requests already
+    /// The encoded outcome, or [`Outcome::ReplyTooLarge`] in its place if it does not fit
+    /// `reply_bytes_max`; with the size of the refused reply.
+    fn encode_outcome(&self, outcome: &Outcome<S::Reply>) -> (Vec<u8>, Option<u64>) {
+        let encoded = rmp_serde::to_vec(outcome).expect("encoding a reply cannot fail");
+        let limit = self.membership.current().params.reply_bytes_max as u64;
+        if encoded.len() as u64 <= limit {
+            return (encoded, None);
+        }
+        let bytes = encoded.len() as u64;
+        let too_large: Outcome<S::Reply> = Outcome::ReplyTooLarge { bytes, limit };
+        (rmp_serde::to_vec(&too_large).expect("encoding a reply cannot fail"), Some(bytes))
+    }
+
+    /// E5–E6: runs `request`, at `index` of `batch`, through the service. A panic leaves
+    /// the service rebuilt without it.
+    fn run(
+        &mut self,
+        seq: SeqNum,
+        batch: &Batch,
+        index: usize,
+        request: &Request,
+        out: &mut Vec<ExecutorOutput>,
+    ) -> Outcome<S::Reply> {
+        let Ok(op) = rmp_serde::from_slice::<S::Op>(&request.operation) else {
+            return Outcome::MalformedOperation;
+        };
+        let caller = Caller { id: request.client(), key: request.client_key };
+        let mut context = ExecutionContext::new(caller, seq, self.time_us, &batch.digest(), index);
+        match catch_unwind(AssertUnwindSafe(|| self.service.execute(&op, &mut context))) {
+            Ok(reply) => Outcome::Ok(reply),
+            Err(panic) => {
+                let (client, operation) = (request.client(), Digest::of(&request.operation));
+                let message = panic_message(&*panic);
+                tracing::error!(
+                    replica = %self.me, %seq, %client, %operation, %message,
+                    "the service panicked; the operation has no effect and its client is told so"
+                );
+                out.push(ExecutorOutput::Fault(ServiceFault::Panicked { seq, client, operation, message }));
+                self.failed.insert((request.client(), request.timestamp));
+                self.rebuild(out);
+                Outcome::ServiceFailed
+            }
+        }
+    }
+
+    /// E6: the service as it was at `base`, with the journal's operations executed again
+    /// (those of the current batch included, as far as it went).
+    fn rebuild(&mut self, out: &mut Vec<ExecutorOutput>) {
+        let at = self.last_executed;
+        let decoded: Image = match rmp_serde::from_slice(self.base.bytes()) {
+            Ok(image) => image,
+            Err(error) => panic!("an image this executor encoded does not decode: {error}"),
+        };
+        if let Err(error) = self.service.restore(&decoded.service) {
+            let message = error.to_string();
+            tracing::error!(replica = %self.me, seq = %at, %message, "the service refused its own snapshot");
+            out.push(ExecutorOutput::Fault(ServiceFault::RestoreFailed { seq: at, message }));
+            return;
+        }
+        for entry in &self.journal {
+            for &index in &entry.executed {
+                let Some(Command::Request(request)) = entry.batch.commands().get(index) else { continue };
+                let Ok(op) = rmp_serde::from_slice::<S::Op>(&request.operation) else { continue };
+                let caller = Caller { id: request.client(), key: request.client_key };
+                let mut context = ExecutionContext::new(caller, entry.seq, entry.time_us, &entry.batch.digest(), index);
+                if catch_unwind(AssertUnwindSafe(|| self.service.execute(&op, &mut context))).is_err() {
+                    let detail = format!(
+                        "an operation of batch {} that returned before panicked when executed again",
+                        entry.seq
+                    );
+                    tracing::error!(replica = %self.me, seq = %entry.seq, %detail, "the service is probably not deterministic");
+                    out.push(ExecutorOutput::Fault(ServiceFault::NotDeterministic { seq: entry.seq, detail }));
+                }
+            }
+        }
+    }
+
+    /// E1–E2, E5: execute batch `seq`, which must be `last_executed + 1`, at the agreed
+    /// time: the batch's, or the previous batch's if that is later. Requests already
     /// executed (or below their client's window) are skipped, deterministically (N2, CX4);
     /// system commands are handed back to the replica, never to the service.
-    fn execute(&mut self, seq: SeqNum, view: View, batch: &Batch, out: &mut Vec<ExecutorOutput>) {
+    fn execute(&mut self, seq: SeqNum, view: View, batch: &Arc<Batch>, out: &mut Vec<ExecutorOutput>) {
         assert_eq!(seq, self.last_executed.next(), "E1: execution is strictly in order");
         let window = self.membership.current().params.client_window;
         let max_clients = self.membership.current().params.client_table_max;
+        self.time_us = self.time_us.max(batch.time_us());
+        self.last_executed = seq;
+        self.journal.push(JournalEntry { seq, time_us: self.time_us, batch: batch.clone(), executed: Vec::new() });
         let mut replies = Vec::new();
         let mut system = Vec::new();
-        for command in batch.commands() {
+        for (index, command) in batch.commands().iter().enumerate() {
             let request = match command {
                 Command::Request(request) => request,
                 // Executed by the replica itself: the user's service never sees one.
@@ -324,11 +477,16 @@ impl<S: Service> Executor<S> {
             if self.request_status(request) != RequestStatus::New {
                 continue;
             }
-            let outcome = match rmp_serde::from_slice::<S::Op>(&request.operation) {
-                Ok(op) => Outcome::Ok(self.service.execute(&op)),
-                Err(_) => Outcome::MalformedOperation,
-            };
-            let result = encode_outcome::<S>(&outcome);
+            let outcome = self.run(seq, batch, index, request, out);
+            if matches!(outcome, Outcome::Ok(_)) {
+                self.journal.last_mut().expect("this batch's entry").executed.push(index);
+            }
+            let (result, refused_bytes) = self.encode_outcome(&outcome);
+            if let Some(bytes) = refused_bytes {
+                let (client, limit) = (request.client(), self.membership.current().params.reply_bytes_max as u64);
+                tracing::warn!(replica = %self.me, %seq, %client, bytes, limit, "a reply over reply_bytes_max was withheld");
+                out.push(ExecutorOutput::Fault(ServiceFault::ReplyTooLarge { seq, client, bytes, limit }));
+            }
             self.clients.record(request.client(), request.timestamp, result.clone(), seq, window, max_clients);
             let reply = Reply {
                 view,
@@ -344,21 +502,28 @@ impl<S: Service> Executor<S> {
         let requests = replies.iter().map(|(client, reply)| (*client, reply.timestamp)).collect();
         let replies = self.batch_replies(seq, view, replies);
         out.extend(replies.into_iter().map(|(client, reply)| ExecutorOutput::Reply { client, reply }));
-        self.last_executed = seq;
         if seq.0.is_multiple_of(self.membership.current().params.checkpoint_interval) {
-            let image = ChunkedImage::new(self.image(), self.membership.current().params.state_chunk_bytes);
+            let image = Arc::new(ChunkedImage::new(self.image(), self.membership.current().params.state_chunk_bytes));
             let state_digest = image.digest();
-            self.images.insert(seq, Arc::new(image));
+            self.images.insert(seq, image.clone());
+            self.set_base(image);
             out.push(ExecutorOutput::Checkpoint { seq, state_digest });
         }
         out.push(ExecutorOutput::Executed { seq, view, digest: batch.digest(), requests });
+    }
+
+    /// `image` is the latest: a rebuild starts from it.
+    fn set_base(&mut self, image: Arc<ChunkedImage>) {
+        self.base = image;
+        self.journal.clear();
+        self.failed.clear();
     }
 
     /// R1, R2, CX3: see [`ExecutorInput::Request`].
     fn on_request(&self, request: Verified<Request>, view: View, out: &mut Vec<ExecutorOutput>) {
         let client = request.client();
         if request.read_only {
-            let result = self.query(&request.operation);
+            let result = self.query(&request, out);
             out.push(ExecutorOutput::Reply { client, reply: self.reply(view, &request, result, true) });
             return;
         }
@@ -376,6 +541,7 @@ impl<S: Service> Executor<S> {
         let image = Image {
             service: self.service.snapshot(),
             clients: self.clients.clients.iter().map(|(c, r)| (*c, r.clone())).collect(),
+            time_us: self.time_us,
         };
         rmp_serde::to_vec(&image).expect("encoding a checkpoint image cannot fail")
     }
@@ -397,13 +563,19 @@ impl<S: Service> Executor<S> {
     }
 
     /// ST5: install a checkpoint image whose digest the caller checked against a stable
-    /// checkpoint proof. Refused if it does not decode or would move backwards (E4).
-    fn install(&mut self, seq: SeqNum, image: Vec<u8>) -> Result<Digest, String> {
+    /// checkpoint proof. Refused if it does not decode or would move backwards (E4); a
+    /// snapshot the service refuses is reported as a [`ServiceFault::RestoreFailed`].
+    fn install(&mut self, seq: SeqNum, image: Vec<u8>, out: &mut Vec<ExecutorOutput>) -> Result<Digest, String> {
         if seq <= self.last_executed {
             return Err(format!("image at {seq} is not ahead of last executed {}", self.last_executed));
         }
         let decoded: Image = rmp_serde::from_slice(&image).map_err(|e| format!("image does not decode: {e}"))?;
-        self.service.restore(&decoded.service).map_err(|e| e.to_string())?;
+        if let Err(error) = self.service.restore(&decoded.service) {
+            let message = error.0;
+            tracing::error!(replica = %self.me, %seq, %message, "the service refused the snapshot of a stable checkpoint");
+            out.push(ExecutorOutput::Fault(ServiceFault::RestoreFailed { seq, message: message.clone() }));
+            return Err(format!("the service refused the snapshot: {message}"));
+        }
         let mut clients = ClientTable::default();
         for (client, record) in decoded.clients {
             clients.by_activity.insert((record.last_active, client));
@@ -411,9 +583,11 @@ impl<S: Service> Executor<S> {
         }
         self.clients = clients;
         self.last_executed = seq;
-        let image = ChunkedImage::new(image, self.membership.current().params.state_chunk_bytes);
+        self.time_us = decoded.time_us;
+        let image = Arc::new(ChunkedImage::new(image, self.membership.current().params.state_chunk_bytes));
         let digest = image.digest();
-        self.images.insert(seq, Arc::new(image));
+        self.images.insert(seq, image.clone());
+        self.set_base(image);
         Ok(digest)
     }
 
@@ -431,7 +605,7 @@ impl<S: Service> Role for Executor<S> {
         match input {
             ExecutorInput::Execute { seq, view, batch } => self.execute(seq, view, &batch, &mut out),
             ExecutorInput::Request { request, view } => self.on_request(request, view, &mut out),
-            ExecutorInput::Install { seq, image } => match self.install(seq, image) {
+            ExecutorInput::Install { seq, image } => match self.install(seq, image, &mut out) {
                 Ok(state_digest) => out.push(ExecutorOutput::Installed { seq, state_digest }),
                 Err(reason) => {
                     tracing::warn!(replica = %self.me, %seq, %reason, "checkpoint image not installed");
@@ -444,6 +618,11 @@ impl<S: Service> Role for Executor<S> {
     }
 }
 
-fn encode_outcome<S: Service>(outcome: &Outcome<S::Reply>) -> Vec<u8> {
-    rmp_serde::to_vec(outcome).expect("encoding a reply cannot fail")
+/// The message a panic carried, if it was a string (as `panic!` with a message makes it).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_string(),
+        (_, Some(message)) => message.clone(),
+        _ => "(a panic without a message)".to_string(),
+    }
 }

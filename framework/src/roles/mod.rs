@@ -150,6 +150,11 @@ pub enum ReplicaEvent {
     StateInstalled { seq: SeqNum, state_digest: Digest },
     /// A message was refused by a role's acceptance rules.
     Refused { reason: RoleRefusal },
+    /// The service did something wrong; the replica carried on (E6).
+    ServiceFault(crate::roles::executor::ServiceFault),
+    /// C8: at stable checkpoint `seq` this replica's state digest was `own`, not the
+    /// `agreed` one a quorum signed: the service is probably not deterministic.
+    Diverged { seq: SeqNum, own: Digest, agreed: Digest },
     /// The replica signed and sent a VIEW-CHANGE for `view` (VC2).
     ViewChangeStarted { view: View },
     /// The replica entered `view` by this NEW-VIEW (VC16; for the new primary VC13).

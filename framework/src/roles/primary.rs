@@ -42,7 +42,7 @@ pub enum PrimaryInput {
     /// This replica is the primary of `view`, in normal mode: propose, numbering batches
     /// from `next_seq` (VC14, or above what it signed before a crash), inside the window
     /// above `low`. Again for the view it leads: number from `next_seq` at the earliest.
-    Lead { view: View, next_seq: SeqNum, low: SeqNum },
+    Lead { view: View, next_seq: SeqNum, low: SeqNum, time_floor_us: u64 },
     /// Stop proposing: the replica is view-changing (VC4a) or entered a view it does not
     /// lead. Queued requests are dropped; they wait at the backups, whose timers and the
     /// clients' retransmissions bring them to the next primary.
@@ -96,13 +96,14 @@ impl PrimaryRole {
     pub fn handle(&mut self, input: PrimaryInput, now: Instant) -> Vec<PrimaryOutput> {
         let mut outputs = Vec::new();
         match input {
-            PrimaryInput::Lead { view, next_seq, low } => {
+            PrimaryInput::Lead { view, next_seq, low, time_floor_us } => {
                 if self.leading == Some(view) {
                     self.proposer.number_from(next_seq);
                 } else {
                     self.proposer = Primary::new(self.membership.clone(), next_seq);
                     self.batch_timer = None;
                 }
+                self.proposer.time_at_least(time_floor_us);
                 self.leading = Some(view);
                 self.low = self.low.max(low);
             }
@@ -205,6 +206,9 @@ pub struct Primary {
     /// System commands waiting, in arrival order, at most [`SYSTEM_COMMANDS_QUEUED_MAX`]:
     /// each goes into the next batch, ahead of any request.
     system: VecDeque<SystemCommand>,
+    /// The time of the last batch proposed, or of the latest batch logged when this primary
+    /// took over: the next proposal's time is no earlier (N1.f).
+    time_floor_us: u64,
 }
 
 /// System commands a primary keeps queued before it sheds new ones.
@@ -225,6 +229,7 @@ impl Primary {
             batch_deadline: None,
             window_exceeded: WindowOffenders::default(),
             system: VecDeque::new(),
+            time_floor_us: 0,
         }
     }
 
@@ -360,7 +365,10 @@ impl Primary {
             self.next_seq = seq.next();
             self.in_flight.insert(seq, requests.iter().map(|r| (r.client(), r.timestamp)).collect());
             commands.extend(requests.into_iter().map(Command::Request));
-            proposals.push((seq, Batch::of(commands)));
+            // N1.f: this replica's clock, never behind the batches before.
+            let time_us = now.as_micros().max(self.time_floor_us);
+            self.time_floor_us = time_us;
+            proposals.push((seq, Batch::timed(commands, time_us)));
             let waiting = self.queued > 0 || !self.system.is_empty();
             self.batch_deadline = if waiting { Some(now + params.batch_delay()) } else { None };
         }
@@ -426,6 +434,11 @@ impl Primary {
     }
 
     /// Numbers the next batch `seq` at the earliest.
+    /// Proposes no batch with a time before `time_us` (N1.f).
+    pub fn time_at_least(&mut self, time_us: u64) {
+        self.time_floor_us = self.time_floor_us.max(time_us);
+    }
+
     pub fn number_from(&mut self, seq: SeqNum) {
         self.next_seq = self.next_seq.max(seq);
     }

@@ -52,6 +52,10 @@ pub enum RoleRefusal {
     OutvotedPrePrepare,
     #[error("batch nobody asked for")]
     UnrequestedBatch,
+    #[error("batch time farther from this replica's clock than clock_skew_max_us (N1.f)")]
+    BatchTimeOutsideClockSkew,
+    #[error("batch time out of order with a neighbouring batch of the view (N1.f)")]
+    BatchTimeOutOfOrder,
 
     // The replica's own routing and view bookkeeping.
     #[error("normal-case message while view-changing (VC6)")]

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 /// The null request's digest (M4): the digest of the empty batch.
 pub fn null_digest() -> Digest {
-    batch_digest(std::iter::empty())
+    batch_digest(0, std::iter::empty())
 }
 
 /// Why VC12 cannot compute `O` from a set of VIEW-CHANGEs.

@@ -5,8 +5,8 @@
 use crate::ids::{Instant, ReplicaId, SeqNum, View};
 use crate::membership::{Membership, MembershipHandle, Scope};
 use crate::messages::{
-    Batch, Checkpoint, Commit, Message, MessageKind, NewView, PrePrepare, Prepare, PreparedCertificate, StateReply,
-    VerifiedMessage, VerifiedViewChange, ViewChange,
+    Batch, Checkpoint, Command, Commit, Message, MessageKind, NewView, PrePrepare, Prepare, PreparedCertificate,
+    StateReply, VerifiedMessage, VerifiedViewChange, ViewChange,
 };
 use crate::roles::primary::Primary;
 use crate::roles::replica::Input;
@@ -718,7 +718,8 @@ impl ByzantineReplica {
             && self.slow_next_seq.0 <= self.membership.params.watermark_window
         {
             if let Some(request) = self.slow_queue.pop_front() {
-                let batch = Batch::new(vec![request]);
+                // Stamped with the time now, as a correct primary would (N1.f): only slow.
+                let batch = Batch::timed(vec![Command::Request(request)], now.as_micros());
                 let seq = self.slow_next_seq;
                 self.slow_next_seq = seq.next();
                 let pre_prepare = signed(
@@ -853,7 +854,7 @@ impl ByzantineReplica {
             self.proposer.on_executed(seq);
             let mut reversed = batch.commands().to_vec();
             reversed.reverse();
-            let other = if batch.len() >= 2 { Batch::of(reversed) } else { Batch::null() };
+            let other = if batch.len() >= 2 { Batch::timed(reversed, batch.time_us()) } else { Batch::null() };
             for (group, variant) in [(left, &batch), (right, &other)] {
                 let digest = variant.digest();
                 let pre_prepare =

@@ -169,8 +169,9 @@ fn m3_batch_digest_is_independent_of_view_and_seq_and_depends_on_order() {
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     assert_eq!(digests[0], digest_of(&requests), "Batch::digest is the M3 digest of the request digests");
 
-    // M3 formula: H(tag_batch ‖ k ‖ D(m_1) ‖ … ‖ D(m_k)).
-    let mut builder = DigestBuilder::new(b"bulwark/batch/v1");
+    // M3 formula: H(tag_batch ‖ t ‖ k ‖ D(m_1) ‖ … ‖ D(m_k)), t the proposed time (0 here).
+    let mut builder = DigestBuilder::new(b"bulwark/batch/v2");
+    builder.update_u64(0);
     builder.update_u64(requests.len() as u64);
     for request in &requests {
         builder.update(&SCOPE.digest(&request.payload).0);
@@ -185,16 +186,21 @@ fn m3_batch_digest_is_independent_of_view_and_seq_and_depends_on_order() {
     reversed.reverse();
     assert_ne!(digest_of(&reversed), digests[0]);
     assert_ne!(digest_of(&requests[..2]), digests[0], "a prefix has another digest (k is bound)");
+    // N1.f: the proposed time is bound too.
+    let later = batch_digest(1, requests.iter().map(|r| SCOPE.digest(&r.payload)).collect::<Vec<_>>().iter());
+    assert_ne!(later, digests[0], "the time is bound");
 }
 
-/// M4: the null batch's digest is `Batch::null().digest() = H(tag_batch ‖ 0)`, stable, and verifies.
+/// M4: the null batch's digest is `Batch::null().digest() = H(tag_batch ‖ 0 ‖ 0)` (time 0, no
+/// commands), stable, and verifies.
 #[test]
 fn m4_null_batch_digest_is_stable_and_is_what_an_empty_pre_prepare_carries() {
     let null = Batch::null().digest();
     assert_eq!(null, Batch::null().digest());
-    assert_eq!(null, batch_digest(std::iter::empty()));
+    assert_eq!(null, batch_digest(0, std::iter::empty()));
     assert_eq!(null, Batch::new(Vec::new()).digest());
-    let mut builder = DigestBuilder::new(b"bulwark/batch/v1");
+    let mut builder = DigestBuilder::new(b"bulwark/batch/v2");
+    builder.update_u64(0);
     builder.update_u64(0);
     assert_eq!(null, builder.finish());
     assert!(Batch::null().is_empty());

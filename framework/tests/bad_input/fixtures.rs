@@ -10,7 +10,7 @@ use bulwark_framework::membership::{Membership, Scope};
 use bulwark_framework::messages::{
     batch_digest, client_id, BatchReply, BatchRequest, Checkpoint, Commit, Message, NewView, PrePrepare, Prepare,
     PreparedCertificate, Reply, Request, SlotProgress, StateReply, StateRequest, Status, VerifiedMessage, ViewChange,
-    WireCommand,
+    WireBatch,
 };
 use bulwark_framework::signing::Scoped;
 use bulwark_framework::verify::{verify_message, Refusal, RefusalCounts, RefusalKind};
@@ -92,7 +92,7 @@ pub(crate) fn three_requests() -> Vec<Signed<Request>> {
 /// pre-prepare would carry).
 pub(crate) fn digest_of(requests: &[Signed<Request>]) -> Digest {
     let digests: Vec<Digest> = requests.iter().map(|r| SCOPE.digest(&r.payload)).collect();
-    batch_digest(digests.iter())
+    batch_digest(0, digests.iter())
 }
 
 /// A pre-prepare for `(view, seq)` carrying `requests` under their true digest.
@@ -109,7 +109,7 @@ pub(crate) fn pre_prepare_with_digest(
     signer: &KeyPair,
 ) -> Message {
     let payload = PrePrepare { view: View(view), seq: SeqNum(seq), digest };
-    Message::PrePrepare(sign(payload, signer), WireCommand::requests(requests))
+    Message::PrePrepare(sign(payload, signer), WireBatch::requests(0, requests))
 }
 
 pub(crate) fn some_digest() -> Digest {
@@ -198,7 +198,7 @@ pub(crate) fn replica_messages(replica: u32, key: &KeyPair) -> Vec<Message> {
         Message::BatchRequest(sign(BatchRequest { replica: ReplicaId(replica), digests: vec![some_digest()] }, key)),
         Message::BatchReply(
             sign(BatchReply { replica: ReplicaId(replica), digest: digest_of(&three_requests()) }, key),
-            WireCommand::requests(three_requests()),
+            WireBatch::requests(0, three_requests()),
         ),
         Message::Prepare(sign(prepare_payload(replica), key)),
         Message::Commit(sign(commit_payload(replica), key)),

@@ -253,22 +253,26 @@ fn durable_records_round_trip_through_the_store_form_and_tampering_is_refused() 
     }
     for record in &records {
         match StoredRecord::from(record) {
-            StoredRecord::Committed { seq, view, commands, commits } => {
+            StoredRecord::Committed { seq, view, batch, commits } => {
                 assert!(commits.len() >= f.config.quorum(), "the commit certificate is recorded: {commits:?}");
-                let mut forged = commands.clone();
-                let bulwark_framework::messages::WireCommand::Request(request) = &mut forged[0] else {
+                let mut forged = batch.clone();
+                let bulwark_framework::messages::WireCommand::Request(request) = &mut forged.commands[0] else {
                     panic!("the batch holds a request: {forged:?}");
                 };
                 request.payload.operation = put("k", "forged");
-                let record = StoredRecord::Committed { seq, view, commands: forged, commits: commits.clone() };
+                let record = StoredRecord::Committed { seq, view, batch: forged, commits: commits.clone() };
                 assert!(record.verify(&f.config).is_err());
+                let mut retimed = batch.clone();
+                retimed.time_us += 1;
+                let record = StoredRecord::Committed { seq, view, batch: retimed, commits: commits.clone() };
+                assert!(record.verify(&f.config).is_err(), "a batch time the commits did not vouch for");
                 let mut twice = commits.clone();
                 twice.push(commits[0].clone());
-                let record = StoredRecord::Committed { seq, view, commands: commands.clone(), commits: twice };
+                let record = StoredRecord::Committed { seq, view, batch: batch.clone(), commits: twice };
                 assert!(record.verify(&f.config).is_err(), "a replica named twice in a certificate");
                 let mut bad_signature = commits.clone();
                 bad_signature[0].payload.digest = Digest::of(b"another batch");
-                let record = StoredRecord::Committed { seq, view, commands, commits: bad_signature };
+                let record = StoredRecord::Committed { seq, view, batch, commits: bad_signature };
                 assert!(record.verify(&f.config).is_err(), "a commit that does not verify");
             }
             StoredRecord::Stable { seq, proof, mut image } => {

@@ -13,4 +13,5 @@ mod execution;
 mod fixture;
 mod primary;
 mod status;
+mod time;
 mod view_change;

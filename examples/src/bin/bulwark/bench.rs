@@ -256,7 +256,7 @@ async fn bench(target: BenchTarget, clients: usize, spec: LoadSpec, json: bool) 
             let client_auth = file.params.client_auth;
             let mut handles = Vec::new();
             for _ in 0..clients {
-                handles.push(connect::<Echo>(&file, Duration::from_secs(10)).await?);
+                handles.push(connect::<Echo>(&path, None, Duration::from_secs(10)).await?);
             }
             (run_load(&handles, &spec).await, file.replicas.len(), client_auth)
         }

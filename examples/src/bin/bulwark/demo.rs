@@ -14,6 +14,7 @@ use bulwark_framework::{ProtocolParams, ReplicaId, View};
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Args;
 use std::ffi::OsStr;
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
 use strum::VariantArray;
@@ -198,8 +199,10 @@ async fn demo<S: Workload>(spec: DemoSpec) -> anyhow::Result<()> {
         if let Some(after) = crash_primary_after {
             actix_rt::time::sleep(after).await;
             cluster.stop_replica(primary);
-            // The progress line is rewritten in place; this note goes on a line of its own.
-            eprintln!("\n[{:>4.1}s] stopped replica {} (the primary of view 0)", after.as_secs_f64(), primary.0);
+            // On a terminal the progress line is rewritten in place, so this note starts a
+            // line of its own; elsewhere every progress line already ends with a newline.
+            let newline = if std::io::stderr().is_terminal() { "\n" } else { "" };
+            eprintln!("{newline}[{:>4.1}s] stopped replica {} (the primary of view 0)", after.as_secs_f64(), primary.0);
         }
     };
     let (report, ()) = tokio::join!(run_load(&handles, &load), crash);

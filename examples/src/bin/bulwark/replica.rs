@@ -2,19 +2,15 @@
 //! interrupted or its durable store fails.
 
 use crate::ServiceKind;
-use anyhow::{bail, Context as _};
-use bulwark_actors::config::{key_path, load_replica_key, ClusterFile};
-use bulwark_actors::replica::{spawn_replica, ReplicaSetup};
-use bulwark_actors::store::store_path;
-use bulwark_actors::verifier::{default_threads, VerifierPool};
+use anyhow::Context as _;
+use bulwark_actors::launch::ReplicaBuilder;
 use bulwark_examples::bank::Bank;
 use bulwark_examples::cluster::Workload;
 use bulwark_examples::echo::Echo;
 use bulwark_examples::kv::KvStore;
-use bulwark_framework::{MembershipHandle, ReplicaId};
+use bulwark_framework::ReplicaId;
 use clap::Args;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The arguments of `bulwark replica`.
 #[derive(Debug, Args)]
@@ -70,31 +66,20 @@ struct ReplicaOptions {
 
 async fn replica<S: Workload>(options: ReplicaOptions) -> anyhow::Result<()> {
     let ReplicaOptions { config, id, key, data_dir, metrics_port } = options;
-    let file = ClusterFile::load(&config)?;
-    let id = ReplicaId(id);
-    let key_file = key.unwrap_or_else(|| key_path(config.parent().unwrap_or(std::path::Path::new(".")), id));
-    let key = load_replica_key(&file, id, &key_file)?;
-    let membership = file.membership()?;
-    let verifier = VerifierPool::start(default_threads(), MembershipHandle::new(membership.clone()));
-    let setup = ReplicaSetup {
-        id,
-        key,
-        membership,
-        addresses: file.addresses(),
-        service: S::default(),
-        verifier,
-        send_queue_frames_max: 65_536,
-        data_dir: data_dir.clone(),
-        byzantine: None,
-    };
-    let arbiter = actix::Arbiter::new();
-    let handle = spawn_replica(setup, &arbiter.handle())
-        .await
-        .with_context(|| format!("starting replica {} at {}", id.0, file.addresses()[&id]))?;
-    eprintln!("replica {} listening on {}", id.0, file.addresses()[&id]);
-    if let Some(dir) = &data_dir {
-        let store = store_path(dir, id);
-        match handle.status().await.and_then(|status| status.store) {
+    let mut builder = ReplicaBuilder::new(&config, ReplicaId(id));
+    if let Some(key) = key {
+        builder = builder.key_file(key);
+    }
+    if let Some(dir) = data_dir {
+        builder = builder.data_dir(dir);
+    }
+    if let Some(port) = metrics_port {
+        builder = builder.metrics_port(port);
+    }
+    let replica = builder.start(S::default()).await.with_context(|| format!("starting replica {id}"))?;
+    eprintln!("replica {id} listening on {}", replica.address);
+    if let Some(store) = &replica.store {
+        match replica.handle.status().await.and_then(|status| status.store) {
             Some(store_status) if store_status.metrics.corrupt_discarded > 0 => eprintln!(
                 "durable store {} was corrupt: moved aside, started empty; catching up from the peers",
                 store.display()
@@ -107,27 +92,9 @@ async fn replica<S: Workload>(options: ReplicaOptions) -> anyhow::Result<()> {
             None => {}
         }
     }
-    if let Some(port) = metrics_port {
-        let address = std::net::SocketAddr::from(([0, 0, 0, 0], port));
-        let replica = handle.clone();
-        actix::spawn(async move {
-            if let Err(error) = bulwark_actors::metrics::serve(address, replica).await {
-                tracing::error!(%error, %address, "metrics endpoint failed");
-            }
-        });
+    if let Some(address) = replica.metrics {
         eprintln!("metrics on http://{address}/metrics");
     }
     // Runs until interrupted, or until the replica stops by itself (its store failed).
-    let stopped = async {
-        while handle.addr.connected() {
-            actix_rt::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
-            handle.stop();
-            Ok(())
-        }
-        () = stopped => bail!("replica {} stopped: its durable store failed (see the log above)", id.0),
-    }
+    Ok(replica.run_until_interrupted().await?)
 }

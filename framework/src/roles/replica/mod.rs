@@ -82,6 +82,11 @@ pub struct ReplicaMetrics {
     pub primary_equivocations: u64,
     /// Messages refused by the roles' acceptance rules, by reason.
     pub refused: BTreeMap<RoleRefusal, u64>,
+    /// What the service did wrong (E6), by [`ServiceFault`] variant name.
+    pub service_faults: BTreeMap<&'static str, u64>,
+    /// Stable checkpoints whose digest, signed by a quorum, differed from this replica's
+    /// own for the same sequence number (C8): the service is probably not deterministic.
+    pub divergences: u64,
 }
 
 impl ReplicaMetrics {
@@ -113,6 +118,8 @@ pub struct Replica<S: Service> {
     /// The CHECKPOINTs this replica signed above `stable`, to retransmit. Execution stays
     /// within the watermarks, so there are at most `L / K` of them.
     own_checkpoints: BTreeMap<SeqNum, Verified<Checkpoint>>,
+    /// See [`Replica::diverged_at`].
+    diverged_at: Option<SeqNum>,
     metrics: ReplicaMetrics,
     /// What the other members claim to have reached (votes, checkpoints, statuses).
     claims: PeerClaims,
@@ -151,6 +158,7 @@ impl<S: Service> Replica<S> {
             executor: Executor::new(id, membership.clone(), service, key.clone()),
             stable: StableCheckpoint::initial(),
             own_checkpoints: BTreeMap::new(),
+            diverged_at: None,
             metrics: ReplicaMetrics::default(),
             claims: PeerClaims::new(id, membership.clone()),
             executed_at_last_tick: SeqNum(0),
@@ -249,7 +257,8 @@ impl<S: Service> Replica<S> {
             at: now + self.membership.current().params.status_interval(),
         }];
         if self.leads {
-            let lead = PrimaryInput::Lead { view: self.view, next_seq: SeqNum(1), low: self.backup.low() };
+            let lead =
+                PrimaryInput::Lead { view: self.view, next_seq: SeqNum(1), low: self.backup.low(), time_floor_us: 0 };
             actions.push(Action::ToPrimary(lead));
         }
         actions
@@ -453,6 +462,10 @@ impl<S: Service> Replica<S> {
         match output {
             ExecutorOutput::Reply { client, reply } => actions.push(Action::Reply { client, reply }),
             ExecutorOutput::Refused(reason) => self.refuse(reason),
+            ExecutorOutput::Fault(fault) => {
+                *self.metrics.service_faults.entry(<&'static str>::from(&fault)).or_default() += 1;
+                actions.push(Action::Event(ReplicaEvent::ServiceFault(fault)));
+            }
             ExecutorOutput::New(request) if self.is_primary() => {
                 self.hand_to_primary(PrimaryInput::Offer(request), actions)
             }
@@ -503,8 +516,29 @@ impl<S: Service> Replica<S> {
             // C6: a stable checkpoint this replica executed through with another digest
             // means its own state is wrong; it can only be repaired from a later one.
             self.refuse(RoleRefusal::OwnDigestDiffersFromStable);
+            self.diverged(seq, state_digest, self.stable.state_digest, actions);
         }
         self.on_checkpoint(checkpoint, actions);
+    }
+
+    /// C8: this replica executed through `seq` to state `own`, but a quorum signed
+    /// `agreed`. With a correct replica that can only mean the service is not deterministic:
+    /// said loudly, counted, and reported in STATUS answers; state transfer then repairs it.
+    fn diverged(&mut self, seq: SeqNum, own: Digest, agreed: Digest, actions: &mut Vec<Action>) {
+        self.metrics.divergences += 1;
+        self.diverged_at = Some(seq);
+        tracing::error!(
+            replica = %self.id, %seq, %own, %agreed,
+            "this replica's state at a stable checkpoint differs from the one 2f + 1 replicas signed: \
+             the service is probably not deterministic (run it in the simulator to find out, see the README)"
+        );
+        actions.push(Action::Event(ReplicaEvent::Diverged { seq, own, agreed }));
+    }
+
+    /// The last stable checkpoint at which this replica's own state differed from the one a
+    /// quorum signed, if any (see [`ReplicaEvent::Diverged`]).
+    pub fn diverged_at(&self) -> Option<SeqNum> {
+        self.diverged_at
     }
 
     /// Executes what is committed, in order, as far as it goes.
@@ -596,6 +630,11 @@ impl<S: Service> Replica<S> {
     /// C4 and C5: take `stable` as the stable checkpoint, discard the log below it, move
     /// the watermarks, re-examine the messages buffered for the next window.
     fn on_stable(&mut self, stable: StableCheckpoint, now: Instant, actions: &mut Vec<Action>) {
+        if let Some(own) = self.own_checkpoints.get(&stable.seq).map(|own| own.state_digest) {
+            if own != stable.state_digest {
+                self.diverged(stable.seq, own, stable.state_digest, actions);
+            }
+        }
         self.stable = stable.clone();
         self.own_checkpoints = self.own_checkpoints.split_off(&stable.seq.next());
         actions.push(Action::Event(ReplicaEvent::Stable { seq: stable.seq, state_digest: stable.state_digest }));

@@ -95,6 +95,7 @@ impl<S: Service> Replica<S> {
                 stable: self.stable(),
                 last_executed: seq,
                 state_digest,
+                diverged_at: self.diverged_at,
             },
             &self.key,
         );

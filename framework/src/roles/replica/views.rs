@@ -266,8 +266,9 @@ impl<S: Service> Replica<S> {
     pub(super) fn lead_or_follow(&mut self, next_seq: SeqNum, actions: &mut Vec<Action>) {
         if self.is_primary() {
             let (view, low) = (self.view(), self.backup.low());
+            let time_floor_us = self.backup.latest_batch_time_us().max(self.executor.time_us());
             self.leads = true;
-            self.hand_to_primary(PrimaryInput::Lead { view, next_seq, low }, actions);
+            self.hand_to_primary(PrimaryInput::Lead { view, next_seq, low, time_floor_us }, actions);
         } else if self.leads {
             self.leads = false;
             self.hand_to_primary(PrimaryInput::Follow, actions);
