@@ -30,6 +30,7 @@ impl<S: Service> Simulation<S> {
         }
         for operation in to_issue {
             let bytes = rmp_serde::to_vec(&operation).expect("operations encode");
+            let issued_operation = operation.clone();
             let actions = self.clients[client]
                 .client
                 .handle(ClientInput::Invoke { operation: bytes, read_only: false }, self.now);
@@ -40,6 +41,9 @@ impl<S: Service> Simulation<S> {
                 Some(ClientAction::Rejected(error)) => panic!("simulated client misconfigured: {error}"),
                 _ => {
                     self.clients[client].issued += 1;
+                    if let Some(ClientAction::Issued { timestamp }) = actions.first() {
+                        self.note_issued(client, *timestamp, issued_operation);
+                    }
                     self.client_actions(client, actions);
                 }
             }
@@ -71,6 +75,7 @@ impl<S: Service> Simulation<S> {
                 ClientAction::Completed { timestamp, result } => {
                     let id = self.clients[client].client.id();
                     self.checker.observe_accepted(id, timestamp, &result);
+                    self.note_completed(client, timestamp, &result);
                     self.clients[client].completed += 1;
                     completed_any = true;
                 }

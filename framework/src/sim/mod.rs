@@ -17,6 +17,7 @@ pub mod campaign;
 pub mod checker;
 mod clients;
 mod config;
+mod history;
 mod hops;
 mod network;
 mod replicas;
@@ -24,6 +25,7 @@ mod report;
 pub mod twins;
 
 pub use config::{Blackout, Instance, Isolation, NetworkModel, Restart, Round, SimConfig};
+pub use history::{Completion, ReplyObserver, ServiceInvariant};
 pub use report::SimReport;
 
 use crate::durable::Recovered;
@@ -134,6 +136,7 @@ pub struct Simulation<S: Service> {
     dying: std::collections::BTreeSet<ReplicaId>,
     restarts_done: u64,
     byzantine_clients: Vec<ByzantineClient>,
+    history: history::History<S>,
 }
 
 impl<S: Service> fmt::Debug for Simulation<S> {
@@ -268,6 +271,7 @@ impl<S: Service> Simulation<S> {
             make_service: Box::new(make_service),
             dying: Default::default(),
             restarts_done: 0,
+            history: history::History::default(),
             config,
         })
     }
@@ -301,6 +305,12 @@ impl<S: Service> Simulation<S> {
 
     /// Runs to completion (or the time limit) and reports.
     pub fn run(mut self) -> SimReport {
+        let finished = self.run_events();
+        self.report(finished)
+    }
+
+    /// Runs the events to completion (or the time limit); whether the run finished.
+    fn run_events(&mut self) -> bool {
         self.start();
         let mut limit = Instant(self.config.time_limit.as_micros() as u64);
         let mut finished = false;
@@ -319,7 +329,7 @@ impl<S: Service> Simulation<S> {
                 limit = limit.min(self.now + self.config.linger);
             }
         }
-        self.report(finished)
+        finished
     }
 
     fn start(&mut self) {

@@ -49,7 +49,11 @@ impl<S: Service> Simulation<S> {
                 self.carry_out(node, actions);
             }
             Node::Correct(replica) => {
+                let executed_before = replica.last_executed();
                 let mut actions = replica.handle(input, now);
+                if replica.last_executed() != executed_before {
+                    super::history::check(&mut self.history, id, replica.service(), now);
+                }
                 let dying = self.dying.remove(&id);
                 if dying {
                     // Torn: the records of this step reach the disk, nothing reaches the wire.

@@ -125,7 +125,7 @@ impl<S: Service> Simulation<S> {
         }
         SimReport {
             seed: self.config.seed,
-            violations: self.checker.violations().to_vec(),
+            violations: self.checker.violations().iter().chain(&self.history.violations).cloned().collect(),
             checks: self.checker.checks(),
             requests_expected: self.config.requests_per_client * self.config.clients as u64,
             requests_completed: self.clients.iter().map(|c| c.completed).sum(),
