@@ -33,6 +33,10 @@ pub struct LocalCluster<S: Service + Send + Unpin> {
     pub replicas: Vec<ReplicaHandle<S>>,
     pub verifier: VerifierPool,
     arbiters: Vec<Arbiter>,
+    /// What [`LocalCluster::restart`] starts the replicas again with: the seeds of their
+    /// keys (a local cluster's keys live and die with the process).
+    key_seeds: Vec<[u8; 32]>,
+    data_dir: Option<PathBuf>,
 }
 
 impl<S: Service + Send + Unpin> std::fmt::Debug for LocalCluster<S> {
@@ -72,7 +76,14 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
         data_dir: Option<PathBuf>,
         byzantine: &[(ReplicaId, Strategy)],
     ) -> Result<Self, LaunchError> {
-        let keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::generate(&mut rand_core::OsRng)).collect();
+        let key_seeds: Vec<[u8; 32]> = (0..n)
+            .map(|_| {
+                let mut seed = [0u8; 32];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+                seed
+            })
+            .collect();
+        let keys: Vec<KeyPair> = key_seeds.iter().map(|seed| KeyPair::from_seed(*seed)).collect();
         let membership = Membership::numbered(LOCAL_CLUSTER_ID, keys.iter().map(KeyPair::public).collect(), params)
             .map_err(|e| LaunchError::Params(e.to_string()))?;
         let addresses = free_local_addresses(n)?;
@@ -102,7 +113,49 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
             replicas.push(replica);
             arbiters.push(arbiter);
         }
-        Ok(LocalCluster { membership, addresses, replicas, verifier, arbiters })
+        Ok(LocalCluster { membership, addresses, replicas, verifier, arbiters, key_seeds, data_dir })
+    }
+
+    /// Stops every replica and starts it again with its key, its address and (for a
+    /// durable cluster) its store, as a restart of every process would: each recovers from
+    /// its records. Must be called inside a running actix System.
+    pub async fn restart(&mut self, make_service: impl Fn() -> S) -> Result<(), LaunchError> {
+        for replica in &self.replicas {
+            replica.stop();
+        }
+        // The listeners close with their actors; wait until each address is free again.
+        for address in self.addresses.values() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpListener::bind(address).is_err() && Instant::now() < deadline {
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let mut replicas = Vec::new();
+        for (index, seed) in self.key_seeds.iter().enumerate() {
+            let arbiter = Arbiter::new();
+            let id = ReplicaId(index as u32);
+            let setup = ReplicaSetup {
+                id,
+                key: KeyPair::from_seed(*seed),
+                membership: self.membership.clone(),
+                addresses: self.addresses.clone(),
+                service: make_service(),
+                verifier: self.verifier.clone(),
+                send_queue_frames_max: SEND_QUEUE_FRAMES_DEFAULT,
+                data_dir: self.data_dir.clone(),
+                byzantine: None,
+            };
+            let address = self.addresses[&id];
+            let replica = spawn_replica(setup, &arbiter.handle()).await.map_err(|source| LaunchError::Listen {
+                id,
+                address,
+                source,
+            })?;
+            replicas.push(replica);
+            self.arbiters.push(arbiter);
+        }
+        self.replicas = replicas;
+        Ok(())
     }
 
     /// A client with a fresh key, on its own arbiter (thread).

@@ -275,7 +275,7 @@ fn e6_a_poison_operation_at_every_replica_leaves_the_cluster_serving_and_restart
                 torn: false,
             })
             .collect();
-        let report = Simulation::new(config, Pushes::default, |_, client, index| {
+        let (report, history) = Simulation::new(config, Pushes::default, |_, client, index| {
             if client == 0 && index % 5 == 4 {
                 Op::PushThenPanic(index)
             } else {
@@ -283,7 +283,13 @@ fn e6_a_poison_operation_at_every_replica_leaves_the_cluster_serving_and_restart
             }
         })
         .unwrap()
-        .run();
+        .run_with_history();
+        // The poisoning client was told, and nobody else was.
+        for completion in &history {
+            let poisoned = matches!(completion.operation, Op::PushThenPanic(_));
+            assert_eq!(completion.outcome == Outcome::ServiceFailed, poisoned, "{completion:?}");
+        }
+        assert_eq!(history.iter().filter(|c| c.outcome == Outcome::ServiceFailed).count(), 6);
         common::assert_safe_and_converged(&report);
         // Six poison operations; each caught by every replica that executed it (a replica
         // that caught up by state transfer never ran it).
