@@ -83,37 +83,57 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
                 seed
             })
             .collect();
-        let keys: Vec<KeyPair> = key_seeds.iter().map(|seed| KeyPair::from_seed(*seed)).collect();
-        let membership = Membership::numbered(LOCAL_CLUSTER_ID, keys.iter().map(KeyPair::public).collect(), params)
-            .map_err(|e| LaunchError::Params(e.to_string()))?;
+        let members = key_seeds.iter().map(|seed| KeyPair::from_seed(*seed).public()).collect();
+        let membership =
+            Membership::numbered(LOCAL_CLUSTER_ID, members, params).map_err(|e| LaunchError::Params(e.to_string()))?;
         let addresses = free_local_addresses(n)?;
         let verifier = VerifierPool::start(default_threads(), MembershipHandle::new(membership.clone()));
+        let mut cluster = LocalCluster {
+            membership,
+            addresses,
+            replicas: Vec::new(),
+            verifier,
+            arbiters: Vec::new(),
+            key_seeds,
+            data_dir,
+        };
+        cluster.spawn_replicas(make_service, byzantine).await?;
+        Ok(cluster)
+    }
+
+    /// Starts every replica, each on an arbiter of its own, with the cluster's keys,
+    /// addresses and data dir.
+    async fn spawn_replicas(
+        &mut self,
+        make_service: impl Fn() -> S,
+        byzantine: &[(ReplicaId, Strategy)],
+    ) -> Result<(), LaunchError> {
         let mut replicas = Vec::new();
-        let mut arbiters = Vec::new();
-        for (index, key) in keys.into_iter().enumerate() {
+        for (index, seed) in self.key_seeds.iter().enumerate() {
             let arbiter = Arbiter::new();
             let id = ReplicaId(index as u32);
             let setup = ReplicaSetup {
                 id,
-                key,
-                membership: membership.clone(),
-                addresses: addresses.clone(),
+                key: KeyPair::from_seed(*seed),
+                membership: self.membership.clone(),
+                addresses: self.addresses.clone(),
                 service: make_service(),
-                verifier: verifier.clone(),
+                verifier: self.verifier.clone(),
                 send_queue_frames_max: SEND_QUEUE_FRAMES_DEFAULT,
-                data_dir: data_dir.clone(),
+                data_dir: self.data_dir.clone(),
                 byzantine: byzantine.iter().find(|(r, _)| *r == id).map(|(_, strategy)| *strategy),
             };
-            let address = addresses[&id];
+            let address = self.addresses[&id];
             let replica = spawn_replica(setup, &arbiter.handle()).await.map_err(|source| LaunchError::Listen {
                 id,
                 address,
                 source,
             })?;
             replicas.push(replica);
-            arbiters.push(arbiter);
+            self.arbiters.push(arbiter);
         }
-        Ok(LocalCluster { membership, addresses, replicas, verifier, arbiters, key_seeds, data_dir })
+        self.replicas = replicas;
+        Ok(())
     }
 
     /// Stops every replica and starts it again with its key, its address and (for a
@@ -130,32 +150,7 @@ impl<S: Service + Send + Unpin> LocalCluster<S> {
                 actix_rt::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let mut replicas = Vec::new();
-        for (index, seed) in self.key_seeds.iter().enumerate() {
-            let arbiter = Arbiter::new();
-            let id = ReplicaId(index as u32);
-            let setup = ReplicaSetup {
-                id,
-                key: KeyPair::from_seed(*seed),
-                membership: self.membership.clone(),
-                addresses: self.addresses.clone(),
-                service: make_service(),
-                verifier: self.verifier.clone(),
-                send_queue_frames_max: SEND_QUEUE_FRAMES_DEFAULT,
-                data_dir: self.data_dir.clone(),
-                byzantine: None,
-            };
-            let address = self.addresses[&id];
-            let replica = spawn_replica(setup, &arbiter.handle()).await.map_err(|source| LaunchError::Listen {
-                id,
-                address,
-                source,
-            })?;
-            replicas.push(replica);
-            self.arbiters.push(arbiter);
-        }
-        self.replicas = replicas;
-        Ok(())
+        self.spawn_replicas(make_service, &[]).await
     }
 
     /// A client with a fresh key, on its own arbiter (thread).

@@ -4,30 +4,9 @@ mod support;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 use support::*;
-
-/// Kills every replica process when the test ends, however it ends.
-struct Replicas(Vec<Option<Child>>);
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for child in self.0.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Replicas {
-    fn kill(&mut self, id: usize) {
-        if let Some(mut child) = self.0[id].take() {
-            child.kill().expect("kill -9 the replica");
-            child.wait().expect("reap the replica");
-        }
-    }
-}
 
 /// Starts replicas 0..4; replica `metrics_replica` serves Prometheus metrics on `metrics_port`.
 fn start_replicas(config: &Path, metrics_replica: usize, metrics_port: u16) -> Replicas {

@@ -6,23 +6,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
 const SEATS: &str = env!("CARGO_BIN_EXE_seats");
-
-/// Kills every replica process when the test ends, however it ends.
-struct Replicas(Vec<Option<Child>>);
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for child in self.0.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn seats_client(config: &Path, key: &Path, request: &[&str]) -> Output {
     let mut args = vec!["client", "--config", config.to_str().unwrap(), "--key", key.to_str().unwrap()];
@@ -63,9 +51,7 @@ fn a_user_defined_service_runs_as_four_processes_and_survives_a_killed_replica()
     assert_eq!(stdout(&seats_client(&config, &bob, &["cancel", "12"])), "seat 12: not held by you");
 
     // kill -9 one replica: 3 of 4 still make a quorum.
-    let mut killed = replicas.0[3].take().unwrap();
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    replicas.kill(3);
 
     assert_eq!(stdout(&seats_client(&config, &alice, &["confirm", "12"])), "seat 12: confirmed");
     let any = seats_client(&config, &bob, &["reserve-any"]);

@@ -20,6 +20,28 @@ use std::time::{Duration, Instant};
 
 pub const BULWARK: &str = env!("CARGO_BIN_EXE_bulwark");
 
+/// Replica processes, killed when the test ends, however it ends.
+pub struct Replicas(pub Vec<Option<Child>>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Replicas {
+    /// `kill -9` of the `index`-th process.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.0[index].take() {
+            child.kill().expect("kill -9 the replica");
+            child.wait().expect("reap the replica");
+        }
+    }
+}
+
 /// A base port with `count` free consecutive ports after it. Tests run in parallel threads
 /// of one process: each call starts its search elsewhere, so two clusters started at the
 /// same moment do not pick the same (still free) range.
