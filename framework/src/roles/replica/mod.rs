@@ -210,15 +210,20 @@ impl<S: Service> Replica<S> {
         let mut actions = replica.start(now);
         if let Some((checkpoint, image)) = &recovered.stable {
             let install = ExecutorInput::Install { seq: checkpoint.seq, image: image.bytes().to_vec() };
-            match replica.executor.handle(install, now).as_slice() {
-                [ExecutorOutput::Installed { .. }] => {
-                    replica.stable = checkpoint.clone();
-                    actions.push(Action::ToCheckpoints(CollectorInput::Adopt(checkpoint.clone())));
-                    let input = BackupInput::AdvanceLow { stable: checkpoint.seq, last_executed: checkpoint.seq };
-                    let replay = replica.backup.handle(input, now);
-                    replica.apply(replay, now, &mut actions);
-                }
-                _ => replica.refuse(RoleRefusal::RecoveredImageNotInstalled),
+            let outputs = replica.executor.handle(install, now);
+            let installed = matches!(outputs.as_slice(), [ExecutorOutput::Installed { .. }]);
+            for output in outputs.into_iter().filter(|output| matches!(output, ExecutorOutput::Fault(_))) {
+                replica.on_executor_output(output, now, &mut actions);
+            }
+            if installed {
+                replica.stable = checkpoint.clone();
+                actions.push(Action::ToCheckpoints(CollectorInput::Adopt(checkpoint.clone())));
+                let input = BackupInput::AdvanceLow { stable: checkpoint.seq, last_executed: checkpoint.seq };
+                let replay = replica.backup.handle(input, now);
+                replica.apply(replay, now, &mut actions);
+            } else {
+                // The service's own refusal, if it was one, is counted above (E6).
+                replica.refuse(RoleRefusal::RecoveredImageNotInstalled);
             }
         }
         let view = recovered.view();
