@@ -1,4 +1,4 @@
-//! Commands of the system itself (DESIGN.md "The system orders its own commands"): a
+//! Commands of the system itself (docs/PBFT.md E2; `framework/src/batch.rs`): a
 //! batch orders client requests and system commands alike; a system command is executed
 //! by every replica at the same sequence number, in its batch's order, and never reaches
 //! the user's service.

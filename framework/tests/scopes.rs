@@ -1,5 +1,5 @@
-//! Signatures bind where they belong (DESIGN.md "Signatures say where they belong";
-//! RECONFIG.md EP7): every message replicas sign binds its cluster and membership epoch,
+//! Signatures bind where they belong (docs/PBFT.md M1): every message replicas sign binds
+//! its cluster and membership epoch,
 //! what clients sign binds the cluster. A message signed for another cluster or epoch is
 //! refused at the edge for that, under its own reason; the same message relabeled with
 //! the receiver's scope is refused as forged; a certificate is checked against the members
@@ -173,7 +173,7 @@ fn a_message_signed_in_epoch_0_is_refused_in_epoch_1_and_a_clients_request_is_no
         let relabeled = verify_envelope(Envelope { scope: one, message }, &epoch_1);
         if !kind.binds_epoch() {
             // What a client signs binds its cluster only: it stays valid across a change of
-            // membership (RECONFIG.md CE2 retransmits it to the new members).
+            // membership (a client retransmits it to the new members).
             assert!(matches!(kind, MessageKind::Request | MessageKind::Inquiry), "{kind:?}");
             assert!(as_sent.is_ok() && relabeled.is_ok(), "{kind:?}");
             continue;

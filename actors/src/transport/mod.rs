@@ -22,7 +22,7 @@
 //! [`Message`] into a `VerifiedMessage` is the job of
 //! [`bulwark_framework::verify::verify_message`], run by whoever consumes the channel.
 //!
-//! # Why every buffer has a bound (DESIGN.md "Messages and trust")
+//! # Why every buffer has a bound
 //!
 //! A Byzantine peer must not be able to grow a replica's memory, and neither may a slow or
 //! dead one:
@@ -73,7 +73,7 @@
 //!
 //! The transport knows nothing of the protocol beyond frames; a site-to-site link is just
 //! another peer address, and the per-link wide-area emulation (latency, bandwidth, loss)
-//! DESIGN.md asks for belongs between a link's queue and its socket, in the writer.
+//! that Steward needs belongs between a link's queue and its socket, in the writer.
 
 mod connection;
 mod link;
