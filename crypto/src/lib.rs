@@ -17,13 +17,16 @@
 //!   good ones still pass. Each item's verdict is the one it gets alone (see its
 //!   documentation).
 //!
-//! Threshold signatures (Steward sites) will live in a `threshold` module beside these.
+//! * [`threshold`]: threshold signatures, with which a Steward site of `3f + 1` replicas
+//!   speaks with one signature made from `2f + 1` shares (BLS12-381, and a fast stand-in
+//!   for simulator runs whose verdicts match).
 
 #![forbid(unsafe_code)]
 
 mod keys;
 pub mod merkle;
 mod signed;
+pub mod threshold;
 #[cfg(feature = "torsion-crafting")]
 pub mod torsion;
 
