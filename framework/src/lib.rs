@@ -30,6 +30,7 @@ pub mod service;
 pub mod signing;
 pub mod sim;
 pub mod state;
+pub mod steward;
 pub mod testkit;
 pub mod verify;
 pub mod wire;
