@@ -23,6 +23,7 @@ mod network;
 mod replicas;
 mod report;
 pub mod twins;
+pub mod wan;
 
 pub use config::{Blackout, Instance, Isolation, NetworkModel, Restart, Round, SimConfig};
 pub use history::{Completion, ReplyObserver, ServiceInvariant};

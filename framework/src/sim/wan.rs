@@ -1,0 +1,199 @@
+//! The wide-area links between sites, as the multi-site simulator will model them
+//! (docs/STEWARD.md; the Steward issues): per directed pair of sites a latency, a jitter, a
+//! loss and a duplication probability, and a bandwidth.
+//!
+//! Bandwidth is a first-in first-out queue per directed link: a message departs when the
+//! link is free and occupies it for `bytes × 8 / bandwidth`; it arrives one latency (plus
+//! jitter) after its last bit left. A lost or duplicated message used the link like any
+//! other (the loss happens on the way; the duplicate is a second transmission). Every random
+//! choice comes from the caller's seeded generator, so a seed names a run.
+
+use crate::ids::{ClusterId, Instant};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One directed link between two sites.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkModel {
+    pub latency_us: u64,
+    /// Added to the latency: uniform in `[0, jitter_us]`.
+    pub jitter_us: u64,
+    pub loss: f64,
+    pub duplicate: f64,
+    /// Bits per second; 0 means unlimited.
+    pub bandwidth_bps: u64,
+}
+
+impl LinkModel {
+    /// `latency_ms` one way and `mbps` megabits per second, no jitter, loss or duplication:
+    /// the Steward paper's symmetric links.
+    pub fn symmetric(latency_ms: u64, mbps: f64) -> Self {
+        LinkModel {
+            latency_us: latency_ms * 1_000,
+            jitter_us: 0,
+            loss: 0.0,
+            duplicate: 0.0,
+            bandwidth_bps: (mbps * 1e6) as u64,
+        }
+    }
+
+    /// How long `bytes` occupy the link.
+    pub fn transmission(&self, bytes: usize) -> Duration {
+        if self.bandwidth_bps == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((bytes as u128 * 8 * 1_000_000_000 / self.bandwidth_bps as u128) as u64)
+    }
+}
+
+/// What one directed link carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub messages: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    /// Total and largest time a message waited for the link to be free.
+    pub queueing_us: u64,
+    pub queueing_max_us: u64,
+}
+
+/// The wide-area network between sites: its links' models, and their queues and counters.
+#[derive(Debug, Clone)]
+pub struct Wan {
+    default: LinkModel,
+    links: BTreeMap<(ClusterId, ClusterId), LinkModel>,
+    free_at: BTreeMap<(ClusterId, ClusterId), Instant>,
+    counters: BTreeMap<(ClusterId, ClusterId), LinkCounters>,
+}
+
+impl Wan {
+    /// Every link between two sites follows `default`.
+    pub fn uniform(default: LinkModel) -> Self {
+        Wan { default, links: BTreeMap::new(), free_at: BTreeMap::new(), counters: BTreeMap::new() }
+    }
+
+    /// The link from `from` to `to` follows `model` (the other direction is unchanged).
+    pub fn set_link(&mut self, from: ClusterId, to: ClusterId, model: LinkModel) {
+        self.links.insert((from, to), model);
+    }
+
+    pub fn link(&self, from: ClusterId, to: ClusterId) -> &LinkModel {
+        self.links.get(&(from, to)).unwrap_or(&self.default)
+    }
+
+    /// Sends `bytes` from site `from` to site `to` at `now`: the instants the message
+    /// arrives (none if it is lost, two if it is duplicated).
+    pub fn send(
+        &mut self,
+        from: ClusterId,
+        to: ClusterId,
+        bytes: usize,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Vec<Instant> {
+        let model = *self.link(from, to);
+        let copies = if model.duplicate > 0.0 && rng.gen_bool(model.duplicate) { 2 } else { 1 };
+        let mut arrivals = Vec::with_capacity(copies);
+        for copy in 0..copies {
+            let free_at = self.free_at.entry((from, to)).or_insert(Instant::ZERO);
+            let departs = now.max(*free_at);
+            let done = departs + model.transmission(bytes);
+            *free_at = done;
+            let waited = departs.as_micros() - now.as_micros();
+            let counters = self.counters.entry((from, to)).or_default();
+            counters.messages += 1;
+            counters.bytes += bytes as u64;
+            counters.duplicated += u64::from(copy > 0);
+            counters.queueing_us += waited;
+            counters.queueing_max_us = counters.queueing_max_us.max(waited);
+            if model.loss > 0.0 && rng.gen_bool(model.loss) {
+                counters.lost += 1;
+                continue;
+            }
+            let jitter = if model.jitter_us > 0 { rng.gen_range(0..=model.jitter_us) } else { 0 };
+            arrivals.push(done + Duration::from_micros(model.latency_us + jitter));
+        }
+        arrivals
+    }
+
+    /// What the link from `from` to `to` carried so far.
+    pub fn counters(&self, from: ClusterId, to: ClusterId) -> LinkCounters {
+        self.counters.get(&(from, to)).copied().unwrap_or_default()
+    }
+
+    /// Messages and bytes over every link together.
+    pub fn totals(&self) -> LinkCounters {
+        self.counters.values().fold(LinkCounters::default(), |mut total, c| {
+            total.messages += c.messages;
+            total.bytes += c.bytes;
+            total.lost += c.lost;
+            total.duplicated += c.duplicated;
+            total.queueing_us += c.queueing_us;
+            total.queueing_max_us = total.queueing_max_us.max(c.queueing_max_us);
+            total
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    const A: ClusterId = ClusterId(1);
+    const B: ClusterId = ClusterId(2);
+
+    /// 1,250 bytes take 1 ms on a 10 Mbit/s link; two sent at once queue one behind the
+    /// other and arrive a latency after their last bit.
+    #[test]
+    fn a_link_carries_its_messages_first_in_first_out_at_its_bandwidth() {
+        let mut wan = Wan::uniform(LinkModel::symmetric(50, 10.0));
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(wan.link(A, B).transmission(1_250), Duration::from_millis(1));
+        let first = wan.send(A, B, 1_250, Instant::ZERO, &mut rng);
+        let second = wan.send(A, B, 1_250, Instant::ZERO, &mut rng);
+        assert_eq!(first, vec![Instant::from_micros(51_000)]);
+        assert_eq!(second, vec![Instant::from_micros(52_000)]);
+        // The other direction has a queue of its own.
+        assert_eq!(wan.send(B, A, 1_250, Instant::ZERO, &mut rng), vec![Instant::from_micros(51_000)]);
+        // A message after the queue drained does not wait.
+        let later = Instant::from_micros(10_000);
+        assert_eq!(wan.send(A, B, 125, later, &mut rng), vec![Instant::from_micros(60_100)]);
+        let counters = wan.counters(A, B);
+        assert_eq!(
+            (counters.messages, counters.bytes, counters.queueing_us, counters.queueing_max_us),
+            (3, 2_625, 1_000, 1_000)
+        );
+        assert_eq!(wan.totals().messages, 4);
+    }
+
+    /// Loss and duplication happen at their rates (seeded), lost and duplicated copies use
+    /// the link, and the same seed gives the same arrivals.
+    #[test]
+    fn loss_duplication_and_jitter_follow_the_model_and_the_seed() {
+        let model = LinkModel { latency_us: 1_000, jitter_us: 500, loss: 0.1, duplicate: 0.2, bandwidth_bps: 0 };
+        let run = |seed| {
+            let mut wan = Wan::uniform(LinkModel::symmetric(1, 0.0));
+            wan.set_link(A, B, model);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let arrivals: Vec<Vec<Instant>> =
+                (0..10_000).map(|_| wan.send(A, B, 100, Instant::ZERO, &mut rng)).collect();
+            (arrivals, wan.counters(A, B))
+        };
+        let (arrivals, counters) = run(7);
+        assert_eq!(run(7).0, arrivals, "a seed names a run");
+        assert_ne!(run(8).0, arrivals);
+        let sent = counters.messages as f64;
+        assert!((counters.duplicated as f64 / 10_000.0 - 0.2).abs() < 0.02, "{counters:?}");
+        assert!((counters.lost as f64 / sent - 0.1).abs() < 0.02, "{counters:?}");
+        let all: Vec<u64> = arrivals.iter().flatten().map(|at| at.as_micros()).collect();
+        assert!(all.iter().all(|&at| (1_000..=1_500).contains(&at)), "latency plus jitter");
+        assert!(all.iter().any(|&at| at > 1_400) && all.iter().any(|&at| at < 1_100), "jitter spreads");
+        let mut wan = Wan::uniform(LinkModel::symmetric(1, 0.0));
+        wan.set_link(A, B, model);
+        assert_eq!(wan.link(B, A), &LinkModel::symmetric(1, 0.0), "the reverse direction keeps the default");
+    }
+}
