@@ -9,8 +9,11 @@
 //!   it never contradicted (TS1), combines with `2f + 1` shares and verifies once (TS2),
 //!   blames bad shares and still signs (TS3); the signature it produces verifies with the
 //!   site's key alone (TS4).
+//! * [`global`]: global ordering at every replica: which site-signed PROPOSALs and ACCEPTs
+//!   it takes (W5, TS4), when a batch is globally ordered (W7), strict in-order execution.
 //!
 //! A site is named by its cluster's [`crate::ClusterId`].
 
+pub mod global;
 pub mod payload;
 pub mod signer;

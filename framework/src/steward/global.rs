@@ -1,0 +1,197 @@
+//! Global ordering at every replica of every site (docs/STEWARD.md W5, W7): which
+//! threshold-signed PROPOSALs and ACCEPTs it takes, when an update batch is globally
+//! ordered, and strict in-order execution.
+//!
+//! A PROPOSAL is taken only for the current global view, from the leader site of that view,
+//! inside the window above `aru`, with a site signature that verifies under the leader
+//! site's key alone (W5, TS4); a replica of a non-leader site may then share its site's
+//! ACCEPT ([`GlobalOutput::Accepted`]). An ACCEPT is taken from another non-leader site, for
+//! the current global view and inside the window, signed by that site. A PROPOSAL and
+//! ACCEPTs for the same `(gv, seq, digest)` from `⌊S/2⌋` distinct other sites order the
+//! batch (W7); batches execute strictly in `seq` order and `aru` follows.
+
+use super::payload::{GlobalView, SitePayload};
+use crate::ids::{ClusterId, SeqNum};
+use bulwark_crypto::threshold::ThresholdScheme;
+use bulwark_crypto::Digest;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+/// A site payload with its site's combined signature, as it travels between sites.
+#[derive(Debug, Clone)]
+pub struct SiteSigned<S: ThresholdScheme> {
+    pub payload: SitePayload,
+    pub signature: S::Signature,
+}
+
+/// Why a PROPOSAL or ACCEPT was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+pub enum GlobalRefusal {
+    /// Not a PROPOSAL (or not an ACCEPT) where one was expected.
+    WrongKind,
+    /// For a global view other than the current one.
+    WrongGlobalView,
+    /// A PROPOSAL from a site that does not lead the view, or an ACCEPT from the leader
+    /// site (its PROPOSAL is its vote) or from an unknown site.
+    WrongSite,
+    /// At or below `aru`, or beyond `aru + window`.
+    OutsideWindow,
+    /// The site signature does not verify under the site's key.
+    BadSiteSignature,
+    /// A second PROPOSAL for one `(gv, seq)` with another digest: the leader site's
+    /// signature on two bindings, impossible with at most `f` faulty replicas there (GI2).
+    ConflictingProposal,
+}
+
+/// What global ordering produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GlobalOutput {
+    /// W5: a PROPOSAL taken; a replica of a non-leader site may share its ACCEPT of
+    /// `updates` at `seq`.
+    Accepted {
+        gv: GlobalView,
+        seq: SeqNum,
+        updates: Digest,
+    },
+    /// W7: batch `seq` is globally ordered and every batch below it executed: execute it.
+    Execute {
+        seq: SeqNum,
+        updates: Digest,
+    },
+    Refused(GlobalRefusal),
+}
+
+/// Votes for one sequence number.
+#[derive(Debug, Default)]
+struct Slot {
+    proposal: Option<(GlobalView, Digest)>,
+    accepts: BTreeMap<(GlobalView, Digest), BTreeSet<ClusterId>>,
+}
+
+/// Global ordering as one replica sees it.
+pub struct GlobalOrder<S: ThresholdScheme> {
+    /// Every site's public key, by site, in the order that names leader sites.
+    sites: BTreeMap<ClusterId, Arc<S::PublicKey>>,
+    gv: GlobalView,
+    aru: SeqNum,
+    window: u64,
+    slots: BTreeMap<SeqNum, Slot>,
+    ordered: BTreeMap<SeqNum, Digest>,
+}
+
+impl<S: ThresholdScheme> fmt::Debug for GlobalOrder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GlobalOrder")
+            .field("sites", &self.sites.keys().collect::<Vec<_>>())
+            .field("gv", &self.gv)
+            .field("aru", &self.aru)
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+impl<S: ThresholdScheme> GlobalOrder<S> {
+    /// Ordering among `sites` (each with its public key), in global view 0, nothing
+    /// executed, taking sequence numbers up to `window` above `aru`.
+    pub fn new(sites: BTreeMap<ClusterId, Arc<S::PublicKey>>, window: u64) -> Self {
+        GlobalOrder { sites, gv: 0, aru: SeqNum(0), window, slots: BTreeMap::new(), ordered: BTreeMap::new() }
+    }
+
+    /// The leader site of global view `gv`: position `gv mod S` of the sorted sites.
+    pub fn leader(&self, gv: GlobalView) -> ClusterId {
+        *self.sites.keys().nth((gv % self.sites.len() as u64) as usize).expect("at least one site")
+    }
+
+    /// The highest sequence number below which everything executed.
+    pub fn aru(&self) -> SeqNum {
+        self.aru
+    }
+
+    /// ACCEPTs from this many distinct other sites order a batch with its PROPOSAL.
+    pub fn accepts_needed(&self) -> usize {
+        self.sites.len() / 2
+    }
+
+    /// W5: a leader site's PROPOSAL.
+    pub fn on_proposal(&mut self, signed: &SiteSigned<S>) -> Vec<GlobalOutput> {
+        let SitePayload::Proposal { site, gv, seq, updates, .. } = signed.payload else {
+            return vec![GlobalOutput::Refused(GlobalRefusal::WrongKind)];
+        };
+        if let Err(refusal) = self.admit(&signed.payload, site, gv, seq, &signed.signature) {
+            return vec![GlobalOutput::Refused(refusal)];
+        }
+        if site != self.leader(gv) {
+            return vec![GlobalOutput::Refused(GlobalRefusal::WrongSite)];
+        }
+        let slot = self.slots.entry(seq).or_default();
+        match slot.proposal {
+            Some((_, bound)) if bound != updates => {
+                return vec![GlobalOutput::Refused(GlobalRefusal::ConflictingProposal)]
+            }
+            Some(_) => return Vec::new(),
+            None => slot.proposal = Some((gv, updates)),
+        }
+        let mut out = vec![GlobalOutput::Accepted { gv, seq, updates }];
+        self.check_ordered(seq, &mut out);
+        out
+    }
+
+    /// An ACCEPT of another non-leader site.
+    pub fn on_accept(&mut self, signed: &SiteSigned<S>) -> Vec<GlobalOutput> {
+        let SitePayload::Accept { site, gv, seq, updates, .. } = signed.payload else {
+            return vec![GlobalOutput::Refused(GlobalRefusal::WrongKind)];
+        };
+        if let Err(refusal) = self.admit(&signed.payload, site, gv, seq, &signed.signature) {
+            return vec![GlobalOutput::Refused(refusal)];
+        }
+        if site == self.leader(gv) {
+            return vec![GlobalOutput::Refused(GlobalRefusal::WrongSite)];
+        }
+        self.slots.entry(seq).or_default().accepts.entry((gv, updates)).or_default().insert(site);
+        let mut out = Vec::new();
+        self.check_ordered(seq, &mut out);
+        out
+    }
+
+    /// The checks a PROPOSAL and an ACCEPT share: a known site, the current global view,
+    /// inside the window, and the site's signature (TS4).
+    fn admit(
+        &self,
+        payload: &SitePayload,
+        site: ClusterId,
+        gv: GlobalView,
+        seq: SeqNum,
+        signature: &S::Signature,
+    ) -> Result<(), GlobalRefusal> {
+        let key = self.sites.get(&site).ok_or(GlobalRefusal::WrongSite)?;
+        if gv != self.gv {
+            return Err(GlobalRefusal::WrongGlobalView);
+        }
+        if seq <= self.aru || seq.0 > self.aru.0.saturating_add(self.window) {
+            return Err(GlobalRefusal::OutsideWindow);
+        }
+        if !S::verify(key, signature, &payload.message()) {
+            return Err(GlobalRefusal::BadSiteSignature);
+        }
+        Ok(())
+    }
+
+    /// W7, then strict in-order execution from `aru`.
+    fn check_ordered(&mut self, seq: SeqNum, out: &mut Vec<GlobalOutput>) {
+        let needed = self.accepts_needed();
+        if let Some(slot) = self.slots.get(&seq) {
+            if let Some((gv, updates)) = slot.proposal {
+                let accepted = slot.accepts.get(&(gv, updates)).map_or(0, BTreeSet::len);
+                if accepted >= needed {
+                    self.ordered.insert(seq, updates);
+                }
+            }
+        }
+        while let Some(updates) = self.ordered.remove(&self.aru.next()) {
+            self.aru = self.aru.next();
+            self.slots.remove(&self.aru);
+            out.push(GlobalOutput::Execute { seq: self.aru, updates });
+        }
+    }
+}
