@@ -27,6 +27,8 @@ pub struct Image {
     #[serde(with = "serde_bytes")]
     pub service: Vec<u8>,
     pub clients: Vec<(ClientId, ClientRecord)>,
+    /// The agreed time of the last executed batch (E5); 0 in the images made here.
+    pub time_us: u64,
 }
 
 /// The bytes of a checkpoint image.
@@ -57,7 +59,7 @@ pub fn image_bytes(spec: &ImageSpec) -> Vec<u8> {
                     (id, record)
                 })
                 .collect();
-            rmp_serde::to_vec(&Image { service, clients }).expect("an image always encodes")
+            rmp_serde::to_vec(&Image { service, clients, time_us: 0 }).expect("an image always encodes")
         }
     }
 }
