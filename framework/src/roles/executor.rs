@@ -185,8 +185,6 @@ pub struct Executor<S: Service> {
     /// The latest image, taken or installed, and the batches executed since (E6).
     base: Arc<ChunkedImage>,
     journal: Vec<JournalEntry>,
-    /// Requests whose operation panicked since `base`: a rebuild skips them.
-    failed: BTreeSet<(ClientId, Timestamp)>,
 }
 
 impl<S: Service> std::fmt::Debug for Executor<S> {
@@ -271,7 +269,6 @@ impl<S: Service> Executor<S> {
             images: BTreeMap::new(),
             base: Arc::new(ChunkedImage::new(Vec::new(), chunk_bytes)),
             journal: Vec::new(),
-            failed: BTreeSet::new(),
         };
         executor.base = Arc::new(ChunkedImage::new(executor.image(), chunk_bytes));
         executor
@@ -413,7 +410,6 @@ impl<S: Service> Executor<S> {
                     "the service panicked; the operation has no effect and its client is told so"
                 );
                 out.push(ExecutorOutput::Fault(ServiceFault::Panicked { seq, client, operation, message }));
-                self.failed.insert((request.client(), request.timestamp));
                 self.rebuild(out);
                 Outcome::ServiceFailed
             }
@@ -516,7 +512,6 @@ impl<S: Service> Executor<S> {
     fn set_base(&mut self, image: Arc<ChunkedImage>) {
         self.base = image;
         self.journal.clear();
-        self.failed.clear();
     }
 
     /// R1, R2, CX3: see [`ExecutorInput::Request`].
