@@ -113,22 +113,9 @@ impl Handler<ToPrimary> for PrimaryActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::{replica_key, Listener};
-    use bulwark_crypto::Verified;
-    use bulwark_framework::messages::Request;
-    use bulwark_framework::{SeqNum, Timestamp, View};
+    use crate::test_fixtures::{replica_key, request, Listener};
+    use bulwark_framework::{SeqNum, View};
     use tokio::sync::mpsc;
-
-    fn request(timestamp: u64) -> Verified<Request> {
-        let client = replica_key(9);
-        let payload = Request {
-            client_key: client.public().into(),
-            timestamp: Timestamp(timestamp),
-            read_only: false,
-            operation: vec![],
-        };
-        crate::test_fixtures::SCOPE.sign(payload, &client)
-    }
 
     /// P1 and P3 through the actor: a request offered while the replica leads comes back
     /// as a signed PRE-PREPARE of that view; the batch timer fires on the actor's context

@@ -1,10 +1,10 @@
 //! Keys, a four-replica cluster and messages the unit tests of several modules share.
 
-use bulwark_crypto::{KeyPair, Signed};
-use bulwark_framework::messages::ViewChange;
+use bulwark_crypto::{KeyPair, Signed, Verified};
+use bulwark_framework::messages::{Request, ViewChange};
 use bulwark_framework::signing::Scoped;
 use bulwark_framework::{
-    ClusterId, Epoch, Membership, MembershipHandle, ProtocolParams, ReplicaId, Scope, SeqNum, View,
+    ClusterId, Epoch, Membership, MembershipHandle, ProtocolParams, ReplicaId, Scope, SeqNum, Timestamp, View,
 };
 use std::sync::Arc;
 
@@ -30,6 +30,18 @@ pub(crate) fn handle() -> MembershipHandle {
 /// Signs `payload` with `key` in [`SCOPE`].
 pub(crate) fn sign<T: Scoped>(payload: T, key: &KeyPair) -> Signed<T> {
     SCOPE.sign(payload, key).into_signed()
+}
+
+/// A client's (key 9's) empty request with `timestamp`, signed.
+pub(crate) fn request(timestamp: u64) -> Verified<Request> {
+    let client = replica_key(9);
+    let payload = Request {
+        client_key: client.public().into(),
+        timestamp: Timestamp(timestamp),
+        read_only: false,
+        operation: vec![],
+    };
+    SCOPE.sign(payload, &client)
 }
 
 /// A valid VIEW-CHANGE to `view` with no certificates (cheap to verify).

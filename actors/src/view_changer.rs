@@ -113,23 +113,11 @@ impl Handler<ToViewChanger> for ViewChangerActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::{replica_key, Listener};
-    use bulwark_crypto::Verified;
-    use bulwark_framework::messages::{client_id, Request};
+    use crate::test_fixtures::{replica_key, request, Listener};
+    use bulwark_framework::messages::client_id;
     use bulwark_framework::{ReplicaId, Timestamp, View};
     use std::time::Duration;
     use tokio::sync::mpsc;
-
-    fn request(timestamp: u64) -> Verified<Request> {
-        let client = replica_key(9);
-        let payload = Request {
-            client_key: client.public().into(),
-            timestamp: Timestamp(timestamp),
-            read_only: false,
-            operation: vec![],
-        };
-        crate::test_fixtures::SCOPE.sign(payload, &client)
-    }
 
     /// VC1 and VC2 through the actor: a waiting request starts the request timer on the
     /// actor's context; when it fires with the request still waiting, the replica hears
