@@ -1,7 +1,7 @@
 //! The verifier pool under load, floods and bad input: verdicts, batching, lanes, caches.
 
 use super::*;
-use bulwark_crypto::{Digest, KeyPair};
+use bulwark_crypto::{Digest, KeyPair, Signed};
 use bulwark_framework::messages::{MessageKind, NewView, Prepare, ViewChange};
 use bulwark_framework::verify::{verify_message, RefusalKind};
 use bulwark_framework::wire;
@@ -345,17 +345,20 @@ async fn the_cache_stays_within_its_bound_under_many_distinct_view_changes() {
     assert_eq!(pool.heavy_stats().served_from_cache, 1, "the newest are the ones kept");
 }
 
+/// Replicas 0..3's VIEW-CHANGEs to `view`, each verified (and so cached) by `pool`.
+async fn cache_view_changes(pool: &VerifierPool, view: u64) -> Vec<Signed<ViewChange>> {
+    let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, view)).collect();
+    for view_change in &view_changes {
+        let verdict = pool.verify(crate::test_fixtures::SCOPE, WireMessage::ViewChange(view_change.clone())).await;
+        assert!(verdict.unwrap().is_ok());
+    }
+    view_changes
+}
+
 #[actix_rt::test]
 async fn a_new_view_takes_the_view_changes_it_carries_from_the_cache() {
     let pool = VerifierPool::start(1, crate::test_fixtures::handle());
-    let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, 1)).collect();
-    for view_change in &view_changes {
-        assert!(pool
-            .verify(crate::test_fixtures::SCOPE, WireMessage::ViewChange(view_change.clone()))
-            .await
-            .unwrap()
-            .is_ok());
-    }
+    let view_changes = cache_view_changes(&pool, 1).await;
     let new_view = new_view(view_changes);
     let verified = pool.verify(crate::test_fixtures::SCOPE, new_view.clone()).await.unwrap();
     assert_eq!(verified, verify_message(new_view, &pool.membership.current()), "the same verdict as from scratch");
@@ -368,14 +371,7 @@ async fn a_new_view_takes_the_view_changes_it_carries_from_the_cache() {
 #[actix_rt::test]
 async fn a_new_view_carrying_a_view_change_with_one_byte_changed_is_refused_though_the_original_is_cached() {
     let pool = VerifierPool::start(1, crate::test_fixtures::handle());
-    let view_changes: Vec<_> = (0..3).map(|replica| signed_view_change(replica, 1)).collect();
-    for view_change in &view_changes {
-        assert!(pool
-            .verify(crate::test_fixtures::SCOPE, WireMessage::ViewChange(view_change.clone()))
-            .await
-            .unwrap()
-            .is_ok());
-    }
+    let view_changes = cache_view_changes(&pool, 1).await;
     let mut carried = view_changes;
     let WireMessage::ViewChange(tampered) = one_byte_changed(&WireMessage::ViewChange(carried[2].clone())) else {
         unreachable!("a VIEW-CHANGE stays one");
