@@ -137,6 +137,90 @@ impl Wan {
     }
 }
 
+/// Simulated CPU time per cryptographic operation, charged to the replica that performs it
+/// when a simulation models CPU (the Steward issues): a replica handles one input at a time,
+/// so a replica that signs and verifies more than it can keeps a queue, and simulated
+/// throughput shows where signing is the bottleneck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuCosts {
+    pub ed25519_sign_us: u64,
+    pub ed25519_verify_us: u64,
+    pub share_sign_us: u64,
+    pub share_verify_us: u64,
+    /// Combining `2f + 1` shares (for `f = 1`).
+    pub combine_us: u64,
+    pub combined_verify_us: u64,
+}
+
+impl CpuCosts {
+    /// Measured on the development machine (docs/STEWARD.md §12; `benches/` threshold and
+    /// signing benchmarks): ed25519, and BLS12-381 threshold signatures with 4 members.
+    pub fn development_machine() -> Self {
+        CpuCosts {
+            ed25519_sign_us: 12,
+            ed25519_verify_us: 25,
+            share_sign_us: 240,
+            share_verify_us: 960,
+            combine_us: 350,
+            combined_verify_us: 960,
+        }
+    }
+
+    /// Nothing costs time: the default, for runs that judge safety rather than speed.
+    pub fn free() -> Self {
+        CpuCosts {
+            ed25519_sign_us: 0,
+            ed25519_verify_us: 0,
+            share_sign_us: 0,
+            share_verify_us: 0,
+            combine_us: 0,
+            combined_verify_us: 0,
+        }
+    }
+}
+
+/// What a run across the WAN achieved, measured alike for Steward and flat PBFT so that
+/// their figures compare: completed updates, their latencies in simulated time, the span
+/// from the first issue to the last completion, and the WAN traffic.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WanLoad {
+    pub updates: u64,
+    /// Simulated time from the first update issued to the last one completed.
+    pub span_us: u64,
+    /// Each completed update's latency, issue to acceptance by its client.
+    pub latencies_us: Vec<u64>,
+    pub wan_messages: u64,
+    pub wan_bytes: u64,
+}
+
+impl WanLoad {
+    pub fn updates_per_sec(&self) -> f64 {
+        if self.span_us == 0 {
+            return 0.0;
+        }
+        self.updates as f64 * 1e6 / self.span_us as f64
+    }
+
+    /// The latency at percentile `p` (0 to 100), in milliseconds; 0 with no update.
+    pub fn latency_ms(&self, p: f64) -> f64 {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+        sorted[rank.min(sorted.len() - 1)] as f64 / 1_000.0
+    }
+
+    pub fn wan_messages_per_update(&self) -> f64 {
+        self.wan_messages as f64 / self.updates.max(1) as f64
+    }
+
+    pub fn wan_bytes_per_update(&self) -> f64 {
+        self.wan_bytes as f64 / self.updates.max(1) as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
