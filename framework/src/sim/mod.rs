@@ -22,6 +22,7 @@ mod hops;
 mod network;
 mod replicas;
 mod report;
+pub mod sites;
 pub mod twins;
 pub mod wan;
 

@@ -118,6 +118,15 @@ impl Wan {
         arrivals
     }
 
+    /// Losses and duplicates stop on every link (the network settles); latency, jitter
+    /// and bandwidth stay.
+    pub fn settle(&mut self) {
+        for model in std::iter::once(&mut self.default).chain(self.links.values_mut()) {
+            model.loss = 0.0;
+            model.duplicate = 0.0;
+        }
+    }
+
     /// What the link from `from` to `to` carried so far.
     pub fn counters(&self, from: ClusterId, to: ClusterId) -> LinkCounters {
         self.counters.get(&(from, to)).copied().unwrap_or_default()

@@ -19,10 +19,16 @@ use std::fmt;
 use std::sync::Arc;
 
 /// A site payload with its site's combined signature, as it travels between sites.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SiteSigned<S: ThresholdScheme> {
     pub payload: SitePayload,
     pub signature: S::Signature,
+}
+
+impl<S: ThresholdScheme> Clone for SiteSigned<S> {
+    fn clone(&self) -> Self {
+        SiteSigned { payload: self.payload, signature: self.signature.clone() }
+    }
 }
 
 /// Why a PROPOSAL or ACCEPT was not taken.
@@ -78,6 +84,8 @@ pub struct GlobalOrder<S: ThresholdScheme> {
     window: u64,
     slots: BTreeMap<SeqNum, Slot>,
     ordered: BTreeMap<SeqNum, Digest>,
+    /// Site signatures verified so far (pairing-priced).
+    verified: u64,
 }
 
 impl<S: ThresholdScheme> fmt::Debug for GlobalOrder<S> {
@@ -95,7 +103,15 @@ impl<S: ThresholdScheme> GlobalOrder<S> {
     /// Ordering among `sites` (each with its public key), in global view 0, nothing
     /// executed, taking sequence numbers up to `window` above `aru`.
     pub fn new(sites: BTreeMap<ClusterId, Arc<S::PublicKey>>, window: u64) -> Self {
-        GlobalOrder { sites, gv: 0, aru: SeqNum(0), window, slots: BTreeMap::new(), ordered: BTreeMap::new() }
+        GlobalOrder {
+            sites,
+            gv: 0,
+            aru: SeqNum(0),
+            window,
+            slots: BTreeMap::new(),
+            ordered: BTreeMap::new(),
+            verified: 0,
+        }
     }
 
     /// The leader site of global view `gv`: position `gv mod S` of the sorted sites.
@@ -106,6 +122,38 @@ impl<S: ThresholdScheme> GlobalOrder<S> {
     /// The highest sequence number below which everything executed.
     pub fn aru(&self) -> SeqNum {
         self.aru
+    }
+
+    /// Site signatures verified so far: each costs a pairing check.
+    pub fn verified(&self) -> u64 {
+        self.verified
+    }
+
+    pub fn global_view(&self) -> GlobalView {
+        self.gv
+    }
+
+    /// The sites, in the order that names leader sites.
+    pub fn sites(&self) -> impl Iterator<Item = ClusterId> + '_ {
+        self.sites.keys().copied()
+    }
+
+    /// The public key of `site`.
+    pub fn site_key(&self, site: ClusterId) -> Option<&Arc<S::PublicKey>> {
+        self.sites.get(&site)
+    }
+
+    /// SK1: the replica installed the state at `seq`, above `aru`: everything up to it
+    /// counts as executed. Batches ordered above it may execute now.
+    pub fn skip_to(&mut self, seq: SeqNum) -> Vec<GlobalOutput> {
+        let mut out = Vec::new();
+        if seq > self.aru {
+            self.aru = seq;
+            self.slots = self.slots.split_off(&seq.next());
+            self.ordered = self.ordered.split_off(&seq.next());
+            self.execute_in_order(&mut out);
+        }
+        out
     }
 
     /// ACCEPTs from this many distinct other sites order a batch with its PROPOSAL.
@@ -157,21 +205,22 @@ impl<S: ThresholdScheme> GlobalOrder<S> {
     /// The checks a PROPOSAL and an ACCEPT share: a known site, the current global view,
     /// inside the window, and the site's signature (TS4).
     fn admit(
-        &self,
+        &mut self,
         payload: &SitePayload,
         site: ClusterId,
         gv: GlobalView,
         seq: SeqNum,
         signature: &S::Signature,
     ) -> Result<(), GlobalRefusal> {
-        let key = self.sites.get(&site).ok_or(GlobalRefusal::WrongSite)?;
+        let key = self.sites.get(&site).ok_or(GlobalRefusal::WrongSite)?.clone();
         if gv != self.gv {
             return Err(GlobalRefusal::WrongGlobalView);
         }
         if seq <= self.aru || seq.0 > self.aru.0.saturating_add(self.window) {
             return Err(GlobalRefusal::OutsideWindow);
         }
-        if !S::verify(key, signature, &payload.message()) {
+        self.verified += 1;
+        if !S::verify(&key, signature, &payload.message()) {
             return Err(GlobalRefusal::BadSiteSignature);
         }
         Ok(())
@@ -188,6 +237,10 @@ impl<S: ThresholdScheme> GlobalOrder<S> {
                 }
             }
         }
+        self.execute_in_order(out);
+    }
+
+    fn execute_in_order(&mut self, out: &mut Vec<GlobalOutput>) {
         while let Some(updates) = self.ordered.remove(&self.aru.next()) {
             self.aru = self.aru.next();
             self.slots.remove(&self.aru);

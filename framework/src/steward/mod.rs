@@ -15,5 +15,8 @@
 //! A site is named by its cluster's [`crate::ClusterId`].
 
 pub mod global;
+pub mod messages;
 pub mod payload;
+pub mod sequencing;
 pub mod signer;
+pub mod site;

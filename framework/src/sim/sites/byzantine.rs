@@ -1,0 +1,297 @@
+//! Byzantine replicas of a Steward site, for the multi-site simulator. Each runs the
+//! correct role inside and bends what it sends:
+//!
+//! * strategies of non-representatives, which a site must survive (STEWARD.md TS1–TS3, W3):
+//!   [`SiteStrategy::Silent`], [`SiteStrategy::BadShares`],
+//!   [`SiteStrategy::ConflictingShares`], [`SiteStrategy::EquivocatingVotes`],
+//!   [`SiteStrategy::Replay`];
+//! * two that collude beyond the model for the negative control GI-N:
+//!   [`SiteStrategy::EquivocatingRepresentative`] (the leader site's representative sends
+//!   two batches for one sequence number, each to part of the site) and
+//!   [`SiteStrategy::Accomplice`] (prepares and shares every PRE-PREPARE it sees). Together,
+//!   `f + 1` of them make the site sign two PROPOSALs for one `(gv, seq)`.
+
+use crate::batch::Batch;
+use crate::ids::{ClusterId, PeerId, ReplicaId, SeqNum};
+use crate::service::Service;
+use crate::steward::global::SiteSigned;
+use crate::steward::messages::{Proposal, SiteMessage};
+use crate::steward::payload::SitePayload;
+use crate::steward::site::{SiteInput, SiteOutput, SiteReplica};
+use bulwark_crypto::threshold::{ShareCollector, ThresholdScheme};
+use bulwark_crypto::{Digest, DigestBuilder};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// How a Byzantine replica of a site behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "kebab-case")]
+pub enum SiteStrategy {
+    /// Sends nothing.
+    Silent,
+    /// Every share it sends is over another message (TS3: blamed, the site still signs).
+    BadShares,
+    /// Besides its honest shares, shares PROPOSALs or ACCEPTs that bind other batches to
+    /// the sequence numbers it sees (TS1 at the others: never combined).
+    ConflictingShares,
+    /// Sends PREPAREs and shares for its honest vote to half of its site and for a made-up
+    /// batch to the other half.
+    EquivocatingVotes,
+    /// Sends again, later and to its whole site, messages it received.
+    Replay,
+    /// Negative control: as the leader site's representative, pre-prepares two batches for
+    /// each sequence number, each to part of the site, and sends each PROPOSAL its site
+    /// signs to part of the other sites.
+    EquivocatingRepresentative,
+    /// Negative control: prepares and shares every PRE-PREPARE it receives.
+    Accomplice,
+}
+
+impl SiteStrategy {
+    /// The strategies a site must survive with up to `f` of them, none its representative.
+    pub fn tolerated() -> [SiteStrategy; 5] {
+        use SiteStrategy::*;
+        [Silent, BadShares, ConflictingShares, EquivocatingVotes, Replay]
+    }
+}
+
+/// A Byzantine replica of a site.
+pub struct ByzantineSite<Svc: Service, S: ThresholdScheme> {
+    inner: SiteReplica<Svc, S>,
+    strategy: SiteStrategy,
+    secret: S::SecretShare,
+    key: Arc<S::PublicKey>,
+    members: Vec<ReplicaId>,
+    sites: Vec<ClusterId>,
+    replayable: VecDeque<SiteMessage<S>>,
+    /// Made-up PROPOSALs it collects shares for (the equivocating representative).
+    forged: BTreeMap<Digest, (SitePayload, Arc<Batch>, ShareCollector<S>)>,
+    sent: u64,
+}
+
+impl<Svc: Service, S: ThresholdScheme> std::fmt::Debug for ByzantineSite<Svc, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ByzantineSite({:?}, {:?})", self.inner, self.strategy)
+    }
+}
+
+fn made_up(seq: SeqNum, salt: &[u8]) -> Digest {
+    DigestBuilder::new(b"bulwark/sim/made-up-batch").update(salt).update_u64(seq.0).finish()
+}
+
+impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
+    pub fn new(
+        inner: SiteReplica<Svc, S>,
+        strategy: SiteStrategy,
+        secret: S::SecretShare,
+        key: Arc<S::PublicKey>,
+        members: Vec<ReplicaId>,
+        sites: Vec<ClusterId>,
+    ) -> Self {
+        ByzantineSite {
+            inner,
+            strategy,
+            secret,
+            key,
+            members,
+            sites,
+            replayable: VecDeque::new(),
+            forged: BTreeMap::new(),
+            sent: 0,
+        }
+    }
+
+    /// The correct role inside.
+    pub fn inner(&self) -> &SiteReplica<Svc, S> {
+        &self.inner
+    }
+
+    pub fn strategy(&self) -> SiteStrategy {
+        self.strategy
+    }
+
+    /// Messages it sent.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    fn me(&self) -> PeerId {
+        PeerId::new(self.inner.site(), self.inner.id())
+    }
+
+    fn share_of(&self, payload: SitePayload) -> SiteMessage<S> {
+        let message = payload.message();
+        SiteMessage::Share { message, share: S::sign_share(&self.secret, &message) }
+    }
+
+    fn peers(&self) -> Vec<PeerId> {
+        let me = self.me();
+        self.members.iter().map(|id| PeerId::new(me.cluster, *id)).filter(|p| *p != me).collect()
+    }
+
+    pub fn start(&mut self, now: crate::ids::Instant) -> Vec<SiteOutput<S>> {
+        self.inner.start(now)
+    }
+
+    pub fn handle(&mut self, input: SiteInput<S>, now: crate::ids::Instant) -> Vec<SiteOutput<S>> {
+        let mut extra = Vec::new();
+        if let SiteInput::Message { from, message } = &input {
+            self.observe(message, &mut extra);
+            if let (SiteStrategy::EquivocatingRepresentative, SiteMessage::Share { message, share }) =
+                (self.strategy, message)
+            {
+                extra.extend(self.on_share(from.replica, message, share));
+            }
+        }
+        let outputs = self.inner.handle(input, now);
+        let mut sent = Vec::new();
+        for output in outputs {
+            self.bend(output, &mut sent);
+        }
+        sent.extend(extra);
+        if self.strategy == SiteStrategy::Silent {
+            sent.retain(|o| matches!(o, SiteOutput::SetTimer { .. }));
+        }
+        self.sent += sent.iter().filter(|o| matches!(o, SiteOutput::ToSite(_) | SiteOutput::To { .. })).count() as u64;
+        sent
+    }
+
+    /// Reacts to what it receives, besides the inner role.
+    fn observe(&mut self, message: &SiteMessage<S>, extra: &mut Vec<SiteOutput<S>>) {
+        let me = self.me();
+        match (self.strategy, message) {
+            (SiteStrategy::Replay, message) => {
+                self.replayable.push_back(message.clone());
+                if self.replayable.len() > 64 {
+                    self.replayable.pop_front();
+                }
+            }
+            (SiteStrategy::ConflictingShares, SiteMessage::PrePrepare { gv, lv, seq, .. }) => {
+                let payload = SitePayload::Proposal {
+                    site: me.cluster,
+                    gv: *gv,
+                    lv: *lv,
+                    seq: *seq,
+                    updates: made_up(*seq, b"c"),
+                };
+                extra.push(SiteOutput::ToSite(self.share_of(payload)));
+            }
+            (SiteStrategy::ConflictingShares, SiteMessage::Proposal(proposal)) => {
+                if let SitePayload::Proposal { gv, lv, seq, .. } = proposal.signed.payload {
+                    let updates = made_up(seq, b"c");
+                    let payload = SitePayload::Accept { site: me.cluster, gv, lv, seq, updates };
+                    extra.push(SiteOutput::ToSite(self.share_of(payload)));
+                }
+            }
+            (SiteStrategy::Accomplice, SiteMessage::PrePrepare { gv, lv, seq, batch }) => {
+                let digest = batch.digest();
+                extra.push(SiteOutput::ToSite(SiteMessage::Prepare { gv: *gv, lv: *lv, seq: *seq, digest }));
+                let payload = SitePayload::Proposal { site: me.cluster, gv: *gv, lv: *lv, seq: *seq, updates: digest };
+                extra.push(SiteOutput::ToSite(self.share_of(payload)));
+            }
+            _ => {}
+        }
+    }
+
+    /// The equivocating representative gathers the shares of its made-up PROPOSALs, and
+    /// sends each it completes to the second half of the other sites.
+    fn on_share(&mut self, from: ReplicaId, message: &Digest, share: &S::Share) -> Vec<SiteOutput<S>> {
+        let Ok(index) = self.members.binary_search(&from) else { return Vec::new() };
+        let Some((payload, batch, collector)) = self.forged.get_mut(message) else { return Vec::new() };
+        let _ = collector.add(index as u32, share.clone());
+        let Some(signature) = collector.try_combine().signature else { return Vec::new() };
+        let (payload, batch) = (*payload, batch.clone());
+        self.forged.remove(message);
+        let proposal = Proposal { signed: SiteSigned { payload, signature }, batch };
+        let others: Vec<ClusterId> = self.sites.iter().copied().filter(|s| *s != self.me().cluster).collect();
+        others[others.len() / 2..]
+            .iter()
+            .map(|site| SiteOutput::To {
+                peer: self.inner.representative_of(*site),
+                message: SiteMessage::Proposal(proposal.clone()),
+            })
+            .collect()
+    }
+
+    /// Bends one output of the inner role.
+    fn bend(&mut self, output: SiteOutput<S>, sent: &mut Vec<SiteOutput<S>>) {
+        let me = self.me();
+        match (self.strategy, output) {
+            (SiteStrategy::BadShares, SiteOutput::ToSite(SiteMessage::Share { message, .. })) => {
+                let other = DigestBuilder::new(b"bulwark/sim/bad-share").update(&message.0).finish();
+                sent.push(SiteOutput::ToSite(SiteMessage::Share {
+                    message,
+                    share: S::sign_share(&self.secret, &other),
+                }));
+            }
+            (SiteStrategy::EquivocatingVotes, SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest })) => {
+                let peers = self.peers();
+                let (honest, lying) = peers.split_at(peers.len() / 2);
+                for peer in honest {
+                    sent.push(SiteOutput::To { peer: *peer, message: SiteMessage::Prepare { gv, lv, seq, digest } });
+                }
+                let digest = made_up(seq, b"e");
+                for peer in lying {
+                    sent.push(SiteOutput::To { peer: *peer, message: SiteMessage::Prepare { gv, lv, seq, digest } });
+                }
+            }
+            (SiteStrategy::EquivocatingVotes, SiteOutput::ToSite(SiteMessage::Share { message, share })) => {
+                let peers = self.peers();
+                let (honest, lying) = peers.split_at(peers.len() / 2);
+                for peer in honest {
+                    let message = SiteMessage::Share { message, share: share.clone() };
+                    sent.push(SiteOutput::To { peer: *peer, message });
+                }
+                let other = DigestBuilder::new(b"bulwark/sim/equivocation").update(&message.0).finish();
+                for peer in lying {
+                    let message = SiteMessage::Share { message: other, share: S::sign_share(&self.secret, &other) };
+                    sent.push(SiteOutput::To { peer: *peer, message });
+                }
+            }
+            (SiteStrategy::Replay, output @ SiteOutput::ToSite(_)) => {
+                sent.push(output);
+                if let Some(old) = self.replayable.pop_front() {
+                    sent.push(SiteOutput::ToSite(old));
+                }
+            }
+            (
+                SiteStrategy::EquivocatingRepresentative,
+                SiteOutput::ToSite(SiteMessage::PrePrepare { gv, lv, seq, batch }),
+            ) => {
+                // Two batches for one sequence number: the same updates at another time.
+                let other = Arc::new(Batch::timed(batch.commands().to_vec(), batch.time_us() + 1));
+                let peers = self.peers();
+                let (first, second) = peers.split_at(peers.len() / 2);
+                for peer in first {
+                    let message = SiteMessage::PrePrepare { gv, lv, seq, batch: batch.clone() };
+                    sent.push(SiteOutput::To { peer: *peer, message });
+                }
+                for peer in second {
+                    let message = SiteMessage::PrePrepare { gv, lv, seq, batch: other.clone() };
+                    sent.push(SiteOutput::To { peer: *peer, message });
+                }
+                // The accomplice (the first peer) gets both.
+                if let Some(accomplice) = first.first() {
+                    let message = SiteMessage::PrePrepare { gv, lv, seq, batch: other.clone() };
+                    sent.push(SiteOutput::To { peer: *accomplice, message });
+                }
+                let payload = SitePayload::Proposal { site: me.cluster, gv, lv, seq, updates: other.digest() };
+                let message = payload.message();
+                let mut collector = ShareCollector::new(self.key.clone(), message);
+                let index = self.members.binary_search(&me.replica).expect("a member") as u32;
+                let share = S::sign_share(&self.secret, &message);
+                let _ = collector.add(index, share.clone());
+                self.forged.insert(message, (payload, other, collector));
+                sent.push(SiteOutput::ToSite(SiteMessage::Share { message, share }));
+            }
+            (SiteStrategy::EquivocatingRepresentative, SiteOutput::To { peer, message: SiteMessage::Proposal(p) }) => {
+                // Its honest PROPOSAL goes to the first half of the other sites only.
+                let others: Vec<ClusterId> = self.sites.iter().copied().filter(|s| *s != me.cluster).collect();
+                if others[..others.len() / 2].contains(&peer.cluster) {
+                    sent.push(SiteOutput::To { peer, message: SiteMessage::Proposal(p) });
+                }
+            }
+            (_, output) => sent.push(output),
+        }
+    }
+}

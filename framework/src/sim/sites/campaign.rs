@@ -1,0 +1,106 @@
+//! The multi-site campaign: one configuration per seed, drawn from the seed alone, with WAN
+//! loss, duplication and reordering (jitter), LAN loss and duplication, and up to `K`
+//! Byzantine replicas per site; the same for the tests and `bulwark sim --sites`.
+//!
+//! With `K ≤ f` the Byzantine replicas are never representatives and follow the strategies
+//! a site must survive ([`SiteStrategy::tolerated`]). With `K > f` the run is the negative
+//! control GI-N: at the leader site the representative equivocates and `K − 1` accomplices
+//! help it, so the site signs two PROPOSALs for one sequence number.
+//!
+//! Most seeds run the fast stand-in threshold scheme; every [`REAL_CRYPTO_EVERY`]th seed runs
+//! BLS12-381 (blsttc), whose verdicts the stand-in matches (bulwark-crypto's tests).
+
+use super::byzantine::SiteStrategy;
+use super::{SitesConfig, SitesReport, SitesSimulation};
+use crate::ids::{Instant, PeerId, ReplicaId};
+use crate::service::Service;
+use crate::sim::wan::LinkModel;
+use bulwark_crypto::threshold::{Bls, Simulated};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Duration;
+
+/// Seeds divisible by this run the real BLS scheme.
+pub const REAL_CRYPTO_EVERY: u64 = 20;
+
+/// The shape of a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SitesCampaign {
+    pub sites: usize,
+    pub replicas_per_site: usize,
+    /// Byzantine replicas in each site.
+    pub byzantine_per_site: usize,
+    pub clients_per_site: usize,
+    pub updates_per_client: u64,
+}
+
+impl SitesCampaign {
+    pub fn new(sites: usize, replicas_per_site: usize, byzantine_per_site: usize) -> Self {
+        SitesCampaign { sites, replicas_per_site, byzantine_per_site, clients_per_site: 2, updates_per_client: 6 }
+    }
+
+    /// The configuration of `seed`: network faults until 3 s, then a settled network.
+    pub fn config(&self, seed: u64) -> SitesConfig {
+        let mut draw = ChaCha8Rng::seed_from_u64(seed ^ 0x5173_5eed);
+        let mut config = SitesConfig::new(seed, self.sites, self.replicas_per_site);
+        config.clients_per_site = self.clients_per_site;
+        config.updates_per_client = self.updates_per_client;
+        config.site_params.batch_size_max = 4;
+        config.site_params.status_interval_us = 150_000;
+        config.wan = LinkModel {
+            latency_us: draw.gen_range(10_000..=60_000),
+            jitter_us: draw.gen_range(0..=20_000),
+            loss: draw.gen_range(0.0..0.05),
+            duplicate: draw.gen_range(0.0..0.05),
+            bandwidth_bps: [0, 10_000_000, 2_500_000][draw.gen_range(0..3)],
+        };
+        config.lan_drop = draw.gen_range(0.0..0.03);
+        config.lan_duplicate = draw.gen_range(0.0..0.03);
+        config.faults_until = Some(Instant::from_micros(3_000_000));
+        config.time_limit = Duration::from_secs(120);
+        let f = (self.replicas_per_site - 1) / 3;
+        for site in 0..self.sites {
+            let cluster = SitesConfig::site(site);
+            let colluding = self.byzantine_per_site > f && site == 0;
+            let mut others: Vec<u32> = (1..self.replicas_per_site as u32).collect();
+            others.shuffle(&mut draw);
+            if colluding {
+                config.byzantine.push((PeerId::new(cluster, ReplicaId(0)), SiteStrategy::EquivocatingRepresentative));
+                for id in 1..self.byzantine_per_site as u32 {
+                    config.byzantine.push((PeerId::new(cluster, ReplicaId(id)), SiteStrategy::Accomplice));
+                }
+                continue;
+            }
+            for id in others.into_iter().take(self.byzantine_per_site.min(f)) {
+                let strategy = *SiteStrategy::tolerated().choose(&mut draw).expect("strategies");
+                config.byzantine.push((PeerId::new(cluster, ReplicaId(id)), strategy));
+            }
+        }
+        config
+    }
+
+    /// Runs `seed` with the stand-in scheme or (every [`REAL_CRYPTO_EVERY`]th seed) BLS.
+    pub fn run<Svc: Service>(
+        &self,
+        seed: u64,
+        make_service: impl Fn() -> Svc,
+        make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> Svc::Op + 'static,
+    ) -> SitesReport {
+        let config = self.config(seed);
+        let built = if seed.is_multiple_of(REAL_CRYPTO_EVERY) {
+            SitesSimulation::<Svc, Bls>::new(config, make_service, make_operation).map(SitesSimulation::run)
+        } else {
+            SitesSimulation::<Svc, Simulated>::new(config, make_service, make_operation).map(SitesSimulation::run)
+        };
+        built.expect("campaign configurations are valid")
+    }
+
+    /// The command that replays `seed` of this campaign.
+    pub fn replay_command(&self, seed: u64) -> String {
+        format!(
+            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {} --seed {seed}",
+            self.sites, self.replicas_per_site, self.byzantine_per_site
+        )
+    }
+}

@@ -1,0 +1,185 @@
+//! The multi-site checker (docs/STEWARD.md §10): after every step of the multi-site
+//! simulator it asserts the global invariants GI1–GI5 over what correct replicas executed
+//! and replied, what clients accepted, and every site signature seen on the wire.
+
+use crate::ids::{ClientId, PeerId, SeqNum, Timestamp};
+use crate::sim::checker::Violation;
+use crate::steward::global::SiteSigned;
+use crate::steward::payload::{GlobalView, SitePayload};
+use bulwark_crypto::threshold::ThresholdScheme;
+use bulwark_crypto::Digest;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What the checker remembers; it grows with the run (tests bound runs, not the checker).
+pub struct SitesChecker<S: ThresholdScheme> {
+    keys: BTreeMap<crate::ids::ClusterId, Arc<S::PublicKey>>,
+    /// GI1: the batch executed at each sequence number, by the first correct replica.
+    history: BTreeMap<SeqNum, (Digest, PeerId)>,
+    /// GI5: each correct replica's `aru`.
+    arus: BTreeMap<PeerId, SeqNum>,
+    /// GI2: the value each site-signed slot holds: `(kind is accept, site, gv, seq)`.
+    bindings: BTreeMap<(bool, crate::ids::ClusterId, GlobalView, SeqNum), Digest>,
+    /// Site-signed payloads already verified.
+    verified: BTreeSet<SitePayload>,
+    /// GI4: the result correct replicas replied for each update.
+    results: BTreeMap<(ClientId, Timestamp), Vec<u8>>,
+    violations: Vec<Violation>,
+    checks: u64,
+}
+
+impl<S: ThresholdScheme> std::fmt::Debug for SitesChecker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SitesChecker").field("checks", &self.checks).field("violations", &self.violations).finish()
+    }
+}
+
+impl<S: ThresholdScheme> SitesChecker<S> {
+    pub fn new(keys: BTreeMap<crate::ids::ClusterId, Arc<S::PublicKey>>) -> Self {
+        SitesChecker {
+            keys,
+            history: BTreeMap::new(),
+            arus: BTreeMap::new(),
+            bindings: BTreeMap::new(),
+            verified: BTreeSet::new(),
+            results: BTreeMap::new(),
+            violations: Vec::new(),
+            checks: 0,
+        }
+    }
+
+    fn violate(&mut self, invariant: &'static str, detail: String) {
+        if self.violations.len() < 64 {
+            self.violations.push(Violation { invariant, detail });
+        }
+    }
+
+    /// GI1, GI5: a correct replica executed `digest` at `seq`.
+    pub fn executed(&mut self, replica: PeerId, seq: SeqNum, digest: Digest) {
+        self.checks += 1;
+        let aru = self.arus.entry(replica).or_default();
+        if seq != aru.next() {
+            let detail = format!("{replica} executed {seq} after {aru}: not strictly in order");
+            *aru = (*aru).max(seq);
+            self.violate("GI5", detail);
+        } else {
+            *aru = seq;
+        }
+        match self.history.get(&seq) {
+            Some((first, by)) if *first != digest => {
+                let detail = format!("{replica} executed {digest:?} at {seq}, {by} executed {first:?}");
+                self.violate("GI1", detail);
+            }
+            Some(_) => {}
+            None => {
+                self.history.insert(seq, (digest, replica));
+            }
+        }
+        if let Some(proposed) = self.proposed_conflict(seq, digest) {
+            self.violate("GI3", proposed);
+        }
+    }
+
+    /// GI5: a correct replica installed the state of `seq`.
+    pub fn installed(&mut self, replica: PeerId, seq: SeqNum) {
+        self.checks += 1;
+        let aru = self.arus.entry(replica).or_default();
+        if seq <= *aru {
+            let detail = format!("{replica} installed {seq} at aru {aru}: aru moved back");
+            self.violate("GI5", detail);
+        } else {
+            *aru = seq;
+        }
+    }
+
+    /// GI3: a site-signed PROPOSAL for an ordered sequence number carries another batch.
+    fn proposed_conflict(&self, seq: SeqNum, digest: Digest) -> Option<String> {
+        self.bindings
+            .iter()
+            .filter(|((accept, _, _, s), bound)| !accept && *s == seq && **bound != digest)
+            .map(|((_, site, gv, _), bound)| format!("{seq} executed {digest:?}, {site} proposed {bound:?} in gv {gv}"))
+            .next()
+    }
+
+    /// GI2, GI3: a site signature seen on the wire. Only one that verifies is a site
+    /// signature; each payload is verified once.
+    pub fn observe(&mut self, signed: &SiteSigned<S>) {
+        let payload = signed.payload;
+        if self.verified.contains(&payload) {
+            return;
+        }
+        let Some(key) = self.keys.get(&payload.site()) else { return };
+        if !S::verify(key, &signed.signature, &payload.message()) {
+            return;
+        }
+        self.checks += 1;
+        self.verified.insert(payload);
+        let (accept, site, gv, seq, digest) = match payload {
+            SitePayload::Proposal { site, gv, seq, updates, .. } => (false, site, gv, seq, updates),
+            SitePayload::Accept { site, gv, seq, updates, .. } => (true, site, gv, seq, updates),
+            _ => return,
+        };
+        match self.bindings.get(&(accept, site, gv, seq)) {
+            Some(bound) if *bound != digest => {
+                let kind = if accept { "ACCEPTs" } else { "PROPOSALs" };
+                let detail = format!("{site} signed two {kind} for gv {gv} seq {seq}: {bound:?} and {digest:?}");
+                self.violate("GI2", detail);
+            }
+            Some(_) => {}
+            None => {
+                self.bindings.insert((accept, site, gv, seq), digest);
+            }
+        }
+        if !accept {
+            if let Some((executed, _)) = self.history.get(&seq) {
+                if *executed != digest {
+                    let detail = format!("{seq} executed {executed:?}, {site} proposed {digest:?} in gv {gv}");
+                    self.violate("GI3", detail);
+                }
+            }
+        }
+    }
+
+    /// GI4 (its half at the replicas): a correct replica replied `result` to an ordered
+    /// update; correct replicas agree on it.
+    pub fn replied(&mut self, replica: PeerId, client: ClientId, timestamp: Timestamp, result: &[u8]) {
+        self.checks += 1;
+        match self.results.get(&(client, timestamp)) {
+            Some(first) if first.as_slice() != result => {
+                let detail = format!("{replica} replied differently to {client} at {timestamp}");
+                self.violate("GI4", detail);
+            }
+            Some(_) => {}
+            None => {
+                self.results.insert((client, timestamp), result.to_vec());
+            }
+        }
+    }
+
+    /// GI4: a client accepted `result`; it must be what correct replicas executed.
+    pub fn accepted(&mut self, client: ClientId, timestamp: Timestamp, result: &[u8]) {
+        self.checks += 1;
+        match self.results.get(&(client, timestamp)) {
+            Some(replied) if replied.as_slice() == result => {}
+            Some(_) => {
+                self.violate("GI4", format!("{client} accepted at {timestamp} a result no correct replica gave"))
+            }
+            None => {
+                self.violate("GI4", format!("{client} accepted at {timestamp} a result no correct replica executed"))
+            }
+        }
+    }
+
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    pub fn checks(&self) -> u64 {
+        self.checks
+    }
+
+    /// The globally ordered history: digest per sequence number, for a trace.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+}

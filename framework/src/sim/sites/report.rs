@@ -1,0 +1,83 @@
+//! What a multi-site run produced, and its verdict.
+
+use crate::ids::{PeerId, SeqNum};
+use crate::sim::checker::Violation;
+use crate::sim::wan::WanLoad;
+use bulwark_crypto::Digest;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// What a multi-site run produced.
+#[derive(Debug, Clone)]
+pub struct SitesReport {
+    pub seed: u64,
+    pub violations: Vec<Violation>,
+    pub checks: u64,
+    pub updates_expected: u64,
+    pub updates_completed: u64,
+    /// Digest of every delivered event in order: equal seeds give equal traces.
+    pub trace: Digest,
+    /// Each correct replica's `aru` and state digest at the end.
+    pub final_states: BTreeMap<PeerId, (SeqNum, Digest)>,
+    pub stable_checkpoints: BTreeMap<PeerId, SeqNum>,
+    /// Updates, latencies and WAN traffic.
+    pub load: WanLoad,
+    /// WAN messages and bytes by message kind.
+    pub wan_by_kind: BTreeMap<&'static str, (u64, u64)>,
+    /// Inputs correct replicas refused, by reason.
+    pub refusals: BTreeMap<&'static str, u64>,
+    /// Bad shares correct replicas blamed (TS3).
+    pub blamed: u64,
+    pub service_faults: u64,
+    /// Messages each Byzantine replica sent: proof that an attack happened at all.
+    pub byzantine_sent: BTreeMap<PeerId, u64>,
+    pub simulated_time: Duration,
+    pub events: u64,
+    pub finished: bool,
+    /// The most entries any correct replica held in its logs at once.
+    pub peak_held: usize,
+}
+
+impl SitesReport {
+    /// Every update completed and every correct replica of every site holds one state.
+    pub fn converged(&self) -> bool {
+        let mut states = self.final_states.values();
+        let first = states.next();
+        self.updates_completed == self.updates_expected && states.all(|s| Some(s) == first)
+    }
+
+    /// The batches the correct replicas executed (the highest `aru`).
+    pub fn batches(&self) -> u64 {
+        self.final_states.values().map(|(aru, _)| aru.0).max().unwrap_or(0)
+    }
+
+    /// WAN messages of `kind` sent.
+    pub fn wan_messages(&self, kind: &str) -> u64 {
+        self.wan_by_kind.get(kind).map_or(0, |(messages, _)| *messages)
+    }
+}
+
+impl fmt::Display for SitesReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {}: {} violations, {} checks, {}/{} updates in {} batches, {:?} simulated, finished={}, \
+             wan {:.1} msgs/update, blamed {}",
+            self.seed,
+            self.violations.len(),
+            self.checks,
+            self.updates_completed,
+            self.updates_expected,
+            self.batches(),
+            self.simulated_time,
+            self.finished,
+            self.load.wan_messages_per_update(),
+            self.blamed,
+        )?;
+        for violation in self.violations.iter().take(3) {
+            write!(f, "\n  {violation}")?;
+        }
+        Ok(())
+    }
+}

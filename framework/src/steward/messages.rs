@@ -1,0 +1,150 @@
+//! What Steward replicas send each other, inside a site (over the LAN, each message from
+//! one replica) and between sites (over the WAN, carrying a site signature)
+//! (docs/STEWARD.md §1).
+//!
+//! Inside a site a message's sender is its authenticated link (the runtime signs with the
+//! replica's ed25519 key, the simulator names the sender); a message that speaks for a site
+//! carries the site's threshold signature and is self-certifying (TS4).
+
+use super::global::SiteSigned;
+use super::payload::{GlobalView, LocalView};
+use crate::batch::Batch;
+use crate::ids::SeqNum;
+use crate::messages::Request;
+use bulwark_crypto::threshold::ThresholdScheme;
+use bulwark_crypto::{Digest, Verified};
+use std::sync::Arc;
+
+/// A PROPOSAL with the batch it binds by digest (SM2).
+#[derive(Debug)]
+pub struct Proposal<S: ThresholdScheme> {
+    pub signed: SiteSigned<S>,
+    pub batch: Arc<Batch>,
+}
+
+impl<S: ThresholdScheme> Clone for Proposal<S> {
+    fn clone(&self) -> Self {
+        Proposal { signed: self.signed.clone(), batch: self.batch.clone() }
+    }
+}
+
+/// A globally ordered batch, self-certifying: its PROPOSAL and ACCEPTs of `⌊S/2⌋` other
+/// sites (W7). What a replica streams to one that is behind.
+#[derive(Debug)]
+pub struct OrderedProof<S: ThresholdScheme> {
+    pub proposal: Proposal<S>,
+    pub accepts: Vec<SiteSigned<S>>,
+}
+
+/// SITE-CHECKPOINTs of a majority of sites for one `(seq, state digest)`: a stable site
+/// checkpoint (SK1).
+#[derive(Debug)]
+pub struct CheckpointProof<S: ThresholdScheme> {
+    pub seq: SeqNum,
+    pub state: Digest,
+    pub checkpoints: Vec<SiteSigned<S>>,
+}
+
+impl<S: ThresholdScheme> Clone for CheckpointProof<S> {
+    fn clone(&self) -> Self {
+        CheckpointProof { seq: self.seq, state: self.state, checkpoints: self.checkpoints.clone() }
+    }
+}
+
+/// A message between Steward replicas.
+#[derive(Debug, strum::IntoStaticStr)]
+pub enum SiteMessage<S: ThresholdScheme> {
+    /// W1: a client's update, relayed to the representative, and by a non-leader site's
+    /// representative to the leader site's.
+    Update(Verified<Request>),
+    /// W2: the leader-site representative binds `batch` to `seq`.
+    PrePrepare { gv: GlobalView, lv: LocalView, seq: SeqNum, batch: Arc<Batch> },
+    /// W3: a leader-site replica accepted the PRE-PREPARE of `(gv, lv, seq)` for `digest`.
+    Prepare { gv: GlobalView, lv: LocalView, seq: SeqNum, digest: Digest },
+    /// TS2: the sender's share of `message` (a [`SitePayload::message`]).
+    Share { message: Digest, share: S::Share },
+    /// W4: the leader site's PROPOSAL, sent to every other site's representative and
+    /// relayed in the site.
+    Proposal(Proposal<S>),
+    /// W6: a non-leader site's ACCEPT, sent to every other site's representative and
+    /// relayed in the site.
+    Accept(SiteSigned<S>),
+    /// SK1: a site's checkpoint, sent to every other site's representative and relayed in
+    /// the site.
+    Checkpoint(SiteSigned<S>),
+    /// How far the sender executed: a peer of its site, or another site's representative,
+    /// that is further sends what it lacks.
+    Status { aru: SeqNum },
+    /// A globally ordered batch for a replica that is behind.
+    Ordered(Arc<OrderedProof<S>>),
+    /// SK1: the state at a stable site checkpoint, for a replica behind it; checked
+    /// against the proof's digest before it is installed.
+    State { proof: CheckpointProof<S>, image: Arc<Vec<u8>> },
+}
+
+impl<S: ThresholdScheme> Clone for SiteMessage<S> {
+    fn clone(&self) -> Self {
+        match self {
+            SiteMessage::Update(request) => SiteMessage::Update(request.clone()),
+            SiteMessage::PrePrepare { gv, lv, seq, batch } => {
+                SiteMessage::PrePrepare { gv: *gv, lv: *lv, seq: *seq, batch: batch.clone() }
+            }
+            SiteMessage::Prepare { gv, lv, seq, digest } => {
+                SiteMessage::Prepare { gv: *gv, lv: *lv, seq: *seq, digest: *digest }
+            }
+            SiteMessage::Share { message, share } => SiteMessage::Share { message: *message, share: share.clone() },
+            SiteMessage::Proposal(proposal) => SiteMessage::Proposal(proposal.clone()),
+            SiteMessage::Accept(signed) => SiteMessage::Accept(signed.clone()),
+            SiteMessage::Checkpoint(signed) => SiteMessage::Checkpoint(signed.clone()),
+            SiteMessage::Status { aru } => SiteMessage::Status { aru: *aru },
+            SiteMessage::Ordered(proof) => SiteMessage::Ordered(proof.clone()),
+            SiteMessage::State { proof, image } => SiteMessage::State { proof: proof.clone(), image: image.clone() },
+        }
+    }
+}
+
+/// Bytes of the fixed part of a message: framing, kind, views, sequence number, and the
+/// sender's ed25519 signature (64 bytes) with its id.
+const HEADER_BYTES: usize = 96;
+/// A digest on the wire.
+const DIGEST_BYTES: usize = 32;
+
+impl<S: ThresholdScheme> SiteMessage<S> {
+    pub fn kind(&self) -> &'static str {
+        self.into()
+    }
+
+    /// The size of the message on the wire, with site signatures and shares counted at
+    /// `signature_bytes` each (96 for BLS12-381 G2), whatever the scheme in use: the
+    /// simulator charges the WAN for these bytes.
+    pub fn wire_bytes(&self, signature_bytes: usize) -> usize {
+        let site_signed = HEADER_BYTES + DIGEST_BYTES + signature_bytes;
+        match self {
+            SiteMessage::Update(request) => crate::batch::request_size(request),
+            SiteMessage::PrePrepare { batch, .. } => HEADER_BYTES + batch.encoded_bytes(),
+            SiteMessage::Prepare { .. } => HEADER_BYTES + DIGEST_BYTES,
+            SiteMessage::Share { .. } => HEADER_BYTES + DIGEST_BYTES + signature_bytes,
+            SiteMessage::Proposal(proposal) => site_signed + proposal.batch.encoded_bytes(),
+            SiteMessage::Accept(_) | SiteMessage::Checkpoint(_) => site_signed,
+            SiteMessage::Status { .. } => HEADER_BYTES,
+            SiteMessage::Ordered(proof) => {
+                site_signed + proof.proposal.batch.encoded_bytes() + proof.accepts.len() * site_signed
+            }
+            SiteMessage::State { proof, image } => HEADER_BYTES + proof.checkpoints.len() * site_signed + image.len(),
+        }
+    }
+
+    /// The site-signed payloads the message carries, for a checker that watches the wire
+    /// (GI2, GI3).
+    pub fn site_signed(&self) -> Vec<&SiteSigned<S>> {
+        match self {
+            SiteMessage::Proposal(proposal) => vec![&proposal.signed],
+            SiteMessage::Accept(signed) | SiteMessage::Checkpoint(signed) => vec![signed],
+            SiteMessage::Ordered(proof) => {
+                std::iter::once(&proof.proposal.signed).chain(proof.accepts.iter()).collect()
+            }
+            SiteMessage::State { proof, .. } => proof.checkpoints.iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,770 @@
+//! One replica of a Steward site (docs/STEWARD.md §3, §4, §9): the pure role the runtime and
+//! the multi-site simulator drive. It composes the pieces that own the rules:
+//!
+//! * [`LocalOrder`](super::sequencing::LocalOrder): local ordering at the leader site (W2,
+//!   W3);
+//! * [`ThresholdSigner`]: the site's threshold signatures (TS1–TS4);
+//! * [`GlobalOrder`]: which PROPOSALs and ACCEPTs it takes and when a batch is globally
+//!   ordered (W5, W7);
+//! * the PBFT [`Executor`]: strict in-order execution, the client table for exactly-once
+//!   replies, checkpoint images and state install (PBFT.md E1–E6, CX2–CX4), reused as is;
+//!
+//! and owns what is Steward's own here: the representative's duties (W1, W4: relaying
+//! updates to the leader site, PROPOSALs and ACCEPTs in and out of the site, in
+//! [`relay`]); sharing ACCEPTs (W6); site checkpoints and state transfer against a
+//! site-signed digest (SK1, in [`checkpoints`]); and catching up a replica or site that
+//! missed messages (in [`catch_up`]).
+//!
+//! Replies (SC1): every replica answers the clients of every batch it executes; the
+//! transport delivers a reply only over the client's own connection, which is to replicas
+//! of its own site, so a client hears from its site alone and accepts `f + 1` matching
+//! replies (the PBFT client role, given its site's membership). Read-only queries are
+//! answered inside the site from current state (SC2).
+//!
+//! Local and global view changes are not built yet: every site stays in local view 0 and
+//! the system in global view 0 (the next Steward issue).
+
+mod catch_up;
+mod checkpoints;
+mod relay;
+
+use super::global::{GlobalOrder, GlobalOutput, GlobalRefusal, SiteSigned};
+use super::messages::{OrderedProof, Proposal, SiteMessage};
+use super::payload::{GlobalView, LocalView, SitePayload};
+use super::sequencing::{LocalOrder, Sequenced, SequencingRefusal};
+use super::signer::{SignerInput, SignerLimits, SignerOutput, SignerRefusal, ThresholdSigner};
+use crate::batch::Batch;
+use crate::ids::{ClientId, ClusterId, Instant, PeerId, ReplicaId, SeqNum, View};
+use crate::membership::MembershipHandle;
+use crate::messages::{Request, VerifiedReply};
+use crate::roles::executor::{Executor, ExecutorInput, ExecutorOutput, ServiceFault};
+use crate::roles::Role;
+use crate::service::Service;
+use bulwark_crypto::threshold::ThresholdScheme;
+use bulwark_crypto::{Digest, KeyPair, Verified};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+/// The parameters of the wide-area layer, the same at every replica of every site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteParams {
+    /// W3: sequence numbers taken above `aru`.
+    pub window: u64,
+    /// Updates one PROPOSAL orders at most (SM2).
+    pub batch_size_max: usize,
+    /// How long the leader-site representative waits for a batch to fill.
+    pub batch_delay_us: u64,
+    /// How often a replica tells its peers how far it executed, sends again what may have
+    /// been lost, and (a representative with work outstanding) asks the other sites.
+    pub status_interval_us: u64,
+    /// Ordered batches (and PROPOSALs, ACCEPTs) sent to one peer per status it sends.
+    pub catch_up_max: usize,
+    /// Updates the leader-site representative holds unordered; more are refused.
+    pub pending_updates_max: usize,
+    /// A forwarded update is forwarded again only after this long.
+    pub forward_again_us: u64,
+    /// PBFT.md N1.f: a PRE-PREPARE's agreed time may differ from the replica's clock by
+    /// at most this.
+    pub clock_skew_max_us: u64,
+}
+
+impl Default for SiteParams {
+    fn default() -> Self {
+        SiteParams {
+            window: 64,
+            batch_size_max: 32,
+            batch_delay_us: 2_000,
+            status_interval_us: 200_000,
+            catch_up_max: 16,
+            pending_updates_max: 4_096,
+            forward_again_us: 1_000_000,
+            clock_skew_max_us: 5_000_000,
+        }
+    }
+}
+
+/// What a replica knows of a site: its members and its public key.
+#[derive(Debug)]
+pub struct SiteInfo<S: ThresholdScheme> {
+    /// Sorted.
+    pub members: Vec<ReplicaId>,
+    pub key: Arc<S::PublicKey>,
+}
+
+impl<S: ThresholdScheme> Clone for SiteInfo<S> {
+    fn clone(&self) -> Self {
+        SiteInfo { members: self.members.clone(), key: self.key.clone() }
+    }
+}
+
+/// Everything a replica of a site is made from.
+#[derive(Debug)]
+pub struct SiteSetup<S: ThresholdScheme> {
+    pub site: ClusterId,
+    pub id: ReplicaId,
+    /// Its ed25519 key (it signs replies with it).
+    pub key: Arc<KeyPair>,
+    /// Its site as a cluster: members, their keys, the PBFT parameters the executor uses.
+    pub membership: MembershipHandle,
+    /// Every site, its own included.
+    pub sites: BTreeMap<ClusterId, SiteInfo<S>>,
+    pub secret: S::SecretShare,
+    pub params: SiteParams,
+}
+
+/// What a replica is told.
+#[derive(Debug)]
+pub enum SiteInput<S: ThresholdScheme> {
+    /// From a replica of this or another site; the link vouches for the sender.
+    Message {
+        from: PeerId,
+        message: SiteMessage<S>,
+    },
+    /// An update or read-only query from a client of this site.
+    Client(Verified<Request>),
+    Timer(SiteTimer),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SiteTimer {
+    /// The leader-site representative's batch waited long enough.
+    Batch,
+    /// Time to send status, and to send again what may have been lost.
+    Status,
+}
+
+/// Why an input was refused; counted by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteRefusal {
+    Sequencing(SequencingRefusal),
+    Global(GlobalRefusal),
+    Signer(SignerRefusal),
+    /// A message from a replica that is not a member of the site it names, or a message
+    /// only a replica of this site may send, from another site.
+    UnknownPeer,
+    /// A PROPOSAL whose batch is not the one its payload binds.
+    BatchMismatch,
+    /// A checkpoint or state whose site signatures or digest do not hold.
+    BadCheckpoint,
+    /// The leader-site representative holds as many unordered updates as it may.
+    TooManyPending,
+    /// The executor refused (a request below its client's window, an image not installed).
+    Executor,
+}
+
+impl SiteRefusal {
+    /// The counter label: the kind and the inner reason.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SiteRefusal::Sequencing(r) => r.into(),
+            SiteRefusal::Global(r) => r.into(),
+            SiteRefusal::Signer(r) => r.into(),
+            SiteRefusal::UnknownPeer => "UnknownPeer",
+            SiteRefusal::BatchMismatch => "BatchMismatch",
+            SiteRefusal::BadCheckpoint => "BadCheckpoint",
+            SiteRefusal::TooManyPending => "TooManyPending",
+            SiteRefusal::Executor => "Executor",
+        }
+    }
+}
+
+/// What a replica produces.
+#[derive(Debug)]
+pub enum SiteOutput<S: ThresholdScheme> {
+    /// To every other member of this replica's site.
+    ToSite(SiteMessage<S>),
+    /// To one replica, of this or another site.
+    To {
+        peer: PeerId,
+        message: SiteMessage<S>,
+    },
+    /// To `client`, if it is connected to this replica.
+    Reply {
+        client: ClientId,
+        reply: VerifiedReply,
+    },
+    SetTimer {
+        timer: SiteTimer,
+        at: Instant,
+    },
+    /// W7: batch `seq` with `digest` executed.
+    Executed {
+        seq: SeqNum,
+        digest: Digest,
+    },
+    /// SK1: the state of the stable site checkpoint `seq` was installed.
+    Installed {
+        seq: SeqNum,
+        state: Digest,
+    },
+    /// TS3: `member` of this site sent a bad share.
+    Blamed {
+        member: ReplicaId,
+        message: Digest,
+    },
+    Fault(ServiceFault),
+    Refused(SiteRefusal),
+}
+
+/// Cryptographic work done so far, for a simulator that charges CPU time for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CryptoWork {
+    pub shares_signed: u64,
+    /// Shares and combined signatures checked by the signer.
+    pub signer_checks: u64,
+    pub combined: u64,
+    /// Site signatures of other messages verified (PROPOSALs, ACCEPTs, checkpoints).
+    pub site_signatures_verified: u64,
+}
+
+/// A replica of a Steward site.
+pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
+    site: ClusterId,
+    id: ReplicaId,
+    params: SiteParams,
+    sites: BTreeMap<ClusterId, SiteInfo<S>>,
+    /// The local view each site is in, as this replica knows it.
+    local_views: BTreeMap<ClusterId, LocalView>,
+    local: LocalOrder,
+    signer: ThresholdSigner<S>,
+    order: GlobalOrder<S>,
+    executor: Executor<Svc>,
+    membership: MembershipHandle,
+    /// Batch contents by digest, for batches pre-prepared or proposed and not executed.
+    batches: BTreeMap<Digest, Arc<Batch>>,
+    /// Combined PROPOSALs above `aru`.
+    proposals: BTreeMap<SeqNum, Proposal<S>>,
+    /// ACCEPTs above `aru`, this site's included, by site.
+    accepts: BTreeMap<SeqNum, BTreeMap<ClusterId, SiteSigned<S>>>,
+    /// Executed batches above the stable checkpoint, with their proofs (for catch-up).
+    ordered: BTreeMap<SeqNum, Arc<OrderedProof<S>>>,
+    /// This replica's shares of messages its site has not signed yet, sent again on the
+    /// status timer.
+    my_shares: BTreeMap<Digest, (SitePayload, S::Share)>,
+    /// Site signatures completed before this replica allowed their payload.
+    unclaimed: VecDeque<(Digest, S::Signature)>,
+    relay: relay::Relay,
+    checkpoints: checkpoints::Checkpoints<S>,
+    catch_up: catch_up::CatchUp,
+    status_timer_set: bool,
+    crypto: CryptoWork,
+    /// The time of the input being handled.
+    now: Instant,
+}
+
+impl<Svc: Service, S: ThresholdScheme> fmt::Debug for SiteReplica<Svc, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SiteReplica")
+            .field("site", &self.site)
+            .field("id", &self.id)
+            .field("aru", &self.order.aru())
+            .finish()
+    }
+}
+
+impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
+    pub fn new(setup: SiteSetup<S>, service: Svc) -> Self {
+        let SiteSetup { site, id, key, membership, sites, secret, params } = setup;
+        let own = sites.get(&site).expect("a replica's own site is among the sites").clone();
+        let keys = sites.iter().map(|(site, info)| (*site, info.key.clone())).collect();
+        SiteReplica {
+            site,
+            id,
+            local: LocalOrder::new(id, own.members.clone(), params.window),
+            signer: ThresholdSigner::new(site, own.members.clone(), own.key.clone(), secret, SignerLimits::default()),
+            order: GlobalOrder::new(keys, params.window),
+            executor: Executor::new(id, membership.clone(), service, key),
+            membership,
+            local_views: sites.keys().map(|site| (*site, 0)).collect(),
+            sites,
+            params,
+            batches: BTreeMap::new(),
+            proposals: BTreeMap::new(),
+            accepts: BTreeMap::new(),
+            ordered: BTreeMap::new(),
+            my_shares: BTreeMap::new(),
+            unclaimed: VecDeque::new(),
+            relay: relay::Relay::default(),
+            checkpoints: checkpoints::Checkpoints::default(),
+            catch_up: catch_up::CatchUp::default(),
+            status_timer_set: false,
+            crypto: CryptoWork::default(),
+            now: Instant::ZERO,
+        }
+    }
+
+    pub fn site(&self) -> ClusterId {
+        self.site
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// Everything up to here is executed (W7).
+    pub fn aru(&self) -> SeqNum {
+        self.order.aru()
+    }
+
+    pub fn global_view(&self) -> GlobalView {
+        self.order.global_view()
+    }
+
+    pub fn local_view(&self) -> LocalView {
+        self.local_views[&self.site]
+    }
+
+    /// The digest of the current state (service and client table).
+    pub fn state_digest(&self) -> Digest {
+        self.executor.state_digest()
+    }
+
+    pub fn service(&self) -> &Svc {
+        self.executor.service()
+    }
+
+    /// The latest stable site checkpoint.
+    pub fn stable_checkpoint(&self) -> SeqNum {
+        self.checkpoints.stable_seq()
+    }
+
+    pub fn crypto_work(&self) -> CryptoWork {
+        CryptoWork {
+            signer_checks: self.signer.checks(),
+            site_signatures_verified: self.order.verified() + self.checkpoints.verified(),
+            ..self.crypto
+        }
+    }
+
+    /// Entries held in the role's logs, for footprint checks.
+    pub fn held(&self) -> usize {
+        self.batches.len()
+            + self.proposals.len()
+            + self.accepts.len()
+            + self.ordered.len()
+            + self.my_shares.len()
+            + self.signer.pending()
+            + self.local.rounds()
+            + self.relay.held()
+    }
+
+    /// The leader site of the current global view.
+    pub fn leader_site(&self) -> ClusterId {
+        self.order.leader(self.global_view())
+    }
+
+    fn at_leader_site(&self) -> bool {
+        self.leader_site() == self.site
+    }
+
+    /// The representative of `site` in the local view this replica knows it to be in.
+    pub fn representative_of(&self, site: ClusterId) -> PeerId {
+        let members = &self.sites[&site].members;
+        let lv = self.local_views.get(&site).copied().unwrap_or(0);
+        PeerId::new(site, members[(lv % members.len() as u64) as usize])
+    }
+
+    fn is_representative(&self) -> bool {
+        self.representative_of(self.site).replica == self.id
+    }
+
+    fn membership_params(&self) -> crate::config::ProtocolParams {
+        self.membership.current().params.clone()
+    }
+
+    fn views(&self) -> (GlobalView, LocalView) {
+        (self.global_view(), self.local_view())
+    }
+
+    /// Starts the status timer.
+    pub fn start(&mut self, now: Instant) -> Vec<SiteOutput<S>> {
+        let mut out = Vec::new();
+        self.arm_status(now, &mut out);
+        out
+    }
+
+    fn arm_status(&mut self, now: Instant, out: &mut Vec<SiteOutput<S>>) {
+        if !self.status_timer_set {
+            self.status_timer_set = true;
+            let at = Instant(now.0 + self.params.status_interval_us);
+            out.push(SiteOutput::SetTimer { timer: SiteTimer::Status, at });
+        }
+    }
+
+    pub fn handle(&mut self, input: SiteInput<S>, now: Instant) -> Vec<SiteOutput<S>> {
+        self.now = now;
+        let mut out = Vec::new();
+        match input {
+            SiteInput::Client(request) => self.on_client(request, &mut out),
+            SiteInput::Timer(SiteTimer::Batch) => self.on_batch_timer(&mut out),
+            SiteInput::Timer(SiteTimer::Status) => {
+                self.status_timer_set = false;
+                self.on_status_timer(&mut out);
+                self.arm_status(now, &mut out);
+            }
+            SiteInput::Message { from, message } => {
+                if self.sites.get(&from.cluster).is_none_or(|site| site.members.binary_search(&from.replica).is_err()) {
+                    out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer));
+                    return out;
+                }
+                self.on_message(from, message, now, &mut out);
+            }
+        }
+        out
+    }
+
+    fn on_message(&mut self, from: PeerId, message: SiteMessage<S>, now: Instant, out: &mut Vec<SiteOutput<S>>) {
+        let local = from.cluster == self.site;
+        match message {
+            SiteMessage::Update(request) => self.on_update(from, request, out),
+            SiteMessage::PrePrepare { gv, lv, seq, batch } if local => {
+                self.on_pre_prepare(from.replica, (gv, lv, seq), batch, now, out)
+            }
+            SiteMessage::Prepare { gv, lv, seq, digest } if local => {
+                self.on_prepare(from.replica, (gv, lv, seq), digest, out)
+            }
+            SiteMessage::Share { message, share } if local => {
+                let outputs = self.signer.handle(SignerInput::Share { from: from.replica, message, share });
+                self.signer_outputs(outputs, None, out);
+            }
+            SiteMessage::Proposal(proposal) => self.on_proposal(from, proposal, out),
+            SiteMessage::Accept(signed) => self.on_accept(from, signed, out),
+            SiteMessage::Checkpoint(signed) => self.on_checkpoint(from, signed, out),
+            SiteMessage::Status { aru } => self.on_status(from, aru, out),
+            SiteMessage::Ordered(proof) => self.on_ordered(proof, out),
+            SiteMessage::State { proof, image } => self.on_state(proof, image, out),
+            SiteMessage::PrePrepare { .. } | SiteMessage::Prepare { .. } | SiteMessage::Share { .. } => {
+                out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer))
+            }
+        }
+    }
+
+    /// W1: a client's update reaches the executor first (a cached reply, a read-only
+    /// answer, or a new update to order).
+    fn on_client(&mut self, request: Verified<Request>, out: &mut Vec<SiteOutput<S>>) {
+        let view = View(self.local_view());
+        let outputs = self.executor.handle(ExecutorInput::Request { request, view }, self.now);
+        for output in outputs {
+            match output {
+                ExecutorOutput::Reply { client, reply } => out.push(SiteOutput::Reply { client, reply }),
+                ExecutorOutput::New(request) => self.route_update(request, out),
+                ExecutorOutput::Fault(fault) => out.push(SiteOutput::Fault(fault)),
+                ExecutorOutput::Refused(_) => out.push(SiteOutput::Refused(SiteRefusal::Executor)),
+                _ => {}
+            }
+        }
+    }
+
+    /// W2, W3 (a leader-site replica): a PRE-PREPARE.
+    fn on_pre_prepare(
+        &mut self,
+        from: ReplicaId,
+        at: (GlobalView, LocalView, SeqNum),
+        batch: Arc<Batch>,
+        now: Instant,
+        out: &mut Vec<SiteOutput<S>>,
+    ) {
+        if !self.at_leader_site() {
+            out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::NotSequencing)));
+            return;
+        }
+        if batch.time_us().abs_diff(now.0) > self.params.clock_skew_max_us {
+            out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::TimeOutsideClockSkew)));
+            return;
+        }
+        let (views, aru) = (self.views(), self.aru());
+        match self.local.on_pre_prepare(from, views, aru, at, batch.clone()) {
+            Ok(sequenced) => {
+                self.batches.insert(batch.digest(), batch);
+                self.sequenced(sequenced, out);
+            }
+            Err(refusal) => out.push(SiteOutput::Refused(SiteRefusal::Sequencing(refusal))),
+        }
+    }
+
+    fn on_prepare(
+        &mut self,
+        from: ReplicaId,
+        at: (GlobalView, LocalView, SeqNum),
+        digest: Digest,
+        out: &mut Vec<SiteOutput<S>>,
+    ) {
+        if !self.at_leader_site() {
+            out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::NotSequencing)));
+            return;
+        }
+        let (views, aru) = (self.views(), self.aru());
+        match self.local.on_prepare(from, views, aru, at, digest) {
+            Ok(sequenced) => self.sequenced(sequenced, out),
+            Err(refusal) => out.push(SiteOutput::Refused(SiteRefusal::Sequencing(refusal))),
+        }
+    }
+
+    /// W3: PREPARE, or share the PROPOSAL of a prepare certificate (TS1).
+    fn sequenced(&mut self, sequenced: Sequenced, out: &mut Vec<SiteOutput<S>>) {
+        let (gv, lv) = self.views();
+        match sequenced {
+            Sequenced::Nothing => {}
+            Sequenced::Prepare { seq, digest } => {
+                out.push(SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest }))
+            }
+            Sequenced::Certified { seq, digest } => {
+                self.sign(SitePayload::Proposal { site: self.site, gv, lv, seq, updates: digest }, out)
+            }
+        }
+    }
+
+    /// TS1: asks the signer to share `payload`, or takes the site's signature of it if it
+    /// completed before this replica allowed it.
+    fn sign(&mut self, payload: SitePayload, out: &mut Vec<SiteOutput<S>>) {
+        let message = payload.message();
+        if let Some(position) = self.unclaimed.iter().position(|(m, _)| *m == message) {
+            let (_, signature) = self.unclaimed.remove(position).expect("found");
+            self.on_site_signed(SiteSigned { payload, signature }, out);
+            return;
+        }
+        let outputs = self.signer.handle(SignerInput::Sign(payload));
+        self.signer_outputs(outputs, Some(payload), out);
+    }
+
+    /// `signing` is the payload this replica asked the signer to share, if it did.
+    fn signer_outputs(
+        &mut self,
+        outputs: Vec<SignerOutput<S>>,
+        signing: Option<SitePayload>,
+        out: &mut Vec<SiteOutput<S>>,
+    ) {
+        for output in outputs {
+            match output {
+                SignerOutput::Share { message, share } => {
+                    self.crypto.shares_signed += 1;
+                    if let Some(payload) = signing {
+                        self.my_shares.insert(message, (payload, share.clone()));
+                    }
+                    out.push(SiteOutput::ToSite(SiteMessage::Share { message, share }));
+                }
+                SignerOutput::Signed { message, payload, signature } => {
+                    self.crypto.combined += 1;
+                    self.my_shares.remove(&message);
+                    match payload {
+                        Some(payload) => self.on_site_signed(SiteSigned { payload, signature }, out),
+                        None => {
+                            self.unclaimed.push_back((message, signature));
+                            if self.unclaimed.len() > 2 * self.params.window as usize {
+                                self.unclaimed.pop_front();
+                            }
+                        }
+                    }
+                }
+                SignerOutput::Blamed { member, message } => out.push(SiteOutput::Blamed { member, message }),
+                SignerOutput::Refused(refusal) => out.push(SiteOutput::Refused(SiteRefusal::Signer(refusal))),
+            }
+        }
+    }
+
+    /// TS2: this site signed `signed`.
+    fn on_site_signed(&mut self, signed: SiteSigned<S>, out: &mut Vec<SiteOutput<S>>) {
+        match signed.payload {
+            SitePayload::Proposal { seq, updates, .. } => {
+                let Some(batch) = self.batches.get(&updates).cloned() else { return };
+                let proposal = Proposal { signed, batch };
+                if self.is_representative() {
+                    self.to_other_sites(SiteMessage::Proposal(proposal.clone()), out);
+                }
+                let outputs = self.order.on_proposal(&proposal.signed);
+                self.proposals.insert(seq, proposal);
+                self.global_outputs(outputs, out);
+            }
+            SitePayload::Accept { seq, .. } => {
+                if self.is_representative() {
+                    self.to_other_sites(SiteMessage::Accept(signed.clone()), out);
+                }
+                let outputs = self.order.on_accept(&signed);
+                self.accepts.entry(seq).or_default().insert(self.site, signed);
+                self.global_outputs(outputs, out);
+            }
+            SitePayload::SiteCheckpoint { .. } => {
+                if self.is_representative() {
+                    self.to_other_sites(SiteMessage::Checkpoint(signed.clone()), out);
+                }
+                self.take_checkpoint(signed, out);
+            }
+            SitePayload::NewRep { .. } | SitePayload::GlobalVc { .. } => {}
+        }
+    }
+
+    /// W4: to the representative of every other site.
+    fn to_other_sites(&self, message: SiteMessage<S>, out: &mut Vec<SiteOutput<S>>) {
+        for site in self.sites.keys().filter(|site| **site != self.site) {
+            out.push(SiteOutput::To { peer: self.representative_of(*site), message: message.clone() });
+        }
+    }
+
+    /// W5, W6: a PROPOSAL from the leader site, relayed in the site by its representative
+    /// when it came from another site.
+    fn on_proposal(&mut self, from: PeerId, proposal: Proposal<S>, out: &mut Vec<SiteOutput<S>>) {
+        let relay = from.cluster != self.site && self.is_representative();
+        self.take_proposal(proposal, relay, out);
+    }
+
+    fn take_proposal(&mut self, proposal: Proposal<S>, relay: bool, out: &mut Vec<SiteOutput<S>>) {
+        let SitePayload::Proposal { seq, updates, .. } = proposal.signed.payload else {
+            out.push(SiteOutput::Refused(SiteRefusal::Global(GlobalRefusal::WrongKind)));
+            return;
+        };
+        if proposal.batch.digest() != updates {
+            out.push(SiteOutput::Refused(SiteRefusal::BatchMismatch));
+            return;
+        }
+        if seq <= self.aru() || self.proposals.get(&seq).is_some_and(|p| p.signed.payload == proposal.signed.payload) {
+            return;
+        }
+        let outputs = self.order.on_proposal(&proposal.signed);
+        if outputs.iter().any(|o| matches!(o, GlobalOutput::Refused(_))) {
+            self.global_outputs(outputs, out);
+            return;
+        }
+        if relay {
+            out.push(SiteOutput::ToSite(SiteMessage::Proposal(proposal.clone())));
+        }
+        self.batches.insert(updates, proposal.batch.clone());
+        self.proposals.insert(seq, proposal);
+        self.global_outputs(outputs, out);
+    }
+
+    /// W7: an ACCEPT of another site, relayed in the site by its representative when it
+    /// came from another site.
+    fn on_accept(&mut self, from: PeerId, signed: SiteSigned<S>, out: &mut Vec<SiteOutput<S>>) {
+        let relay = from.cluster != self.site && self.is_representative();
+        self.take_accept(signed, relay, out);
+    }
+
+    fn take_accept(&mut self, signed: SiteSigned<S>, relay: bool, out: &mut Vec<SiteOutput<S>>) {
+        let SitePayload::Accept { site, seq, .. } = signed.payload else {
+            out.push(SiteOutput::Refused(SiteRefusal::Global(GlobalRefusal::WrongKind)));
+            return;
+        };
+        if seq <= self.aru() || self.accepts.get(&seq).and_then(|a| a.get(&site)).is_some() {
+            return;
+        }
+        let outputs = self.order.on_accept(&signed);
+        if outputs.iter().any(|o| matches!(o, GlobalOutput::Refused(_))) {
+            self.global_outputs(outputs, out);
+            return;
+        }
+        if relay {
+            out.push(SiteOutput::ToSite(SiteMessage::Accept(signed.clone())));
+        }
+        self.accepts.entry(seq).or_default().insert(site, signed);
+        self.global_outputs(outputs, out);
+    }
+
+    fn global_outputs(&mut self, outputs: Vec<GlobalOutput>, out: &mut Vec<SiteOutput<S>>) {
+        // A batch ordered by the same input needs no ACCEPT of this site.
+        let executing = outputs.iter().filter_map(|o| match o {
+            GlobalOutput::Execute { seq, .. } => Some(*seq),
+            _ => None,
+        });
+        let executing = executing.max().unwrap_or(SeqNum(0));
+        for output in outputs {
+            match output {
+                // W6: a non-leader site accepts; the leader site's PROPOSAL is its vote.
+                GlobalOutput::Accepted { gv, seq, updates } => {
+                    if !self.at_leader_site() && seq > self.aru() && seq > executing {
+                        let lv = self.local_view();
+                        self.sign(SitePayload::Accept { site: self.site, gv, lv, seq, updates }, out);
+                    }
+                }
+                GlobalOutput::Execute { seq, updates } => self.execute(seq, updates, out),
+                GlobalOutput::Refused(refusal) => out.push(SiteOutput::Refused(SiteRefusal::Global(refusal))),
+            }
+        }
+    }
+
+    /// W7: batch `seq` is globally ordered and everything below it executed.
+    fn execute(&mut self, seq: SeqNum, digest: Digest, out: &mut Vec<SiteOutput<S>>) {
+        let batch = self.batches.remove(&digest).expect("an ordered batch arrived with its PROPOSAL");
+        let proposal = self.proposals.remove(&seq).expect("an ordered batch has its PROPOSAL");
+        let accepts = self.accepts.remove(&seq).unwrap_or_default();
+        let accepts: Vec<SiteSigned<S>> = accepts
+            .into_values()
+            .filter(|a| matches!(a.payload, SitePayload::Accept { updates, .. } if updates == digest))
+            .collect();
+        self.ordered.insert(seq, Arc::new(OrderedProof { proposal, accepts }));
+        self.relay.executed(batch.requests().map(|request| (request.client(), request.timestamp)));
+        let view = View(self.local_view());
+        let outputs = self.executor.handle(ExecutorInput::Execute { seq, view, batch }, Instant::ZERO);
+        for output in outputs {
+            match output {
+                ExecutorOutput::Reply { client, reply } => out.push(SiteOutput::Reply { client, reply }),
+                ExecutorOutput::Checkpoint { seq, state_digest } => {
+                    self.sign(SitePayload::SiteCheckpoint { site: self.site, seq, state: state_digest }, out)
+                }
+                ExecutorOutput::Executed { .. } => out.push(SiteOutput::Executed { seq, digest }),
+                ExecutorOutput::Fault(fault) => out.push(SiteOutput::Fault(fault)),
+                ExecutorOutput::Refused(_) => out.push(SiteOutput::Refused(SiteRefusal::Executor)),
+                ExecutorOutput::System { .. } | ExecutorOutput::New(_) | ExecutorOutput::Installed { .. } => {}
+            }
+        }
+        self.local.executed_through(self.aru());
+        self.forget_executed_shares();
+        self.collect_garbage_if_stable();
+        if self.is_representative() && self.at_leader_site() {
+            self.propose(false, out);
+        }
+    }
+
+    /// Shares of PROPOSALs and ACCEPTs at or below `aru` need no resending.
+    fn forget_executed_shares(&mut self) {
+        let aru = self.aru();
+        self.my_shares.retain(|_, (payload, _)| match payload {
+            SitePayload::Proposal { seq, .. } | SitePayload::Accept { seq, .. } => *seq > aru,
+            _ => true,
+        });
+    }
+
+    /// The status timer: tell the peers how far this replica is, send again what the site
+    /// has not signed yet, and (the leader-site representative) the PRE-PREPAREs that did
+    /// not certify.
+    fn on_status_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
+        let aru = self.aru();
+        out.push(SiteOutput::ToSite(SiteMessage::Status { aru }));
+        for (message, (_, share)) in &self.my_shares {
+            out.push(SiteOutput::ToSite(SiteMessage::Share { message: *message, share: share.clone() }));
+        }
+        if self.is_representative() {
+            if self.at_leader_site() {
+                for (seq, gv, lv, batch) in self.local.uncertified() {
+                    out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { gv, lv, seq, batch: batch.clone() }));
+                }
+            }
+            if self.at_leader_site() {
+                self.propose(true, out);
+            }
+            let outstanding = self.has_outstanding_work();
+            if self.catch_up.stuck(aru, outstanding) {
+                self.to_other_sites(SiteMessage::Status { aru }, out);
+            }
+        }
+    }
+
+    /// Whether this replica waits for something the WAN should bring: a PROPOSAL or ACCEPT
+    /// above `aru`, a batch its site ordered, or an update it forwarded.
+    fn has_outstanding_work(&self) -> bool {
+        !self.proposals.is_empty()
+            || !self.accepts.is_empty()
+            || self.relay.outstanding()
+            || self.local.uncertified().next().is_some()
+    }
+}
+
+/// What the simulator and the runtime drive.
+impl<Svc: Service, S: ThresholdScheme> Role for SiteReplica<Svc, S> {
+    type Input = SiteInput<S>;
+    type Output = SiteOutput<S>;
+
+    fn handle(&mut self, input: SiteInput<S>, now: Instant) -> Vec<SiteOutput<S>> {
+        SiteReplica::handle(self, input, now)
+    }
+}
