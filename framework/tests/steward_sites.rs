@@ -31,3 +31,47 @@ fn five_sites_of_four_execute_one_global_history() {
     assert_safe_and_converged(&report);
     println!("{report}");
 }
+
+fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) -> KvOp {
+    let key = format!("k{}", rng.gen_range(0..8));
+    KvOp::Append { key, value: vec![client as u8, (index % 251) as u8] }
+}
+
+/// The multi-site campaign with up to `f` Byzantine non-representatives per site.
+#[test]
+fn campaign_probe() {
+    use bulwark_framework::sim::sites::campaign::SitesCampaign;
+    let campaign = SitesCampaign::new(5, 4, 1);
+    let mut bad = 0;
+    for seed in [0u64; 0] {
+        let config = campaign.config(seed);
+        println!(
+            "seed {seed}: byz {:?} wan {:?} lan drop {} dup {}",
+            config.byzantine, config.wan, config.lan_drop, config.lan_duplicate
+        );
+        let report = campaign.run(seed, KvStore::new, kv_operation);
+        println!("{report}\n  kinds {:?}\n refusals {:?}", report.wan_by_kind, report.refusals);
+        for (peer, waiting) in &report.waiting {
+            println!("  {peer}: {waiting}");
+        }
+    }
+    for seed in 0..0 {
+        let report = campaign.run(seed, KvStore::new, kv_operation);
+        if !report.violations.is_empty() || !report.converged() {
+            bad += 1;
+            println!("{report}\n  refusals {:?}\n  states {:?}", report.refusals, report.final_states);
+        }
+    }
+    let mut violated = [0, 0];
+    for colluders in [1, 2] {
+        let negative = SitesCampaign::new(5, 4, 1).with_colluders(colluders);
+        for seed in 0..20 {
+            let report = negative.run(seed, KvStore::new, kv_operation);
+            violated[colluders - 1] += usize::from(!report.violations.is_empty());
+            if seed < 2 {
+                println!("colluders {colluders}: {report}\n {:?}", report.byzantine_sent);
+            }
+        }
+    }
+    println!("bad {bad}, negative violated {violated:?}/20");
+}

@@ -102,13 +102,26 @@ impl LocalOrder {
         self.rounds.get(&seq).and_then(|round| round.pre_prepared.as_ref()).map(|(_, _, batch)| batch)
     }
 
-    /// The pre-prepared rounds that have no certificate yet: what the representative sends
-    /// again while the local rounds are stuck on lost messages.
+    /// The pre-prepared rounds not executed: what the representative sends again while the
+    /// site is stuck (a replica that lost a PRE-PREPARE cannot prepare or share).
+    pub fn pre_prepared(&self) -> impl Iterator<Item = (SeqNum, GlobalView, LocalView, &Arc<Batch>)> {
+        self.rounds.iter().filter_map(|(seq, round)| round.pre_prepared.as_ref().map(|(gv, lv, b)| (*seq, *gv, *lv, b)))
+    }
+
+    /// The pre-prepared rounds that have no certificate yet.
     pub fn uncertified(&self) -> impl Iterator<Item = (SeqNum, GlobalView, LocalView, &Arc<Batch>)> {
         self.rounds
             .iter()
             .filter(|(_, round)| !round.certified)
             .filter_map(|(seq, round)| round.pre_prepared.as_ref().map(|(gv, lv, b)| (*seq, *gv, *lv, b)))
+    }
+
+    /// The PREPAREs this replica sent for rounds not executed yet: sent again while the
+    /// site is stuck, since a peer that lost one cannot certify.
+    pub fn my_prepares(&self) -> impl Iterator<Item = (SeqNum, GlobalView, LocalView, Digest)> + '_ {
+        self.rounds
+            .iter()
+            .filter_map(|(seq, round)| round.prepares.get(&self.me).map(|(gv, lv, digest)| (*seq, *gv, *lv, *digest)))
     }
 
     /// W3: a PRE-PREPARE from `from` for `(gv, lv, seq)` in views `views`, above `aru`.
@@ -212,6 +225,13 @@ impl LocalOrder {
     /// Whether a round holds the batch with `digest`.
     pub fn holds(&self, digest: &Digest) -> bool {
         self.rounds.values().any(|round| round.pre_prepared.as_ref().is_some_and(|(_, _, b)| b.digest() == *digest))
+    }
+
+    /// The votes of an uncertified round, for diagnosis.
+    pub fn describe(&self, seq: SeqNum) -> String {
+        let Some(round) = self.rounds.get(&seq) else { return "none".into() };
+        let pre = round.pre_prepared.as_ref().map(|(g, l, b)| (*g, *l, b.digest()));
+        format!("pre {pre:?} votes {:?}", round.prepares)
     }
 
     /// Rounds held (for footprint checks).

@@ -261,7 +261,7 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
                 // Two batches for one sequence number: the same updates at another time.
                 let other = Arc::new(Batch::timed(batch.commands().to_vec(), batch.time_us() + 1));
                 let peers = self.peers();
-                let (first, second) = peers.split_at(peers.len() / 2);
+                let (first, second) = peers.split_at(peers.len().div_ceil(2));
                 for peer in first {
                     let message = SiteMessage::PrePrepare { gv, lv, seq, batch: batch.clone() };
                     sent.push(SiteOutput::To { peer: *peer, message });

@@ -29,15 +29,28 @@ pub const REAL_CRYPTO_EVERY: u64 = 20;
 pub struct SitesCampaign {
     pub sites: usize,
     pub replicas_per_site: usize,
-    /// Byzantine replicas in each site.
+    /// Byzantine replicas in each site (at most `f` of them are drawn; more make the
+    /// leader site collude, see [`SitesCampaign::colluders`]).
     pub byzantine_per_site: usize,
+    /// GI-N: the leader site's representative equivocates and this many replicas of its
+    /// site, itself included, collude (0: none).
+    pub colluders: usize,
     pub clients_per_site: usize,
     pub updates_per_client: u64,
 }
 
 impl SitesCampaign {
     pub fn new(sites: usize, replicas_per_site: usize, byzantine_per_site: usize) -> Self {
-        SitesCampaign { sites, replicas_per_site, byzantine_per_site, clients_per_site: 2, updates_per_client: 6 }
+        let f = (replicas_per_site - 1) / 3;
+        let colluders = if byzantine_per_site > f { byzantine_per_site } else { 0 };
+        SitesCampaign {
+            sites,
+            replicas_per_site,
+            byzantine_per_site,
+            colluders,
+            clients_per_site: 2,
+            updates_per_client: 6,
+        }
     }
 
     /// The configuration of `seed`: network faults until 3 s, then a settled network.
@@ -62,12 +75,12 @@ impl SitesCampaign {
         let f = (self.replicas_per_site - 1) / 3;
         for site in 0..self.sites {
             let cluster = SitesConfig::site(site);
-            let colluding = self.byzantine_per_site > f && site == 0;
+            let colluding = self.colluders > 0 && site == 0;
             let mut others: Vec<u32> = (1..self.replicas_per_site as u32).collect();
             others.shuffle(&mut draw);
             if colluding {
                 config.byzantine.push((PeerId::new(cluster, ReplicaId(0)), SiteStrategy::EquivocatingRepresentative));
-                for id in 1..self.byzantine_per_site as u32 {
+                for id in 1..self.colluders as u32 {
                     config.byzantine.push((PeerId::new(cluster, ReplicaId(id)), SiteStrategy::Accomplice));
                 }
                 continue;
@@ -94,6 +107,13 @@ impl SitesCampaign {
             SitesSimulation::<Svc, Simulated>::new(config, make_service, make_operation).map(SitesSimulation::run)
         };
         built.expect("campaign configurations are valid")
+    }
+
+    /// GI-N on the same seeds: `colluders` replicas of the leader site, its representative
+    /// among them, collude; the other sites have up to `f` Byzantine replicas as usual.
+    pub fn with_colluders(mut self, colluders: usize) -> Self {
+        self.colluders = colluders;
+        self
     }
 
     /// The command that replays `seed` of this campaign.

@@ -614,6 +614,11 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
                 Node::Correct(_) => None,
             })
             .collect();
+        let waiting = if finished {
+            BTreeMap::new()
+        } else {
+            self.correct().map(|(peer, replica)| (*peer, replica.waiting_for())).collect()
+        };
         let stable_checkpoints = self.correct().map(|(peer, replica)| (*peer, replica.stable_checkpoint())).collect();
         SitesReport {
             seed: self.config.seed,
@@ -634,6 +639,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             events: self.delivered,
             finished,
             peak_held: self.peak_held,
+            waiting,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct SitesReport {
     pub finished: bool,
     /// The most entries any correct replica held in its logs at once.
     pub peak_held: usize,
+    /// For a run that did not finish: what each correct replica waits for.
+    pub waiting: BTreeMap<PeerId, String>,
 }
 
 impl SitesReport {

@@ -239,8 +239,9 @@ pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
     accepts: BTreeMap<SeqNum, BTreeMap<ClusterId, SiteSigned<S>>>,
     /// Executed batches above the stable checkpoint, with their proofs (for catch-up).
     ordered: BTreeMap<SeqNum, Arc<OrderedProof<S>>>,
-    /// This replica's shares of messages its site has not signed yet, sent again on the
-    /// status timer.
+    /// This replica's shares of PROPOSALs and ACCEPTs above `aru` and of checkpoints above
+    /// the stable one, sent again on the status timer: a peer may have lost one even after
+    /// this replica combined.
     my_shares: BTreeMap<Digest, (SitePayload, S::Share)>,
     /// Site signatures completed before this replica allowed their payload.
     unclaimed: VecDeque<(Digest, S::Signature)>,
@@ -335,6 +336,26 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             site_signatures_verified: self.order.verified() + self.checkpoints.verified(),
             ..self.crypto
         }
+    }
+
+    /// What this replica waits for, in one line: for a report on a run that did not finish.
+    pub fn waiting_for(&self) -> String {
+        let accepts: Vec<String> = self
+            .accepts
+            .iter()
+            .map(|(seq, by_site)| format!("{}:{:?}", seq.0, by_site.keys().map(|s| s.0).collect::<Vec<_>>()))
+            .collect();
+        format!(
+            "aru {} stable {} proposals {:?} accepts [{}] uncertified {:?} my_shares {} signer_pending {} relay {}",
+            self.aru().0,
+            self.stable_checkpoint().0,
+            self.proposals.keys().map(|s| s.0).collect::<Vec<_>>(),
+            accepts.join(" "),
+            self.local.uncertified().map(|(s, ..)| format!("{} {}", s.0, self.local.describe(s))).collect::<Vec<_>>(),
+            self.my_shares.len(),
+            self.signer.pending(),
+            self.relay.held(),
+        )
     }
 
     /// Entries held in the role's logs, for footprint checks.
@@ -546,7 +567,6 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 }
                 SignerOutput::Signed { message, payload, signature } => {
                     self.crypto.combined += 1;
-                    self.my_shares.remove(&message);
                     match payload {
                         Some(payload) => self.on_site_signed(SiteSigned { payload, signature }, out),
                         None => {
@@ -558,6 +578,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                     }
                 }
                 SignerOutput::Blamed { member, message } => out.push(SiteOutput::Blamed { member, message }),
+                // Shares are sent again until their batch executes: a repeat is expected.
+                SignerOutput::Refused(SignerRefusal::DuplicateShare) => {}
                 SignerOutput::Refused(refusal) => out.push(SiteOutput::Refused(SiteRefusal::Signer(refusal))),
             }
         }
@@ -724,28 +746,39 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         });
     }
 
-    /// The status timer: tell the peers how far this replica is, send again what the site
-    /// has not signed yet, and (the leader-site representative) the PRE-PREPAREs that did
-    /// not certify.
+    /// The status timer: tell the peers how far this replica is (a peer that is further
+    /// sends what this one lacks). If this replica is stuck (work outstanding and `aru`
+    /// unchanged since the last timer), send again what a peer may have lost: its shares,
+    /// its PREPAREs, the PROPOSALs it holds (a relay may have been lost), the PRE-PREPAREs of batches
+    /// not executed (the leader-site representative), and ask the other sites (a representative).
     fn on_status_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
         let aru = self.aru();
         out.push(SiteOutput::ToSite(SiteMessage::Status { aru }));
+        let leader_representative = self.is_representative() && self.at_leader_site();
+        if leader_representative {
+            self.propose(true, out);
+        }
+        let outstanding = self.has_outstanding_work();
+        let stuck = self.catch_up.stuck(aru, outstanding);
+        if !stuck {
+            return;
+        }
         for (message, (_, share)) in &self.my_shares {
             out.push(SiteOutput::ToSite(SiteMessage::Share { message: *message, share: share.clone() }));
         }
+        for proposal in self.proposals.values().take(self.params.catch_up_max) {
+            out.push(SiteOutput::ToSite(SiteMessage::Proposal(proposal.clone())));
+        }
+        for (seq, gv, lv, digest) in self.local.my_prepares() {
+            out.push(SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest }));
+        }
+        if leader_representative {
+            for (seq, gv, lv, batch) in self.local.pre_prepared() {
+                out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { gv, lv, seq, batch: batch.clone() }));
+            }
+        }
         if self.is_representative() {
-            if self.at_leader_site() {
-                for (seq, gv, lv, batch) in self.local.uncertified() {
-                    out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { gv, lv, seq, batch: batch.clone() }));
-                }
-            }
-            if self.at_leader_site() {
-                self.propose(true, out);
-            }
-            let outstanding = self.has_outstanding_work();
-            if self.catch_up.stuck(aru, outstanding) {
-                self.to_other_sites(SiteMessage::Status { aru }, out);
-            }
+            self.to_other_sites(SiteMessage::Status { aru }, out);
         }
     }
 
@@ -753,6 +786,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// above `aru`, a batch its site ordered, or an update it forwarded.
     fn has_outstanding_work(&self) -> bool {
         !self.proposals.is_empty()
+            || !self.my_shares.is_empty()
             || !self.accepts.is_empty()
             || self.relay.outstanding()
             || self.local.uncertified().next().is_some()
