@@ -10,6 +10,10 @@
 //! closed-loop workload. After every step the [`checker::Checker`] asserts the safety
 //! invariants; the run ends when every request completed and the live correct replicas
 //! executed the same history, or at the time limit.
+//!
+//! Optionally the cluster is spread over sites joined by wide-area links
+//! ([`SimConfig::wan`], see [`flat_wan`]); without a placement a run is exactly what it
+//! was before placements existed.
 
 pub mod byzantine;
 pub mod byzantine_client;
@@ -17,6 +21,7 @@ pub mod campaign;
 pub mod checker;
 mod clients;
 mod config;
+pub mod flat_wan;
 mod history;
 mod hops;
 mod network;
@@ -26,6 +31,7 @@ pub mod twins;
 pub mod wan;
 
 pub use config::{Blackout, Instance, Isolation, NetworkModel, Restart, Round, SimConfig};
+pub use flat_wan::flat_wan_config;
 pub use history::{Completion, ReplyObserver, ServiceInvariant};
 pub use report::SimReport;
 
@@ -138,6 +144,8 @@ pub struct Simulation<S: Service> {
     restarts_done: u64,
     byzantine_clients: Vec<ByzantineClient>,
     history: history::History<S>,
+    /// The WAN between the sites, with a placement.
+    flat_wan: Option<flat_wan::WanRun>,
 }
 
 impl<S: Service> fmt::Debug for Simulation<S> {
@@ -182,6 +190,7 @@ impl<S: Service> Simulation<S> {
         let membership = Membership::new(config.cluster, crate::ids::Epoch(0), members, config.params.clone())?;
         let membership = Arc::new(membership);
         twins::check(&config)?;
+        let flat_wan = config.wan.as_ref().map(|placement| flat_wan::WanRun::new(placement, &ids)).transpose()?;
         let mut checker = Checker::new(membership.clone());
         // Each replica has a handle of its own, as a replica of its own process would.
         let handle = || MembershipHandle::new((*membership).clone());
@@ -273,6 +282,7 @@ impl<S: Service> Simulation<S> {
             dying: Default::default(),
             restarts_done: 0,
             history: history::History::default(),
+            flat_wan,
             config,
         })
     }
@@ -482,17 +492,19 @@ impl<S: Service> Simulation<S> {
                 self.delivered += 1;
                 let message = match payload {
                     Payload::Verified(message) => message,
-                    Payload::Frame(frame) => match wire::decode_frame(&frame, self.membership.params.frame_bytes_max) {
-                        Ok(Some((envelope, _))) => match self.verify_envelope(envelope) {
-                            Some(message) => message,
-                            None => return,
-                        },
-                        Ok(None) => return,
-                        Err(error) => {
-                            self.refused_at_edge.record(&error.into());
-                            return;
+                    Payload::Frame(frame, _) => {
+                        match wire::decode_frame(&frame, self.membership.params.frame_bytes_max) {
+                            Ok(Some((envelope, _))) => match self.verify_envelope(envelope) {
+                                Some(message) => message,
+                                None => return,
+                            },
+                            Ok(None) => return,
+                            Err(error) => {
+                                self.refused_at_edge.record(&error.into());
+                                return;
+                            }
                         }
-                    },
+                    }
                     Payload::Raw(message) => match self.verify(message) {
                         Some(message) => message,
                         None => return,
