@@ -1,13 +1,13 @@
 //! Flat PBFT over an emulated WAN (`SimConfig::wan`, `sim::flat_wan`): one cluster spread
 //! over sites, the baseline of the Steward figures. These runs check that a placement sends
-//! what crosses sites through the WAN links and only that, what a run measures there, and
-//! that a run without one is the run it was before placements existed.
+//! what crosses sites through the WAN links and only that, what a run measures there, the
+//! optional CPU model, and that a run with neither is the run it was before they existed.
 //!
 //! The seeds are fixed; a failure names its seed.
 
 mod common;
 
-use bulwark_framework::sim::wan::{LinkModel, Wan, WanPlacement};
+use bulwark_framework::sim::wan::{CpuCosts, LinkModel, Wan, WanPlacement};
 use bulwark_framework::sim::{flat_wan_config, Completion, NetworkModel, SimConfig, SimReport, Simulation};
 use bulwark_framework::View;
 use bulwark_services::kv::{KvOp, KvStore};
@@ -72,10 +72,11 @@ fn twenty_replicas_over_five_sites_converge_and_no_request_beats_the_wan_bound()
     }
     // Each reply to a client crosses from the 16 replicas of the other four sites.
     assert_eq!(report.wan_by_kind["reply"].0, 150 * 16, "{:?}", report.wan_by_kind);
+    assert!(report.cpu_busy_us.is_empty(), "no CPU model, no CPU time");
 }
 
-/// Without a placement a run is exactly the run it was before placements existed: the
-/// trace digests below were recorded on the commit before them (98d3d82), for
+/// Without a placement or a CPU model a run is exactly the run it was before either
+/// existed: the trace digests below were recorded on the commit before them (98d3d82), for
 /// the default configuration and for one with losses, duplicates and the wire encoding.
 #[test]
 fn without_a_placement_the_trace_is_what_it_was_before_the_wan_existed() {
@@ -113,6 +114,34 @@ fn a_narrower_link_lowers_throughput_and_lengthens_the_queues() {
     assert!(narrow.latency_ms(50.0) > wide.latency_ms(50.0));
     assert!(narrow_links.queueing_us > 4 * wide_links.queueing_us);
     assert!(narrow_links.queueing_max_us > wide_links.queueing_max_us);
+}
+
+/// With the development machine's CPU costs a WAN run still converges, and every replica
+/// spent at least one request verification per update (the primary checks each request
+/// as it arrives, the backups inside the pre-prepares). On 50 ms links those costs vanish
+/// in the noise of batching, so the span is compared where cryptography is on the critical
+/// path: on 1 ms links the same seed takes clearly longer with the CPU modelled.
+#[test]
+fn a_modelled_cpu_converges_and_lengthens_a_run_where_cryptography_is_on_the_critical_path() {
+    let costs = CpuCosts::development_machine();
+    let mut config = flat_wan_config(2, 5, 4, LinkModel::symmetric(50, 10.0), 3, 10, 16);
+    config.cpu = Some(costs);
+    let (report, _) = run(config);
+    assert_converged_in_view_zero(&report);
+    let updates = report.wan_load.as_ref().expect("measured").updates;
+    assert_eq!(report.cpu_busy_us.len(), 20);
+    for (replica, busy_us) in &report.cpu_busy_us {
+        assert!(*busy_us >= updates * costs.ed25519_verify_us, "{replica} busy {busy_us} µs for {updates} updates");
+    }
+    let span_us = |cpu| {
+        let mut config = flat_wan_config(2, 5, 4, LinkModel::symmetric(1, 1_000.0), 3, 10, 16);
+        config.cpu = cpu;
+        let (report, _) = run(config);
+        assert_converged_in_view_zero(&report);
+        report.wan_load.expect("measured").span_us
+    };
+    let (free, charged) = (span_us(None), span_us(Some(costs)));
+    assert!(charged as f64 > 1.05 * free as f64, "span {charged} µs with the CPU, {free} µs without");
 }
 
 /// The same seed gives the same run over a WAN whose links draw from the seed (jitter,

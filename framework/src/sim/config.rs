@@ -4,7 +4,7 @@
 
 use super::byzantine::Strategy;
 use super::byzantine_client::ByzantineClientSpec;
-use super::wan::WanPlacement;
+use super::wan::{CpuCosts, WanPlacement};
 use crate::config::ProtocolParams;
 use crate::ids::{ClusterId, Instant, ReplicaId};
 use crate::messages::MessageKind;
@@ -146,6 +146,11 @@ pub struct SimConfig {
     /// `network`'s; within a site `network` applies as without a placement. `None` (the
     /// default): one site, every run as before.
     pub wan: Option<WanPlacement>,
+    /// Models each replica instance's CPU: it handles one input at a time, pays
+    /// `ed25519_verify_us` per signature it checks and `ed25519_sign_us` per signature it
+    /// puts on the wire, and what it sends leaves when its step is done (the model in full:
+    /// `framework/src/sim/cpu.rs`). `None` (the default): all of it is free and instant.
+    pub cpu: Option<CpuCosts>,
 }
 
 impl SimConfig {
@@ -182,6 +187,7 @@ impl SimConfig {
             rounds: Vec::new(),
             byzantine_clients: Vec::new(),
             wan: None,
+            cpu: None,
         }
     }
 }

@@ -36,13 +36,14 @@ use std::collections::BTreeMap;
 /// (4 batches in flight, 1 ms batch delay); the LAN within a site is
 /// [`NetworkModel`](super::NetworkModel)'s default.
 ///
-/// Build a simulation from it as from any other configuration, and read
-/// [`SimReport::wan_load`](super::SimReport::wan_load):
+/// Build a simulation from it as from any other configuration; set `cpu` to model signing
+/// and verification time, and read [`SimReport::wan_load`](super::SimReport::wan_load):
 ///
 /// ```
-/// use bulwark_framework::sim::wan::LinkModel;
+/// use bulwark_framework::sim::wan::{CpuCosts, LinkModel};
 /// use bulwark_framework::sim::flat_wan_config;
-/// let config = flat_wan_config(1, 5, 4, LinkModel::symmetric(50, 10.0), 3, 20, 16);
+/// let mut config = flat_wan_config(1, 5, 4, LinkModel::symmetric(50, 10.0), 3, 20, 16);
+/// config.cpu = Some(CpuCosts::development_machine());
 /// assert_eq!((config.replicas, config.clients), (20, 15));
 /// // Simulation::new(config, make_service, make_operation)?.run().wan_load
 /// ```
@@ -137,10 +138,10 @@ impl<S: Service> Simulation<S> {
     pub(super) fn send_over_wan(&mut self, sites: (ClusterId, ClusterId), to: Endpoint, payload: Payload) {
         let bytes = self.frame_bytes(&payload);
         let kind = payload.kind().as_str();
-        let now = self.now;
+        let departs = self.departs();
         let Some(run) = self.flat_wan.as_mut() else { return };
         let before = run.wan.counters(sites.0, sites.1);
-        let arrivals = run.wan.send(sites.0, sites.1, bytes, now, &mut self.rng);
+        let arrivals = run.wan.send(sites.0, sites.1, bytes, departs, &mut self.rng);
         let after = run.wan.counters(sites.0, sites.1);
         let counted = run.by_kind.entry(kind).or_default();
         counted.0 += after.messages - before.messages;

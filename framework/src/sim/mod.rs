@@ -12,8 +12,9 @@
 //! executed the same history, or at the time limit.
 //!
 //! Optionally the cluster is spread over sites joined by wide-area links
-//! ([`SimConfig::wan`], see [`flat_wan`]); without a placement a run is exactly what it
-//! was before placements existed.
+//! ([`SimConfig::wan`], see [`flat_wan`]), and each replica's CPU is modelled
+//! ([`SimConfig::cpu`], see `cpu.rs`); without them a run is exactly what it was before
+//! either existed.
 
 pub mod byzantine;
 pub mod byzantine_client;
@@ -21,6 +22,7 @@ pub mod campaign;
 pub mod checker;
 mod clients;
 mod config;
+mod cpu;
 pub mod flat_wan;
 mod history;
 mod hops;
@@ -146,6 +148,10 @@ pub struct Simulation<S: Service> {
     history: history::History<S>,
     /// The WAN between the sites, with a placement.
     flat_wan: Option<flat_wan::WanRun>,
+    /// The replicas' CPU, when modelled.
+    cpu: Option<cpu::CpuState>,
+    /// While a replica modelled with a CPU carries out a step: when what it sends leaves.
+    departure: Option<Instant>,
 }
 
 impl<S: Service> fmt::Debug for Simulation<S> {
@@ -283,6 +289,8 @@ impl<S: Service> Simulation<S> {
             restarts_done: 0,
             history: history::History::default(),
             flat_wan,
+            cpu: config.cpu.map(cpu::CpuState::new),
+            departure: None,
             config,
         })
     }
@@ -305,6 +313,12 @@ impl<S: Service> Simulation<S> {
             Node::Correct(replica) => Some(replica.as_ref()),
             _ => None,
         })
+    }
+
+    /// When what is sent now leaves: now, or when the replica sending it is done with its
+    /// step (see `cpu.rs`).
+    fn departs(&self) -> Instant {
+        self.departure.unwrap_or(self.now)
     }
 
     fn schedule(&mut self, at: Instant, event: Event) {
@@ -408,6 +422,10 @@ impl<S: Service> Simulation<S> {
     }
 
     fn step(&mut self, event: Event) {
+        if let Some(free_at) = self.deferred_until(&event) {
+            self.schedule(free_at, event);
+            return;
+        }
         match event {
             Event::ByzantineClientTick { client } => {
                 let (sends, next) = self.byzantine_clients[client].on_tick(self.now);
@@ -511,6 +529,7 @@ impl<S: Service> Simulation<S> {
                     },
                 };
                 self.trace.update(&fingerprint(&message).0).update_u64(self.now.0);
+                self.charge_verification(to, &message);
                 match to {
                     Endpoint::Replica(_) | Endpoint::Twin(_) => self.deliver_to_replica(to, Input::Message(message)),
                     // A Byzantine client reads no replies (they are not routed to it).

@@ -101,7 +101,7 @@ impl<S: Service> Simulation<S> {
         let copies = if faulty && self.rng.gen_bool(network.duplicate_rate) { 2 } else { 1 };
         for _ in 0..copies {
             let delay = self.rng.gen_range(network.delay_min_us..=network.delay_max_us);
-            let at = Instant(self.now.0 + delay);
+            let at = Instant(self.departs().0 + delay);
             self.schedule(at, Event::Deliver { to, payload: payload.clone() });
         }
     }

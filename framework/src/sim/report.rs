@@ -61,6 +61,9 @@ pub struct SimReport {
     /// With a placement: WAN messages and bytes by message kind
     /// ([`MessageKind::as_str`](crate::messages::MessageKind::as_str)); empty without one.
     pub wan_by_kind: BTreeMap<&'static str, (u64, u64)>,
+    /// With a CPU model ([`SimConfig::cpu`](super::SimConfig::cpu)): the simulated time
+    /// each replica spent signing and verifying; empty without one.
+    pub cpu_busy_us: BTreeMap<ReplicaId, u64>,
 }
 
 impl SimReport {
@@ -135,6 +138,7 @@ impl<S: Service> Simulation<S> {
             })
             .collect();
         let wan = self.wan_figures();
+        let cpu_busy_us = self.cpu_busy_us();
         let mut final_states = BTreeMap::new();
         let mut stable_checkpoints = BTreeMap::new();
         let mut views = BTreeMap::new();
@@ -171,6 +175,7 @@ impl<S: Service> Simulation<S> {
             wan_load: wan.load,
             wan_links: wan.links,
             wan_by_kind: wan.by_kind,
+            cpu_busy_us,
             outstanding: self
                 .clients
                 .iter()
