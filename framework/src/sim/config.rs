@@ -4,6 +4,7 @@
 
 use super::byzantine::Strategy;
 use super::byzantine_client::ByzantineClientSpec;
+use super::wan::{CpuCosts, WanPlacement};
 use crate::config::ProtocolParams;
 use crate::ids::{ClusterId, Instant, ReplicaId};
 use crate::messages::MessageKind;
@@ -139,6 +140,17 @@ pub struct SimConfig {
     /// Byzantine clients besides the correct ones (see
     /// [`byzantine_client`](super::byzantine_client)).
     pub byzantine_clients: Vec<ByzantineClientSpec>,
+    /// Spreads the cluster over sites joined by wide-area links (flat PBFT over a WAN, see
+    /// [`flat_wan`](super::flat_wan)). A message between two sites crosses its WAN link,
+    /// with that link's latency, bandwidth queue, loss and duplication instead of
+    /// `network`'s; within a site `network` applies as without a placement. `None` (the
+    /// default): one site, every run as before.
+    pub wan: Option<WanPlacement>,
+    /// Models each replica instance's CPU: it handles one input at a time, pays
+    /// `ed25519_verify_us` per signature it checks and `ed25519_sign_us` per signature it
+    /// puts on the wire, and what it sends leaves when its step is done (the model in full:
+    /// `framework/src/sim/cpu.rs`). `None` (the default): all of it is free and instant.
+    pub cpu: Option<CpuCosts>,
 }
 
 impl SimConfig {
@@ -174,6 +186,8 @@ impl SimConfig {
             twins: Vec::new(),
             rounds: Vec::new(),
             byzantine_clients: Vec::new(),
+            wan: None,
+            cpu: None,
         }
     }
 }

@@ -78,10 +78,12 @@ impl<S: Service> Simulation<S> {
 
     pub(super) fn note_issued(&mut self, client: usize, timestamp: Timestamp, operation: S::Op) {
         self.history.open.insert((client, timestamp), (operation, self.now));
+        self.note_wan_issue();
     }
 
     pub(super) fn note_completed(&mut self, client: usize, timestamp: Timestamp, result: &[u8]) {
         let Some((operation, call)) = self.history.open.remove(&(client, timestamp)) else { return };
+        self.note_wan_completion(call);
         let outcome = rmp_serde::from_slice(result).unwrap_or(Outcome::MalformedOperation);
         let completion = Completion { client, operation, outcome, call, ret: self.now };
         if let Some(observer) = &mut self.history.observer {

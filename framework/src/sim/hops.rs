@@ -34,6 +34,11 @@ impl Hop {
             Hop::FromViewChanger(_) => 5,
         }
     }
+
+    /// Whether the replica instance takes it (rather than one of its roles).
+    pub(super) fn reaches_replica(&self) -> bool {
+        matches!(self, Hop::FromCollector(_) | Hop::FromPrimary(_) | Hop::FromViewChanger(_))
+    }
 }
 
 impl<S: Service> Simulation<S> {
@@ -45,8 +50,10 @@ impl<S: Service> Simulation<S> {
     /// random delay, never before the previous hop on the same link.
     pub(super) fn hop(&mut self, node: Endpoint, hop: Hop) {
         let delay = self.rng.gen_range(0..=self.config.network.role_hop_max_us);
+        // A replica modelled with a CPU hands its roles what it produced once its step is done.
+        let sent = self.departs();
         let due = self.hops_due.entry((node, hop.link())).or_insert(Instant::ZERO);
-        *due = Instant(self.now.0 + delay).max(*due);
+        *due = Instant(sent.0 + delay).max(*due);
         let (at, incarnation) = (*due, self.incarnation(node));
         self.schedule(at, Event::RoleHop { node, incarnation, hop });
     }

@@ -10,6 +10,11 @@
 //! closed-loop workload. After every step the [`checker::Checker`] asserts the safety
 //! invariants; the run ends when every request completed and the live correct replicas
 //! executed the same history, or at the time limit.
+//!
+//! Optionally the cluster is spread over sites joined by wide-area links
+//! ([`SimConfig::wan`], see [`flat_wan`]), and each replica's CPU is modelled
+//! ([`SimConfig::cpu`], see `cpu.rs`); without them a run is exactly what it was before
+//! either existed.
 
 pub mod byzantine;
 pub mod byzantine_client;
@@ -17,6 +22,8 @@ pub mod campaign;
 pub mod checker;
 mod clients;
 mod config;
+mod cpu;
+pub mod flat_wan;
 mod history;
 mod hops;
 mod network;
@@ -27,6 +34,7 @@ pub mod twins;
 pub mod wan;
 
 pub use config::{Blackout, Instance, Isolation, NetworkModel, Restart, Round, SimConfig};
+pub use flat_wan::flat_wan_config;
 pub use history::{Completion, ReplyObserver, ServiceInvariant};
 pub use report::SimReport;
 
@@ -139,6 +147,12 @@ pub struct Simulation<S: Service> {
     restarts_done: u64,
     byzantine_clients: Vec<ByzantineClient>,
     history: history::History<S>,
+    /// The WAN between the sites, with a placement.
+    flat_wan: Option<flat_wan::WanRun>,
+    /// The replicas' CPU, when modelled.
+    cpu: Option<cpu::CpuState>,
+    /// While a replica modelled with a CPU carries out a step: when what it sends leaves.
+    departure: Option<Instant>,
 }
 
 impl<S: Service> fmt::Debug for Simulation<S> {
@@ -183,6 +197,7 @@ impl<S: Service> Simulation<S> {
         let membership = Membership::new(config.cluster, crate::ids::Epoch(0), members, config.params.clone())?;
         let membership = Arc::new(membership);
         twins::check(&config)?;
+        let flat_wan = config.wan.as_ref().map(|placement| flat_wan::WanRun::new(placement, &ids)).transpose()?;
         let mut checker = Checker::new(membership.clone());
         // Each replica has a handle of its own, as a replica of its own process would.
         let handle = || MembershipHandle::new((*membership).clone());
@@ -274,6 +289,9 @@ impl<S: Service> Simulation<S> {
             dying: Default::default(),
             restarts_done: 0,
             history: history::History::default(),
+            flat_wan,
+            cpu: config.cpu.map(cpu::CpuState::new),
+            departure: None,
             config,
         })
     }
@@ -296,6 +314,12 @@ impl<S: Service> Simulation<S> {
             Node::Correct(replica) => Some(replica.as_ref()),
             _ => None,
         })
+    }
+
+    /// When what is sent now leaves: now, or when the replica sending it is done with its
+    /// step (see `cpu.rs`).
+    fn departs(&self) -> Instant {
+        self.departure.unwrap_or(self.now)
     }
 
     fn schedule(&mut self, at: Instant, event: Event) {
@@ -399,6 +423,10 @@ impl<S: Service> Simulation<S> {
     }
 
     fn step(&mut self, event: Event) {
+        if let Some(free_at) = self.deferred_until(&event) {
+            self.schedule(free_at, event);
+            return;
+        }
         match event {
             Event::ByzantineClientTick { client } => {
                 let (sends, next) = self.byzantine_clients[client].on_tick(self.now);
@@ -483,23 +511,26 @@ impl<S: Service> Simulation<S> {
                 self.delivered += 1;
                 let message = match payload {
                     Payload::Verified(message) => message,
-                    Payload::Frame(frame) => match wire::decode_frame(&frame, self.membership.params.frame_bytes_max) {
-                        Ok(Some((envelope, _))) => match self.verify_envelope(envelope) {
-                            Some(message) => message,
-                            None => return,
-                        },
-                        Ok(None) => return,
-                        Err(error) => {
-                            self.refused_at_edge.record(&error.into());
-                            return;
+                    Payload::Frame(frame, _) => {
+                        match wire::decode_frame(&frame, self.membership.params.frame_bytes_max) {
+                            Ok(Some((envelope, _))) => match self.verify_envelope(envelope) {
+                                Some(message) => message,
+                                None => return,
+                            },
+                            Ok(None) => return,
+                            Err(error) => {
+                                self.refused_at_edge.record(&error.into());
+                                return;
+                            }
                         }
-                    },
+                    }
                     Payload::Raw(message) => match self.verify(message) {
                         Some(message) => message,
                         None => return,
                     },
                 };
                 self.trace.update(&fingerprint(&message).0).update_u64(self.now.0);
+                self.charge_verification(to, &message);
                 match to {
                     Endpoint::Replica(_) | Endpoint::Twin(_) => self.deliver_to_replica(to, Input::Message(message)),
                     // A Byzantine client reads no replies (they are not routed to it).

@@ -5,7 +5,7 @@
 use super::config::Instance;
 use super::{Event, Simulation};
 use crate::ids::{Instant, ReplicaId};
-use crate::messages::{Message, VerifiedMessage};
+use crate::messages::{Message, MessageKind, VerifiedMessage};
 use crate::service::Service;
 use crate::verify::{verify_envelope, verify_message};
 use crate::wire;
@@ -35,8 +35,19 @@ impl Endpoint {
 #[derive(Debug, Clone)]
 pub(super) enum Payload {
     Verified(VerifiedMessage),
-    Frame(Arc<Vec<u8>>),
+    /// An encoded frame, and the kind of the message it holds (what the WAN counts it as).
+    Frame(Arc<Vec<u8>>, MessageKind),
     Raw(Message),
+}
+
+impl Payload {
+    pub(super) fn kind(&self) -> MessageKind {
+        match self {
+            Payload::Verified(message) => message.kind(),
+            Payload::Frame(_, kind) => *kind,
+            Payload::Raw(message) => message.kind(),
+        }
+    }
 }
 
 impl<S: Service> Simulation<S> {
@@ -62,7 +73,8 @@ impl<S: Service> Simulation<S> {
         }
     }
 
-    /// Sends over the simulated network: drop, delay with jitter, maybe duplicate. What is
+    /// Sends over the simulated network: drop, delay with jitter, maybe duplicate, or across
+    /// the WAN link between two sites when a placement puts `from` and `to` apart. What is
     /// sent to a twinned replica reaches each of its instances independently.
     pub(super) fn send(&mut self, from: Endpoint, to: Endpoint, payload: Payload) {
         if let Endpoint::Replica(replica) = to {
@@ -77,6 +89,10 @@ impl<S: Service> Simulation<S> {
         if self.cut_off(from, self.now) || self.partitioned(from, to, self.now) {
             return;
         }
+        if let Some(sites) = self.wan_sites(from, to) {
+            self.send_over_wan(sites, to, payload);
+            return;
+        }
         let network = self.config.network.clone();
         let faulty = network.faults_until.is_none_or(|until| self.now < until);
         if faulty && self.rng.gen_bool(network.drop_rate) {
@@ -85,7 +101,7 @@ impl<S: Service> Simulation<S> {
         let copies = if faulty && self.rng.gen_bool(network.duplicate_rate) { 2 } else { 1 };
         for _ in 0..copies {
             let delay = self.rng.gen_range(network.delay_min_us..=network.delay_max_us);
-            let at = Instant(self.now.0 + delay);
+            let at = Instant(self.departs().0 + delay);
             self.schedule(at, Event::Deliver { to, payload: payload.clone() });
         }
     }
@@ -93,7 +109,7 @@ impl<S: Service> Simulation<S> {
     pub(super) fn encode(&self, message: &VerifiedMessage) -> Payload {
         if self.config.wire_roundtrip {
             match wire::encode_frame(self.membership.scope(), &message.to_wire()) {
-                Ok(frame) => Payload::Frame(Arc::new(frame)),
+                Ok(frame) => Payload::Frame(Arc::new(frame), message.kind()),
                 Err(_) => Payload::Verified(message.clone()),
             }
         } else {

@@ -156,6 +156,8 @@ impl<S: Service> Simulation<S> {
         let (Endpoint::Replica(from) | Endpoint::Twin(from)) = node else {
             return;
         };
+        // With a CPU model, what this step sends leaves once the replica has signed it.
+        self.departure = self.charge_signatures(node, from, &actions);
         for action in actions {
             match action {
                 Action::Send { to, message } => {
@@ -195,5 +197,6 @@ impl<S: Service> Simulation<S> {
                 Action::Report { .. } | Action::Event(_) => {}
             }
         }
+        self.departure = None;
     }
 }

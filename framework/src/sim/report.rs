@@ -4,6 +4,7 @@
 use super::byzantine_client::ByzantineClient;
 use super::checker::Violation;
 use super::replicas::Node;
+use super::wan::{LinkCounters, WanLoad};
 use super::Simulation;
 use crate::ids::{ReplicaId, SeqNum, View};
 use crate::roles::replica::{Footprint, ReplicaMetrics};
@@ -50,6 +51,19 @@ pub struct SimReport {
     /// test checks to know that an attack happened at all.
     pub byzantine_messages_sent: BTreeMap<ReplicaId, u64>,
     pub byzantine_client_messages_sent: u64,
+    /// With a placement ([`SimConfig::wan`](super::SimConfig::wan)): completed updates,
+    /// their latencies, the span and the WAN traffic, measured as Steward's runs measure
+    /// theirs.
+    pub wan_load: Option<WanLoad>,
+    /// With a placement: every WAN link's counters added up (messages, bytes, losses,
+    /// duplicates, time spent queueing for a link).
+    pub wan_links: Option<LinkCounters>,
+    /// With a placement: WAN messages and bytes by message kind
+    /// ([`MessageKind::as_str`](crate::messages::MessageKind::as_str)); empty without one.
+    pub wan_by_kind: BTreeMap<&'static str, (u64, u64)>,
+    /// With a CPU model ([`SimConfig::cpu`](super::SimConfig::cpu)): the simulated time
+    /// each replica spent signing and verifying; empty without one.
+    pub cpu_busy_us: BTreeMap<ReplicaId, u64>,
 }
 
 impl SimReport {
@@ -83,6 +97,18 @@ impl fmt::Display for SimReport {
             self.finished
         )?;
         write!(f, "\n  views (entered, changing to): {:?}", self.views)?;
+        if let Some(load) = &self.wan_load {
+            write!(
+                f,
+                "\n  WAN: {} updates, {:.1}/s, latency p50 {:.1} ms p99 {:.1} ms, {:.1} messages and {:.0} bytes per update",
+                load.updates,
+                load.updates_per_sec(),
+                load.latency_ms(50.0),
+                load.latency_ms(99.0),
+                load.wan_messages_per_update(),
+                load.wan_bytes_per_update()
+            )?;
+        }
         if !self.down_at_end.is_empty() {
             write!(f, "\n  down at the end although restarted: {:?}", self.down_at_end)?;
         }
@@ -111,6 +137,8 @@ impl<S: Service> Simulation<S> {
                 _ => None,
             })
             .collect();
+        let wan = self.wan_figures();
+        let cpu_busy_us = self.cpu_busy_us();
         let mut final_states = BTreeMap::new();
         let mut stable_checkpoints = BTreeMap::new();
         let mut views = BTreeMap::new();
@@ -144,6 +172,10 @@ impl<S: Service> Simulation<S> {
             down_at_end,
             byzantine_messages_sent,
             byzantine_client_messages_sent: self.byzantine_clients.iter().map(ByzantineClient::messages_sent).sum(),
+            wan_load: wan.load,
+            wan_links: wan.links,
+            wan_by_kind: wan.by_kind,
+            cpu_busy_us,
             outstanding: self
                 .clients
                 .iter()

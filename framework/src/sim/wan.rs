@@ -7,8 +7,11 @@
 //! jitter) after its last bit left. A lost or duplicated message used the link like any
 //! other (the loss happens on the way; the duplicate is a second transmission). Every random
 //! choice comes from the caller's seeded generator, so a seed names a run.
+//!
+//! [`WanPlacement`] spreads the replicas of one simulated cluster over sites joined by such
+//! links: flat PBFT over the same WAN, the baseline Steward is compared with.
 
-use crate::ids::{ClusterId, Instant};
+use crate::ids::{ClusterId, Instant, ReplicaId};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -143,6 +146,52 @@ impl Wan {
             total.queueing_max_us = total.queueing_max_us.max(c.queueing_max_us);
             total
         })
+    }
+}
+
+/// Where the replicas and clients of one simulated cluster are (their sites), and the links
+/// between the sites (see [`SimConfig::wan`](super::SimConfig::wan)). Sites are named
+/// `ClusterId(1)`, `ClusterId(2)`, … as Steward's are. Correct client `c` (and Byzantine
+/// client `c`) is at the `c % S`-th site in ascending order, `S` the number of sites, so
+/// that `k × S` clients put `k` at each site; a twinned replica's second instance is at its
+/// replica's site.
+///
+/// The simulation runs on a clone of `wan`: the queues and counters of this value stay
+/// empty.
+#[derive(Debug, Clone)]
+pub struct WanPlacement {
+    pub site_of: BTreeMap<ReplicaId, ClusterId>,
+    pub wan: Wan,
+}
+
+impl WanPlacement {
+    /// `ids` in blocks over `sites` sites: in ascending order, the `i`-th of `n` replicas
+    /// is at site `ClusterId(1 + i × sites / n)`, so with `n = 20` and 5 sites, replicas 0–3
+    /// are at site 1, 4–7 at site 2, and so on (block sizes differ by at most one when
+    /// `sites` does not divide `n`). Blocks, not round robin, so that a site is a group of
+    /// neighbours as in a Steward deployment, and the primary of view 0 (the lowest id)
+    /// shares its site with the next few primaries.
+    pub fn sites(ids: &[ReplicaId], sites: usize, wan: Wan) -> Self {
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        let n = sorted.len().max(1);
+        let sites = sites.max(1);
+        let site_of = sorted.iter().enumerate().map(|(i, &id)| (id, ClusterId(1 + (i * sites / n) as u32))).collect();
+        WanPlacement { site_of, wan }
+    }
+
+    /// The sites that hold at least one replica, ascending.
+    pub fn site_list(&self) -> Vec<ClusterId> {
+        let mut sites: Vec<ClusterId> = self.site_of.values().copied().collect();
+        sites.sort();
+        sites.dedup();
+        sites
+    }
+
+    /// The site of client `client` (correct or Byzantine): the `client % S`-th site.
+    pub fn client_site(&self, client: usize) -> ClusterId {
+        let sites = self.site_list();
+        sites[client % sites.len()]
     }
 }
 
@@ -288,5 +337,26 @@ mod tests {
         let mut wan = Wan::uniform(LinkModel::symmetric(1, 0.0));
         wan.set_link(A, B, model);
         assert_eq!(wan.link(B, A), &LinkModel::symmetric(1, 0.0), "the reverse direction keeps the default");
+    }
+
+    /// Replicas go to sites in blocks of consecutive ids, whatever order they are given in;
+    /// clients go round robin over the sites.
+    #[test]
+    fn a_placement_puts_replicas_in_blocks_and_clients_round_robin() {
+        let ids: Vec<ReplicaId> = (0..20).rev().map(ReplicaId).collect();
+        let placement = WanPlacement::sites(&ids, 5, Wan::uniform(LinkModel::symmetric(50, 10.0)));
+        let site = |id: u32| placement.site_of[&ReplicaId(id)];
+        assert_eq!([site(0), site(3), site(4), site(19)], [ClusterId(1), ClusterId(1), ClusterId(2), ClusterId(5)]);
+        assert_eq!(placement.site_list(), (1..=5).map(ClusterId).collect::<Vec<_>>());
+        assert_eq!(
+            [placement.client_site(0), placement.client_site(4), placement.client_site(5)],
+            [A, ClusterId(5), A]
+        );
+        // Seven replicas over three sites: blocks of 3, 2 and 2.
+        let seven: Vec<ReplicaId> = (0..7).map(ReplicaId).collect();
+        let placement = WanPlacement::sites(&seven, 3, Wan::uniform(LinkModel::symmetric(1, 0.0)));
+        let sizes: Vec<usize> =
+            placement.site_list().iter().map(|s| placement.site_of.values().filter(|v| *v == s).count()).collect();
+        assert_eq!(sizes, vec![3, 2, 2]);
     }
 }
