@@ -32,8 +32,9 @@ pub enum SequencingRefusal {
     SeqBound,
     /// W3: the batch is bound to another sequence number in these views.
     BatchBound,
-    /// The batch's agreed time is further from this replica's clock than the skew allowed
-    /// (PBFT.md N1.f).
+    /// The batch's agreed time is ahead of this replica's clock by more than the skew
+    /// allowed, or behind the agreed time of the last batch it executed (PBFT.md N1.f, as
+    /// Steward applies it: a PRE-PREPARE sent again after a loss keeps its time).
     TimeOutsideClockSkew,
     /// This replica is not at the leader site, or not constrained (GV6).
     NotSequencing,
@@ -73,6 +74,8 @@ pub enum Sequenced {
     Prepare { seq: SeqNum, digest: Digest },
     /// W3: a prepare certificate formed for `(seq, digest)`: share the PROPOSAL.
     Certified { seq: SeqNum, digest: Digest },
+    /// Both: the PRE-PREPARE completed a certificate with PREPAREs that came before it.
+    PrepareCertified { seq: SeqNum, digest: Digest },
 }
 
 impl LocalOrder {
@@ -164,10 +167,14 @@ impl LocalOrder {
         if from != self.me {
             round.prepares.insert(self.me, (gv, lv, digest));
         }
-        if self.check_certified(seq) {
-            return Ok(Sequenced::Certified { seq, digest });
-        }
-        Ok(if from == self.me { Sequenced::Nothing } else { Sequenced::Prepare { seq, digest } })
+        // PREPAREs that came before the PRE-PREPARE may certify it at once; this replica's
+        // PREPARE is still owed to the others.
+        Ok(match (from == self.me, self.check_certified(seq)) {
+            (true, true) => Sequenced::Certified { seq, digest },
+            (true, false) => Sequenced::Nothing,
+            (false, true) => Sequenced::PrepareCertified { seq, digest },
+            (false, false) => Sequenced::Prepare { seq, digest },
+        })
     }
 
     /// W3: a PREPARE from `from`.

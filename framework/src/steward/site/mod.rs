@@ -490,7 +490,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::NotSequencing)));
             return;
         }
-        if batch.time_us().abs_diff(now.0) > self.params.clock_skew_max_us {
+        let ahead = batch.time_us() > now.0.saturating_add(self.params.clock_skew_max_us);
+        if ahead || batch.time_us() < self.executor.time_us() {
             out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::TimeOutsideClockSkew)));
             return;
         }
@@ -531,6 +532,10 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 out.push(SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest }))
             }
             Sequenced::Certified { seq, digest } => {
+                self.sign(SitePayload::Proposal { site: self.site, gv, lv, seq, updates: digest }, out)
+            }
+            Sequenced::PrepareCertified { seq, digest } => {
+                out.push(SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest }));
                 self.sign(SitePayload::Proposal { site: self.site, gv, lv, seq, updates: digest }, out)
             }
         }
