@@ -108,6 +108,8 @@ pub struct ThresholdSigner<S: ThresholdScheme> {
     shared: BTreeMap<Slot, Digest>,
     pending: BTreeMap<Digest, Pending<S>>,
     opened: BTreeMap<ReplicaId, usize>,
+    /// Messages signed, or forgotten below a stable checkpoint: their late shares are
+    /// dropped quietly rather than opening a collection that never completes.
     signed: VecDeque<Digest>,
     checks: u64,
 }
@@ -242,10 +244,7 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
         if let Some(opener) = pending.opener {
             self.release(opener);
         }
-        self.signed.push_back(message);
-        if self.signed.len() > self.limits.signed_remembered {
-            self.signed.pop_front();
-        }
+        self.remember(message);
         out.push(SignerOutput::Signed { message, payload: pending.payload, signature });
     }
 
@@ -268,6 +267,14 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
             .collect();
         for message in done {
             self.pending.remove(&message);
+            self.remember(message);
+        }
+    }
+
+    fn remember(&mut self, message: Digest) {
+        self.signed.push_back(message);
+        if self.signed.len() > self.limits.signed_remembered {
+            self.signed.pop_front();
         }
     }
 

@@ -121,7 +121,9 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
         self.checkpoints.collected = stable;
         self.executor.handle(ExecutorInput::Stable(stable), self.now);
-        self.signer.handle(SignerInput::Forget { below: stable.next() });
+        // The checkpoint at `stable` itself may still be combining here (a majority of
+        // other sites made it stable first): its shares stay, so this site still sends it.
+        self.signer.handle(SignerInput::Forget { below: stable });
         self.ordered = self.ordered.split_off(&stable.next());
         self.my_shares.retain(|_, (payload, _)| payload.seq().is_none_or(|seq| seq > stable));
     }
