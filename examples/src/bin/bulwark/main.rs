@@ -7,6 +7,7 @@ mod demo;
 mod keygen;
 mod replica;
 mod sim;
+mod sim_sites;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -63,6 +64,12 @@ enum Command {
     /// holding one key, and every round partitions the instances in two. Seeds 1..=N visit
     /// the scope's N scenarios once each (N is printed; n = 4, one twin, two rounds has
     /// 1,024), so enough seeds is exhaustive and fewer is a spread-out sample.
+    ///
+    /// With --sites S it runs Steward instead: S sites of --replicas-per-site replicas over a
+    /// simulated WAN with loss, duplication and jitter, LAN loss, and up to f Byzantine
+    /// replicas per site (bad shares, conflicting shares, silence, equivocating votes,
+    /// replays), checking GI1-GI5 after every step. --byzantine-per-site f+1 is the negative
+    /// control. --figures prints Steward against flat PBFT on the same simulated WAN.
     Sim(sim::SimArgs),
 }
 

@@ -1,6 +1,7 @@
 //! `bulwark sim`: the deterministic simulator over many seeds, drawn faults or Twins
 //! scenarios, ending with a verdict and the command that replays a failing seed.
 
+use crate::sim_sites::{self, SitesArgs};
 use anyhow::bail;
 use bulwark_examples::kv::{KvOp, KvStore};
 use bulwark_framework::sim::byzantine::Strategy;
@@ -37,6 +38,28 @@ pub(crate) struct SimArgs {
     /// after the last.
     #[arg(long, default_value_t = 2, requires = "twins")]
     rounds: usize,
+    /// Run Steward instead: this many sites, each a cluster of --replicas-per-site, over a
+    /// simulated WAN (loss, duplication, jitter, and 10 or 2.5 Mbit/s or unlimited links).
+    #[arg(long, conflicts_with_all = ["twins", "byzantine", "strategy"])]
+    sites: Option<usize>,
+    /// With --sites: replicas per site.
+    #[arg(long, default_value_t = 4, requires = "sites")]
+    replicas_per_site: usize,
+    /// With --sites: Byzantine replicas per site (default f), never a representative. More
+    /// than f is the negative control GI-N: the leader site's representative and accomplices
+    /// collude, and the checker should report a violation.
+    #[arg(long, requires = "sites")]
+    byzantine_per_site: Option<usize>,
+    /// With --sites: instead of a campaign, print Steward against flat PBFT on the same
+    /// simulated WAN (50 ms links at 10, 5 and 2.5 Mbit/s).
+    #[arg(long, requires = "sites")]
+    figures: bool,
+    /// With --figures: closed-loop clients per site.
+    #[arg(long, default_value_t = 3, requires = "figures")]
+    clients_per_site: usize,
+    /// With --figures: updates each client makes.
+    #[arg(long, default_value_t = 40, requires = "figures")]
+    updates_per_client: u64,
 }
 
 /// `--strategy NAME`: one of the simulator's Byzantine strategies, which `--help` lists and
@@ -48,8 +71,24 @@ fn strategy_parser() -> impl TypedValueParser<Value = Strategy> {
 
 /// Runs `bulwark sim`.
 pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
+    if let Some(sites) = args.sites {
+        if args.figures {
+            return sim_sites::figures(sites, args.replicas_per_site, args.clients_per_site, args.updates_per_client);
+        }
+        let sites_args = SitesArgs {
+            sites,
+            replicas_per_site: args.replicas_per_site,
+            byzantine_per_site: args.byzantine_per_site,
+            first_seed: args.first_seed,
+            seeds: args.seeds,
+        };
+        if !sim_sites::campaign(sites_args)? {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     match args {
-        SimArgs { replicas, seeds, first_seed, byzantine, strategy: _, twins: true, rounds } => {
+        SimArgs { replicas, seeds, first_seed, byzantine, strategy: _, twins: true, rounds, .. } => {
             if replicas < 4 {
                 bail!("--twins needs --replicas 4 or more, got {replicas}");
             }
@@ -60,7 +99,7 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        SimArgs { replicas, seeds, first_seed, byzantine, strategy, twins: false, rounds: _ } => {
+        SimArgs { replicas, seeds, first_seed, byzantine, strategy, twins: false, .. } => {
             if replicas != 0 && replicas < 4 {
                 bail!("--replicas must be 0 (alternate 4 and 7) or at least 4, got {replicas}");
             }

@@ -119,7 +119,7 @@ impl SitesCampaign {
     /// The command that replays `seed` of this campaign.
     pub fn replay_command(&self, seed: u64) -> String {
         format!(
-            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {} --seed {seed}",
+            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {} --first-seed {seed} --seeds 1",
             self.sites, self.replicas_per_site, self.byzantine_per_site
         )
     }
