@@ -11,6 +11,15 @@
 //!   site's key alone (TS4).
 //! * [`global`]: global ordering at every replica: which site-signed PROPOSALs and ACCEPTs
 //!   it takes (W5, TS4), when a batch is globally ordered (W7), strict in-order execution.
+//! * [`sequencing`]: local ordering at the leader site, PBFT's pre-prepare and prepare with
+//!   commit replaced by threshold signing (W2, W3).
+//! * [`messages`]: what replicas send inside a site and between sites, and its WAN size.
+//! * [`site`]: the replica of a site, composing the above with the PBFT executor; it owns
+//!   the representative's relays (W1, W4), ACCEPTs (W6), site checkpoints and state
+//!   transfer (SK1), catch-up (RC0), and answers clients (SC1, SC2).
+//!
+//! Local and global view changes (LV, GV, RS1, TM) are not built yet: a site stays in local
+//! view 0 and the system in global view 0.
 //!
 //! A site is named by its cluster's [`crate::ClusterId`].
 

@@ -12,6 +12,7 @@ use bulwark_framework::sim::wan::{CpuCosts, LinkModel, WanLoad};
 use bulwark_framework::sim::Simulation;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
 
 /// What `bulwark sim --sites` is asked for.
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +95,17 @@ struct Row {
     mbps: f64,
     steward: WanLoad,
     pbft: WanLoad,
+    /// WAN bytes per update by message kind.
+    steward_kinds: Vec<(&'static str, f64)>,
+    pbft_kinds: Vec<(&'static str, f64)>,
+}
+
+/// WAN bytes per update of each kind, largest first.
+fn per_update(kinds: &BTreeMap<&'static str, (u64, u64)>, updates: u64) -> Vec<(&'static str, f64)> {
+    let mut kinds: Vec<(&'static str, f64)> =
+        kinds.iter().map(|(kind, (_, bytes))| (*kind, *bytes as f64 / updates.max(1) as f64)).collect();
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    kinds
 }
 
 /// Steward and flat PBFT on the same seed, sites, clients, batching and WAN model, with
@@ -127,8 +139,10 @@ pub(crate) fn figures(
         if !pbft.violations.is_empty() || !pbft.converged() {
             anyhow::bail!("the flat PBFT run did not converge: {pbft}");
         }
+        let pbft_kinds = per_update(&pbft.wan_by_kind, pbft.requests_completed);
         let pbft = pbft.wan_load.expect("a placement measures its load");
-        rows.push(Row { mbps, steward: steward.load, pbft });
+        let steward_kinds = per_update(&steward.wan_by_kind, steward.load.updates);
+        rows.push(Row { mbps, steward: steward.load, pbft, steward_kinds, pbft_kinds });
     }
     println!(
         "{sites} sites x {replicas_per_site} replicas, symmetric 50 ms links, 200-byte updates, {} clients \
@@ -151,7 +165,7 @@ pub(crate) fn figures(
         "wan B/u",
         "ratio"
     );
-    for Row { mbps, steward, pbft } in rows {
+    for Row { mbps, steward, pbft, .. } in &rows {
         println!(
             "{mbps:>6} | {:>10.1} {:>8.0} {:>8.0} {:>9.1} {:>10.0} | {:>10.1} {:>8.0} {:>8.0} {:>9.1} {:>10.0} | {:>5.1}x",
             steward.updates_per_sec(),
@@ -166,6 +180,11 @@ pub(crate) fn figures(
             pbft.wan_bytes_per_update(),
             steward.updates_per_sec() / pbft.updates_per_sec().max(f64::MIN_POSITIVE),
         );
+    }
+    let show = |kinds: &[(&str, f64)]| kinds.iter().map(|(k, b)| format!("{k} {b:.0}")).collect::<Vec<_>>().join(", ");
+    for Row { mbps, steward_kinds, pbft_kinds, .. } in &rows {
+        println!("WAN bytes per update at {mbps} Mbit/s: steward {}", show(steward_kinds));
+        println!("{:>33} pbft {}", "", show(pbft_kinds));
     }
     Ok(())
 }
