@@ -80,14 +80,11 @@ fn made_up(seq: SeqNum, salt: &[u8]) -> Digest {
 }
 
 impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
-    pub fn new(
-        inner: SiteReplica<Svc, S>,
-        strategy: SiteStrategy,
-        secret: S::SecretShare,
-        key: Arc<S::PublicKey>,
-        members: Vec<ReplicaId>,
-        sites: Vec<ClusterId>,
-    ) -> Self {
+    /// The replica `inner` bent by `strategy`; `secret` is a copy of its secret share.
+    pub fn new(inner: SiteReplica<Svc, S>, strategy: SiteStrategy, secret: S::SecretShare) -> Self {
+        let own = &inner.sites()[&inner.site()];
+        let (key, members) = (own.key.clone(), own.members.clone());
+        let sites = inner.sites().keys().copied().collect();
         ByzantineSite {
             inner,
             strategy,

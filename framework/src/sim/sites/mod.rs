@@ -250,14 +250,9 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
                 };
                 let replica = SiteReplica::new(setup, make_service());
                 let node = match (strategy, byzantine_secret) {
-                    (Some(strategy), Some(secret)) => Node::Byzantine(Box::new(ByzantineSite::new(
-                        replica,
-                        strategy,
-                        secret,
-                        keys[&site].clone(),
-                        ids.clone(),
-                        site_list.clone(),
-                    ))),
+                    (Some(strategy), Some(secret)) => {
+                        Node::Byzantine(Box::new(ByzantineSite::new(replica, strategy, secret)))
+                    }
                     _ => Node::Correct(Box::new(replica)),
                 };
                 nodes.insert(peer, node);

@@ -303,6 +303,11 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         self.id
     }
 
+    /// Every site, its own included: members and public key.
+    pub fn sites(&self) -> &BTreeMap<ClusterId, SiteInfo<S>> {
+        &self.sites
+    }
+
     /// Everything up to here is executed (W7).
     pub fn aru(&self) -> SeqNum {
         self.order.aru()
