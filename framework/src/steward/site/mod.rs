@@ -716,8 +716,11 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
 
     /// W7: batch `seq` is globally ordered and everything below it executed.
     fn execute(&mut self, seq: SeqNum, digest: Digest, out: &mut Vec<SiteOutput<S>>) {
-        let batch = self.batches.remove(&digest).expect("an ordered batch arrived with its PROPOSAL");
+        // Global ordering takes a batch only with its PROPOSAL, which this replica keeps
+        // with the batch until the batch executes.
         let proposal = self.proposals.remove(&seq).expect("an ordered batch has its PROPOSAL");
+        let batch = proposal.batch.clone();
+        self.batches.remove(&digest);
         let accepts = self.accepts.remove(&seq).unwrap_or_default();
         let accepts: Vec<SiteSigned<S>> = accepts
             .into_values()
@@ -726,7 +729,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         self.ordered.insert(seq, Arc::new(OrderedProof { proposal, accepts }));
         self.relay.executed(batch.requests().map(|request| (request.client(), request.timestamp)));
         let view = View(self.local_view());
-        let outputs = self.executor.handle(ExecutorInput::Execute { seq, view, batch }, Instant::ZERO);
+        let outputs = self.executor.handle(ExecutorInput::Execute { seq, view, batch }, self.now);
         for output in outputs {
             match output {
                 ExecutorOutput::Reply { client, reply } => out.push(SiteOutput::Reply { client, reply }),
