@@ -183,3 +183,105 @@ impl<S: ThresholdScheme> SitesChecker<S> {
         self.history.len()
     }
 }
+
+/// Negative controls of each invariant: the checker fails on the violation it names.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ClusterId, ReplicaId};
+    use bulwark_crypto::threshold::Simulated;
+    use rand::SeedableRng;
+
+    type Key = <Simulated as ThresholdScheme>::PublicKey;
+    type Secret = <Simulated as ThresholdScheme>::SecretShare;
+
+    const A: PeerId = PeerId { cluster: ClusterId(1), replica: ReplicaId(0) };
+    const B: PeerId = PeerId { cluster: ClusterId(2), replica: ReplicaId(1) };
+
+    fn digest(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    /// A checker of one site, and that site's secret shares (3 of 4 combine).
+    fn checker() -> (SitesChecker<Simulated>, Arc<Key>, Vec<Secret>) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (key, secrets) = Simulated::deal(4, 3, &mut rng);
+        let key = Arc::new(key);
+        (SitesChecker::new([(ClusterId(1), key.clone())].into()), key, secrets)
+    }
+
+    fn signed(key: &Key, secrets: &[Secret], payload: SitePayload) -> SiteSigned<Simulated> {
+        let message = payload.message();
+        let shares: Vec<_> =
+            secrets.iter().take(3).map(|s| (Simulated::index(s), Simulated::sign_share(s, &message))).collect();
+        SiteSigned { payload, signature: Simulated::combine(key, &shares).expect("three shares combine") }
+    }
+
+    fn proposal(seq: u64, updates: Digest) -> SitePayload {
+        SitePayload::Proposal { site: ClusterId(1), gv: 0, lv: 0, seq: SeqNum(seq), updates }
+    }
+
+    fn invariants(checker: &SitesChecker<Simulated>) -> Vec<&'static str> {
+        checker.violations().iter().map(|v| v.invariant).collect()
+    }
+
+    #[test]
+    fn gi1_two_replicas_executing_different_batches_at_one_seq_is_a_violation() {
+        let (mut checker, _, _) = checker();
+        checker.executed(A, SeqNum(1), digest(1));
+        checker.executed(B, SeqNum(1), digest(1));
+        assert!(checker.violations().is_empty());
+        checker.executed(A, SeqNum(2), digest(2));
+        checker.executed(B, SeqNum(2), digest(3));
+        assert_eq!(invariants(&checker), ["GI1"]);
+    }
+
+    #[test]
+    fn gi2_two_site_signed_proposals_for_one_seq_are_a_violation_and_a_bad_signature_is_none() {
+        let (mut checker, key, secrets) = checker();
+        checker.observe(&signed(&key, &secrets, proposal(1, digest(1))));
+        let mut forged = signed(&key, &secrets, proposal(1, digest(1)));
+        forged.payload = proposal(1, digest(2));
+        checker.observe(&forged);
+        assert!(checker.violations().is_empty(), "a signature that does not verify is no site signature");
+        checker.observe(&signed(&key, &secrets, proposal(1, digest(2))));
+        assert_eq!(invariants(&checker), ["GI2"]);
+    }
+
+    #[test]
+    fn gi3_a_proposal_for_an_executed_seq_with_another_batch_is_a_violation() {
+        let (mut checker, key, secrets) = checker();
+        checker.executed(A, SeqNum(1), digest(1));
+        let mut later = proposal(1, digest(2));
+        if let SitePayload::Proposal { gv, .. } = &mut later {
+            *gv = 5;
+        }
+        checker.observe(&signed(&key, &secrets, later));
+        assert_eq!(invariants(&checker), ["GI3"]);
+    }
+
+    #[test]
+    fn gi4_a_client_accepting_a_result_no_correct_replica_gave_is_a_violation() {
+        let (mut checker, _, _) = checker();
+        let client = ClientId(7);
+        checker.replied(A, client, Timestamp(1), b"ok");
+        checker.accepted(client, Timestamp(1), b"ok");
+        assert!(checker.violations().is_empty());
+        checker.accepted(client, Timestamp(1), b"forged");
+        checker.accepted(client, Timestamp(2), b"never executed");
+        checker.replied(B, client, Timestamp(1), b"other");
+        assert_eq!(invariants(&checker), ["GI4", "GI4", "GI4"]);
+    }
+
+    #[test]
+    fn gi5_executing_out_of_order_or_installing_backwards_is_a_violation() {
+        let (mut checker, _, _) = checker();
+        checker.executed(A, SeqNum(1), digest(1));
+        checker.installed(A, SeqNum(8));
+        checker.executed(A, SeqNum(9), digest(9));
+        assert!(checker.violations().is_empty());
+        checker.executed(A, SeqNum(11), digest(11));
+        checker.installed(A, SeqNum(4));
+        assert_eq!(invariants(&checker), ["GI5", "GI5"]);
+    }
+}
