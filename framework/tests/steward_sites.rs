@@ -148,3 +148,17 @@ fn gi_n_f_plus_one_colluders_break_the_checker_and_f_do_not() {
         assert!(!caught.is_empty(), "f + 1 colluders never made the checker fail");
     }
 }
+
+/// The campaign with larger sites: 3 sites of 7 replicas (`f = 2`), two Byzantine
+/// non-representatives in every site: zero violations, every update completes.
+#[test]
+fn campaign_three_sites_of_seven_with_two_byzantine_each_stays_safe_and_live() {
+    let campaign = SitesCampaign::new(3, 7, 2);
+    for seed in seeds(1_000, 20) {
+        let report = campaign.run(seed, KvStore::new, kv_operation);
+        let replay = campaign.replay_command(seed);
+        assert!(report.violations.is_empty(), "{report}\nreplay: {replay}");
+        assert!(report.converged(), "{report}\nwaiting: {:#?}\nreplay: {replay}", report.waiting);
+        assert_eq!(report.byzantine_sent.len(), 6, "two Byzantine replicas per site");
+    }
+}
