@@ -18,7 +18,10 @@
 //!   the representative's relays (W1, W4), ACCEPTs (W6), site checkpoints and state
 //!   transfer (SK1), catch-up (RC0), and answers clients (SC1, SC2).
 //!
-//! Local and global view changes (LV, GV, RS1, TM) are not built yet: a site stays in local
+//! * [`timers`]: the local and global timeouts, their ratios and doubling (TM2, TM3),
+//!   validated when configured.
+//!
+//! Local and global view changes (LV, GV, RS1) are not built yet: a site stays in local
 //! view 0 and the system in global view 0.
 //!
 //! A site is named by its cluster's [`crate::ClusterId`].
@@ -29,3 +32,4 @@ pub mod payload;
 pub mod sequencing;
 pub mod signer;
 pub mod site;
+pub mod timers;
