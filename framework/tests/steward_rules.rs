@@ -113,7 +113,10 @@ impl World {
                     secret,
                     params: params.clone(),
                 };
-                replicas.insert(PeerId::new(site, ReplicaId(id as u32)), SiteReplica::new(setup, KvStore::new()));
+                replicas.insert(
+                    PeerId::new(site, ReplicaId(id as u32)),
+                    SiteReplica::new(setup, KvStore::new()).expect("valid parameters"),
+                );
             }
         }
         World { replicas, memberships, keys, now: Instant(T0), queue: VecDeque::new(), trace: Vec::new() }

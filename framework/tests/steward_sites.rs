@@ -162,3 +162,30 @@ fn campaign_three_sites_of_seven_with_two_byzantine_each_stays_safe_and_live() {
         assert_eq!(report.byzantine_sent.len(), 6, "two Byzantine replicas per site");
     }
 }
+
+/// LV1, LV4: the representative of a non-leader site crashes at 0.3 s. Its site's replicas,
+/// waiting for updates they handed it, time out after `T1` (1 s with `K` = 12 s and
+/// `f = 1`), sign NEW-REP for local view 1 and send it to every site; every correct
+/// replica of every site preinstalls it, the leader site sends to the new representative,
+/// and every update of every site's clients completes. No other site changes
+/// representative.
+#[test]
+fn lv1_a_crashed_non_leader_representative_is_replaced_and_ordering_continues() {
+    use bulwark_framework::ids::{Instant, PeerId, ReplicaId};
+    let site = SitesConfig::site(2);
+    let mut config = SitesConfig::new(5, 5, 4);
+    config.updates_per_client = 20;
+    config.crashes = vec![(PeerId::new(site, ReplicaId(0)), Instant::from_micros(300_000))];
+
+    let report = run::<Simulated>(config);
+    assert_safe_and_converged(&report);
+    assert_eq!(report.local_views.len(), 19, "every live replica reports");
+    for (replica, views) in &report.local_views {
+        for (other, lv) in views {
+            let expected = u64::from(*other == site);
+            assert_eq!(*lv, expected, "{replica} sees {other} in local view {lv}");
+        }
+    }
+    // The crash, then T1 without progress at that site, then a few round trips.
+    assert!(report.simulated_time < std::time::Duration::from_secs(6), "{report}");
+}

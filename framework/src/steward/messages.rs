@@ -72,6 +72,9 @@ pub enum SiteMessage<S: ThresholdScheme> {
     /// SK1: a site's checkpoint, sent to every other site's representative and relayed in
     /// the site.
     Checkpoint(SiteSigned<S>),
+    /// LV1: a site's NEW-REP, sent in the site and to the same-position replica of every
+    /// other site, which relays it in its own.
+    NewRep(SiteSigned<S>),
     /// How far the sender executed: a peer of its site, or another site's representative,
     /// that is further sends what it lacks.
     Status { aru: SeqNum },
@@ -96,6 +99,7 @@ impl<S: ThresholdScheme> Clone for SiteMessage<S> {
             SiteMessage::Proposal(proposal) => SiteMessage::Proposal(proposal.clone()),
             SiteMessage::Accept(signed) => SiteMessage::Accept(signed.clone()),
             SiteMessage::Checkpoint(signed) => SiteMessage::Checkpoint(signed.clone()),
+            SiteMessage::NewRep(signed) => SiteMessage::NewRep(signed.clone()),
             SiteMessage::Status { aru } => SiteMessage::Status { aru: *aru },
             SiteMessage::Ordered(proof) => SiteMessage::Ordered(proof.clone()),
             SiteMessage::State { proof, image } => SiteMessage::State { proof: proof.clone(), image: image.clone() },
@@ -125,7 +129,7 @@ impl<S: ThresholdScheme> SiteMessage<S> {
             SiteMessage::Prepare { .. } => HEADER_BYTES + DIGEST_BYTES,
             SiteMessage::Share { .. } => HEADER_BYTES + DIGEST_BYTES + signature_bytes,
             SiteMessage::Proposal(proposal) => site_signed + proposal.batch.encoded_bytes(),
-            SiteMessage::Accept(_) | SiteMessage::Checkpoint(_) => site_signed,
+            SiteMessage::Accept(_) | SiteMessage::Checkpoint(_) | SiteMessage::NewRep(_) => site_signed,
             SiteMessage::Status { .. } => HEADER_BYTES,
             SiteMessage::Ordered(proof) => {
                 site_signed + proof.proposal.batch.encoded_bytes() + proof.accepts.len() * site_signed
@@ -139,7 +143,7 @@ impl<S: ThresholdScheme> SiteMessage<S> {
     pub fn site_signed(&self) -> Vec<&SiteSigned<S>> {
         match self {
             SiteMessage::Proposal(proposal) => vec![&proposal.signed],
-            SiteMessage::Accept(signed) | SiteMessage::Checkpoint(signed) => vec![signed],
+            SiteMessage::Accept(signed) | SiteMessage::Checkpoint(signed) | SiteMessage::NewRep(signed) => vec![signed],
             SiteMessage::Ordered(proof) => {
                 std::iter::once(&proof.proposal.signed).chain(proof.accepts.iter()).collect()
             }

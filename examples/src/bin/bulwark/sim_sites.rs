@@ -50,11 +50,12 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
         args.first_seed + args.seeds.saturating_sub(1)
     );
     let (mut unsafe_seeds, mut stuck, mut violations) = (Vec::new(), Vec::new(), 0);
-    let (mut updates, mut blamed) = (0, 0);
+    let (mut updates, mut blamed, mut changes) = (0, 0, 0);
     for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
         let report = campaign.run(seed, KvStore::new, append);
         updates += report.updates_completed;
         blamed += report.blamed;
+        changes += report.representative_changes();
         if !report.violations.is_empty() {
             violations += report.violations.len();
             unsafe_seeds.push(seed);
@@ -64,7 +65,10 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
             println!("{report}");
         }
     }
-    println!("{} seeds, {updates} updates completed, {blamed} bad shares blamed", args.seeds);
+    println!(
+        "{} seeds, {updates} updates completed, {blamed} bad shares blamed, {changes} representatives replaced",
+        args.seeds
+    );
     if let Some(seed) = stuck.first() {
         println!("not live: {} seeds; replay the first with `{}`", stuck.len(), campaign.replay_command(*seed));
     }

@@ -65,6 +65,8 @@ pub struct SitesConfig {
     /// LAN and WAN losses and duplicates stop at this time (the network settles).
     pub faults_until: Option<Instant>,
     pub byzantine: Vec<(PeerId, SiteStrategy)>,
+    /// Replicas that crash (stop for good) at the given time.
+    pub crashes: Vec<(PeerId, Instant)>,
     pub cpu: Option<CpuCosts>,
     /// Bytes a site signature or share takes on the WAN (96 for BLS12-381), whatever the
     /// scheme the run uses.
@@ -96,6 +98,7 @@ impl SitesConfig {
             wan: LinkModel::symmetric(50, 10.0),
             faults_until: None,
             byzantine: Vec::new(),
+            crashes: Vec::new(),
             cpu: None,
             signature_bytes: 96,
             time_limit: Duration::from_secs(300),
@@ -140,6 +143,7 @@ enum Event<S: ThresholdScheme> {
     ToClient { client: usize, reply: VerifiedReply },
     Timer { node: PeerId, timer: SiteTimer, generation: u64 },
     ClientTimer { client: usize, generation: u64 },
+    Crash { replica: PeerId },
 }
 
 struct ClientNode {
@@ -248,7 +252,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
                     secret,
                     params: config.site_params.clone(),
                 };
-                let replica = SiteReplica::new(setup, make_service());
+                let replica = SiteReplica::new(setup, make_service())?;
                 let node = match (strategy, byzantine_secret) {
                     (Some(strategy), Some(secret)) => {
                         Node::Byzantine(Box::new(ByzantineSite::new(replica, strategy, secret)))
@@ -323,6 +327,9 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
         for client in 0..self.clients.len() {
             self.issue(client);
         }
+        for (replica, at) in self.config.crashes.clone() {
+            self.schedule(at, Event::Crash { replica });
+        }
         let limit = Instant(self.config.time_limit.as_micros() as u64);
         let mut finished = false;
         while let Some(Reverse((at, id))) = self.queue.pop() {
@@ -391,6 +398,10 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
                 self.trace.update(b"reply").update_u64(self.now.0).update_u64(client as u64);
                 let actions = self.clients[client].client.handle(ClientInput::Reply(reply), self.now);
                 self.client_actions(client, actions);
+            }
+            Event::Crash { replica } => {
+                self.trace.update(b"crash").update_u64(self.now.0).update_u64(peer_code(replica));
+                self.nodes.remove(&replica);
             }
             Event::ClientTimer { client, generation } => {
                 if self.clients[client].timer_generation == generation {
@@ -615,6 +626,13 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             self.correct().map(|(peer, replica)| (*peer, replica.waiting_for())).collect()
         };
         let stable_checkpoints = self.correct().map(|(peer, replica)| (*peer, replica.stable_checkpoint())).collect();
+        let local_views = self
+            .correct()
+            .map(|(peer, replica)| {
+                let views = replica.sites().keys().map(|site| (*site, replica.local_view_of(*site))).collect();
+                (*peer, views)
+            })
+            .collect();
         SitesReport {
             seed: self.config.seed,
             violations: self.checker.violations().to_vec(),
@@ -624,6 +642,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             trace: self.trace.finish(),
             final_states,
             stable_checkpoints,
+            local_views,
             load,
             wan_by_kind: self.wan_by_kind,
             refusals: self.refusals,

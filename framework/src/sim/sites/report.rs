@@ -21,6 +21,8 @@ pub struct SitesReport {
     /// Each correct replica's `aru` and state digest at the end.
     pub final_states: BTreeMap<PeerId, (SeqNum, Digest)>,
     pub stable_checkpoints: BTreeMap<PeerId, SeqNum>,
+    /// Each correct replica's view of every site's preinstalled local view.
+    pub local_views: BTreeMap<PeerId, BTreeMap<crate::ids::ClusterId, crate::steward::payload::LocalView>>,
     /// Updates, latencies and WAN traffic.
     pub load: WanLoad,
     /// WAN messages and bytes by message kind.
@@ -52,6 +54,19 @@ impl SitesReport {
     /// The batches the correct replicas executed (the highest `aru`).
     pub fn batches(&self) -> u64 {
         self.final_states.values().map(|(aru, _)| aru.0).max().unwrap_or(0)
+    }
+
+    /// Changes of representative over all sites: each site's highest local view any
+    /// correct replica preinstalled, summed.
+    pub fn representative_changes(&self) -> u64 {
+        let mut highest: BTreeMap<crate::ids::ClusterId, u64> = BTreeMap::new();
+        for views in self.local_views.values() {
+            for (site, lv) in views {
+                let entry = highest.entry(*site).or_default();
+                *entry = (*entry).max(*lv);
+            }
+        }
+        highest.values().sum()
     }
 
     /// WAN messages of `kind` sent.

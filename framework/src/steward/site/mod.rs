@@ -26,6 +26,7 @@
 
 mod catch_up;
 mod checkpoints;
+mod local_view;
 mod relay;
 
 use super::global::{GlobalOrder, GlobalOutput, GlobalRefusal, SiteSigned};
@@ -33,7 +34,9 @@ use super::messages::{OrderedProof, Proposal, SiteMessage};
 use super::payload::{GlobalView, LocalView, SitePayload};
 use super::sequencing::{LocalOrder, Sequenced, SequencingRefusal};
 use super::signer::{SignerInput, SignerLimits, SignerOutput, SignerRefusal, ThresholdSigner};
+use super::timers::Timeouts;
 use crate::batch::Batch;
+use crate::config::ConfigError;
 use crate::ids::{ClientId, ClusterId, Instant, PeerId, ReplicaId, SeqNum, View};
 use crate::membership::MembershipHandle;
 use crate::messages::{Request, VerifiedReply};
@@ -67,6 +70,9 @@ pub struct SiteParams {
     /// PBFT.md N1.f: a PRE-PREPARE's agreed time may differ from the replica's clock by
     /// at most this.
     pub clock_skew_max_us: u64,
+    /// TM3's `K`: `Global_T` in global view 0; `Local_T` is `K / (f + 3)` at the leader
+    /// site and `K / ((f + 3)(f + 2))` elsewhere (see [`Timeouts`]).
+    pub global_timeout_base_us: u64,
 }
 
 impl Default for SiteParams {
@@ -80,6 +86,7 @@ impl Default for SiteParams {
             pending_updates_max: 4_096,
             forward_again_us: 1_000_000,
             clock_skew_max_us: 5_000_000,
+            global_timeout_base_us: 12_000_000,
         }
     }
 }
@@ -132,6 +139,8 @@ pub enum SiteTimer {
     Batch,
     /// Time to send status, and to send again what may have been lost.
     Status,
+    /// `Local_T` (LV1).
+    Local,
 }
 
 /// Why an input was refused; counted by name.
@@ -151,6 +160,8 @@ pub enum SiteRefusal {
     TooManyPending,
     /// The executor refused (a request below its client's window, an image not installed).
     Executor,
+    /// A NEW-REP that is not one, or whose site signature does not verify.
+    BadNewRep,
 }
 
 impl SiteRefusal {
@@ -165,6 +176,7 @@ impl SiteRefusal {
             SiteRefusal::BadCheckpoint => "BadCheckpoint",
             SiteRefusal::TooManyPending => "TooManyPending",
             SiteRefusal::Executor => "Executor",
+            SiteRefusal::BadNewRep => "BadNewRep",
         }
     }
 }
@@ -248,6 +260,8 @@ pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
     relay: relay::Relay,
     checkpoints: checkpoints::Checkpoints<S>,
     catch_up: catch_up::CatchUp,
+    timeouts: Timeouts,
+    rep_change: local_view::LocalViews,
     status_timer_set: bool,
     crypto: CryptoWork,
     /// The time of the input being handled.
@@ -265,13 +279,18 @@ impl<Svc: Service, S: ThresholdScheme> fmt::Debug for SiteReplica<Svc, S> {
 }
 
 impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
-    pub fn new(setup: SiteSetup<S>, service: Svc) -> Self {
+    /// A replica from its setup; refused if the parameters are not valid (TM3).
+    pub fn new(setup: SiteSetup<S>, service: Svc) -> Result<Self, ConfigError> {
         let SiteSetup { site, id, key, membership, sites, secret, params } = setup;
+        let f = sites.values().map(|info| info.members.len().saturating_sub(1) / 3).max().unwrap_or(0);
+        let timeouts = Timeouts::new(params.global_timeout_base_us, f, sites.len())?;
         let own = sites.get(&site).expect("a replica's own site is among the sites").clone();
         let keys = sites.iter().map(|(site, info)| (*site, info.key.clone())).collect();
-        SiteReplica {
+        Ok(SiteReplica {
             site,
             id,
+            timeouts,
+            rep_change: local_view::LocalViews::default(),
             local: LocalOrder::new(id, own.members.clone(), params.window),
             signer: ThresholdSigner::new(site, own.members.clone(), own.key.clone(), secret, SignerLimits::default()),
             order: GlobalOrder::new(keys, params.window),
@@ -292,7 +311,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             status_timer_set: false,
             crypto: CryptoWork::default(),
             now: Instant::ZERO,
-        }
+        })
     }
 
     pub fn site(&self) -> ClusterId {
@@ -321,6 +340,11 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         self.local_views[&self.site]
     }
 
+    /// The local view this replica knows `site` to be in (preinstalled).
+    pub fn local_view_of(&self, site: ClusterId) -> LocalView {
+        self.local_views.get(&site).copied().unwrap_or(0)
+    }
+
     /// The digest of the current state (service and client table).
     pub fn state_digest(&self) -> Digest {
         self.executor.state_digest()
@@ -328,6 +352,11 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
 
     pub fn service(&self) -> &Svc {
         self.executor.service()
+    }
+
+    /// Changes of representative this replica preinstalled, of any site (LV1).
+    pub fn local_view_changes(&self) -> u64 {
+        self.rep_change.changes
     }
 
     /// The latest stable site checkpoint.
@@ -338,7 +367,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     pub fn crypto_work(&self) -> CryptoWork {
         CryptoWork {
             signer_checks: self.signer.checks(),
-            site_signatures_verified: self.order.verified() + self.checkpoints.verified(),
+            site_signatures_verified: self.order.verified() + self.checkpoints.verified() + self.rep_change.verified(),
             ..self.crypto
         }
     }
@@ -424,6 +453,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         match input {
             SiteInput::Client(request) => self.on_client(request, &mut out),
             SiteInput::Timer(SiteTimer::Batch) => self.on_batch_timer(&mut out),
+            SiteInput::Timer(SiteTimer::Local) => self.on_local_timer(&mut out),
             SiteInput::Timer(SiteTimer::Status) => {
                 self.status_timer_set = false;
                 self.on_status_timer(&mut out);
@@ -437,6 +467,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 self.on_message(from, message, now, &mut out);
             }
         }
+        self.keep_local_timer(&mut out);
         out
     }
 
@@ -457,6 +488,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SiteMessage::Proposal(proposal) => self.on_proposal(from, proposal, out),
             SiteMessage::Accept(signed) => self.on_accept(from, signed, out),
             SiteMessage::Checkpoint(signed) => self.on_checkpoint(from, signed, out),
+            SiteMessage::NewRep(signed) => self.on_new_rep(from, signed, out),
             SiteMessage::Status { aru } => self.on_status(from, aru, out),
             SiteMessage::Ordered(proof) => self.on_ordered(proof, out),
             SiteMessage::State { proof, image } => self.on_state(proof, image, out),
@@ -622,7 +654,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 }
                 self.take_checkpoint(signed, out);
             }
-            SitePayload::NewRep { .. } | SitePayload::GlobalVc { .. } => {}
+            SitePayload::NewRep { .. } => self.preinstall(signed, true, out),
+            SitePayload::GlobalVc { .. } => {}
         }
     }
 
@@ -743,6 +776,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             }
         }
         self.local.executed_through(self.aru());
+        self.rep_change.progressed();
         self.forget_executed_shares();
         self.collect_garbage_if_stable();
         if self.is_representative() && self.at_leader_site() {

@@ -27,6 +27,9 @@ pub(super) struct Relay {
     in_flight: BTreeSet<(ClientId, Timestamp)>,
     /// Non-leader representative: the newest update forwarded for each client, and when.
     forwarded: BTreeMap<ClientId, (Timestamp, Instant)>,
+    /// Any replica: the newest update it handed to its representative for each client, not
+    /// executed yet (it waits for it: `Local_T` runs; a new representative gets it again).
+    handed: BTreeMap<ClientId, Verified<Request>>,
     batch_timer_set: bool,
 }
 
@@ -38,16 +41,24 @@ impl Relay {
             if self.forwarded.get(&client).is_some_and(|(forwarded, _)| *forwarded <= timestamp) {
                 self.forwarded.remove(&client);
             }
+            if self.handed.get(&client).is_some_and(|handed| handed.timestamp <= timestamp) {
+                self.handed.remove(&client);
+            }
         }
     }
 
     /// Whether an update this replica relayed waits for execution.
     pub(super) fn outstanding(&self) -> bool {
-        !self.in_flight.is_empty() || !self.forwarded.is_empty() || !self.pending.is_empty()
+        !self.in_flight.is_empty() || !self.forwarded.is_empty() || !self.pending.is_empty() || !self.handed.is_empty()
     }
 
     pub(super) fn held(&self) -> usize {
-        self.pending.len() + self.in_flight.len() + self.forwarded.len()
+        self.pending.len() + self.in_flight.len() + self.forwarded.len() + self.handed.len()
+    }
+
+    /// The updates handed to the representative and not executed.
+    pub(super) fn handed_updates(&self) -> Vec<Verified<Request>> {
+        self.handed.values().cloned().collect()
     }
 }
 
@@ -56,6 +67,13 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     pub(super) fn route_update(&mut self, request: Verified<Request>, out: &mut Vec<SiteOutput<S>>) {
         let representative = self.representative_of(self.site);
         if representative.replica != self.id {
+            let client = request.client();
+            let newer = self.relay.handed.get(&client).is_none_or(|handed| handed.timestamp <= request.timestamp);
+            let room =
+                self.relay.handed.len() < self.params.pending_updates_max || self.relay.handed.contains_key(&client);
+            if newer && room {
+                self.relay.handed.insert(client, request.clone());
+            }
             out.push(SiteOutput::To { peer: representative, message: SiteMessage::Update(request) });
         } else if self.at_leader_site() {
             self.enqueue(request, out);

@@ -1,0 +1,134 @@
+//! Replacing a site's representative (docs/STEWARD.md LV1, LV4; TM1), at non-leader sites.
+//!
+//! A replica of a non-leader site that has work outstanding (an update it handed on, a
+//! PROPOSAL or ACCEPT above `aru`, a share its site has not combined) runs `Local_T`
+//! ([`Timeouts::local_us`](crate::steward::timers::Timeouts::local_us)); executing a new
+//! batch restarts it (TM1). When it expires the replica votes for local view `lv + 1` by
+//! sharing NEW-REP(site, lv + 1) (TS1: one per `(site, lv)`), and votes again only once a
+//! NEW-REP it voted for is preinstalled: local views advance one at a time (LV1).
+//!
+//! `2f + 1` shares combine into the site's NEW-REP, proof that `f + 1` correct replicas
+//! reached `lv + 1`. Every replica that combines it *preinstalls* `lv + 1` (the
+//! representative is now member `lv + 1 mod n`), sends it to its site and to the replica of
+//! the same position in every other site, which relays it in its own site (RS1's
+//! same-position sending, so a faulty representative cannot hide it). A replica of any site
+//! takes a NEW-REP only under the site's key and only for a higher local view.
+//!
+//! **[Bulwark, until LV2 and LV3 are built]** At the leader site `Local_T` does not run: a
+//! new leader-site representative must first rebuild the site's bindings
+//! (CONSTRUCT-LOCAL-CONSTRAINT), which the next step of the Steward view changes adds.
+
+use super::{SiteOutput, SiteRefusal, SiteReplica, SiteTimer};
+use crate::ids::{Instant, PeerId};
+use crate::service::Service;
+use crate::steward::global::SiteSigned;
+use crate::steward::messages::SiteMessage;
+use crate::steward::payload::{LocalView, SitePayload};
+use bulwark_crypto::threshold::ThresholdScheme;
+
+/// The local-view state of one replica.
+#[derive(Debug, Default)]
+pub(super) struct LocalViews {
+    /// The local view this replica voted for last (at least the preinstalled one).
+    voted: LocalView,
+    timer_armed: bool,
+    /// Local views preinstalled so far (changes of representative this replica saw).
+    pub(super) changes: u64,
+    verified: u64,
+}
+
+impl LocalViews {
+    pub(super) fn verified(&self) -> u64 {
+        self.verified
+    }
+
+    /// TM1: the replica executed a new batch: `Local_T` starts over.
+    pub(super) fn progressed(&mut self) {
+        self.timer_armed = false;
+    }
+}
+
+impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
+    /// Arms `Local_T` if this replica waits for something and it is not running.
+    pub(super) fn keep_local_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
+        if self.at_leader_site() || self.rep_change.timer_armed || !self.has_outstanding_work() {
+            return;
+        }
+        self.rep_change.timer_armed = true;
+        let timeout_us = self.timeouts.local_timeout_us(self.global_view(), false);
+        out.push(SiteOutput::SetTimer { timer: SiteTimer::Local, at: Instant(self.now.0 + timeout_us) });
+    }
+
+    /// LV1: `Local_T` expired.
+    pub(super) fn on_local_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
+        self.rep_change.timer_armed = false;
+        if self.at_leader_site() || !self.has_outstanding_work() {
+            return;
+        }
+        let preinstalled = self.local_view();
+        if self.rep_change.voted > preinstalled {
+            // One local view at a time: wait for the vote already cast to be preinstalled.
+            return;
+        }
+        self.rep_change.voted = preinstalled + 1;
+        tracing::info!(site = %self.site, replica = %self.id, lv = self.rep_change.voted, "local timeout: voting for a new representative");
+        self.sign(SitePayload::NewRep { site: self.site, lv: self.rep_change.voted }, out);
+    }
+
+    /// A NEW-REP from a replica of this or another site.
+    pub(super) fn on_new_rep(&mut self, from: PeerId, signed: SiteSigned<S>, out: &mut Vec<SiteOutput<S>>) {
+        let SitePayload::NewRep { site, lv } = signed.payload else {
+            out.push(SiteOutput::Refused(SiteRefusal::BadNewRep));
+            return;
+        };
+        if lv <= self.local_views.get(&site).copied().unwrap_or(0) {
+            return;
+        }
+        let Some(key) = self.sites.get(&site).map(|info| info.key.clone()) else {
+            out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer));
+            return;
+        };
+        self.rep_change.verified += 1;
+        if !S::verify(&key, &signed.signature, &signed.payload.message()) {
+            out.push(SiteOutput::Refused(SiteRefusal::BadNewRep));
+            return;
+        }
+        let relay = from.cluster != self.site;
+        self.preinstall(signed, relay, out);
+    }
+
+    /// LV1: `lv` of `site` is preinstalled; with `announce`, this replica tells its site
+    /// (and, for its own site's NEW-REP it combined, the same-position replica of every other
+    /// site).
+    pub(super) fn preinstall(&mut self, signed: SiteSigned<S>, announce: bool, out: &mut Vec<SiteOutput<S>>) {
+        let SitePayload::NewRep { site, lv } = signed.payload else { return };
+        let known = self.local_views.entry(site).or_default();
+        if lv <= *known {
+            return;
+        }
+        *known = lv;
+        self.rep_change.changes += 1;
+        if announce {
+            out.push(SiteOutput::ToSite(SiteMessage::NewRep(signed.clone())));
+        }
+        if site != self.site {
+            return;
+        }
+        tracing::info!(site = %self.site, replica = %self.id, lv, "new representative preinstalled");
+        self.rep_change.voted = self.rep_change.voted.max(lv);
+        self.rep_change.timer_armed = false;
+        if announce {
+            let position = self.sites[&self.site].members.binary_search(&self.id).unwrap_or(0);
+            for (other, info) in self.sites.iter().filter(|(other, _)| **other != self.site) {
+                if let Some(peer) = info.members.get(position) {
+                    let message = SiteMessage::NewRep(signed.clone());
+                    out.push(SiteOutput::To { peer: PeerId::new(*other, *peer), message });
+                }
+            }
+        }
+        // The updates this replica handed to the old representative go to the new one.
+        for request in self.relay.handed_updates() {
+            self.route_update(request, out);
+        }
+    }
+}
