@@ -27,12 +27,11 @@ pub(super) struct Checkpoints<S: ThresholdScheme> {
     stable: Option<CheckpointProof<S>>,
     /// The logs are dropped up to here.
     collected: SeqNum,
-    verified: u64,
 }
 
 impl<S: ThresholdScheme> Default for Checkpoints<S> {
     fn default() -> Self {
-        Checkpoints { votes: BTreeMap::new(), stable: None, collected: SeqNum(0), verified: 0 }
+        Checkpoints { votes: BTreeMap::new(), stable: None, collected: SeqNum(0) }
     }
 }
 
@@ -43,10 +42,6 @@ impl<S: ThresholdScheme> Checkpoints<S> {
 
     pub(super) fn stable(&self) -> Option<&CheckpointProof<S>> {
         self.stable.as_ref()
-    }
-
-    pub(super) fn verified(&self) -> u64 {
-        self.verified
     }
 }
 
@@ -69,14 +64,10 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         if self.checkpoints.votes.get(&seq).is_some_and(|votes| votes.contains_key(&site)) {
             return;
         }
-        let Some(key) = self.sites.get(&site).map(|info| info.key.clone()) else {
-            out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer));
-            return;
-        };
-        self.checkpoints.verified += 1;
-        if !S::verify(&key, &signed.signature, &signed.payload.message()) {
-            out.push(SiteOutput::Refused(SiteRefusal::BadCheckpoint));
-            return;
+        match self.site_signature_holds(&signed) {
+            None => return out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer)),
+            Some(false) => return out.push(SiteOutput::Refused(SiteRefusal::BadCheckpoint)),
+            Some(true) => {}
         }
         if from.cluster != self.site && self.is_representative() {
             out.push(SiteOutput::ToSite(SiteMessage::Checkpoint(signed.clone())));
@@ -144,9 +135,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             if seq != proof.seq || state != proof.state || !sites.insert(site) {
                 return false;
             }
-            let Some(key) = self.sites.get(&site).map(|info| info.key.clone()) else { return false };
-            self.checkpoints.verified += 1;
-            if !S::verify(&key, &signed.signature, &signed.payload.message()) {
+            if self.site_signature_holds(signed) != Some(true) {
                 return false;
             }
         }

@@ -34,14 +34,9 @@ pub(super) struct LocalViews {
     timer_armed: bool,
     /// Local views preinstalled so far (changes of representative this replica saw).
     pub(super) changes: u64,
-    verified: u64,
 }
 
 impl LocalViews {
-    pub(super) fn verified(&self) -> u64 {
-        self.verified
-    }
-
     /// TM1: the replica executed a new batch: `Local_T` starts over.
     pub(super) fn progressed(&mut self) {
         self.timer_armed = false;
@@ -84,14 +79,10 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         if lv <= self.local_views.get(&site).copied().unwrap_or(0) {
             return;
         }
-        let Some(key) = self.sites.get(&site).map(|info| info.key.clone()) else {
-            out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer));
-            return;
-        };
-        self.rep_change.verified += 1;
-        if !S::verify(&key, &signed.signature, &signed.payload.message()) {
-            out.push(SiteOutput::Refused(SiteRefusal::BadNewRep));
-            return;
+        match self.site_signature_holds(&signed) {
+            None => return out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer)),
+            Some(false) => return out.push(SiteOutput::Refused(SiteRefusal::BadNewRep)),
+            Some(true) => {}
         }
         let relay = from.cluster != self.site;
         self.preinstall(signed, relay, out);

@@ -367,7 +367,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     pub fn crypto_work(&self) -> CryptoWork {
         CryptoWork {
             signer_checks: self.signer.checks(),
-            site_signatures_verified: self.order.verified() + self.checkpoints.verified() + self.rep_change.verified(),
+            site_signatures_verified: self.order.verified() + self.crypto.site_signatures_verified,
             ..self.crypto
         }
     }
@@ -657,6 +657,14 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SitePayload::NewRep { .. } => self.preinstall(signed, true, out),
             SitePayload::GlobalVc { .. } => {}
         }
+    }
+
+    /// TS4: whether `signed` carries its site's signature, checked with the site's key
+    /// alone; `None` for a site this replica does not know.
+    fn site_signature_holds(&mut self, signed: &SiteSigned<S>) -> Option<bool> {
+        let key = self.sites.get(&signed.payload.site())?.key.clone();
+        self.crypto.site_signatures_verified += 1;
+        Some(S::verify(&key, &signed.signature, &signed.payload.message()))
     }
 
     /// W4: to the representative of every other site.
