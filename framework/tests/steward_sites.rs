@@ -189,3 +189,35 @@ fn lv1_a_crashed_non_leader_representative_is_replaced_and_ordering_continues() 
     // The crash, then T1 without progress at that site, then a few round trips.
     assert!(report.simulated_time < std::time::Duration::from_secs(6), "{report}");
 }
+
+/// W4, W5, LV1: the representative of a non-leader site is Byzantine. Dropping everything
+/// it should relay and send, it is replaced (its site preinstalls local view 1 or later);
+/// altering PROPOSALs and ACCEPTs, it is refused (BatchMismatch, BadSiteSignature);
+/// replaying them, each is taken once. Every run is safe and every update completes, over
+/// three seeds each.
+#[test]
+fn a_byzantine_non_leader_representative_is_refused_or_replaced() {
+    use bulwark_framework::ids::{PeerId, ReplicaId};
+    use bulwark_framework::sim::sites::byzantine::SiteStrategy;
+    let site = SitesConfig::site(2);
+    for strategy in SiteStrategy::representative() {
+        for seed in seeds(40, 3) {
+            let mut config = SitesConfig::new(seed, 5, 4);
+            config.updates_per_client = 12;
+            config.byzantine = vec![(PeerId::new(site, ReplicaId(0)), strategy)];
+            let report = run::<Simulated>(config);
+            assert_safe_and_converged(&report);
+            assert!(report.byzantine_sent.values().all(|sent| *sent > 0), "{strategy:?} sent nothing");
+            let replaced = report.local_views.values().all(|views| views[&site] >= 1);
+            match strategy {
+                SiteStrategy::DroppingRepresentative => assert!(replaced, "{strategy:?}: {:?}", report.local_views),
+                SiteStrategy::AlteringRepresentative => {
+                    let refused = report.refusals.get("BatchMismatch").copied().unwrap_or(0)
+                        + report.refusals.get("BadSiteSignature").copied().unwrap_or(0);
+                    assert!(refused > 0, "nothing altered was refused: {:?}", report.refusals);
+                }
+                _ => {}
+            }
+        }
+    }
+}

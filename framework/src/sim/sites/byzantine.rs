@@ -5,6 +5,9 @@
 //!   [`SiteStrategy::Silent`], [`SiteStrategy::BadShares`],
 //!   [`SiteStrategy::ConflictingShares`], [`SiteStrategy::EquivocatingVotes`],
 //!   [`SiteStrategy::Replay`];
+//! * strategies of a non-leader site's representative (STEWARD.md W4, LV1):
+//!   [`SiteStrategy::DroppingRepresentative`], [`SiteStrategy::AlteringRepresentative`],
+//!   [`SiteStrategy::ReplayingRepresentative`];
 //! * two that collude beyond the model for the negative control GI-N:
 //!   [`SiteStrategy::EquivocatingRepresentative`] (the leader site's representative sends
 //!   two batches for one sequence number, each to part of the site) and
@@ -45,6 +48,15 @@ pub enum SiteStrategy {
     EquivocatingRepresentative,
     /// Negative control: prepares and shares every PRE-PREPARE it receives.
     Accomplice,
+    /// As a non-leader site's representative: relays nothing into its site and sends
+    /// nothing to other sites (LV1 replaces it).
+    DroppingRepresentative,
+    /// As a non-leader site's representative: alters what it relays and sends (a PROPOSAL's
+    /// batch, an ACCEPT's binding): refused by every correct replica (W5, TS4).
+    AlteringRepresentative,
+    /// As a non-leader site's representative: sends every PROPOSAL and ACCEPT again, later,
+    /// to its site and to the other sites (harmless: each is taken once).
+    ReplayingRepresentative,
 }
 
 impl SiteStrategy {
@@ -52,6 +64,13 @@ impl SiteStrategy {
     pub fn tolerated() -> [SiteStrategy; 5] {
         use SiteStrategy::*;
         [Silent, BadShares, ConflictingShares, EquivocatingVotes, Replay]
+    }
+
+    /// The strategies of a non-leader site's representative that its site and the others
+    /// must survive.
+    pub fn representative() -> [SiteStrategy; 3] {
+        use SiteStrategy::*;
+        [DroppingRepresentative, AlteringRepresentative, ReplayingRepresentative]
     }
 }
 
@@ -288,7 +307,55 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
                     sent.push(SiteOutput::To { peer, message: SiteMessage::Proposal(p) });
                 }
             }
+            (SiteStrategy::DroppingRepresentative, SiteOutput::To { peer, .. }) if peer.cluster != me.cluster => {}
+            (
+                SiteStrategy::DroppingRepresentative,
+                SiteOutput::ToSite(SiteMessage::Proposal(_) | SiteMessage::Accept(_) | SiteMessage::Checkpoint(_)),
+            ) => {}
+            (SiteStrategy::AlteringRepresentative, SiteOutput::ToSite(message)) => {
+                sent.push(SiteOutput::ToSite(Self::altered(message)))
+            }
+            (SiteStrategy::AlteringRepresentative, SiteOutput::To { peer, message }) if peer.cluster != me.cluster => {
+                sent.push(SiteOutput::To { peer, message: Self::altered(message) })
+            }
+            (SiteStrategy::ReplayingRepresentative, output) => {
+                if let SiteOutput::ToSite(message) | SiteOutput::To { message, .. } = &output {
+                    if matches!(message, SiteMessage::Proposal(_) | SiteMessage::Accept(_)) {
+                        self.replayable.push_back(message.clone());
+                        if self.replayable.len() > 64 {
+                            self.replayable.pop_front();
+                        }
+                    }
+                }
+                sent.push(output);
+                if let Some(old) = self.replayable.pop_front() {
+                    sent.push(SiteOutput::ToSite(old.clone()));
+                    for site in self.sites.iter().filter(|s| **s != me.cluster) {
+                        let peer = self.inner.representative_of(*site);
+                        sent.push(SiteOutput::To { peer, message: old.clone() });
+                    }
+                }
+            }
             (_, output) => sent.push(output),
+        }
+    }
+
+    /// A PROPOSAL with one update fewer in its batch, an ACCEPT binding another batch;
+    /// anything else unchanged.
+    fn altered(message: SiteMessage<S>) -> SiteMessage<S> {
+        match message {
+            SiteMessage::Proposal(mut proposal) => {
+                let commands = proposal.batch.commands().iter().skip(1).cloned().collect();
+                proposal.batch = Arc::new(Batch::timed(commands, proposal.batch.time_us()));
+                SiteMessage::Proposal(proposal)
+            }
+            SiteMessage::Accept(mut signed) => {
+                if let SitePayload::Accept { updates, .. } = &mut signed.payload {
+                    *updates = DigestBuilder::new(b"bulwark/sim/altered").update(&updates.0).finish();
+                }
+                SiteMessage::Accept(signed)
+            }
+            other => other,
         }
     }
 }
