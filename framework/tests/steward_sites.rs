@@ -221,3 +221,23 @@ fn a_byzantine_non_leader_representative_is_refused_or_replaced() {
         }
     }
 }
+
+/// LV1 in the campaign: besides the faults of the 200-seed campaign, the representative of
+/// each non-leader site crashes (one seed in three) or is Byzantine (one in three:
+/// dropping, altering, replaying). Zero violations, every update completes, and some
+/// representatives are replaced.
+#[test]
+fn campaign_with_failing_non_leader_representatives_stays_safe_and_live() {
+    let campaign = SitesCampaign::new(5, 4, 1).with_representative_faults();
+    let mut replaced = 0;
+    for seed in seeds(500, 40) {
+        let report = campaign.run(seed, KvStore::new, kv_operation);
+        let replay = campaign.replay_command(seed);
+        assert!(report.violations.is_empty(), "{report}\nreplay: {replay}");
+        assert!(report.converged(), "{report}\nwaiting: {:#?}\nreplay: {replay}", report.waiting);
+        replaced += report.representative_changes();
+    }
+    if std::env::var("BULWARK_SEED").is_err() {
+        assert!(replaced >= 10, "only {replaced} representatives replaced in 40 seeds");
+    }
+}

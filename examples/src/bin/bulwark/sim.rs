@@ -50,6 +50,10 @@ pub(crate) struct SimArgs {
     /// collude, and the checker should report a violation.
     #[arg(long, requires = "sites")]
     byzantine_per_site: Option<usize>,
+    /// With --sites: representatives of non-leader sites fail too (crash, or drop, alter or
+    /// replay as Byzantine), and are replaced by a local view change (LV1).
+    #[arg(long, requires = "sites")]
+    representative_faults: bool,
     /// With --sites: instead of a campaign, print Steward against flat PBFT on the same
     /// simulated WAN (50 ms links at 10, 5 and 2.5 Mbit/s).
     #[arg(long, requires = "sites")]
@@ -79,6 +83,7 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
             sites,
             replicas_per_site: args.replicas_per_site,
             byzantine_per_site: args.byzantine_per_site,
+            representative_faults: args.representative_faults,
             first_seed: args.first_seed,
             seeds: args.seeds,
         };

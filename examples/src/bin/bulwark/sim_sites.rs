@@ -20,6 +20,7 @@ pub(crate) struct SitesArgs {
     pub sites: usize,
     pub replicas_per_site: usize,
     pub byzantine_per_site: Option<usize>,
+    pub representative_faults: bool,
     pub first_seed: u64,
     pub seeds: u64,
 }
@@ -35,14 +36,19 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
     }
     let f = (args.replicas_per_site - 1) / 3;
     let byzantine = args.byzantine_per_site.unwrap_or(f);
-    let campaign = SitesCampaign::new(args.sites, args.replicas_per_site, byzantine);
+    let mut campaign = SitesCampaign::new(args.sites, args.replicas_per_site, byzantine);
+    if args.representative_faults {
+        campaign = campaign.with_representative_faults();
+    }
+    let representatives =
+        if args.representative_faults { ", non-leader representatives crashing or Byzantine" } else { "" };
     let colluding = if campaign.colluders > 0 {
         format!(", the leader site's representative and {} accomplices colluding (beyond f)", campaign.colluders - 1)
     } else {
         String::new()
     };
     println!(
-        "Steward: {} sites of {} (f = {f}), {byzantine} Byzantine per site{colluding}; seeds {}..={}; \
+        "Steward: {} sites of {} (f = {f}), {byzantine} Byzantine per site{representatives}{colluding}; seeds {}..={}; \
          every {REAL_CRYPTO_EVERY}th seed with BLS12-381",
         args.sites,
         args.replicas_per_site,

@@ -35,6 +35,10 @@ pub struct SitesCampaign {
     /// GI-N: the leader site's representative equivocates and this many replicas of its
     /// site, itself included, collude (0: none).
     pub colluders: usize,
+    /// Representatives of non-leader sites fail too: in each such site, one seed in three
+    /// crashes the representative and one in three makes it Byzantine (dropping, altering
+    /// or replaying); that site then has no other faulty replica. Replaced by LV1.
+    pub representative_faults: bool,
     pub clients_per_site: usize,
     pub updates_per_client: u64,
 }
@@ -48,6 +52,7 @@ impl SitesCampaign {
             replicas_per_site,
             byzantine_per_site,
             colluders,
+            representative_faults: false,
             clients_per_site: 2,
             updates_per_client: 6,
         }
@@ -85,6 +90,22 @@ impl SitesCampaign {
                 }
                 continue;
             }
+            if self.representative_faults && site > 0 && self.byzantine_per_site > 0 {
+                let representative = PeerId::new(cluster, ReplicaId(0));
+                match draw.gen_range(0..3) {
+                    0 => {
+                        let at = Instant::from_micros(draw.gen_range(200_000..2_000_000));
+                        config.crashes.push((representative, at));
+                        continue;
+                    }
+                    1 => {
+                        let strategy = *SiteStrategy::representative().choose(&mut draw).expect("strategies");
+                        config.byzantine.push((representative, strategy));
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             for id in others.into_iter().take(self.byzantine_per_site.min(f)) {
                 let strategy = *SiteStrategy::tolerated().choose(&mut draw).expect("strategies");
                 config.byzantine.push((PeerId::new(cluster, ReplicaId(id)), strategy));
@@ -116,10 +137,17 @@ impl SitesCampaign {
         self
     }
 
+    /// With representatives of non-leader sites crashing or Byzantine too (LV1).
+    pub fn with_representative_faults(mut self) -> Self {
+        self.representative_faults = true;
+        self
+    }
+
     /// The command that replays `seed` of this campaign.
     pub fn replay_command(&self, seed: u64) -> String {
+        let representatives = if self.representative_faults { " --representative-faults" } else { "" };
         format!(
-            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {} --first-seed {seed} --seeds 1",
+            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {}{representatives} --first-seed {seed} --seeds 1",
             self.sites, self.replicas_per_site, self.byzantine_per_site
         )
     }

@@ -1,11 +1,13 @@
 //! Replacing a site's representative (docs/STEWARD.md LV1, LV4; TM1), at non-leader sites.
 //!
-//! A replica of a non-leader site that has work outstanding (an update it handed on, a
-//! PROPOSAL or ACCEPT above `aru`, a share its site has not combined) runs `Local_T`
+//! Every replica of a non-leader site runs `Local_T`
 //! ([`Timeouts::local_us`](crate::steward::timers::Timeouts::local_us)); executing a new
 //! batch restarts it (TM1). When it expires the replica votes for local view `lv + 1` by
 //! sharing NEW-REP(site, lv + 1) (TS1: one per `(site, lv)`), and votes again only once a
-//! NEW-REP it voted for is preinstalled: local views advance one at a time (LV1).
+//! NEW-REP it voted for is preinstalled: local views advance one at a time (LV1). The timer
+//! runs even with nothing outstanding: a site whose representative crashed after the last
+//! update hears nothing and could not tell it is behind; an idle site rotates its
+//! representative every `T1`, and each new one tells the other sites its `aru`.
 //!
 //! `2f + 1` shares combine into the site's NEW-REP, proof that `f + 1` correct replicas
 //! reached `lv + 1`. Every replica that combines it *preinstalls* `lv + 1` (the
@@ -46,7 +48,7 @@ impl LocalViews {
 impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// Arms `Local_T` if this replica waits for something and it is not running.
     pub(super) fn keep_local_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
-        if self.at_leader_site() || self.rep_change.timer_armed || !self.has_outstanding_work() {
+        if self.at_leader_site() || self.rep_change.timer_armed {
             return;
         }
         self.rep_change.timer_armed = true;
@@ -57,7 +59,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// LV1: `Local_T` expired.
     pub(super) fn on_local_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
         self.rep_change.timer_armed = false;
-        if self.at_leader_site() || !self.has_outstanding_work() {
+        if self.at_leader_site() {
             return;
         }
         let preinstalled = self.local_view();
@@ -116,6 +118,12 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                     out.push(SiteOutput::To { peer: PeerId::new(*other, *peer), message });
                 }
             }
+        }
+        // A new representative announces how far it is to the other sites, which send what
+        // it lacks: its predecessor may have left the site behind.
+        if self.is_representative() {
+            let aru = self.aru();
+            self.to_other_sites(SiteMessage::Status { aru }, out);
         }
         // The updates this replica handed to the old representative go to the new one.
         for request in self.relay.handed_updates() {
