@@ -3,267 +3,26 @@
 //! four replicas (`ReplicaId(0..4)`, the representative is replica 0, the leader site is
 //! site 1) driven by hand through a FIFO message pump that loses what a test says.
 
-use bulwark_crypto::threshold::{Simulated, ThresholdScheme};
+mod steward_world;
+
+use steward_world::*;
+
+use bulwark_crypto::threshold::ThresholdScheme;
 use bulwark_crypto::{Digest, KeyPair, Verified};
 use bulwark_framework::batch::{Batch, Command};
-use bulwark_framework::messages::{Request, VerifiedReply};
-use bulwark_framework::steward::global::{GlobalRefusal, SiteSigned};
-use bulwark_framework::steward::messages::{OrderedProof, Proposal, SiteMessage};
+use bulwark_framework::messages::Request;
+use bulwark_framework::steward::global::GlobalRefusal;
+use bulwark_framework::steward::messages::{OrderedProof, SiteMessage};
 use bulwark_framework::steward::payload::SitePayload;
-use bulwark_framework::steward::sequencing::{LocalOrder, Sequenced, SequencingRefusal};
-use bulwark_framework::steward::site::{
-    SiteInfo, SiteInput, SiteOutput, SiteParams, SiteRefusal, SiteReplica, SiteSetup, SiteTimer,
-};
+use bulwark_framework::steward::sequencing::{LocalOrder, LocalVote, Sequenced, SequencingRefusal};
+use bulwark_framework::steward::site::{SiteInput, SiteOutput, SiteParams, SiteRefusal, SiteTimer};
 use bulwark_framework::verify::verify_message;
 use bulwark_framework::{
-    Client, ClientAction, ClientInput, ClusterId, Epoch, Instant, Membership, MembershipHandle, Outcome, PeerId,
-    ProtocolParams, ReplicaId, Role, SeqNum, Timestamp, VerifiedMessage,
+    Client, ClientAction, ClientInput, ClusterId, Outcome, PeerId, ReplicaId, Role, SeqNum, Timestamp, VerifiedMessage,
 };
-use bulwark_services::kv::{KvOp, KvReply, KvStore};
-use rand_chacha::rand_core::SeedableRng;
-use std::collections::{BTreeMap, VecDeque};
+use bulwark_services::kv::{KvOp, KvReply};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-
-type S = Simulated;
-type Out = (PeerId, SiteOutput<S>);
-type SiteKeys = (Arc<<S as ThresholdScheme>::PublicKey>, Vec<<S as ThresholdScheme>::SecretShare>);
-
-const LEADER: ClusterId = ClusterId(1);
-/// The clock when a test starts, in microseconds.
-const T0: u64 = 10_000_000;
-const SKEW: u64 = 5_000_000;
-const FORWARD_AGAIN: u64 = 1_000_000;
-
-fn peer(site: u32, id: u32) -> PeerId {
-    PeerId::new(ClusterId(site), ReplicaId(id))
-}
-
-/// One update per batch unless a test says otherwise; a checkpoint every 2 sequence numbers.
-fn params() -> SiteParams {
-    SiteParams {
-        window: 8,
-        batch_size_max: 1,
-        batch_delay_us: 1_000,
-        forward_again_us: FORWARD_AGAIN,
-        clock_skew_max_us: SKEW,
-        ..SiteParams::default()
-    }
-}
-
-/// Distinct key seeds: replicas' by site, clients' under `0xC0`.
-fn seed(a: u8, b: u8) -> [u8; 32] {
-    let mut seed = [7; 32];
-    (seed[0], seed[1]) = (a, b);
-    seed
-}
-
-fn client_key(client: u8) -> KeyPair {
-    KeyPair::from_seed(seed(0xC0, client))
-}
-
-fn put(client: u8) -> KvOp {
-    KvOp::Put { key: format!("k{client}"), value: format!("value-{client}").into_bytes() }
-}
-
-fn encode(op: &KvOp) -> Vec<u8> {
-    rmp_serde::to_vec(op).expect("an operation encodes")
-}
-
-/// Sites of four replicas, what they sent and produced, and the messages in flight.
-struct World {
-    replicas: BTreeMap<PeerId, SiteReplica<KvStore, S>>,
-    memberships: BTreeMap<ClusterId, MembershipHandle>,
-    /// Each site's key and copies of its members' secret shares, to sign as the site would.
-    keys: BTreeMap<ClusterId, SiteKeys>,
-    now: Instant,
-    queue: VecDeque<(PeerId, PeerId, SiteMessage<S>)>,
-    /// Every output of every replica, in order.
-    trace: Vec<Out>,
-}
-
-impl World {
-    fn new(sites: u32, params: SiteParams) -> Self {
-        let protocol = ProtocolParams { checkpoint_interval: 2, ..ProtocolParams::default() };
-        let deal = |site: u32| S::deal(4, 3, &mut rand_chacha::ChaCha20Rng::seed_from_u64(site.into()));
-        let (mut infos, mut memberships, mut keys, mut pairs) =
-            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        for site in (1..=sites).map(ClusterId) {
-            let (key, secrets) = deal(site.0);
-            let key = Arc::new(key);
-            let members: Vec<ReplicaId> = (0..4).map(ReplicaId).collect();
-            let site_pairs: Vec<KeyPair> = (0..4u8).map(|id| KeyPair::from_seed(seed(site.0 as u8, id))).collect();
-            let public = members.iter().zip(&site_pairs).map(|(id, pair)| (*id, pair.public()));
-            let membership = Membership::new(site, Epoch(0), public, protocol.clone()).expect("a valid site");
-            memberships.insert(site, MembershipHandle::new(membership));
-            infos.insert(site, SiteInfo { members, key: key.clone() });
-            keys.insert(site, (key, secrets));
-            pairs.insert(site, site_pairs);
-        }
-        let mut replicas = BTreeMap::new();
-        for (site, site_pairs) in pairs {
-            // The same dealing again: the replicas' own copies of the secret shares.
-            for ((id, pair), secret) in site_pairs.into_iter().enumerate().zip(deal(site.0).1) {
-                let setup = SiteSetup {
-                    site,
-                    id: ReplicaId(id as u32),
-                    key: Arc::new(pair),
-                    membership: memberships[&site].clone(),
-                    sites: infos.clone(),
-                    secret,
-                    params: params.clone(),
-                };
-                replicas.insert(
-                    PeerId::new(site, ReplicaId(id as u32)),
-                    SiteReplica::new(setup, KvStore::new()).expect("valid parameters"),
-                );
-            }
-        }
-        World { replicas, memberships, keys, now: Instant(T0), queue: VecDeque::new(), trace: Vec::new() }
-    }
-
-    fn replica(&self, at: PeerId) -> &SiteReplica<KvStore, S> {
-        &self.replicas[&at]
-    }
-
-    /// Hands `input` to replica `to`; its sends join the queue. Returns what it produced.
-    fn feed(&mut self, to: PeerId, input: SiteInput<S>) -> &[Out] {
-        let start = self.trace.len();
-        for output in self.replicas.get_mut(&to).expect("a replica").handle(input, self.now) {
-            match &output {
-                SiteOutput::ToSite(message) => {
-                    for other in (0..4).map(ReplicaId).filter(|id| *id != to.replica) {
-                        self.queue.push_back((to, PeerId::new(to.cluster, other), message.clone()));
-                    }
-                }
-                SiteOutput::To { peer, message } => self.queue.push_back((to, *peer, message.clone())),
-                _ => {}
-            }
-            self.trace.push((to, output));
-        }
-        &self.trace[start..]
-    }
-
-    fn deliver(&mut self, from: PeerId, to: PeerId, message: SiteMessage<S>) -> &[Out] {
-        self.feed(to, SiteInput::Message { from, message })
-    }
-
-    /// Delivers the queue in order until it is empty; `lost(from, to, message)` messages
-    /// are dropped.
-    fn pump(&mut self, lost: impl Fn(PeerId, PeerId, &SiteMessage<S>) -> bool) {
-        let mut steps = 0;
-        while let Some((from, to, message)) = self.queue.pop_front() {
-            steps += 1;
-            assert!(steps < 100_000, "the pump does not settle");
-            if !lost(from, to, &message) {
-                self.deliver(from, to, message);
-            }
-        }
-    }
-
-    fn run(&mut self) {
-        self.pump(|_, _, _| false);
-    }
-
-    /// An update of `client` (one of site `site`'s clients), signed by it.
-    fn request(&self, site: u32, client: u8, op: &KvOp, read_only: bool) -> Verified<Request> {
-        let key = client_key(client);
-        let request =
-            Request { client_key: key.public().into(), timestamp: Timestamp(1), read_only, operation: encode(op) };
-        self.memberships[&ClusterId(site)].sign(request, &key)
-    }
-
-    /// A batch of one update of leader-site client `client`, at agreed time `time_us`.
-    fn batch(&self, client: u8, time_us: u64) -> Arc<Batch> {
-        Arc::new(Batch::timed(vec![Command::Request(self.request(1, client, &put(client), false))], time_us))
-    }
-
-    /// `payload` signed with three shares of `signer`'s key (its own site, or another).
-    fn signed_by(&self, signer: ClusterId, payload: SitePayload) -> SiteSigned<S> {
-        let (key, secrets) = &self.keys[&signer];
-        let message = payload.message();
-        let shares: Vec<_> = secrets.iter().take(3).map(|s| (S::index(s), S::sign_share(s, &message))).collect();
-        SiteSigned { payload, signature: S::combine(key, &shares).expect("three shares combine") }
-    }
-
-    fn signed(&self, payload: SitePayload) -> SiteSigned<S> {
-        self.signed_by(payload.site(), payload)
-    }
-
-    /// The leader site's PROPOSAL binding `batch` to `seq`.
-    fn proposal(&self, seq: u64, batch: Arc<Batch>) -> Proposal<S> {
-        Proposal { signed: self.signed(proposal_payload(seq, batch.digest())), batch }
-    }
-}
-
-fn proposal_payload(seq: u64, updates: Digest) -> SitePayload {
-    SitePayload::Proposal { site: LEADER, gv: 0, lv: 0, seq: SeqNum(seq), updates }
-}
-
-fn accept_payload(site: u32, seq: u64, updates: Digest) -> SitePayload {
-    SitePayload::Accept { site: ClusterId(site), gv: 0, lv: 0, seq: SeqNum(seq), updates }
-}
-
-/// The sends among `out`: kind, sender, and the replica it is for (`None`: its whole site).
-fn sends(out: &[Out]) -> Vec<(&'static str, PeerId, Option<PeerId>)> {
-    pick(out, |from, o| match o {
-        SiteOutput::ToSite(message) => Some((message.kind(), from, None)),
-        SiteOutput::To { peer, message } => Some((message.kind(), from, Some(*peer))),
-        _ => None,
-    })
-}
-
-/// Sends of `kind` from one site to another: (sender, receiver).
-fn wan(out: &[Out], kind: &str) -> Vec<(PeerId, PeerId)> {
-    sends(out)
-        .into_iter()
-        .filter_map(|(k, from, to)| to.filter(|to| k == kind && to.cluster != from.cluster).map(|to| (from, to)))
-        .collect()
-}
-
-/// Who shared `payload` with their site, in order of id.
-fn sharers(out: &[Out], payload: SitePayload) -> Vec<PeerId> {
-    let wanted = payload.message();
-    let mut sharers = pick(out, |from, o| match o {
-        SiteOutput::ToSite(SiteMessage::Share { message, .. }) if *message == wanted => Some(from),
-        _ => None,
-    });
-    sharers.sort();
-    sharers
-}
-
-/// What `pick` finds among `out`, in order.
-fn pick<T>(out: &[Out], pick: impl Fn(PeerId, &SiteOutput<S>) -> Option<T>) -> Vec<T> {
-    out.iter().filter_map(|(from, output)| pick(*from, output)).collect()
-}
-
-fn refusals(out: &[Out]) -> Vec<SiteRefusal> {
-    pick(out, |_, o| if let SiteOutput::Refused(refusal) = o { Some(*refusal) } else { None })
-}
-
-fn replies(out: &[Out]) -> Vec<(PeerId, VerifiedReply)> {
-    pick(out, |from, o| if let SiteOutput::Reply { reply, .. } = o { Some((from, reply.clone())) } else { None })
-}
-
-/// The batches `at` executed: sequence number and digest.
-fn executed(out: &[Out], at: PeerId) -> Vec<(u64, Digest)> {
-    pick(out, |from, o| match o {
-        SiteOutput::Executed { seq, digest } if from == at => Some((seq.0, *digest)),
-        _ => None,
-    })
-}
-
-/// The PRE-PREPAREs among `out`: sequence number and batch size.
-fn pre_prepares(out: &[Out]) -> Vec<(u64, usize)> {
-    pick(out, |_, o| match o {
-        SiteOutput::ToSite(SiteMessage::PrePrepare { seq, batch, .. }) => Some((seq.0, batch.len())),
-        _ => None,
-    })
-}
-
-fn every_replica(sites: u32) -> impl Iterator<Item = PeerId> {
-    (1..=sites).flat_map(|site| (0..4).map(move |id| peer(site, id)))
-}
 
 /// W1: a replica that is not its site's representative hands a client's update to the
 /// representative; the representative of a non-leader site forwards it to the leader
@@ -322,8 +81,29 @@ fn members() -> Vec<ReplicaId> {
     (0..4).map(ReplicaId).collect()
 }
 
-fn empty_batch(time_us: u64) -> Arc<Batch> {
-    Arc::new(Batch::timed(Vec::new(), time_us))
+/// A batch of one update at `time_us` (two times, two batches); an empty batch binds
+/// nothing (LV3's gap filler), so these tests use one that is not.
+fn one_update_batch(time_us: u64) -> Arc<Batch> {
+    let key = client_key(1);
+    let request = Request {
+        client_key: key.public().into(),
+        timestamp: Timestamp(1),
+        read_only: false,
+        operation: encode(&put(1)),
+    };
+    let request = Verified::sign(request, &key, b"").expect("a request encodes");
+    Arc::new(Batch::timed(vec![Command::Request(request)], time_us))
+}
+
+/// A vote of `from` at site 1 for the `LocalOrder` unit tests (which check no signature).
+fn vote(from: u32, (gv, lv, seq): (u64, u64, u64), digest: Digest) -> Verified<LocalVote> {
+    let vote = LocalVote { gv, lv, seq: SeqNum(seq), digest, replica: ReplicaId(from) };
+    Verified::sign(vote, &KeyPair::from_seed(seed(1, from as u8)), b"").expect("a vote encodes")
+}
+
+/// How a replica under test signs its own PREPARE.
+fn sign_mine(mine: LocalVote) -> Verified<LocalVote> {
+    vote(mine.replica.0, (mine.gv, mine.lv, mine.seq.0), mine.digest)
 }
 
 /// W3: a PRE-PREPARE is taken only from the representative of its local view, for the
@@ -332,9 +112,9 @@ fn empty_batch(time_us: u64) -> Arc<Batch> {
 #[test]
 fn w3_a_pre_prepare_is_taken_only_from_the_representative_in_view_inside_the_window_and_unbound() {
     let mut order = LocalOrder::new(ReplicaId(1), members(), 4);
-    let (a, b) = (empty_batch(1), empty_batch(2));
+    let (a, b) = (one_update_batch(1), one_update_batch(2));
     let mut pre_prepare = |from: u32, at: (u64, u64, u64), aru: u64, batch: &Arc<Batch>| {
-        order.on_pre_prepare(ReplicaId(from), (0, 0), SeqNum(aru), (at.0, at.1, SeqNum(at.2)), batch.clone())
+        order.on_pre_prepare(vote(from, at, batch.digest()), (0, 0), SeqNum(aru), batch.clone(), sign_mine)
     };
     assert_eq!(pre_prepare(2, (0, 0, 1), 0, &a), Err(SequencingRefusal::WrongSender));
     assert_eq!(pre_prepare(0, (1, 0, 1), 0, &a), Err(SequencingRefusal::WrongView));
@@ -354,20 +134,19 @@ fn w3_a_pre_prepare_is_taken_only_from_the_representative_in_view_inside_the_win
 /// for another digest, another view or from a non-member, does not count).
 #[test]
 fn w3_a_pre_prepare_and_2f_prepares_of_distinct_non_representatives_certify() {
-    let a = empty_batch(1);
+    let a = one_update_batch(1);
     let mut order = LocalOrder::new(ReplicaId(0), members(), 4);
-    let mut prepare = |from: u32, gv: u64, digest: Digest| {
-        order.on_prepare(ReplicaId(from), (0, 0), SeqNum(0), (gv, 0, SeqNum(1)), digest)
-    };
+    let mut prepare =
+        |from: u32, gv: u64, digest: Digest| order.on_prepare(vote(from, (gv, 0, 1), digest), (0, 0), SeqNum(0));
     assert_eq!(prepare(0, 0, a.digest()), Err(SequencingRefusal::WrongSender), "the representative");
     assert_eq!(prepare(9, 0, a.digest()), Err(SequencingRefusal::WrongSender), "not a member");
     assert_eq!(prepare(3, 1, a.digest()), Err(SequencingRefusal::WrongView));
     assert_eq!(prepare(1, 0, a.digest()), Ok(Sequenced::Nothing));
     assert_eq!(prepare(1, 0, a.digest()), Ok(Sequenced::Nothing), "one replica counts once");
     assert_eq!(prepare(2, 0, Digest::of(b"another batch")), Ok(Sequenced::Nothing));
-    let own = order.on_pre_prepare(ReplicaId(0), (0, 0), SeqNum(0), (0, 0, SeqNum(1)), a.clone());
+    let own = order.on_pre_prepare(vote(0, (0, 0, 1), a.digest()), (0, 0), SeqNum(0), a.clone(), sign_mine);
     assert_eq!(own, Ok(Sequenced::Nothing), "the representative sends no PREPARE");
-    let mut prepare = |from: u32| order.on_prepare(ReplicaId(from), (0, 0), SeqNum(0), (0, 0, SeqNum(1)), a.digest());
+    let mut prepare = |from: u32| order.on_prepare(vote(from, (0, 0, 1), a.digest()), (0, 0), SeqNum(0));
     assert_eq!(prepare(3), Ok(Sequenced::Certified { seq: SeqNum(1), digest: a.digest() }));
     assert_eq!(prepare(2), Ok(Sequenced::Nothing), "certified once");
 }
@@ -380,16 +159,15 @@ fn w3_a_certified_replica_shares_the_proposal_and_the_representatives_prepare_do
     let mut w = World::new(3, params());
     let batch = w.batch(1, T0);
     let digest = batch.digest();
-    let pre_prepare = SiteMessage::PrePrepare { gv: 0, lv: 0, seq: SeqNum(1), batch };
-    let prepare = SiteMessage::Prepare { gv: 0, lv: 0, seq: SeqNum(1), digest };
     let (me, proposal) = (peer(1, 1), proposal_payload(1, digest));
-    let out = w.deliver(peer(1, 2), me, pre_prepare.clone());
+    let out = w.deliver(peer(1, 2), me, w.pre_prepare((1, 2), (0, 0, 1), batch.clone()));
     assert_eq!(refusals(out), vec![SiteRefusal::Sequencing(SequencingRefusal::WrongSender)]);
+    let pre_prepare = w.pre_prepare((1, 0), (0, 0, 1), batch);
     assert_eq!(sends(w.deliver(peer(1, 0), me, pre_prepare)), vec![("Prepare", me, None)]);
-    let out = w.deliver(peer(1, 0), me, prepare.clone());
+    let out = w.deliver(peer(1, 0), me, w.prepare((1, 0), (0, 0, 1), digest));
     assert_eq!(refusals(out), vec![SiteRefusal::Sequencing(SequencingRefusal::WrongSender)]);
     assert_eq!(sends(out), vec![]);
-    let out = w.deliver(peer(1, 2), me, prepare);
+    let out = w.deliver(peer(1, 2), me, w.prepare((1, 2), (0, 0, 1), digest));
     assert_eq!(sends(out), vec![("Share", me, None)]);
     assert_eq!(sharers(out, proposal), vec![me], "the share is of the PROPOSAL");
 }
@@ -403,9 +181,10 @@ fn w3_a_pre_prepare_that_completes_a_certificate_still_sends_this_replicas_prepa
     let digest = batch.digest();
     let me = peer(1, 3);
     for from in [peer(1, 1), peer(1, 2)] {
-        assert_eq!(sends(w.deliver(from, me, SiteMessage::Prepare { gv: 0, lv: 0, seq: SeqNum(1), digest })), vec![]);
+        let prepare = w.prepare((1, from.replica.0), (0, 0, 1), digest);
+        assert_eq!(sends(w.deliver(from, me, prepare)), vec![]);
     }
-    let out = w.deliver(peer(1, 0), me, SiteMessage::PrePrepare { gv: 0, lv: 0, seq: SeqNum(1), batch });
+    let out = w.deliver(peer(1, 0), me, w.pre_prepare((1, 0), (0, 0, 1), batch));
     assert_eq!(sends(out), vec![("Prepare", me, None), ("Share", me, None)]);
     assert_eq!(sharers(out, proposal_payload(1, digest)), vec![me]);
 }
@@ -418,9 +197,9 @@ fn w3_a_replica_at_a_non_leader_site_refuses_pre_prepares() {
     let batch = w.batch(1, T0);
     let digest = batch.digest();
     let not_sequencing = vec![SiteRefusal::Sequencing(SequencingRefusal::NotSequencing)];
-    let out = w.deliver(peer(2, 0), peer(2, 1), SiteMessage::PrePrepare { gv: 0, lv: 0, seq: SeqNum(1), batch });
+    let out = w.deliver(peer(2, 0), peer(2, 1), w.pre_prepare((2, 0), (0, 0, 1), batch));
     assert_eq!((refusals(out), sends(out)), (not_sequencing.clone(), vec![]));
-    let out = w.deliver(peer(2, 2), peer(2, 1), SiteMessage::Prepare { gv: 0, lv: 0, seq: SeqNum(1), digest });
+    let out = w.deliver(peer(2, 2), peer(2, 1), w.prepare((2, 2), (0, 0, 1), digest));
     assert_eq!((refusals(out), sends(out)), (not_sequencing, vec![]));
 }
 
@@ -440,7 +219,7 @@ fn w3_the_agreed_time_is_refused_ahead_of_the_clock_or_behind_the_last_executed_
     let cases = [(1, T0, true), (2, T0 - 1, false), (3, now + SKEW + 1, false), (3, now + SKEW, true)];
     for (id, time_us, taken) in cases {
         let batch = w.batch(2 + id as u8, time_us);
-        let out = w.deliver(peer(1, 0), peer(1, id), SiteMessage::PrePrepare { gv: 0, lv: 0, seq: SeqNum(2), batch });
+        let out = w.deliver(peer(1, 0), peer(1, id), w.pre_prepare((1, 0), (0, 0, 2), batch));
         let prepared = sends(out).iter().any(|(kind, ..)| *kind == "Prepare");
         assert_eq!(prepared, taken, "agreed time {time_us} at clock {now}");
         if !taken {
@@ -800,8 +579,8 @@ fn bad_input_local_messages_from_another_sites_replica_are_refused() {
     let message = proposal_payload(1, digest).message();
     let share = S::sign_share(&w.keys[&ClusterId(2)].1[2], &message);
     let messages = [
-        (peer(2, 0), SiteMessage::PrePrepare { gv: 0, lv: 0, seq: SeqNum(1), batch }),
-        (peer(2, 2), SiteMessage::Prepare { gv: 0, lv: 0, seq: SeqNum(1), digest }),
+        (peer(2, 0), w.pre_prepare((2, 0), (0, 0, 1), batch)),
+        (peer(2, 2), w.prepare((2, 2), (0, 0, 1), digest)),
         (peer(2, 2), SiteMessage::Share { message, share }),
     ];
     for (from, message) in messages {

@@ -6,13 +6,15 @@
 //! replica's ed25519 key, the simulator names the sender); a message that speaks for a site
 //! carries the site's threshold signature and is self-certifying (TS4).
 
+use super::constraint::Report;
 use super::global::SiteSigned;
 use super::payload::{GlobalView, LocalView};
+use super::sequencing::LocalVote;
 use crate::batch::Batch;
 use crate::ids::SeqNum;
 use crate::messages::Request;
 use bulwark_crypto::threshold::ThresholdScheme;
-use bulwark_crypto::{Digest, Verified};
+use bulwark_crypto::{Digest, Signed, Verified};
 use std::sync::Arc;
 
 /// A PROPOSAL with the batch it binds by digest (SM2).
@@ -57,10 +59,10 @@ pub enum SiteMessage<S: ThresholdScheme> {
     /// W1: a client's update, relayed to the representative, and by a non-leader site's
     /// representative to the leader site's.
     Update(Verified<Request>),
-    /// W2: the leader-site representative binds `batch` to `seq`.
-    PrePrepare { gv: GlobalView, lv: LocalView, seq: SeqNum, batch: Arc<Batch> },
-    /// W3: a leader-site replica accepted the PRE-PREPARE of `(gv, lv, seq)` for `digest`.
-    Prepare { gv: GlobalView, lv: LocalView, seq: SeqNum, digest: Digest },
+    /// W2: the leader-site representative binds `batch` to the vote's `seq`.
+    PrePrepare { vote: Signed<LocalVote>, batch: Arc<Batch> },
+    /// W3: a leader-site replica accepted the PRE-PREPARE its vote names.
+    Prepare(Signed<LocalVote>),
     /// TS2: the sender's share of `message` (a [`SitePayload::message`]).
     Share { message: Digest, share: S::Share },
     /// W4: the leader site's PROPOSAL, sent to every other site's representative and
@@ -75,6 +77,13 @@ pub enum SiteMessage<S: ThresholdScheme> {
     /// LV1: a site's NEW-REP, sent in the site and to the same-position replica of every
     /// other site, which relays it in its own.
     NewRep(SiteSigned<S>),
+    /// LV2: the new leader-site representative of `lv` asks its site for reports above
+    /// `base`.
+    ConstraintRequest { gv: GlobalView, lv: LocalView, base: SeqNum },
+    /// LV2: a member's report, to the representative that asked.
+    Report(Arc<Report<S>>),
+    /// LV3: the representative's bundle of `2f + 1` reports, to its site.
+    Constraint(Arc<Vec<Report<S>>>),
     /// How far the sender executed: a peer of its site, or another site's representative,
     /// that is further sends what it lacks.
     Status { aru: SeqNum },
@@ -89,12 +98,15 @@ impl<S: ThresholdScheme> Clone for SiteMessage<S> {
     fn clone(&self) -> Self {
         match self {
             SiteMessage::Update(request) => SiteMessage::Update(request.clone()),
-            SiteMessage::PrePrepare { gv, lv, seq, batch } => {
-                SiteMessage::PrePrepare { gv: *gv, lv: *lv, seq: *seq, batch: batch.clone() }
+            SiteMessage::PrePrepare { vote, batch } => {
+                SiteMessage::PrePrepare { vote: vote.clone(), batch: batch.clone() }
             }
-            SiteMessage::Prepare { gv, lv, seq, digest } => {
-                SiteMessage::Prepare { gv: *gv, lv: *lv, seq: *seq, digest: *digest }
+            SiteMessage::Prepare(vote) => SiteMessage::Prepare(vote.clone()),
+            SiteMessage::ConstraintRequest { gv, lv, base } => {
+                SiteMessage::ConstraintRequest { gv: *gv, lv: *lv, base: *base }
             }
+            SiteMessage::Report(report) => SiteMessage::Report(report.clone()),
+            SiteMessage::Constraint(reports) => SiteMessage::Constraint(reports.clone()),
             SiteMessage::Share { message, share } => SiteMessage::Share { message: *message, share: share.clone() },
             SiteMessage::Proposal(proposal) => SiteMessage::Proposal(proposal.clone()),
             SiteMessage::Accept(signed) => SiteMessage::Accept(signed.clone()),
@@ -127,6 +139,11 @@ impl<S: ThresholdScheme> SiteMessage<S> {
             SiteMessage::Update(request) => crate::batch::request_size(request),
             SiteMessage::PrePrepare { batch, .. } => HEADER_BYTES + batch.encoded_bytes(),
             SiteMessage::Prepare { .. } => HEADER_BYTES + DIGEST_BYTES,
+            SiteMessage::ConstraintRequest { .. } => HEADER_BYTES,
+            SiteMessage::Report(report) => report.wire_bytes(signature_bytes),
+            SiteMessage::Constraint(reports) => {
+                HEADER_BYTES + reports.iter().map(|r| r.wire_bytes(signature_bytes)).sum::<usize>()
+            }
             SiteMessage::Share { .. } => HEADER_BYTES + DIGEST_BYTES + signature_bytes,
             SiteMessage::Proposal(proposal) => site_signed + proposal.batch.encoded_bytes(),
             SiteMessage::Accept(_) | SiteMessage::Checkpoint(_) | SiteMessage::NewRep(_) => site_signed,

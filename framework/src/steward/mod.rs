@@ -12,7 +12,10 @@
 //! * [`global`]: global ordering at every replica: which site-signed PROPOSALs and ACCEPTs
 //!   it takes (W5, TS4), when a batch is globally ordered (W7), strict in-order execution.
 //! * [`sequencing`]: local ordering at the leader site, PBFT's pre-prepare and prepare with
-//!   commit replaced by threshold signing (W2, W3).
+//!   commit replaced by threshold signing (W2, W3), with signed votes whose certificates
+//!   travel.
+//! * [`constraint`]: CONSTRUCT-LOCAL-CONSTRAINT: the reports a new leader-site
+//!   representative gathers, their checks and their union (LV2, LV3).
 //! * [`messages`]: what replicas send inside a site and between sites, and its WAN size.
 //! * [`site`]: the replica of a site, composing the above with the PBFT executor; it owns
 //!   the representative's relays (W1, W4), ACCEPTs (W6), site checkpoints and state
@@ -21,11 +24,12 @@
 //! * [`timers`]: the local and global timeouts, their ratios and doubling (TM2, TM3),
 //!   validated when configured.
 //!
-//! Local and global view changes (LV, GV, RS1) are not built yet: a site stays in local
-//! view 0 and the system in global view 0.
+//! Local view changes (LV1–LV4) are built; the global view change (GV1–GV6) is not yet: the
+//! system stays in global view 0.
 //!
 //! A site is named by its cluster's [`crate::ClusterId`].
 
+pub mod constraint;
 pub mod global;
 pub mod messages;
 pub mod payload;

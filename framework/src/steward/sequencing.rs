@@ -8,15 +8,57 @@
 //! and a replica holding one may share the PROPOSAL (TS1). The rules are PBFT's N1 and P1
 //! (see `PBFT.md`) with the views `(gv, lv)` in place of the PBFT view.
 //!
+//! Votes are signed with the voter's ed25519 key ([`LocalVote`]), so a prepare certificate
+//! convinces a replica that did not see it: a new representative rebuilds the site's
+//! bindings from them (LV2, LV3). After a change of representative a replica takes
+//! PRE-PREPAREs only once *locally constrained* for the new local view: a sequence number
+//! the constraint binds takes only its batch ([`LocalOrder::adopt`]).
+//!
 //! **[Bulwark]** A PRE-PREPARE may name any unbound sequence number inside the window, not
 //! only the next one: pre-prepares reordered on the LAN are not refused, as in PBFT.
 
 use super::payload::{GlobalView, LocalView};
 use crate::batch::Batch;
 use crate::ids::{ReplicaId, SeqNum};
-use bulwark_crypto::Digest;
+use crate::signing::Scoped;
+use bulwark_crypto::{Digest, Signable, Signed, Verified};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// A leader-site replica's vote in a local round: the representative's PRE-PREPARE, or
+/// another member's PREPARE, of `digest` at `(gv, lv, seq)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LocalVote {
+    pub gv: GlobalView,
+    pub lv: LocalView,
+    pub seq: SeqNum,
+    pub digest: Digest,
+    pub replica: ReplicaId,
+}
+
+impl Signable for LocalVote {
+    const DOMAIN: &'static [u8] = b"bulwark/steward/local-vote/v1";
+}
+
+impl Scoped for LocalVote {}
+
+/// W3: a PRE-PREPARE and `2f` PREPAREs of distinct other members for one `(gv, lv, seq,
+/// digest)`, with the batch: shown to a new representative, it binds the batch (LV2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrepareCertificate {
+    /// The representative's vote first.
+    pub votes: Vec<Signed<LocalVote>>,
+    pub batch: Arc<Batch>,
+}
+
+impl PrepareCertificate {
+    /// What the certificate binds: the first vote's `(gv, lv, seq, digest)`.
+    pub fn binding(&self) -> (GlobalView, LocalView, SeqNum, Digest) {
+        let vote = &self.votes[0].payload;
+        (vote.gv, vote.lv, vote.seq, vote.digest)
+    }
+}
 
 /// Why a PRE-PREPARE or PREPARE was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
@@ -36,19 +78,27 @@ pub enum SequencingRefusal {
     /// allowed, or behind the agreed time of the last batch it executed (PBFT.md N1.f, as
     /// Steward applies it: a PRE-PREPARE sent again after a loss keeps its time).
     TimeOutsideClockSkew,
-    /// This replica is not at the leader site, or not constrained (GV6).
+    /// This replica is not at the leader site, or not constrained (LV3, GV6).
     NotSequencing,
+    /// A PRE-PREPARE whose batch is not the one its vote names.
+    BatchMismatch,
+    /// A vote whose signature does not verify, or that names another sender than its link.
+    BadSignature,
 }
 
 /// One sequence number's local round.
 #[derive(Debug, Default)]
 struct Round {
-    /// The batch pre-prepared for it, with the views it was pre-prepared in.
-    pre_prepared: Option<(GlobalView, LocalView, Arc<Batch>)>,
+    /// The representative's PRE-PREPARE and its batch.
+    pre_prepared: Option<(Verified<LocalVote>, Arc<Batch>)>,
     /// Each member's PREPARE: the first one it sent in the latest views it voted in, so
     /// that a member sending many conflicting PREPAREs holds one entry.
-    prepares: BTreeMap<ReplicaId, (GlobalView, LocalView, Digest)>,
+    prepares: BTreeMap<ReplicaId, Verified<LocalVote>>,
     certified: bool,
+}
+
+fn views_of(vote: &LocalVote) -> (GlobalView, LocalView) {
+    (vote.gv, vote.lv)
 }
 
 /// The local rounds of one leader-site replica.
@@ -63,6 +113,13 @@ pub struct LocalOrder {
     rounds: BTreeMap<SeqNum, Round>,
     /// The highest sequence number this replica assigned, as representative.
     assigned: SeqNum,
+    /// The latest prepare certificate of each sequence number not executed.
+    certificates: BTreeMap<SeqNum, PrepareCertificate>,
+    /// The views this replica is locally constrained in (LV3), if any: it takes
+    /// PRE-PREPAREs only in them.
+    constrained: Option<(GlobalView, LocalView)>,
+    /// LV3: what the constraint binds above `aru`, by sequence number.
+    bound: BTreeMap<SeqNum, Digest>,
 }
 
 /// What taking a PRE-PREPARE or PREPARE produced.
@@ -82,7 +139,17 @@ impl LocalOrder {
     pub fn new(me: ReplicaId, mut members: Vec<ReplicaId>, window: u64) -> Self {
         members.sort();
         let f = (members.len() - 1) / 3;
-        LocalOrder { me, members, prepares_needed: 2 * f, window, rounds: BTreeMap::new(), assigned: SeqNum(0) }
+        LocalOrder {
+            me,
+            members,
+            prepares_needed: 2 * f,
+            window,
+            rounds: BTreeMap::new(),
+            assigned: SeqNum(0),
+            certificates: BTreeMap::new(),
+            constrained: Some((0, 0)),
+            bound: BTreeMap::new(),
+        }
     }
 
     /// The representative of local view `lv`: position `lv mod n` of the sorted members.
@@ -102,70 +169,143 @@ impl LocalOrder {
 
     /// The batch pre-prepared at `seq`, if any.
     pub fn batch(&self, seq: SeqNum) -> Option<&Arc<Batch>> {
-        self.rounds.get(&seq).and_then(|round| round.pre_prepared.as_ref()).map(|(_, _, batch)| batch)
+        self.rounds.get(&seq).and_then(|round| round.pre_prepared.as_ref()).map(|(_, batch)| batch)
     }
 
-    /// The pre-prepared rounds not executed: what the representative sends again while the
-    /// site is stuck (a replica that lost a PRE-PREPARE cannot prepare or share).
-    pub fn pre_prepared(&self) -> impl Iterator<Item = (SeqNum, GlobalView, LocalView, &Arc<Batch>)> {
-        self.rounds.iter().filter_map(|(seq, round)| round.pre_prepared.as_ref().map(|(gv, lv, b)| (*seq, *gv, *lv, b)))
+    /// The pre-prepared rounds not executed, with their batches: what the representative
+    /// sends again while the site is stuck (a replica that lost a PRE-PREPARE cannot prepare
+    /// or share).
+    pub fn pre_prepared(&self) -> impl Iterator<Item = (&Verified<LocalVote>, &Arc<Batch>)> {
+        self.rounds.values().filter_map(|round| round.pre_prepared.as_ref().map(|(vote, batch)| (vote, batch)))
     }
 
     /// The pre-prepared rounds that have no certificate yet.
-    pub fn uncertified(&self) -> impl Iterator<Item = (SeqNum, GlobalView, LocalView, &Arc<Batch>)> {
+    pub fn uncertified(&self) -> impl Iterator<Item = (&Verified<LocalVote>, &Arc<Batch>)> {
         self.rounds
-            .iter()
-            .filter(|(_, round)| !round.certified)
-            .filter_map(|(seq, round)| round.pre_prepared.as_ref().map(|(gv, lv, b)| (*seq, *gv, *lv, b)))
+            .values()
+            .filter(|round| !round.certified)
+            .filter_map(|round| round.pre_prepared.as_ref().map(|(vote, batch)| (vote, batch)))
     }
 
     /// The PREPAREs this replica sent for rounds not executed yet: sent again while the
     /// site is stuck, since a peer that lost one cannot certify.
-    pub fn my_prepares(&self) -> impl Iterator<Item = (SeqNum, GlobalView, LocalView, Digest)> + '_ {
-        self.rounds
-            .iter()
-            .filter_map(|(seq, round)| round.prepares.get(&self.me).map(|(gv, lv, digest)| (*seq, *gv, *lv, *digest)))
+    pub fn my_prepares(&self) -> impl Iterator<Item = &Verified<LocalVote>> + '_ {
+        self.rounds.values().filter_map(|round| round.prepares.get(&self.me))
     }
 
-    /// W3: a PRE-PREPARE from `from` for `(gv, lv, seq)` in views `views`, above `aru`.
-    /// The representative takes its own PRE-PREPARE here too (it sends no PREPARE).
+    /// The latest prepare certificate of each sequence number above `aru` (LV2).
+    pub fn certificates(&self) -> &BTreeMap<SeqNum, PrepareCertificate> {
+        &self.certificates
+    }
+
+    /// LV1: the replica preinstalled a new local view: it takes no PRE-PREPARE until a
+    /// constraint for that view is adopted.
+    pub fn unconstrain(&mut self) {
+        self.constrained = None;
+    }
+
+    /// Whether this replica is locally constrained in `views` (LV3, GV6).
+    pub fn is_constrained(&self, views: (GlobalView, LocalView)) -> bool {
+        self.constrained == Some(views)
+    }
+
+    /// LV3: adopts the union of a constraint bundle for `views`: above `base`, the rounds of
+    /// earlier views are dropped, the certificates become the union's, and a PRE-PREPARE
+    /// at a sequence number the union binds is taken only for its batch. A representative
+    /// assigns fresh sequence numbers above the highest one bound.
+    pub fn adopt(
+        &mut self,
+        views: (GlobalView, LocalView),
+        base: SeqNum,
+        bound: BTreeMap<SeqNum, Digest>,
+        certificates: Vec<PrepareCertificate>,
+    ) {
+        // Votes of the adopted views that came before the bundle still count.
+        for round in self.rounds.range_mut(base.next()..).map(|(_, round)| round) {
+            if round.pre_prepared.as_ref().is_some_and(|(vote, _)| views_of(vote) != views) {
+                round.pre_prepared = None;
+                round.certified = false;
+            }
+            round.prepares.retain(|_, vote| views_of(vote) == views);
+        }
+        self.certificates.retain(|seq, _| *seq <= base);
+        for certificate in certificates {
+            let (_, _, seq, _) = certificate.binding();
+            self.certificates.insert(seq, certificate);
+        }
+        self.assigned = bound.keys().next_back().copied().unwrap_or(base).max(base);
+        self.bound = bound;
+        self.constrained = Some(views);
+    }
+
+    /// LV3: the batch the adopted constraint binds to `seq`, if any.
+    pub fn bound_to(&self, seq: SeqNum) -> Option<Digest> {
+        self.bound.get(&seq).copied()
+    }
+
+    /// LV3, as the new representative: the sequence numbers above `aru` and below the
+    /// highest one the constraint binds that it leaves free (filled with empty batches, so
+    /// that execution does not wait for them).
+    pub fn gaps(&self, aru: SeqNum) -> Vec<SeqNum> {
+        let Some(last) = self.bound.keys().next_back() else { return Vec::new() };
+        (aru.0 + 1..last.0).map(SeqNum).filter(|seq| !self.bound.contains_key(seq)).collect()
+    }
+
+    /// W3: a PRE-PREPARE (the representative's signed vote and its batch) in views `views`,
+    /// above `aru`; `sign` signs this replica's PREPARE if it takes it (then
+    /// [`my_prepare`](Self::my_prepare) is what to send). The representative takes its own
+    /// PRE-PREPARE here too (it sends no PREPARE).
     pub fn on_pre_prepare(
         &mut self,
-        from: ReplicaId,
+        vote: Verified<LocalVote>,
         views: (GlobalView, LocalView),
         aru: SeqNum,
-        (gv, lv, seq): (GlobalView, LocalView, SeqNum),
         batch: Arc<Batch>,
+        sign: impl FnOnce(LocalVote) -> Verified<LocalVote>,
     ) -> Result<Sequenced, SequencingRefusal> {
+        let LocalVote { gv, lv, seq, digest, replica: from } = *vote;
         if from != self.representative(lv) {
             return Err(SequencingRefusal::WrongSender);
         }
         if (gv, lv) != views {
             return Err(SequencingRefusal::WrongView);
         }
+        if !self.is_constrained(views) {
+            return Err(SequencingRefusal::NotSequencing);
+        }
+        if batch.digest() != digest {
+            return Err(SequencingRefusal::BatchMismatch);
+        }
         self.check_window(aru, seq)?;
-        let digest = batch.digest();
+        if self.bound.get(&seq).is_some_and(|bound| *bound != digest) {
+            return Err(SequencingRefusal::SeqBound);
+        }
         let round = self.rounds.entry(seq).or_default();
-        match &round.pre_prepared {
-            Some((g, l, bound)) if (*g, *l) == (gv, lv) => {
-                if bound.digest() != digest {
+        if let Some((bound, _)) = &round.pre_prepared {
+            if views_of(bound) == (gv, lv) {
+                if bound.digest != digest {
                     return Err(SequencingRefusal::SeqBound);
                 }
                 // A repeated PRE-PREPARE: the representative did not see our PREPARE.
                 return Ok(if from == self.me { Sequenced::Nothing } else { Sequenced::Prepare { seq, digest } });
             }
-            _ => {}
         }
-        let bound_elsewhere = self.rounds.iter().any(|(s, r)| {
-            *s != seq && r.pre_prepared.as_ref().is_some_and(|(g, l, b)| (*g, *l) == (gv, lv) && b.digest() == digest)
-        });
+        // An empty batch binds nothing: the representative fills gaps with them.
+        let bound_elsewhere = !batch.is_empty()
+            && (self.bound.iter().any(|(s, d)| *s != seq && *d == digest)
+                || self.rounds.iter().any(|(s, r)| {
+                    *s != seq
+                        && r.pre_prepared.as_ref().is_some_and(|(v, _)| views_of(v) == (gv, lv) && v.digest == digest)
+                }));
         if bound_elsewhere {
             return Err(SequencingRefusal::BatchBound);
         }
+        let mine = LocalVote { replica: self.me, ..*vote };
         let round = self.rounds.get_mut(&seq).expect("just inserted");
-        round.pre_prepared = Some((gv, lv, batch));
+        round.pre_prepared = Some((vote, batch));
+        round.certified = false;
         if from != self.me {
-            round.prepares.insert(self.me, (gv, lv, digest));
+            round.prepares.insert(self.me, sign(mine));
         }
         // PREPAREs that came before the PRE-PREPARE may certify it at once; this replica's
         // PREPARE is still owed to the others.
@@ -177,15 +317,19 @@ impl LocalOrder {
         })
     }
 
-    /// W3: a PREPARE from `from`.
+    /// This replica's PREPARE at `seq`, to send.
+    pub fn my_prepare(&self, seq: SeqNum) -> Option<&Verified<LocalVote>> {
+        self.rounds.get(&seq).and_then(|round| round.prepares.get(&self.me))
+    }
+
+    /// W3: another member's signed PREPARE.
     pub fn on_prepare(
         &mut self,
-        from: ReplicaId,
+        vote: Verified<LocalVote>,
         views: (GlobalView, LocalView),
         aru: SeqNum,
-        (gv, lv, seq): (GlobalView, LocalView, SeqNum),
-        digest: Digest,
     ) -> Result<Sequenced, SequencingRefusal> {
+        let LocalVote { gv, lv, seq, digest, replica: from } = *vote;
         if self.members.binary_search(&from).is_err() || from == self.representative(lv) {
             return Err(SequencingRefusal::WrongSender);
         }
@@ -195,9 +339,9 @@ impl LocalOrder {
         self.check_window(aru, seq)?;
         let votes = &mut self.rounds.entry(seq).or_default().prepares;
         match votes.get(&from) {
-            Some((g, l, _)) if (*g, *l) >= (gv, lv) => {}
+            Some(held) if views_of(held) >= (gv, lv) => {}
             _ => {
-                votes.insert(from, (gv, lv, digest));
+                votes.insert(from, vote);
             }
         }
         Ok(if self.check_certified(seq) { Sequenced::Certified { seq, digest } } else { Sequenced::Nothing })
@@ -217,28 +361,38 @@ impl LocalOrder {
         if round.certified {
             return false;
         }
-        let Some((gv, lv, batch)) = &round.pre_prepared else { return false };
-        let vote = (*gv, *lv, batch.digest());
-        let voters = round.prepares.values().filter(|v| **v == vote).count();
-        round.certified = voters >= needed;
+        let Some((pre_prepare, batch)) = &round.pre_prepared else { return false };
+        let same =
+            |v: &LocalVote| (v.gv, v.lv, v.seq, v.digest) == (pre_prepare.gv, pre_prepare.lv, seq, pre_prepare.digest);
+        let matching: Vec<Signed<LocalVote>> =
+            round.prepares.values().filter(|v| same(v)).map(|v| v.signed().clone()).collect();
+        round.certified = matching.len() >= needed;
+        if round.certified {
+            let mut votes = vec![pre_prepare.signed().clone()];
+            votes.extend(matching.into_iter().take(needed));
+            self.certificates.insert(seq, PrepareCertificate { votes, batch: batch.clone() });
+        }
         round.certified
     }
 
     /// Rounds at or below `aru` are done: drop them.
     pub fn executed_through(&mut self, aru: SeqNum) {
         self.rounds = self.rounds.split_off(&aru.next());
+        self.certificates = self.certificates.split_off(&aru.next());
+        self.bound = self.bound.split_off(&aru.next());
     }
 
     /// Whether a round holds the batch with `digest`.
     pub fn holds(&self, digest: &Digest) -> bool {
-        self.rounds.values().any(|round| round.pre_prepared.as_ref().is_some_and(|(_, _, b)| b.digest() == *digest))
+        self.rounds.values().any(|round| round.pre_prepared.as_ref().is_some_and(|(v, _)| v.digest == *digest))
     }
 
     /// The votes of an uncertified round, for diagnosis.
     pub fn describe(&self, seq: SeqNum) -> String {
         let Some(round) = self.rounds.get(&seq) else { return "none".into() };
-        let pre = round.pre_prepared.as_ref().map(|(g, l, b)| (*g, *l, b.digest()));
-        format!("pre {pre:?} votes {:?}", round.prepares)
+        let pre = round.pre_prepared.as_ref().map(|(v, _)| **v);
+        let votes: Vec<_> = round.prepares.values().map(|v| **v).collect();
+        format!("pre {pre:?} votes {votes:?}")
     }
 
     /// Rounds held (for footprint checks).

@@ -50,8 +50,9 @@ pub(crate) struct SimArgs {
     /// collude, and the checker should report a violation.
     #[arg(long, requires = "sites")]
     byzantine_per_site: Option<usize>,
-    /// With --sites: representatives of non-leader sites fail too (crash, or drop, alter or
-    /// replay as Byzantine), and are replaced by a local view change (LV1).
+    /// With --sites: representatives fail too (crash, or drop, alter or replay as
+    /// Byzantine; the leader site's also pre-prepares conflicting batches), and are replaced
+    /// by a local view change (LV1-LV3).
     #[arg(long, requires = "sites")]
     representative_faults: bool,
     /// With --sites: instead of a campaign, print Steward against flat PBFT on the same

@@ -40,8 +40,7 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
     if args.representative_faults {
         campaign = campaign.with_representative_faults();
     }
-    let representatives =
-        if args.representative_faults { ", non-leader representatives crashing or Byzantine" } else { "" };
+    let representatives = if args.representative_faults { ", representatives crashing or Byzantine" } else { "" };
     let colluding = if campaign.colluders > 0 {
         format!(", the leader site's representative and {} accomplices colluding (beyond f)", campaign.colluders - 1)
     } else {

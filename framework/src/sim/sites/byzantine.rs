@@ -8,6 +8,9 @@
 //! * strategies of a non-leader site's representative (STEWARD.md W4, LV1):
 //!   [`SiteStrategy::DroppingRepresentative`], [`SiteStrategy::AlteringRepresentative`],
 //!   [`SiteStrategy::ReplayingRepresentative`];
+//! * strategies of the leader site's representative (STEWARD.md W2, LV2, LV3):
+//!   [`SiteStrategy::ConflictingPrePrepares`], and the three above at the leader site, each
+//!   stalling its site until `Local_T` replaces it;
 //! * two that collude beyond the model for the negative control GI-N:
 //!   [`SiteStrategy::EquivocatingRepresentative`] (the leader site's representative sends
 //!   two batches for one sequence number, each to part of the site) and
@@ -20,6 +23,7 @@ use crate::service::Service;
 use crate::steward::global::SiteSigned;
 use crate::steward::messages::{Proposal, SiteMessage};
 use crate::steward::payload::SitePayload;
+use crate::steward::sequencing::LocalVote;
 use crate::steward::site::{SiteInput, SiteOutput, SiteReplica};
 use bulwark_crypto::threshold::{ShareCollector, ThresholdScheme};
 use bulwark_crypto::{Digest, DigestBuilder};
@@ -57,6 +61,10 @@ pub enum SiteStrategy {
     /// As a non-leader site's representative: sends every PROPOSAL and ACCEPT again, later,
     /// to its site and to the other sites (harmless: each is taken once).
     ReplayingRepresentative,
+    /// As the leader site's representative: pre-prepares a different batch for each
+    /// sequence number to each member (the same updates at other times), so that no
+    /// certificate forms (W3: at most one could) and `Local_T` replaces it (LV1–LV3).
+    ConflictingPrePrepares,
 }
 
 impl SiteStrategy {
@@ -71,6 +79,12 @@ impl SiteStrategy {
     pub fn representative() -> [SiteStrategy; 3] {
         use SiteStrategy::*;
         [DroppingRepresentative, AlteringRepresentative, ReplayingRepresentative]
+    }
+
+    /// The strategies of the leader site's representative that the system must survive.
+    pub fn leader_representative() -> [SiteStrategy; 4] {
+        use SiteStrategy::*;
+        [ConflictingPrePrepares, DroppingRepresentative, AlteringRepresentative, ReplayingRepresentative]
     }
 }
 
@@ -182,14 +196,9 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
                     self.replayable.pop_front();
                 }
             }
-            (SiteStrategy::ConflictingShares, SiteMessage::PrePrepare { gv, lv, seq, .. }) => {
-                let payload = SitePayload::Proposal {
-                    site: me.cluster,
-                    gv: *gv,
-                    lv: *lv,
-                    seq: *seq,
-                    updates: made_up(*seq, b"c"),
-                };
+            (SiteStrategy::ConflictingShares, SiteMessage::PrePrepare { vote, .. }) => {
+                let LocalVote { gv, lv, seq, .. } = vote.payload;
+                let payload = SitePayload::Proposal { site: me.cluster, gv, lv, seq, updates: made_up(seq, b"c") };
                 extra.push(SiteOutput::ToSite(self.share_of(payload)));
             }
             (SiteStrategy::ConflictingShares, SiteMessage::Proposal(proposal)) => {
@@ -199,10 +208,11 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
                     extra.push(SiteOutput::ToSite(self.share_of(payload)));
                 }
             }
-            (SiteStrategy::Accomplice, SiteMessage::PrePrepare { gv, lv, seq, batch }) => {
-                let digest = batch.digest();
-                extra.push(SiteOutput::ToSite(SiteMessage::Prepare { gv: *gv, lv: *lv, seq: *seq, digest }));
-                let payload = SitePayload::Proposal { site: me.cluster, gv: *gv, lv: *lv, seq: *seq, updates: digest };
+            (SiteStrategy::Accomplice, SiteMessage::PrePrepare { vote, .. }) => {
+                let LocalVote { gv, lv, seq, digest, .. } = vote.payload;
+                let mine = self.inner.sign_vote(LocalVote { replica: me.replica, ..vote.payload });
+                extra.push(SiteOutput::ToSite(SiteMessage::Prepare(mine.into_signed())));
+                let payload = SitePayload::Proposal { site: me.cluster, gv, lv, seq, updates: digest };
                 extra.push(SiteOutput::ToSite(self.share_of(payload)));
             }
             _ => {}
@@ -240,15 +250,16 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
                     share: S::sign_share(&self.secret, &other),
                 }));
             }
-            (SiteStrategy::EquivocatingVotes, SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest })) => {
+            (SiteStrategy::EquivocatingVotes, SiteOutput::ToSite(SiteMessage::Prepare(vote))) => {
                 let peers = self.peers();
                 let (honest, lying) = peers.split_at(peers.len() / 2);
                 for peer in honest {
-                    sent.push(SiteOutput::To { peer: *peer, message: SiteMessage::Prepare { gv, lv, seq, digest } });
+                    sent.push(SiteOutput::To { peer: *peer, message: SiteMessage::Prepare(vote.clone()) });
                 }
-                let digest = made_up(seq, b"e");
+                let digest = made_up(vote.payload.seq, b"e");
+                let lie = self.inner.sign_vote(LocalVote { digest, ..vote.payload }).into_signed();
                 for peer in lying {
-                    sent.push(SiteOutput::To { peer: *peer, message: SiteMessage::Prepare { gv, lv, seq, digest } });
+                    sent.push(SiteOutput::To { peer: *peer, message: SiteMessage::Prepare(lie.clone()) });
                 }
             }
             (SiteStrategy::EquivocatingVotes, SiteOutput::ToSite(SiteMessage::Share { message, share })) => {
@@ -270,25 +281,25 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
                     sent.push(SiteOutput::ToSite(old));
                 }
             }
-            (
-                SiteStrategy::EquivocatingRepresentative,
-                SiteOutput::ToSite(SiteMessage::PrePrepare { gv, lv, seq, batch }),
-            ) => {
+            (SiteStrategy::EquivocatingRepresentative, SiteOutput::ToSite(SiteMessage::PrePrepare { vote, batch })) => {
                 // Two batches for one sequence number: the same updates at another time.
+                let LocalVote { gv, lv, seq, .. } = vote.payload;
                 let other = Arc::new(Batch::timed(batch.commands().to_vec(), batch.time_us() + 1));
+                let other_vote =
+                    self.inner.sign_vote(LocalVote { digest: other.digest(), ..vote.payload }).into_signed();
                 let peers = self.peers();
                 let (first, second) = peers.split_at(peers.len().div_ceil(2));
                 for peer in first {
-                    let message = SiteMessage::PrePrepare { gv, lv, seq, batch: batch.clone() };
+                    let message = SiteMessage::PrePrepare { vote: vote.clone(), batch: batch.clone() };
                     sent.push(SiteOutput::To { peer: *peer, message });
                 }
                 for peer in second {
-                    let message = SiteMessage::PrePrepare { gv, lv, seq, batch: other.clone() };
+                    let message = SiteMessage::PrePrepare { vote: other_vote.clone(), batch: other.clone() };
                     sent.push(SiteOutput::To { peer: *peer, message });
                 }
                 // The accomplice (the first peer) gets both.
                 if let Some(accomplice) = first.first() {
-                    let message = SiteMessage::PrePrepare { gv, lv, seq, batch: other.clone() };
+                    let message = SiteMessage::PrePrepare { vote: other_vote.clone(), batch: other.clone() };
                     sent.push(SiteOutput::To { peer: *accomplice, message });
                 }
                 let payload = SitePayload::Proposal { site: me.cluster, gv, lv, seq, updates: other.digest() };
@@ -299,6 +310,14 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
                 let _ = collector.add(index, share.clone());
                 self.forged.insert(message, (payload, other, collector));
                 sent.push(SiteOutput::ToSite(SiteMessage::Share { message, share }));
+            }
+            (SiteStrategy::ConflictingPrePrepares, SiteOutput::ToSite(SiteMessage::PrePrepare { vote, batch })) => {
+                for (k, peer) in self.peers().into_iter().enumerate() {
+                    let other = Arc::new(Batch::timed(batch.commands().to_vec(), batch.time_us() + 1 + k as u64));
+                    let signed = self.inner.sign_vote(LocalVote { digest: other.digest(), ..vote.payload });
+                    let message = SiteMessage::PrePrepare { vote: signed.into_signed(), batch: other };
+                    sent.push(SiteOutput::To { peer, message });
+                }
             }
             (SiteStrategy::EquivocatingRepresentative, SiteOutput::To { peer, message: SiteMessage::Proposal(p) }) => {
                 // Its honest PROPOSAL goes to the first half of the other sites only.

@@ -35,9 +35,10 @@ pub struct SitesCampaign {
     /// GI-N: the leader site's representative equivocates and this many replicas of its
     /// site, itself included, collude (0: none).
     pub colluders: usize,
-    /// Representatives of non-leader sites fail too: in each such site, one seed in three
-    /// crashes the representative and one in three makes it Byzantine (dropping, altering
-    /// or replaying); that site then has no other faulty replica. Replaced by LV1.
+    /// Representatives fail too: in each site, one seed in three crashes the representative
+    /// and one in three makes it Byzantine (at a non-leader site dropping, altering or
+    /// replaying; at the leader site also pre-preparing conflicting batches); that site then
+    /// has no other faulty replica. Replaced by LV1 (and LV2, LV3 at the leader site).
     pub representative_faults: bool,
     pub clients_per_site: usize,
     pub updates_per_client: u64,
@@ -90,7 +91,7 @@ impl SitesCampaign {
                 }
                 continue;
             }
-            if self.representative_faults && site > 0 && self.byzantine_per_site > 0 {
+            if self.representative_faults && self.byzantine_per_site > 0 {
                 let representative = PeerId::new(cluster, ReplicaId(0));
                 match draw.gen_range(0..3) {
                     0 => {
@@ -99,7 +100,12 @@ impl SitesCampaign {
                         continue;
                     }
                     1 => {
-                        let strategy = *SiteStrategy::representative().choose(&mut draw).expect("strategies");
+                        let strategies = if site == 0 {
+                            SiteStrategy::leader_representative().to_vec()
+                        } else {
+                            SiteStrategy::representative().to_vec()
+                        };
+                        let strategy = *strategies.choose(&mut draw).expect("strategies");
                         config.byzantine.push((representative, strategy));
                         continue;
                     }
@@ -137,7 +143,7 @@ impl SitesCampaign {
         self
     }
 
-    /// With representatives of non-leader sites crashing or Byzantine too (LV1).
+    /// With representatives crashing or Byzantine too (LV1–LV3).
     pub fn with_representative_faults(mut self) -> Self {
         self.representative_faults = true;
         self

@@ -436,6 +436,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
         if let Some(cpu) = self.config.cpu {
             let sends = outputs.iter().filter(|o| matches!(o, SiteOutput::ToSite(_) | SiteOutput::To { .. })).count();
             let replies = u64::from(outputs.iter().any(|o| matches!(o, SiteOutput::Reply { .. })));
+            let verifies = verifies + (after.votes_verified - before.votes_verified);
             let cost_us = cpu.ed25519_verify_us * verifies
                 + cpu.ed25519_sign_us * (sends as u64 + replies)
                 + cpu.share_sign_us * (after.shares_signed - before.shares_signed)

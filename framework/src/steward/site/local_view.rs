@@ -1,6 +1,6 @@
-//! Replacing a site's representative (docs/STEWARD.md LV1, LV4; TM1), at non-leader sites.
+//! Replacing a site's representative (docs/STEWARD.md LV1, LV4; TM1).
 //!
-//! Every replica of a non-leader site runs `Local_T`
+//! Every replica runs `Local_T`
 //! ([`Timeouts::local_us`](crate::steward::timers::Timeouts::local_us)); executing a new
 //! batch restarts it (TM1). When it expires the replica votes for local view `lv + 1` by
 //! sharing NEW-REP(site, lv + 1) (TS1: one per `(site, lv)`), and votes again only once a
@@ -16,9 +16,8 @@
 //! same-position sending, so a faulty representative cannot hide it). A replica of any site
 //! takes a NEW-REP only under the site's key and only for a higher local view.
 //!
-//! **[Bulwark, until LV2 and LV3 are built]** At the leader site `Local_T` does not run: a
-//! new leader-site representative must first rebuild the site's bindings
-//! (CONSTRUCT-LOCAL-CONSTRAINT), which the next step of the Steward view changes adds.
+//! At the leader site `Local_T` is `T2` (TM2) and a new representative first rebuilds the
+//! site's bindings (LV2, LV3, in [`super::local_constraint`]).
 
 use super::{SiteOutput, SiteRefusal, SiteReplica, SiteTimer};
 use crate::ids::{Instant, PeerId};
@@ -48,20 +47,17 @@ impl LocalViews {
 impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// Arms `Local_T` if this replica waits for something and it is not running.
     pub(super) fn keep_local_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
-        if self.at_leader_site() || self.rep_change.timer_armed {
+        if self.rep_change.timer_armed {
             return;
         }
         self.rep_change.timer_armed = true;
-        let timeout_us = self.timeouts.local_timeout_us(self.global_view(), false);
+        let timeout_us = self.timeouts.local_timeout_us(self.global_view(), self.at_leader_site());
         out.push(SiteOutput::SetTimer { timer: SiteTimer::Local, at: Instant(self.now.0 + timeout_us) });
     }
 
     /// LV1: `Local_T` expired.
     pub(super) fn on_local_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
         self.rep_change.timer_armed = false;
-        if self.at_leader_site() {
-            return;
-        }
         let preinstalled = self.local_view();
         if self.rep_change.voted > preinstalled {
             // One local view at a time: wait for the vote already cast to be preinstalled.
@@ -125,8 +121,13 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             let aru = self.aru();
             self.to_other_sites(SiteMessage::Status { aru }, out);
         }
-        // The updates this replica handed to the old representative go to the new one.
-        for request in self.relay.handed_updates() {
+        if self.at_leader_site() {
+            self.start_constraint(out);
+        }
+        // The updates this replica handed to the old representative, or held as the old
+        // representative, go to the new one.
+        let held = if self.is_representative() { Vec::new() } else { self.relay.take_pending() };
+        for request in self.relay.handed_updates().into_iter().chain(held) {
             self.route_update(request, out);
         }
     }

@@ -21,18 +21,21 @@
 //! replies (the PBFT client role, given its site's membership). Read-only queries are
 //! answered inside the site from current state (SC2).
 //!
-//! Local and global view changes are not built yet: every site stays in local view 0 and
-//! the system in global view 0 (the next Steward issue).
+//! Changes of representative (LV1–LV4) are in [`local_view`] and, at the leader site,
+//! [`local_constraint`]. The global view change is not built yet: the system stays in
+//! global view 0.
 
 mod catch_up;
 mod checkpoints;
+mod local_constraint;
 mod local_view;
 mod relay;
 
+use super::constraint::ConstraintRefusal;
 use super::global::{GlobalOrder, GlobalOutput, GlobalRefusal, SiteSigned};
 use super::messages::{OrderedProof, Proposal, SiteMessage};
 use super::payload::{GlobalView, LocalView, SitePayload};
-use super::sequencing::{LocalOrder, Sequenced, SequencingRefusal};
+use super::sequencing::{LocalOrder, LocalVote, Sequenced, SequencingRefusal};
 use super::signer::{SignerInput, SignerLimits, SignerOutput, SignerRefusal, ThresholdSigner};
 use super::timers::Timeouts;
 use crate::batch::Batch;
@@ -44,7 +47,7 @@ use crate::roles::executor::{Executor, ExecutorInput, ExecutorOutput, ServiceFau
 use crate::roles::Role;
 use crate::service::Service;
 use bulwark_crypto::threshold::ThresholdScheme;
-use bulwark_crypto::{Digest, KeyPair, Verified};
+use bulwark_crypto::{Digest, KeyPair, Signed, Verified};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -162,6 +165,9 @@ pub enum SiteRefusal {
     Executor,
     /// A NEW-REP that is not one, or whose site signature does not verify.
     BadNewRep,
+    /// LV2, LV3: a report or constraint bundle that does not check, or a request, report or
+    /// bundle from a replica that is not the one that may send it.
+    Constraint(ConstraintRefusal),
 }
 
 impl SiteRefusal {
@@ -177,6 +183,7 @@ impl SiteRefusal {
             SiteRefusal::TooManyPending => "TooManyPending",
             SiteRefusal::Executor => "Executor",
             SiteRefusal::BadNewRep => "BadNewRep",
+            SiteRefusal::Constraint(r) => r.into(),
         }
     }
 }
@@ -228,12 +235,17 @@ pub struct CryptoWork {
     pub combined: u64,
     /// Site signatures of other messages verified (PROPOSALs, ACCEPTs, checkpoints).
     pub site_signatures_verified: u64,
+    /// ed25519 signatures checked inside forwarded reports and certificates (LV2, LV3),
+    /// beyond the one per message received.
+    pub votes_verified: u64,
 }
 
 /// A replica of a Steward site.
 pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
     site: ClusterId,
     id: ReplicaId,
+    /// Its ed25519 key: it signs its local votes, reports and replies with it.
+    key: Arc<KeyPair>,
     params: SiteParams,
     sites: BTreeMap<ClusterId, SiteInfo<S>>,
     /// The local view each site is in, as this replica knows it.
@@ -262,6 +274,7 @@ pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
     catch_up: catch_up::CatchUp,
     timeouts: Timeouts,
     rep_change: local_view::LocalViews,
+    constraint: local_constraint::Constraining<S>,
     status_timer_set: bool,
     crypto: CryptoWork,
     /// The time of the input being handled.
@@ -291,10 +304,12 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             id,
             timeouts,
             rep_change: local_view::LocalViews::default(),
+            constraint: local_constraint::Constraining::default(),
             local: LocalOrder::new(id, own.members.clone(), params.window),
             signer: ThresholdSigner::new(site, own.members.clone(), own.key.clone(), secret, SignerLimits::default()),
             order: GlobalOrder::new(keys, params.window),
-            executor: Executor::new(id, membership.clone(), service, key),
+            executor: Executor::new(id, membership.clone(), service, key.clone()),
+            key,
             membership,
             local_views: sites.keys().map(|site| (*site, 0)).collect(),
             sites,
@@ -385,7 +400,10 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             self.stable_checkpoint().0,
             self.proposals.keys().map(|s| s.0).collect::<Vec<_>>(),
             accepts.join(" "),
-            self.local.uncertified().map(|(s, ..)| format!("{} {}", s.0, self.local.describe(s))).collect::<Vec<_>>(),
+            self.local
+                .uncertified()
+                .map(|(v, _)| format!("{} {}", v.seq.0, self.local.describe(v.seq)))
+                .collect::<Vec<_>>(),
             self.my_shares.len(),
             self.signer.pending(),
             self.relay.held(),
@@ -475,12 +493,21 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         let local = from.cluster == self.site;
         match message {
             SiteMessage::Update(request) => self.on_update(from, request, out),
-            SiteMessage::PrePrepare { gv, lv, seq, batch } if local => {
-                self.on_pre_prepare(from.replica, (gv, lv, seq), batch, now, out)
+            SiteMessage::PrePrepare { vote, batch } if local => {
+                if let Some(vote) = self.verify_vote(from, vote, out) {
+                    self.on_pre_prepare(vote, batch, now, out)
+                }
             }
-            SiteMessage::Prepare { gv, lv, seq, digest } if local => {
-                self.on_prepare(from.replica, (gv, lv, seq), digest, out)
+            SiteMessage::Prepare(vote) if local => {
+                if let Some(vote) = self.verify_vote(from, vote, out) {
+                    self.on_prepare(vote, out)
+                }
             }
+            SiteMessage::ConstraintRequest { gv, lv, base } if local => {
+                self.on_constraint_request(from.replica, (gv, lv, base), out)
+            }
+            SiteMessage::Report(report) if local => self.on_report(from.replica, report, out),
+            SiteMessage::Constraint(reports) if local => self.on_constraint(from.replica, reports, out),
             SiteMessage::Share { message, share } if local => {
                 let outputs = self.signer.handle(SignerInput::Share { from: from.replica, message, share });
                 self.signer_outputs(outputs, None, out);
@@ -492,9 +519,12 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SiteMessage::Status { aru } => self.on_status(from, aru, out),
             SiteMessage::Ordered(proof) => self.on_ordered(proof, out),
             SiteMessage::State { proof, image } => self.on_state(proof, image, out),
-            SiteMessage::PrePrepare { .. } | SiteMessage::Prepare { .. } | SiteMessage::Share { .. } => {
-                out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer))
-            }
+            SiteMessage::PrePrepare { .. }
+            | SiteMessage::Prepare(_)
+            | SiteMessage::Share { .. }
+            | SiteMessage::ConstraintRequest { .. }
+            | SiteMessage::Report(_)
+            | SiteMessage::Constraint(_) => out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer)),
         }
     }
 
@@ -514,11 +544,34 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
     }
 
+    /// This replica's signature on one of its local votes (also what a Byzantine replica of
+    /// the simulator signs what it bends with).
+    pub fn sign_vote(&self, vote: LocalVote) -> Verified<LocalVote> {
+        self.membership.sign(vote, &self.key)
+    }
+
+    /// A local vote signed by the replica its link names.
+    fn verify_vote(
+        &mut self,
+        from: PeerId,
+        vote: Signed<LocalVote>,
+        out: &mut Vec<SiteOutput<S>>,
+    ) -> Option<Verified<LocalVote>> {
+        let membership = self.membership.current();
+        let verified = membership
+            .public_key(from.replica)
+            .filter(|_| vote.payload.replica == from.replica)
+            .and_then(|key| membership.scope().verify(vote, key).ok());
+        if verified.is_none() {
+            out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::BadSignature)));
+        }
+        verified
+    }
+
     /// W2, W3 (a leader-site replica): a PRE-PREPARE.
     fn on_pre_prepare(
         &mut self,
-        from: ReplicaId,
-        at: (GlobalView, LocalView, SeqNum),
+        vote: Verified<LocalVote>,
         batch: Arc<Batch>,
         now: Instant,
         out: &mut Vec<SiteOutput<S>>,
@@ -527,13 +580,17 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::NotSequencing)));
             return;
         }
+        // LV3: a batch the constraint binds was taken in an earlier local view with its time.
+        let rebound = self.local.bound_to(vote.seq) == Some(vote.digest);
         let ahead = batch.time_us() > now.0.saturating_add(self.params.clock_skew_max_us);
-        if ahead || batch.time_us() < self.executor.time_us() {
+        if !rebound && (ahead || batch.time_us() < self.executor.time_us()) {
             out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::TimeOutsideClockSkew)));
             return;
         }
         let (views, aru) = (self.views(), self.aru());
-        match self.local.on_pre_prepare(from, views, aru, at, batch.clone()) {
+        let (membership, key) = (self.membership.clone(), self.key.clone());
+        let sign = |mine: LocalVote| membership.sign(mine, &key);
+        match self.local.on_pre_prepare(vote, views, aru, batch.clone(), sign) {
             Ok(sequenced) => {
                 self.batches.insert(batch.digest(), batch);
                 self.sequenced(sequenced, out);
@@ -542,19 +599,13 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
     }
 
-    fn on_prepare(
-        &mut self,
-        from: ReplicaId,
-        at: (GlobalView, LocalView, SeqNum),
-        digest: Digest,
-        out: &mut Vec<SiteOutput<S>>,
-    ) {
+    fn on_prepare(&mut self, vote: Verified<LocalVote>, out: &mut Vec<SiteOutput<S>>) {
         if !self.at_leader_site() {
             out.push(SiteOutput::Refused(SiteRefusal::Sequencing(SequencingRefusal::NotSequencing)));
             return;
         }
         let (views, aru) = (self.views(), self.aru());
-        match self.local.on_prepare(from, views, aru, at, digest) {
+        match self.local.on_prepare(vote, views, aru) {
             Ok(sequenced) => self.sequenced(sequenced, out),
             Err(refusal) => out.push(SiteOutput::Refused(SiteRefusal::Sequencing(refusal))),
         }
@@ -563,18 +614,19 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// W3: PREPARE, or share the PROPOSAL of a prepare certificate (TS1).
     fn sequenced(&mut self, sequenced: Sequenced, out: &mut Vec<SiteOutput<S>>) {
         let (gv, lv) = self.views();
-        match sequenced {
-            Sequenced::Nothing => {}
-            Sequenced::Prepare { seq, digest } => {
-                out.push(SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest }))
+        let (seq, digest, prepare, certified) = match sequenced {
+            Sequenced::Nothing => return,
+            Sequenced::Prepare { seq, digest } => (seq, digest, true, false),
+            Sequenced::Certified { seq, digest } => (seq, digest, false, true),
+            Sequenced::PrepareCertified { seq, digest } => (seq, digest, true, true),
+        };
+        if prepare {
+            if let Some(vote) = self.local.my_prepare(seq) {
+                out.push(SiteOutput::ToSite(SiteMessage::Prepare(vote.signed().clone())));
             }
-            Sequenced::Certified { seq, digest } => {
-                self.sign(SitePayload::Proposal { site: self.site, gv, lv, seq, updates: digest }, out)
-            }
-            Sequenced::PrepareCertified { seq, digest } => {
-                out.push(SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest }));
-                self.sign(SitePayload::Proposal { site: self.site, gv, lv, seq, updates: digest }, out)
-            }
+        }
+        if certified {
+            self.sign(SitePayload::Proposal { site: self.site, gv, lv, seq, updates: digest }, out)
         }
     }
 
@@ -815,6 +867,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
         let outstanding = self.has_outstanding_work();
         let stuck = self.catch_up.stuck(aru, outstanding);
+        self.constraint_again(stuck, out);
         if !stuck {
             return;
         }
@@ -824,12 +877,16 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         for proposal in self.proposals.values().take(self.params.catch_up_max) {
             out.push(SiteOutput::ToSite(SiteMessage::Proposal(proposal.clone())));
         }
-        for (seq, gv, lv, digest) in self.local.my_prepares() {
-            out.push(SiteOutput::ToSite(SiteMessage::Prepare { gv, lv, seq, digest }));
+        for vote in self.local.my_prepares() {
+            out.push(SiteOutput::ToSite(SiteMessage::Prepare(vote.signed().clone())));
         }
         if leader_representative {
-            for (seq, gv, lv, batch) in self.local.pre_prepared() {
-                out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { gv, lv, seq, batch: batch.clone() }));
+            let (gv, lv) = self.views();
+            let mine =
+                self.local.pre_prepared().filter(|(vote, _)| (vote.gv, vote.lv, vote.replica) == (gv, lv, self.id));
+            for (vote, batch) in mine {
+                let vote = vote.signed().clone();
+                out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { vote, batch: batch.clone() }));
             }
         }
         if self.is_representative() {

@@ -6,11 +6,12 @@
 
 use super::{SiteOutput, SiteRefusal, SiteReplica, SiteTimer};
 use crate::batch::{Batch, Command};
-use crate::ids::{ClientId, Instant, PeerId, Timestamp};
+use crate::ids::{ClientId, Instant, PeerId, SeqNum, Timestamp};
 use crate::messages::Request;
 use crate::roles::executor::RequestStatus;
 use crate::service::Service;
 use crate::steward::messages::SiteMessage;
+use crate::steward::sequencing::LocalVote;
 use bulwark_crypto::threshold::ThresholdScheme;
 use bulwark_crypto::Verified;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -56,6 +57,14 @@ impl Relay {
         self.pending.len() + self.in_flight.len() + self.forwarded.len() + self.handed.len()
     }
 
+    /// As a former leader-site representative: the updates it held for batches, to hand to
+    /// the new one; it forgets what it had in flight.
+    pub(super) fn take_pending(&mut self) -> Vec<Verified<Request>> {
+        self.arrival.clear();
+        self.in_flight.clear();
+        std::mem::take(&mut self.pending).into_values().collect()
+    }
+
     /// The updates handed to the representative and not executed.
     pub(super) fn handed_updates(&self) -> Vec<Verified<Request>> {
         self.handed.values().cloned().collect()
@@ -63,6 +72,15 @@ impl Relay {
 }
 
 impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
+    /// W2, as the leader-site representative: binds `batch` to `seq` in the current views.
+    pub(super) fn pre_prepare(&mut self, seq: SeqNum, batch: Arc<Batch>, out: &mut Vec<SiteOutput<S>>) {
+        let (gv, lv) = self.views();
+        let vote = self.sign_vote(LocalVote { gv, lv, seq, digest: batch.digest(), replica: self.id });
+        out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { vote: vote.signed().clone(), batch: batch.clone() }));
+        let now = self.now;
+        self.on_pre_prepare(vote, batch, now, out);
+    }
+
     /// W1: a new update from a client of this site.
     pub(super) fn route_update(&mut self, request: Verified<Request>, out: &mut Vec<SiteOutput<S>>) {
         let representative = self.representative_of(self.site);
@@ -148,7 +166,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// W2: pre-prepares full batches while the window has room, and (`partial`: the batch
     /// timer fired) a last batch that is not full; arms the batch timer for what waits.
     pub(super) fn propose(&mut self, partial: bool, out: &mut Vec<SiteOutput<S>>) {
-        if !self.is_representative() || !self.at_leader_site() {
+        if !self.is_representative() || !self.at_leader_site() || !self.local.is_constrained(self.views()) {
             return;
         }
         let size = self.params.batch_size_max;
@@ -163,10 +181,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 }
             }
             let batch = Arc::new(Batch::timed(requests.into_iter().map(Command::Request).collect(), self.now.0));
-            let (gv, lv) = self.views();
-            out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { gv, lv, seq, batch: batch.clone() }));
-            let now = self.now;
-            self.on_pre_prepare(self.id, (gv, lv, seq), batch, now, out);
+            self.pre_prepare(seq, batch, out);
         }
         if !self.relay.pending.is_empty() && !self.relay.batch_timer_set {
             self.relay.batch_timer_set = true;
