@@ -9,7 +9,9 @@ use steward_world::*;
 
 use bulwark_crypto::{Digest, KeyPair};
 use bulwark_framework::batch::Batch;
-use bulwark_framework::steward::constraint::{ConstraintContext, ConstraintRefusal, ConstraintWork, Evidence, Report};
+use bulwark_framework::steward::constraint::{
+    ConstraintContext, ConstraintRefusal, ConstraintWork, Evidence, Mode, Report,
+};
 use bulwark_framework::steward::messages::SiteMessage;
 use bulwark_framework::steward::payload::SitePayload;
 use bulwark_framework::steward::sequencing::{PrepareCertificate, SequencingRefusal};
@@ -196,11 +198,12 @@ fn lv3_the_union_prefers_a_proposal_then_the_latest_local_view() {
         report(2, vec![Evidence::Certificate(certificate(&w, 1, 1, &c)), Evidence::Proposal(w.proposal(2, d.clone()))]),
         report(3, Vec::new()),
     ];
-    let site_key = w.keys[&ClusterId(1)].0.clone();
+    let site_keys = w.keys.iter().map(|(site, (key, _))| (*site, key.clone())).collect();
     let context = ConstraintContext::<S> {
+        mode: Mode::Local,
         membership: &membership,
         site: ClusterId(1),
-        site_key: &site_key,
+        site_keys: &site_keys,
         views: (0, 2),
         base: SeqNum(0),
         window: 8,
@@ -208,7 +211,7 @@ fn lv3_the_union_prefers_a_proposal_then_the_latest_local_view() {
     let mut work = ConstraintWork::default();
     let union = context.union(&reports, &mut work).expect("a valid bundle");
     let chosen: Vec<(u64, Digest, bool)> =
-        union.iter().map(|(seq, e)| (seq.0, e.batch().digest(), matches!(e, Evidence::Proposal(_)))).collect();
+        union.entries.iter().map(|(seq, e)| (seq.0, e.batch().digest(), matches!(e, Evidence::Proposal(_)))).collect();
     assert_eq!(chosen, vec![(1, c.digest(), false), (2, d.digest(), true)]);
     assert_eq!(work.site_signatures, 1, "the PROPOSAL's site signature, once");
     assert_eq!(context.union(&reports[..2], &mut work).err(), Some(ConstraintRefusal::TooFewReports));

@@ -495,7 +495,7 @@ fn sk1_a_replica_behind_a_stable_checkpoint_installs_the_state_and_executes_what
 #[test]
 fn sk1_a_state_with_a_tampered_image_or_too_few_site_checkpoints_is_refused() {
     let (mut w, behind) = one_replica_behind();
-    let answer = w.deliver(behind, peer(2, 1), SiteMessage::Status { aru: SeqNum(0) });
+    let answer = w.deliver(behind, peer(2, 1), SiteMessage::Status { aru: SeqNum(0), gv: 0 });
     let state = pick(answer, |_, o| match o {
         SiteOutput::To { message: SiteMessage::State { proof, image }, .. } => Some((proof.clone(), image.clone())),
         _ => None,

@@ -48,6 +48,8 @@ pub enum GlobalRefusal {
     /// A second PROPOSAL for one `(gv, seq)` with another digest: the leader site's
     /// signature on two bindings, impossible with at most `f` faulty replicas there (GI2).
     ConflictingProposal,
+    /// An ordered batch shown with ACCEPTs of fewer than `⌊S/2⌋` other sites.
+    TooFewAccepts,
 }
 
 /// What global ordering produces.
@@ -143,6 +145,54 @@ impl<S: ThresholdScheme> GlobalOrder<S> {
         self.sites.get(&site)
     }
 
+    /// GV2: global view `gv` is preinstalled (a later one than the current): PROPOSALs and
+    /// ACCEPTs of earlier views are no longer taken.
+    pub fn preinstall(&mut self, gv: GlobalView) {
+        self.gv = self.gv.max(gv);
+    }
+
+    /// A batch ordered in this or an earlier global view, shown by its PROPOSAL (from the
+    /// leader site of its view) and ACCEPTs of `⌊S/2⌋` distinct other sites for the same
+    /// `(gv, seq, digest)`, every signature checked: what a replica that is behind receives.
+    pub fn on_ordered(&mut self, proposal: &SiteSigned<S>, accepts: &[SiteSigned<S>]) -> Vec<GlobalOutput> {
+        let SitePayload::Proposal { site, gv, seq, updates, .. } = proposal.payload else {
+            return vec![GlobalOutput::Refused(GlobalRefusal::WrongKind)];
+        };
+        if gv > self.gv || site != self.leader(gv) {
+            return vec![GlobalOutput::Refused(GlobalRefusal::WrongSite)];
+        }
+        if seq <= self.aru || seq.0 > self.aru.0.saturating_add(self.window) {
+            return vec![GlobalOutput::Refused(GlobalRefusal::OutsideWindow)];
+        }
+        if !self.signed_by_its_site(proposal) {
+            return vec![GlobalOutput::Refused(GlobalRefusal::BadSiteSignature)];
+        }
+        let mut sites = BTreeSet::new();
+        for accept in accepts {
+            let SitePayload::Accept { site: by, gv: g, seq: s, updates: u, .. } = accept.payload else { continue };
+            if (g, s, u) != (gv, seq, updates) || by == site || sites.contains(&by) {
+                continue;
+            }
+            if !self.signed_by_its_site(accept) {
+                return vec![GlobalOutput::Refused(GlobalRefusal::BadSiteSignature)];
+            }
+            sites.insert(by);
+        }
+        if sites.len() < self.accepts_needed() {
+            return vec![GlobalOutput::Refused(GlobalRefusal::TooFewAccepts)];
+        }
+        self.ordered.insert(seq, updates);
+        let mut out = Vec::new();
+        self.execute_in_order(&mut out);
+        out
+    }
+
+    fn signed_by_its_site(&mut self, signed: &SiteSigned<S>) -> bool {
+        let Some(key) = self.sites.get(&signed.payload.site()).cloned() else { return false };
+        self.verified += 1;
+        S::verify(&key, &signed.signature, &signed.payload.message())
+    }
+
     /// SK1: the replica installed the state at `seq`, above `aru`: everything up to it
     /// counts as executed. Batches ordered above it may execute now.
     pub fn skip_to(&mut self, seq: SeqNum) -> Vec<GlobalOutput> {
@@ -174,11 +224,12 @@ impl<S: ThresholdScheme> GlobalOrder<S> {
         }
         let slot = self.slots.entry(seq).or_default();
         match slot.proposal {
-            Some((_, bound)) if bound != updates => {
+            Some((held, bound)) if held == gv && bound != updates => {
                 return vec![GlobalOutput::Refused(GlobalRefusal::ConflictingProposal)]
             }
-            Some(_) => return Vec::new(),
-            None => slot.proposal = Some((gv, updates)),
+            Some((held, _)) if held == gv => return Vec::new(),
+            // Nothing, or a PROPOSAL of an earlier global view: this view's replaces it (GV5).
+            _ => slot.proposal = Some((gv, updates)),
         }
         let mut out = vec![GlobalOutput::Accepted { gv, seq, updates }];
         self.check_ordered(seq, &mut out);

@@ -53,6 +53,25 @@ impl<S: ThresholdScheme> Clone for CheckpointProof<S> {
     }
 }
 
+/// GV4: a site's GLOBAL-CONSTRAINT with the PROPOSALs its union binds (their digest is the
+/// payload's `union`) and the stable checkpoint below which it binds nothing.
+#[derive(Debug)]
+pub struct GlobalConstraint<S: ThresholdScheme> {
+    pub signed: SiteSigned<S>,
+    pub proposals: Vec<Proposal<S>>,
+    pub checkpoint: Option<CheckpointProof<S>>,
+}
+
+impl<S: ThresholdScheme> Clone for GlobalConstraint<S> {
+    fn clone(&self) -> Self {
+        GlobalConstraint {
+            signed: self.signed.clone(),
+            proposals: self.proposals.clone(),
+            checkpoint: self.checkpoint.clone(),
+        }
+    }
+}
+
 /// A message between Steward replicas.
 #[derive(Debug, strum::IntoStaticStr)]
 pub enum SiteMessage<S: ThresholdScheme> {
@@ -77,16 +96,31 @@ pub enum SiteMessage<S: ThresholdScheme> {
     /// LV1: a site's NEW-REP, sent in the site and to the same-position replica of every
     /// other site, which relays it in its own.
     NewRep(SiteSigned<S>),
-    /// LV2: the new leader-site representative of `lv` asks its site for reports above
-    /// `base`.
-    ConstraintRequest { gv: GlobalView, lv: LocalView, base: SeqNum },
+    /// LV2 (local) or GV4 (`global`): a representative asks its site for reports above
+    /// `base` in views `(gv, lv)`.
+    ConstraintRequest { gv: GlobalView, lv: LocalView, base: SeqNum, global: bool },
     /// LV2: a member's report, to the representative that asked.
     Report(Arc<Report<S>>),
     /// LV3: the representative's bundle of `2f + 1` reports, to its site.
     Constraint(Arc<Vec<Report<S>>>),
-    /// How far the sender executed: a peer of its site, or another site's representative,
-    /// that is further sends what it lacks.
-    Status { aru: SeqNum },
+    /// GV1: a site's GLOBAL-VC, sent in the site and to the same-position replica of every
+    /// other site, which relays it in its own (RS1).
+    GlobalVc(SiteSigned<S>),
+    /// GV2: GLOBAL-VCs of a majority of sites for one global view, for a replica behind.
+    GlobalVcProof(Arc<Vec<SiteSigned<S>>>),
+    /// GV3: the new leader site's representative asks its site to share ARU(`gv`, `aru`).
+    AruRequest { gv: GlobalView, aru: SeqNum },
+    /// GV3: the leader site's ARU, sent like a GLOBAL-VC (RS1).
+    Aru(SiteSigned<S>),
+    /// GV4: a site's GLOBAL-CONSTRAINT, to the same-position replica of the leader site,
+    /// which relays it in its site.
+    GlobalConstraint(Arc<GlobalConstraint<S>>),
+    /// GV5: the GLOBAL-CONSTRAINTs of a majority of sites the leader representative adopts,
+    /// to its site.
+    GlobalBundle(Arc<Vec<GlobalConstraint<S>>>),
+    /// How far the sender executed, and its global view: a peer of its site, or another
+    /// site's representative, that is further sends what it lacks.
+    Status { aru: SeqNum, gv: GlobalView },
     /// A globally ordered batch for a replica that is behind.
     Ordered(Arc<OrderedProof<S>>),
     /// SK1: the state at a stable site checkpoint, for a replica behind it; checked
@@ -102,9 +136,15 @@ impl<S: ThresholdScheme> Clone for SiteMessage<S> {
                 SiteMessage::PrePrepare { vote: vote.clone(), batch: batch.clone() }
             }
             SiteMessage::Prepare(vote) => SiteMessage::Prepare(vote.clone()),
-            SiteMessage::ConstraintRequest { gv, lv, base } => {
-                SiteMessage::ConstraintRequest { gv: *gv, lv: *lv, base: *base }
+            SiteMessage::ConstraintRequest { gv, lv, base, global } => {
+                SiteMessage::ConstraintRequest { gv: *gv, lv: *lv, base: *base, global: *global }
             }
+            SiteMessage::GlobalVc(signed) => SiteMessage::GlobalVc(signed.clone()),
+            SiteMessage::GlobalVcProof(proof) => SiteMessage::GlobalVcProof(proof.clone()),
+            SiteMessage::AruRequest { gv, aru } => SiteMessage::AruRequest { gv: *gv, aru: *aru },
+            SiteMessage::Aru(signed) => SiteMessage::Aru(signed.clone()),
+            SiteMessage::GlobalConstraint(constraint) => SiteMessage::GlobalConstraint(constraint.clone()),
+            SiteMessage::GlobalBundle(bundle) => SiteMessage::GlobalBundle(bundle.clone()),
             SiteMessage::Report(report) => SiteMessage::Report(report.clone()),
             SiteMessage::Constraint(reports) => SiteMessage::Constraint(reports.clone()),
             SiteMessage::Share { message, share } => SiteMessage::Share { message: *message, share: share.clone() },
@@ -112,11 +152,18 @@ impl<S: ThresholdScheme> Clone for SiteMessage<S> {
             SiteMessage::Accept(signed) => SiteMessage::Accept(signed.clone()),
             SiteMessage::Checkpoint(signed) => SiteMessage::Checkpoint(signed.clone()),
             SiteMessage::NewRep(signed) => SiteMessage::NewRep(signed.clone()),
-            SiteMessage::Status { aru } => SiteMessage::Status { aru: *aru },
+            SiteMessage::Status { aru, gv } => SiteMessage::Status { aru: *aru, gv: *gv },
             SiteMessage::Ordered(proof) => SiteMessage::Ordered(proof.clone()),
             SiteMessage::State { proof, image } => SiteMessage::State { proof: proof.clone(), image: image.clone() },
         }
     }
+}
+
+fn constraint_bytes<S: ThresholdScheme>(constraint: &GlobalConstraint<S>, signature_bytes: usize) -> usize {
+    let site_signed = HEADER_BYTES + DIGEST_BYTES + signature_bytes;
+    let proposals: usize = constraint.proposals.iter().map(|p| site_signed + p.batch.encoded_bytes()).sum();
+    let checkpoint = constraint.checkpoint.as_ref().map_or(0, |p| p.checkpoints.len() * site_signed);
+    site_signed + proposals + checkpoint
 }
 
 /// Bytes of the fixed part of a message: framing, kind, views, sequence number, and the
@@ -139,7 +186,13 @@ impl<S: ThresholdScheme> SiteMessage<S> {
             SiteMessage::Update(request) => crate::batch::request_size(request),
             SiteMessage::PrePrepare { batch, .. } => HEADER_BYTES + batch.encoded_bytes(),
             SiteMessage::Prepare { .. } => HEADER_BYTES + DIGEST_BYTES,
-            SiteMessage::ConstraintRequest { .. } => HEADER_BYTES,
+            SiteMessage::ConstraintRequest { .. } | SiteMessage::AruRequest { .. } => HEADER_BYTES,
+            SiteMessage::GlobalVc(_) | SiteMessage::Aru(_) => site_signed,
+            SiteMessage::GlobalVcProof(proof) => HEADER_BYTES + proof.len() * site_signed,
+            SiteMessage::GlobalConstraint(constraint) => constraint_bytes(constraint, signature_bytes),
+            SiteMessage::GlobalBundle(bundle) => {
+                HEADER_BYTES + bundle.iter().map(|c| constraint_bytes(c, signature_bytes)).sum::<usize>()
+            }
             SiteMessage::Report(report) => report.wire_bytes(signature_bytes),
             SiteMessage::Constraint(reports) => {
                 HEADER_BYTES + reports.iter().map(|r| r.wire_bytes(signature_bytes)).sum::<usize>()
@@ -155,8 +208,8 @@ impl<S: ThresholdScheme> SiteMessage<S> {
         }
     }
 
-    /// The site-signed payloads the message carries, for a checker that watches the wire
-    /// (GI2, GI3).
+    /// The site-signed PROPOSALs, ACCEPTs, checkpoints and NEW-REPs the message carries,
+    /// for a checker that watches the wire (GI2, GI3).
     pub fn site_signed(&self) -> Vec<&SiteSigned<S>> {
         match self {
             SiteMessage::Proposal(proposal) => vec![&proposal.signed],

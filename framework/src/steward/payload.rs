@@ -24,6 +24,12 @@ pub enum SitePayload {
     GlobalVc { site: ClusterId, gv: GlobalView },
     /// The site's state at `seq` (SK1).
     SiteCheckpoint { site: ClusterId, seq: SeqNum, state: Digest },
+    /// The leader site of `gv`, in its local view `lv`, asks every site for its constraint
+    /// above `aru` (GV3).
+    Aru { site: ClusterId, gv: GlobalView, lv: LocalView, aru: SeqNum },
+    /// What `site` holds above `aru` in global view `gv`: the digest of its union above its
+    /// latest stable checkpoint `stable` (GV4).
+    GlobalConstraint { site: ClusterId, gv: GlobalView, aru: SeqNum, stable: SeqNum, union: Digest },
 }
 
 /// A binding a replica makes by sharing a payload: at most one value per slot (TS1).
@@ -50,6 +56,19 @@ pub enum Slot {
         site: ClusterId,
         seq: SeqNum,
     },
+    /// One ARU per local view of the leader site: a new representative may ask again.
+    Aru {
+        site: ClusterId,
+        gv: GlobalView,
+        lv: LocalView,
+    },
+    /// One GLOBAL-CONSTRAINT per ARU value: what a site holds of earlier views is fixed
+    /// once it preinstalled `gv`, so a later one binds no less.
+    GlobalConstraint {
+        site: ClusterId,
+        gv: GlobalView,
+        aru: SeqNum,
+    },
 }
 
 impl SitePayload {
@@ -64,7 +83,9 @@ impl SitePayload {
             | SitePayload::Accept { site, .. }
             | SitePayload::NewRep { site, .. }
             | SitePayload::GlobalVc { site, .. }
-            | SitePayload::SiteCheckpoint { site, .. } => site,
+            | SitePayload::SiteCheckpoint { site, .. }
+            | SitePayload::Aru { site, .. }
+            | SitePayload::GlobalConstraint { site, .. } => site,
         }
     }
 
@@ -88,6 +109,11 @@ impl SitePayload {
             SitePayload::NewRep { site, lv } => (Slot::NewRep { site, lv }, Digest::default()),
             SitePayload::GlobalVc { site, gv } => (Slot::GlobalVc { site, gv }, Digest::default()),
             SitePayload::SiteCheckpoint { site, seq, state } => (Slot::Checkpoint { site, seq }, state),
+            SitePayload::Aru { site, gv, lv, aru } => (Slot::Aru { site, gv, lv }, Digest::of(&aru.0.to_le_bytes())),
+            SitePayload::GlobalConstraint { site, gv, aru, stable, union } => {
+                let value = Digest::of_parts(&[&stable.0.to_le_bytes(), &union.0]);
+                (Slot::GlobalConstraint { site, gv, aru }, value)
+            }
         }
     }
 
@@ -98,7 +124,10 @@ impl SitePayload {
             SitePayload::Proposal { seq, .. }
             | SitePayload::Accept { seq, .. }
             | SitePayload::SiteCheckpoint { seq, .. } => Some(seq),
-            SitePayload::NewRep { .. } | SitePayload::GlobalVc { .. } => None,
+            SitePayload::NewRep { .. }
+            | SitePayload::GlobalVc { .. }
+            | SitePayload::Aru { .. }
+            | SitePayload::GlobalConstraint { .. } => None,
         }
     }
 }

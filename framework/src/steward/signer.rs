@@ -257,7 +257,7 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
     fn forget(&mut self, below: SeqNum) {
         self.shared.retain(|slot, _| match slot {
             Slot::Binding { seq, .. } | Slot::Checkpoint { seq, .. } => *seq >= below,
-            Slot::NewRep { .. } | Slot::GlobalVc { .. } => true,
+            Slot::NewRep { .. } | Slot::GlobalVc { .. } | Slot::Aru { .. } | Slot::GlobalConstraint { .. } => true,
         });
         let done: Vec<Digest> = self
             .pending

@@ -13,8 +13,9 @@
 use super::{SiteOutput, SiteRefusal, SiteReplica};
 use crate::ids::{Instant, PeerId, SeqNum};
 use crate::service::Service;
+use crate::steward::global::GlobalOutput;
 use crate::steward::messages::{OrderedProof, SiteMessage};
-use crate::steward::payload::SitePayload;
+use crate::steward::payload::{GlobalView, SitePayload};
 use bulwark_crypto::threshold::ThresholdScheme;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,8 +39,14 @@ impl CatchUp {
 }
 
 impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
-    /// A peer of this site, or another site's representative, executed through `their_aru`.
-    pub(super) fn on_status(&mut self, from: PeerId, their_aru: SeqNum, out: &mut Vec<SiteOutput<S>>) {
+    /// A peer of this site, or another site's representative, executed through `their_aru`
+    /// and is in global view `their_gv`.
+    pub(super) fn on_status(
+        &mut self,
+        from: PeerId,
+        (their_aru, their_gv): (SeqNum, GlobalView),
+        out: &mut Vec<SiteOutput<S>>,
+    ) {
         let remote = from.cluster != self.site;
         if remote && !self.is_representative() {
             return;
@@ -49,6 +56,10 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             return;
         }
         let mut answer = Vec::new();
+        // GV2: a peer in an earlier global view gets the proof of this one.
+        if their_gv < self.global_view() {
+            answer.extend(self.global_vc_proof().map(SiteMessage::GlobalVcProof));
+        }
         let mut next = their_aru;
         if their_aru < self.checkpoints.stable_seq() {
             if let Some((proof, image)) = self.stable_state() {
@@ -88,9 +99,18 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             out.push(SiteOutput::Refused(SiteRefusal::BatchMismatch));
             return;
         }
-        for accept in &proof.accepts {
-            self.take_accept(accept.clone(), false, out);
+        // Ordered in this or an earlier global view: checked as a whole.
+        let outputs = self.order.on_ordered(&proof.proposal.signed, &proof.accepts);
+        if outputs.iter().any(|o| matches!(o, GlobalOutput::Refused(_))) {
+            self.global_outputs(outputs, out);
+            return;
         }
-        self.take_proposal(proof.proposal.clone(), false, out);
+        self.batches.insert(updates, proof.proposal.batch.clone());
+        self.proposals.insert(seq, proof.proposal.clone());
+        let accepts = self.accepts.entry(seq).or_default();
+        for accept in &proof.accepts {
+            accepts.insert(accept.payload.site(), accept.clone());
+        }
+        self.global_outputs(outputs, out);
     }
 }

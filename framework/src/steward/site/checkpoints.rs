@@ -119,6 +119,19 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         self.my_shares.retain(|_, (payload, _)| payload.seq().is_none_or(|seq| seq > stable));
     }
 
+    /// GV5: a stable checkpoint another site proved: this replica knows it is stable (and
+    /// fetches the state if it is behind it).
+    pub(super) fn learn_stable(&mut self, proof: CheckpointProof<S>) {
+        if proof.seq <= self.checkpoints.stable_seq() || !self.check_proof(&proof) {
+            return;
+        }
+        let votes = self.checkpoints.votes.entry(proof.seq).or_default();
+        for signed in proof.checkpoints {
+            votes.insert(signed.payload.site(), signed);
+        }
+        self.check_stable(proof.seq);
+    }
+
     /// The proof and image to send a replica behind the stable checkpoint.
     pub(super) fn stable_state(&self) -> Option<(CheckpointProof<S>, Arc<Vec<u8>>)> {
         let proof = self.checkpoints.stable()?;

@@ -118,8 +118,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         // A new representative announces how far it is to the other sites, which send what
         // it lacks: its predecessor may have left the site behind.
         if self.is_representative() {
-            let aru = self.aru();
-            self.to_other_sites(SiteMessage::Status { aru }, out);
+            let (aru, gv) = (self.aru(), self.global_view());
+            self.to_other_sites(SiteMessage::Status { aru, gv }, out);
         }
         if self.at_leader_site() {
             self.start_constraint(out);

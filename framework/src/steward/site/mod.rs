@@ -22,11 +22,11 @@
 //! answered inside the site from current state (SC2).
 //!
 //! Changes of representative (LV1–LV4) are in [`local_view`] and, at the leader site,
-//! [`local_constraint`]. The global view change is not built yet: the system stays in
-//! global view 0.
+//! [`local_constraint`]; changes of leader site (GV1–GV6, RS1) in [`global_view`].
 
 mod catch_up;
 mod checkpoints;
+mod global_view;
 mod local_constraint;
 mod local_view;
 mod relay;
@@ -144,6 +144,8 @@ pub enum SiteTimer {
     Status,
     /// `Local_T` (LV1).
     Local,
+    /// `Global_T` (GV1).
+    Global,
 }
 
 /// Why an input was refused; counted by name.
@@ -168,6 +170,8 @@ pub enum SiteRefusal {
     /// LV2, LV3: a report or constraint bundle that does not check, or a request, report or
     /// bundle from a replica that is not the one that may send it.
     Constraint(ConstraintRefusal),
+    /// GV1–GV3: a GLOBAL-VC, its proof or an ARU that is not one or does not verify.
+    BadGlobalView,
 }
 
 impl SiteRefusal {
@@ -184,6 +188,7 @@ impl SiteRefusal {
             SiteRefusal::Executor => "Executor",
             SiteRefusal::BadNewRep => "BadNewRep",
             SiteRefusal::Constraint(r) => r.into(),
+            SiteRefusal::BadGlobalView => "BadGlobalView",
         }
     }
 }
@@ -275,6 +280,7 @@ pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
     timeouts: Timeouts,
     rep_change: local_view::LocalViews,
     constraint: local_constraint::Constraining<S>,
+    global: global_view::GlobalViews<S>,
     status_timer_set: bool,
     crypto: CryptoWork,
     /// The time of the input being handled.
@@ -305,6 +311,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             timeouts,
             rep_change: local_view::LocalViews::default(),
             constraint: local_constraint::Constraining::default(),
+            global: global_view::GlobalViews::default(),
             local: LocalOrder::new(id, own.members.clone(), params.window),
             signer: ThresholdSigner::new(site, own.members.clone(), own.key.clone(), secret, SignerLimits::default()),
             order: GlobalOrder::new(keys, params.window),
@@ -372,6 +379,11 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// Changes of representative this replica preinstalled, of any site (LV1).
     pub fn local_view_changes(&self) -> u64 {
         self.rep_change.changes
+    }
+
+    /// Global views this replica preinstalled (GV2).
+    pub fn global_view_changes(&self) -> u64 {
+        self.global.changes
     }
 
     /// The latest stable site checkpoint.
@@ -472,6 +484,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SiteInput::Client(request) => self.on_client(request, &mut out),
             SiteInput::Timer(SiteTimer::Batch) => self.on_batch_timer(&mut out),
             SiteInput::Timer(SiteTimer::Local) => self.on_local_timer(&mut out),
+            SiteInput::Timer(SiteTimer::Global) => self.on_global_timer(&mut out),
             SiteInput::Timer(SiteTimer::Status) => {
                 self.status_timer_set = false;
                 self.on_status_timer(&mut out);
@@ -486,6 +499,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             }
         }
         self.keep_local_timer(&mut out);
+        self.keep_global_timer(&mut out);
         out
     }
 
@@ -503,9 +517,19 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                     self.on_prepare(vote, out)
                 }
             }
-            SiteMessage::ConstraintRequest { gv, lv, base } if local => {
-                self.on_constraint_request(from.replica, (gv, lv, base), out)
+            SiteMessage::ConstraintRequest { gv, lv, base, global } if local => {
+                self.on_constraint_request(from.replica, (gv, lv, base, global), out)
             }
+            SiteMessage::AruRequest { gv, aru } if local => {
+                if self.representative_of(self.site) == from {
+                    self.on_aru_request((gv, aru), out)
+                }
+            }
+            SiteMessage::GlobalBundle(bundle) if local => self.on_global_bundle(bundle, out),
+            SiteMessage::GlobalVc(signed) => self.on_global_vc(Some(from), signed, out),
+            SiteMessage::GlobalVcProof(proof) => self.on_global_vc_proof(proof, out),
+            SiteMessage::Aru(signed) => self.on_aru(Some(from), signed, out),
+            SiteMessage::GlobalConstraint(constraint) => self.on_global_constraint(from, constraint, out),
             SiteMessage::Report(report) if local => self.on_report(from.replica, report, out),
             SiteMessage::Constraint(reports) if local => self.on_constraint(from.replica, reports, out),
             SiteMessage::Share { message, share } if local => {
@@ -516,7 +540,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SiteMessage::Accept(signed) => self.on_accept(from, signed, out),
             SiteMessage::Checkpoint(signed) => self.on_checkpoint(from, signed, out),
             SiteMessage::NewRep(signed) => self.on_new_rep(from, signed, out),
-            SiteMessage::Status { aru } => self.on_status(from, aru, out),
+            SiteMessage::Status { aru, gv } => self.on_status(from, (aru, gv), out),
             SiteMessage::Ordered(proof) => self.on_ordered(proof, out),
             SiteMessage::State { proof, image } => self.on_state(proof, image, out),
             SiteMessage::PrePrepare { .. }
@@ -524,7 +548,9 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             | SiteMessage::Share { .. }
             | SiteMessage::ConstraintRequest { .. }
             | SiteMessage::Report(_)
-            | SiteMessage::Constraint(_) => out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer)),
+            | SiteMessage::Constraint(_)
+            | SiteMessage::AruRequest { .. }
+            | SiteMessage::GlobalBundle(_) => out.push(SiteOutput::Refused(SiteRefusal::UnknownPeer)),
         }
     }
 
@@ -707,7 +733,9 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 self.take_checkpoint(signed, out);
             }
             SitePayload::NewRep { .. } => self.preinstall(signed, true, out),
-            SitePayload::GlobalVc { .. } => {}
+            SitePayload::GlobalVc { .. } => self.on_global_vc(None, signed, out),
+            SitePayload::Aru { .. } => self.on_aru(None, signed, out),
+            SitePayload::GlobalConstraint { .. } => self.on_global_constraint_signed(signed, out),
         }
     }
 
@@ -770,7 +798,9 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             out.push(SiteOutput::Refused(SiteRefusal::Global(GlobalRefusal::WrongKind)));
             return;
         };
-        if seq <= self.aru() || self.accepts.get(&seq).and_then(|a| a.get(&site)).is_some() {
+        if seq <= self.aru()
+            || self.accepts.get(&seq).and_then(|a| a.get(&site)).is_some_and(|a| a.payload == signed.payload)
+        {
             return;
         }
         let outputs = self.order.on_accept(&signed);
@@ -812,12 +842,16 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         // Global ordering takes a batch only with its PROPOSAL, which this replica keeps
         // with the batch until the batch executes.
         let proposal = self.proposals.remove(&seq).expect("an ordered batch has its PROPOSAL");
+        let proposed_in = match proposal.signed.payload {
+            SitePayload::Proposal { gv, .. } => gv,
+            _ => 0,
+        };
         let batch = proposal.batch.clone();
         self.batches.remove(&digest);
         let accepts = self.accepts.remove(&seq).unwrap_or_default();
         let accepts: Vec<SiteSigned<S>> = accepts
             .into_values()
-            .filter(|a| matches!(a.payload, SitePayload::Accept { updates, .. } if updates == digest))
+            .filter(|a| matches!(a.payload, SitePayload::Accept { gv, updates, .. } if updates == digest && gv == proposed_in))
             .collect();
         self.ordered.insert(seq, Arc::new(OrderedProof { proposal, accepts }));
         self.relay.executed(batch.requests().map(|request| (request.client(), request.timestamp)));
@@ -837,6 +871,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
         self.local.executed_through(self.aru());
         self.rep_change.progressed();
+        self.global.progressed();
         self.forget_executed_shares();
         self.collect_garbage_if_stable();
         if self.is_representative() && self.at_leader_site() {
@@ -859,8 +894,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// its PREPAREs, the PROPOSALs it holds (a relay may have been lost), the PRE-PREPAREs of batches
     /// not executed (the leader-site representative), and ask the other sites (a representative).
     fn on_status_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
-        let aru = self.aru();
-        out.push(SiteOutput::ToSite(SiteMessage::Status { aru }));
+        let (aru, gv) = (self.aru(), self.global_view());
+        out.push(SiteOutput::ToSite(SiteMessage::Status { aru, gv }));
         let leader_representative = self.is_representative() && self.at_leader_site();
         if leader_representative {
             self.propose(true, out);
@@ -868,6 +903,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         let outstanding = self.has_outstanding_work();
         let stuck = self.catch_up.stuck(aru, outstanding);
         self.constraint_again(stuck, out);
+        self.global_again(stuck, out);
         if !stuck {
             return;
         }
@@ -890,7 +926,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             }
         }
         if self.is_representative() {
-            self.to_other_sites(SiteMessage::Status { aru }, out);
+            self.to_other_sites(SiteMessage::Status { aru, gv }, out);
         }
     }
 

@@ -65,6 +65,11 @@ impl Relay {
         std::mem::take(&mut self.pending).into_values().collect()
     }
 
+    /// GV2: updates forwarded to the old leader site may be forwarded to the new one at once.
+    pub(super) fn forget_forwarded(&mut self) {
+        self.forwarded.clear();
+    }
+
     /// The updates handed to the representative and not executed.
     pub(super) fn handed_updates(&self) -> Vec<Verified<Request>> {
         self.handed.values().cloned().collect()
