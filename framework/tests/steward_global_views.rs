@@ -11,6 +11,7 @@ use bulwark_framework::steward::messages::SiteMessage;
 use bulwark_framework::steward::payload::SitePayload;
 use bulwark_framework::steward::site::{SiteInput, SiteOutput, SiteTimer};
 use bulwark_framework::{ClusterId, PeerId, SeqNum};
+use std::collections::BTreeMap;
 
 /// Every PROPOSAL among `out` at `seq`: its global view and the batch it binds.
 fn proposals_at(out: &[Out], seq: u64) -> Vec<(u64, Digest)> {
@@ -89,4 +90,51 @@ fn gv1_to_gv5_a_cut_off_leader_site_is_replaced_and_what_one_site_ordered_stays_
         assert_eq!(w.replica(at).aru(), SeqNum(2), "{at} executed the update ordered in view 1");
     }
     assert_eq!(w.replica(peer(2, 1)).state_digest(), w.replica(peer(3, 1)).state_digest());
+}
+
+/// The durations `timer` was set for among `out`, by replica (the world's clock stands
+/// still, so a timer set at `at` runs `at - T0`).
+fn timers_set(out: &[Out], timer: SiteTimer) -> Vec<(PeerId, u64)> {
+    pick(out, |from, o| match o {
+        SiteOutput::SetTimer { timer: t, at } if *t == timer => Some((from, at.0 - T0)),
+        _ => None,
+    })
+}
+
+/// TM2, TM3 observed in a run (K = 12 s, f = 1, S = 3): in global view 0, `Global_T` is
+/// K, the leader site's `Local_T` K / 4 and the others' K / 12; once global view 1 is
+/// preinstalled every timer set is twice as long (⌈1 / S⌉ = 1 doubling).
+#[test]
+fn tm2_tm3_timers_set_in_a_run_keep_their_ratios_and_double_in_the_next_global_views() {
+    const K: u64 = 12_000_000;
+    let mut w = World::new(3, params());
+    let update = w.request(1, 1, &put(1), false);
+    w.feed(peer(1, 0), SiteInput::Client(update));
+    w.run();
+    let before = timers_set(&w.trace, SiteTimer::Global);
+    assert!(!before.is_empty() && before.iter().all(|(_, us)| *us == K), "{before:?}");
+    let local = timers_set(&w.trace, SiteTimer::Local);
+    assert!(local.iter().any(|(p, _)| p.cluster == ClusterId(1)) && local.iter().any(|(p, _)| p.cluster != ClusterId(1)));
+    for (at, us) in local {
+        let expected = if at.cluster == ClusterId(1) { K / 4 } else { K / 12 };
+        assert_eq!(us, expected, "{at}: T2 = T3 / (f + 3), T1 = T2 / (f + 2)");
+    }
+
+    let mark = w.trace.len();
+    fire(&mut w, &[2, 3], SiteTimer::Global);
+    let update = w.request(2, 2, &put(2), false);
+    w.feed(peer(2, 0), SiteInput::Client(update));
+    w.pump(|from, to, _| from.cluster == ClusterId(1) || to.cluster == ClusterId(1));
+    assert!(site(2).chain(site(3)).all(|at| w.replica(at).global_view() == 1 && w.replica(at).aru() == SeqNum(2)));
+    // The last timers each replica set: in global view 1 (a vote in view 0 re-armed at K).
+    let last = |timer| -> BTreeMap<PeerId, u64> { timers_set(&w.trace[mark..], timer).into_iter().collect() };
+    let global = last(SiteTimer::Global);
+    assert_eq!(global.len(), 8, "{global:?}");
+    assert!(global.values().all(|us| *us == 2 * K), "{global:?}");
+    let local = last(SiteTimer::Local);
+    assert_eq!(local.len(), 8, "{local:?}");
+    for (at, us) in local {
+        let expected = if at.cluster == ClusterId(2) { 2 * K / 4 } else { 2 * K / 12 };
+        assert_eq!(us, expected, "{at} in global view 1, led by site 2");
+    }
 }

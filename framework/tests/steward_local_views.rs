@@ -225,3 +225,28 @@ fn lv3_the_union_prefers_a_proposal_then_the_latest_local_view() {
         assert_eq!(context.union(&reports, &mut work).err(), Some(ConstraintRefusal::BadEvidence));
     }
 }
+
+/// LV1, bounded memory: a site whose representative is replaced again and again (here 40
+/// times, `Local_T` fired by hand) holds no more state than after the first change: the
+/// signer forgets the NEW-REP slots of local views before the preinstalled one, and the
+/// replica its shares of NEW-REPs already preinstalled.
+#[test]
+fn lv1_many_changes_of_representative_hold_bounded_state() {
+    let mut w = World::new(3, params());
+    let mut held_after_first = 0;
+    for change in 1..=40u64 {
+        for at in (0..4).map(|id| peer(2, id)) {
+            w.feed(at, SiteInput::Timer(SiteTimer::Local));
+        }
+        w.run();
+        for at in (0..4).map(|id| peer(2, id)) {
+            assert_eq!(w.replica(at).local_view(), change, "{at}");
+        }
+        let held = (0..4).map(|id| w.replica(peer(2, id)).held()).max().unwrap_or(0);
+        if change == 1 {
+            held_after_first = held;
+        }
+        let first = held_after_first;
+        assert!(held <= first, "change {change}: {held} entries held, {first} after the first");
+    }
+}

@@ -13,7 +13,7 @@
 //! at most [`SignerLimits::opened_per_member_max`] such collections at once, so a faulty
 //! member cannot grow the signer's memory with shares of made-up messages.
 
-use super::payload::{SitePayload, Slot};
+use super::payload::{GlobalView, LocalView, SitePayload, Slot};
 use crate::ids::{ClusterId, ReplicaId, SeqNum};
 use bulwark_crypto::threshold::{ShareCollector, ShareRefusal, ThresholdScheme};
 use bulwark_crypto::Digest;
@@ -46,6 +46,10 @@ pub enum SignerInput<S: ThresholdScheme> {
     /// Slots and payloads about sequence numbers below `seq` are settled (a stable site
     /// checkpoint): forget them.
     Forget { below: SeqNum },
+    /// The site preinstalled local view `lv` and the system global view `gv`: slots of
+    /// earlier views (NEW-REPs, GLOBAL-VCs, ARUs, GLOBAL-CONSTRAINTs) are never shared
+    /// again, and each binds one value only, so they are forgotten (bounded memory).
+    ForgetViews { lv: LocalView, gv: GlobalView },
 }
 
 /// Why the signer refused an input.
@@ -158,6 +162,13 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
             SignerInput::Sign(payload) => self.sign(payload, &mut out),
             SignerInput::Share { from, message, share } => self.on_share(from, message, share, &mut out),
             SignerInput::Forget { below } => self.forget(below),
+            SignerInput::ForgetViews { lv, gv } => self.shared.retain(|slot, _| match *slot {
+                Slot::NewRep { lv: l, .. } => l >= lv,
+                Slot::GlobalVc { gv: g, .. } | Slot::Aru { gv: g, .. } | Slot::GlobalConstraint { gv: g, .. } => {
+                    g >= gv
+                }
+                Slot::Binding { .. } | Slot::Checkpoint { .. } => true,
+            }),
         }
         out
     }
@@ -286,6 +297,11 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
     /// Messages being signed now.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Slots this replica shared a value for and remembers (TS1).
+    pub fn slots(&self) -> usize {
+        self.shared.len()
     }
 
     pub fn key(&self) -> &Arc<S::PublicKey> {

@@ -216,6 +216,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         self.global.bound.clear();
         self.local.unconstrain();
         self.constraint.clear();
+        self.forget_old_views();
         tracing::info!(site = %self.site, replica = %self.id, gv, leader = %self.leader_site(), "global view preinstalled");
         // Updates waiting for the old leader site go to the new one.
         self.relay.forget_forwarded();
@@ -474,7 +475,22 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
     }
 
-    /// An empty batch for a gap at `seq`, timed not before what executed.
+    /// Views changed: the signer forgets the slots of earlier views, and this replica the
+    /// shares it would send again for views that are done.
+    pub(super) fn forget_old_views(&mut self) {
+        let (gv, lv) = self.views();
+        let outputs = self.signer.handle(crate::steward::signer::SignerInput::ForgetViews { lv, gv });
+        debug_assert!(outputs.is_empty(), "forgetting produces nothing");
+        let site = self.site;
+        self.my_shares.retain(|_, (payload, _)| match *payload {
+            SitePayload::NewRep { site: s, lv: l } => s != site || l > lv,
+            SitePayload::GlobalVc { gv: g, .. } => g > gv,
+            SitePayload::Aru { gv: g, .. } | SitePayload::GlobalConstraint { gv: g, .. } => g >= gv,
+            _ => true,
+        });
+    }
+
+    /// An empty batch for a gap, timed not before what executed.
     pub(super) fn empty_batch(&self) -> Arc<Batch> {
         Arc::new(Batch::timed(Vec::new(), self.now.0.max(self.executor.time_us())))
     }

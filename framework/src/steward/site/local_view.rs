@@ -104,6 +104,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             return;
         }
         tracing::info!(site = %self.site, replica = %self.id, lv, "new representative preinstalled");
+        self.forget_old_views();
         self.rep_change.voted = self.rep_change.voted.max(lv);
         self.rep_change.timer_armed = false;
         if announce {

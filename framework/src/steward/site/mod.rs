@@ -430,6 +430,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             + self.ordered.len()
             + self.my_shares.len()
             + self.signer.pending()
+            + self.signer.slots()
             + self.local.rounds()
             + self.relay.held()
     }
