@@ -7,6 +7,7 @@ mod steward_world;
 use steward_world::*;
 
 use bulwark_crypto::Digest;
+use bulwark_framework::sim::sites::checker::SitesChecker;
 use bulwark_framework::steward::messages::SiteMessage;
 use bulwark_framework::steward::payload::SitePayload;
 use bulwark_framework::steward::site::{SiteInput, SiteOutput, SiteTimer};
@@ -114,7 +115,9 @@ fn tm2_tm3_timers_set_in_a_run_keep_their_ratios_and_double_in_the_next_global_v
     let before = timers_set(&w.trace, SiteTimer::Global);
     assert!(!before.is_empty() && before.iter().all(|(_, us)| *us == K), "{before:?}");
     let local = timers_set(&w.trace, SiteTimer::Local);
-    assert!(local.iter().any(|(p, _)| p.cluster == ClusterId(1)) && local.iter().any(|(p, _)| p.cluster != ClusterId(1)));
+    assert!(
+        local.iter().any(|(p, _)| p.cluster == ClusterId(1)) && local.iter().any(|(p, _)| p.cluster != ClusterId(1))
+    );
     for (at, us) in local {
         let expected = if at.cluster == ClusterId(1) { K / 4 } else { K / 12 };
         assert_eq!(us, expected, "{at}: T2 = T3 / (f + 3), T1 = T2 / (f + 2)");
@@ -136,5 +139,66 @@ fn tm2_tm3_timers_set_in_a_run_keep_their_ratios_and_double_in_the_next_global_v
     for (at, us) in local {
         let expected = if at.cluster == ClusterId(2) { 2 * K / 4 } else { 2 * K / 12 };
         assert_eq!(us, expected, "{at} in global view 1, led by site 2");
+    }
+}
+
+/// What the multi-site checker says of a hand-driven run: every site signature sent and
+/// every batch executed, in order.
+fn check(w: &World) -> Vec<String> {
+    let keys = w.keys.iter().map(|(site, (key, _))| (*site, key.clone())).collect();
+    let mut checker = SitesChecker::<S>::new(keys);
+    for (from, output) in &w.trace {
+        match output {
+            SiteOutput::ToSite(message) | SiteOutput::To { message, .. } => {
+                for signed in message.site_signed() {
+                    checker.observe(signed);
+                }
+            }
+            SiteOutput::Executed { seq, digest } => checker.executed(*from, *seq, *digest),
+            _ => {}
+        }
+    }
+    checker.violations().iter().map(|v| v.to_string()).collect()
+}
+
+/// GV5's negative control: the run above with site 3's GLOBAL-CONSTRAINTs lost, and the new
+/// leader site adopting a set from fewer than a majority of sites (its own alone, a rule
+/// broken on purpose, only with the `negative-controls` feature). It does not learn that
+/// site 3 ordered `u` at `seq` 1, binds a new update there instead, and the checker reports
+/// it (GI3). With the rule intact the leader site waits for a majority and the checker
+/// reports nothing.
+#[test]
+fn gv5_negative_control_a_constraint_set_of_fewer_than_a_majority_of_sites_breaks_gi3() {
+    for broken in [false, true] {
+        let mut w = World::new(3, params());
+        if broken {
+            for at in site(2) {
+                w.replicas.get_mut(&at).expect("a replica").accept_minority_global_constraints_for_negative_control();
+            }
+        }
+        let update = w.request(1, 1, &put(1), false);
+        w.feed(peer(1, 0), SiteInput::Client(update));
+        w.pump(|from, to, _| {
+            let (a, b) = (from.cluster.0, to.cluster.0);
+            (a == 1 && b == 2) || (a == 3 && b != 3)
+        });
+        let lost = |from: PeerId, to: PeerId, message: &SiteMessage<S>| {
+            from.cluster == ClusterId(1)
+                || to.cluster == ClusterId(1)
+                || (from.cluster == ClusterId(3) && matches!(message, SiteMessage::GlobalConstraint(_)))
+        };
+        for at in site(2).chain(site(3)) {
+            w.feed(at, SiteInput::Timer(SiteTimer::Global));
+        }
+        w.pump(lost);
+        let update = w.request(2, 2, &put(2), false);
+        w.feed(peer(2, 0), SiteInput::Client(update));
+        w.pump(lost);
+        let violations = check(&w);
+        if broken {
+            assert!(violations.iter().any(|v| v.contains("GI3")), "the checker missed it: {violations:?}");
+        } else {
+            assert!(violations.is_empty(), "{violations:?}");
+        }
     }
 }

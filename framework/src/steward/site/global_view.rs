@@ -65,6 +65,10 @@ pub(super) struct GlobalViews<S: ThresholdScheme> {
     bound: BTreeMap<SeqNum, Proposal<S>>,
     /// Global views preinstalled so far.
     pub(super) changes: u64,
+    /// Negative control only: GV5 with GLOBAL-CONSTRAINTs of this many sites, not a
+    /// majority.
+    #[cfg_attr(not(feature = "negative-controls"), allow(dead_code))]
+    constraints_needed: Option<usize>,
 }
 
 impl<S: ThresholdScheme> Default for GlobalViews<S> {
@@ -81,6 +85,7 @@ impl<S: ThresholdScheme> Default for GlobalViews<S> {
             constraints: BTreeMap::new(),
             bound: BTreeMap::new(),
             changes: 0,
+            constraints_needed: None,
         }
     }
 }
@@ -93,6 +98,20 @@ impl<S: ThresholdScheme> GlobalViews<S> {
 }
 
 impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
+    /// Negative control for tests only: GV5 with the GLOBAL-CONSTRAINT of one site (its
+    /// own, at the leader site) instead of a majority's. A replica built this way is not
+    /// safe: tests use it to show that the checker catches a batch ordered in an earlier
+    /// view being replaced (GI3).
+    #[cfg(feature = "negative-controls")]
+    pub fn accept_minority_global_constraints_for_negative_control(&mut self) {
+        self.global.constraints_needed = Some(1);
+    }
+
+    /// GV5: GLOBAL-CONSTRAINTs of a majority of sites.
+    fn global_constraints_needed(&self) -> usize {
+        self.global.constraints_needed.unwrap_or(self.sites.len() / 2 + 1)
+    }
+
     /// GV6: whether this replica may sequence in the current global view.
     pub(super) fn globally_constrained(&self) -> bool {
         self.global.constrained == Some(self.global_view())
@@ -391,10 +410,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     fn take_global_constraint(&mut self, constraint: Arc<GlobalConstraint<S>>, out: &mut Vec<SiteOutput<S>>) {
         let SitePayload::GlobalConstraint { site, .. } = constraint.signed.payload else { return };
         self.global.constraints.insert(site, constraint);
-        if self.globally_constrained()
-            || !self.is_representative()
-            || self.global.constraints.len() <= self.sites.len() / 2
-        {
+        let enough = self.global.constraints.len() >= self.global_constraints_needed();
+        if self.globally_constrained() || !self.is_representative() || !enough {
             return;
         }
         let bundle: Arc<Vec<GlobalConstraint<S>>> =
@@ -420,7 +437,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 return out.push(SiteOutput::Refused(SiteRefusal::Constraint(refusal)));
             }
         }
-        if sites.len() <= self.sites.len() / 2 {
+        if sites.len() < self.global_constraints_needed() {
             return out.push(SiteOutput::Refused(SiteRefusal::Constraint(ConstraintRefusal::TooFewReports)));
         }
         self.adopt_global(bundle, out);
