@@ -20,12 +20,13 @@
 //! site's bindings (LV2, LV3, in [`super::local_constraint`]).
 
 use super::{SiteOutput, SiteRefusal, SiteReplica, SiteTimer};
-use crate::ids::{Instant, PeerId};
+use crate::ids::{Instant, PeerId, SeqNum};
 use crate::service::Service;
 use crate::steward::global::SiteSigned;
 use crate::steward::messages::SiteMessage;
 use crate::steward::payload::{LocalView, SitePayload};
 use bulwark_crypto::threshold::ThresholdScheme;
+use bulwark_crypto::Digest;
 
 /// The local-view state of one replica.
 #[derive(Debug, Default)]
@@ -45,6 +46,26 @@ impl LocalViews {
 }
 
 impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
+    /// W6 across a change of representative: an ACCEPT names the local view it was shared
+    /// in, so shares made on both sides of the change never combine. In the new local view
+    /// this replica shares again, with it, the ACCEPT of every PROPOSAL it holds that its
+    /// site has not signed (TS1 allows the same binding again).
+    fn accept_again(&mut self, out: &mut Vec<SiteOutput<S>>) {
+        let (gv, lv, aru) = (self.global_view(), self.local_view(), self.aru());
+        let unsigned: Vec<(SeqNum, Digest)> = self
+            .proposals
+            .range(aru.next()..)
+            .filter(|(seq, _)| self.accepts.get(seq).is_none_or(|by_site| !by_site.contains_key(&self.site)))
+            .filter_map(|(seq, proposal)| match proposal.signed.payload {
+                SitePayload::Proposal { gv: g, updates, .. } if g == gv => Some((*seq, updates)),
+                _ => None,
+            })
+            .collect();
+        for (seq, updates) in unsigned {
+            self.sign(SitePayload::Accept { site: self.site, gv, lv, seq, updates }, out);
+        }
+    }
+
     /// Arms `Local_T` if this replica waits for something and it is not running.
     pub(super) fn keep_local_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
         if self.rep_change.timer_armed {
@@ -124,6 +145,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
         if self.at_leader_site() {
             self.start_constraint(out);
+        } else {
+            self.accept_again(out);
         }
         // The updates this replica handed to the old representative, or held as the old
         // representative, go to the new one.

@@ -430,9 +430,13 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             + self.ordered.len()
             + self.my_shares.len()
             + self.signer.pending()
-            + self.signer.slots()
             + self.local.rounds()
             + self.relay.held()
+    }
+
+    /// Slots the threshold signer remembers a shared value for (TS1), for footprint checks.
+    pub fn signer_slots(&self) -> usize {
+        self.signer.slots()
     }
 
     /// The leader site of the current global view.
