@@ -12,6 +12,7 @@ use bulwark_crypto::threshold::Simulated;
 use bulwark_crypto::Digest;
 use bulwark_framework::sim::sites::{SiteCut, SitesConfig, SitesReport, SitesSimulation};
 use bulwark_framework::steward::messages::SiteMessage;
+use bulwark_framework::steward::payload::SitePayload;
 use bulwark_framework::steward::site::{SiteInput, SiteOutput, SiteTimer};
 use bulwark_framework::steward::timers::Timeouts;
 use bulwark_framework::verify::verify_message;
@@ -202,6 +203,103 @@ fn sk1_a_site_cut_off_past_a_stable_checkpoint_installs_the_state_after_healing(
         assert_eq!(w.replica(replica).state_digest(), leader_state, "{replica} ends in site 1's state");
     }
     assert_eq!(read_inside_the_cut_site(&mut w), Some(b"after-4".to_vec()));
+}
+
+/// W6, W7, LV1 with a minority cut off (found by `bulwark sim --sites 5 --partitions`,
+/// seed 194; see below): sites 1 and 2, a connected majority with no faulty replica, must
+/// order an update (W7 needs `⌊3/2⌋ = 1` ACCEPT besides the leader site's PROPOSAL) while
+/// site 3 is cut off. Site 2's `Local_T` expires at its four replicas at once (an idle site
+/// rotates its representative, T1) and the PROPOSAL arrives while the change is under way:
+/// replicas 0 and 1 have preinstalled local view 1, replicas 2 and 3 not yet (their NEW-REP
+/// shares come after the PROPOSAL, LAN reordering). Each replica shares ACCEPT(site 2,
+/// gv 0, lv, seq 1, H(u)) with its own `lv`, so two shares bind local view 1 and two local
+/// view 0, and neither reaches `2f + 1 = 3`. Once every replica of site 2 is in local view 1,
+/// status timers (RC0: stuck replicas send their shares again, the same two-and-two) and a
+/// further local view change do not make site 2 sign: the update is never ordered. (With the
+/// PROPOSAL taken after the change at every replica, the same steps order it at once.)
+///
+/// This test fails today: it documents a liveness bug of the site replica (it is not
+/// ignored, so that it is seen). Seed 194 of the partition campaign (`bulwark sim --sites 5
+/// --replicas-per-site 4 --byzantine-per-site 1 --partitions --first-seed 194 --seeds 1`)
+/// shows its signs at several sites at once: the leader site is cut off from 1.08 s to
+/// 2.32 s, the other sites' `Local_T`s run in step (each restarts on the same executed
+/// batch), and from about 4 s every site holds the PROPOSALs of seq 33 and 34 while none of
+/// sites 3, 4, 5 ever signs an ACCEPT for them; the unmatched shares' collections then fill
+/// each member's opening budget (`SignerLimits::opened_per_member_max`, 184,658
+/// `TooManyOpened` refusals) and the run never ends (120 s limit).
+#[test]
+fn w6_a_proposal_taken_across_a_local_view_change_is_still_accepted_by_the_connected_majority() {
+    let mut w = World::new(3, params());
+    let late = [peer(2, 2), peer(2, 3)];
+    for id in 0..4 {
+        w.feed(peer(2, id), SiteInput::Timer(SiteTimer::Local));
+    }
+    let mut held = Vec::new();
+    let pump_holding = |w: &mut World, held: &mut Vec<_>, hold: &dyn Fn(&SiteMessage<S>) -> bool| {
+        while let Some((from, to, message)) = w.queue.pop_front() {
+            if across_the_cut(from, to, &message) {
+                continue;
+            }
+            if late.contains(&to) && hold(&message) {
+                held.push((from, to, message));
+            } else {
+                w.deliver(from, to, message);
+            }
+        }
+    };
+    // Local view 1 of site 2 is preinstalled at replicas 0 and 1; what would tell replicas
+    // 2 and 3 is late.
+    pump_holding(&mut w, &mut held, &|_| true);
+    let lv = |w: &World, replica: PeerId| w.replica(replica).local_view_of(ClusterId(2));
+    assert_eq!((lv(&w, peer(2, 0)), lv(&w, peer(2, 1))), (1, 1));
+    assert_eq!((lv(&w, late[0]), lv(&w, late[1])), (0, 0));
+
+    // The leader site orders an update; its PROPOSAL reaches every replica of site 2.
+    let update = w.request(1, 1, &put(1), false);
+    w.feed(peer(1, 0), SiteInput::Client(update));
+    pump_holding(&mut w, &mut held, &|message| !matches!(message, SiteMessage::Proposal(_)));
+    let digest = pick(&w.trace, |_, o| match o {
+        SiteOutput::ToSite(SiteMessage::PrePrepare { batch, .. }) => Some(batch.digest()),
+        _ => None,
+    })[0];
+    let accept = |lv| SitePayload::Accept { site: ClusterId(2), gv: 0, lv, seq: SeqNum(1), updates: digest };
+    assert_eq!(sharers(&w.trace, accept(1)), vec![peer(2, 0), peer(2, 1)], "ACCEPT shares of local view 1");
+    assert_eq!(sharers(&w.trace, accept(0)), late.to_vec(), "ACCEPT shares of local view 0");
+
+    // Everything late arrives; every replica of site 2 is in local view 1.
+    for (from, to, message) in held {
+        w.deliver(from, to, message);
+    }
+    w.pump(across_the_cut);
+    assert!(site_replicas(ClusterId(2)).into_iter().all(|replica| lv(&w, replica) == 1));
+
+    // Time passes: status timers everywhere, twice; `Local_T` at site 2 once more (local
+    // view 2 everywhere); status timers twice again.
+    let status_twice = |w: &mut World| {
+        for _ in 0..2 {
+            w.now.0 += params().status_interval_us;
+            for replica in every_replica(3) {
+                w.feed(replica, SiteInput::Timer(SiteTimer::Status));
+            }
+            w.pump(across_the_cut);
+        }
+    };
+    status_twice(&mut w);
+    w.now.0 += Timeouts::new(params().global_timeout_base_us, 1, 3).expect("valid timeouts").local_us(0);
+    for replica in site_replicas(ClusterId(2)) {
+        w.feed(replica, SiteInput::Timer(SiteTimer::Local));
+    }
+    w.pump(across_the_cut);
+    assert!(site_replicas(ClusterId(2)).into_iter().all(|replica| lv(&w, replica) == 2));
+    status_twice(&mut w);
+    for replica in every_replica(2) {
+        assert_eq!(
+            w.replica(replica).aru(),
+            SeqNum(1),
+            "{replica} never executes the update: {}",
+            w.replica(replica).waiting_for()
+        );
+    }
 }
 
 fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) -> KvOp {
