@@ -82,7 +82,12 @@ pub struct World {
 
 impl World {
     pub fn new(sites: u32, params: SiteParams) -> Self {
-        let protocol = ProtocolParams { checkpoint_interval: 2, ..ProtocolParams::default() };
+        Self::with_checkpoint_interval(sites, params, 2)
+    }
+
+    /// The same world with a site checkpoint (SK1) every `interval` sequence numbers.
+    pub fn with_checkpoint_interval(sites: u32, params: SiteParams, interval: u64) -> Self {
+        let protocol = ProtocolParams { checkpoint_interval: interval, ..ProtocolParams::default() };
         let deal = |site: u32| S::deal(4, 3, &mut rand_chacha::ChaCha20Rng::seed_from_u64(site.into()));
         let (mut infos, mut memberships, mut keys, mut pairs) =
             (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());

@@ -55,6 +55,12 @@ pub(crate) struct SimArgs {
     /// by a local view change (LV1-LV3).
     #[arg(long, requires = "sites")]
     representative_faults: bool,
+    /// With --sites: partitions too. One seed in two cuts one site (the leader site
+    /// included) off from every other site for 0.3-1.5 s, starting between 0.2 and 1.5 s:
+    /// what it sends or is sent over the WAN meanwhile is lost, its LAN and clients carry on.
+    /// The cut heals before the network settles (3 s); the run must still converge.
+    #[arg(long, requires = "sites", conflicts_with = "figures")]
+    partitions: bool,
     /// With --sites: instead of a campaign, print Steward against flat PBFT on the same
     /// simulated WAN (50 ms links at 10, 5 and 2.5 Mbit/s).
     #[arg(long, requires = "sites")]
@@ -85,6 +91,7 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
             replicas_per_site: args.replicas_per_site,
             byzantine_per_site: args.byzantine_per_site,
             representative_faults: args.representative_faults,
+            partitions: args.partitions,
             first_seed: args.first_seed,
             seeds: args.seeds,
         };

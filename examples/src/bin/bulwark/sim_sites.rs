@@ -1,7 +1,7 @@
 //! `bulwark sim --sites S`: the multi-site Steward simulator over many seeds (drawn WAN and
-//! LAN faults, Byzantine replicas in every site), ending with a verdict and the command that
-//! replays a failing seed; and with `--figures`, Steward against flat PBFT on the same
-//! simulated WAN.
+//! LAN faults, Byzantine replicas in every site; with `--partitions` also a site cut off for
+//! a while), ending with a verdict and the command that replays a failing seed; and with
+//! `--figures`, Steward against flat PBFT on the same simulated WAN.
 
 use bulwark_crypto::threshold::Simulated;
 use bulwark_examples::kv::{KvOp, KvStore};
@@ -21,6 +21,7 @@ pub(crate) struct SitesArgs {
     pub replicas_per_site: usize,
     pub byzantine_per_site: Option<usize>,
     pub representative_faults: bool,
+    pub partitions: bool,
     pub first_seed: u64,
     pub seeds: u64,
 }
@@ -40,14 +41,19 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
     if args.representative_faults {
         campaign = campaign.with_representative_faults();
     }
+    if args.partitions {
+        campaign = campaign.with_partitions();
+    }
     let representatives = if args.representative_faults { ", representatives crashing or Byzantine" } else { "" };
+    let partitions =
+        if args.partitions { ", one seed in two a site (the leader site too) cut off for 0.3-1.5 s" } else { "" };
     let colluding = if campaign.colluders > 0 {
         format!(", the leader site's representative and {} accomplices colluding (beyond f)", campaign.colluders - 1)
     } else {
         String::new()
     };
     println!(
-        "Steward: {} sites of {} (f = {f}), {byzantine} Byzantine per site{representatives}{colluding}; seeds {}..={}; \
+        "Steward: {} sites of {} (f = {f}), {byzantine} Byzantine per site{representatives}{partitions}{colluding}; seeds {}..={}; \
          every {REAL_CRYPTO_EVERY}th seed with BLS12-381",
         args.sites,
         args.replicas_per_site,
@@ -55,23 +61,39 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
         args.first_seed + args.seeds.saturating_sub(1)
     );
     let (mut unsafe_seeds, mut stuck, mut violations) = (Vec::new(), Vec::new(), 0);
-    let (mut updates, mut blamed, mut changes) = (0, 0, 0);
+    let (mut updates, mut blamed, mut changes, mut cut, mut cut_losses) = (0, 0, 0, 0, 0);
     for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
         let report = campaign.run(seed, KvStore::new, append);
         updates += report.updates_completed;
         blamed += report.blamed;
         changes += report.representative_changes();
-        if !report.violations.is_empty() {
+        let cuts = campaign.config(seed).cuts;
+        cut += u64::from(!cuts.is_empty());
+        cut_losses += report.cut_losses;
+        let failed = if !report.violations.is_empty() {
             violations += report.violations.len();
             unsafe_seeds.push(seed);
-            println!("{report}");
+            true
         } else if !report.converged() {
             stuck.push(seed);
+            true
+        } else {
+            false
+        };
+        if failed {
             println!("{report}");
+            for cut in cuts {
+                println!("  {} cut off from {:?} until {:?}", cut.site, cut.from, cut.until);
+            }
         }
     }
+    let partitioned = if args.partitions {
+        format!(", {cut} seeds with a site cut off ({cut_losses} WAN messages lost to cuts)")
+    } else {
+        String::new()
+    };
     println!(
-        "{} seeds, {updates} updates completed, {blamed} bad shares blamed, {changes} representatives replaced",
+        "{} seeds, {updates} updates completed, {blamed} bad shares blamed, {changes} representatives replaced{partitioned}",
         args.seeds
     );
     if let Some(seed) = stuck.first() {

@@ -1,6 +1,8 @@
 //! The multi-site campaign: one configuration per seed, drawn from the seed alone, with WAN
 //! loss, duplication and reordering (jitter), LAN loss and duplication, and up to `K`
-//! Byzantine replicas per site; the same for the tests and `bulwark sim --sites`.
+//! Byzantine replicas per site; the same for the tests and `bulwark sim --sites`. With
+//! [`SitesCampaign::with_partitions`] half the seeds also cut one site off from the others
+//! for a while ([`SiteCut`]).
 //!
 //! With `K ≤ f` the Byzantine replicas are never representatives and follow the strategies
 //! a site must survive ([`SiteStrategy::tolerated`]). With `K > f` the run is the negative
@@ -11,7 +13,7 @@
 //! BLS12-381 (blsttc), whose verdicts the stand-in matches (bulwark-crypto's tests).
 
 use super::byzantine::SiteStrategy;
-use super::{SitesConfig, SitesReport, SitesSimulation};
+use super::{SiteCut, SitesConfig, SitesReport, SitesSimulation};
 use crate::ids::{Instant, PeerId, ReplicaId};
 use crate::service::Service;
 use crate::sim::wan::LinkModel;
@@ -23,6 +25,9 @@ use std::time::Duration;
 
 /// Seeds divisible by this run the real BLS scheme.
 pub const REAL_CRYPTO_EVERY: u64 = 20;
+
+/// When the network of every seed settles: no loss, duplication or cut after it.
+const FAULTS_UNTIL_US: u64 = 3_000_000;
 
 /// The shape of a campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +45,10 @@ pub struct SitesCampaign {
     /// replaying; at the leader site also pre-preparing conflicting batches); that site then
     /// has no other faulty replica. Replaced by LV1 (and LV2, LV3 at the leader site).
     pub representative_faults: bool,
+    /// Partitions: one seed in two cuts one site (any, the leader site included) off from
+    /// every other site, from a time in 200 ms..1.5 s for 300 ms..1.5 s, healed before the
+    /// network settles (3 s).
+    pub partitions: bool,
     pub clients_per_site: usize,
     pub updates_per_client: u64,
 }
@@ -54,6 +63,7 @@ impl SitesCampaign {
             byzantine_per_site,
             colluders,
             representative_faults: false,
+            partitions: false,
             clients_per_site: 2,
             updates_per_client: 6,
         }
@@ -76,7 +86,7 @@ impl SitesCampaign {
         };
         config.lan_drop = draw.gen_range(0.0..0.03);
         config.lan_duplicate = draw.gen_range(0.0..0.03);
-        config.faults_until = Some(Instant::from_micros(3_000_000));
+        config.faults_until = Some(Instant::from_micros(FAULTS_UNTIL_US));
         config.time_limit = Duration::from_secs(120);
         let f = (self.replicas_per_site - 1) / 3;
         for site in 0..self.sites {
@@ -117,6 +127,13 @@ impl SitesCampaign {
                 config.byzantine.push((PeerId::new(cluster, ReplicaId(id)), strategy));
             }
         }
+        // Drawn last, so that the draws above are those of the same seed without partitions.
+        if self.partitions && draw.gen_bool(0.5) {
+            let site = SitesConfig::site(draw.gen_range(0..self.sites));
+            let from = draw.gen_range(200_000..1_500_000);
+            let until = (from + draw.gen_range(300_000..1_500_000)).min(FAULTS_UNTIL_US - 1);
+            config.cuts.push(SiteCut { site, from: Instant::from_micros(from), until: Instant::from_micros(until) });
+        }
         config
     }
 
@@ -149,11 +166,18 @@ impl SitesCampaign {
         self
     }
 
+    /// With partitions: one seed in two cuts one site off for a while.
+    pub fn with_partitions(mut self) -> Self {
+        self.partitions = true;
+        self
+    }
+
     /// The command that replays `seed` of this campaign.
     pub fn replay_command(&self, seed: u64) -> String {
         let representatives = if self.representative_faults { " --representative-faults" } else { "" };
+        let partitions = if self.partitions { " --partitions" } else { "" };
         format!(
-            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {}{representatives} --first-seed {seed} --seeds 1",
+            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {}{representatives}{partitions} --first-seed {seed} --seeds 1",
             self.sites, self.replicas_per_site, self.byzantine_per_site
         )
     }

@@ -67,6 +67,9 @@ pub struct SitesConfig {
     pub byzantine: Vec<(PeerId, SiteStrategy)>,
     /// Replicas that crash (stop for good) at the given time.
     pub crashes: Vec<(PeerId, Instant)>,
+    /// Partitions of whole sites from the others (see [`SiteCut`]); they last past
+    /// `faults_until` if they say so.
+    pub cuts: Vec<SiteCut>,
     pub cpu: Option<CpuCosts>,
     /// Bytes a site signature or share takes on the WAN (96 for BLS12-381), whatever the
     /// scheme the run uses.
@@ -99,6 +102,7 @@ impl SitesConfig {
             faults_until: None,
             byzantine: Vec::new(),
             crashes: Vec::new(),
+            cuts: Vec::new(),
             cpu: None,
             signature_bytes: 96,
             time_limit: Duration::from_secs(300),
@@ -113,6 +117,43 @@ impl SitesConfig {
     /// The home site of client `client`.
     pub fn home_of(&self, client: usize) -> ClusterId {
         Self::site(client / self.clients_per_site.max(1))
+    }
+
+    /// What [`SitesSimulation::new`] refuses besides bad parameters: a cut of a site that is
+    /// not in the run, or one that ends before it starts.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        let fail = |reason: String| Err(crate::config::ConfigError::Invalid { field: "cuts", reason });
+        for cut in &self.cuts {
+            if !(1..=self.sites).contains(&(cut.site.0 as usize)) {
+                let last = Self::site(self.sites.saturating_sub(1));
+                return fail(format!("a cut names site {}; the sites of this run are k1..={last}", cut.site));
+            }
+            if cut.until < cut.from {
+                return fail(format!(
+                    "the cut of site {} ends at {:?}, before it starts at {:?}",
+                    cut.site, cut.until, cut.from
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A site cut off from every other site for a while: every WAN message sent from or to
+/// `site` while `from <= now < until` is lost, `now` being when it leaves its sender (one
+/// already on its way when the cut starts still arrives). The site's LAN and its own
+/// clients are unaffected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiteCut {
+    pub site: ClusterId,
+    pub from: Instant,
+    pub until: Instant,
+}
+
+impl SiteCut {
+    /// Whether a WAN message between sites `a` and `b` sent at `now` is lost to this cut.
+    pub fn severs(&self, a: ClusterId, b: ClusterId, now: Instant) -> bool {
+        (a == self.site || b == self.site) && self.from <= now && now < self.until
     }
 }
 
@@ -186,6 +227,7 @@ pub struct SitesSimulation<Svc: Service, S: ThresholdScheme> {
     blamed: u64,
     faults: u64,
     peak_held: usize,
+    cut_losses: u64,
 }
 
 impl<Svc: Service, S: ThresholdScheme> std::fmt::Debug for SitesSimulation<Svc, S> {
@@ -213,6 +255,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
         make_service: impl Fn() -> Svc,
         make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> Svc::Op + 'static,
     ) -> Result<Self, crate::config::ConfigError> {
+        config.validate()?;
         let n = config.replicas_per_site;
         let f = (n.max(1) - 1) / 3;
         let ids: Vec<ReplicaId> = (0..n as u32).map(ReplicaId).collect();
@@ -302,6 +345,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             blamed: 0,
             faults: 0,
             peak_held: 0,
+            cut_losses: 0,
             config,
         })
     }
@@ -513,7 +557,8 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
     }
 
     /// Over the LAN inside a site, over the WAN between sites; `departs` is when the
-    /// sender is done with the input that made the message.
+    /// sender is done with the input that made the message. A WAN message departing while
+    /// a [`SiteCut`] of either end holds is lost.
     fn send(&mut self, from: PeerId, to: PeerId, message: SiteMessage<S>, departs: Instant) {
         for signed in message.site_signed() {
             self.checker.observe(signed);
@@ -542,6 +587,11 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
         kind.0 += 1;
         kind.1 += bytes as u64;
         let arrivals = self.wan.send(from.cluster, to.cluster, bytes, departs, &mut self.rng);
+        // A cut loses the message after it took its place on the link, as WAN loss does.
+        if self.config.cuts.iter().any(|cut| cut.severs(from.cluster, to.cluster, departs)) {
+            self.cut_losses += arrivals.len() as u64;
+            return;
+        }
         for at in arrivals {
             self.schedule(at, Event::Deliver { to, from, message: message.clone() });
         }
@@ -654,6 +704,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             events: self.delivered,
             finished,
             peak_held: self.peak_held,
+            cut_losses: self.cut_losses,
             waiting,
         }
     }

@@ -39,6 +39,9 @@ pub struct SitesReport {
     pub finished: bool,
     /// The most entries any correct replica held in its logs at once.
     pub peak_held: usize,
+    /// WAN messages lost to [`SiteCut`](super::SiteCut)s (copies that would otherwise have
+    /// arrived).
+    pub cut_losses: u64,
     /// For a run that did not finish: what each correct replica waits for.
     pub waiting: BTreeMap<PeerId, String>,
 }
@@ -92,6 +95,9 @@ impl fmt::Display for SitesReport {
             self.load.wan_messages_per_update(),
             self.blamed,
         )?;
+        if self.cut_losses > 0 {
+            write!(f, ", {} lost to cuts", self.cut_losses)?;
+        }
         for violation in self.violations.iter().take(3) {
             write!(f, "\n  {violation}")?;
         }
