@@ -215,18 +215,13 @@ fn sk1_a_site_cut_off_past_a_stable_checkpoint_installs_the_state_after_healing(
 /// gv 0, lv, seq 1, H(u)) with its own `lv`, so two shares bind local view 1 and two local
 /// view 0, and neither reaches `2f + 1 = 3`. Once every replica of site 2 is in local view 1,
 /// status timers (RC0: stuck replicas send their shares again, the same two-and-two) and a
-/// further local view change do not make site 2 sign: the update is never ordered. (With the
-/// PROPOSAL taken after the change at every replica, the same steps order it at once.)
+/// further local view change did not make site 2 sign: the update was never ordered.
 ///
-/// This test fails today: it documents a liveness bug of the site replica (it is not
-/// ignored, so that it is seen). Seed 194 of the partition campaign (`bulwark sim --sites 5
-/// --replicas-per-site 4 --byzantine-per-site 1 --partitions --first-seed 194 --seeds 1`)
-/// shows its signs at several sites at once: the leader site is cut off from 1.08 s to
-/// 2.32 s, the other sites' `Local_T`s run in step (each restarts on the same executed
-/// batch), and from about 4 s every site holds the PROPOSALs of seq 33 and 34 while none of
-/// sites 3, 4, 5 ever signs an ACCEPT for them; the unmatched shares' collections then fill
-/// each member's opening budget (`SignerLimits::opened_per_member_max`, 184,658
-/// `TooManyOpened` refusals) and the run never ends (120 s limit).
+/// Seed 194 of the partition campaign (`bulwark sim --sites 5 --replicas-per-site 4
+/// --byzantine-per-site 1 --partitions --first-seed 194 --seeds 1`) showed it at several
+/// sites at once and never ended. The fix: a replica that preinstalls a new local view
+/// shares again, with it, the ACCEPT of every PROPOSAL its site has not signed (TS1 allows
+/// the same binding in a later local view).
 #[test]
 fn w6_a_proposal_taken_across_a_local_view_change_is_still_accepted_by_the_connected_majority() {
     let mut w = World::new(3, params());

@@ -1,7 +1,8 @@
 //! `bulwark sim --sites S`: the multi-site Steward simulator over many seeds (drawn WAN and
-//! LAN faults, Byzantine replicas in every site; with `--partitions` also a site cut off for
-//! a while), ending with a verdict and the command that replays a failing seed; and with
-//! `--figures`, Steward against flat PBFT on the same simulated WAN.
+//! LAN faults, Byzantine replicas in every site, and unless `--no-view-change-faults`
+//! representatives crashing or Byzantine, sites and leader sites cut off), ending with a
+//! verdict and the command that replays a failing seed; and with `--figures`, Steward
+//! against flat PBFT on the same simulated WAN.
 
 use bulwark_crypto::threshold::Simulated;
 use bulwark_examples::kv::{KvOp, KvStore};
@@ -20,8 +21,7 @@ pub(crate) struct SitesArgs {
     pub sites: usize,
     pub replicas_per_site: usize,
     pub byzantine_per_site: Option<usize>,
-    pub representative_faults: bool,
-    pub partitions: bool,
+    pub view_change_faults: bool,
     pub first_seed: u64,
     pub seeds: u64,
 }
@@ -38,22 +38,22 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
     let f = (args.replicas_per_site - 1) / 3;
     let byzantine = args.byzantine_per_site.unwrap_or(f);
     let mut campaign = SitesCampaign::new(args.sites, args.replicas_per_site, byzantine);
-    if args.representative_faults {
-        campaign = campaign.with_representative_faults();
+    if args.view_change_faults {
+        campaign = campaign.with_view_change_faults();
     }
-    if args.partitions {
-        campaign = campaign.with_partitions();
-    }
-    let representatives = if args.representative_faults { ", representatives crashing or Byzantine" } else { "" };
-    let partitions =
-        if args.partitions { ", one seed in two a site (the leader site too) cut off for 0.3-1.5 s" } else { "" };
+    let faults = if args.view_change_faults {
+        ", representatives crashing or Byzantine, one seed in two a site cut off for 0.3-1.5 s, \
+         one in three the leader site cut off for 3.5-5 s"
+    } else {
+        ""
+    };
     let colluding = if campaign.colluders > 0 {
         format!(", the leader site's representative and {} accomplices colluding (beyond f)", campaign.colluders - 1)
     } else {
         String::new()
     };
     println!(
-        "Steward: {} sites of {} (f = {f}), {byzantine} Byzantine per site{representatives}{partitions}{colluding}; seeds {}..={}; \
+        "Steward: {} sites of {} (f = {f}), {byzantine} Byzantine per site{faults}{colluding}; seeds {}..={}; \
          every {REAL_CRYPTO_EVERY}th seed with BLS12-381",
         args.sites,
         args.replicas_per_site,
@@ -62,12 +62,17 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
     );
     let (mut unsafe_seeds, mut stuck, mut violations) = (Vec::new(), Vec::new(), 0);
     let (mut updates, mut blamed, mut changes, mut cut, mut cut_losses) = (0, 0, 0, 0, 0);
+    let (mut leader_changes, mut settle_us) = (0, 0);
     for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
         let report = campaign.run(seed, KvStore::new, append);
         updates += report.updates_completed;
         blamed += report.blamed;
         changes += report.representative_changes();
-        let cuts = campaign.config(seed).cuts;
+        leader_changes += report.leader_site_changes();
+        let config = campaign.config(seed);
+        let settled_at = config.faults_until.map_or(0, |at| at.0);
+        settle_us = settle_us.max((report.simulated_time.as_micros() as u64).saturating_sub(settled_at));
+        let cuts = config.cuts;
         cut += u64::from(!cuts.is_empty());
         cut_losses += report.cut_losses;
         let failed = if !report.violations.is_empty() {
@@ -87,8 +92,10 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    let partitioned = if args.partitions {
-        format!(", {cut} seeds with a site cut off ({cut_losses} WAN messages lost to cuts)")
+    let partitioned = if args.view_change_faults {
+        format!(
+            ", {cut} seeds with a site cut off ({cut_losses} WAN messages lost to cuts), {leader_changes} leader sites replaced"
+        )
     } else {
         String::new()
     };
@@ -96,6 +103,7 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
         "{} seeds, {updates} updates completed, {blamed} bad shares blamed, {changes} representatives replaced{partitioned}",
         args.seeds
     );
+    println!("longest run after the network settled: {:.1} s", settle_us as f64 / 1e6);
     if let Some(seed) = stuck.first() {
         println!("not live: {} seeds; replay the first with `{}`", stuck.len(), campaign.replay_command(*seed));
     }

@@ -49,6 +49,10 @@ pub struct SitesCampaign {
     /// every other site, from a time in 200 ms..1.5 s for 300 ms..1.5 s, healed before the
     /// network settles (3 s).
     pub partitions: bool,
+    /// Leader sites replaced: `K` (TM3) is 3 s, and one seed in three cuts the leader site
+    /// off from a time in 0.3..1 s for 3.5..5 s, longer than `Global_T`; the network then
+    /// settles when the cut heals (GV1–GV6).
+    pub leader_cuts: bool,
     pub clients_per_site: usize,
     pub updates_per_client: u64,
 }
@@ -64,6 +68,7 @@ impl SitesCampaign {
             colluders,
             representative_faults: false,
             partitions: false,
+            leader_cuts: false,
             clients_per_site: 2,
             updates_per_client: 6,
         }
@@ -134,6 +139,16 @@ impl SitesCampaign {
             let until = (from + draw.gen_range(300_000..1_500_000)).min(FAULTS_UNTIL_US - 1);
             config.cuts.push(SiteCut { site, from: Instant::from_micros(from), until: Instant::from_micros(until) });
         }
+        if self.leader_cuts {
+            config.site_params.global_timeout_base_us = 3_000_000;
+            if draw.gen_bool(1.0 / 3.0) {
+                let from = draw.gen_range(300_000..1_000_000);
+                let until = from + draw.gen_range(3_500_000..5_000_000);
+                let (from, until) = (Instant::from_micros(from), Instant::from_micros(until));
+                config.cuts.push(SiteCut { site: SitesConfig::site(0), from, until });
+                config.faults_until = config.faults_until.max(Some(until));
+            }
+        }
         config
     }
 
@@ -172,12 +187,28 @@ impl SitesCampaign {
         self
     }
 
-    /// The command that replays `seed` of this campaign.
+    /// With every view-change fault: representatives crashing or Byzantine, sites cut off
+    /// for a while, and leader sites cut off long enough to be replaced. What `bulwark sim
+    /// --sites` runs unless told `--no-view-change-faults`.
+    pub fn with_view_change_faults(mut self) -> Self {
+        self.representative_faults = true;
+        self.partitions = true;
+        self.leader_cuts = true;
+        self
+    }
+
+    /// The command that replays `seed` of this campaign (`bulwark sim` runs either every
+    /// view-change fault or none).
     pub fn replay_command(&self, seed: u64) -> String {
-        let representatives = if self.representative_faults { " --representative-faults" } else { "" };
-        let partitions = if self.partitions { " --partitions" } else { "" };
+        let all = self.representative_faults && self.partitions && self.leader_cuts;
+        let none = !(self.representative_faults || self.partitions || self.leader_cuts);
+        let faults = match (all, none) {
+            (true, _) => "",
+            (_, true) => " --no-view-change-faults",
+            _ => " (a test's subset of the view-change faults: replay with BULWARK_SEED)",
+        };
         format!(
-            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {}{representatives}{partitions} --first-seed {seed} --seeds 1",
+            "bulwark sim --sites {} --replicas-per-site {} --byzantine-per-site {} --first-seed {seed} --seeds 1{faults}",
             self.sites, self.replicas_per_site, self.byzantine_per_site
         )
     }

@@ -92,11 +92,24 @@ impl<S: ThresholdScheme> SitesChecker<S> {
         }
     }
 
-    /// GI3: a site-signed PROPOSAL for an ordered sequence number carries another batch.
+    /// GI3: a site-signed PROPOSAL for an ordered sequence number carries another batch, in
+    /// the global view the batch was ordered in or a later one. The view it was ordered in
+    /// is the earliest with its PROPOSAL and ACCEPTs of `⌊S/2⌋` sites seen (else the earliest
+    /// with its PROPOSAL, else view 0): a leader site cut off in an earlier view may still
+    /// propose something else there, which nobody can order.
     fn proposed_conflict(&self, seq: SeqNum, digest: Digest) -> Option<String> {
-        self.bindings
-            .iter()
-            .filter(|((accept, _, _, s), bound)| !accept && *s == seq && **bound != digest)
+        let proposals = || self.bindings.iter().filter(move |((accept, _, _, s), _)| !accept && *s == seq);
+        let accepted = |gv: GlobalView| {
+            let accepts = self
+                .bindings
+                .iter()
+                .filter(|((accept, _, g, s), bound)| *accept && *g == gv && *s == seq && **bound == digest);
+            accepts.count() >= self.keys.len() / 2
+        };
+        let same = || proposals().filter(|(_, bound)| **bound == digest).map(|((_, _, gv, _), _)| *gv);
+        let ordered_in = same().filter(|gv| accepted(*gv)).min().or_else(|| same().min()).unwrap_or(0);
+        proposals()
+            .filter(|((_, _, gv, _), bound)| **bound != digest && *gv >= ordered_in)
             .map(|((_, site, gv, _), bound)| format!("{seq} executed {digest:?}, {site} proposed {bound:?} in gv {gv}"))
             .next()
     }
@@ -130,12 +143,9 @@ impl<S: ThresholdScheme> SitesChecker<S> {
                 self.bindings.insert((accept, site, gv, seq), digest);
             }
         }
-        if !accept {
-            if let Some((executed, _)) = self.history.get(&seq) {
-                if *executed != digest {
-                    let detail = format!("{seq} executed {executed:?}, {site} proposed {digest:?} in gv {gv}");
-                    self.violate("GI3", detail);
-                }
+        if let Some((executed, _)) = self.history.get(&seq) {
+            if let Some(detail) = self.proposed_conflict(seq, *executed) {
+                self.violate("GI3", detail);
             }
         }
     }
@@ -257,6 +267,26 @@ mod tests {
             *gv = 5;
         }
         checker.observe(&signed(&key, &secrets, later));
+        assert_eq!(invariants(&checker), ["GI3"]);
+    }
+
+    /// GI3 is about the view the batch was ordered in and later ones: a PROPOSAL of an
+    /// earlier view (a leader site cut off, replaced) for another batch is none.
+    #[test]
+    fn gi3_a_proposal_of_an_earlier_view_than_the_one_that_ordered_the_batch_is_no_violation() {
+        let (mut checker, key, secrets) = checker();
+        // One site: a PROPOSAL alone is accepted by `⌊1/2⌋ = 0` other sites.
+        let in_view = |gv: GlobalView, payload: SitePayload| match payload {
+            SitePayload::Proposal { site, lv, seq, updates, .. } => {
+                SitePayload::Proposal { site, gv, lv, seq, updates }
+            }
+            other => other,
+        };
+        checker.observe(&signed(&key, &secrets, in_view(0, proposal(1, digest(2)))));
+        checker.observe(&signed(&key, &secrets, in_view(1, proposal(1, digest(1)))));
+        checker.executed(A, SeqNum(1), digest(1));
+        assert!(checker.violations().is_empty(), "{:?}", checker.violations());
+        checker.observe(&signed(&key, &secrets, in_view(2, proposal(1, digest(3)))));
         assert_eq!(invariants(&checker), ["GI3"]);
     }
 

@@ -684,8 +684,10 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
                 (*peer, views)
             })
             .collect();
+        let global_views = self.correct().map(|(peer, replica)| (*peer, replica.global_view())).collect();
         SitesReport {
             seed: self.config.seed,
+            global_views,
             violations: self.checker.violations().to_vec(),
             checks: self.checker.checks(),
             updates_expected: self.config.updates_per_client * self.clients.len() as u64,

@@ -21,6 +21,8 @@ pub struct SitesReport {
     /// Each correct replica's `aru` and state digest at the end.
     pub final_states: BTreeMap<PeerId, (SeqNum, Digest)>,
     pub stable_checkpoints: BTreeMap<PeerId, SeqNum>,
+    /// Each correct replica's global view at the end (GV2).
+    pub global_views: BTreeMap<PeerId, crate::steward::payload::GlobalView>,
     /// Each correct replica's view of every site's preinstalled local view.
     pub local_views: BTreeMap<PeerId, BTreeMap<crate::ids::ClusterId, crate::steward::payload::LocalView>>,
     /// Updates, latencies and WAN traffic.
@@ -61,6 +63,11 @@ impl SitesReport {
 
     /// Changes of representative over all sites: each site's highest local view any
     /// correct replica preinstalled, summed.
+    /// The highest global view any correct replica reached: leader sites replaced.
+    pub fn leader_site_changes(&self) -> u64 {
+        self.global_views.values().copied().max().unwrap_or(0)
+    }
+
     pub fn representative_changes(&self) -> u64 {
         let mut highest: BTreeMap<crate::ids::ClusterId, u64> = BTreeMap::new();
         for views in self.local_views.values() {
