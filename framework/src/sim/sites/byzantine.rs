@@ -1,10 +1,10 @@
 //! Byzantine replicas of a Steward site, for the multi-site simulator. Each runs the
 //! correct role inside and bends what it sends:
 //!
-//! * strategies of non-representatives, which a site must survive (STEWARD.md TS1–TS3, W3):
-//!   [`SiteStrategy::Silent`], [`SiteStrategy::BadShares`],
+//! * strategies of non-representatives, which a site must survive (STEWARD.md TS1–TS3, W3,
+//!   §9): [`SiteStrategy::Silent`], [`SiteStrategy::BadShares`],
 //!   [`SiteStrategy::ConflictingShares`], [`SiteStrategy::EquivocatingVotes`],
-//!   [`SiteStrategy::Replay`];
+//!   [`SiteStrategy::Replay`], [`SiteStrategy::Flooding`];
 //! * strategies of a non-leader site's representative (STEWARD.md W4, LV1):
 //!   [`SiteStrategy::DroppingRepresentative`], [`SiteStrategy::AlteringRepresentative`],
 //!   [`SiteStrategy::ReplayingRepresentative`];
@@ -65,13 +65,18 @@ pub enum SiteStrategy {
     /// sequence number to each member (the same updates at other times), so that no
     /// certificate forms (W3: at most one could) and `Local_T` replaces it (LV1–LV3).
     ConflictingPrePrepares,
+    /// On every status timer, besides its honest messages: asks its site and the
+    /// same-position replica of every other site to catch it up from scratch (a status at
+    /// `aru` 0 in view 0) and shares NEW-REPs for eight local views far ahead. Answers are
+    /// rate-limited per peer, and the shares' collections bounded per member.
+    Flooding,
 }
 
 impl SiteStrategy {
     /// The strategies a site must survive with up to `f` of them, none its representative.
-    pub fn tolerated() -> [SiteStrategy; 5] {
+    pub fn tolerated() -> [SiteStrategy; 6] {
         use SiteStrategy::*;
-        [Silent, BadShares, ConflictingShares, EquivocatingVotes, Replay]
+        [Silent, BadShares, ConflictingShares, EquivocatingVotes, Replay, Flooding]
     }
 
     /// The strategies of a non-leader site's representative that its site and the others
@@ -165,6 +170,7 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
 
     pub fn handle(&mut self, input: SiteInput<S>, now: crate::ids::Instant) -> Vec<SiteOutput<S>> {
         let mut extra = Vec::new();
+        let status_timer = matches!(input, SiteInput::Timer(crate::steward::site::SiteTimer::Status));
         if let SiteInput::Message { from, message } = &input {
             self.observe(message, &mut extra);
             if let (SiteStrategy::EquivocatingRepresentative, SiteMessage::Share { message, share }) =
@@ -179,11 +185,31 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
             self.bend(output, &mut sent);
         }
         sent.extend(extra);
+        if self.strategy == SiteStrategy::Flooding && status_timer {
+            self.flood(&mut sent);
+        }
         if self.strategy == SiteStrategy::Silent {
             sent.retain(|o| matches!(o, SiteOutput::SetTimer { .. }));
         }
         self.sent += sent.iter().filter(|o| matches!(o, SiteOutput::ToSite(_) | SiteOutput::To { .. })).count() as u64;
         sent
+    }
+
+    /// Flooding: a status from scratch to its site and to its same-position peers, and
+    /// shares of NEW-REPs for local views far ahead of its own (its rate is its status
+    /// timer's: an attacker's bandwidth is finite, and the simulator's queue too).
+    fn flood(&mut self, sent: &mut Vec<SiteOutput<S>>) {
+        let me = self.me();
+        sent.push(SiteOutput::ToSite(SiteMessage::Status { aru: SeqNum(0), gv: 0 }));
+        let position = self.members.binary_search(&me.replica).unwrap_or(0);
+        for site in self.sites.iter().filter(|s| **s != me.cluster) {
+            let peer = PeerId::new(*site, ReplicaId(position as u32));
+            sent.push(SiteOutput::To { peer, message: SiteMessage::Status { aru: SeqNum(0), gv: 0 } });
+        }
+        for k in 0..8 {
+            let lv = self.inner.local_view() + 100 + (self.sent + k) % 64;
+            sent.push(SiteOutput::ToSite(self.share_of(SitePayload::NewRep { site: me.cluster, lv })));
+        }
     }
 
     /// Reacts to what it receives, besides the inner role.
