@@ -147,6 +147,12 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// RS1: to this site and to the replica of the same position in every other site.
     fn send_reliably(&self, message: SiteMessage<S>, out: &mut Vec<SiteOutput<S>>) {
         out.push(SiteOutput::ToSite(message.clone()));
+        self.to_same_positions(message, out);
+    }
+
+    /// RS1: to the replica of the same position as this one in every other site, which
+    /// relays it in its own.
+    pub(super) fn to_same_positions(&self, message: SiteMessage<S>, out: &mut Vec<SiteOutput<S>>) {
         let position = self.sites[&self.site].members.binary_search(&self.id).unwrap_or(0);
         for (other, info) in self.sites.iter().filter(|(other, _)| **other != self.site) {
             if let Some(peer) = info.members.get(position) {

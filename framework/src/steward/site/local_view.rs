@@ -129,13 +129,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         self.rep_change.voted = self.rep_change.voted.max(lv);
         self.rep_change.timer_armed = false;
         if announce {
-            let position = self.sites[&self.site].members.binary_search(&self.id).unwrap_or(0);
-            for (other, info) in self.sites.iter().filter(|(other, _)| **other != self.site) {
-                if let Some(peer) = info.members.get(position) {
-                    let message = SiteMessage::NewRep(signed.clone());
-                    out.push(SiteOutput::To { peer: PeerId::new(*other, *peer), message });
-                }
-            }
+            self.to_same_positions(SiteMessage::NewRep(signed.clone()), out);
         }
         // A new representative announces how far it is to the other sites, which send what
         // it lacks: its predecessor may have left the site behind.
