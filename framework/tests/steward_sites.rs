@@ -307,10 +307,10 @@ const SETTLED_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
 /// Runs `count` seeds from `first` of `campaign` with every view-change fault: zero
 /// violations, every update completes within [`SETTLED_WITHIN`] of the network settling with
 /// every correct replica at one state; returns (representatives replaced, leader sites
-/// replaced, seeds with a cut).
-fn view_change_campaign(campaign: SitesCampaign, first: u64, count: u64) -> (u64, u64, u64) {
+/// replaced, seeds with a cut, replicas restarted).
+fn view_change_campaign(campaign: SitesCampaign, first: u64, count: u64) -> (u64, u64, u64, u64) {
     let campaign = campaign.with_view_change_faults();
-    let (mut representatives, mut leaders, mut cut) = (0, 0, 0);
+    let (mut representatives, mut leaders, mut cut, mut restarts) = (0, 0, 0, 0);
     for seed in seeds(first, count) {
         let config = campaign.config(seed);
         let report = campaign.run(seed, KvStore::new, kv_operation);
@@ -327,8 +327,9 @@ fn view_change_campaign(campaign: SitesCampaign, first: u64, count: u64) -> (u64
         representatives += report.representative_changes();
         leaders += report.leader_site_changes();
         cut += u64::from(!config.cuts.is_empty());
+        restarts += report.restarts;
     }
-    (representatives, leaders, cut)
+    (representatives, leaders, cut, restarts)
 }
 
 /// The view-change campaign (LV1–LV4, GV1–GV6, RS1, with the faults of the 200-seed
@@ -337,22 +338,26 @@ fn view_change_campaign(campaign: SitesCampaign, first: u64, count: u64) -> (u64
 /// Byzantine (dropping, altering, replaying; the leader site's also pre-preparing
 /// conflicting batches) on two seeds in three; one seed in two cuts a site off for
 /// 0.3–1.5 s; one seed in three cuts the leader site off for 3.5–5 s, longer than
-/// `Global_T` (K = 3 s), so that it is replaced. Leader sites and representatives are
-/// replaced on many seeds.
+/// `Global_T` (K = 3 s), so that it is replaced. Crash and restart (GI5 across restarts):
+/// a crashed representative comes back from its records on one seed in two, and one seed in
+/// two also crashes a correct replica and brings it back. Leader sites and representatives
+/// are replaced, and replicas restarted, on many seeds.
 #[test]
 fn campaign_with_view_change_faults_five_sites_of_four() {
-    let (representatives, leaders, cut) = view_change_campaign(SitesCampaign::new(5, 4, 1), 3_000, 250);
+    let (representatives, leaders, cut, restarts) = view_change_campaign(SitesCampaign::new(5, 4, 1), 3_000, 250);
     if std::env::var("BULWARK_SEED").is_err() {
-        assert!(representatives >= 250 && leaders >= 40 && cut >= 100, "{representatives} {leaders} {cut}");
+        let counts = format!("{representatives} {leaders} {cut} {restarts}");
+        assert!(representatives >= 250 && leaders >= 40 && cut >= 100 && restarts >= 150, "{counts}");
     }
 }
 
 /// The view-change campaign on 200 seeds of 3 sites of 4 (a majority is 2 sites).
 #[test]
 fn campaign_with_view_change_faults_three_sites_of_four() {
-    let (representatives, leaders, cut) = view_change_campaign(SitesCampaign::new(3, 4, 1), 4_000, 200);
+    let (representatives, leaders, cut, restarts) = view_change_campaign(SitesCampaign::new(3, 4, 1), 4_000, 200);
     if std::env::var("BULWARK_SEED").is_err() {
-        assert!(representatives >= 200 && leaders >= 30 && cut >= 80, "{representatives} {leaders} {cut}");
+        let counts = format!("{representatives} {leaders} {cut} {restarts}");
+        assert!(representatives >= 200 && leaders >= 30 && cut >= 80 && restarts >= 80, "{counts}");
     }
 }
 
@@ -360,8 +365,9 @@ fn campaign_with_view_change_faults_three_sites_of_four() {
 /// per site).
 #[test]
 fn campaign_with_view_change_faults_three_sites_of_seven() {
-    let (representatives, leaders, cut) = view_change_campaign(SitesCampaign::new(3, 7, 2), 5_000, 50);
+    let (representatives, leaders, cut, restarts) = view_change_campaign(SitesCampaign::new(3, 7, 2), 5_000, 50);
     if std::env::var("BULWARK_SEED").is_err() {
-        assert!(representatives >= 50 && leaders >= 5 && cut >= 20, "{representatives} {leaders} {cut}");
+        let counts = format!("{representatives} {leaders} {cut} {restarts}");
+        assert!(representatives >= 50 && leaders >= 5 && cut >= 20 && restarts >= 20, "{counts}");
     }
 }

@@ -71,6 +71,20 @@ pub enum Slot {
     },
 }
 
+impl Slot {
+    /// Whether a replica whose site preinstalled local view `lv` and global view `gv` may
+    /// still share in this slot: NEW-REPs, GLOBAL-VCs, ARUs and GLOBAL-CONSTRAINTs of
+    /// earlier views are never shared again (bindings and checkpoints are dropped by
+    /// sequence number instead).
+    pub fn outlives(&self, lv: LocalView, gv: GlobalView) -> bool {
+        match *self {
+            Slot::NewRep { lv: l, .. } => l >= lv,
+            Slot::GlobalVc { gv: g, .. } | Slot::Aru { gv: g, .. } | Slot::GlobalConstraint { gv: g, .. } => g >= gv,
+            Slot::Binding { .. } | Slot::Checkpoint { .. } => true,
+        }
+    }
+}
+
 impl SitePayload {
     /// The kind's name (also its domain tag's).
     pub fn kind(&self) -> &'static str {

@@ -281,6 +281,10 @@ impl LocalOrder {
             return Err(SequencingRefusal::SeqBound);
         }
         let round = self.rounds.entry(seq).or_default();
+        // A PREPARE this replica signed before a restart binds it as its PRE-PREPARE would.
+        if round.prepares.get(&self.me).is_some_and(|mine| views_of(mine) == (gv, lv) && mine.digest != digest) {
+            return Err(SequencingRefusal::SeqBound);
+        }
         if let Some((bound, _)) = &round.pre_prepared {
             if views_of(bound) == (gv, lv) {
                 if bound.digest != digest {
@@ -373,6 +377,33 @@ impl LocalOrder {
             self.certificates.insert(seq, PrepareCertificate { votes, batch: batch.clone() });
         }
         round.certified
+    }
+
+    /// A vote this replica signed before it crashed (see `site::durable`): its
+    /// PRE-PREPARE, with the batch, as the representative of the vote's views, or its
+    /// PREPARE. It binds the round as when it was signed.
+    pub fn restore_vote(&mut self, vote: Verified<LocalVote>, batch: Option<Arc<Batch>>) {
+        if vote.replica != self.me {
+            return;
+        }
+        let seq = vote.seq;
+        let representative = self.representative(vote.lv);
+        let round = self.rounds.entry(seq).or_default();
+        match batch {
+            Some(batch) if vote.replica == representative => {
+                round.pre_prepared = Some((vote, batch));
+                self.assigned = self.assigned.max(seq);
+            }
+            _ => {
+                round.prepares.insert(self.me, vote);
+            }
+        }
+    }
+
+    /// A prepare certificate this replica held before it crashed (LV2 reports show it).
+    pub fn restore_certificate(&mut self, certificate: PrepareCertificate) {
+        let (_, _, seq, _) = certificate.binding();
+        self.certificates.insert(seq, certificate);
     }
 
     /// Rounds at or below `aru` are done: drop them.

@@ -162,13 +162,7 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
             SignerInput::Sign(payload) => self.sign(payload, &mut out),
             SignerInput::Share { from, message, share } => self.on_share(from, message, share, &mut out),
             SignerInput::Forget { below } => self.forget(below),
-            SignerInput::ForgetViews { lv, gv } => self.shared.retain(|slot, _| match *slot {
-                Slot::NewRep { lv: l, .. } => l >= lv,
-                Slot::GlobalVc { gv: g, .. } | Slot::Aru { gv: g, .. } | Slot::GlobalConstraint { gv: g, .. } => {
-                    g >= gv
-                }
-                Slot::Binding { .. } | Slot::Checkpoint { .. } => true,
-            }),
+            SignerInput::ForgetViews { lv, gv } => self.shared.retain(|slot, _| slot.outlives(lv, gv)),
         }
         out
     }

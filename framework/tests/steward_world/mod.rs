@@ -13,7 +13,7 @@ use bulwark_framework::steward::messages::{Proposal, SiteMessage};
 use bulwark_framework::steward::payload::SitePayload;
 use bulwark_framework::steward::sequencing::LocalVote;
 use bulwark_framework::steward::site::{
-    SiteInfo, SiteInput, SiteOutput, SiteParams, SiteRefusal, SiteReplica, SiteSetup,
+    SiteDurable, SiteInfo, SiteInput, SiteOutput, SiteParams, SiteRefusal, SiteReplica, SiteSetup,
 };
 use bulwark_framework::{
     ClusterId, Epoch, Instant, Membership, MembershipHandle, PeerId, ProtocolParams, ReplicaId, SeqNum, Timestamp,
@@ -78,6 +78,8 @@ pub struct World {
     pub queue: VecDeque<(PeerId, PeerId, SiteMessage<S>)>,
     /// Every output of every replica, in order.
     pub trace: Vec<Out>,
+    pub infos: BTreeMap<ClusterId, SiteInfo<S>>,
+    pub params: SiteParams,
 }
 
 impl World {
@@ -122,7 +124,42 @@ impl World {
                 );
             }
         }
-        World { replicas, memberships, keys, now: Instant(T0), queue: VecDeque::new(), trace: Vec::new() }
+        World {
+            replicas,
+            memberships,
+            keys,
+            now: Instant(T0),
+            queue: VecDeque::new(),
+            trace: Vec::new(),
+            infos,
+            params,
+        }
+    }
+
+    /// Replica `at` crashes and comes back from what it persisted (every
+    /// [`SiteOutput::Persist`] it produced so far, in order); with `forget`, from nothing.
+    pub fn restart(&mut self, at: PeerId, forget: bool) {
+        let mut durable = SiteDurable::default();
+        if !forget {
+            for (_, output) in self.trace.iter().filter(|(from, _)| *from == at) {
+                if let SiteOutput::Persist(record) = output {
+                    durable.apply(record.clone());
+                }
+            }
+        }
+        let deal = S::deal(4, 3, &mut rand_chacha::ChaCha20Rng::seed_from_u64(at.cluster.0.into()));
+        let secret = deal.1.into_iter().nth(at.replica.0 as usize).expect("a member's share");
+        let setup = SiteSetup {
+            site: at.cluster,
+            id: at.replica,
+            key: Arc::new(KeyPair::from_seed(seed(at.cluster.0 as u8, at.replica.0 as u8))),
+            membership: self.memberships[&at.cluster].clone(),
+            sites: self.infos.clone(),
+            secret,
+            params: self.params.clone(),
+        };
+        let replica = SiteReplica::recover(setup, KvStore::new(), &durable).expect("valid parameters");
+        self.replicas.insert(at, replica);
     }
 
     pub fn replica(&self, at: PeerId) -> &SiteReplica<KvStore, S> {

@@ -1,6 +1,7 @@
 //! `bulwark sim --sites S`: the multi-site Steward simulator over many seeds (drawn WAN and
 //! LAN faults, Byzantine replicas in every site, and unless `--no-view-change-faults`
-//! representatives crashing or Byzantine, sites and leader sites cut off), ending with a
+//! representatives crashing or Byzantine, sites and leader sites cut off, replicas crashing
+//! and coming back from their records), ending with a
 //! verdict and the command that replays a failing seed; and with `--figures`, Steward
 //! against flat PBFT on the same simulated WAN.
 
@@ -43,7 +44,7 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
     }
     let faults = if args.view_change_faults {
         ", representatives crashing or Byzantine, one seed in two a site cut off for 0.3-1.5 s, \
-         one in three the leader site cut off for 3.5-5 s"
+         one in three the leader site cut off for 3.5-5 s, replicas crashing and restarting"
     } else {
         ""
     };
@@ -62,13 +63,14 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
     );
     let (mut unsafe_seeds, mut stuck, mut violations) = (Vec::new(), Vec::new(), 0);
     let (mut updates, mut blamed, mut changes, mut cut, mut cut_losses) = (0, 0, 0, 0, 0);
-    let (mut leader_changes, mut settle_us) = (0, 0);
+    let (mut leader_changes, mut settle_us, mut restarts) = (0, 0, 0);
     for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
         let report = campaign.run(seed, KvStore::new, append);
         updates += report.updates_completed;
         blamed += report.blamed;
         changes += report.representative_changes();
         leader_changes += report.leader_site_changes();
+        restarts += report.restarts;
         let config = campaign.config(seed);
         let settled_at = config.faults_until.map_or(0, |at| at.0);
         settle_us = settle_us.max((report.simulated_time.as_micros() as u64).saturating_sub(settled_at));
@@ -94,7 +96,8 @@ pub(crate) fn campaign(args: SitesArgs) -> anyhow::Result<bool> {
     }
     let partitioned = if args.view_change_faults {
         format!(
-            ", {cut} seeds with a site cut off ({cut_losses} WAN messages lost to cuts), {leader_changes} leader sites replaced"
+            ", {cut} seeds with a site cut off ({cut_losses} WAN messages lost to cuts), {leader_changes} leader sites replaced, \
+             {restarts} replicas restarted from their records"
         )
     } else {
         String::new()

@@ -53,6 +53,11 @@ pub struct SitesCampaign {
     /// off from a time in 0.3..1 s for 3.5..5 s, longer than `Global_T`; the network then
     /// settles when the cut heals (GV1–GV6).
     pub leader_cuts: bool,
+    /// Crash and restart (GI5 across restarts): a crashed representative comes back on one
+    /// seed in two, 0.2..1.5 s later; and one seed in two also crashes a correct replica
+    /// of a site without a crashed representative, at 0.3..1.5 s, and brings it back
+    /// 0.2..1.5 s later. Both come back from what they persisted.
+    pub restarts: bool,
     pub clients_per_site: usize,
     pub updates_per_client: u64,
 }
@@ -69,6 +74,7 @@ impl SitesCampaign {
             representative_faults: false,
             partitions: false,
             leader_cuts: false,
+            restarts: false,
             clients_per_site: 2,
             updates_per_client: 6,
         }
@@ -149,14 +155,47 @@ impl SitesCampaign {
                 config.faults_until = config.faults_until.max(Some(until));
             }
         }
+        if self.restarts {
+            self.draw_restarts(&mut draw, &mut config);
+        }
         config
+    }
+
+    fn draw_restarts(&self, draw: &mut ChaCha8Rng, config: &mut SitesConfig) {
+        // The network settles once every crashed replica that comes back is back.
+        let back = |draw: &mut ChaCha8Rng, config: &mut SitesConfig, replica: PeerId, at: Instant| {
+            let back = Instant::from_micros(at.0 + draw.gen_range(200_000..1_500_000));
+            config.restarts.push((replica, back));
+            config.faults_until = config.faults_until.max(Some(back));
+        };
+        for (replica, at) in config.crashes.clone() {
+            if draw.gen_bool(0.5) {
+                back(draw, config, replica, at);
+            }
+        }
+        if !draw.gen_bool(0.5) {
+            return;
+        }
+        let crashed: Vec<_> = config.crashes.iter().map(|(peer, _)| peer.cluster).collect();
+        let site = SitesConfig::site(draw.gen_range(0..self.sites));
+        if crashed.contains(&site) {
+            return;
+        }
+        let candidates: Vec<PeerId> = (1..self.replicas_per_site as u32)
+            .map(|id| PeerId::new(site, ReplicaId(id)))
+            .filter(|peer| config.byzantine.iter().all(|(byzantine, _)| byzantine != peer))
+            .collect();
+        let Some(replica) = candidates.choose(draw).copied() else { return };
+        let at = Instant::from_micros(draw.gen_range(300_000..1_500_000));
+        config.crashes.push((replica, at));
+        back(draw, config, replica, at);
     }
 
     /// Runs `seed` with the stand-in scheme or (every [`REAL_CRYPTO_EVERY`]th seed) BLS.
     pub fn run<Svc: Service>(
         &self,
         seed: u64,
-        make_service: impl Fn() -> Svc,
+        make_service: impl Fn() -> Svc + 'static,
         make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> Svc::Op + 'static,
     ) -> SitesReport {
         let config = self.config(seed);
@@ -194,14 +233,21 @@ impl SitesCampaign {
         self.representative_faults = true;
         self.partitions = true;
         self.leader_cuts = true;
+        self.restarts = true;
+        self
+    }
+
+    /// With replicas crashing and coming back from their records.
+    pub fn with_restarts(mut self) -> Self {
+        self.restarts = true;
         self
     }
 
     /// The command that replays `seed` of this campaign (`bulwark sim` runs either every
     /// view-change fault or none).
     pub fn replay_command(&self, seed: u64) -> String {
-        let all = self.representative_faults && self.partitions && self.leader_cuts;
-        let none = !(self.representative_faults || self.partitions || self.leader_cuts);
+        let all = self.representative_faults && self.partitions && self.leader_cuts && self.restarts;
+        let none = !(self.representative_faults || self.partitions || self.leader_cuts || self.restarts);
         let faults = match (all, none) {
             (true, _) => "",
             (_, true) => " --no-view-change-faults",

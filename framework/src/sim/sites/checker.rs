@@ -80,6 +80,18 @@ impl<S: ThresholdScheme> SitesChecker<S> {
         }
     }
 
+    /// GI5: a crashed replica came back, recovered through `aru`: it must not have moved
+    /// back from what it executed before.
+    pub fn restarted(&mut self, replica: PeerId, aru: SeqNum) {
+        self.checks += 1;
+        let before = self.arus.entry(replica).or_default();
+        if aru < *before {
+            let detail = format!("{replica} came back at aru {aru} after executing through {before}");
+            *before = aru;
+            self.violate("GI5", detail);
+        }
+    }
+
     /// GI5: a correct replica installed the state of `seq`.
     pub fn installed(&mut self, replica: PeerId, seq: SeqNum) {
         self.checks += 1;

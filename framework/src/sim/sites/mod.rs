@@ -30,7 +30,7 @@ use crate::roles::Role;
 use crate::service::Service;
 use crate::steward::messages::SiteMessage;
 use crate::steward::site::{
-    CryptoWork, SiteInfo, SiteInput, SiteOutput, SiteParams, SiteReplica, SiteSetup, SiteTimer,
+    CryptoWork, SiteDurable, SiteInfo, SiteInput, SiteOutput, SiteParams, SiteReplica, SiteSetup, SiteTimer,
 };
 use bulwark_crypto::threshold::ThresholdScheme;
 use bulwark_crypto::{DigestBuilder, KeyPair, Verified};
@@ -65,8 +65,13 @@ pub struct SitesConfig {
     /// LAN and WAN losses and duplicates stop at this time (the network settles).
     pub faults_until: Option<Instant>,
     pub byzantine: Vec<(PeerId, SiteStrategy)>,
-    /// Replicas that crash (stop for good) at the given time.
+    /// Replicas that crash (stop) at the given time.
     pub crashes: Vec<(PeerId, Instant)>,
+    /// Crashed replicas that come back at the given time, from what they persisted
+    /// ([`SiteDurable`]).
+    pub restarts: Vec<(PeerId, Instant)>,
+    /// Negative control for GI5 across restarts: a replica comes back with nothing.
+    pub forget_records_on_restart: bool,
     /// Partitions of whole sites from the others (see [`SiteCut`]); they last past
     /// `faults_until` if they say so.
     pub cuts: Vec<SiteCut>,
@@ -102,6 +107,8 @@ impl SitesConfig {
             faults_until: None,
             byzantine: Vec::new(),
             crashes: Vec::new(),
+            restarts: Vec::new(),
+            forget_records_on_restart: false,
             cuts: Vec::new(),
             cpu: None,
             signature_bytes: 96,
@@ -185,6 +192,7 @@ enum Event<S: ThresholdScheme> {
     Timer { node: PeerId, timer: SiteTimer, generation: u64 },
     ClientTimer { client: usize, generation: u64 },
     Crash { replica: PeerId },
+    Restart { replica: PeerId },
 }
 
 struct ClientNode {
@@ -199,6 +207,13 @@ struct ClientNode {
 
 /// Draws a client's next operation: `(rng, client index, update index)`.
 type OperationSource<Svc> = Box<dyn FnMut(&mut ChaCha8Rng, usize, u64) -> <Svc as Service>::Op>;
+
+/// What a replica is built from again when it restarts.
+struct Rebuild<S: ThresholdScheme> {
+    key: Arc<KeyPair>,
+    membership: Membership,
+    secret: S::SecretShare,
+}
 
 /// A multi-site run.
 pub struct SitesSimulation<Svc: Service, S: ThresholdScheme> {
@@ -215,6 +230,13 @@ pub struct SitesSimulation<Svc: Service, S: ThresholdScheme> {
     clients: Vec<ClientNode>,
     client_index: BTreeMap<ClientId, usize>,
     make_operation: OperationSource<Svc>,
+    make_service: Box<dyn Fn() -> Svc>,
+    infos: BTreeMap<ClusterId, SiteInfo<S>>,
+    rebuild: BTreeMap<PeerId, Rebuild<S>>,
+    /// What each correct replica persisted.
+    durable: BTreeMap<PeerId, SiteDurable<S>>,
+    restarts_done: u64,
+    peak_records: usize,
     wan: Wan,
     settled: bool,
     checker: SitesChecker<S>,
@@ -252,7 +274,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
     /// `make_operation(rng, client, index)` a client's `index`-th operation.
     pub fn new(
         config: SitesConfig,
-        make_service: impl Fn() -> Svc,
+        make_service: impl Fn() -> Svc + 'static,
         make_operation: impl FnMut(&mut ChaCha8Rng, usize, u64) -> Svc::Op + 'static,
     ) -> Result<Self, crate::config::ConfigError> {
         config.validate()?;
@@ -281,15 +303,21 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
         }
         let site_list: Vec<ClusterId> = infos.keys().copied().collect();
         let mut nodes = BTreeMap::new();
+        let mut rebuild = BTreeMap::new();
         for (site, members) in secrets {
             for ((id, pair), secret) in members {
                 let peer = PeerId::new(site, id);
                 let strategy = config.byzantine.iter().find(|(p, _)| *p == peer).map(|(_, s)| *s);
                 let byzantine_secret = strategy.map(|_| copy_secret::<S>(&secret));
+                let key = Arc::new(pair);
+                if config.restarts.iter().any(|(p, _)| *p == peer) {
+                    let (membership, secret) = (memberships[&site].clone(), copy_secret::<S>(&secret));
+                    rebuild.insert(peer, Rebuild { key: key.clone(), membership, secret });
+                }
                 let setup = SiteSetup {
                     site,
                     id,
-                    key: Arc::new(pair),
+                    key,
                     membership: MembershipHandle::new(memberships[&site].clone()),
                     sites: infos.clone(),
                     secret,
@@ -333,6 +361,12 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             clients,
             client_index,
             make_operation: Box::new(make_operation),
+            make_service: Box::new(make_service),
+            infos,
+            rebuild,
+            durable: BTreeMap::new(),
+            restarts_done: 0,
+            peak_records: 0,
             wan: Wan::uniform(config.wan),
             settled: false,
             checker: SitesChecker::new(keys),
@@ -373,6 +407,9 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
         }
         for (replica, at) in self.config.crashes.clone() {
             self.schedule(at, Event::Crash { replica });
+        }
+        for (replica, at) in self.config.restarts.clone() {
+            self.schedule(at, Event::Restart { replica });
         }
         let limit = Instant(self.config.time_limit.as_micros() as u64);
         let mut finished = false;
@@ -446,7 +483,9 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             Event::Crash { replica } => {
                 self.trace.update(b"crash").update_u64(self.now.0).update_u64(peer_code(replica));
                 self.nodes.remove(&replica);
+                self.busy_until.remove(&replica);
             }
+            Event::Restart { replica } => self.restart(replica),
             Event::ClientTimer { client, generation } => {
                 if self.clients[client].timer_generation == generation {
                     let actions = self.clients[client].client.handle(ClientInput::Timer, self.now);
@@ -454,6 +493,44 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
                 }
             }
         }
+    }
+
+    /// A crashed replica comes back from what it persisted.
+    fn restart(&mut self, peer: PeerId) {
+        if self.nodes.contains_key(&peer) {
+            return;
+        }
+        let Some(rebuild) = self.rebuild.get(&peer) else { return };
+        self.trace.update(b"restart").update_u64(self.now.0).update_u64(peer_code(peer));
+        let setup = SiteSetup {
+            site: peer.cluster,
+            id: peer.replica,
+            key: rebuild.key.clone(),
+            membership: MembershipHandle::new(rebuild.membership.clone()),
+            sites: self.infos.clone(),
+            secret: copy_secret::<S>(&rebuild.secret),
+            params: self.config.site_params.clone(),
+        };
+        if self.config.forget_records_on_restart {
+            self.durable.remove(&peer);
+        }
+        let durable = self.durable.entry(peer).or_default();
+        let replica =
+            SiteReplica::recover(setup, (self.make_service)(), durable).expect("the setup was valid at the start");
+        self.checker.restarted(peer, replica.aru());
+        self.restarts_done += 1;
+        // Timers set before the crash must not reach the new incarnation.
+        for ((node, _), generation) in self.timer_generations.iter_mut() {
+            if *node == peer {
+                *generation += 1;
+            }
+        }
+        self.nodes.insert(peer, Node::Correct(Box::new(replica)));
+        let outputs = match self.nodes.get_mut(&peer) {
+            Some(Node::Correct(replica)) => replica.start(self.now),
+            _ => Vec::new(),
+        };
+        self.carry_out(peer, outputs);
     }
 
     /// With a CPU model: an input for a busy replica waits until it is free.
@@ -534,6 +611,13 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
                 SiteOutput::Installed { seq, .. } => {
                     if correct {
                         self.checker.installed(from, seq);
+                    }
+                }
+                SiteOutput::Persist(record) => {
+                    if correct {
+                        let durable = self.durable.entry(from).or_default();
+                        durable.apply(record);
+                        self.peak_records = self.peak_records.max(durable.held());
                     }
                 }
                 SiteOutput::Blamed { .. } => self.blamed += u64::from(correct),
@@ -707,6 +791,8 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             finished,
             peak_held: self.peak_held,
             cut_losses: self.cut_losses,
+            restarts: self.restarts_done,
+            peak_records: self.peak_records,
             waiting,
         }
     }

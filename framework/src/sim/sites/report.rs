@@ -44,6 +44,10 @@ pub struct SitesReport {
     /// WAN messages lost to [`SiteCut`](super::SiteCut)s (copies that would otherwise have
     /// arrived).
     pub cut_losses: u64,
+    /// Crashed replicas that came back from their records.
+    pub restarts: u64,
+    /// The most entries any correct replica held in its records at once.
+    pub peak_records: usize,
     /// For a run that did not finish: what each correct replica waits for.
     pub waiting: BTreeMap<PeerId, String>,
 }
@@ -61,13 +65,13 @@ impl SitesReport {
         self.final_states.values().map(|(aru, _)| aru.0).max().unwrap_or(0)
     }
 
-    /// Changes of representative over all sites: each site's highest local view any
-    /// correct replica preinstalled, summed.
     /// The highest global view any correct replica reached: leader sites replaced.
     pub fn leader_site_changes(&self) -> u64 {
         self.global_views.values().copied().max().unwrap_or(0)
     }
 
+    /// Changes of representative over all sites: each site's highest local view any
+    /// correct replica preinstalled, summed.
     pub fn representative_changes(&self) -> u64 {
         let mut highest: BTreeMap<crate::ids::ClusterId, u64> = BTreeMap::new();
         for views in self.local_views.values() {
@@ -104,6 +108,9 @@ impl fmt::Display for SitesReport {
         )?;
         if self.cut_losses > 0 {
             write!(f, ", {} lost to cuts", self.cut_losses)?;
+        }
+        if self.restarts > 0 {
+            write!(f, ", {} restarts", self.restarts)?;
         }
         for violation in self.violations.iter().take(3) {
             write!(f, "\n  {violation}")?;

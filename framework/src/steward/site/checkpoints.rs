@@ -43,6 +43,11 @@ impl<S: ThresholdScheme> Checkpoints<S> {
     pub(super) fn stable(&self) -> Option<&CheckpointProof<S>> {
         self.stable.as_ref()
     }
+
+    /// The logs are dropped up to here.
+    pub(super) fn collected(&self) -> SeqNum {
+        self.collected
+    }
 }
 
 impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {

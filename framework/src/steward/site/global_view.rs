@@ -27,7 +27,7 @@
 //!
 //! [`Timeouts::global_us`]: crate::steward::timers::Timeouts::global_us
 
-use super::{SiteOutput, SiteRefusal, SiteReplica, SiteTimer};
+use super::{SiteOutput, SiteRecord, SiteRefusal, SiteReplica, SiteTimer};
 use crate::batch::Batch;
 use crate::ids::{ClusterId, Instant, PeerId, SeqNum};
 use crate::service::Service;
@@ -227,6 +227,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
 
     /// GV2: global view `gv` is preinstalled.
     fn preinstall_global(&mut self, gv: GlobalView, proof: Arc<Vec<SiteSigned<S>>>, out: &mut Vec<SiteOutput<S>>) {
+        out.push(SiteOutput::Persist(SiteRecord::GlobalView(proof.clone())));
         self.order.preinstall(gv);
         self.global.votes = self.global.votes.split_off(&(gv + 1));
         self.global.proof = Some(proof);

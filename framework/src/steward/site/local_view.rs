@@ -19,7 +19,7 @@
 //! At the leader site `Local_T` is `T2` (TM2) and a new representative first rebuilds the
 //! site's bindings (LV2, LV3, in [`super::local_constraint`]).
 
-use super::{SiteOutput, SiteRefusal, SiteReplica, SiteTimer};
+use super::{SiteOutput, SiteRecord, SiteRefusal, SiteReplica, SiteTimer};
 use crate::ids::{Instant, PeerId, SeqNum};
 use crate::service::Service;
 use crate::steward::global::SiteSigned;
@@ -117,6 +117,9 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             return;
         }
         *known = lv;
+        if site == self.site {
+            out.push(SiteOutput::Persist(SiteRecord::LocalView(signed.clone())));
+        }
         self.rep_change.changes += 1;
         if announce {
             out.push(SiteOutput::ToSite(SiteMessage::NewRep(signed.clone())));

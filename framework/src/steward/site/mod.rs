@@ -26,10 +26,13 @@
 
 mod catch_up;
 mod checkpoints;
+mod durable;
 mod global_view;
 mod local_constraint;
 mod local_view;
 mod relay;
+
+pub use durable::{SiteDurable, SiteRecord};
 
 use super::constraint::ConstraintRefusal;
 use super::global::{GlobalOrder, GlobalOutput, GlobalRefusal, SiteSigned};
@@ -196,6 +199,8 @@ impl SiteRefusal {
 /// What a replica produces.
 #[derive(Debug)]
 pub enum SiteOutput<S: ThresholdScheme> {
+    /// Make this durable before carrying out the outputs after it (see [`durable`]).
+    Persist(SiteRecord<S>),
     /// To every other member of this replica's site.
     ToSite(SiteMessage<S>),
     /// To one replica, of this or another site.
@@ -282,6 +287,8 @@ pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
     constraint: local_constraint::Constraining<S>,
     global: global_view::GlobalViews<S>,
     status_timer_set: bool,
+    /// The stable checkpoint last persisted.
+    persisted_stable: SeqNum,
     crypto: CryptoWork,
     /// The time of the input being handled.
     now: Instant,
@@ -331,6 +338,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             checkpoints: checkpoints::Checkpoints::default(),
             catch_up: catch_up::CatchUp::default(),
             status_timer_set: false,
+            persisted_stable: SeqNum(0),
             crypto: CryptoWork::default(),
             now: Instant::ZERO,
         })
@@ -505,7 +513,20 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
         self.keep_local_timer(&mut out);
         self.keep_global_timer(&mut out);
+        self.persist_stable(&mut out);
         out
+    }
+
+    /// SK1: once the logs below a stable checkpoint are dropped, its image replaces them
+    /// among the records (nothing sent depends on it, so it may follow the sends).
+    fn persist_stable(&mut self, out: &mut Vec<SiteOutput<S>>) {
+        if self.checkpoints.collected() <= self.persisted_stable {
+            return;
+        }
+        if let Some((proof, image)) = self.stable_state() {
+            self.persisted_stable = proof.seq;
+            out.push(SiteOutput::Persist(SiteRecord::Stable { proof, image }));
+        }
     }
 
     fn on_message(&mut self, from: PeerId, message: SiteMessage<S>, now: Instant, out: &mut Vec<SiteOutput<S>>) {
@@ -653,10 +674,14 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         };
         if prepare {
             if let Some(vote) = self.local.my_prepare(seq) {
+                out.push(SiteOutput::Persist(SiteRecord::Voted { vote: vote.clone(), batch: None }));
                 out.push(SiteOutput::ToSite(SiteMessage::Prepare(vote.signed().clone())));
             }
         }
         if certified {
+            if let Some(certificate) = self.local.certificates().get(&seq) {
+                out.push(SiteOutput::Persist(SiteRecord::Certified(certificate.clone())));
+            }
             self.sign(SitePayload::Proposal { site: self.site, gv, lv, seq, updates: digest }, out)
         }
     }
@@ -686,6 +711,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 SignerOutput::Share { message, share } => {
                     self.crypto.shares_signed += 1;
                     if let Some(payload) = signing {
+                        out.push(SiteOutput::Persist(SiteRecord::Shared(payload)));
                         self.my_shares.insert(message, (payload, share.clone()));
                     }
                     out.push(SiteOutput::ToSite(SiteMessage::Share { message, share }));
@@ -716,6 +742,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SitePayload::Proposal { seq, updates, .. } => {
                 let Some(batch) = self.batches.get(&updates).cloned() else { return };
                 let proposal = Proposal { signed, batch };
+                out.push(SiteOutput::Persist(SiteRecord::Proposal(proposal.clone())));
                 if self.is_representative() {
                     self.to_other_sites(SiteMessage::Proposal(proposal.clone()), out);
                 }
@@ -783,6 +810,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             self.global_outputs(outputs, out);
             return;
         }
+        out.push(SiteOutput::Persist(SiteRecord::Proposal(proposal.clone())));
         if relay {
             out.push(SiteOutput::ToSite(SiteMessage::Proposal(proposal.clone())));
         }
@@ -858,7 +886,9 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             .into_values()
             .filter(|a| matches!(a.payload, SitePayload::Accept { gv, updates, .. } if updates == digest && gv == proposed_in))
             .collect();
-        self.ordered.insert(seq, Arc::new(OrderedProof { proposal, accepts }));
+        let proof = Arc::new(OrderedProof { proposal, accepts });
+        out.push(SiteOutput::Persist(SiteRecord::Ordered(proof.clone())));
+        self.ordered.insert(seq, proof);
         self.relay.executed(batch.requests().map(|request| (request.client(), request.timestamp)));
         let view = View(self.local_view());
         let outputs = self.executor.handle(ExecutorInput::Execute { seq, view, batch }, self.now);

@@ -4,7 +4,7 @@
 //! `forward_again_us`); the leader site's representative gathers updates into batches and
 //! pre-prepares them inside the window.
 
-use super::{SiteOutput, SiteRefusal, SiteReplica, SiteTimer};
+use super::{SiteOutput, SiteRecord, SiteRefusal, SiteReplica, SiteTimer};
 use crate::batch::{Batch, Command};
 use crate::ids::{ClientId, Instant, PeerId, SeqNum, Timestamp};
 use crate::messages::Request;
@@ -81,6 +81,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     pub(super) fn pre_prepare(&mut self, seq: SeqNum, batch: Arc<Batch>, out: &mut Vec<SiteOutput<S>>) {
         let (gv, lv) = self.views();
         let vote = self.sign_vote(LocalVote { gv, lv, seq, digest: batch.digest(), replica: self.id });
+        out.push(SiteOutput::Persist(SiteRecord::Voted { vote: vote.clone(), batch: Some(batch.clone()) }));
         out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { vote: vote.signed().clone(), batch: batch.clone() }));
         let now = self.now;
         self.on_pre_prepare(vote, batch, now, out);

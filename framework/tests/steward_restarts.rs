@@ -1,0 +1,150 @@
+//! Crash and restart of site replicas (docs/STEWARD.md TS1, W3 and GI5 across restarts): a
+//! replica comes back from what it persisted, bound by every vote and share it made, at
+//! least as far as it executed, and takes part again. By hand in the world of
+//! `steward_world`, and whole runs in the multi-site simulator.
+
+mod steward_world;
+
+use steward_world::*;
+
+use bulwark_crypto::threshold::Simulated;
+use bulwark_framework::ids::Instant;
+use bulwark_framework::sim::sites::{SitesConfig, SitesReport, SitesSimulation};
+use bulwark_framework::steward::messages::SiteMessage;
+use bulwark_framework::steward::sequencing::SequencingRefusal;
+use bulwark_framework::steward::site::{SiteOutput, SiteRefusal};
+use bulwark_framework::{PeerId, ReplicaId, SeqNum};
+use bulwark_services::kv::{KvOp, KvStore};
+use rand::Rng;
+
+/// The PREPAREs `at` sent among `out`, by the digest they vote for.
+fn prepares_sent(out: &[Out], at: PeerId) -> Vec<bulwark_crypto::Digest> {
+    pick(out, |from, o| match o {
+        SiteOutput::ToSite(SiteMessage::Prepare(vote)) if from == at => Some(vote.payload.digest),
+        _ => None,
+    })
+}
+
+/// W3 across a restart: a leader-site replica prepared batch A at `(0, 0, 1)` and shared
+/// the PROPOSAL of its certificate, then crashed. Back from its records, it refuses a
+/// PRE-PREPARE of batch B for the same `(gv, lv, seq)` from a representative that
+/// equivocates; a replica that came back with nothing prepares B (the control), which is
+/// how `f` faulty replicas and a forgetful correct one would certify two batches.
+#[test]
+fn w3_ts1_a_restarted_replica_never_votes_for_a_second_batch_in_one_round() {
+    for forget in [false, true] {
+        let mut w = World::new(3, params());
+        let (representative, me) = (peer(1, 0), peer(1, 1));
+        let (a, b) = (w.batch(1, T0), w.batch(2, T0));
+        let message = w.pre_prepare((1, 0), (0, 0, 1), a.clone());
+        w.deliver(representative, me, message);
+        for id in [2, 3] {
+            let message = w.prepare((1, id), (0, 0, 1), a.digest());
+            w.deliver(peer(1, id), me, message);
+        }
+        assert_eq!(sharers(&w.trace, proposal_payload(1, a.digest())), vec![me], "certified and shared");
+
+        w.restart(me, forget);
+        let start = w.trace.len();
+        let message = w.pre_prepare((1, 0), (0, 0, 1), b.clone());
+        w.deliver(representative, me, message);
+        let out = &w.trace[start..];
+        if forget {
+            assert_eq!(prepares_sent(out, me), vec![b.digest()], "control: a replica with no records prepares B");
+        } else {
+            assert!(prepares_sent(out, me).is_empty(), "no PREPARE for B: {:?}", sends(out));
+            assert_eq!(refusals(out), vec![SiteRefusal::Sequencing(SequencingRefusal::SeqBound)]);
+            // The same PRE-PREPARE again is answered with the same PREPARE.
+            let message = w.pre_prepare((1, 0), (0, 0, 1), a.clone());
+            let out = w.deliver(representative, me, message);
+            assert_eq!(prepares_sent(out, me), vec![a.digest()]);
+        }
+    }
+}
+
+/// TS1, W6 across a restart: a non-leader replica shared the ACCEPT of PROPOSAL A at
+/// `seq` 1 and crashed. Back from its records, shown a PROPOSAL binding B to the same
+/// `(gv, seq)` (which only more than `f` faulty replicas of the leader site could sign) it
+/// shares no ACCEPT of B; with no records (the control) it does.
+#[test]
+fn ts1_a_restarted_replica_never_shares_a_second_value_in_one_slot() {
+    for forget in [false, true] {
+        let mut w = World::new(3, params());
+        let me = peer(2, 1);
+        let (a, b) = (w.batch(1, T0), w.batch(2, T0));
+        let proposal = w.proposal(1, a.clone());
+        w.deliver(peer(2, 0), me, SiteMessage::Proposal(proposal));
+        assert_eq!(sharers(&w.trace, accept_payload(2, 1, a.digest())), vec![me], "accepted A");
+
+        w.restart(me, forget);
+        let start = w.trace.len();
+        let proposal = w.proposal(1, b.clone());
+        w.deliver(peer(2, 0), me, SiteMessage::Proposal(proposal));
+        let shared_b = sharers(&w.trace[start..], accept_payload(2, 1, b.digest()));
+        if forget {
+            assert_eq!(shared_b, vec![me], "control: a replica with no records accepts B");
+        } else {
+            assert!(shared_b.is_empty(), "no ACCEPT of B after a restart");
+            assert_eq!(w.replica(me).aru(), SeqNum(0));
+        }
+    }
+}
+
+fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) -> KvOp {
+    let key = format!("k{}", rng.gen_range(0..8));
+    KvOp::Append { key, value: vec![client as u8, (index % 251) as u8] }
+}
+
+fn run(config: SitesConfig) -> SitesReport {
+    SitesSimulation::<KvStore, Simulated>::new(config, KvStore::new, kv_operation).expect("valid").run()
+}
+
+/// 3 sites of 4 with 20 updates per client; `replica` crashes at 0.4 s and comes back at
+/// 1.2 s, after its site ordered more without it.
+fn crash_and_restart(seed: u64, replica: PeerId) -> SitesConfig {
+    let mut config = SitesConfig::new(seed, 3, 4);
+    config.updates_per_client = 20;
+    config.crashes = vec![(replica, Instant::from_micros(400_000))];
+    config.restarts = vec![(replica, Instant::from_micros(1_200_000))];
+    config
+}
+
+/// GI5 across restarts, over four seeds and each role: a replica of the leader site, the
+/// leader site's representative, and a non-leader site's representative crash and come
+/// back from their records. Every run is safe, every update completes, and the restarted
+/// replica ends at the state of every other (it caught up on what it missed). The records
+/// a replica holds stay below the window plus four checkpoint intervals: they are dropped
+/// as batches execute and site checkpoints become stable.
+#[test]
+fn gi5_a_restarted_replica_comes_back_where_it_was_and_catches_up() {
+    let leader = SitesConfig::site(0);
+    let other = SitesConfig::site(1);
+    for seed in 1..=4 {
+        for replica in
+            [PeerId::new(leader, ReplicaId(2)), PeerId::new(leader, ReplicaId(0)), PeerId::new(other, ReplicaId(0))]
+        {
+            let report = run(crash_and_restart(seed, replica));
+            assert!(report.violations.is_empty(), "{replica}: {report}");
+            assert_eq!(report.restarts, 1, "{report}");
+            assert!(report.converged(), "{replica}: {report}\nwaiting: {:#?}", report.waiting);
+            assert!(report.final_states.contains_key(&replica), "{replica} is back");
+            // 120 batches' worth of records were made; those settled were dropped.
+            let config = SitesConfig::new(seed, 3, 4);
+            let bound = config.site_params.window + 4 * config.params.checkpoint_interval;
+            assert!(report.peak_records as u64 <= bound, "records held {}: {report}", report.peak_records);
+        }
+    }
+}
+
+/// GI5's negative control: the same crash with every record forgotten, so the replica
+/// comes back at `aru` 0 after executing batches. The checker reports GI5.
+#[test]
+fn gi5_negative_control_a_replica_that_forgets_its_records_moves_back() {
+    let mut config = crash_and_restart(1, PeerId::new(SitesConfig::site(0), ReplicaId(2)));
+    config.forget_records_on_restart = true;
+    let report = run(config);
+    assert!(
+        report.violations.iter().any(|v| v.invariant == "GI5" && v.detail.contains("came back at aru s0")),
+        "the checker must see the replica move back: {report}"
+    );
+}
