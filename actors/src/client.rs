@@ -447,6 +447,7 @@ impl<S: Service> Client<S> {
                 reconnect_min_ms: 20,
                 reconnect_max_ms: 1_000,
                 accepted_connections_max: transport::ACCEPTED_CONNECTIONS_MAX,
+                wan: BTreeMap::new(),
             },
             inbound_tx,
         )

@@ -635,6 +635,7 @@ mod tests {
                 reconnect_min_ms: 20,
                 reconnect_max_ms: 1_000,
                 accepted_connections_max: 16,
+                wan: BTreeMap::new(),
             },
             unused_inbound,
         )

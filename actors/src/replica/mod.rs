@@ -621,6 +621,7 @@ async fn start_on_this_arbiter<S: Service + Send + Unpin>(setup: ReplicaSetup<S>
             reconnect_min_ms: 20,
             reconnect_max_ms: 1_000,
             accepted_connections_max: transport::ACCEPTED_CONNECTIONS_MAX,
+            wan: BTreeMap::new(),
         },
         inbound_lanes,
     )

@@ -69,11 +69,13 @@
 //! on every socket: batching is done here, where we know when a burst ends, not by Nagle's
 //! algorithm, which would add latency to the last frame of every burst.
 //!
-//! # Looking ahead: sites
+//! # Sites and wide-area links
 //!
 //! The transport knows nothing of the protocol beyond frames; a site-to-site link is just
-//! another peer address, and the per-link wide-area emulation (latency, bandwidth, loss)
-//! that Steward needs belongs between a link's queue and its socket, in the writer.
+//! another peer address. [`TransportConfig::wan`] emulates wide-area links (latency,
+//! jitter, loss, bandwidth) per destination cluster, between a link's queue and its
+//! connection (see [`wan`]); [`TransportHandle::link_stats`] counts what each shaped link
+//! carried and how long frames queued for it.
 
 mod connection;
 mod link;
@@ -82,12 +84,15 @@ mod reader;
 mod stats;
 #[cfg(test)]
 mod tests;
+pub mod wan;
 
 pub use stats::TransportStats;
+pub use wan::LinkStats;
 
-use bulwark_framework::ids::PeerId;
+use bulwark_framework::ids::{ClusterId, PeerId};
 use bulwark_framework::membership::Scope;
 use bulwark_framework::messages::Message;
+use bulwark_framework::sim::wan::LinkModel;
 use bulwark_framework::verify::Refusal;
 use bulwark_framework::wire::{WireError, FRAME_HEADER_BYTES};
 use bytes::Bytes;
@@ -123,7 +128,7 @@ impl fmt::Display for ConnectionId {
 }
 
 /// What an endpoint listens on, whom it dials, and its bounds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TransportConfig {
     /// Address to accept connections on; `None` for a client, which only dials. Port 0
     /// picks a free port (see [`TransportHandle::local_addr`]).
@@ -147,6 +152,10 @@ pub struct TransportConfig {
     /// Accepted connections open at once (see [`ACCEPTED_CONNECTIONS_MAX`]); beyond it a
     /// new connection is closed at once and counted. At least 1.
     pub accepted_connections_max: usize,
+    /// Emulated wide-area links by destination cluster: frames sent to a peer of a cluster
+    /// named here cross a link of that model (see [`wan`]; duplication, which TCP does not
+    /// do, is ignored). Empty: no emulation.
+    pub wan: BTreeMap<ClusterId, LinkModel>,
 }
 
 impl TransportConfig {
@@ -163,6 +172,9 @@ impl TransportConfig {
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return invalid("reconnect delays must satisfy 1 <= reconnect_min_ms <= reconnect_max_ms");
+        }
+        if self.wan.values().any(|link| !(0.0..1.0).contains(&link.loss)) {
+            return invalid("an emulated link's loss must be at least 0 and below 1");
         }
         Ok(())
     }
@@ -237,6 +249,8 @@ async fn shut_down(shutdown: &mut watch::Receiver<bool>) {
 struct Shared {
     local_addr: Option<SocketAddr>,
     links: BTreeMap<PeerId, mpsc::Sender<Bytes>>,
+    /// The counters of the links [`TransportConfig::wan`] shapes.
+    shaped: BTreeMap<PeerId, Arc<wan::LinkCounters>>,
     context: Context,
     shutdown: watch::Sender<bool>,
 }
@@ -356,16 +370,29 @@ pub async fn start(config: TransportConfig, inbound: impl Into<InboundLanes>) ->
         min: Duration::from_millis(config.reconnect_min_ms),
         max: Duration::from_millis(config.reconnect_max_ms),
     };
-    let mut links = BTreeMap::new();
+    let (mut links, mut shaped) = (BTreeMap::new(), BTreeMap::new());
     for (&peer, &address) in &config.peers {
         let (sender, queue) = mpsc::channel(config.send_queue_frames_max);
-        links.insert(peer, sender.clone());
+        match config.wan.get(&peer.cluster) {
+            Some(model) => {
+                let (shaper, input) = mpsc::channel(config.send_queue_frames_max);
+                let counters = Arc::new(wan::LinkCounters::default());
+                let seed = (u64::from(peer.cluster.0) << 32) | u64::from(peer.replica.0);
+                let context = context.clone();
+                tokio::spawn(wan::run_shaper(*model, seed, input, sender.clone(), counters.clone(), context));
+                links.insert(peer, shaper);
+                shaped.insert(peer, counters);
+            }
+            None => {
+                links.insert(peer, sender.clone());
+            }
+        }
         tokio::spawn(run_link(peer, address, sender, queue, backoff, context.clone()));
     }
     if let Some(listener) = listener {
         tokio::spawn(run_listener(listener, context.clone()));
     }
-    Ok(TransportHandle { shared: Arc::new(Shared { local_addr, links, context, shutdown }) })
+    Ok(TransportHandle { shared: Arc::new(Shared { local_addr, links, shaped, context, shutdown }) })
 }
 
 impl TransportHandle {
@@ -437,6 +464,11 @@ impl TransportHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> TransportStats {
         self.shared.context.counters.snapshot()
+    }
+
+    /// A snapshot of each emulated wide-area link's counters, by peer.
+    pub fn link_stats(&self) -> BTreeMap<PeerId, LinkStats> {
+        self.shared.shaped.iter().map(|(peer, counters)| (*peer, counters.snapshot())).collect()
     }
 
     /// Stops the listener, the dialers and every connection (their sockets are closed as

@@ -61,6 +61,7 @@ fn config(listen: bool, peers: &[(PeerId, SocketAddr)], queue: usize) -> Transpo
         reconnect_min_ms: 10,
         reconnect_max_ms: 200,
         accepted_connections_max: ACCEPTED_CONNECTIONS_MAX,
+        wan: BTreeMap::new(),
     }
 }
 
@@ -599,4 +600,67 @@ fn works_on_a_current_thread_runtime_with_a_local_set() {
         })
         .await;
     });
+}
+
+/// The wide-area emulation is honest: over an emulated 1 Mbit/s, 50 ms link, one small
+/// frame arrives 50 ms (plus its transmission time) after it is sent, and a known volume
+/// (40 frames of about 1.6 KB, some 0.5 s of transmission) arrives 50 ms plus its
+/// transmission time after the first frame is sent. Tolerance: never early (by more than
+/// 2 ms of timer rounding) and at most 10% + 25 ms late (loopback, scheduling and timer
+/// granularity on a loaded 2-core machine). The link's counters carry what crossed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emulated_link_adds_its_latency_and_the_transmission_time() {
+    with_timeout(async {
+        let (b, mut b_in) = endpoint(config(true, &[], 64)).await;
+        let b_addr = b.local_addr().expect("b listens");
+        let mut shaped = config(false, &[(B, b_addr)], 256);
+        shaped.wan.insert(B.cluster, LinkModel::symmetric(50, 1.0));
+        let (a, _a_in) = endpoint(shaped).await;
+        let link = LinkModel::symmetric(50, 1.0);
+        let within = |elapsed: Duration, expected: Duration| {
+            let late = expected.mul_f64(1.1) + Duration::from_millis(25);
+            assert!(
+                elapsed + Duration::from_millis(2) >= expected && elapsed <= late,
+                "took {elapsed:?}, expected {expected:?} (at most {late:?})"
+            );
+        };
+        // The first frame also waits for the connection.
+        a.send_to_peer(B, frame(&prepare(0)));
+        recv(&mut b_in).await;
+
+        let small = frame(&prepare(1));
+        let started = WallClock::now();
+        a.send_to_peer(B, small.clone());
+        recv(&mut b_in).await;
+        within(started.elapsed(), Duration::from_millis(50) + link.transmission(small.len()));
+
+        let bulk: Vec<Bytes> = (0..40).map(|_| frame(&reply(1_500))).collect();
+        let volume: usize = bulk.iter().map(Bytes::len).sum();
+        let started = WallClock::now();
+        for frame in &bulk {
+            a.send_to_peer(B, frame.clone());
+        }
+        for _ in &bulk {
+            recv(&mut b_in).await;
+        }
+        within(started.elapsed(), Duration::from_millis(50) + link.transmission(volume));
+
+        let stats = a.link_stats()[&B];
+        assert_eq!((stats.frames, stats.lost, stats.dropped), (42, 0, 0));
+        assert_eq!(stats.bytes, (frame(&prepare(0)).len() + small.len() + volume) as u64);
+        assert!(stats.queueing_max_us >= link.transmission(volume).as_micros() as u64 * 9 / 10, "{stats:?}");
+        a.shutdown();
+        b.shutdown();
+    })
+    .await;
+}
+
+/// A link whose loss is not a probability below 1 is refused at start, with the reason.
+#[tokio::test]
+async fn an_emulated_link_with_impossible_loss_is_refused() {
+    let mut bad = config(false, &[], 16);
+    bad.wan.insert(ClusterId(3), LinkModel { loss: 1.5, ..LinkModel::symmetric(50, 1.0) });
+    let (sender, _receiver) = mpsc::channel(1);
+    let error = start(bad, sender).await.expect_err("refused");
+    assert!(error.to_string().contains("loss"), "{error}");
 }
