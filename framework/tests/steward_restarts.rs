@@ -12,7 +12,7 @@ use bulwark_framework::ids::Instant;
 use bulwark_framework::sim::sites::{SitesConfig, SitesReport, SitesSimulation};
 use bulwark_framework::steward::messages::SiteMessage;
 use bulwark_framework::steward::sequencing::SequencingRefusal;
-use bulwark_framework::steward::site::{SiteOutput, SiteRefusal};
+use bulwark_framework::steward::site::{SiteInput, SiteOutput, SiteRefusal, SiteTimer};
 use bulwark_framework::{PeerId, ReplicaId, SeqNum};
 use bulwark_services::kv::{KvOp, KvStore};
 use rand::Rng;
@@ -169,5 +169,52 @@ fn gi5_a_whole_leader_site_crashes_and_comes_back_from_its_records() {
         assert!(report.violations.is_empty(), "{report}");
         assert_eq!(report.restarts, 4, "{report}");
         assert!(report.converged(), "{report}\nwaiting: {:#?}", report.waiting);
+    }
+}
+
+/// The sequence numbers and batches `at` pre-prepared among `out`.
+fn pre_prepared_by(out: &[Out], at: PeerId) -> Vec<(u64, bulwark_crypto::Digest)> {
+    pick(out, |from, o| match o {
+        SiteOutput::ToSite(SiteMessage::PrePrepare { vote, .. }) if from == at => {
+            Some((vote.payload.seq.0, vote.payload.digest))
+        }
+        _ => None,
+    })
+}
+
+/// W2, LV3 across a restart: the leader site's representative of local view 1 pre-prepared
+/// an update at `seq` 1 that nobody received, then crashed. Back from its records it
+/// gathers the site's reports again (the union binds nothing: no certificate formed) and,
+/// given the next update, pre-prepares it at `seq` 2: `seq` 1 stays its first batch's, so a
+/// correct representative never sends two PRE-PREPAREs for one `(gv, lv, seq)`.
+#[test]
+fn w2_a_restarted_representative_never_pre_prepares_a_sequence_number_twice() {
+    let mut w = World::new(3, params());
+    let (old, me) = (peer(1, 0), peer(1, 1));
+    for id in 1..4 {
+        w.feed(peer(1, id), SiteInput::Timer(SiteTimer::Local));
+    }
+    w.pump(|from, to, _| from == old || to == old);
+    assert_eq!(w.replica(me).local_view(), 1, "replica 1 represents the leader site");
+
+    let first = w.request(1, 1, &put(1), false);
+    let start = w.trace.len();
+    w.feed(me, SiteInput::Client(first));
+    w.pump(|from, to, message| from == old || to == old || matches!(message, SiteMessage::PrePrepare { .. }));
+    let before = pre_prepared_by(&w.trace[start..], me);
+    assert_eq!(before.len(), 1, "one PRE-PREPARE, lost");
+    assert_eq!(before[0].0, 1);
+
+    w.restart(me, false);
+    let start = w.trace.len();
+    w.feed(me, SiteInput::Timer(SiteTimer::Status));
+    w.pump(|from, to, _| from == old || to == old);
+    let second = w.request(1, 2, &put(2), false);
+    w.feed(me, SiteInput::Client(second));
+    w.pump(|from, to, _| from == old || to == old);
+    let after = pre_prepared_by(&w.trace[start..], me);
+    assert!(!after.is_empty(), "it pre-prepares again after the restart");
+    for (seq, digest) in after {
+        assert!(seq != 1 || digest == before[0].1, "seq 1 pre-prepared with a second batch");
     }
 }

@@ -233,9 +233,20 @@ impl LocalOrder {
             let (_, _, seq, _) = certificate.binding();
             self.certificates.insert(seq, certificate);
         }
-        self.assigned = bound.keys().next_back().copied().unwrap_or(base).max(base);
+        // A representative that restarted may have pre-prepared in these views already:
+        // those sequence numbers are taken too.
+        let highest_bound = bound.keys().next_back().copied().unwrap_or(base).max(base);
+        self.assigned = highest_bound.max(self.my_pre_prepares(views).max().unwrap_or(base));
         self.bound = bound;
         self.constrained = Some(views);
+    }
+
+    /// The sequence numbers this replica pre-prepared in `views`, as their representative.
+    fn my_pre_prepares(&self, views: (GlobalView, LocalView)) -> impl Iterator<Item = SeqNum> + '_ {
+        self.rounds.iter().filter_map(move |(seq, round)| {
+            let (vote, _) = round.pre_prepared.as_ref()?;
+            (vote.replica == self.me && views_of(vote) == views).then_some(*seq)
+        })
     }
 
     /// LV3: the batch the adopted constraint binds to `seq`, if any.
@@ -244,11 +255,13 @@ impl LocalOrder {
     }
 
     /// LV3, as the new representative: the sequence numbers above `aru` and below the
-    /// highest one the constraint binds that it leaves free (filled with empty batches, so
+    /// highest one the constraint binds that it leaves free and that this replica did not
+    /// pre-prepare itself in these views before a restart (filled with empty batches, so
     /// that execution does not wait for them).
     pub fn gaps(&self, aru: SeqNum) -> Vec<SeqNum> {
         let Some(last) = self.bound.keys().next_back() else { return Vec::new() };
-        (aru.0 + 1..last.0).map(SeqNum).filter(|seq| !self.bound.contains_key(seq)).collect()
+        let mine: Vec<SeqNum> = self.constrained.map(|views| self.my_pre_prepares(views).collect()).unwrap_or_default();
+        (aru.0 + 1..last.0).map(SeqNum).filter(|seq| !self.bound.contains_key(seq) && !mine.contains(seq)).collect()
     }
 
     /// W3: a PRE-PREPARE (the representative's signed vote and its batch) in views `views`,
