@@ -6,11 +6,18 @@
 
 mod steward_world;
 
-use bulwark_framework::ids::{PeerId, ReplicaId};
+use steward_world::*;
+
 use bulwark_framework::sim::sites::byzantine::SiteStrategy;
 use bulwark_framework::sim::sites::{SitesConfig, SitesReport, SitesSimulation};
+use bulwark_framework::steward::messages::SiteMessage;
+use bulwark_framework::steward::site::{
+    SiteInput, SiteOutput, SiteRefusal, SiteTimer, CHUNKS_PER_PEER_PER_INTERVAL, CHUNKS_PER_REQUEST,
+};
+use bulwark_framework::{PeerId, ProtocolParams, ReplicaId, SeqNum};
 use bulwark_services::kv::{KvOp, KvStore};
 use rand::Rng;
+use std::collections::BTreeMap;
 
 fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) -> KvOp {
     let key = format!("k{}", rng.gen_range(0..8));
@@ -18,9 +25,7 @@ fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) ->
 }
 
 fn run(config: SitesConfig) -> SitesReport {
-    SitesSimulation::<KvStore, steward_world::S>::new(config, KvStore::new, kv_operation)
-        .expect("valid configuration")
-        .run()
+    SitesSimulation::<KvStore, S>::new(config, KvStore::new, kv_operation).expect("valid configuration").run()
 }
 
 /// Seeds to run: `BULWARK_SEED` replays a single one; otherwise `count` from `first`.
@@ -75,4 +80,148 @@ fn w4_lv1_a_delaying_non_leader_representative_slows_its_site_and_is_not_replace
         println!("seed {seed}: mean latency {slow} us, {fast} us without it");
         assert!(slow > fast, "seed {seed}: mean latency {slow} us, {fast} us without it");
     }
+}
+
+/// Delivers the queue in order until it is empty, as `World::pump`, letting `bend` replace
+/// (or drop, with `None`) each message before it is delivered, and handing `watch` each
+/// delivered message with what its receiver produced.
+fn pump_bent(
+    w: &mut World,
+    bend: impl Fn(PeerId, PeerId, SiteMessage<S>) -> Option<SiteMessage<S>>,
+    mut watch: impl FnMut(PeerId, PeerId, &SiteMessage<S>, &[Out]),
+) {
+    let mut steps = 0;
+    while let Some((from, to, message)) = w.queue.pop_front() {
+        steps += 1;
+        assert!(steps < 100_000, "the pump does not settle");
+        let Some(message) = bend(from, to, message) else { continue };
+        let kept = message.clone();
+        let out = w.deliver(from, to, message);
+        watch(from, to, &kept, out);
+    }
+}
+
+/// Three updates ordered while `peer(2, 3)` hears nothing, with 4-byte chunks of
+/// checkpoint images: the others hold stable checkpoint 2, whose image is several chunks.
+fn behind_a_checkpoint_of_several_chunks() -> (World, PeerId) {
+    let protocol = ProtocolParams { checkpoint_interval: 2, state_chunk_bytes: 4, ..ProtocolParams::default() };
+    let mut w = World::with_protocol(3, params(), protocol);
+    let behind = peer(2, 3);
+    for client in 1..=3 {
+        let update = w.request(1, client, &put(client), false);
+        w.feed(peer(1, 0), SiteInput::Client(update));
+        w.pump(|_, to, _| to == behind);
+    }
+    assert!(every_replica(3).filter(|p| *p != behind).all(|p| w.replica(p).stable_checkpoint() == SeqNum(2)));
+    assert_eq!(w.replica(behind).aru(), SeqNum(0));
+    (w, behind)
+}
+
+/// The chunk indices among what `behind` was sent, by sender.
+type Chunks = BTreeMap<PeerId, Vec<u64>>;
+
+/// Status timers at `behind` a status interval apart, the queue delivered after each
+/// (through `bend`), until it executed something or `rounds` pass. Checks that no answer
+/// to one state request holds more than [`CHUNKS_PER_REQUEST`] chunks. Returns the chunk
+/// indices `behind` was sent, by sender, and what it refused.
+fn catch_up_by_chunks(
+    w: &mut World,
+    behind: PeerId,
+    rounds: usize,
+    bend: impl Fn(PeerId, PeerId, SiteMessage<S>) -> Option<SiteMessage<S>>,
+) -> (Chunks, Vec<SiteRefusal>) {
+    let (mut chunks, mut refused) = (Chunks::new(), Vec::new());
+    for _ in 0..rounds {
+        w.now.0 += params().status_interval_us;
+        w.feed(behind, SiteInput::Timer(SiteTimer::Status));
+        pump_bent(w, &bend, |from, to, message, out| {
+            if let SiteMessage::StateRequest { .. } = message {
+                let answer = sends(out).into_iter().filter(|(kind, ..)| *kind == "StateChunk").count();
+                assert!(answer as u64 <= CHUNKS_PER_REQUEST, "{to} answered {answer} chunks to one request");
+            }
+            if to == behind {
+                if let SiteMessage::StateChunk { chunk, .. } = message {
+                    chunks.entry(from).or_default().push(chunk.index);
+                }
+                refused.extend(refusals(out));
+            }
+        });
+        if w.replica(behind).aru() > SeqNum(0) {
+            break;
+        }
+    }
+    (chunks, refused)
+}
+
+/// The state requests `behind` sent: receiver and first chunk asked for.
+fn requests_of(w: &World, behind: PeerId) -> Vec<(PeerId, u64)> {
+    pick(&w.trace, |at, o| match o {
+        SiteOutput::To { peer, message: SiteMessage::StateRequest { from, .. } } if at == behind => {
+            Some((*peer, *from))
+        }
+        _ => None,
+    })
+}
+
+/// SK1 (state transfer as PBFT.md ST2–ST4): a replica behind a stable site checkpoint whose
+/// image is several chunks fetches it by chunks. Its peers offer chunk 0 with the proof; it
+/// asks one source at a time for the next chunks, which answers at most
+/// `CHUNKS_PER_REQUEST` per request and `CHUNKS_PER_PEER_PER_INTERVAL` per status interval;
+/// every chunk is checked against the signed digest; the replica installs the image, ends in
+/// its peers' state and executes what is ordered above the checkpoint.
+#[test]
+fn sk1_a_lagging_replica_fetches_the_state_by_chunks_checked_against_the_digest() {
+    let (mut w, behind) = behind_a_checkpoint_of_several_chunks();
+    let (chunks, refused) = catch_up_by_chunks(&mut w, behind, 10, |_, _, m| Some(m));
+    assert_eq!(refused, vec![]);
+    let installed = pick(&w.trace, |at, o| match o {
+        SiteOutput::Installed { seq, .. } if at == behind => Some(seq.0),
+        _ => None,
+    });
+    assert_eq!(installed, vec![2]);
+    assert_eq!(w.replica(behind).aru(), SeqNum(3));
+    assert_eq!(w.replica(behind).state_digest(), w.replica(peer(2, 1)).state_digest());
+    let count = chunks.values().flatten().max().expect("chunks were sent") + 1;
+    assert_eq!(count, 23, "an image of several chunks, more than a peer sends in an interval");
+    // Replica 0 offers chunk 0 first and is asked for the rest, four at a time; after 16 in
+    // one status interval it answers no more, so on the next status timer replica 1 is
+    // asked where it stopped.
+    let (r0, r1) = (peer(2, 0), peer(2, 1));
+    let requests = requests_of(&w, behind);
+    assert_eq!(requests, vec![(r0, 1), (r0, 5), (r0, 9), (r0, 13), (r0, 17), (r1, 17), (r1, 21)]);
+    let answered = |from: PeerId| chunks[&from].iter().filter(|index| **index > 0).count() as u64;
+    assert_eq!((answered(r0), answered(r1)), (CHUNKS_PER_PEER_PER_INTERVAL, count - 1 - CHUNKS_PER_PEER_PER_INTERVAL));
+    assert_eq!(w.replica(behind).fetching_bytes(), 0, "nothing held once installed");
+}
+
+/// SK1 (PBFT.md ST4): of the replica's peers, replica 0 (Byzantine) alters every chunk it
+/// sends and replica 1 sends it nothing. Replica 0's chunk is refused (`BadStateChunk`,
+/// once: it is not asked again during this fetch); replica 1, asked next, is replaced by
+/// replica 2 after a status interval of silence; the rest of the image comes from replica 2
+/// and is installed, the replica ends in its peers' state.
+#[test]
+fn sk1_a_wrong_chunk_is_refused_and_the_state_comes_from_another_peer() {
+    let (mut w, behind) = behind_a_checkpoint_of_several_chunks();
+    let (r0, r1, r2) = (peer(2, 0), peer(2, 1), peer(2, 2));
+    let bend = move |from: PeerId, to: PeerId, message: SiteMessage<S>| match message {
+        _ if from == r1 && to == behind => None,
+        SiteMessage::StateChunk { proof, chunk } if from == r0 => {
+            let mut altered = (*chunk).clone();
+            altered.data[0] ^= 1;
+            Some(SiteMessage::StateChunk { proof, chunk: std::sync::Arc::new(altered) })
+        }
+        message => Some(message),
+    };
+    let (chunks, refused) = catch_up_by_chunks(&mut w, behind, 10, bend);
+    assert_eq!(refused, vec![SiteRefusal::BadStateChunk]);
+    let requests = requests_of(&w, behind);
+    assert!(!requests.iter().any(|(to, _)| *to == r0), "the peer that sent a bad chunk is not asked: {requests:?}");
+    // Replica 1 is asked at once; silent for a status interval, it is replaced by replica 2,
+    // which sends 16 chunks in that interval; the next timer asks replica 1 again (a silent
+    // peer may only have been busy), then replica 2.
+    let expected = [(r1, 0), (r2, 1), (r2, 5), (r2, 9), (r2, 13), (r2, 17), (r1, 17), (r2, 17), (r2, 21)];
+    assert_eq!(requests, expected);
+    assert_eq!(chunks[&r2].iter().filter(|index| **index > 0).count(), 22);
+    assert_eq!(w.replica(behind).aru(), SeqNum(3));
+    assert_eq!(w.replica(behind).state_digest(), w.replica(r2).state_digest());
 }

@@ -53,6 +53,17 @@ impl<S: ThresholdScheme> Clone for CheckpointProof<S> {
     }
 }
 
+/// SK1: chunk `index` of the image of a stable site checkpoint (an image of `total_bytes`),
+/// with its Merkle path: checked alone against the checkpoint's signed digest
+/// ([`crate::state::verify_chunk`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageChunk {
+    pub total_bytes: u64,
+    pub index: u64,
+    pub data: Vec<u8>,
+    pub path: Vec<Digest>,
+}
+
 /// GV4: a site's GLOBAL-CONSTRAINT with the PROPOSALs its union binds (their digest is the
 /// payload's `union`) and the stable checkpoint below which it binds nothing.
 #[derive(Debug)]
@@ -123,9 +134,12 @@ pub enum SiteMessage<S: ThresholdScheme> {
     Status { aru: SeqNum, gv: GlobalView },
     /// A globally ordered batch for a replica that is behind.
     Ordered(Arc<OrderedProof<S>>),
-    /// SK1: the state at a stable site checkpoint, for a replica behind it; checked
-    /// against the proof's digest before it is installed.
-    State { proof: CheckpointProof<S>, image: Arc<Vec<u8>> },
+    /// SK1: a replica behind the stable site checkpoint `seq` asks a peer for the chunks of
+    /// its image from `from` on.
+    StateRequest { seq: SeqNum, from: u64 },
+    /// SK1: a chunk of the image at a stable site checkpoint, with the checkpoint's proof,
+    /// for a replica behind it; checked against the proof's digest before it is kept.
+    StateChunk { proof: CheckpointProof<S>, chunk: Arc<ImageChunk> },
 }
 
 impl<S: ThresholdScheme> Clone for SiteMessage<S> {
@@ -154,7 +168,10 @@ impl<S: ThresholdScheme> Clone for SiteMessage<S> {
             SiteMessage::NewRep(signed) => SiteMessage::NewRep(signed.clone()),
             SiteMessage::Status { aru, gv } => SiteMessage::Status { aru: *aru, gv: *gv },
             SiteMessage::Ordered(proof) => SiteMessage::Ordered(proof.clone()),
-            SiteMessage::State { proof, image } => SiteMessage::State { proof: proof.clone(), image: image.clone() },
+            SiteMessage::StateRequest { seq, from } => SiteMessage::StateRequest { seq: *seq, from: *from },
+            SiteMessage::StateChunk { proof, chunk } => {
+                SiteMessage::StateChunk { proof: proof.clone(), chunk: chunk.clone() }
+            }
         }
     }
 }
@@ -204,7 +221,13 @@ impl<S: ThresholdScheme> SiteMessage<S> {
             SiteMessage::Ordered(proof) => {
                 site_signed + proof.proposal.batch.encoded_bytes() + proof.accepts.len() * site_signed
             }
-            SiteMessage::State { proof, image } => HEADER_BYTES + proof.checkpoints.len() * site_signed + image.len(),
+            SiteMessage::StateRequest { .. } => HEADER_BYTES,
+            SiteMessage::StateChunk { proof, chunk } => {
+                HEADER_BYTES
+                    + proof.checkpoints.len() * site_signed
+                    + chunk.data.len()
+                    + chunk.path.len() * DIGEST_BYTES
+            }
         }
     }
 
@@ -217,7 +240,7 @@ impl<S: ThresholdScheme> SiteMessage<S> {
             SiteMessage::Ordered(proof) => {
                 std::iter::once(&proof.proposal.signed).chain(proof.accepts.iter()).collect()
             }
-            SiteMessage::State { proof, .. } => proof.checkpoints.iter().collect(),
+            SiteMessage::StateChunk { proof, .. } => proof.checkpoints.iter().collect(),
             _ => Vec::new(),
         }
     }

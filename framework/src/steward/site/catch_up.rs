@@ -4,8 +4,9 @@
 //! Every replica tells the peers of its site how far it executed on each status timer; a
 //! representative whose `aru` did not move while it waits for the WAN tells the other
 //! sites' representatives too. A replica that is further answers, at most once per half
-//! status interval per peer and at most `catch_up_max` items per answer: the state of its
-//! stable checkpoint if the peer is behind it, then the proofs of the ordered batches the
+//! status interval per peer and at most `catch_up_max` items per answer: the first chunk of
+//! its stable checkpoint's image if the peer is behind it (the peer fetches the rest, SK1 in
+//! [`super::checkpoints`]), then the proofs of the ordered batches the
 //! peer lacks (self-certifying: a PROPOSAL and the ACCEPTs that ordered it). A
 //! representative answering another site's also sends again the PROPOSALs and its own
 //! site's ACCEPTs above its `aru`, which that site may have lost.
@@ -62,9 +63,9 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
         let mut next = their_aru;
         if their_aru < self.checkpoints.stable_seq() {
-            if let Some((proof, image)) = self.stable_state() {
-                next = proof.seq;
-                answer.push(SiteMessage::State { proof, image });
+            if let Some(offer) = self.state_offer() {
+                next = self.checkpoints.stable_seq();
+                answer.push(offer);
             }
         }
         let limit = self.params.catch_up_max;

@@ -31,6 +31,8 @@ mod local_constraint;
 mod local_view;
 mod relay;
 
+pub use checkpoints::{CHUNKS_PER_PEER_PER_INTERVAL, CHUNKS_PER_REQUEST};
+
 use super::constraint::ConstraintRefusal;
 use super::global::{GlobalOrder, GlobalOutput, GlobalRefusal, SiteSigned};
 use super::messages::{OrderedProof, Proposal, SiteMessage};
@@ -161,6 +163,10 @@ pub enum SiteRefusal {
     BatchMismatch,
     /// A checkpoint or state whose site signatures or digest do not hold.
     BadCheckpoint,
+    /// SK1: a chunk of a checkpoint image that does not verify against the signed digest.
+    BadStateChunk,
+    /// SK1: a checkpoint image larger than `state_transfer_bytes_max`.
+    StateTooLarge,
     /// The leader-site representative holds as many unordered updates as it may.
     TooManyPending,
     /// The executor refused (a request below its client's window, an image not installed).
@@ -184,6 +190,8 @@ impl SiteRefusal {
             SiteRefusal::UnknownPeer => "UnknownPeer",
             SiteRefusal::BatchMismatch => "BatchMismatch",
             SiteRefusal::BadCheckpoint => "BadCheckpoint",
+            SiteRefusal::BadStateChunk => "BadStateChunk",
+            SiteRefusal::StateTooLarge => "StateTooLarge",
             SiteRefusal::TooManyPending => "TooManyPending",
             SiteRefusal::Executor => "Executor",
             SiteRefusal::BadNewRep => "BadNewRep",
@@ -434,6 +442,11 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             + self.relay.held()
     }
 
+    /// Bytes of a checkpoint image being fetched held so far (SK1), for footprint checks.
+    pub fn fetching_bytes(&self) -> u64 {
+        self.checkpoints.fetching_bytes()
+    }
+
     /// Slots the threshold signer remembers a shared value for (TS1), for footprint checks.
     pub fn signer_slots(&self) -> usize {
         self.signer.slots()
@@ -547,7 +560,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SiteMessage::NewRep(signed) => self.on_new_rep(from, signed, out),
             SiteMessage::Status { aru, gv } => self.on_status(from, (aru, gv), out),
             SiteMessage::Ordered(proof) => self.on_ordered(proof, out),
-            SiteMessage::State { proof, image } => self.on_state(proof, image, out),
+            SiteMessage::StateRequest { seq, from: first } => self.on_state_request(from, (seq, first), out),
+            SiteMessage::StateChunk { proof, chunk } => self.on_state_chunk(from, proof, chunk, out),
             SiteMessage::PrePrepare { .. }
             | SiteMessage::Prepare(_)
             | SiteMessage::Share { .. }
@@ -901,6 +915,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     fn on_status_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
         let (aru, gv) = (self.aru(), self.global_view());
         out.push(SiteOutput::ToSite(SiteMessage::Status { aru, gv }));
+        self.fetch_again(out);
         let leader_representative = self.is_representative() && self.at_leader_site();
         if leader_representative {
             self.propose(true, out);
