@@ -8,13 +8,16 @@ mod steward_world;
 
 use steward_world::*;
 
+use bulwark_crypto::threshold::ThresholdScheme;
 use bulwark_framework::sim::sites::byzantine::SiteStrategy;
 use bulwark_framework::sim::sites::{SitesConfig, SitesReport, SitesSimulation};
 use bulwark_framework::steward::messages::SiteMessage;
+use bulwark_framework::steward::payload::SitePayload;
 use bulwark_framework::steward::site::{
     SiteInput, SiteOutput, SiteRefusal, SiteTimer, CHUNKS_PER_PEER_PER_INTERVAL, CHUNKS_PER_REQUEST,
 };
-use bulwark_framework::{PeerId, ProtocolParams, ReplicaId, SeqNum};
+use bulwark_framework::steward::timers::Timeouts;
+use bulwark_framework::{ClusterId, PeerId, ProtocolParams, ReplicaId, SeqNum};
 use bulwark_services::kv::{KvOp, KvStore};
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -224,4 +227,153 @@ fn sk1_a_wrong_chunk_is_refused_and_the_state_comes_from_another_peer() {
     assert_eq!(chunks[&r2].iter().filter(|index| **index > 0).count(), 22);
     assert_eq!(w.replica(behind).aru(), SeqNum(3));
     assert_eq!(w.replica(behind).state_digest(), w.replica(r2).state_digest());
+}
+
+/// Whether a message crosses the cut around site 3, either way.
+fn across_the_cut(from: PeerId, to: PeerId, _: &SiteMessage<S>) -> bool {
+    (from.cluster == ClusterId(3)) != (to.cluster == ClusterId(3))
+}
+
+/// Kinds of message that stream what a replica lacks.
+const STREAMED: [&str; 5] = ["Ordered", "StateChunk", "Proposal", "Accept", "GlobalVcProof"];
+
+/// RC2 after a cut: site 3 is cut off while sites 1 and 2 order three updates (site
+/// checkpoints 2 and 4 become stable). Once the cut heals, the status timers bring site 3
+/// nothing (it is idle, not stuck, and another site's status gets no stream); when its
+/// `Local_T` expires and a new representative is preinstalled (LV1), its replicas share
+/// RECONCILE(site 3, aru 1), and each sends the combined request to its same-position
+/// replica of sites 1 and 2 only. Those stream to the replicas that sent it (and no
+/// other): the state of checkpoint 4 by chunks (SK1), and no ordered batch (none is above
+/// it); every replica of site 3 ends at `aru` 4 in site 1's state.
+#[test]
+fn rc2_a_site_cut_off_catches_up_after_healing_on_its_signed_request() {
+    let mut w = World::new(3, params());
+    let order = |w: &mut World, client: u8, lost: fn(PeerId, PeerId, &SiteMessage<S>) -> bool| {
+        let update = w.request(1, client, &put(client), false);
+        w.feed(peer(1, 0), SiteInput::Client(update));
+        w.pump(lost);
+    };
+    order(&mut w, 1, |_, _, _| false);
+    for client in 2..=4 {
+        order(&mut w, client, across_the_cut);
+    }
+    let cut: Vec<PeerId> = (0..4).map(|id| peer(3, id)).collect();
+    assert!(cut.iter().all(|p| w.replica(*p).aru() == SeqNum(1)));
+    assert!(every_replica(3)
+        .filter(|p| p.cluster != ClusterId(3))
+        .all(|p| w.replica(p).stable_checkpoint() == SeqNum(4)));
+
+    let mark = w.trace.len();
+    w.now.0 += params().status_interval_us;
+    for replica in every_replica(3) {
+        w.feed(replica, SiteInput::Timer(SiteTimer::Status));
+    }
+    w.run();
+    let streamed = |out: &[Out]| -> Vec<(PeerId, PeerId)> { STREAMED.iter().flat_map(|kind| wan(out, kind)).collect() };
+    assert_eq!(streamed(&w.trace[mark..]), vec![], "nothing streams before site 3 asks");
+    assert_eq!(wan(&w.trace[mark..], "Reconcile"), vec![]);
+
+    let mark = w.trace.len();
+    let t1 = Timeouts::new(params().global_timeout_base_us, 1, 3).expect("valid timeouts").local_us(0);
+    w.now.0 += t1;
+    for replica in &cut {
+        w.feed(*replica, SiteInput::Timer(SiteTimer::Local));
+    }
+    w.run();
+    for _ in 0..2 {
+        w.now.0 += params().status_interval_us;
+        for replica in &cut {
+            w.feed(*replica, SiteInput::Timer(SiteTimer::Status));
+        }
+        w.run();
+    }
+    let out = &w.trace[mark..];
+    let mut requests = wan(out, "Reconcile");
+    requests.sort();
+    requests.dedup();
+    let same_positions: Vec<(PeerId, PeerId)> =
+        (0..4).flat_map(|id| [(peer(3, id), peer(1, id)), (peer(3, id), peer(2, id))]).collect();
+    assert_eq!(requests, same_positions, "every replica of site 3 asks its same-position peers");
+    for (from, to) in streamed(out) {
+        assert_eq!(to.cluster, ClusterId(3), "only site 3 is streamed to");
+        assert!(requests.contains(&(to, from)), "{from} streams to {to}, which did not ask it");
+    }
+    assert!(wan(out, "StateChunk").len() >= 4, "the state comes from the other sites");
+    assert!(wan(out, "Ordered").is_empty(), "nothing is ordered above the checkpoint");
+    let answered: u64 = every_replica(3).map(|p| w.replica(p).reconciles_answered()).sum();
+    assert!(answered >= 4, "{answered} requests answered");
+    let leader_state = w.replica(peer(1, 0)).state_digest();
+    for replica in &cut {
+        assert_eq!(w.replica(*replica).aru(), SeqNum(4), "{replica}");
+        assert_eq!(w.replica(*replica).state_digest(), leader_state, "{replica}");
+    }
+}
+
+/// RC2: one faulty replica of site 3 (replica 2), behind, cannot make the other sites
+/// stream to it. Its status to its same-position peers gets nothing (they are in its global
+/// view); a request signed with another site's key is refused (`BadReconcile`); a state
+/// request gets no chunk; its share of RECONCILE(site 3, aru 0) does not combine: the correct
+/// replicas of site 3, which are not behind and not stuck, never share it, so no request
+/// of site 3 crosses the WAN and no replica of sites 1 and 2 answers one.
+#[test]
+fn rc2_one_faulty_replica_alone_gets_no_stream_from_other_sites() {
+    let mut w = World::new(3, params());
+    let faulty = peer(3, 2);
+    for client in 1..=3 {
+        let update = w.request(1, client, &put(client), false);
+        w.feed(peer(1, 0), SiteInput::Client(update));
+        w.pump(|_, to, _| to == faulty);
+    }
+    assert_eq!(w.replica(peer(1, 2)).stable_checkpoint(), SeqNum(2));
+    let mark = w.trace.len();
+    let payload = SitePayload::Reconcile { site: ClusterId(3), aru: SeqNum(0) };
+    let forged = w.signed_by(ClusterId(2), payload);
+    for remote in [peer(1, 2), peer(2, 2)] {
+        let out = w.deliver(faulty, remote, SiteMessage::Status { aru: SeqNum(0), gv: 0 });
+        assert_eq!(sends(out), vec![], "a status from another site gets no stream");
+        let out = w.deliver(faulty, remote, SiteMessage::Reconcile { signed: forged.clone(), gv: 0 });
+        assert_eq!((refusals(out), sends(out)), (vec![SiteRefusal::BadReconcile], vec![]));
+        let out = w.deliver(faulty, remote, SiteMessage::StateRequest { seq: SeqNum(2), from: 0 });
+        assert_eq!(sends(out), vec![], "no chunk without its site's request");
+    }
+    let message = payload.message();
+    let share = S::sign_share(&w.keys[&ClusterId(3)].1[2], &message);
+    for id in [0, 1, 3] {
+        w.deliver(faulty, peer(3, id), SiteMessage::Share { message, share });
+    }
+    w.run();
+    w.now.0 += params().status_interval_us;
+    for replica in (0..4).filter(|id| *id != 2).map(|id| peer(3, id)) {
+        w.feed(replica, SiteInput::Timer(SiteTimer::Status));
+    }
+    w.pump(|from, to, _| from == faulty || to == faulty);
+    let out = &w.trace[mark..];
+    assert_eq!(wan(out, "Reconcile"), vec![], "site 3 signed no request");
+    let streamed: Vec<(PeerId, PeerId)> = STREAMED.iter().flat_map(|kind| wan(out, kind)).collect();
+    assert_eq!(streamed, vec![]);
+    assert!(every_replica(3).all(|p| w.replica(p).reconciles_answered() == 0));
+}
+
+/// LV1, RC2: replica 3 of site 2 lost every message of its site's change to local view 1
+/// (the NEW-REP broadcast included), so it stays in local view 0 and could never vote for
+/// local view 2. When a peer that is stuck (its client's update forwarded, nothing back
+/// from the leader site) asks the other sites (RC2), it also sends its site the latest
+/// NEW-REP again, and replica 3 preinstalls local view 1.
+#[test]
+fn lv1_a_replica_that_lost_its_sites_new_rep_gets_it_again_from_a_stuck_peer() {
+    let mut w = World::new(3, params());
+    let lost = peer(2, 3);
+    for id in 0..4 {
+        w.feed(peer(2, id), SiteInput::Timer(SiteTimer::Local));
+    }
+    w.pump(|_, to, _| to == lost);
+    assert_eq!((w.replica(peer(2, 1)).local_view(), w.replica(lost).local_view()), (1, 0));
+    let update = w.request(2, 1, &put(1), false);
+    w.feed(peer(2, 1), SiteInput::Client(update));
+    w.pump(|from, to, _| to == lost || from.cluster != to.cluster);
+    w.now.0 += params().status_interval_us;
+    let out = w.feed(peer(2, 1), SiteInput::Timer(SiteTimer::Status));
+    assert!(sends(out).contains(&("NewRep", peer(2, 1), None)), "{:?}", sends(out));
+    w.pump(|from, to, _| from.cluster != to.cluster);
+    assert_eq!(w.replica(lost).local_view(), 1);
 }

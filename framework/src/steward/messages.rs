@@ -129,9 +129,15 @@ pub enum SiteMessage<S: ThresholdScheme> {
     /// GV5: the GLOBAL-CONSTRAINTs of a majority of sites the leader representative adopts,
     /// to its site.
     GlobalBundle(Arc<Vec<GlobalConstraint<S>>>),
-    /// How far the sender executed, and its global view: a peer of its site, or another
-    /// site's representative, that is further sends what it lacks.
+    /// RC1: how far the sender executed, and its global view: a peer of its site that is
+    /// further sends what it lacks. Another site's replica sends only the proof of its
+    /// global view if the sender is behind it (GV2).
     Status { aru: SeqNum, gv: GlobalView },
+    /// RC2: the sender's site signed that it is behind at `aru` (a
+    /// [`SitePayload::Reconcile`](super::payload::SitePayload::Reconcile)); sent by each of its
+    /// replicas to the same-position replica of every other site, which streams what it
+    /// lacks. `gv` (not signed) is the sender's global view, for the proof of a later one.
+    Reconcile { signed: SiteSigned<S>, gv: GlobalView },
     /// A globally ordered batch for a replica that is behind.
     Ordered(Arc<OrderedProof<S>>),
     /// SK1: a replica behind the stable site checkpoint `seq` asks a peer for the chunks of
@@ -167,6 +173,7 @@ impl<S: ThresholdScheme> Clone for SiteMessage<S> {
             SiteMessage::Checkpoint(signed) => SiteMessage::Checkpoint(signed.clone()),
             SiteMessage::NewRep(signed) => SiteMessage::NewRep(signed.clone()),
             SiteMessage::Status { aru, gv } => SiteMessage::Status { aru: *aru, gv: *gv },
+            SiteMessage::Reconcile { signed, gv } => SiteMessage::Reconcile { signed: signed.clone(), gv: *gv },
             SiteMessage::Ordered(proof) => SiteMessage::Ordered(proof.clone()),
             SiteMessage::StateRequest { seq, from } => SiteMessage::StateRequest { seq: *seq, from: *from },
             SiteMessage::StateChunk { proof, chunk } => {
@@ -218,6 +225,7 @@ impl<S: ThresholdScheme> SiteMessage<S> {
             SiteMessage::Proposal(proposal) => site_signed + proposal.batch.encoded_bytes(),
             SiteMessage::Accept(_) | SiteMessage::Checkpoint(_) | SiteMessage::NewRep(_) => site_signed,
             SiteMessage::Status { .. } => HEADER_BYTES,
+            SiteMessage::Reconcile { .. } => site_signed,
             SiteMessage::Ordered(proof) => {
                 site_signed + proof.proposal.batch.encoded_bytes() + proof.accepts.len() * site_signed
             }

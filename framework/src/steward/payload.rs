@@ -30,6 +30,9 @@ pub enum SitePayload {
     /// What `site` holds above `aru` in global view `gv`: the digest of its union above its
     /// latest stable checkpoint `stable` (GV4).
     GlobalConstraint { site: ClusterId, gv: GlobalView, aru: SeqNum, stable: SeqNum, union: Digest },
+    /// `site` is behind at `aru` and asks the other sites for what is ordered above it
+    /// (RC2): only a request the site signed makes another site stream to it.
+    Reconcile { site: ClusterId, aru: SeqNum },
 }
 
 /// A binding a replica makes by sharing a payload: at most one value per slot (TS1).
@@ -69,6 +72,11 @@ pub enum Slot {
         gv: GlobalView,
         aru: SeqNum,
     },
+    /// One RECONCILE per `aru`: it binds nothing, sharing it again is allowed.
+    Reconcile {
+        site: ClusterId,
+        aru: SeqNum,
+    },
 }
 
 impl SitePayload {
@@ -85,7 +93,8 @@ impl SitePayload {
             | SitePayload::GlobalVc { site, .. }
             | SitePayload::SiteCheckpoint { site, .. }
             | SitePayload::Aru { site, .. }
-            | SitePayload::GlobalConstraint { site, .. } => site,
+            | SitePayload::GlobalConstraint { site, .. }
+            | SitePayload::Reconcile { site, .. } => site,
         }
     }
 
@@ -114,6 +123,7 @@ impl SitePayload {
                 let value = Digest::of_parts(&[&stable.0.to_le_bytes(), &union.0]);
                 (Slot::GlobalConstraint { site, gv, aru }, value)
             }
+            SitePayload::Reconcile { site, aru } => (Slot::Reconcile { site, aru }, Digest::default()),
         }
     }
 
@@ -123,7 +133,8 @@ impl SitePayload {
         match *self {
             SitePayload::Proposal { seq, .. }
             | SitePayload::Accept { seq, .. }
-            | SitePayload::SiteCheckpoint { seq, .. } => Some(seq),
+            | SitePayload::SiteCheckpoint { seq, .. }
+            | SitePayload::Reconcile { aru: seq, .. } => Some(seq),
             SitePayload::NewRep { .. }
             | SitePayload::GlobalVc { .. }
             | SitePayload::Aru { .. }

@@ -167,7 +167,7 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
                 Slot::GlobalVc { gv: g, .. } | Slot::Aru { gv: g, .. } | Slot::GlobalConstraint { gv: g, .. } => {
                     g >= gv
                 }
-                Slot::Binding { .. } | Slot::Checkpoint { .. } => true,
+                Slot::Binding { .. } | Slot::Checkpoint { .. } | Slot::Reconcile { .. } => true,
             }),
         }
         out
@@ -267,7 +267,9 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
 
     fn forget(&mut self, below: SeqNum) {
         self.shared.retain(|slot, _| match slot {
-            Slot::Binding { seq, .. } | Slot::Checkpoint { seq, .. } => *seq >= below,
+            Slot::Binding { seq, .. } | Slot::Checkpoint { seq, .. } | Slot::Reconcile { aru: seq, .. } => {
+                *seq >= below
+            }
             Slot::NewRep { .. } | Slot::GlobalVc { .. } | Slot::Aru { .. } | Slot::GlobalConstraint { .. } => true,
         });
         let done: Vec<Digest> = self

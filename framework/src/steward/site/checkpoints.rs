@@ -90,6 +90,10 @@ impl<S: ThresholdScheme> Checkpoints<S> {
         self.stable.as_ref()
     }
 
+    pub(super) fn fetching(&self) -> bool {
+        self.fetch.is_some()
+    }
+
     /// Bytes of the image being fetched held so far.
     pub(super) fn fetching_bytes(&self) -> u64 {
         self.fetch.as_ref().map_or(0, Fetch::held_bytes)
@@ -195,8 +199,13 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
 
     /// SK1: a peer asks for chunks of the image at `seq` from `from` on. Answered from this
     /// replica's stable checkpoint (from chunk 0 if it is not `seq` any more), bounded per
-    /// request and per peer per status interval.
+    /// request and per peer per status interval; to a replica of another site only while
+    /// its site asks (RC2).
     pub(super) fn on_state_request(&mut self, from: PeerId, (seq, first): (SeqNum, u64), out: &mut Vec<SiteOutput<S>>) {
+        // RC2: a replica of another site gets chunks only while its site asks (signed).
+        if !self.may_stream_to(from.cluster) {
+            return;
+        }
         let Some(proof) = self.checkpoints.stable().cloned() else { return };
         let Some(image) = self.executor.image_at(proof.seq) else { return };
         let interval = self.params.status_interval_us;
