@@ -310,8 +310,8 @@ fn rc2_a_site_cut_off_catches_up_after_healing_on_its_signed_request() {
 }
 
 /// RC2: one faulty replica of site 3 (replica 2), behind, cannot make the other sites
-/// stream to it. Its status to its same-position peers gets nothing (they are in its global
-/// view); a request signed with another site's key is refused (`BadReconcile`); a state
+/// stream to it. Its status to its same-position peers or to the other sites'
+/// representatives gets nothing (they are in its global view); a request signed with another site's key is refused (`BadReconcile`); a state
 /// request gets no chunk; its share of RECONCILE(site 3, aru 0) does not combine: the correct
 /// replicas of site 3, which are not behind and not stuck, never share it, so no request
 /// of site 3 crosses the WAN and no replica of sites 1 and 2 answers one.
@@ -328,7 +328,9 @@ fn rc2_one_faulty_replica_alone_gets_no_stream_from_other_sites() {
     let mark = w.trace.len();
     let payload = SitePayload::Reconcile { site: ClusterId(3), aru: SeqNum(0) };
     let forged = w.signed_by(ClusterId(2), payload);
-    for remote in [peer(1, 2), peer(2, 2)] {
+    // Its same-position peers and the representatives (which streamed to any other site's
+    // status before RC2).
+    for remote in [peer(1, 2), peer(2, 2), peer(1, 0), peer(2, 0)] {
         let out = w.deliver(faulty, remote, SiteMessage::Status { aru: SeqNum(0), gv: 0 });
         assert_eq!(sends(out), vec![], "a status from another site gets no stream");
         let out = w.deliver(faulty, remote, SiteMessage::Reconcile { signed: forged.clone(), gv: 0 });
