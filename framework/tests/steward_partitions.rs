@@ -1,7 +1,7 @@
 //! Partitions between sites (docs/STEWARD.md §0: the network may partition and re-merge):
 //! a minority site cut off from the others keeps answering reads inside itself (SC2) while
 //! the connected majority keeps ordering (W7), and after the cut heals it catches up (§9,
-//! RC0, SK1) to the same history and state. By hand over the rule tests' world, and in the
+//! RC1, RC2, SK1) to the same history and state. By hand over the rule tests' world, and in the
 //! multi-site simulator over several seeds.
 
 mod steward_world;
@@ -106,10 +106,10 @@ fn executed_at(w: &World, site: ClusterId) -> Vec<Vec<(u64, Digest)>> {
 
 /// What brings a site that heard nothing up to date once the cut heals: time passes and the
 /// status timers of every replica fire, but they bring nothing to a site that has nothing
-/// outstanding (RC0: it is not stuck, so it does not ask the other sites, and they do not
-/// know it is behind); `Local_T` expires at the idle cut-off site (T1, TM3) and its new
-/// representative tells the other sites its `aru` (LV1), which answer with what it lacks;
-/// then its peers catch up from it on their next status timer (RC0, SK1).
+/// outstanding (it is not stuck, so it does not ask the other sites, and they do not know
+/// it is behind); `Local_T` expires at the idle cut-off site (T1, TM3), and on its new
+/// representative (LV1) the site signs a request naming its `aru` (RC2), which its replicas
+/// send to their same-position peers, which stream what it lacks (RC2, SK1).
 fn heal(w: &mut World) {
     let status_interval = params().status_interval_us;
     w.now.0 += status_interval;

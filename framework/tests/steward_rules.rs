@@ -490,28 +490,36 @@ fn sk1_a_replica_behind_a_stable_checkpoint_installs_the_state_and_executes_what
     assert_eq!(w.replica(behind).state_digest(), w.replica(peer(2, 1)).state_digest());
 }
 
-/// SK1: a `State` whose image does not match the signed digest, or whose proof holds
-/// checkpoints of fewer than a majority of sites, is refused; the genuine one is installed.
+/// SK1: a chunk offered with a proof that holds checkpoints of fewer than a majority of
+/// sites is refused (`BadCheckpoint`), as is a chunk that does not match the signed digest
+/// (`BadStateChunk`); the genuine chunk (the whole image here) is installed.
 #[test]
-fn sk1_a_state_with_a_tampered_image_or_too_few_site_checkpoints_is_refused() {
+fn sk1_a_state_chunk_with_a_tampered_image_or_too_few_site_checkpoints_is_refused() {
     let (mut w, behind) = one_replica_behind();
     let answer = w.deliver(behind, peer(2, 1), SiteMessage::Status { aru: SeqNum(0), gv: 0 });
     let state = pick(answer, |_, o| match o {
-        SiteOutput::To { message: SiteMessage::State { proof, image }, .. } => Some((proof.clone(), image.clone())),
+        SiteOutput::To { message: SiteMessage::StateChunk { proof, chunk }, .. } => {
+            Some((proof.clone(), chunk.clone()))
+        }
         _ => None,
     });
-    let (proof, image) = state.into_iter().next().expect("a peer sends its stable state");
-    let mut tampered = image.to_vec();
-    let at = tampered.windows(7).position(|bytes| bytes == b"value-1").expect("the image holds the value");
-    tampered[at..at + 7].copy_from_slice(b"VALUE-1");
+    let (proof, chunk) = state.into_iter().next().expect("a peer offers its stable state");
+    assert_eq!(chunk.index, 0);
+    let mut tampered = (*chunk).clone();
+    let at = tampered.data.windows(7).position(|bytes| bytes == b"value-1").expect("the image holds the value");
+    tampered.data[at..at + 7].copy_from_slice(b"VALUE-1");
     let mut few = proof.clone();
     few.checkpoints.truncate(1);
-    for (proof, image) in [(proof.clone(), Arc::new(tampered)), (few, image.clone())] {
-        let out = w.deliver(peer(2, 1), behind, SiteMessage::State { proof, image });
-        assert_eq!(refusals(out), vec![SiteRefusal::BadCheckpoint]);
+    let cases = [
+        (few, chunk.clone(), SiteRefusal::BadCheckpoint),
+        (proof.clone(), Arc::new(tampered), SiteRefusal::BadStateChunk),
+    ];
+    for (proof, chunk, refusal) in cases {
+        let out = w.deliver(peer(2, 1), behind, SiteMessage::StateChunk { proof, chunk });
+        assert_eq!(refusals(out), vec![refusal]);
         assert_eq!(w.replica(behind).aru(), SeqNum(0));
     }
-    let out = w.deliver(peer(2, 1), behind, SiteMessage::State { proof, image });
+    let out = w.deliver(peer(2, 1), behind, SiteMessage::StateChunk { proof, chunk });
     assert!(out.iter().any(|(_, o)| matches!(o, SiteOutput::Installed { seq: SeqNum(2), .. })));
     assert_eq!(w.replica(behind).aru(), SeqNum(2));
 }

@@ -53,6 +53,17 @@ impl<S: ThresholdScheme> Clone for CheckpointProof<S> {
     }
 }
 
+/// SK1: chunk `index` of the image of a stable site checkpoint (an image of `total_bytes`),
+/// with its Merkle path: checked alone against the checkpoint's signed digest
+/// ([`crate::state::verify_chunk`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageChunk {
+    pub total_bytes: u64,
+    pub index: u64,
+    pub data: Vec<u8>,
+    pub path: Vec<Digest>,
+}
+
 /// GV4: a site's GLOBAL-CONSTRAINT with the PROPOSALs its union binds (their digest is the
 /// payload's `union`) and the stable checkpoint below which it binds nothing.
 #[derive(Debug)]
@@ -118,14 +129,23 @@ pub enum SiteMessage<S: ThresholdScheme> {
     /// GV5: the GLOBAL-CONSTRAINTs of a majority of sites the leader representative adopts,
     /// to its site.
     GlobalBundle(Arc<Vec<GlobalConstraint<S>>>),
-    /// How far the sender executed, and its global view: a peer of its site, or another
-    /// site's representative, that is further sends what it lacks.
+    /// RC1: how far the sender executed, and its global view: a peer of its site that is
+    /// further sends what it lacks. Another site's replica sends only the proof of its
+    /// global view if the sender is behind it (GV2).
     Status { aru: SeqNum, gv: GlobalView },
+    /// RC2: the sender's site signed that it is behind at `aru` (a
+    /// [`SitePayload::Reconcile`](super::payload::SitePayload::Reconcile)); sent by each of its
+    /// replicas to the same-position replica of every other site, which streams what it
+    /// lacks. `gv` (not signed) is the sender's global view, for the proof of a later one.
+    Reconcile { signed: SiteSigned<S>, gv: GlobalView },
     /// A globally ordered batch for a replica that is behind.
     Ordered(Arc<OrderedProof<S>>),
-    /// SK1: the state at a stable site checkpoint, for a replica behind it; checked
-    /// against the proof's digest before it is installed.
-    State { proof: CheckpointProof<S>, image: Arc<Vec<u8>> },
+    /// SK1: a replica behind the stable site checkpoint `seq` asks a peer for the chunks of
+    /// its image from `from` on.
+    StateRequest { seq: SeqNum, from: u64 },
+    /// SK1: a chunk of the image at a stable site checkpoint, with the checkpoint's proof,
+    /// for a replica behind it; checked against the proof's digest before it is kept.
+    StateChunk { proof: CheckpointProof<S>, chunk: Arc<ImageChunk> },
 }
 
 impl<S: ThresholdScheme> Clone for SiteMessage<S> {
@@ -153,8 +173,12 @@ impl<S: ThresholdScheme> Clone for SiteMessage<S> {
             SiteMessage::Checkpoint(signed) => SiteMessage::Checkpoint(signed.clone()),
             SiteMessage::NewRep(signed) => SiteMessage::NewRep(signed.clone()),
             SiteMessage::Status { aru, gv } => SiteMessage::Status { aru: *aru, gv: *gv },
+            SiteMessage::Reconcile { signed, gv } => SiteMessage::Reconcile { signed: signed.clone(), gv: *gv },
             SiteMessage::Ordered(proof) => SiteMessage::Ordered(proof.clone()),
-            SiteMessage::State { proof, image } => SiteMessage::State { proof: proof.clone(), image: image.clone() },
+            SiteMessage::StateRequest { seq, from } => SiteMessage::StateRequest { seq: *seq, from: *from },
+            SiteMessage::StateChunk { proof, chunk } => {
+                SiteMessage::StateChunk { proof: proof.clone(), chunk: chunk.clone() }
+            }
         }
     }
 }
@@ -201,10 +225,17 @@ impl<S: ThresholdScheme> SiteMessage<S> {
             SiteMessage::Proposal(proposal) => site_signed + proposal.batch.encoded_bytes(),
             SiteMessage::Accept(_) | SiteMessage::Checkpoint(_) | SiteMessage::NewRep(_) => site_signed,
             SiteMessage::Status { .. } => HEADER_BYTES,
+            SiteMessage::Reconcile { .. } => site_signed,
             SiteMessage::Ordered(proof) => {
                 site_signed + proof.proposal.batch.encoded_bytes() + proof.accepts.len() * site_signed
             }
-            SiteMessage::State { proof, image } => HEADER_BYTES + proof.checkpoints.len() * site_signed + image.len(),
+            SiteMessage::StateRequest { .. } => HEADER_BYTES,
+            SiteMessage::StateChunk { proof, chunk } => {
+                HEADER_BYTES
+                    + proof.checkpoints.len() * site_signed
+                    + chunk.data.len()
+                    + chunk.path.len() * DIGEST_BYTES
+            }
         }
     }
 
@@ -217,7 +248,7 @@ impl<S: ThresholdScheme> SiteMessage<S> {
             SiteMessage::Ordered(proof) => {
                 std::iter::once(&proof.proposal.signed).chain(proof.accepts.iter()).collect()
             }
-            SiteMessage::State { proof, .. } => proof.checkpoints.iter().collect(),
+            SiteMessage::StateChunk { proof, .. } => proof.checkpoints.iter().collect(),
             _ => Vec::new(),
         }
     }

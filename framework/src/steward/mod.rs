@@ -19,7 +19,7 @@
 //! * [`messages`]: what replicas send inside a site and between sites, and its WAN size.
 //! * [`site`]: the replica of a site, composing the above with the PBFT executor; it owns
 //!   the representative's relays (W1, W4), ACCEPTs (W6), site checkpoints and state
-//!   transfer (SK1), catch-up (RC0), and answers clients (SC1, SC2).
+//!   transfer (SK1), catch-up (RC1, RC2), and answers clients (SC1, SC2).
 //!
 //! * [`timers`]: the local and global timeouts, their ratios and doubling (TM2, TM3),
 //!   validated when configured.

@@ -30,6 +30,9 @@ pub enum SitePayload {
     /// What `site` holds above `aru` in global view `gv`: the digest of its union above its
     /// latest stable checkpoint `stable` (GV4).
     GlobalConstraint { site: ClusterId, gv: GlobalView, aru: SeqNum, stable: SeqNum, union: Digest },
+    /// `site` is behind at `aru` and asks the other sites for what is ordered above it
+    /// (RC2): only a request the site signed makes another site stream to it.
+    Reconcile { site: ClusterId, aru: SeqNum },
 }
 
 /// A binding a replica makes by sharing a payload: at most one value per slot (TS1).
@@ -69,6 +72,11 @@ pub enum Slot {
         gv: GlobalView,
         aru: SeqNum,
     },
+    /// One RECONCILE per `aru`: it binds nothing, sharing it again is allowed.
+    Reconcile {
+        site: ClusterId,
+        aru: SeqNum,
+    },
 }
 
 impl Slot {
@@ -80,7 +88,7 @@ impl Slot {
         match *self {
             Slot::NewRep { lv: l, .. } => l >= lv,
             Slot::GlobalVc { gv: g, .. } | Slot::Aru { gv: g, .. } | Slot::GlobalConstraint { gv: g, .. } => g >= gv,
-            Slot::Binding { .. } | Slot::Checkpoint { .. } => true,
+            Slot::Binding { .. } | Slot::Checkpoint { .. } | Slot::Reconcile { .. } => true,
         }
     }
 }
@@ -99,7 +107,8 @@ impl SitePayload {
             | SitePayload::GlobalVc { site, .. }
             | SitePayload::SiteCheckpoint { site, .. }
             | SitePayload::Aru { site, .. }
-            | SitePayload::GlobalConstraint { site, .. } => site,
+            | SitePayload::GlobalConstraint { site, .. }
+            | SitePayload::Reconcile { site, .. } => site,
         }
     }
 
@@ -128,6 +137,7 @@ impl SitePayload {
                 let value = Digest::of_parts(&[&stable.0.to_le_bytes(), &union.0]);
                 (Slot::GlobalConstraint { site, gv, aru }, value)
             }
+            SitePayload::Reconcile { site, aru } => (Slot::Reconcile { site, aru }, Digest::default()),
         }
     }
 
@@ -137,7 +147,8 @@ impl SitePayload {
         match *self {
             SitePayload::Proposal { seq, .. }
             | SitePayload::Accept { seq, .. }
-            | SitePayload::SiteCheckpoint { seq, .. } => Some(seq),
+            | SitePayload::SiteCheckpoint { seq, .. }
+            | SitePayload::Reconcile { aru: seq, .. } => Some(seq),
             SitePayload::NewRep { .. }
             | SitePayload::GlobalVc { .. }
             | SitePayload::Aru { .. }

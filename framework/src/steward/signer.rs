@@ -261,7 +261,9 @@ impl<S: ThresholdScheme> ThresholdSigner<S> {
 
     fn forget(&mut self, below: SeqNum) {
         self.shared.retain(|slot, _| match slot {
-            Slot::Binding { seq, .. } | Slot::Checkpoint { seq, .. } => *seq >= below,
+            Slot::Binding { seq, .. } | Slot::Checkpoint { seq, .. } | Slot::Reconcile { aru: seq, .. } => {
+                *seq >= below
+            }
             Slot::NewRep { .. } | Slot::GlobalVc { .. } | Slot::Aru { .. } | Slot::GlobalConstraint { .. } => true,
         });
         let done: Vec<Digest> = self

@@ -89,7 +89,16 @@ impl World {
 
     /// The same world with a site checkpoint (SK1) every `interval` sequence numbers.
     pub fn with_checkpoint_interval(sites: u32, params: SiteParams, interval: u64) -> Self {
-        let protocol = ProtocolParams { checkpoint_interval: interval, ..ProtocolParams::default() };
+        Self::with_protocol(
+            sites,
+            params,
+            ProtocolParams { checkpoint_interval: interval, ..ProtocolParams::default() },
+        )
+    }
+
+    /// The same world with these PBFT parameters at every site (checkpoint interval, chunk
+    /// size of checkpoint images).
+    pub fn with_protocol(sites: u32, params: SiteParams, protocol: ProtocolParams) -> Self {
         let deal = |site: u32| S::deal(4, 3, &mut rand_chacha::ChaCha20Rng::seed_from_u64(site.into()));
         let (mut infos, mut memberships, mut keys, mut pairs) =
             (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());

@@ -7,10 +7,10 @@
 //!   [`SiteStrategy::Replay`], [`SiteStrategy::Flooding`];
 //! * strategies of a non-leader site's representative (STEWARD.md W4, LV1):
 //!   [`SiteStrategy::DroppingRepresentative`], [`SiteStrategy::AlteringRepresentative`],
-//!   [`SiteStrategy::ReplayingRepresentative`];
+//!   [`SiteStrategy::ReplayingRepresentative`], [`SiteStrategy::DelayingRepresentative`];
 //! * strategies of the leader site's representative (STEWARD.md W2, LV2, LV3):
-//!   [`SiteStrategy::ConflictingPrePrepares`], and the three above at the leader site, each
-//!   stalling its site until `Local_T` replaces it;
+//!   [`SiteStrategy::ConflictingPrePrepares`], and the four above at the leader site, each
+//!   stalling its site until `Local_T` replaces it or only slowing it;
 //! * two that collude beyond the model for the negative control GI-N:
 //!   [`SiteStrategy::EquivocatingRepresentative`] (the leader site's representative sends
 //!   two batches for one sequence number, each to part of the site) and
@@ -61,6 +61,12 @@ pub enum SiteStrategy {
     /// As a non-leader site's representative: sends every PROPOSAL and ACCEPT again, later,
     /// to its site and to the other sites (harmless: each is taken once).
     ReplayingRepresentative,
+    /// As a site's representative: holds every PROPOSAL and ACCEPT it would send or relay
+    /// until its next status timer, then sends them all (in order). Progress slows by up
+    /// to a status interval per hop, which is shorter than `Local_T`, so the site is not
+    /// silent and need not replace it. Holds at most [`DELAYED_MAX`] messages; more push
+    /// the oldest out early.
+    DelayingRepresentative,
     /// As the leader site's representative: pre-prepares a different batch for each
     /// sequence number to each member (the same updates at other times), so that no
     /// certificate forms (W3: at most one could) and `Local_T` replaces it (LV1–LV3).
@@ -81,15 +87,33 @@ impl SiteStrategy {
 
     /// The strategies of a non-leader site's representative that its site and the others
     /// must survive.
-    pub fn representative() -> [SiteStrategy; 3] {
+    pub fn representative() -> [SiteStrategy; 4] {
         use SiteStrategy::*;
-        [DroppingRepresentative, AlteringRepresentative, ReplayingRepresentative]
+        [DroppingRepresentative, AlteringRepresentative, ReplayingRepresentative, DelayingRepresentative]
     }
 
     /// The strategies of the leader site's representative that the system must survive.
-    pub fn leader_representative() -> [SiteStrategy; 4] {
+    pub fn leader_representative() -> [SiteStrategy; 5] {
         use SiteStrategy::*;
-        [ConflictingPrePrepares, DroppingRepresentative, AlteringRepresentative, ReplayingRepresentative]
+        [
+            ConflictingPrePrepares,
+            DroppingRepresentative,
+            AlteringRepresentative,
+            ReplayingRepresentative,
+            DelayingRepresentative,
+        ]
+    }
+}
+
+/// PROPOSALs and ACCEPTs a delaying representative holds at most.
+pub const DELAYED_MAX: usize = 256;
+
+fn proposal_or_accept<S: ThresholdScheme>(output: &SiteOutput<S>) -> bool {
+    match output {
+        SiteOutput::ToSite(message) | SiteOutput::To { message, .. } => {
+            matches!(message, SiteMessage::Proposal(_) | SiteMessage::Accept(_))
+        }
+        _ => false,
     }
 }
 
@@ -102,6 +126,8 @@ pub struct ByzantineSite<Svc: Service, S: ThresholdScheme> {
     members: Vec<ReplicaId>,
     sites: Vec<ClusterId>,
     replayable: VecDeque<SiteMessage<S>>,
+    /// What the delaying representative holds until its next status timer.
+    delayed: VecDeque<SiteOutput<S>>,
     /// Made-up PROPOSALs it collects shares for (the equivocating representative).
     forged: BTreeMap<Digest, (SitePayload, Arc<Batch>, ShareCollector<S>)>,
     sent: u64,
@@ -131,6 +157,7 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
             members,
             sites,
             replayable: VecDeque::new(),
+            delayed: VecDeque::new(),
             forged: BTreeMap::new(),
             sent: 0,
         }
@@ -181,6 +208,9 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
         }
         let outputs = self.inner.handle(input, now);
         let mut sent = Vec::new();
+        if self.strategy == SiteStrategy::DelayingRepresentative && status_timer {
+            sent.extend(self.delayed.drain(..));
+        }
         for output in outputs {
             self.bend(output, &mut sent);
         }
@@ -362,6 +392,12 @@ impl<Svc: Service, S: ThresholdScheme> ByzantineSite<Svc, S> {
             }
             (SiteStrategy::AlteringRepresentative, SiteOutput::To { peer, message }) if peer.cluster != me.cluster => {
                 sent.push(SiteOutput::To { peer, message: Self::altered(message) })
+            }
+            (SiteStrategy::DelayingRepresentative, output) if proposal_or_accept(&output) => {
+                self.delayed.push_back(output);
+                if self.delayed.len() > DELAYED_MAX {
+                    sent.extend(self.delayed.pop_front());
+                }
             }
             (SiteStrategy::ReplayingRepresentative, output) => {
                 if let SiteOutput::ToSite(message) | SiteOutput::To { message, .. } = &output {

@@ -41,7 +41,7 @@ pub struct SitesCampaign {
     /// site, itself included, collude (0: none).
     pub colluders: usize,
     /// Representatives fail too: in each site, one seed in three crashes the representative
-    /// and one in three makes it Byzantine (at a non-leader site dropping, altering or
+    /// and one in three makes it Byzantine (at a non-leader site dropping, altering, delaying or
     /// replaying; at the leader site also pre-preparing conflicting batches); that site then
     /// has no other faulty replica. Replaced by LV1 (and LV2, LV3 at the leader site).
     pub representative_faults: bool,

@@ -248,7 +248,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         let mut replica = Self::new(setup, service)?;
         let mut unsent = Vec::new();
         if let Some((proof, image)) = &durable.stable {
-            replica.on_state(proof.clone(), image.clone(), &mut unsent);
+            replica.restore_stable(proof.clone(), image, &mut unsent);
         }
         if let Some(proof) = &durable.global_view {
             replica.on_global_vc_proof(proof.clone(), &mut unsent);

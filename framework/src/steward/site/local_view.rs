@@ -7,7 +7,8 @@
 //! NEW-REP it voted for is preinstalled: local views advance one at a time (LV1). The timer
 //! runs even with nothing outstanding: a site whose representative crashed after the last
 //! update hears nothing and could not tell it is behind; an idle site rotates its
-//! representative every `T1`, and each new one tells the other sites its `aru`.
+//! representative every `T1`, and on each new one the site asks the other sites with a
+//! request naming its `aru` (RC2, in [`super::catch_up`]).
 //!
 //! `2f + 1` shares combine into the site's NEW-REP, proof that `f + 1` correct replicas
 //! reached `lv + 1`. Every replica that combines it *preinstalls* `lv + 1` (the
@@ -134,12 +135,9 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         if announce {
             self.to_same_positions(SiteMessage::NewRep(signed.clone()), out);
         }
-        // A new representative announces how far it is to the other sites, which send what
-        // it lacks: its predecessor may have left the site behind.
-        if self.is_representative() {
-            let (aru, gv) = (self.aru(), self.global_view());
-            self.to_other_sites(SiteMessage::Status { aru, gv }, out);
-        }
+        self.catch_up.new_rep = Some(signed.clone());
+        // RC2: its predecessor may have left the site behind: the site asks the other sites.
+        self.reconcile(out);
         if self.at_leader_site() {
             self.start_constraint(out);
         } else {

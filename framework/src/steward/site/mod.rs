@@ -32,6 +32,8 @@ mod local_constraint;
 mod local_view;
 mod relay;
 
+pub use catch_up::RECONCILE_FRESH_INTERVALS;
+pub use checkpoints::{CHUNKS_PER_PEER_PER_INTERVAL, CHUNKS_PER_REQUEST};
 pub use durable::{SiteDurable, SiteRecord};
 
 use super::constraint::ConstraintRefusal;
@@ -65,7 +67,7 @@ pub struct SiteParams {
     /// How long the leader-site representative waits for a batch to fill.
     pub batch_delay_us: u64,
     /// How often a replica tells its peers how far it executed, sends again what may have
-    /// been lost, and (a representative with work outstanding) asks the other sites.
+    /// been lost, and (stuck with work outstanding) asks the other sites (RC2).
     pub status_interval_us: u64,
     /// Ordered batches (and PROPOSALs, ACCEPTs) sent to one peer per status it sends.
     pub catch_up_max: usize,
@@ -164,6 +166,10 @@ pub enum SiteRefusal {
     BatchMismatch,
     /// A checkpoint or state whose site signatures or digest do not hold.
     BadCheckpoint,
+    /// SK1: a chunk of a checkpoint image that does not verify against the signed digest.
+    BadStateChunk,
+    /// SK1: a checkpoint image larger than `state_transfer_bytes_max`.
+    StateTooLarge,
     /// The leader-site representative holds as many unordered updates as it may.
     TooManyPending,
     /// The executor refused (a request below its client's window, an image not installed).
@@ -175,6 +181,8 @@ pub enum SiteRefusal {
     Constraint(ConstraintRefusal),
     /// GV1–GV3: a GLOBAL-VC, its proof or an ARU that is not one or does not verify.
     BadGlobalView,
+    /// RC2: a request to reconcile that is not one or whose site signature does not verify.
+    BadReconcile,
 }
 
 impl SiteRefusal {
@@ -187,11 +195,14 @@ impl SiteRefusal {
             SiteRefusal::UnknownPeer => "UnknownPeer",
             SiteRefusal::BatchMismatch => "BatchMismatch",
             SiteRefusal::BadCheckpoint => "BadCheckpoint",
+            SiteRefusal::BadStateChunk => "BadStateChunk",
+            SiteRefusal::StateTooLarge => "StateTooLarge",
             SiteRefusal::TooManyPending => "TooManyPending",
             SiteRefusal::Executor => "Executor",
             SiteRefusal::BadNewRep => "BadNewRep",
             SiteRefusal::Constraint(r) => r.into(),
             SiteRefusal::BadGlobalView => "BadGlobalView",
+            SiteRefusal::BadReconcile => "BadReconcile",
         }
     }
 }
@@ -281,7 +292,7 @@ pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
     unclaimed: VecDeque<(Digest, S::Signature)>,
     relay: relay::Relay,
     checkpoints: checkpoints::Checkpoints<S>,
-    catch_up: catch_up::CatchUp,
+    catch_up: catch_up::CatchUp<S>,
     timeouts: Timeouts,
     rep_change: local_view::LocalViews,
     constraint: local_constraint::Constraining<S>,
@@ -442,6 +453,16 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             + self.relay.held()
     }
 
+    /// RC2: requests of other sites this replica streamed to.
+    pub fn reconciles_answered(&self) -> u64 {
+        self.catch_up.streamed
+    }
+
+    /// Bytes of a checkpoint image being fetched held so far (SK1), for footprint checks.
+    pub fn fetching_bytes(&self) -> u64 {
+        self.checkpoints.fetching_bytes()
+    }
+
     /// Slots the threshold signer remembers a shared value for (TS1), for footprint checks.
     pub fn signer_slots(&self) -> usize {
         self.signer.slots()
@@ -567,8 +588,10 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SiteMessage::Checkpoint(signed) => self.on_checkpoint(from, signed, out),
             SiteMessage::NewRep(signed) => self.on_new_rep(from, signed, out),
             SiteMessage::Status { aru, gv } => self.on_status(from, (aru, gv), out),
+            SiteMessage::Reconcile { signed, gv } => self.on_reconcile(from, signed, gv, out),
             SiteMessage::Ordered(proof) => self.on_ordered(proof, out),
-            SiteMessage::State { proof, image } => self.on_state(proof, image, out),
+            SiteMessage::StateRequest { seq, from: first } => self.on_state_request(from, (seq, first), out),
+            SiteMessage::StateChunk { proof, chunk } => self.on_state_chunk(from, proof, chunk, out),
             SiteMessage::PrePrepare { .. }
             | SiteMessage::Prepare(_)
             | SiteMessage::Share { .. }
@@ -768,6 +791,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             SitePayload::GlobalVc { .. } => self.on_global_vc(None, signed, out),
             SitePayload::Aru { .. } => self.on_aru(None, signed, out),
             SitePayload::GlobalConstraint { .. } => self.on_global_constraint_signed(signed, out),
+            SitePayload::Reconcile { .. } => self.on_reconcile_signed(signed, out),
         }
     }
 
@@ -927,10 +951,11 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// sends what this one lacks). If this replica is stuck (work outstanding and `aru`
     /// unchanged since the last timer), send again what a peer may have lost: its shares,
     /// its PREPAREs, the PROPOSALs it holds (a relay may have been lost), the PRE-PREPAREs of batches
-    /// not executed (the leader-site representative), and ask the other sites (a representative).
+    /// not executed (the leader-site representative), and ask the other sites (RC2).
     fn on_status_timer(&mut self, out: &mut Vec<SiteOutput<S>>) {
         let (aru, gv) = (self.aru(), self.global_view());
         out.push(SiteOutput::ToSite(SiteMessage::Status { aru, gv }));
+        self.fetch_again(out);
         let leader_representative = self.is_representative() && self.at_leader_site();
         if leader_representative {
             self.propose(true, out);
@@ -960,19 +985,18 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
                 out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { vote, batch: batch.clone() }));
             }
         }
-        if self.is_representative() {
-            self.to_other_sites(SiteMessage::Status { aru, gv }, out);
-        }
+        self.reconcile(out);
     }
 
     /// Whether this replica waits for something the WAN should bring: a PROPOSAL or ACCEPT
-    /// above `aru`, a batch its site ordered, or an update it forwarded.
+    /// above `aru`, a batch its site ordered, an update it forwarded, or a state image.
     fn has_outstanding_work(&self) -> bool {
         !self.proposals.is_empty()
             || !self.my_shares.is_empty()
             || !self.accepts.is_empty()
             || self.relay.outstanding()
             || self.local.uncertified().next().is_some()
+            || self.checkpoints.fetching()
     }
 }
 
