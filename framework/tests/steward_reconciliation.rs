@@ -10,7 +10,7 @@ use steward_world::*;
 
 use bulwark_crypto::threshold::ThresholdScheme;
 use bulwark_framework::sim::sites::byzantine::SiteStrategy;
-use bulwark_framework::sim::sites::{SitesConfig, SitesReport, SitesSimulation};
+use bulwark_framework::sim::sites::{SitesConfig, SitesReport};
 use bulwark_framework::steward::messages::SiteMessage;
 use bulwark_framework::steward::payload::SitePayload;
 use bulwark_framework::steward::site::{
@@ -18,37 +18,7 @@ use bulwark_framework::steward::site::{
 };
 use bulwark_framework::steward::timers::Timeouts;
 use bulwark_framework::{ClusterId, PeerId, ProtocolParams, ReplicaId, SeqNum};
-use bulwark_services::kv::{KvOp, KvStore};
-use rand::Rng;
 use std::collections::BTreeMap;
-
-fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) -> KvOp {
-    let key = format!("k{}", rng.gen_range(0..8));
-    KvOp::Append { key, value: vec![client as u8, (index % 251) as u8] }
-}
-
-fn run(config: SitesConfig) -> SitesReport {
-    SitesSimulation::<KvStore, S>::new(config, KvStore::new, kv_operation).expect("valid configuration").run()
-}
-
-/// Seeds to run: `BULWARK_SEED` replays a single one; otherwise `count` from `first`.
-fn seeds(first: u64, count: u64) -> Vec<u64> {
-    match std::env::var("BULWARK_SEED") {
-        Ok(seed) => vec![seed.parse().expect("BULWARK_SEED is a number")],
-        Err(_) => (first..first + count).collect(),
-    }
-}
-
-fn assert_safe_and_converged(report: &SitesReport) {
-    assert!(report.violations.is_empty(), "safety violated: {report}");
-    assert!(report.checks > 0, "the checker checked nothing: {report}");
-    assert!(
-        report.converged(),
-        "did not converge: {report}\nrefusals: {:?}\nwaiting: {:#?}",
-        report.refusals,
-        report.waiting
-    );
-}
 
 fn mean_latency_us(report: &SitesReport) -> u64 {
     let latencies = &report.load.latencies_us;
@@ -68,10 +38,10 @@ fn w4_lv1_a_delaying_non_leader_representative_slows_its_site_and_is_not_replace
     for seed in seeds(110, 3) {
         let mut config = SitesConfig::new(seed, 5, 4);
         config.updates_per_client = 8;
-        let honest = run(config.clone());
+        let honest = run_sites::<S>(config.clone());
         assert_safe_and_converged(&honest);
         config.byzantine = vec![(PeerId::new(site, ReplicaId(0)), SiteStrategy::DelayingRepresentative)];
-        let report = run(config);
+        let report = run_sites::<S>(config);
         assert_safe_and_converged(&report);
         assert!(report.byzantine_sent.values().all(|sent| *sent > 0), "it sent nothing");
         assert!(

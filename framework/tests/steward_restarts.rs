@@ -9,13 +9,11 @@ use steward_world::*;
 
 use bulwark_crypto::threshold::Simulated;
 use bulwark_framework::ids::Instant;
-use bulwark_framework::sim::sites::{SitesConfig, SitesReport, SitesSimulation};
+use bulwark_framework::sim::sites::SitesConfig;
 use bulwark_framework::steward::messages::SiteMessage;
 use bulwark_framework::steward::sequencing::SequencingRefusal;
 use bulwark_framework::steward::site::{SiteInput, SiteOutput, SiteRefusal, SiteTimer};
 use bulwark_framework::{PeerId, ReplicaId, SeqNum};
-use bulwark_services::kv::{KvOp, KvStore};
-use rand::Rng;
 
 /// The PREPAREs `at` sent among `out`, by the digest they vote for.
 fn prepares_sent(out: &[Out], at: PeerId) -> Vec<bulwark_crypto::Digest> {
@@ -90,15 +88,6 @@ fn ts1_a_restarted_replica_never_shares_a_second_value_in_one_slot() {
     }
 }
 
-fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) -> KvOp {
-    let key = format!("k{}", rng.gen_range(0..8));
-    KvOp::Append { key, value: vec![client as u8, (index % 251) as u8] }
-}
-
-fn run(config: SitesConfig) -> SitesReport {
-    SitesSimulation::<KvStore, Simulated>::new(config, KvStore::new, kv_operation).expect("valid").run()
-}
-
 /// 3 sites of 4 with 20 updates per client; `replica` crashes at 0.4 s and comes back at
 /// 1.2 s, after its site ordered more without it.
 fn crash_and_restart(seed: u64, replica: PeerId) -> SitesConfig {
@@ -123,7 +112,7 @@ fn gi5_a_restarted_replica_comes_back_where_it_was_and_catches_up() {
         for replica in
             [PeerId::new(leader, ReplicaId(2)), PeerId::new(leader, ReplicaId(0)), PeerId::new(other, ReplicaId(0))]
         {
-            let report = run(crash_and_restart(seed, replica));
+            let report = run_sites::<Simulated>(crash_and_restart(seed, replica));
             assert!(report.violations.is_empty(), "{replica}: {report}");
             assert_eq!(report.restarts, 1, "{report}");
             assert!(report.converged(), "{replica}: {report}\nwaiting: {:#?}", report.waiting);
@@ -142,7 +131,7 @@ fn gi5_a_restarted_replica_comes_back_where_it_was_and_catches_up() {
 fn gi5_negative_control_a_replica_that_forgets_its_records_moves_back() {
     let mut config = crash_and_restart(1, PeerId::new(SitesConfig::site(0), ReplicaId(2)));
     config.forget_records_on_restart = true;
-    let report = run(config);
+    let report = run_sites::<Simulated>(config);
     assert!(
         report.violations.iter().any(|v| v.invariant == "GI5" && v.detail.contains("came back at aru s0")),
         "the checker must see the replica move back: {report}"
@@ -165,7 +154,7 @@ fn gi5_a_whole_leader_site_crashes_and_comes_back_from_its_records() {
             config.crashes.push((replica, Instant::from_micros(crash_us)));
             config.restarts.push((replica, Instant::from_micros(crash_us + 400_000 + 150_000 * u64::from(id))));
         }
-        let report = run(config);
+        let report = run_sites::<Simulated>(config);
         assert!(report.violations.is_empty(), "{report}");
         assert_eq!(report.restarts, 4, "{report}");
         assert!(report.converged(), "{report}\nwaiting: {:#?}", report.waiting);

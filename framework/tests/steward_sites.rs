@@ -1,47 +1,21 @@
 //! The multi-site simulator running Steward sites (docs/STEWARD.md §3, §10): whole runs,
 //! each checked by the GI1–GI5 checker after every step.
 
-use bulwark_crypto::threshold::{Simulated, ThresholdScheme};
+mod steward_world;
+
+use steward_world::{assert_safe_and_converged, kv_operation, run_sites, seeds};
+
+use bulwark_crypto::threshold::Simulated;
 use bulwark_framework::sim::sites::campaign::{SitesCampaign, REAL_CRYPTO_EVERY};
-use bulwark_framework::sim::sites::{SitesConfig, SitesReport, SitesSimulation};
-use bulwark_services::kv::{KvOp, KvStore};
+use bulwark_framework::sim::sites::SitesConfig;
+use bulwark_services::kv::KvStore;
 use rand::{Rng, SeedableRng};
-
-/// Every client appends to one of eight keys, so any difference in order shows in the
-/// state digest.
-fn run<S: ThresholdScheme>(config: SitesConfig) -> SitesReport {
-    SitesSimulation::<KvStore, S>::new(config, KvStore::new, kv_operation).expect("valid configuration").run()
-}
-
-fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) -> KvOp {
-    let key = format!("k{}", rng.gen_range(0..8));
-    KvOp::Append { key, value: vec![client as u8, (index % 251) as u8] }
-}
-
-/// Seeds to run: `BULWARK_SEED` replays a single one; otherwise `count` from `first`.
-fn seeds(first: u64, count: u64) -> Vec<u64> {
-    match std::env::var("BULWARK_SEED") {
-        Ok(seed) => vec![seed.parse().expect("BULWARK_SEED is a number")],
-        Err(_) => (first..first + count).collect(),
-    }
-}
-
-fn assert_safe_and_converged(report: &SitesReport) {
-    assert!(report.violations.is_empty(), "safety violated: {report}");
-    assert!(report.checks > 0, "the checker checked nothing: {report}");
-    assert!(
-        report.converged(),
-        "did not converge: {report}\nrefusals: {:?}\nwaiting: {:#?}",
-        report.refusals,
-        report.waiting
-    );
-}
 
 /// W1–W7 end to end: 5 sites of 4 replicas, clients at every site; every correct replica of
 /// every site executes the same history and every update completes.
 #[test]
 fn five_sites_of_four_execute_one_global_history() {
-    let report = run::<Simulated>(SitesConfig::new(1, 5, 4));
+    let report = run_sites::<Simulated>(SitesConfig::new(1, 5, 4));
     assert_safe_and_converged(&report);
     println!("{report}");
 }
@@ -59,7 +33,7 @@ fn w8_wan_messages_per_batch_are_s_minus_one_plus_its_square_plus_a_forwarded_up
     // replica stuck within its interval.
     config.site_params.status_interval_us = 60_000_000;
     config.time_limit = std::time::Duration::from_secs(5);
-    let report = run::<Simulated>(config.clone());
+    let report = run_sites::<Simulated>(config.clone());
     assert_safe_and_converged(&report);
     let s = config.sites as u64;
     let batches = report.batches();
@@ -135,7 +109,7 @@ fn gi_n_f_plus_one_colluders_break_the_checker_and_f_do_not() {
         let run = |campaign: SitesCampaign| {
             let mut config = campaign.config(seed);
             config.time_limit = std::time::Duration::from_secs(10);
-            run::<Simulated>(config)
+            run_sites::<Simulated>(config)
         };
         let report = run(within);
         assert!(report.violations.is_empty(), "f colluders broke safety: {report}");
@@ -177,7 +151,7 @@ fn lv1_a_crashed_non_leader_representative_is_replaced_and_ordering_continues() 
     config.updates_per_client = 20;
     config.crashes = vec![(PeerId::new(site, ReplicaId(0)), Instant::from_micros(300_000))];
 
-    let report = run::<Simulated>(config);
+    let report = run_sites::<Simulated>(config);
     assert_safe_and_converged(&report);
     assert_eq!(report.local_views.len(), 19, "every live replica reports");
     for (replica, views) in &report.local_views {
@@ -205,7 +179,7 @@ fn a_byzantine_non_leader_representative_is_refused_or_replaced() {
             let mut config = SitesConfig::new(seed, 5, 4);
             config.updates_per_client = 12;
             config.byzantine = vec![(PeerId::new(site, ReplicaId(0)), strategy)];
-            let report = run::<Simulated>(config);
+            let report = run_sites::<Simulated>(config);
             assert_safe_and_converged(&report);
             assert!(report.byzantine_sent.values().all(|sent| *sent > 0), "{strategy:?} sent nothing");
             let replaced = report.local_views.values().all(|views| views[&site] >= 1);
@@ -237,7 +211,7 @@ fn lv2_a_crashed_leader_representative_is_replaced_and_what_it_bound_is_proposed
         config.updates_per_client = 20;
         let at = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9)).gen_range(100_000..1_000_000);
         config.crashes = vec![(PeerId::new(leader, ReplicaId(0)), Instant::from_micros(at))];
-        let report = run::<Simulated>(config);
+        let report = run_sites::<Simulated>(config);
         assert_safe_and_converged(&report);
         for (replica, views) in &report.local_views {
             assert!(views[&leader] >= 1, "seed {seed}: {replica} still sees the crashed representative");
@@ -263,7 +237,7 @@ fn a_byzantine_leader_representative_is_replaced_and_ordering_continues() {
             let mut config = SitesConfig::new(seed, 5, 4);
             config.updates_per_client = 12;
             config.byzantine = vec![(PeerId::new(leader, ReplicaId(0)), strategy)];
-            let report = run::<Simulated>(config);
+            let report = run_sites::<Simulated>(config);
             assert_safe_and_converged(&report);
             assert!(report.byzantine_sent.values().all(|sent| *sent > 0), "{strategy:?} sent nothing");
             let replaced = report.local_views.values().all(|views| views[&leader] >= 1);
@@ -294,7 +268,7 @@ fn gv_a_leader_site_cut_off_is_replaced_even_with_a_dropping_representative_else
         config.cuts = vec![SiteCut { site: SitesConfig::site(0), from, until }];
         config.byzantine =
             vec![(PeerId::new(SitesConfig::site(1), ReplicaId(0)), SiteStrategy::DroppingRepresentative)];
-        let report = run::<Simulated>(config);
+        let report = run_sites::<Simulated>(config);
         assert_safe_and_converged(&report);
         assert!(report.global_views.values().all(|gv| *gv >= 1), "seed {seed}: {:?}", report.global_views);
         assert!(report.simulated_time < std::time::Duration::from_secs(20), "seed {seed}: {report}");

@@ -8,6 +8,7 @@ use bulwark_crypto::threshold::{Simulated, ThresholdScheme};
 use bulwark_crypto::{Digest, KeyPair, Signed, Verified};
 use bulwark_framework::batch::{Batch, Command};
 use bulwark_framework::messages::{Request, VerifiedReply};
+use bulwark_framework::sim::sites::{SitesConfig, SitesReport, SitesSimulation};
 use bulwark_framework::steward::global::SiteSigned;
 use bulwark_framework::steward::messages::{Proposal, SiteMessage};
 use bulwark_framework::steward::payload::SitePayload;
@@ -19,6 +20,7 @@ use bulwark_framework::{
     ClusterId, Epoch, Instant, Membership, MembershipHandle, PeerId, ProtocolParams, ReplicaId, SeqNum, Timestamp,
 };
 use bulwark_services::kv::{KvOp, KvStore};
+use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -329,4 +331,35 @@ pub fn pre_prepares(out: &[Out]) -> Vec<(u64, usize)> {
 
 pub fn every_replica(sites: u32) -> impl Iterator<Item = PeerId> {
     (1..=sites).flat_map(|site| (0..4).map(move |id| peer(site, id)))
+}
+
+/// A client's `index`-th operation in multi-site runs: every client appends to one of eight
+/// keys, so any difference in order shows in the state digest.
+pub fn kv_operation(rng: &mut rand_chacha::ChaCha8Rng, client: usize, index: u64) -> KvOp {
+    let key = format!("k{}", rng.gen_range(0..8));
+    KvOp::Append { key, value: vec![client as u8, (index % 251) as u8] }
+}
+
+/// A multi-site run of the simulator with the threshold scheme `T`.
+pub fn run_sites<T: ThresholdScheme>(config: SitesConfig) -> SitesReport {
+    SitesSimulation::<KvStore, T>::new(config, KvStore::new, kv_operation).expect("valid configuration").run()
+}
+
+/// Seeds to run: `BULWARK_SEED` replays a single one; otherwise `count` from `first`.
+pub fn seeds(first: u64, count: u64) -> Vec<u64> {
+    match std::env::var("BULWARK_SEED") {
+        Ok(seed) => vec![seed.parse().expect("BULWARK_SEED is a number")],
+        Err(_) => (first..first + count).collect(),
+    }
+}
+
+pub fn assert_safe_and_converged(report: &SitesReport) {
+    assert!(report.violations.is_empty(), "safety violated: {report}");
+    assert!(report.checks > 0, "the checker checked nothing: {report}");
+    assert!(
+        report.converged(),
+        "did not converge: {report}\nrefusals: {:?}\nwaiting: {:#?}",
+        report.refusals,
+        report.waiting
+    );
 }

@@ -179,8 +179,8 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         self.my_shares.retain(|_, (payload, _)| payload.seq().is_none_or(|seq| seq > stable));
     }
 
-    /// GV5: a stable checkpoint another site proved: this replica knows it is stable (and
-    /// fetches the state if it is behind it).
+    /// GV5: a stable checkpoint another site proved: this replica knows it is stable (if it
+    /// is behind it, it fetches the state once a peer offers the first chunk).
     pub(super) fn learn_stable(&mut self, proof: CheckpointProof<S>) {
         if proof.seq <= self.checkpoints.stable_seq() || !self.check_proof(&proof) {
             return;
