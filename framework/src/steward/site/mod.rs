@@ -22,7 +22,9 @@
 //! answered inside the site from current state (SC2).
 //!
 //! Changes of representative (LV1–LV4) are in [`local_view`] and, at the leader site,
-//! [`local_constraint`]; changes of leader site (GV1–GV6, RS1) in [`global_view`].
+//! [`local_constraint`]; changes of leader site (GV1–GV6, RS1) in [`global_view`]. What a
+//! replica persists and how it comes back after a crash ([`SiteRecord`],
+//! [`SiteReplica::recover`]) is in [`durable`].
 
 mod catch_up;
 mod checkpoints;
