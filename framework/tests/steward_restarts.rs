@@ -207,3 +207,185 @@ fn w2_a_restarted_representative_never_pre_prepares_a_sequence_number_twice() {
         assert!(seq != 1 || digest == before[0].1, "seq 1 pre-prepared with a second batch");
     }
 }
+
+/// W2, LV3 across a restart: the representative of lv 1 pre-prepares X at seq 1 (its
+/// bundle bound nothing there), crashes, and comes back. A second bundle for lv 1 could
+/// bind seq 1 to Y (a lv-0 certificate held by replica 3 alone, whose report missed the
+/// first bundle): it adopts the bundle it recorded instead, gathers no second one, and
+/// never sends a second PRE-PREPARE for `(0, 1, 1)`. (Found by review; it did before.)
+#[test]
+fn w2_lv3_a_restarted_representative_keeps_the_constraint_it_adopted() {
+    let mut w = World::new(3, params());
+    let (old, me, holder) = (peer(1, 0), peer(1, 1), peer(1, 3));
+    let y = w.batch(2, T0);
+    // lv 0: everyone prepares Y at seq 1, only replica 3 gets the PREPAREs (a certificate).
+    for id in 1..4 {
+        let message = w.pre_prepare((1, 0), (0, 0, 1), y.clone());
+        w.deliver(old, peer(1, id), message);
+    }
+    w.pump(|_, to, message| !(to == holder && matches!(message, SiteMessage::Prepare(_))));
+    // lv 1: every member votes; the first bundle misses replica 3's report.
+    for id in 0..4 {
+        w.feed(peer(1, id), SiteInput::Timer(SiteTimer::Local));
+    }
+    w.pump(|from, _, message| from == holder && matches!(message, SiteMessage::Report(_)));
+    assert_eq!(w.replica(me).local_view(), 1, "replica 1 represents the leader site");
+    let first = w.request(1, 1, &put(1), false);
+    let start = w.trace.len();
+    w.feed(me, SiteInput::Client(first));
+    w.pump(|_, _, message| matches!(message, SiteMessage::PrePrepare { .. }));
+    let before = pre_prepared_by(&w.trace[start..], me);
+    assert_eq!(before.len(), 1, "one PRE-PREPARE, lost: {before:?}");
+    assert_eq!(before[0].0, 1);
+    assert_ne!(before[0].1, y.digest());
+
+    w.restart(me, false);
+    let start = w.trace.len();
+    w.feed(me, SiteInput::Timer(SiteTimer::Status));
+    // The second bundle misses replica 0's report instead, and holds replica 3's.
+    w.pump(|from, _, message| from == old && matches!(message, SiteMessage::Report(_)));
+    let after = pre_prepared_by(&w.trace[start..], me);
+    for (seq, digest) in &after {
+        assert!(*seq != 1 || *digest == before[0].1, "seq 1 pre-prepared with a second batch: {after:?}");
+    }
+}
+
+/// TS1, GV3 across a restart: site 2's representative (member 0, local view 0)
+/// preinstalls global view 1, as the new leader site, and shares ARU(2, gv 1, lv 0, aru 1).
+/// Back from its records (its shares and executed batches before its views), it never
+/// shares a second ARU value in that slot. (Found by review: replaying the views first
+/// shared ARU at aru 0.)
+#[test]
+fn ts1_a_restarted_leader_representative_shares_one_aru_per_slot() {
+    use bulwark_framework::steward::payload::SitePayload;
+    use bulwark_framework::ClusterId;
+    let mut w = World::new(3, params());
+    let update = w.request(1, 1, &put(1), false);
+    w.feed(peer(1, 0), SiteInput::Client(update));
+    w.run();
+    assert_eq!(w.replica(peer(2, 0)).aru(), SeqNum(1));
+    for s in [2, 3] {
+        for id in 0..4 {
+            w.feed(peer(s, id), SiteInput::Timer(SiteTimer::Global));
+        }
+    }
+    w.pump(|from, to, _| from.cluster == ClusterId(1) || to.cluster == ClusterId(1));
+    let me = peer(2, 0);
+    assert_eq!(w.replica(me).global_view(), 1);
+    let aru = |aru| SitePayload::Aru { site: ClusterId(2), gv: 1, lv: 0, aru: SeqNum(aru) };
+    assert!(sharers(&w.trace, aru(1)).contains(&me), "shared ARU at aru 1 before the crash");
+
+    w.restart(me, false);
+    assert_eq!(w.replica(me).aru(), SeqNum(1), "back at aru 1");
+    let start = w.trace.len();
+    for _ in 0..3 {
+        w.feed(me, SiteInput::Timer(SiteTimer::Status));
+    }
+    let second = sharers(&w.trace[start..], aru(0));
+    assert!(second.is_empty(), "ARU(gv 1, lv 0) shared again with aru 0 after aru 1: {second:?}");
+}
+
+/// W3 (BatchBound) across a restart: a leader-site replica prepared batch A at `(0, 0, 1)`.
+/// Live or restarted (its PREPARE restored without the PRE-PREPARE), it refuses A again at
+/// seq 2 in the same views. (Found by review: the restarted one prepared it.)
+#[test]
+fn w3_a_restarted_replica_prepares_one_batch_at_one_sequence_number() {
+    for restart in [false, true] {
+        let mut w = World::new(3, params());
+        let (representative, me) = (peer(1, 0), peer(1, 1));
+        let a = w.batch(1, T0);
+        let message = w.pre_prepare((1, 0), (0, 0, 1), a.clone());
+        w.deliver(representative, me, message);
+        if restart {
+            w.restart(me, false);
+        }
+        let start = w.trace.len();
+        let message = w.pre_prepare((1, 0), (0, 0, 2), a.clone());
+        w.deliver(representative, me, message);
+        let out = &w.trace[start..];
+        assert!(prepares_sent(out, me).is_empty(), "restart {restart}: A prepared at seq 2 as well: {:?}", sends(out));
+    }
+}
+
+/// LV2 across a restart: replica 1 holds the only prepare certificate for A at seq 1
+/// (lv 0), becomes the representative of lv 1 and crashes before any report arrives. Back
+/// from its records, it gathers again with its certificates restored: its own report binds
+/// A, and seq 1 carries A, live or restarted. (Found by review: replaying the views first
+/// reported nothing and put a fresh batch at seq 1.)
+#[test]
+fn lv2_a_restarted_representative_reports_its_own_certificates() {
+    for restart in [false, true] {
+        let mut w = World::new(3, params());
+        let me = peer(1, 1);
+        let a = w.batch(1, T0);
+        let message = w.pre_prepare((1, 0), (0, 0, 1), a.clone());
+        w.deliver(peer(1, 0), me, message);
+        for id in [2, 3] {
+            let message = w.prepare((1, id), (0, 0, 1), a.digest());
+            w.deliver(peer(1, id), me, message);
+        }
+        w.queue.clear();
+        for id in 0..4 {
+            w.feed(peer(1, id), SiteInput::Timer(SiteTimer::Local));
+        }
+        w.pump(|_, _, message| matches!(message, SiteMessage::Report(_) | SiteMessage::ConstraintRequest { .. }));
+        assert_eq!(w.replica(me).local_view(), 1);
+
+        if restart {
+            w.restart(me, false);
+        }
+        let start = w.trace.len();
+        w.feed(me, SiteInput::Timer(SiteTimer::Status));
+        w.pump(|_, _, _| false);
+        let second = w.request(1, 2, &put(2), false);
+        w.feed(me, SiteInput::Client(second));
+        w.pump(|_, _, _| false);
+        let at_one: Vec<_> = pre_prepared_by(&w.trace[start..], me).into_iter().filter(|(seq, _)| *seq == 1).collect();
+        assert!(
+            at_one.iter().all(|(_, d)| *d == a.digest()) && !at_one.is_empty(),
+            "restart {restart}: seq 1 must carry A: {at_one:?}"
+        );
+    }
+}
+
+/// GV5, GV6 across a restart: a member of the leader site of global view 1 restarts after
+/// its site adopted the GLOBAL-CONSTRAINTs. It adopts again those it recorded (with the ARU
+/// they answer) and prepares again, live or restarted. (Found by review: unrecorded, the
+/// bundle was never sent again and the member prepared nothing for the rest of the view.)
+#[test]
+fn gv5_gv6_a_restarted_leader_site_member_is_globally_constrained_again() {
+    use bulwark_framework::ClusterId;
+    for restart in [false, true] {
+        let mut w = World::new(3, params());
+        let update = w.request(1, 1, &put(1), false);
+        w.feed(peer(1, 0), SiteInput::Client(update));
+        w.run();
+        for s in [2, 3] {
+            for id in 0..4 {
+                w.feed(peer(s, id), SiteInput::Timer(SiteTimer::Global));
+            }
+        }
+        let cut =
+            |from: PeerId, to: PeerId, _: &SiteMessage<S>| from.cluster == ClusterId(1) || to.cluster == ClusterId(1);
+        w.pump(cut);
+        let me = peer(2, 1);
+        assert_eq!(w.replica(me).global_view(), 1);
+        if restart {
+            w.restart(me, false);
+        }
+        let start = w.trace.len();
+        for round in 0..3u8 {
+            let update = w.request(2, 2 + round, &put(2 + round), false);
+            w.feed(peer(2, 0), SiteInput::Client(update));
+            w.pump(cut);
+            for s in [2, 3] {
+                for id in 0..4 {
+                    w.feed(peer(s, id), SiteInput::Timer(SiteTimer::Status));
+                }
+            }
+            w.pump(cut);
+        }
+        assert!(w.replica(peer(2, 0)).aru() > SeqNum(1), "the site orders");
+        assert!(!prepares_sent(&w.trace[start..], me).is_empty(), "restart {restart}: {me} prepares nothing");
+    }
+}

@@ -167,6 +167,12 @@ impl LocalOrder {
         })
     }
 
+    /// The digest pre-prepared at `seq` in `views`, if any.
+    pub fn pre_prepared_in(&self, views: (GlobalView, LocalView), seq: SeqNum) -> Option<Digest> {
+        let (vote, _) = self.rounds.get(&seq)?.pre_prepared.as_ref()?;
+        (views_of(vote) == views).then_some(vote.digest)
+    }
+
     /// The batch pre-prepared at `seq`, if any.
     pub fn batch(&self, seq: SeqNum) -> Option<&Arc<Batch>> {
         self.rounds.get(&seq).and_then(|round| round.pre_prepared.as_ref()).map(|(_, batch)| batch)
@@ -307,12 +313,15 @@ impl LocalOrder {
                 return Ok(if from == self.me { Sequenced::Nothing } else { Sequenced::Prepare { seq, digest } });
             }
         }
-        // An empty batch binds nothing: the representative fills gaps with them.
+        // An empty batch binds nothing: the representative fills gaps with them. A PREPARE
+        // this replica signed (restored after a restart without its PRE-PREPARE) binds too.
+        let here = |v: &LocalVote| views_of(v) == (gv, lv) && v.digest == digest;
         let bound_elsewhere = !batch.is_empty()
             && (self.bound.iter().any(|(s, d)| *s != seq && *d == digest)
                 || self.rounds.iter().any(|(s, r)| {
                     *s != seq
-                        && r.pre_prepared.as_ref().is_some_and(|(v, _)| views_of(v) == (gv, lv) && v.digest == digest)
+                        && (r.pre_prepared.as_ref().is_some_and(|(v, _)| here(v))
+                            || r.prepares.get(&self.me).is_some_and(|v| here(v)))
                 }));
         if bound_elsewhere {
             return Err(SequencingRefusal::BatchBound);

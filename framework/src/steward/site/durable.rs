@@ -12,20 +12,32 @@
 //!   representative or leader site builds on must show what this replica's shares rest on;
 //! * its own site's NEW-REP and the proof of the global view it preinstalled: it never goes
 //!   back to a view it left;
+//! * the local constraint bundle it adopted (LV3) and, at the leader site of a later global
+//!   view, the GLOBAL-CONSTRAINTs it adopted (GV5): it comes back constrained as it was,
+//!   rather than a representative gathering a second, possibly different, union for one
+//!   local view;
 //! * each ordered batch before it executes, and its latest stable site checkpoint with its
 //!   image: after a restart its `aru` is at least what it was (GI5).
 //!
 //! Records are kept in maps that drop what a later record settles (everything at or below
 //! an executed batch or the stable checkpoint, views left), so they stay bounded like the
 //! replica's own logs.
+//!
+//! Recovery restores state before views: the stable checkpoint, the shares and votes, the
+//! certificates and PROPOSALs, the ordered batches, then the global and local views (so a
+//! representative that gathers reports again reports all it holds, and a share a view asks
+//! for meets the slots already bound), then the constraints it had adopted. What recovery
+//! itself persists (a share a view asked for anew) is handed out by
+//! [`start`](SiteReplica::start) before anything else; nothing else it produces is sent.
 
 use super::{SiteOutput, SiteReplica};
 use crate::batch::Batch;
 use crate::config::ConfigError;
 use crate::ids::SeqNum;
 use crate::service::Service;
+use crate::steward::constraint::Report;
 use crate::steward::global::SiteSigned;
-use crate::steward::messages::{CheckpointProof, OrderedProof, Proposal};
+use crate::steward::messages::{CheckpointProof, GlobalConstraint, OrderedProof, Proposal};
 use crate::steward::payload::{GlobalView, LocalView, SitePayload, Slot};
 use crate::steward::sequencing::{LocalVote, PrepareCertificate};
 use bulwark_crypto::threshold::ThresholdScheme;
@@ -49,6 +61,11 @@ pub enum SiteRecord<S: ThresholdScheme> {
     LocalView(SiteSigned<S>),
     /// GV2: the GLOBAL-VCs of a majority of sites for the global view it preinstalled.
     GlobalView(Arc<Vec<SiteSigned<S>>>),
+    /// LV3: the bundle of reports whose union it adopted in views `(gv, lv)`.
+    LocalConstraint { gv: GlobalView, lv: LocalView, bundle: Arc<Vec<Report<S>>> },
+    /// GV5: the GLOBAL-CONSTRAINTs whose union it adopted in views `(gv, lv)`, with the
+    /// leader site's ARU they answer.
+    GlobalConstraints { gv: GlobalView, lv: LocalView, aru: SiteSigned<S>, bundle: Arc<Vec<GlobalConstraint<S>>> },
     /// W7: a globally ordered batch, before it executes.
     Ordered(Arc<OrderedProof<S>>),
     /// SK1: a stable site checkpoint with this replica's image of its state.
@@ -64,6 +81,12 @@ impl<S: ThresholdScheme> Clone for SiteRecord<S> {
             SiteRecord::Proposal(proposal) => SiteRecord::Proposal(proposal.clone()),
             SiteRecord::LocalView(signed) => SiteRecord::LocalView(signed.clone()),
             SiteRecord::GlobalView(proof) => SiteRecord::GlobalView(proof.clone()),
+            SiteRecord::LocalConstraint { gv, lv, bundle } => {
+                SiteRecord::LocalConstraint { gv: *gv, lv: *lv, bundle: bundle.clone() }
+            }
+            SiteRecord::GlobalConstraints { gv, lv, aru, bundle } => {
+                SiteRecord::GlobalConstraints { gv: *gv, lv: *lv, aru: aru.clone(), bundle: bundle.clone() }
+            }
             SiteRecord::Ordered(proof) => SiteRecord::Ordered(proof.clone()),
             SiteRecord::Stable { proof, image } => SiteRecord::Stable { proof: proof.clone(), image: image.clone() },
         }
@@ -79,6 +102,12 @@ impl<S: ThresholdScheme> fmt::Debug for SiteRecord<S> {
             SiteRecord::Proposal(proposal) => write!(f, "Proposal({:?})", proposal.signed.payload),
             SiteRecord::LocalView(signed) => write!(f, "LocalView({:?})", signed.payload),
             SiteRecord::GlobalView(proof) => write!(f, "GlobalView({:?})", proof.first().map(|s| s.payload)),
+            SiteRecord::LocalConstraint { gv, lv, bundle } => {
+                write!(f, "LocalConstraint(gv {gv}, lv {lv}, {} reports)", bundle.len())
+            }
+            SiteRecord::GlobalConstraints { gv, lv, bundle, .. } => {
+                write!(f, "GlobalConstraints(gv {gv}, lv {lv}, {} sites)", bundle.len())
+            }
             SiteRecord::Ordered(proof) => write!(f, "Ordered({:?})", proof.proposal.signed.payload),
             SiteRecord::Stable { proof, .. } => write!(f, "Stable({})", proof.seq),
         }
@@ -88,6 +117,11 @@ impl<S: ThresholdScheme> fmt::Debug for SiteRecord<S> {
 /// A local vote this replica signed, with the batch when it was its PRE-PREPARE.
 type OwnVote = (Verified<LocalVote>, Option<Arc<Batch>>);
 
+/// A local constraint adopted: its views and bundle.
+type AdoptedLocal<S> = ((GlobalView, LocalView), Arc<Vec<Report<S>>>);
+/// GLOBAL-CONSTRAINTs adopted: the views, the ARU they answer, the bundle.
+type AdoptedGlobal<S> = ((GlobalView, LocalView), SiteSigned<S>, Arc<Vec<GlobalConstraint<S>>>);
+
 /// A replica's records folded into what it recovers from.
 pub struct SiteDurable<S: ThresholdScheme> {
     shared: BTreeMap<Slot, SitePayload>,
@@ -96,6 +130,8 @@ pub struct SiteDurable<S: ThresholdScheme> {
     proposals: BTreeMap<SeqNum, Proposal<S>>,
     local_view: Option<SiteSigned<S>>,
     global_view: Option<Arc<Vec<SiteSigned<S>>>>,
+    local_constraint: Option<AdoptedLocal<S>>,
+    global_constraints: Option<AdoptedGlobal<S>>,
     ordered: BTreeMap<SeqNum, Arc<OrderedProof<S>>>,
     stable: Option<(CheckpointProof<S>, Arc<Vec<u8>>)>,
 }
@@ -109,6 +145,8 @@ impl<S: ThresholdScheme> Default for SiteDurable<S> {
             proposals: BTreeMap::new(),
             local_view: None,
             global_view: None,
+            local_constraint: None,
+            global_constraints: None,
             ordered: BTreeMap::new(),
             stable: None,
         }
@@ -170,6 +208,16 @@ impl<S: ThresholdScheme> SiteDurable<S> {
                     self.forget_views();
                 }
             }
+            SiteRecord::LocalConstraint { gv, lv, bundle } => {
+                if (gv, lv) >= self.views() {
+                    self.local_constraint = Some(((gv, lv), bundle));
+                }
+            }
+            SiteRecord::GlobalConstraints { gv, lv, aru, bundle } => {
+                if gv >= self.views().0 {
+                    self.global_constraints = Some(((gv, lv), aru, bundle));
+                }
+            }
             SiteRecord::Ordered(proof) => {
                 let Some(seq) = proof.proposal.signed.payload.seq() else { return };
                 if seq > self.executed() {
@@ -221,6 +269,8 @@ impl<S: ThresholdScheme> SiteDurable<S> {
         let (gv, lv) = self.views();
         self.shared.retain(|slot, _| slot.outlives(lv, gv));
         self.votes.retain(|(g, l, _), _| (*g, *l) >= (gv, lv));
+        self.local_constraint = self.local_constraint.take().filter(|(views, _)| *views >= (gv, lv));
+        self.global_constraints = self.global_constraints.take().filter(|((g, _), _, _)| *g >= gv);
     }
 }
 
@@ -250,12 +300,6 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         if let Some((proof, image)) = &durable.stable {
             replica.restore_stable(proof.clone(), image, &mut unsent);
         }
-        if let Some(proof) = &durable.global_view {
-            replica.on_global_vc_proof(proof.clone(), &mut unsent);
-        }
-        if let Some(signed) = &durable.local_view {
-            replica.preinstall(signed.clone(), false, &mut unsent);
-        }
         for payload in durable.shared.values() {
             replica.sign(*payload, &mut unsent);
         }
@@ -266,26 +310,55 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             replica.local.restore_certificate(certificate.clone());
         }
         for proposal in durable.proposals.values() {
-            replica.restore_proposal(proposal.clone(), &mut unsent);
+            replica.restore_proposal(proposal.clone());
         }
         for proof in durable.ordered.values() {
             replica.on_ordered(proof.clone(), &mut unsent);
         }
+        if let Some(proof) = &durable.global_view {
+            replica.on_global_vc_proof(proof.clone(), &mut unsent);
+        }
+        if let Some(signed) = &durable.local_view {
+            replica.preinstall(signed.clone(), false, &mut unsent);
+        }
+        if let Some(((gv, lv), aru, bundle)) = &durable.global_constraints {
+            if *gv == replica.global_view() {
+                replica.readopt_global(*lv, aru.clone(), bundle.clone(), &mut unsent);
+            }
+        }
+        if let Some((views, bundle)) = &durable.local_constraint {
+            if *views == replica.views() {
+                replica.readopt_local(bundle.clone(), &mut unsent);
+            }
+        }
+        // PROPOSALs of the view it is in go through global ordering again, now that the
+        // views and bindings are back.
+        let gv = replica.global_view();
+        let current: Vec<Proposal<S>> =
+            replica.proposals.values().filter(|p| proposal_view(p).0 == gv).cloned().collect();
+        for proposal in current {
+            let outputs = replica.order.on_proposal(&proposal.signed);
+            replica.global_outputs(outputs, &mut unsent);
+        }
         replica.status_timer_set = false;
         replica.persisted_stable = durable.stable_seq();
+        replica.recovered = unsent
+            .into_iter()
+            .filter_map(|output| match output {
+                SiteOutput::Persist(record) => Some(record),
+                _ => None,
+            })
+            .collect();
         tracing::info!(site = %replica.site, replica = %replica.id, aru = replica.aru().0, "recovered");
         Ok(replica)
     }
 
-    /// A PROPOSAL this replica took before it crashed: one of the current global view goes
-    /// through global ordering again; one of an earlier view is only held, for the reports
-    /// of LV2 and GV4.
-    fn restore_proposal(&mut self, proposal: Proposal<S>, unsent: &mut Vec<SiteOutput<S>>) {
-        let (gv, _) = proposal_view(&proposal);
+    /// A PROPOSAL this replica took before it crashed: held again, for the reports of LV2
+    /// and GV4 and the ACCEPT its share already bound; global ordering takes it again when
+    /// it comes again (its peers and the other sites send it while this site is behind).
+    fn restore_proposal(&mut self, proposal: Proposal<S>) {
         let Some(seq) = proposal.signed.payload.seq() else { return };
-        if gv == self.global_view() {
-            self.take_proposal(proposal, false, unsent);
-        } else if seq > self.aru() {
+        if seq > self.aru() {
             self.batches.insert(proposal.batch.digest(), proposal.batch.clone());
             self.proposals.insert(seq, proposal);
         }

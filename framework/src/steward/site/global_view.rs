@@ -34,7 +34,7 @@ use crate::service::Service;
 use crate::steward::constraint::{union_digest, ConstraintRefusal, ConstraintWork, Evidence, Mode, Union};
 use crate::steward::global::SiteSigned;
 use crate::steward::messages::{CheckpointProof, GlobalConstraint, Proposal, SiteMessage};
-use crate::steward::payload::{GlobalView, SitePayload};
+use crate::steward::payload::{GlobalView, LocalView, SitePayload};
 use bulwark_crypto::threshold::ThresholdScheme;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -429,31 +429,59 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// GV5: a bundle of GLOBAL-CONSTRAINTs from the representative (or a member that
     /// adopted it).
     pub(super) fn on_global_bundle(&mut self, bundle: Arc<Vec<GlobalConstraint<S>>>, out: &mut Vec<SiteOutput<S>>) {
-        if !self.at_leader_site() || self.globally_constrained() {
-            return;
+        if self.global_bundle_holds(&bundle, out) {
+            self.adopt_global(bundle, out);
         }
+    }
+
+    /// GV5: whether this replica, at the leader site and not yet globally constrained,
+    /// takes `bundle`: GLOBAL-CONSTRAINTs of a majority of distinct sites, each checked.
+    fn global_bundle_holds(&mut self, bundle: &[GlobalConstraint<S>], out: &mut Vec<SiteOutput<S>>) -> bool {
+        if !self.at_leader_site() || self.globally_constrained() {
+            return false;
+        }
+        let refuse = |out: &mut Vec<SiteOutput<S>>, refusal| {
+            out.push(SiteOutput::Refused(SiteRefusal::Constraint(refusal)));
+            false
+        };
         let mut sites = BTreeSet::new();
         for constraint in bundle.iter() {
             let SitePayload::GlobalConstraint { site, .. } = constraint.signed.payload else {
-                return out.push(SiteOutput::Refused(SiteRefusal::Constraint(ConstraintRefusal::BadEvidence)));
+                return refuse(out, ConstraintRefusal::BadEvidence);
             };
             if !sites.insert(site) {
-                return out.push(SiteOutput::Refused(SiteRefusal::Constraint(ConstraintRefusal::BadReport)));
+                return refuse(out, ConstraintRefusal::BadReport);
             }
             if let Err(refusal) = self.check_global_constraint(constraint) {
-                return out.push(SiteOutput::Refused(SiteRefusal::Constraint(refusal)));
+                return refuse(out, refusal);
             }
         }
         if sites.len() < self.global_constraints_needed() {
-            return out.push(SiteOutput::Refused(SiteRefusal::Constraint(ConstraintRefusal::TooFewReports)));
+            return refuse(out, ConstraintRefusal::TooFewReports);
         }
-        self.adopt_global(bundle, out);
+        true
     }
 
-    /// GV5: adopts the union of a majority of sites' GLOBAL-CONSTRAINTs: above the ARU and
-    /// the latest stable checkpoint, per sequence number the PROPOSAL of the latest view.
+    /// GV5: adopts the union of a majority of sites' GLOBAL-CONSTRAINTs (see
+    /// [`take_global_bindings`](Self::take_global_bindings)), sends the bundle to its site
+    /// and takes it as its local constraint in its current views.
     fn adopt_global(&mut self, bundle: Arc<Vec<GlobalConstraint<S>>>, out: &mut Vec<SiteOutput<S>>) {
-        let Some(SitePayload::GlobalConstraint { aru, .. }) = bundle.first().map(|c| c.signed.payload) else { return };
+        let Some(base) = self.take_global_bindings(&bundle, out) else { return };
+        out.push(SiteOutput::ToSite(SiteMessage::GlobalBundle(bundle)));
+        self.adopt_constraint(self.views(), base, BTreeMap::new(), out);
+    }
+
+    /// GV5: the union of a majority of sites' GLOBAL-CONSTRAINTs: above the ARU and the
+    /// latest stable checkpoint, per sequence number the PROPOSAL of the latest view. It
+    /// binds every later local view of this global view. Returns the base it binds above.
+    fn take_global_bindings(
+        &mut self,
+        bundle: &Arc<Vec<GlobalConstraint<S>>>,
+        out: &mut Vec<SiteOutput<S>>,
+    ) -> Option<SeqNum> {
+        let Some(SitePayload::GlobalConstraint { aru, .. }) = bundle.first().map(|c| c.signed.payload) else {
+            return None;
+        };
         let checkpoint: Option<CheckpointProof<S>> =
             bundle.iter().filter_map(|c| c.checkpoint.clone()).max_by_key(|proof| proof.seq);
         let base = aru.max(checkpoint.as_ref().map_or(SeqNum(0), |proof| proof.seq));
@@ -470,13 +498,43 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
         let gv = self.global_view();
         tracing::info!(site = %self.site, replica = %self.id, gv, aru = aru.0, bound = union.len(), "globally constrained");
+        if let Some(aru) = self.global.aru.clone() {
+            let lv = self.local_view();
+            out.push(SiteOutput::Persist(SiteRecord::GlobalConstraints { gv, lv, aru, bundle: bundle.clone() }));
+        }
         self.global.constrained = Some(gv);
         self.global.bound = union;
-        out.push(SiteOutput::ToSite(SiteMessage::GlobalBundle(bundle)));
         if let Some(proof) = checkpoint {
             self.learn_stable(proof);
         }
-        self.adopt_constraint(self.views(), base, BTreeMap::new(), out);
+        Some(base)
+    }
+
+    /// Recovery: the GLOBAL-CONSTRAINTs this replica adopted in local view `lv` of its
+    /// global view before it crashed are adopted again (checked as when they came). In
+    /// that same local view they are its local constraint too; in a later one only their
+    /// bindings are, and that view's own constraint (LV2, LV3) is still needed.
+    pub(super) fn readopt_global(
+        &mut self,
+        lv: LocalView,
+        aru: SiteSigned<S>,
+        bundle: Arc<Vec<GlobalConstraint<S>>>,
+        out: &mut Vec<SiteOutput<S>>,
+    ) {
+        let this_view = matches!(aru.payload, SitePayload::Aru { gv, .. } if gv == self.global_view());
+        if !this_view || self.site_signature_holds(&aru) != Some(true) {
+            return;
+        }
+        self.global.aru = Some(aru);
+        if !self.global_bundle_holds(&bundle, out) {
+            return;
+        }
+        if lv == self.local_view() {
+            self.adopt_global(bundle, out);
+            self.gathered_enough();
+        } else {
+            self.take_global_bindings(&bundle, out);
+        }
     }
 
     /// On the status timer: what the view change waits for, sent again.

@@ -21,7 +21,7 @@
 //! constraint is adopted only by a replica already globally constrained, and the global
 //! union's bindings stay bound under it.
 
-use super::{SiteOutput, SiteRefusal, SiteReplica};
+use super::{SiteOutput, SiteRecord, SiteRefusal, SiteReplica};
 use crate::ids::{ReplicaId, SeqNum};
 use crate::service::Service;
 use crate::steward::constraint::{ConstraintContext, ConstraintRefusal, ConstraintWork, Evidence, Mode, Report};
@@ -229,7 +229,11 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             _ => {}
         }
         match self.check_constraint((mode, views, base), |context, work| context.union(&bundle, work)) {
-            Ok(union) if mode == Mode::Local => self.adopt_constraint(views, base, union.entries, out),
+            Ok(union) if mode == Mode::Local => {
+                let (gv, lv) = views;
+                out.push(SiteOutput::Persist(SiteRecord::LocalConstraint { gv, lv, bundle: bundle.clone() }));
+                self.adopt_constraint(views, base, union.entries, out)
+            }
             Ok(union) => self.sign_global_constraint(base, union, out),
             Err(refusal) => out.push(SiteOutput::Refused(SiteRefusal::Constraint(refusal))),
         }
@@ -290,6 +294,27 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             self.pre_prepare(seq, batch, out);
         }
         self.propose(false, out);
+    }
+
+    /// Recovery: the local bundle this replica adopted in its current views before it
+    /// crashed is adopted again (checked as when it came), and a representative does not
+    /// gather a second one for these views.
+    pub(super) fn readopt_local(&mut self, bundle: Arc<Vec<Report<S>>>, out: &mut Vec<SiteOutput<S>>) {
+        self.local.unconstrain();
+        self.constraint.gathering.remove(&Mode::Local);
+        if self.is_representative() {
+            self.constraint.bundle = Some((self.views(), bundle.clone()));
+        }
+        let representative = self.representative_of(self.site).replica;
+        self.on_constraint(representative, bundle, out);
+    }
+
+    /// Recovery: once constrained again in its views, a representative gathers no second
+    /// bundle for them.
+    pub(super) fn gathered_enough(&mut self) {
+        if self.local.is_constrained(self.views()) {
+            self.constraint.gathering.remove(&Mode::Local);
+        }
     }
 
     /// On the status timer: the gathering representative asks again (a member may have

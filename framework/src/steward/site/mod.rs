@@ -302,6 +302,8 @@ pub struct SiteReplica<Svc: Service, S: ThresholdScheme> {
     status_timer_set: bool,
     /// The stable checkpoint last persisted.
     persisted_stable: SeqNum,
+    /// What recovery persisted anew, handed out by `start` before anything else.
+    recovered: Vec<SiteRecord<S>>,
     crypto: CryptoWork,
     /// The time of the input being handled.
     now: Instant,
@@ -352,6 +354,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             catch_up: catch_up::CatchUp::default(),
             status_timer_set: false,
             persisted_stable: SeqNum(0),
+            recovered: Vec::new(),
             crypto: CryptoWork::default(),
             now: Instant::ZERO,
         })
@@ -498,9 +501,10 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         (self.global_view(), self.local_view())
     }
 
-    /// Starts the status timer.
+    /// Starts the status timer (after [`recover`](Self::recover), first what recovery
+    /// persisted anew).
     pub fn start(&mut self, now: Instant) -> Vec<SiteOutput<S>> {
-        let mut out = Vec::new();
+        let mut out: Vec<SiteOutput<S>> = self.recovered.drain(..).map(SiteOutput::Persist).collect();
         self.arm_status(now, &mut out);
         out
     }

@@ -80,6 +80,12 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// W2, as the leader-site representative: binds `batch` to `seq` in the current views.
     pub(super) fn pre_prepare(&mut self, seq: SeqNum, batch: Arc<Batch>, out: &mut Vec<SiteOutput<S>>) {
         let (gv, lv) = self.views();
+        // W2: one batch per sequence number and views, also for a representative that
+        // pre-prepared before a restart and was then given a union binding another.
+        if self.local.pre_prepared_in((gv, lv), seq).is_some_and(|digest| digest != batch.digest()) {
+            tracing::warn!(site = %self.site, replica = %self.id, seq = seq.0, "not pre-preparing a second batch");
+            return;
+        }
         let vote = self.sign_vote(LocalVote { gv, lv, seq, digest: batch.digest(), replica: self.id });
         out.push(SiteOutput::Persist(SiteRecord::Voted { vote: vote.clone(), batch: Some(batch.clone()) }));
         out.push(SiteOutput::ToSite(SiteMessage::PrePrepare { vote: vote.signed().clone(), batch: batch.clone() }));
