@@ -58,7 +58,8 @@ pub(crate) struct SimArgs {
     /// off from the others for 0.3-1.5 s; and one seed in three cuts the leader site off for
     /// 3.5-5 s, longer than Global_T (3 s here), so that it is replaced (GV1-GV6). A
     /// crashed representative comes back from its records on one seed in two, and one seed
-    /// in two also crashes a correct replica for 0.2-1.5 s (GI5 across restarts).
+    /// in two also crashes a correct replica for 0.2-1.5 s (GI5 across restarts); such
+    /// crashes are torn, in the middle of a step.
     #[arg(long, requires = "sites", conflicts_with = "figures")]
     no_view_change_faults: bool,
     /// With --sites: instead of a campaign, print Steward against flat PBFT on the same

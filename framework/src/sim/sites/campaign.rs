@@ -56,7 +56,8 @@ pub struct SitesCampaign {
     /// Crash and restart (GI5 across restarts): a crashed representative comes back on one
     /// seed in two, 0.2..1.5 s later; and one seed in two also crashes a correct replica
     /// of a site without a crashed representative, at 0.3..1.5 s, and brings it back
-    /// 0.2..1.5 s later. Both come back from what they persisted.
+    /// 0.2..1.5 s later. Both come back from what they persisted, and each crash is torn
+    /// (in the middle of a step, see [`SitesConfig::torn_crashes`]).
     pub restarts: bool,
     pub clients_per_site: usize,
     pub updates_per_client: u64,
@@ -162,6 +163,7 @@ impl SitesCampaign {
     }
 
     fn draw_restarts(&self, draw: &mut ChaCha8Rng, config: &mut SitesConfig) {
+        config.torn_crashes = true;
         // The network settles once every crashed replica that comes back is back.
         let back = |draw: &mut ChaCha8Rng, config: &mut SitesConfig, replica: PeerId, at: Instant| {
             let back = Instant::from_micros(at.0 + draw.gen_range(200_000..1_500_000));

@@ -72,6 +72,11 @@ pub struct SitesConfig {
     pub restarts: Vec<(PeerId, Instant)>,
     /// Negative control for GI5 across restarts: a replica comes back with nothing.
     pub forget_records_on_restart: bool,
+    /// A replica that will come back crashes in the middle of its next step: the outputs
+    /// of that step before a drawn point are carried out (records persisted, messages
+    /// sent), those after it are lost. So a message sent before the record it reveals
+    /// would be seen by others and forgotten by the replica.
+    pub torn_crashes: bool,
     /// Partitions of whole sites from the others (see [`SiteCut`]); they last past
     /// `faults_until` if they say so.
     pub cuts: Vec<SiteCut>,
@@ -109,6 +114,7 @@ impl SitesConfig {
             crashes: Vec::new(),
             restarts: Vec::new(),
             forget_records_on_restart: false,
+            torn_crashes: false,
             cuts: Vec::new(),
             cpu: None,
             signature_bytes: 96,
@@ -237,6 +243,8 @@ pub struct SitesSimulation<Svc: Service, S: ThresholdScheme> {
     durable: BTreeMap<PeerId, SiteDurable<S>>,
     restarts_done: u64,
     peak_records: usize,
+    /// Replicas to crash in the middle of their next step (torn crashes).
+    tearing: std::collections::BTreeSet<PeerId>,
     wan: Wan,
     settled: bool,
     checker: SitesChecker<S>,
@@ -367,6 +375,7 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             durable: BTreeMap::new(),
             restarts_done: 0,
             peak_records: 0,
+            tearing: std::collections::BTreeSet::new(),
             wan: Wan::uniform(config.wan),
             settled: false,
             checker: SitesChecker::new(keys),
@@ -481,9 +490,13 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
                 self.client_actions(client, actions);
             }
             Event::Crash { replica } => {
-                self.trace.update(b"crash").update_u64(self.now.0).update_u64(peer_code(replica));
-                self.nodes.remove(&replica);
-                self.busy_until.remove(&replica);
+                let comes_back = self.config.restarts.iter().any(|(peer, _)| *peer == replica);
+                if self.config.torn_crashes && comes_back && matches!(self.nodes.get(&replica), Some(Node::Correct(_)))
+                {
+                    self.tearing.insert(replica);
+                } else {
+                    self.crash(replica);
+                }
             }
             Event::Restart { replica } => self.restart(replica),
             Event::ClientTimer { client, generation } => {
@@ -495,8 +508,19 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
         }
     }
 
+    fn crash(&mut self, replica: PeerId) {
+        self.trace.update(b"crash").update_u64(self.now.0).update_u64(peer_code(replica));
+        self.nodes.remove(&replica);
+        self.busy_until.remove(&replica);
+    }
+
     /// A crashed replica comes back from what it persisted.
     fn restart(&mut self, peer: PeerId) {
+        // A torn crash waits for the replica's next step; with none before the restart is
+        // due, it crashes now, between steps.
+        if self.tearing.remove(&peer) {
+            self.crash(peer);
+        }
         if self.nodes.contains_key(&peer) {
             return;
         }
@@ -549,7 +573,12 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
     fn node_step(&mut self, peer: PeerId, input: SiteInput<S>, verifies: u64) {
         let Some(node) = self.nodes.get_mut(&peer) else { return };
         let before = node.crypto_work();
-        let outputs = node.handle(input, self.now);
+        let mut outputs = node.handle(input, self.now);
+        let torn = self.tearing.remove(&peer);
+        if torn {
+            let kept = self.rng.gen_range(0..=outputs.len());
+            outputs.truncate(kept);
+        }
         let after = node.crypto_work();
         if let Node::Correct(replica) = node {
             self.peak_held = self.peak_held.max(replica.held());
@@ -569,6 +598,10 @@ impl<Svc: Service, S: ThresholdScheme> SitesSimulation<Svc, S> {
             }
         }
         self.carry_out(peer, outputs);
+        if torn {
+            self.trace.update(b"torn");
+            self.crash(peer);
+        }
     }
 
     fn carry_out(&mut self, from: PeerId, outputs: Vec<SiteOutput<S>>) {

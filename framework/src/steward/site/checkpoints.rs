@@ -15,7 +15,7 @@
 //! [`CHUNKS_PER_REQUEST`] chunks per request and [`CHUNKS_PER_PEER_PER_INTERVAL`] per peer
 //! per status interval.
 
-use super::{SiteOutput, SiteRefusal, SiteReplica};
+use super::{SiteOutput, SiteRecord, SiteRefusal, SiteReplica};
 use crate::ids::{ClusterId, Instant, PeerId, SeqNum};
 use crate::roles::executor::{ExecutorInput, ExecutorOutput};
 use crate::roles::Role;
@@ -389,6 +389,7 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
     /// SK1: installs `image`, whose chunks all verified against the digest `proof` signs.
     fn install(&mut self, proof: CheckpointProof<S>, image: Vec<u8>, out: &mut Vec<SiteOutput<S>>) {
         let seq = proof.seq;
+        let record = SiteRecord::Stable { proof: proof.clone(), image: Arc::new(image.clone()) };
         let outputs = self.executor.handle(ExecutorInput::Install { seq, image }, self.now);
         let mut installed = None;
         for output in outputs {
@@ -399,6 +400,10 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
             }
         }
         let Some((seq, state)) = installed else { return };
+        // GI5: the state is this replica's before anything says it is (unlike a checkpoint
+        // of batches it executed, whose ordered records stand for it until then).
+        out.push(SiteOutput::Persist(record));
+        self.persisted_stable = self.persisted_stable.max(seq);
         out.push(SiteOutput::Installed { seq, state });
         self.checkpoints.stable = Some(proof);
         self.checkpoints.votes = self.checkpoints.votes.split_off(&seq.next());
