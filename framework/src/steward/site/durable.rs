@@ -353,6 +353,18 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         Ok(replica)
     }
 
+    /// SK1: once the logs below a stable checkpoint are dropped, its image replaces them
+    /// among the records (nothing sent depends on it, so it may follow the sends).
+    pub(super) fn persist_stable(&mut self, out: &mut Vec<SiteOutput<S>>) {
+        if self.checkpoints.collected() <= self.persisted_stable {
+            return;
+        }
+        if let Some((proof, image)) = self.stable_state() {
+            self.persisted_stable = proof.seq;
+            out.push(SiteOutput::Persist(SiteRecord::Stable { proof, image }));
+        }
+    }
+
     /// A PROPOSAL this replica took before it crashed: held again, for the reports of LV2
     /// and GV4 and the ACCEPT its share already bound; global ordering takes it again when
     /// it comes again (its peers and the other sites send it while this site is behind).

@@ -29,6 +29,7 @@
 mod catch_up;
 mod checkpoints;
 mod durable;
+mod footprint;
 mod global_view;
 mod local_constraint;
 mod local_view;
@@ -423,56 +424,6 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         }
     }
 
-    /// What this replica waits for, in one line: for a report on a run that did not finish.
-    pub fn waiting_for(&self) -> String {
-        let accepts: Vec<String> = self
-            .accepts
-            .iter()
-            .map(|(seq, by_site)| format!("{}:{:?}", seq.0, by_site.keys().map(|s| s.0).collect::<Vec<_>>()))
-            .collect();
-        format!(
-            "aru {} stable {} proposals {:?} accepts [{}] uncertified {:?} my_shares {} signer_pending {} relay {}",
-            self.aru().0,
-            self.stable_checkpoint().0,
-            self.proposals.keys().map(|s| s.0).collect::<Vec<_>>(),
-            accepts.join(" "),
-            self.local
-                .uncertified()
-                .map(|(v, _)| format!("{} {}", v.seq.0, self.local.describe(v.seq)))
-                .collect::<Vec<_>>(),
-            self.my_shares.len(),
-            self.signer.pending(),
-            self.relay.held(),
-        )
-    }
-
-    /// Entries held in the role's logs, for footprint checks.
-    pub fn held(&self) -> usize {
-        self.batches.len()
-            + self.proposals.len()
-            + self.accepts.len()
-            + self.ordered.len()
-            + self.my_shares.len()
-            + self.signer.pending()
-            + self.local.rounds()
-            + self.relay.held()
-    }
-
-    /// RC2: requests of other sites this replica streamed to.
-    pub fn reconciles_answered(&self) -> u64 {
-        self.catch_up.streamed
-    }
-
-    /// Bytes of a checkpoint image being fetched held so far (SK1), for footprint checks.
-    pub fn fetching_bytes(&self) -> u64 {
-        self.checkpoints.fetching_bytes()
-    }
-
-    /// Slots the threshold signer remembers a shared value for (TS1), for footprint checks.
-    pub fn signer_slots(&self) -> usize {
-        self.signer.slots()
-    }
-
     /// The leader site of the current global view.
     pub fn leader_site(&self) -> ClusterId {
         self.order.leader(self.global_view())
@@ -542,18 +493,6 @@ impl<Svc: Service, S: ThresholdScheme> SiteReplica<Svc, S> {
         self.keep_global_timer(&mut out);
         self.persist_stable(&mut out);
         out
-    }
-
-    /// SK1: once the logs below a stable checkpoint are dropped, its image replaces them
-    /// among the records (nothing sent depends on it, so it may follow the sends).
-    fn persist_stable(&mut self, out: &mut Vec<SiteOutput<S>>) {
-        if self.checkpoints.collected() <= self.persisted_stable {
-            return;
-        }
-        if let Some((proof, image)) = self.stable_state() {
-            self.persisted_stable = proof.seq;
-            out.push(SiteOutput::Persist(SiteRecord::Stable { proof, image }));
-        }
     }
 
     fn on_message(&mut self, from: PeerId, message: SiteMessage<S>, now: Instant, out: &mut Vec<SiteOutput<S>>) {
